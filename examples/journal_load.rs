@@ -1,0 +1,146 @@
+//! Load generator for the journal: appends scan-like records (about 300 bytes of `data` each)
+//! from a few concurrent tasks as fast as it can into a journal in a temporary folder, and
+//! reports appends per second and the time from the append call to `Durable::wait` resolving.
+//!
+//! ```text
+//! cargo run --release --example journal_load -- [RECORDS] [TASKS] [FLUSH_MS]
+//! ```
+//! Defaults: 1,000,000 records, 4 tasks, flush = 50ms.
+
+use std::time::{Duration, Instant};
+
+use posgw::journal::{self, Durable, JournalConfig, Kind};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+/// Reads positional argument `index`, or `default`.
+fn arg(index: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(index)
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A scan-like `data` object of roughly 300 bytes, different for every record.
+fn scan_data(task: u64, i: u64) -> Box<RawValue> {
+    let text = format!(
+        concat!(
+            r#"{{"device":"scanner-{task}","raw":"]d2010690123456789217261231104L{i:08}","#,
+            r#""symbology":"]d2","code":"010690123456789217261231104L{i:08}","code_kind":"gs1","#,
+            r#""gtin":"06901234567892","ai":{{"01":"06901234567892","17":"261231","10":"4L{i:08}"}},"#,
+            r#""expiry":"2026-12-31","lot":"4L{i:08}","serial":null,"error":null,"campaign":null}}"#
+        ),
+        task = task,
+        i = i
+    );
+    RawValue::from_string(text).expect("generated data is valid json")
+}
+
+/// The value at quantile `q` of sorted `values`.
+fn quantile(values: &[Duration], q: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    values[index]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let records = arg(1, 1_000_000);
+    let tasks = arg(2, 4).max(1);
+    let flush = Duration::from_millis(arg(3, 50));
+    let dir = tempfile::tempdir()?;
+    let opened = journal::open(JournalConfig {
+        data_dir: dir.path().to_path_buf(),
+        store: "WZ-LC-001".to_string(),
+        gateway: "gw-load".to_string(),
+        flush,
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .await?;
+    let handle = opened.handle;
+    println!(
+        "journal_load: {records} records, {tasks} tasks, flush {flush:?}, in {}",
+        dir.path().display()
+    );
+
+    let started = Instant::now();
+    let mut producers = Vec::new();
+    let mut collectors = Vec::new();
+    for task in 0..tasks {
+        let count = records / tasks + u64::from(task < records % tasks);
+        // Each producer hands (start time, Durable) to its own collector, which awaits them in
+        // order; durability is monotonic, so in-order waiting measures each record's latency.
+        let (send, mut receive) = mpsc::unbounded_channel::<(Instant, Durable)>();
+        let handle = handle.clone();
+        producers.push(tokio::spawn(async move {
+            let mut bytes = 0usize;
+            let began = Instant::now();
+            for i in 0..count {
+                // Serialising `data` is the producer's job in the gateway too, so it is timed.
+                let data = scan_data(task, i);
+                bytes += data.get().len();
+                let at = Instant::now();
+                let appended = handle.append(Kind::Scan, data).await.expect("append");
+                send.send((at, appended.durable)).expect("collector alive");
+            }
+            (bytes, began.elapsed())
+        }));
+        collectors.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Some((at, durable)) = receive.recv().await {
+                durable.wait().await.expect("durable");
+                latencies.push(at.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut data_bytes = 0usize;
+    let mut slowest_producer = Duration::ZERO;
+    for producer in producers {
+        let (bytes, took) = producer.await?;
+        data_bytes += bytes;
+        slowest_producer = slowest_producer.max(took);
+    }
+    let appended_in = started.elapsed();
+    let mut latencies = Vec::new();
+    for collector in collectors {
+        latencies.extend(collector.await?);
+    }
+    let durable_in = started.elapsed();
+    let stats = handle.stats();
+    let close_started = Instant::now();
+    handle.close().await?;
+    let closed_in = close_started.elapsed();
+    latencies.sort_unstable();
+
+    let journal_bytes: u64 = std::fs::read_dir(dir.path().join("journal"))?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.len())
+        .sum();
+    println!(
+        "appended {} records ({:.0} bytes of data on average) in {:.2}s: {:.0} appends/s",
+        stats.appended_total,
+        data_bytes as f64 / records.max(1) as f64,
+        appended_in.as_secs_f64(),
+        records as f64 / appended_in.as_secs_f64()
+    );
+    println!(
+        "slowest producer (building data + appending): {:.2}s",
+        slowest_producer.as_secs_f64()
+    );
+    println!(
+        "all durable after {:.2}s; append->durable p50 {:?}, p99 {:?}, max {:?}",
+        durable_in.as_secs_f64(),
+        quantile(&latencies, 0.50),
+        quantile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+    println!(
+        "backlog {} records / {} bytes; journal files {} bytes; close took {:?}",
+        stats.backlog_records, stats.backlog_bytes, journal_bytes, closed_in
+    );
+    Ok(())
+}

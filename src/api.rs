@@ -1,0 +1,179 @@
+//! The local HTTP API (`api.listen`): health, status and metrics.
+//!
+//! Owns nothing: every handler reads a snapshot from the owner of the state it shows (device
+//! status channels, journal statistics, core health). Later issues add the prompt endpoints and
+//! the clerk page here.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::core::Health;
+use crate::devices::DeviceView;
+use crate::journal::JournalHandle;
+use crate::metrics::Metrics;
+
+/// What the handlers read from.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Store code from the configuration.
+    pub store: Arc<str>,
+    /// Gateway id from the configuration.
+    pub gateway: Arc<str>,
+    /// The devices' published status.
+    pub devices: Arc<[DeviceView]>,
+    /// For journal figures.
+    pub journal: JournalHandle,
+    /// Write-path health.
+    pub health: Arc<Health>,
+    /// Metric families.
+    pub metrics: Metrics,
+}
+
+/// The router with every endpoint of this build.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    match state.health.problem() {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let journal = state.journal.stats();
+    let metrics = &state.metrics;
+    metrics.backlog_records.set(gauge(journal.backlog_records));
+    metrics.backlog_bytes.set(gauge(journal.backlog_bytes));
+    metrics.dead_records.set(gauge(journal.dead_records));
+    metrics.durable_seq.set(gauge(journal.durable_seq));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// `GET /api/v1/status` body (CONTRACT.md section 4, plus `station`, `detail`, `epoch` and
+/// `durable_seq`).
+#[derive(Debug, Serialize)]
+pub struct StatusBody {
+    /// Store code.
+    pub store: String,
+    /// Gateway id.
+    pub gateway: String,
+    /// posgw version.
+    pub version: &'static str,
+    /// Every configured device.
+    pub devices: Vec<DeviceStatusBody>,
+    /// Journal figures.
+    pub journal: JournalStatusBody,
+    /// HQ forwarding.
+    pub uplink: UplinkStatusBody,
+}
+
+/// One device in the status body.
+#[derive(Debug, Serialize)]
+pub struct DeviceStatusBody {
+    /// Device id.
+    pub id: String,
+    /// scanner | register.
+    pub role: String,
+    /// serial | mqtt.
+    pub transport: String,
+    /// Its station.
+    pub station: String,
+    /// starting | connected | disconnected.
+    pub state: crate::devices::ConnectionState,
+    /// When its last frame arrived.
+    pub last_frame_at: Option<String>,
+    /// Last connect / disconnect reason.
+    pub detail: Option<String>,
+}
+
+/// Journal part of the status body.
+#[derive(Debug, Serialize)]
+pub struct JournalStatusBody {
+    /// The journal's epoch.
+    pub epoch: String,
+    /// The seq the next record will get.
+    pub next_seq: u64,
+    /// Highest seq known to be on disk.
+    pub durable_seq: u64,
+    /// Records not yet acknowledged by HQ.
+    pub backlog_records: u64,
+    /// Their bytes.
+    pub backlog_bytes: u64,
+    /// Records HQ refused for good.
+    pub dead_records: u64,
+}
+
+/// Uplink part of the status body.
+#[derive(Debug, Serialize)]
+pub struct UplinkStatusBody {
+    /// disabled | idle | sending | retrying.
+    pub state: &'static str,
+    /// Last 2xx from HQ.
+    pub last_success_at: Option<String>,
+    /// Last failure.
+    pub last_error: Option<String>,
+}
+
+async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
+    let devices = state
+        .devices
+        .iter()
+        .map(|view| {
+            let status = view.status.borrow().clone();
+            DeviceStatusBody {
+                id: view.id.clone(),
+                role: view.role.as_str().to_owned(),
+                transport: view.transport.as_str().to_owned(),
+                station: view.station.clone(),
+                state: status.state,
+                last_frame_at: status
+                    .last_frame_at
+                    .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)),
+                detail: status.detail,
+            }
+        })
+        .collect();
+    let journal = state.journal.stats();
+    Json(StatusBody {
+        store: state.store.to_string(),
+        gateway: state.gateway.to_string(),
+        version: crate::VERSION,
+        devices,
+        journal: JournalStatusBody {
+            epoch: journal.epoch.clone(),
+            next_seq: journal.next_seq,
+            durable_seq: journal.durable_seq,
+            backlog_records: journal.backlog_records,
+            backlog_bytes: journal.backlog_bytes,
+            dead_records: journal.dead_records,
+        },
+        uplink: UplinkStatusBody {
+            state: "disabled",
+            last_success_at: None,
+            last_error: None,
+        },
+    })
+}

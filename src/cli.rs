@@ -1,0 +1,273 @@
+//! The command line (CONTRACT.md section 1).
+//!
+//! Exit status: 0 success, 1 runtime failure, 2 usage or configuration error. A configuration
+//! error exits 2 so that systemd's `RestartPreventExitStatus=2` keeps a broken config from
+//! restart-looping.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Settings};
+use crate::journal;
+
+/// Exit status for a runtime failure.
+const EXIT_RUNTIME: u8 = 1;
+/// Exit status for a usage or configuration error.
+const EXIT_CONFIG: u8 = 2;
+
+/// posgw: point-of-sale integration gateway for one store.
+#[derive(Debug, Parser)]
+#[command(name = "posgw", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the store gateway in the foreground.
+    Run {
+        /// Configuration file.
+        #[arg(
+            short = 'c',
+            long = "config",
+            env = "POSGW_CONFIG",
+            default_value = "/etc/posgw/posgw.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Load and validate the configuration, drop-ins and device profiles; print a summary.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(
+            short = 'c',
+            long = "config",
+            env = "POSGW_CONFIG",
+            default_value = "/etc/posgw/posgw.toml"
+        )]
+        config: PathBuf,
+    },
+    /// A simulated store on this machine: a pseudo-terminal scanner feeding the real gateway.
+    Demo {
+        /// Folder for the demo store's config, devices and journal (default: $TMPDIR/posgw-demo).
+        #[arg(long = "data")]
+        data: Option<PathBuf>,
+        /// Stop after this long (e.g. "30s", "5m"); default: until Ctrl-C.
+        #[arg(long = "for", value_parser = parse_duration)]
+        run_for: Option<std::time::Duration>,
+    },
+    /// Inspect or repair the journal (offline: stop the gateway first).
+    Journal {
+        /// Which journal operation.
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+/// `posgw journal …`.
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Journal figures.
+    Stats {
+        /// The gateway's data_dir.
+        #[arg(long = "data")]
+        data: PathBuf,
+    },
+    /// Every record still in the journal, one JSON record a line, in journal order.
+    Dump {
+        /// The gateway's data_dir.
+        #[arg(long = "data")]
+        data: PathBuf,
+        /// Dump the dead-letter set (records HQ refused) instead.
+        #[arg(long)]
+        dead: bool,
+    },
+    /// Copy what can be read out of quarantined (damaged) journals into the live one.
+    Salvage {
+        /// The gateway's data_dir.
+        #[arg(long = "data")]
+        data: PathBuf,
+        /// Configuration naming the store and gateway; needed only when there is no live
+        /// journal to read them from.
+        #[arg(short = 'c', long = "config", env = "POSGW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Parses the arguments, runs the command and maps the outcome to the contract's exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Demo { data, run_for } => demo(data, run_for),
+        Command::Journal { command } => journal_command(command),
+    }
+}
+
+fn load_config(path: &Path) -> Result<Settings, ExitCode> {
+    config::load(path).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load_config(path) {
+        Ok(settings) => {
+            print!("{}", settings.summary());
+            println!("configuration ok");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            runtime_failure(&anyhow::anyhow!(error).context("cannot start the runtime"))
+        })
+}
+
+fn demo(data: Option<PathBuf>, run_for: Option<std::time::Duration>) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::demo::run(data, run_for)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => runtime_failure(&error),
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let settings = match load_config(path) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let outcome = runtime.block_on(async {
+        let listener = crate::gateway::bind_api(&settings).await?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("api listening on http://{addr}");
+        }
+        crate::gateway::run(settings, listener, shutdown_signal()).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => runtime_failure(&error),
+    }
+}
+
+fn journal_command(command: JournalCommand) -> ExitCode {
+    let outcome = match command {
+        JournalCommand::Stats { data } => {
+            journal::offline_stats(&data).map(|stats| print!("{stats}"))
+        }
+        JournalCommand::Dump { data, dead } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            // `dump` flushes what it wrote.
+            journal::dump(&data, dead, &mut out).map(|_| ())
+        }
+        JournalCommand::Salvage { data, config } => return salvage(&data, config.as_deref()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => runtime_failure(&anyhow::anyhow!(error)),
+    }
+}
+
+fn salvage(data: &Path, config: Option<&Path>) -> ExitCode {
+    let (store, gateway) = match config {
+        Some(path) => match load_config(path) {
+            Ok(settings) => (settings.gateway.store, settings.gateway.id),
+            Err(code) => return code,
+        },
+        None => match journal::identity(data) {
+            Ok(Some(identity)) => identity,
+            Ok(None) => {
+                eprintln!(
+                    "error: there is no live journal in {} to take the store and gateway from; pass -c CONFIG",
+                    data.display()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(error) => return runtime_failure(&anyhow::anyhow!(error)),
+        },
+    };
+    let config = journal::JournalConfig {
+        data_dir: data.to_path_buf(),
+        store,
+        gateway,
+        flush: std::time::Duration::ZERO,
+        version: crate::VERSION,
+    };
+    match journal::salvage(data, &config) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => runtime_failure(&anyhow::anyhow!(error)),
+    }
+}
+
+/// Logs the whole error chain, one cause per line, and returns exit status 1.
+fn runtime_failure(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    ExitCode::from(EXIT_RUNTIME)
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; stopping only on Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Logs go to stderr: plain lines without timestamps under journald (which adds its own), JSON
+/// when `POSGW_LOG_FORMAT=json`, else the usual human format. `RUST_LOG` filters (default info).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = std::env::var("POSGW_LOG_FORMAT").is_ok_and(|format| format == "json");
+    if json {
+        builder.json().init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,39 @@
+//! posgw's configuration: the gateway config file, its drop-ins, and device profiles.
+//!
+//! [`load`] turns `posgw.toml` into [`Settings`] in three stages, after zincati:
+//!
+//! 1. **Raw** (`raw`, `profile`): serde structs mirroring the TOML, every field optional,
+//!    unknown keys rejected (`unknown key 'baudrate' in [[device]], did you mean 'baud'?`),
+//!    every value wrapped with its file and byte span (`source::Located`).
+//! 2. **Merge** (`raw::RawConfig::merge`): the main file, then each `config.d/*.toml` beside it
+//!    in file-name order. Tables merge key by key (later wins), `[[device]]` and `[[campaign]]`
+//!    append, `[answer_codes]` merges key by key. Device profiles are loaded alongside: the
+//!    built-in `drivers/*.toml`, overridden or extended by `drivers.d/*.toml` beside the config.
+//! 3. **Validate** (`validate`): defaults filled in, values parsed (durations, sizes, dates,
+//!    addresses), cross-field rules checked, relative paths resolved against the config file's
+//!    folder. Every problem is collected, not just the first.
+//!
+//! Errors come back as one [`ConfigError`] listing `PATH:LINE:COL: message` lines, which
+//! `posgw check-config` prints as is (exit status 2).
+
+mod check;
+mod error;
+mod load;
+mod profile;
+mod raw;
+mod settings;
+mod source;
+mod units;
+mod validate;
+
+pub use error::{ConfigError, Diagnostic, Position};
+pub use load::load;
+pub use profile::{
+    DecoderKind, EscposPatterns, EscposSettings, FlowControl, FramingSettings, LineSettings,
+    Parity, PayloadFormat, PayloadSettings, Profile, ProfileSet, TextEncoding,
+};
+pub use settings::{
+    ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,
+    PromptOption, Role, SerialSettings, Settings, SkuPattern, Transport, UplinkSettings,
+};
+pub use units::{format_duration, format_size, parse_duration, parse_size};

@@ -1,0 +1,990 @@
+//! Stage 3 of loading: the merged raw configuration into typed [`Settings`].
+//!
+//! Every rule reports through [`Report`] with the position of the value (or, for a missing key,
+//! of its table) and carries on, so one run lists every problem. Cross-field rules (device vs.
+//! profile, answer codes vs. campaign options, unique ids) live here too, in one place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::check;
+use super::profile::ProfileSet;
+use super::raw::{RawCampaign, RawConfig, RawDevice, RawGateway, RawMqtt, RawUplink};
+use super::settings::{
+    ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,
+    PromptOption, Role, SerialSettings, Settings, SkuPattern, Transport, UplinkSettings,
+};
+use super::source::{suggest, Located, Report, Span};
+
+/// `[gateway] data_dir` when not set.
+const DEFAULT_DATA_DIR: &str = "/var/lib/posgw";
+/// `[gateway] flush` when not set.
+const DEFAULT_FLUSH: Duration = Duration::from_millis(50);
+/// `[api] listen` when not set.
+const DEFAULT_LISTEN: &str = "127.0.0.1:7380";
+/// `[[device]] station` when not set.
+const DEFAULT_STATION: &str = "main";
+/// `[[campaign]] timeout` when not set.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// `[uplink] batch_max_records` when not set.
+const DEFAULT_BATCH_MAX_RECORDS: usize = 1000;
+/// `[uplink] batch_max_bytes` when not set (1MiB).
+const DEFAULT_BATCH_MAX_BYTES: u64 = 1024 * 1024;
+/// `[uplink] batch_max_age` when not set.
+const DEFAULT_BATCH_MAX_AGE: Duration = Duration::from_secs(1);
+/// `[uplink] max_journal_bytes` when not set (2GiB).
+const DEFAULT_MAX_JOURNAL_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Characters allowed in a store code besides ASCII letters and digits.
+const STORE_EXTRA: &[char] = &['-', '_'];
+/// Characters allowed in other ids (gateway, device, station, campaign, option key).
+const ID_EXTRA: &[char] = &['-', '_', '.'];
+
+/// Validates the merged configuration; `None` when a problem was recorded.
+pub(crate) fn validate(
+    report: &mut Report,
+    raw: RawConfig,
+    main_file: usize,
+    path: &Path,
+    base_dir: &Path,
+    files: Vec<PathBuf>,
+    profiles: ProfileSet,
+) -> Option<Settings> {
+    let gateway = gateway(report, raw.gateway.as_ref(), main_file, base_dir);
+    let api = api(
+        report,
+        raw.api.as_ref().and_then(|api| api.value.listen.as_ref()),
+    );
+    let mqtt = raw
+        .mqtt
+        .as_ref()
+        .and_then(|mqtt| mqtt_settings(report, mqtt, base_dir));
+    let devices = devices(
+        report,
+        raw.device.as_deref().unwrap_or_default(),
+        &profiles,
+        raw.mqtt.is_some(),
+        base_dir,
+    );
+    let campaigns = campaigns(report, raw.campaign.as_deref().unwrap_or_default());
+    let answer_codes = answer_codes(
+        report,
+        raw.answer_codes.as_ref(),
+        raw.campaign.as_deref().unwrap_or_default(),
+    );
+    let uplink = raw
+        .uplink
+        .as_ref()
+        .and_then(|uplink| uplink_settings(report, uplink, base_dir));
+    Some(Settings {
+        path: path.to_path_buf(),
+        files,
+        gateway: gateway?,
+        api: api?,
+        devices: devices?,
+        mqtt,
+        campaigns: campaigns?,
+        answer_codes: answer_codes?,
+        uplink,
+        profiles,
+    })
+}
+
+/// A path from the config, resolved against the config file's folder when relative.
+fn resolve(
+    base_dir: &Path,
+    value: &Located<String>,
+    what: &str,
+    report: &mut Report,
+) -> Option<PathBuf> {
+    let text = check::non_empty(report, value, what)?;
+    let path = PathBuf::from(text);
+    Some(if path.is_absolute() {
+        path
+    } else {
+        base_dir.join(path)
+    })
+}
+
+/// `[gateway]`.
+fn gateway(
+    report: &mut Report,
+    raw: Option<&Located<RawGateway>>,
+    main_file: usize,
+    base_dir: &Path,
+) -> Option<GatewaySettings> {
+    let Some(raw) = raw else {
+        report.error(
+            &report.file_start(main_file),
+            "missing [gateway] section (it needs at least 'store')",
+        );
+        return None;
+    };
+    let table = &raw.span;
+    let gateway = &raw.value;
+    let store = match &gateway.store {
+        Some(store) => check::identifier(report, store, "'store' in [gateway]", STORE_EXTRA),
+        None => {
+            report.error(
+                table,
+                "missing 'store' in [gateway] (the store code, like \"WZ-LC-001\")",
+            );
+            None
+        }
+    };
+    let id = match &gateway.id {
+        Some(id) => check::identifier(report, id, "'id' in [gateway]", ID_EXTRA),
+        None => {
+            match host_name() {
+                Some(name) if check::is_identifier(&name, ID_EXTRA) => Some(name),
+                Some(name) => {
+                    report.error(
+                    table,
+                    format!("'id' in [gateway] defaults to the host name '{name}', which is not a valid id (1 to 64 of A-Z a-z 0-9 '-' '_' '.'); set 'id'"),
+                );
+                    None
+                }
+                None => {
+                    report.error(table, "'id' in [gateway] defaults to the host name, which cannot be read; set 'id'");
+                    None
+                }
+            }
+        }
+    };
+    let data_dir = match &gateway.data_dir {
+        Some(dir) => resolve(base_dir, dir, "'data_dir' in [gateway]", report),
+        None => Some(PathBuf::from(DEFAULT_DATA_DIR)),
+    };
+    let flush = match &gateway.flush {
+        Some(flush) => check::duration(report, flush, "'flush' in [gateway]"),
+        None => Some(DEFAULT_FLUSH),
+    };
+    Some(GatewaySettings {
+        store: store?,
+        id: id?,
+        data_dir: data_dir?,
+        flush: flush?,
+    })
+}
+
+/// This machine's host name, the default gateway id.
+fn host_name() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the pointer and length describe `buffer`, which outlives the call; gethostname
+    // writes at most `len` bytes and we look for the terminating NUL ourselves below.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return None;
+    }
+    let end = buffer
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(buffer.len());
+    let name = String::from_utf8_lossy(&buffer[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// `[api]`.
+fn api(report: &mut Report, listen: Option<&Located<String>>) -> Option<ApiSettings> {
+    let Some(listen) = listen else {
+        return DEFAULT_LISTEN
+            .parse()
+            .ok()
+            .map(|listen| ApiSettings { listen });
+    };
+    match listen.value.parse::<SocketAddr>() {
+        Ok(address) => Some(ApiSettings { listen: address }),
+        Err(_) => {
+            report.error(
+                &listen.span,
+                format!("'listen' in [api] must be an IP address and port like \"127.0.0.1:7380\", found '{}'", listen.value),
+            );
+            None
+        }
+    }
+}
+
+/// Records an error when a key that does not apply to this device was set.
+fn forbid<T>(report: &mut Report, value: &Option<Located<T>>, key: &str, why: &str) {
+    if let Some(value) = value {
+        report.error(&value.span, format!("'{key}' in [[device]] {why}"));
+    }
+}
+
+/// Every `[[device]]`, with cross-device checks (unique ids, one reader per serial port).
+fn devices(
+    report: &mut Report,
+    raw: &[Located<RawDevice>],
+    profiles: &ProfileSet,
+    have_mqtt: bool,
+    base_dir: &Path,
+) -> Option<Vec<DeviceSettings>> {
+    let mut devices = Vec::new();
+    let mut ok = true;
+    let mut ids: BTreeMap<String, Span> = BTreeMap::new();
+    let mut serial_paths: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for entry in raw {
+        let Some(device) = device(report, entry, profiles, have_mqtt, base_dir) else {
+            ok = false;
+            continue;
+        };
+        let id_span = entry
+            .value
+            .id
+            .as_ref()
+            .map_or(entry.span.clone(), |id| id.span.clone());
+        if let Some(first) = ids.get(&device.id) {
+            let first = report.describe(first);
+            report.error(
+                &id_span,
+                format!(
+                    "duplicate device id '{}' (first defined at {first})",
+                    device.id
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        ids.insert(device.id.clone(), id_span);
+        if let Some(serial) = &device.serial {
+            if let Some(other) = serial_paths.get(&serial.path) {
+                let span = entry
+                    .value
+                    .path
+                    .as_ref()
+                    .map_or(entry.span.clone(), |path| path.span.clone());
+                report.error(
+                    &span,
+                    format!(
+                        "serial port '{}' is already used by device '{other}'",
+                        serial.path.display()
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            serial_paths.insert(serial.path.clone(), device.id.clone());
+        }
+        devices.push(device);
+    }
+    ok.then_some(devices)
+}
+
+/// One `[[device]]`.
+fn device(
+    report: &mut Report,
+    entry: &Located<RawDevice>,
+    profiles: &ProfileSet,
+    have_mqtt: bool,
+    base_dir: &Path,
+) -> Option<DeviceSettings> {
+    let raw = &entry.value;
+    let table = &entry.span;
+    let problems_before = report.problem_count();
+    let id = match &raw.id {
+        Some(id) => check::identifier(report, id, "'id' in [[device]]", ID_EXTRA),
+        None => {
+            report.error(table, "missing 'id' in [[device]]");
+            None
+        }
+    };
+    let role = match &raw.role {
+        Some(role) => check::choice(
+            report,
+            role,
+            "'role' in [[device]]",
+            &[("scanner", Role::Scanner), ("register", Role::Register)],
+        ),
+        None => {
+            report.error(table, "missing 'role' in [[device]] (scanner or register)");
+            None
+        }
+    };
+    let transport = match &raw.transport {
+        Some(transport) => check::choice(
+            report,
+            transport,
+            "'transport' in [[device]]",
+            &[("serial", Transport::Serial), ("mqtt", Transport::Mqtt)],
+        ),
+        None => {
+            report.error(table, "missing 'transport' in [[device]] (serial or mqtt)");
+            None
+        }
+    };
+    let station = match &raw.station {
+        Some(station) => check::identifier(report, station, "'station' in [[device]]", ID_EXTRA),
+        None => Some(DEFAULT_STATION.to_string()),
+    };
+    let profile = match &raw.profile {
+        Some(name) => match profiles.get(&name.value) {
+            Some(profile) => Some(profile),
+            None => {
+                let mut message = format!("unknown profile '{}' in [[device]]", name.value);
+                match suggest(&name.value, profiles.names()) {
+                    Some(near) => message.push_str(&format!(", did you mean '{near}'?")),
+                    None => message.push_str(&format!(
+                        " (known: {})",
+                        profiles.names().collect::<Vec<_>>().join(", ")
+                    )),
+                }
+                report.error(&name.span, message);
+                None
+            }
+        },
+        None => {
+            report.error(
+                table,
+                "missing 'profile' in [[device]] (like \"generic-scanner\")",
+            );
+            None
+        }
+    };
+    if let (Some(profile), Some(name)) = (&profile, &raw.profile) {
+        if let Some(role) = role.filter(|role| !profile.supports_role(*role)) {
+            report.error(
+                &name.span,
+                format!(
+                    "profile '{}' does not support the {role} role",
+                    profile.name
+                ),
+            );
+        }
+        if let Some(transport) =
+            transport.filter(|transport| !profile.supports_transport(*transport))
+        {
+            let supported: Vec<&str> = profile.transports.iter().map(|t| t.as_str()).collect();
+            report.error(
+                &name.span,
+                format!(
+                    "profile '{}' does not support the {transport} transport (it supports {})",
+                    profile.name,
+                    supported.join(", ")
+                ),
+            );
+        }
+    }
+
+    let mut serial = None;
+    let mut topic = None;
+    match transport {
+        Some(Transport::Serial) => {
+            forbid(
+                report,
+                &raw.topic,
+                "topic",
+                "is for mqtt devices; this device's transport is serial",
+            );
+            let path = match &raw.path {
+                Some(path) => resolve(base_dir, path, "'path' in [[device]]", report),
+                None => {
+                    report.error(
+                        table,
+                        "missing 'path' in [[device]] (the serial device, like \"/dev/ttyACM0\")",
+                    );
+                    None
+                }
+            };
+            let passthrough = match &raw.passthrough {
+                Some(passthrough) => {
+                    resolve(base_dir, passthrough, "'passthrough' in [[device]]", report)
+                }
+                None => None,
+            };
+            if let (Some(path), Some(passthrough), Some(raw_passthrough)) =
+                (&path, &passthrough, &raw.passthrough)
+            {
+                if path == passthrough {
+                    report.error(
+                        &raw_passthrough.span,
+                        "'passthrough' in [[device]] must differ from 'path'",
+                    );
+                }
+            }
+            if let Some(profile) = profile
+                .as_ref()
+                .filter(|profile| profile.requires_passthrough)
+            {
+                if raw.passthrough.is_none() {
+                    report.error(
+                        table,
+                        format!("profile '{}' requires 'passthrough' in [[device]] (the printer's port), or receipts stop printing", profile.name),
+                    );
+                }
+            }
+            let baud = match &raw.baud {
+                Some(baud) => check::baud(report, baud, "'baud' in [[device]]"),
+                None => None,
+            };
+            if let (Some(path), Some(profile)) = (path, &profile) {
+                let mut line = profile.line.clone();
+                if let Some(baud) = baud {
+                    line.baud = baud;
+                }
+                serial = Some(SerialSettings {
+                    path,
+                    line,
+                    passthrough,
+                });
+            }
+        }
+        Some(Transport::Mqtt) => {
+            let why = "is for serial devices; this device's transport is mqtt";
+            forbid(report, &raw.path, "path", why);
+            forbid(report, &raw.baud, "baud", why);
+            forbid(report, &raw.passthrough, "passthrough", why);
+            if let (false, Some(transport)) = (have_mqtt, &raw.transport) {
+                report.error(
+                    &transport.span,
+                    "transport 'mqtt' needs an [mqtt] section with the broker's url",
+                );
+            }
+            match &raw.topic {
+                Some(value) if value.value.contains(['+', '#']) => report.error(
+                    &value.span,
+                    format!("'topic' in [[device]] must be one topic, without the wildcards + and #, found '{}'", value.value),
+                ),
+                Some(value) => topic = check::non_empty(report, value, "'topic' in [[device]]"),
+                None => report.error(table, "missing 'topic' in [[device]] (the MQTT topic the device publishes on)"),
+            }
+        }
+        None => {}
+    }
+
+    if report.problem_count() > problems_before {
+        return None;
+    }
+    Some(DeviceSettings {
+        id: id?,
+        role: role?,
+        transport: transport?,
+        station: station?,
+        profile: profile.map(|profile| Arc::clone(&profile))?,
+        serial,
+        topic,
+    })
+}
+
+/// A parsed `scheme://host[:port]/path` address.
+struct Address<'a> {
+    /// The scheme, as written.
+    scheme: &'a str,
+    /// Everything after the host and port, starting with `/` (or empty).
+    path: &'a str,
+}
+
+/// Splits and checks `scheme://host[:port][/path]`; user info (`user@`) is refused on purpose:
+/// credentials belong in `username` / `password_file` / `token_file`, not in a readable URL.
+fn parse_address<'a>(text: &'a str, schemes: &[&str]) -> Result<Address<'a>, String> {
+    let (scheme, rest) = text.split_once("://").ok_or_else(|| {
+        format!(
+            "must start with {}",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    })?;
+    if !schemes.contains(&scheme) {
+        return Err(format!(
+            "has scheme '{scheme}', expected {}",
+            schemes.join(" or ")
+        ));
+    }
+    let (authority, path) = rest
+        .find('/')
+        .map_or((rest, ""), |index| rest.split_at(index));
+    if authority.contains('@') {
+        return Err(
+            "must not contain credentials (user@host); use the credential keys instead".to_string(),
+        );
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or("has an IPv6 address without its closing ']'")?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace()) {
+        return Err("has no valid host".to_string());
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(port) if port > 0 => {}
+            _ => return Err(format!("has an invalid port '{port}'")),
+        }
+    }
+    Ok(Address { scheme, path })
+}
+
+/// `[mqtt]`.
+fn mqtt_settings(
+    report: &mut Report,
+    raw: &Located<RawMqtt>,
+    base_dir: &Path,
+) -> Option<MqttSettings> {
+    let mqtt = &raw.value;
+    let problems_before = report.problem_count();
+    let url = match &mqtt.url {
+        Some(url) => match parse_address(&url.value, &["mqtt", "mqtts"]) {
+            Ok(address) if address.path.is_empty() || address.path == "/" => {
+                Some(url.value.clone())
+            }
+            Ok(_) => {
+                report.error(
+                    &url.span,
+                    format!(
+                        "'url' in [mqtt] must be mqtt://host[:port] without a path, found '{}'",
+                        url.value
+                    ),
+                );
+                None
+            }
+            Err(error) => {
+                report.error(
+                    &url.span,
+                    format!("'url' in [mqtt] {error}, found '{}'", url.value),
+                );
+                None
+            }
+        },
+        None => {
+            report.error(
+                &raw.span,
+                "missing 'url' in [mqtt] (like \"mqtt://127.0.0.1:1883\")",
+            );
+            None
+        }
+    };
+    let username = mqtt
+        .username
+        .as_ref()
+        .and_then(|name| check::non_empty(report, name, "'username' in [mqtt]"));
+    let password_file = mqtt
+        .password_file
+        .as_ref()
+        .and_then(|file| resolve(base_dir, file, "'password_file' in [mqtt]", report));
+    if report.problem_count() > problems_before {
+        return None;
+    }
+    Some(MqttSettings {
+        url: url?,
+        username,
+        password_file,
+    })
+}
+
+/// Every `[[campaign]]`, with unique ids.
+fn campaigns(report: &mut Report, raw: &[Located<RawCampaign>]) -> Option<Vec<CampaignSettings>> {
+    let mut campaigns = Vec::new();
+    let mut ok = true;
+    let mut ids: BTreeMap<String, Span> = BTreeMap::new();
+    for entry in raw {
+        let Some(campaign) = campaign(report, entry) else {
+            ok = false;
+            continue;
+        };
+        let id_span = entry
+            .value
+            .id
+            .as_ref()
+            .map_or(entry.span.clone(), |id| id.span.clone());
+        if let Some(first) = ids.get(&campaign.id) {
+            let first = report.describe(first);
+            report.error(
+                &id_span,
+                format!(
+                    "duplicate campaign id '{}' (first defined at {first})",
+                    campaign.id
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        ids.insert(campaign.id.clone(), id_span);
+        campaigns.push(campaign);
+    }
+    ok.then_some(campaigns)
+}
+
+/// One `[[campaign]]`.
+fn campaign(report: &mut Report, entry: &Located<RawCampaign>) -> Option<CampaignSettings> {
+    let raw = &entry.value;
+    let table = &entry.span;
+    let problems_before = report.problem_count();
+    let id = match &raw.id {
+        Some(id) => check::identifier(report, id, "'id' in [[campaign]]", ID_EXTRA),
+        None => {
+            report.error(table, "missing 'id' in [[campaign]]");
+            None
+        }
+    };
+    let mut skus = Vec::new();
+    match &raw.skus {
+        Some(list) if list.value.is_empty() => report.error(
+            &list.span,
+            "'skus' in [[campaign]] must list at least one code",
+        ),
+        Some(list) => skus.extend(list.value.iter().filter_map(|sku| sku_pattern(report, sku))),
+        None => report.error(
+            table,
+            "missing 'skus' in [[campaign]] (codes, or prefixes ending in *)",
+        ),
+    }
+    let question = match &raw.question {
+        Some(question) => check::non_empty(report, question, "'question' in [[campaign]]"),
+        None => {
+            report.error(table, "missing 'question' in [[campaign]]");
+            None
+        }
+    };
+    let mut options = Vec::new();
+    match &raw.options {
+        Some(list) if list.value.is_empty() => report.error(
+            &list.span,
+            "'options' in [[campaign]] must offer at least one answer",
+        ),
+        Some(list) => {
+            let mut keys: BTreeMap<String, Span> = BTreeMap::new();
+            for option in &list.value {
+                let key = match &option.value.key {
+                    Some(key) => check::identifier(
+                        report,
+                        key,
+                        "'key' of an option in [[campaign]]",
+                        ID_EXTRA,
+                    ),
+                    None => {
+                        report.error(&option.span, "an option in [[campaign]] is missing 'key'");
+                        None
+                    }
+                };
+                let label = match &option.value.label {
+                    Some(label) => {
+                        check::non_empty(report, label, "'label' of an option in [[campaign]]")
+                    }
+                    None => {
+                        report.error(&option.span, "an option in [[campaign]] is missing 'label'");
+                        None
+                    }
+                };
+                let (Some(key), Some(label)) = (key, label) else {
+                    continue;
+                };
+                let key_span = option
+                    .value
+                    .key
+                    .as_ref()
+                    .map_or(option.span.clone(), |key| key.span.clone());
+                if let Some(first) = keys.get(&key) {
+                    let first = report.describe(first);
+                    report.error(
+                        &key_span,
+                        format!("duplicate option key '{key}' in [[campaign]] (first at {first})"),
+                    );
+                    continue;
+                }
+                keys.insert(key.clone(), key_span);
+                options.push(PromptOption { key, label });
+            }
+        }
+        None => report.error(
+            table,
+            "missing 'options' in [[campaign]] (like [{ key = \"doctor\", label = \"医生推荐\" }])",
+        ),
+    }
+    let timeout = match &raw.timeout {
+        Some(value) => {
+            check::duration(report, value, "'timeout' in [[campaign]]").and_then(|timeout| {
+                if timeout.is_zero() {
+                    report.error(
+                        &value.span,
+                        "'timeout' in [[campaign]] must be longer than 0s",
+                    );
+                    None
+                } else {
+                    Some(timeout)
+                }
+            })
+        }
+        None => Some(DEFAULT_TIMEOUT),
+    };
+    let starts = raw
+        .starts
+        .as_ref()
+        .and_then(|value| date(report, value, "starts"));
+    let ends = raw
+        .ends
+        .as_ref()
+        .and_then(|value| date(report, value, "ends"));
+    if let (Some(starts), Some(ends), Some(raw_ends)) = (starts, ends, &raw.ends) {
+        if ends < starts {
+            report.error(
+                &raw_ends.span,
+                format!("'ends' ({ends}) in [[campaign]] is before 'starts' ({starts})"),
+            );
+        }
+    }
+    if report.problem_count() > problems_before {
+        return None;
+    }
+    Some(CampaignSettings {
+        id: id?,
+        skus,
+        question: question?,
+        options,
+        timeout: timeout?,
+        starts,
+        ends,
+    })
+}
+
+/// One entry of `skus`: an exact code, or a prefix written with a trailing `*`.
+fn sku_pattern(report: &mut Report, value: &Located<String>) -> Option<SkuPattern> {
+    let text = value.value.trim();
+    let problem = if text.is_empty() {
+        Some("an entry of 'skus' in [[campaign]] must not be empty".to_string())
+    } else if text == "*" {
+        Some(
+            "an entry of 'skus' in [[campaign]] needs at least one character before '*'"
+                .to_string(),
+        )
+    } else if text.trim_end_matches('*').contains('*') || text.ends_with("**") {
+        Some(format!(
+            "an entry of 'skus' in [[campaign]] may only end in '*' (a prefix), found '{text}'"
+        ))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        report.error(&value.span, problem);
+        return None;
+    }
+    Some(match text.strip_suffix('*') {
+        Some(prefix) => SkuPattern::Prefix(prefix.to_string()),
+        None => SkuPattern::Exact(text.to_string()),
+    })
+}
+
+/// A campaign date: a `"YYYY-MM-DD"` string or a TOML local date.
+fn date(report: &mut Report, value: &Located<toml::Value>, key: &str) -> Option<chrono::NaiveDate> {
+    let parsed = match &value.value {
+        toml::Value::String(text) => {
+            chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok()
+        }
+        toml::Value::Datetime(datetime) if datetime.time.is_none() && datetime.offset.is_none() => {
+            chrono::NaiveDate::parse_from_str(&datetime.to_string(), "%Y-%m-%d").ok()
+        }
+        _ => None,
+    };
+    if parsed.is_none() {
+        let found = match &value.value {
+            toml::Value::String(text) => format!("\"{text}\""),
+            other => check::describe_value(other),
+        };
+        report.error(
+            &value.span,
+            format!("'{key}' in [[campaign]] must be a date like \"2026-10-01\", found {found}"),
+        );
+    }
+    parsed
+}
+
+/// `[answer_codes]`: each value must be an option key of some campaign.
+fn answer_codes(
+    report: &mut Report,
+    raw: Option<&Located<BTreeMap<String, Located<String>>>>,
+    campaigns: &[Located<RawCampaign>],
+) -> Option<BTreeMap<String, String>> {
+    let Some(raw) = raw else {
+        return Some(BTreeMap::new());
+    };
+    // Taken from the raw campaigns so that a campaign with an unrelated error does not also
+    // make every answer code pointing at it fail.
+    let option_keys: BTreeSet<&str> = campaigns
+        .iter()
+        .filter_map(|campaign| campaign.value.options.as_ref())
+        .flat_map(|options| options.value.iter())
+        .filter_map(|option| option.value.key.as_ref())
+        .map(|key| key.value.as_str())
+        .collect();
+    let mut codes = BTreeMap::new();
+    let mut ok = true;
+    for (code, option) in &raw.value {
+        if code.trim().is_empty() {
+            report.error(
+                &option.span,
+                "an answer code in [answer_codes] must not be empty",
+            );
+            ok = false;
+            continue;
+        }
+        if !option_keys.contains(option.value.as_str()) {
+            let mut message = format!(
+                "answer code '{code}' maps to '{}', which is not an option key of any campaign",
+                option.value
+            );
+            if let Some(near) = suggest(&option.value, option_keys.iter().copied()) {
+                message.push_str(&format!(", did you mean '{near}'?"));
+            }
+            report.error(&option.span, message);
+            ok = false;
+            continue;
+        }
+        codes.insert(code.clone(), option.value.clone());
+    }
+    ok.then_some(codes)
+}
+
+/// `[uplink]`.
+fn uplink_settings(
+    report: &mut Report,
+    raw: &Located<RawUplink>,
+    base_dir: &Path,
+) -> Option<UplinkSettings> {
+    let uplink = &raw.value;
+    let problems_before = report.problem_count();
+    let endpoint = match &uplink.endpoint {
+        Some(endpoint) => match parse_address(&endpoint.value, &["http", "https", "mqtt", "mqtts"])
+        {
+            Ok(address) if address.scheme.starts_with("mqtt") && address.path.len() < 2 => {
+                report.error(
+                    &endpoint.span,
+                    format!("'endpoint' in [uplink] needs a topic for MQTT: mqtt://host:port/topic, found '{}'", endpoint.value),
+                );
+                None
+            }
+            Ok(_) => Some(endpoint.value.clone()),
+            Err(error) => {
+                report.error(
+                    &endpoint.span,
+                    format!("'endpoint' in [uplink] {error}, found '{}'", endpoint.value),
+                );
+                None
+            }
+        },
+        None => {
+            report.error(
+                &raw.span,
+                "missing 'endpoint' in [uplink] (like \"https://hq.example.com/v1/batches\")",
+            );
+            None
+        }
+    };
+    let token_file = uplink
+        .token_file
+        .as_ref()
+        .and_then(|file| resolve(base_dir, file, "'token_file' in [uplink]", report));
+    let batch_max_records = match &uplink.batch_max_records {
+        Some(value) => match usize::try_from(value.value) {
+            Ok(count) if count >= 1 => Some(count),
+            _ => {
+                report.error(
+                    &value.span,
+                    format!(
+                        "'batch_max_records' in [uplink] must be at least 1, found {}",
+                        value.value
+                    ),
+                );
+                None
+            }
+        },
+        None => Some(DEFAULT_BATCH_MAX_RECORDS),
+    };
+    let batch_max_bytes = positive_size(
+        report,
+        uplink.batch_max_bytes.as_ref(),
+        "batch_max_bytes",
+        DEFAULT_BATCH_MAX_BYTES,
+    );
+    let batch_max_age = match &uplink.batch_max_age {
+        Some(value) => check::duration(report, value, "'batch_max_age' in [uplink]"),
+        None => Some(DEFAULT_BATCH_MAX_AGE),
+    };
+    let compression = match &uplink.compression {
+        Some(value) => check::choice(
+            report,
+            value,
+            "'compression' in [uplink]",
+            &[
+                ("none", Compression::None),
+                ("gzip", Compression::Gzip),
+                ("zstd", Compression::Zstd),
+            ],
+        ),
+        None => Some(Compression::Gzip),
+    };
+    let max_journal_bytes = positive_size(
+        report,
+        uplink.max_journal_bytes.as_ref(),
+        "max_journal_bytes",
+        DEFAULT_MAX_JOURNAL_BYTES,
+    );
+    if report.problem_count() > problems_before {
+        return None;
+    }
+    Some(UplinkSettings {
+        endpoint: endpoint?,
+        token_file,
+        batch_max_records: batch_max_records?,
+        batch_max_bytes: batch_max_bytes?,
+        batch_max_age: batch_max_age?,
+        compression: compression?,
+        max_journal_bytes: max_journal_bytes?,
+    })
+}
+
+/// A size key of `[uplink]` that must be at least one byte.
+fn positive_size(
+    report: &mut Report,
+    value: Option<&super::raw::SizeValue>,
+    key: &str,
+    default: u64,
+) -> Option<u64> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    let bytes = check::size(report, value, &format!("'{key}' in [uplink]"))?;
+    if bytes == 0 {
+        report.error(
+            &value.span,
+            format!("'{key}' in [uplink] must be at least 1 byte"),
+        );
+        return None;
+    }
+    Some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let schemes = ["mqtt", "mqtts"];
+        assert!(parse_address("mqtt://127.0.0.1:1883", &schemes).is_ok());
+        assert!(parse_address("mqtts://broker.local", &schemes).is_ok());
+        assert!(parse_address("mqtt://[::1]:1883", &schemes).is_ok());
+        assert!(parse_address("tcp://127.0.0.1:1883", &schemes).is_err());
+        assert!(parse_address("127.0.0.1:1883", &schemes).is_err());
+        assert!(parse_address("mqtt://:1883", &schemes).is_err());
+        assert!(parse_address("mqtt://host:99999", &schemes).is_err());
+        assert!(parse_address("mqtt://user:pw@host", &schemes).is_err());
+        let address = parse_address("mqtt://hq:8883/posgw/batches", &schemes).expect("valid");
+        assert_eq!((address.scheme, address.path), ("mqtt", "/posgw/batches"));
+    }
+
+    #[test]
+    fn host_name_is_readable_here() {
+        assert!(host_name().is_some_and(|name| !name.is_empty()));
+    }
+}

@@ -1,0 +1,197 @@
+//! The gateway core: the one place where device input becomes records.
+//!
+//! A single task owns this step. It receives [`DeviceEvent`]s from every device task, decides what
+//! each one is (a scan, a bad frame, a connection change), decodes it, and appends the record to
+//! the journal. Nothing is dropped here: a frame that cannot be decoded is still recorded as a
+//! scan with `error` set, and binary noise is recorded as a `device` `bad_frame` with its bytes in
+//! the detail, so the record of what the device sent is never lost.
+//!
+//! The core appends in the order events arrive, so records of one device keep their order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::Datelike;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::DecoderKind;
+use crate::decode::{self, DecodeContext, DecodedScan};
+use crate::devices::{DeviceEvent, DeviceInfo};
+use crate::journal::{JournalHandle, Kind};
+use crate::metrics::Metrics;
+
+/// Device events that may wait for the core before device tasks feel backpressure.
+const QUEUE_EVENTS: usize = 1024;
+
+/// Longest excerpt of a bad frame kept in its record's `detail`.
+const BAD_FRAME_EXCERPT: usize = 256;
+
+/// Health of the write path, shown by `/healthz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set when the journal refused an append; cleared by the next successful one.
+    journal_failed: AtomicBool,
+}
+
+impl Health {
+    /// `None` when healthy, else why not.
+    pub fn problem(&self) -> Option<&'static str> {
+        self.journal_failed
+            .load(Ordering::Relaxed)
+            .then_some("journal unavailable: records cannot be stored")
+    }
+}
+
+/// `data` of a `scan` record (CONTRACT.md section 3).
+#[derive(Debug, Serialize)]
+struct ScanData<'a> {
+    device: &'a str,
+    station: &'a str,
+    raw: String,
+    #[serde(flatten)]
+    decoded: DecodedScan,
+    campaign: Option<&'a str>,
+    answer_code: bool,
+}
+
+/// `data` of a `device` record.
+#[derive(Debug, Serialize)]
+struct DeviceData<'a> {
+    device: &'a str,
+    event: &'static str,
+    detail: &'a str,
+}
+
+/// The running core: where device tasks send their events.
+pub struct CoreHandle {
+    /// Device tasks clone this; the core stops when the last clone is dropped.
+    pub events: mpsc::Sender<DeviceEvent>,
+    /// Finishes once every queued event has been written.
+    pub task: JoinHandle<()>,
+    /// Write-path health for the API.
+    pub health: Arc<Health>,
+}
+
+/// Starts the core task.
+pub fn spawn(journal: JournalHandle, metrics: Metrics) -> CoreHandle {
+    let (events, rx) = mpsc::channel(QUEUE_EVENTS);
+    let health = Arc::new(Health::default());
+    let core = Core {
+        journal,
+        metrics,
+        health: health.clone(),
+    };
+    let task = tokio::spawn(core.run(rx));
+    CoreHandle {
+        events,
+        task,
+        health,
+    }
+}
+
+struct Core {
+    journal: JournalHandle,
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+impl Core {
+    async fn run(self, mut events: mpsc::Receiver<DeviceEvent>) {
+        while let Some(event) = events.recv().await {
+            self.handle(event).await;
+        }
+    }
+
+    async fn handle(&self, event: DeviceEvent) {
+        match event {
+            DeviceEvent::Connected { device, detail } => {
+                self.metrics.set_connected(&device.id, true);
+                self.device_record(&device, "connected", &detail).await;
+            }
+            DeviceEvent::Disconnected { device, detail } => {
+                self.metrics.set_connected(&device.id, false);
+                self.device_record(&device, "disconnected", &detail).await;
+            }
+            DeviceEvent::Error { device, detail } => {
+                self.device_record(&device, "error", &detail).await;
+            }
+            DeviceEvent::BadFrame { device, detail } => {
+                self.bad_frame(&device, &detail).await;
+            }
+            DeviceEvent::Frame { device, bytes } => match device.decoder {
+                DecoderKind::Scan => self.scan(&device, &bytes).await,
+                other => {
+                    let detail = format!(
+                        "decoder {other:?} is not available in this build; frame {}",
+                        excerpt(&bytes)
+                    );
+                    self.bad_frame(&device, &detail).await;
+                }
+            },
+        }
+    }
+
+    async fn scan(&self, device: &DeviceInfo, frame: &[u8]) {
+        if let Some(reason) = decode::noise_reason(frame) {
+            let detail = format!("{reason}: {}", excerpt(frame));
+            self.bad_frame(device, &detail).await;
+            return;
+        }
+        let context = DecodeContext {
+            current_year: chrono::Local::now().year(),
+        };
+        let data = ScanData {
+            device: &device.id,
+            station: &device.station,
+            raw: decode::escape_raw(frame),
+            decoded: decode::decode_scan(frame, &context),
+            campaign: None,
+            answer_code: false,
+        };
+        if let Some(error) = &data.decoded.error {
+            tracing::debug!(device = %device.id, raw = %data.raw, "undecodable scan: {error}");
+        }
+        self.append(Kind::Scan, &data).await;
+    }
+
+    async fn bad_frame(&self, device: &DeviceInfo, detail: &str) {
+        tracing::warn!(device = %device.id, "bad frame: {detail}");
+        self.metrics.bad_frame(&device.id);
+        self.device_record(device, "bad_frame", detail).await;
+    }
+
+    async fn device_record(&self, device: &DeviceInfo, event: &'static str, detail: &str) {
+        let data = DeviceData {
+            device: &device.id,
+            event,
+            detail,
+        };
+        self.append(Kind::Device, &data).await;
+    }
+
+    async fn append<T: Serialize>(&self, kind: Kind, data: &T) {
+        match self.journal.append_value(kind, data).await {
+            Ok(_) => {
+                self.health.journal_failed.store(false, Ordering::Relaxed);
+                self.metrics.record_appended(kind.as_str());
+            }
+            Err(error) => {
+                // Nothing else can be done with the record: say so as loudly as possible.
+                self.health.journal_failed.store(true, Ordering::Relaxed);
+                tracing::error!(?kind, %error, "journal append failed; record lost");
+            }
+        }
+    }
+}
+
+/// The start of a frame in the contract's escaped form, cut to a readable length.
+fn excerpt(frame: &[u8]) -> String {
+    let cut = &frame[..frame.len().min(BAD_FRAME_EXCERPT)];
+    let mut text = decode::escape_raw(cut);
+    if frame.len() > cut.len() {
+        text.push_str(&format!("… ({} bytes)", frame.len()));
+    }
+    text
+}

@@ -1,0 +1,287 @@
+//! Serial devices: one task per configured port (RS-232 or USB-CDC), owning that port.
+//!
+//! The task opens the port with the line settings of the device's profile, and then for every read:
+//! 1. hands the bytes to the passthrough first (so the POS or printer never waits on us),
+//! 2. cuts them into frames with the profile's [`Framer`], ending a frame also after the profile's
+//!    idle gap for scanners that send no terminator,
+//! 3. sends the frames to the core.
+//!
+//! When the port is missing or goes away (USB unplug, read error) the task reports the device as
+//! disconnected once, retries with exponential backoff and jitter, and carries on when it returns.
+//! A missing device never stops the gateway from starting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Local;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_util::sync::CancellationToken;
+
+use super::framing::{FrameEvent, Framer, FramingSpec};
+use super::passthrough::{self, PassthroughHandle};
+use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
+use crate::config::{DeviceSettings, FlowControl, FramingSettings, LineSettings, Parity};
+
+/// First retry delay after a failed open.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+/// Longest delay between open attempts: a replugged scanner is picked up within this.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Read buffer: scanners send tens of bytes, receipts a few KiB at a time.
+const READ_BUFFER: usize = 8192;
+
+/// A tokio-serial builder for `path` with the given line settings.
+pub fn builder(path: &str, line: &LineSettings) -> tokio_serial::SerialPortBuilder {
+    let data_bits = match line.data_bits {
+        5 => tokio_serial::DataBits::Five,
+        6 => tokio_serial::DataBits::Six,
+        7 => tokio_serial::DataBits::Seven,
+        _ => tokio_serial::DataBits::Eight,
+    };
+    let parity = match line.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Odd => tokio_serial::Parity::Odd,
+        Parity::Even => tokio_serial::Parity::Even,
+    };
+    let stop_bits = match line.stop_bits {
+        2 => tokio_serial::StopBits::Two,
+        _ => tokio_serial::StopBits::One,
+    };
+    let flow_control = match line.flow_control {
+        FlowControl::None => tokio_serial::FlowControl::None,
+        FlowControl::Software => tokio_serial::FlowControl::Software,
+        FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+    };
+    tokio_serial::new(path, line.baud)
+        .data_bits(data_bits)
+        .parity(parity)
+        .stop_bits(stop_bits)
+        .flow_control(flow_control)
+}
+
+/// The framing spec a profile's framing settings describe.
+pub fn framing_spec(framing: &FramingSettings) -> FramingSpec {
+    FramingSpec {
+        cr: framing.cr,
+        lf: framing.lf,
+        suffix: framing.suffix.clone(),
+        strip_prefix: framing.strip_prefix.clone(),
+        max_frame: framing.max_frame,
+    }
+}
+
+/// Everything a serial device task needs; built by the gateway from the configuration.
+pub struct SerialDevice {
+    /// The device's settings (path, line settings, passthrough, profile).
+    pub settings: Arc<DeviceSettings>,
+    /// Its identity as written into records.
+    pub info: Arc<DeviceInfo>,
+    /// Where frames and connection events go.
+    pub events: mpsc::Sender<DeviceEvent>,
+    /// Its published status.
+    pub status: watch::Sender<DeviceStatus>,
+}
+
+/// Why a connected port stopped being read.
+enum ReadEnd {
+    /// The gateway is shutting down.
+    Shutdown,
+    /// The port failed or went away.
+    Lost(String),
+}
+
+impl SerialDevice {
+    /// Runs the device until `shutdown` fires: open, read, reopen after failures.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(serial) = self.settings.serial.as_ref() else {
+            tracing::error!(device = %self.info.id, "serial device without serial settings");
+            return;
+        };
+        let path = serial.path.to_string_lossy().into_owned();
+        let passthrough = match &serial.passthrough {
+            None => None,
+            Some(target) => match passthrough::spawn(target, &serial.line) {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    // The device is still read: losing passthrough must not lose scans.
+                    let detail = format!("passthrough '{}' unavailable: {error}", target.display());
+                    tracing::error!(device = %self.info.id, "{detail}");
+                    self.send(DeviceEvent::Error {
+                        device: self.info.clone(),
+                        detail,
+                    })
+                    .await;
+                    None
+                }
+            },
+        };
+        let mut framer = Framer::new(framing_spec(&self.settings.profile.framing));
+        let idle_gap = self.settings.profile.framing.idle_gap;
+        let mut retry = new_backoff();
+
+        loop {
+            match builder(&path, &serial.line).open_native_async() {
+                Ok(port) => {
+                    retry = new_backoff();
+                    let detail = format!("opened {path} at {}", describe_line(&serial.line));
+                    tracing::info!(device = %self.info.id, "{detail}");
+                    self.set_state(ConnectionState::Connected, &detail);
+                    self.send(DeviceEvent::Connected {
+                        device: self.info.clone(),
+                        detail,
+                    })
+                    .await;
+                    let end = self
+                        .read_port(port, &mut framer, idle_gap, passthrough.as_ref(), &shutdown)
+                        .await;
+                    match end {
+                        ReadEnd::Shutdown => return,
+                        ReadEnd::Lost(detail) => {
+                            tracing::warn!(device = %self.info.id, "{path}: {detail}; reconnecting");
+                            self.disconnected(detail).await;
+                        }
+                    }
+                }
+                Err(error) => {
+                    // Report the first failure only; the retries are quiet until something changes.
+                    if self.status.borrow().state != ConnectionState::Disconnected {
+                        let detail = format!("cannot open {path}: {error}");
+                        tracing::warn!(device = %self.info.id, "{detail}; retrying");
+                        self.disconnected(detail).await;
+                    }
+                }
+            }
+            let delay = retry.next().unwrap_or(RETRY_MAX);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Reads the open port until it fails or the gateway shuts down.
+    async fn read_port(
+        &self,
+        mut port: SerialStream,
+        framer: &mut Framer,
+        idle_gap: Option<Duration>,
+        passthrough: Option<&PassthroughHandle>,
+        shutdown: &CancellationToken,
+    ) -> ReadEnd {
+        let mut buffer = vec![0u8; READ_BUFFER];
+        let mut frames = Vec::new();
+        loop {
+            // Only wait for the idle gap while a frame is half-received.
+            let gap = idle_gap.filter(|_| framer.has_partial());
+            let read = tokio::select! {
+                read = port.read(&mut buffer) => Some(read),
+                () = sleep_or_never(gap) => None,
+                () = shutdown.cancelled() => {
+                    // Whatever was half-received is still data the scanner sent.
+                    if let Some(event) = framer.idle() {
+                        self.emit(event).await;
+                    }
+                    return ReadEnd::Shutdown;
+                }
+            };
+            match read {
+                None => {
+                    if let Some(event) = framer.idle() {
+                        self.emit(event).await;
+                    }
+                }
+                Some(Ok(0)) => return ReadEnd::Lost("end of file".into()),
+                Some(Ok(n)) => {
+                    let bytes = &buffer[..n];
+                    if let Some(passthrough) = passthrough {
+                        passthrough.send(bytes);
+                    }
+                    framer.push(bytes, |event| frames.push(event));
+                    for event in frames.drain(..) {
+                        self.emit(event).await;
+                    }
+                }
+                Some(Err(error)) => return ReadEnd::Lost(error.to_string()),
+            }
+        }
+    }
+
+    async fn emit(&self, event: FrameEvent) {
+        let event = match event {
+            FrameEvent::Frame(bytes) => {
+                self.status
+                    .send_modify(|status| status.last_frame_at = Some(Local::now()));
+                DeviceEvent::Frame {
+                    device: self.info.clone(),
+                    bytes,
+                }
+            }
+            FrameEvent::Overlong { len, head } => DeviceEvent::BadFrame {
+                device: self.info.clone(),
+                detail: format!(
+                    "frame longer than {} bytes ({len} bytes dropped), starting {}",
+                    self.settings.profile.framing.max_frame,
+                    crate::decode::escape_raw(&head)
+                ),
+            },
+        };
+        self.send(event).await;
+    }
+
+    async fn disconnected(&self, detail: String) {
+        self.set_state(ConnectionState::Disconnected, &detail);
+        self.send(DeviceEvent::Disconnected {
+            device: self.info.clone(),
+            detail,
+        })
+        .await;
+    }
+
+    fn set_state(&self, state: ConnectionState, detail: &str) {
+        self.status.send_modify(|status| {
+            status.state = state;
+            status.detail = Some(detail.to_owned());
+        });
+    }
+
+    async fn send(&self, event: DeviceEvent) {
+        // The core only goes away at shutdown, after the devices; nothing to do if it already has.
+        let _ = self.events.send(event).await;
+    }
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(RETRY_MIN)
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn sleep_or_never(gap: Option<Duration>) {
+    match gap {
+        Some(gap) => tokio::time::sleep(gap).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// "9600 8N1" and the flow control, for log lines and records.
+pub fn describe_line(line: &LineSettings) -> String {
+    let parity = match line.parity {
+        Parity::None => 'N',
+        Parity::Odd => 'O',
+        Parity::Even => 'E',
+    };
+    let flow = match line.flow_control {
+        FlowControl::None => "",
+        FlowControl::Software => " xon/xoff",
+        FlowControl::Hardware => " rts/cts",
+    };
+    format!(
+        "{} {}{}{}{flow}",
+        line.baud, line.data_bits, parity, line.stop_bits
+    )
+}

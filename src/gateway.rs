@@ -1,0 +1,175 @@
+//! `posgw run`: wires the store gateway together and runs it until shutdown.
+//!
+//! Start-up order: bind the API (fail fast on a taken port), open the journal (quarantining a
+//! damaged one), record `started`, start the core, the devices and the API. Shutdown runs the same
+//! chain backwards so nothing in flight is lost: stop the devices (they hand over half-received
+//! frames), let the core write everything queued, record `stopped`, flush and close the journal.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::{Settings, Transport};
+use crate::devices::serial::SerialDevice;
+use crate::devices::{self, DeviceEvent, DeviceInfo};
+use crate::journal::{self, JournalConfig, Kind};
+use crate::metrics::Metrics;
+
+/// `data` of a `gateway` record.
+#[derive(Debug, Serialize)]
+pub struct GatewayData<'a> {
+    /// started | stopped | journal_replaced | clock_jump | evicted.
+    pub event: &'a str,
+    /// posgw version.
+    pub version: &'a str,
+    /// Human-readable detail.
+    pub detail: &'a str,
+}
+
+/// Runs the gateway described by `settings` until `shutdown` completes.
+///
+/// `listener` is the bound API socket (tests pass one bound to port 0).
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let journal_config = JournalConfig {
+        data_dir: settings.gateway.data_dir.clone(),
+        store: settings.gateway.store.clone(),
+        gateway: settings.gateway.id.clone(),
+        flush: settings.gateway.flush,
+        version: crate::VERSION,
+    };
+    let opened = journal::open(journal_config).await.with_context(|| {
+        format!(
+            "cannot open the journal in {}",
+            settings.gateway.data_dir.display()
+        )
+    })?;
+    let journal = opened.handle;
+    let metrics = Metrics::new();
+    if opened.replaced.is_some() {
+        metrics.record_appended(Kind::Gateway.as_str());
+    }
+    let detail = format!(
+        "config {}; {} device(s)",
+        settings.path.display(),
+        settings.devices.len()
+    );
+    journal
+        .append_value(
+            Kind::Gateway,
+            &GatewayData {
+                event: "started",
+                version: crate::VERSION,
+                detail: &detail,
+            },
+        )
+        .await
+        .context("cannot write to the journal")?;
+    metrics.record_appended(Kind::Gateway.as_str());
+    if !settings.campaigns.is_empty() {
+        tracing::warn!("[[campaign]] is configured, but prompts are not available in this build");
+    }
+    if settings.uplink.is_some() {
+        tracing::warn!("[uplink] is configured, but forwarding to HQ is not available in this build; records stay in the journal");
+    }
+
+    let core = crate::core::spawn(journal.clone(), metrics.clone());
+    let stop = CancellationToken::new();
+    let mut device_tasks = JoinSet::new();
+    let mut views = Vec::new();
+    for device in &settings.devices {
+        let device = Arc::new(device.clone());
+        let info = Arc::new(DeviceInfo::from_settings(&device));
+        let (status, view) = devices::status_channel(&device);
+        views.push(view);
+        metrics.set_connected(&device.id, false);
+        match device.transport {
+            Transport::Serial => {
+                let task = SerialDevice {
+                    settings: device.clone(),
+                    info,
+                    events: core.events.clone(),
+                    status,
+                };
+                device_tasks.spawn(task.run(stop.child_token()));
+            }
+            Transport::Mqtt => {
+                let detail = "mqtt devices are not available in this build".to_owned();
+                tracing::error!(device = %device.id, "{detail}");
+                let _ = core
+                    .events
+                    .send(DeviceEvent::Error {
+                        device: info,
+                        detail,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    let state = ApiState {
+        store: settings.gateway.store.as_str().into(),
+        gateway: settings.gateway.id.as_str().into(),
+        devices: views.into(),
+        journal: journal.clone(),
+        health: core.health.clone(),
+        metrics: metrics.clone(),
+    };
+    let api_stop = stop.clone();
+    let api = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move { api_stop.cancelled().await })
+            .await
+    });
+
+    tracing::info!(
+        store = %settings.gateway.store,
+        gateway = %settings.gateway.id,
+        devices = settings.devices.len(),
+        "gateway running"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    stop.cancel();
+    while device_tasks.join_next().await.is_some() {}
+    // The devices are gone; dropping our sender lets the core finish the queue and stop.
+    let core_task = core.task;
+    drop(core.events);
+    core_task.await.context("gateway core failed")?;
+    match api.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "api server ended with an error"),
+        Err(error) => tracing::warn!(%error, "api server task failed"),
+    }
+    journal
+        .append_value(
+            Kind::Gateway,
+            &GatewayData {
+                event: "stopped",
+                version: crate::VERSION,
+                detail: "shutdown requested",
+            },
+        )
+        .await
+        .context("cannot write to the journal")?;
+    journal.close().await.context("cannot flush the journal")?;
+    tracing::info!("stopped; journal flushed");
+    Ok(())
+}
+
+/// Binds the API address from the configuration.
+pub async fn bind_api(settings: &Settings) -> anyhow::Result<TcpListener> {
+    let listen = settings.api.listen;
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (api.listen)"))
+}

@@ -1,0 +1,143 @@
+//! The durable journal: every accepted record is written here before anything else happens to
+//! it, and leaves only after HQ has stored it. This module doc is the journal's design doc.
+//!
+//! # Promise
+//!
+//! A record whose [`Durable`] resolved survives a power cut, a `kill -9` and a damaged database
+//! (in the last case through quarantine and salvage, below). Its id is never reused.
+//!
+//! # Invariants
+//!
+//! 1. Only this module touches sled. One actor task owns the open database; everyone else holds
+//!    a [`JournalHandle`]. Offline commands open the journal only while the gateway is stopped,
+//!    enforced by an exclusive `flock` on `data_dir/journal.lock` (plus sled's own lock).
+//! 2. `seq` starts at 1 and grows by exactly 1 per appended record of an epoch: no gaps, no reuse,
+//!    across restarts and after every record was removed. A failed sled insert does not consume a
+//!    seq.
+//! 3. `epoch` is 8 random lowercase hex characters, written (and fsynced) into `meta` when the
+//!    journal is created, before any record can carry it. It never changes for that journal.
+//! 4. A record's bytes are produced once, at append, and never re-encoded: the journal, `journal
+//!    dump` and HQ see the same bytes.
+//! 5. Readers ([`JournalHandle::read`]) only ever see durable records. Otherwise the uplink could
+//!    send a record that a crash then takes back, and the seq would be issued again to a different
+//!    record, which HQ would drop as a duplicate.
+//! 6. Records leave the records tree only through [`JournalHandle::remove_through`] (after HQ
+//!    acknowledged them) or [`JournalHandle::move_to_dead`] (HQ rejected one); nothing is dropped
+//!    silently.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! data_dir/
+//!   journal.lock                   flock held by whoever has the journal open
+//!   journal/                       the sled 0.34 database (conf, db, snap.*, blobs/)
+//!     tree "records"               position (u64 big-endian) -> record JSON bytes
+//!     tree "dead"                  position -> record JSON bytes (HQ rejected it)
+//!     tree "dead_reason"           position -> HQ's reason, UTF-8
+//!     tree "meta"                  "format" = "1", "epoch" = 8 hex chars,
+//!                                  "seq_floor" = u64 BE, "position_floor" = u64 BE
+//!   quarantine-20261127T083000Z/   a damaged journal folder, moved aside as it was
+//!   salvaged-20261127T083000Z/     the same folder after `journal salvage` copied it
+//! ```
+//!
+//! The storage key (`position`) is separate from the record's `seq` because `journal salvage`
+//! copies records of older epochs into the live journal with their original id, epoch and seq;
+//! they get fresh positions after the live records. Positions, like seqs, are never reused.
+//!
+//! # Record format
+//!
+//! CONTRACT.md section 3, written by [`record`] in this field order:
+//! `{"id":"STORE/GW/EPOCH/SEQ","store":..,"gateway":..,"epoch":"7f3a9c21","seq":42,
+//! "ts":"2026-11-27T16:01:02.345+08:00","clock":{"boot":..,"mono_ms":..,"synced":..},
+//! "kind":"scan","data":{..}}`. `data` is the caller's already-serialised JSON object, copied in
+//! verbatim. `clock` comes from [`clock`]: the boot id (cached), `CLOCK_BOOTTIME` milliseconds and
+//! the kernel's `adjtimex` sync flag (asked at most once a second).
+//!
+//! # Next seq and position after a restart
+//!
+//! Recovery must derive "the last seq issued" even when records were removed, dead-lettered, or
+//! followed by salvaged records of another epoch. The rule: **the last issued seq is the larger of
+//! `meta.seq_floor` and the seq of the last record (highest position) if that record belongs to
+//! this epoch.** Appends keep this true on their own (the new record is last). Every operation
+//! that can change which record is last (removal, dead-lettering, salvage) first writes
+//! `seq_floor`/`position_floor` = what has been issued so far; removal and dead-lettering do it in
+//! the same sled transaction as the change itself, so no crash point can separate them. The next
+//! position is one above the largest of `position_floor`, the last record and the last dead
+//! record.
+//!
+//! # Group commit
+//!
+//! An append is inserted into sled at once (it is then readable, but not durable) and answered
+//! with its seq, id and a [`Durable`]. The actor fsyncs (`Db::flush`) on a blocking thread, never
+//! on its own task, so appends keep flowing while a flush runs:
+//! - at most one flush is in flight;
+//! - a flush starts once the oldest write not covered by a started flush is `flush` old (with
+//!   `flush = 0` that is immediately; writes that arrive during a flush are covered by the next
+//!   one, so each record is still fsynced before it is confirmed);
+//! - when a flush finishes, every position at or below what it covered is published as durable
+//!   on a `watch` channel; [`Durable::wait`] resolves from there (MQTT PUBACK-after-durable and
+//!   the uplink reader both use it).
+//!
+//! sled sets its own background flush off: fsync timing is ours alone. If an fsync fails the
+//! journal stops accepting records (Linux may already have dropped the dirty pages, so nothing
+//! can be promised), reports the failure in [`JournalStats::failure`] and fails pending waits.
+//! [`JournalHandle::close`] waits for the running flush, flushes once more, closes the database
+//! and only then returns.
+//!
+//! # Opening, quarantine
+//!
+//! sled 0.34 can fail to open after an abrupt stop (`Corruption`) and sometimes panics instead.
+//! The open (and the recovery scan) runs on its own thread; a panic is turned into an error. The
+//! outcome is sorted:
+//! - locked by another process: a plain error ("journal at X is in use by another process");
+//! - the environment is at fault (permission denied, disk full, read-only file system, out of
+//!   file descriptors or memory): a plain error, because moving a healthy journal aside would
+//!   not help;
+//! - anything else, including an open that succeeds but finds the meta unreadable or
+//!   inconsistent (bad epoch, floors of the wrong size, records without an epoch, a last record
+//!   that is not a record): **damage**. The whole `journal/` folder is renamed to
+//!   `quarantine-<UTC time>/`, a fresh journal with a new epoch is created, its first record is a
+//!   `gateway` record `{"event":"journal_replaced","version":..,"detail":"<reason>; damaged journal
+//!   moved to <path>; run `posgw journal salvage` to recover records"}`, and the gateway carries
+//!   on. This is logged with `tracing::error!`. The gateway never crash-loops on a bad journal.
+//!
+//! # Salvage
+//!
+//! `posgw journal salvage` (gateway stopped) opens or creates the live journal (quarantining it
+//! first if it is itself damaged) and records its floors; then for each `quarantine-*` folder it
+//! reads records two ways: with sled, on a scratch copy (`data_dir/.salvage-copy`; opened as is,
+//! then without `conf`, then without `snap.*` too, since sled rebuilds from its log; read on a
+//! guarded thread), and with a raw scan of the folder's files for complete JSON record envelopes
+//! (sled keeps values as contiguous bytes in its log, so this finds records sled lost at a
+//! damaged point). Items that error or are not a record are counted unreadable. Each record is
+//! appended with its original bytes (so id, epoch and seq) unless the live journal already holds
+//! its id; the raw scan leaves out old copies of records the damaged journal had already removed
+//! when sled could tell (`seq_floor`). After an fsync the folder is renamed to
+//! `salvaged-<same time>`; running salvage again copies nothing new. Details in `salvage`.
+//!
+//! # Code map
+//!
+//! - [`clock`]: clock stamps.
+//! - [`record`]: the envelope, [`Kind`].
+//! - `store`: lock, defensive open, recovery, quarantine, the blocking tree operations.
+//! - `writer`: the actor, [`JournalHandle`], group commit.
+//! - `offline`: `stats`, `dump`.
+//! - `salvage`: `salvage` and the raw scan.
+
+pub mod clock;
+mod error;
+mod offline;
+pub mod record;
+mod salvage;
+mod store;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::JournalError;
+pub use offline::{dump, identity, offline_stats, OfflineStats};
+pub use record::Kind;
+pub use salvage::{salvage, SalvageReport, SalvagedFolder};
+pub use store::{Replaced, StoredRecord};
+pub use writer::{open, Appended, Durable, JournalConfig, JournalHandle, JournalStats, Opened};

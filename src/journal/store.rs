@@ -1,0 +1,818 @@
+//! The synchronous journal core: the lock file, opening sled defensively, the trees and meta,
+//! recovering the counters, quarantining a damaged journal, and the blocking operations (append,
+//! read, remove, dead-letter, flush) that the actor and the offline commands share.
+//!
+//! Nothing here is async; the actor calls the quick operations inline and runs `Db::flush` on a
+//! blocking thread. See the module doc of `journal` for the invariants this code keeps.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::value::RawValue;
+use sled::{Batch, Db, Transactional, Tree};
+
+use super::clock::Clock;
+use super::error::JournalError;
+use super::record::{check_data_is_object, json_string, Kind, RecordEncoder, RecordHead};
+
+/// Name of the sled folder inside `data_dir`.
+pub(crate) const JOURNAL_DIR: &str = "journal";
+/// Name of the lock file beside it; held (flock) by whoever has the journal open.
+pub(crate) const LOCK_FILE: &str = "journal.lock";
+/// Prefix of folders holding a damaged journal that has not been salvaged yet.
+pub(crate) const QUARANTINE_PREFIX: &str = "quarantine-";
+/// Prefix a quarantine folder is renamed to once salvage has copied what it could.
+pub(crate) const SALVAGED_PREFIX: &str = "salvaged-";
+
+/// Tree of records: position (u64 big-endian) -> record JSON bytes.
+pub(crate) const RECORDS_TREE: &str = "records";
+/// Tree of dead-lettered records: original position -> record JSON bytes.
+pub(crate) const DEAD_TREE: &str = "dead";
+/// Why each dead-lettered record was rejected: position -> UTF-8 reason.
+pub(crate) const DEAD_REASON_TREE: &str = "dead_reason";
+/// Tree of journal metadata (see the `META_*` keys).
+const META_TREE: &str = "meta";
+
+/// Meta key: the on-disk format version of this journal.
+const META_FORMAT: &[u8] = b"format";
+/// Meta key: the journal's epoch (8 lowercase hex characters).
+const META_EPOCH: &[u8] = b"epoch";
+/// Meta key: a seq already issued (u64 BE); the next seq is above it even if no record is left.
+const META_SEQ_FLOOR: &[u8] = b"seq_floor";
+/// Meta key: a position already used (u64 BE); the next position is above it.
+const META_POSITION_FLOOR: &[u8] = b"position_floor";
+/// The only format this code writes and reads.
+const FORMAT_VERSION: &[u8] = b"1";
+
+/// sled's page cache size; the journal is written once and read once, so a small cache does.
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+/// Removals are applied in transactions of at most this many keys, to bound memory.
+const REMOVE_CHUNK: usize = 10_000;
+
+/// The exclusive flock on `data_dir/journal.lock`: the first line of defence against two
+/// processes using one journal, with a clear error instead of sled's.
+#[derive(Debug)]
+pub(crate) struct JournalLock {
+    /// Held for as long as this value lives.
+    _flock: Flock<File>,
+}
+
+/// Takes the journal lock, creating `data_dir` and the lock file if needed.
+pub(crate) fn lock(data_dir: &Path) -> Result<JournalLock, JournalError> {
+    std::fs::create_dir_all(data_dir).map_err(|err| {
+        JournalError::io(
+            format!("cannot create data folder {}", data_dir.display()),
+            err,
+        )
+    })?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| JournalError::io(format!("cannot open {}", path.display()), err))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(flock) => Ok(JournalLock { _flock: flock }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(JournalError::InUse {
+            path: data_dir.join(JOURNAL_DIR),
+        }),
+        Err((_, errno)) => Err(JournalError::io(
+            format!("cannot lock {}", path.display()),
+            std::io::Error::from(errno),
+        )),
+    }
+}
+
+/// The sled configuration used for every journal (live or a salvage copy): same segment size
+/// and defaults everywhere, so a salvage copy whose `conf` was deleted reopens with what wrote it.
+pub(crate) fn sled_config(path: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY)
+        // The actor decides when to fsync (group commit); sled's own timer would add
+        // unscheduled fsyncs on a store PC's slow disk.
+        .flush_every_ms(None)
+}
+
+/// Why a journal could not be opened.
+#[derive(Debug)]
+pub(crate) enum OpenFailure {
+    /// Held by another process: a plain error, never damage.
+    InUse,
+    /// The environment is at fault (permissions, disk full, ...): a plain error, because moving
+    /// a healthy journal aside would not help.
+    Environment(String),
+    /// The files are damaged or inconsistent: quarantine material.
+    Damaged(String),
+}
+
+impl OpenFailure {
+    /// Turns the failure into the error reported by commands that do not quarantine.
+    pub(crate) fn into_error(self, path: &Path) -> JournalError {
+        match self {
+            OpenFailure::InUse => JournalError::InUse {
+                path: path.to_path_buf(),
+            },
+            OpenFailure::Environment(reason) | OpenFailure::Damaged(reason) => {
+                JournalError::Damaged {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            }
+        }
+    }
+}
+
+/// Sorts a sled error met while opening into in-use, environment or damage.
+fn classify(err: &sled::Error) -> OpenFailure {
+    if let sled::Error::Io(io) = err {
+        if io.to_string().contains("could not acquire lock") {
+            return OpenFailure::InUse;
+        }
+        if let Some(code) = io.raw_os_error() {
+            if [
+                libc::EACCES,
+                libc::EPERM,
+                libc::ENOSPC,
+                libc::EROFS,
+                libc::EMFILE,
+                libc::ENFILE,
+                libc::ENOMEM,
+                libc::EDQUOT,
+            ]
+            .contains(&code)
+            {
+                return OpenFailure::Environment(format!("sled: {err}"));
+            }
+        }
+    }
+    OpenFailure::Damaged(format!("sled: {err}"))
+}
+
+/// Runs `work` on its own thread and turns a panic into [`OpenFailure::Damaged`]: sled 0.34 can
+/// panic instead of returning an error when it meets some kinds of damage.
+pub(crate) fn run_guarded<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, OpenFailure> + Send + 'static,
+) -> Result<T, OpenFailure> {
+    let thread = std::thread::Builder::new()
+        .name("journal-open".to_string())
+        .spawn(work)
+        .map_err(|err| OpenFailure::Environment(format!("cannot start a thread: {err}")))?;
+    match thread.join() {
+        Ok(result) => result,
+        Err(panic) => Err(OpenFailure::Damaged(format!(
+            "sled panicked while {what}: {}",
+            panic_message(panic.as_ref())
+        ))),
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// Opens the sled database at `path` (on a guarded thread).
+pub(crate) fn open_db(path: &Path) -> Result<Db, OpenFailure> {
+    let config = sled_config(path);
+    run_guarded("opening the database", move || {
+        config.open().map_err(|err| classify(&err))
+    })
+}
+
+/// A fresh random epoch: 8 lowercase hex characters.
+pub(crate) fn new_epoch() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Whether `text` is a well-formed epoch.
+fn is_epoch(text: &str) -> bool {
+    text.len() == 8
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A position as a tree key.
+pub(crate) fn position_key(position: u64) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+/// A tree key as a position; `None` for keys that are not 8 bytes.
+pub(crate) fn key_position(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// Reads a u64 meta value; missing means 0, anything but 8 bytes is damage.
+fn meta_u64(meta: &Tree, key: &[u8]) -> Result<u64, OpenFailure> {
+    match meta.get(key) {
+        Ok(None) => Ok(0),
+        Ok(Some(value)) => key_position(&value).ok_or_else(|| {
+            OpenFailure::Damaged(format!(
+                "meta value {} is {} bytes, expected 8",
+                String::from_utf8_lossy(key),
+                value.len()
+            ))
+        }),
+        Err(err) => Err(OpenFailure::Damaged(format!(
+            "cannot read meta {}: {err}",
+            String::from_utf8_lossy(key)
+        ))),
+    }
+}
+
+/// A record as stored, for readers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Local storage order key (not the record's `seq`).
+    pub position: u64,
+    /// The record's JSON bytes, exactly as appended.
+    pub bytes: Vec<u8>,
+}
+
+/// A record just appended by [`Store::append`].
+#[derive(Debug)]
+pub(crate) struct LocalAppend {
+    /// The record's seq.
+    pub(crate) seq: u64,
+    /// The record's storage position.
+    pub(crate) position: u64,
+    /// The record's id.
+    pub(crate) id: String,
+}
+
+/// An open journal: the sled database, its trees and the counters recovered from them.
+/// Owned by exactly one party (the actor, or an offline command).
+pub(crate) struct Store {
+    /// The database (cheap to clone; clones are used to fsync on a blocking thread).
+    pub(crate) db: Db,
+    /// position -> record bytes.
+    records: Tree,
+    /// position -> dead-lettered record bytes.
+    dead: Tree,
+    /// position -> dead-letter reason.
+    dead_reason: Tree,
+    /// Metadata (epoch, floors).
+    meta: Tree,
+    /// The journal's epoch.
+    pub(crate) epoch: String,
+    /// The seq the next appended record gets.
+    pub(crate) next_seq: u64,
+    /// The position the next stored record (appended or salvaged) gets.
+    pub(crate) next_position: u64,
+    /// Records currently in the records tree.
+    pub(crate) backlog_records: u64,
+    /// Total bytes of those records.
+    pub(crate) backlog_bytes: u64,
+    /// Records in the dead-letter set.
+    pub(crate) dead_records: u64,
+    /// Writes the envelope for this journal's store, gateway and epoch.
+    encoder: RecordEncoder,
+    /// Clock stamps for new records.
+    clock: Clock,
+    /// The boot id as a JSON string literal, computed once.
+    boot_json: String,
+    /// Reused encoding buffer.
+    buffer: Vec<u8>,
+    /// Dropped last (fields drop in declaration order), after sled released its files.
+    _lock: JournalLock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("epoch", &self.epoch)
+            .field("next_seq", &self.next_seq)
+            .field("next_position", &self.next_position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters recovered from the trees while opening.
+struct Recovered {
+    /// The epoch (created if the journal was empty and had none).
+    epoch: String,
+    /// The next seq.
+    next_seq: u64,
+    /// The next position.
+    next_position: u64,
+    /// Records in the records tree.
+    backlog_records: u64,
+    /// Their bytes.
+    backlog_bytes: u64,
+    /// Records in the dead tree.
+    dead_records: u64,
+}
+
+/// The trees of one database.
+struct Trees {
+    /// See [`Store::records`].
+    records: Tree,
+    /// See [`Store::dead`].
+    dead: Tree,
+    /// See [`Store::dead_reason`].
+    dead_reason: Tree,
+    /// See [`Store::meta`].
+    meta: Tree,
+}
+
+/// Opens the four trees.
+fn open_trees(db: &Db) -> Result<Trees, OpenFailure> {
+    let open = |name: &str| {
+        db.open_tree(name)
+            .map_err(|err| OpenFailure::Damaged(format!("cannot open tree {name}: {err}")))
+    };
+    Ok(Trees {
+        records: open(RECORDS_TREE)?,
+        dead: open(DEAD_TREE)?,
+        dead_reason: open(DEAD_REASON_TREE)?,
+        meta: open(META_TREE)?,
+    })
+}
+
+/// Reads the meta and scans the trees to recover the counters, creating the meta of a new
+/// journal. Every inconsistency is reported as damage.
+fn recover(db: &Db, trees: &Trees) -> Result<Recovered, OpenFailure> {
+    let damaged = |what: &str, err: sled::Error| OpenFailure::Damaged(format!("{what}: {err}"));
+    let epoch = match trees.meta.get(META_EPOCH) {
+        Err(err) => return Err(damaged("cannot read the epoch", err)),
+        Ok(Some(value)) => {
+            let epoch = std::str::from_utf8(&value).unwrap_or_default().to_string();
+            if !is_epoch(&epoch) {
+                return Err(OpenFailure::Damaged(format!(
+                    "meta epoch {:?} is not 8 hex characters",
+                    String::from_utf8_lossy(&value)
+                )));
+            }
+            match trees.meta.get(META_FORMAT) {
+                Ok(Some(format)) if format.as_ref() == FORMAT_VERSION => {}
+                Ok(other) => {
+                    return Err(OpenFailure::Damaged(format!(
+                        "meta format is {:?}, expected 1",
+                        other.map(|v| String::from_utf8_lossy(&v).into_owned())
+                    )))
+                }
+                Err(err) => return Err(damaged("cannot read the format", err)),
+            }
+            epoch
+        }
+        Ok(None) => {
+            let empty = trees.records.is_empty() && trees.dead.is_empty();
+            if !empty {
+                return Err(OpenFailure::Damaged(
+                    "meta has no epoch but the journal holds records".to_string(),
+                ));
+            }
+            // A new journal (or one whose creation did not reach the disk): give it an epoch and
+            // make that durable before any record can carry it.
+            let epoch = new_epoch();
+            let mut batch = Batch::default();
+            batch.insert(META_FORMAT, FORMAT_VERSION);
+            batch.insert(META_EPOCH, epoch.as_bytes());
+            trees
+                .meta
+                .apply_batch(batch)
+                .map_err(|err| damaged("cannot write the epoch", err))?;
+            db.flush()
+                .map_err(|err| damaged("cannot flush the new epoch", err))?;
+            epoch
+        }
+    };
+    let seq_floor = meta_u64(&trees.meta, META_SEQ_FLOOR)?;
+    let position_floor = meta_u64(&trees.meta, META_POSITION_FLOOR)?;
+
+    // One pass over the records for the backlog figures (sled has no O(1) length).
+    let mut backlog_records = 0u64;
+    let mut backlog_bytes = 0u64;
+    let mut last: Option<(u64, sled::IVec)> = None;
+    for item in trees.records.iter() {
+        let (key, value) = item.map_err(|err| damaged("cannot read records", err))?;
+        let position = key_position(&key).ok_or_else(|| {
+            OpenFailure::Damaged(format!("record key of {} bytes, expected 8", key.len()))
+        })?;
+        backlog_records += 1;
+        backlog_bytes += value.len() as u64;
+        last = Some((position, value));
+    }
+    let mut dead_records = 0u64;
+    let mut last_dead_position = 0u64;
+    for item in trees.dead.iter() {
+        let (key, _) = item.map_err(|err| damaged("cannot read dead records", err))?;
+        last_dead_position = key_position(&key).ok_or_else(|| {
+            OpenFailure::Damaged(format!("dead key of {} bytes, expected 8", key.len()))
+        })?;
+        dead_records += 1;
+    }
+
+    // Invariant (see the module doc): the last issued seq is the larger of seq_floor and the seq
+    // of the last record when that record belongs to this epoch.
+    let mut last_seq = seq_floor;
+    let mut last_position = position_floor.max(last_dead_position);
+    if let Some((position, bytes)) = &last {
+        last_position = last_position.max(*position);
+        let head = RecordHead::parse(bytes).ok_or_else(|| {
+            OpenFailure::Damaged(format!(
+                "the last record (position {position}) is not a record"
+            ))
+        })?;
+        if head.epoch.as_deref() == Some(epoch.as_str()) {
+            let seq = head.seq.ok_or_else(|| {
+                OpenFailure::Damaged(format!("the last record (position {position}) has no seq"))
+            })?;
+            last_seq = last_seq.max(seq);
+        }
+    }
+    Ok(Recovered {
+        epoch,
+        next_seq: last_seq + 1,
+        next_position: last_position + 1,
+        backlog_records,
+        backlog_bytes,
+        dead_records,
+    })
+}
+
+/// Opens (or creates) the journal in `journal_dir` while `lock` is held. Runs entirely on a
+/// guarded thread, so a panic anywhere in sled during open or recovery counts as damage.
+pub(crate) fn open_store(
+    journal_dir: &Path,
+    store: &str,
+    gateway: &str,
+    lock: JournalLock,
+) -> Result<Store, (OpenFailure, JournalLock)> {
+    let path = journal_dir.to_path_buf();
+    let opened = run_guarded("opening the journal", move || {
+        let db = sled_config(&path).open().map_err(|err| classify(&err))?;
+        let trees = open_trees(&db)?;
+        let recovered = recover(&db, &trees)?;
+        Ok((db, trees, recovered))
+    });
+    let (db, trees, recovered) = match opened {
+        Ok(parts) => parts,
+        Err(failure) => return Err((failure, lock)),
+    };
+    let clock = Clock::new();
+    let boot_json = json_string(clock.boot_id());
+    Ok(Store {
+        db,
+        records: trees.records,
+        dead: trees.dead,
+        dead_reason: trees.dead_reason,
+        meta: trees.meta,
+        encoder: RecordEncoder::new(store, gateway, &recovered.epoch),
+        epoch: recovered.epoch,
+        next_seq: recovered.next_seq,
+        next_position: recovered.next_position,
+        backlog_records: recovered.backlog_records,
+        backlog_bytes: recovered.backlog_bytes,
+        dead_records: recovered.dead_records,
+        clock,
+        boot_json,
+        buffer: Vec::with_capacity(1024),
+        _lock: lock,
+    })
+}
+
+/// A damaged journal that was moved aside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replaced {
+    /// Where the damaged journal folder now is (`data_dir/quarantine-<UTC time>`).
+    pub quarantine: PathBuf,
+    /// Why it could not be used.
+    pub reason: String,
+}
+
+/// Moves `data_dir/journal` to a new `data_dir/quarantine-<UTC time>` folder.
+pub(crate) fn quarantine(data_dir: &Path) -> Result<PathBuf, JournalError> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let mut target = data_dir.join(format!("{QUARANTINE_PREFIX}{stamp}"));
+    let mut n = 2;
+    while target.exists() || data_dir.join(format!("{SALVAGED_PREFIX}{stamp}")).exists() {
+        target = data_dir.join(format!("{QUARANTINE_PREFIX}{stamp}-{n}"));
+        n += 1;
+    }
+    let source = data_dir.join(JOURNAL_DIR);
+    std::fs::rename(&source, &target).map_err(|err| {
+        JournalError::io(
+            format!(
+                "cannot move damaged journal {} to {}",
+                source.display(),
+                target.display()
+            ),
+            err,
+        )
+    })?;
+    Ok(target)
+}
+
+/// Opens the journal in `data_dir`, quarantining it and starting a fresh one when it is damaged.
+/// Does not write the `journal_replaced` record: the caller does, through its own append path.
+pub(crate) fn open_or_replace(
+    data_dir: &Path,
+    store: &str,
+    gateway: &str,
+) -> Result<(Store, Option<Replaced>), JournalError> {
+    let journal_dir = data_dir.join(JOURNAL_DIR);
+    let lock = lock(data_dir)?;
+    let (failure, lock) = match open_store(&journal_dir, store, gateway, lock) {
+        Ok(store) => return Ok((store, None)),
+        Err(failed) => failed,
+    };
+    let reason = match failure {
+        OpenFailure::Damaged(reason) => reason,
+        other => return Err(other.into_error(&journal_dir)),
+    };
+    tracing::error!(
+        journal = %journal_dir.display(),
+        %reason,
+        "journal cannot be opened; moving it aside and starting a new journal"
+    );
+    let moved_to = quarantine(data_dir)?;
+    tracing::error!(
+        quarantine = %moved_to.display(),
+        "damaged journal moved aside; run `posgw journal salvage` to recover its records"
+    );
+    match open_store(&journal_dir, store, gateway, lock) {
+        Ok(fresh) => Ok((
+            fresh,
+            Some(Replaced {
+                quarantine: moved_to,
+                reason,
+            }),
+        )),
+        Err((failure, _lock)) => Err(failure.into_error(&journal_dir)),
+    }
+}
+
+/// Opens an existing journal for an offline command: no creation of the folder, no quarantine.
+pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
+    let journal_dir = data_dir.join(JOURNAL_DIR);
+    if !journal_dir.is_dir() {
+        return Err(JournalError::Missing { path: journal_dir });
+    }
+    let lock = lock(data_dir)?;
+    // Offline commands never append, so the envelope's store and gateway are irrelevant.
+    open_store(&journal_dir, "", "", lock).map_err(|(failure, _)| failure.into_error(&journal_dir))
+}
+
+impl Store {
+    /// Appends a new record of this journal; it is in sled but not yet durable.
+    pub(crate) fn append(
+        &mut self,
+        kind: Kind,
+        data: &RawValue,
+    ) -> Result<LocalAppend, JournalError> {
+        check_data_is_object(data).map_err(JournalError::InvalidData)?;
+        let seq = self.next_seq;
+        let position = self.next_position;
+        let stamp = self.clock.stamp();
+        let mut buffer = std::mem::take(&mut self.buffer);
+        self.encoder
+            .encode(&mut buffer, seq, &stamp, &self.boot_json, kind, data);
+        let result = self
+            .records
+            .insert(position_key(position), buffer.as_slice());
+        let bytes = buffer.len() as u64;
+        self.buffer = buffer;
+        result.map_err(|err| JournalError::storage("appending a record", err))?;
+        // Only advance once sled accepted the record: a failed insert must not burn a seq.
+        self.next_seq += 1;
+        self.next_position += 1;
+        self.backlog_records += 1;
+        self.backlog_bytes += bytes;
+        Ok(LocalAppend {
+            seq,
+            position,
+            id: self.encoder.id(seq),
+        })
+    }
+
+    /// Stores an existing record's bytes at the next position (salvage); its seq is its own.
+    /// Call [`Store::protect_floors`] once before a series of these.
+    pub(crate) fn append_foreign(&mut self, bytes: &[u8]) -> Result<u64, JournalError> {
+        let position = self.next_position;
+        self.records
+            .insert(position_key(position), bytes)
+            .map_err(|err| JournalError::storage("copying a salvaged record", err))?;
+        self.next_position += 1;
+        self.backlog_records += 1;
+        self.backlog_bytes += bytes.len() as u64;
+        Ok(position)
+    }
+
+    /// Stores an existing dead-lettered record (salvage) with its reason.
+    pub(crate) fn append_foreign_dead(
+        &mut self,
+        bytes: &[u8],
+        reason: &[u8],
+    ) -> Result<u64, JournalError> {
+        let position = self.next_position;
+        let key = position_key(position);
+        (&self.dead, &self.dead_reason)
+            .transaction(|(dead, dead_reason)| {
+                dead.insert(&key, bytes)?;
+                dead_reason.insert(&key, reason)?;
+                Ok(())
+            })
+            .map_err(|err: sled::transaction::TransactionError<()>| {
+                JournalError::storage("copying a salvaged dead record", format!("{err:?}"))
+            })?;
+        self.next_position += 1;
+        self.dead_records += 1;
+        Ok(position)
+    }
+
+    /// The meta batch recording the seq and position issued so far.
+    fn floors_batch(&self) -> Batch {
+        let mut batch = Batch::default();
+        batch.insert(META_SEQ_FLOOR, &position_key(self.next_seq - 1));
+        batch.insert(META_POSITION_FLOOR, &position_key(self.next_position - 1));
+        batch
+    }
+
+    /// Records in meta the seq and position issued so far. Needed before anything that can
+    /// change which record is last (removal, dead-lettering, salvage), so recovery never derives
+    /// a lower next seq than one already issued.
+    pub(crate) fn protect_floors(&self) -> Result<(), JournalError> {
+        self.meta
+            .apply_batch(self.floors_batch())
+            .map_err(|err| JournalError::storage("writing the journal floors", err))
+    }
+
+    /// Up to `max_records` records after `after_position` and at or before `until_position`,
+    /// stopping before `max_bytes` would be exceeded (but always at least one record).
+    pub(crate) fn read(
+        &self,
+        after_position: u64,
+        until_position: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, JournalError> {
+        let mut out = Vec::new();
+        if after_position >= until_position || max_records == 0 {
+            return Ok(out);
+        }
+        let mut total = 0usize;
+        let range = position_key(after_position + 1)..=position_key(until_position);
+        for item in self.records.range(range) {
+            let (key, value) = item.map_err(|err| JournalError::storage("reading records", err))?;
+            if !out.is_empty() && total + value.len() > max_bytes {
+                break;
+            }
+            total += value.len();
+            out.push(StoredRecord {
+                position: key_position(&key).unwrap_or_default(),
+                bytes: value.to_vec(),
+            });
+            if out.len() >= max_records {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every record at or before `position`; returns how many were removed.
+    pub(crate) fn remove_through(&mut self, position: u64) -> Result<u64, JournalError> {
+        let mut removed = 0u64;
+        loop {
+            let mut keys = Vec::new();
+            let mut bytes = 0u64;
+            for item in self.records.range(..=position_key(position)) {
+                let (key, value) =
+                    item.map_err(|err| JournalError::storage("reading records to remove", err))?;
+                bytes += value.len() as u64;
+                keys.push(key);
+                if keys.len() >= REMOVE_CHUNK {
+                    break;
+                }
+            }
+            if keys.is_empty() {
+                return Ok(removed);
+            }
+            let mut batch = Batch::default();
+            for key in &keys {
+                batch.remove(key.clone());
+            }
+            let floors = self.floors_batch();
+            // The floors and the removal land atomically (one sled transaction), so there is no
+            // crash point where the records are gone but the floors do not cover them.
+            (&self.records, &self.meta)
+                .transaction(|(records, meta)| {
+                    meta.apply_batch(&floors)?;
+                    records.apply_batch(&batch)?;
+                    Ok(())
+                })
+                .map_err(|err: sled::transaction::TransactionError<()>| {
+                    JournalError::storage("removing records", format!("{err:?}"))
+                })?;
+            removed += keys.len() as u64;
+            self.backlog_records = self.backlog_records.saturating_sub(keys.len() as u64);
+            self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// Moves the record at `position` to the dead-letter set with `reason`.
+    pub(crate) fn move_to_dead(&mut self, position: u64, reason: &str) -> Result<(), JournalError> {
+        let key = position_key(position);
+        let Some(bytes) = self
+            .records
+            .get(key)
+            .map_err(|err| JournalError::storage("reading a record to dead-letter", err))?
+        else {
+            return Err(JournalError::Rejected(format!(
+                "no record at position {position}"
+            )));
+        };
+        let floors = self.floors_batch();
+        (&self.records, &self.dead, &self.dead_reason, &self.meta)
+            .transaction(|(records, dead, dead_reason, meta)| {
+                meta.apply_batch(&floors)?;
+                records.remove(&key)?;
+                dead.insert(&key, bytes.clone())?;
+                dead_reason.insert(&key, reason.as_bytes())?;
+                Ok(())
+            })
+            .map_err(|err: sled::transaction::TransactionError<()>| {
+                JournalError::storage("moving a record to the dead-letter set", format!("{err:?}"))
+            })?;
+        self.backlog_records = self.backlog_records.saturating_sub(1);
+        self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes.len() as u64);
+        self.dead_records += 1;
+        Ok(())
+    }
+
+    /// Every record (or dead record) in position order, with the dead-letter reason if any.
+    pub(crate) fn iter(
+        &self,
+        dead: bool,
+    ) -> impl Iterator<Item = Result<StoredRecord, JournalError>> + '_ {
+        let tree = if dead { &self.dead } else { &self.records };
+        tree.iter().map(|item| {
+            let (key, value) = item.map_err(|err| JournalError::storage("reading records", err))?;
+            Ok(StoredRecord {
+                position: key_position(&key).unwrap_or_default(),
+                bytes: value.to_vec(),
+            })
+        })
+    }
+
+    /// The bytes of the first (or, with `last`, the last) record, if any.
+    pub(crate) fn edge_record(&self, last: bool) -> Result<Option<Vec<u8>>, JournalError> {
+        let edge = if last {
+            self.records.last()
+        } else {
+            self.records.first()
+        };
+        edge.map(|pair| pair.map(|(_, value)| value.to_vec()))
+            .map_err(|err| JournalError::storage("reading the first or last record", err))
+    }
+
+    /// fsyncs everything written so far (blocking).
+    pub(crate) fn flush(&self) -> Result<(), JournalError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|err| JournalError::Flush(err.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_format() {
+        for _ in 0..100 {
+            assert!(is_epoch(&new_epoch()));
+        }
+        assert!(!is_epoch("7F3A9C21"));
+        assert!(!is_epoch("7f3a9c2"));
+    }
+
+    #[test]
+    fn lock_is_exclusive_within_a_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = lock(dir.path()).expect("first lock");
+        assert!(matches!(lock(dir.path()), Err(JournalError::InUse { .. })));
+        drop(first);
+        lock(dir.path()).expect("lock after release");
+    }
+
+    #[test]
+    fn guarded_turns_panics_into_damage() {
+        let result: Result<(), _> = run_guarded("testing", || panic!("boom"));
+        match result {
+            Err(OpenFailure::Damaged(reason)) => assert!(reason.contains("boom"), "{reason}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! The journal actor and its handle: one tokio task owns the [`Store`]; everyone else holds a
+//! cheap, cloneable [`JournalHandle`] that sends it commands over a bounded channel (Alice
+//! Ryhl's actor pattern). The actor also runs group commit: it starts at most one `Db::flush`
+//! at a time on a blocking thread, at most `flush` after the oldest unflushed write, and
+//! publishes the durable position on a `watch` channel that [`Durable`] futures wait on.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+
+use super::error::JournalError;
+use super::record::Kind;
+use super::store::{open_or_replace, Replaced, Store, StoredRecord};
+
+/// Commands waiting for the actor; appends beyond this wait (backpressure on producers).
+const COMMAND_QUEUE: usize = 1024;
+/// Commands handled per wake-up before the actor looks at its timer and flush again.
+const COMMANDS_PER_TURN: usize = 256;
+
+/// How to open the journal.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// The gateway's data folder; the journal lives in `data_dir/journal`.
+    pub data_dir: PathBuf,
+    /// The store code (`gateway.store`), written into every record.
+    pub store: String,
+    /// The gateway id (`gateway.id`), written into every record.
+    pub gateway: String,
+    /// Longest time an appended record waits for fsync; zero fsyncs before confirming each one.
+    pub flush: Duration,
+    /// The gateway version, written into the `journal_replaced` record.
+    pub version: &'static str,
+}
+
+/// The result of [`open`].
+#[derive(Debug)]
+pub struct Opened {
+    /// The handle to the running journal.
+    pub handle: JournalHandle,
+    /// Set when the journal was damaged and replaced by a fresh one.
+    pub replaced: Option<Replaced>,
+}
+
+/// A record accepted by the journal (in sled, not necessarily durable yet).
+#[derive(Debug)]
+pub struct Appended {
+    /// The record's seq.
+    pub seq: u64,
+    /// The record's id (`STORE/GW/EPOCH/SEQ`).
+    pub id: String,
+    /// The record's storage position (what readers page by).
+    pub position: u64,
+    /// Resolves once the record has been fsynced.
+    pub durable: Durable,
+}
+
+/// What the actor publishes after each flush.
+#[derive(Clone, Debug, Default)]
+struct DurableMark {
+    /// Every record at or before this position is durable.
+    position: u64,
+    /// Set once a flush failed; nothing after `position` will ever be confirmed.
+    failed: Option<Arc<str>>,
+}
+
+/// A future-to-be: waits until one record is durable.
+#[derive(Debug)]
+pub struct Durable {
+    /// The record's position.
+    position: u64,
+    /// The actor's durable mark.
+    mark: watch::Receiver<DurableMark>,
+}
+
+impl Durable {
+    /// Waits until the record is fsynced. Fails if a flush failed or the journal stopped first.
+    pub async fn wait(mut self) -> Result<(), JournalError> {
+        loop {
+            {
+                let mark = self.mark.borrow_and_update();
+                if mark.position >= self.position {
+                    return Ok(());
+                }
+                if let Some(failed) = &mark.failed {
+                    return Err(JournalError::Flush(failed.to_string()));
+                }
+            }
+            if self.mark.changed().await.is_err() {
+                // The actor is gone; it published its final mark before leaving.
+                return if self.mark.borrow().position >= self.position {
+                    Ok(())
+                } else {
+                    Err(JournalError::Closed)
+                };
+            }
+        }
+    }
+
+    /// Whether the record is already known to be durable.
+    pub fn is_durable(&self) -> bool {
+        self.mark.borrow().position >= self.position
+    }
+}
+
+/// A snapshot of the journal's figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalStats {
+    /// The journal's epoch.
+    pub epoch: String,
+    /// The seq the next record will get.
+    pub next_seq: u64,
+    /// The highest seq of this epoch known to be fsynced (0 = none yet).
+    pub durable_seq: u64,
+    /// The highest position known to be fsynced (what readers may read up to).
+    pub durable_position: u64,
+    /// Records in the journal (not yet removed after upload).
+    pub backlog_records: u64,
+    /// Their total size in bytes.
+    pub backlog_bytes: u64,
+    /// Records in the dead-letter set.
+    pub dead_records: u64,
+    /// Records appended since this process opened the journal.
+    pub appended_total: u64,
+    /// `appended_total` split by kind, in [`Kind::ALL`] order (for `posgw_records_total{kind}`).
+    pub per_kind: Vec<(Kind, u64)>,
+    /// Why the journal stopped accepting records (a failed fsync), if it did.
+    pub failure: Option<String>,
+}
+
+/// Figures the actor keeps current for [`JournalHandle::stats`].
+#[derive(Debug, Default)]
+struct SharedStats {
+    /// See [`JournalStats::next_seq`].
+    next_seq: AtomicU64,
+    /// See [`JournalStats::durable_seq`].
+    durable_seq: AtomicU64,
+    /// See [`JournalStats::backlog_records`].
+    backlog_records: AtomicU64,
+    /// See [`JournalStats::backlog_bytes`].
+    backlog_bytes: AtomicU64,
+    /// See [`JournalStats::dead_records`].
+    dead_records: AtomicU64,
+    /// See [`JournalStats::appended_total`].
+    appended_total: AtomicU64,
+    /// See [`JournalStats::per_kind`].
+    per_kind: [AtomicU64; 5],
+    /// See [`JournalStats::failure`]; a std mutex is fine: tiny sections, never held across await.
+    failure: Mutex<Option<String>>,
+}
+
+/// Requests to the actor.
+enum Command {
+    /// Append a record.
+    Append {
+        /// The record kind.
+        kind: Kind,
+        /// The record's `data`.
+        data: Box<RawValue>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Appended, JournalError>>,
+    },
+    /// Read durable records.
+    Read {
+        /// Exclusive start position.
+        after_position: u64,
+        /// Most records to return.
+        max_records: usize,
+        /// Soft byte limit.
+        max_bytes: usize,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Vec<StoredRecord>, JournalError>>,
+    },
+    /// Delete records through a position.
+    RemoveThrough {
+        /// Inclusive end position.
+        position: u64,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<u64, JournalError>>,
+    },
+    /// Move a record to the dead-letter set.
+    MoveToDead {
+        /// The record's position.
+        position: u64,
+        /// Why HQ rejected it.
+        reason: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// Flush everything and stop.
+    Close {
+        /// Answered after the final flush, once the database is closed.
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+}
+
+/// A cheap, cloneable handle to the journal actor.
+#[derive(Clone, Debug)]
+pub struct JournalHandle {
+    /// Commands to the actor.
+    commands: mpsc::Sender<Command>,
+    /// Figures the actor keeps current.
+    stats: Arc<SharedStats>,
+    /// The durable mark.
+    mark: watch::Receiver<DurableMark>,
+    /// The journal's epoch (fixed).
+    epoch: Arc<str>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Append { .. } => "Append",
+            Command::Read { .. } => "Read",
+            Command::RemoveThrough { .. } => "RemoveThrough",
+            Command::MoveToDead { .. } => "MoveToDead",
+            Command::Close { .. } => "Close",
+        })
+    }
+}
+
+/// Opens (or creates, or replaces a damaged) journal in `config.data_dir/journal` and starts its
+/// actor. When the journal was replaced, the new journal's first record is a `gateway`
+/// `journal_replaced` record, durable before this returns.
+pub async fn open(config: JournalConfig) -> Result<Opened, JournalError> {
+    let data_dir = config.data_dir.clone();
+    let store_code = config.store.clone();
+    let gateway = config.gateway.clone();
+    let (store, replaced) =
+        tokio::task::spawn_blocking(move || open_or_replace(&data_dir, &store_code, &gateway))
+            .await
+            .map_err(|err| JournalError::Damaged {
+                path: config.data_dir.join(super::store::JOURNAL_DIR),
+                reason: format!("opening the journal failed: {err}"),
+            })??;
+    let handle = spawn(store, config.flush);
+    if let Some(replaced) = &replaced {
+        let appended = handle
+            .append_value(Kind::Gateway, &replaced_event(replaced, config.version))
+            .await?;
+        appended.durable.wait().await?;
+    }
+    Ok(Opened { handle, replaced })
+}
+
+/// The `data` of the `journal_replaced` gateway record.
+pub(crate) fn replaced_event(replaced: &Replaced, version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event": "journal_replaced",
+        "version": version,
+        "detail": format!(
+            "{}; damaged journal moved to {}; run `posgw journal salvage` to recover records",
+            replaced.reason,
+            replaced.quarantine.display()
+        ),
+    })
+}
+
+/// Starts the actor for an open store.
+fn spawn(store: Store, flush_every: Duration) -> JournalHandle {
+    let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+    // Everything before the first position of this session is already on disk (it was read
+    // back from it), so the mark starts just below the next position.
+    let initial = DurableMark {
+        position: store.next_position - 1,
+        failed: None,
+    };
+    let (mark_tx, mark) = watch::channel(initial);
+    let stats = Arc::new(SharedStats::default());
+    let epoch: Arc<str> = store.epoch.as_str().into();
+    let actor = Actor {
+        durable_seq: store.next_seq - 1,
+        store,
+        inbox,
+        stats: stats.clone(),
+        mark: mark_tx,
+        flush_every,
+        unflushed_since: None,
+        in_flight: None,
+        failed: None,
+    };
+    actor.publish_stats();
+    tokio::spawn(actor.run());
+    JournalHandle {
+        commands,
+        stats,
+        mark,
+        epoch,
+    }
+}
+
+impl JournalHandle {
+    /// Sends a command and waits for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> Command,
+    ) -> Result<T, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Appends a record whose `data` is already-serialised JSON (an object). Returns once it is
+    /// in sled (not yet durable: await `durable` for that).
+    pub async fn append(&self, kind: Kind, data: Box<RawValue>) -> Result<Appended, JournalError> {
+        self.ask(|reply| Command::Append { kind, data, reply })
+            .await
+    }
+
+    /// Serialises `data` (which must serialise to a JSON object) and appends it.
+    pub async fn append_value<T: serde::Serialize>(
+        &self,
+        kind: Kind,
+        data: &T,
+    ) -> Result<Appended, JournalError> {
+        let raw = serde_json::value::to_raw_value(data)
+            .map_err(|err| JournalError::InvalidData(err.to_string()))?;
+        self.append(kind, raw).await
+    }
+
+    /// Up to `max_records` durable records after `after_position` in position order, stopping
+    /// before `max_bytes` would be exceeded (at least one record is returned if any is ready).
+    /// Only durable records are returned, so nothing is ever sent to HQ that a crash could
+    /// take back (which would let the seq be issued again).
+    pub async fn read(
+        &self,
+        after_position: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, JournalError> {
+        self.ask(|reply| Command::Read {
+            after_position,
+            max_records,
+            max_bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes every record at or before `position` (after HQ stored them); returns how many
+    /// were removed. `position` must be durable.
+    pub async fn remove_through(&self, position: u64) -> Result<u64, JournalError> {
+        self.ask(|reply| Command::RemoveThrough { position, reply })
+            .await
+    }
+
+    /// Moves the record at `position` into the dead-letter set, keeping `reason`.
+    pub async fn move_to_dead(&self, position: u64, reason: String) -> Result<(), JournalError> {
+        self.ask(|reply| Command::MoveToDead {
+            position,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// The highest durable position right now.
+    pub fn durable_position(&self) -> u64 {
+        self.mark.borrow().position
+    }
+
+    /// Waits until some record after `position` is durable (for readers that caught up).
+    pub async fn wait_durable_beyond(&self, position: u64) -> Result<(), JournalError> {
+        let mut mark = self.mark.clone();
+        loop {
+            {
+                let current = mark.borrow_and_update();
+                if current.position > position {
+                    return Ok(());
+                }
+                if let Some(failed) = &current.failed {
+                    return Err(JournalError::Flush(failed.to_string()));
+                }
+            }
+            mark.changed().await.map_err(|_| JournalError::Closed)?;
+        }
+    }
+
+    /// The journal's figures, without waiting for the actor.
+    pub fn stats(&self) -> JournalStats {
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        JournalStats {
+            epoch: self.epoch.to_string(),
+            next_seq: load(&self.stats.next_seq),
+            durable_seq: load(&self.stats.durable_seq),
+            durable_position: self.mark.borrow().position,
+            backlog_records: load(&self.stats.backlog_records),
+            backlog_bytes: load(&self.stats.backlog_bytes),
+            dead_records: load(&self.stats.dead_records),
+            appended_total: load(&self.stats.appended_total),
+            per_kind: Kind::ALL
+                .iter()
+                .map(|kind| (*kind, load(&self.stats.per_kind[kind.index()])))
+                .collect(),
+            failure: self
+                .stats
+                .failure
+                .lock()
+                .map(|failure| failure.clone())
+                .unwrap_or_else(|poisoned| poisoned.into_inner().clone()),
+        }
+    }
+
+    /// Flushes everything and stops the actor. After this returns Ok, every record appended
+    /// through any handle is durable and the journal's files are closed.
+    pub async fn close(self) -> Result<(), JournalError> {
+        self.ask(|reply| Command::Close { reply }).await
+    }
+}
+
+/// The flush running on a blocking thread, and what it covers.
+struct InFlight {
+    /// The blocking task.
+    task: JoinHandle<Result<(), JournalError>>,
+    /// The highest position it covers.
+    position: u64,
+    /// The highest seq it covers.
+    seq: u64,
+}
+
+/// The task that owns the store.
+struct Actor {
+    /// The journal.
+    store: Store,
+    /// Commands from handles.
+    inbox: mpsc::Receiver<Command>,
+    /// Figures for handles.
+    stats: Arc<SharedStats>,
+    /// The durable mark.
+    mark: watch::Sender<DurableMark>,
+    /// See [`JournalConfig::flush`].
+    flush_every: Duration,
+    /// When the oldest write not covered by a started flush happened.
+    unflushed_since: Option<Instant>,
+    /// The running flush, if any (never more than one).
+    in_flight: Option<InFlight>,
+    /// The highest durable seq.
+    durable_seq: u64,
+    /// Set when a flush failed: the journal then refuses new records.
+    failed: Option<Arc<str>>,
+}
+
+impl Actor {
+    /// The actor's main loop, then its shutdown.
+    async fn run(mut self) {
+        // One timer, re-armed as needed, rather than a new one per turn.
+        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut closing: Option<oneshot::Sender<Result<(), JournalError>>> = None;
+        'main: loop {
+            let deadline = self.unflushed_since.map(|since| since + self.flush_every);
+            if self.in_flight.is_none() {
+                if let Some(deadline) = deadline {
+                    if deadline <= Instant::now() {
+                        self.start_flush();
+                        continue;
+                    }
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            }
+            let timer_armed = self.in_flight.is_none() && deadline.is_some();
+            tokio::select! {
+                biased;
+                done = wait_in_flight(&mut self.in_flight), if self.in_flight.is_some() => {
+                    self.finish_flush(done);
+                }
+                () = timer.as_mut(), if timer_armed => {}
+                command = self.inbox.recv() => {
+                    let Some(first) = command else { break 'main };
+                    // Drain what is already queued (bounded, so flushes and timers still get a
+                    // turn); every command taken off the queue is handled before leaving.
+                    let mut next = Some(first);
+                    let mut handled = 0;
+                    while let Some(command) = next.take() {
+                        if let Command::Close { reply } = command {
+                            closing = Some(reply);
+                            break 'main;
+                        }
+                        self.handle(command);
+                        handled += 1;
+                        if handled < COMMANDS_PER_TURN {
+                            next = self.inbox.try_recv().ok();
+                        }
+                    }
+                    self.publish_stats();
+                }
+            }
+        }
+        let result = self.shutdown().await;
+        if let Some(reply) = closing {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Handles one command (never blocks on fsync).
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append { kind, data, reply } => {
+                let result = self.append(kind, &data);
+                let _ = reply.send(result);
+            }
+            Command::Read {
+                after_position,
+                max_records,
+                max_bytes,
+                reply,
+            } => {
+                let until = self.mark.borrow().position;
+                let _ = reply.send(
+                    self.store
+                        .read(after_position, until, max_records, max_bytes),
+                );
+            }
+            Command::RemoveThrough { position, reply } => {
+                let result = if position > self.mark.borrow().position {
+                    Err(JournalError::Rejected(format!(
+                        "cannot remove through position {position}: it is not durable yet"
+                    )))
+                } else {
+                    self.store.remove_through(position)
+                };
+                if matches!(result, Ok(removed) if removed > 0) {
+                    self.note_write();
+                }
+                let _ = reply.send(result);
+            }
+            Command::MoveToDead {
+                position,
+                reason,
+                reply,
+            } => {
+                let result = self.store.move_to_dead(position, &reason);
+                if result.is_ok() {
+                    self.note_write();
+                }
+                let _ = reply.send(result);
+            }
+            // Handled by the loop.
+            Command::Close { reply } => {
+                let _ = reply.send(Err(JournalError::Closed));
+            }
+        }
+    }
+
+    /// Appends one record.
+    fn append(&mut self, kind: Kind, data: &RawValue) -> Result<Appended, JournalError> {
+        if let Some(failed) = &self.failed {
+            return Err(JournalError::Flush(failed.to_string()));
+        }
+        let local = self.store.append(kind, data)?;
+        self.note_write();
+        self.stats.appended_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.per_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
+        Ok(Appended {
+            seq: local.seq,
+            id: local.id,
+            position: local.position,
+            durable: Durable {
+                position: local.position,
+                mark: self.mark.subscribe(),
+            },
+        })
+    }
+
+    /// Remembers that something is written but not covered by a flush yet.
+    fn note_write(&mut self) {
+        if self.unflushed_since.is_none() {
+            self.unflushed_since = Some(Instant::now());
+        }
+    }
+
+    /// Starts an fsync on a blocking thread covering everything written so far.
+    fn start_flush(&mut self) {
+        let db = self.store.db.clone();
+        self.unflushed_since = None;
+        self.in_flight = Some(InFlight {
+            task: tokio::task::spawn_blocking(move || {
+                db.flush()
+                    .map(|_| ())
+                    .map_err(|err| JournalError::Flush(err.to_string()))
+            }),
+            position: self.store.next_position - 1,
+            seq: self.store.next_seq - 1,
+        });
+    }
+
+    /// Publishes the result of the flush that just finished.
+    fn finish_flush(&mut self, done: Result<(), JournalError>) {
+        let Some(flight) = self.in_flight.take() else {
+            return;
+        };
+        match done {
+            Ok(()) => {
+                self.durable_seq = self.durable_seq.max(flight.seq);
+                self.stats
+                    .durable_seq
+                    .store(self.durable_seq, Ordering::Relaxed);
+                self.mark.send_modify(|mark| {
+                    mark.position = mark.position.max(flight.position);
+                });
+            }
+            Err(err) => self.fail(err.to_string()),
+        }
+    }
+
+    /// Marks the journal failed after an fsync error: nothing more can be promised durable.
+    fn fail(&mut self, reason: String) {
+        tracing::error!(%reason, "journal fsync failed; refusing new records");
+        let reason: Arc<str> = reason.into();
+        self.failed = Some(reason.clone());
+        if let Ok(mut failure) = self.stats.failure.lock() {
+            *failure = Some(reason.to_string());
+        }
+        self.mark.send_modify(|mark| mark.failed = Some(reason));
+    }
+
+    /// Copies the store's counters into the shared figures.
+    fn publish_stats(&self) {
+        let stats = &self.stats;
+        stats.next_seq.store(self.store.next_seq, Ordering::Relaxed);
+        stats
+            .backlog_records
+            .store(self.store.backlog_records, Ordering::Relaxed);
+        stats
+            .backlog_bytes
+            .store(self.store.backlog_bytes, Ordering::Relaxed);
+        stats
+            .dead_records
+            .store(self.store.dead_records, Ordering::Relaxed);
+    }
+
+    /// Final flush and close; consumes the actor so the database is dropped before returning.
+    async fn shutdown(mut self) -> Result<(), JournalError> {
+        self.inbox.close();
+        if self.in_flight.is_some() {
+            let done = wait_in_flight(&mut self.in_flight).await;
+            self.finish_flush(done);
+        }
+        // Appends still queued behind Close are answered "closed" by dropping their replies.
+        let mut result = Ok(());
+        if self.failed.is_none() {
+            self.start_flush();
+            let done = wait_in_flight(&mut self.in_flight).await;
+            if let Err(err) = &done {
+                result = Err(JournalError::Flush(err.to_string()));
+            }
+            self.finish_flush(done);
+        } else if let Some(failed) = &self.failed {
+            result = Err(JournalError::Flush(failed.to_string()));
+        }
+        self.publish_stats();
+        // Dropping the database can block (it closes files and joins sled's threads).
+        let store = self.store;
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+        result
+    }
+}
+
+/// Waits for the running flush (the caller checked there is one).
+async fn wait_in_flight(in_flight: &mut Option<InFlight>) -> Result<(), JournalError> {
+    match in_flight {
+        Some(flight) => match (&mut flight.task).await {
+            Ok(result) => result,
+            Err(err) => Err(JournalError::Flush(format!("flush task failed: {err}"))),
+        },
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,5 @@
+//! The `posgw` binary: everything lives in the library so tests drive the same code.
+
+fn main() -> std::process::ExitCode {
+    posgw::cli::main()
+}

@@ -1,0 +1,76 @@
+//! The command line's exit codes and messages.
+
+use crate::harness::{posgw, Store};
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let output = posgw()
+        .arg("check-config")
+        .arg("-c")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/posgw.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("WZ-LC-001"), "{summary}");
+    assert!(summary.contains("generic-scanner"), "{summary}");
+}
+
+#[test]
+fn a_bad_config_exits_2_with_its_position_and_a_suggestion() {
+    let store = Store::new();
+    store.write_config("baudrate = 9600");
+    let output = posgw()
+        .arg("check-config")
+        .arg("-c")
+        .arg(store.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("{}:18:1:", store.config_path().display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("did you mean 'baud'"), "{stderr}");
+
+    // `run` refuses the same config the same way, without starting anything.
+    let output = posgw()
+        .arg("run")
+        .arg("-c")
+        .arg(store.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!store.data_dir().exists(), "nothing started");
+}
+
+#[test]
+fn a_missing_config_file_exits_2() {
+    let output = posgw()
+        .args(["check-config", "-c", "/nonexistent/posgw.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/posgw.toml"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let output = posgw().arg("no-such-command").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn journal_commands_on_a_missing_data_dir_fail_with_a_message() {
+    let store = Store::new();
+    let output = posgw()
+        .args(["journal", "dump", "--data"])
+        .arg(store.path("nothing-here"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing-here"));
+}

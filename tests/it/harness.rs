@@ -1,0 +1,286 @@
+//! Shared helpers: a temp store folder, a pty "scanner", and the gateway process.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio_serial::{SerialPort, SerialStream};
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn posgw() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_posgw"))
+}
+
+/// A simulated scanner: the master side of a pty; the gateway opens the slave through `link`.
+pub struct PtyScanner {
+    pub master: SerialStream,
+    /// Kept open so the slave exists until the gateway opens it.
+    _slave: SerialStream,
+}
+
+impl PtyScanner {
+    /// Creates a pty and points `link` at its slave side (replacing an older link).
+    pub fn plug(link: &Path) -> PtyScanner {
+        let (master, slave) = SerialStream::pair().expect("create pty pair");
+        // posix_openpt does not set close-on-exec: without this the gateway child would inherit
+        // the master and the pty could never be "unplugged".
+        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .expect("set close-on-exec");
+        }
+        let slave_path = slave.name().expect("pty slave name");
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(&slave_path, link).expect("link pty");
+        PtyScanner {
+            master,
+            _slave: slave,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).await.expect("write to pty");
+        self.master.flush().await.expect("flush pty");
+    }
+}
+
+/// A store folder: config file, data dir, device links.
+pub struct Store {
+    pub dir: tempfile::TempDir,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.path("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("posgw.toml")
+    }
+
+    /// Writes a config with one serial scanner at `scanner` plus `extra_device` lines.
+    pub fn write_config(&self, device_extra: &str) {
+        let config = format!(
+            r#"
+[gateway]
+store = "WZ-LC-001"
+id = "gw-test"
+data_dir = "{data}"
+flush = "20ms"
+
+[api]
+listen = "127.0.0.1:0"
+
+[[device]]
+id = "scanner-1"
+role = "scanner"
+transport = "serial"
+station = "till-1"
+profile = "generic-scanner"
+path = "{scanner}"
+{device_extra}
+"#,
+            data = self.data_dir().display(),
+            scanner = self.path("scanner").display(),
+        );
+        std::fs::write(self.config_path(), config).expect("write config");
+    }
+
+    /// Runs `posgw journal dump` and parses its lines.
+    pub fn dump(&self) -> Vec<Value> {
+        let output = posgw()
+            .args(["journal", "dump", "--data"])
+            .arg(self.data_dir())
+            .output()
+            .expect("run journal dump");
+        assert!(
+            output.status.success(),
+            "journal dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("dump is utf-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each dump line is a JSON record"))
+            .collect()
+    }
+}
+
+/// A running `posgw run`.
+pub struct Gateway {
+    pub child: Child,
+    pub api: String,
+    client: reqwest::Client,
+}
+
+impl Gateway {
+    /// Starts the gateway and waits until its API answers.
+    pub async fn start(store: &Store) -> Gateway {
+        let mut child = posgw()
+            .arg("run")
+            .arg("-c")
+            .arg(store.config_path())
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start posgw run");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find("api listening on ") {
+                    let _ = addr_tx.send(line[at + "api listening on ".len()..].trim().to_owned());
+                }
+                // Shown with the test's output when it fails.
+                eprintln!("[posgw] {line}");
+            }
+        });
+        let api = tokio::task::spawn_blocking(move || addr_rx.recv_timeout(DEADLINE))
+            .await
+            .unwrap()
+            .expect("gateway printed its api address");
+        let gateway = Gateway {
+            child,
+            api,
+            client: reqwest::Client::new(),
+        };
+        gateway
+            .wait_for("healthz ok", |g| async move {
+                g.get("/healthz").await.is_some_and(|(code, _)| code == 200)
+            })
+            .await;
+        gateway
+    }
+
+    /// GET a path of the local API: status code and body; None if it did not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .ok()?;
+        let code = response.status().as_u16();
+        Some((code, response.text().await.ok()?))
+    }
+
+    pub async fn status(&self) -> Value {
+        let (code, body) = self.get("/api/v1/status").await.expect("status answers");
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// The value of one metric series (exact series text before the value), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await.expect("metrics answer");
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls `check` until it holds; fails the test after [`DEADLINE`].
+    pub async fn wait_for<'a, F, Fut>(&'a self, what: &str, check: F)
+    where
+        F: Fn(&'a Gateway) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !check(self).await {
+            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `n` scan records were appended and everything appended is durable.
+    pub async fn wait_scans_durable(&self, n: u64) {
+        self.wait_for(&format!("{n} scans"), |g| async move {
+            g.metric("posgw_records_total{kind=\"scan\"}").await >= n as f64
+        })
+        .await;
+        self.wait_durable().await;
+    }
+
+    /// Waits until every record appended so far is fsynced.
+    pub async fn wait_durable(&self) {
+        self.wait_for("durable journal", |g| async move {
+            let journal = &g.status().await["journal"];
+            journal["durable_seq"].as_u64().unwrap() + 1 >= journal["next_seq"].as_u64().unwrap()
+        })
+        .await;
+    }
+
+    /// Waits until device `id` reports `state`.
+    pub async fn wait_device(&self, id: &str, state: &str) {
+        self.wait_for(&format!("{id} {state}"), |g| async move {
+            g.status().await["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["id"] == id && d["state"] == state)
+        })
+        .await;
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub async fn stop(mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+        tokio::task::spawn_blocking(move || self.child.wait().expect("wait for posgw"))
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub async fn kill9(mut self) {
+        self.child.kill().expect("send SIGKILL");
+        tokio::task::spawn_blocking(move || self.child.wait().expect("wait for posgw"))
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The records of one kind.
+pub fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+/// Asserts that the records' seqs of `epoch` are 1, 2, 3, … without gaps or repeats.
+pub fn assert_seq_contiguous(records: &[Value], epoch: &str) {
+    let seqs: Vec<u64> = records
+        .iter()
+        .filter(|r| r["epoch"] == epoch)
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "seq must run 1..N without gaps in epoch {epoch}"
+    );
+}

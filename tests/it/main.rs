@@ -1,0 +1,8 @@
+//! Integration tests that drive the built `posgw` binary like a user would: real pseudo-terminals
+//! for the scanners, real HTTP on loopback for the API, real signals (SIGTERM, SIGKILL).
+
+mod harness;
+
+mod cli;
+mod crash;
+mod serial;

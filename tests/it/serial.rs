@@ -1,0 +1,230 @@
+//! Serial scanners end to end: pty in, journal dump out.
+
+use tokio::io::AsyncReadExt;
+use tokio_serial::SerialPortBuilderExt;
+
+use crate::harness::{assert_seq_contiguous, of_kind, Gateway, PtyScanner, Store, DEADLINE};
+
+#[tokio::test]
+async fn scans_are_decoded_into_the_journal_and_survive_a_clean_stop() {
+    let store = Store::new();
+    store.write_config("");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+
+    // EAN-13 with CR LF, GS1 DataMatrix with a GS separator and CR, a trace code with LF,
+    // and a code with a bad check digit, all in one write (as a fast scanner might).
+    scanner
+        .send(b"]E06901234567892\r\n]d201069012345678921727063010ABC123\x1d21SN0001\r81234567890123456789\n]E02112345678901\r")
+        .await;
+    gateway.wait_scans_durable(4).await;
+    let status = gateway.stop().await;
+    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+
+    let records = store.dump();
+    let scans = of_kind(&records, "scan");
+    assert_eq!(scans.len(), 4, "{records:#?}");
+
+    let ean = &scans[0]["data"];
+    assert_eq!(ean["device"], "scanner-1");
+    assert_eq!(ean["station"], "till-1");
+    assert_eq!(ean["raw"], "]E06901234567892");
+    assert_eq!(ean["symbology"], "]E0");
+    assert_eq!(ean["code_kind"], "ean13");
+    assert_eq!(ean["gtin"], "06901234567892");
+    assert_eq!(ean["error"], serde_json::Value::Null);
+    assert_eq!(ean["answer_code"], false);
+
+    let pack = &scans[1]["data"];
+    assert_eq!(
+        pack["raw"],
+        "]d201069012345678921727063010ABC123\\x1d21SN0001"
+    );
+    assert_eq!(pack["code_kind"], "gs1");
+    assert_eq!(pack["gtin"], "06901234567892");
+    assert_eq!(pack["expiry"], "2027-06-30");
+    assert_eq!(pack["lot"], "ABC123");
+    assert_eq!(pack["serial"], "SN0001");
+
+    let trace = &scans[2]["data"];
+    assert_eq!(trace["code_kind"], "cn_trace");
+    assert_eq!(trace["trace_code"], "81234567890123456789");
+
+    let bad = &scans[3]["data"];
+    assert!(
+        bad["error"].is_string(),
+        "bad check digit must be explained: {bad}"
+    );
+    assert_eq!(bad["raw"], "]E02112345678901");
+
+    // Envelope: contract fields on every record, one epoch, seq 1..N.
+    let epoch = records[0]["epoch"].as_str().unwrap().to_owned();
+    for record in &records {
+        for field in [
+            "id", "store", "gateway", "epoch", "seq", "ts", "clock", "kind", "data",
+        ] {
+            assert!(record.get(field).is_some(), "{field} missing in {record}");
+        }
+        assert_eq!(record["store"], "WZ-LC-001");
+        assert_eq!(record["gateway"], "gw-test");
+        let id = format!("WZ-LC-001/gw-test/{epoch}/{}", record["seq"]);
+        assert_eq!(record["id"], id.as_str());
+        assert!(record["clock"]["boot"].is_string());
+        assert!(record["clock"]["mono_ms"].is_u64());
+        assert!(record["clock"]["synced"].is_boolean());
+    }
+    assert_seq_contiguous(&records, &epoch);
+    let gateway_events: Vec<_> = of_kind(&records, "gateway")
+        .iter()
+        .map(|r| r["data"]["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(gateway_events, ["started", "stopped"]);
+    assert_eq!(records.last().unwrap()["data"]["event"], "stopped");
+}
+
+#[tokio::test]
+async fn noise_and_overlong_frames_are_recorded_and_the_next_scan_still_decodes() {
+    let store = Store::new();
+    store.write_config("");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+
+    scanner.send(b"\x01\x02\xff\xfe\x00garbage\r").await;
+    let mut overlong = vec![b'7'; 5000];
+    overlong.push(b'\r');
+    scanner.send(&overlong).await;
+    scanner.send(b"]E06901234567892\r").await;
+    gateway.wait_scans_durable(1).await;
+    assert_eq!(
+        gateway
+            .metric("posgw_bad_frames_total{device=\"scanner-1\"}")
+            .await,
+        2.0
+    );
+    assert!(gateway.stop().await.success());
+
+    let records = store.dump();
+    let bad: Vec<_> = of_kind(&records, "device")
+        .into_iter()
+        .filter(|r| r["data"]["event"] == "bad_frame")
+        .collect();
+    assert_eq!(bad.len(), 2, "{records:#?}");
+    assert!(bad[0]["data"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("\\x01\\x02"));
+    assert!(bad[1]["data"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("longer than"));
+    let scans = of_kind(&records, "scan");
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0]["data"]["gtin"], "06901234567892");
+}
+
+#[tokio::test]
+async fn a_missing_scanner_does_not_stop_the_gateway_and_is_picked_up_when_plugged_in() {
+    let store = Store::new();
+    store.write_config("");
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "disconnected").await;
+    let (code, body) = gateway.get("/healthz").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    assert_eq!(
+        gateway
+            .metric("posgw_device_connected{device=\"scanner-1\"}")
+            .await,
+        0.0
+    );
+
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    gateway.wait_device("scanner-1", "connected").await;
+    scanner.send(b"]E06901234567892\r").await;
+    gateway.wait_scans_durable(1).await;
+    assert_eq!(
+        gateway
+            .metric("posgw_device_connected{device=\"scanner-1\"}")
+            .await,
+        1.0
+    );
+    assert!(gateway.stop().await.success());
+}
+
+#[tokio::test]
+async fn unplug_and_replug_reconnects_and_records_both_events() {
+    let store = Store::new();
+    store.write_config("");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    scanner.send(b"]E06901234567892\r").await;
+    gateway.wait_scans_durable(1).await;
+
+    drop(scanner); // USB unplug: the pty disappears.
+    gateway.wait_device("scanner-1", "disconnected").await;
+
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    gateway.wait_device("scanner-1", "connected").await;
+    scanner.send(b"]E469012341\r").await;
+    gateway.wait_scans_durable(2).await;
+    assert!(gateway.stop().await.success());
+
+    let records = store.dump();
+    let events: Vec<_> = of_kind(&records, "device")
+        .iter()
+        .map(|r| r["data"]["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["connected", "disconnected", "connected"]);
+    let scans = of_kind(&records, "scan");
+    assert_eq!(scans.len(), 2);
+    assert_eq!(scans[1]["data"]["code_kind"], "ean8");
+}
+
+#[tokio::test]
+async fn a_scanner_without_terminator_is_framed_by_the_idle_gap() {
+    let store = Store::new();
+    store.write_config("");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    scanner.send(b"]E06901234567892").await;
+    gateway.wait_scans_durable(1).await;
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    assert_eq!(
+        of_kind(&records, "scan")[0]["data"]["raw"],
+        "]E06901234567892"
+    );
+}
+
+#[tokio::test]
+async fn passthrough_re_emits_every_byte_unchanged_on_a_pty_link() {
+    let store = Store::new();
+    let link = store.path("pos-scanner");
+    store.write_config(&format!("passthrough = \"{}\"", link.display()));
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+
+    // The POS software opens the link the gateway created.
+    let mut pos = tokio_serial::new(link.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open passthrough link");
+    let sent: Vec<u8> = b"]E06901234567892\r\n\x00\xff binary \x1d stays\r".to_vec();
+    scanner.send(&sent).await;
+    let mut received = vec![0u8; sent.len()];
+    tokio::time::timeout(DEADLINE, pos.read_exact(&mut received))
+        .await
+        .expect("passthrough delivered in time")
+        .expect("read passthrough");
+    assert_eq!(received, sent);
+    gateway.wait_scans_durable(1).await;
+    assert!(gateway.stop().await.success());
+    // The link is removed on shutdown so a stale pty path is never left behind.
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "link removed on stop"
+    );
+}
