@@ -17,6 +17,8 @@ use crate::core::Health;
 use crate::devices::DeviceView;
 use crate::journal::JournalHandle;
 use crate::metrics::Metrics;
+use crate::uplink::{UplinkState, UplinkStatus};
+use tokio::sync::watch;
 
 /// What the handlers read from.
 #[derive(Clone)]
@@ -33,6 +35,8 @@ pub struct ApiState {
     pub health: Arc<Health>,
     /// Metric families.
     pub metrics: Metrics,
+    /// The uplink's published state.
+    pub uplink: watch::Receiver<UplinkStatus>,
 }
 
 /// The router with every endpoint of this build.
@@ -72,8 +76,8 @@ fn gauge(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// `GET /api/v1/status` body (CONTRACT.md section 4, plus `station`, `detail`, `epoch` and
-/// `durable_seq`).
+/// `GET /api/v1/status` body (CONTRACT.md section 4, plus `station`, `detail`, `epoch`,
+/// `durable_seq` and the uplink's counters).
 #[derive(Debug, Serialize)]
 pub struct StatusBody {
     /// Store code.
@@ -130,11 +134,19 @@ pub struct JournalStatusBody {
 #[derive(Debug, Serialize)]
 pub struct UplinkStatusBody {
     /// disabled | idle | sending | retrying.
-    pub state: &'static str,
+    pub state: UplinkState,
     /// Last 2xx from HQ.
     pub last_success_at: Option<String>,
-    /// Last failure.
+    /// Last failure, cleared by the next success.
     pub last_error: Option<String>,
+    /// Records HQ accepted since start.
+    pub sent_records: u64,
+    /// Failed deliveries retried since start.
+    pub retries: u64,
+    /// Records dead-lettered since start.
+    pub dead_lettered: u64,
+    /// `ts` of the oldest record not yet delivered.
+    pub oldest_pending_ts: Option<String>,
 }
 
 async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
@@ -170,10 +182,19 @@ async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
             backlog_bytes: journal.backlog_bytes,
             dead_records: journal.dead_records,
         },
-        uplink: UplinkStatusBody {
-            state: "disabled",
-            last_success_at: None,
-            last_error: None,
+        uplink: {
+            let uplink = state.uplink.borrow().clone();
+            UplinkStatusBody {
+                state: uplink.state,
+                last_success_at: uplink
+                    .last_success_at
+                    .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)),
+                last_error: uplink.last_error,
+                sent_records: uplink.sent_records,
+                retries: uplink.retries,
+                dead_lettered: uplink.dead_lettered,
+                oldest_pending_ts: uplink.oldest_pending_ts,
+            }
         },
     })
 }

@@ -78,9 +78,6 @@ pub async fn run(
     if !settings.campaigns.is_empty() {
         tracing::warn!("[[campaign]] is configured, but prompts are not available in this build");
     }
-    if settings.uplink.is_some() {
-        tracing::warn!("[uplink] is configured, but forwarding to HQ is not available in this build; records stay in the journal");
-    }
 
     let core = crate::core::spawn(journal.clone(), metrics.clone());
     let stop = CancellationToken::new();
@@ -116,6 +113,25 @@ pub async fn run(
         }
     }
 
+    let uplink = match &settings.uplink {
+        None => {
+            tracing::info!("no [uplink] configured: records stay in the journal");
+            None
+        }
+        Some(uplink) if uplink.endpoint.starts_with("mqtt") => {
+            tracing::error!(endpoint = %uplink.endpoint, "the MQTT uplink is not available in this build; records stay in the journal");
+            None
+        }
+        Some(uplink) => Some(
+            crate::uplink::spawn(
+                uplink.clone(),
+                journal.clone(),
+                metrics.clone(),
+                stop.child_token(),
+            )
+            .context("cannot start the uplink")?,
+        ),
+    };
     let state = ApiState {
         store: settings.gateway.store.as_str().into(),
         gateway: settings.gateway.id.as_str().into(),
@@ -123,6 +139,9 @@ pub async fn run(
         journal: journal.clone(),
         health: core.health.clone(),
         metrics: metrics.clone(),
+        uplink: uplink
+            .as_ref()
+            .map_or_else(crate::uplink::disabled, |uplink| uplink.status.clone()),
     };
     let api_stop = stop.clone();
     let api = tokio::spawn(async move {
@@ -145,6 +164,10 @@ pub async fn run(
     let core_task = core.task;
     drop(core.events);
     core_task.await.context("gateway core failed")?;
+    if let Some(uplink) = uplink {
+        // Its in-flight batch, if any, stays in the journal and is sent after the restart.
+        let _ = uplink.task.await;
+    }
     match api.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "api server ended with an error"),

@@ -13,6 +13,7 @@
 //! - [`decode`]: what a scanned frame means (AIM ids, GS1, check digits, traceability codes).
 //! - [`core`]: the one task that turns device events into records.
 //! - [`journal`]: the durable record store; the only module that touches sled.
+//! - [`uplink`]: forwards journal records to HQ, at least once.
 //! - [`api`] and [`metrics`]: the local HTTP API.
 //! - [`gateway`]: wiring and shutdown; [`cli`]: the command line; [`demo`]: a simulated store.
 //!
@@ -28,6 +29,7 @@ pub mod devices;
 pub mod gateway;
 pub mod journal;
 pub mod metrics;
+pub mod uplink;
 
 /// The posgw version, written into `gateway` records and the status API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

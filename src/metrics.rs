@@ -44,6 +44,12 @@ pub struct Metrics {
     pub dead_records: Gauge,
     /// Highest seq known to be fsynced (`posgw_journal_durable_seq`).
     pub durable_seq: Gauge,
+    /// Records HQ accepted (`posgw_uplink_sent_records_total`).
+    pub uplink_sent: Counter,
+    /// Failed deliveries that were retried (`posgw_uplink_retries_total`).
+    pub uplink_retries: Counter,
+    /// Records moved to the dead-letter set after HQ refused them (`posgw_uplink_dead_records_total`).
+    pub uplink_dead: Counter,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -58,6 +64,9 @@ impl Metrics {
         let backlog_bytes = Gauge::default();
         let dead_records = Gauge::default();
         let durable_seq = Gauge::default();
+        let uplink_sent = Counter::default();
+        let uplink_retries = Counter::default();
+        let uplink_dead = Counter::default();
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -95,6 +104,21 @@ impl Metrics {
             "Highest record seq known to be on disk",
             durable_seq.clone(),
         );
+        registry.register(
+            "uplink_sent_records",
+            "Records HQ accepted",
+            uplink_sent.clone(),
+        );
+        registry.register(
+            "uplink_retries",
+            "Deliveries to HQ that failed and were retried",
+            uplink_retries.clone(),
+        );
+        registry.register(
+            "uplink_dead_records",
+            "Records HQ refused, moved to the dead-letter set",
+            uplink_dead.clone(),
+        );
         Metrics {
             records,
             bad_frames,
@@ -103,6 +127,9 @@ impl Metrics {
             backlog_bytes,
             dead_records,
             durable_seq,
+            uplink_sent,
+            uplink_retries,
+            uplink_dead,
             registry: Arc::new(registry),
         }
     }
