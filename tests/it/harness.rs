@@ -104,11 +104,39 @@ path = "{scanner}"
         std::fs::write(self.config_path(), config).expect("write config");
     }
 
+    /// Appends sections (e.g. `[uplink]`) to the config written by [`Store::write_config`].
+    pub fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(self.config_path()).expect("read config");
+        config.push('\n');
+        config.push_str(text);
+        std::fs::write(self.config_path(), config).expect("write config");
+    }
+
+    /// Writes an `[uplink]` to `endpoint` with a token file holding `token`.
+    pub fn add_uplink(&self, endpoint: &str, token: &str, extra: &str) {
+        let token_file = self.path("hq.token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("write token");
+        self.append_config(&format!(
+            "[uplink]\nendpoint = \"{endpoint}\"\ntoken_file = \"{}\"\nbatch_max_age = \"50ms\"\n{extra}\n",
+            token_file.display()
+        ));
+    }
+
     /// Runs `posgw journal dump` and parses its lines.
     pub fn dump(&self) -> Vec<Value> {
+        self.dump_with(&[])
+    }
+
+    /// Runs `posgw journal dump --dead` and parses its lines.
+    pub fn dump_dead(&self) -> Vec<Value> {
+        self.dump_with(&["--dead"])
+    }
+
+    fn dump_with(&self, extra: &[&str]) -> Vec<Value> {
         let output = posgw()
             .args(["journal", "dump", "--data"])
             .arg(self.data_dir())
+            .args(extra)
             .output()
             .expect("run journal dump");
         assert!(

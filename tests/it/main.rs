@@ -1,8 +1,10 @@
 //! Integration tests that drive the built `posgw` binary like a user would: real pseudo-terminals
 //! for the scanners, real HTTP on loopback for the API, real signals (SIGTERM, SIGKILL).
 
+mod fake_hq;
 mod harness;
 
 mod cli;
 mod crash;
 mod serial;
+mod uplink;
