@@ -20,6 +20,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Label set for prompt outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// opened | answered | skipped | timeout.
+    pub outcome: String,
+}
+
 /// Label set for series split by device.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceLabel {
@@ -44,6 +51,8 @@ pub struct Metrics {
     pub dead_records: Gauge,
     /// Highest seq known to be fsynced (`posgw_journal_durable_seq`).
     pub durable_seq: Gauge,
+    /// Prompts opened and resolved, by outcome (`posgw_prompts_total`).
+    pub prompts: Family<OutcomeLabel, Counter>,
     /// Records HQ accepted (`posgw_uplink_sent_records_total`).
     pub uplink_sent: Counter,
     /// Failed deliveries that were retried (`posgw_uplink_retries_total`).
@@ -64,6 +73,7 @@ impl Metrics {
         let backlog_bytes = Gauge::default();
         let dead_records = Gauge::default();
         let durable_seq = Gauge::default();
+        let prompts = Family::<OutcomeLabel, Counter>::default();
         let uplink_sent = Counter::default();
         let uplink_retries = Counter::default();
         let uplink_dead = Counter::default();
@@ -105,6 +115,11 @@ impl Metrics {
             durable_seq.clone(),
         );
         registry.register(
+            "prompts",
+            "Attribution prompts opened, and resolved by outcome",
+            prompts.clone(),
+        );
+        registry.register(
             "uplink_sent_records",
             "Records HQ accepted",
             uplink_sent.clone(),
@@ -127,6 +142,7 @@ impl Metrics {
             backlog_bytes,
             dead_records,
             durable_seq,
+            prompts,
             uplink_sent,
             uplink_retries,
             uplink_dead,
@@ -148,6 +164,15 @@ impl Metrics {
         self.bad_frames
             .get_or_create(&DeviceLabel {
                 device: device.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a prompt event: `opened`, or its outcome `answered`, `skipped`, `timeout`.
+    pub fn prompt(&self, outcome: &str) {
+        self.prompts
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
             })
             .inc();
     }
