@@ -118,13 +118,10 @@ pub async fn run(
             tracing::info!("no [uplink] configured: records stay in the journal");
             None
         }
-        Some(uplink) if uplink.endpoint.starts_with("mqtt") => {
-            tracing::error!(endpoint = %uplink.endpoint, "the MQTT uplink is not available in this build; records stay in the journal");
-            None
-        }
         Some(uplink) => Some(
             crate::uplink::spawn(
                 uplink.clone(),
+                (&settings.gateway.store, &settings.gateway.id),
                 journal.clone(),
                 metrics.clone(),
                 stop.child_token(),

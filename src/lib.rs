@@ -29,6 +29,7 @@ pub mod devices;
 pub mod gateway;
 pub mod journal;
 pub mod metrics;
+pub mod mqtt;
 pub mod uplink;
 
 /// The posgw version, written into `gateway` records and the status API.

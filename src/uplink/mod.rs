@@ -8,7 +8,7 @@
 //! 2. Collect a batch: up to `batch_max_records` records and `batch_max_bytes` bytes, waiting at
 //!    most `batch_max_age` for it to fill.
 //! 3. Send it as NDJSON made of the records' stored bytes (never re-encoded), compressed as
-//!    configured, through the endpoint's transport ([`http`]).
+//!    configured, through the endpoint's transport ([`http`] or [`mqtt`]).
 //! 4. Act on HQ's answer exactly as CONTRACT.md section 5 says:
 //!    - accepted (2xx): remove the records from the journal, advance the cursor;
 //!    - transient (408, 429, 5xx, timeouts, connection errors) and refused credentials (401,
@@ -24,6 +24,7 @@
 //! The task publishes an [`UplinkStatus`] on a `watch` channel for `/api/v1/status`.
 
 pub mod http;
+pub mod mqtt;
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -113,14 +114,36 @@ pub fn disabled() -> watch::Receiver<UplinkStatus> {
     watch::channel(UplinkStatus::default()).1
 }
 
-/// Starts the uplink task.
+/// How batches reach HQ, chosen by the endpoint's scheme.
+enum Transport {
+    /// `http://` or `https://`.
+    Http(http::HttpTransport),
+    /// `mqtt://` or `mqtts://`.
+    Mqtt(mqtt::MqttTransport),
+}
+
+impl Transport {
+    async fn deliver(&mut self, body: &[u8], compression: Compression) -> Delivery {
+        match self {
+            Transport::Http(http) => http.deliver(body, compression).await,
+            Transport::Mqtt(mqtt) => mqtt.deliver(body).await,
+        }
+    }
+}
+
+/// Starts the uplink task for the gateway `store`/`gateway`.
 pub fn spawn(
     settings: UplinkSettings,
+    identity: (&str, &str),
     journal: JournalHandle,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> anyhow::Result<UplinkHandle> {
-    let transport = http::HttpTransport::new(&settings)?;
+    let transport = if settings.endpoint.starts_with("mqtt") {
+        Transport::Mqtt(mqtt::MqttTransport::new(&settings, identity.0, identity.1)?)
+    } else {
+        Transport::Http(http::HttpTransport::new(&settings)?)
+    };
     let (status_tx, status) = watch::channel(UplinkStatus {
         state: UplinkState::Idle,
         ..UplinkStatus::default()
@@ -155,7 +178,7 @@ struct Uplink {
     settings: UplinkSettings,
     journal: JournalHandle,
     metrics: Metrics,
-    transport: http::HttpTransport,
+    transport: Transport,
     status: watch::Sender<UplinkStatus>,
     stop: CancellationToken,
 }
@@ -290,9 +313,9 @@ impl Uplink {
             .build();
         loop {
             self.status.send_modify(|s| s.state = UplinkState::Sending);
-            let delivery = self
-                .until_stopped(self.transport.deliver(&body, self.settings.compression))
-                .await?;
+            let compression = self.settings.compression;
+            let delivery =
+                until_stopped(&self.stop, self.transport.deliver(&body, compression)).await?;
             match delivery {
                 Delivery::Accepted => return Ok(Verdict::Accepted),
                 Delivery::TooLarge => {
@@ -327,10 +350,18 @@ impl Uplink {
         &self,
         future: impl std::future::Future<Output = T>,
     ) -> Result<T, Stopped> {
-        tokio::select! {
-            value = future => Ok(value),
-            () = self.stop.cancelled() => Err(Stopped::Shutdown),
-        }
+        until_stopped(&self.stop, future).await
+    }
+}
+
+/// Runs `future` unless `stop` fires first.
+async fn until_stopped<T>(
+    stop: &CancellationToken,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, Stopped> {
+    tokio::select! {
+        value = future => Ok(value),
+        () = stop.cancelled() => Err(Stopped::Shutdown),
     }
 }
 

@@ -166,7 +166,10 @@ impl Gateway {
             .arg("run")
             .arg("-c")
             .arg(store.config_path())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("POSGW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

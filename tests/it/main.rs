@@ -3,8 +3,10 @@
 
 mod fake_hq;
 mod harness;
+mod mosquitto;
 
 mod cli;
 mod crash;
+mod mqtt_uplink;
 mod serial;
 mod uplink;

@@ -1,0 +1,568 @@
+//! The HQ receiver's configuration: `[hq]` and `[[store]]` (CONTRACT.md section 6).
+//!
+//! Loaded with the gateway config's machinery (`crate::config::source` and `check`), so errors
+//! look the same: `PATH:LINE:COL: message`, unknown keys with a suggestion, every problem
+//! reported in one run. As for the gateway, every `*.toml` in `config.d/` beside the file is
+//! applied after it in file-name order: `[hq]` merges key by key, `[[store]]` appends.
+//!
+//! Token files are read at load time (trimmed of surrounding whitespace); a missing,
+//! unreadable or empty token file is a configuration error pointing at its `token_file` key.
+//! Relative paths resolve against the config file's folder.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::check;
+use crate::config::source::{toml_files_in, Located, Report, Span};
+use crate::config::ConfigError;
+
+/// Address the receiver binds when `listen` is not set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7390";
+/// Folder of the HQ database when `data_dir` is not set.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/posgw-hq";
+/// Largest request body, compressed or decompressed, when `max_body` is not set (16 MiB).
+pub const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
+/// Largest `max_body` accepted: a body is held in memory twice (compressed and decompressed).
+const MAX_MAX_BODY: u64 = 1024 * 1024 * 1024;
+/// Characters besides ASCII letters and digits allowed in a store code (as for `[gateway] store`).
+const STORE_EXTRA: &[char] = &['-', '_'];
+
+/// The validated HQ receiver configuration.
+#[derive(Debug, Clone)]
+pub struct HqSettings {
+    /// Address to bind (`[hq] listen`); default `127.0.0.1:7390`.
+    pub listen: SocketAddr,
+    /// Folder of the HQ database (`[hq] data_dir`); default `/var/lib/posgw-hq`.
+    pub data_dir: PathBuf,
+    /// Largest request body in bytes, checked before and after decompression (`[hq] max_body`).
+    pub max_body: u64,
+    /// Token of the read endpoints, from `admin_token_file`; `None` refuses every read.
+    pub admin_token: Option<String>,
+    /// The stores allowed to post, each with its token (`[[store]]`).
+    pub stores: Vec<StoreSettings>,
+    /// The files that were read, main file first, then the applied drop-ins.
+    pub files: Vec<PathBuf>,
+}
+
+impl HqSettings {
+    /// Settings with the defaults and no stores, for code that builds its own (the demo, tests).
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        HqSettings {
+            listen,
+            data_dir,
+            max_body: DEFAULT_MAX_BODY,
+            admin_token: None,
+            stores: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
+/// One store allowed to post batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The store code; every record the store posts must carry it in `store`.
+    pub code: String,
+    /// The bearer token the store's gateway sends (content of `token_file`, trimmed).
+    pub token: String,
+}
+
+/// A whole HQ config file (the main file or one drop-in) as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHqConfig {
+    /// `[hq]`: where to listen and store.
+    hq: Option<Located<RawHq>>,
+    /// `[[store]]`: the stores allowed to post.
+    store: Option<Vec<Located<RawStore>>>,
+}
+
+/// `[hq]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHq {
+    /// Address to bind.
+    listen: Option<Located<String>>,
+    /// Database folder.
+    data_dir: Option<Located<String>>,
+    /// Largest request body (a size string or an integer of bytes).
+    max_body: Option<Located<toml::Value>>,
+    /// File holding the admin token.
+    admin_token_file: Option<Located<String>>,
+}
+
+/// One `[[store]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    /// Store code; required.
+    code: Option<Located<String>>,
+    /// File holding the store's token; required.
+    token_file: Option<Located<String>>,
+}
+
+impl RawHqConfig {
+    /// Applies a later file over this one: `[hq]` key by key, `[[store]]` appended.
+    fn merge(&mut self, later: RawHqConfig) {
+        if let Some(later_hq) = later.hq {
+            match self.hq.as_mut() {
+                None => self.hq = Some(later_hq),
+                Some(hq) => {
+                    let (mine, theirs) = (&mut hq.value, later_hq.value);
+                    if theirs.listen.is_some() {
+                        mine.listen = theirs.listen;
+                    }
+                    if theirs.data_dir.is_some() {
+                        mine.data_dir = theirs.data_dir;
+                    }
+                    if theirs.max_body.is_some() {
+                        mine.max_body = theirs.max_body;
+                    }
+                    if theirs.admin_token_file.is_some() {
+                        mine.admin_token_file = theirs.admin_token_file;
+                    }
+                }
+            }
+        }
+        if let Some(stores) = later.store {
+            self.store.get_or_insert_with(Vec::new).extend(stores);
+        }
+    }
+}
+
+/// Loads, merges and validates the HQ configuration at `path` and its `config.d/*.toml`.
+///
+/// On failure the error lists every problem found, one `PATH:LINE:COL: message` per line.
+pub fn load_config(path: &Path) -> Result<HqSettings, ConfigError> {
+    let mut report = Report::default();
+    // Relative paths resolve against the config's folder, not the daemon's working directory.
+    let base_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(main_file) = report.read_file(path) else {
+        return report.finish_failed();
+    };
+    let mut files = vec![path.to_path_buf()];
+    let mut merged = report.parse::<RawHqConfig>(main_file);
+    for drop_in in toml_files_in(&mut report, &base_dir.join("config.d")) {
+        let Some(file) = report.read_file(&drop_in) else {
+            continue;
+        };
+        if let Some(raw) = report.parse::<RawHqConfig>(file) {
+            if let Some(merged) = merged.as_mut() {
+                merged.merge(raw);
+            }
+            files.push(drop_in);
+        }
+    }
+    let Some(raw) = merged else {
+        return report.finish_failed();
+    };
+    // Validating a half-read configuration reports problems that are not really there.
+    if report.problem_count() > 0 {
+        return report.finish_failed();
+    }
+    match validate(&mut report, raw, main_file, &base_dir, files) {
+        Some(settings) if report.problem_count() == 0 => Ok(settings),
+        _ => report.finish_failed(),
+    }
+}
+
+/// Stage 3: defaults, value checks, token files, cross-store checks.
+fn validate(
+    report: &mut Report,
+    raw: RawHqConfig,
+    main_file: usize,
+    base_dir: &Path,
+    files: Vec<PathBuf>,
+) -> Option<HqSettings> {
+    let hq = raw.hq.map(|hq| hq.value).unwrap_or_default();
+    let listen = match &hq.listen {
+        None => DEFAULT_LISTEN.parse().ok(),
+        Some(listen) => match listen.value.trim().parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                report.error(
+                    &listen.span,
+                    format!(
+                        "'listen' in [hq] must be an address like \"127.0.0.1:7390\", found '{}'",
+                        listen.value
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let data_dir = match &hq.data_dir {
+        None => Some(PathBuf::from(DEFAULT_DATA_DIR)),
+        Some(dir) => resolve(report, base_dir, dir, "'data_dir' in [hq]"),
+    };
+    let max_body = match &hq.max_body {
+        None => Some(DEFAULT_MAX_BODY),
+        Some(value) => check::size(report, value, "'max_body' in [hq]").and_then(|bytes| {
+            if (1..=MAX_MAX_BODY).contains(&bytes) {
+                Some(bytes)
+            } else {
+                report.error(
+                    &value.span,
+                    "'max_body' in [hq] must be at least 1 byte and at most 1GiB",
+                );
+                None
+            }
+        }),
+    };
+    // Ok(None) = not configured; Err(()) = configured but broken (already reported).
+    let admin_token = match &hq.admin_token_file {
+        None => Ok(None),
+        Some(file) => read_token(report, base_dir, file, "'admin_token_file' in [hq]")
+            .map(|token| Some((token, file.span.clone())))
+            .ok_or(()),
+    };
+
+    let raw_stores = raw.store.unwrap_or_default();
+    if raw_stores.is_empty() {
+        report.error(
+            &report.file_start(main_file),
+            "no [[store]] configured: add one per store with 'code' and 'token_file'",
+        );
+    }
+    let mut stores = Vec::new();
+    let mut codes: HashMap<String, Span> = HashMap::new();
+    // Token -> where it was first configured, to refuse a token that two parties share.
+    let mut tokens: HashMap<String, (String, Span)> = HashMap::new();
+    if let Ok(Some((token, span))) = &admin_token {
+        tokens.insert(token.clone(), ("the admin token".to_string(), span.clone()));
+    }
+    for store in &raw_stores {
+        let code = match &store.value.code {
+            Some(code) => check::identifier(report, code, "'code' in [[store]]", STORE_EXTRA)
+                .map(|text| (text, code.span.clone())),
+            None => {
+                report.error(
+                    &store.span,
+                    "missing 'code' in [[store]] (the store code, like \"WZ-LC-001\")",
+                );
+                None
+            }
+        };
+        let token = match &store.value.token_file {
+            Some(file) => read_token(report, base_dir, file, "'token_file' in [[store]]")
+                .map(|token| (token, file.span.clone())),
+            None => {
+                report.error(
+                    &store.span,
+                    "missing 'token_file' in [[store]] (a file holding the store's bearer token)",
+                );
+                None
+            }
+        };
+        if let Some((code, span)) = &code {
+            if let Some(first) = codes.get(code) {
+                let first = report.describe(first);
+                report.error(
+                    span,
+                    format!("store '{code}' is configured twice (first at {first})"),
+                );
+            } else {
+                codes.insert(code.clone(), span.clone());
+            }
+        }
+        if let (Some((code, _)), Some((token, span))) = (&code, &token) {
+            if let Some((owner, first)) = tokens.get(token) {
+                let first = report.describe(first);
+                report.error(
+                    span,
+                    format!(
+                        "the token of store '{code}' is the same as {owner} (at {first}); \
+                         every store needs its own token"
+                    ),
+                );
+            } else {
+                tokens.insert(token.clone(), (format!("store '{code}'"), span.clone()));
+            }
+        }
+        if let (Some((code, _)), Some((token, _))) = (code, token) {
+            stores.push(StoreSettings { code, token });
+        }
+    }
+    Some(HqSettings {
+        listen: listen?,
+        data_dir: data_dir?,
+        max_body: max_body?,
+        admin_token: admin_token.ok()?.map(|(token, _)| token),
+        stores,
+        files,
+    })
+}
+
+/// A path from the config, resolved against the config file's folder when relative.
+fn resolve(
+    report: &mut Report,
+    base_dir: &Path,
+    value: &Located<String>,
+    what: &str,
+) -> Option<PathBuf> {
+    let text = check::non_empty(report, value, what)?;
+    let path = PathBuf::from(text);
+    Some(if path.is_absolute() {
+        path
+    } else {
+        base_dir.join(path)
+    })
+}
+
+/// Reads a token file named by `value`; problems are reported at the key naming the file.
+fn read_token(
+    report: &mut Report,
+    base_dir: &Path,
+    value: &Located<String>,
+    what: &str,
+) -> Option<String> {
+    let path = resolve(report, base_dir, value, what)?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) => {
+            report.error(
+                &value.span,
+                format!("cannot read token file '{}': {error}", path.display()),
+            );
+            return None;
+        }
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        report.error(
+            &value.span,
+            format!("token file '{}' is empty", path.display()),
+        );
+        return None;
+    }
+    // A token travels as `Authorization: Bearer TOKEN`; whitespace or control characters in it
+    // could never match what a client sends.
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        report.error(
+            &value.span,
+            format!(
+                "token file '{}' holds more than one word; a token is one line without spaces",
+                path.display()
+            ),
+        );
+        return None;
+    }
+    Some(token.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config folder with token files `a.token` ("tok-a"), `b.token` ("tok-b"),
+    /// `admin.token` ("tok-admin") and `empty.token`.
+    fn folder() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in [
+            ("a.token", "tok-a\n"),
+            ("b.token", "  tok-b  "),
+            ("admin.token", "tok-admin"),
+            ("empty.token", " \n"),
+        ] {
+            std::fs::write(dir.path().join(name), text).expect("write token");
+        }
+        dir
+    }
+
+    fn load_text(dir: &Path, text: &str) -> Result<HqSettings, String> {
+        let path = dir.join("hq.toml");
+        std::fs::write(&path, text).expect("write config");
+        load_config(&path).map_err(|error| {
+            // Paths differ per run; tests compare what follows the file name.
+            error
+                .to_string()
+                .replace(&dir.display().to_string(), "DIR")
+        })
+    }
+
+    #[test]
+    fn loads_a_full_config_with_relative_paths() {
+        let dir = folder();
+        let settings = load_text(
+            dir.path(),
+            r#"
+[hq]
+listen = "0.0.0.0:8000"
+data_dir = "data"
+max_body = "1MiB"
+admin_token_file = "admin.token"
+
+[[store]]
+code = "WZ-LC-001"
+token_file = "a.token"
+
+[[store]]
+code = "WZ-LC-002"
+token_file = "b.token"
+"#,
+        )
+        .expect("loads");
+        assert_eq!(settings.listen, "0.0.0.0:8000".parse().expect("addr"));
+        assert_eq!(settings.data_dir, dir.path().join("data"));
+        assert_eq!(settings.max_body, 1024 * 1024);
+        assert_eq!(settings.admin_token.as_deref(), Some("tok-admin"));
+        assert_eq!(
+            settings.stores,
+            [
+                StoreSettings {
+                    code: "WZ-LC-001".into(),
+                    token: "tok-a".into()
+                },
+                StoreSettings {
+                    code: "WZ-LC-002".into(),
+                    token: "tok-b".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let dir = folder();
+        let settings = load_text(
+            dir.path(),
+            "[[store]]\ncode = \"S1\"\ntoken_file = \"a.token\"\n",
+        )
+        .expect("loads");
+        assert_eq!(settings.listen, DEFAULT_LISTEN.parse().expect("addr"));
+        assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(settings.max_body, DEFAULT_MAX_BODY);
+        assert_eq!(settings.admin_token, None);
+    }
+
+    #[test]
+    fn unknown_key_has_position_and_suggestion() {
+        let dir = folder();
+        let error = load_text(dir.path(), "[hq]\nmax_bdy = \"1MiB\"\n").expect_err("fails");
+        assert_eq!(
+            error,
+            "DIR/hq.toml:2:1: unknown key 'max_bdy' in [hq], did you mean 'max_body'?"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_position() {
+        let dir = folder();
+        let error = load_text(
+            dir.path(),
+            r#"[hq]
+listen = "localhost"
+max_body = "lots"
+admin_token_file = "missing.token"
+
+[[store]]
+code = "WZ LC"
+token_file = "empty.token"
+
+[[store]]
+token_file = "a.token"
+"#,
+        )
+        .expect_err("fails");
+        let lines: Vec<&str> = error.lines().collect();
+        assert_eq!(lines.len(), 6, "{error}");
+        assert!(lines[0].starts_with("DIR/hq.toml:2:10: 'listen' in [hq] must be an address"));
+        assert!(lines[1].starts_with("DIR/hq.toml:3:12: 'max_body' in [hq] must be a size"));
+        assert!(
+            lines[2].starts_with("DIR/hq.toml:4:20: cannot read token file 'DIR/missing.token'"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].starts_with("DIR/hq.toml:7:8: 'code' in [[store]] must be 1 to 64"));
+        assert_eq!(
+            lines[4],
+            "DIR/hq.toml:8:14: token file 'DIR/empty.token' is empty"
+        );
+        assert!(
+            lines[5].starts_with("DIR/hq.toml:10:1: missing 'code' in [[store]]"),
+            "{}",
+            lines[5]
+        );
+    }
+
+    #[test]
+    fn duplicate_codes_and_tokens_are_errors() {
+        let dir = folder();
+        let error = load_text(
+            dir.path(),
+            r#"[hq]
+admin_token_file = "admin.token"
+[[store]]
+code = "S1"
+token_file = "a.token"
+[[store]]
+code = "S1"
+token_file = "b.token"
+[[store]]
+code = "S2"
+token_file = "a.token"
+[[store]]
+code = "S3"
+token_file = "admin.token"
+"#,
+        )
+        .expect_err("fails");
+        assert_eq!(
+            error,
+            "DIR/hq.toml:7:8: store 'S1' is configured twice (first at DIR/hq.toml:4:8)\n\
+             DIR/hq.toml:11:14: the token of store 'S2' is the same as store 'S1' (at DIR/hq.toml:5:14); every store needs its own token\n\
+             DIR/hq.toml:14:14: the token of store 'S3' is the same as the admin token (at DIR/hq.toml:2:20); every store needs its own token"
+        );
+    }
+
+    #[test]
+    fn no_store_is_an_error() {
+        let dir = folder();
+        let error = load_text(dir.path(), "[hq]\n").expect_err("fails");
+        assert!(
+            error.starts_with("DIR/hq.toml:1:1: no [[store]] configured"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn drop_ins_merge_hq_and_append_stores() {
+        let dir = folder();
+        std::fs::create_dir(dir.path().join("config.d")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("config.d/10-more.toml"),
+            "[hq]\nmax_body = 4096\n[[store]]\ncode = \"S2\"\ntoken_file = \"b.token\"\n",
+        )
+        .expect("write drop-in");
+        let settings = load_text(
+            dir.path(),
+            "[hq]\nlisten = \"127.0.0.1:1\"\nmax_body = \"1MiB\"\n[[store]]\ncode = \"S1\"\ntoken_file = \"a.token\"\n",
+        )
+        .expect("loads");
+        assert_eq!(settings.max_body, 4096);
+        assert_eq!(settings.listen.port(), 1);
+        let codes: Vec<&str> = settings.stores.iter().map(|s| s.code.as_str()).collect();
+        assert_eq!(codes, ["S1", "S2"]);
+        assert_eq!(settings.files.len(), 2);
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        // The shipped example names token files under /etc; only its syntax and keys are
+        // checked here, by parsing it into the raw structs.
+        let text = include_str!("../../config/hq.toml");
+        let mut report = Report::default();
+        let file = report.add_file(PathBuf::from("config/hq.toml"), text.to_string());
+        let raw = report.parse::<RawHqConfig>(file);
+        assert_eq!(report.problem_count(), 0);
+        let raw = raw.expect("parses");
+        assert!(raw.hq.is_some());
+        assert!(!raw.store.unwrap_or_default().is_empty());
+    }
+}

@@ -1,0 +1,150 @@
+//! Prometheus metrics of the HQ receiver (`GET /metrics`), all under the `posgw_hq_` prefix.
+//!
+//! Record and duplicate counters are bumped by the flusher once a batch is durable, so they
+//! count exactly what a 2xx promised; request counters are bumped by the HTTP layer.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label set for series split by store.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    /// The store code.
+    pub store: String,
+}
+
+/// Label set for HTTP requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    /// `batches`, `records`, `stats`, `healthz` or `metrics`.
+    pub endpoint: String,
+    /// The HTTP status code answered.
+    pub code: String,
+}
+
+/// Every metric the receiver exports. Cheap to clone: all members are shared handles.
+#[derive(Clone)]
+pub struct HqMetrics {
+    /// Records newly stored, by store (`posgw_hq_records_total`).
+    pub records: Family<StoreLabel, Counter>,
+    /// Records received again, by store (`posgw_hq_duplicates_total`).
+    pub duplicates: Family<StoreLabel, Counter>,
+    /// Requests answered, by endpoint and status (`posgw_hq_requests_total`).
+    pub requests: Family<RequestLabel, Counter>,
+    /// Records per accepted batch, duplicates included (`posgw_hq_batch_records`).
+    pub batch_records: Histogram,
+    /// Decompressed bytes per accepted batch (`posgw_hq_batch_bytes`).
+    pub batch_bytes: Histogram,
+    /// Time of each group-commit fsync (`posgw_hq_commit_seconds`).
+    pub commit_seconds: Histogram,
+    /// Highest durable hq_seq (`posgw_hq_stored_seq`).
+    pub stored_seq: Gauge,
+    /// The registry everything above is registered in.
+    registry: Arc<Registry>,
+}
+
+impl HqMetrics {
+    /// Creates every family and registers it.
+    pub fn new() -> Self {
+        let records = Family::<StoreLabel, Counter>::default();
+        let duplicates = Family::<StoreLabel, Counter>::default();
+        let requests = Family::<RequestLabel, Counter>::default();
+        // 1, 4, 16, ... 65536 records.
+        let batch_records = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+        // 1 KiB to 64 MiB.
+        let batch_bytes = Histogram::new(exponential_buckets(1024.0, 4.0, 9));
+        // 0.5 ms to about 4 s.
+        let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let stored_seq = Gauge::default();
+
+        let mut registry = Registry::with_prefix("posgw_hq");
+        registry.register(
+            "records",
+            "Records stored durably, by store",
+            records.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Records received again after they were stored, by store",
+            duplicates.clone(),
+        );
+        registry.register(
+            "requests",
+            "HTTP requests answered, by endpoint and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "batch_records",
+            "Records per accepted batch, duplicates included",
+            batch_records.clone(),
+        );
+        registry.register(
+            "batch_bytes",
+            "Decompressed bytes per accepted batch",
+            batch_bytes.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Duration of each group-commit fsync",
+            commit_seconds.clone(),
+        );
+        registry.register(
+            "stored_seq",
+            "Highest hq_seq known to be on disk",
+            stored_seq.clone(),
+        );
+        HqMetrics {
+            records,
+            duplicates,
+            requests,
+            batch_records,
+            batch_bytes,
+            commit_seconds,
+            stored_seq,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// Counts one durable batch of `store`.
+    pub fn batch_stored(&self, store: &str, accepted: usize, duplicates: usize) {
+        let label = StoreLabel {
+            store: store.to_owned(),
+        };
+        self.records.get_or_create(&label).inc_by(accepted as u64);
+        self.duplicates
+            .get_or_create(&label)
+            .inc_by(duplicates as u64);
+        self.batch_records
+            .observe((accepted + duplicates) as f64);
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, endpoint: &str, code: u16) {
+        self.requests
+            .get_or_create(&RequestLabel {
+                endpoint: endpoint.to_owned(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Renders every series in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for HqMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

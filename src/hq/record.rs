@@ -1,0 +1,571 @@
+//! The wire side of `POST /v1/batches`: content encoding, decompression with a size guard,
+//! and validation of every line of the NDJSON body before anything is stored.
+//!
+//! Validation is of the envelope (CONTRACT.md section 3), plus what `/v1/stats` reads from
+//! attribution records. A record is accepted when:
+//! - the line is one JSON object (UTF-8), with no `hq_seq` field (HQ adds that on the way out);
+//! - `store` is a store code, `gateway` and `epoch` are 1 to 64 of `A-Z a-z 0-9 - _ .` (no `/`),
+//!   `seq` is an integer of at least 1, and `id` is exactly `store/gateway/epoch/seq`; this is
+//!   what lets the store deduplicate on (store, gateway, epoch) plus a seq range set instead of
+//!   an index entry per id;
+//! - `kind` is 1 to 32 of `A-Z a-z 0-9 - _` (kinds this receiver does not know are stored and
+//!   counted, not refused: a newer gateway must not dead-letter its records here);
+//! - `ts` is an RFC 3339 time and `data` is an object;
+//! - for `kind = "attribution"`: `data.campaign` is a string, `data.outcome` is one of
+//!   `answered` `timeout` `skipped`, and `answer`, `answer_label`, `station`, `clerk`,
+//!   `question` are strings or null and `latency_ms` a non-negative integer or null.
+//!
+//! Blank lines are skipped; a trailing `\r` is not part of the record. The bytes stored are
+//! the line exactly as received otherwise.
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::ops::Range;
+
+use chrono::{DateTime, FixedOffset};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::stats::AttributionSummary;
+
+/// How the request body is compressed (`Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// No `Content-Encoding`, or `identity`.
+    Identity,
+    /// `gzip` (also `x-gzip`); concatenated members are read as one stream.
+    Gzip,
+    /// `zstd`.
+    Zstd,
+}
+
+impl Encoding {
+    /// Reads a `Content-Encoding` header value; `Err` holds the refused value.
+    pub(crate) fn from_header(value: Option<&str>) -> Result<Encoding, String> {
+        let Some(value) = value else {
+            return Ok(Encoding::Identity);
+        };
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "identity" => Ok(Encoding::Identity),
+            "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+            "zstd" => Ok(Encoding::Zstd),
+            _ => Err(value.to_string()),
+        }
+    }
+}
+
+/// Whether a `Content-Type` header value is NDJSON (`application/x-ndjson`, parameters allowed).
+pub(crate) fn is_ndjson(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/x-ndjson")
+}
+
+/// Why a body could not be decompressed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DecompressError {
+    /// It inflates to more than the limit (a decompression bomb, or just too big a batch).
+    TooLarge,
+    /// It is not valid data of its encoding; the text says why.
+    Corrupt(String),
+}
+
+/// Decompresses `body`, refusing to produce more than `limit` bytes.
+///
+/// The output is read through `Read::take(limit + 1)`, so a bomb costs at most `limit + 1`
+/// bytes of memory and the time to inflate them, never the size it claims.
+pub(crate) fn decompress(
+    body: Vec<u8>,
+    encoding: Encoding,
+    limit: u64,
+) -> Result<Vec<u8>, DecompressError> {
+    let reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Identity => {
+            return if body.len() as u64 > limit {
+                Err(DecompressError::TooLarge)
+            } else {
+                Ok(body)
+            };
+        }
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body.as_slice())),
+        Encoding::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(body.as_slice())
+                .map_err(|error| DecompressError::Corrupt(format!("zstd: {error}")))?;
+            // A frame may ask for a window of up to 2 GiB, and the decoder allocates it up
+            // front. Encoders pick windows by level, not by input size, up to 8 MiB below
+            // level 20; allow 16 MiB, or the largest body when that is larger (up to zstd's
+            // own default limit of 128 MiB).
+            let body_log = u64::BITS - limit.saturating_sub(1).leading_zeros();
+            let window_log = body_log.clamp(24, 27);
+            decoder
+                .window_log_max(window_log)
+                .map_err(|error| DecompressError::Corrupt(format!("zstd: {error}")))?;
+            Box::new(decoder)
+        }
+    };
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize + 1));
+    let name = match encoding {
+        Encoding::Gzip => "gzip",
+        _ => "zstd",
+    };
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|error| DecompressError::Corrupt(format!("{name}: {error}")))?;
+    if out.len() as u64 > limit {
+        return Err(DecompressError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// One validated record of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct IncomingRecord {
+    /// `store/gateway/epoch`: the journal the record comes from (its id without the seq).
+    pub stream: String,
+    /// The record's `seq` within that journal.
+    pub seq: u64,
+    /// The record's `kind`.
+    pub kind: String,
+    /// Where the record's line is in [`IncomingBatch::body`].
+    pub line: Range<usize>,
+    /// What `/v1/stats` needs of an attribution record; `None` for other kinds.
+    pub attribution: Option<AttributionSummary>,
+}
+
+/// A whole validated batch, ready for the store.
+#[derive(Debug)]
+pub(crate) struct IncomingBatch {
+    /// The store that posted it (every record carries this code).
+    pub store: String,
+    /// The decompressed body; records point into it.
+    pub body: Vec<u8>,
+    /// The records in body order.
+    pub records: Vec<IncomingRecord>,
+    /// The latest `ts` of the batch, as written, with the instant it stands for.
+    pub latest_ts: Option<(DateTime<FixedOffset>, String)>,
+}
+
+/// Why a batch was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// A line is not a valid record (400).
+    Malformed {
+        /// 1-based line number in the decompressed body.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A record belongs to another store than the token's (403).
+    WrongStore {
+        /// 1-based line number in the decompressed body.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The envelope fields HQ reads; unknown fields (`clock`, future ones) are allowed.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    /// `store/gateway/epoch/seq`.
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    /// Store code.
+    #[serde(borrow)]
+    store: Cow<'a, str>,
+    /// Gateway id.
+    #[serde(borrow)]
+    gateway: Cow<'a, str>,
+    /// Journal epoch.
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+    /// Position in the journal, from 1.
+    seq: u64,
+    /// RFC 3339 time.
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    /// Record kind.
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    /// Kind-specific body; must be an object.
+    #[serde(borrow)]
+    data: &'a RawValue,
+    /// Must be absent: HQ adds it when serving records.
+    #[serde(default)]
+    hq_seq: Option<IgnoredAny>,
+}
+
+/// What `/v1/stats` reads of an attribution record's `data`.
+#[derive(Deserialize)]
+struct AttributionData<'a> {
+    /// Campaign id.
+    #[serde(borrow)]
+    campaign: Cow<'a, str>,
+    /// `answered`, `timeout` or `skipped`.
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    /// Option key, or null.
+    #[serde(borrow, default)]
+    answer: Option<Cow<'a, str>>,
+    /// Option label, or null.
+    #[serde(borrow, default)]
+    answer_label: Option<Cow<'a, str>>,
+    /// Station, or null.
+    #[serde(borrow, default)]
+    station: Option<Cow<'a, str>>,
+    /// Clerk, or null.
+    #[serde(borrow, default)]
+    clerk: Option<Cow<'a, str>>,
+    /// The question asked, or null.
+    #[serde(borrow, default)]
+    question: Option<Cow<'a, str>>,
+    /// Milliseconds from opening to the answer, or null.
+    #[serde(default)]
+    latency_ms: Option<u64>,
+}
+
+/// The outcomes an attribution record may have.
+pub(crate) const OUTCOMES: [&str; 3] = ["answered", "timeout", "skipped"];
+
+/// Validates every line of `body` for the store `token_store`; nothing is kept on failure.
+///
+/// The first problem in line order decides the answer (400 or 403).
+pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBatch, Rejection> {
+    let mut records = Vec::new();
+    let mut latest_ts: Option<(DateTime<FixedOffset>, String)> = None;
+    let mut start = 0;
+    let mut line_number = 0;
+    while start < body.len() {
+        line_number += 1;
+        let end = body[start..]
+            .iter()
+            .position(|&byte| byte == b'\n')
+            .map_or(body.len(), |at| start + at);
+        let next = end + 1;
+        let mut line_end = end;
+        if line_end > start && body[line_end - 1] == b'\r' {
+            line_end -= 1;
+        }
+        let line = &body[start..line_end];
+        if line.iter().all(u8::is_ascii_whitespace) {
+            start = next;
+            continue;
+        }
+        let malformed = |message: String| Rejection::Malformed {
+            line: line_number,
+            message,
+        };
+        let checked = check_line(line).map_err(malformed)?;
+        if checked.store != token_store {
+            return Err(Rejection::WrongStore {
+                line: line_number,
+                message: format!(
+                    "record of store '{}' on line {line_number}, but the token is store '{token_store}''s",
+                    checked.store
+                ),
+            });
+        }
+        if latest_ts
+            .as_ref()
+            .map_or(true, |(latest, _)| checked.ts > *latest) {
+            latest_ts = Some((checked.ts, checked.ts_text));
+        }
+        records.push(IncomingRecord {
+            stream: checked.stream,
+            seq: checked.seq,
+            kind: checked.kind,
+            line: start..line_end,
+            attribution: checked.attribution,
+        });
+        start = next;
+    }
+    Ok(IncomingBatch {
+        store: token_store.to_string(),
+        body,
+        records,
+        latest_ts,
+    })
+}
+
+/// A line that passed [`check_line`].
+struct CheckedLine {
+    /// Store code.
+    store: String,
+    /// `store/gateway/epoch`.
+    stream: String,
+    /// Journal seq.
+    seq: u64,
+    /// Record kind.
+    kind: String,
+    /// `ts` as an instant.
+    ts: DateTime<FixedOffset>,
+    /// `ts` as written.
+    ts_text: String,
+    /// Attribution figures, for attribution records.
+    attribution: Option<AttributionSummary>,
+}
+
+/// Checks one non-blank line; the error says what is wrong with it.
+fn check_line(line: &[u8]) -> Result<CheckedLine, String> {
+    // A struct also deserialises from a JSON array; the contract wants objects.
+    if line.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("not a JSON object".to_string());
+    }
+    let envelope: Envelope = serde_json::from_slice(line).map_err(|_| explain::<Envelope>(line))?;
+    if envelope.hq_seq.is_some() {
+        return Err("'hq_seq' is set by HQ and must not be sent".to_string());
+    }
+    let part = |value: &str, what: &str, extra: &[char]| {
+        let ok = (1..=64).contains(&value.len())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "'{what}' must be 1 to 64 of A-Z a-z 0-9 {}, found '{value}'",
+                extra
+                    .iter()
+                    .map(|c| format!("'{c}'"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+        }
+    };
+    part(&envelope.store, "store", &['-', '_'])?;
+    part(&envelope.gateway, "gateway", &['-', '_', '.'])?;
+    part(&envelope.epoch, "epoch", &['-', '_', '.'])?;
+    if envelope.seq == 0 {
+        return Err("'seq' must be at least 1".to_string());
+    }
+    let stream = format!(
+        "{}/{}/{}",
+        envelope.store, envelope.gateway, envelope.epoch
+    );
+    let expected_id = format!("{stream}/{}", envelope.seq);
+    if envelope.id != expected_id {
+        return Err(format!(
+            "'id' must be store/gateway/epoch/seq of the record ('{expected_id}'), found '{}'",
+            envelope.id
+        ));
+    }
+    let kind_ok = (1..=32).contains(&envelope.kind.len())
+        && envelope
+            .kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !kind_ok {
+        return Err(format!(
+            "'kind' must be 1 to 32 of A-Z a-z 0-9 '-' '_', found '{}'",
+            envelope.kind
+        ));
+    }
+    let ts = DateTime::parse_from_rfc3339(&envelope.ts)
+        .map_err(|_| format!("'ts' must be an RFC 3339 time, found '{}'", envelope.ts))?;
+    if !envelope.data.get().starts_with('{') {
+        return Err("'data' must be a JSON object".to_string());
+    }
+    let attribution = if envelope.kind == "attribution" {
+        Some(check_attribution(&envelope.store, envelope.data)?)
+    } else {
+        None
+    };
+    Ok(CheckedLine {
+        store: envelope.store.into_owned(),
+        stream,
+        seq: envelope.seq,
+        kind: envelope.kind.into_owned(),
+        ts,
+        ts_text: envelope.ts.into_owned(),
+        attribution,
+    })
+}
+
+/// Checks an attribution record's `data` and keeps what the statistics need.
+fn check_attribution(store: &str, data: &RawValue) -> Result<AttributionSummary, String> {
+    let data: AttributionData = serde_json::from_str(data.get()).map_err(|_| {
+        let explained = explain::<AttributionData>(data.get().as_bytes());
+        format!("attribution 'data': {explained}")
+    })?;
+    if !OUTCOMES.contains(&data.outcome.as_ref()) {
+        return Err(format!(
+            "attribution 'data.outcome' must be one of answered, timeout, skipped, found '{}'",
+            data.outcome
+        ));
+    }
+    Ok(AttributionSummary {
+        store: store.to_string(),
+        campaign: data.campaign.into_owned(),
+        outcome: data.outcome.into_owned(),
+        answer: data.answer.map(Cow::into_owned),
+        answer_label: data.answer_label.map(Cow::into_owned),
+        station: data.station.map(Cow::into_owned),
+        clerk: data.clerk.map(Cow::into_owned),
+        question: data.question.map(Cow::into_owned),
+        latency_ms: data.latency_ms,
+    })
+}
+
+/// Explains why `json` did not deserialise as `T`, naming the field (the slow path: errors only).
+fn explain<'a, T: Deserialize<'a>>(json: &'a [u8]) -> String {
+    // Parse again with path tracking, which the fast path does without.
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let Err(error) = serde_path_to_error::deserialize::<_, T>(&mut deserializer) else {
+        return "not valid JSON".to_string();
+    };
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    let message = plain(&inner);
+    if inner.is_syntax() || inner.is_eof() {
+        format!("not valid JSON: {message}")
+    } else if path == "." || path.is_empty() {
+        message
+    } else {
+        format!("'{path}': {message}")
+    }
+}
+
+/// A serde_json error message without its "at line L column C" tail and with plain quotes.
+fn plain(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    text.replace('`', "'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn record(store: &str, seq: u64, kind: &str, data: &str) -> String {
+        format!(
+            r#"{{"id":"{store}/gw-1/7f3a9c21/{seq}","store":"{store}","gateway":"gw-1","epoch":"7f3a9c21","seq":{seq},"ts":"2026-11-27T16:01:02.345+08:00","clock":{{"boot":"b","mono_ms":1,"synced":true}},"kind":"{kind}","data":{data}}}"#
+        )
+    }
+
+    fn malformed(body: &str) -> (usize, String) {
+        match parse_batch(body.as_bytes().to_vec(), "S1") {
+            Err(Rejection::Malformed { line, message }) => (line, message),
+            other => panic!("expected malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_records_and_keeps_line_bytes() {
+        let first = record("S1", 1, "scan", r#"{"code":"x"}"#);
+        let second = record(
+            "S1",
+            2,
+            "attribution",
+            r#"{"campaign":"c1","outcome":"answered","answer":"doctor","latency_ms":1500,"station":"till-1","clerk":null}"#,
+        );
+        let body = format!("{first}\r\n\n{second}\n");
+        let batch = parse_batch(body.clone().into_bytes(), "S1").expect("valid");
+        assert_eq!(batch.records.len(), 2);
+        assert_eq!(&body.as_bytes()[batch.records[0].line.clone()], first.as_bytes());
+        assert_eq!(&body.as_bytes()[batch.records[1].line.clone()], second.as_bytes());
+        assert_eq!(batch.records[0].stream, "S1/gw-1/7f3a9c21");
+        assert_eq!(batch.records[1].seq, 2);
+        let summary = batch.records[1].attribution.as_ref().expect("summary");
+        assert_eq!(summary.campaign, "c1");
+        assert_eq!(summary.latency_ms, Some(1500));
+        assert_eq!(summary.clerk, None);
+        assert_eq!(
+            batch.latest_ts.map(|(_, text)| text).as_deref(),
+            Some("2026-11-27T16:01:02.345+08:00")
+        );
+    }
+
+    #[test]
+    fn bad_lines_say_which_and_why() {
+        let good = record("S1", 1, "scan", "{}");
+        assert_eq!(malformed(&format!("{good}\nnot json\n")), (2, "not a JSON object".into()));
+        assert_eq!(malformed("[1,2]"), (1, "not a JSON object".into()));
+        let (line, message) = malformed(&format!("{good}\n{{\"id\":\"x\"\n"));
+        assert_eq!(line, 2);
+        assert!(message.starts_with("not valid JSON"), "{message}");
+        let (_, message) = malformed(&good.replace(r#""seq":1,"#, ""));
+        assert_eq!(message, "missing field 'seq'");
+        let (_, message) = malformed(&good.replace(r#""seq":1"#, r#""seq":"1""#));
+        assert!(message.starts_with("'seq': invalid type: string"), "{message}");
+        let (_, message) = malformed(&good.replace("S1/gw-1/7f3a9c21/1", "S1/gw-1/7f3a9c21/2"));
+        assert!(message.starts_with("'id' must be store/gateway/epoch/seq"), "{message}");
+        let (_, message) = malformed(&good.replace(r#""seq":1"#, r#""seq":0"#).replace("/1\"", "/0\""));
+        assert_eq!(message, "'seq' must be at least 1");
+        let (_, message) = malformed(&good.replace("2026-11-27T16", "yesterday"));
+        assert!(message.starts_with("'ts' must be an RFC 3339 time"), "{message}");
+        let (_, message) = malformed(&record("S1", 1, "scan", "[1]"));
+        assert_eq!(message, "'data' must be a JSON object");
+        let (_, message) = malformed(&record("S1", 1, "sc an", "{}"));
+        assert!(message.starts_with("'kind' must be"), "{message}");
+        let (_, message) = malformed(&good.replace("\"kind\"", "\"hq_seq\":5,\"kind\""));
+        assert_eq!(message, "'hq_seq' is set by HQ and must not be sent");
+        let (_, message) = malformed(&record("S1", 1, "attribution", r#"{"campaign":"c","outcome":"maybe"}"#));
+        assert!(message.contains("'data.outcome' must be one of"), "{message}");
+        let (_, message) = malformed(&record("S1", 1, "attribution", r#"{"outcome":"timeout"}"#));
+        assert_eq!(message, "attribution 'data': missing field 'campaign'");
+        let (_, message) = malformed(&record(
+            "S1",
+            1,
+            "attribution",
+            r#"{"campaign":"c","outcome":"answered","latency_ms":-5}"#,
+        ));
+        assert!(message.starts_with("attribution 'data': 'latency_ms': invalid value"), "{message}");
+    }
+
+    #[test]
+    fn another_stores_record_is_refused() {
+        let body = format!("{}\n{}\n", record("S1", 1, "scan", "{}"), record("S2", 1, "scan", "{}"));
+        match parse_batch(body.into_bytes(), "S1") {
+            Err(Rejection::WrongStore { line: 2, message }) => {
+                assert!(message.contains("store 'S2'"), "{message}")
+            }
+            other => panic!("expected wrong store, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_body_is_an_empty_batch() {
+        let batch = parse_batch(b"\n\n".to_vec(), "S1").expect("valid");
+        assert!(batch.records.is_empty());
+    }
+
+    #[test]
+    fn encodings_and_content_types() {
+        assert_eq!(Encoding::from_header(None), Ok(Encoding::Identity));
+        assert_eq!(Encoding::from_header(Some("GZIP")), Ok(Encoding::Gzip));
+        assert_eq!(Encoding::from_header(Some("zstd")), Ok(Encoding::Zstd));
+        assert_eq!(Encoding::from_header(Some("br")), Err("br".to_string()));
+        assert_eq!(Encoding::from_header(Some("gzip, zstd")), Err("gzip, zstd".to_string()));
+        assert!(is_ndjson("application/x-ndjson"));
+        assert!(is_ndjson("Application/X-NDJSON; charset=utf-8"));
+        assert!(!is_ndjson("application/json"));
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let plain = vec![b'a'; 100_000];
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(&plain).expect("compress");
+        let gzip = gzip.finish().expect("compress");
+        let zstd = zstd::encode_all(plain.as_slice(), 3).expect("compress");
+        for (body, encoding) in [(gzip, Encoding::Gzip), (zstd, Encoding::Zstd)] {
+            assert_eq!(decompress(body.clone(), encoding, 100_000).map(|v| v.len()), Ok(100_000));
+            assert_eq!(decompress(body, encoding, 99_999), Err(DecompressError::TooLarge));
+        }
+        assert_eq!(decompress(plain.clone(), Encoding::Identity, 99_999), Err(DecompressError::TooLarge));
+        assert!(matches!(
+            decompress(b"not gzip".to_vec(), Encoding::Gzip, 1000),
+            Err(DecompressError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decompress(b"not zstd".to_vec(), Encoding::Zstd, 1000),
+            Err(DecompressError::Corrupt(_))
+        ));
+    }
+}

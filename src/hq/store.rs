@@ -1,0 +1,556 @@
+//! The HQ database: sled key layout, the chunk format, seq range sets for deduplication,
+//! opening and recovery, and the read side of `GET /v1/records`.
+//!
+//! Everything here is blocking sled work; callers run it on a blocking thread. The layout is
+//! described in the module doc of `hq` (the design doc).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+
+use super::stats::{Aggregates, AttributionSummary, StoreTotals};
+
+/// Name of the sled tree holding everything (one tree, so one `Batch` is atomic).
+const TREE: &str = "hq";
+/// Value of the `M` `format` key this code writes and reads.
+const FORMAT: &[u8] = b"1";
+/// Most records one chunk value holds.
+pub(crate) const CHUNK_MAX_RECORDS: usize = 64;
+/// Most line bytes one chunk value holds (a single larger line gets a chunk of its own).
+pub(crate) const CHUNK_MAX_BYTES: usize = 32 * 1024;
+/// Most records one `/v1/records` request examines, so a filter that matches little cannot
+/// make one request scan the whole database; the client continues from `next_after`.
+const SCAN_BUDGET: u64 = 1_000_000;
+
+/// Key prefixes; see the design doc in `hq`.
+mod prefix {
+    /// Metadata: `format`, `next_seq`.
+    pub const META: u8 = b'M';
+    /// Record chunks by first hq_seq.
+    pub const CHUNK: u8 = b'R';
+    /// Per-store batch index: store, 0, first hq_seq -> last hq_seq.
+    pub const STORE_BATCH: u8 = b'S';
+    /// Dedup ranges: stream, 0, range start -> range end.
+    pub const DEDUP: u8 = b'D';
+    /// Attribution summaries by hq_seq.
+    pub const ATTRIBUTION: u8 = b'A';
+    /// Store totals by store code.
+    pub const TOTALS: u8 = b'T';
+}
+
+/// `M` + name.
+pub(crate) fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = vec![prefix::META];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// `R` + first hq_seq.
+pub(crate) fn chunk_key(first: u64) -> [u8; 9] {
+    seq_key(prefix::CHUNK, first)
+}
+
+/// `A` + hq_seq.
+pub(crate) fn attribution_key(seq: u64) -> [u8; 9] {
+    seq_key(prefix::ATTRIBUTION, seq)
+}
+
+/// A one-byte prefix and a big-endian seq: keys that sort by seq.
+fn seq_key(tag: u8, seq: u64) -> [u8; 9] {
+    let mut key = [tag; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `S` + store + 0 + first hq_seq.
+pub(crate) fn store_batch_key(store: &str, first: u64) -> Vec<u8> {
+    let mut key = vec![prefix::STORE_BATCH];
+    key.extend_from_slice(store.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&first.to_be_bytes());
+    key
+}
+
+/// `D` + stream + 0 + range start.
+pub(crate) fn dedup_key(stream: &str, start: u64) -> Vec<u8> {
+    let mut key = vec![prefix::DEDUP];
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&start.to_be_bytes());
+    key
+}
+
+/// `T` + store.
+pub(crate) fn totals_key(store: &str) -> Vec<u8> {
+    let mut key = vec![prefix::TOTALS];
+    key.extend_from_slice(store.as_bytes());
+    key
+}
+
+/// A u64 from 8 big-endian bytes.
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The seqs of one journal (stream) that HQ holds, as disjoint inclusive ranges.
+///
+/// A gateway sends its records in seq order, so a stream is normally one range; gaps come from
+/// dead-lettered records (one-record gaps) and records the gateway had to evict.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SeqRanges(BTreeMap<u64, u64>);
+
+impl SeqRanges {
+    /// Whether `seq` is held.
+    pub(crate) fn contains(&self, seq: u64) -> bool {
+        self.0
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| end >= seq)
+    }
+
+    /// Adds `seq` (not yet held), merging with the neighbouring ranges.
+    pub(crate) fn insert(&mut self, seq: u64) {
+        let mut start = seq;
+        let mut end = seq;
+        if let Some((&before_start, &before_end)) = self.0.range(..seq).next_back() {
+            if before_end.checked_add(1) == Some(seq) {
+                start = before_start;
+            }
+        }
+        if let Some(next) = seq.checked_add(1) {
+            if let Some(after_end) = self.0.remove(&next) {
+                end = after_end;
+            }
+        }
+        self.0.insert(start, end);
+    }
+
+    /// The sled operations that turn `old` into `self` for `stream`.
+    pub(crate) fn write_diff(&self, old: &SeqRanges, stream: &str, batch: &mut sled::Batch) {
+        for start in old.0.keys() {
+            if !self.0.contains_key(start) {
+                batch.remove(dedup_key(stream, *start));
+            }
+        }
+        for (start, end) in &self.0 {
+            if old.0.get(start) != Some(end) {
+                batch.insert(dedup_key(stream, *start), &end.to_be_bytes());
+            }
+        }
+    }
+
+    /// How many ranges there are.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Appends one record to a chunk value being built (the chunk header is written by the caller).
+pub(crate) fn push_chunk_record(chunk: &mut Vec<u8>, kind: &str, line: &[u8]) {
+    // Kinds are validated to at most 32 bytes; lines are bounded by max_body (at most 1 GiB).
+    chunk.push(kind.len() as u8);
+    chunk.extend_from_slice(kind.as_bytes());
+    chunk.extend_from_slice(&(line.len() as u32).to_le_bytes());
+    chunk.extend_from_slice(line);
+}
+
+/// Starts a chunk value: the store code of every record in it.
+pub(crate) fn new_chunk(store: &str) -> Vec<u8> {
+    let mut chunk = Vec::with_capacity(CHUNK_MAX_BYTES + 1024);
+    chunk.push(store.len() as u8);
+    chunk.extend_from_slice(store.as_bytes());
+    chunk
+}
+
+/// One record read out of a chunk.
+struct ChunkRecord<'a> {
+    /// Its kind.
+    kind: &'a [u8],
+    /// Its line, as received.
+    line: &'a [u8],
+}
+
+/// Splits a chunk value into its records; `None` when it is damaged.
+fn decode_chunk(chunk: &[u8]) -> Option<Vec<ChunkRecord<'_>>> {
+    let store_len = usize::from(*chunk.first()?);
+    let mut at = 1 + store_len;
+    let mut records = Vec::with_capacity(CHUNK_MAX_RECORDS);
+    while at < chunk.len() {
+        let kind_len = usize::from(chunk[at]);
+        let kind = chunk.get(at + 1..at + 1 + kind_len)?;
+        at += 1 + kind_len;
+        let line_len = u32::from_le_bytes(chunk.get(at..at + 4)?.try_into().ok()?) as usize;
+        at += 4;
+        let line = chunk.get(at..at + line_len)?;
+        at += line_len;
+        records.push(ChunkRecord { kind, line });
+    }
+    (at == chunk.len()).then_some(records)
+}
+
+/// The open database.
+pub(crate) struct Store {
+    /// The sled database (flushed by the flusher, closed on drop).
+    pub db: sled::Db,
+    /// The one tree holding everything.
+    pub tree: sled::Tree,
+    /// The database folder, for messages.
+    pub path: PathBuf,
+}
+
+/// What recovery found: where to continue, and the in-memory state rebuilt from disk.
+pub(crate) struct Recovered {
+    /// The hq_seq the next stored record gets.
+    pub next_seq: u64,
+    /// Seqs held, by stream (`store/gateway/epoch`).
+    pub dedup: HashMap<String, SeqRanges>,
+    /// Totals by store code.
+    pub totals: BTreeMap<String, StoreTotals>,
+    /// The `/v1/stats` figures as of the last durable batch.
+    pub aggregates: Aggregates,
+}
+
+/// Opens (or creates) the database in `data_dir/hq` and rebuilds the in-memory state.
+///
+/// Runs on its own thread: sled 0.34 can panic on some kinds of damage, and a panic here must
+/// become an error message, not a crashed receiver. A damaged HQ database is not moved aside
+/// (unlike the gateway journal): starting empty would forget what was deduplicated and hide
+/// every stored record from analysts, so the operator has to decide.
+pub(crate) fn open(data_dir: &Path) -> anyhow::Result<(Store, Recovered)> {
+    let path = data_dir.join("hq");
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data folder {}", data_dir.display()))?;
+    let thread_path = path.clone();
+    let thread = std::thread::Builder::new()
+        .name("hq-open".to_string())
+        .spawn(move || open_on_this_thread(&thread_path))
+        .context("cannot start a thread to open the HQ database")?;
+    match thread.join() {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            bail!(
+                "cannot open the HQ database at {}: sled panicked: {reason}",
+                path.display()
+            )
+        }
+    }
+}
+
+/// The body of [`open`].
+fn open_on_this_thread(path: &Path) -> anyhow::Result<(Store, Recovered)> {
+    let db = sled::Config::new()
+        .path(path)
+        // fsync timing is the flusher's alone (group commit); sled's own timer would add
+        // unscheduled flushes competing with it.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|error| {
+            if error.to_string().contains("could not acquire lock") {
+                anyhow!(
+                    "the HQ database at {} is in use by another process",
+                    path.display()
+                )
+            } else {
+                anyhow!("cannot open the HQ database at {}: {error}", path.display())
+            }
+        })?;
+    let tree = db
+        .open_tree(TREE)
+        .with_context(|| format!("cannot open the HQ database at {}", path.display()))?;
+    let store = Store {
+        db,
+        tree,
+        path: path.to_path_buf(),
+    };
+    let recovered = recover(&store)
+        .with_context(|| format!("cannot read the HQ database at {}", path.display()))?;
+    Ok((store, recovered))
+}
+
+/// Checks the format and reads back the state kept in memory.
+fn recover(store: &Store) -> anyhow::Result<Recovered> {
+    let tree = &store.tree;
+    match tree.get(meta_key("format"))? {
+        Some(format) if format.as_ref() == FORMAT => {}
+        Some(format) => bail!(
+            "unknown database format '{}' (this posgw writes format {})",
+            String::from_utf8_lossy(&format),
+            String::from_utf8_lossy(FORMAT)
+        ),
+        None => {
+            if tree.iter().next().is_some() {
+                bail!("the database has records but no format mark");
+            }
+            tree.insert(meta_key("format"), FORMAT)?;
+            store.db.flush()?;
+        }
+    }
+    let next_seq = match tree.get(meta_key("next_seq"))? {
+        Some(bytes) => be_u64(&bytes).ok_or_else(|| anyhow!("'next_seq' is not 8 bytes"))?,
+        None => 1,
+    };
+
+    let mut dedup: HashMap<String, SeqRanges> = HashMap::new();
+    for item in tree.scan_prefix([prefix::DEDUP]) {
+        let (key, value) = item?;
+        let body = &key[1..];
+        let split = body
+            .len()
+            .checked_sub(9)
+            .filter(|&at| body[at] == 0)
+            .ok_or_else(|| anyhow!("damaged dedup key"))?;
+        let stream = std::str::from_utf8(&body[..split]).context("damaged dedup key")?;
+        let start = be_u64(&body[split + 1..]).ok_or_else(|| anyhow!("damaged dedup key"))?;
+        let end = be_u64(&value).ok_or_else(|| anyhow!("damaged dedup range"))?;
+        dedup
+            .entry(stream.to_string())
+            .or_default()
+            .0
+            .insert(start, end);
+    }
+
+    let mut aggregates = Aggregates::default();
+    let mut totals = BTreeMap::new();
+    for item in tree.scan_prefix([prefix::TOTALS]) {
+        let (key, value) = item?;
+        let code = std::str::from_utf8(&key[1..]).context("damaged totals key")?;
+        let store_totals: StoreTotals =
+            serde_json::from_slice(&value).with_context(|| format!("damaged totals of {code}"))?;
+        aggregates.set_store_totals(code, store_totals.clone());
+        totals.insert(code.to_string(), store_totals);
+    }
+    for item in tree.scan_prefix([prefix::ATTRIBUTION]) {
+        let (key, value) = item?;
+        let summary: AttributionSummary = serde_json::from_slice(&value)
+            .with_context(|| format!("damaged attribution summary {key:?}"))?;
+        aggregates.add_attribution(&summary);
+    }
+    aggregates.set_hq_seq(next_seq - 1);
+    Ok(Recovered {
+        next_seq,
+        dedup,
+        totals,
+        aggregates,
+    })
+}
+
+/// A `/v1/records` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RecordQuery {
+    /// Only records of this store.
+    pub store: Option<String>,
+    /// Only records of this kind.
+    pub kind: Option<String>,
+    /// Only records with a larger hq_seq.
+    pub after: u64,
+    /// At most this many records.
+    pub limit: usize,
+}
+
+/// One page of `/v1/records`.
+#[derive(Debug, Default)]
+pub(crate) struct RecordPage {
+    /// NDJSON: each record as received, with `"hq_seq":N` added before its closing brace.
+    pub body: Vec<u8>,
+    /// Records in `body`.
+    pub count: usize,
+    /// The hq_seq the next page starts after (the last record examined, matching or not).
+    pub next_after: u64,
+}
+
+/// Reads one page of records, never past `durable` (a record not yet fsynced may still vanish
+/// in a crash, and its hq_seq would then be given to another record).
+pub(crate) fn read_records(
+    tree: &sled::Tree,
+    durable: u64,
+    query: &RecordQuery,
+) -> anyhow::Result<RecordPage> {
+    let mut page = RecordPage {
+        next_after: query.after,
+        ..RecordPage::default()
+    };
+    let mut reader = PageReader {
+        query,
+        durable,
+        page: &mut page,
+        examined: 0,
+    };
+    let start = query.after.saturating_add(1);
+    match &query.store {
+        None => {
+            let from = chunk_start(tree, start)?;
+            reader.read_chunks(tree.range(chunk_key(from)..=chunk_key(u64::MAX)))?;
+        }
+        Some(store) => {
+            // The store's batches, from the one that may hold `start` on.
+            let first = store_batch_key(store, 0);
+            let last = store_batch_key(store, u64::MAX);
+            let mut from = store_batch_key(store, start);
+            if let Some(item) = tree.range(first.clone()..=from.clone()).next_back() {
+                from = item?.0.to_vec();
+            }
+            for item in tree.range(from..=last) {
+                let (key, value) = item?;
+                let batch_first =
+                    be_u64(&key[key.len() - 8..]).ok_or_else(|| anyhow!("damaged store index"))?;
+                let batch_last = be_u64(&value).ok_or_else(|| anyhow!("damaged store index"))?;
+                if batch_last < start {
+                    continue;
+                }
+                let more = reader
+                    .read_chunks(tree.range(chunk_key(batch_first)..=chunk_key(batch_last)))?;
+                if !more {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(page)
+}
+
+/// The first hq_seq of the chunk holding `seq` (or `seq` itself when none does).
+fn chunk_start(tree: &sled::Tree, seq: u64) -> anyhow::Result<u64> {
+    match tree.range(chunk_key(0)..=chunk_key(seq)).next_back() {
+        Some(item) => {
+            let (key, _) = item?;
+            be_u64(&key[1..]).ok_or_else(|| anyhow!("damaged chunk key"))
+        }
+        None => Ok(seq),
+    }
+}
+
+/// The state of one page being read.
+struct PageReader<'a> {
+    /// What to read.
+    query: &'a RecordQuery,
+    /// Highest hq_seq that may be returned.
+    durable: u64,
+    /// The page being filled.
+    page: &'a mut RecordPage,
+    /// Records looked at so far.
+    examined: u64,
+}
+
+impl PageReader<'_> {
+    /// Reads records out of chunks; `false` once the page is complete.
+    fn read_chunks(
+        &mut self,
+        chunks: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    ) -> anyhow::Result<bool> {
+        for item in chunks {
+            let (key, value) = item?;
+            let first = be_u64(&key[1..]).ok_or_else(|| anyhow!("damaged chunk key"))?;
+            let records = decode_chunk(&value)
+                .ok_or_else(|| anyhow!("damaged record chunk at hq_seq {first}"))?;
+            for (offset, record) in records.iter().enumerate() {
+                let seq = first + offset as u64;
+                if seq <= self.query.after {
+                    continue;
+                }
+                if seq > self.durable
+                    || self.page.count >= self.query.limit
+                    || self.examined >= SCAN_BUDGET
+                {
+                    return Ok(false);
+                }
+                self.examined += 1;
+                self.page.next_after = seq;
+                if let Some(kind) = &self.query.kind {
+                    if record.kind != kind.as_bytes() {
+                        continue;
+                    }
+                }
+                write_with_hq_seq(&mut self.page.body, record.line, seq);
+                self.page.count += 1;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Writes `line` with `"hq_seq":seq` added as its last field, and a newline.
+fn write_with_hq_seq(out: &mut Vec<u8>, line: &[u8], seq: u64) {
+    let trimmed = line.trim_ascii_end();
+    match trimmed.split_last() {
+        // Every stored line is a validated object with at least `id`, so it ends in `}` and
+        // the field goes after an existing one.
+        Some((b'}', body)) => {
+            out.extend_from_slice(body);
+            out.extend_from_slice(b",\"hq_seq\":");
+            out.extend_from_slice(seq.to_string().as_bytes());
+            out.extend_from_slice(b"}\n");
+        }
+        _ => {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_ranges_merge_and_diff() {
+        let mut ranges = SeqRanges::default();
+        for seq in [1, 2, 3, 7, 5] {
+            assert!(!ranges.contains(seq));
+            ranges.insert(seq);
+        }
+        assert_eq!(ranges.len(), 3);
+        assert!(ranges.contains(2) && ranges.contains(7) && !ranges.contains(4));
+        let old = ranges.clone();
+        ranges.insert(4);
+        assert_eq!(ranges.len(), 2, "1..=5 and 7");
+        ranges.insert(6);
+        assert_eq!(ranges.len(), 1);
+        assert!(ranges.contains(6) && !ranges.contains(8) && !ranges.contains(0));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path()).expect("sled");
+        let mut batch = sled::Batch::default();
+        old.write_diff(&SeqRanges::default(), "s/g/e", &mut batch);
+        db.apply_batch(batch).expect("apply");
+        let mut batch = sled::Batch::default();
+        ranges.write_diff(&old, "s/g/e", &mut batch);
+        db.apply_batch(batch).expect("apply");
+        let stored: Vec<(u64, u64)> = db
+            .scan_prefix([prefix::DEDUP])
+            .map(|item| {
+                let (key, value) = item.expect("item");
+                (
+                    be_u64(&key[key.len() - 8..]).expect("key"),
+                    be_u64(&value).expect("value"),
+                )
+            })
+            .collect();
+        assert_eq!(stored, [(1, 7)]);
+    }
+
+    #[test]
+    fn chunks_round_trip_and_reject_damage() {
+        let mut chunk = new_chunk("S1");
+        push_chunk_record(&mut chunk, "scan", br#"{"a":1}"#);
+        push_chunk_record(&mut chunk, "sale", br#"{"b":2}"#);
+        let records = decode_chunk(&chunk).expect("decodes");
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].kind, b"sale");
+        assert_eq!(records[1].line, br#"{"b":2}"#);
+        assert!(decode_chunk(&chunk[..chunk.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn hq_seq_goes_before_the_closing_brace() {
+        let mut out = Vec::new();
+        write_with_hq_seq(&mut out, br#"{"id":"x","data":{}}  "#, 42);
+        assert_eq!(out, b"{\"id\":\"x\",\"data\":{},\"hq_seq\":42}\n");
+    }
+}

@@ -1,0 +1,407 @@
+//! The owner of the HQ database's write path: [`StoreHandle`] and the two threads behind it.
+//!
+//! - The **writer** thread receives validated batches over a bounded channel, deduplicates
+//!   them against the in-memory seq ranges, and applies each as one atomic sled `Batch`
+//!   (records, indexes, dedup ranges, totals and `next_seq` together). It never waits for disk.
+//! - The **flusher** thread takes every batch applied so far, fsyncs once (`Db::flush`) and
+//!   only then answers their requests, publishes the new durable hq_seq for readers, and
+//!   updates the `/v1/stats` figures. Batches applied while a flush runs wait for the next
+//!   one: that is the group commit, one fsync for however many concurrent requests.
+//!
+//! Both are plain threads rather than tokio tasks because everything they do blocks (sled
+//! calls, fsync). The handle stays a cheap `Clone`; reads go straight to a sled `Tree` clone on
+//! a blocking thread, bounded by the durable hq_seq, and never queue behind writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::metrics::HqMetrics;
+use super::record::IncomingBatch;
+use super::stats::{Aggregates, AttributionSummary, StatsReport, StoreTotals};
+use super::store::{self, RecordPage, RecordQuery, SeqRanges, Store};
+
+/// Batches that may wait for the writer; more callers wait in `send` (backpressure).
+const QUEUE: usize = 64;
+
+/// What a stored batch amounted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IngestOutcome {
+    /// Records newly stored.
+    pub accepted: usize,
+    /// Records already stored, or repeated within the batch.
+    pub duplicates: usize,
+}
+
+/// Why a batch could not be stored (503: the gateway retries).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unavailable(pub String);
+
+/// State shared by the handle, the writer and the flusher.
+struct Shared {
+    /// Highest hq_seq known to be on disk; readers never go past it.
+    durable: AtomicU64,
+    /// Set when a write or fsync failed: from then on nothing is accepted (after a failed
+    /// fsync Linux may have dropped the dirty pages, so no promise can be made).
+    failure: Mutex<Option<String>>,
+    /// The `/v1/stats` figures; a `std` mutex, held briefly and never across an `.await`.
+    aggregates: Mutex<Aggregates>,
+    /// Metric families.
+    metrics: HqMetrics,
+}
+
+impl Shared {
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "HQ database failed; refusing further batches");
+        let mut failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        failure.get_or_insert(reason);
+    }
+}
+
+/// One request to the writer.
+struct IngestCommand {
+    /// The validated batch.
+    batch: IncomingBatch,
+    /// Answered once the batch is durable (or failed).
+    reply: oneshot::Sender<Result<IngestOutcome, Unavailable>>,
+}
+
+/// An applied batch waiting for the fsync that makes it durable.
+struct Ticket {
+    /// What the batch changed.
+    applied: Applied,
+    /// Where to answer.
+    reply: oneshot::Sender<Result<IngestOutcome, Unavailable>>,
+}
+
+/// What applying one batch changed, for the answer and the statistics.
+struct Applied {
+    /// Highest hq_seq issued when the batch was applied (covers its own records).
+    last_seq: u64,
+    /// The store that posted it.
+    store: String,
+    /// The store's totals after this batch.
+    totals: StoreTotals,
+    /// Attribution records it stored, for the statistics.
+    attributions: Vec<AttributionSummary>,
+    /// Records stored and duplicates.
+    outcome: IngestOutcome,
+}
+
+/// Handle to the HQ database. Cheap to clone; the threads stop when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct StoreHandle {
+    /// Queue to the writer thread.
+    sender: mpsc::Sender<IngestCommand>,
+    /// The tree, for reads.
+    tree: sled::Tree,
+    /// Shared state.
+    shared: Arc<Shared>,
+    /// Becomes `true` once the flusher has flushed for the last time and let go of the database.
+    stopped: watch::Receiver<bool>,
+}
+
+impl StoreHandle {
+    /// Opens the database in `data_dir` (recovering the in-memory state) and starts the threads.
+    pub(crate) async fn open(
+        data_dir: &std::path::Path,
+        metrics: HqMetrics,
+    ) -> anyhow::Result<StoreHandle> {
+        let data_dir = data_dir.to_path_buf();
+        let (store, recovered) = tokio::task::spawn_blocking(move || store::open(&data_dir))
+            .await
+            .map_err(|error| anyhow::anyhow!("opening the HQ database panicked: {error}"))??;
+        let durable = recovered.next_seq - 1;
+        metrics.stored_seq.set(durable as i64);
+        let shared = Arc::new(Shared {
+            durable: AtomicU64::new(durable),
+            failure: Mutex::new(None),
+            aggregates: Mutex::new(recovered.aggregates),
+            metrics,
+        });
+        tracing::info!(
+            path = %store.path.display(),
+            records = durable,
+            "HQ database open"
+        );
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let (ticket_sender, ticket_receiver) = std::sync::mpsc::channel();
+        let (stopped_sender, stopped) = watch::channel(false);
+        let tree = store.tree.clone();
+        let writer = Writer {
+            tree: store.tree.clone(),
+            next_seq: recovered.next_seq,
+            dedup: recovered.dedup,
+            totals: recovered.totals,
+            flusher: ticket_sender,
+            shared: shared.clone(),
+        };
+        let flusher_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("hq-writer".to_string())
+            .spawn(move || writer.run(receiver))?;
+        std::thread::Builder::new()
+            .name("hq-flusher".to_string())
+            .spawn(move || {
+                flush_loop(store, &flusher_shared, ticket_receiver);
+                // The database is closed (dropped in `flush_loop`) before anyone hears of it.
+                let _ = stopped_sender.send(true);
+            })?;
+        Ok(StoreHandle {
+            sender,
+            tree,
+            shared,
+            stopped,
+        })
+    }
+
+    /// Stores a validated batch; answers once it is durable.
+    pub(crate) async fn ingest(&self, batch: IncomingBatch) -> Result<IngestOutcome, Unavailable> {
+        if let Some(reason) = self.shared.failure() {
+            return Err(Unavailable(reason));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(IngestCommand { batch, reply })
+            .await
+            .map_err(|_| Unavailable("the HQ database is closing".to_string()))?;
+        answer
+            .await
+            .map_err(|_| Unavailable("the HQ database writer stopped".to_string()))?
+    }
+
+    /// Reads one page of records (durable ones only).
+    pub(crate) async fn read(&self, query: RecordQuery) -> anyhow::Result<RecordPage> {
+        let tree = self.tree.clone();
+        let durable = self.shared.durable.load(Ordering::Acquire);
+        tokio::task::spawn_blocking(move || store::read_records(&tree, durable, &query))
+            .await
+            .map_err(|error| anyhow::anyhow!("reading records panicked: {error}"))?
+    }
+
+    /// The `/v1/stats` figures as of the latest durable batch.
+    pub(crate) fn stats(&self) -> StatsReport {
+        self.shared
+            .aggregates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .report()
+    }
+
+    /// Why the database stopped accepting batches, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    /// Drops this handle and waits until the last flush is done and the database is closed
+    /// (which happens once every other clone is dropped too).
+    pub(crate) async fn close(self) {
+        let mut stopped = self.stopped.clone();
+        drop(self);
+        // An error means the flusher is gone, which is what we wait for.
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// The writer thread's state: everything needed to turn a batch into one sled `Batch`.
+struct Writer {
+    /// The tree written to.
+    tree: sled::Tree,
+    /// The hq_seq of the next stored record.
+    next_seq: u64,
+    /// Seqs held, by stream.
+    dedup: HashMap<String, SeqRanges>,
+    /// Totals by store, as persisted.
+    totals: BTreeMap<String, StoreTotals>,
+    /// Applied batches go here to wait for their fsync.
+    flusher: std::sync::mpsc::Sender<Ticket>,
+    /// Shared state.
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Applies batches until every handle is gone.
+    fn run(mut self, mut receiver: mpsc::Receiver<IngestCommand>) {
+        while let Some(command) = receiver.blocking_recv() {
+            if let Some(reason) = self.shared.failure() {
+                let _ = command.reply.send(Err(Unavailable(reason)));
+                continue;
+            }
+            match self.apply(command.batch) {
+                Ok(applied) => {
+                    let ticket = Ticket {
+                        applied,
+                        reply: command.reply,
+                    };
+                    if let Err(lost) = self.flusher.send(ticket) {
+                        let _ = lost.0.reply.send(Err(Unavailable(
+                            "the HQ database flusher stopped".to_string(),
+                        )));
+                    }
+                }
+                Err(reason) => {
+                    self.shared.fail(reason.clone());
+                    let _ = command.reply.send(Err(Unavailable(reason)));
+                }
+            }
+        }
+    }
+
+    /// Deduplicates `batch` and writes it as one atomic sled batch; memory is updated only
+    /// after sled took it, so a failed write changes nothing.
+    fn apply(&mut self, batch: IncomingBatch) -> Result<Applied, String> {
+        let mut working: HashMap<&str, SeqRanges> = HashMap::new();
+        let mut fresh = Vec::with_capacity(batch.records.len());
+        let mut duplicates = 0;
+        for record in &batch.records {
+            let ranges = working
+                .entry(record.stream.as_str())
+                .or_insert_with(|| self.dedup.get(&record.stream).cloned().unwrap_or_default());
+            if ranges.contains(record.seq) {
+                duplicates += 1;
+            } else {
+                ranges.insert(record.seq);
+                fresh.push(record);
+            }
+        }
+
+        let mut sled_batch = sled::Batch::default();
+        let first_seq = self.next_seq;
+        let mut chunk = store::new_chunk(&batch.store);
+        let mut chunk_first = first_seq;
+        let mut chunk_records = 0;
+        let mut totals = self.totals.get(&batch.store).cloned().unwrap_or_default();
+        let mut attributions = Vec::new();
+        for (offset, record) in fresh.iter().enumerate() {
+            let seq = first_seq + offset as u64;
+            let line = &batch.body[record.line.clone()];
+            if chunk_records == store::CHUNK_MAX_RECORDS
+                || (chunk_records > 0 && chunk.len() + line.len() > store::CHUNK_MAX_BYTES)
+            {
+                sled_batch.insert(&store::chunk_key(chunk_first), std::mem::take(&mut chunk));
+                chunk = store::new_chunk(&batch.store);
+                chunk_first = seq;
+                chunk_records = 0;
+            }
+            store::push_chunk_record(&mut chunk, &record.kind, line);
+            chunk_records += 1;
+            *totals.by_kind.entry(record.kind.clone()).or_default() += 1;
+            if let Some(summary) = &record.attribution {
+                let json = serde_json::to_vec(summary)
+                    .map_err(|error| format!("cannot encode an attribution summary: {error}"))?;
+                sled_batch.insert(&store::attribution_key(seq), json);
+                attributions.push(summary.clone());
+            }
+        }
+        let next_seq = first_seq + fresh.len() as u64;
+        if !fresh.is_empty() {
+            sled_batch.insert(&store::chunk_key(chunk_first), chunk);
+            sled_batch.insert(
+                store::store_batch_key(&batch.store, first_seq),
+                &(next_seq - 1).to_be_bytes(),
+            );
+        }
+        for (stream, ranges) in &working {
+            let empty = SeqRanges::default();
+            let old = self.dedup.get(*stream).unwrap_or(&empty);
+            ranges.write_diff(old, stream, &mut sled_batch);
+        }
+        totals.records += fresh.len() as u64;
+        totals.duplicates += duplicates as u64;
+        totals.batches += 1;
+        if let Some((ts, text)) = &batch.latest_ts {
+            totals.see_ts(ts, text);
+        }
+        totals.last_received_at = Some(
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        let totals_json = serde_json::to_vec(&totals)
+            .map_err(|error| format!("cannot encode store totals: {error}"))?;
+        sled_batch.insert(store::totals_key(&batch.store), totals_json);
+        sled_batch.insert(store::meta_key("next_seq"), &next_seq.to_be_bytes());
+
+        self.tree
+            .apply_batch(sled_batch)
+            .map_err(|error| format!("cannot write to the HQ database: {error}"))?;
+
+        for (stream, ranges) in working {
+            self.dedup.insert(stream.to_string(), ranges);
+        }
+        self.totals.insert(batch.store.clone(), totals.clone());
+        self.next_seq = next_seq;
+        Ok(Applied {
+            last_seq: next_seq - 1,
+            store: batch.store,
+            totals,
+            attributions,
+            outcome: IngestOutcome {
+                accepted: fresh.len(),
+                duplicates,
+            },
+        })
+    }
+}
+
+/// The flusher thread: one fsync per round for every batch applied so far, then the answers.
+fn flush_loop(store: Store, shared: &Shared, tickets: std::sync::mpsc::Receiver<Ticket>) {
+    while let Ok(first) = tickets.recv() {
+        let mut round = vec![first];
+        round.extend(tickets.try_iter());
+        let started = Instant::now();
+        let flushed = store.db.flush();
+        shared
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = flushed {
+            let reason = format!("cannot fsync the HQ database: {error}");
+            shared.fail(reason.clone());
+            for ticket in round {
+                let _ = ticket.reply.send(Err(Unavailable(reason.clone())));
+            }
+            continue;
+        }
+        let durable = round.iter().map(|ticket| ticket.applied.last_seq).max().unwrap_or(0);
+        shared.durable.fetch_max(durable, Ordering::AcqRel);
+        shared.metrics.stored_seq.set(durable as i64);
+        {
+            let mut aggregates = shared
+                .aggregates
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for Ticket { applied, .. } in &round {
+                aggregates.set_store_totals(&applied.store, applied.totals.clone());
+                for summary in &applied.attributions {
+                    aggregates.add_attribution(summary);
+                }
+            }
+            aggregates.set_hq_seq(durable);
+        }
+        for Ticket { applied, reply } in round {
+            let outcome = applied.outcome;
+            shared
+                .metrics
+                .batch_stored(&applied.store, outcome.accepted, outcome.duplicates);
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+    // Every writer is gone: one last flush (a no-op unless something was left), then close.
+    if let Err(error) = store.db.flush() {
+        tracing::error!(%error, "final flush of the HQ database failed");
+    }
+    drop(store);
+}

@@ -1,0 +1,138 @@
+//! MQTT connection settings shared by everything that talks to a broker (the MQTT uplink now;
+//! MQTT devices and the prompt channel later): URL parsing, a stable client id, credentials and
+//! TLS (rustls with the system's root certificates).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+
+/// Keep-alive interval: a dead connection is noticed within about 1.5 times this.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// An `mqtt://` or `mqtts://` address, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// TLS when the scheme is `mqtts`.
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// Port; 1883 (or 8883 with TLS) when absent.
+    pub port: u16,
+    /// The path without its leading `/` (the topic, for uplink endpoints); may be empty.
+    pub path: String,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt(s)://host[:port][/path]`.
+    pub fn parse(url: &str) -> anyhow::Result<BrokerUrl> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            bail!("'{url}' is not an mqtt:// or mqtts:// address");
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port.parse::<u16>()
+                    .with_context(|| format!("bad port in '{url}'"))?,
+            ),
+            _ => (authority, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            bail!("'{url}' has no host");
+        }
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// A stable client id for one role of one gateway, so the broker keeps its session across
+/// restarts: `posgw-{store}-{gateway}-{role}`.
+pub fn client_id(store: &str, gateway: &str, role: &str) -> String {
+    format!("posgw-{store}-{gateway}-{role}")
+}
+
+/// Connection options: persistent session (clean session off), keep-alive, credentials, TLS.
+pub fn options(
+    url: &BrokerUrl,
+    client_id: &str,
+    credentials: Option<(String, String)>,
+    max_packet: usize,
+) -> anyhow::Result<MqttOptions> {
+    let mut options = MqttOptions::new(client_id, url.host.clone(), url.port);
+    options
+        .set_keep_alive(KEEP_ALIVE)
+        .set_clean_session(false)
+        .set_max_packet_size(max_packet, max_packet);
+    if let Some((username, password)) = credentials {
+        options.set_credentials(username, password);
+    }
+    if url.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config()?),
+        )));
+    }
+    Ok(options)
+}
+
+/// rustls client configuration with the system's root certificates and the ring provider.
+fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        // A single unparsable system certificate must not disable TLS altogether.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        bail!("no usable root certificates found on this system for mqtts://");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot set up TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_broker_urls() {
+        let url = BrokerUrl::parse("mqtt://127.0.0.1:1884/hq/records").unwrap();
+        assert_eq!(
+            url,
+            BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1884,
+                path: "hq/records".into()
+            }
+        );
+        let url = BrokerUrl::parse("mqtts://broker.example").unwrap();
+        assert_eq!((url.tls, url.port, url.path.as_str()), (true, 8883, ""));
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1883/t").unwrap().host, "::1");
+        assert!(BrokerUrl::parse("http://x/y").is_err());
+        assert!(BrokerUrl::parse("mqtt://:1883").is_err());
+        assert!(BrokerUrl::parse("mqtt://h:99999").is_err());
+    }
+
+    #[test]
+    fn client_ids_are_stable() {
+        assert_eq!(
+            client_id("WZ-LC-001", "gw-1", "uplink"),
+            "posgw-WZ-LC-001-gw-1-uplink"
+        );
+    }
+}

@@ -1,0 +1,648 @@
+//! The engine task: the one owner of open prompts, recent resolutions and today's figures.
+//!
+//! Every request arrives on one bounded queue and is handled to completion before the next, with
+//! no `.await` on anything slow: journal writes go to the writer task, events to a broadcast
+//! channel. That keeps `open` at memory speed and makes each request atomic with respect to the
+//! others (a subscription's snapshot and its event stream are taken in one step).
+//!
+//! One timer: the loop sleeps until the earliest prompt deadline or the next store-local
+//! midnight, whichever comes first, and re-computes it after every request.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Local};
+use rand::Rng;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::campaigns::Campaigns;
+use super::clock::Clock;
+use super::model::{
+    AttributionData, Channel, OpenRequest, Opened, OptionView, Outcome, PromptError, PromptEvent,
+    PromptView, Resolution, StationToday,
+};
+use super::state::{PersistedPrompt, PersistedState, VERSION};
+use super::today::Today;
+use super::writer::WriterMsg;
+use crate::metrics::Metrics;
+
+/// Resolved prompt ids remembered, so a late answer gets "already resolved" rather than
+/// "unknown". At a busy store's few hundred prompts a day this covers weeks.
+const RECENT_RESOLVED: usize = 10_000;
+
+/// Characters of prompt ids: lowercase base32 without `i l o u`, URL-safe and unambiguous.
+const ID_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// Length of prompt ids: 50 random bits.
+const ID_LENGTH: usize = 10;
+
+/// What the handle learns once a resolution's record is written (or why not).
+pub(crate) type Written = oneshot::Receiver<Result<(), String>>;
+
+/// A request to the engine.
+pub(crate) enum Command {
+    /// Open (or find) the prompt for a targeted scan.
+    Open {
+        request: OpenRequest,
+        reply: oneshot::Sender<Result<Opened, PromptError>>,
+    },
+    /// Answer one prompt.
+    Answer {
+        id: String,
+        option: String,
+        clerk: Option<String>,
+        channel: Channel,
+        reply: oneshot::Sender<Result<(Resolution, Written), PromptError>>,
+    },
+    /// Skip one prompt.
+    Skip {
+        id: String,
+        reason: String,
+        clerk: Option<String>,
+        reply: oneshot::Sender<Result<(Resolution, Written), PromptError>>,
+    },
+    /// Answer the oldest prompt of a station that offers an option.
+    AnswerOldest {
+        station: String,
+        option: String,
+        channel: Channel,
+        reply: oneshot::Sender<Option<(Resolution, Written)>>,
+    },
+    /// The open prompts, of one station or all, oldest first.
+    List {
+        station: Option<String>,
+        reply: oneshot::Sender<Vec<PromptView>>,
+    },
+    /// A snapshot plus the event stream from that moment on.
+    Subscribe {
+        station: Option<String>,
+        reply: oneshot::Sender<Subscription>,
+    },
+    /// Today's figures of every station with a prompt today.
+    Today {
+        reply: oneshot::Sender<Vec<StationToday>>,
+    },
+    /// Stop: flush the writer, then reply.
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// A snapshot of open prompts and figures, and every event after it.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The open prompts (of the station asked for, or all), oldest first.
+    pub prompts: Vec<PromptView>,
+    /// Today's figures (of the station asked for, zeros included, or of every active station).
+    pub today: Vec<StationToday>,
+    /// Every event from the moment of the snapshot (of all stations: filter by
+    /// [`PromptEvent::station`]).
+    pub events: broadcast::Receiver<PromptEvent>,
+}
+
+/// An open prompt and what the engine keeps beside it.
+struct OpenPrompt {
+    /// What clients see.
+    view: PromptView,
+    /// Id of the scan record that opened it.
+    scan: String,
+    /// When it times out, on tokio's clock.
+    deadline: Instant,
+}
+
+/// How a prompt is being resolved.
+enum Resolve {
+    Answered {
+        option: OptionView,
+        clerk: Option<String>,
+        channel: Channel,
+    },
+    Skipped {
+        reason: String,
+        clerk: Option<String>,
+    },
+    Timeout,
+}
+
+/// The engine's state.
+pub(crate) struct Engine {
+    /// The configured campaigns.
+    campaigns: Arc<Campaigns>,
+    /// Wall time for timestamps and the day.
+    clock: Arc<dyn Clock>,
+    /// `posgw_prompts_total`.
+    metrics: Metrics,
+    /// Open prompts per station, oldest first.
+    stations: BTreeMap<String, VecDeque<OpenPrompt>>,
+    /// Outcomes of recently resolved prompts by id.
+    resolved: HashMap<String, Outcome>,
+    /// The same ids in resolution order, to forget the oldest.
+    resolved_order: VecDeque<String>,
+    /// Today's figures.
+    today: Today,
+    /// Events to subscribers; sending never blocks, slow receivers lag.
+    events: broadcast::Sender<PromptEvent>,
+    /// The writer task's queue; unbounded so the engine never waits on the journal (its growth
+    /// is bounded by how fast clerks scan).
+    writer: mpsc::UnboundedSender<WriterMsg>,
+}
+
+impl Engine {
+    /// An engine with nothing open.
+    pub(crate) fn new(
+        campaigns: Arc<Campaigns>,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+        writer: mpsc::UnboundedSender<WriterMsg>,
+    ) -> Self {
+        let today = Today::new(clock.now().date_naive());
+        let (events, _) = broadcast::channel(1024);
+        Engine {
+            campaigns,
+            clock,
+            metrics,
+            stations: BTreeMap::new(),
+            resolved: HashMap::new(),
+            resolved_order: VecDeque::new(),
+            today,
+            events,
+            writer,
+        }
+    }
+
+    /// Takes over a persisted state: prompts past their expiry are resolved as `timeout` at
+    /// their `expires_at`, the others resume with their original deadline. Returns the write
+    /// receipts of the timeout records, for the caller to wait on.
+    pub(crate) fn restore(&mut self, state: PersistedState) -> Vec<Written> {
+        let now = self.clock.now();
+        if state.today.day == now.date_naive() {
+            self.today = state.today;
+        }
+        let mut written = Vec::new();
+        let mut resumed = 0usize;
+        for PersistedPrompt { view, scan } in state.prompts {
+            let deadline = self.deadline(view.expires_at, now);
+            let prompt = OpenPrompt {
+                view,
+                scan,
+                deadline,
+            };
+            if prompt.view.expires_at <= now {
+                let (_, receipt) = self.finish(prompt, Resolve::Timeout, true);
+                written.push(receipt);
+            } else {
+                resumed += 1;
+                self.queue(&prompt.view.station.clone()).push_back(prompt);
+            }
+        }
+        tracing::info!(
+            resumed,
+            expired = written.len(),
+            "restored open prompts"
+        );
+        self.save();
+        written
+    }
+
+    /// Runs until every handle is dropped or `Close` arrives.
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        writer_task: tokio::task::JoinHandle<()>,
+    ) {
+        let close_reply = loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Close { reply }) => break Some(reply),
+                    Some(command) => self.handle(command),
+                    None => break None,
+                },
+                () = tokio::time::sleep_until(wake) => self.tick(),
+            }
+        };
+        // Dropping our writer sender lets the writer drain and stop; dropping the broadcast
+        // sender ends every subscriber's stream (so HTTP shutdown is not held up by SSE).
+        let Engine { writer, events, .. } = self;
+        drop(writer);
+        drop(events);
+        if let Err(error) = writer_task.await {
+            tracing::error!(%error, "prompt writer task failed");
+        }
+        if let Some(reply) = close_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        self.roll_day();
+        // A reply that cannot be delivered means the caller gave up; the work is done anyway.
+        match command {
+            Command::Open { request, reply } => {
+                let _ = reply.send(self.open(request));
+            }
+            Command::Answer {
+                id,
+                option,
+                clerk,
+                channel,
+                reply,
+            } => {
+                let _ = reply.send(self.answer(&id, &option, clerk, channel));
+            }
+            Command::Skip {
+                id,
+                reason,
+                clerk,
+                reply,
+            } => {
+                let _ = reply.send(self.skip(&id, &reason, clerk));
+            }
+            Command::AnswerOldest {
+                station,
+                option,
+                channel,
+                reply,
+            } => {
+                let _ = reply.send(self.answer_oldest(&station, &option, channel));
+            }
+            Command::List { station, reply } => {
+                let _ = reply.send(self.list(station.as_deref()));
+            }
+            Command::Subscribe { station, reply } => {
+                let today = match &station {
+                    Some(station) => vec![self.today.station(station)],
+                    None => self.today.all(),
+                };
+                let _ = reply.send(Subscription {
+                    prompts: self.list(station.as_deref()),
+                    today,
+                    events: self.events.subscribe(),
+                });
+            }
+            Command::Today { reply } => {
+                let _ = reply.send(self.today.all());
+            }
+            Command::Close { reply } => {
+                // Handled by the loop; unreachable here but harmless.
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn open(&mut self, request: OpenRequest) -> Result<Opened, PromptError> {
+        let Some(campaign) = self.campaigns.get(&request.campaign) else {
+            return Err(PromptError::UnknownCampaign(request.campaign));
+        };
+        // One prompt per customer, not per scan: a re-scan of the same product at the same
+        // counter while its prompt is open returns that prompt.
+        if let Some(existing) = self.stations.get(&request.station).and_then(|queue| {
+            queue
+                .iter()
+                .find(|prompt| prompt.view.sku == request.sku)
+        }) {
+            tracing::debug!(prompt = %existing.view.id, sku = %request.sku, "re-scan of a product with an open prompt");
+            return Ok(Opened {
+                prompt: existing.view.clone(),
+                new: false,
+            });
+        }
+        let timeout = chrono::Duration::from_std(campaign.timeout)
+            .unwrap_or_else(|_| chrono::Duration::seconds(120));
+        let expires_at = request.opened_at + timeout;
+        let view = PromptView {
+            id: self.new_id(),
+            campaign: campaign.id.clone(),
+            station: request.station,
+            sku: request.sku,
+            question: campaign.question.clone(),
+            options: campaign
+                .options
+                .iter()
+                .map(|option| OptionView {
+                    key: option.key.clone(),
+                    label: option.label.clone(),
+                })
+                .collect(),
+            opened_at: request.opened_at,
+            expires_at,
+        };
+        let deadline = self.deadline(expires_at, self.clock.now());
+        self.metrics.prompt("opened");
+        self.today
+            .opened(&view.station, view.opened_at.date_naive());
+        tracing::debug!(prompt = %view.id, station = %view.station, campaign = %view.campaign, sku = %view.sku, "prompt opened");
+        let station = view.station.clone();
+        self.queue(&station).push_back(OpenPrompt {
+            view: view.clone(),
+            scan: request.scan_id,
+            deadline,
+        });
+        self.save();
+        self.broadcast(PromptEvent::Prompt(view.clone()));
+        self.broadcast_stats(&station);
+        Ok(Opened {
+            prompt: view,
+            new: true,
+        })
+    }
+
+    fn answer(
+        &mut self,
+        id: &str,
+        option: &str,
+        clerk: Option<String>,
+        channel: Channel,
+    ) -> Result<(Resolution, Written), PromptError> {
+        let (station, index) = self.find(id)?;
+        let offered = self.stations[&station][index]
+            .view
+            .option(option)
+            .cloned()
+            .ok_or_else(|| PromptError::OptionNotOffered(option.to_owned()))?;
+        let prompt = self.take(&station, index);
+        Ok(self.finish(
+            prompt,
+            Resolve::Answered {
+                option: offered,
+                clerk,
+                channel,
+            },
+            false,
+        ))
+    }
+
+    fn skip(
+        &mut self,
+        id: &str,
+        reason: &str,
+        clerk: Option<String>,
+    ) -> Result<(Resolution, Written), PromptError> {
+        let (station, index) = self.find(id)?;
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(PromptError::EmptyReason);
+        }
+        let prompt = self.take(&station, index);
+        Ok(self.finish(
+            prompt,
+            Resolve::Skipped {
+                reason: reason.to_owned(),
+                clerk,
+            },
+            false,
+        ))
+    }
+
+    fn answer_oldest(
+        &mut self,
+        station: &str,
+        option: &str,
+        channel: Channel,
+    ) -> Option<(Resolution, Written)> {
+        let queue = self.stations.get(station)?;
+        let index = queue
+            .iter()
+            .position(|prompt| prompt.view.option(option).is_some())?;
+        let offered = queue[index].view.option(option).cloned()?;
+        let prompt = self.take(station, index);
+        Some(self.finish(
+            prompt,
+            Resolve::Answered {
+                option: offered,
+                clerk: None,
+                channel,
+            },
+            false,
+        ))
+    }
+
+    fn list(&self, station: Option<&str>) -> Vec<PromptView> {
+        self.stations
+            .iter()
+            .filter(|(name, _)| station.map_or(true, |station| station == name.as_str()))
+            .flat_map(|(_, queue)| queue.iter().map(|prompt| prompt.view.clone()))
+            .collect()
+    }
+
+    /// Resolves every prompt past its deadline and starts a new day at midnight.
+    fn tick(&mut self) {
+        self.roll_day();
+        let now = Instant::now();
+        let expired: Vec<(String, usize)> = self
+            .stations
+            .iter()
+            .flat_map(|(station, queue)| {
+                queue
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, prompt)| prompt.deadline <= now)
+                    .map(|(index, _)| (station.clone(), index))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Take from the back so earlier indexes stay valid.
+        for (station, index) in expired.into_iter().rev() {
+            let prompt = self.take(&station, index);
+            self.finish(prompt, Resolve::Timeout, false);
+        }
+    }
+
+    /// Starts a new day's figures when the store-local date changed, and tells subscribers.
+    fn roll_day(&mut self) {
+        let mut stations: BTreeSet<String> = self.today.stations.keys().cloned().collect();
+        if self.today.roll(self.clock.now().date_naive()) {
+            tracing::debug!(day = %self.today.day, "new day for prompt figures");
+            stations.extend(self.stations.keys().cloned());
+            for station in &stations {
+                self.broadcast_stats(station);
+            }
+            self.save();
+        }
+    }
+
+    /// The earliest prompt deadline or the next midnight.
+    fn next_wake(&self) -> Instant {
+        let earliest = self
+            .stations
+            .values()
+            .flat_map(|queue| queue.iter().map(|prompt| prompt.deadline))
+            .min();
+        let midnight = self.next_midnight();
+        earliest.map_or(midnight, |earliest| earliest.min(midnight))
+    }
+
+    fn next_midnight(&self) -> Instant {
+        let now = self.clock.now();
+        let midnight = now
+            .date_naive()
+            .succ_opt()
+            .and_then(|day| day.and_hms_opt(0, 0, 0))
+            .and_then(|midnight| midnight.and_local_timezone(Local).earliest());
+        // Where midnight does not exist (a DST jump at 00:00), look again in an hour.
+        let wait = midnight
+            .and_then(|midnight| (midnight - now).to_std().ok())
+            .unwrap_or(Duration::from_secs(3600));
+        Instant::now() + wait
+    }
+
+    /// The tokio deadline of a wall-clock expiry.
+    fn deadline(&self, expires_at: DateTime<Local>, now: DateTime<Local>) -> Instant {
+        Instant::now() + (expires_at - now).to_std().unwrap_or(Duration::ZERO)
+    }
+
+    /// Where an open prompt is, or why it is not open.
+    fn find(&self, id: &str) -> Result<(String, usize), PromptError> {
+        for (station, queue) in &self.stations {
+            if let Some(index) = queue.iter().position(|prompt| prompt.view.id == id) {
+                return Ok((station.clone(), index));
+            }
+        }
+        if self.resolved.contains_key(id) {
+            Err(PromptError::AlreadyResolved)
+        } else {
+            Err(PromptError::NotFound)
+        }
+    }
+
+    fn take(&mut self, station: &str, index: usize) -> OpenPrompt {
+        let queue = self
+            .stations
+            .get_mut(station)
+            .expect("find() returned this station");
+        let prompt = queue.remove(index).expect("find() returned this index");
+        if queue.is_empty() {
+            self.stations.remove(station);
+        }
+        prompt
+    }
+
+    fn queue(&mut self, station: &str) -> &mut VecDeque<OpenPrompt> {
+        self.stations.entry(station.to_owned()).or_default()
+    }
+
+    /// Records a resolution: the attribution record, the metric, the figures, the events and
+    /// the saved state. `restoring` skips the events (nobody is subscribed yet).
+    fn finish(&mut self, prompt: OpenPrompt, how: Resolve, restoring: bool) -> (Resolution, Written) {
+        let OpenPrompt { view, scan, .. } = prompt;
+        let (outcome, resolved_at, answer, answer_label, channel, clerk, skip_reason) = match how {
+            Resolve::Answered {
+                option,
+                clerk,
+                channel,
+            } => (
+                Outcome::Answered,
+                self.clock.now(),
+                Some(option.key),
+                Some(option.label),
+                Some(channel),
+                clerk,
+                None,
+            ),
+            Resolve::Skipped { reason, clerk } => (
+                Outcome::Skipped,
+                self.clock.now(),
+                None,
+                None,
+                None,
+                clerk,
+                Some(reason),
+            ),
+            // A timeout happened at the expiry, however late we notice (a restart, a busy loop).
+            Resolve::Timeout => (Outcome::Timeout, view.expires_at, None, None, None, None, None),
+        };
+        let data = AttributionData {
+            prompt: view.id,
+            campaign: view.campaign,
+            station: view.station,
+            sku: view.sku,
+            scan,
+            question: view.question,
+            outcome,
+            answer,
+            answer_label,
+            channel,
+            clerk,
+            opened_at: view.opened_at,
+            resolved_at,
+            latency_ms: (resolved_at - view.opened_at).num_milliseconds(),
+            skip_reason,
+            // Sales are linked to prompts by a later issue; this is where the receipt goes.
+            receipt: None,
+        };
+        tracing::debug!(prompt = %data.prompt, outcome = outcome.as_str(), "prompt resolved");
+        self.metrics.prompt(outcome.as_str());
+        self.today
+            .resolved(&data.station, data.opened_at.date_naive(), outcome);
+        self.remember(&data.prompt, outcome);
+
+        let (done, written) = oneshot::channel();
+        // Order matters: the record before the state without the prompt (see `writer`).
+        let _ = self.writer.send(WriterMsg::Append {
+            data: data.clone(),
+            done: Some(done),
+        });
+        if !restoring {
+            self.save();
+            self.broadcast(PromptEvent::Resolved {
+                id: data.prompt.clone(),
+                station: data.station.clone(),
+                outcome,
+                answer: data.answer.clone(),
+            });
+            self.broadcast_stats(&data.station);
+        }
+        (data, written)
+    }
+
+    fn remember(&mut self, id: &str, outcome: Outcome) {
+        self.resolved.insert(id.to_owned(), outcome);
+        self.resolved_order.push_back(id.to_owned());
+        while self.resolved_order.len() > RECENT_RESOLVED {
+            if let Some(old) = self.resolved_order.pop_front() {
+                self.resolved.remove(&old);
+            }
+        }
+    }
+
+    /// Queues the current state for saving.
+    fn save(&self) {
+        let state = PersistedState {
+            version: VERSION,
+            prompts: self
+                .stations
+                .values()
+                .flat_map(|queue| {
+                    queue.iter().map(|prompt| PersistedPrompt {
+                        view: prompt.view.clone(),
+                        scan: prompt.scan.clone(),
+                    })
+                })
+                .collect(),
+            today: self.today.clone(),
+        };
+        let _ = self.writer.send(WriterMsg::Save(state.encode()));
+    }
+
+    fn broadcast(&self, event: PromptEvent) {
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn broadcast_stats(&self, station: &str) {
+        self.broadcast(PromptEvent::Stats(self.today.station(station)));
+    }
+
+    /// A fresh id, unique among open and remembered prompts.
+    fn new_id(&self) -> String {
+        let mut rng = rand::thread_rng();
+        loop {
+            let id: String = (0..ID_LENGTH)
+                .map(|_| char::from(ID_ALPHABET[rng.gen_range(0..ID_ALPHABET.len())]))
+                .collect();
+            if self.find(&id) == Err(PromptError::NotFound) {
+                return id;
+            }
+        }
+    }
+}

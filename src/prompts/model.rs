@@ -1,0 +1,332 @@
+//! The prompt engine's public types: what a prompt looks like on the wire, the attribution record
+//! written when it closes, the events it broadcasts and the errors it returns.
+//!
+//! These are wire types (CONTRACT.md sections 3 and 4), so their serde form is the contract:
+//! timestamps are RFC 3339 store-local time with offset and milliseconds
+//! (`2026-11-27T16:01:02.345+08:00`), enums are lowercase strings, absent values are `null`.
+
+use chrono::{DateTime, Local, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+/// How a prompt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The clerk picked one of the options.
+    Answered,
+    /// The clerk dismissed it, giving a reason.
+    Skipped,
+    /// Nobody answered before `expires_at`.
+    Timeout,
+}
+
+impl Outcome {
+    /// The contract's name for it (also the `posgw_prompts_total` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Answered => "answered",
+            Outcome::Skipped => "skipped",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// The clerk page or the local API.
+    Web,
+    /// An answer card scanned at the station (`[answer_codes]`).
+    Card,
+    /// The MQTT prompt channel (`posgw/{store}/{station}/answer`).
+    Mqtt,
+}
+
+impl Channel {
+    /// The contract's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Web => "web",
+            Channel::Card => "card",
+            Channel::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// One answer a prompt offers, as sent to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptionView {
+    /// Machine key (`doctor`), recorded as the attribution's `answer`.
+    pub key: String,
+    /// What the clerk sees (`医生推荐`).
+    pub label: String,
+}
+
+/// An open prompt as the API, the SSE stream and the MQTT channel show it (CONTRACT.md section 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptView {
+    /// Short, URL-safe, unique id (10 characters of lowercase base32).
+    pub id: String,
+    /// The campaign that asked.
+    pub campaign: String,
+    /// The counter whose screen shows it.
+    pub station: String,
+    /// The scanned product code that opened it.
+    pub sku: String,
+    /// The question, from the campaign.
+    pub question: String,
+    /// The answers offered, in configuration order (key 1 is the first).
+    pub options: Vec<OptionView>,
+    /// When it opened (the scan's time).
+    #[serde(with = "local_millis")]
+    pub opened_at: DateTime<Local>,
+    /// When it becomes a `timeout` if still open: `opened_at` + the campaign's timeout.
+    #[serde(with = "local_millis")]
+    pub expires_at: DateTime<Local>,
+}
+
+impl PromptView {
+    /// The option with this key, if the prompt offers it.
+    pub fn option(&self, key: &str) -> Option<&OptionView> {
+        self.options.iter().find(|option| option.key == key)
+    }
+}
+
+/// The `data` of an `attribution` record (CONTRACT.md section 3): one per prompt, written when it
+/// closes, whatever the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributionData {
+    /// The prompt's id.
+    pub prompt: String,
+    /// The campaign that asked.
+    pub campaign: String,
+    /// The counter it was shown at.
+    pub station: String,
+    /// The scanned product code that opened it.
+    pub sku: String,
+    /// Id of the `scan` record that opened it.
+    pub scan: String,
+    /// The question asked.
+    pub question: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The option key picked, when answered.
+    pub answer: Option<String>,
+    /// That option's label, when answered.
+    pub answer_label: Option<String>,
+    /// Where the answer came from, when answered.
+    pub channel: Option<Channel>,
+    /// The clerk who answered or skipped, when known.
+    pub clerk: Option<String>,
+    /// When the prompt opened.
+    #[serde(with = "local_millis")]
+    pub opened_at: DateTime<Local>,
+    /// When it closed; for a timeout exactly `expires_at`.
+    #[serde(with = "local_millis")]
+    pub resolved_at: DateTime<Local>,
+    /// `resolved_at - opened_at` in milliseconds.
+    pub latency_ms: i64,
+    /// Why it was skipped, when skipped.
+    pub skip_reason: Option<String>,
+    /// The sale it belongs to, when known at resolution (always null until sales are linked).
+    pub receipt: Option<String>,
+}
+
+/// What [`PromptsHandle::answer`](super::PromptsHandle::answer) and friends return: the
+/// attribution record as written to the journal.
+pub type Resolution = AttributionData;
+
+/// A request to open a prompt for a targeted scan.
+#[derive(Debug, Clone)]
+pub struct OpenRequest {
+    /// The counter the scanner belongs to.
+    pub station: String,
+    /// The campaign, from [`PromptsHandle::campaign_for`](super::PromptsHandle::campaign_for).
+    pub campaign: String,
+    /// The product code shown to the clerk and recorded (the decoded code, e.g. the EAN-13).
+    pub sku: String,
+    /// Id of the `scan` record of this scan.
+    pub scan_id: String,
+    /// The scan's time; the prompt expires the campaign's timeout after it.
+    pub opened_at: DateTime<Local>,
+}
+
+/// What [`PromptsHandle::open`](super::PromptsHandle::open) returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The prompt now open for this scan.
+    pub prompt: PromptView,
+    /// False when the same product was scanned again at the station while its prompt was open:
+    /// `prompt` is then that existing prompt and nothing new was opened.
+    pub new: bool,
+}
+
+/// Today's prompt figures of one station (store-local day).
+///
+/// A prompt counts on the day it opened: one opened at 23:59 that times out at 00:01 counts in
+/// yesterday's figures, so `answered + skipped + timeout + open == opened` always holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StationToday {
+    /// The counter.
+    pub station: String,
+    /// The store-local day these figures are for (`YYYY-MM-DD`).
+    #[serde(with = "super::today::naive_day")]
+    pub day: NaiveDate,
+    /// Prompts opened today.
+    pub opened: u64,
+    /// Of those, answered.
+    pub answered: u64,
+    /// Of those, skipped.
+    pub skipped: u64,
+    /// Of those, timed out.
+    pub timeout: u64,
+    /// Of those, still open.
+    pub open: u64,
+    /// `answered / opened`, null while nothing was opened.
+    pub completeness: Option<f64>,
+}
+
+impl StationToday {
+    /// Zero figures for a station.
+    pub fn empty(station: &str, day: NaiveDate) -> Self {
+        StationToday {
+            station: station.to_owned(),
+            day,
+            opened: 0,
+            answered: 0,
+            skipped: 0,
+            timeout: 0,
+            open: 0,
+            completeness: None,
+        }
+    }
+}
+
+/// What the engine broadcasts to subscribers (the SSE stream, the MQTT channel).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptEvent {
+    /// A prompt opened.
+    Prompt(PromptView),
+    /// A prompt closed.
+    Resolved {
+        /// The prompt's id.
+        id: String,
+        /// Its counter.
+        station: String,
+        /// How it ended.
+        outcome: Outcome,
+        /// The option key, when answered.
+        answer: Option<String>,
+    },
+    /// A station's figures changed (after each open and resolution, and at midnight).
+    Stats(StationToday),
+}
+
+impl PromptEvent {
+    /// The station the event is about.
+    pub fn station(&self) -> &str {
+        match self {
+            PromptEvent::Prompt(prompt) => &prompt.station,
+            PromptEvent::Resolved { station, .. } => station,
+            PromptEvent::Stats(today) => &today.station,
+        }
+    }
+}
+
+/// Why a prompt request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromptError {
+    /// No open or recently resolved prompt has this id (HTTP 404).
+    #[error("unknown prompt")]
+    NotFound,
+    /// The prompt was already answered, skipped or timed out (HTTP 409).
+    #[error("prompt already resolved")]
+    AlreadyResolved,
+    /// The prompt does not offer this option (HTTP 422).
+    #[error("option '{0}' is not offered by this prompt")]
+    OptionNotOffered(String),
+    /// A skip needs a reason (HTTP 422).
+    #[error("skip reason is empty")]
+    EmptyReason,
+    /// `open` named a campaign that is not configured (a caller bug; HTTP 422).
+    #[error("unknown campaign '{0}'")]
+    UnknownCampaign(String),
+    /// The engine is stopped, or the journal refused the record (HTTP 503).
+    #[error("prompt engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Serde for `DateTime<Local>` as RFC 3339 with milliseconds and a numeric offset.
+pub(crate) mod local_millis {
+    use chrono::{DateTime, Local, SecondsFormat};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// `2026-11-27T16:01:02.345+08:00`.
+    pub fn format(time: &DateTime<Local>) -> String {
+        time.to_rfc3339_opts(SecondsFormat::Millis, false)
+    }
+
+    pub fn serialize<S: Serializer>(time: &DateTime<Local>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(time))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Local>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|time| time.with_timezone(&Local))
+            .map_err(|error| serde::de::Error::custom(format!("bad timestamp '{text}': {error}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn attribution_serialises_every_contract_field() {
+        let opened = Local.with_ymd_and_hms(2026, 11, 27, 16, 1, 2).single().expect("time");
+        let data = AttributionData {
+            prompt: "abc".into(),
+            campaign: "c".into(),
+            station: "till-1".into(),
+            sku: "6901234567892".into(),
+            scan: "S/g/e/1".into(),
+            question: "q".into(),
+            outcome: Outcome::Timeout,
+            answer: None,
+            answer_label: None,
+            channel: None,
+            clerk: None,
+            opened_at: opened,
+            resolved_at: opened + chrono::Duration::milliseconds(1500),
+            latency_ms: 1500,
+            skip_reason: None,
+            receipt: None,
+        };
+        let value = serde_json::to_value(&data).expect("serialise");
+        let object = value.as_object().expect("object");
+        for field in [
+            "prompt", "campaign", "station", "sku", "scan", "question", "outcome", "answer",
+            "answer_label", "channel", "clerk", "opened_at", "resolved_at", "latency_ms",
+            "skip_reason", "receipt",
+        ] {
+            assert!(object.contains_key(field), "missing {field}");
+        }
+        assert_eq!(object.len(), 16);
+        assert_eq!(value["outcome"], "timeout");
+        assert!(value["answer"].is_null());
+        let resolved = value["resolved_at"].as_str().expect("string");
+        assert!(resolved.contains("16:01:03.500"), "{resolved}");
+        let back: AttributionData = serde_json::from_value(value).expect("round trip");
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn channel_and_outcome_names() {
+        assert_eq!(serde_json::to_string(&Channel::Card).expect("json"), "\"card\"");
+        assert_eq!(Channel::Mqtt.as_str(), "mqtt");
+        assert_eq!(Outcome::Skipped.as_str(), "skipped");
+    }
+}
