@@ -1,11 +1,18 @@
 //! Load generator for the journal: appends scan-like records (about 300 bytes of `data` each)
 //! from a few concurrent tasks as fast as it can into a journal in a temporary folder, and
-//! reports appends per second and the time from the append call to `Durable::wait` resolving.
+//! reports appends per second, the time from the append call to `Durable::wait` resolving, and
+//! the process's peak and current resident memory.
 //!
 //! ```text
-//! cargo run --release --example journal_load -- [RECORDS] [TASKS] [FLUSH_MS]
+//! cargo run --release --example journal_load -- [RECORDS] [TASKS] [FLUSH_MS] [BATCH]
 //! ```
-//! Defaults: 1,000,000 records, 4 tasks, flush = 50ms.
+//! Defaults: 1,000,000 records, 4 tasks, flush = 50ms, batch 1.
+//!
+//! With `BATCH` = 1 every record is one `JournalHandle::append` call (single-append mode: what
+//! the serial devices do). With `BATCH` > 1 each task hands its records to
+//! `JournalHandle::append_batch` that many at a time (batch mode: what a producer receiving
+//! bursts, like MQTT ingest, can do); each record's latency is then its batch's, from the call
+//! to the batch's `durable` resolving.
 
 use std::time::{Duration, Instant};
 
@@ -36,20 +43,37 @@ fn scan_data(task: u64, i: u64) -> Box<RawValue> {
     RawValue::from_string(text).expect("generated data is valid json")
 }
 
-/// The value at quantile `q` of sorted `values`.
-fn quantile(values: &[Duration], q: f64) -> Duration {
+/// The value at quantile `q` of sorted `values` (microseconds), as a duration.
+fn quantile(values: &[u32], q: f64) -> Duration {
     if values.is_empty() {
         return Duration::ZERO;
     }
     let index = ((values.len() - 1) as f64 * q).round() as usize;
-    values[index]
+    Duration::from_micros(u64::from(values[index]))
 }
+
+/// A `VmHWM`-style line of /proc/self/status, in MiB ("?" where it cannot be read).
+fn status_mib(field: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with(field))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.1} MiB", kib / 1024.0))
+        })
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// What a producer hands its collector: when the append call started, how many records it
+/// covered, and what to wait on.
+type Pending = (Instant, u32, Durable);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let records = arg(1, 1_000_000);
     let tasks = arg(2, 4).max(1);
     let flush = Duration::from_millis(arg(3, 50));
+    let batch = arg(4, 1).clamp(1, journal::MAX_BATCH_RECORDS as u64);
     let dir = tempfile::tempdir()?;
     let opened = journal::open(JournalConfig {
         data_dir: dir.path().to_path_buf(),
@@ -60,8 +84,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let handle = opened.handle;
+    let mode = if batch == 1 {
+        "single-append (append)".to_string()
+    } else {
+        format!("batch-append (append_batch of {batch})")
+    };
     println!(
-        "journal_load: {records} records, {tasks} tasks, flush {flush:?}, in {}",
+        "journal_load: {records} records, {tasks} tasks, flush {flush:?}, {mode}, in {}",
         dir.path().display()
     );
 
@@ -70,28 +99,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut collectors = Vec::new();
     for task in 0..tasks {
         let count = records / tasks + u64::from(task < records % tasks);
-        // Each producer hands (start time, Durable) to its own collector, which awaits them in
-        // order; durability is monotonic, so in-order waiting measures each record's latency.
-        let (send, mut receive) = mpsc::unbounded_channel::<(Instant, Durable)>();
+        // Each producer hands (start time, records, Durable) to its own collector, which awaits
+        // them in order; durability is monotonic, so in-order waiting measures each latency.
+        let (send, mut receive) = mpsc::unbounded_channel::<Pending>();
         let handle = handle.clone();
         producers.push(tokio::spawn(async move {
             let mut bytes = 0usize;
             let began = Instant::now();
-            for i in 0..count {
+            let mut i = 0;
+            while i < count {
                 // Serialising `data` is the producer's job in the gateway too, so it is timed.
-                let data = scan_data(task, i);
-                bytes += data.get().len();
-                let at = Instant::now();
-                let appended = handle.append(Kind::Scan, data).await.expect("append");
-                send.send((at, appended.durable)).expect("collector alive");
+                if batch == 1 {
+                    let data = scan_data(task, i);
+                    bytes += data.get().len();
+                    let at = Instant::now();
+                    let appended = handle.append(Kind::Scan, data).await.expect("append");
+                    send.send((at, 1, appended.durable))
+                        .expect("collector alive");
+                    i += 1;
+                } else {
+                    let n = batch.min(count - i);
+                    let data: Vec<Box<RawValue>> = (i..i + n).map(|j| scan_data(task, j)).collect();
+                    bytes += data.iter().map(|d| d.get().len()).sum::<usize>();
+                    let at = Instant::now();
+                    let appended = handle
+                        .append_batch(Kind::Scan, data)
+                        .await
+                        .expect("append_batch");
+                    send.send((at, n as u32, appended.durable))
+                        .expect("collector alive");
+                    i += n;
+                }
             }
             (bytes, began.elapsed())
         }));
         collectors.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while let Some((at, durable)) = receive.recv().await {
+            // Microseconds, one entry per record: 4 bytes each keeps the generator's own
+            // memory small next to the journal's.
+            let mut latencies: Vec<u32> = Vec::with_capacity(count as usize);
+            while let Some((at, n, durable)) = receive.recv().await {
                 durable.wait().await.expect("durable");
-                latencies.push(at.elapsed());
+                let micros = u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX);
+                latencies.extend(std::iter::repeat(micros).take(n as usize));
             }
             latencies
         }));
@@ -104,7 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         slowest_producer = slowest_producer.max(took);
     }
     let appended_in = started.elapsed();
-    let mut latencies = Vec::new();
+    let mut latencies = Vec::with_capacity(records as usize);
     for collector in collectors {
         latencies.extend(collector.await?);
     }
@@ -136,11 +185,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         durable_in.as_secs_f64(),
         quantile(&latencies, 0.50),
         quantile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or_default()
+        quantile(&latencies, 1.0)
     );
     println!(
         "backlog {} records / {} bytes; journal files {} bytes; close took {:?}",
         stats.backlog_records, stats.backlog_bytes, journal_bytes, closed_in
+    );
+    println!(
+        "memory: peak RSS (VmHWM) {}, RSS after close {}",
+        status_mib("VmHWM"),
+        status_mib("VmRSS")
     );
     Ok(())
 }

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Settings};
@@ -60,6 +61,17 @@ pub enum Command {
         #[arg(long = "for", value_parser = parse_duration)]
         run_for: Option<std::time::Duration>,
     },
+    /// Run the reference HQ receiver.
+    Hq {
+        /// Configuration file with `[hq]` and `[[store]]`.
+        #[arg(
+            short = 'c',
+            long = "config",
+            env = "POSGW_CONFIG",
+            default_value = "/etc/posgw/posgw.toml"
+        )]
+        config: PathBuf,
+    },
     /// Inspect or repair the journal (offline: stop the gateway first).
     Journal {
         /// Which journal operation.
@@ -106,6 +118,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::CheckConfig { config } => check_config(&config),
         Command::Demo { data, run_for } => demo(data, run_for),
+        Command::Hq { config } => hq(&config),
         Command::Journal { command } => journal_command(command),
     }
 }
@@ -148,6 +161,34 @@ fn demo(data: Option<PathBuf>, run_for: Option<std::time::Duration>) -> ExitCode
         Err(code) => return code,
     };
     match runtime.block_on(crate::demo::run(data, run_for)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => runtime_failure(&error),
+    }
+}
+
+fn hq(path: &Path) -> ExitCode {
+    let settings = match crate::hq::load_config(path) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let outcome = runtime.block_on(async {
+        let listen = settings.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (hq.listen)"))?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("hq listening on http://{addr}");
+        }
+        crate::hq::run(settings, listener, shutdown_signal()).await
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => runtime_failure(&error),
     }

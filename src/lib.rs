@@ -13,7 +13,9 @@
 //! - [`decode`]: what a scanned frame means (AIM ids, GS1, check digits, traceability codes).
 //! - [`core`]: the one task that turns device events into records.
 //! - [`journal`]: the durable record store; the only module that touches sled.
+//! - [`prompts`]: the attribution prompt engine; [`web`]: the clerk page and prompt endpoints.
 //! - [`uplink`]: forwards journal records to HQ, at least once.
+//! - [`hq`]: the reference HQ receiver (`posgw hq`).
 //! - [`api`] and [`metrics`]: the local HTTP API.
 //! - [`gateway`]: wiring and shutdown; [`cli`]: the command line; [`demo`]: a simulated store.
 //!
@@ -27,10 +29,13 @@ pub mod decode;
 pub mod demo;
 pub mod devices;
 pub mod gateway;
+pub mod hq;
 pub mod journal;
 pub mod metrics;
 pub mod mqtt;
+pub mod prompts;
 pub mod uplink;
+pub mod web;
 
 /// The posgw version, written into `gateway` records and the status API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

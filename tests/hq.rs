@@ -1,1 +1,858 @@
+//! Integration tests of the reference HQ receiver (`posgw hq`) over real HTTP on loopback:
+//! each test has its own temp folder (config, token files, database) and port.
+//!
+//! Most tests run the receiver in-process (`posgw::hq::start`); the crash test runs the
+//! `posgw hq -c PATH` binary as a child and kills it with SIGKILL mid-stream.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use posgw::hq::{self, RunningHq};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// How long any wait in a test may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+const ADMIN: &str = "admin-secret";
+const TOKEN_1: &str = "store-1-secret";
+const TOKEN_2: &str = "store-2-secret";
+
+/// A receiver's folder: `hq.toml`, token files, `data/`.
+struct Folder {
+    dir: tempfile::TempDir,
+}
+
+impl Folder {
+    /// Stores S1 and S2 with their tokens, the admin token, and `extra` lines in `[hq]`.
+    fn new(listen: &str, extra: &str) -> Folder {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, token) in [
+            ("admin.token", ADMIN),
+            ("s1.token", TOKEN_1),
+            ("s2.token", TOKEN_2),
+        ] {
+            std::fs::write(dir.path().join(name), format!("{token}\n")).expect("write token");
+        }
+        let config = format!(
+            "[hq]\nlisten = \"{listen}\"\ndata_dir = \"data\"\nadmin_token_file = \"admin.token\"\n{extra}\n\
+             [[store]]\ncode = \"S1\"\ntoken_file = \"s1.token\"\n\n\
+             [[store]]\ncode = \"S2\"\ntoken_file = \"s2.token\"\n"
+        );
+        std::fs::write(dir.path().join("hq.toml"), config).expect("write config");
+        Folder { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("hq.toml")
+    }
+
+    /// Starts the receiver in-process on a fresh loopback port.
+    async fn start(&self) -> Receiver {
+        let settings = hq::load_config(&self.config()).expect("config loads");
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .expect("bind");
+        let running = hq::start(settings, listener)
+            .await
+            .expect("receiver starts");
+        Receiver::new(running.url(), Some(running))
+    }
+}
+
+/// A receiver under test and an HTTP client for it.
+struct Receiver {
+    url: String,
+    client: reqwest::Client,
+    running: Option<RunningHq>,
+}
+
+impl Receiver {
+    fn new(url: String, running: Option<RunningHq>) -> Receiver {
+        Receiver {
+            url,
+            client: reqwest::Client::new(),
+            running,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean stop");
+        }
+    }
+
+    /// Posts an NDJSON body, compressed as `encoding` says ("identity" sends no header).
+    async fn post(&self, token: Option<&str>, body: &str, encoding: &str) -> (StatusCode, Value) {
+        self.post_raw(
+            token,
+            encode(body.as_bytes(), encoding),
+            Some(encoding),
+            "application/x-ndjson",
+        )
+        .await
+    }
+
+    async fn post_raw(
+        &self,
+        token: Option<&str>,
+        body: Vec<u8>,
+        encoding: Option<&str>,
+        content_type: &str,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/v1/batches", self.url))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(encoding) = encoding.filter(|e| *e != "identity") {
+            request = request.header("content-encoding", encoding);
+        }
+        let response = request.send().await.expect("post");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// `GET /v1/records?QUERY` with the admin token: the raw lines and the next-after header.
+    async fn records_page(&self, query: &str) -> (Vec<String>, u64) {
+        let response = self
+            .client
+            .get(format!("{}/v1/records?{query}", self.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get records");
+        assert_eq!(response.status(), StatusCode::OK, "records {query}");
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        let next = response.headers()[hq::NEXT_AFTER_HEADER]
+            .to_str()
+            .expect("header")
+            .parse()
+            .expect("number");
+        let text = response.text().await.expect("body");
+        (text.lines().map(str::to_string).collect(), next)
+    }
+
+    /// Every record (paged), parsed.
+    async fn all_records(&self) -> Vec<Value> {
+        let mut records = Vec::new();
+        let mut after = 0;
+        loop {
+            let (lines, next) = self
+                .records_page(&format!("after={after}&limit=10000"))
+                .await;
+            if lines.is_empty() {
+                return records;
+            }
+            records.extend(lines.iter().map(|line| parse(line)));
+            after = next;
+        }
+    }
+
+    async fn stats(&self) -> Value {
+        let response = self
+            .client
+            .get(format!("{}/v1/stats", self.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get stats");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("stats json")
+    }
+}
+
+fn parse(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|error| panic!("bad line {line}: {error}"))
+}
+
+/// `body` compressed as `encoding` (`identity`, `gzip` or `zstd`).
+fn encode(body: &[u8], encoding: &str) -> Vec<u8> {
+    match encoding {
+        "gzip" => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(body).expect("gzip");
+            encoder.finish().expect("gzip")
+        }
+        "zstd" => zstd::encode_all(body, 3).expect("zstd"),
+        _ => body.to_vec(),
+    }
+}
+
+/// One record as a gateway writes it.
+fn record(store: &str, gateway: &str, seq: u64, kind: &str, data: &str) -> String {
+    format!(
+        r#"{{"id":"{store}/{gateway}/7f3a9c21/{seq}","store":"{store}","gateway":"{gateway}","epoch":"7f3a9c21","seq":{seq},"ts":"2026-11-27T16:01:02.345+08:00","clock":{{"boot":"3b1c","mono_ms":{seq},"synced":true}},"kind":"{kind}","data":{data}}}"#
+    )
+}
+
+fn scan(store: &str, seq: u64) -> String {
+    record(
+        store,
+        "gw-1",
+        seq,
+        "scan",
+        &format!(r#"{{"device":"scanner-1","station":"till-1","code":"69012345{seq:05}"}}"#),
+    )
+}
+
+/// Attribution of campaign c1: `outcome`, with `answer` and `latency_ms` when answered.
+fn attribution(
+    store: &str,
+    seq: u64,
+    outcome: &str,
+    answer: Option<&str>,
+    latency: Option<u64>,
+) -> String {
+    let answer = answer.map_or("null".to_string(), |a| format!("\"{a}\""));
+    let latency = latency.map_or("null".to_string(), |l| l.to_string());
+    let clerk = if outcome == "timeout" {
+        "null"
+    } else {
+        "\"c-17\""
+    };
+    record(
+        store,
+        "gw-1",
+        seq,
+        "attribution",
+        &format!(
+            r#"{{"prompt":"p-{seq}","campaign":"c1","station":"till-1","sku":"6901234567892","question":"推荐话术来源","outcome":"{outcome}","answer":{answer},"answer_label":null,"channel":"web","clerk":{clerk},"latency_ms":{latency}}}"#
+        ),
+    )
+}
+
+fn lines(records: &[String]) -> String {
+    records.iter().map(|r| format!("{r}\n")).collect()
+}
+
+fn ids(records: &[Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn batches_in_every_encoding_are_stored_as_sent_with_hq_seq() {
+    let folder = Folder::new("127.0.0.1:0", "");
+    let hq = folder.start().await;
+    let batches: Vec<Vec<String>> = vec![
+        (1..=3).map(|seq| scan("S1", seq)).collect(),
+        (4..=5).map(|seq| scan("S1", seq)).collect(),
+        (6..=9).map(|seq| scan("S1", seq)).collect(),
+    ];
+    for (batch, encoding) in batches.iter().zip(["identity", "gzip", "zstd"]) {
+        let (status, body) = hq.post(Some(TOKEN_1), &lines(batch), encoding).await;
+        assert_eq!(status, StatusCode::OK, "{encoding}: {body}");
+        assert_eq!(
+            body,
+            serde_json::json!({"accepted": batch.len(), "duplicates": 0})
+        );
+    }
+    let (got, next) = hq.records_page("").await;
+    let sent: Vec<&String> = batches.iter().flatten().collect();
+    assert_eq!(got.len(), sent.len());
+    for (index, (line, original)) in got.iter().zip(sent).enumerate() {
+        // The record exactly as sent, with only the hq_seq field added at the end.
+        let expected = format!(
+            "{},\"hq_seq\":{}}}",
+            &original[..original.len() - 1],
+            index + 1
+        );
+        assert_eq!(line, &expected);
+    }
+    assert_eq!(next, 9);
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_within_and_across_batches_are_counted_and_stored_once() {
+    let folder = Folder::new("127.0.0.1:0", "");
+    let hq = folder.start().await;
+    let first = lines(&[scan("S1", 1), scan("S1", 2), scan("S1", 2)]);
+    assert_eq!(
+        hq.post(Some(TOKEN_1), &first, "gzip").await.1,
+        serde_json::json!({"accepted": 2, "duplicates": 1})
+    );
+    let second = lines(&[scan("S1", 1), scan("S1", 2), scan("S1", 3)]);
+    assert_eq!(
+        hq.post(Some(TOKEN_1), &second, "identity").await.1,
+        serde_json::json!({"accepted": 1, "duplicates": 2})
+    );
+    // The same seq under another epoch is another record.
+    let other_epoch = scan("S1", 1).replace("7f3a9c21", "0badcafe");
+    assert_eq!(
+        hq.post(Some(TOKEN_1), &other_epoch, "identity").await.1,
+        serde_json::json!({"accepted": 1, "duplicates": 0})
+    );
+    let records = hq.all_records().await;
+    assert_eq!(
+        ids(&records),
+        [
+            "S1/gw-1/7f3a9c21/1",
+            "S1/gw-1/7f3a9c21/2",
+            "S1/gw-1/7f3a9c21/3",
+            "S1/gw-1/0badcafe/1"
+        ]
+    );
+    let stats = hq.stats().await;
+    assert_eq!(stats["stores"]["S1"]["duplicates"], 3);
+    assert_eq!(stats["stores"]["S1"]["records"], 4);
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn refused_requests_store_nothing() {
+    let folder = Folder::new("127.0.0.1:0", "max_body = \"64KiB\"");
+    let hq = folder.start().await;
+    let good = lines(&[scan("S1", 1), scan("S1", 2)]);
+
+    let (status, _) = hq.post(None, &good, "identity").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no token");
+    let (status, _) = hq.post(Some("guess"), &good, "identity").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "unknown token");
+    let (status, _) = hq.post(Some(ADMIN), &good, "identity").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the admin token may not post"
+    );
+
+    let (status, body) = hq.post(Some(TOKEN_2), &good, "gzip").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "S1's records with S2's token"
+    );
+    assert_eq!(body["line"], 1);
+
+    let bad = format!("{}{{\"id\":\"S1/gw-1/7f3a9c21/3\"}}\n", good);
+    let (status, body) = hq.post(Some(TOKEN_1), &bad, "zstd").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["line"], 3);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("missing field"),
+        "{body}"
+    );
+    let (status, body) = hq
+        .post(Some(TOKEN_1), &format!("{good}not json\n"), "identity")
+        .await;
+    assert_eq!(
+        (status, &body["line"]),
+        (StatusCode::BAD_REQUEST, &Value::from(3))
+    );
+    let (status, _) = hq
+        .post_raw(
+            Some(TOKEN_1),
+            b"not gzip at all".to_vec(),
+            Some("gzip"),
+            "application/x-ndjson",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "corrupt gzip");
+
+    let big: Vec<String> = (1..=400).map(|seq| scan("S1", seq)).collect();
+    let (status, _) = hq.post(Some(TOKEN_1), &lines(&big), "identity").await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "over max_body as sent"
+    );
+
+    let (status, _) = hq
+        .post_raw(
+            Some(TOKEN_1),
+            good.clone().into_bytes(),
+            Some("br"),
+            "application/x-ndjson",
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unknown encoding"
+    );
+    let (status, _) = hq
+        .post_raw(
+            Some(TOKEN_1),
+            good.clone().into_bytes(),
+            None,
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "not ndjson");
+
+    assert!(hq.all_records().await.is_empty(), "nothing stored");
+    assert_eq!(hq.stats().await["records"], 0);
+
+    // The same good batch is then taken whole.
+    let (status, body) = hq.post(Some(TOKEN_1), &good, "identity").await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (StatusCode::OK, Value::from(2))
+    );
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn decompression_bomb_is_refused_with_413() {
+    let folder = Folder::new("127.0.0.1:0", "max_body = \"1MiB\"");
+    let hq = folder.start().await;
+    // 64 MiB of newlines: a few dozen KiB compressed, far below max_body as sent.
+    let inflated = vec![b'\n'; 64 << 20];
+    for encoding in ["gzip", "zstd"] {
+        let bomb = encode(&inflated, encoding);
+        assert!(
+            bomb.len() < 1 << 20,
+            "{encoding} bomb is small: {}",
+            bomb.len()
+        );
+        let (status, body) = hq
+            .post_raw(Some(TOKEN_1), bomb, Some(encoding), "application/x-ndjson")
+            .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{encoding}: {body}");
+    }
+    assert!(hq.all_records().await.is_empty());
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn records_page_by_after_and_limit_and_filter_by_store_and_kind() {
+    let folder = Folder::new("127.0.0.1:0", "");
+    let hq = folder.start().await;
+    // hq_seq 1..=3 S1 scans, 4..=5 S2 (scan, attribution), 6..=7 S1 (attribution, scan).
+    hq.post(
+        Some(TOKEN_1),
+        &lines(&[scan("S1", 1), scan("S1", 2), scan("S1", 3)]),
+        "gzip",
+    )
+    .await;
+    hq.post(
+        Some(TOKEN_2),
+        &lines(&[scan("S2", 1), attribution("S2", 2, "timeout", None, None)]),
+        "gzip",
+    )
+    .await;
+    hq.post(
+        Some(TOKEN_1),
+        &lines(&[attribution("S1", 4, "skipped", None, None), scan("S1", 5)]),
+        "gzip",
+    )
+    .await;
+
+    let seqs = |lines: &[String]| -> Vec<u64> {
+        lines
+            .iter()
+            .map(|l| parse(l)["hq_seq"].as_u64().expect("hq_seq"))
+            .collect()
+    };
+    let (page, next) = hq.records_page("limit=2").await;
+    assert_eq!((seqs(&page), next), (vec![1, 2], 2));
+    let (page, next) = hq.records_page("after=2&limit=2").await;
+    assert_eq!((seqs(&page), next), (vec![3, 4], 4));
+    let (page, next) = hq.records_page("after=7").await;
+    assert_eq!((seqs(&page), next), (vec![], 7));
+
+    let (page, _) = hq.records_page("store=S1").await;
+    assert_eq!(seqs(&page), [1, 2, 3, 6, 7]);
+    let (page, next) = hq.records_page("store=S1&after=2&limit=2").await;
+    assert_eq!((seqs(&page), next), (vec![3, 6], 6));
+    let (page, _) = hq.records_page("store=S2").await;
+    assert_eq!(seqs(&page), [4, 5]);
+    let (page, _) = hq.records_page("kind=attribution").await;
+    assert_eq!(seqs(&page), [5, 6]);
+    let (page, _) = hq.records_page("store=S1&kind=scan&after=1").await;
+    assert_eq!(seqs(&page), [2, 3, 7]);
+    let (page, _) = hq.records_page("store=S3").await;
+    assert!(page.is_empty());
+
+    for bad in ["limit=0", "limit=10001", "after=-1", "sotre=S1"] {
+        let response = hq
+            .client
+            .get(format!("{}/v1/records?{bad}", hq.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // Read endpoints want the admin token; a store's token is not enough.
+    for path in ["/v1/records", "/v1/stats"] {
+        for token in [None, Some(TOKEN_1)] {
+            let mut request = hq.client.get(format!("{}{path}", hq.url));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("get");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} {token:?}"
+            );
+        }
+    }
+    hq.stop().await;
+}
+
+/// S1: answered 1000/4000/2000 ms (doctor, doctor, poster), one timeout, one skipped.
+/// S2: answered 3000 ms (poster). Plus scans, which do not count as prompts.
+async fn post_known_attributions(hq: &Receiver) {
+    let s1 = [
+        scan("S1", 1),
+        attribution("S1", 2, "answered", Some("doctor"), Some(1000)),
+        attribution("S1", 3, "answered", Some("doctor"), Some(4000)),
+        attribution("S1", 4, "timeout", None, None),
+        attribution("S1", 5, "answered", Some("poster"), Some(2000)),
+        attribution("S1", 6, "skipped", None, Some(800)),
+    ];
+    let s2 = [
+        scan("S2", 1),
+        attribution("S2", 2, "answered", Some("poster"), Some(3000)),
+    ];
+    assert_eq!(
+        hq.post(Some(TOKEN_1), &lines(&s1), "gzip").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        hq.post(Some(TOKEN_2), &lines(&s2), "zstd").await.0,
+        StatusCode::OK
+    );
+}
+
+fn check_known_stats(stats: &Value) {
+    assert_eq!(stats["records"], 8);
+    assert_eq!(stats["hq_seq"], 8);
+    let s1 = &stats["stores"]["S1"];
+    assert_eq!(
+        s1["by_kind"],
+        serde_json::json!({"attribution": 5, "scan": 1})
+    );
+    assert_eq!(s1["last_record_ts"], "2026-11-27T16:01:02.345+08:00");
+    let c1 = &s1["campaigns"]["c1"];
+    assert_eq!(c1["opened"], 5);
+    assert_eq!(
+        c1["outcomes"],
+        serde_json::json!({"answered": 3, "timeout": 1, "skipped": 1})
+    );
+    assert_eq!(c1["completeness"], 0.6);
+    assert_eq!(c1["median_latency_ms"], 2000.0, "answered prompts only");
+    assert_eq!(c1["answers"], serde_json::json!({"doctor": 2, "poster": 1}));
+    assert_eq!(c1["question"], "推荐话术来源");
+    assert_eq!(c1["stations"]["till-1"]["opened"], 5);
+    assert_eq!(c1["clerks"]["c-17"]["opened"], 4);
+    let all = &stats["campaigns"]["c1"];
+    assert_eq!(all["opened"], 6);
+    assert_eq!(all["completeness"], 4.0 / 6.0);
+    assert_eq!(
+        all["median_latency_ms"], 2500.0,
+        "median of 1000, 2000, 3000, 4000"
+    );
+    assert_eq!(
+        all["answers"],
+        serde_json::json!({"doctor": 2, "poster": 2})
+    );
+    assert_eq!(
+        stats["stores"]["S2"]["campaigns"]["c1"]["completeness"],
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn stats_give_outcomes_completeness_and_median_latency() {
+    let folder = Folder::new("127.0.0.1:0", "");
+    let hq = folder.start().await;
+    post_known_attributions(&hq).await;
+    check_known_stats(&hq.stats().await);
+    // Duplicates change no figure but the duplicate count.
+    post_known_attributions(&hq).await;
+    let stats = hq.stats().await;
+    check_known_stats(&stats);
+    assert_eq!(stats["stores"]["S1"]["duplicates"], 6);
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_records_dedup_and_stats() {
+    let folder = Folder::new("127.0.0.1:0", "");
+    let hq = folder.start().await;
+    post_known_attributions(&hq).await;
+    let before = hq.all_records().await;
+    hq.stop().await;
+
+    let hq = folder.start().await;
+    assert_eq!(hq.all_records().await, before);
+    check_known_stats(&hq.stats().await);
+    // Everything already held is a duplicate; new records continue the hq_seq.
+    post_known_attributions(&hq).await;
+    let (status, body) = hq.post(Some(TOKEN_1), &scan("S1", 7), "identity").await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (StatusCode::OK, Value::from(1))
+    );
+    let records = hq.all_records().await;
+    assert_eq!(records.len(), 9);
+    assert_eq!(records[8]["hq_seq"], 9);
+    assert_eq!(records[8]["id"], "S1/gw-1/7f3a9c21/7");
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let folder = Folder::new("127.0.0.1:0", "");
+    let hq = folder.start().await;
+    hq.post(
+        Some(TOKEN_1),
+        &lines(&[scan("S1", 1), scan("S1", 1)]),
+        "gzip",
+    )
+    .await;
+    hq.post(None, "", "identity").await;
+    let health = hq
+        .client
+        .get(format!("{}/healthz", hq.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.text().await.expect("body"), "ok");
+    let metrics = hq
+        .client
+        .get(format!("{}/metrics", hq.url))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    for expected in [
+        "posgw_hq_records_total{store=\"S1\"} 1",
+        "posgw_hq_duplicates_total{store=\"S1\"} 1",
+        "posgw_hq_requests_total{endpoint=\"batches\",code=\"200\"} 1",
+        "posgw_hq_requests_total{endpoint=\"batches\",code=\"401\"} 1",
+        "posgw_hq_stored_seq 1",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in\n{metrics}");
+    }
+    hq.stop().await;
+}
+
+#[test]
+fn config_errors_name_file_line_and_column() {
+    let folder = Folder::new("127.0.0.1:0", "max_body = \"huge\"\nlisten_on = \"x\"");
+    let error = hq::load_config(&folder.config())
+        .expect_err("bad config")
+        .to_string();
+    let path = folder.config().display().to_string();
+    assert_eq!(
+        error,
+        format!("{path}:6:1: unknown key 'listen_on' in [hq], did you mean 'listen'?"),
+        "unknown keys stop loading before values are checked"
+    );
+    std::fs::write(
+        folder.config(),
+        "[hq]\nmax_body = \"huge\"\n[[store]]\ncode = \"S1\"\ntoken_file = \"nope.token\"\n",
+    )
+    .expect("write");
+    let error = hq::load_config(&folder.config())
+        .expect_err("bad config")
+        .to_string();
+    let lines: Vec<&str> = error.lines().collect();
+    assert_eq!(lines.len(), 2, "{error}");
+    assert!(lines[0].starts_with(&format!("{path}:2:12: 'max_body' in [hq] must be a size")));
+    assert!(
+        lines[1].starts_with(&format!("{path}:5:14: cannot read token file")),
+        "{}",
+        lines[1]
+    );
+}
+
+/// A loopback port that was free a moment ago (the child binds it itself).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `posgw hq -c CONFIG` as a child process.
+fn spawn_hq_process(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_posgw"))
+        .arg("hq")
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start posgw hq")
+}
+
+async fn wait_healthy(client: &reqwest::Client, url: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(format!("{url}/healthz")).send().await {
+            if response.status() == StatusCode::OK {
+                return;
+            }
+        }
+        assert!(started.elapsed() < DEADLINE, "receiver did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Records per batch in the crash test; each batch is one gateway's next seq range.
+const CRASH_BATCH: u64 = 250;
+
+/// Posts batches of `gateway` from `first_batch` on, back to back, until a post fails after
+/// `killed` was set; acknowledged batches go into `acknowledged`.
+async fn post_until_killed(
+    client: reqwest::Client,
+    url: String,
+    gateway: u64,
+    first_batch: u64,
+    acknowledged: Arc<Mutex<HashSet<(u64, u64)>>>,
+    killed: Arc<AtomicBool>,
+) {
+    for batch in first_batch.. {
+        let body: String = (1..=CRASH_BATCH)
+            .map(|n| {
+                let seq = batch * CRASH_BATCH + n;
+                let data = format!(r#"{{"batch":{batch},"pad":"{}"}}"#, "x".repeat(300));
+                format!(
+                    "{}\n",
+                    record("S1", &format!("gw-{gateway}"), seq, "scan", &data)
+                )
+            })
+            .collect();
+        let sent = client
+            .post(format!("{url}/v1/batches"))
+            .bearer_auth(TOKEN_1)
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "gzip")
+            .body(encode(body.as_bytes(), "gzip"))
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status() == StatusCode::OK => {
+                acknowledged.lock().expect("lock").insert((gateway, batch));
+            }
+            _ if killed.load(Ordering::SeqCst) => return,
+            Ok(response) => panic!("unexpected status {}", response.status()),
+            Err(error) => panic!("post failed before the kill: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_no_acknowledged_batch_and_shows_no_partial_one() {
+    let port = free_port();
+    let folder = Folder::new(&format!("127.0.0.1:{port}"), "");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let acknowledged: Arc<Mutex<HashSet<(u64, u64)>>> = Arc::default();
+    let mut child = spawn_hq_process(&folder.config());
+
+    // Three rounds: four gateways post back to back, the receiver is killed with SIGKILL
+    // while posts are in flight, and restarted. Like real gateways, each resumes with its
+    // first batch that was not acknowledged (which HQ may hold already: duplicates).
+    for round in 0..3u64 {
+        wait_healthy(&client, &url).await;
+        let killed = Arc::new(AtomicBool::new(false));
+        let target = acknowledged.lock().expect("lock").len() + 20 + 7 * round as usize;
+        let mut posters = Vec::new();
+        for gateway in 0..4u64 {
+            let first_batch = (0..)
+                .find(|batch| {
+                    !acknowledged
+                        .lock()
+                        .expect("lock")
+                        .contains(&(gateway, *batch))
+                })
+                .unwrap_or_default();
+            posters.push(tokio::spawn(post_until_killed(
+                client.clone(),
+                url.clone(),
+                gateway,
+                first_batch,
+                acknowledged.clone(),
+                killed.clone(),
+            )));
+        }
+        let started = Instant::now();
+        while acknowledged.lock().expect("lock").len() < target {
+            assert!(started.elapsed() < DEADLINE, "batches are not acknowledged");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A varying extra moment, so the kill lands at different points of the write path.
+        tokio::time::sleep(Duration::from_millis(3 * round)).await;
+        killed.store(true, Ordering::SeqCst);
+        child.kill().expect("SIGKILL"); // std's Child::kill sends SIGKILL on Unix
+        child.wait().expect("reap");
+        for poster in posters {
+            poster.await.expect("poster");
+        }
+        child = spawn_hq_process(&folder.config());
+    }
+
+    wait_healthy(&client, &url).await;
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    let hq = Receiver::new(url.clone(), None);
+    let records = hq.all_records().await;
+    let mut per_batch: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut seen = HashSet::new();
+    for (index, record) in records.iter().enumerate() {
+        assert_eq!(record["hq_seq"], index as u64 + 1, "hq_seq has no gaps");
+        assert!(
+            seen.insert(record["id"].as_str().expect("id").to_string()),
+            "stored once"
+        );
+        let gateway: u64 = record["gateway"].as_str().expect("gateway")[3..]
+            .parse()
+            .expect("n");
+        *per_batch
+            .entry((gateway, record["data"]["batch"].as_u64().expect("batch")))
+            .or_default() += 1;
+    }
+    for batch in &acknowledged {
+        assert_eq!(
+            per_batch.get(batch),
+            Some(&CRASH_BATCH),
+            "acknowledged batch {batch:?} whole"
+        );
+    }
+    let partial: BTreeMap<_, _> = per_batch
+        .iter()
+        .filter(|(_, n)| **n != CRASH_BATCH)
+        .collect();
+    assert!(partial.is_empty(), "partial batches: {partial:?}");
+    eprintln!(
+        "crash test: {} batches acknowledged over 3 kills, {} stored",
+        acknowledged.len(),
+        per_batch.len()
+    );
+    let stats = hq.stats().await;
+    assert_eq!(
+        stats["records"],
+        records.len() as u64,
+        "totals match the records"
+    );
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+}

@@ -16,13 +16,13 @@
 //! Errors come back as one [`ConfigError`] listing `PATH:LINE:COL: message` lines, which
 //! `posgw check-config` prints as is (exit status 2).
 
-mod check;
+pub(crate) mod check;
 mod error;
 mod load;
 mod profile;
 mod raw;
 mod settings;
-mod source;
+pub(crate) mod source;
 mod units;
 mod validate;
 

@@ -380,9 +380,7 @@ mod tests {
         std::fs::write(&path, text).expect("write config");
         load_config(&path).map_err(|error| {
             // Paths differ per run; tests compare what follows the file name.
-            error
-                .to_string()
-                .replace(&dir.display().to_string(), "DIR")
+            error.to_string().replace(&dir.display().to_string(), "DIR")
         })
     }
 

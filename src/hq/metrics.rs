@@ -120,8 +120,7 @@ impl HqMetrics {
         self.duplicates
             .get_or_create(&label)
             .inc_by(duplicates as u64);
-        self.batch_records
-            .observe((accepted + duplicates) as f64);
+        self.batch_records.observe((accepted + duplicates) as f64);
     }
 
     /// Counts one answered request.

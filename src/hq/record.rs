@@ -74,22 +74,25 @@ pub(crate) enum DecompressError {
 ///
 /// The output is read through `Read::take(limit + 1)`, so a bomb costs at most `limit + 1`
 /// bytes of memory and the time to inflate them, never the size it claims.
-pub(crate) fn decompress(
-    body: Vec<u8>,
+///
+/// `body` is borrowed for decompressing and only turned into the result when it is not
+/// compressed (for `Bytes` from the HTTP layer that is free when nobody else holds it).
+pub(crate) fn decompress<B: AsRef<[u8]> + Into<Vec<u8>>>(
+    body: B,
     encoding: Encoding,
     limit: u64,
 ) -> Result<Vec<u8>, DecompressError> {
     let reader: Box<dyn Read + '_> = match encoding {
         Encoding::Identity => {
-            return if body.len() as u64 > limit {
+            return if body.as_ref().len() as u64 > limit {
                 Err(DecompressError::TooLarge)
             } else {
-                Ok(body)
+                Ok(body.into())
             };
         }
-        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body.as_slice())),
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body.as_ref())),
         Encoding::Zstd => {
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(body.as_slice())
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(body.as_ref())
                 .map_err(|error| DecompressError::Corrupt(format!("zstd: {error}")))?;
             // A frame may ask for a window of up to 2 GiB, and the decoder allocates it up
             // front. Encoders pick windows by level, not by input size, up to 8 MiB below
@@ -103,7 +106,18 @@ pub(crate) fn decompress(
             Box::new(decoder)
         }
     };
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize + 1));
+    // Growing the output by doubling copies it over and over; both formats usually say how
+    // big the result is (a hint only: a bomb may lie, the `take` below still bounds it).
+    let hint = match encoding {
+        Encoding::Gzip => gzip_size_hint(body.as_ref()),
+        _ => zstd::zstd_safe::get_frame_content_size(body.as_ref())
+            .ok()
+            .flatten(),
+    };
+    let capacity = hint
+        .unwrap_or(body.as_ref().len() as u64 * 4)
+        .min(limit + 1);
+    let mut out = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
     let name = match encoding {
         Encoding::Gzip => "gzip",
         _ => "zstd",
@@ -118,15 +132,21 @@ pub(crate) fn decompress(
     Ok(out)
 }
 
+/// The uncompressed size a gzip body states in its trailer (modulo 4 GiB; one member only).
+fn gzip_size_hint(body: &[u8]) -> Option<u64> {
+    let trailer: [u8; 4] = body.get(body.len().checked_sub(4)?..)?.try_into().ok()?;
+    Some(u64::from(u32::from_le_bytes(trailer)))
+}
+
 /// One validated record of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct IncomingRecord {
-    /// `store/gateway/epoch`: the journal the record comes from (its id without the seq).
-    pub stream: String,
+    /// Index in [`IncomingBatch::streams`] of the journal the record comes from.
+    pub stream: usize,
     /// The record's `seq` within that journal.
     pub seq: u64,
-    /// The record's `kind`.
-    pub kind: String,
+    /// Index in [`IncomingBatch::kinds`] of the record's `kind`.
+    pub kind: usize,
     /// Where the record's line is in [`IncomingBatch::body`].
     pub line: Range<usize>,
     /// What `/v1/stats` needs of an attribution record; `None` for other kinds.
@@ -142,6 +162,11 @@ pub(crate) struct IncomingBatch {
     pub body: Vec<u8>,
     /// The records in body order.
     pub records: Vec<IncomingRecord>,
+    /// The distinct streams (`store/gateway/epoch`: a record's id without the seq) of the
+    /// batch; a batch normally has one, so records refer to them instead of each allocating.
+    pub streams: Vec<String>,
+    /// The distinct kinds of the batch.
+    pub kinds: Vec<String>,
     /// The latest `ts` of the batch, as written, with the instant it stands for.
     pub latest_ts: Option<(DateTime<FixedOffset>, String)>,
 }
@@ -233,6 +258,10 @@ pub(crate) const OUTCOMES: [&str; 3] = ["answered", "timeout", "skipped"];
 /// The first problem in line order decides the answer (400 or 403).
 pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBatch, Rejection> {
     let mut records = Vec::new();
+    let mut streams: Vec<String> = Vec::new();
+    // (gateway, epoch) of each entry of `streams`, to find a record's stream without building it.
+    let mut stream_parts: Vec<(String, String)> = Vec::new();
+    let mut kinds: Vec<String> = Vec::new();
     let mut latest_ts: Option<(DateTime<FixedOffset>, String)> = None;
     let mut start = 0;
     let mut line_number = 0;
@@ -252,31 +281,50 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
             start = next;
             continue;
         }
-        let malformed = |message: String| Rejection::Malformed {
-            line: line_number,
-            message,
-        };
-        let checked = check_line(line).map_err(malformed)?;
-        if checked.store != token_store {
+        let (envelope, ts, attribution) =
+            check_line(line).map_err(|message| Rejection::Malformed {
+                line: line_number,
+                message,
+            })?;
+        if envelope.store != token_store {
             return Err(Rejection::WrongStore {
                 line: line_number,
                 message: format!(
                     "record of store '{}' on line {line_number}, but the token is store '{token_store}''s",
-                    checked.store
+                    envelope.store
                 ),
             });
         }
-        if latest_ts
-            .as_ref()
-            .map_or(true, |(latest, _)| checked.ts > *latest) {
-            latest_ts = Some((checked.ts, checked.ts_text));
+        if latest_ts.as_ref().map_or(true, |(latest, _)| ts > *latest) {
+            latest_ts = Some((ts, envelope.ts.to_string()));
         }
+        let stream = match stream_parts
+            .iter()
+            .position(|(gateway, epoch)| *gateway == envelope.gateway && *epoch == envelope.epoch)
+        {
+            Some(index) => index,
+            None => {
+                streams.push(format!(
+                    "{}/{}/{}",
+                    envelope.store, envelope.gateway, envelope.epoch
+                ));
+                stream_parts.push((envelope.gateway.to_string(), envelope.epoch.to_string()));
+                streams.len() - 1
+            }
+        };
+        let kind = match kinds.iter().position(|kind| *kind == envelope.kind) {
+            Some(index) => index,
+            None => {
+                kinds.push(envelope.kind.to_string());
+                kinds.len() - 1
+            }
+        };
         records.push(IncomingRecord {
-            stream: checked.stream,
-            seq: checked.seq,
-            kind: checked.kind,
+            stream,
+            seq: envelope.seq,
+            kind,
             line: start..line_end,
-            attribution: checked.attribution,
+            attribution,
         });
         start = next;
     }
@@ -284,30 +332,24 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
         store: token_store.to_string(),
         body,
         records,
+        streams,
+        kinds,
         latest_ts,
     })
 }
 
-/// A line that passed [`check_line`].
-struct CheckedLine {
-    /// Store code.
-    store: String,
-    /// `store/gateway/epoch`.
-    stream: String,
-    /// Journal seq.
-    seq: u64,
-    /// Record kind.
-    kind: String,
-    /// `ts` as an instant.
-    ts: DateTime<FixedOffset>,
-    /// `ts` as written.
-    ts_text: String,
-    /// Attribution figures, for attribution records.
-    attribution: Option<AttributionSummary>,
-}
-
 /// Checks one non-blank line; the error says what is wrong with it.
-fn check_line(line: &[u8]) -> Result<CheckedLine, String> {
+#[allow(clippy::type_complexity)] // a private helper's three results; a struct would only name them
+fn check_line(
+    line: &[u8],
+) -> Result<
+    (
+        Envelope<'_>,
+        DateTime<FixedOffset>,
+        Option<AttributionSummary>,
+    ),
+    String,
+> {
     // A struct also deserialises from a JSON array; the contract wants objects.
     if line.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
         return Err("not a JSON object".to_string());
@@ -340,15 +382,10 @@ fn check_line(line: &[u8]) -> Result<CheckedLine, String> {
     if envelope.seq == 0 {
         return Err("'seq' must be at least 1".to_string());
     }
-    let stream = format!(
-        "{}/{}/{}",
-        envelope.store, envelope.gateway, envelope.epoch
-    );
-    let expected_id = format!("{stream}/{}", envelope.seq);
-    if envelope.id != expected_id {
+    if !id_matches(&envelope) {
         return Err(format!(
-            "'id' must be store/gateway/epoch/seq of the record ('{expected_id}'), found '{}'",
-            envelope.id
+            "'id' must be store/gateway/epoch/seq of the record ('{}/{}/{}/{}'), found '{}'",
+            envelope.store, envelope.gateway, envelope.epoch, envelope.seq, envelope.id
         ));
     }
     let kind_ok = (1..=32).contains(&envelope.kind.len())
@@ -372,14 +409,25 @@ fn check_line(line: &[u8]) -> Result<CheckedLine, String> {
     } else {
         None
     };
-    Ok(CheckedLine {
-        store: envelope.store.into_owned(),
-        stream,
-        seq: envelope.seq,
-        kind: envelope.kind.into_owned(),
-        ts,
-        ts_text: envelope.ts.into_owned(),
-        attribution,
+    Ok((envelope, ts, attribution))
+}
+
+/// Whether `id` is exactly `store/gateway/epoch/seq` (checked without building the string:
+/// this runs for every record).
+fn id_matches(envelope: &Envelope) -> bool {
+    let rest = envelope
+        .id
+        .strip_prefix(envelope.store.as_ref())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.strip_prefix(envelope.gateway.as_ref()))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.strip_prefix(envelope.epoch.as_ref()))
+        .and_then(|rest| rest.strip_prefix('/'));
+    // Digits only and no leading zero, so "042" or "+42" do not pass for 42.
+    rest.is_some_and(|seq| {
+        !seq.starts_with('0')
+            && seq.bytes().all(|byte| byte.is_ascii_digit())
+            && seq.parse::<u64>() == Ok(envelope.seq)
     })
 }
 
@@ -467,9 +515,17 @@ mod tests {
         let body = format!("{first}\r\n\n{second}\n");
         let batch = parse_batch(body.clone().into_bytes(), "S1").expect("valid");
         assert_eq!(batch.records.len(), 2);
-        assert_eq!(&body.as_bytes()[batch.records[0].line.clone()], first.as_bytes());
-        assert_eq!(&body.as_bytes()[batch.records[1].line.clone()], second.as_bytes());
-        assert_eq!(batch.records[0].stream, "S1/gw-1/7f3a9c21");
+        assert_eq!(
+            &body.as_bytes()[batch.records[0].line.clone()],
+            first.as_bytes()
+        );
+        assert_eq!(
+            &body.as_bytes()[batch.records[1].line.clone()],
+            second.as_bytes()
+        );
+        assert_eq!(batch.streams, ["S1/gw-1/7f3a9c21"]);
+        assert_eq!(batch.kinds, ["scan", "attribution"]);
+        assert_eq!((batch.records[0].kind, batch.records[1].kind), (0, 1));
         assert_eq!(batch.records[1].seq, 2);
         let summary = batch.records[1].attribution.as_ref().expect("summary");
         assert_eq!(summary.campaign, "c1");
@@ -484,7 +540,10 @@ mod tests {
     #[test]
     fn bad_lines_say_which_and_why() {
         let good = record("S1", 1, "scan", "{}");
-        assert_eq!(malformed(&format!("{good}\nnot json\n")), (2, "not a JSON object".into()));
+        assert_eq!(
+            malformed(&format!("{good}\nnot json\n")),
+            (2, "not a JSON object".into())
+        );
         assert_eq!(malformed("[1,2]"), (1, "not a JSON object".into()));
         let (line, message) = malformed(&format!("{good}\n{{\"id\":\"x\"\n"));
         assert_eq!(line, 2);
@@ -492,21 +551,49 @@ mod tests {
         let (_, message) = malformed(&good.replace(r#""seq":1,"#, ""));
         assert_eq!(message, "missing field 'seq'");
         let (_, message) = malformed(&good.replace(r#""seq":1"#, r#""seq":"1""#));
-        assert!(message.starts_with("'seq': invalid type: string"), "{message}");
-        let (_, message) = malformed(&good.replace("S1/gw-1/7f3a9c21/1", "S1/gw-1/7f3a9c21/2"));
-        assert!(message.starts_with("'id' must be store/gateway/epoch/seq"), "{message}");
-        let (_, message) = malformed(&good.replace(r#""seq":1"#, r#""seq":0"#).replace("/1\"", "/0\""));
+        assert!(
+            message.starts_with("'seq': invalid type: string"),
+            "{message}"
+        );
+        for id in [
+            "S1/gw-1/7f3a9c21/2",
+            "S1/gw-1/7f3a9c21/01",
+            "S1/gw-2/7f3a9c21/1",
+            "S1/gw-1/7f3a9c21/1/",
+        ] {
+            let (_, message) = malformed(&good.replace("S1/gw-1/7f3a9c21/1", id));
+            assert!(
+                message.starts_with("'id' must be store/gateway/epoch/seq"),
+                "{id}: {message}"
+            );
+        }
+        let (_, message) = malformed(
+            &good
+                .replace(r#""seq":1"#, r#""seq":0"#)
+                .replace("/1\"", "/0\""),
+        );
         assert_eq!(message, "'seq' must be at least 1");
         let (_, message) = malformed(&good.replace("2026-11-27T16", "yesterday"));
-        assert!(message.starts_with("'ts' must be an RFC 3339 time"), "{message}");
+        assert!(
+            message.starts_with("'ts' must be an RFC 3339 time"),
+            "{message}"
+        );
         let (_, message) = malformed(&record("S1", 1, "scan", "[1]"));
         assert_eq!(message, "'data' must be a JSON object");
         let (_, message) = malformed(&record("S1", 1, "sc an", "{}"));
         assert!(message.starts_with("'kind' must be"), "{message}");
         let (_, message) = malformed(&good.replace("\"kind\"", "\"hq_seq\":5,\"kind\""));
         assert_eq!(message, "'hq_seq' is set by HQ and must not be sent");
-        let (_, message) = malformed(&record("S1", 1, "attribution", r#"{"campaign":"c","outcome":"maybe"}"#));
-        assert!(message.contains("'data.outcome' must be one of"), "{message}");
+        let (_, message) = malformed(&record(
+            "S1",
+            1,
+            "attribution",
+            r#"{"campaign":"c","outcome":"maybe"}"#,
+        ));
+        assert!(
+            message.contains("'data.outcome' must be one of"),
+            "{message}"
+        );
         let (_, message) = malformed(&record("S1", 1, "attribution", r#"{"outcome":"timeout"}"#));
         assert_eq!(message, "attribution 'data': missing field 'campaign'");
         let (_, message) = malformed(&record(
@@ -515,12 +602,19 @@ mod tests {
             "attribution",
             r#"{"campaign":"c","outcome":"answered","latency_ms":-5}"#,
         ));
-        assert!(message.starts_with("attribution 'data': 'latency_ms': invalid value"), "{message}");
+        assert!(
+            message.starts_with("attribution 'data': 'latency_ms': invalid value"),
+            "{message}"
+        );
     }
 
     #[test]
     fn another_stores_record_is_refused() {
-        let body = format!("{}\n{}\n", record("S1", 1, "scan", "{}"), record("S2", 1, "scan", "{}"));
+        let body = format!(
+            "{}\n{}\n",
+            record("S1", 1, "scan", "{}"),
+            record("S2", 1, "scan", "{}")
+        );
         match parse_batch(body.into_bytes(), "S1") {
             Err(Rejection::WrongStore { line: 2, message }) => {
                 assert!(message.contains("store 'S2'"), "{message}")
@@ -541,7 +635,10 @@ mod tests {
         assert_eq!(Encoding::from_header(Some("GZIP")), Ok(Encoding::Gzip));
         assert_eq!(Encoding::from_header(Some("zstd")), Ok(Encoding::Zstd));
         assert_eq!(Encoding::from_header(Some("br")), Err("br".to_string()));
-        assert_eq!(Encoding::from_header(Some("gzip, zstd")), Err("gzip, zstd".to_string()));
+        assert_eq!(
+            Encoding::from_header(Some("gzip, zstd")),
+            Err("gzip, zstd".to_string())
+        );
         assert!(is_ndjson("application/x-ndjson"));
         assert!(is_ndjson("Application/X-NDJSON; charset=utf-8"));
         assert!(!is_ndjson("application/json"));
@@ -555,10 +652,19 @@ mod tests {
         let gzip = gzip.finish().expect("compress");
         let zstd = zstd::encode_all(plain.as_slice(), 3).expect("compress");
         for (body, encoding) in [(gzip, Encoding::Gzip), (zstd, Encoding::Zstd)] {
-            assert_eq!(decompress(body.clone(), encoding, 100_000).map(|v| v.len()), Ok(100_000));
-            assert_eq!(decompress(body, encoding, 99_999), Err(DecompressError::TooLarge));
+            assert_eq!(
+                decompress(body.clone(), encoding, 100_000).map(|v| v.len()),
+                Ok(100_000)
+            );
+            assert_eq!(
+                decompress(body, encoding, 99_999),
+                Err(DecompressError::TooLarge)
+            );
         }
-        assert_eq!(decompress(plain.clone(), Encoding::Identity, 99_999), Err(DecompressError::TooLarge));
+        assert_eq!(
+            decompress(plain.clone(), Encoding::Identity, 99_999),
+            Err(DecompressError::TooLarge)
+        );
         assert!(matches!(
             decompress(b"not gzip".to_vec(), Encoding::Gzip, 1000),
             Err(DecompressError::Corrupt(_))

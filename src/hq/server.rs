@@ -339,13 +339,18 @@ async fn ingest(app: &App, request: Request) -> Result<super::writer::IngestOutc
     }
     // The route's DefaultBodyLimit makes this fail with 413 past max_body, also for chunked
     // bodies that declared no length.
-    let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            ApiError::new(rejection.status(), format!("cannot read the body: {rejection}"))
-        }
-    })?;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::new(
+                    rejection.status(),
+                    format!("cannot read the body: {rejection}"),
+                )
+            }
+        })?;
 
     let max_body = app.max_body;
     let batch = tokio::task::spawn_blocking(move || decode_batch(body, encoding, max_body, &store))
@@ -370,7 +375,7 @@ fn decode_batch(
     max_body: u64,
     store: &str,
 ) -> Result<IncomingBatch, ApiError> {
-    let plain = record::decompress(body.into(), encoding, max_body).map_err(|error| match error {
+    let plain = record::decompress(body, encoding, max_body).map_err(|error| match error {
         DecompressError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body decompresses to more than max_body ({max_body} bytes)"),
@@ -422,9 +427,11 @@ fn record_query(uri: &Uri) -> Result<RecordQuery, ApiError> {
     let present = |value: Option<String>| value.filter(|text| !text.is_empty());
     let after = match present(params.after) {
         None => 0,
-        Some(text) => text
-            .parse::<u64>()
-            .map_err(|_| bad(format!("'after' must be an hq_seq (an integer), found '{text}'")))?,
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            bad(format!(
+                "'after' must be an hq_seq (an integer), found '{text}'"
+            ))
+        })?,
     };
     let limit = match present(params.limit) {
         None => DEFAULT_LIMIT,
@@ -547,8 +554,14 @@ mod tests {
             stores: vec![("tok-a".into(), "S1".into()), ("tok-b".into(), "S2".into())],
             admin: Some("tok-admin".into()),
         };
-        assert_eq!(auth.identify(&headers("Bearer tok-b")), Caller::Store("S2".into()));
-        assert_eq!(auth.identify(&headers("bearer  tok-a ")), Caller::Store("S1".into()));
+        assert_eq!(
+            auth.identify(&headers("Bearer tok-b")),
+            Caller::Store("S2".into())
+        );
+        assert_eq!(
+            auth.identify(&headers("bearer  tok-a ")),
+            Caller::Store("S1".into())
+        );
         assert_eq!(auth.identify(&headers("Bearer tok-admin")), Caller::Admin);
         assert_eq!(auth.identify(&headers("Bearer tok-c")), Caller::Unknown);
         assert_eq!(auth.identify(&headers("Basic tok-a")), Caller::Unknown);
@@ -558,7 +571,9 @@ mod tests {
 
     #[test]
     fn record_queries() {
-        let uri: Uri = "/v1/records?store=S1&kind=&after=5&limit=10".parse().expect("uri");
+        let uri: Uri = "/v1/records?store=S1&kind=&after=5&limit=10"
+            .parse()
+            .expect("uri");
         assert_eq!(
             record_query(&uri).expect("valid"),
             RecordQuery {

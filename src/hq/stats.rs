@@ -239,7 +239,10 @@ impl CampaignTally {
                 .merge(outcomes);
         }
         for (clerk, outcomes) in &other.clerks {
-            self.clerks.entry(clerk.clone()).or_default().merge(outcomes);
+            self.clerks
+                .entry(clerk.clone())
+                .or_default()
+                .merge(outcomes);
         }
     }
 

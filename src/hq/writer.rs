@@ -264,13 +264,16 @@ impl Writer {
     /// Deduplicates `batch` and writes it as one atomic sled batch; memory is updated only
     /// after sled took it, so a failed write changes nothing.
     fn apply(&mut self, batch: IncomingBatch) -> Result<Applied, String> {
-        let mut working: HashMap<&str, SeqRanges> = HashMap::new();
+        // The batch's streams' seq ranges, updated as its records are taken.
+        let mut working: Vec<SeqRanges> = batch
+            .streams
+            .iter()
+            .map(|stream| self.dedup.get(stream).cloned().unwrap_or_default())
+            .collect();
         let mut fresh = Vec::with_capacity(batch.records.len());
         let mut duplicates = 0;
         for record in &batch.records {
-            let ranges = working
-                .entry(record.stream.as_str())
-                .or_insert_with(|| self.dedup.get(&record.stream).cloned().unwrap_or_default());
+            let ranges = &mut working[record.stream];
             if ranges.contains(record.seq) {
                 duplicates += 1;
             } else {
@@ -297,9 +300,15 @@ impl Writer {
                 chunk_first = seq;
                 chunk_records = 0;
             }
-            store::push_chunk_record(&mut chunk, &record.kind, line);
+            let kind = &batch.kinds[record.kind];
+            store::push_chunk_record(&mut chunk, kind, line);
             chunk_records += 1;
-            *totals.by_kind.entry(record.kind.clone()).or_default() += 1;
+            match totals.by_kind.get_mut(kind) {
+                Some(count) => *count += 1,
+                None => {
+                    totals.by_kind.insert(kind.clone(), 1);
+                }
+            }
             if let Some(summary) = &record.attribution {
                 let json = serde_json::to_vec(summary)
                     .map_err(|error| format!("cannot encode an attribution summary: {error}"))?;
@@ -315,9 +324,9 @@ impl Writer {
                 &(next_seq - 1).to_be_bytes(),
             );
         }
-        for (stream, ranges) in &working {
-            let empty = SeqRanges::default();
-            let old = self.dedup.get(*stream).unwrap_or(&empty);
+        let empty = SeqRanges::default();
+        for (stream, ranges) in batch.streams.iter().zip(&working) {
+            let old = self.dedup.get(stream).unwrap_or(&empty);
             ranges.write_diff(old, stream, &mut sled_batch);
         }
         totals.records += fresh.len() as u64;
@@ -326,9 +335,8 @@ impl Writer {
         if let Some((ts, text)) = &batch.latest_ts {
             totals.see_ts(ts, text);
         }
-        totals.last_received_at = Some(
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        );
+        totals.last_received_at =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         let totals_json = serde_json::to_vec(&totals)
             .map_err(|error| format!("cannot encode store totals: {error}"))?;
         sled_batch.insert(store::totals_key(&batch.store), totals_json);
@@ -338,8 +346,13 @@ impl Writer {
             .apply_batch(sled_batch)
             .map_err(|error| format!("cannot write to the HQ database: {error}"))?;
 
-        for (stream, ranges) in working {
-            self.dedup.insert(stream.to_string(), ranges);
+        for (stream, ranges) in batch.streams.iter().zip(working) {
+            match self.dedup.get_mut(stream) {
+                Some(held) => *held = ranges,
+                None => {
+                    self.dedup.insert(stream.clone(), ranges);
+                }
+            }
         }
         self.totals.insert(batch.store.clone(), totals.clone());
         self.next_seq = next_seq;
@@ -375,7 +388,11 @@ fn flush_loop(store: Store, shared: &Shared, tickets: std::sync::mpsc::Receiver<
             }
             continue;
         }
-        let durable = round.iter().map(|ticket| ticket.applied.last_seq).max().unwrap_or(0);
+        let durable = round
+            .iter()
+            .map(|ticket| ticket.applied.last_seq)
+            .max()
+            .unwrap_or(0);
         shared.durable.fetch_max(durable, Ordering::AcqRel);
         shared.metrics.stored_seq.set(durable as i64);
         {

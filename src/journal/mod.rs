@@ -140,4 +140,7 @@ pub use offline::{dump, identity, offline_stats, OfflineStats};
 pub use record::Kind;
 pub use salvage::{salvage, SalvageReport, SalvagedFolder};
 pub use store::{Replaced, StoredRecord};
-pub use writer::{open, Appended, Durable, JournalConfig, JournalHandle, JournalStats, Opened};
+pub use writer::{
+    open, Appended, AppendedBatch, Durable, JournalConfig, JournalHandle, JournalStats, Opened,
+    MAX_BATCH_RECORDS,
+};

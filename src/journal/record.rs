@@ -108,6 +108,11 @@ impl RecordEncoder {
         format!("{}{seq}", self.id_text_prefix)
     }
 
+    /// `STORE/GW/EPOCH/`: every id of this journal is this followed by the seq.
+    pub(crate) fn id_prefix(&self) -> &str {
+        &self.id_text_prefix
+    }
+
     /// Writes the full record into `out` (cleared first).
     pub(crate) fn encode(
         &self,

@@ -636,3 +636,232 @@ async fn a_flood_of_concurrent_appends_gets_every_seq_exactly_once() {
     assert_eq!(handle.stats().durable_seq, 3000);
     handle.close().await.expect("close");
 }
+
+/// `n` scan `data` objects for a batch, numbered from `first`.
+fn scan_batch(first: u64, n: u64) -> Vec<Box<serde_json::value::RawValue>> {
+    (first..first + n)
+        .map(|i| {
+            serde_json::value::to_raw_value(&json!({"device": "scanner-1", "i": i}))
+                .expect("serialisable")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn append_batch_gives_contiguous_seqs_and_one_durable_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open_clean(dir.path(), Duration::from_millis(5)).await;
+    let epoch = handle.stats().epoch;
+    let single = handle
+        .append_value(Kind::Gateway, &json!({"event": "started"}))
+        .await
+        .expect("append");
+    assert_eq!(single.seq, 1);
+    let batch = handle
+        .append_batch(Kind::Scan, scan_batch(0, 5))
+        .await
+        .expect("append_batch");
+    assert_eq!(batch.first_seq, 2);
+    assert_eq!(batch.count, 5);
+    assert_eq!(batch.seqs(), 2..7);
+    assert_eq!(batch.first_position, single.position + 1);
+    assert_eq!(batch.id(0), Some(format!("WZ-LC-001/gw-1/{epoch}/2")));
+    assert_eq!(batch.id(4), Some(format!("WZ-LC-001/gw-1/{epoch}/6")));
+    assert_eq!(batch.id(5), None);
+    let after = handle
+        .append_value(Kind::Gateway, &json!({"event": "after"}))
+        .await
+        .expect("append");
+    assert_eq!(after.seq, 7);
+    assert_eq!(after.position, batch.first_position + 5);
+
+    // The batch's one wait covers all its records (and everything before them).
+    batch.durable.wait().await.expect("durable");
+    assert!(single.durable.is_durable());
+    assert!(handle.durable_position() >= batch.first_position + 4);
+    let stats = handle.stats();
+    assert!(stats.durable_seq >= 6);
+    assert_eq!(stats.appended_total, 7);
+    assert_eq!(stats.backlog_records, 7);
+    assert_eq!(stats.per_kind[Kind::Scan.index()], (Kind::Scan, 5));
+    assert_eq!(stats.per_kind[Kind::Gateway.index()], (Kind::Gateway, 2));
+    after.durable.wait().await.expect("durable");
+
+    let records = handle.read(0, 100, usize::MAX).await.expect("read");
+    let values: Vec<Value> = records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.bytes).expect("json"))
+        .collect();
+    let seqs: Vec<u64> = values.iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<u64>>());
+    for (i, value) in values[1..6].iter().enumerate() {
+        assert_eq!(value["kind"], "scan");
+        assert_eq!(value["data"]["i"], i);
+        assert_eq!(value["id"], format!("WZ-LC-001/gw-1/{epoch}/{}", i + 2));
+    }
+    handle.close().await.expect("close");
+
+    // The seq carries on after a restart.
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    let batch = handle
+        .append_batch(Kind::Scan, scan_batch(5, 2))
+        .await
+        .expect("append_batch");
+    assert_eq!(batch.seqs(), 8..10);
+    handle.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn append_batch_with_one_bad_record_appends_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    let mut data = scan_batch(0, 3);
+    data.insert(1, serde_json::value::to_raw_value(&json!([1])).expect("raw"));
+    let err = handle.append_batch(Kind::Scan, data).await;
+    match err {
+        Err(JournalError::InvalidData(reason)) => assert!(reason.contains("record 1"), "{reason}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let too_many = scan_batch(0, MAX_BATCH_RECORDS as u64 + 1);
+    let err = handle.append_batch(Kind::Scan, too_many).await;
+    assert!(matches!(err, Err(JournalError::Rejected(_))), "{err:?}");
+    assert_eq!(handle.stats().next_seq, 1);
+    assert_eq!(handle.stats().appended_total, 0);
+
+    // An empty batch is fine, appends nothing and has nothing to wait for.
+    let empty = handle
+        .append_batch(Kind::Scan, Vec::new())
+        .await
+        .expect("empty batch");
+    assert_eq!(empty.count, 0);
+    assert!(empty.durable.is_durable());
+    empty.durable.wait().await.expect("durable");
+
+    let ok = handle
+        .append_batch(Kind::Scan, scan_batch(0, 2))
+        .await
+        .expect("append_batch");
+    assert_eq!(ok.first_seq, 1);
+    handle.close().await.expect("close");
+}
+
+/// Opens the journal in `dir` with `faults` injected and starts its actor.
+fn spawn_with_faults(dir: &Path, faults: store::Faults) -> JournalHandle {
+    let (mut store, replaced) =
+        store::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open store");
+    assert!(replaced.is_none());
+    store.faults = faults;
+    writer::spawn(store, Duration::ZERO)
+}
+
+#[tokio::test]
+async fn a_batch_that_sled_refuses_is_taken_back_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = spawn_with_faults(
+        dir.path(),
+        store::Faults {
+            inserts_before_failure: Some(3),
+            fail_rollback: false,
+        },
+    );
+    // The fourth insert fails: the three before it are removed again and no seq is used.
+    let err = handle.append_batch(Kind::Scan, scan_batch(0, 5)).await;
+    assert!(matches!(err, Err(JournalError::Storage { .. })), "{err:?}");
+    let stats = handle.stats();
+    assert_eq!(stats.next_seq, 1);
+    assert_eq!(stats.backlog_records, 0);
+    assert_eq!(stats.appended_total, 0);
+    assert!(stats.failure.is_none());
+
+    let batch = handle
+        .append_batch(Kind::Scan, scan_batch(10, 2))
+        .await
+        .expect("append_batch");
+    assert_eq!(batch.seqs(), 1..3);
+    assert_eq!(batch.first_position, 1);
+    batch.durable.wait().await.expect("durable");
+    handle.close().await.expect("close");
+
+    let records = dump_values(dir.path(), false);
+    let got: Vec<(u64, u64)> = records
+        .iter()
+        .map(|v| (v["seq"].as_u64().expect("seq"), v["data"]["i"].as_u64().expect("i")))
+        .collect();
+    assert_eq!(got, vec![(1, 10), (2, 11)]);
+}
+
+#[tokio::test]
+async fn a_batch_that_cannot_be_taken_back_stops_the_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = spawn_with_faults(
+        dir.path(),
+        store::Faults {
+            inserts_before_failure: Some(2),
+            fail_rollback: true,
+        },
+    );
+    let first = handle
+        .append_value(Kind::Scan, &json!({"i": 0}))
+        .await
+        .expect("append");
+    first.durable.wait().await.expect("durable");
+    // Insert 2 of the batch fails and the one before it cannot be removed: records reported
+    // failed may survive, so the journal refuses everything from now on.
+    let err = handle.append_batch(Kind::Scan, scan_batch(1, 3)).await;
+    assert!(matches!(err, Err(JournalError::Storage { .. })), "{err:?}");
+    let failure = handle.stats().failure.expect("failure reported");
+    assert!(failure.contains("cannot take back"), "{failure}");
+    let refused = handle.append_value(Kind::Scan, &json!({"i": 9})).await;
+    assert!(matches!(refused, Err(JournalError::Flush(_))), "{refused:?}");
+    let refused = handle.append_batch(Kind::Scan, scan_batch(9, 1)).await;
+    assert!(matches!(refused, Err(JournalError::Flush(_))), "{refused:?}");
+    assert!(handle.close().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_and_single_appends_get_every_seq_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open_clean(dir.path(), Duration::from_millis(10)).await;
+    let mut tasks = Vec::new();
+    for task in 0..8u64 {
+        let handle = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            let mut last = None;
+            for round in 0..40u64 {
+                if (task + round) % 3 == 0 {
+                    let appended = handle
+                        .append_value(Kind::Scan, &json!({"task": task, "round": round}))
+                        .await
+                        .expect("append");
+                    seqs.push(appended.seq);
+                    last = Some(appended.durable);
+                } else {
+                    let n = 1 + (task * 7 + round) % 50;
+                    let batch = handle
+                        .append_batch(Kind::Scan, scan_batch(round, n))
+                        .await
+                        .expect("append_batch");
+                    assert_eq!(batch.count, n);
+                    seqs.extend(batch.seqs());
+                    last = Some(batch.durable);
+                }
+            }
+            last.expect("appended").wait().await.expect("durable");
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.extend(task.await.expect("task"));
+    }
+    let total = seqs.len() as u64;
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=total).collect::<Vec<u64>>());
+    handle.close().await.expect("close");
+    let dumped: Vec<u64> = dump_values(dir.path(), false)
+        .iter()
+        .map(|v| v["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(dumped, (1..=total).collect::<Vec<u64>>());
+}

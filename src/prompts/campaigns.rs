@@ -50,10 +50,7 @@ impl Campaigns {
     /// The id of the first campaign running on `today` that one of `codes` (in any of its GTIN
     /// spellings) matches.
     pub(crate) fn campaign_for(&self, codes: &[&str], today: NaiveDate) -> Option<&str> {
-        let candidates: Vec<Cow<'_, str>> = codes
-            .iter()
-            .flat_map(|code| spellings(code))
-            .collect();
+        let candidates: Vec<Cow<'_, str>> = codes.iter().flat_map(|code| spellings(code)).collect();
         let mut matching = self.campaigns.iter().filter(|campaign| {
             campaign.runs_on(today) && candidates.iter().any(|code| campaign.matches(code))
         });
@@ -136,9 +133,18 @@ mod tests {
             BTreeMap::new(),
         );
         let today = day(2026, 11, 27);
-        assert_eq!(campaigns.campaign_for(&["06901234567892"], today), Some("exact"));
-        assert_eq!(campaigns.campaign_for(&["6901234567892"], today), Some("exact"));
-        assert_eq!(campaigns.campaign_for(&["x", "06920000000001"], today), Some("prefix"));
+        assert_eq!(
+            campaigns.campaign_for(&["06901234567892"], today),
+            Some("exact")
+        );
+        assert_eq!(
+            campaigns.campaign_for(&["6901234567892"], today),
+            Some("exact")
+        );
+        assert_eq!(
+            campaigns.campaign_for(&["x", "06920000000001"], today),
+            Some("prefix")
+        );
         assert_eq!(campaigns.campaign_for(&["6931234567890"], today), None);
         assert_eq!(campaigns.campaign_for(&[], today), None);
     }
@@ -151,7 +157,12 @@ mod tests {
         );
         assert_eq!(
             spellings("00000096385074"),
-            vec!["00000096385074", "0000096385074", "000096385074", "96385074"]
+            vec![
+                "00000096385074",
+                "0000096385074",
+                "000096385074",
+                "96385074"
+            ]
         );
         assert_eq!(spellings("]E06901234567892"), vec!["]E06901234567892"]);
     }
@@ -168,8 +179,14 @@ mod tests {
             BTreeMap::new(),
         );
         assert_eq!(campaigns.campaign_for(&["6901"], day(2026, 9, 30)), None);
-        assert_eq!(campaigns.campaign_for(&["6901"], day(2026, 10, 1)), Some("q4"));
-        assert_eq!(campaigns.campaign_for(&["6901"], day(2026, 12, 31)), Some("q4"));
+        assert_eq!(
+            campaigns.campaign_for(&["6901"], day(2026, 10, 1)),
+            Some("q4")
+        );
+        assert_eq!(
+            campaigns.campaign_for(&["6901"], day(2026, 12, 31)),
+            Some("q4")
+        );
         assert_eq!(campaigns.campaign_for(&["6901"], day(2027, 1, 1)), None);
     }
 

@@ -80,8 +80,9 @@ pub(crate) enum Command {
         station: Option<String>,
         reply: oneshot::Sender<Subscription>,
     },
-    /// Today's figures of every station with a prompt today.
+    /// Today's figures of every station with a prompt today, plus these (zeros when idle).
     Today {
+        stations: Vec<String>,
         reply: oneshot::Sender<Vec<StationToday>>,
     },
     /// Stop: flush the writer, then reply.
@@ -95,6 +96,8 @@ pub struct Subscription {
     pub prompts: Vec<PromptView>,
     /// Today's figures (of the station asked for, zeros included, or of every active station).
     pub today: Vec<StationToday>,
+    /// The engine's wall clock at the snapshot (lets a page correct its own clock's skew).
+    pub now: DateTime<Local>,
     /// Every event from the moment of the snapshot (of all stations: filter by
     /// [`PromptEvent::station`]).
     pub events: broadcast::Receiver<PromptEvent>,
@@ -195,11 +198,7 @@ impl Engine {
                 self.queue(&prompt.view.station.clone()).push_back(prompt);
             }
         }
-        tracing::info!(
-            resumed,
-            expired = written.len(),
-            "restored open prompts"
-        );
+        tracing::info!(resumed, expired = written.len(), "restored open prompts");
         self.save();
         written
     }
@@ -275,13 +274,21 @@ impl Engine {
                     None => self.today.all(),
                 };
                 let _ = reply.send(Subscription {
+                    now: self.clock.now(),
                     prompts: self.list(station.as_deref()),
                     today,
                     events: self.events.subscribe(),
                 });
             }
-            Command::Today { reply } => {
-                let _ = reply.send(self.today.all());
+            Command::Today { stations, reply } => {
+                let mut all = self.today.all();
+                for station in stations {
+                    if !all.iter().any(|today| today.station == station) {
+                        all.push(self.today.station(&station));
+                    }
+                }
+                all.sort_by(|a, b| a.station.cmp(&b.station));
+                let _ = reply.send(all);
             }
             Command::Close { reply } => {
                 // Handled by the loop; unreachable here but harmless.
@@ -296,11 +303,11 @@ impl Engine {
         };
         // One prompt per customer, not per scan: a re-scan of the same product at the same
         // counter while its prompt is open returns that prompt.
-        if let Some(existing) = self.stations.get(&request.station).and_then(|queue| {
-            queue
-                .iter()
-                .find(|prompt| prompt.view.sku == request.sku)
-        }) {
+        if let Some(existing) = self
+            .stations
+            .get(&request.station)
+            .and_then(|queue| queue.iter().find(|prompt| prompt.view.sku == request.sku))
+        {
             tracing::debug!(prompt = %existing.view.id, sku = %request.sku, "re-scan of a product with an open prompt");
             return Ok(Opened {
                 prompt: existing.view.clone(),
@@ -523,7 +530,12 @@ impl Engine {
 
     /// Records a resolution: the attribution record, the metric, the figures, the events and
     /// the saved state. `restoring` skips the events (nobody is subscribed yet).
-    fn finish(&mut self, prompt: OpenPrompt, how: Resolve, restoring: bool) -> (Resolution, Written) {
+    fn finish(
+        &mut self,
+        prompt: OpenPrompt,
+        how: Resolve,
+        restoring: bool,
+    ) -> (Resolution, Written) {
         let OpenPrompt { view, scan, .. } = prompt;
         let (outcome, resolved_at, answer, answer_label, channel, clerk, skip_reason) = match how {
             Resolve::Answered {
@@ -549,7 +561,15 @@ impl Engine {
                 Some(reason),
             ),
             // A timeout happened at the expiry, however late we notice (a restart, a busy loop).
-            Resolve::Timeout => (Outcome::Timeout, view.expires_at, None, None, None, None, None),
+            Resolve::Timeout => (
+                Outcome::Timeout,
+                view.expires_at,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ),
         };
         let data = AttributionData {
             prompt: view.id,
@@ -579,7 +599,7 @@ impl Engine {
         let (done, written) = oneshot::channel();
         // Order matters: the record before the state without the prompt (see `writer`).
         let _ = self.writer.send(WriterMsg::Append {
-            data: data.clone(),
+            data: Box::new(data.clone()),
             done: Some(done),
         });
         if !restoring {

@@ -215,11 +215,15 @@ impl PromptsHandle {
     /// [`subscribe`](Self::subscribe) plus today's figures, as one snapshot (for the clerk page).
     pub async fn subscription(&self, station: Option<&str>) -> Subscription {
         let station = station.map(str::to_owned);
-        match self.ask(|reply| Command::Subscribe { station, reply }).await {
+        match self
+            .ask(|reply| Command::Subscribe { station, reply })
+            .await
+        {
             Ok(subscription) => subscription,
             Err(_) => {
                 let (_, events) = broadcast::channel(1);
                 Subscription {
+                    now: chrono::Local::now(),
                     prompts: Vec::new(),
                     today: Vec::new(),
                     events,
@@ -228,9 +232,15 @@ impl PromptsHandle {
         }
     }
 
-    /// Today's figures of every station that had a prompt today.
+    /// Today's figures of every station that had a prompt today, by station name.
     pub async fn today(&self) -> Vec<StationToday> {
-        self.ask(|reply| Command::Today { reply })
+        self.today_with(&[]).await
+    }
+
+    /// [`today`](Self::today), plus zero figures for those of `stations` that had no prompt.
+    pub async fn today_with(&self, stations: &[String]) -> Vec<StationToday> {
+        let stations = stations.to_vec();
+        self.ask(|reply| Command::Today { stations, reply })
             .await
             .unwrap_or_default()
     }

@@ -267,11 +267,16 @@ pub(crate) mod local_millis {
         time.to_rfc3339_opts(SecondsFormat::Millis, false)
     }
 
-    pub fn serialize<S: Serializer>(time: &DateTime<Local>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        time: &DateTime<Local>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format(time))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Local>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Local>, D::Error> {
         let text = String::deserialize(deserializer)?;
         DateTime::parse_from_rfc3339(&text)
             .map(|time| time.with_timezone(&Local))
@@ -286,7 +291,10 @@ mod tests {
 
     #[test]
     fn attribution_serialises_every_contract_field() {
-        let opened = Local.with_ymd_and_hms(2026, 11, 27, 16, 1, 2).single().expect("time");
+        let opened = Local
+            .with_ymd_and_hms(2026, 11, 27, 16, 1, 2)
+            .single()
+            .expect("time");
         let data = AttributionData {
             prompt: "abc".into(),
             campaign: "c".into(),
@@ -308,9 +316,22 @@ mod tests {
         let value = serde_json::to_value(&data).expect("serialise");
         let object = value.as_object().expect("object");
         for field in [
-            "prompt", "campaign", "station", "sku", "scan", "question", "outcome", "answer",
-            "answer_label", "channel", "clerk", "opened_at", "resolved_at", "latency_ms",
-            "skip_reason", "receipt",
+            "prompt",
+            "campaign",
+            "station",
+            "sku",
+            "scan",
+            "question",
+            "outcome",
+            "answer",
+            "answer_label",
+            "channel",
+            "clerk",
+            "opened_at",
+            "resolved_at",
+            "latency_ms",
+            "skip_reason",
+            "receipt",
         ] {
             assert!(object.contains_key(field), "missing {field}");
         }
@@ -325,7 +346,10 @@ mod tests {
 
     #[test]
     fn channel_and_outcome_names() {
-        assert_eq!(serde_json::to_string(&Channel::Card).expect("json"), "\"card\"");
+        assert_eq!(
+            serde_json::to_string(&Channel::Card).expect("json"),
+            "\"card\""
+        );
         assert_eq!(Channel::Mqtt.as_str(), "mqtt");
         assert_eq!(Outcome::Skipped.as_str(), "skipped");
     }

@@ -66,7 +66,8 @@ impl PersistedState {
                 version.version
             ));
         }
-        serde_json::from_slice(bytes).map_err(|error| format!("unreadable open-prompt state: {error}"))
+        serde_json::from_slice(bytes)
+            .map_err(|error| format!("unreadable open-prompt state: {error}"))
     }
 }
 

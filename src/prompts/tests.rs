@@ -55,10 +55,19 @@ fn config() -> PromptsConfig {
             campaign(
                 "xinsong",
                 &["690*"],
-                &[("doctor", "医生推荐"), ("referral", "老客转介"), ("poster", "海报引导")],
+                &[
+                    ("doctor", "医生推荐"),
+                    ("referral", "老客转介"),
+                    ("poster", "海报引导"),
+                ],
                 120,
             ),
-            campaign("vit", &["693*"], &[("doctor", "医生推荐"), ("poster", "海报引导")], 60),
+            campaign(
+                "vit",
+                &["693*"],
+                &[("doctor", "医生推荐"), ("poster", "海报引导")],
+                60,
+            ),
         ],
         answer_codes: BTreeMap::from([("ATTR-DOCTOR".to_owned(), "doctor".to_owned())]),
         skip_reasons: vec!["顾客赶时间".to_owned()],
@@ -135,7 +144,10 @@ async fn answer_writes_one_complete_record() {
     let prompt = opened.prompt;
     assert_eq!(prompt.id.len(), 10);
     assert!(prompt.id.bytes().all(|b| b.is_ascii_alphanumeric()));
-    assert_eq!(prompt.expires_at, prompt.opened_at + chrono::Duration::seconds(120));
+    assert_eq!(
+        prompt.expires_at,
+        prompt.opened_at + chrono::Duration::seconds(120)
+    );
     assert_eq!(prompt.options.len(), 3);
 
     tokio::time::sleep(Duration::from_millis(3200)).await;
@@ -188,7 +200,14 @@ async fn skip_needs_a_reason_and_records_it() {
     assert_eq!(resolution.outcome, Outcome::Skipped);
     assert_eq!(resolution.skip_reason.as_deref(), Some("顾客赶时间"));
     assert_eq!(resolution.clerk.as_deref(), Some("c-3"));
-    assert_eq!((resolution.answer, resolution.answer_label, resolution.channel), (None, None, None));
+    assert_eq!(
+        (
+            resolution.answer,
+            resolution.answer_label,
+            resolution.channel
+        ),
+        (None, None, None)
+    );
     assert_eq!(resolution.latency_ms, 5000);
     assert_eq!(store.journal.records().len(), 1);
     assert!(metric(&store.metrics, "skipped"));
@@ -209,12 +228,18 @@ async fn timeout_resolves_at_expires_at() {
     assert_eq!(record.outcome, Outcome::Timeout);
     assert_eq!(record.resolved_at, prompt.expires_at);
     assert_eq!(record.latency_ms, 120_000);
-    assert_eq!((record.answer.clone(), record.channel, record.clerk.clone()), (None, None, None));
+    assert_eq!(
+        (record.answer.clone(), record.channel, record.clerk.clone()),
+        (None, None, None)
+    );
     assert!(store.prompts.open_prompts(None).await.is_empty());
     assert!(metric(&store.metrics, "timeout"));
     // A late answer is told it is too late, not that the prompt never existed.
     assert_eq!(
-        store.prompts.answer(&prompt.id, "doctor", None, Channel::Web).await,
+        store
+            .prompts
+            .answer(&prompt.id, "doctor", None, Channel::Web)
+            .await,
         Err(PromptError::AlreadyResolved)
     );
 }
@@ -226,7 +251,12 @@ async fn timeouts_fire_in_deadline_order_across_campaigns() {
     let short = store.open("till-1", "6931234567890").await.prompt; // 60 s
     tokio::time::sleep(Duration::from_secs(61)).await;
     settle().await;
-    let resolved: Vec<String> = store.journal.records().into_iter().map(|r| r.prompt).collect();
+    let resolved: Vec<String> = store
+        .journal
+        .records()
+        .into_iter()
+        .map(|r| r.prompt)
+        .collect();
     assert_eq!(resolved, vec![short.id.clone()]);
     tokio::time::sleep(Duration::from_secs(60)).await;
     settle().await;
@@ -249,7 +279,10 @@ async fn rescan_returns_the_open_prompt_and_other_skus_stack() {
     assert!(elsewhere.new);
 
     let till1 = store.prompts.open_prompts(Some("till-1")).await;
-    assert_eq!(Store::ids(&till1), vec![first.prompt.id.clone(), second.prompt.id.clone()]);
+    assert_eq!(
+        Store::ids(&till1),
+        vec![first.prompt.id.clone(), second.prompt.id.clone()]
+    );
     let till2 = store.prompts.open_prompts(Some("till-2")).await;
     assert_eq!(Store::ids(&till2), vec![elsewhere.prompt.id.clone()]);
     assert_eq!(store.prompts.open_prompts(None).await.len(), 3);
@@ -298,7 +331,10 @@ async fn answer_card_answers_the_oldest_prompt_offering_the_option() {
     assert_eq!(doctor.answer_label.as_deref(), Some("医生推荐"));
 
     assert_eq!(
-        store.prompts.answer_oldest("till-1", "doctor", Channel::Card).await,
+        store
+            .prompts
+            .answer_oldest("till-1", "doctor", Channel::Card)
+            .await,
         Ok(None)
     );
     assert_eq!(store.prompts.open_prompts(Some("till-2")).await.len(), 1);
@@ -310,7 +346,10 @@ async fn error_cases() {
     let store = start().await;
     let prompt = store.open("till-1", "6931234567890").await.prompt;
     assert_eq!(
-        store.prompts.answer("nope", "doctor", None, Channel::Web).await,
+        store
+            .prompts
+            .answer("nope", "doctor", None, Channel::Web)
+            .await,
         Err(PromptError::NotFound)
     );
     assert_eq!(
@@ -318,7 +357,10 @@ async fn error_cases() {
         Err(PromptError::NotFound)
     );
     assert_eq!(
-        store.prompts.answer(&prompt.id, "referral", None, Channel::Web).await,
+        store
+            .prompts
+            .answer(&prompt.id, "referral", None, Channel::Web)
+            .await,
         Err(PromptError::OptionNotOffered("referral".into()))
     );
     store
@@ -327,7 +369,10 @@ async fn error_cases() {
         .await
         .expect("answer");
     assert_eq!(
-        store.prompts.answer(&prompt.id, "doctor", None, Channel::Web).await,
+        store
+            .prompts
+            .answer(&prompt.id, "doctor", None, Channel::Web)
+            .await,
         Err(PromptError::AlreadyResolved)
     );
     assert_eq!(
@@ -353,8 +398,13 @@ async fn journal_failure_is_reported_as_unavailable() {
     let store = start().await;
     let prompt = store.open("till-1", "6901234567892").await.prompt;
     store.journal.set_failure(Some("disk full"));
-    let result = store.prompts.answer(&prompt.id, "doctor", None, Channel::Web).await;
-    assert!(matches!(result, Err(PromptError::Unavailable(message)) if message.contains("disk full")));
+    let result = store
+        .prompts
+        .answer(&prompt.id, "doctor", None, Channel::Web)
+        .await;
+    assert!(
+        matches!(result, Err(PromptError::Unavailable(message)) if message.contains("disk full"))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -371,14 +421,21 @@ async fn restart_resumes_unexpired_and_times_out_expired() {
         "a closed engine answers nothing"
     );
     assert!(matches!(
-        before.prompts.answer(&resumed.id, "doctor", None, Channel::Web).await,
+        before
+            .prompts
+            .answer(&resumed.id, "doctor", None, Channel::Web)
+            .await,
         Err(PromptError::Unavailable(_))
     ));
     let state = before.journal.state().expect("state saved");
     assert!(before.journal.records().is_empty());
 
     // The gateway was down from t0+100s to t0+150s.
-    let after = start_at(MemoryPromptJournal::with_state(state), t0() + chrono::Duration::seconds(150)).await;
+    let after = start_at(
+        MemoryPromptJournal::with_state(state),
+        t0() + chrono::Duration::seconds(150),
+    )
+    .await;
     // The expired prompt's record is already in the journal when spawn returns.
     let records = after.journal.records();
     assert_eq!(records.len(), 1);
@@ -392,12 +449,18 @@ async fn restart_resumes_unexpired_and_times_out_expired() {
     let open = after.prompts.open_prompts(None).await;
     assert_eq!(open, vec![resumed.clone(), other.clone()]);
     assert_eq!(
-        after.prompts.answer(&expired.id, "doctor", None, Channel::Web).await,
+        after
+            .prompts
+            .answer(&expired.id, "doctor", None, Channel::Web)
+            .await,
         Err(PromptError::AlreadyResolved)
     );
     // Today's figures came through the restart too.
     let today = after.prompts.today().await;
-    assert_eq!((today[0].station.as_str(), today[0].opened, today[0].timeout), ("till-1", 2, 1));
+    assert_eq!(
+        (today[0].station.as_str(), today[0].opened, today[0].timeout),
+        ("till-1", 2, 1)
+    );
 
     // Resumed prompts keep their original deadlines: till-2's at t0+160s, till-1's at t0+220s.
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -480,7 +543,10 @@ async fn subscription_has_no_gap_and_no_duplicate() {
             }
         }
         let all = Store::ids(&prompts.open_prompts(Some("till-1")).await);
-        assert_eq!(seen, all, "snapshot + events == every prompt, in order, once");
+        assert_eq!(
+            seen, all,
+            "snapshot + events == every prompt, in order, once"
+        );
         prompts.close().await;
     }
 }
@@ -496,7 +562,10 @@ async fn events_and_stats_are_broadcast() {
         .answer(&prompt.id, "referral", None, Channel::Web)
         .await
         .expect("answer");
-    assert_eq!(events.try_recv().expect("prompt"), PromptEvent::Prompt(prompt.clone()));
+    assert_eq!(
+        events.try_recv().expect("prompt"),
+        PromptEvent::Prompt(prompt.clone())
+    );
     let PromptEvent::Stats(stats) = events.try_recv().expect("stats") else {
         panic!("expected stats");
     };
@@ -513,7 +582,10 @@ async fn events_and_stats_are_broadcast() {
     let PromptEvent::Stats(stats) = events.try_recv().expect("stats") else {
         panic!("expected stats");
     };
-    assert_eq!((stats.opened, stats.answered, stats.open, stats.completeness), (1, 1, 0, Some(1.0)));
+    assert_eq!(
+        (stats.opened, stats.answered, stats.open, stats.completeness),
+        (1, 1, 0, Some(1.0))
+    );
     assert_eq!(stats.station, "till-1");
 }
 
@@ -528,7 +600,11 @@ async fn today_figures_reset_at_midnight() {
         .await
         .expect("answer");
     let skipped = store.open("till-1", "6905555555555").await.prompt;
-    store.prompts.skip(&skipped.id, "busy", None).await.expect("skip");
+    store
+        .prompts
+        .skip(&skipped.id, "busy", None)
+        .await
+        .expect("skip");
     tokio::time::sleep(Duration::from_secs(30)).await;
     store.open("till-1", "6901234567892").await; // times out at 00:00:30
     store.open("till-2", "6931234567890").await; // times out at 23:59:30
@@ -539,11 +615,24 @@ async fn today_figures_reset_at_midnight() {
     let till1 = &today[0];
     assert_eq!(till1.day, day(27));
     assert_eq!(
-        (till1.opened, till1.answered, till1.skipped, till1.timeout, till1.open),
+        (
+            till1.opened,
+            till1.answered,
+            till1.skipped,
+            till1.timeout,
+            till1.open
+        ),
         (3, 1, 1, 0, 1)
     );
     assert_eq!(till1.completeness, Some(1.0 / 3.0));
-    assert_eq!((today[1].station.as_str(), today[1].timeout, today[1].completeness), ("till-2", 1, Some(0.0)));
+    assert_eq!(
+        (
+            today[1].station.as_str(),
+            today[1].timeout,
+            today[1].completeness
+        ),
+        ("till-2", 1, Some(0.0))
+    );
 
     let (_, mut events) = store.prompts.subscribe(Some("till-1")).await;
     // 23:59:31 -> 00:00:10: the day turns; subscribers get zeroed figures.

@@ -91,7 +91,10 @@ impl Today {
 
     /// The figures of every station that had a prompt today.
     pub(crate) fn all(&self) -> Vec<StationToday> {
-        self.stations.keys().map(|station| self.station(station)).collect()
+        self.stations
+            .keys()
+            .map(|station| self.station(station))
+            .collect()
     }
 
     fn counts(&mut self, station: &str) -> &mut Counts {
@@ -138,7 +141,10 @@ mod tests {
         assert!(!today.roll(day(28)));
         // Yesterday's prompt closing today does not count.
         today.resolved("till-1", day(27), Outcome::Timeout);
-        assert_eq!(today.station("till-1"), StationToday::empty("till-1", day(28)));
+        assert_eq!(
+            today.station("till-1"),
+            StationToday::empty("till-1", day(28))
+        );
         assert!(today.all().is_empty());
     }
 }

@@ -23,8 +23,8 @@ const BATCH: usize = 64;
 pub(crate) enum WriterMsg {
     /// Append an attribution record, then report the result on `done` (when someone waits).
     Append {
-        /// The record.
-        data: AttributionData,
+        /// The record (boxed: it is most of the message's size).
+        data: Box<AttributionData>,
         /// Told once the record is in the journal, or why not.
         done: Option<oneshot::Sender<Result<(), String>>>,
     },
@@ -33,7 +33,10 @@ pub(crate) enum WriterMsg {
 }
 
 /// Runs until every sender is dropped and the queue is drained.
-pub(crate) async fn run<J: PromptJournal>(journal: J, mut queue: mpsc::UnboundedReceiver<WriterMsg>) {
+pub(crate) async fn run<J: PromptJournal>(
+    journal: J,
+    mut queue: mpsc::UnboundedReceiver<WriterMsg>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let mut state = None;

@@ -1,1 +1,68 @@
-//! Clerk page.
+//! The clerk page and the prompt endpoints of the local API (CONTRACT.md section 4).
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /` | lists the stations, each linking to its counter screen |
+//! | `GET /station/{station}` | the counter screen (404 for a station not configured) |
+//! | `GET /assets/app.js`, `GET /assets/style.css` | the page's script and style, built into the binary |
+//! | `GET /api/v1/prompts?station=S` | open prompts (of S, or all), oldest first |
+//! | `GET /api/v1/prompts/today` | today's figures per station (extension) |
+//! | `GET /api/v1/events?station=S` | the SSE stream (below) |
+//! | `POST /api/v1/prompts/{id}/answer` | `{"option","clerk"}` → 200 `{"outcome":"answered"}`, 404, 409, 422 |
+//! | `POST /api/v1/prompts/{id}/skip` | `{"reason","clerk"}` → 200 `{"outcome":"skipped"}`, 404, 409, 422 |
+//!
+//! Request bodies are read as JSON whatever the `Content-Type`; bad JSON and a body of the
+//! wrong shape are both 400. Every error body is `{"error":"…"}`.
+//!
+//! **The SSE stream.** On connect: `event: reset` (extension; data `{"station","now"}`, `now`
+//! being the server's clock so the page can correct its countdowns; a client drops what it
+//! showed), then `event: prompt` for every open prompt (oldest first), then `event: stats`
+//! (extension; the station's figures). After that, as they happen: `event: prompt` (a prompt
+//! JSON), `event: resolved` (`{"id","outcome","answer","station"}`) and `event: stats`. Without
+//! `station` the stream carries every station. A subscriber that falls more than 1024 events
+//! behind has its stream ended; the browser reconnects and gets a fresh snapshot, which is
+//! simpler and safer than patching a gap. The stream also ends when the engine stops, so an
+//! HTTP graceful shutdown is not held up by open pages.
+//!
+//! The page is plain HTML, CSS and JavaScript, no build step (`assets/`); `app.js` lists the
+//! element ids and data attributes that tests rely on.
+
+mod api;
+mod pages;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::prompts::PromptsHandle;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct WebState {
+    /// The prompt engine.
+    prompts: PromptsHandle,
+    /// The configured stations, in configuration order.
+    stations: Arc<[String]>,
+}
+
+/// The clerk page and the prompt endpoints; merge it into the API router.
+pub fn routes(prompts: PromptsHandle, stations: Vec<String>) -> Router {
+    let state = WebState {
+        prompts,
+        stations: stations.into(),
+    };
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/station/{station}", get(pages::station))
+        .route("/assets/{file}", get(pages::asset))
+        .route("/api/v1/prompts", get(api::list))
+        .route("/api/v1/prompts/today", get(api::today))
+        .route("/api/v1/prompts/{id}/answer", post(api::answer))
+        .route("/api/v1/prompts/{id}/skip", post(api::skip))
+        .route("/api/v1/events", get(api::events))
+        .with_state(state)
+}
