@@ -4,16 +4,19 @@
 //! the process's peak and current resident memory.
 //!
 //! ```text
-//! cargo run --release --example journal_load -- [RECORDS] [TASKS] [FLUSH_MS] [BATCH]
+//! cargo run --release --example journal_load -- [RECORDS] [TASKS] [FLUSH_MS] [BATCH] [DRAIN]
 //! ```
-//! Defaults: 1,000,000 records, 4 tasks, flush = 50ms, batch 1.
+//! Defaults: 1,000,000 records, 4 tasks, flush = 50ms, batch 1, drain 1.
 //!
 //! With `BATCH` = 1 every record is one `JournalHandle::append` call (single-append mode: what
 //! the serial devices do). With `BATCH` > 1 each task hands its records to
 //! `JournalHandle::append_batch` that many at a time (batch mode: what a producer receiving
 //! bursts, like MQTT ingest, can do); each record's latency is then its batch's, from the call
 //! to the batch's `durable` resolving.
-
+//!
+//! With `DRAIN` = 1 (the default) the backlog is then read back and removed the way the uplink
+//! does (`read` a page, `remove_through` it), reporting that rate and the peak RSS of that phase
+//! alone (the peak is reset through `/proc/self/clear_refs` first).
 use std::time::{Duration, Instant};
 
 use posgw::journal::{self, Durable, JournalConfig, Kind};
@@ -159,6 +162,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let durable_in = started.elapsed();
     let stats = handle.stats();
+    let append_peak = status_mib("VmHWM");
+    let drained = if arg(5, 1) == 1 {
+        // Reset VmHWM so the drain's own peak is reported.
+        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        let drain_started = Instant::now();
+        let mut after = 0;
+        let mut count = 0usize;
+        loop {
+            let page = handle.read(after, 1000, 1 << 20).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            count += page.len();
+            handle.remove_through(after).await?;
+        }
+        let took = drain_started.elapsed();
+        let peak = if reset {
+            status_mib("VmHWM")
+        } else {
+            "?".to_string()
+        };
+        Some((count, took, peak))
+    } else {
+        None
+    };
     let close_started = Instant::now();
     handle.close().await?;
     let closed_in = close_started.elapsed();
@@ -192,9 +219,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.backlog_records, stats.backlog_bytes, journal_bytes, closed_in
     );
     println!(
-        "memory: peak RSS (VmHWM) {}, RSS after close {}",
-        status_mib("VmHWM"),
+        "memory: peak RSS (VmHWM) while appending {append_peak}, RSS after close {}",
         status_mib("VmRSS")
     );
+    if let Some((count, took, peak)) = drained {
+        println!(
+            "drained {count} records (read 1000 + remove_through) in {:.2}s: {:.0} records/s; \
+             peak RSS while draining {peak}",
+            took.as_secs_f64(),
+            count as f64 / took.as_secs_f64().max(f64::EPSILON)
+        );
+    }
     Ok(())
 }

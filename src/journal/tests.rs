@@ -692,7 +692,10 @@ async fn append_batch_gives_contiguous_seqs_and_one_durable_wait() {
         .iter()
         .map(|r| serde_json::from_slice(&r.bytes).expect("json"))
         .collect();
-    let seqs: Vec<u64> = values.iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
+    let seqs: Vec<u64> = values
+        .iter()
+        .map(|v| v["seq"].as_u64().expect("seq"))
+        .collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<u64>>());
     for (i, value) in values[1..6].iter().enumerate() {
         assert_eq!(value["kind"], "scan");
@@ -716,7 +719,10 @@ async fn append_batch_with_one_bad_record_appends_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let handle = open_clean(dir.path(), Duration::ZERO).await;
     let mut data = scan_batch(0, 3);
-    data.insert(1, serde_json::value::to_raw_value(&json!([1])).expect("raw"));
+    data.insert(
+        1,
+        serde_json::value::to_raw_value(&json!([1])).expect("raw"),
+    );
     let err = handle.append_batch(Kind::Scan, data).await;
     match err {
         Err(JournalError::InvalidData(reason)) => assert!(reason.contains("record 1"), "{reason}"),
@@ -785,7 +791,12 @@ async fn a_batch_that_sled_refuses_is_taken_back_whole() {
     let records = dump_values(dir.path(), false);
     let got: Vec<(u64, u64)> = records
         .iter()
-        .map(|v| (v["seq"].as_u64().expect("seq"), v["data"]["i"].as_u64().expect("i")))
+        .map(|v| {
+            (
+                v["seq"].as_u64().expect("seq"),
+                v["data"]["i"].as_u64().expect("i"),
+            )
+        })
         .collect();
     assert_eq!(got, vec![(1, 10), (2, 11)]);
 }
@@ -812,9 +823,15 @@ async fn a_batch_that_cannot_be_taken_back_stops_the_journal() {
     let failure = handle.stats().failure.expect("failure reported");
     assert!(failure.contains("cannot take back"), "{failure}");
     let refused = handle.append_value(Kind::Scan, &json!({"i": 9})).await;
-    assert!(matches!(refused, Err(JournalError::Flush(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(JournalError::Flush(_))),
+        "{refused:?}"
+    );
     let refused = handle.append_batch(Kind::Scan, scan_batch(9, 1)).await;
-    assert!(matches!(refused, Err(JournalError::Flush(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(JournalError::Flush(_))),
+        "{refused:?}"
+    );
     assert!(handle.close().await.is_err());
 }
 

@@ -162,10 +162,19 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway and waits until its API answers.
     pub async fn start(store: &Store) -> Gateway {
+        let config = store.config_path();
+        Gateway::spawn(
+            &["run", "-c", config.to_str().unwrap()],
+            "api listening on ",
+        )
+        .await
+    }
+
+    /// Starts `posgw ARGS` and waits until it printed `marker` followed by its URL and its
+    /// `/healthz` answers 200.
+    pub async fn spawn(args: &[&str], marker: &'static str) -> Gateway {
         let mut child = posgw()
-            .arg("run")
-            .arg("-c")
-            .arg(store.config_path())
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("POSGW_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -173,23 +182,24 @@ impl Gateway {
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
-            .expect("start posgw run");
+            .expect("start posgw");
         let stderr = child.stderr.take().expect("stderr piped");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let tag = args[0].to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(at) = line.find("api listening on ") {
-                    let _ = addr_tx.send(line[at + "api listening on ".len()..].trim().to_owned());
+                if let Some(at) = line.find(marker) {
+                    let _ = addr_tx.send(line[at + marker.len()..].trim().to_owned());
                 }
                 // Shown with the test's output when it fails.
-                eprintln!("[posgw] {line}");
+                eprintln!("[posgw {tag}] {line}");
             }
         });
         let api = tokio::task::spawn_blocking(move || addr_rx.recv_timeout(DEADLINE))
             .await
             .unwrap()
-            .expect("gateway printed its api address");
+            .expect("posgw printed its address");
         let gateway = Gateway {
             child,
             api,

@@ -3,6 +3,7 @@
 
 mod fake_hq;
 mod harness;
+mod hq_e2e;
 mod mosquitto;
 
 mod cli;
