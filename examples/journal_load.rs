@@ -143,7 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while let Some((at, n, durable)) = receive.recv().await {
                 durable.wait().await.expect("durable");
                 let micros = u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX);
-                latencies.extend(std::iter::repeat(micros).take(n as usize));
+                latencies.resize(latencies.len() + n as usize, micros);
             }
             latencies
         }));

@@ -7,6 +7,11 @@
 //! the detail, so the record of what the device sent is never lost.
 //!
 //! The core appends in the order events arrive, so records of one device keep their order.
+//!
+//! For scans it also asks the prompt engine two questions, both answered without a round trip:
+//! is this an answer card (then the scan is recorded with `answer_code: true` and answers the
+//! station's oldest open prompt), and does it target a campaign today (then the scan record
+//! carries `campaign` and, once it is in the journal, a prompt opens with the scan's id).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use crate::decode::{self, DecodeContext, DecodedScan};
 use crate::devices::{DeviceEvent, DeviceInfo};
 use crate::journal::{JournalHandle, Kind};
 use crate::metrics::Metrics;
+use crate::prompts::{Channel, OpenRequest, PromptsHandle};
 
 /// Device events that may wait for the core before device tasks feel backpressure.
 const QUEUE_EVENTS: usize = 1024;
@@ -75,12 +81,13 @@ pub struct CoreHandle {
 }
 
 /// Starts the core task.
-pub fn spawn(journal: JournalHandle, metrics: Metrics) -> CoreHandle {
+pub fn spawn(journal: JournalHandle, metrics: Metrics, prompts: PromptsHandle) -> CoreHandle {
     let (events, rx) = mpsc::channel(QUEUE_EVENTS);
     let health = Arc::new(Health::default());
     let core = Core {
         journal,
         metrics,
+        prompts,
         health: health.clone(),
     };
     let task = tokio::spawn(core.run(rx));
@@ -94,6 +101,7 @@ pub fn spawn(journal: JournalHandle, metrics: Metrics) -> CoreHandle {
 struct Core {
     journal: JournalHandle,
     metrics: Metrics,
+    prompts: PromptsHandle,
     health: Arc<Health>,
 }
 
@@ -139,21 +147,69 @@ impl Core {
             self.bad_frame(device, &detail).await;
             return;
         }
+        let now = chrono::Local::now();
         let context = DecodeContext {
-            current_year: chrono::Local::now().year(),
+            current_year: now.year(),
         };
+        let decoded = decode::decode_scan(frame, &context);
+        let raw = decode::escape_raw(frame);
+        let card = self.prompts.answer_card(&decoded.code).map(str::to_owned);
+        let campaign = match card {
+            Some(_) => None,
+            None => {
+                let mut codes = vec![decoded.code.as_str(), raw.as_str()];
+                if let Some(gtin) = &decoded.gtin {
+                    codes.insert(0, gtin);
+                }
+                self.prompts.campaign_for(&codes, now.date_naive())
+            }
+        };
+        let sku = product_code(&decoded);
+        if let Some(error) = &decoded.error {
+            tracing::debug!(device = %device.id, %raw, "undecodable scan: {error}");
+        }
         let data = ScanData {
             device: &device.id,
             station: &device.station,
-            raw: decode::escape_raw(frame),
-            decoded: decode::decode_scan(frame, &context),
-            campaign: None,
-            answer_code: false,
+            raw,
+            decoded,
+            campaign,
+            answer_code: card.is_some(),
         };
-        if let Some(error) = &data.decoded.error {
-            tracing::debug!(device = %device.id, raw = %data.raw, "undecodable scan: {error}");
+        let Some(scan_id) = self.append(Kind::Scan, &data).await else {
+            return;
+        };
+        if let Some(option) = card {
+            // Answered on its own task: the engine confirms only once the attribution is
+            // durable, and the next scan must not wait for that.
+            let prompts = self.prompts.clone();
+            let station = device.station.to_string();
+            tokio::spawn(async move {
+                match prompts
+                    .answer_oldest(&station, &option, Channel::Card)
+                    .await
+                {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::info!(%station, %option, "answer card scanned, but no prompt is open at this station; ignored")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%station, %option, %error, "answer card not taken")
+                    }
+                }
+            });
+        } else if let Some(campaign) = data.campaign {
+            let request = OpenRequest {
+                station: device.station.to_string(),
+                campaign: campaign.to_owned(),
+                sku,
+                scan_id,
+                opened_at: now,
+            };
+            if let Err(error) = self.prompts.open(request).await {
+                tracing::error!(%campaign, %error, "cannot open the prompt for a targeted scan");
+            }
         }
-        self.append(Kind::Scan, &data).await;
     }
 
     async fn bad_frame(&self, device: &DeviceInfo, detail: &str) {
@@ -171,18 +227,39 @@ impl Core {
         self.append(Kind::Device, &data).await;
     }
 
-    async fn append<T: Serialize>(&self, kind: Kind, data: &T) {
+    /// Appends a record; its id, or `None` when the journal refused it (logged and counted).
+    async fn append<T: Serialize>(&self, kind: Kind, data: &T) -> Option<String> {
         match self.journal.append_value(kind, data).await {
-            Ok(_) => {
+            Ok(appended) => {
                 self.health.journal_failed.store(false, Ordering::Relaxed);
                 self.metrics.record_appended(kind.as_str());
+                Some(appended.id)
             }
             Err(error) => {
                 // Nothing else can be done with the record: say so as loudly as possible.
                 self.health.journal_failed.store(true, Ordering::Relaxed);
                 tracing::error!(?kind, %error, "journal append failed; record lost");
+                None
             }
         }
+    }
+}
+
+/// The product code a prompt shows and records: the EAN-13 (or EAN-8, UPC-A) inside the GTIN
+/// when there is one, as registers print it on sale lines, else the scanned code.
+fn product_code(decoded: &DecodedScan) -> String {
+    match &decoded.gtin {
+        Some(gtin) => {
+            let trimmed = gtin.trim_start_matches('0');
+            if trimmed.len() <= 13 && gtin.len() == 14 {
+                // 06901234567892 -> 6901234567892; 00000069012341 -> 69012341 (EAN-8).
+                let keep = if trimmed.len() <= 8 { 8 } else { 13 };
+                gtin[gtin.len() - keep..].to_owned()
+            } else {
+                gtin.clone()
+            }
+        }
+        None => decoded.code.clone(),
     }
 }
 

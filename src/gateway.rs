@@ -5,6 +5,7 @@
 //! chain backwards so nothing in flight is lost: stop the devices (they hand over half-received
 //! frames), let the core write everything queued, record `stopped`, flush and close the journal.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::{self, DeviceEvent, DeviceInfo};
 use crate::journal::{self, JournalConfig, Kind};
 use crate::metrics::Metrics;
+use crate::prompts::{JournalPrompts, PromptsConfig};
 
 /// `data` of a `gateway` record.
 #[derive(Debug, Serialize)]
@@ -75,11 +77,26 @@ pub async fn run(
         .await
         .context("cannot write to the journal")?;
     metrics.record_appended(Kind::Gateway.as_str());
-    if !settings.campaigns.is_empty() {
-        tracing::warn!("[[campaign]] is configured, but prompts are not available in this build");
-    }
 
-    let core = crate::core::spawn(journal.clone(), metrics.clone());
+    let prompts = crate::prompts::spawn(
+        PromptsConfig {
+            campaigns: settings.campaigns.clone(),
+            answer_codes: settings.answer_codes.clone(),
+            skip_reasons: settings.prompts.skip_reasons.clone(),
+        },
+        JournalPrompts::new(journal.clone(), metrics.clone(), &settings.gateway.data_dir),
+        metrics.clone(),
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("cannot start the prompt engine: {error}"))?;
+    let hold_back: Arc<HashSet<Vec<u8>>> = Arc::new(
+        settings
+            .answer_codes
+            .keys()
+            .map(|code| code.as_bytes().to_vec())
+            .collect(),
+    );
+    let core = crate::core::spawn(journal.clone(), metrics.clone(), prompts.clone());
     let stop = CancellationToken::new();
     let mut device_tasks = JoinSet::new();
     let mut views = Vec::new();
@@ -96,6 +113,7 @@ pub async fn run(
                     info,
                     events: core.events.clone(),
                     status,
+                    hold_back: hold_back.clone(),
                 };
                 device_tasks.spawn(task.run(stop.child_token()));
             }
@@ -140,9 +158,13 @@ pub async fn run(
             .as_ref()
             .map_or_else(crate::uplink::disabled, |uplink| uplink.status.clone()),
     };
+    let mut stations: Vec<String> = settings.devices.iter().map(|d| d.station.clone()).collect();
+    stations.sort();
+    stations.dedup();
+    let router = api::router(state).merge(crate::web::routes(prompts.clone(), stations));
     let api_stop = stop.clone();
     let api = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move { api_stop.cancelled().await })
             .await
     });
@@ -161,6 +183,8 @@ pub async fn run(
     let core_task = core.task;
     drop(core.events);
     core_task.await.context("gateway core failed")?;
+    // Open prompts stay saved and resume at the next start; queued records are written first.
+    prompts.close().await;
     if let Some(uplink) = uplink {
         // Its in-flight batch, if any, stays in the journal and is sent after the restart.
         let _ = uplink.task.await;

@@ -40,6 +40,18 @@ pub(crate) struct RawConfig {
     pub answer_codes: Option<Located<BTreeMap<String, Located<String>>>>,
     /// `[uplink]`: forwarding to HQ.
     pub uplink: Option<Located<RawUplink>>,
+    /// `[prompts]`: how attribution prompts behave (an extension of the contract).
+    pub prompts: Option<Located<RawPrompts>>,
+}
+
+/// `[prompts]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrompts {
+    /// Preset reasons offered when the clerk skips a prompt.
+    pub skip_reasons: Option<Located<Vec<Located<String>>>>,
+    /// How long after a prompt a sale line of the same SKU at the same station is linked to it.
+    pub sale_link_window: Option<DurationText>,
 }
 
 /// `[gateway]` as written.
@@ -181,6 +193,10 @@ impl RawConfig {
         });
         merge_table(&mut self.api, later.api, |earlier, later| {
             overlay(&mut earlier.listen, later.listen);
+        });
+        merge_table(&mut self.prompts, later.prompts, |earlier, later| {
+            overlay(&mut earlier.skip_reasons, later.skip_reasons);
+            overlay(&mut earlier.sale_link_window, later.sale_link_window);
         });
         if let Some(devices) = later.device {
             self.device.get_or_insert_with(Vec::new).extend(devices);

@@ -27,6 +27,8 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     /// `[api]`.
     pub api: ApiSettings,
+    /// `[prompts]` (an extension of the contract).
+    pub prompts: PromptSettings,
     /// `[[device]]`, in file order (main file first, then drop-ins).
     pub devices: Vec<DeviceSettings>,
     /// `[mqtt]`, when present.
@@ -52,6 +54,28 @@ pub struct GatewaySettings {
     pub data_dir: PathBuf,
     /// Longest time an accepted record may wait for fsync; default 50ms; zero = fsync each record.
     pub flush: Duration,
+}
+
+/// `[prompts]`: how attribution prompts behave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptSettings {
+    /// Preset reasons offered when the clerk skips a prompt (free text is always possible).
+    /// Default: 顾客赶时间 (customer in a hurry), 顾客不愿回答 (declined), 其他 (other).
+    pub skip_reasons: Vec<String>,
+    /// How long after its prompt a sale line of the same SKU at the same station is linked to
+    /// it; default 10m.
+    pub sale_link_window: Duration,
+}
+
+impl Default for PromptSettings {
+    fn default() -> Self {
+        PromptSettings {
+            skip_reasons: ["顾客赶时间", "顾客不愿回答", "其他"]
+                .map(String::from)
+                .to_vec(),
+            sale_link_window: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `[api]`: the local HTTP API and clerk page.

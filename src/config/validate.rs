@@ -79,11 +79,13 @@ pub(crate) fn validate(
         .uplink
         .as_ref()
         .and_then(|uplink| uplink_settings(report, uplink, base_dir));
+    let prompts = prompt_settings(report, raw.prompts.as_ref());
     Some(Settings {
         path: path.to_path_buf(),
         files,
         gateway: gateway?,
         api: api?,
+        prompts: prompts?,
         devices: devices?,
         mqtt,
         campaigns: campaigns?,
@@ -91,6 +93,34 @@ pub(crate) fn validate(
         uplink,
         profiles,
     })
+}
+
+/// `[prompts]`.
+fn prompt_settings(
+    report: &mut Report,
+    raw: Option<&Located<super::raw::RawPrompts>>,
+) -> Option<super::settings::PromptSettings> {
+    let mut settings = super::settings::PromptSettings::default();
+    let Some(raw) = raw else {
+        return Some(settings);
+    };
+    let mut ok = true;
+    if let Some(reasons) = &raw.value.skip_reasons {
+        settings.skip_reasons.clear();
+        for reason in &reasons.value {
+            match check::non_empty(report, reason, "a skip reason in [prompts] skip_reasons") {
+                Some(text) => settings.skip_reasons.push(text.to_owned()),
+                None => ok = false,
+            }
+        }
+    }
+    if let Some(window) = &raw.value.sale_link_window {
+        match check::duration(report, window, "'sale_link_window' in [prompts]") {
+            Some(window) => settings.sale_link_window = window,
+            None => ok = false,
+        }
+    }
+    ok.then_some(settings)
 }
 
 /// A path from the config, resolved against the config file's folder when relative.

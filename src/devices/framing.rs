@@ -24,6 +24,8 @@
 //! copies whole runs; a frame that arrives inside a single read is copied once, straight into the
 //! event.
 
+use std::cell::Cell;
+
 /// How frames end on a serial line (from the device profile).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FramingSpec {
@@ -111,10 +113,19 @@ impl Framer {
     /// Feeds bytes as read from the port; calls `emit` for each complete frame / overlong event, in
     /// order.
     pub fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(FrameEvent)) {
+        self.push_at(bytes, |event, _| emit(event));
+    }
+
+    /// Like [`Framer::push`], and also tells where in `bytes` each event's frame ended: the
+    /// offset just past its terminator. Passthrough uses it to forward the exact bytes of each
+    /// frame (and to hold back answer-card frames).
+    pub fn push_at(&mut self, bytes: &[u8], mut emit: impl FnMut(FrameEvent, usize)) {
+        let end = Cell::new(0);
+        let mut emit = |event| emit(event, end.get());
         if self.suffix.len() > 1 {
-            self.push_bytewise(bytes, &mut emit);
+            self.push_bytewise(bytes, &end, &mut emit);
         } else {
-            self.push_runs(bytes, &mut emit);
+            self.push_runs(bytes, &end, &mut emit);
         }
     }
 
@@ -144,9 +155,10 @@ impl Framer {
     }
 
     /// `push` without a multi-byte suffix: find each terminator and take the run before it whole.
-    fn push_runs(&mut self, bytes: &[u8], emit: &mut dyn FnMut(FrameEvent)) {
+    fn push_runs(&mut self, bytes: &[u8], ended: &Cell<usize>, emit: &mut dyn FnMut(FrameEvent)) {
         let mut rest = bytes;
         while let Some(end) = rest.iter().position(|&b| self.is_terminator(b)) {
+            ended.set(bytes.len() - rest.len() + end + 1);
             let run = &rest[..end];
             if self.buf.is_empty() && self.discarding.is_none() {
                 // The whole frame is in this read: no need to go through `buf`.
@@ -161,8 +173,14 @@ impl Framer {
     }
 
     /// `push` with a multi-byte suffix: byte by byte, matching the suffix as it goes.
-    fn push_bytewise(&mut self, bytes: &[u8], emit: &mut dyn FnMut(FrameEvent)) {
-        for &b in bytes {
+    fn push_bytewise(
+        &mut self,
+        bytes: &[u8],
+        ended: &Cell<usize>,
+        emit: &mut dyn FnMut(FrameEvent),
+    ) {
+        for (at, &b) in bytes.iter().enumerate() {
+            ended.set(at + 1);
             self.matched = self.advance_suffix(b);
             if self.matched == self.suffix.len() {
                 // The suffix's earlier bytes were taken as data: give them back.

@@ -10,6 +10,7 @@
 //! disconnected once, retries with exponential backoff and jitter, and carries on when it returns.
 //! A missing device never stops the gateway from starting.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +83,10 @@ pub struct SerialDevice {
     pub events: mpsc::Sender<DeviceEvent>,
     /// Its published status.
     pub status: watch::Sender<DeviceStatus>,
+    /// Codes never passed through (answer cards), as scanned data without a symbology id.
+    /// When empty, passthrough forwards every read at once; otherwise it forwards frame by frame
+    /// so these frames can be held back.
+    pub hold_back: Arc<HashSet<Vec<u8>>>,
 }
 
 /// Why a connected port stopped being read.
@@ -172,6 +177,9 @@ impl SerialDevice {
     ) -> ReadEnd {
         let mut buffer = vec![0u8; READ_BUFFER];
         let mut frames = Vec::new();
+        // Frame-by-frame passthrough: raw bytes read but not yet forwarded or held back.
+        let by_frame = passthrough.filter(|_| !self.hold_back.is_empty());
+        let mut unsent: Vec<u8> = Vec::new();
         loop {
             // Only wait for the idle gap while a frame is half-received.
             let gap = idle_gap.filter(|_| framer.has_partial());
@@ -189,23 +197,84 @@ impl SerialDevice {
             match read {
                 None => {
                     if let Some(event) = framer.idle() {
+                        if let Some(passthrough) = by_frame {
+                            if !self.is_held_back(&event) {
+                                passthrough.send(&unsent);
+                            }
+                            unsent.clear();
+                        }
                         self.emit(event).await;
                     }
                 }
                 Some(Ok(0)) => return ReadEnd::Lost("end of file".into()),
                 Some(Ok(n)) => {
                     let bytes = &buffer[..n];
-                    if let Some(passthrough) = passthrough {
-                        passthrough.send(bytes);
+                    match (passthrough, by_frame) {
+                        (_, Some(passthrough)) => {
+                            let before = unsent.len();
+                            unsent.extend_from_slice(bytes);
+                            framer.push_at(bytes, |event, end| frames.push((event, before + end)));
+                            self.forward_frames(passthrough, &frames, &mut unsent, framer);
+                        }
+                        (Some(passthrough), None) => {
+                            // Ahead of everything else: the POS never waits on our decoding.
+                            passthrough.send(bytes);
+                            framer.push(bytes, |event| frames.push((event, 0)));
+                        }
+                        (None, None) => framer.push(bytes, |event| frames.push((event, 0))),
                     }
-                    framer.push(bytes, |event| frames.push(event));
-                    for event in frames.drain(..) {
+                    for (event, _) in frames.drain(..) {
                         self.emit(event).await;
                     }
                 }
                 Some(Err(error)) => return ReadEnd::Lost(error.to_string()),
             }
         }
+    }
+
+    /// Forwards the raw bytes of each completed frame in `frames` (`unsent` holds the raw bytes
+    /// since the last forwarded frame; each frame ends at its offset there), holding back
+    /// answer cards together with the terminator bytes that follow them.
+    fn forward_frames(
+        &self,
+        passthrough: &PassthroughHandle,
+        frames: &[(FrameEvent, usize)],
+        unsent: &mut Vec<u8>,
+        framer: &Framer,
+    ) {
+        let mut start = 0;
+        let mut held_back = false;
+        for (event, end) in frames {
+            held_back = self.is_held_back(event);
+            if !held_back {
+                passthrough.send(&unsent[start..*end]);
+            }
+            start = *end;
+        }
+        if framer.has_partial() {
+            // The bytes after the last frame belong to the next one.
+            unsent.drain(..start);
+            return;
+        }
+        // Only terminator bytes are left (the LF of a CR LF): they go with the frame they end.
+        let rest = &unsent[start..];
+        if !rest.is_empty() && !held_back {
+            passthrough.send(rest);
+        }
+        unsent.clear();
+    }
+
+    /// Whether a frame is an answer card, never to be passed through.
+    fn is_held_back(&self, event: &FrameEvent) -> bool {
+        let FrameEvent::Frame(bytes) = event else {
+            return false;
+        };
+        let data = match bytes.as_slice() {
+            // Without the AIM symbology identifier, as the answer codes are written.
+            [b']', _, _, data @ ..] => data,
+            data => data,
+        };
+        self.hold_back.contains(data) || self.hold_back.contains(bytes.as_slice())
     }
 
     async fn emit(&self, event: FrameEvent) {

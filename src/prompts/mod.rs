@@ -54,6 +54,7 @@ mod engine;
 mod handle;
 mod journal;
 mod model;
+mod persist;
 mod state;
 mod today;
 mod writer;
@@ -69,3 +70,4 @@ pub use model::{
     AttributionData, Channel, OpenRequest, Opened, OptionView, Outcome, PromptError, PromptEvent,
     PromptView, Resolution, StationToday,
 };
+pub use persist::JournalPrompts;

@@ -1,0 +1,93 @@
+//! The gateway's [`PromptJournal`]: attribution records go into the real journal (the answer is
+//! confirmed only once the record is durable), and the open-prompt state is one small file in
+//! `data_dir`, replaced atomically (write a temporary file, fsync, rename, fsync the folder),
+//! so a crash at any moment leaves either the old state or the new one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::journal::PromptJournal;
+use super::model::AttributionData;
+use crate::journal::{JournalHandle, Kind};
+use crate::metrics::Metrics;
+
+/// File name of the open-prompt state inside `data_dir`.
+pub const STATE_FILE: &str = "prompts.state";
+
+/// [`PromptJournal`] over the gateway's journal and data folder.
+#[derive(Clone)]
+pub struct JournalPrompts {
+    journal: JournalHandle,
+    metrics: Metrics,
+    state_path: Arc<PathBuf>,
+}
+
+impl JournalPrompts {
+    /// Records into `journal`; keeps the state in `data_dir/prompts.state`.
+    pub fn new(journal: JournalHandle, metrics: Metrics, data_dir: &Path) -> Self {
+        JournalPrompts {
+            journal,
+            metrics,
+            state_path: Arc::new(data_dir.join(STATE_FILE)),
+        }
+    }
+}
+
+impl PromptJournal for JournalPrompts {
+    async fn append_attribution(&self, data: &AttributionData) -> Result<(), String> {
+        let appended = self
+            .journal
+            .append_value(Kind::Attribution, data)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics.record_appended(Kind::Attribution.as_str());
+        appended.durable.wait().await.map_err(|e| e.to_string())
+    }
+
+    async fn save_open_prompts(&self, state: Vec<u8>) -> Result<(), String> {
+        let path = self.state_path.clone();
+        tokio::task::spawn_blocking(move || replace_file(&path, &state))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot save {}: {e}", self.state_path.display()))
+    }
+
+    async fn load_open_prompts(&self) -> Result<Option<Vec<u8>>, String> {
+        match tokio::fs::read(&*self.state_path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(format!(
+                "cannot read {}: {error}",
+                self.state_path.display()
+            )),
+        }
+    }
+}
+
+/// Atomically replaces `path` with `contents`, durably.
+fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder)?;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(folder)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_file_swaps_contents_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        replace_file(&path, b"one").unwrap();
+        replace_file(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert!(!path.with_extension("tmp").exists());
+    }
+}
