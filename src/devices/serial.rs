@@ -180,6 +180,8 @@ impl SerialDevice {
         // Frame-by-frame passthrough: raw bytes read but not yet forwarded or held back.
         let by_frame = passthrough.filter(|_| !self.hold_back.is_empty());
         let mut unsent: Vec<u8> = Vec::new();
+        // Set after an answer card was held back: its trailing CR/LF bytes are held back too.
+        let mut after_card = false;
         loop {
             // Only wait for the idle gap while a frame is half-received.
             let gap = idle_gap.filter(|_| framer.has_partial());
@@ -214,7 +216,13 @@ impl SerialDevice {
                             let before = unsent.len();
                             unsent.extend_from_slice(bytes);
                             framer.push_at(bytes, |event, end| frames.push((event, before + end)));
-                            self.forward_frames(passthrough, &frames, &mut unsent, framer);
+                            self.forward_frames(
+                                passthrough,
+                                &frames,
+                                &mut unsent,
+                                &mut after_card,
+                                framer,
+                            );
                         }
                         (Some(passthrough), None) => {
                             // Ahead of everything else: the POS never waits on our decoding.
@@ -234,31 +242,34 @@ impl SerialDevice {
 
     /// Forwards the raw bytes of each completed frame in `frames` (`unsent` holds the raw bytes
     /// since the last forwarded frame; each frame ends at its offset there), holding back
-    /// answer cards together with the terminator bytes that follow them.
+    /// answer cards together with the terminator bytes that follow them (`after_card` carries
+    /// that across reads).
     fn forward_frames(
         &self,
         passthrough: &PassthroughHandle,
         frames: &[(FrameEvent, usize)],
         unsent: &mut Vec<u8>,
+        after_card: &mut bool,
         framer: &Framer,
     ) {
         let mut start = 0;
-        let mut held_back = false;
         for (event, end) in frames {
-            held_back = self.is_held_back(event);
-            if !held_back {
-                passthrough.send(&unsent[start..*end]);
+            let segment = skip_card_terminators(&unsent[start..*end], after_card);
+            *after_card = self.is_held_back(event);
+            if !*after_card {
+                passthrough.send(segment);
             }
             start = *end;
         }
         if framer.has_partial() {
             // The bytes after the last frame belong to the next one.
-            unsent.drain(..start);
+            let rest = unsent.len() - skip_card_terminators(&unsent[start..], after_card).len();
+            unsent.drain(..rest);
             return;
         }
         // Only terminator bytes are left (the LF of a CR LF): they go with the frame they end.
-        let rest = &unsent[start..];
-        if !rest.is_empty() && !held_back {
+        let rest = skip_card_terminators(&unsent[start..], after_card);
+        if !rest.is_empty() {
             passthrough.send(rest);
         }
         unsent.clear();
@@ -319,6 +330,22 @@ impl SerialDevice {
         // The core only goes away at shutdown, after the devices; nothing to do if it already has.
         let _ = self.events.send(event).await;
     }
+}
+
+/// `bytes` without the CR/LF bytes that end a held-back answer card; clears `after_card` once
+/// something else shows up.
+fn skip_card_terminators<'a>(bytes: &'a [u8], after_card: &mut bool) -> &'a [u8] {
+    if !*after_card {
+        return bytes;
+    }
+    let skip = bytes
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if skip < bytes.len() {
+        *after_card = false;
+    }
+    &bytes[skip..]
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {

@@ -9,5 +9,6 @@ mod mosquitto;
 mod cli;
 mod crash;
 mod mqtt_uplink;
+mod prompts;
 mod serial;
 mod uplink;
