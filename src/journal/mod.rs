@@ -85,10 +85,11 @@
 //! small `apply_batch` per group was slower than plain inserts and, mixed with flushes, hung for
 //! good in our measurements.
 //!
-//! Measured with `examples/journal_load.rs` on the 2-core store PC class machine, flush = 50ms,
-//! 4 producer tasks, ~560-byte records: single appends 85-105k/s, batches of 64 105-125k/s;
-//! append to durable p50 30-40 ms, p99 60-500 ms depending on how long fsyncs take. sled's own
-//! insert is most of the cost (about 8 µs a record here, split nodes copied on every insert). The actor fsyncs (`Db::flush`) on a blocking thread, never
+//! Measured with `examples/journal_load.rs` on a shared 2-core machine, flush = 50ms, 4
+//! producer tasks, ~560-byte records (1M each run): single appends 65-104k/s (64-68k before
+//! these changes), batches of 64 85-112k/s and of 256 118-120k/s; append to durable p50
+//! 26-38 ms, p99 50 ms to 1.6 s depending on how long fsyncs take. sled's own insert is most of
+//! the cost (a raw insert loop does ~110k/s there: it copies the leaf on every insert). The actor fsyncs (`Db::flush`) on a blocking thread, never
 //! on its own task, so appends keep flowing while a flush runs:
 //! - at most one flush is in flight;
 //! - a flush starts once the oldest write not covered by a started flush is `flush` old (with

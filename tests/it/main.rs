@@ -6,6 +6,7 @@ mod harness;
 mod hq_e2e;
 mod mosquitto;
 
+mod browser;
 mod cli;
 mod crash;
 mod mqtt_uplink;
