@@ -254,12 +254,20 @@ impl SerialDevice {
     ) {
         let mut start = 0;
         for (event, end) in frames {
-            let segment = skip_card_terminators(&unsent[start..*end], after_card);
+            // A frame's bytes run through the CR/LF bytes right after its terminator (the LF
+            // of a CR LF ends no frame of its own but belongs to this one).
+            let framing = &self.settings.profile.framing;
+            let end = end
+                + unsent[*end..]
+                    .iter()
+                    .take_while(|&&b| (b == b'\r' && framing.cr) || (b == b'\n' && framing.lf))
+                    .count();
+            let segment = skip_card_terminators(&unsent[start..end], after_card);
             *after_card = self.is_held_back(event);
             if !*after_card {
                 passthrough.send(segment);
             }
-            start = *end;
+            start = end;
         }
         if framer.has_partial() {
             // The bytes after the last frame belong to the next one.
