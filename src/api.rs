@@ -17,6 +17,7 @@ use crate::core::Health;
 use crate::devices::DeviceView;
 use crate::journal::JournalHandle;
 use crate::metrics::Metrics;
+use crate::prompts::{PromptView, PromptsHandle, StationToday};
 use crate::uplink::{UplinkState, UplinkStatus};
 use tokio::sync::watch;
 
@@ -37,6 +38,10 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// The uplink's published state.
     pub uplink: watch::Receiver<UplinkStatus>,
+    /// The prompt engine, for open prompts and today's figures.
+    pub prompts: PromptsHandle,
+    /// The configured stations.
+    pub stations: Arc<[String]>,
 }
 
 /// The router with every endpoint of this build.
@@ -77,7 +82,7 @@ fn gauge(value: u64) -> i64 {
 }
 
 /// `GET /api/v1/status` body (CONTRACT.md section 4, plus `station`, `detail`, `epoch`,
-/// `durable_seq` and the uplink's counters).
+/// `durable_seq`, the uplink's counters, and `prompts`: open prompts and today's figures).
 #[derive(Debug, Serialize)]
 pub struct StatusBody {
     /// Store code.
@@ -92,6 +97,17 @@ pub struct StatusBody {
     pub journal: JournalStatusBody,
     /// HQ forwarding.
     pub uplink: UplinkStatusBody,
+    /// Open prompts (oldest first) and today's figures per station.
+    pub prompts: PromptsStatusBody,
+}
+
+/// Prompt part of the status body.
+#[derive(Debug, Serialize)]
+pub struct PromptsStatusBody {
+    /// Every open prompt, oldest first.
+    pub open: Vec<PromptView>,
+    /// Today's opened / answered / skipped / timeout and completeness, per station.
+    pub today: Vec<StationToday>,
 }
 
 /// One device in the status body.
@@ -169,6 +185,10 @@ async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
         })
         .collect();
     let journal = state.journal.stats();
+    let prompts = PromptsStatusBody {
+        open: state.prompts.open_prompts(None).await,
+        today: state.prompts.today_with(&state.stations).await,
+    };
     Json(StatusBody {
         store: state.store.to_string(),
         gateway: state.gateway.to_string(),
@@ -196,5 +216,6 @@ async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
                 oldest_pending_ts: uplink.oldest_pending_ts,
             }
         },
+        prompts,
     })
 }

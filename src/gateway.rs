@@ -131,6 +131,9 @@ pub async fn run(
         }
     }
 
+    let mut stations: Vec<String> = settings.devices.iter().map(|d| d.station.clone()).collect();
+    stations.sort();
+    stations.dedup();
     let uplink = match &settings.uplink {
         None => {
             tracing::info!("no [uplink] configured: records stay in the journal");
@@ -157,10 +160,9 @@ pub async fn run(
         uplink: uplink
             .as_ref()
             .map_or_else(crate::uplink::disabled, |uplink| uplink.status.clone()),
+        prompts: prompts.clone(),
+        stations: stations.clone().into(),
     };
-    let mut stations: Vec<String> = settings.devices.iter().map(|d| d.station.clone()).collect();
-    stations.sort();
-    stations.dedup();
     let router = api::router(state).merge(crate::web::routes(prompts.clone(), stations));
     let api_stop = stop.clone();
     let api = tokio::spawn(async move {
