@@ -147,6 +147,7 @@
 
 pub mod clock;
 mod error;
+mod floor;
 mod offline;
 pub mod record;
 mod salvage;

@@ -14,6 +14,7 @@ use sled::{Batch, Db, Transactional, Tree};
 
 use super::clock::{Clock, ClockStamp};
 use super::error::JournalError;
+use super::floor::{self, Floor};
 use super::record::{check_data_is_object, json_string, Kind, RecordEncoder, RecordHead};
 
 /// Name of the sled folder inside `data_dir`.
@@ -311,6 +312,9 @@ pub(crate) struct Store {
     /// Set when a failed batch could not be taken back out of sled: records whose append was
     /// reported failed may then survive, so the journal must stop accepting records.
     pub(crate) broken: Option<String>,
+    /// Where the floor file is kept current (`data_dir`); `None` for offline commands, which
+    /// neither check nor write it.
+    pub(crate) floor_dir: Option<PathBuf>,
     /// Injected failures (tests only).
     #[cfg(test)]
     pub(crate) faults: Faults,
@@ -371,8 +375,9 @@ fn open_trees(db: &Db) -> Result<Trees, OpenFailure> {
 }
 
 /// Reads the meta and scans the trees to recover the counters, creating the meta of a new
-/// journal. Every inconsistency is reported as damage.
-fn recover(db: &Db, trees: &Trees) -> Result<Recovered, OpenFailure> {
+/// journal. Every inconsistency is reported as damage, and so is a journal that ends below
+/// `floor` (what was durable before: see `floor`).
+fn recover(db: &Db, trees: &Trees, floor: Option<&Floor>) -> Result<Recovered, OpenFailure> {
     let damaged = |what: &str, err: sled::Error| OpenFailure::Damaged(format!("{what}: {err}"));
     let epoch = match trees.meta.get(META_EPOCH) {
         Err(err) => return Err(damaged("cannot read the epoch", err)),
@@ -402,6 +407,17 @@ fn recover(db: &Db, trees: &Trees) -> Result<Recovered, OpenFailure> {
                 return Err(OpenFailure::Damaged(
                     "meta has no epoch but the journal holds records".to_string(),
                 ));
+            }
+            if let Some(floor) = floor.filter(|floor| floor.seq > 0 || floor.position > 0) {
+                // The folder existed and had made records durable; now sled finds nothing.
+                return Err(OpenFailure::Damaged(format!(
+                    "the journal has no epoch and no records but seq {} (position {}) of epoch \
+                     {} was already durable ({}): records were lost",
+                    floor.seq,
+                    floor.position,
+                    floor.epoch,
+                    floor::FLOOR_FILE
+                )));
             }
             // A new journal (or one whose creation did not reach the disk): give it an epoch and
             // make that durable before any record can carry it.
@@ -462,6 +478,9 @@ fn recover(db: &Db, trees: &Trees) -> Result<Recovered, OpenFailure> {
             last_seq = last_seq.max(seq);
         }
     }
+    if let Some(lost) = floor.and_then(|floor| floor.check(&epoch, last_seq, last_position)) {
+        return Err(OpenFailure::Damaged(lost));
+    }
     Ok(Recovered {
         epoch,
         next_seq: last_seq + 1,
@@ -473,18 +492,20 @@ fn recover(db: &Db, trees: &Trees) -> Result<Recovered, OpenFailure> {
 }
 
 /// Opens (or creates) the journal in `journal_dir` while `lock` is held. Runs entirely on a
-/// guarded thread, so a panic anywhere in sled during open or recovery counts as damage.
+/// guarded thread, so a panic anywhere in sled during open or recovery counts as damage. A
+/// journal that ends below `floor` counts as damage too.
 pub(crate) fn open_store(
     journal_dir: &Path,
     store: &str,
     gateway: &str,
     lock: JournalLock,
+    floor: Option<Floor>,
 ) -> Result<Store, (OpenFailure, JournalLock)> {
     let path = journal_dir.to_path_buf();
     let opened = run_guarded("opening the journal", move || {
         let db = sled_config(&path).open().map_err(|err| classify(&err))?;
         let trees = open_trees(&db)?;
-        let recovered = recover(&db, &trees)?;
+        let recovered = recover(&db, &trees, floor.as_ref())?;
         Ok((db, trees, recovered))
     });
     let (db, trees, recovered) = match opened {
@@ -510,6 +531,7 @@ pub(crate) fn open_store(
         boot_json,
         buffer: Vec::with_capacity(1024),
         broken: None,
+        floor_dir: None,
         #[cfg(test)]
         faults: Faults::default(),
         _lock: lock,
@@ -557,8 +579,12 @@ pub(crate) fn open_or_replace(
 ) -> Result<(Store, Option<Replaced>), JournalError> {
     let journal_dir = data_dir.join(JOURNAL_DIR);
     let lock = lock(data_dir)?;
-    let (failure, lock) = match open_store(&journal_dir, store, gateway, lock) {
-        Ok(store) => return Ok((store, None)),
+    let floor = read_floor(data_dir, &journal_dir);
+    let (failure, lock) = match open_store(&journal_dir, store, gateway, lock, floor) {
+        Ok(mut store) => {
+            store.floor_dir = Some(data_dir.to_path_buf());
+            return Ok((store, None));
+        }
         Err(failed) => failed,
     };
     let reason = match failure {
@@ -575,16 +601,48 @@ pub(crate) fn open_or_replace(
         quarantine = %moved_to.display(),
         "damaged journal moved aside; run `posgw journal salvage` to recover its records"
     );
-    match open_store(&journal_dir, store, gateway, lock) {
-        Ok(fresh) => Ok((
-            fresh,
-            Some(Replaced {
-                quarantine: moved_to,
-                reason,
-            }),
-        )),
+    // The floor belonged to the journal just moved aside (its meta keeps its own floors); the
+    // fresh journal writes its own at its first flush.
+    if let Err(err) = std::fs::remove_file(floor::path(data_dir)) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %err, "cannot remove the floor of the damaged journal");
+        }
+    }
+    match open_store(&journal_dir, store, gateway, lock, None) {
+        Ok(mut fresh) => {
+            fresh.floor_dir = Some(data_dir.to_path_buf());
+            Ok((
+                fresh,
+                Some(Replaced {
+                    quarantine: moved_to,
+                    reason,
+                }),
+            ))
+        }
         Err((failure, _lock)) => Err(failure.into_error(&journal_dir)),
     }
+}
+
+/// The floor to check the journal in `journal_dir` against: none if the folder does not exist
+/// (a new journal gets a new epoch, so no id can repeat) or the floor file is unreadable (the
+/// floor is a second line of defence; a bad one must not take a healthy journal down).
+fn read_floor(data_dir: &Path, journal_dir: &Path) -> Option<Floor> {
+    let floor = match floor::read(data_dir) {
+        Ok(floor) => floor,
+        Err(reason) => {
+            tracing::warn!(%reason, "ignoring the journal floor");
+            return None;
+        }
+    };
+    if floor.is_some() && !journal_dir.exists() {
+        tracing::error!(
+            journal = %journal_dir.display(),
+            "the journal folder is gone although records were written to it; starting a new \
+             journal (new epoch)"
+        );
+        return None;
+    }
+    floor
 }
 
 /// Opens an existing journal for an offline command: no creation of the folder, no quarantine.
@@ -595,7 +653,8 @@ pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
     }
     let lock = lock(data_dir)?;
     // Offline commands never append, so the envelope's store and gateway are irrelevant.
-    open_store(&journal_dir, "", "", lock).map_err(|(failure, _)| failure.into_error(&journal_dir))
+    open_store(&journal_dir, "", "", lock, None)
+        .map_err(|(failure, _)| failure.into_error(&journal_dir))
 }
 
 impl Store {
@@ -912,12 +971,27 @@ impl Store {
         self.encoder.id_prefix()
     }
 
-    /// fsyncs everything written so far (blocking).
+    /// fsyncs everything written so far (blocking), then records it in the floor file.
     pub(crate) fn flush(&self) -> Result<(), JournalError> {
+        let floor = self.floor();
         self.db
             .flush()
-            .map(|_| ())
-            .map_err(|err| JournalError::Flush(err.to_string()))
+            .map_err(|err| JournalError::Flush(err.to_string()))?;
+        if let Some(dir) = &self.floor_dir {
+            if let Err(reason) = floor::write(dir, &floor) {
+                tracing::warn!(%reason, "cannot update the journal floor");
+            }
+        }
+        Ok(())
+    }
+
+    /// The floor as of now: what a flush started now makes durable.
+    pub(crate) fn floor(&self) -> Floor {
+        Floor {
+            epoch: self.epoch.clone(),
+            seq: self.next_seq - 1,
+            position: self.next_position - 1,
+        }
     }
 }
 

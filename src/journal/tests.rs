@@ -474,6 +474,94 @@ async fn garbage_in_the_middle_of_the_db_file_is_quarantined_and_salvaged_withou
     eprintln!("{report}");
 }
 
+/// Deletes records straight in sled, as a damaged log that sled recovers only a prefix of
+/// looks: no error, fewer records, meta floors untouched. With `everything`, the meta goes too.
+fn lose_records_silently(dir: &Path, keep: u64, everything: bool) {
+    let db = sled::open(dir.join("journal")).expect("open sled");
+    let records = db.open_tree("records").expect("records");
+    let keys: Vec<sled::IVec> = records
+        .iter()
+        .keys()
+        .skip(keep as usize)
+        .collect::<Result<_, _>>()
+        .expect("keys");
+    for key in keys {
+        records.remove(key).expect("remove");
+    }
+    if everything {
+        records.clear().expect("clear records");
+        db.open_tree("meta")
+            .expect("meta")
+            .clear()
+            .expect("clear meta");
+    }
+    db.flush().expect("flush");
+}
+
+#[tokio::test]
+async fn a_journal_that_silently_lost_its_newest_records_is_quarantined_and_no_seq_is_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_epoch, ids) = journal_with_records(dir.path(), 30).await;
+    lose_records_silently(dir.path(), 20, false);
+
+    let (new_epoch, quarantine) = open_damaged(dir.path(), &old_epoch).await;
+    let records = dump_values(dir.path(), false);
+    let detail = records[0]["data"]["detail"].as_str().expect("detail");
+    assert!(detail.contains("records were lost"), "{detail}");
+    assert!(detail.contains("seq 30"), "{detail}");
+
+    // Salvage brings back what is left (and whatever old copies the raw scan finds), with the
+    // original ids; the live epoch's seq is untouched by it.
+    let report = salvage(dir.path(), &config(dir.path(), Duration::ZERO)).expect("salvage");
+    assert_eq!(report.folders[0].folder, quarantine);
+    assert!(report.copied() >= 20, "{report}");
+    for value in &dump_values(dir.path(), false)[1..] {
+        let id = value["id"].as_str().expect("id");
+        assert!(ids.iter().any(|known| known == id), "{id}");
+    }
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(handle.stats().epoch, new_epoch);
+    assert_eq!(handle.stats().next_seq, 2);
+    handle.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_journal_that_silently_lost_everything_is_quarantined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_epoch, _) = journal_with_records(dir.path(), 5).await;
+    lose_records_silently(dir.path(), 0, true);
+    open_damaged(dir.path(), &old_epoch).await;
+    let records = dump_values(dir.path(), false);
+    let detail = records[0]["data"]["detail"].as_str().expect("detail");
+    assert!(detail.contains("records were lost"), "{detail}");
+}
+
+#[tokio::test]
+async fn the_floor_follows_the_journal_and_a_missing_folder_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_epoch, _) = journal_with_records(dir.path(), 5).await;
+    let written = floor::read(dir.path()).expect("floor").expect("a floor");
+    assert_eq!(written.epoch, old_epoch);
+    assert_eq!((written.seq, written.position), (5, 5));
+
+    // Removing records after upload lowers nothing: the journal reopens clean.
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    handle.remove_through(5).await.expect("remove");
+    handle.close().await.expect("close");
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(handle.stats().next_seq, 6);
+    handle.close().await.expect("close");
+
+    // The folder itself deleted: a new epoch (no id can repeat), not a quarantine.
+    std::fs::remove_dir_all(dir.path().join("journal")).expect("delete journal");
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_ne!(handle.stats().epoch, old_epoch);
+    assert_eq!(handle.stats().next_seq, 1);
+    handle.close().await.expect("close");
+    let written = floor::read(dir.path()).expect("floor").expect("a floor");
+    assert_ne!(written.epoch, old_epoch);
+}
+
 #[tokio::test]
 async fn inconsistent_meta_counts_as_damage() {
     let dir = tempfile::tempdir().expect("tempdir");

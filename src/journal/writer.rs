@@ -31,6 +31,9 @@ const RECORDS_PER_TURN: usize = 256;
 /// Most records one [`JournalHandle::append_batch`] call may carry: the actor writes a batch in
 /// one go (that is what makes its seqs contiguous), so this bounds how long it is busy with one.
 pub const MAX_BATCH_RECORDS: usize = 256;
+/// Least time between two updates of the floor file while running (each costs two fsyncs); the
+/// final flush on close always updates it.
+const FLOOR_EVERY: Duration = Duration::from_secs(1);
 
 /// How to open the journal.
 #[derive(Clone, Debug)]
@@ -333,6 +336,7 @@ pub(super) fn spawn(store: Store, flush_every: Duration) -> JournalHandle {
         flush_every,
         unflushed_since: None,
         in_flight: None,
+        floor_written: None,
         failed: None,
     };
     actor.publish_stats();
@@ -526,6 +530,8 @@ struct Actor {
     unflushed_since: Option<Instant>,
     /// The running flush, if any (never more than one).
     in_flight: Option<InFlight>,
+    /// When a flush last started that updates the floor file (see `floor`).
+    floor_written: Option<Instant>,
     /// The highest durable seq.
     durable_seq: u64,
     /// Set when a flush failed: the journal then refuses new records.
@@ -543,7 +549,7 @@ impl Actor {
             if self.in_flight.is_none() {
                 if let Some(deadline) = deadline {
                     if deadline <= Instant::now() {
-                        self.start_flush();
+                        self.start_flush(false);
                         continue;
                     }
                     if timer.deadline() != deadline {
@@ -726,15 +732,36 @@ impl Actor {
         }
     }
 
-    /// Starts an fsync on a blocking thread covering everything written so far.
-    fn start_flush(&mut self) {
+    /// Starts an fsync on a blocking thread covering everything written so far. Once it
+    /// succeeded, the same thread updates the floor file if the last update is `FLOOR_EVERY`
+    /// old (or `final_flush`), before the flush counts as done, so the floor never leads what
+    /// is durable.
+    fn start_flush(&mut self, final_flush: bool) {
         let db = self.store.db.clone();
         self.unflushed_since = None;
+        let now = Instant::now();
+        let floor_due = final_flush
+            || self
+                .floor_written
+                .is_none_or(|written| now.duration_since(written) >= FLOOR_EVERY);
+        let floor = match &self.store.floor_dir {
+            Some(dir) if floor_due => {
+                self.floor_written = Some(now);
+                Some((dir.clone(), self.store.floor()))
+            }
+            _ => None,
+        };
         self.in_flight = Some(InFlight {
             task: tokio::task::spawn_blocking(move || {
                 db.flush()
-                    .map(|_| ())
-                    .map_err(|err| JournalError::Flush(err.to_string()))
+                    .map_err(|err| JournalError::Flush(err.to_string()))?;
+                if let Some((dir, floor)) = floor {
+                    // The floor is a safeguard: failing to update it loses no record.
+                    if let Err(reason) = super::floor::write(&dir, &floor) {
+                        tracing::warn!(%reason, "cannot update the journal floor");
+                    }
+                }
+                Ok(())
             }),
             position: self.store.next_position - 1,
             seq: self.store.next_seq - 1,
@@ -797,7 +824,7 @@ impl Actor {
         // Appends still queued behind Close are answered "closed" by dropping their replies.
         let mut result = Ok(());
         if self.failed.is_none() {
-            self.start_flush();
+            self.start_flush(true);
             let done = wait_in_flight(&mut self.in_flight).await;
             if let Err(err) = &done {
                 result = Err(JournalError::Flush(err.to_string()));

@@ -74,3 +74,34 @@ fn journal_commands_on_a_missing_data_dir_fail_with_a_message() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing-here"));
 }
+
+#[test]
+fn the_demo_runs_a_simulated_store_and_stops_by_itself() {
+    let store = Store::new();
+    let output = posgw()
+        .args(["demo", "--for", "3s", "--data"])
+        .arg(store.path("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("/station/till-1"), "{stdout}");
+    assert!(stdout.contains("/v1/stats"), "{stdout}");
+    // The gateway's own records went to the embedded HQ; `stopped` is the last one written.
+    let dump = posgw()
+        .args(["journal", "dump", "--data"])
+        .arg(store.path("demo").join("data"))
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let last = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(last.contains(r#""event":"stopped""#), "{last}");
+}
