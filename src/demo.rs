@@ -66,7 +66,7 @@ passthrough = "{pos}"
 
 [[campaign]]
 id = "xinsong-2026q4"
-skus = ["{first}", "690123456*"]
+skus = ["{first}{check}", "690123456*"]
 question = "推荐话术来源"
 options = [ {{ key = "doctor", label = "医生推荐" }},
             {{ key = "referral", label = "老客转介" }},
@@ -83,7 +83,8 @@ endpoint = "{hq}/v1/batches"
 token_file = "{token}"
 batch_max_age = "500ms"
 "#,
-        first = format!("{}{}", TARGETED[0], check_digit(TARGETED[0])),
+        first = TARGETED[0],
+        check = check_digit(TARGETED[0]),
         token = dir.join("hq.token").display(),
         data = dir.join("data").display(),
         scanner = dir.join("dev").join("scanner-1").display(),

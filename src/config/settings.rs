@@ -203,8 +203,7 @@ impl CampaignSettings {
 
     /// Whether the campaign runs on a given store-local day.
     pub fn runs_on(&self, day: chrono::NaiveDate) -> bool {
-        self.starts.map_or(true, |starts| starts <= day)
-            && self.ends.map_or(true, |ends| day <= ends)
+        self.starts.is_none_or(|starts| starts <= day) && self.ends.is_none_or(|ends| day <= ends)
     }
 }
 

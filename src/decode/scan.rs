@@ -129,7 +129,7 @@ fn classify(scan: &mut DecodedScan, aim: Option<AimId>, data: &[u8], ctx: &Decod
     if is_gs1 {
         return fill_gs1(scan, data, ctx);
     }
-    let code128_or_none = aim.map_or(true, |id| id.letter == b'C' && id.modifier == b'0');
+    let code128_or_none = aim.is_none_or(|id| id.letter == b'C' && id.modifier == b'0');
     if code128_or_none && is_cn_trace(data) {
         scan.code_kind = CodeKind::CnTrace;
         scan.trace_code = Some(scan.code.clone());

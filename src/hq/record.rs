@@ -295,7 +295,7 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
                 ),
             });
         }
-        if latest_ts.as_ref().map_or(true, |(latest, _)| ts > *latest) {
+        if latest_ts.as_ref().is_none_or(|(latest, _)| ts > *latest) {
             latest_ts = Some((ts, envelope.ts.to_string()));
         }
         let stream = match stream_parts

@@ -427,7 +427,7 @@ impl Engine {
     fn list(&self, station: Option<&str>) -> Vec<PromptView> {
         self.stations
             .iter()
-            .filter(|(name, _)| station.map_or(true, |station| station == name.as_str()))
+            .filter(|(name, _)| station.is_none_or(|station| station == name.as_str()))
             .flat_map(|(_, queue)| queue.iter().map(|prompt| prompt.view.clone()))
             .collect()
     }

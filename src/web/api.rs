@@ -147,7 +147,7 @@ pub(super) async fn events(
             loop {
                 match events.recv().await {
                     Ok(event) => {
-                        if station.as_deref().map_or(true, |s| s == event.station()) {
+                        if station.as_deref().is_none_or(|s| s == event.station()) {
                             return Some((sse_event(&event), (events, station)));
                         }
                     }
