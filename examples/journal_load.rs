@@ -84,6 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         gateway: "gw-load".to_string(),
         flush,
         version: env!("CARGO_PKG_VERSION"),
+        max_bytes: None,
     })
     .await?;
     let handle = opened.handle;

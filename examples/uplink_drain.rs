@@ -92,6 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         gateway: "gw-drain".into(),
         flush: Duration::from_millis(50),
         version: env!("CARGO_PKG_VERSION"),
+        max_bytes: None,
     })
     .await?;
     let handle = opened.handle;

@@ -54,6 +54,10 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn healthz(State(state): State<ApiState>) -> Response {
+    if let Some(failure) = state.journal.stats().failure {
+        let reason = format!("journal unavailable: {failure}");
+        return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+    }
     match state.health.problem() {
         None => (StatusCode::OK, "ok").into_response(),
         Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),

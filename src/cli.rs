@@ -259,6 +259,7 @@ fn salvage(data: &Path, config: Option<&Path>) -> ExitCode {
         gateway,
         flush: std::time::Duration::ZERO,
         version: crate::VERSION,
+        max_bytes: None,
     };
     match journal::salvage(data, &config) {
         Ok(report) => {

@@ -89,6 +89,7 @@ pub fn spawn(journal: JournalHandle, metrics: Metrics, prompts: PromptsHandle) -
         metrics,
         prompts,
         health: health.clone(),
+        card_answers: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
     };
     let task = tokio::spawn(core.run(rx));
     CoreHandle {
@@ -103,13 +104,20 @@ struct Core {
     metrics: Metrics,
     prompts: PromptsHandle,
     health: Arc<Health>,
+    /// Answer-card answers in flight; drained before the core ends so none is lost at shutdown.
+    card_answers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Core {
     async fn run(self, mut events: mpsc::Receiver<DeviceEvent>) {
         while let Some(event) = events.recv().await {
             self.handle(event).await;
+            // Reap finished card answers so the set stays small.
+            let mut answers = self.card_answers.lock().await;
+            while answers.try_join_next().is_some() {}
         }
+        let mut answers = self.card_answers.lock().await;
+        while answers.join_next().await.is_some() {}
     }
 
     async fn handle(&self, event: DeviceEvent) {
@@ -155,6 +163,9 @@ impl Core {
         let raw = decode::escape_raw(frame);
         let card = self.prompts.answer_card(&decoded.code).map(str::to_owned);
         let campaign = match card {
+            // A misread opens no prompt: it could match a prefix by accident, and would count
+            // against the clerk's completeness.
+            _ if decoded.error.is_some() => None,
             Some(_) => None,
             None => {
                 let mut codes = vec![decoded.code.as_str(), raw.as_str()];
@@ -184,7 +195,7 @@ impl Core {
             // durable, and the next scan must not wait for that.
             let prompts = self.prompts.clone();
             let station = device.station.to_string();
-            tokio::spawn(async move {
+            self.card_answers.lock().await.spawn(async move {
                 match prompts
                     .answer_oldest(&station, &option, Channel::Card)
                     .await
@@ -236,9 +247,11 @@ impl Core {
                 Some(appended.id)
             }
             Err(error) => {
-                // Nothing else can be done with the record: say so as loudly as possible.
+                // Nothing else can be done with the record: say so as loudly as possible, with
+                // the record itself so it can be recovered from the log.
                 self.health.journal_failed.store(true, Ordering::Relaxed);
-                tracing::error!(?kind, %error, "journal append failed; record lost");
+                let record = serde_json::to_string(data).unwrap_or_default();
+                tracing::error!(?kind, %error, %record, "journal append failed; record lost");
                 None
             }
         }

@@ -48,6 +48,10 @@ pub async fn run(
         gateway: settings.gateway.id.clone(),
         flush: settings.gateway.flush,
         version: crate::VERSION,
+        max_bytes: settings
+            .uplink
+            .as_ref()
+            .map(|uplink| uplink.max_journal_bytes),
     };
     let opened = journal::open(journal_config).await.with_context(|| {
         format!(
@@ -78,6 +82,31 @@ pub async fn run(
         .context("cannot write to the journal")?;
     metrics.record_appended(Kind::Gateway.as_str());
 
+    let stop = CancellationToken::new();
+    let uplink = match &settings.uplink {
+        None => {
+            tracing::info!("no [uplink] configured: records stay in the journal");
+            None
+        }
+        Some(uplink) => Some(
+            crate::uplink::spawn(
+                uplink.clone(),
+                (&settings.gateway.store, &settings.gateway.id),
+                journal.clone(),
+                metrics.clone(),
+                stop.child_token(),
+            )
+            .context("cannot start the uplink"),
+        ),
+    };
+    let uplink = match uplink.transpose() {
+        Ok(uplink) => uplink,
+        Err(error) => {
+            // Nothing else runs yet: close the journal cleanly before giving up.
+            let _ = journal.close().await;
+            return Err(error);
+        }
+    };
     let prompts = crate::prompts::spawn(
         PromptsConfig {
             campaigns: settings.campaigns.clone(),
@@ -97,7 +126,6 @@ pub async fn run(
             .collect(),
     );
     let core = crate::core::spawn(journal.clone(), metrics.clone(), prompts.clone());
-    let stop = CancellationToken::new();
     let mut device_tasks = JoinSet::new();
     let mut views = Vec::new();
     for device in &settings.devices {
@@ -134,22 +162,6 @@ pub async fn run(
     let mut stations: Vec<String> = settings.devices.iter().map(|d| d.station.clone()).collect();
     stations.sort();
     stations.dedup();
-    let uplink = match &settings.uplink {
-        None => {
-            tracing::info!("no [uplink] configured: records stay in the journal");
-            None
-        }
-        Some(uplink) => Some(
-            crate::uplink::spawn(
-                uplink.clone(),
-                (&settings.gateway.store, &settings.gateway.id),
-                journal.clone(),
-                metrics.clone(),
-                stop.child_token(),
-            )
-            .context("cannot start the uplink")?,
-        ),
-    };
     let state = ApiState {
         store: settings.gateway.store.as_str().into(),
         gateway: settings.gateway.id.as_str().into(),

@@ -11,11 +11,15 @@
 //! - a pseudo-terminal the gateway creates, with `path` made a symlink to its slave side. The
 //!   gateway keeps the slave open so the link stays valid while the POS software opens and closes
 //!   it; a stale link left by an earlier run is replaced. The link is removed when the task ends.
+//!   Because the kernel keeps what nobody reads, bytes still unread after [`STALE_AFTER`] (no POS
+//!   attached) are discarded before the next write: a POS that starts later must not receive
+//!   old scans and add them to a sale.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -26,7 +30,10 @@ use crate::config::LineSettings;
 use super::serial::builder;
 
 /// Chunks that may wait for a slow passthrough reader before new ones are dropped (and counted).
-const QUEUE_CHUNKS: usize = 4096;
+const QUEUE_CHUNKS: usize = 256;
+
+/// Bytes left unread in the pseudo-terminal this long after they were written have no reader.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
 
 /// The device task's side of a passthrough: cheap, never blocks.
 #[derive(Debug, Clone)]
@@ -76,6 +83,16 @@ enum Target {
 }
 
 impl Target {
+    /// Drops what the POS side of a pseudo-terminal has not read (nobody is reading it).
+    fn discard_unread(&self) {
+        if let Target::Pty { _slave: slave, .. } = self {
+            if slave.bytes_to_read().unwrap_or(0) > 0 {
+                tracing::debug!("passthrough: nobody read the last scans; discarding them");
+                let _ = slave.clear(tokio_serial::ClearBuffer::Input);
+            }
+        }
+    }
+
     fn writer(&mut self) -> &mut SerialStream {
         match self {
             Target::Pty { master, .. } => master,
@@ -108,7 +125,12 @@ pub fn spawn(path: &Path, line: &LineSettings) -> io::Result<PassthroughHandle> 
     let shown = Arc::new(path.to_path_buf());
     let task_path = shown.clone();
     tokio::spawn(async move {
+        let mut last_write = Instant::now();
         while let Some(chunk) = rx.recv().await {
+            if last_write.elapsed() > STALE_AFTER {
+                target.discard_unread();
+            }
+            last_write = Instant::now();
             if let Err(error) = target.writer().write_all(&chunk).await {
                 tracing::warn!(path = %task_path.display(), %error, "passthrough write failed");
             }

@@ -144,6 +144,11 @@ impl SerialDevice {
                     match end {
                         ReadEnd::Shutdown => return,
                         ReadEnd::Lost(detail) => {
+                            // What arrived before the unplug is still what the scanner sent; it
+                            // must not be glued to the first frame after the reconnect.
+                            if let Some(event) = framer.idle() {
+                                self.emit(event).await;
+                            }
                             tracing::warn!(device = %self.info.id, "{path}: {detail}; reconnecting");
                             self.disconnected(detail).await;
                         }

@@ -22,15 +22,26 @@
 //! 5. Readers ([`JournalHandle::read`]) only ever see durable records. Otherwise the uplink could
 //!    send a record that a crash then takes back, and the seq would be issued again to a different
 //!    record, which HQ would drop as a duplicate.
-//! 6. Records leave the records tree only through [`JournalHandle::remove_through`] (after HQ
-//!    acknowledged them) or [`JournalHandle::move_to_dead`] (HQ rejected one); nothing is dropped
-//!    silently.
+//! 6. A journal never continues below what it had made durable. sled 0.34 can open a damaged
+//!    database without an error yet recover only a prefix of it (or nothing); deriving the next
+//!    seq from that would issue ids again. So `data_dir/journal.floor` (see `floor`) records
+//!    the epoch and the highest durable seq and position, written atomically after a flush (at
+//!    most once a second while running, always at close and in salvage); a journal of that
+//!    epoch that opens below it, or opens empty without an epoch, is damage (quarantine below).
+//!    The floor lags the journal, never leads it, so it cannot flag a healthy journal. sled may
+//!    also rewrite a file it cannot read at all while opening it; what it destroyed that way is
+//!    beyond salvage, but the loss is still noticed and no id is issued twice.
+//! 7. Records leave the records tree only through [`JournalHandle::remove_through`] (after HQ
+//!    acknowledged them), [`JournalHandle::move_to_dead`] (HQ rejected one) or eviction over
+//!    the quota (below, counted and recorded); nothing is dropped silently. All three write the
+//!    floors in the same sled transaction as the removal.
 //!
 //! # On-disk layout
 //!
 //! ```text
 //! data_dir/
 //!   journal.lock                   flock held by whoever has the journal open
+//!   journal.floor                  "posgw-journal-floor-1 EPOCH SEQ POSITION": durable so far
 //!   journal/                       the sled 0.34 database (conf, db, snap.*, blobs/)
 //!     tree "records"               position (u64 big-endian) -> record JSON bytes
 //!     tree "dead"                  position -> record JSON bytes (HQ rejected it)
@@ -105,6 +116,22 @@
 //! [`JournalHandle::close`] waits for the running flush, flushes once more, closes the database
 //! and only then returns.
 //!
+//! # Quota
+//!
+//! With [`JournalConfig::max_bytes`] (`[uplink] max_journal_bytes`) set, an append that takes
+//! the backlog over it starts a round of evictions: the oldest `scan` and `device` records (in
+//! position order) are deleted until the backlog is back at 95% of the quota, at most 2048
+//! after each append so the actor never stalls on a big round. `sale`, `attribution` and
+//! `gateway` records are never evicted: they are written past the quota while the disk allows,
+//! and `tracing::error!` says so at most once a minute, with the free disk space. The round's
+//! evictions are written down in one `gateway` record `{"event":"evicted","version":..,
+//! "detail":"evicted N scan/device records (B bytes, oldest ID, newest ID): journal over
+//! max_journal_bytes (M bytes)"}` when it ends (or once a minute while records that are never
+//! evicted keep the journal over the quota, and on close) and counted in
+//! [`JournalStats::evicted_records`]. The first eviction of a process is logged as an error.
+//! An in-memory cursor remembers below which position no scan or device record is left, so a
+//! round does not re-read the protected records at the head of the journal.
+//!
 //! # Opening, quarantine
 //!
 //! sled 0.34 can fail to open after an abrupt stop (`Corruption`) and sometimes panics instead.
@@ -116,7 +143,7 @@
 //!   not help;
 //! - anything else, including an open that succeeds but finds the meta unreadable or
 //!   inconsistent (bad epoch, floors of the wrong size, records without an epoch, a last record
-//!   that is not a record): **damage**. The whole `journal/` folder is renamed to
+//!   that is not a record, a journal that ends below `journal.floor`): **damage**. The whole `journal/` folder is renamed to
 //!   `quarantine-<UTC time>/`, a fresh journal with a new epoch is created, its first record is a
 //!   `gateway` record `{"event":"journal_replaced","version":..,"detail":"<reason>; damaged journal
 //!   moved to <path>; run `posgw journal salvage` to recover records"}`, and the gateway carries
@@ -141,6 +168,7 @@
 //! - [`clock`]: clock stamps.
 //! - [`record`]: the envelope, [`Kind`].
 //! - `store`: lock, defensive open, recovery, quarantine, the blocking tree operations.
+//! - `floor`: the floor file.
 //! - `writer`: the actor, [`JournalHandle`], batches, group commit.
 //! - `offline`: `stats`, `dump`.
 //! - `salvage`: `salvage` and the raw scan.

@@ -176,6 +176,9 @@ pub struct RecordHead<'a> {
     /// The local time the record was written.
     #[serde(borrow, default)]
     pub ts: Option<Cow<'a, str>>,
+    /// The record's kind (`"scan"`, ...).
+    #[serde(borrow, default)]
+    pub kind: Option<Cow<'a, str>>,
 }
 
 impl<'a> RecordHead<'a> {

@@ -15,6 +15,7 @@ fn config(dir: &Path, flush: Duration) -> JournalConfig {
         gateway: "gw-1".to_string(),
         flush,
         version: "0.1.0-test",
+        max_bytes: None,
     }
 }
 
@@ -866,7 +867,7 @@ fn spawn_with_faults(dir: &Path, faults: store::Faults) -> JournalHandle {
         store::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open store");
     assert!(replaced.is_none());
     store.faults = faults;
-    writer::spawn(store, Duration::ZERO)
+    writer::spawn(store, &config(dir, Duration::ZERO))
 }
 
 #[tokio::test]
@@ -990,4 +991,249 @@ async fn concurrent_batches_and_single_appends_get_every_seq_exactly_once() {
         .map(|v| v["seq"].as_u64().expect("seq"))
         .collect();
     assert_eq!(dumped, (1..=total).collect::<Vec<u64>>());
+}
+
+/// A config for a journal in `dir` that keeps at most `max_bytes` of records.
+fn config_with_quota(dir: &Path, max_bytes: u64) -> JournalConfig {
+    JournalConfig {
+        max_bytes: Some(max_bytes),
+        ..config(dir, Duration::ZERO)
+    }
+}
+
+/// The `data.event == "evicted"` gateway records among `records`.
+fn evicted_events(records: &[Value]) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|v| v["kind"] == "gateway" && v["data"]["event"] == "evicted")
+        .collect()
+}
+
+#[tokio::test]
+async fn over_max_bytes_the_oldest_scans_and_device_records_are_evicted_and_recorded() {
+    // Each round of evictions frees 5% of the quota and leaves one `evicted` record (never
+    // evicted itself), so the quota must hold far more than a few records.
+    const QUOTA: u64 = 64 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opened = open(config_with_quota(dir.path(), QUOTA))
+        .await
+        .expect("open");
+    let handle = opened.handle;
+    let attribution = handle
+        .append_value(
+            Kind::Attribution,
+            &json!({"campaign": "c1", "answer": "yes"}),
+        )
+        .await
+        .expect("append attribution");
+    let device = handle
+        .append_value(
+            Kind::Device,
+            &json!({"device": "scanner-1", "event": "connected"}),
+        )
+        .await
+        .expect("append device");
+    let scans = append_scans(&handle, 400).await;
+    let sale = handle
+        .append_value(Kind::Sale, &json!({"register": "pos-1", "total": "12.50"}))
+        .await
+        .expect("append sale");
+    let stats = handle.stats();
+    assert!(stats.evicted_records > 0, "{stats:?}");
+    assert!(stats.backlog_bytes <= QUOTA, "{stats:?}");
+    let next_seq = stats.next_seq;
+    let evicted = stats.evicted_records;
+    handle.close().await.expect("close");
+
+    let records = dump_values(dir.path(), false);
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|v| v["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids[0], attribution.id, "attribution is never evicted");
+    assert!(ids.contains(&sale.id.as_str()), "sale is never evicted");
+    assert!(
+        !ids.contains(&device.id.as_str()),
+        "the oldest device record went first"
+    );
+    // The scans left are the newest ones, without a hole: eviction goes oldest first.
+    let kept: Vec<&str> = scans
+        .iter()
+        .map(|a| a.id.as_str())
+        .filter(|id| ids.contains(id))
+        .collect();
+    assert!(!kept.is_empty(), "{ids:?}");
+    assert_eq!(kept.len() as u64 + evicted, scans.len() as u64 + 1);
+    assert_eq!(kept[kept.len() - 1], scans[scans.len() - 1].id);
+    let first_kept = scans.len() - kept.len();
+    assert_eq!(kept[0], scans[first_kept].id);
+    // Every eviction is written down; the counts add up.
+    let events = evicted_events(&records);
+    assert!(!events.is_empty());
+    let mut total = 0u64;
+    for event in &events {
+        let detail = event["data"]["detail"].as_str().expect("detail");
+        assert!(detail.contains("max_journal_bytes"), "{detail}");
+        assert_eq!(event["data"]["version"], "0.1.0-test");
+        let count: u64 = detail
+            .strip_prefix("evicted ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect("count in detail");
+        total += count;
+    }
+    assert_eq!(total, evicted);
+
+    // Seqs go on above everything issued, evicted ones included.
+    let handle = open(config_with_quota(dir.path(), QUOTA))
+        .await
+        .expect("reopen")
+        .handle;
+    assert_eq!(handle.stats().next_seq, next_seq);
+    assert_eq!(handle.stats().evicted_records, 0, "counted per process");
+    let next = handle
+        .append_value(Kind::Scan, &json!({}))
+        .await
+        .expect("append");
+    assert_eq!(next.seq, next_seq);
+    handle.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn sales_and_attributions_stay_past_max_bytes_while_new_scans_go() {
+    const QUOTA: u64 = 20 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open(config_with_quota(dir.path(), QUOTA))
+        .await
+        .expect("open")
+        .handle;
+    let mut kept = Vec::new();
+    for i in 0..100 {
+        let kind = if i % 2 == 0 {
+            Kind::Sale
+        } else {
+            Kind::Attribution
+        };
+        let appended = handle
+            .append_value(kind, &json!({"register": "pos-1", "i": i}))
+            .await
+            .expect("append");
+        kept.push(appended.id);
+    }
+    let stats = handle.stats();
+    assert!(stats.backlog_bytes > QUOTA, "{stats:?}");
+    assert_eq!(stats.evicted_records, 0);
+    // A scan now is the oldest evictable record: it goes at once, the sales stay.
+    let scan = append_scans(&handle, 1).await.remove(0);
+    assert_eq!(handle.stats().evicted_records, 1);
+    let next_seq = handle.stats().next_seq;
+    handle.close().await.expect("close");
+
+    let records = dump_values(dir.path(), false);
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|v| v["id"].as_str().expect("id"))
+        .collect();
+    for id in &kept {
+        assert!(ids.contains(&id.as_str()), "{id} kept");
+    }
+    assert!(!ids.contains(&scan.id.as_str()));
+    // The eviction was written down on close (there was no round to finish before).
+    let events = evicted_events(&records);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let detail = events[0]["data"]["detail"].as_str().expect("detail");
+    assert!(
+        detail.starts_with("evicted 1 scan/device records"),
+        "{detail}"
+    );
+    assert!(detail.contains(&scan.id), "{detail}");
+
+    // That `evicted` record took the next seq.
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(handle.stats().next_seq, next_seq + 1);
+    handle.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn evicting_the_newest_record_never_lets_its_seq_be_issued_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seq = {
+        let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+        let data = serde_json::value::to_raw_value(&json!({"code": "1"})).expect("raw");
+        store.append(Kind::Sale, &data).expect("sale");
+        let scan = store.append(Kind::Scan, &data).expect("scan");
+        let evicted = store.evict(0, 10).expect("evict");
+        assert_eq!(evicted.records, 1);
+        assert_eq!(evicted.first_id.as_deref(), Some(scan.id.as_str()));
+        assert_eq!(store.evict(0, 10).expect("evict again").records, 0);
+        store.flush().expect("flush");
+        scan.seq
+    };
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(handle.stats().next_seq, seq + 1);
+    assert_eq!(handle.stats().backlog_records, 1);
+    handle.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn backlog_figures_survive_a_clean_close_and_a_crash_alike() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    let appended = append_scans(&handle, 20).await;
+    handle
+        .wait_durable_beyond(appended[18].position)
+        .await
+        .expect("durable");
+    handle
+        .remove_through(appended[4].position)
+        .await
+        .expect("remove");
+    handle
+        .move_to_dead(appended[5].position, "rejected by hq".to_string())
+        .await
+        .expect("dead-letter");
+    let before = handle.stats();
+    handle.close().await.expect("close");
+
+    // A clean close saved the figures: the open uses them (and drops them from meta).
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    let after = handle.stats();
+    assert_eq!(
+        (
+            after.backlog_records,
+            after.backlog_bytes,
+            after.dead_records
+        ),
+        (
+            before.backlog_records,
+            before.backlog_bytes,
+            before.dead_records
+        )
+    );
+    assert_eq!((after.backlog_records, after.dead_records), (14, 1));
+    assert_eq!(after.next_seq, 21);
+    handle.close().await.expect("close");
+
+    // Without a close (as after a crash) nothing is saved and the open counts the records.
+    let expected = {
+        let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+        let data = serde_json::value::to_raw_value(&json!({"code": "1"})).expect("raw");
+        store.append(Kind::Scan, &data).expect("append");
+        store.flush().expect("flush");
+        (
+            store.backlog_records,
+            store.backlog_bytes,
+            store.dead_records,
+        )
+    };
+    assert_eq!(expected.0, 15);
+    let (store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    assert_eq!(
+        (
+            store.backlog_records,
+            store.backlog_bytes,
+            store.dead_records
+        ),
+        expected
+    );
 }

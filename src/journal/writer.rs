@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::error::JournalError;
 use super::record::Kind;
-use super::store::{open_or_replace, Replaced, Store, StoredRecord};
+use super::store::{open_or_replace, Eviction, Replaced, Store, StoredRecord};
 
 /// Commands waiting for the actor; appends beyond this wait (backpressure on producers).
 const COMMAND_QUEUE: usize = 1024;
@@ -34,6 +34,17 @@ pub const MAX_BATCH_RECORDS: usize = 256;
 /// Least time between two updates of the floor file while running (each costs two fsyncs); the
 /// final flush on close always updates it.
 const FLOOR_EVERY: Duration = Duration::from_secs(1);
+/// Once over [`JournalConfig::max_bytes`], records are evicted until the backlog is down to this
+/// share of it (in percent), so the journal does not evict again on the very next append.
+const QUOTA_LOW_WATER_PERCENT: u64 = 95;
+/// Most records evicted after one append: eviction is sled work on the actor's task, so a large
+/// round is spread over the appends that follow.
+const EVICT_PER_APPEND: usize = 2048;
+/// While evictions go on without the backlog getting back under the quota (records that are
+/// never evicted fill it), they are summed up in one `evicted` record at most this often.
+const EVICTED_RECORD_EVERY: Duration = Duration::from_secs(60);
+/// How often "over quota with records that are never evicted" is logged at most.
+const OVER_QUOTA_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// How to open the journal.
 #[derive(Clone, Debug)]
@@ -46,8 +57,12 @@ pub struct JournalConfig {
     pub gateway: String,
     /// Longest time an appended record waits for fsync; zero fsyncs before confirming each one.
     pub flush: Duration,
-    /// The gateway version, written into the `journal_replaced` record.
+    /// The gateway version, written into the `journal_replaced` and `evicted` records.
     pub version: &'static str,
+    /// Most bytes of records the journal keeps (`[uplink] max_journal_bytes`); beyond it the
+    /// oldest `scan` and `device` records are evicted (`sale`, `attribution` and `gateway`
+    /// records never are). `None`: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 /// The result of [`open`].
@@ -169,6 +184,9 @@ pub struct JournalStats {
     pub appended_total: u64,
     /// `appended_total` split by kind, in [`Kind::ALL`] order (for `posgw_records_total{kind}`).
     pub per_kind: Vec<(Kind, u64)>,
+    /// Scan and device records evicted since this process opened the journal because it was
+    /// over [`JournalConfig::max_bytes`] (for `posgw_journal_evicted_records_total`).
+    pub evicted_records: u64,
     /// Why the journal stopped accepting records (a failed fsync, or a failed batch that could
     /// not be taken back out of sled), if it did.
     pub failure: Option<String>,
@@ -191,6 +209,8 @@ struct SharedStats {
     appended_total: AtomicU64,
     /// See [`JournalStats::per_kind`].
     per_kind: [AtomicU64; 5],
+    /// See [`JournalStats::evicted_records`].
+    evicted_records: AtomicU64,
     /// See [`JournalStats::failure`]; a std mutex is fine: tiny sections, never held across await.
     failure: Mutex<Option<String>>,
 }
@@ -289,7 +309,7 @@ pub async fn open(config: JournalConfig) -> Result<Opened, JournalError> {
                 path: config.data_dir.join(super::store::JOURNAL_DIR),
                 reason: format!("opening the journal failed: {err}"),
             })??;
-    let handle = spawn(store, config.flush);
+    let handle = spawn(store, &config);
     if let Some(replaced) = &replaced {
         let appended = handle
             .append_value(Kind::Gateway, &replaced_event(replaced, config.version))
@@ -313,7 +333,7 @@ pub(crate) fn replaced_event(replaced: &Replaced, version: &str) -> serde_json::
 }
 
 /// Starts the actor for an open store.
-pub(super) fn spawn(store: Store, flush_every: Duration) -> JournalHandle {
+pub(super) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     // Everything before the first position of this session is already on disk (it was read
     // back from it), so the mark starts just below the next position.
@@ -333,7 +353,13 @@ pub(super) fn spawn(store: Store, flush_every: Duration) -> JournalHandle {
         inbox,
         stats: stats.clone(),
         mark: mark_tx,
-        flush_every,
+        flush_every: config.flush,
+        max_bytes: config.max_bytes,
+        version: config.version,
+        evicting: false,
+        pending_eviction: None,
+        eviction_logged: false,
+        over_quota_logged: None,
         unflushed_since: None,
         in_flight: None,
         floor_written: None,
@@ -477,6 +503,7 @@ impl JournalHandle {
                 .iter()
                 .map(|kind| (*kind, load(&self.stats.per_kind[kind.index()])))
                 .collect(),
+            evicted_records: load(&self.stats.evicted_records),
             failure: self
                 .stats
                 .failure
@@ -526,6 +553,19 @@ struct Actor {
     mark: watch::Sender<DurableMark>,
     /// See [`JournalConfig::flush`].
     flush_every: Duration,
+    /// See [`JournalConfig::max_bytes`].
+    max_bytes: Option<u64>,
+    /// See [`JournalConfig::version`].
+    version: &'static str,
+    /// Set from the append that takes the backlog over the quota until it is back at
+    /// `QUOTA_LOW_WATER_PERCENT` (or nothing is left to evict).
+    evicting: bool,
+    /// Evictions not yet written down in an `evicted` record, and when the first of them was.
+    pending_eviction: Option<(Eviction, Instant)>,
+    /// Whether this process has logged its first eviction (as an error) yet.
+    eviction_logged: bool,
+    /// When "over quota with records that are never evicted" was last logged.
+    over_quota_logged: Option<Instant>,
     /// When the oldest write not covered by a started flush happened.
     unflushed_since: Option<Instant>,
     /// The running flush, if any (never more than one).
@@ -666,6 +706,7 @@ impl Actor {
         self.note_write();
         self.stats.appended_total.fetch_add(1, Ordering::Relaxed);
         self.stats.per_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.enforce_quota();
         Ok(Appended {
             seq: local.seq,
             id: local.id,
@@ -713,6 +754,7 @@ impl Actor {
             .appended_total
             .fetch_add(local.count, Ordering::Relaxed);
         self.stats.per_kind[kind.index()].fetch_add(local.count, Ordering::Relaxed);
+        self.enforce_quota();
         Ok(AppendedBatch {
             first_seq: local.first_seq,
             first_position: local.first_position,
@@ -723,6 +765,123 @@ impl Actor {
             },
             id_prefix: self.id_prefix.clone(),
         })
+    }
+
+    /// Keeps the backlog within [`JournalConfig::max_bytes`] after an append: evicts the oldest
+    /// scan and device records (a bounded number per call) until the backlog is back at
+    /// `QUOTA_LOW_WATER_PERCENT` of the quota, and writes what it evicted down in a `gateway`
+    /// `evicted` record. Records of other kinds stay even past the quota, loudly.
+    fn enforce_quota(&mut self) {
+        let Some(max) = self.max_bytes else { return };
+        if !self.evicting {
+            if self.store.backlog_bytes <= max {
+                return;
+            }
+            self.evicting = true;
+        }
+        let target = max / 100 * QUOTA_LOW_WATER_PERCENT;
+        let evicted = match self.store.evict(target, EVICT_PER_APPEND) {
+            Ok(pass) => pass,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot evict journal records");
+                self.evicting = false;
+                return;
+            }
+        };
+        let stuck = evicted.records == 0;
+        if !stuck {
+            self.note_write();
+            self.stats
+                .evicted_records
+                .fetch_add(evicted.records, Ordering::Relaxed);
+            if !self.eviction_logged {
+                self.eviction_logged = true;
+                tracing::error!(
+                    max_bytes = max,
+                    "journal over max_journal_bytes: evicting the oldest scan and device records"
+                );
+            }
+            match &mut self.pending_eviction {
+                Some((pending, _)) => pending.add(evicted),
+                None => self.pending_eviction = Some((evicted, Instant::now())),
+            }
+        }
+        let back_under = self.store.backlog_bytes <= target;
+        if back_under || stuck {
+            self.evicting = false;
+        }
+        if !back_under && self.store.backlog_bytes > max && stuck {
+            self.log_over_quota(max);
+        }
+        let due = self
+            .pending_eviction
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() >= EVICTED_RECORD_EVERY);
+        if back_under || due {
+            self.record_eviction(max);
+        }
+    }
+
+    /// Logs (at most once a minute) that records which are never evicted fill the quota.
+    fn log_over_quota(&mut self, max: u64) {
+        if self
+            .over_quota_logged
+            .is_some_and(|logged| logged.elapsed() < OVER_QUOTA_LOG_EVERY)
+        {
+            return;
+        }
+        self.over_quota_logged = Some(Instant::now());
+        let free = self
+            .store
+            .floor_dir
+            .as_deref()
+            .and_then(|dir| nix::sys::statvfs::statvfs(dir).ok())
+            .map(|stat| {
+                format!(
+                    "{} bytes",
+                    stat.blocks_available().saturating_mul(stat.fragment_size())
+                )
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        tracing::error!(
+            backlog_bytes = self.store.backlog_bytes,
+            max_bytes = max,
+            "journal over quota with {} sale/attribution/gateway records that are never \
+             evicted; free disk: {free}",
+            self.store.backlog_records
+        );
+    }
+
+    /// Writes the evictions not yet recorded into a `gateway` `evicted` record.
+    fn record_eviction(&mut self, max: u64) {
+        let Some((evicted, _)) = self.pending_eviction.take() else {
+            return;
+        };
+        let detail = format!(
+            "evicted {} scan/device records ({} bytes, oldest {}, newest {}): journal over \
+             max_journal_bytes ({max} bytes)",
+            evicted.records,
+            evicted.bytes,
+            evicted.first_id.as_deref().unwrap_or("?"),
+            evicted.last_id.as_deref().unwrap_or("?"),
+        );
+        tracing::warn!(%detail, "journal records evicted");
+        let event = serde_json::json!({
+            "event": "evicted",
+            "version": self.version,
+            "detail": detail,
+        });
+        let result = serde_json::value::to_raw_value(&event)
+            .map_err(|err| JournalError::InvalidData(err.to_string()))
+            .and_then(|raw| self.store.append(Kind::Gateway, &raw));
+        match result {
+            Ok(_) => {
+                self.note_write();
+                self.stats.appended_total.fetch_add(1, Ordering::Relaxed);
+                self.stats.per_kind[Kind::Gateway.index()].fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => tracing::error!(error = %err, "cannot record the eviction in the journal"),
+        }
     }
 
     /// Remembers that something is written but not covered by a flush yet.
@@ -824,6 +983,13 @@ impl Actor {
         // Appends still queued behind Close are answered "closed" by dropping their replies.
         let mut result = Ok(());
         if self.failed.is_none() {
+            if let Some(max) = self.max_bytes {
+                self.record_eviction(max);
+            }
+            // Last write of the session, so the next open can skip counting every record.
+            if let Err(err) = self.store.save_counters() {
+                tracing::warn!(error = %err, "cannot save the journal counters");
+            }
             self.start_flush(true);
             let done = wait_in_flight(&mut self.in_flight).await;
             if let Err(err) = &done {

@@ -408,6 +408,35 @@ async fn journal_failure_is_reported_as_unavailable() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_record_is_retried_and_its_prompt_stays_saved_until_it_is_in() {
+    let store = start().await;
+    let prompt = store.open("till-1", "6901234567892").await.prompt;
+    settle().await;
+    store.journal.set_failure(Some("disk full"));
+    let result = store
+        .prompts
+        .answer(&prompt.id, "doctor", None, Channel::Web)
+        .await;
+    assert!(result.is_err());
+    settle().await;
+    // The record is missing, so the saved state still holds the prompt: a restart now would
+    // resolve it rather than forget it.
+    assert_eq!(saved_prompts(&store.journal), 1);
+    store.journal.set_failure(None);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    settle().await;
+    let records = store.journal.records();
+    assert_eq!(records.len(), 1, "written on retry");
+    assert_eq!(records[0].prompt, prompt.id);
+    assert_eq!(records[0].answer.as_deref(), Some("doctor"));
+    assert_eq!(
+        saved_prompts(&store.journal),
+        0,
+        "state saved once the record is in"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn restart_resumes_unexpired_and_times_out_expired() {
     let before = start().await;
     let expired = before.open("till-1", "6901234567892").await.prompt; // expires t0+120s

@@ -36,6 +36,9 @@ impl HttpTransport {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            // A redirect would turn the POST into a body-less GET whose 2xx means nothing:
+            // HQ's endpoint must answer itself.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("posgw/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot create the HTTP client")?;
@@ -111,6 +114,18 @@ impl HttpTransport {
             .and_then(parse_retry_after);
         if status.is_success() {
             return Delivery::Accepted;
+        }
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("nowhere")
+                .to_owned();
+            return Delivery::Retry {
+                error: format!("HQ answered {status} to {location}: set [uplink] endpoint to the final address"),
+                after: None,
+            };
         }
         let reason = response.text().await.unwrap_or_default();
         let reason = format!(

@@ -186,12 +186,27 @@ struct Uplink {
 impl Uplink {
     async fn run(mut self) {
         tracing::info!(endpoint = %self.settings.endpoint, "uplink started");
-        match self.forward().await {
-            Stopped::Shutdown => tracing::debug!("uplink stopped"),
-            Stopped::Journal(error) => {
-                tracing::error!(%error, "uplink stopped: journal unavailable");
-                self.status
-                    .send_modify(|s| s.last_error = Some(error.to_string()));
+        loop {
+            match self.forward().await {
+                Stopped::Shutdown | Stopped::Journal(JournalError::Closed) => {
+                    tracing::debug!("uplink stopped");
+                    return;
+                }
+                Stopped::Journal(error) => {
+                    // The journal may recover (a full disk freed); the records wait there.
+                    tracing::error!(%error, "uplink: journal unavailable; retrying in {RETRY_MAX:?}");
+                    self.status.send_modify(|s| {
+                        s.state = UplinkState::Retrying;
+                        s.last_error = Some(format!("journal unavailable: {error}"));
+                    });
+                    if self
+                        .until_stopped(tokio::time::sleep(RETRY_MAX))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -320,7 +335,8 @@ impl Uplink {
                 Delivery::Accepted => return Ok(Verdict::Accepted),
                 Delivery::TooLarge => {
                     return Ok(Verdict::Split(
-                        "HQ says the record is larger than it accepts (413)".into(),
+                        "the record is larger than the uplink can send (413 or packet limit)"
+                            .into(),
                     ))
                 }
                 Delivery::Rejected(reason) => return Ok(Verdict::Split(reason)),

@@ -47,6 +47,27 @@ fn seqs_are_contiguous(records: &[Value]) {
 }
 
 #[tokio::test]
+async fn server_errors_are_retried_until_hq_accepts() {
+    let hq = FakeHq::start("store-token").await;
+    hq.lock()
+        .script
+        .extend([Fault::Status(503), Fault::Status(500), Fault::Status(408)]);
+    let store = Store::new();
+    store.write_config("");
+    store.add_uplink(&hq.endpoint(), "store-token", "");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    scanner.send(b"]E06901234567892\r").await;
+    gateway.wait_scans_durable(1).await;
+    wait_backlog_empty(&gateway).await;
+    assert!(gateway.stop().await.success());
+    let inner = hq.lock();
+    assert_eq!(&inner.answers[..4], &[503, 500, 408, 200]);
+    assert_eq!(of_kind(&inner.stored, "scan").len(), 1);
+}
+
+#[tokio::test]
 async fn records_reach_hq_in_order_and_leave_the_journal() {
     let hq = FakeHq::start("store-token").await;
     let store = Store::new();
@@ -81,7 +102,8 @@ async fn faults_are_retried_big_batches_split_and_a_poison_record_dead_lettered(
     {
         let mut inner = hq.lock();
         inner.script.extend([
-            Fault::Status(503),
+            // A redirect is never followed: it would turn the POST into a GET.
+            Fault::Status(302),
             Fault::RetryAfter(1),
             Fault::Drop,
             Fault::Status(401),
@@ -118,8 +140,8 @@ async fn faults_are_retried_big_batches_split_and_a_poison_record_dead_lettered(
     assert!(gateway.stop().await.success());
 
     let inner = hq.lock();
-    // 503, 429, dropped connection and 401 were all answered before anything was stored.
-    assert_eq!(&inner.answers[..4], &[503, 429, 0, 401]);
+    // 302, 429, dropped connection and 401 were all answered before anything was stored.
+    assert_eq!(&inner.answers[..4], &[302, 429, 0, 401]);
     assert!(
         inner.answers.contains(&413),
         "batches over 4 records were split"
