@@ -45,6 +45,12 @@ const EVICT_PER_APPEND: usize = 2048;
 const EVICTED_RECORD_EVERY: Duration = Duration::from_secs(60);
 /// How often "over quota with records that are never evicted" is logged at most.
 const OVER_QUOTA_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Longest time a removal (upload acknowledged, dead-lettering, eviction) waits for fsync when
+/// no append needs one sooner. Nothing waits on a removal being durable (one lost in a crash
+/// only makes the uplink send records HQ already has), and fsyncs back to back while the uplink
+/// drains a backlog keep sled's freed pages from being reclaimed: draining 1M records (flush =
+/// 50ms) peaked at 215 MiB RSS with removals fsynced like appends, 108 MiB with this.
+const REMOVAL_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// How to open the journal.
 #[derive(Clone, Debug)]
@@ -361,6 +367,7 @@ pub(super) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
         eviction_logged: false,
         over_quota_logged: None,
         unflushed_since: None,
+        removed_since: None,
         in_flight: None,
         floor_written: None,
         failed: None,
@@ -566,8 +573,10 @@ struct Actor {
     eviction_logged: bool,
     /// When "over quota with records that are never evicted" was last logged.
     over_quota_logged: Option<Instant>,
-    /// When the oldest write not covered by a started flush happened.
+    /// When the oldest append not covered by a started flush happened.
     unflushed_since: Option<Instant>,
+    /// When the oldest removal not covered by a started flush happened.
+    removed_since: Option<Instant>,
     /// The running flush, if any (never more than one).
     in_flight: Option<InFlight>,
     /// When a flush last started that updates the floor file (see `floor`).
@@ -585,7 +594,7 @@ impl Actor {
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
         let mut closing: Option<oneshot::Sender<Result<(), JournalError>>> = None;
         'main: loop {
-            let deadline = self.unflushed_since.map(|since| since + self.flush_every);
+            let deadline = self.flush_deadline();
             if self.in_flight.is_none() {
                 if let Some(deadline) = deadline {
                     if deadline <= Instant::now() {
@@ -674,7 +683,7 @@ impl Actor {
                     self.store.remove_through(position)
                 };
                 if matches!(result, Ok(removed) if removed > 0) {
-                    self.note_write();
+                    self.note_removal();
                 }
                 let _ = reply.send(result);
             }
@@ -685,7 +694,7 @@ impl Actor {
             } => {
                 let result = self.store.move_to_dead(position, &reason);
                 if result.is_ok() {
-                    self.note_write();
+                    self.note_removal();
                 }
                 let _ = reply.send(result);
             }
@@ -790,7 +799,7 @@ impl Actor {
         };
         let stuck = evicted.records == 0;
         if !stuck {
-            self.note_write();
+            self.note_removal();
             self.stats
                 .evicted_records
                 .fetch_add(evicted.records, Ordering::Relaxed);
@@ -884,6 +893,24 @@ impl Actor {
         }
     }
 
+    /// When the next flush is due: `flush` after the oldest unflushed append, or
+    /// `REMOVAL_FLUSH_EVERY` after the oldest unflushed removal, whichever comes first.
+    fn flush_deadline(&self) -> Option<Instant> {
+        let appends = self.unflushed_since.map(|since| since + self.flush_every);
+        let removals = self.removed_since.map(|since| since + REMOVAL_FLUSH_EVERY);
+        match (appends, removals) {
+            (Some(appends), Some(removals)) => Some(appends.min(removals)),
+            (appends, removals) => appends.or(removals),
+        }
+    }
+
+    /// Remembers that records were removed but the removal is not covered by a flush yet.
+    fn note_removal(&mut self) {
+        if self.removed_since.is_none() {
+            self.removed_since = Some(Instant::now());
+        }
+    }
+
     /// Remembers that something is written but not covered by a flush yet.
     fn note_write(&mut self) {
         if self.unflushed_since.is_none() {
@@ -898,6 +925,7 @@ impl Actor {
     fn start_flush(&mut self, final_flush: bool) {
         let db = self.store.db.clone();
         self.unflushed_since = None;
+        self.removed_since = None;
         let now = Instant::now();
         let floor_due = final_flush
             || self

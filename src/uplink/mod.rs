@@ -155,6 +155,7 @@ pub fn spawn(
         transport,
         status: status_tx,
         stop,
+        removing: None,
     };
     let task = tokio::spawn(uplink.run());
     Ok(UplinkHandle { status, task })
@@ -181,6 +182,8 @@ struct Uplink {
     transport: Transport,
     status: watch::Sender<UplinkStatus>,
     stop: CancellationToken,
+    /// The journal delete of the last accepted batch, still running.
+    removing: Option<JoinHandle<Result<(), JournalError>>>,
 }
 
 impl Uplink {
@@ -233,6 +236,14 @@ impl Uplink {
             }
             cursor = last;
             if self.journal.durable_position() <= cursor {
+                // Caught up: let the last delete finish so the backlog shows empty.
+                if let Some(removing) = self.removing.take() {
+                    match removing.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => return Stopped::Journal(error),
+                        Err(_) => return Stopped::Journal(JournalError::Closed),
+                    }
+                }
                 self.status.send_modify(|s| {
                     s.state = UplinkState::Idle;
                     s.oldest_pending_ts = None;
@@ -283,7 +294,7 @@ impl Uplink {
             match self.deliver_with_retry(records).await? {
                 Verdict::Accepted => {
                     let last = records[records.len() - 1].position;
-                    self.journal.remove_through(last).await?;
+                    self.remove_through(last).await?;
                     self.metrics.uplink_sent.inc_by(records.len() as u64);
                     self.status.send_modify(|s| {
                         s.last_success_at = Some(Local::now());
@@ -314,6 +325,20 @@ impl Uplink {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Removes the records up to `position` (HQ has them) while the next batch is read, encoded
+    /// and sent: the journal's delete runs in the background, at most one at a time, and its
+    /// failure surfaces at the next call.
+    async fn remove_through(&mut self, position: u64) -> Result<(), Stopped> {
+        if let Some(previous) = self.removing.take() {
+            previous.await.map_err(|_| JournalError::Closed)??;
+        }
+        let journal = self.journal.clone();
+        self.removing = Some(tokio::spawn(async move {
+            journal.remove_through(position).await.map(|_| ())
+        }));
         Ok(())
     }
 
