@@ -71,6 +71,11 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     metrics.backlog_bytes.set(gauge(journal.backlog_bytes));
     metrics.dead_records.set(gauge(journal.dead_records));
     metrics.durable_seq.set(gauge(journal.durable_seq));
+    // The journal counts evictions; the counter catches up with it at each scrape.
+    let counted = metrics.evicted.get();
+    if journal.evicted_records > counted {
+        metrics.evicted.inc_by(journal.evicted_records - counted);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub dead_records: Gauge,
     /// Highest seq known to be fsynced (`posgw_journal_durable_seq`).
     pub durable_seq: Gauge,
+    /// Scan and device records evicted over `max_journal_bytes`
+    /// (`posgw_journal_evicted_records_total`); follows the journal's own count.
+    pub evicted: Counter,
     /// Prompts opened and resolved, by outcome (`posgw_prompts_total`).
     pub prompts: Family<OutcomeLabel, Counter>,
     /// Records HQ accepted (`posgw_uplink_sent_records_total`).
@@ -73,6 +76,7 @@ impl Metrics {
         let backlog_bytes = Gauge::default();
         let dead_records = Gauge::default();
         let durable_seq = Gauge::default();
+        let evicted = Counter::default();
         let prompts = Family::<OutcomeLabel, Counter>::default();
         let uplink_sent = Counter::default();
         let uplink_retries = Counter::default();
@@ -115,6 +119,11 @@ impl Metrics {
             durable_seq.clone(),
         );
         registry.register(
+            "journal_evicted_records",
+            "Scan and device records evicted because the journal was over max_journal_bytes",
+            evicted.clone(),
+        );
+        registry.register(
             "prompts",
             "Attribution prompts opened, and resolved by outcome",
             prompts.clone(),
@@ -142,6 +151,7 @@ impl Metrics {
             backlog_bytes,
             dead_records,
             durable_seq,
+            evicted,
             prompts,
             uplink_sent,
             uplink_retries,

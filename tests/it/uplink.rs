@@ -257,3 +257,53 @@ async fn kill_9_during_steady_load_loses_nothing_durable_and_hq_ends_complete() 
         inner.duplicates
     );
 }
+
+#[tokio::test]
+async fn over_max_journal_bytes_the_oldest_scans_are_evicted_and_the_eviction_recorded() {
+    // HQ is unreachable: everything stays in the journal until the quota bites.
+    let store = Store::new();
+    store.write_config("");
+    store.add_uplink(
+        "http://127.0.0.1:9/v1/batches",
+        "store-token",
+        "max_journal_bytes = \"32KiB\"",
+    );
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    for i in 0..200 {
+        scanner.send(format!("]C0QUOTA-{i:04}\r").as_bytes()).await;
+    }
+    gateway.wait_scans_durable(200).await;
+    gateway
+        .wait_for("evictions", |g| async move {
+            g.metric("posgw_journal_evicted_records_total").await > 0.0
+        })
+        .await;
+    let backlog = gateway.status().await["journal"]["backlog_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        backlog <= 40 * 1024,
+        "backlog {backlog} bytes stays near the quota"
+    );
+    assert!(gateway.stop().await.success());
+
+    let records = store.dump();
+    let codes: Vec<&str> = of_kind(&records, "scan")
+        .iter()
+        .map(|r| r["data"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes.last(),
+        Some(&"QUOTA-0199"),
+        "the newest scans are kept"
+    );
+    assert!(
+        !codes.contains(&"QUOTA-0000"),
+        "the oldest scans went first"
+    );
+    assert!(of_kind(&records, "gateway")
+        .iter()
+        .any(|r| r["data"]["event"] == "evicted"));
+}
