@@ -72,6 +72,12 @@ pub enum Command {
         )]
         config: PathBuf,
     },
+    /// Print a running gateway's devices, journal backlog, uplink state and open prompts.
+    Status {
+        /// The gateway's local API.
+        #[arg(long = "api", default_value = "http://127.0.0.1:7380")]
+        api: String,
+    },
     /// Inspect or repair the journal (offline: stop the gateway first).
     Journal {
         /// Which journal operation.
@@ -119,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Demo { data, run_for } => demo(data, run_for),
         Command::Hq { config } => hq(&config),
+        Command::Status { api } => status(&api),
         Command::Journal { command } => journal_command(command),
     }
 }
@@ -162,6 +169,38 @@ fn demo(data: Option<PathBuf>, run_for: Option<std::time::Duration>) -> ExitCode
     };
     match runtime.block_on(crate::demo::run(data, run_for)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) => runtime_failure(&error),
+    }
+}
+
+fn status(api: &str) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let url = format!("{}/api/v1/status", api.trim_end_matches('/'));
+    let outcome = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {url}; is posgw running?"))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "{url} answered {}",
+            response.status()
+        );
+        response
+            .json::<serde_json::Value>()
+            .await
+            .with_context(|| format!("{url} did not answer with status JSON"))
+    });
+    match outcome {
+        Ok(body) => {
+            print!("{}", crate::status::render(&body));
+            ExitCode::SUCCESS
+        }
         Err(error) => runtime_failure(&error),
     }
 }

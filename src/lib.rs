@@ -17,7 +17,8 @@
 //! - [`uplink`]: forwards journal records to HQ, at least once.
 //! - [`hq`]: the reference HQ receiver (`posgw hq`).
 //! - [`api`] and [`metrics`]: the local HTTP API.
-//! - [`gateway`]: wiring and shutdown; [`cli`]: the command line; [`demo`]: a simulated store.
+//! - [`gateway`]: wiring and shutdown; [`cli`]: the command line; [`demo`]: a simulated store;
+//!   [`status`]: `posgw status`.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
@@ -34,6 +35,7 @@ pub mod journal;
 pub mod metrics;
 pub mod mqtt;
 pub mod prompts;
+pub mod status;
 pub mod uplink;
 pub mod web;
 

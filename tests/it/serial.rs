@@ -228,3 +228,38 @@ async fn passthrough_re_emits_every_byte_unchanged_on_a_pty_link() {
         "link removed on stop"
     );
 }
+
+#[tokio::test]
+async fn posgw_status_summarises_a_running_gateway() {
+    let store = Store::new();
+    store.write_config("");
+    let _scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    let api = gateway.api.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::harness::posgw()
+            .args(["status", "--api", &api])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("store WZ-LC-001  gateway gw-test"), "{text}");
+    assert!(
+        text.contains("scanner-1") && text.contains("connected"),
+        "{text}"
+    );
+    assert!(text.contains("uplink: disabled"), "{text}");
+    assert!(gateway.stop().await.success());
+
+    // A stopped gateway: a clear message and exit 1.
+    let output = crate::harness::posgw()
+        .args(["status", "--api", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is posgw running"));
+}

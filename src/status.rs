@@ -1,0 +1,128 @@
+//! `posgw status`: a running gateway's `/api/v1/status`, as a summary a store IT admin can read
+//! over the phone: devices, journal backlog, uplink, open prompts and today's completeness.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+/// Renders a status body (CONTRACT.md section 4 plus this build's extensions) as text.
+pub fn render(status: &Value) -> String {
+    let text = |value: &Value| value.as_str().map_or_else(|| "-".to_owned(), str::to_owned);
+    let number = |value: &Value| value.as_u64().unwrap_or(0);
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "store {}  gateway {}  posgw {}",
+        text(&status["store"]),
+        text(&status["gateway"]),
+        text(&status["version"])
+    );
+    let _ = writeln!(out, "devices:");
+    for device in status["devices"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<9} {:<7} {:<10} {:<12} last frame {}",
+            text(&device["id"]),
+            text(&device["role"]),
+            text(&device["transport"]),
+            text(&device["station"]),
+            text(&device["state"]),
+            text(&device["last_frame_at"]),
+        );
+        if device["state"] != "connected" {
+            let _ = writeln!(out, "    {}", text(&device["detail"]));
+        }
+    }
+    let journal = &status["journal"];
+    let _ = writeln!(
+        out,
+        "journal: epoch {}, next seq {}, backlog {} records ({} bytes), dead letters {}",
+        text(&journal["epoch"]),
+        number(&journal["next_seq"]),
+        number(&journal["backlog_records"]),
+        number(&journal["backlog_bytes"]),
+        number(&journal["dead_records"]),
+    );
+    let uplink = &status["uplink"];
+    let _ = writeln!(
+        out,
+        "uplink: {}, last success {}, sent {}, retries {}",
+        text(&uplink["state"]),
+        text(&uplink["last_success_at"]),
+        number(&uplink["sent_records"]),
+        number(&uplink["retries"]),
+    );
+    if let Some(error) = uplink["last_error"].as_str() {
+        let _ = writeln!(out, "  last error: {error}");
+    }
+    if let Some(oldest) = uplink["oldest_pending_ts"].as_str() {
+        let _ = writeln!(out, "  oldest record not yet at HQ: {oldest}");
+    }
+    let open = status["prompts"]["open"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let _ = writeln!(out, "open prompts: {}", open.len());
+    for prompt in &open {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<12} {:<16} {:<14} expires {}",
+            text(&prompt["station"]),
+            text(&prompt["id"]),
+            text(&prompt["campaign"]),
+            text(&prompt["sku"]),
+            text(&prompt["expires_at"]),
+        );
+    }
+    for today in status["prompts"]["today"].as_array().into_iter().flatten() {
+        let completeness = today["completeness"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |c| format!("{:.0}%", c * 100.0));
+        let _ = writeln!(
+            out,
+            "today {}: opened {}, answered {}, skipped {}, timed out {}, completeness {}",
+            text(&today["station"]),
+            number(&today["opened"]),
+            number(&today["answered"]),
+            number(&today["skipped"]),
+            number(&today["timeout"]),
+            completeness,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_part_and_tolerates_missing_fields() {
+        let status = serde_json::json!({
+            "store": "WZ-LC-001", "gateway": "gw-1", "version": "0.1.0",
+            "devices": [{"id": "scanner-1", "role": "scanner", "transport": "serial",
+                         "station": "till-1", "state": "disconnected", "last_frame_at": null,
+                         "detail": "cannot open /dev/ttyACM0: No such file or directory"}],
+            "journal": {"epoch": "7f3a9c21", "next_seq": 42, "backlog_records": 3,
+                        "backlog_bytes": 1500, "dead_records": 0},
+            "uplink": {"state": "retrying", "last_success_at": null,
+                       "last_error": "cannot reach HQ", "sent_records": 0, "retries": 4},
+            "prompts": {"open": [{"id": "abc", "station": "till-1", "campaign": "x",
+                                  "sku": "6901234567892", "expires_at": "t"}],
+                        "today": [{"station": "till-1", "opened": 4, "answered": 3,
+                                   "skipped": 0, "timeout": 1, "completeness": 0.75}]}
+        });
+        let text = render(&status);
+        assert!(text.contains("store WZ-LC-001  gateway gw-1"), "{text}");
+        assert!(text.contains("disconnected"), "{text}");
+        assert!(text.contains("No such file or directory"), "{text}");
+        assert!(text.contains("backlog 3 records (1500 bytes)"), "{text}");
+        assert!(text.contains("last error: cannot reach HQ"), "{text}");
+        assert!(text.contains("open prompts: 1"), "{text}");
+        assert!(text.contains("completeness 75%"), "{text}");
+        // An older gateway without the extensions still renders.
+        let text = render(&serde_json::json!({"store": "S"}));
+        assert!(text.contains("open prompts: 0"), "{text}");
+    }
+}
