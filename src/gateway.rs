@@ -189,8 +189,15 @@ pub async fn run(
         devices = settings.devices.len(),
         "gateway running"
     );
+    crate::notify::ready(&format!(
+        "running: store {}, {} device(s)",
+        settings.gateway.store,
+        settings.devices.len()
+    ));
+    crate::notify::spawn_watchdog(stop.child_token());
     shutdown.await;
     tracing::info!("shutting down");
+    crate::notify::stopping();
     stop.cancel();
     while device_tasks.join_next().await.is_some() {}
     // The devices are gone; dropping our sender lets the core finish the queue and stop.

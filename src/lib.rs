@@ -34,6 +34,7 @@ pub mod hq;
 pub mod journal;
 pub mod metrics;
 pub mod mqtt;
+pub mod notify;
 pub mod prompts;
 pub mod status;
 pub mod uplink;

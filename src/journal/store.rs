@@ -193,10 +193,22 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Opens the sled database at `path` (on a guarded thread).
 pub(crate) fn open_db(path: &Path) -> Result<Db, OpenFailure> {
-    let config = sled_config(path);
-    run_guarded("opening the database", move || {
-        config.open().map_err(|err| classify(&err))
-    })
+    // Callers hold `journal.lock` already, so no other process has this journal open: a lock
+    // error from sled here means this process closed it a moment ago and sled's threads have
+    // not let go of its files yet. Give them a little time.
+    let mut attempts = 0;
+    loop {
+        let config = sled_config(path);
+        match run_guarded("opening the database", move || {
+            config.open().map_err(|err| classify(&err))
+        }) {
+            Err(OpenFailure::InUse) if attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 /// A fresh random epoch: 8 lowercase hex characters.

@@ -105,3 +105,46 @@ fn the_demo_runs_a_simulated_store_and_stops_by_itself() {
         .unwrap_or_default();
     assert!(last.contains(r#""event":"stopped""#), "{last}");
 }
+
+#[test]
+fn systemd_is_told_ready_watchdog_and_stopping_over_notify_socket() {
+    use std::os::unix::net::UnixDatagram;
+
+    let store = Store::new();
+    store.write_config("");
+    let socket_path = store.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(crate::harness::DEADLINE))
+        .unwrap();
+    let mut child = posgw()
+        .arg("run")
+        .arg("-c")
+        .arg(store.config_path())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut received = String::new();
+    let mut buffer = [0u8; 512];
+    while !(received.contains("READY=1") && received.contains("WATCHDOG=1")) {
+        let n = socket.recv(&mut buffer).expect("a notification in time");
+        received.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        received.push('\n');
+    }
+    assert!(
+        received.contains("STATUS=running: store WZ-LC-001"),
+        "{received}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut stopping = false;
+    while !stopping {
+        let n = socket.recv(&mut buffer).expect("STOPPING in time");
+        stopping = String::from_utf8_lossy(&buffer[..n]).contains("STOPPING=1");
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    // Without NOTIFY_SOCKET the same command runs normally: every other test does that.
+}
