@@ -17,18 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
-fn check_digit(digits: &str) -> u32 {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(at, b)| u32::from(b - b'0') * if at % 2 == 0 { 3 } else { 1 })
-        .sum();
-    (10 - sum % 10) % 10
-}
-
 fn ean(base: &str) -> String {
-    format!("{base}{}", check_digit(base))
+    format!("{base}{}", posgw::decode::check_digit(base.as_bytes()))
 }
 
 fn quantiles(label: &str, mut values: Vec<Duration>) {

@@ -294,14 +294,8 @@ fn demo_frame(rng: &mut impl Rng) -> Vec<u8> {
 }
 
 /// GS1 mod-10 check digit of a digit string.
-fn check_digit(digits: &str) -> u32 {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(at, b)| u32::from(b - b'0') * if at % 2 == 0 { 3 } else { 1 })
-        .sum();
-    (10 - sum % 10) % 10
+fn check_digit(digits: &str) -> u8 {
+    crate::decode::check_digit(digits.as_bytes())
 }
 
 /// Binds `preferred`, or any free port on the same address when it is taken (and says so).

@@ -45,4 +45,5 @@ mod retail;
 mod scan;
 
 pub use raw::{escape_raw, noise_reason};
+pub use retail::check_digit;
 pub use scan::{decode_scan, CodeKind, DecodeContext, DecodedScan};

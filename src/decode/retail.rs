@@ -24,7 +24,7 @@ pub(crate) fn all_digits(bytes: &[u8]) -> bool {
 
 /// The GS1 mod-10 check digit (0-9) for `data`, the ASCII digits *before* the check digit:
 /// weights 3, 1, 3, … from the rightmost digit; check = (10 − sum mod 10) mod 10.
-pub(crate) fn check_digit(data: &[u8]) -> u8 {
+pub fn check_digit(data: &[u8]) -> u8 {
     let sum: u32 = data
         .iter()
         .rev()

@@ -9,13 +9,7 @@ fn ean_frames(start: u64, n: u64) -> Vec<String> {
     (start..start + n)
         .map(|i| {
             let body = format!("690{i:09}");
-            let sum: u32 = body
-                .bytes()
-                .rev()
-                .enumerate()
-                .map(|(at, b)| u32::from(b - b'0') * if at % 2 == 0 { 3 } else { 1 })
-                .sum();
-            format!("{body}{}", (10 - sum % 10) % 10)
+            format!("{body}{}", posgw::decode::check_digit(body.as_bytes()))
         })
         .collect()
 }
