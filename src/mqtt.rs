@@ -35,13 +35,25 @@ impl BrokerUrl {
             bail!("'{url}' is not an mqtt:// or mqtts:// address");
         };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (
-                host.trim_start_matches('[').trim_end_matches(']'),
-                port.parse::<u16>()
-                    .with_context(|| format!("bad port in '{url}'"))?,
-            ),
-            _ => (authority, if tls { 8883 } else { 1883 }),
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port_text) = match authority.strip_prefix('[') {
+            // An IPv6 address: [::1] or [::1]:1883.
+            Some(rest) => {
+                let (host, after) = rest
+                    .split_once(']')
+                    .with_context(|| format!("unclosed '[' in '{url}'"))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        let port = match port_text {
+            Some(port) => port
+                .parse::<u16>()
+                .with_context(|| format!("bad port in '{url}'"))?,
+            None => default_port,
         };
         if host.is_empty() {
             bail!("'{url}' has no host");
@@ -122,7 +134,9 @@ mod tests {
         );
         let url = BrokerUrl::parse("mqtts://broker.example").unwrap();
         assert_eq!((url.tls, url.port, url.path.as_str()), (true, 8883, ""));
-        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1883/t").unwrap().host, "::1");
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884/t").unwrap().host, "::1");
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884/t").unwrap().port, 1884);
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]/t").unwrap().port, 1883);
         assert!(BrokerUrl::parse("http://x/y").is_err());
         assert!(BrokerUrl::parse("mqtt://:1883").is_err());
         assert!(BrokerUrl::parse("mqtt://h:99999").is_err());
