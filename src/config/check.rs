@@ -4,6 +4,7 @@
 //! is expected when it is wrong, and returns `None` then, so validation can carry on and report
 //! every bad value in one run.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{DurationText, SizeValue};
@@ -148,6 +149,22 @@ pub(crate) fn non_empty(
     } else {
         Some(value.value.clone())
     }
+}
+
+/// A path from the config, resolved against the config file's folder (`base_dir`) when relative.
+pub(crate) fn path(
+    report: &mut Report,
+    base_dir: &Path,
+    value: &Located<String>,
+    what: &str,
+) -> Option<PathBuf> {
+    let text = non_empty(report, value, what)?;
+    let path = PathBuf::from(text);
+    Some(if path.is_absolute() {
+        path
+    } else {
+        base_dir.join(path)
+    })
 }
 
 #[cfg(test)]

@@ -6,13 +6,13 @@
 //! reports errors that are not really there ("unknown profile" for a profile file that merely
 //! failed to parse). Within a stage, every file is still read so all its problems are reported.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::error::ConfigError;
 use super::profile::load_profiles;
 use super::raw::RawConfig;
 use super::settings::Settings;
-use super::source::{toml_files_in, Report};
+use super::source::{read_merged, Merged, Report};
 use super::validate::validate;
 
 /// Loads, merges and validates the configuration at `path`, its `config.d/*.toml` drop-ins and
@@ -21,28 +21,15 @@ use super::validate::validate;
 /// On failure the error lists every problem found, one `PATH:LINE:COL: message` per line.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     let mut report = Report::default();
-    // Relative paths in the config resolve against its folder, not the daemon's working directory.
-    let base_dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-
-    let Some(main_file) = report.read_file(path) else {
+    let Some(Merged {
+        raw: merged,
+        base_dir,
+        files,
+        main_file,
+    }) = read_merged::<RawConfig>(&mut report, path)
+    else {
         return report.finish_failed();
     };
-    let mut files = vec![path.to_path_buf()];
-    let mut merged = report.parse::<RawConfig>(main_file);
-    for drop_in in toml_files_in(&mut report, &base_dir.join("config.d")) {
-        let Some(file) = report.read_file(&drop_in) else {
-            continue;
-        };
-        if let Some(raw) = report.parse::<RawConfig>(file) {
-            if let Some(merged) = merged.as_mut() {
-                merged.merge(raw);
-            }
-            files.push(drop_in);
-        }
-    }
     let profiles = load_profiles(&mut report, Some(&base_dir.join("drivers.d")));
 
     let Some(raw) = merged else {

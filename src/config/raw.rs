@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::source::Located;
+use super::source::{Located, MergeLater};
 
 /// A duration as written (a string like `"250ms"`), checked in validation.
 pub(crate) type DurationText = Located<toml::Value>;
@@ -182,9 +182,9 @@ fn merge_table<T>(
     }
 }
 
-impl RawConfig {
+impl MergeLater for RawConfig {
     /// Applies a later file (a drop-in) over this one.
-    pub fn merge(&mut self, later: RawConfig) {
+    fn merge(&mut self, later: RawConfig) {
         merge_table(&mut self.gateway, later.gateway, |earlier, later| {
             overlay(&mut earlier.store, later.store);
             overlay(&mut earlier.id, later.id);

@@ -280,6 +280,57 @@ impl Report {
     }
 }
 
+/// A raw configuration that a later file (a `config.d` drop-in) can be applied over.
+pub(crate) trait MergeLater {
+    /// Applies `later` over `self`: tables key by key, arrays of tables appended.
+    fn merge(&mut self, later: Self);
+}
+
+/// A configuration file and its `config.d/*.toml` drop-ins, parsed and merged (stages 1 and 2).
+pub(crate) struct Merged<R> {
+    /// The merged raw configuration; `None` when the main file did not parse.
+    pub raw: Option<R>,
+    /// The main file's folder: relative paths and `config.d` resolve against it.
+    pub base_dir: PathBuf,
+    /// The main file, then every drop-in that parsed, in the order applied.
+    pub files: Vec<PathBuf>,
+    /// The main file's index in the report.
+    pub main_file: usize,
+}
+
+/// Reads `path` and every `*.toml` in the `config.d/` folder beside it, in file-name order,
+/// merging each over the previous; problems go to `report`. `None` when `path` is unreadable.
+pub(crate) fn read_merged<R>(report: &mut Report, path: &Path) -> Option<Merged<R>>
+where
+    R: for<'de> Deserialize<'de> + MergeLater,
+{
+    // Relative paths resolve against the config's folder, not the daemon's working directory.
+    let base_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let main_file = report.read_file(path)?;
+    let mut files = vec![path.to_path_buf()];
+    let mut raw = report.parse::<R>(main_file);
+    for drop_in in toml_files_in(report, &base_dir.join("config.d")) {
+        let Some(file) = report.read_file(&drop_in) else {
+            continue;
+        };
+        if let Some(later) = report.parse::<R>(file) {
+            if let Some(raw) = raw.as_mut() {
+                raw.merge(later);
+            }
+            files.push(drop_in);
+        }
+    }
+    Some(Merged {
+        raw,
+        base_dir,
+        files,
+        main_file,
+    })
+}
+
 /// Every `*.toml` file in `dir`, sorted by file name; none when `dir` does not exist.
 ///
 /// Names starting with `.` are skipped (editor lock and swap files). An unreadable folder is

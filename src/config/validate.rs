@@ -123,22 +123,6 @@ fn prompt_settings(
     ok.then_some(settings)
 }
 
-/// A path from the config, resolved against the config file's folder when relative.
-fn resolve(
-    base_dir: &Path,
-    value: &Located<String>,
-    what: &str,
-    report: &mut Report,
-) -> Option<PathBuf> {
-    let text = check::non_empty(report, value, what)?;
-    let path = PathBuf::from(text);
-    Some(if path.is_absolute() {
-        path
-    } else {
-        base_dir.join(path)
-    })
-}
-
 /// `[gateway]`.
 fn gateway(
     report: &mut Report,
@@ -185,7 +169,7 @@ fn gateway(
         }
     };
     let data_dir = match &gateway.data_dir {
-        Some(dir) => resolve(base_dir, dir, "'data_dir' in [gateway]", report),
+        Some(dir) => check::path(report, base_dir, dir, "'data_dir' in [gateway]"),
         None => Some(PathBuf::from(DEFAULT_DATA_DIR)),
     };
     let flush = match &gateway.flush {
@@ -409,7 +393,7 @@ fn device(
                 "is for mqtt devices; this device's transport is serial",
             );
             let path = match &raw.path {
-                Some(path) => resolve(base_dir, path, "'path' in [[device]]", report),
+                Some(path) => check::path(report, base_dir, path, "'path' in [[device]]"),
                 None => {
                     report.error(
                         table,
@@ -420,7 +404,7 @@ fn device(
             };
             let passthrough = match &raw.passthrough {
                 Some(passthrough) => {
-                    resolve(base_dir, passthrough, "'passthrough' in [[device]]", report)
+                    check::path(report, base_dir, passthrough, "'passthrough' in [[device]]")
                 }
                 None => None,
             };
@@ -602,7 +586,7 @@ fn mqtt_settings(
     let password_file = mqtt
         .password_file
         .as_ref()
-        .and_then(|file| resolve(base_dir, file, "'password_file' in [mqtt]", report));
+        .and_then(|file| check::path(report, base_dir, file, "'password_file' in [mqtt]"));
     if report.problem_count() > problems_before {
         return None;
     }
@@ -913,7 +897,7 @@ fn uplink_settings(
     let token_file = uplink
         .token_file
         .as_ref()
-        .and_then(|file| resolve(base_dir, file, "'token_file' in [uplink]", report));
+        .and_then(|file| check::path(report, base_dir, file, "'token_file' in [uplink]"));
     let batch_max_records = match &uplink.batch_max_records {
         Some(value) => match usize::try_from(value.value) {
             Ok(count) if count >= 1 => Some(count),

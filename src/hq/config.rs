@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::check;
-use crate::config::source::{toml_files_in, Located, Report, Span};
+use crate::config::source::{read_merged, Located, MergeLater, Merged, Report, Span};
 use crate::config::ConfigError;
 
 /// Address the receiver binds when `listen` is not set.
@@ -104,7 +104,7 @@ struct RawStore {
     token_file: Option<Located<String>>,
 }
 
-impl RawHqConfig {
+impl MergeLater for RawHqConfig {
     /// Applies a later file over this one: `[hq]` key by key, `[[store]]` appended.
     fn merge(&mut self, later: RawHqConfig) {
         if let Some(later_hq) = later.hq {
@@ -138,27 +138,15 @@ impl RawHqConfig {
 /// On failure the error lists every problem found, one `PATH:LINE:COL: message` per line.
 pub fn load_config(path: &Path) -> Result<HqSettings, ConfigError> {
     let mut report = Report::default();
-    // Relative paths resolve against the config's folder, not the daemon's working directory.
-    let base_dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let Some(main_file) = report.read_file(path) else {
+    let Some(Merged {
+        raw: merged,
+        base_dir,
+        files,
+        main_file,
+    }) = read_merged::<RawHqConfig>(&mut report, path)
+    else {
         return report.finish_failed();
     };
-    let mut files = vec![path.to_path_buf()];
-    let mut merged = report.parse::<RawHqConfig>(main_file);
-    for drop_in in toml_files_in(&mut report, &base_dir.join("config.d")) {
-        let Some(file) = report.read_file(&drop_in) else {
-            continue;
-        };
-        if let Some(raw) = report.parse::<RawHqConfig>(file) {
-            if let Some(merged) = merged.as_mut() {
-                merged.merge(raw);
-            }
-            files.push(drop_in);
-        }
-    }
     let Some(raw) = merged else {
         return report.finish_failed();
     };
@@ -199,7 +187,7 @@ fn validate(
     };
     let data_dir = match &hq.data_dir {
         None => Some(PathBuf::from(DEFAULT_DATA_DIR)),
-        Some(dir) => resolve(report, base_dir, dir, "'data_dir' in [hq]"),
+        Some(dir) => check::path(report, base_dir, dir, "'data_dir' in [hq]"),
     };
     let max_body = match &hq.max_body {
         None => Some(DEFAULT_MAX_BODY),
@@ -299,22 +287,6 @@ fn validate(
     })
 }
 
-/// A path from the config, resolved against the config file's folder when relative.
-fn resolve(
-    report: &mut Report,
-    base_dir: &Path,
-    value: &Located<String>,
-    what: &str,
-) -> Option<PathBuf> {
-    let text = check::non_empty(report, value, what)?;
-    let path = PathBuf::from(text);
-    Some(if path.is_absolute() {
-        path
-    } else {
-        base_dir.join(path)
-    })
-}
-
 /// Reads a token file named by `value`; problems are reported at the key naming the file.
 fn read_token(
     report: &mut Report,
@@ -322,7 +294,7 @@ fn read_token(
     value: &Located<String>,
     what: &str,
 ) -> Option<String> {
-    let path = resolve(report, base_dir, value, what)?;
+    let path = check::path(report, base_dir, value, what)?;
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) => {
