@@ -75,7 +75,7 @@ impl Receiver {
     fn new(url: String, running: Option<RunningHq>) -> Receiver {
         Receiver {
             url,
-            client: reqwest::Client::new(),
+            client: client(),
             running,
         }
     }
@@ -691,17 +691,47 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A `posgw hq` child process, killed with SIGKILL and reaped when dropped, so a failing
+/// test never leaves a receiver running (or holding the test's stderr open).
+struct HqProcess(Child);
+
+impl HqProcess {
+    /// SIGKILL (std's `Child::kill` sends SIGKILL on Unix) and reap.
+    fn kill_9(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for HqProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client whose every request gives up after a while: a receiver that accepts connections
+/// but never answers fails the test instead of hanging it.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .expect("client")
+}
+
 /// `posgw hq -c CONFIG` as a child process.
-fn spawn_hq_process(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_posgw"))
-        .arg("hq")
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start posgw hq")
+fn spawn_hq_process(config: &Path) -> HqProcess {
+    HqProcess(
+        Command::new(env!("CARGO_BIN_EXE_posgw"))
+            .arg("hq")
+            .arg("-c")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start posgw hq"),
+    )
 }
 
 async fn wait_healthy(client: &reqwest::Client, url: &str) {
@@ -765,7 +795,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_batch_and_shows_no_partial_one(
     let port = free_port();
     let folder = Folder::new(&format!("127.0.0.1:{port}"), "");
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = client();
     let acknowledged: Arc<Mutex<HashSet<(u64, u64)>>> = Arc::default();
     let mut child = spawn_hq_process(&folder.config());
 
@@ -803,8 +833,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_batch_and_shows_no_partial_one(
         // A varying extra moment, so the kill lands at different points of the write path.
         tokio::time::sleep(Duration::from_millis(3 * round)).await;
         killed.store(true, Ordering::SeqCst);
-        child.kill().expect("SIGKILL"); // std's Child::kill sends SIGKILL on Unix
-        child.wait().expect("reap");
+        child.kill_9();
         for poster in posters {
             poster.await.expect("poster");
         }
@@ -853,6 +882,5 @@ async fn kill_9_mid_stream_loses_no_acknowledged_batch_and_shows_no_partial_one(
         records.len() as u64,
         "totals match the records"
     );
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
+    child.kill_9();
 }

@@ -193,16 +193,21 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Opens the sled database at `path` (on a guarded thread).
 pub(crate) fn open_db(path: &Path) -> Result<Db, OpenFailure> {
-    // Callers hold `journal.lock` already, so no other process has this journal open: a lock
-    // error from sled here means this process closed it a moment ago and sled's threads have
-    // not let go of its files yet. Give them a little time.
+    let path = path.to_path_buf();
+    run_guarded("opening the database", move || open_sled(&path))
+}
+
+/// Opens the sled database at `path` on this thread, waiting out this process's own hold on it.
+///
+/// Callers hold `journal.lock` already, so no other process has this journal open: a lock
+/// error from sled here means this process closed it a moment ago and sled's background
+/// threads have not let go of its files yet (dropping a `Db` does not wait for them). Give them
+/// a few seconds; a loaded machine was seen to need more than one.
+fn open_sled(path: &Path) -> Result<Db, OpenFailure> {
     let mut attempts = 0;
     loop {
-        let config = sled_config(path);
-        match run_guarded("opening the database", move || {
-            config.open().map_err(|err| classify(&err))
-        }) {
-            Err(OpenFailure::InUse) if attempts < 100 => {
+        match sled_config(path).open().map_err(|err| classify(&err)) {
+            Err(OpenFailure::InUse) if attempts < 250 => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -613,7 +618,7 @@ pub(crate) fn open_store(
 ) -> Result<Store, (OpenFailure, JournalLock)> {
     let path = journal_dir.to_path_buf();
     let opened = run_guarded("opening the journal", move || {
-        let db = sled_config(&path).open().map_err(|err| classify(&err))?;
+        let db = open_sled(&path)?;
         let trees = open_trees(&db)?;
         let recovered = recover(&db, &trees, floor.as_ref())?;
         Ok((db, trees, recovered))

@@ -496,10 +496,17 @@ fn count_record_starts(folder: Option<&Path>) -> usize {
         .sum()
 }
 
+/// The journal's sled database opened directly, as the journal opens it (waiting for the
+/// closed journal's background threads to let go of it). Not `sled::open`: its default
+/// flusher thread would hold the files a moment after the `Db` is dropped in turn.
+fn raw_sled(path: &Path) -> sled::Db {
+    super::store::open_db(path).expect("open sled")
+}
+
 /// Deletes records straight in sled, as a damaged log that sled recovers only a prefix of
 /// looks: no error, fewer records, meta floors untouched. With `everything`, the meta goes too.
 fn lose_records_silently(dir: &Path, keep: u64, everything: bool) {
-    let db = sled::open(dir.join("journal")).expect("open sled");
+    let db = raw_sled(&dir.join("journal"));
     let records = db.open_tree("records").expect("records");
     let keys: Vec<sled::IVec> = records
         .iter()
@@ -589,7 +596,7 @@ async fn inconsistent_meta_counts_as_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (old_epoch, _) = journal_with_records(dir.path(), 3).await;
     {
-        let db = sled::open(dir.path().join("journal")).expect("open sled");
+        let db = raw_sled(&dir.path().join("journal"));
         let meta = db.open_tree("meta").expect("meta");
         meta.insert("epoch", "not-hex!").expect("write");
         db.flush().expect("flush");

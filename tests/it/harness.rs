@@ -203,7 +203,7 @@ impl Gateway {
         let gateway = Gateway {
             child,
             api,
-            client: reqwest::Client::new(),
+            client: client(),
         };
         gateway
             .wait_for("healthz ok", |g| async move {
@@ -324,4 +324,15 @@ pub fn assert_seq_contiguous(records: &[Value], epoch: &str) {
         seqs, expected,
         "seq must run 1..N without gaps in epoch {epoch}"
     );
+}
+
+/// An HTTP client for talking to a gateway or HQ under test. A peer that accepts connections
+/// but goes silent fails the test instead of hanging it: no read may wait longer than the
+/// deadline (an idle event stream still gets a `ping` every 15 s).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(DEADLINE)
+        .read_timeout(DEADLINE)
+        .build()
+        .expect("http client")
 }

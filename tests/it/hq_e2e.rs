@@ -50,7 +50,7 @@ impl HqSite {
 
     /// Every record HQ holds, via the admin read endpoint, paging with `after`.
     async fn records(&self) -> Vec<Value> {
-        let client = reqwest::Client::new();
+        let client = crate::harness::client();
         let mut after = 0u64;
         let mut all = Vec::new();
         loop {
@@ -121,15 +121,21 @@ async fn killing_the_gateway_and_hq_under_load_leaves_every_record_at_hq_exactly
     store.write_config("");
     store.add_uplink(&site.endpoint(), STORE_TOKEN, "batch_max_records = 40");
     let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    let total = 1200u32;
+    // Scans flow until every round is over, however slow the machine: a fixed number could
+    // run out before the last round and leave it waiting for progress that cannot come.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let feeder = tokio::spawn(async move {
-        for i in 0..total {
-            scanner.send(format!("]C0STEADY-{i:05}\r").as_bytes()).await;
-            if i % 10 == 0 {
+        let mut sent = 0u32;
+        while !*stopped.borrow_and_update() {
+            scanner
+                .send(format!("]C0STEADY-{sent:05}\r").as_bytes())
+                .await;
+            sent += 1;
+            if sent % 10 == 0 {
                 tokio::time::sleep(Duration::from_millis(8)).await;
             }
         }
-        scanner
+        (scanner, sent)
     });
 
     let mut hq = Some(site.start().await);
@@ -158,7 +164,8 @@ async fn killing_the_gateway_and_hq_under_load_leaves_every_record_at_hq_exactly
             gateway = Some(Gateway::start(&store).await);
         }
     }
-    let mut scanner = feeder.await.unwrap();
+    stop.send(true).unwrap();
+    let (mut scanner, total) = feeder.await.unwrap();
     let gateway = gateway.unwrap();
     // A scan read by a gateway that was then killed inside its flush window was never
     // acknowledged and may be gone; a final scan through the surviving gateway marks the end.

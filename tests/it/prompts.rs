@@ -41,7 +41,7 @@ pub struct EventStream {
 
 impl EventStream {
     pub async fn open(gateway: &Gateway, station: &str) -> EventStream {
-        let response = reqwest::Client::new()
+        let response = crate::harness::client()
             .get(format!("{}/api/v1/events?station={station}", gateway.api))
             .send()
             .await
@@ -96,7 +96,7 @@ impl EventStream {
 }
 
 pub async fn post(gateway: &Gateway, path: &str, body: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = crate::harness::client()
         .post(format!("{}{path}", gateway.api))
         .header("content-type", "application/json")
         .body(body.to_owned())
