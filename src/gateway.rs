@@ -126,6 +126,17 @@ pub async fn run(
             .collect(),
     );
     let core = crate::core::spawn(journal.clone(), metrics.clone(), prompts.clone());
+    // The MQTT prompt channel: POS software sees prompts and answers them over the broker.
+    let prompt_channel = match &settings.mqtt {
+        Some(mqtt) => Some(crate::prompts::mqtt::spawn(
+            mqtt,
+            &settings.gateway.store,
+            &settings.gateway.id,
+            prompts.clone(),
+            stop.child_token(),
+        )?),
+        None => None,
+    };
     let mut device_tasks = JoinSet::new();
     let mut views = Vec::new();
     for device in &settings.devices {
@@ -204,6 +215,9 @@ pub async fn run(
     let core_task = core.task;
     drop(core.events);
     core_task.await.context("gateway core failed")?;
+    if let Some(channel) = prompt_channel {
+        let _ = channel.await;
+    }
     // Open prompts stay saved and resume at the next start; queued records are written first.
     prompts.close().await;
     if let Some(uplink) = uplink {

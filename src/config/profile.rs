@@ -41,6 +41,8 @@
 //! encoding = "gb18030"              # gb18030 | utf-8, default gb18030
 //! chinese_mode = true               # FS & assumed on at start, default true
 //! cr_ends_line = false              # some registers end lines with CR alone, default false
+//! max_receipt = "256KiB"            # a receipt without a cut is closed at this size (default 256KiB)
+//! receipt_timeout = "60s"           # ... or after this much silence with text pending (default 60s)
 //! [escpos.patterns]                 # regexes applied to each decoded line; all optional
 //! receipt = 'No[.:：]\s*(\S+)'     # capture group 1 = receipt number
 //! clerk = '收银员[:：]\s*(\S+)'     # capture group 1 = clerk
@@ -68,10 +70,16 @@ use super::units;
 /// The profiles built into the binary: file name in `drivers/` and its text.
 ///
 /// Add a line here for every new file in `drivers/`; the unit tests check that each parses.
-pub(crate) const BUILT_IN: &[(&str, &str)] = &[(
-    "generic-scanner.toml",
-    include_str!("../../drivers/generic-scanner.toml"),
-)];
+pub(crate) const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "generic-scanner.toml",
+        include_str!("../../drivers/generic-scanner.toml"),
+    ),
+    (
+        "escpos-tap.toml",
+        include_str!("../../drivers/escpos-tap.toml"),
+    ),
+];
 
 /// Every profile known, by name.
 #[derive(Debug, Clone, Default)]
@@ -288,6 +296,10 @@ pub struct EscposSettings {
     pub chinese_mode: bool,
     /// Whether CR alone ends a line (otherwise CR is ignored).
     pub cr_ends_line: bool,
+    /// Printer bytes after which a receipt that never saw a cut is closed.
+    pub max_receipt: usize,
+    /// Silence after which a receipt that never saw a cut is closed.
+    pub receipt_timeout: Duration,
     /// Patterns that pull fields out of the decoded lines.
     pub patterns: EscposPatterns,
 }
@@ -397,6 +409,10 @@ struct RawEscpos {
     chinese_mode: Option<Located<bool>>,
     /// CR ends a line.
     cr_ends_line: Option<Located<bool>>,
+    /// Size that closes a receipt without a cut.
+    max_receipt: Option<SizeValue>,
+    /// Silence that closes a receipt without a cut.
+    receipt_timeout: Option<DurationText>,
     /// `[escpos.patterns]`.
     patterns: Option<Located<RawPatterns>>,
 }
@@ -779,6 +795,8 @@ fn escpos_settings(report: &mut Report, raw: Option<&RawEscpos>) -> EscposSettin
         encoding: TextEncoding::Gb18030,
         chinese_mode: true,
         cr_ends_line: false,
+        max_receipt: 256 * 1024,
+        receipt_timeout: Duration::from_secs(60),
         patterns: EscposPatterns::default(),
     };
     let Some(raw) = raw else { return escpos };
@@ -795,6 +813,28 @@ fn escpos_settings(report: &mut Report, raw: Option<&RawEscpos>) -> EscposSettin
     }
     if let Some(flag) = &raw.cr_ends_line {
         escpos.cr_ends_line = flag.value;
+    }
+    if let Some(max) = &raw.max_receipt {
+        // A receipt is held in memory until its cut; 16MiB bounds a printer stream gone wrong.
+        const LIMIT: u64 = 16 * 1024 * 1024;
+        match check::size(report, max, "'max_receipt' in [escpos]") {
+            Some(bytes @ 1024..=LIMIT) => escpos.max_receipt = bytes as usize,
+            Some(bytes) => report.error(
+                &max.span,
+                format!("'max_receipt' in [escpos] must be 1KiB to 16MiB, found {bytes}"),
+            ),
+            None => {}
+        }
+    }
+    if let Some(text) = &raw.receipt_timeout {
+        match check::duration(report, text, "'receipt_timeout' in [escpos]") {
+            Some(timeout) if timeout.is_zero() => report.error(
+                &text.span,
+                "'receipt_timeout' in [escpos] must be more than 0s".to_string(),
+            ),
+            Some(timeout) => escpos.receipt_timeout = timeout,
+            None => {}
+        }
     }
     if let Some(patterns) = &raw.patterns {
         let patterns = &patterns.value;

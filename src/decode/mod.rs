@@ -39,6 +39,7 @@
 //! trace code checks `error` first.
 
 mod aim;
+pub mod escpos;
 mod gs1;
 mod raw;
 mod retail;

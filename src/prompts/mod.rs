@@ -54,6 +54,7 @@ mod engine;
 mod handle;
 mod journal;
 mod model;
+pub mod mqtt;
 mod persist;
 mod state;
 mod today;
