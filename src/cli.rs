@@ -217,16 +217,7 @@ fn hq(path: &Path) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let outcome = runtime.block_on(async {
-        let listen = settings.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen} (hq.listen)"))?;
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!("hq listening on http://{addr}");
-        }
-        crate::hq::run(settings, listener, shutdown_signal()).await
-    });
+    let outcome = runtime.block_on(crate::hq::run(settings, shutdown_signal()));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => runtime_failure(&error),

@@ -22,11 +22,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::DecoderKind;
+use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
-use crate::devices::{DeviceEvent, DeviceInfo};
-use crate::journal::{JournalHandle, Kind};
+use crate::devices::{Ack, DeviceEvent, DeviceInfo};
+use crate::journal::{Appended, JournalHandle, Kind};
 use crate::metrics::Metrics;
-use crate::prompts::{Channel, OpenRequest, PromptsHandle};
+use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
+use crate::sales::{self, Sale};
 
 /// Device events that may wait for the core before device tasks feel backpressure.
 const QUEUE_EVENTS: usize = 1024;
@@ -60,6 +62,15 @@ struct ScanData<'a> {
     decoded: DecodedScan,
     campaign: Option<&'a str>,
     answer_code: bool,
+}
+
+/// `data` of a `sale` record.
+#[derive(Debug, Serialize)]
+struct SaleData<'a> {
+    device: &'a str,
+    station: &'a str,
+    #[serde(flatten)]
+    sale: Sale,
 }
 
 /// `data` of a `device` record.
@@ -133,27 +144,88 @@ impl Core {
             DeviceEvent::Error { device, detail } => {
                 self.device_record(&device, "error", &detail).await;
             }
-            DeviceEvent::BadFrame { device, detail } => {
-                self.bad_frame(&device, &detail).await;
+            DeviceEvent::BadFrame {
+                device,
+                detail,
+                ack,
+            } => {
+                let written = self.bad_frame(&device, &detail).await;
+                acknowledge(ack, written);
             }
-            DeviceEvent::Frame { device, bytes } => match device.decoder {
-                DecoderKind::Scan => self.scan(&device, &bytes).await,
-                other => {
-                    let detail = format!(
-                        "decoder {other:?} is not available in this build; frame {}",
-                        excerpt(&bytes)
-                    );
-                    self.bad_frame(&device, &detail).await;
-                }
-            },
+            DeviceEvent::Frame { device, bytes, ack } => {
+                let written = match device.decoder {
+                    DecoderKind::Scan => self.scan(&device, &bytes).await,
+                    DecoderKind::JsonSale => match sales::parse_json_sale(&bytes) {
+                        Ok(sale) => self.sale(&device, sale).await,
+                        Err(reason) => {
+                            let detail = format!("{reason}; message {}", excerpt(&bytes));
+                            self.bad_frame(&device, &detail).await
+                        }
+                    },
+                    DecoderKind::Escpos => {
+                        // The tap hands over whole receipts, never frames; say so if it happens.
+                        let detail =
+                            format!("unexpected frame from a printer tap: {}", excerpt(&bytes));
+                        self.bad_frame(&device, &detail).await
+                    }
+                };
+                acknowledge(ack, written);
+            }
+            DeviceEvent::Receipt { device, receipt } => self.receipt(&device, &receipt).await,
         }
     }
 
-    async fn scan(&self, device: &DeviceInfo, frame: &[u8]) {
+    /// A printed receipt: a `sale` with its text and what the patterns found, plus a note when
+    /// it did not end with a paper cut, and a `bad_frame` for unknown printer commands in it.
+    async fn receipt(&self, device: &DeviceInfo, receipt: &Receipt) {
+        let Some(escpos) = device.profile.escpos.as_ref() else {
+            return;
+        };
+        if receipt.unknown_commands > 0 {
+            let detail = format!(
+                "{} unknown ESC/POS command(s) skipped in a receipt",
+                receipt.unknown_commands
+            );
+            self.bad_frame(device, &detail).await;
+        }
+        if let Some(note) = sales::unusual_end(receipt, escpos.max_receipt) {
+            tracing::warn!(device = %device.id, "{note}");
+            self.device_record(device, "error", &note).await;
+        }
+        if receipt.is_blank() {
+            tracing::debug!(device = %device.id, "blank receipt (a cut or an init with nothing printed) ignored");
+            return;
+        }
+        self.sale(device, sales::from_receipt(receipt, &escpos.patterns))
+            .await;
+    }
+
+    /// Links the sale's lines to prompts at the device's station and writes the record.
+    async fn sale(&self, device: &DeviceInfo, mut sale: Sale) -> Option<Appended> {
+        let link = SaleLink {
+            station: device.station.to_string(),
+            receipt: sale.receipt.clone(),
+            at: chrono::Local::now(),
+            skus: sale.lines.iter().map(|line| line.sku.clone()).collect(),
+        };
+        if link.skus.iter().any(Option::is_some) {
+            let prompts = self.prompts.link_sale(link).await;
+            for (line, prompt) in sale.lines.iter_mut().zip(prompts) {
+                line.prompt = prompt;
+            }
+        }
+        let data = SaleData {
+            device: &device.id,
+            station: &device.station,
+            sale,
+        };
+        self.append(Kind::Sale, &data).await
+    }
+
+    async fn scan(&self, device: &DeviceInfo, frame: &[u8]) -> Option<Appended> {
         if let Some(reason) = decode::noise_reason(frame) {
             let detail = format!("{reason}: {}", excerpt(frame));
-            self.bad_frame(device, &detail).await;
-            return;
+            return self.bad_frame(device, &detail).await;
         }
         let now = chrono::Local::now();
         let context = DecodeContext {
@@ -187,9 +259,8 @@ impl Core {
             campaign,
             answer_code: card.is_some(),
         };
-        let Some(scan_id) = self.append(Kind::Scan, &data).await else {
-            return;
-        };
+        let appended = self.append(Kind::Scan, &data).await?;
+        let scan_id = appended.id.clone();
         if let Some(option) = card {
             // Answered on its own task: the engine confirms only once the attribution is
             // durable, and the next scan must not wait for that.
@@ -221,30 +292,36 @@ impl Core {
                 tracing::error!(%campaign, %error, "cannot open the prompt for a targeted scan");
             }
         }
+        Some(appended)
     }
 
-    async fn bad_frame(&self, device: &DeviceInfo, detail: &str) {
+    async fn bad_frame(&self, device: &DeviceInfo, detail: &str) -> Option<Appended> {
         tracing::warn!(device = %device.id, "bad frame: {detail}");
         self.metrics.bad_frame(&device.id);
-        self.device_record(device, "bad_frame", detail).await;
+        self.device_record(device, "bad_frame", detail).await
     }
 
-    async fn device_record(&self, device: &DeviceInfo, event: &'static str, detail: &str) {
+    async fn device_record(
+        &self,
+        device: &DeviceInfo,
+        event: &'static str,
+        detail: &str,
+    ) -> Option<Appended> {
         let data = DeviceData {
             device: &device.id,
             event,
             detail,
         };
-        self.append(Kind::Device, &data).await;
+        self.append(Kind::Device, &data).await
     }
 
-    /// Appends a record; its id, or `None` when the journal refused it (logged and counted).
-    async fn append<T: Serialize>(&self, kind: Kind, data: &T) -> Option<String> {
+    /// Appends a record; `None` when the journal refused it (logged and counted).
+    async fn append<T: Serialize>(&self, kind: Kind, data: &T) -> Option<Appended> {
         match self.journal.append_value(kind, data).await {
             Ok(appended) => {
                 self.health.journal_failed.store(false, Ordering::Relaxed);
                 self.metrics.record_appended(kind.as_str());
-                Some(appended.id)
+                Some(appended)
             }
             Err(error) => {
                 // Nothing else can be done with the record: say so as loudly as possible, with
@@ -255,6 +332,14 @@ impl Core {
                 None
             }
         }
+    }
+}
+
+/// Hands the record's durability to a device waiting to acknowledge its input.
+fn acknowledge(ack: Option<Ack>, written: Option<Appended>) {
+    if let Some(ack) = ack {
+        // The device may have stopped waiting (shutdown): then there is nobody to tell.
+        let _ = ack.send(written.map(|appended| appended.durable));
     }
 }
 

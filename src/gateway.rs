@@ -112,6 +112,7 @@ pub async fn run(
             campaigns: settings.campaigns.clone(),
             answer_codes: settings.answer_codes.clone(),
             skip_reasons: settings.prompts.skip_reasons.clone(),
+            sale_link_window: settings.prompts.sale_link_window,
         },
         JournalPrompts::new(journal.clone(), metrics.clone(), &settings.gateway.data_dir),
         metrics.clone(),

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod notify;
 pub mod prompts;
+pub mod sales;
 pub mod status;
 pub mod uplink;
 pub mod web;

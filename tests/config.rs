@@ -649,7 +649,7 @@ mod validation {
             ["posgw.toml:9:11: unknown profile 'generic-scaner' in [[device]], did you mean 'generic-scanner'?"]
         );
         let fixture = Fixture::new(&BASE.replace("\"generic-scanner\"", "\"zebra\""));
-        fixture.single_error("unknown profile 'zebra' in [[device]] (known: generic-scanner)");
+        fixture.single_error("unknown profile 'zebra' in [[device]] (known: escpos-tap, generic-scanner, json-register, mqtt-scanner)");
     }
 
     #[test]
@@ -853,8 +853,20 @@ mod profiles {
         assert_eq!(register.name, "json-register");
         assert_eq!(register.decoder, DecoderKind::JsonSale);
         assert_eq!(register.transports, [Transport::Serial, Transport::Mqtt]);
+        assert!(
+            register.source.ends_with("drivers.d/json-register.toml"),
+            "a drivers.d file replaces the built-in of its name"
+        );
         let names: Vec<&str> = settings.profiles.names().collect();
-        assert_eq!(names, ["generic-scanner", "json-register"]);
+        assert_eq!(
+            names,
+            [
+                "escpos-tap",
+                "generic-scanner",
+                "json-register",
+                "mqtt-scanner"
+            ]
+        );
         assert!(
             settings.summary().contains("json-register ("),
             "{}",

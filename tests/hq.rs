@@ -835,7 +835,10 @@ async fn kill_9_mid_stream_loses_no_acknowledged_batch_and_shows_no_partial_one(
         killed.store(true, Ordering::SeqCst);
         child.kill_9();
         for poster in posters {
-            poster.await.expect("poster");
+            tokio::time::timeout(DEADLINE, poster)
+                .await
+                .expect("a poster ends once the receiver is killed")
+                .expect("poster");
         }
         child = spawn_hq_process(&folder.config());
     }

@@ -79,6 +79,14 @@ pub(crate) const BUILT_IN: &[(&str, &str)] = &[
         "escpos-tap.toml",
         include_str!("../../drivers/escpos-tap.toml"),
     ),
+    (
+        "mqtt-scanner.toml",
+        include_str!("../../drivers/mqtt-scanner.toml"),
+    ),
+    (
+        "json-register.toml",
+        include_str!("../../drivers/json-register.toml"),
+    ),
 ];
 
 /// Every profile known, by name.

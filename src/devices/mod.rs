@@ -9,6 +9,7 @@
 //! local API reads for `/api/v1/status`.
 
 pub mod framing;
+pub mod mqtt;
 pub mod passthrough;
 pub mod serial;
 
@@ -18,10 +19,10 @@ use chrono::{DateTime, Local};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::{DecoderKind, DeviceSettings, Role, Transport};
+use crate::config::{DecoderKind, DeviceSettings, Profile, Role, Transport};
 
 /// Identity of a device as the core needs it to write records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DeviceInfo {
     /// The device id from the configuration.
     pub id: Arc<str>,
@@ -31,6 +32,8 @@ pub struct DeviceInfo {
     pub role: Role,
     /// How its frames are turned into records (from its profile).
     pub decoder: DecoderKind,
+    /// Its profile (the ESC/POS patterns, for receipts).
+    pub profile: Arc<Profile>,
 }
 
 impl DeviceInfo {
@@ -41,6 +44,7 @@ impl DeviceInfo {
             station: settings.station.as_str().into(),
             role: settings.role,
             decoder: settings.profile.decoder,
+            profile: settings.profile.clone(),
         }
     }
 }
@@ -62,12 +66,21 @@ pub enum DeviceEvent {
         /// Why, for the record's `detail`.
         detail: String,
     },
-    /// One complete frame, without its terminator.
+    /// One complete frame, without its terminator (or one MQTT message's payload, read).
     Frame {
         /// Which device.
         device: Arc<DeviceInfo>,
         /// The frame's bytes exactly as received (prefix stripped if the profile says so).
         bytes: Vec<u8>,
+        /// Told when the frame's record is in the journal (for input acknowledged only then).
+        ack: Option<Ack>,
+    },
+    /// One printed receipt from an ESC/POS tap.
+    Receipt {
+        /// Which device.
+        device: Arc<DeviceInfo>,
+        /// The decoded receipt.
+        receipt: crate::decode::escpos::Receipt,
     },
     /// Something went wrong that is not a disconnect (e.g. the passthrough could not be opened).
     Error {
@@ -82,8 +95,15 @@ pub enum DeviceEvent {
         device: Arc<DeviceInfo>,
         /// What was wrong, short.
         detail: String,
+        /// Told when the record is in the journal (for input acknowledged only then).
+        ack: Option<Ack>,
     },
 }
+
+/// Where the core hands back the durability of the record an input became, so a device that
+/// acknowledges its input (an MQTT QoS 1 message) does so only once the record is durable.
+/// `None` means no record was written (the journal refused it): do not acknowledge.
+pub type Ack = tokio::sync::oneshot::Sender<Option<crate::journal::Durable>>;
 
 /// Connection state as shown in `/api/v1/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

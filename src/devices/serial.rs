@@ -6,6 +6,11 @@
 //!    idle gap for scanners that send no terminator,
 //! 3. sends the frames to the core.
 //!
+//! A printer tap (profile decoder `escpos`) reads the same way but, instead of framing, feeds
+//! a stateful ESC/POS decoder and sends whole receipts: each paper cut ends one, and a receipt
+//! that goes quiet for the profile's `receipt_timeout` (or is cut off by an unplug or shutdown)
+//! is closed as it is, so nothing printed is held back forever.
+//!
 //! When the port is missing or goes away (USB unplug, read error) the task reports the device as
 //! disconnected once, retries with exponential backoff and jitter, and carries on when it returns.
 //! A missing device never stops the gateway from starting.
@@ -25,6 +30,7 @@ use super::framing::{FrameEvent, Framer, FramingSpec};
 use super::passthrough::{self, PassthroughHandle};
 use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
 use crate::config::{DeviceSettings, FlowControl, FramingSettings, LineSettings, Parity};
+use crate::decode::escpos::{ClosedBy, EscposDecoder, Receipt};
 
 /// First retry delay after a failed open.
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -124,6 +130,13 @@ impl SerialDevice {
         };
         let mut framer = Framer::new(framing_spec(&self.settings.profile.framing));
         let idle_gap = self.settings.profile.framing.idle_gap;
+        // A printer tap reads receipts, not frames.
+        let mut tap = self
+            .settings
+            .profile
+            .escpos
+            .as_ref()
+            .map(|escpos| (EscposDecoder::new(escpos), escpos.receipt_timeout));
         let mut retry = new_backoff();
 
         loop {
@@ -138,9 +151,22 @@ impl SerialDevice {
                         detail,
                     })
                     .await;
-                    let end = self
-                        .read_port(port, &mut framer, idle_gap, passthrough.as_ref(), &shutdown)
-                        .await;
+                    let end = match tap.as_mut() {
+                        Some((decoder, timeout)) => {
+                            self.read_tap(port, decoder, *timeout, passthrough.as_ref(), &shutdown)
+                                .await
+                        }
+                        None => {
+                            self.read_port(
+                                port,
+                                &mut framer,
+                                idle_gap,
+                                passthrough.as_ref(),
+                                &shutdown,
+                            )
+                            .await
+                        }
+                    };
                     match end {
                         ReadEnd::Shutdown => return,
                         ReadEnd::Lost(detail) => {
@@ -148,6 +174,9 @@ impl SerialDevice {
                             // must not be glued to the first frame after the reconnect.
                             if let Some(event) = framer.idle() {
                                 self.emit(event).await;
+                            }
+                            if let Some((decoder, _)) = tap.as_mut() {
+                                self.close_receipt(decoder, ClosedBy::Shutdown).await;
                             }
                             tracing::warn!(device = %self.info.id, "{path}: {detail}; reconnecting");
                             self.disconnected(detail).await;
@@ -245,6 +274,65 @@ impl SerialDevice {
         }
     }
 
+    /// Reads a printer tap until the port fails or the gateway shuts down: every read goes to
+    /// the printer first, then to the ESC/POS decoder; each receipt it completes goes to the
+    /// core. A receipt that goes quiet for `timeout` without a cut is closed as it is.
+    async fn read_tap(
+        &self,
+        mut port: SerialStream,
+        decoder: &mut EscposDecoder,
+        timeout: Duration,
+        passthrough: Option<&PassthroughHandle>,
+        shutdown: &CancellationToken,
+    ) -> ReadEnd {
+        let mut buffer = vec![0u8; READ_BUFFER];
+        let mut receipts = Vec::new();
+        loop {
+            let quiet = Some(timeout).filter(|_| decoder.in_receipt());
+            let read = tokio::select! {
+                read = port.read(&mut buffer) => Some(read),
+                () = sleep_or_never(quiet) => None,
+                () = shutdown.cancelled() => {
+                    self.close_receipt(decoder, ClosedBy::Shutdown).await;
+                    return ReadEnd::Shutdown;
+                }
+            };
+            match read {
+                None => self.close_receipt(decoder, ClosedBy::Timeout).await,
+                Some(Ok(0)) => return ReadEnd::Lost("end of file".into()),
+                Some(Ok(n)) => {
+                    let bytes = &buffer[..n];
+                    // Ahead of the decoder: the printer never waits on it.
+                    if let Some(passthrough) = passthrough {
+                        passthrough.send(bytes);
+                    }
+                    decoder.push(bytes, &mut receipts);
+                    for receipt in receipts.drain(..) {
+                        self.receipt(receipt).await;
+                    }
+                }
+                Some(Err(error)) => return ReadEnd::Lost(error.to_string()),
+            }
+        }
+    }
+
+    /// Closes a receipt that never saw its cut, if one is pending.
+    async fn close_receipt(&self, decoder: &mut EscposDecoder, why: ClosedBy) {
+        if let Some(receipt) = decoder.close(why) {
+            self.receipt(receipt).await;
+        }
+    }
+
+    async fn receipt(&self, receipt: Receipt) {
+        self.status
+            .send_modify(|status| status.last_frame_at = Some(Local::now()));
+        self.send(DeviceEvent::Receipt {
+            device: self.info.clone(),
+            receipt,
+        })
+        .await;
+    }
+
     /// Forwards the raw bytes of each completed frame in `frames` (`unsent` holds the raw bytes
     /// since the last forwarded frame; each frame ends at its offset there), holding back
     /// answer cards together with the terminator bytes that follow them (`after_card` carries
@@ -309,6 +397,7 @@ impl SerialDevice {
                 DeviceEvent::Frame {
                     device: self.info.clone(),
                     bytes,
+                    ack: None,
                 }
             }
             FrameEvent::Overlong { len, head } => DeviceEvent::BadFrame {
@@ -318,6 +407,7 @@ impl SerialDevice {
                     self.settings.profile.framing.max_frame,
                     crate::decode::escape_raw(&head)
                 ),
+                ack: None,
             },
         };
         self.send(event).await;

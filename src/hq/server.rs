@@ -1,6 +1,7 @@
 //! The HTTP side of the receiver: routes, bearer-token checks, and the entry points
 //! [`run`] (for `posgw hq`) and [`start`] (in-process, for tests and `posgw demo`).
 
+use anyhow::Context as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,14 +32,24 @@ const RETRY_AFTER_SECONDS: &str = "5";
 /// Response header of `/v1/records` giving the `after` of the next page.
 pub const NEXT_AFTER_HEADER: &str = "posgw-next-after";
 
-/// Runs the receiver on `listener` until `shutdown` completes, then finishes the requests in
-/// flight, flushes and closes the database.
+/// Opens the database, then listens on `hq.listen` and serves until `shutdown` completes, then
+/// finishes the requests in flight, flushes and closes the database.
+///
+/// The port is bound only once the database is open and recovered: a receiver still recovering
+/// after a crash refuses connections (gateways retry) instead of accepting requests it cannot
+/// answer yet.
 pub async fn run(
     settings: HqSettings,
-    listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = App::open(&settings).await?;
+    let listen = settings.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (hq.listen)"))?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("hq listening on http://{addr}");
+    }
     serve(app, listener, shutdown).await
 }
 

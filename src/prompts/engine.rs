@@ -85,8 +85,38 @@ pub(crate) enum Command {
         stations: Vec<String>,
         reply: oneshot::Sender<Vec<StationToday>>,
     },
+    /// Link a sale's lines to prompts of its station (see [`Engine::link_sale`]).
+    LinkSale {
+        sale: SaleLink,
+        reply: oneshot::Sender<Vec<Option<String>>>,
+    },
     /// Stop: flush the writer, then reply.
     Close { reply: oneshot::Sender<()> },
+}
+
+/// A sale to link to prompts: where and when it happened, and its lines' product codes.
+#[derive(Debug, Clone)]
+pub struct SaleLink {
+    /// The station of the register.
+    pub station: String,
+    /// The receipt number, when the register gave one.
+    pub receipt: Option<String>,
+    /// When the sale was recorded.
+    pub at: DateTime<Local>,
+    /// Each line's SKU (EAN/GTIN or internal code), `None` when the line has none.
+    pub skus: Vec<Option<String>>,
+}
+
+/// A prompt resolved within the sale-link window, still linkable to a sale that comes after.
+struct RecentPrompt {
+    /// The prompt's id.
+    id: String,
+    /// Its counter.
+    station: String,
+    /// Its product, normalised for matching ([`sku_key`]).
+    sku: String,
+    /// When it was resolved.
+    resolved_at: DateTime<Local>,
 }
 
 /// A snapshot of open prompts and figures, and every event after it.
@@ -111,6 +141,10 @@ struct OpenPrompt {
     scan: String,
     /// When it times out, on tokio's clock.
     deadline: Instant,
+    /// The receipt of the sale a line of which was linked to it (the attribution carries it).
+    receipt: Option<String>,
+    /// Whether a sale line was linked to it already (one prompt, one sale line).
+    linked: bool,
 }
 
 /// How a prompt is being resolved.
@@ -141,6 +175,11 @@ pub(crate) struct Engine {
     resolved: HashMap<String, Outcome>,
     /// The same ids in resolution order, to forget the oldest.
     resolved_order: VecDeque<String>,
+    /// Prompts resolved within the last `sale_link_window` and not linked to a sale yet,
+    /// oldest first.
+    recent: VecDeque<RecentPrompt>,
+    /// How long before a sale a prompt may have opened (or resolved) and still be linked to it.
+    sale_link_window: chrono::Duration,
     /// Today's figures.
     today: Today,
     /// Events to subscribers; sending never blocks, slow receivers lag.
@@ -157,6 +196,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         writer: mpsc::UnboundedSender<WriterMsg>,
+        sale_link_window: Duration,
     ) -> Self {
         let today = Today::new(clock.now().date_naive());
         let (events, _) = broadcast::channel(1024);
@@ -167,6 +207,9 @@ impl Engine {
             stations: BTreeMap::new(),
             resolved: HashMap::new(),
             resolved_order: VecDeque::new(),
+            recent: VecDeque::new(),
+            sale_link_window: chrono::Duration::from_std(sale_link_window)
+                .unwrap_or_else(|_| chrono::Duration::minutes(10)),
             today,
             events,
             writer,
@@ -183,12 +226,20 @@ impl Engine {
         }
         let mut written = Vec::new();
         let mut resumed = 0usize;
-        for PersistedPrompt { view, scan } in state.prompts {
+        for PersistedPrompt {
+            view,
+            scan,
+            receipt,
+            linked,
+        } in state.prompts
+        {
             let deadline = self.deadline(view.expires_at, now);
             let prompt = OpenPrompt {
                 view,
                 scan,
                 deadline,
+                receipt,
+                linked,
             };
             if prompt.view.expires_at <= now {
                 let (_, receipt) = self.finish(prompt, Resolve::Timeout, true);
@@ -290,6 +341,9 @@ impl Engine {
                 all.sort_by(|a, b| a.station.cmp(&b.station));
                 let _ = reply.send(all);
             }
+            Command::LinkSale { sale, reply } => {
+                let _ = reply.send(self.link_sale(&sale));
+            }
             Command::Close { reply } => {
                 // Handled by the loop; unreachable here but harmless.
                 let _ = reply.send(());
@@ -344,6 +398,8 @@ impl Engine {
             view: view.clone(),
             scan: request.scan_id,
             deadline,
+            receipt: None,
+            linked: false,
         });
         self.save();
         self.broadcast(PromptEvent::Prompt(view.clone()));
@@ -536,7 +592,13 @@ impl Engine {
         how: Resolve,
         restoring: bool,
     ) -> (Resolution, Written) {
-        let OpenPrompt { view, scan, .. } = prompt;
+        let OpenPrompt {
+            view,
+            scan,
+            receipt,
+            linked,
+            ..
+        } = prompt;
         let (outcome, resolved_at, answer, answer_label, channel, clerk, skip_reason) = match how {
             Resolve::Answered {
                 option,
@@ -587,9 +649,28 @@ impl Engine {
             resolved_at,
             latency_ms: (resolved_at - view.opened_at).num_milliseconds(),
             skip_reason,
-            // Sales are linked to prompts by a later issue; this is where the receipt goes.
-            receipt: None,
+            // Known when a sale line was linked to the prompt before it was resolved.
+            receipt,
         };
+        if !linked {
+            // A sale rung up after the answer can still be linked, for a while. Bounded by the
+            // window, and by count for a store whose registers never report sales.
+            let since = resolved_at - self.sale_link_window;
+            while self
+                .recent
+                .front()
+                .is_some_and(|recent| recent.resolved_at < since)
+                || self.recent.len() >= RECENT_RESOLVED
+            {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(RecentPrompt {
+                id: data.prompt.clone(),
+                station: data.station.clone(),
+                sku: sku_key(&data.sku),
+                resolved_at,
+            });
+        }
         tracing::debug!(prompt = %data.prompt, outcome = outcome.as_str(), "prompt resolved");
         self.metrics.prompt(outcome.as_str());
         self.today
@@ -615,6 +696,56 @@ impl Engine {
         (data, written)
     }
 
+    /// Links each line of a sale to a prompt of the same station for the same product: an open
+    /// prompt opened at most `sale_link_window` before the sale, or one resolved at most that
+    /// long before it. Each prompt links to one sale line only (one prompt per customer), and
+    /// the oldest candidate goes first, so two customers buying the same product in turn get
+    /// their own prompts. An open prompt that gets linked remembers the receipt, and its
+    /// attribution carries it when it resolves. Returns the prompt id per line.
+    fn link_sale(&mut self, sale: &SaleLink) -> Vec<Option<String>> {
+        let since = sale.at - self.sale_link_window;
+        while self
+            .recent
+            .front()
+            .is_some_and(|recent| recent.resolved_at < since)
+        {
+            self.recent.pop_front();
+        }
+        let mut linked = Vec::with_capacity(sale.skus.len());
+        for sku in &sale.skus {
+            let Some(key) = sku.as_deref().map(sku_key) else {
+                linked.push(None);
+                continue;
+            };
+            // Candidates: (opened_at, which). Resolved ones opened before the open ones.
+            let recent = self
+                .recent
+                .iter()
+                .position(|recent| recent.station == sale.station && recent.sku == key);
+            let open = self.stations.get_mut(&sale.station).and_then(|queue| {
+                queue.iter_mut().find(|prompt| {
+                    !prompt.linked
+                        && prompt.view.opened_at >= since
+                        && sku_key(&prompt.view.sku) == key
+                })
+            });
+            let id = match (recent, open) {
+                (Some(index), _) => self.recent.remove(index).map(|recent| recent.id),
+                (None, Some(prompt)) => {
+                    prompt.linked = true;
+                    prompt.receipt.clone_from(&sale.receipt);
+                    Some(prompt.view.id.clone())
+                }
+                (None, None) => None,
+            };
+            linked.push(id);
+        }
+        if linked.iter().any(Option::is_some) {
+            self.save();
+        }
+        linked
+    }
+
     fn remember(&mut self, id: &str, outcome: Outcome) {
         self.resolved.insert(id.to_owned(), outcome);
         self.resolved_order.push_back(id.to_owned());
@@ -636,6 +767,8 @@ impl Engine {
                     queue.iter().map(|prompt| PersistedPrompt {
                         view: prompt.view.clone(),
                         scan: prompt.scan.clone(),
+                        receipt: prompt.receipt.clone(),
+                        linked: prompt.linked,
                     })
                 })
                 .collect(),
@@ -664,5 +797,17 @@ impl Engine {
                 return id;
             }
         }
+    }
+}
+
+/// A product code in the form sale lines and prompts are matched by: codes of digits only that
+/// can be GTINs (8, 12, 13 or 14 digits) as GTIN-14, so `6901234567892` on a receipt matches the
+/// GTIN `06901234567892` of a scan; anything else as written, trimmed.
+pub(crate) fn sku_key(sku: &str) -> String {
+    let sku = sku.trim();
+    if matches!(sku.len(), 8 | 12 | 13 | 14) && sku.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{sku:0>14}")
+    } else {
+        sku.to_owned()
     }
 }

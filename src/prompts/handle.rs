@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::campaigns::Campaigns;
 use super::clock::{Clock, SystemClock};
-use super::engine::{Command, Engine, Subscription, Written};
+use super::engine::{Command, Engine, SaleLink, Subscription, Written};
 use super::journal::PromptJournal;
 use super::model::{
     Channel, OpenRequest, Opened, PromptError, PromptEvent, PromptView, Resolution, StationToday,
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 const QUEUE: usize = 256;
 
 /// What the engine is configured with.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PromptsConfig {
     /// `[[campaign]]`, in configuration order (the first matching campaign wins).
     pub campaigns: Vec<CampaignSettings>,
@@ -31,6 +31,21 @@ pub struct PromptsConfig {
     /// Preset skip reasons offered on the clerk page (`[prompts] skip_reasons`); free text is
     /// always allowed too.
     pub skip_reasons: Vec<String>,
+    /// How long before a sale a prompt for one of its products may have opened or been
+    /// resolved and still be linked to it (`[prompts] sale_link_window`).
+    pub sale_link_window: std::time::Duration,
+}
+
+impl Default for PromptsConfig {
+    /// No campaigns, no answer cards, no preset reasons, the default 10-minute link window.
+    fn default() -> Self {
+        PromptsConfig {
+            campaigns: Vec::new(),
+            answer_codes: BTreeMap::new(),
+            skip_reasons: Vec::new(),
+            sale_link_window: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 /// Starts the engine on the system clock. Loads the persisted open prompts first: those past
@@ -62,7 +77,13 @@ pub async fn spawn_with_clock<J: PromptJournal>(
 
     let (writer_queue, writer_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run(journal, writer_rx));
-    let mut engine = Engine::new(Arc::clone(&campaigns), clock, metrics, writer_queue);
+    let mut engine = Engine::new(
+        Arc::clone(&campaigns),
+        clock,
+        metrics,
+        writer_queue,
+        config.sale_link_window,
+    );
     if let Some(bytes) = saved {
         match PersistedState::decode(&bytes) {
             Ok(state) => {
@@ -235,6 +256,16 @@ impl PromptsHandle {
     /// Today's figures of every station that had a prompt today, by station name.
     pub async fn today(&self) -> Vec<StationToday> {
         self.today_with(&[]).await
+    }
+
+    /// Links a sale's lines to prompts at its station (the prompt id per line, `None` where no
+    /// prompt matches); an open prompt that gets linked will carry the receipt in its
+    /// attribution. With the engine stopped, nothing is linked.
+    pub async fn link_sale(&self, sale: SaleLink) -> Vec<Option<String>> {
+        let lines = sale.skus.len();
+        self.ask(|reply| Command::LinkSale { sale, reply })
+            .await
+            .unwrap_or_else(|_| vec![None; lines])
     }
 
     /// [`today`](Self::today), plus zero figures for those of `stations` that had no prompt.

@@ -45,8 +45,13 @@
 //!   that lags should re-subscribe (the clerk page's SSE stream ends and the browser reconnects).
 //! - **Today's figures** count prompts by the store-local day they opened; they reset when the
 //!   day changes and survive restarts.
-//! - **Receipts.** `receipt` is always null for now: linking sales to prompts is a later issue;
-//!   the place to fill it is `Engine::finish`.
+//! - **Sales.** The core asks [`PromptsHandle::link_sale`] for each sale: every line whose SKU
+//!   (compared as GTIN-14 when it is one) matches a prompt of the same station, open and opened
+//!   within `[prompts] sale_link_window` (10 minutes by default) of the sale, or resolved
+//!   within it, gets that prompt's id, oldest prompt first, one sale line per prompt. An open
+//!   prompt linked this way remembers the receipt (saved with the open prompts), and its
+//!   attribution carries `receipt` when it resolves after the sale. Resolved prompts waiting
+//!   for their sale are kept in memory only: after a restart, a sale links to open prompts.
 
 mod campaigns;
 mod clock;
@@ -64,7 +69,7 @@ mod writer;
 mod tests;
 
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use engine::Subscription;
+pub use engine::{SaleLink, Subscription};
 pub use handle::{spawn, spawn_with_clock, PromptsConfig, PromptsHandle};
 pub use journal::{MemoryPromptJournal, PromptJournal};
 pub use model::{

@@ -7,7 +7,8 @@
 //! {"version":1,
 //!  "prompts":[{"id":"…","campaign":"…","station":"…","sku":"…","question":"…",
 //!              "options":[{"key":"doctor","label":"医生推荐"}],
-//!              "opened_at":"…","expires_at":"…","scan":"…"}],
+//!              "opened_at":"…","expires_at":"…","scan":"…",
+//!              "linked":true,"receipt":"R-1001"}],
 //!  "today":{"day":"2026-11-27","stations":{"till-1":{"opened":3,"answered":2,"skipped":0,"timeout":0}}}}
 //! ```
 //!
@@ -43,6 +44,12 @@ pub(crate) struct PersistedPrompt {
     pub(crate) view: PromptView,
     /// Id of the scan record that opened it.
     pub(crate) scan: String,
+    /// The receipt of the sale linked to it (absent in files written before sales existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) receipt: Option<String>,
+    /// Whether a sale line was linked to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) linked: bool,
 }
 
 impl PersistedState {

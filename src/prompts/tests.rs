@@ -71,6 +71,7 @@ fn config() -> PromptsConfig {
         ],
         answer_codes: BTreeMap::from([("ATTR-DOCTOR".to_owned(), "doctor".to_owned())]),
         skip_reasons: vec!["顾客赶时间".to_owned()],
+        ..PromptsConfig::default()
     }
 }
 
@@ -704,4 +705,118 @@ async fn campaign_for_uses_the_window_and_config_order() {
     assert_eq!(prompts.campaign_for(&codes, dec), Some("winter"));
     assert_eq!(prompts.campaign_for(&["4006381333931"], dec), None);
     assert_eq!(prompts.skip_reasons(), ["顾客赶时间".to_owned()]);
+}
+
+impl Store {
+    async fn sale(
+        &self,
+        station: &str,
+        receipt: &str,
+        skus: &[Option<&str>],
+    ) -> Vec<Option<String>> {
+        self.prompts
+            .link_sale(SaleLink {
+                station: station.to_owned(),
+                receipt: Some(receipt.to_owned()),
+                at: self.clock.now(),
+                skus: skus.iter().map(|sku| sku.map(str::to_owned)).collect(),
+            })
+            .await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sale_links_its_line_to_the_open_prompt_and_the_late_answer_carries_the_receipt() {
+    let store = start().await;
+    let prompt = store.open("till-1", "6901234567892").await.prompt;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The register writes the GTIN-14 spelling; a line without a code and another product
+    // link to nothing.
+    let linked = store
+        .sale(
+            "till-1",
+            "R-1001",
+            &[None, Some("06901234567892"), Some("6939999999999")],
+        )
+        .await;
+    assert_eq!(linked, vec![None, Some(prompt.id.clone()), None]);
+    // Answered after the sale: the attribution names the receipt.
+    let resolution = store
+        .prompts
+        .answer(&prompt.id, "poster", None, Channel::Mqtt)
+        .await
+        .expect("answer");
+    assert_eq!(resolution.receipt.as_deref(), Some("R-1001"));
+    // One prompt, one sale line: the next customer's sale of the product links to nothing.
+    let again = store
+        .sale("till-1", "R-1002", &[Some("6901234567892")])
+        .await;
+    assert_eq!(again, vec![None]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sale_after_the_answer_links_within_the_window_at_the_same_station_only() {
+    let store = start().await;
+    let first = store.open("till-1", "6901234567892").await.prompt;
+    store
+        .prompts
+        .answer(&first.id, "doctor", None, Channel::Web)
+        .await
+        .expect("answer");
+    let other_station = store.sale("till-2", "R-9", &[Some("6901234567892")]).await;
+    assert_eq!(other_station, vec![None], "another counter's sale");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let linked = store.sale("till-1", "R-1", &[Some("6901234567892")]).await;
+    assert_eq!(linked, vec![Some(first.id.clone())]);
+
+    // Two customers in turn: each sale takes the oldest prompt still unlinked.
+    let second = store.open("till-1", "6901234567892").await.prompt;
+    store
+        .prompts
+        .skip(&second.id, "顾客赶时间", None)
+        .await
+        .expect("skip");
+    let third = store.open("till-1", "6901234567892").await.prompt;
+    let both = store
+        .sale(
+            "till-1",
+            "R-2",
+            &[Some("6901234567892"), Some("6901234567892")],
+        )
+        .await;
+    assert_eq!(both, vec![Some(second.id.clone()), Some(third.id.clone())]);
+
+    // Past the window (10 minutes by default) a resolved prompt no longer links.
+    let late = store.open("till-1", "6931234567890").await.prompt;
+    store
+        .prompts
+        .answer(&late.id, "doctor", None, Channel::Web)
+        .await
+        .expect("answer");
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    assert_eq!(
+        store.sale("till-1", "R-3", &[Some("6931234567890")]).await,
+        vec![None]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_linked_open_prompt_keeps_its_receipt_across_a_restart() {
+    let before = start().await;
+    let prompt = before.open("till-1", "6901234567892").await.prompt;
+    let linked = before.sale("till-1", "R-7", &[Some("6901234567892")]).await;
+    assert_eq!(linked, vec![Some(prompt.id.clone())]);
+    before.prompts.close().await;
+    let state = before.journal.state().expect("state saved");
+    let after = start_at(
+        MemoryPromptJournal::with_state(state),
+        t0() + chrono::Duration::seconds(10),
+    )
+    .await;
+    let resolution = after
+        .prompts
+        .answer(&prompt.id, "doctor", None, Channel::Web)
+        .await
+        .expect("answer");
+    assert_eq!(resolution.receipt.as_deref(), Some("R-7"));
 }

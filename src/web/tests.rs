@@ -41,6 +41,7 @@ async fn serve() -> Server {
         }],
         answer_codes: BTreeMap::new(),
         skip_reasons: vec!["顾客赶时间".into(), "</script>".into()],
+        ..PromptsConfig::default()
     };
     let journal = MemoryPromptJournal::new();
     let prompts = spawn(config, journal.clone(), Metrics::new())

@@ -11,5 +11,6 @@ mod cli;
 mod crash;
 mod mqtt_uplink;
 mod prompts;
+mod registers;
 mod serial;
 mod uplink;

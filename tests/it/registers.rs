@@ -1,0 +1,185 @@
+//! Registers on serial lines, end to end: an ESC/POS printer tap on a pty pair passes every byte
+//! on unchanged while it reads the receipt into a `sale`, and a JSON register's sale links its
+//! targeted line to the prompt the scan opened, closing the traceability loop.
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio_serial::SerialPortBuilderExt;
+
+use crate::harness::{client, of_kind, Gateway, PtyScanner, Store, DEADLINE};
+use crate::prompts::campaign_store;
+
+const RECEIPT_A: &[u8] = include_bytes!("../../../shared/fixtures/receipt-a.bin");
+const RECEIPT_A_TEXT: &str = include_str!("../../../shared/fixtures/receipt-a.txt");
+
+/// A register device on the pty link `register`, appended to the store's config.
+fn add_register(store: &Store, profile: &str, extra: &str) {
+    store.append_config(&format!(
+        "[[device]]\nid = \"register-1\"\nrole = \"register\"\ntransport = \"serial\"\n\
+         station = \"till-1\"\nprofile = \"{profile}\"\npath = \"{}\"\n{extra}\n",
+        store.path("register").display()
+    ));
+}
+
+/// Waits until `n` records of `kind` were appended and everything appended is durable.
+async fn wait_kind(gateway: &Gateway, kind: &str, n: u64) {
+    let series = format!("posgw_records_total{{kind=\"{kind}\"}}");
+    gateway
+        .wait_for(&format!("{n} {kind} record(s)"), |g| {
+            let series = series.clone();
+            async move { g.metric(&series).await >= n as f64 }
+        })
+        .await;
+    gateway.wait_durable().await;
+}
+
+#[tokio::test]
+async fn the_printer_tap_passes_every_byte_on_and_records_the_receipt_as_a_sale() {
+    let store = Store::new();
+    store.write_config("");
+    let printer_link = store.path("printer");
+    add_register(
+        &store,
+        "escpos-tap",
+        &format!("passthrough = \"{}\"", printer_link.display()),
+    );
+    let _scanner = PtyScanner::plug(&store.path("scanner"));
+    let mut register = PtyScanner::plug(&store.path("register"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("register-1", "connected").await;
+    let mut printer = tokio_serial::new(printer_link.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open the printer link");
+
+    // Two receipts, written in random small pieces (commands split anywhere).
+    let stream: Vec<u8> = [RECEIPT_A, RECEIPT_A].concat();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let reader = tokio::spawn(async move {
+        let mut received = vec![0u8; 2 * RECEIPT_A.len()];
+        tokio::time::timeout(DEADLINE, printer.read_exact(&mut received))
+            .await
+            .expect("the printer got every byte in time")
+            .expect("read the printer link");
+        received
+    });
+    let mut at = 0;
+    while at < stream.len() {
+        let end = (at + rng.gen_range(1..=7)).min(stream.len());
+        register.send(&stream[at..end]).await;
+        at = end;
+    }
+    assert_eq!(
+        reader.await.expect("reader"),
+        stream,
+        "byte-exact passthrough"
+    );
+
+    wait_kind(&gateway, "sale", 2).await;
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let sales = of_kind(&records, "sale");
+    assert_eq!(sales.len(), 2);
+    for sale in &sales {
+        let data = &sale["data"];
+        assert_eq!(data["device"], "register-1");
+        assert_eq!(data["station"], "till-1");
+        assert_eq!(data["text"], RECEIPT_A_TEXT.trim_end());
+        assert_eq!(data["total"], 33.5);
+        let lines = data["lines"].as_array().expect("lines");
+        assert_eq!(lines.len(), 2, "{data}");
+        assert_eq!(lines[0]["name"], "Amoxicillin 0.25g");
+        assert_eq!(lines[0]["qty"], 2.0);
+        assert_eq!(lines[0]["amount"], 25.0);
+        assert_eq!(lines[1]["amount"], 8.5);
+        assert_eq!(lines[0]["prompt"], Value::Null);
+    }
+}
+
+#[tokio::test]
+async fn a_register_sale_links_the_targeted_line_to_the_prompt_and_the_answer_names_the_receipt() {
+    let store = campaign_store("120s");
+    add_register(&store, "json-register", "");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let mut register = PtyScanner::plug(&store.path("register"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("register-1", "connected").await;
+
+    scanner.send(b"]E06901234567892\r").await;
+    let prompt = wait_prompt(&gateway).await;
+
+    // The sale is rung up before the clerk answers; a wrongly shaped message in between is
+    // recorded as a bad frame and changes nothing.
+    register
+        .send(b"{\"receipt\":\"R-1001\",\"lines\":\"oops\"}\n")
+        .await;
+    register
+        .send(
+            "{\"receipt\":\"R-1001\",\"clerk\":\"c-7\",\"currency\":\"CNY\",\"total\":33.5,\
+              \"lines\":[{\"sku\":\"6901234567892\",\"name\":\"参松养心胶囊\",\"qty\":1,\"unit_price\":25.0,\"amount\":25.0},\
+              {\"sku\":\"6939999999999\",\"name\":\"维生素C\",\"qty\":1,\"unit_price\":8.5,\"amount\":8.5}]}\r\n"
+                .as_bytes(),
+        )
+        .await;
+    wait_kind(&gateway, "sale", 1).await;
+    let response = client()
+        .post(format!("{}/api/v1/prompts/{prompt}/answer", gateway.api))
+        .json(&serde_json::json!({"option": "doctor", "clerk": "c-7"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    gateway.wait_durable().await;
+    assert!(gateway.stop().await.success());
+
+    let records = store.dump();
+    let sales = of_kind(&records, "sale");
+    assert_eq!(sales.len(), 1);
+    let data = &sales[0]["data"];
+    assert_eq!(data["receipt"], "R-1001");
+    assert_eq!(data["clerk"], "c-7");
+    assert_eq!(data["currency"], "CNY");
+    assert_eq!(data["lines"][0]["prompt"], prompt.as_str());
+    assert_eq!(data["lines"][1]["prompt"], Value::Null);
+    let bad: Vec<&Value> = of_kind(&records, "device")
+        .into_iter()
+        .filter(|r| r["data"]["event"] == "bad_frame" && r["data"]["device"] == "register-1")
+        .collect();
+    assert_eq!(bad.len(), 1, "the wrongly shaped sale");
+    assert!(
+        bad[0]["data"]["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("invalid type"),
+        "{}",
+        bad[0]
+    );
+    // Traceability: sale line → prompt → attribution (answer, clerk, receipt) → scan.
+    let attribution = of_kind(&records, "attribution")
+        .into_iter()
+        .find(|r| r["data"]["prompt"] == prompt.as_str())
+        .expect("attribution");
+    assert_eq!(attribution["data"]["answer"], "doctor");
+    assert_eq!(attribution["data"]["receipt"], "R-1001");
+    let scan_id = attribution["data"]["scan"].as_str().expect("scan id");
+    assert!(records
+        .iter()
+        .any(|r| r["id"] == scan_id && r["kind"] == "scan"));
+}
+
+/// Waits for the one open prompt of till-1; its id.
+async fn wait_prompt(gateway: &Gateway) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some((200, body)) = gateway.get("/api/v1/prompts?station=till-1").await {
+            let prompts: Value = serde_json::from_str(&body).expect("json");
+            if let Some(id) = prompts[0]["id"].as_str() {
+                return id.to_owned();
+            }
+        }
+        assert!(started.elapsed() < DEADLINE, "no prompt opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
