@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{Settings, Transport};
+use crate::devices::mqtt::{MqttDevice, MqttDevices};
 use crate::devices::serial::SerialDevice;
-use crate::devices::{self, DeviceEvent, DeviceInfo};
+use crate::devices::{self, DeviceInfo};
 use crate::journal::{self, JournalConfig, Kind};
 use crate::metrics::Metrics;
 use crate::prompts::{JournalPrompts, PromptsConfig};
@@ -99,7 +100,18 @@ pub async fn run(
             .context("cannot start the uplink"),
         ),
     };
-    let uplink = match uplink.transpose() {
+    // The store broker's credentials are read once here, so a missing password file stops the
+    // start with a clear message instead of leaving MQTT devices and prompts silently offline.
+    let broker = match &settings.mqtt {
+        Some(mqtt) => crate::mqtt::store_credentials(mqtt)
+            .map(|_| ())
+            .context("cannot use [mqtt]"),
+        None => Ok(()),
+    };
+    let uplink = match uplink
+        .transpose()
+        .and_then(|uplink| broker.map(|()| uplink))
+    {
         Ok(uplink) => uplink,
         Err(error) => {
             // Nothing else runs yet: close the journal cleanly before giving up.
@@ -140,6 +152,7 @@ pub async fn run(
     };
     let mut device_tasks = JoinSet::new();
     let mut views = Vec::new();
+    let mut mqtt_devices = Vec::new();
     for device in &settings.devices {
         let device = Arc::new(device.clone());
         let info = Arc::new(DeviceInfo::from_settings(&device));
@@ -157,17 +170,23 @@ pub async fn run(
                 };
                 device_tasks.spawn(task.run(stop.child_token()));
             }
-            Transport::Mqtt => {
-                let detail = "mqtt devices are not available in this build".to_owned();
-                tracing::error!(device = %device.id, "{detail}");
-                let _ = core
-                    .events
-                    .send(DeviceEvent::Error {
-                        device: info,
-                        detail,
-                    })
-                    .await;
-            }
+            Transport::Mqtt => match MqttDevice::new(&device, status) {
+                Some(device) => mqtt_devices.push(device),
+                None => tracing::error!(device = %device.id, "mqtt device without a topic"),
+            },
+        }
+    }
+    if !mqtt_devices.is_empty() {
+        // Validation guarantees `[mqtt]` when a device uses it.
+        if let Some(mqtt) = &settings.mqtt {
+            let task = MqttDevices {
+                settings: mqtt.clone(),
+                store: settings.gateway.store.clone(),
+                gateway: settings.gateway.id.clone(),
+                devices: mqtt_devices,
+                events: core.events.clone(),
+            };
+            device_tasks.spawn(task.run(stop.child_token()));
         }
     }
 

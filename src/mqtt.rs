@@ -96,6 +96,48 @@ pub fn options(
     Ok(options)
 }
 
+/// Connection options for the store's own broker (`[mqtt]`), used by MQTT devices and the
+/// prompt channel: client id `posgw-{store}-{gateway}-{role}` and [`store_credentials`].
+pub fn store_broker_options(
+    settings: &crate::config::MqttSettings,
+    store: &str,
+    gateway: &str,
+    role: &str,
+    max_packet: usize,
+) -> anyhow::Result<MqttOptions> {
+    let url = BrokerUrl::parse(&settings.url)?;
+    options(
+        &url,
+        &client_id(store, gateway, role),
+        store_credentials(settings)?,
+        max_packet,
+    )
+}
+
+/// The user name and password for the store's broker, if any: the password is the content of
+/// `password_file` without its line break. A password file without a user name is an error.
+pub fn store_credentials(
+    settings: &crate::config::MqttSettings,
+) -> anyhow::Result<Option<(String, String)>> {
+    let password = match &settings.password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read [mqtt] password_file {}", path.display()))?;
+            // Editors and `echo` add a newline; anything else is part of the password.
+            let password = text.strip_suffix('\n').unwrap_or(&text);
+            Some(password.strip_suffix('\r').unwrap_or(password).to_owned())
+        }
+        None => None,
+    };
+    match (&settings.username, password) {
+        (Some(username), password) => Ok(Some((username.clone(), password.unwrap_or_default()))),
+        (None, Some(_)) => {
+            bail!("[mqtt] password_file is set but username is not (MQTT needs a user name with a password)")
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// rustls client configuration with the system's root certificates and the ring provider.
 fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
@@ -119,6 +161,33 @@ fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_come_from_the_settings_and_the_password_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret \r\n").expect("write");
+        let settings = |username: Option<&str>, password_file| crate::config::MqttSettings {
+            url: "mqtt://127.0.0.1".into(),
+            username: username.map(str::to_owned),
+            password_file,
+        };
+        assert_eq!(store_credentials(&settings(None, None)).expect("ok"), None);
+        assert_eq!(
+            store_credentials(&settings(Some("pos"), None)).expect("ok"),
+            Some(("pos".into(), String::new()))
+        );
+        assert_eq!(
+            store_credentials(&settings(Some("pos"), Some(file.clone()))).expect("ok"),
+            Some(("pos".into(), "s3cret ".into())),
+            "only the line break is dropped"
+        );
+        let error = store_credentials(&settings(None, Some(file))).unwrap_err();
+        assert!(error.to_string().contains("username"), "{error}");
+        let missing = dir.path().join("missing");
+        let error = store_credentials(&settings(Some("pos"), Some(missing))).unwrap_err();
+        assert!(error.to_string().contains("password_file"), "{error}");
+    }
 
     #[test]
     fn parses_broker_urls() {

@@ -1,1 +1,428 @@
+//! MQTT devices: one task owns the connection to the store's broker (`[mqtt]`) for every device
+//! with `transport = "mqtt"`, and turns their messages into [`DeviceEvent`]s for the core.
+//!
+//! # Acknowledged only when durable
+//! The session is persistent (clean session off, a stable client id `posgw-{store}-{gw}-devices`)
+//! and every device topic is subscribed with QoS 1. Acknowledgements are manual: a message's
+//! PUBACK goes out only once the record it became (a scan, a sale or a `bad_frame`) is durable
+//! in the journal. The core hands each message's [`Durable`] back through its [`Ack`]; an acker
+//! task waits for them in arrival order and acknowledges. Until then the broker keeps the
+//! message, so a `kill -9` or a power cut loses nothing: the broker redelivers it to the next
+//! session. The price is at-least-once: a message whose record was durable but whose PUBACK was
+//! not yet sent is recorded again after the restart (a new seq; MQTT carries no id to tell).
+//!
+//! A message the journal refuses is not acknowledged either; it is redelivered after the next
+//! reconnect. Brokers cap unacknowledged deliveries per client (mosquitto's
+//! `max_inflight_messages`, 20 by default), so ingest runs at about that many messages per journal
+//! flush: plenty for a store's scanners and registers; raise it for bulk replays.
+//!
+//! # Messages
+//! - `scan` devices (`mqtt-scanner`): the payload is the scanned data as text, or a JSON object
+//!   whose `code_field` holds it (AIM identifier included) and whose optional `symbology_field`
+//!   gives the AIM identifier apart; the profile's `[payload] format` says which (`auto` reads a
+//!   payload that parses as a JSON object as one). A trailing CR/LF is not part of the code.
+//! - `json-sale` devices (`json-register`): the payload is one sale; the core reads it.
+//! - Anything unreadable (not UTF-8, JSON without the code field, an empty code) becomes a
+//!   `device` `bad_frame` with a short reason, acknowledged once that record is durable.
+//!
+//! # Connection
+//! rumqttc reconnects when its event loop is polled again after an error; this task waits
+//! between attempts with exponential backoff and jitter (up to 30 s) and re-subscribes after
+//! every CONNACK, since a broker restarted without persistence forgets subscriptions. The broker
+//! being down at start does not stop the gateway. Every device shows `connected` while the
+//! session is up and `disconnected` (with the reason) otherwise, each change recorded once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Local;
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Ack, ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
+use crate::config::{DecoderKind, DeviceSettings, MqttSettings, PayloadFormat, PayloadSettings};
+use crate::journal::Durable;
+
+/// Largest message accepted (a long sale); larger ones are refused by the client library.
+const MAX_PACKET: usize = 1024 * 1024;
+/// Requests (acks, subscriptions) that may queue for the event loop.
+const REQUEST_QUEUE: usize = 4096;
+/// Messages waiting for their record to become durable before their PUBACK.
+const ACK_QUEUE: usize = 65_536;
+/// Longest pause between reconnection attempts.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long shutdown waits for records of received messages to become durable and be acked.
+const SHUTDOWN_ACKS: Duration = Duration::from_secs(2);
+
+/// One MQTT device: what it is, where it publishes, its status.
+pub struct MqttDevice {
+    /// Its identity in records.
+    pub info: Arc<DeviceInfo>,
+    /// The topic it publishes on.
+    pub topic: String,
+    /// How its payloads are read.
+    pub payload: PayloadSettings,
+    /// Its published status.
+    pub status: watch::Sender<DeviceStatus>,
+}
+
+impl MqttDevice {
+    /// A device from its settings (the caller checked the transport is MQTT).
+    pub fn new(settings: &DeviceSettings, status: watch::Sender<DeviceStatus>) -> Option<Self> {
+        Some(MqttDevice {
+            info: Arc::new(DeviceInfo::from_settings(settings)),
+            topic: settings.topic.clone()?,
+            payload: settings.profile.payload.clone(),
+            status,
+        })
+    }
+}
+
+/// The task behind every MQTT device.
+pub struct MqttDevices {
+    /// The store's broker.
+    pub settings: MqttSettings,
+    /// Store code, for the client id.
+    pub store: String,
+    /// Gateway id, for the client id.
+    pub gateway: String,
+    /// The devices, each on its own topic.
+    pub devices: Vec<MqttDevice>,
+    /// Where events go.
+    pub events: mpsc::Sender<DeviceEvent>,
+}
+
+/// A received message waiting for its record to be durable.
+struct Pending {
+    /// The core's answer: the record's durability, or `None` when nothing was written.
+    written: oneshot::Receiver<Option<Durable>>,
+    /// The message, to acknowledge.
+    publish: Publish,
+}
+
+impl MqttDevices {
+    /// Runs until `shutdown` fires. Broker trouble is retried forever; settings that cannot
+    /// work (an unreadable password file) are recorded as a device `error` for every device,
+    /// and the task ends: the rest of the gateway runs on.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut options = match crate::mqtt::store_broker_options(
+            &self.settings,
+            &self.store,
+            &self.gateway,
+            "devices",
+            MAX_PACKET,
+        ) {
+            Ok(options) => options,
+            Err(error) => {
+                let detail = format!("cannot connect to the broker: {error:#}");
+                tracing::error!("mqtt devices: {detail}");
+                for device in &self.devices {
+                    set_state(device, ConnectionState::Disconnected, &detail);
+                    self.send(DeviceEvent::Error {
+                        device: device.info.clone(),
+                        detail: detail.clone(),
+                    })
+                    .await;
+                }
+                return;
+            }
+        };
+        options.set_manual_acks(true);
+        options.set_request_channel_capacity(REQUEST_QUEUE);
+        let (client, mut event_loop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let by_topic: HashMap<&str, &MqttDevice> = self
+            .devices
+            .iter()
+            .map(|device| (device.topic.as_str(), device))
+            .collect();
+        let (pending_tx, pending_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
+        let acker = tokio::spawn(acknowledge(client.clone(), pending_rx));
+        let mut retry = new_backoff();
+        let mut connected = false;
+        loop {
+            let event = tokio::select! {
+                event = event_loop.poll() => event,
+                () = shutdown.cancelled() => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    retry = new_backoff();
+                    let filters = self
+                        .devices
+                        .iter()
+                        .map(|device| SubscribeFilter::new(device.topic.clone(), QoS::AtLeastOnce));
+                    if let Err(error) = client.subscribe_many(filters).await {
+                        tracing::error!(%error, "cannot subscribe to the device topics");
+                    }
+                    connected = true;
+                    for device in &self.devices {
+                        let detail =
+                            format!("subscribed to {} on {}", device.topic, self.settings.url);
+                        tracing::info!(device = %device.info.id, "{detail}");
+                        set_state(device, ConnectionState::Connected, &detail);
+                        self.send(DeviceEvent::Connected {
+                            device: device.info.clone(),
+                            detail,
+                        })
+                        .await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let (ack, written) = oneshot::channel();
+                    let event = match by_topic.get(publish.topic.as_str()) {
+                        Some(device) => {
+                            device
+                                .status
+                                .send_modify(|status| status.last_frame_at = Some(Local::now()));
+                            message_event(device, &publish.payload, ack)
+                        }
+                        None => {
+                            // Only possible with overlapping subscriptions left in the session
+                            // by an older configuration: nothing to record it as.
+                            tracing::debug!(topic = %publish.topic, "message on a topic no device uses; acknowledged");
+                            let _ = ack.send(None);
+                            if let Err(error) = client.ack(&publish).await {
+                                tracing::debug!(%error, "cannot acknowledge");
+                            }
+                            continue;
+                        }
+                    };
+                    self.send(event).await;
+                    if pending_tx.send(Pending { written, publish }).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    // Recorded once per outage (and once if the broker is down at start).
+                    let starting = self
+                        .devices
+                        .iter()
+                        .any(|device| device.status.borrow().state == ConnectionState::Starting);
+                    if connected || starting {
+                        let detail = format!("broker {}: {error}", self.settings.url);
+                        tracing::warn!("mqtt devices: {detail}; reconnecting");
+                        for device in &self.devices {
+                            set_state(device, ConnectionState::Disconnected, &detail);
+                            self.send(DeviceEvent::Disconnected {
+                                device: device.info.clone(),
+                                detail: detail.clone(),
+                            })
+                            .await;
+                        }
+                    }
+                    connected = false;
+                    let delay = retry.next().unwrap_or(RETRY_MAX);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        // Let the records of what was received become durable and their PUBACKs go out; the
+        // event loop must keep running for them to be sent. Whatever is left is redelivered.
+        drop(pending_tx);
+        let drain = async {
+            let mut acker = acker;
+            loop {
+                tokio::select! {
+                    _ = &mut acker => break,
+                    event = event_loop.poll() => if event.is_err() { break },
+                }
+            }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_ACKS, drain).await;
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), event_loop.poll()).await;
+    }
+
+    async fn send(&self, event: DeviceEvent) {
+        // The core only goes away at shutdown, after the devices.
+        let _ = self.events.send(event).await;
+    }
+}
+
+/// Acknowledges messages in arrival order once their records are durable.
+async fn acknowledge(client: AsyncClient, mut pending: mpsc::Receiver<Pending>) {
+    while let Some(Pending { written, publish }) = pending.recv().await {
+        let durable = match written.await {
+            Ok(Some(durable)) => durable.wait().await.is_ok(),
+            // The journal refused the record, or the core is gone: the broker keeps it.
+            Ok(None) | Err(_) => false,
+        };
+        if durable {
+            if let Err(error) = client.ack(&publish).await {
+                tracing::debug!(%error, "cannot acknowledge; the broker will redeliver");
+            }
+        } else {
+            tracing::warn!(topic = %publish.topic, "message not recorded; left unacknowledged for redelivery");
+        }
+    }
+}
+
+/// What one message is for the core.
+fn message_event(device: &MqttDevice, payload: &[u8], ack: Ack) -> DeviceEvent {
+    let bytes = match device.info.decoder {
+        DecoderKind::Scan => match scan_payload(payload, &device.payload) {
+            Ok(bytes) => bytes,
+            Err(reason) => {
+                return DeviceEvent::BadFrame {
+                    device: device.info.clone(),
+                    detail: format!("{reason}: {}", crate::decode::escape_raw(excerpt(payload))),
+                    ack: Some(ack),
+                }
+            }
+        },
+        DecoderKind::JsonSale | DecoderKind::Escpos => payload.to_vec(),
+    };
+    DeviceEvent::Frame {
+        device: device.info.clone(),
+        bytes,
+        ack: Some(ack),
+    }
+}
+
+/// The first bytes of a payload, for messages about it.
+fn excerpt(payload: &[u8]) -> &[u8] {
+    &payload[..payload.len().min(128)]
+}
+
+/// The scanned data in an `mqtt-scanner` payload: the text itself, or the code (with the AIM
+/// identifier put in front when it came apart) from a JSON object.
+pub fn scan_payload(payload: &[u8], settings: &PayloadSettings) -> Result<Vec<u8>, String> {
+    let trimmed = trim_line_end(payload);
+    let json = match settings.format {
+        PayloadFormat::Text => false,
+        PayloadFormat::Json => true,
+        PayloadFormat::Auto => {
+            trimmed.first() == Some(&b'{')
+                && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(trimmed)
+                    .is_ok()
+        }
+    };
+    if !json {
+        if trimmed.is_empty() {
+            return Err("empty message".to_owned());
+        }
+        return Ok(trimmed.to_vec());
+    }
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(trimmed)
+        .map_err(|error| format!("message is not a JSON object ({error})"))?;
+    let code = match object.get(&settings.code_field) {
+        Some(serde_json::Value::String(code)) if !code.is_empty() => code,
+        Some(serde_json::Value::String(_)) => {
+            return Err(format!("empty '{}'", settings.code_field))
+        }
+        Some(_) => return Err(format!("'{}' is not a string", settings.code_field)),
+        None => return Err(format!("no '{}' field", settings.code_field)),
+    };
+    let symbology = match object.get(&settings.symbology_field) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(symbology)) => Some(symbology.as_str()),
+        Some(_) => return Err(format!("'{}' is not a string", settings.symbology_field)),
+    };
+    Ok(match symbology {
+        // Sent apart and not repeated in the code: the decoder reads it in front, as a serial
+        // scanner sends it.
+        Some(symbology) if symbology.starts_with(']') && !code.starts_with(']') => {
+            format!("{symbology}{code}").into_bytes()
+        }
+        _ => code.clone().into_bytes(),
+    })
+}
+
+/// `bytes` without a trailing CR, LF or CR LF.
+fn trim_line_end(bytes: &[u8]) -> &[u8] {
+    let mut end = bytes.len();
+    while end > 0 && matches!(bytes[end - 1], b'\r' | b'\n') {
+        end -= 1;
+    }
+    &bytes[..end]
+}
+
+fn set_state(device: &MqttDevice, state: ConnectionState, detail: &str) {
+    device.status.send_modify(|status| {
+        status.state = state;
+        status.detail = Some(detail.to_owned());
+    });
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(format: PayloadFormat) -> PayloadSettings {
+        PayloadSettings {
+            format,
+            ..PayloadSettings::default()
+        }
+    }
+
+    #[test]
+    fn scan_payloads_as_text_and_json() {
+        let auto = settings(PayloadFormat::Auto);
+        assert_eq!(
+            scan_payload(b"]E06901234567892\r\n", &auto).unwrap(),
+            b"]E06901234567892"
+        );
+        assert_eq!(
+            scan_payload(br#"{"code":"]E06901234567892"}"#, &auto).unwrap(),
+            b"]E06901234567892"
+        );
+        assert_eq!(
+            scan_payload(br#"{"code":"6901234567892","symbology":"]E0"}"#, &auto).unwrap(),
+            b"]E06901234567892"
+        );
+        assert_eq!(
+            scan_payload(br#"{"code":"]E06901234567892","symbology":"]E0"}"#, &auto).unwrap(),
+            b"]E06901234567892",
+            "not repeated"
+        );
+        // Text that merely starts with a brace is text under auto, an error under json.
+        assert_eq!(scan_payload(b"{not json", &auto).unwrap(), b"{not json");
+        let json = settings(PayloadFormat::Json);
+        assert!(scan_payload(b"{not json", &json)
+            .unwrap_err()
+            .contains("not a JSON object"));
+        let text = settings(PayloadFormat::Text);
+        assert_eq!(
+            scan_payload(br#"{"code":"x"}"#, &text).unwrap(),
+            br#"{"code":"x"}"#
+        );
+    }
+
+    #[test]
+    fn unreadable_scan_payloads_say_why() {
+        let auto = settings(PayloadFormat::Auto);
+        for (payload, reason) in [
+            (&b""[..], "empty message"),
+            (b"\r\n", "empty message"),
+            (br#"{"barcode":"1"}"#, "no 'code' field"),
+            (br#"{"code":""}"#, "empty 'code'"),
+            (br#"{"code":5}"#, "'code' is not a string"),
+            (
+                br#"{"code":"5","symbology":3}"#,
+                "'symbology' is not a string",
+            ),
+        ] {
+            assert_eq!(
+                scan_payload(payload, &auto).unwrap_err(),
+                reason,
+                "{payload:?}"
+            );
+        }
+    }
+}

@@ -9,6 +9,8 @@ mod mosquitto;
 mod browser;
 mod cli;
 mod crash;
+mod mqtt_devices;
+mod mqtt_prompts;
 mod mqtt_uplink;
 mod prompts;
 mod registers;

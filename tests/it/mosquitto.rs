@@ -16,23 +16,34 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts mosquitto (from PATH or /usr/sbin) with persistence in a temp dir.
     pub fn start() -> Mosquitto {
+        let mut broker = Mosquitto::reserve();
+        broker.spawn();
+        broker
+    }
+
+    /// A broker's port and folder, not started yet ([`Mosquitto::start_now`] starts it): for
+    /// tests of what happens while the store's broker is down.
+    pub fn reserve() -> Mosquitto {
         let port = {
             let probe = TcpListener::bind("127.0.0.1:0").expect("probe port");
             probe.local_addr().unwrap().port()
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
             dir.path().display()
         );
         std::fs::write(dir.path().join("mosquitto.conf"), config).unwrap();
-        let mut broker = Mosquitto {
+        Mosquitto {
             port,
             dir,
             child: None,
-        };
-        broker.spawn();
-        broker
+        }
+    }
+
+    /// Starts a reserved broker.
+    pub fn start_now(&mut self) {
+        self.spawn();
     }
 
     fn binary() -> PathBuf {
