@@ -49,9 +49,7 @@ use crate::journal::Durable;
 /// Largest message accepted (a long sale); larger ones are refused by the client library.
 const MAX_PACKET: usize = 1024 * 1024;
 /// Requests (acks, subscriptions) that may queue for the event loop.
-const REQUEST_QUEUE: usize = 4096;
-/// Messages waiting for their record to become durable before their PUBACK.
-const ACK_QUEUE: usize = 65_536;
+const REQUEST_QUEUE: usize = 65_536;
 /// Longest pause between reconnection attempts.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown waits for records of received messages to become durable and be acked.
@@ -138,11 +136,26 @@ impl MqttDevices {
             .iter()
             .map(|device| (device.topic.as_str(), device))
             .collect();
-        let (pending_tx, pending_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
+        // Unbounded, because this loop must never wait on anything the event loop itself has to
+        // drain (PUBACKs go out only while it is polled); the broker bounds it by how many
+        // deliveries it lets a client leave unacknowledged.
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
         let acker = tokio::spawn(acknowledge(client.clone(), pending_rx));
         let mut retry = new_backoff();
         let mut connected = false;
+        let mut subscribe = false;
         loop {
+            if subscribe {
+                // Queued without waiting: only polling drains the request queue.
+                let filters = self
+                    .devices
+                    .iter()
+                    .map(|device| SubscribeFilter::new(device.topic.clone(), QoS::AtLeastOnce));
+                match client.try_subscribe_many(filters) {
+                    Ok(()) => subscribe = false,
+                    Err(error) => tracing::debug!(%error, "subscription queued later"),
+                }
+            }
             let event = tokio::select! {
                 event = event_loop.poll() => event,
                 () = shutdown.cancelled() => break,
@@ -150,13 +163,7 @@ impl MqttDevices {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     retry = new_backoff();
-                    let filters = self
-                        .devices
-                        .iter()
-                        .map(|device| SubscribeFilter::new(device.topic.clone(), QoS::AtLeastOnce));
-                    if let Err(error) = client.subscribe_many(filters).await {
-                        tracing::error!(%error, "cannot subscribe to the device topics");
-                    }
+                    subscribe = true;
                     connected = true;
                     for device in &self.devices {
                         let detail =
@@ -184,14 +191,14 @@ impl MqttDevices {
                             // by an older configuration: nothing to record it as.
                             tracing::debug!(topic = %publish.topic, "message on a topic no device uses; acknowledged");
                             let _ = ack.send(None);
-                            if let Err(error) = client.ack(&publish).await {
+                            if let Err(error) = client.try_ack(&publish) {
                                 tracing::debug!(%error, "cannot acknowledge");
                             }
                             continue;
                         }
                     };
                     self.send(event).await;
-                    if pending_tx.send(Pending { written, publish }).await.is_err() {
+                    if pending_tx.send(Pending { written, publish }).is_err() {
                         break;
                     }
                 }
@@ -247,7 +254,7 @@ impl MqttDevices {
 }
 
 /// Acknowledges messages in arrival order once their records are durable.
-async fn acknowledge(client: AsyncClient, mut pending: mpsc::Receiver<Pending>) {
+async fn acknowledge(client: AsyncClient, mut pending: mpsc::UnboundedReceiver<Pending>) {
     while let Some(Pending { written, publish }) = pending.recv().await {
         let durable = match written.await {
             Ok(Some(durable)) => durable.wait().await.is_ok(),

@@ -1,0 +1,227 @@
+//! Measures MQTT QoS 1 ingest into the journal: a real mosquitto on loopback, the release
+//! gateway with one `mqtt-scanner` device, and a publisher that sends N scans with QoS 1 as fast
+//! as the broker takes them. Reports messages per second from the first publish until the
+//! gateway's journal holds all N as durable records (every one acknowledged to the broker only
+//! then), and the gateway's CPU time per 100k messages.
+//!
+//! Two modes:
+//! - `live`: the publisher and the gateway run at once (three processes on the machine's cores:
+//!   the publisher's own speed is part of the figure);
+//! - `backlog`: the N messages wait in the broker for the gateway's persistent session while it
+//!   is stopped; the clock runs from the gateway's start until all N are durable. This is the
+//!   gateway's own ingest rate (and what happens after an outage).
+//!
+//! The broker allows many unacknowledged deliveries per client (`max_inflight_messages 0`):
+//! with mosquitto's default of 20, ingest is capped at 20 messages per journal flush.
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example mqtt_ingest -- [MESSAGES] [FLUSH] [live|backlog]
+//! ```
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("free port")
+}
+
+/// CPU seconds (user + system) used so far by process `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// The value of a metric series on the gateway's `/metrics`, or 0.
+async fn metric(client: &reqwest::Client, api: &str, series: &str) -> f64 {
+    let Ok(response) = client.get(format!("{api}/metrics")).send().await else {
+        return 0.0;
+    };
+    let body = response.text().await.unwrap_or_default();
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let messages: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let flush = std::env::args().nth(2).unwrap_or_else(|| "50ms".into());
+    let bin = std::env::var("POSGW_BIN").unwrap_or_else(|_| "target/release/posgw".into());
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("mosquitto.conf"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\n\
+             max_queued_messages 0\nmax_queued_bytes 0\n"
+        ),
+    )?;
+    let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .unwrap_or("mosquitto");
+    let mut broker = Command::new(mosquitto)
+        .arg("-c")
+        .arg(dir.path().join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no broker");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    std::fs::write(
+        dir.path().join("posgw.toml"),
+        format!(
+            r#"[gateway]
+store = "BENCH-1"
+id = "gw-bench"
+data_dir = "{data}"
+flush = "{flush}"
+[api]
+listen = "127.0.0.1:0"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+[[device]]
+id = "mqtt-scanner-1"
+role = "scanner"
+transport = "mqtt"
+station = "till-1"
+profile = "mqtt-scanner"
+topic = "bench/till-1/scanner"
+"#,
+            data = dir.path().join("data").display(),
+        ),
+    )?;
+    let config = dir.path().join("posgw.toml");
+    let client = reqwest::Client::new();
+    let mode = std::env::args().nth(3).unwrap_or_else(|| "live".into());
+    let (mut gateway, mut api) = start_gateway(&bin, &config, &client).await?;
+    if mode == "backlog" {
+        // The session and its subscription exist now; stop, and let the messages queue.
+        stop(&mut gateway)?;
+    }
+    // The publisher: QoS 1, many in flight, its own event loop on this thread.
+    let mut options = MqttOptions::new("bench-publisher", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_inflight(1000);
+    let (publisher, mut event_loop) = AsyncClient::new(options, 10_000);
+    let acked = tokio::spawn(async move {
+        let mut acked = 0u64;
+        while acked < messages {
+            match event_loop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(error) => panic!("publisher: {error}"),
+            }
+        }
+        acked
+    });
+    let mut cpu_before = cpu_seconds(gateway.id());
+    let mut began = Instant::now();
+    for i in 0..messages {
+        let payload = format!("]C0BENCH-{i:09}");
+        publisher
+            .publish("bench/till-1/scanner", QoS::AtLeastOnce, false, payload)
+            .await?;
+    }
+    let published = began.elapsed();
+    if mode == "backlog" {
+        let acked = acked.await?;
+        assert_eq!(acked, messages, "the broker took every message");
+        // The clock includes the gateway's start: conservative by its few milliseconds.
+        began = Instant::now();
+        (gateway, api) = start_gateway(&bin, &config, &client).await?;
+        cpu_before = 0.0;
+    }
+    // Done when every scan is in the journal and durable.
+    let scans = "posgw_records_total{kind=\"scan\"}";
+    loop {
+        let recorded = metric(&client, &api, scans).await as u64;
+        if recorded >= messages {
+            let body = client.get(format!("{api}/api/v1/status")).send().await?;
+            let status: serde_json::Value = body.json().await?;
+            let journal = &status["journal"];
+            if journal["durable_seq"].as_u64() >= journal["next_seq"].as_u64().map(|n| n - 1) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = began.elapsed();
+    let cpu = cpu_seconds(gateway.id()) - cpu_before;
+    println!(
+        "mqtt ingest ({mode}): {messages} QoS 1 messages (flush {flush}) in {:.2} s = {:.0} msg/s \
+         (publishing took {:.2} s); gateway CPU {:.2} s per 100k messages",
+        elapsed.as_secs_f64(),
+        messages as f64 / elapsed.as_secs_f64(),
+        published.as_secs_f64(),
+        cpu / messages as f64 * 100_000.0
+    );
+    let _ = publisher.disconnect().await;
+    stop(&mut gateway)?;
+    broker.kill()?;
+    broker.wait()?;
+    Ok(())
+}
+
+/// Starts `posgw run -c CONFIG`; returns it and its API address once its MQTT device is up.
+async fn start_gateway(
+    bin: &str,
+    config: &std::path::Path,
+    client: &reqwest::Client,
+) -> Result<(std::process::Child, String), Box<dyn std::error::Error>> {
+    let mut gateway = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "warn,posgw::cli=info")
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = gateway.stderr.take().ok_or("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(at) = line.find("api listening on ") {
+                let _ = tx.send(line[at + 17..].trim().to_owned());
+            }
+        }
+    });
+    let api = rx.recv_timeout(Duration::from_secs(30))?;
+    let series = "posgw_device_connected{device=\"mqtt-scanner-1\"}";
+    while metric(client, &api, series).await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((gateway, api))
+}
+
+/// SIGTERM and wait.
+fn stop(gateway: &mut std::process::Child) -> Result<(), Box<dyn std::error::Error>> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gateway.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    gateway.wait()?;
+    Ok(())
+}
