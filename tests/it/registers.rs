@@ -183,3 +183,166 @@ async fn wait_prompt(gateway: &Gateway) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// GB18030 bytes of a Chinese pharmacy receipt (as a register prints it) ending in a cut.
+fn chinese_receipt(number: &str, sku: &str) -> Vec<u8> {
+    let text = format!(
+        "康宁大药房\n单号：{number}\n收银员：c-17\n{sku} 参松养心胶囊 0.4g*36粒  1  25.00\n合计：￥25.00\n"
+    );
+    // `ESC ~` is no ESC/POS command: skipped and counted.
+    let mut bytes = b"\x1b@\x1ba\x01\x1b~".to_vec();
+    bytes.extend_from_slice(&encoding_rs::GB18030.encode(&text).0);
+    bytes.extend_from_slice(b"\x1bd\x03\x1dV\x00");
+    bytes
+}
+
+/// The issue's story: a store points the gateway at a register's printer line and at its
+/// broker, a targeted product is scanned, the POS answers the prompt over MQTT, the sale is
+/// printed, and `posgw journal dump` shows the sale line linked to the attribution.
+#[tokio::test]
+async fn a_targeted_sale_answered_over_mqtt_is_linked_in_the_journal_dump() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    let broker = crate::mosquitto::Mosquitto::start();
+    let store = campaign_store("120s");
+    let printer_link = store.path("printer");
+    add_register(
+        &store,
+        "escpos-tap",
+        &format!("passthrough = \"{}\"", printer_link.display()),
+    );
+    store.append_config(&format!("[mqtt]\nurl = \"{}\"\n", broker.url()));
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let mut register = PtyScanner::plug(&store.path("register"));
+
+    // The POS software on the store's broker, listening for prompts.
+    let mut options = MqttOptions::new("test-pos", "127.0.0.1", broker.port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (pos, mut pos_events) = AsyncClient::new(options, 100);
+    pos.subscribe("posgw/WZ-LC-001/till-1/prompt", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (prompts_tx, mut prompts_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match pos_events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let _ = prompts_tx.send(publish.payload.to_vec());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("register-1", "connected").await;
+    let mut printer = tokio_serial::new(printer_link.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open the printer link");
+
+    scanner.send(b"]E06901234567892\r").await;
+    let prompt: Value = serde_json::from_slice(
+        &tokio::time::timeout(DEADLINE, prompts_rx.recv())
+            .await
+            .expect("the prompt reaches the POS over MQTT")
+            .expect("pos running"),
+    )
+    .expect("prompt JSON");
+    let prompt_id = prompt["id"].as_str().expect("id").to_owned();
+    assert_eq!(prompt["sku"], "6901234567892");
+    pos.publish(
+        "posgw/WZ-LC-001/till-1/answer",
+        QoS::AtLeastOnce,
+        false,
+        serde_json::json!({"prompt": prompt_id, "option": "referral"}).to_string(),
+    )
+    .await
+    .expect("answer");
+    wait_kind(&gateway, "attribution", 1).await;
+
+    // The register prints the receipt; the printer gets it unchanged.
+    let receipt = chinese_receipt("XS20261127-0042", "6901234567892");
+    register.send(&receipt).await;
+    let mut printed = vec![0u8; receipt.len()];
+    tokio::time::timeout(DEADLINE, printer.read_exact(&mut printed))
+        .await
+        .expect("printed in time")
+        .expect("read the printer link");
+    assert_eq!(printed, receipt);
+    wait_kind(&gateway, "sale", 1).await;
+    assert!(gateway.stop().await.success());
+
+    let records = store.dump();
+    let sale = &of_kind(&records, "sale")[0]["data"];
+    assert_eq!(sale["receipt"], "XS20261127-0042");
+    assert_eq!(sale["clerk"], "c-17");
+    assert_eq!(sale["total"], 25.0);
+    assert_eq!(sale["lines"][0]["sku"], "6901234567892");
+    assert_eq!(sale["lines"][0]["prompt"], prompt_id.as_str(), "{sale}");
+    assert!(sale["text"]
+        .as_str()
+        .expect("text")
+        .contains("参松养心胶囊"));
+    let attribution = &of_kind(&records, "attribution")[0]["data"];
+    assert_eq!(attribution["prompt"], prompt_id.as_str());
+    assert_eq!(attribution["channel"], "mqtt");
+    assert_eq!(attribution["answer"], "referral");
+    assert_eq!(attribution["answer_label"], "老客转介");
+    let bad = of_kind(&records, "device")
+        .into_iter()
+        .find(|r| r["data"]["event"] == "bad_frame")
+        .expect("the unknown command is recorded");
+    assert_eq!(bad["data"]["device"], "register-1");
+    assert!(
+        bad["data"]["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("unknown ESC/POS command"),
+        "{bad}"
+    );
+}
+
+#[tokio::test]
+async fn a_receipt_that_never_gets_its_cut_is_closed_after_the_silence_with_a_note() {
+    let store = Store::new();
+    store.write_config("");
+    add_register(
+        &store,
+        "escpos-tap",
+        &format!("passthrough = \"{}\"", store.path("printer").display()),
+    );
+    // This store's printer tap gives up on a receipt after 300 ms of silence.
+    let built_in = include_str!("../../drivers/escpos-tap.toml");
+    std::fs::create_dir_all(store.path("drivers.d")).expect("drivers.d");
+    std::fs::write(
+        store.path("drivers.d/escpos-tap.toml"),
+        built_in.replace("receipt_timeout = \"60s\"", "receipt_timeout = \"300ms\""),
+    )
+    .expect("write profile");
+    let _scanner = PtyScanner::plug(&store.path("scanner"));
+    let mut register = PtyScanner::plug(&store.path("register"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("register-1", "connected").await;
+
+    let receipt = chinese_receipt("XS-0001", "6901234567892");
+    // Everything but the cut (`GS V 0`, the last three bytes).
+    register.send(&receipt[..receipt.len() - 3]).await;
+    wait_kind(&gateway, "sale", 1).await;
+    assert!(gateway.stop().await.success());
+
+    let records = store.dump();
+    let sale = &of_kind(&records, "sale")[0]["data"];
+    assert_eq!(sale["receipt"], "XS-0001");
+    let note = of_kind(&records, "device")
+        .into_iter()
+        .find(|r| r["data"]["event"] == "error")
+        .expect("a note about the missing cut");
+    assert!(
+        note["data"]["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("without a paper cut"),
+        "{note}"
+    );
+}
