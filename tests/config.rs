@@ -188,8 +188,8 @@ mod shipped {
         assert!(settings.campaigns.is_empty() && settings.answer_codes.is_empty());
     }
 
-    /// The commented-out parts of the example (future features) must stay valid: enable them,
-    /// supply the profiles they name, and load.
+    /// The commented-out parts of the example must stay valid: enable them and load (with the
+    /// built-in profiles they name).
     #[test]
     fn example_commented_out_sections_are_valid_when_enabled() {
         let text =
@@ -207,21 +207,13 @@ mod shipped {
             "sections were uncommented"
         );
         let fixture = Fixture::new(&enabled);
-        fixture.write(
-            "drivers.d/mqtt-scanner.toml",
-            "roles = [\"scanner\"]\ntransports = [\"mqtt\"]\ndecoder = \"scan\"\n",
-        );
-        fixture.write(
-            "drivers.d/escpos-tap.toml",
-            "roles = [\"register\"]\ntransports = [\"serial\"]\ndecoder = \"escpos\"\nrequires_passthrough = true\n",
-        );
         let settings = fixture.load();
         let ids: Vec<&str> = settings
             .devices
             .iter()
             .map(|device| device.id.as_str())
             .collect();
-        assert_eq!(ids, ["scanner-1", "scanner-2", "register-1"]);
+        assert_eq!(ids, ["scanner-1", "scanner-2", "register-1", "register-2"]);
         assert_eq!(
             settings.devices[1].topic.as_deref(),
             Some("store/till-2/scanner")
