@@ -233,7 +233,7 @@ impl Core {
         };
         let decoded = decode::decode_scan(frame, &context);
         let raw = decode::escape_raw(frame);
-        let card = self.prompts.answer_card(&decoded.code).map(str::to_owned);
+        let card = self.prompts.answer_card(&decoded.code);
         let campaign = match card {
             // A misread opens no prompt: it could match a prefix by accident, and would count
             // against the clerk's completeness.
@@ -256,7 +256,7 @@ impl Core {
             station: &device.station,
             raw,
             decoded,
-            campaign,
+            campaign: campaign.as_deref(),
             answer_code: card.is_some(),
         };
         let appended = self.append(Kind::Scan, &data).await?;

@@ -131,13 +131,7 @@ pub async fn run(
     )
     .await
     .map_err(|error| anyhow::anyhow!("cannot start the prompt engine: {error}"))?;
-    let hold_back: Arc<HashSet<Vec<u8>>> = Arc::new(
-        settings
-            .answer_codes
-            .keys()
-            .map(|code| code.as_bytes().to_vec())
-            .collect(),
-    );
+    let (hold_back_tx, hold_back) = tokio::sync::watch::channel(hold_back_codes(&settings));
     let core = crate::core::spawn(journal.clone(), metrics.clone(), prompts.clone());
     // The MQTT prompt channel: POS software sees prompts and answers them over the broker.
     let prompt_channel = match &settings.mqtt {
@@ -226,10 +220,17 @@ pub async fn run(
         settings.devices.len()
     ));
     crate::notify::spawn_watchdog(stop.child_token());
+    let reloads = tokio::spawn(reload_on_sighup(
+        settings.clone(),
+        prompts.clone(),
+        hold_back_tx,
+        stop.child_token(),
+    ));
     shutdown.await;
     tracing::info!("shutting down");
     crate::notify::stopping();
     stop.cancel();
+    let _ = reloads.await;
     while device_tasks.join_next().await.is_some() {}
     // The devices are gone; dropping our sender lets the core finish the queue and stop.
     let core_task = core.task;
@@ -263,6 +264,125 @@ pub async fn run(
     journal.close().await.context("cannot flush the journal")?;
     tracing::info!("stopped; journal flushed");
     Ok(())
+}
+
+/// The answer-card codes a serial passthrough holds back.
+fn hold_back_codes(settings: &Settings) -> Arc<HashSet<Vec<u8>>> {
+    Arc::new(
+        settings
+            .answer_codes
+            .keys()
+            .map(|code| code.as_bytes().to_vec())
+            .collect(),
+    )
+}
+
+/// On SIGHUP, reads the configuration again and puts new campaigns, answer codes and skip
+/// reasons in force; the journal, devices, API and uplink stay up. A configuration that does not
+/// load is refused with its errors logged, and the one in force stays. Other changes (devices,
+/// uplink, api, mqtt, gateway) need a restart: they are named in a warning and not applied.
+async fn reload_on_sighup(
+    mut current: Settings,
+    prompts: crate::prompts::PromptsHandle,
+    hold_back: tokio::sync::watch::Sender<Arc<HashSet<Vec<u8>>>>,
+    stop: CancellationToken,
+) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloading is off");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            received = hangups.recv() => if received.is_none() { return },
+            () = stop.cancelled() => return,
+        }
+        let path = current.path.clone();
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+        let next = match tokio::task::spawn_blocking(move || crate::config::load(&path)).await {
+            Ok(Ok(next)) => next,
+            Ok(Err(error)) => {
+                tracing::error!("reload refused, the configuration in force stays:\n{error}");
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(%error, "reload failed, the configuration in force stays");
+                continue;
+            }
+        };
+        let needs_restart = restart_only_changes(&current, &next);
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                "reload: changes to {} need a restart (systemctl restart posgw); not applied",
+                needs_restart.join(", ")
+            );
+        }
+        prompts.reload(PromptsConfig {
+            campaigns: next.campaigns.clone(),
+            answer_codes: next.answer_codes.clone(),
+            skip_reasons: next.prompts.skip_reasons.clone(),
+            sale_link_window: current.prompts.sale_link_window,
+        });
+        hold_back.send_replace(hold_back_codes(&next));
+        tracing::info!(
+            campaigns = next.campaigns.len(),
+            answer_codes = next.answer_codes.len(),
+            "reloaded: campaigns, answer codes and skip reasons in force"
+        );
+        crate::notify::status(&format!(
+            "reloaded: {} campaign(s), {} answer code(s)",
+            next.campaigns.len(),
+            next.answer_codes.len()
+        ));
+        current.campaigns = next.campaigns;
+        current.answer_codes = next.answer_codes;
+        current.prompts.skip_reasons = next.prompts.skip_reasons;
+    }
+}
+
+/// Names of the sections whose changes a reload does not apply.
+fn restart_only_changes(current: &Settings, next: &Settings) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if current.gateway != next.gateway {
+        changed.push("[gateway]");
+    }
+    if current.api != next.api {
+        changed.push("[api]");
+    }
+    let devices = |settings: &Settings| {
+        settings
+            .devices
+            .iter()
+            .map(|d| {
+                let serial = d.serial.clone();
+                let profile = (d.profile.name.clone(), d.profile.source.clone());
+                (
+                    d.id.clone(),
+                    d.role,
+                    d.transport,
+                    d.station.clone(),
+                    profile,
+                    serial,
+                    d.topic.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if devices(current) != devices(next) {
+        changed.push("[[device]]");
+    }
+    if current.mqtt != next.mqtt {
+        changed.push("[mqtt]");
+    }
+    if current.uplink != next.uplink {
+        changed.push("[uplink]");
+    }
+    if current.prompts.sale_link_window != next.prompts.sale_link_window {
+        changed.push("sale_link_window");
+    }
+    changed
 }
 
 /// Binds the API address from the configuration.

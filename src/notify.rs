@@ -21,6 +21,11 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// A new one-line status (after a reload, say).
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
 /// Shutdown has begun.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

@@ -89,10 +89,10 @@ pub struct SerialDevice {
     pub events: mpsc::Sender<DeviceEvent>,
     /// Its published status.
     pub status: watch::Sender<DeviceStatus>,
-    /// Codes never passed through (answer cards), as scanned data without a symbology id.
-    /// When empty, passthrough forwards every read at once; otherwise it forwards frame by frame
-    /// so these frames can be held back.
-    pub hold_back: Arc<HashSet<Vec<u8>>>,
+    /// Codes never passed through (answer cards), as scanned data without a symbology id; the
+    /// set in force now (a configuration reload replaces it). When empty, passthrough forwards
+    /// every read at once; otherwise it forwards frame by frame so these frames can be held back.
+    pub hold_back: watch::Receiver<Arc<HashSet<Vec<u8>>>>,
 }
 
 /// Why a connected port stopped being read.
@@ -211,8 +211,9 @@ impl SerialDevice {
     ) -> ReadEnd {
         let mut buffer = vec![0u8; READ_BUFFER];
         let mut frames = Vec::new();
-        // Frame-by-frame passthrough: raw bytes read but not yet forwarded or held back.
-        let by_frame = passthrough.filter(|_| !self.hold_back.is_empty());
+        // Frame-by-frame passthrough (while answer cards are configured): raw bytes read but
+        // not yet forwarded or held back.
+        let mut by_frame = passthrough.filter(|_| !self.hold_back.borrow().is_empty());
         let mut unsent: Vec<u8> = Vec::new();
         // Set after an answer card was held back: its trailing CR/LF bytes are held back too.
         let mut after_card = false;
@@ -245,6 +246,16 @@ impl SerialDevice {
                 Some(Ok(0)) => return ReadEnd::Lost("end of file".into()),
                 Some(Ok(n)) => {
                     let bytes = &buffer[..n];
+                    let cards = !self.hold_back.borrow().is_empty();
+                    if by_frame.is_some() != cards {
+                        // A reload added the first or removed the last answer card. Bytes held
+                        // for a half-read frame go on now; a frame in progress is not held back.
+                        if let Some(passthrough) = by_frame {
+                            passthrough.send(&unsent);
+                            unsent.clear();
+                        }
+                        by_frame = passthrough.filter(|_| cards);
+                    }
                     match (passthrough, by_frame) {
                         (_, Some(passthrough)) => {
                             let before = unsent.len();
@@ -386,7 +397,8 @@ impl SerialDevice {
             [b']', _, _, data @ ..] => data,
             data => data,
         };
-        self.hold_back.contains(data) || self.hold_back.contains(bytes.as_slice())
+        let hold_back = self.hold_back.borrow();
+        hold_back.contains(data) || hold_back.contains(bytes.as_slice())
     }
 
     async fn emit(&self, event: FrameEvent) {

@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use chrono::NaiveDate;
 
@@ -28,6 +29,33 @@ pub(crate) struct Campaigns {
     campaigns: Vec<CampaignSettings>,
     /// `[answer_codes]`: scanned code -> option key.
     answer_codes: BTreeMap<String, String>,
+}
+
+/// The campaigns in force, shared by the prompt handle (matching, on the core's task) and the
+/// engine (opening), and replaced whole when the configuration is reloaded.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedCampaigns(Arc<RwLock<Arc<Campaigns>>>);
+
+impl SharedCampaigns {
+    pub(crate) fn new(campaigns: Campaigns) -> Self {
+        SharedCampaigns(Arc::new(RwLock::new(Arc::new(campaigns))))
+    }
+
+    /// The campaigns in force now (a cheap clone; held only briefly, never across an `.await`).
+    pub(crate) fn current(&self) -> Arc<Campaigns> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts `campaigns` in force for every later scan and prompt.
+    pub(crate) fn replace(&self, campaigns: Campaigns) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(campaigns);
+    }
 }
 
 impl Campaigns {

@@ -17,7 +17,7 @@ use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::campaigns::Campaigns;
+use super::campaigns::SharedCampaigns;
 use super::clock::Clock;
 use super::model::{
     AttributionData, Channel, OpenRequest, Opened, OptionView, Outcome, PromptError, PromptEvent,
@@ -163,8 +163,8 @@ enum Resolve {
 
 /// The engine's state.
 pub(crate) struct Engine {
-    /// The configured campaigns.
-    campaigns: Arc<Campaigns>,
+    /// The campaigns in force (replaced on reload).
+    campaigns: SharedCampaigns,
     /// Wall time for timestamps and the day.
     clock: Arc<dyn Clock>,
     /// `posgw_prompts_total`.
@@ -192,7 +192,7 @@ pub(crate) struct Engine {
 impl Engine {
     /// An engine with nothing open.
     pub(crate) fn new(
-        campaigns: Arc<Campaigns>,
+        campaigns: SharedCampaigns,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         writer: mpsc::UnboundedSender<WriterMsg>,
@@ -352,7 +352,8 @@ impl Engine {
     }
 
     fn open(&mut self, request: OpenRequest) -> Result<Opened, PromptError> {
-        let Some(campaign) = self.campaigns.get(&request.campaign) else {
+        let campaigns = self.campaigns.current();
+        let Some(campaign) = campaigns.get(&request.campaign) else {
             return Err(PromptError::UnknownCampaign(request.campaign));
         };
         // One prompt per customer, not per scan: a re-scan of the same product at the same

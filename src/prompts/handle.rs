@@ -1,12 +1,12 @@
 //! Starting the engine, and the cheap, cloneable handle everyone else uses.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use chrono::NaiveDate;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::campaigns::Campaigns;
+use super::campaigns::{Campaigns, SharedCampaigns};
 use super::clock::{Clock, SystemClock};
 use super::engine::{Command, Engine, SaleLink, Subscription, Written};
 use super::journal::PromptJournal;
@@ -69,7 +69,7 @@ pub async fn spawn_with_clock<J: PromptJournal>(
     metrics: Metrics,
     clock: Arc<dyn Clock>,
 ) -> Result<PromptsHandle, String> {
-    let campaigns = Arc::new(Campaigns::new(config.campaigns, config.answer_codes));
+    let campaigns = SharedCampaigns::new(Campaigns::new(config.campaigns, config.answer_codes));
     let saved = journal
         .load_open_prompts()
         .await
@@ -78,7 +78,7 @@ pub async fn spawn_with_clock<J: PromptJournal>(
     let (writer_queue, writer_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run(journal, writer_rx));
     let mut engine = Engine::new(
-        Arc::clone(&campaigns),
+        campaigns.clone(),
         clock,
         metrics,
         writer_queue,
@@ -110,7 +110,7 @@ pub async fn spawn_with_clock<J: PromptJournal>(
     Ok(PromptsHandle {
         commands,
         campaigns,
-        skip_reasons: config.skip_reasons.into(),
+        skip_reasons: Arc::new(RwLock::new(config.skip_reasons.into())),
     })
 }
 
@@ -121,9 +121,9 @@ pub struct PromptsHandle {
     /// The engine's request queue.
     commands: mpsc::Sender<Command>,
     /// The configuration, read without a round trip.
-    campaigns: Arc<Campaigns>,
+    campaigns: SharedCampaigns,
     /// Preset skip reasons for the clerk page.
-    skip_reasons: Arc<[String]>,
+    skip_reasons: Arc<RwLock<Arc<[String]>>>,
 }
 
 impl PromptsHandle {
@@ -132,18 +132,39 @@ impl PromptsHandle {
     /// Pass every spelling of the scanned code the record has: `gtin`, `code` and `raw`. Each
     /// 14-digit GTIN is also tried as EAN-13, UPC-A and EAN-8 (leading zeros dropped). When
     /// several campaigns match, the first in configuration order wins (logged at debug).
-    pub fn campaign_for(&self, codes: &[&str], today: NaiveDate) -> Option<&str> {
-        self.campaigns.campaign_for(codes, today)
+    pub fn campaign_for(&self, codes: &[&str], today: NaiveDate) -> Option<String> {
+        self.campaigns
+            .current()
+            .campaign_for(codes, today)
+            .map(str::to_owned)
     }
 
     /// The option key when `code` is an answer card (`[answer_codes]`).
-    pub fn answer_card(&self, code: &str) -> Option<&str> {
-        self.campaigns.answer_card(code)
+    pub fn answer_card(&self, code: &str) -> Option<String> {
+        self.campaigns
+            .current()
+            .answer_card(code)
+            .map(str::to_owned)
     }
 
     /// The preset skip reasons.
-    pub fn skip_reasons(&self) -> &[String] {
-        &self.skip_reasons
+    pub fn skip_reasons(&self) -> Arc<[String]> {
+        self.skip_reasons
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts new campaigns, answer cards and skip reasons in force (a configuration reload).
+    /// Prompts already open keep their question and options and can still be answered; scans
+    /// from now on are matched against the new campaigns. The sale-link window is not reloaded.
+    pub fn reload(&self, config: PromptsConfig) {
+        self.campaigns
+            .replace(Campaigns::new(config.campaigns, config.answer_codes));
+        *self
+            .skip_reasons
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config.skip_reasons.into();
     }
 
     /// Opens a prompt for a targeted scan, or returns the station's open prompt for the same

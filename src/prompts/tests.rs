@@ -105,8 +105,7 @@ impl Store {
         let campaign = self
             .prompts
             .campaign_for(&[sku], self.clock.now().date_naive())
-            .expect("targeted sku")
-            .to_owned();
+            .expect("targeted sku");
         self.prompts
             .open(OpenRequest {
                 station: station.to_owned(),
@@ -306,7 +305,10 @@ async fn rescan_returns_the_open_prompt_and_other_skus_stack() {
 #[tokio::test(start_paused = true)]
 async fn answer_card_answers_the_oldest_prompt_offering_the_option() {
     let store = start().await;
-    assert_eq!(store.prompts.answer_card("ATTR-DOCTOR"), Some("doctor"));
+    assert_eq!(
+        store.prompts.answer_card("ATTR-DOCTOR").as_deref(),
+        Some("doctor")
+    );
     assert_eq!(store.prompts.answer_card("6901234567892"), None);
     let vit = store.open("till-1", "6931234567890").await.prompt; // doctor, poster
     let xinsong = store.open("till-1", "6901234567892").await.prompt; // + referral
@@ -701,10 +703,13 @@ async fn campaign_for_uses_the_window_and_config_order() {
     let nov = NaiveDate::from_ymd_opt(2026, 11, 27).expect("date");
     let dec = NaiveDate::from_ymd_opt(2026, 12, 2).expect("date");
     let codes = ["06901234567892", "6901234567892", "]E06901234567892"];
-    assert_eq!(prompts.campaign_for(&codes, nov), Some("xinsong"));
-    assert_eq!(prompts.campaign_for(&codes, dec), Some("winter"));
+    assert_eq!(
+        prompts.campaign_for(&codes, nov).as_deref(),
+        Some("xinsong")
+    );
+    assert_eq!(prompts.campaign_for(&codes, dec).as_deref(), Some("winter"));
     assert_eq!(prompts.campaign_for(&["4006381333931"], dec), None);
-    assert_eq!(prompts.skip_reasons(), ["顾客赶时间".to_owned()]);
+    assert_eq!(&*prompts.skip_reasons(), ["顾客赶时间".to_owned()]);
 }
 
 impl Store {

@@ -51,7 +51,7 @@ pub(super) async fn station(
     }
     let config = serde_json::json!({
         "station": station,
-        "skip_reasons": state.prompts.skip_reasons(),
+        "skip_reasons": &*state.prompts.skip_reasons(),
     });
     page(
         STATION_HTML

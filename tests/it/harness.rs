@@ -157,6 +157,8 @@ pub struct Gateway {
     pub child: Child,
     pub api: String,
     client: reqwest::Client,
+    /// Every line the process wrote to stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -186,6 +188,8 @@ impl Gateway {
         let stderr = child.stderr.take().expect("stderr piped");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let tag = args[0].to_owned();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -194,6 +198,7 @@ impl Gateway {
                 }
                 // Shown with the test's output when it fails.
                 eprintln!("[posgw {tag}] {line}");
+                lines.lock().expect("log").push(line);
             }
         });
         let api = tokio::task::spawn_blocking(move || addr_rx.recv_timeout(DEADLINE))
@@ -204,6 +209,7 @@ impl Gateway {
             child,
             api,
             client: client(),
+            log,
         };
         gateway
             .wait_for("healthz ok", |g| async move {
@@ -283,6 +289,30 @@ impl Gateway {
     }
 
     /// SIGTERM and wait for the exit status.
+    /// How many lines of its log contain `text` so far.
+    pub fn log_count(&self, text: &str) -> usize {
+        let log = self.log.lock().expect("log");
+        log.iter().filter(|line| line.contains(text)).count()
+    }
+
+    /// Waits until `n` lines of its log contain `text`.
+    pub async fn wait_log(&self, text: &str, n: usize) {
+        let start = Instant::now();
+        while self.log_count(text) < n {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for log line '{text}'"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends SIGHUP (reload the configuration).
+    pub fn hangup(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("send SIGHUP");
+    }
+
     pub async fn stop(mut self) -> ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");

@@ -376,3 +376,89 @@ async fn an_open_prompt_survives_a_restart_and_can_be_answered_after_it() {
     assert_eq!(a["outcome"], "skipped");
     assert_eq!(a["skip_reason"], "顾客赶时间");
 }
+
+/// The open prompts of till-1, by SKU.
+async fn open_skus(gateway: &Gateway) -> Vec<String> {
+    let (_, body) = gateway
+        .get("/api/v1/prompts?station=till-1")
+        .await
+        .expect("prompts");
+    let prompts: Value = serde_json::from_str(&body).expect("json");
+    prompts
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["sku"].as_str().expect("sku").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn sighup_puts_new_campaigns_in_force_and_a_broken_config_keeps_the_old_ones() {
+    let store = campaign_store("120s");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    let original = std::fs::read_to_string(store.config_path()).expect("config");
+
+    // A second campaign and a new answer card, while the gateway runs.
+    store.append_config(
+        "[[campaign]]\nid = \"vitamin-c\"\nskus = [\"693*\"]\nquestion = \"推荐话术来源\"\n\
+         options = [ { key = \"doctor\", label = \"医生推荐\" } ]\n",
+    );
+    let config = std::fs::read_to_string(store.config_path())
+        .expect("config")
+        .replace(
+            "\"ATTR-POSTER\" = \"poster\"",
+            "\"ATTR-POSTER\" = \"poster\"\n\"ATTR-VITC\" = \"doctor\"",
+        );
+    std::fs::write(store.config_path(), &config).expect("write config");
+    gateway.hangup();
+    gateway.wait_log("reloaded: campaigns", 1).await;
+    scanner.send(b"]E06931234567899\r").await;
+    gateway
+        .wait_for("the new campaign's prompt", |g| async move {
+            open_skus(g).await == ["6931234567899"]
+        })
+        .await;
+    // The new answer card answers it.
+    scanner.send(b"ATTR-VITC\r").await;
+    gateway
+        .wait_for("the card answered", |g| async move {
+            open_skus(g).await.is_empty()
+        })
+        .await;
+
+    // A broken configuration is refused; the one in force stays (both campaigns, the card).
+    std::fs::write(
+        store.config_path(),
+        format!("{config}\n[[campaign]]\nid = 7\n"),
+    )
+    .expect("write broken config");
+    gateway.hangup();
+    gateway.wait_log("reload refused", 1).await;
+    assert_eq!(
+        gateway.get("/healthz").await.map(|(code, _)| code),
+        Some(200)
+    );
+    scanner.send(b"]E06931234567899\r").await;
+    gateway
+        .wait_for(
+            "the prompt of the campaign still in force",
+            |g| async move { open_skus(g).await == ["6931234567899"] },
+        )
+        .await;
+
+    // Back to the original: the second campaign is gone, its open prompt can still be answered.
+    std::fs::write(store.config_path(), original).expect("write config");
+    gateway.hangup();
+    gateway.wait_log("reloaded: campaigns", 2).await;
+    scanner.send(b"]E06930000000011\r").await;
+    scanner.send(b"]E06901234567892\r").await;
+    gateway
+        .wait_for("only the first campaign opens prompts", |g| async move {
+            open_skus(g).await == ["6931234567899", "6901234567892"]
+        })
+        .await;
+    gateway.wait_durable().await;
+    assert!(gateway.stop().await.success());
+}
