@@ -60,6 +60,9 @@ pub enum Command {
         /// Stop after this long (e.g. "30s", "5m"); default: until Ctrl-C.
         #[arg(long = "for", value_parser = parse_duration)]
         run_for: Option<std::time::Duration>,
+        /// A ten times busier store: customers and the clerk at ten times the pace.
+        #[arg(long)]
+        fast: bool,
     },
     /// Run the reference HQ receiver.
     Hq {
@@ -123,7 +126,11 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::CheckConfig { config } => check_config(&config),
-        Command::Demo { data, run_for } => demo(data, run_for),
+        Command::Demo {
+            data,
+            run_for,
+            fast,
+        } => demo(data, run_for, fast),
         Command::Hq { config } => hq(&config),
         Command::Status { api } => status(&api),
         Command::Journal { command } => journal_command(command),
@@ -162,12 +169,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn demo(data: Option<PathBuf>, run_for: Option<std::time::Duration>) -> ExitCode {
+fn demo(data: Option<PathBuf>, run_for: Option<std::time::Duration>, fast: bool) -> ExitCode {
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(crate::demo::run(data, run_for)) {
+    match runtime.block_on(crate::demo::run(data, run_for, fast)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => runtime_failure(&error),
     }

@@ -1,12 +1,15 @@
 //! `posgw demo`: a simulated store on this machine.
 //!
-//! Creates a pseudo-terminal scanner, writes a store configuration for it into the demo's data
-//! folder, starts an embedded `posgw hq`, and runs the real gateway (`gateway::run`) while a
-//! simulated clerk scans a pharmacy's products: EAN-13 boxes, GS1 DataMatrix packs with lot and
-//! expiry, and 20-digit China drug traceability codes, with the odd misread. Two products are in
-//! a campaign: the simulated clerk answers most of their prompts through the local API, some by
-//! scanning an answer card, skips a few and lets some time out. Everything the gateway does is
-//! the same code path as `posgw run`; only the scanner and the clerk are simulated.
+//! Creates a pseudo-terminal scanner and a pseudo-terminal register (an ESC/POS printer tap),
+//! writes a store configuration for them into the demo's data folder, starts an embedded
+//! `posgw hq`, and runs the real gateway (`gateway::run`) while simulated customers come to the
+//! till: the clerk scans each one's products (EAN-13 boxes, GS1 DataMatrix packs with lot and
+//! expiry, 20-digit China drug traceability codes, the odd misread) and the register prints the
+//! receipt in GB18030, which the gateway reads into a `sale`. Two products are in a campaign: the
+//! simulated clerk answers most of their prompts through the local API, some by scanning an
+//! answer card, skips a few and lets some time out; the sale lines of those products are linked
+//! to their prompts. Everything the gateway does is the same code path as `posgw run`; only the
+//! devices, the customers and the clerk are simulated.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,6 +67,15 @@ profile = "generic-scanner"
 path = "{scanner}"
 passthrough = "{pos}"
 
+[[device]]
+id = "register-1"
+role = "register"
+transport = "serial"
+station = "till-1"
+profile = "escpos-tap"
+path = "{register}"
+passthrough = "{printer}"
+
 [[campaign]]
 id = "xinsong-2026q4"
 skus = ["{first}{check}", "690123456*"]
@@ -89,24 +101,29 @@ batch_max_age = "500ms"
         data = dir.join("data").display(),
         scanner = dir.join("dev").join("scanner-1").display(),
         pos = dir.join("dev").join("pos-scanner-1").display(),
+        register = dir.join("dev").join("register-1").display(),
+        printer = dir.join("dev").join("printer-1").display(),
     )
 }
 
 /// Runs the demo until Ctrl-C / SIGTERM or until `run_for` has passed.
-pub async fn run(data: Option<PathBuf>, run_for: Option<Duration>) -> anyhow::Result<()> {
+///
+/// With `fast`, customers and the clerk move ten times faster (for tests and a quick look).
+pub async fn run(
+    data: Option<PathBuf>,
+    run_for: Option<Duration>,
+    fast: bool,
+) -> anyhow::Result<()> {
+    let pace: u32 = if fast { 10 } else { 1 };
     // Without --data the demo keeps its store in one temp folder, so a second run continues the
     // same journal and `posgw journal dump` works after it stops.
     let dir = data.unwrap_or_else(|| std::env::temp_dir().join("posgw-demo"));
     std::fs::create_dir_all(dir.join("dev"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
 
-    // The simulated scanner: we hold the master side; the gateway opens the slave via a link.
-    let (mut scanner, slave) = SerialStream::pair().context("cannot create a pseudo-terminal")?;
-    let slave_path = slave.name().context("pseudo-terminal has no name")?;
-    let link = dir.join("dev").join("scanner-1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&slave_path, &link)
-        .with_context(|| format!("cannot link {}", link.display()))?;
+    // The simulated devices: we hold the master sides; the gateway opens the slaves via links.
+    let (mut scanner, slave) = pty_at(&dir.join("dev").join("scanner-1"))?;
+    let (mut register, register_slave) = pty_at(&dir.join("dev").join("register-1"))?;
 
     // HQ first, so the gateway's first batch finds it.
     let hq_listener = bind_free("127.0.0.1:7390").await?;
@@ -128,10 +145,13 @@ pub async fn run(data: Option<PathBuf>, run_for: Option<Duration>) -> anyhow::Re
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let settings = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    println!("posgw demo: a simulated pharmacy with one serial scanner and an HQ receiver");
+    println!(
+        "posgw demo: a simulated pharmacy with a serial scanner, a register's receipt printer tap and an HQ receiver"
+    );
     println!("  clerk page:    http://{listen}/station/till-1");
     println!("  status:        http://{listen}/api/v1/status");
     println!("  metrics:       http://{listen}/metrics");
+    println!("  HQ dashboard:  {}/?token={ADMIN_TOKEN}", hq.url());
     println!(
         "  HQ stats:      curl -H 'Authorization: Bearer {ADMIN_TOKEN}' {}/v1/stats",
         hq.url()
@@ -162,16 +182,39 @@ pub async fn run(data: Option<PathBuf>, run_for: Option<Duration>) -> anyhow::Re
     });
     let scans = frames_tx.clone();
     let shopper = tokio::spawn(async move {
+        let _register_slave = register_slave; // kept open until the gateway has opened it
         let mut rng = rand::rngs::StdRng::from_entropy();
-        loop {
-            let pause = Duration::from_millis(rng.gen_range(800..3000));
-            tokio::time::sleep(pause).await;
-            if scans.send(demo_frame(&mut rng)).await.is_err() {
-                break;
+        for customer in 1u32.. {
+            // One customer: one to three products scanned, then the receipt.
+            let mut basket: Vec<usize> = (0..rng.gen_range(1..=3))
+                .map(|_| pick_product(&mut rng))
+                .collect();
+            if customer == 1 {
+                // The first customer buys the campaign's product, so a short run shows it all.
+                basket[0] = 0;
+            }
+            for &product in &basket {
+                let pause = Duration::from_millis(rng.gen_range(800..2500)) / pace;
+                tokio::time::sleep(pause).await;
+                if scans
+                    .send(demo_frame(&mut rng, PRODUCTS[product].1))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..4000)) / pace).await;
+            if register
+                .write_all(&demo_receipt(customer, &basket))
+                .await
+                .is_err()
+            {
+                return;
             }
         }
     });
-    let clerk = tokio::spawn(simulated_clerk(format!("http://{listen}"), frames_tx));
+    let clerk = tokio::spawn(simulated_clerk(format!("http://{listen}"), frames_tx, pace));
 
     let shutdown = async move {
         match run_for {
@@ -188,6 +231,10 @@ pub async fn run(data: Option<PathBuf>, run_for: Option<Duration>) -> anyhow::Re
     shopper.abort();
     clerk.abort();
     writer.abort();
+    match hq_summary(&hq.url()).await {
+        Ok(summary) => println!("{summary}"),
+        Err(error) => tracing::warn!(%error, "cannot read the embedded HQ's figures"),
+    }
     if let Err(error) = hq.stop().await {
         tracing::warn!(%error, "embedded HQ did not stop cleanly");
     }
@@ -197,12 +244,12 @@ pub async fn run(data: Option<PathBuf>, run_for: Option<Duration>) -> anyhow::Re
 /// The clerk at till-1: watches the open prompts and answers most of them after a few seconds
 /// (through the API, as the clerk page does, or by scanning an answer card), skips some and
 /// leaves some to time out.
-async fn simulated_clerk(api: String, scanner: tokio::sync::mpsc::Sender<Vec<u8>>) {
+async fn simulated_clerk(api: String, scanner: tokio::sync::mpsc::Sender<Vec<u8>>, pace: u32) {
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut seen = std::collections::HashSet::new();
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500) / pace).await;
         let Ok(response) = client
             .get(format!("{api}/api/v1/prompts?station=till-1"))
             .send()
@@ -226,8 +273,13 @@ async fn simulated_clerk(api: String, scanner: tokio::sync::mpsc::Sender<Vec<u8>
             .choose(&mut rng)
             .copied()
             .unwrap_or("doctor");
-            let delay = Duration::from_millis(rng.gen_range(1000..6000));
-            let roll = rng.gen_range(0..100);
+            let delay = Duration::from_millis(rng.gen_range(1000..6000)) / pace;
+            // The first prompt is always answered, so a short run shows an attribution.
+            let roll = if seen.len() == 1 {
+                0
+            } else {
+                rng.gen_range(0..100)
+            };
             let client = client.clone();
             let api = api.clone();
             let scanner = scanner.clone();
@@ -261,8 +313,31 @@ async fn simulated_clerk(api: String, scanner: tokio::sync::mpsc::Sender<Vec<u8>
     }
 }
 
-/// One scanner frame, as a real scanner would send it (AIM id, CR LF).
-fn demo_frame(rng: &mut impl Rng) -> Vec<u8> {
+/// One line on what the embedded HQ holds, from its `/v1/stats`.
+async fn hq_summary(url: &str) -> anyhow::Result<String> {
+    let stats: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/v1/stats"))
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let kinds = &stats["stores"]["DEMO-001"]["by_kind"];
+    let count = |kind: &str| kinds[kind].as_u64().unwrap_or(0);
+    Ok(format!(
+        "HQ received {} records: {} scans, {} sales, {} attributions",
+        stats["records"].as_u64().unwrap_or(0),
+        count("scan"),
+        count("sale"),
+        count("attribution")
+    ))
+}
+
+/// A product for the next scan (index into [`PRODUCTS`]): the campaign's about a quarter of
+/// the time.
+fn pick_product(rng: &mut impl Rng) -> usize {
     let base = if rng.gen_range(0..100) < 25 {
         TARGETED.choose(rng).copied().unwrap_or(TARGETED[0])
     } else {
@@ -270,6 +345,75 @@ fn demo_frame(rng: &mut impl Rng) -> Vec<u8> {
             .choose(rng)
             .map_or(PRODUCTS[0].1, |(_, base)| *base)
     };
+    PRODUCTS
+        .iter()
+        .position(|(_, known)| *known == base)
+        .unwrap_or(0)
+}
+
+/// Demo prices in fen, by product index: stable, so a product always costs the same.
+fn price_fen(product: usize) -> u32 {
+    1250 + (product as u32 * 730) % 4000
+}
+
+/// The receipt a register prints for `basket`, as ESC/POS bytes: init, a centred bold header,
+/// GB18030 text (receipt number, clerk, one line per product with its EAN, quantity and amount,
+/// the total), a QR code with the receipt number, feed and cut.
+fn demo_receipt(customer: u32, basket: &[usize]) -> Vec<u8> {
+    let number = format!("XS{}-{customer:04}", chrono::Local::now().format("%Y%m%d"));
+    let mut bytes = b"\x1b@\x1ba\x01\x1bE\x01".to_vec();
+    let text = |bytes: &mut Vec<u8>, line: &str| {
+        bytes.extend_from_slice(&encoding_rs::GB18030.encode(line).0);
+        bytes.push(b'\n');
+    };
+    text(&mut bytes, "康宁大药房 (演示店)");
+    bytes.extend_from_slice(b"\x1bE\x00\x1ba\x00");
+    text(&mut bytes, &format!("单号：{number}"));
+    text(&mut bytes, "收银员：c-17");
+    let mut total = 0;
+    for &product in basket {
+        let (name, base) = PRODUCTS[product];
+        let fen = price_fen(product);
+        total += fen;
+        let ean = format!("{base}{}", check_digit(base));
+        let amount = format!("{}.{:02}", fen / 100, fen % 100);
+        text(&mut bytes, &format!("{ean} {name}  1  {amount}"));
+    }
+    text(
+        &mut bytes,
+        &format!("合计：￥{}.{:02}", total / 100, total % 100),
+    );
+    // QR code with the receipt number: store data (fn 'P'), then print (fn 'Q').
+    let data = number.as_bytes();
+    let len = data.len() + 3;
+    bytes.extend_from_slice(&[
+        0x1d,
+        b'(',
+        b'k',
+        (len % 256) as u8,
+        (len / 256) as u8,
+        0x31,
+        b'P',
+        b'0',
+    ]);
+    bytes.extend_from_slice(data);
+    bytes.extend_from_slice(b"\x1d(k\x03\x001Q0\x1bd\x03\x1dV\x00");
+    bytes
+}
+
+/// A pseudo-terminal whose slave side is linked at `link` (replacing an old link).
+fn pty_at(link: &Path) -> anyhow::Result<(SerialStream, SerialStream)> {
+    let (master, slave) = SerialStream::pair().context("cannot create a pseudo-terminal")?;
+    let slave_path = slave.name().context("pseudo-terminal has no name")?;
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(&slave_path, link)
+        .with_context(|| format!("cannot link {}", link.display()))?;
+    Ok((master, slave))
+}
+
+/// One scanner frame for the product `base` (GTIN-13 without check digit), as a real scanner
+/// would send it (AIM id, CR LF).
+fn demo_frame(rng: &mut impl Rng, base: &str) -> Vec<u8> {
     let gtin13 = format!("{base}{}", check_digit(base));
     let text = match rng.gen_range(0..100) {
         // Most scans: the box's EAN-13.
@@ -324,5 +468,33 @@ mod tests {
         for (_, base) in PRODUCTS {
             assert_eq!(base.len(), 12, "{base}");
         }
+    }
+
+    #[test]
+    fn demo_receipts_decode_into_sales_with_every_line() {
+        let profiles = crate::config::ProfileSet::built_in().expect("profiles");
+        let profile = profiles.get("escpos-tap").expect("escpos-tap");
+        let escpos = profile.escpos.as_ref().expect("escpos settings");
+        let mut decoder = crate::decode::escpos::EscposDecoder::new(escpos);
+        let mut receipts = Vec::new();
+        decoder.push(&demo_receipt(7, &[0, 4, 0]), &mut receipts);
+        assert_eq!(receipts.len(), 1);
+        let sale = crate::sales::from_receipt(&receipts[0], &escpos.patterns);
+        assert!(
+            sale.receipt
+                .as_deref()
+                .is_some_and(|r| r.ends_with("-0007")),
+            "{sale:?}"
+        );
+        assert_eq!(sale.clerk.as_deref(), Some("c-17"));
+        let skus: Vec<&str> = sale.lines.iter().filter_map(|l| l.sku.as_deref()).collect();
+        assert_eq!(
+            skus,
+            ["6901234567892", "6905123000316", "6901234567892"],
+            "{sale:?}"
+        );
+        let total = f64::from(price_fen(0) * 2 + price_fen(4)) / 100.0;
+        assert_eq!(sale.total, Some(total));
+        assert_eq!(receipts[0].qr.len(), 1);
     }
 }

@@ -79,7 +79,7 @@ fn journal_commands_on_a_missing_data_dir_fail_with_a_message() {
 fn the_demo_runs_a_simulated_store_and_stops_by_itself() {
     let store = Store::new();
     let output = posgw()
-        .args(["demo", "--for", "3s", "--data"])
+        .args(["demo", "--fast", "--for", "6s", "--data"])
         .arg(store.path("demo"))
         .output()
         .unwrap();
@@ -91,6 +91,22 @@ fn the_demo_runs_a_simulated_store_and_stops_by_itself() {
     );
     assert!(stdout.contains("/station/till-1"), "{stdout}");
     assert!(stdout.contains("/v1/stats"), "{stdout}");
+    // Customers came, prompts were answered, receipts printed: all of it reached HQ.
+    let summary = stdout
+        .lines()
+        .find(|line| line.starts_with("HQ received"))
+        .unwrap_or_else(|| panic!("no HQ summary in {stdout}"));
+    let figure = |label: &str| -> u64 {
+        let before = summary.split(label).next().unwrap_or_default();
+        before
+            .rsplit(' ')
+            .find(|word| !word.is_empty())
+            .and_then(|word| word.trim_end_matches(',').parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(figure(" scans") > 0, "{summary}");
+    assert!(figure(" sales") > 0, "{summary}");
+    assert!(figure(" attributions") > 0, "{summary}");
     // The gateway's own records went to the embedded HQ; `stopped` is the last one written.
     let dump = posgw()
         .args(["journal", "dump", "--data"])
