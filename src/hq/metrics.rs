@@ -22,7 +22,7 @@ pub struct StoreLabel {
 /// Label set for HTTP requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabel {
-    /// `batches`, `records`, `stats`, `healthz` or `metrics`.
+    /// `batches`, `records`, `stats`, `trace`, `healthz` or `metrics`.
     pub endpoint: String,
     /// The HTTP status code answered.
     pub code: String,

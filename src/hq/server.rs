@@ -161,6 +161,9 @@ fn router(app: App) -> Router {
         )
         .route("/v1/records", get(get_records))
         .route("/v1/stats", get(get_stats))
+        .route("/v1/trace", get(get_trace))
+        .route("/", get(super::dashboard::page))
+        .route("/assets/{file}", get(super::dashboard::asset))
         .route("/healthz", get(get_healthz))
         .route("/metrics", get(get_metrics))
         .with_state(app)
@@ -510,6 +513,16 @@ async fn get_stats(State(app): State<App>, headers: HeaderMap) -> Response {
         Err(error) => error.into_response(),
     };
     app.metrics.request("stats", response.status().as_u16());
+    response
+}
+
+/// `GET /v1/trace`: a receipt traced to its attributions and scans (see `dashboard`).
+async fn get_trace(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Response {
+    let response = match require_admin(&app, &headers) {
+        Ok(()) => super::dashboard::trace(&app.store, &uri).await,
+        Err(error) => error.into_response(),
+    };
+    app.metrics.request("trace", response.status().as_u16());
     response
 }
 

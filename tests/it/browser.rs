@@ -13,13 +13,13 @@ use crate::harness::{of_kind, Gateway, PtyScanner, DEADLINE};
 use crate::prompts::campaign_store;
 
 /// A chromedriver on a free port, killed on drop.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     port: u16,
 }
 
 impl Driver {
-    fn start() -> Driver {
+    pub(crate) fn start() -> Driver {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -39,7 +39,7 @@ impl Driver {
         Driver { child, port }
     }
 
-    async fn browser(&self, profile: &std::path::Path, size: (u32, u32)) -> Client {
+    pub(crate) async fn browser(&self, profile: &std::path::Path, size: (u32, u32)) -> Client {
         let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
             .into_iter()
             .find(|path| std::path::Path::new(path).exists())
@@ -76,13 +76,18 @@ impl Drop for Driver {
     }
 }
 
-async fn attr(client: &Client, css: &str, name: &str) -> Option<String> {
+pub(crate) async fn attr(client: &Client, css: &str, name: &str) -> Option<String> {
     let element = client.find(Locator::Css(css)).await.ok()?;
     element.attr(name).await.ok().flatten()
 }
 
 /// Polls until `css` matches an element whose `name` attribute satisfies `check`.
-async fn wait_attr(client: &Client, css: &str, name: &str, check: impl Fn(Option<&str>) -> bool) {
+pub(crate) async fn wait_attr(
+    client: &Client,
+    css: &str,
+    name: &str,
+    check: impl Fn(Option<&str>) -> bool,
+) {
     let start = Instant::now();
     loop {
         if check(attr(client, css, name).await.as_deref()) {
@@ -96,7 +101,7 @@ async fn wait_attr(client: &Client, css: &str, name: &str, check: impl Fn(Option
     }
 }
 
-async fn screenshot(client: &Client, name: &str) {
+pub(crate) async fn screenshot(client: &Client, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = client.screenshot().await.expect("screenshot");

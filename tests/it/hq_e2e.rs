@@ -10,16 +10,16 @@ use serde_json::Value;
 use crate::harness::{Gateway, PtyScanner, Store, DEADLINE};
 
 /// An HQ folder with a config for store WZ-LC-001 and an admin token.
-struct HqSite {
+pub(crate) struct HqSite {
     dir: tempfile::TempDir,
     port: u16,
 }
 
-const STORE_TOKEN: &str = "wz-lc-001-token";
-const ADMIN_TOKEN: &str = "admin-token";
+pub(crate) const STORE_TOKEN: &str = "wz-lc-001-token";
+pub(crate) const ADMIN_TOKEN: &str = "admin-token";
 
 impl HqSite {
-    fn new() -> HqSite {
+    pub(crate) fn new() -> HqSite {
         let dir = tempfile::tempdir().unwrap();
         // A fixed port per site so a restarted HQ is found where the gateway expects it.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -39,7 +39,7 @@ impl HqSite {
         HqSite { dir, port }
     }
 
-    async fn start(&self) -> Gateway {
+    pub(crate) async fn start(&self) -> Gateway {
         let config = self.dir.path().join("hq.toml");
         Gateway::spawn(&["hq", "-c", config.to_str().unwrap()], "hq listening on ").await
     }

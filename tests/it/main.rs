@@ -3,6 +3,7 @@
 
 mod fake_hq;
 mod harness;
+mod hq_dashboard;
 mod hq_e2e;
 mod mosquitto;
 

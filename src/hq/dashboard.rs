@@ -1,0 +1,668 @@
+//! The HQ dashboard (`GET /`, CONTRACT.md section 6) and the one endpoint it needs besides
+//! `/v1/stats` and `/v1/records`: `GET /v1/trace`, a receipt traced back to its scans.
+//!
+//! # The page
+//!
+//! Plain HTML, CSS and JavaScript built into the binary (`assets/dashboard.*`, served at `/`
+//! and `/assets/dashboard.{js,css}`), no build step and nothing fetched from elsewhere: the
+//! answer-share chart is CSS bars. The page itself is public (it holds no data); every figure
+//! comes from the admin endpoints, called with `Authorization: Bearer TOKEN`. The token comes
+//! from `?token=…` (kept in `sessionStorage`, then removed from the address bar with
+//! `history.replaceState`) or from a small form; a 401 says so and shows the form again.
+//! `Referrer-Policy: no-referrer` keeps a token still in the address bar out of any referrer,
+//! and a `Content-Security-Policy` of `'self'` only means nothing in a record can run as script
+//! (the page also only ever inserts record text with `textContent`).
+//!
+//! The page polls every 2 s, one request after the other (never overlapping):
+//! - `GET /v1/stats`: per campaign, over all stores or the store picked, prompts opened,
+//!   answered, skipped and timed out, completeness (answered ÷ opened) against the 85 % goal,
+//!   answer shares and the median answer latency, plus a row per store;
+//! - `GET /v1/records?kind=attribution&after=A` and `…kind=sale&after=B`, incrementally: `A`
+//!   and `B` are the `posgw-next-after` of the previous page, so each poll reads only what
+//!   arrived since. The first poll starts 200,000 records before the newest (`hq_seq` of the
+//!   stats) rather than at 0, so opening the page costs the same on a large HQ. Attributions
+//!   feed the list of the 50 latest (time, store, station, product, answer or outcome, clerk,
+//!   receipt), sales the list of the 100 latest receipts of the traceability view.
+//!
+//! Polling rather than SSE: the receiver has no push channel, and a 2 s poll of in-memory
+//! figures plus two empty pages costs next to nothing.
+//!
+//! # `GET /v1/trace?receipt=R[&store=S][&hq_seq=N]` (admin token)
+//!
+//! ```json
+//! {"receipt": "R-1001",
+//!  "sale": SALE_RECORD,                      // as in /v1/records, with "hq_seq"
+//!  "matches": [{"hq_seq": 57, "store": "WZ-LC-001", "ts": "…"}],   // every sale found with
+//!                                            //   this receipt, newest first (sale = the first)
+//!  "lines": [{"line": SALE_LINE,             // data.lines[i] of the sale
+//!             "attribution": RECORD | null,  // the attribution whose prompt = line.prompt
+//!             "scan": RECORD | null}],       // the scan whose id = attribution.data.scan
+//!  "complete": true}                         // false: a search window ran out before every
+//!                                            //   prompt and scan was found
+//! ```
+//! 404 when no sale has that receipt (in that store), 400 for a bad query.
+//!
+//! HQ keeps no index by receipt, prompt or record id, so the trace is a bounded linear scan
+//! over stored records, which is fine for a reference receiver (an analyst's click, not a hot
+//! path) and keeps the write path free of extra indexes:
+//! 1. the sale: with `hq_seq` (the page passes the one of its receipt list) that one record is
+//!    read; otherwise the sales of the latest [`RECEIPT_SEARCH_RECORDS`] records (of `store`
+//!    when given, through the store index) are searched and the newest match wins;
+//! 2. the attributions of the sale's store within [`LINK_WINDOW_RECORDS`] records before and
+//!    after the sale (a prompt resolves shortly before or after its sale, and one gateway's
+//!    records arrive in journal order), stopping once every prompt of the sale is found;
+//! 3. the scans named by those attributions, in the same window.
+//!
+//! Lines are cheaply pre-filtered by substring before being parsed, so a pass costs about a
+//! read of its window. A request examines at most the search window plus the link window twice
+//! (2.8 million records), and each pass may run past its window by one read of the store
+//! (at most 1,000,000 records examined, as for `/v1/records`).
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::Path;
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::store::RecordQuery;
+use super::writer::StoreHandle;
+
+const PAGE_HTML: &str = include_str!("assets/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("assets/dashboard.css");
+
+/// The page may load only its own assets and talk only to this receiver.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// A receipt number is searched among this many of the latest records.
+pub(super) const RECEIPT_SEARCH_RECORDS: u64 = 2_000_000;
+/// Attributions and scans of a sale are looked for this many records either side of it.
+pub(super) const LINK_WINDOW_RECORDS: u64 = 200_000;
+/// Records per read while searching (the reader's `limit`).
+const PAGE_RECORDS: usize = 10_000;
+
+/// `GET /`: the dashboard page.
+pub(super) async fn page() -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(PAGE_HTML),
+    )
+        .into_response()
+}
+
+/// `GET /assets/{file}`: the page's script and style sheet.
+pub(super) async fn asset(Path(file): Path<String>) -> Response {
+    let (body, content_type) = match file.as_str() {
+        "dashboard.js" => (DASHBOARD_JS, "text/javascript; charset=utf-8"),
+        "dashboard.css" => (DASHBOARD_CSS, "text/css; charset=utf-8"),
+        _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    };
+    // no-cache: the browser revalidates, so an upgraded receiver serves the new page at once.
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /v1/trace`, once the caller has shown the admin token (checked by the server).
+pub(super) async fn trace(store: &StoreHandle, uri: &Uri) -> Response {
+    let query = match TraceQuery::from_uri(uri) {
+        Ok(query) => query,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match trace_receipt(store, &query).await {
+        Ok(Some(report)) => Json(report).into_response(),
+        Ok(None) => {
+            let store = match &query.store {
+                Some(store) => format!(" in store '{store}'"),
+                None => String::new(),
+            };
+            let place = match query.hq_seq {
+                Some(seq) => format!(" at hq_seq {seq}"),
+                None => format!(" among the latest {RECEIPT_SEARCH_RECORDS} records"),
+            };
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no sale with receipt '{}'{store}{place}", query.receipt),
+            )
+        }
+        Err(failure) => {
+            tracing::error!(error = format!("{failure:#}"), "tracing a receipt failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read records: {failure:#}"),
+            )
+        }
+    }
+}
+
+/// An error answer shaped like the other endpoints' (`{"error": …}`).
+fn error(status: StatusCode, message: String) -> Response {
+    let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The query string of `/v1/trace`, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceParams {
+    /// The receipt number.
+    receipt: Option<String>,
+    /// Only this store's sales.
+    store: Option<String>,
+    /// The sale's hq_seq, when known.
+    hq_seq: Option<String>,
+}
+
+/// A checked `/v1/trace` query.
+#[derive(Debug, PartialEq, Eq)]
+struct TraceQuery {
+    /// The receipt number, exactly as in the sale record.
+    receipt: String,
+    /// Only this store's sales.
+    store: Option<String>,
+    /// The sale record's hq_seq: skips the search.
+    hq_seq: Option<u64>,
+}
+
+impl TraceQuery {
+    fn from_uri(uri: &Uri) -> Result<TraceQuery, String> {
+        let params = match uri.query() {
+            None => TraceParams::default(),
+            Some(_) => {
+                axum::extract::Query::<TraceParams>::try_from_uri(uri)
+                    .map_err(|rejection| format!("bad query: {}", rejection.body_text()))?
+                    .0
+            }
+        };
+        let present = |value: Option<String>| value.filter(|text| !text.trim().is_empty());
+        let receipt = present(params.receipt)
+            .ok_or_else(|| "'receipt' is required: /v1/trace?receipt=R-1001".to_string())?;
+        let hq_seq = match present(params.hq_seq) {
+            None => None,
+            Some(text) => Some(
+                text.parse::<u64>()
+                    .ok()
+                    .filter(|seq| *seq >= 1)
+                    .ok_or_else(|| {
+                        format!("'hq_seq' must be an hq_seq (1 or more), found '{text}'")
+                    })?,
+            ),
+        };
+        Ok(TraceQuery {
+            receipt: receipt.trim().to_string(),
+            store: present(params.store),
+            hq_seq,
+        })
+    }
+}
+
+/// The body of `/v1/trace`.
+#[derive(Debug, Serialize)]
+struct TraceReport {
+    /// The receipt asked for.
+    receipt: String,
+    /// The sale record traced (the newest match).
+    sale: Value,
+    /// Every sale found with this receipt, newest first.
+    matches: Vec<SaleMatch>,
+    /// Each line of the sale with its attribution and scan.
+    lines: Vec<TraceLine>,
+    /// `false` when a window ran out before every linked record was found.
+    complete: bool,
+}
+
+/// A sale with the receipt asked for.
+#[derive(Debug, Serialize)]
+struct SaleMatch {
+    /// Its hq_seq (pass it back as `hq_seq` to trace this one).
+    hq_seq: u64,
+    /// Its store.
+    store: Value,
+    /// Its `ts`.
+    ts: Value,
+}
+
+/// One line of the sale, traced.
+#[derive(Debug, Serialize)]
+struct TraceLine {
+    /// The line as in the sale record.
+    line: Value,
+    /// The attribution record of the line's prompt, when the line has one and it was found.
+    attribution: Option<Value>,
+    /// The scan record that opened that prompt, when found.
+    scan: Option<Value>,
+}
+
+/// Finds the sale and its linked records; `None` when no sale matches.
+async fn trace_receipt(
+    store: &StoreHandle,
+    query: &TraceQuery,
+) -> anyhow::Result<Option<TraceReport>> {
+    let mut sales = find_sales(store, query).await?;
+    // Newest first: the analyst almost always means the latest receipt with that number.
+    sales.sort_by_key(|sale| std::cmp::Reverse(hq_seq_of(sale)));
+    let Some(sale) = sales.first().cloned() else {
+        return Ok(None);
+    };
+    let matches = sales
+        .iter()
+        .map(|sale| SaleMatch {
+            hq_seq: hq_seq_of(sale),
+            store: sale["store"].clone(),
+            ts: sale["ts"].clone(),
+        })
+        .collect();
+    let sale_seq = hq_seq_of(&sale);
+    let sale_store = sale["store"].as_str().map(str::to_owned);
+    let window = Window::around(sale_seq);
+    let lines: Vec<Value> = sale["data"]["lines"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+
+    let prompts: HashSet<String> = lines
+        .iter()
+        .filter_map(|line| line["prompt"].as_str().map(str::to_owned))
+        .collect();
+    let attributions = find_by(
+        store,
+        sale_store.clone(),
+        "attribution",
+        window,
+        &prompts,
+        |record| record["data"]["prompt"].as_str().map(str::to_owned),
+    )
+    .await?;
+    let scan_ids: HashSet<String> = attributions
+        .values()
+        .filter_map(|record| record["data"]["scan"].as_str().map(str::to_owned))
+        .collect();
+    let scans = find_by(store, sale_store, "scan", window, &scan_ids, |record| {
+        record["id"].as_str().map(str::to_owned)
+    })
+    .await?;
+
+    let mut complete = true;
+    let lines = lines
+        .into_iter()
+        .map(|line| {
+            let attribution = line["prompt"]
+                .as_str()
+                .and_then(|prompt| attributions.get(prompt).cloned());
+            let scan = attribution
+                .as_ref()
+                .and_then(|record| record["data"]["scan"].as_str())
+                .and_then(|id| scans.get(id).cloned());
+            let wanted_attribution = line["prompt"].is_string();
+            let wanted_scan = attribution
+                .as_ref()
+                .is_some_and(|record| record["data"]["scan"].is_string());
+            if (wanted_attribution && attribution.is_none()) || (wanted_scan && scan.is_none()) {
+                complete = false;
+            }
+            TraceLine {
+                line,
+                attribution,
+                scan,
+            }
+        })
+        .collect();
+    Ok(Some(TraceReport {
+        receipt: query.receipt.clone(),
+        sale,
+        matches,
+        lines,
+        complete,
+    }))
+}
+
+/// The sales with the receipt: the one at `hq_seq`, or all in the search window.
+async fn find_sales(store: &StoreHandle, query: &TraceQuery) -> anyhow::Result<Vec<Value>> {
+    let is_match = |record: &Value| {
+        record["data"]["receipt"].as_str() == Some(query.receipt.as_str())
+            && query
+                .store
+                .as_deref()
+                .is_none_or(|code| record["store"].as_str() == Some(code))
+    };
+    if let Some(seq) = query.hq_seq {
+        let page = store
+            .read(RecordQuery {
+                store: query.store.clone(),
+                kind: Some("sale".into()),
+                after: seq - 1,
+                limit: 1,
+            })
+            .await?;
+        let found = lines(&page.body)
+            .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+            .filter(|record| hq_seq_of(record) == seq && is_match(record))
+            .collect();
+        return Ok(found);
+    }
+    let newest = store.stats().hq_seq;
+    let window = Window {
+        after: newest.saturating_sub(RECEIPT_SEARCH_RECORDS),
+        until: newest,
+    };
+    let needle = prefilter(&query.receipt);
+    let mut found = Vec::new();
+    scan_window(store, query.store.clone(), "sale", window, |line| {
+        if needle.is_some_and(|needle| !contains(line, needle)) {
+            return true;
+        }
+        if let Ok(record) = serde_json::from_slice::<Value>(line) {
+            if is_match(&record) {
+                found.push(record);
+            }
+        }
+        true
+    })
+    .await?;
+    Ok(found)
+}
+
+/// Records of `kind` in `window` whose `key` is one of `wanted`, by key (the newest wins).
+async fn find_by(
+    store: &StoreHandle,
+    store_code: Option<String>,
+    kind: &str,
+    window: Window,
+    wanted: &HashSet<String>,
+    key: impl Fn(&Value) -> Option<String>,
+) -> anyhow::Result<HashMap<String, Value>> {
+    let mut found: HashMap<String, Value> = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    // Only keys made of characters JSON never escapes can be looked for as plain substrings;
+    // record ids contain `/`, which a sender may write as `\/`.
+    let needles: Option<Vec<&str>> = wanted.iter().map(|key| prefilter(key)).collect();
+    scan_window(store, store_code, kind, window, |line| {
+        if let Some(needles) = &needles {
+            if !needles.iter().any(|needle| contains(line, needle)) {
+                return true;
+            }
+        }
+        if let Ok(record) = serde_json::from_slice::<Value>(line) {
+            if let Some(key) = key(&record).filter(|key| wanted.contains(key)) {
+                found.insert(key, record);
+            }
+        }
+        // Keep going until every key is found: a later copy (another epoch) would win anyway,
+        // but one of each is all the trace needs.
+        found.len() < wanted.len()
+    })
+    .await?;
+    Ok(found)
+}
+
+/// A range of hq_seqs to read: after `after`, up to about `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    /// Records after this hq_seq.
+    after: u64,
+    /// Reading stops once past this hq_seq (the last page may run a little beyond it).
+    until: u64,
+}
+
+impl Window {
+    /// [`LINK_WINDOW_RECORDS`] either side of `seq`.
+    fn around(seq: u64) -> Window {
+        Window {
+            after: seq.saturating_sub(LINK_WINDOW_RECORDS),
+            until: seq.saturating_add(LINK_WINDOW_RECORDS),
+        }
+    }
+}
+
+/// Calls `visit` on every record line of `kind` (of `store_code` when given) in `window`, in
+/// hq_seq order, until it returns `false` or the window or the stored records end.
+async fn scan_window(
+    store: &StoreHandle,
+    store_code: Option<String>,
+    kind: &str,
+    window: Window,
+    mut visit: impl FnMut(&[u8]) -> bool,
+) -> anyhow::Result<()> {
+    let mut after = window.after;
+    while after < window.until {
+        let page = store
+            .read(RecordQuery {
+                store: store_code.clone(),
+                kind: Some(kind.into()),
+                after,
+                limit: PAGE_RECORDS,
+            })
+            .await?;
+        for line in lines(&page.body) {
+            if !visit(line) {
+                return Ok(());
+            }
+        }
+        // No progress means the reader reached the last durable record.
+        if page.next_after <= after {
+            return Ok(());
+        }
+        after = page.next_after;
+    }
+    Ok(())
+}
+
+/// The non-empty lines of an NDJSON body.
+fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    body.split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+}
+
+/// The `hq_seq` HQ added to a record it served (0 if missing, which cannot happen).
+fn hq_seq_of(record: &Value) -> u64 {
+    record["hq_seq"].as_u64().unwrap_or(0)
+}
+
+/// `text` when it can only appear verbatim in a JSON line (no character JSON may escape).
+fn prefilter(text: &str) -> Option<&str> {
+    text.bytes()
+        .all(|byte| {
+            byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':' | b'#' | b' ')
+        })
+        .then_some(text)
+}
+
+/// Whether `haystack` contains `needle` (both bytes).
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hq::metrics::HqMetrics;
+    use crate::hq::record::parse_batch;
+
+    fn record(seq: u64, kind: &str, data: Value) -> String {
+        serde_json::json!({
+            "id": format!("S1/gw-1/ep1/{seq}"), "store": "S1", "gateway": "gw-1", "epoch": "ep1",
+            "seq": seq, "ts": "2026-11-27T16:01:02.345+08:00", "kind": kind, "data": data,
+        })
+        .to_string()
+    }
+
+    fn attribution(seq: u64, prompt: &str, scan: u64, answer: Option<&str>) -> String {
+        record(
+            seq,
+            "attribution",
+            serde_json::json!({
+                "prompt": prompt, "campaign": "c1", "station": "till-1", "sku": "6901234567892",
+                "scan": format!("S1/gw-1/ep1/{scan}"), "question": "推荐话术来源",
+                "outcome": if answer.is_some() { "answered" } else { "timeout" },
+                "answer": answer, "answer_label": answer.map(|_| "医生推荐"), "channel": "web",
+                "clerk": "c-17", "opened_at": "2026-11-27T16:01:02.345+08:00",
+                "resolved_at": "2026-11-27T16:01:06.345+08:00", "latency_ms": 4000,
+                "skip_reason": null, "receipt": null,
+            }),
+        )
+    }
+
+    fn scan(seq: u64) -> String {
+        record(
+            seq,
+            "scan",
+            serde_json::json!({"device": "scanner-1", "station": "till-1", "raw": "]E06901234567892",
+                               "code": "6901234567892", "code_kind": "ean13"}),
+        )
+    }
+
+    fn sale(seq: u64, receipt: &str, prompts: &[Option<&str>]) -> String {
+        let lines: Vec<Value> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| {
+                serde_json::json!({"sku": format!("sku-{i}"), "name": "感冒灵", "qty": 1,
+                                   "unit_price": 25.0, "amount": 25.0, "prompt": prompt})
+            })
+            .collect();
+        record(
+            seq,
+            "sale",
+            serde_json::json!({"device": "till-1-register", "station": "till-1", "receipt": receipt,
+                               "clerk": "c-17", "lines": lines, "total": 25.0, "currency": "CNY"}),
+        )
+    }
+
+    async fn store_with(lines: &[String]) -> (tempfile::TempDir, StoreHandle) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StoreHandle::open(dir.path(), HqMetrics::new())
+            .await
+            .expect("open");
+        let body = lines.join("\n").into_bytes();
+        let batch = parse_batch(body, "S1").expect("valid batch");
+        store.ingest(batch).await.expect("stored");
+        (dir, store)
+    }
+
+    fn query(text: &str) -> Result<TraceQuery, String> {
+        TraceQuery::from_uri(&format!("/v1/trace?{text}").parse().expect("uri"))
+    }
+
+    #[test]
+    fn trace_queries() {
+        assert_eq!(
+            query("receipt=R-1&store=S1&hq_seq=7"),
+            Ok(TraceQuery {
+                receipt: "R-1".into(),
+                store: Some("S1".into()),
+                hq_seq: Some(7)
+            })
+        );
+        assert_eq!(
+            query("receipt=R-1&store="),
+            Ok(TraceQuery {
+                receipt: "R-1".into(),
+                store: None,
+                hq_seq: None
+            })
+        );
+        for bad in [
+            "store=S1",
+            "receipt=",
+            "receipt=R&hq_seq=0",
+            "receipt=R&hq_seq=x",
+            "rcpt=R",
+        ] {
+            assert!(query(bad).is_err(), "{bad}");
+        }
+        let missing = TraceQuery::from_uri(&"/v1/trace".parse().expect("uri"));
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn prefilter_only_takes_text_json_writes_verbatim() {
+        assert_eq!(prefilter("R-1001"), Some("R-1001"));
+        assert_eq!(prefilter("S1/gw/ep/1"), None);
+        assert_eq!(prefilter("小票1"), None);
+        assert!(contains(b"{\"receipt\":\"R-1001\"}", "R-1001"));
+        assert!(!contains(b"{\"receipt\":\"R-1002\"}", "R-1001"));
+    }
+
+    #[tokio::test]
+    async fn a_receipt_is_traced_to_its_answers_and_scans() {
+        let (_dir, store) = store_with(&[
+            scan(1),
+            scan(2),
+            attribution(3, "p1", 1, Some("doctor")),
+            scan(4),
+            sale(5, "R-1", &[Some("p1"), None, Some("p2")]),
+            // Resolved after the sale: still found, the window reaches past it.
+            attribution(6, "p2", 4, None),
+            sale(7, "R-2", &[]),
+        ])
+        .await;
+        let report = trace_receipt(&store, &query("receipt=R-1").expect("query"))
+            .await
+            .expect("read")
+            .expect("found");
+        assert!(report.complete);
+        assert_eq!(report.sale["hq_seq"], 5);
+        assert_eq!(report.lines.len(), 3);
+        let first = &report.lines[0];
+        assert_eq!(
+            first.attribution.as_ref().expect("attribution")["data"]["answer"],
+            "doctor"
+        );
+        assert_eq!(first.scan.as_ref().expect("scan")["id"], "S1/gw-1/ep1/1");
+        assert!(report.lines[1].attribution.is_none() && report.lines[1].scan.is_none());
+        assert_eq!(report.lines[2].scan.as_ref().expect("scan")["seq"], 4);
+
+        let by_seq = trace_receipt(&store, &query("receipt=R-1&hq_seq=5").expect("query"))
+            .await
+            .expect("read");
+        assert_eq!(by_seq.expect("found").sale["hq_seq"], 5);
+        for missing in [
+            "receipt=R-3",
+            "receipt=R-1&hq_seq=7",
+            "receipt=R-1&store=S2",
+        ] {
+            let report = trace_receipt(&store, &query(missing).expect("query"))
+                .await
+                .expect("read");
+            assert!(report.is_none(), "{missing}");
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_newest_of_equal_receipts_wins_and_missing_links_are_reported() {
+        let (_dir, store) =
+            store_with(&[sale(1, "R-1", &[]), sale(2, "R-1", &[Some("gone")])]).await;
+        let report = trace_receipt(&store, &query("receipt=R-1").expect("query"))
+            .await
+            .expect("read")
+            .expect("found");
+        assert_eq!(report.sale["hq_seq"], 2);
+        let seqs: Vec<u64> = report.matches.iter().map(|m| m.hq_seq).collect();
+        assert_eq!(seqs, [2, 1]);
+        assert!(!report.complete, "the prompt 'gone' has no attribution");
+        store.close().await;
+    }
+}
