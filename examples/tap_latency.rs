@@ -1,0 +1,317 @@
+//! Measures what the ESC/POS printer tap adds between a register and its receipt printer, on a
+//! running gateway (the release binary, as deployed):
+//! - for every chunk the register writes, the time from the write to the moment the chunk's last
+//!   byte arrives on the passthrough pty (where the printer hangs), checking the bytes are the
+//!   ones written,
+//! - the bytes per second that gives, write after write,
+//! - that every receipt became one `sale` record (`posgw_records_total{kind="sale"}` on
+//!   `/metrics`), one per paper cut.
+//!
+//! Each receipt is a Chinese pharmacy receipt as a register sends it: init, Chinese mode, a
+//! `GS v 0` raster logo of a few hundred bytes (random data, so every byte value goes through),
+//! GB18030 text with `¥`/`￥`, EAN-13 codes, a QR code (`GS ( k`), feed and cut (`GS V 0`). It is
+//! written in chunks of 1–64 bytes, as a register's serial driver hands them out; the next chunk is
+//! written only once the previous one has reached the printer, so each one meets an idle tap, as
+//! at 9600 baud. The issue's target: passthrough adds ≤ 1 ms p99. Prints p50 / p99 / max over all
+//! chunks for N receipts (default 500).
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example tap_latency -- [RECEIPTS]
+//! ```
+
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+
+const ESC: u8 = 0x1b;
+const GS: u8 = 0x1d;
+const FS: u8 = 0x1c;
+
+/// The largest chunk the register writes at once.
+const MAX_CHUNK: usize = 64;
+
+/// How long a chunk may take to reach the printer before the run counts it as lost.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the till sells: name and spec, unit price in fen, EAN-13 base (12 digits).
+const PRODUCTS: &[(&str, u32, &str)] = &[
+    ("参松养心胶囊 0.4g*36粒", 2500, "690123456789"),
+    ("阿莫西林胶囊 0.25g*24粒", 1250, "692345678901"),
+    ("维生素C片 100片", 850, "693456789012"),
+    ("布洛芬缓释胶囊 0.3g*20粒", 1880, "690278000123"),
+    ("板蓝根颗粒 10g*20袋", 1600, "690278000456"),
+    ("复方甘草片 100片", 520, "690278000789"),
+    ("医用外科口罩 10只", 990, "690278001012"),
+];
+
+fn gb(text: &str) -> Vec<u8> {
+    encoding_rs::GB18030.encode(text).0.into_owned()
+}
+
+fn ean(base: &str) -> String {
+    format!("{base}{}", posgw::decode::check_digit(base.as_bytes()))
+}
+
+fn yuan(fen: u32) -> String {
+    format!("{}.{:02}", fen / 100, fen % 100)
+}
+
+/// Receipt number `n` as the register prints it: logo, header, 2–5 items, totals, QR, cut.
+fn receipt(n: usize, rng: &mut StdRng) -> Vec<u8> {
+    let number = format!("XS20250101-{n:04}");
+    let mut bytes = vec![ESC, b'@', FS, b'&', ESC, b'a', 1];
+    // GS v 0: a 40 × 10 byte logo (320 dots × 10 lines) of random bits, so LF, ESC, GS V,
+    // XON/XOFF and NUL all occur inside the image and must pass through untouched.
+    let (width, height) = (40u16, 10u16);
+    bytes.extend([GS, b'v', b'0', 0]);
+    bytes.extend(width.to_le_bytes());
+    bytes.extend(height.to_le_bytes());
+    bytes.extend((0..usize::from(width) * usize::from(height)).map(|_| rng.gen::<u8>()));
+    bytes.extend([GS, b'!', 0x11]);
+    bytes.extend(gb("康宁大药房（龙港店）\n"));
+    bytes.extend([GS, b'!', 0x00, ESC, b'a', 0]);
+    bytes.extend(gb(&format!("单号：{number}\n")));
+    bytes.extend(gb("收银员：张三    2025-01-01 10:30\n"));
+    bytes.extend(gb("--------------------------------\n"));
+    bytes.extend(gb("品名/规格          数量    金额\n"));
+    let items = rng.gen_range(2..=5);
+    let (mut count, mut total) = (0, 0);
+    for _ in 0..items {
+        let (name, price, code) = PRODUCTS[rng.gen_range(0..PRODUCTS.len())];
+        let qty = rng.gen_range(1..=3);
+        let amount = price * qty;
+        count += qty;
+        total += amount;
+        if qty == 1 {
+            bytes.extend(gb(&format!("{name}  {qty}  {}\n", yuan(amount))));
+        } else {
+            let line = format!("{name}  {qty}  {}  {}\n", yuan(price), yuan(amount));
+            bytes.extend(gb(&line));
+        }
+        bytes.extend(gb(&format!("{}\n", ean(code))));
+    }
+    bytes.extend(gb("--------------------------------\n"));
+    bytes.extend([ESC, b'E', 1]);
+    bytes.extend(gb(&format!("合计：{count}件          ¥{}\n", yuan(total))));
+    bytes.extend(gb(&format!("应收：￥{}\n", yuan(total))));
+    bytes.extend([ESC, b'E', 0]);
+    let paid = total.div_ceil(10_000) * 10_000;
+    bytes.extend(gb(&format!(
+        "实收：{}   找零：{}\n\n\n",
+        yuan(paid),
+        yuan(paid - total)
+    )));
+    bytes.extend(gb("谢谢惠顾，祝您健康！\n"));
+    bytes.extend(qr(
+        format!("https://fp.example.cn/inv?no={number}").as_bytes()
+    ));
+    bytes.extend([ESC, b'd', 4, GS, b'V', 0]);
+    bytes
+}
+
+/// The usual QR sequence: model, size, error level, store data, print.
+fn qr(data: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![GS, b'(', b'k', 4, 0, 0x31, b'A', b'2', 0];
+    bytes.extend([GS, b'(', b'k', 3, 0, 0x31, b'C', 6]);
+    bytes.extend([GS, b'(', b'k', 3, 0, 0x31, b'E', b'0']);
+    let [pl, ph] = u16::try_from(data.len() + 3)
+        .unwrap_or(u16::MAX)
+        .to_le_bytes();
+    bytes.extend([GS, b'(', b'k', pl, ph, 0x31, b'P', b'0']);
+    bytes.extend(data);
+    bytes.extend([GS, b'(', b'k', 3, 0, 0x31, b'Q', b'0']);
+    bytes
+}
+
+fn quantiles(label: &str, mut values: Vec<Duration>) {
+    values.sort();
+    let q = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{label}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms",
+        values.len(),
+        q(0.5).as_secs_f64() * 1e3,
+        q(0.99).as_secs_f64() * 1e3,
+        values[values.len() - 1].as_secs_f64() * 1e3
+    );
+}
+
+/// The value of a metric series on the gateway's `/metrics`, or 0.
+async fn metric(client: &reqwest::Client, api: &str, series: &str) -> f64 {
+    let Ok(response) = client.get(format!("{api}/metrics")).send().await else {
+        return 0.0;
+    };
+    let body = response.text().await.unwrap_or_default();
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// SIGTERM and wait.
+fn stop(gateway: &mut Child) -> Result<(), Box<dyn std::error::Error>> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gateway.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    gateway.wait()?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let receipts: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(500)
+        .max(1);
+    let bin = std::env::var("POSGW_BIN").unwrap_or_else(|_| "target/release/posgw".into());
+    let dir = tempfile::tempdir()?;
+    let (mut register, slave) = SerialStream::pair()?;
+    // The gateway must not inherit our ends of the register's pty.
+    for fd in [register.as_raw_fd(), slave.as_raw_fd()] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+    }
+    let link = dir.path().join("register");
+    std::os::unix::fs::symlink(slave.name().ok_or("register pty has no name")?, &link)?;
+    let printer_link = dir.path().join("printer");
+    std::fs::write(
+        dir.path().join("posgw.toml"),
+        format!(
+            r#"[gateway]
+store = "BENCH-1"
+id = "gw-bench"
+data_dir = "{data}"
+[api]
+listen = "127.0.0.1:0"
+[[device]]
+id = "register-1"
+role = "register"
+transport = "serial"
+station = "till-1"
+profile = "escpos-tap"
+path = "{link}"
+passthrough = "{printer}"
+"#,
+            data = dir.path().join("data").display(),
+            link = link.display(),
+            printer = printer_link.display(),
+        ),
+    )?;
+    let mut gateway = Command::new(&bin)
+        .args(["run", "-c"])
+        .arg(dir.path().join("posgw.toml"))
+        .env("RUST_LOG", "warn,posgw::cli=info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("failed to start '{bin}': {error}"))?;
+    let result = measure(&mut gateway, &mut register, &printer_link, receipts).await;
+    // Stop first: closing the register's pty under a running gateway makes it log a lost device.
+    stop(&mut gateway)?;
+    drop(register);
+    result
+}
+
+/// Feeds `receipts` receipts through the tap and prints what it measured.
+async fn measure(
+    gateway: &mut Child,
+    register: &mut SerialStream,
+    printer_link: &std::path::Path,
+    receipts: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let stderr = gateway.stderr.take().ok_or("gateway stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(at) = line.find("api listening on ") {
+                let _ = tx.send(line[at + 17..].trim().to_owned());
+            } else if line.contains("WARN") || line.contains("ERROR") {
+                // A dropped passthrough chunk or a receipt without its cut belongs in the run.
+                eprintln!("{line}");
+            }
+        }
+    });
+    let api = rx.recv_timeout(Duration::from_secs(30))?;
+    // Wait for the passthrough link, then open it as the printer would.
+    let start = Instant::now();
+    while !printer_link.exists() {
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err("no passthrough link after 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut printer =
+        tokio_serial::new(printer_link.to_string_lossy(), 9600).open_native_async()?;
+
+    // Fixed seed: every run sends the same receipts in the same chunks.
+    let mut rng = StdRng::seed_from_u64(0x7a9_1a7);
+    let mut latencies = Vec::new();
+    let mut received = [0u8; MAX_CHUNK];
+    let mut bytes_total = 0usize;
+    let started = Instant::now();
+    for n in 1..=receipts {
+        let bytes = receipt(n, &mut rng);
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let size = rng.gen_range(1..=MAX_CHUNK).min(rest.len());
+            let (chunk, tail) = rest.split_at(size);
+            let written = Instant::now();
+            register.write_all(chunk).await?;
+            let read = &mut received[..size];
+            tokio::time::timeout(CHUNK_TIMEOUT, printer.read_exact(read))
+                .await
+                .map_err(|_| {
+                    format!("receipt {n}: a {size}-byte chunk never reached the printer")
+                })??;
+            latencies.push(written.elapsed());
+            if read != chunk {
+                return Err(format!(
+                    "receipt {n}: the printer got {read:02x?} for {chunk:02x?} at byte {}",
+                    bytes.len() - rest.len()
+                )
+                .into());
+            }
+            bytes_total += size;
+            rest = tail;
+        }
+    }
+    let elapsed = started.elapsed();
+    quantiles("chunk write -> last byte at printer", latencies);
+    println!(
+        "{receipts} receipts, {bytes_total} bytes in {:.3} s: {:.0} bytes/s (9600 baud is 960 bytes/s)",
+        elapsed.as_secs_f64(),
+        bytes_total as f64 / elapsed.as_secs_f64()
+    );
+
+    // Each cut closes a receipt; its sale is journalled just after, so give it a moment.
+    let client = reqwest::Client::new();
+    let series = "posgw_records_total{kind=\"sale\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sales = metric(&client, &api, series).await;
+    while sales < receipts as f64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sales = metric(&client, &api, series).await;
+    }
+    let bad_frames = metric(
+        &client,
+        &api,
+        "posgw_bad_frames_total{device=\"register-1\"}",
+    )
+    .await;
+    println!("sales recorded: {sales} of {receipts} (bad frames: {bad_frames})");
+    if sales != receipts as f64 {
+        return Err(format!("the gateway recorded {sales} sales for {receipts} receipts").into());
+    }
+    Ok(())
+}
