@@ -192,7 +192,10 @@ async fn start_gateway(
     let mut gateway = Command::new(bin)
         .args(["run", "-c"])
         .arg(config)
-        .env("RUST_LOG", "warn,posgw::cli=info")
+        .env(
+            "RUST_LOG",
+            std::env::var("POSGW_BENCH_LOG").unwrap_or_else(|_| "warn,posgw::cli=info".into()),
+        )
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = gateway.stderr.take().ok_or("stderr")?;
@@ -205,6 +208,9 @@ async fn start_gateway(
         {
             if let Some(at) = line.find("api listening on ") {
                 let _ = tx.send(line[at + 17..].trim().to_owned());
+            }
+            if std::env::var_os("POSGW_BENCH_LOG").is_some() {
+                eprintln!("[posgw] {line}");
             }
         }
     });
