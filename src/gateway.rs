@@ -158,7 +158,7 @@ pub async fn run(
                 let task = SerialDevice {
                     settings: device.clone(),
                     info,
-                    events: core.events.clone(),
+                    events: devices::relay(core.events.clone()),
                     status,
                     hold_back: hold_back.clone(),
                 };

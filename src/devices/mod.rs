@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Local};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{DecoderKind, DeviceSettings, Profile, Role, Transport};
 
@@ -104,6 +104,23 @@ pub enum DeviceEvent {
 /// acknowledges its input (an MQTT QoS 1 message) does so only once the record is durable.
 /// `None` means no record was written (the journal refused it): do not acknowledge.
 pub type Ack = tokio::sync::oneshot::Sender<Option<crate::journal::Durable>>;
+
+/// A queue in front of the core for a device whose reading must never wait: a serial port
+/// whose bytes go on to the POS or the printer would stall them if its task blocked on a full
+/// core queue (a journal stuck on a dying disk). Events keep their order; the queue grows only
+/// while the core is stalled, by what the device sends meanwhile (a scanner's few frames a
+/// second). It ends, after handing everything over, when the device's sender is dropped.
+pub fn relay(core: mpsc::Sender<DeviceEvent>) -> mpsc::UnboundedSender<DeviceEvent> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if core.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+    tx
+}
 
 /// Connection state as shown in `/api/v1/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -85,8 +85,9 @@ pub struct SerialDevice {
     pub settings: Arc<DeviceSettings>,
     /// Its identity as written into records.
     pub info: Arc<DeviceInfo>,
-    /// Where frames and connection events go.
-    pub events: mpsc::Sender<DeviceEvent>,
+    /// Where frames and connection events go: a [`relay`](super::relay) to the core, so
+    /// reading (and the passthrough) never waits for the journal.
+    pub events: mpsc::UnboundedSender<DeviceEvent>,
     /// Its published status.
     pub status: watch::Sender<DeviceStatus>,
     /// Codes never passed through (answer cards), as scanned data without a symbology id; the
@@ -443,7 +444,7 @@ impl SerialDevice {
 
     async fn send(&self, event: DeviceEvent) {
         // The core only goes away at shutdown, after the devices; nothing to do if it already has.
-        let _ = self.events.send(event).await;
+        let _ = self.events.send(event);
     }
 }
 
@@ -495,4 +496,117 @@ pub fn describe_line(line: &LineSettings) -> String {
         "{} {}{}{}{flow}",
         line.baud, line.data_bits, parity, line.stop_bits
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio_serial::SerialPort;
+
+    use super::*;
+    use crate::config::{DeviceSettings, ProfileSet, Role, SerialSettings, Transport};
+
+    /// A pty pair whose slave is linked at `link`; fds closed on exec.
+    fn pty_at(link: &std::path::Path) -> (SerialStream, SerialStream) {
+        let (master, slave) = SerialStream::pair().expect("pty");
+        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .expect("cloexec");
+        }
+        std::os::unix::fs::symlink(slave.name().expect("pty name"), link).expect("link");
+        (master, slave)
+    }
+
+    /// The journal stalls (nobody takes events from the core's queue): the scanner's bytes
+    /// still reach the POS, every one, and the frames wait in order for the core.
+    #[tokio::test]
+    async fn a_stalled_core_never_stops_the_passthrough() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut scanner, _slave) = pty_at(&dir.path().join("scanner"));
+        let profiles = ProfileSet::built_in().expect("profiles");
+        let profile = profiles.get("generic-scanner").expect("generic-scanner");
+        let settings = Arc::new(DeviceSettings {
+            id: "scanner-1".into(),
+            role: Role::Scanner,
+            transport: Transport::Serial,
+            station: "till-1".into(),
+            serial: Some(SerialSettings {
+                path: dir.path().join("scanner"),
+                line: profile.line.clone(),
+                passthrough: Some(dir.path().join("pos")),
+            }),
+            profile,
+            topic: None,
+        });
+        // A core queue of one event that nobody reads: the journal is stuck.
+        let (core, mut stuck) = mpsc::channel(1);
+        let (status, _view) = super::super::status_channel(&settings);
+        let (_cards, hold_back) = watch::channel(Arc::new(HashSet::new()));
+        let device = SerialDevice {
+            info: Arc::new(DeviceInfo::from_settings(&settings)),
+            settings,
+            events: super::super::relay(core),
+            status,
+            hold_back,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(device.run(shutdown.clone()));
+        let link = dir.path().join("pos");
+        let started = std::time::Instant::now();
+        while !link.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no passthrough link"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut pos = tokio_serial::new(link.to_string_lossy(), 9600)
+            .open_native_async()
+            .expect("open the POS side");
+
+        let frames = 3000;
+        let mut sent = Vec::new();
+        for i in 0..frames {
+            sent.extend_from_slice(format!("]C0FRAME-{i:05}\r").as_bytes());
+        }
+        let reader = tokio::spawn(async move {
+            let mut received = vec![0u8; sent.len()];
+            tokio::time::timeout(Duration::from_secs(20), pos.read_exact(&mut received))
+                .await
+                .expect("every byte reached the POS in time")
+                .expect("read the POS side");
+            (sent, received)
+        });
+        for i in 0..frames {
+            scanner
+                .write_all(format!("]C0FRAME-{i:05}\r").as_bytes())
+                .await
+                .expect("scan");
+        }
+        let (sent, received) = reader.await.expect("reader");
+        assert_eq!(received, sent, "byte-exact while the core is stalled");
+
+        // The core recovers: it gets the connection, then every frame in order.
+        let mut seen = 0;
+        match stuck.recv().await {
+            Some(DeviceEvent::Connected { .. }) => {}
+            other => panic!("expected connected first, got {other:?}"),
+        }
+        while seen < frames {
+            match stuck.recv().await {
+                Some(DeviceEvent::Frame { bytes, .. }) => {
+                    assert_eq!(bytes, format!("]C0FRAME-{seen:05}").into_bytes());
+                    seen += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        shutdown.cancel();
+        task.await.expect("device task");
+    }
 }
