@@ -181,6 +181,24 @@ fn open_serial(path: &Path, line: &LineSettings) -> io::Result<Target> {
     Ok(Target::Serial(port))
 }
 
+/// Lets the POS software open the pseudo-terminal when it runs as another user: a new pty
+/// slave is the gateway's, group `tty`, mode 0620; it becomes group `dialout` (which serial
+/// software belongs to, and the gateway's service user too), mode 0660. Where that is not
+/// possible (no `dialout` group, a gateway not in it) the pty stays as it was, for the same user.
+fn share_with_dialout(slave: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let group = match nix::unistd::Group::from_name("dialout") {
+        Ok(Some(group)) => group,
+        _ => return,
+    };
+    let shared = nix::unistd::chown(slave, None, Some(group.gid))
+        .map_err(io::Error::from)
+        .and_then(|()| std::fs::set_permissions(slave, std::fs::Permissions::from_mode(0o660)));
+    if let Err(error) = shared {
+        tracing::debug!(pty = %slave.display(), %error, "passthrough pty left to this user only");
+    }
+}
+
 fn create_pty(link: &Path) -> io::Result<Target> {
     if let Some(parent) = link.parent() {
         std::fs::create_dir_all(parent)?;
@@ -191,6 +209,7 @@ fn create_pty(link: &Path) -> io::Result<Target> {
         .name()
         .map(PathBuf::from)
         .ok_or_else(|| io::Error::other("pty slave has no name"))?;
+    share_with_dialout(&slave_path);
     std::os::unix::fs::symlink(&slave_path, link)?;
     tracing::info!(link = %link.display(), pty = %slave_path.display(), "passthrough pseudo-terminal ready");
     Ok(Target::Pty {

@@ -208,6 +208,14 @@ async fn passthrough_re_emits_every_byte_unchanged_on_a_pty_link() {
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("scanner-1", "connected").await;
 
+    // The pty is shared with the dialout group, so POS software running as another user (a
+    // member of dialout, as serial software is) can open it.
+    if let Ok(Some(dialout)) = nix::unistd::Group::from_name("dialout") {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&link).expect("pty behind the link");
+        assert_eq!(meta.gid(), dialout.gid.as_raw(), "group dialout");
+        assert_eq!(meta.mode() & 0o777, 0o660, "mode 0660");
+    }
     // The POS software opens the link the gateway created.
     let mut pos = tokio_serial::new(link.to_string_lossy(), 9600)
         .open_native_async()
