@@ -2,6 +2,12 @@
 //! confirmed only once the record is durable), and the open-prompt state is one small file in
 //! `data_dir`, replaced atomically (write a temporary file, fsync, rename, fsync the folder),
 //! so a crash at any moment leaves either the old state or the new one.
+//!
+//! The state is written only once every record appended before it is durable. A prompt names
+//! the scan that opened it, and a crash inside the journal's flush window takes that scan back
+//! (its seq is then issued again to another record); were the state already on disk, the
+//! resumed prompt would name someone else's record. Waiting costs at most one flush interval
+//! of write-behind, never the clerk's time.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,23 @@ impl JournalPrompts {
     }
 }
 
+impl JournalPrompts {
+    /// Waits until every record appended so far (the scans of the prompts in the state among
+    /// them) is durable.
+    async fn wait_appended_durable(&self) -> Result<(), crate::journal::JournalError> {
+        let last = self.journal.stats().next_seq.saturating_sub(1);
+        loop {
+            let stats = self.journal.stats();
+            if stats.durable_seq >= last {
+                return Ok(());
+            }
+            self.journal
+                .wait_durable_beyond(stats.durable_position)
+                .await?;
+        }
+    }
+}
+
 impl PromptJournal for JournalPrompts {
     async fn append_attribution(&self, data: &AttributionData) -> Result<(), String> {
         let appended = self
@@ -46,6 +69,9 @@ impl PromptJournal for JournalPrompts {
     }
 
     async fn save_open_prompts(&self, state: Vec<u8>) -> Result<(), String> {
+        self.wait_appended_durable()
+            .await
+            .map_err(|e| format!("open prompts not saved: {e}"))?;
         let path = self.state_path.clone();
         tokio::task::spawn_blocking(move || replace_file(&path, &state))
             .await
@@ -79,7 +105,46 @@ fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::journal::JournalConfig;
+
+    #[tokio::test]
+    async fn the_state_is_saved_only_once_the_scans_before_it_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        // A flush interval longer than the test: records stay not durable until close.
+        let opened = crate::journal::open(JournalConfig {
+            data_dir: dir.path().to_path_buf(),
+            store: "S".into(),
+            gateway: "gw".into(),
+            flush: Duration::from_secs(3600),
+            version: "test",
+            max_bytes: None,
+        })
+        .await
+        .expect("journal");
+        let journal = opened.handle;
+        let prompts = JournalPrompts::new(journal.clone(), Metrics::new(), dir.path());
+        journal
+            .append_value(Kind::Scan, &serde_json::json!({"code": "6901234567892"}))
+            .await
+            .expect("scan");
+        let saving = tokio::spawn({
+            let prompts = prompts.clone();
+            async move { prompts.save_open_prompts(b"state".to_vec()).await }
+        });
+        // Not written while the scan it follows could still be lost.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!saving.is_finished(), "saved before the scan was durable");
+        assert!(!dir.path().join(STATE_FILE).exists());
+        journal.close().await.expect("close flushes");
+        saving.await.unwrap().expect("saved once durable");
+        assert_eq!(
+            std::fs::read(dir.path().join(STATE_FILE)).unwrap(),
+            b"state"
+        );
+    }
 
     #[test]
     fn replace_file_swaps_contents_and_leaves_no_temporary() {
