@@ -7,7 +7,9 @@
 //!
 //! The target is either
 //! - an existing serial device (a character device, or a link to one outside `/dev/pts`), opened
-//!   with the device's own line settings, or
+//!   with the device's own line settings; when a write fails (the USB-serial adapter to the
+//!   printer was unplugged) it is reopened, at most once per [`REOPEN_EVERY`], on the next
+//!   bytes, and bytes meanwhile are dropped as they would be on a cut cable; or
 //! - a pseudo-terminal the gateway creates, with `path` made a symlink to its slave side. The
 //!   gateway keeps the slave open so the link stays valid while the POS software opens and closes
 //!   it; a stale link left by an earlier run is replaced. The link is removed when the task ends.
@@ -34,6 +36,9 @@ const QUEUE_CHUNKS: usize = 256;
 
 /// Bytes left unread in the pseudo-terminal this long after they were written have no reader.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// How often a serial passthrough target that failed is tried again.
+pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 /// The device task's side of a passthrough: cheap, never blocks.
 #[derive(Debug, Clone)]
@@ -120,19 +125,41 @@ impl Drop for Target {
 /// Fails when the path cannot be used (a regular file is there, the folder cannot be created,
 /// the serial device cannot be opened); the caller reports that and runs the device without it.
 pub fn spawn(path: &Path, line: &LineSettings) -> io::Result<PassthroughHandle> {
-    let mut target = open_target(path, line)?;
+    let target = open_target(path, line)?;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE_CHUNKS);
     let shown = Arc::new(path.to_path_buf());
     let task_path = shown.clone();
+    let line = line.clone();
     tokio::spawn(async move {
+        let mut target = Some(target);
         let mut last_write = Instant::now();
+        // When a serial target failed: when to try opening it again.
+        let mut reopen_at = Instant::now();
         while let Some(chunk) = rx.recv().await {
+            if target.is_none() && Instant::now() >= reopen_at {
+                // The printer or POS port went away (USB unplug): try it again, at most once
+                // per REOPEN_EVERY; bytes meanwhile are dropped, as they would be on the wire.
+                match open_serial(&task_path, &line) {
+                    Ok(reopened) => {
+                        tracing::info!(path = %task_path.display(), "passthrough reopened");
+                        target = Some(reopened);
+                    }
+                    Err(_) => reopen_at = Instant::now() + REOPEN_EVERY,
+                }
+            }
+            let Some(open) = target.as_mut() else {
+                continue;
+            };
             if last_write.elapsed() > STALE_AFTER {
-                target.discard_unread();
+                open.discard_unread();
             }
             last_write = Instant::now();
-            if let Err(error) = target.writer().write_all(&chunk).await {
+            if let Err(error) = open.writer().write_all(&chunk).await {
                 tracing::warn!(path = %task_path.display(), %error, "passthrough write failed");
+                if matches!(open, Target::Serial(_)) {
+                    target = None;
+                    reopen_at = Instant::now() + REOPEN_EVERY;
+                }
             }
         }
         // The device task is gone: drop the target, which removes our link.

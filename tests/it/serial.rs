@@ -271,3 +271,57 @@ async fn posgw_status_summarises_a_running_gateway() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("is posgw running"));
 }
+
+/// A passthrough to a real serial port (here a pty behind a link outside /dev/pts, as a
+/// `/dev/serial/by-id/…` link would be): unplugged, it is reopened once it is back.
+#[tokio::test]
+async fn a_serial_passthrough_port_that_is_unplugged_is_reopened_when_it_returns() {
+    let store = Store::new();
+    // posgw.toml → printer-port → hop → /dev/pts/N: a serial device to the gateway.
+    let hop = store.path("hop");
+    let port = store.path("printer-port");
+    let mut printer = PtyScanner::plug(&hop);
+    std::os::unix::fs::symlink(&hop, &port).expect("link the port");
+    store.write_config(&format!("passthrough = \"{}\"", port.display()));
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+
+    scanner.send(b"]C0BEFORE\r").await;
+    let mut received = [0u8; 10];
+    tokio::time::timeout(DEADLINE, printer.master.read_exact(&mut received))
+        .await
+        .expect("passed through in time")
+        .expect("read");
+    assert_eq!(&received, b"]C0BEFORE\r");
+
+    // Unplugged (the far end is gone), then plugged in again at the same path.
+    drop(printer);
+    let mut printer = PtyScanner::plug(&hop);
+    // Scans go on meanwhile; the passthrough picks the port up again within about a second.
+    let mut buffer = Vec::new();
+    let started = std::time::Instant::now();
+    for i in 0.. {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the passthrough never came back"
+        );
+        scanner.send(format!("]C0AFTER-{i:04}\r").as_bytes()).await;
+        let mut chunk = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            printer.master.read(&mut chunk),
+        )
+        .await
+        {
+            buffer.extend_from_slice(&chunk[..n]);
+            if buffer.ends_with(b"\r") {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8(buffer).expect("text");
+    assert!(text.starts_with("]C0AFTER-"), "{text}");
+    gateway.wait_durable().await;
+    assert!(gateway.stop().await.success());
+}
