@@ -208,6 +208,9 @@ pub async fn run(
             .await
     });
 
+    // Listening for SIGHUP before READY: systemd may send `reload` right after it, and the
+    // default action of SIGHUP would end the process without a clean shutdown.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tracing::info!(
         store = %settings.gateway.store,
         gateway = %settings.gateway.id,
@@ -221,6 +224,7 @@ pub async fn run(
     ));
     crate::notify::spawn_watchdog(stop.child_token());
     let reloads = tokio::spawn(reload_on_sighup(
+        hangups,
         settings.clone(),
         prompts.clone(),
         hold_back_tx,
@@ -282,12 +286,13 @@ fn hold_back_codes(settings: &Settings) -> Arc<HashSet<Vec<u8>>> {
 /// load is refused with its errors logged, and the one in force stays. Other changes (devices,
 /// uplink, api, mqtt, gateway) need a restart: they are named in a warning and not applied.
 async fn reload_on_sighup(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
     mut current: Settings,
     prompts: crate::prompts::PromptsHandle,
     hold_back: tokio::sync::watch::Sender<Arc<HashSet<Vec<u8>>>>,
     stop: CancellationToken,
 ) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    let mut hangups = match hangups {
         Ok(hangups) => hangups,
         Err(error) => {
             tracing::warn!(%error, "cannot listen for SIGHUP; reloading is off");

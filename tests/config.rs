@@ -705,6 +705,36 @@ mod validation {
     }
 
     #[test]
+    fn one_mqtt_topic_one_device() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}
+[mqtt]
+url = \"mqtt://127.0.0.1\"
+
+             [[device]]
+id = \"m1\"
+role = \"scanner\"
+transport = \"mqtt\"
+profile = \"mqtt-scanner\"
+topic = \"store/a\"
+
+             [[device]]
+id = \"m2\"
+role = \"scanner\"
+transport = \"mqtt\"
+profile = \"mqtt-scanner\"
+topic = \"store/a\"
+"
+        ));
+        let errors = fixture.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].ends_with("mqtt topic 'store/a' is already used by device 'm1'"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_config_folder() {
         let fixture = Fixture::new(&format!("{BASE}passthrough = \"run/scanner-1\"\n"));
         let settings = fixture.load();

@@ -240,6 +240,7 @@ fn devices(
     let mut ok = true;
     let mut ids: BTreeMap<String, Span> = BTreeMap::new();
     let mut serial_paths: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut topics: BTreeMap<String, String> = BTreeMap::new();
     for entry in raw {
         let Some(device) = device(report, entry, profiles, have_mqtt, base_dir) else {
             ok = false;
@@ -281,6 +282,23 @@ fn devices(
                 continue;
             }
             serial_paths.insert(serial.path.clone(), device.id.clone());
+        }
+        if let Some(topic) = &device.topic {
+            // One topic, one device: its messages could not be told apart otherwise.
+            if let Some(other) = topics.get(topic) {
+                let span = entry
+                    .value
+                    .topic
+                    .as_ref()
+                    .map_or(entry.span.clone(), |topic| topic.span.clone());
+                report.error(
+                    &span,
+                    format!("mqtt topic '{topic}' is already used by device '{other}'"),
+                );
+                ok = false;
+                continue;
+            }
+            topics.insert(topic.clone(), device.id.clone());
         }
         devices.push(device);
     }

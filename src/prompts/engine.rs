@@ -361,7 +361,13 @@ impl Engine {
         if let Some(existing) = self
             .stations
             .get(&request.station)
-            .and_then(|queue| queue.iter().find(|prompt| prompt.view.sku == request.sku))
+            // A prompt already linked to a sale belongs to that customer: the next one's scan
+            // opens a new prompt.
+            .and_then(|queue| {
+                queue
+                    .iter()
+                    .find(|prompt| prompt.view.sku == request.sku && !prompt.linked)
+            })
         {
             tracing::debug!(prompt = %existing.view.id, sku = %request.sku, "re-scan of a product with an open prompt");
             return Ok(Opened {
@@ -722,7 +728,11 @@ impl Engine {
             let recent = self
                 .recent
                 .iter()
-                .position(|recent| recent.station == sale.station && recent.sku == key);
+                .position(|recent| {
+                    recent.station == sale.station
+                        && recent.sku == key
+                        && recent.resolved_at >= since
+                });
             let open = self.stations.get_mut(&sale.station).and_then(|queue| {
                 queue.iter_mut().find(|prompt| {
                     !prompt.linked

@@ -745,6 +745,9 @@ async fn a_sale_links_its_line_to_the_open_prompt_and_the_late_answer_carries_th
         )
         .await;
     assert_eq!(linked, vec![None, Some(prompt.id.clone()), None]);
+    // The next customer's scan of the product opens a prompt of its own.
+    let next = store.open("till-1", "6901234567892").await;
+    assert!(next.new, "a prompt linked to a sale is not the next customer's");
     // Answered after the sale: the attribution names the receipt.
     let resolution = store
         .prompts
@@ -752,11 +755,16 @@ async fn a_sale_links_its_line_to_the_open_prompt_and_the_late_answer_carries_th
         .await
         .expect("answer");
     assert_eq!(resolution.receipt.as_deref(), Some("R-1001"));
-    // One prompt, one sale line: the next customer's sale of the product links to nothing.
+    // One prompt, one sale line: the next customer's sale links to the next customer's
+    // prompt, and the one after that to nothing.
     let again = store
         .sale("till-1", "R-1002", &[Some("6901234567892")])
         .await;
-    assert_eq!(again, vec![None]);
+    assert_eq!(again, vec![Some(next.prompt.id.clone())]);
+    let third = store
+        .sale("till-1", "R-1003", &[Some("6901234567892")])
+        .await;
+    assert_eq!(third, vec![None]);
 }
 
 #[tokio::test(start_paused = true)]
