@@ -11,8 +11,11 @@
 //! session. The price is at-least-once: a message whose record was durable but whose PUBACK was
 //! not yet sent is recorded again after the restart (a new seq; MQTT carries no id to tell).
 //!
-//! A message the journal refuses is not acknowledged either; it is redelivered after the next
-//! reconnect. Brokers cap unacknowledged deliveries per client (mosquitto's
+//! A message the journal refuses is not acknowledged either. MQTT 3.1.1 brokers redeliver only
+//! on a new connection, and stop delivering once a client holds `max_inflight_messages`
+//! unacknowledged ones, so the task then renews the connection after [`REDELIVER_AFTER`]
+//! (again and again while the journal keeps refusing): the broker redelivers, and input resumes
+//! by itself once the journal is back. Brokers cap unacknowledged deliveries per client (mosquitto's
 //! `max_inflight_messages`, 20 by default), so ingest runs at about that many messages per journal
 //! flush: plenty for a store's scanners and registers; raise it for bulk replays.
 //!
@@ -52,6 +55,9 @@ const MAX_PACKET: usize = 1024 * 1024;
 const REQUEST_QUEUE: usize = 65_536;
 /// Longest pause between reconnection attempts.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long after a message was left unacknowledged the connection is renewed to have it
+/// redelivered (the journal gets that long to recover; each renewal retries once more).
+const REDELIVER_AFTER: Duration = Duration::from_secs(5);
 /// How long shutdown waits for records of received messages to become durable and be acked.
 const SHUTDOWN_ACKS: Duration = Duration::from_secs(2);
 
@@ -140,7 +146,11 @@ impl MqttDevices {
         // drain (PUBACKs go out only while it is polled); the broker bounds it by how many
         // deliveries it lets a client leave unacknowledged.
         let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
-        let acker = tokio::spawn(acknowledge(client.clone(), pending_rx));
+        // Set by the acker when it leaves a message unacknowledged: MQTT 3.1.1 brokers redeliver
+        // only on a new connection, so this loop reconnects a little later.
+        let redeliver = Arc::new(tokio::sync::Notify::new());
+        let acker = tokio::spawn(acknowledge(client.clone(), pending_rx, redeliver.clone()));
+        let mut reconnect_at: Option<tokio::time::Instant> = None;
         let mut retry = new_backoff();
         let mut connected = false;
         let mut subscribe = false;
@@ -159,6 +169,18 @@ impl MqttDevices {
             let event = tokio::select! {
                 event = event_loop.poll() => event,
                 () = shutdown.cancelled() => break,
+                () = redeliver.notified(), if reconnect_at.is_none() => {
+                    reconnect_at = Some(tokio::time::Instant::now() + REDELIVER_AFTER);
+                    continue;
+                }
+                () = sleep_until_or_never(reconnect_at) => {
+                    reconnect_at = None;
+                    tracing::warn!("mqtt devices: reconnecting so the broker redelivers unrecorded messages");
+                    if let Err(error) = client.try_disconnect() {
+                        tracing::debug!(%error, "cannot queue the disconnect");
+                    }
+                    continue;
+                }
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -254,7 +276,11 @@ impl MqttDevices {
 }
 
 /// Acknowledges messages in arrival order once their records are durable.
-async fn acknowledge(client: AsyncClient, mut pending: mpsc::UnboundedReceiver<Pending>) {
+async fn acknowledge(
+    client: AsyncClient,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    redeliver: Arc<tokio::sync::Notify>,
+) {
     while let Some(Pending { written, publish }) = pending.recv().await {
         let durable = match written.await {
             Ok(Some(durable)) => durable.wait().await.is_ok(),
@@ -267,6 +293,7 @@ async fn acknowledge(client: AsyncClient, mut pending: mpsc::UnboundedReceiver<P
             }
         } else {
             tracing::warn!(topic = %publish.topic, "message not recorded; left unacknowledged for redelivery");
+            redeliver.notify_one();
         }
     }
 }
@@ -351,6 +378,14 @@ fn trim_line_end(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn set_state(device: &MqttDevice, state: ConnectionState, detail: &str) {
     device.status.send_modify(|status| {
         status.state = state;
@@ -408,6 +443,42 @@ mod tests {
         assert_eq!(
             scan_payload(br#"{"code":"x"}"#, &text).unwrap(),
             br#"{"code":"x"}"#
+        );
+    }
+
+    /// A message the journal refused is not acknowledged, and the connection task is told to
+    /// renew the connection so the broker delivers it again.
+    #[tokio::test]
+    async fn a_refused_record_leaves_its_message_unacknowledged_and_asks_for_redelivery() {
+        let options = rumqttc::MqttOptions::new("test", "127.0.0.1", 1);
+        // Never polled: nothing is sent anywhere; an ack would queue a request.
+        let (client, mut event_loop) = AsyncClient::new(options, 10);
+        let (pending, rx) = mpsc::unbounded_channel();
+        let redeliver = Arc::new(tokio::sync::Notify::new());
+        let acker = tokio::spawn(acknowledge(client, rx, redeliver.clone()));
+        let (written, refused) = oneshot::channel();
+        pending
+            .send(Pending {
+                written: refused,
+                publish: Publish::new("store/till-1/scanner", QoS::AtLeastOnce, "]C0X"),
+            })
+            .expect("queue");
+        written
+            .send(None)
+            .expect("the core's answer: nothing written");
+        tokio::time::timeout(Duration::from_secs(5), redeliver.notified())
+            .await
+            .expect("redelivery asked for");
+        drop(pending);
+        acker.await.expect("acker ends");
+        // No PUBACK was queued for the event loop.
+        let queued = tokio::time::timeout(Duration::from_millis(100), event_loop.poll()).await;
+        assert!(
+            !matches!(
+                queued,
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))))
+            ),
+            "{queued:?}"
         );
     }
 

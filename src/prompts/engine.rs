@@ -725,14 +725,9 @@ impl Engine {
                 continue;
             };
             // Candidates: (opened_at, which). Resolved ones opened before the open ones.
-            let recent = self
-                .recent
-                .iter()
-                .position(|recent| {
-                    recent.station == sale.station
-                        && recent.sku == key
-                        && recent.resolved_at >= since
-                });
+            let recent = self.recent.iter().position(|recent| {
+                recent.station == sale.station && recent.sku == key && recent.resolved_at >= since
+            });
             let open = self.stations.get_mut(&sale.station).and_then(|queue| {
                 queue.iter_mut().find(|prompt| {
                     !prompt.linked

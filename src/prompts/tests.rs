@@ -747,7 +747,10 @@ async fn a_sale_links_its_line_to_the_open_prompt_and_the_late_answer_carries_th
     assert_eq!(linked, vec![None, Some(prompt.id.clone()), None]);
     // The next customer's scan of the product opens a prompt of its own.
     let next = store.open("till-1", "6901234567892").await;
-    assert!(next.new, "a prompt linked to a sale is not the next customer's");
+    assert!(
+        next.new,
+        "a prompt linked to a sale is not the next customer's"
+    );
     // Answered after the sale: the attribution names the receipt.
     let resolution = store
         .prompts
