@@ -269,6 +269,14 @@ impl SerialDevice {
                                 &mut after_card,
                                 framer,
                             );
+                            // A frame longer than any answer card cannot be one: its bytes go
+                            // on now, so a device streaming without terminators (and without an
+                            // idle gap) neither starves the POS nor grows this buffer.
+                            let longest = self.settings.profile.framing.max_frame + READ_BUFFER;
+                            if unsent.len() > longest {
+                                passthrough.send(&unsent);
+                                unsent.clear();
+                            }
                         }
                         (Some(passthrough), None) => {
                             // Ahead of everything else: the POS never waits on our decoding.

@@ -325,3 +325,45 @@ async fn a_serial_passthrough_port_that_is_unplugged_is_reopened_when_it_returns
     gateway.wait_durable().await;
     assert!(gateway.stop().await.success());
 }
+
+/// With answer cards configured the passthrough goes frame by frame; a device that streams
+/// without terminators (and without an idle gap) still reaches the POS, and nothing piles up.
+#[tokio::test]
+async fn a_stream_without_terminators_still_reaches_the_pos_while_answer_cards_are_held_back() {
+    let store = Store::new();
+    let link = store.path("pos-scanner");
+    store.write_config(&format!("passthrough = \"{}\"", link.display()));
+    store.append_config("[answer_codes]\n\"ATTR-DOCTOR\" = \"doctor\"\n\n[[campaign]]\nid = \"c\"\nskus = [\"690*\"]\nquestion = \"q\"\noptions = [ { key = \"doctor\", label = \"医生推荐\" } ]\n");
+    // This store's scanners have no idle gap.
+    let built_in = include_str!("../../drivers/generic-scanner.toml");
+    std::fs::create_dir_all(store.path("drivers.d")).expect("drivers.d");
+    std::fs::write(
+        store.path("drivers.d/generic-scanner.toml"),
+        built_in.replace("idle_gap = \"80ms\"", "idle_gap = \"0s\""),
+    )
+    .expect("write profile");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    let mut pos = tokio_serial::new(link.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open passthrough link");
+
+    // 64 KiB without a terminator: far past max_frame (4096).
+    let stream = vec![b'A'; 64 * 1024];
+    let expected = stream.len() - 16 * 1024;
+    let reader = tokio::spawn(async move {
+        let mut received = vec![0u8; expected];
+        tokio::time::timeout(DEADLINE, pos.read_exact(&mut received))
+            .await
+            .expect("the stream reaches the POS")
+            .expect("read");
+        received
+    });
+    for chunk in stream.chunks(1024) {
+        scanner.send(chunk).await;
+    }
+    let received = reader.await.expect("reader");
+    assert!(received.iter().all(|&b| b == b'A'));
+    assert!(gateway.stop().await.success());
+}
