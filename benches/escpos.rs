@@ -9,10 +9,9 @@
 //! `text_only` leaves the logo out, so nearly every byte is decoded text.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use posgw::config::{EscposPatterns, EscposSettings, TextEncoding};
+use posgw::config::{EscposPatterns, EscposSettings, ProfileSet};
 use posgw::decode::escpos::{extract, ClosedBy, EscposDecoder, Receipt};
 
 /// Receipts in the benchmark stream.
@@ -20,9 +19,6 @@ const RECEIPTS: usize = 200;
 
 /// Bytes handed to the decoder per push, like one read from a serial port.
 const READ_SIZE: usize = 256;
-
-/// The shipped profile, for its patterns.
-const PROFILE: &str = include_str!("../drivers/escpos-tap.toml");
 
 fn gb(text: &str) -> Vec<u8> {
     encoding_rs::GB18030.encode(text).0.into_owned()
@@ -74,14 +70,7 @@ fn stream(logo: bool) -> Vec<u8> {
 }
 
 fn settings() -> EscposSettings {
-    EscposSettings {
-        encoding: TextEncoding::Gb18030,
-        chinese_mode: true,
-        cr_ends_line: false,
-        max_receipt: 256 * 1024,
-        receipt_timeout: Duration::from_secs(60),
-        patterns: EscposPatterns::default(),
-    }
+    EscposSettings::default()
 }
 
 /// Decodes the stream in `READ_SIZE` pieces.
@@ -95,21 +84,11 @@ fn decode(settings: &EscposSettings, input: &[u8]) -> Vec<Receipt> {
     receipts
 }
 
-/// The shipped `[escpos.patterns]`, compiled.
+/// The shipped `[escpos.patterns]`, as the profile loader compiles them.
 fn patterns() -> EscposPatterns {
-    let profile: toml::Table = PROFILE.parse().expect("escpos-tap.toml parses");
-    let compile = |key: &str| {
-        profile["escpos"]["patterns"]
-            .get(key)
-            .and_then(toml::Value::as_str)
-            .map(|pattern| regex::Regex::new(pattern).expect("shipped pattern compiles"))
-    };
-    EscposPatterns {
-        receipt: compile("receipt"),
-        clerk: compile("clerk"),
-        total: compile("total"),
-        line: compile("line"),
-    }
+    let profiles = ProfileSet::built_in().expect("built-in profiles");
+    let profile = profiles.get("escpos-tap").expect("escpos-tap is built in");
+    profile.escpos.as_ref().expect("[escpos]").patterns.clone()
 }
 
 fn escpos(c: &mut Criterion) {

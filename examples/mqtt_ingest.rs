@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{metric, posgw_bin, stop};
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -44,17 +48,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// The value of a metric series on the gateway's `/metrics`, or 0.
-async fn metric(client: &reqwest::Client, api: &str, series: &str) -> f64 {
-    let Ok(response) = client.get(format!("{api}/metrics")).send().await else {
-        return 0.0;
-    };
-    let body = response.text().await.unwrap_or_default();
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let messages: u64 = std::env::args()
@@ -62,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(200_000);
     let flush = std::env::args().nth(2).unwrap_or_else(|| "50ms".into());
-    let bin = std::env::var("POSGW_BIN").unwrap_or_else(|_| "target/release/posgw".into());
+    let bin = posgw_bin();
     let dir = tempfile::tempdir()?;
     let port = free_port();
     std::fs::write(
@@ -184,50 +177,18 @@ topic = "bench/till-1/scanner"
 }
 
 /// Starts `posgw run -c CONFIG`; returns it and its API address once its MQTT device is up.
+/// `POSGW_BENCH_LOG` sets its `RUST_LOG` and shows its log.
 async fn start_gateway(
     bin: &str,
     config: &std::path::Path,
     client: &reqwest::Client,
 ) -> Result<(std::process::Child, String), Box<dyn std::error::Error>> {
-    let mut gateway = Command::new(bin)
-        .args(["run", "-c"])
-        .arg(config)
-        .env(
-            "RUST_LOG",
-            std::env::var("POSGW_BENCH_LOG").unwrap_or_else(|_| "warn,posgw::cli=info".into()),
-        )
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = gateway.stderr.take().ok_or("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(at) = line.find("api listening on ") {
-                let _ = tx.send(line[at + 17..].trim().to_owned());
-            }
-            if std::env::var_os("POSGW_BENCH_LOG").is_some() {
-                eprintln!("[posgw] {line}");
-            }
-        }
-    });
-    let api = rx.recv_timeout(Duration::from_secs(30))?;
+    let show = std::env::var_os("POSGW_BENCH_LOG").is_some();
+    let log = std::env::var("POSGW_BENCH_LOG").unwrap_or_else(|_| "warn,posgw::cli=info".into());
+    let (gateway, api) = support::start_gateway(bin, config, &log, move |_| show)?;
     let series = "posgw_device_connected{device=\"mqtt-scanner-1\"}";
     while metric(client, &api, series).await < 1.0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok((gateway, api))
-}
-
-/// SIGTERM and wait.
-fn stop(gateway: &mut std::process::Child) -> Result<(), Box<dyn std::error::Error>> {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(gateway.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    gateway.wait()?;
-    Ok(())
 }

@@ -10,27 +10,17 @@
 //! cargo build --release && cargo run --release --example prompt_latency -- [SCANS]
 //! ```
 
-use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialPortBuilderExt;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{posgw_bin, pty_at, quantiles, start_gateway};
 
 fn ean(base: &str) -> String {
     format!("{base}{}", posgw::decode::check_digit(base.as_bytes()))
-}
-
-fn quantiles(label: &str, mut values: Vec<Duration>) {
-    values.sort();
-    let q = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "{label}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms",
-        values.len(),
-        q(0.5).as_secs_f64() * 1e3,
-        q(0.99).as_secs_f64() * 1e3,
-        values[values.len() - 1].as_secs_f64() * 1e3
-    );
 }
 
 /// Reads SSE blocks until an `event: prompt` arrives.
@@ -53,17 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1000);
-    let bin = std::env::var("POSGW_BIN").unwrap_or_else(|_| "target/release/posgw".into());
+    let bin = posgw_bin();
     let dir = tempfile::tempdir()?;
-    let (mut scanner, slave) = SerialStream::pair()?;
-    for fd in [scanner.as_raw_fd(), slave.as_raw_fd()] {
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
-    }
     let link = dir.path().join("scanner");
-    std::os::unix::fs::symlink(slave.name().ok_or("pty name")?, &link)?;
+    let (mut scanner, _slave) = pty_at(&link)?;
     let pos_link = dir.path().join("pos");
     std::fs::write(
         dir.path().join("posgw.toml"),
@@ -96,26 +79,12 @@ timeout = "600s"
             pos = pos_link.display(),
         ),
     )?;
-    let mut gateway = Command::new(&bin)
-        .args(["run", "-c"])
-        .arg(dir.path().join("posgw.toml"))
-        .env("RUST_LOG", "warn,posgw::cli=info")
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = gateway.stderr.take().ok_or("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(at) = line.find("api listening on ") {
-                let _ = tx.send(line[at + 17..].trim().to_owned());
-            }
-        }
-    });
-    let api = rx.recv_timeout(Duration::from_secs(30))?;
+    let (mut gateway, api) = start_gateway(
+        &bin,
+        &dir.path().join("posgw.toml"),
+        "warn,posgw::cli=info",
+        |_| false,
+    )?;
     // Wait for the passthrough link, then open it as the POS would.
     let start = Instant::now();
     while !pos_link.exists() {

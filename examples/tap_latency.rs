@@ -19,14 +19,16 @@
 //! cargo build --release && cargo run --release --example tap_latency -- [RECEIPTS]
 //! ```
 
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio_serial::{SerialPortBuilderExt, SerialStream};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{metric, posgw_bin, pty_at, quantiles, start_gateway, stop};
 
 const ESC: u8 = 0x1b;
 const GS: u8 = 0x1d;
@@ -128,39 +130,6 @@ fn qr(data: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn quantiles(label: &str, mut values: Vec<Duration>) {
-    values.sort();
-    let q = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "{label}: n={} p50={:.3} ms p99={:.3} ms max={:.3} ms",
-        values.len(),
-        q(0.5).as_secs_f64() * 1e3,
-        q(0.99).as_secs_f64() * 1e3,
-        values[values.len() - 1].as_secs_f64() * 1e3
-    );
-}
-
-/// The value of a metric series on the gateway's `/metrics`, or 0.
-async fn metric(client: &reqwest::Client, api: &str, series: &str) -> f64 {
-    let Ok(response) = client.get(format!("{api}/metrics")).send().await else {
-        return 0.0;
-    };
-    let body = response.text().await.unwrap_or_default();
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// SIGTERM and wait.
-fn stop(gateway: &mut Child) -> Result<(), Box<dyn std::error::Error>> {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(gateway.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    gateway.wait()?;
-    Ok(())
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let receipts: usize = std::env::args()
@@ -168,18 +137,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(500)
         .max(1);
-    let bin = std::env::var("POSGW_BIN").unwrap_or_else(|_| "target/release/posgw".into());
+    let bin = posgw_bin();
     let dir = tempfile::tempdir()?;
-    let (mut register, slave) = SerialStream::pair()?;
-    // The gateway must not inherit our ends of the register's pty.
-    for fd in [register.as_raw_fd(), slave.as_raw_fd()] {
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
-    }
     let link = dir.path().join("register");
-    std::os::unix::fs::symlink(slave.name().ok_or("register pty has no name")?, &link)?;
+    let (mut register, _slave) = pty_at(&link)?;
     let printer_link = dir.path().join("printer");
     std::fs::write(
         dir.path().join("posgw.toml"),
@@ -204,15 +165,14 @@ passthrough = "{printer}"
             printer = printer_link.display(),
         ),
     )?;
-    let mut gateway = Command::new(&bin)
-        .args(["run", "-c"])
-        .arg(dir.path().join("posgw.toml"))
-        .env("RUST_LOG", "warn,posgw::cli=info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| format!("failed to start '{bin}': {error}"))?;
-    let result = measure(&mut gateway, &mut register, &printer_link, receipts).await;
+    // A dropped passthrough chunk or a receipt without its cut belongs in the run's output.
+    let (mut gateway, api) = start_gateway(
+        &bin,
+        &dir.path().join("posgw.toml"),
+        "warn,posgw::cli=info",
+        |line| line.contains("WARN") || line.contains("ERROR"),
+    )?;
+    let result = measure(&api, &mut register, &printer_link, receipts).await;
     // Stop first: closing the register's pty under a running gateway makes it log a lost device.
     stop(&mut gateway)?;
     drop(register);
@@ -221,28 +181,11 @@ passthrough = "{printer}"
 
 /// Feeds `receipts` receipts through the tap and prints what it measured.
 async fn measure(
-    gateway: &mut Child,
+    api: &str,
     register: &mut SerialStream,
     printer_link: &std::path::Path,
     receipts: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let stderr = gateway.stderr.take().ok_or("gateway stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(at) = line.find("api listening on ") {
-                let _ = tx.send(line[at + 17..].trim().to_owned());
-            } else if line.contains("WARN") || line.contains("ERROR") {
-                // A dropped passthrough chunk or a receipt without its cut belongs in the run.
-                eprintln!("{line}");
-            }
-        }
-    });
-    let api = rx.recv_timeout(Duration::from_secs(30))?;
     // Wait for the passthrough link, then open it as the printer would.
     let start = Instant::now();
     while !printer_link.exists() {
@@ -298,14 +241,14 @@ async fn measure(
     let client = reqwest::Client::new();
     let series = "posgw_records_total{kind=\"sale\"}";
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut sales = metric(&client, &api, series).await;
+    let mut sales = metric(&client, api, series).await;
     while sales < receipts as f64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        sales = metric(&client, &api, series).await;
+        sales = metric(&client, api, series).await;
     }
     let bad_frames = metric(
         &client,
-        &api,
+        api,
         "posgw_bad_frames_total{device=\"register-1\"}",
     )
     .await;

@@ -18,12 +18,15 @@ use serde::{Deserialize, Serialize};
 use crate::config::EscposPatterns;
 use crate::decode::escpos::{self, ClosedBy, Receipt};
 
-/// The `data` of a `sale` record, without `device` and `station` (the core adds those).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The `data` of a `sale` record, without `device` and `station` (the core adds those). It is
+/// also the shape a `json-register` message is read into (`text` is never read from one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sale {
     /// The receipt number, when known.
+    #[serde(default, deserialize_with = "code")]
     pub receipt: Option<String>,
     /// The clerk who rang it up, when known.
+    #[serde(default, deserialize_with = "code")]
     pub clerk: Option<String>,
     /// What was sold.
     pub lines: Vec<SaleLine>,
@@ -32,13 +35,15 @@ pub struct Sale {
     /// ISO 4217 code, when the register says.
     pub currency: Option<String>,
     /// The decoded receipt text (ESC/POS sources only).
+    #[serde(skip_deserializing)]
     pub text: Option<String>,
 }
 
 /// One line of a sale.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SaleLine {
     /// Product code (EAN/GTIN or internal SKU), when known.
+    #[serde(default, deserialize_with = "code")]
     pub sku: Option<String>,
     /// Product name as printed.
     pub name: Option<String>,
@@ -48,28 +53,10 @@ pub struct SaleLine {
     pub unit_price: Option<f64>,
     /// Line amount.
     pub amount: Option<f64>,
-    /// The attribution prompt linked to this line (set by the core), else null.
+    /// The attribution prompt linked to this line (set by the core, never read from a
+    /// register), else null.
+    #[serde(skip_deserializing)]
     pub prompt: Option<String>,
-}
-
-/// A sale message as `json-register` devices send it.
-#[derive(Debug, Deserialize)]
-struct JsonSale {
-    receipt: Option<Code>,
-    clerk: Option<Code>,
-    currency: Option<String>,
-    total: Option<f64>,
-    lines: Vec<JsonLine>,
-}
-
-/// One line of a [`JsonSale`].
-#[derive(Debug, Deserialize)]
-struct JsonLine {
-    sku: Option<Code>,
-    name: Option<String>,
-    qty: Option<f64>,
-    unit_price: Option<f64>,
-    amount: Option<f64>,
 }
 
 /// A code that registers send as text or as a number (`"R-1001"`, `1001`, `6901234567892`).
@@ -82,13 +69,14 @@ enum Code {
     Number(u64),
 }
 
-impl Code {
-    fn into_string(self) -> String {
-        match self {
+/// Reads an optional [`Code`] as text.
+fn code<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(
+        Option::<Code>::deserialize(deserializer)?.map(|code| match code {
             Code::Text(text) => text,
             Code::Number(number) => number.to_string(),
-        }
-    }
+        }),
+    )
 }
 
 /// Reads one `json-register` sale; the error says briefly what is wrong with it.
@@ -98,27 +86,7 @@ pub fn parse_json_sale(bytes: &[u8]) -> Result<Sale, String> {
     if !text.starts_with('{') {
         return Err("sale is not a JSON object".to_owned());
     }
-    let sale: JsonSale =
-        serde_json::from_str(text).map_err(|error| format!("sale is not a valid sale: {error}"))?;
-    Ok(Sale {
-        receipt: sale.receipt.map(Code::into_string),
-        clerk: sale.clerk.map(Code::into_string),
-        currency: sale.currency,
-        total: sale.total,
-        lines: sale
-            .lines
-            .into_iter()
-            .map(|line| SaleLine {
-                sku: line.sku.map(Code::into_string),
-                name: line.name,
-                qty: line.qty,
-                unit_price: line.unit_price,
-                amount: line.amount,
-                prompt: None,
-            })
-            .collect(),
-        text: None,
-    })
+    serde_json::from_str(text).map_err(|error| format!("sale is not a valid sale: {error}"))
 }
 
 /// The sale a printed receipt describes: the profile's patterns pull out what they can, and

@@ -312,6 +312,21 @@ pub struct EscposSettings {
     pub patterns: EscposPatterns,
 }
 
+impl Default for EscposSettings {
+    /// The documented defaults of `[escpos]`: GB18030, Chinese mode on, CR ignored, 256KiB, 60s,
+    /// no patterns.
+    fn default() -> Self {
+        EscposSettings {
+            encoding: TextEncoding::Gb18030,
+            chinese_mode: true,
+            cr_ends_line: false,
+            max_receipt: 256 * 1024,
+            receipt_timeout: Duration::from_secs(60),
+            patterns: EscposPatterns::default(),
+        }
+    }
+}
+
 /// Text encodings a printer stream may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextEncoding {
@@ -799,14 +814,7 @@ fn payload_settings(report: &mut Report, raw: Option<&RawPayload>) -> PayloadSet
 
 /// `[escpos]` with defaults.
 fn escpos_settings(report: &mut Report, raw: Option<&RawEscpos>) -> EscposSettings {
-    let mut escpos = EscposSettings {
-        encoding: TextEncoding::Gb18030,
-        chinese_mode: true,
-        cr_ends_line: false,
-        max_receipt: 256 * 1024,
-        receipt_timeout: Duration::from_secs(60),
-        patterns: EscposPatterns::default(),
-    };
+    let mut escpos = EscposSettings::default();
     let Some(raw) = raw else { return escpos };
     if let Some(encoding) = &raw.encoding {
         let choices = [

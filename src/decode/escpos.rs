@@ -934,7 +934,6 @@ fn parse_number(text: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use proptest::prelude::*;
 
@@ -945,44 +944,19 @@ mod tests {
     const RECEIPT_A: &[u8] = include_bytes!("../../../shared/fixtures/receipt-a.bin");
     /// The lines receipt-a must decode to.
     const RECEIPT_A_TXT: &str = include_str!("../../../shared/fixtures/receipt-a.txt");
-    /// The shipped profile, whose patterns the extraction tests use.
-    const PROFILE: &str = include_str!("../../drivers/escpos-tap.toml");
 
     fn settings() -> EscposSettings {
-        EscposSettings {
-            encoding: TextEncoding::Gb18030,
-            chinese_mode: true,
-            cr_ends_line: false,
-            max_receipt: 256 * 1024,
-            receipt_timeout: Duration::from_secs(60),
-            patterns: EscposPatterns::default(),
-        }
+        EscposSettings::default()
     }
 
-    /// The `[escpos.patterns]` of drivers/escpos-tap.toml, compiled once like the profile loader
-    /// does.
+    /// The `[escpos.patterns]` of drivers/escpos-tap.toml, as the profile loader compiles them.
     fn shipped_patterns() -> &'static EscposPatterns {
         static PATTERNS: std::sync::OnceLock<EscposPatterns> = std::sync::OnceLock::new();
-        PATTERNS.get_or_init(compile_shipped_patterns)
-    }
-
-    fn compile_shipped_patterns() -> EscposPatterns {
-        let profile: toml::Table = PROFILE.parse().expect("escpos-tap.toml parses");
-        let patterns = profile["escpos"]["patterns"]
-            .as_table()
-            .expect("[escpos.patterns] is a table");
-        let compile = |key: &str| {
-            patterns.get(key).map(|pattern| {
-                regex::Regex::new(pattern.as_str().expect("pattern is a string"))
-                    .unwrap_or_else(|error| panic!("pattern '{key}' compiles: {error}"))
-            })
-        };
-        EscposPatterns {
-            receipt: compile("receipt"),
-            clerk: compile("clerk"),
-            total: compile("total"),
-            line: compile("line"),
-        }
+        PATTERNS.get_or_init(|| {
+            let profiles = crate::config::ProfileSet::built_in().expect("built-in profiles");
+            let profile = profiles.get("escpos-tap").expect("escpos-tap is built in");
+            profile.escpos.as_ref().expect("[escpos]").patterns.clone()
+        })
     }
 
     /// Decodes `bytes` in one push, then closes with `Shutdown`.

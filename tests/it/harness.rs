@@ -260,8 +260,15 @@ impl Gateway {
 
     /// Waits until `n` scan records were appended and everything appended is durable.
     pub async fn wait_scans_durable(&self, n: u64) {
-        self.wait_for(&format!("{n} scans"), |g| async move {
-            g.metric("posgw_records_total{kind=\"scan\"}").await >= n as f64
+        self.wait_records("scan", n).await;
+    }
+
+    /// Waits until `n` records of `kind` were appended and everything appended is durable.
+    pub async fn wait_records(&self, kind: &str, n: u64) {
+        let series = format!("posgw_records_total{{kind=\"{kind}\"}}");
+        self.wait_for(&format!("{n} {kind} record(s)"), |g| {
+            let series = series.clone();
+            async move { g.metric(&series).await >= n as f64 }
         })
         .await;
         self.wait_durable().await;

@@ -88,18 +88,6 @@ impl Publisher {
     }
 }
 
-/// Waits until `n` records of `kind` were appended and everything appended is durable.
-async fn wait_kind(gateway: &Gateway, kind: &str, n: u64) {
-    let series = format!("posgw_records_total{{kind=\"{kind}\"}}");
-    gateway
-        .wait_for(&format!("{n} {kind} record(s)"), |g| {
-            let series = series.clone();
-            async move { g.metric(&series).await >= n as f64 }
-        })
-        .await;
-    gateway.wait_durable().await;
-}
-
 fn device_status<'a>(status: &'a Value, id: &str) -> &'a Value {
     status["devices"]
         .as_array()
@@ -135,7 +123,7 @@ async fn mqtt_scans_and_sales_are_recorded_linked_and_bad_messages_counted() {
     pos.publish("store/till-1/scanner", r#"{"barcode":"1"}"#)
         .await;
     pos.sent().await;
-    wait_kind(&gateway, "scan", 2).await;
+    gateway.wait_records("scan", 2).await;
     let prompt = gateway
         .get("/api/v1/prompts?station=till-1")
         .await
@@ -153,7 +141,7 @@ async fn mqtt_scans_and_sales_are_recorded_linked_and_bad_messages_counted() {
     .await;
     pos.publish("store/till-1/sales", "not json at all").await;
     pos.sent().await;
-    wait_kind(&gateway, "sale", 1).await;
+    gateway.wait_records("sale", 1).await;
     gateway
         .wait_for("two bad frames", |g| async move {
             g.metric("posgw_bad_frames_total{device=\"mqtt-scanner-1\"}")
@@ -223,7 +211,7 @@ async fn a_broker_restart_and_a_broker_down_at_start_lose_nothing() {
             .await;
     }
     pos.sent().await;
-    wait_kind(&gateway, "scan", 20).await;
+    gateway.wait_records("scan", 20).await;
 
     broker.restart();
     gateway.wait_device("mqtt-scanner-1", "connected").await;
@@ -233,7 +221,7 @@ async fn a_broker_restart_and_a_broker_down_at_start_lose_nothing() {
             .await;
     }
     pos.sent().await;
-    wait_kind(&gateway, "scan", 40).await;
+    gateway.wait_records("scan", 40).await;
     assert!(gateway.stop().await.success());
 
     let records = store.dump();
@@ -295,7 +283,7 @@ async fn kill_9_while_messages_flow_loses_no_message_the_broker_accepted() {
     pos.publish("store/till-1/sales", r#"{"receipt":"END","lines":[]}"#)
         .await;
     pos.sent().await;
-    wait_kind(&gateway, "sale", 1).await;
+    gateway.wait_records("sale", 1).await;
     assert!(gateway.stop().await.success());
     let records = store.dump();
     let codes: Vec<String> = of_kind(&records, "scan")

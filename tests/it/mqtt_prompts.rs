@@ -88,6 +88,11 @@ impl Pos {
         *self.subscribed.borrow()
     }
 
+    /// Publishes an answer `body` (JSON) on a station's answer topic.
+    async fn answer_json(&self, station: &str, body: Value) {
+        self.answer(station, body.to_string().as_bytes()).await;
+    }
+
     /// Publishes `payload` on a station's answer topic.
     async fn answer(&self, station: &str, payload: &[u8]) {
         self.client
@@ -151,13 +156,8 @@ impl Pos {
             );
             self.probes += 1;
             let probe = format!("probe-{}", self.probes);
-            self.answer(
-                station,
-                json!({"prompt": probe, "option": "x"})
-                    .to_string()
-                    .as_bytes(),
-            )
-            .await;
+            self.answer_json(station, json!({"prompt": probe, "option": "x"}))
+                .await;
             let reply = self
                 .take_within(
                     &format!("{station}/answer/error"),
@@ -178,15 +178,6 @@ fn mqtt_store(port: u16) -> Store {
     let store = campaign_store("120s");
     store.append_config(&format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"));
     store
-}
-
-async fn wait_attributions(gateway: &Gateway, n: u64) {
-    gateway
-        .wait_for(&format!("{n} attribution records"), |g| async move {
-            g.metric("posgw_records_total{kind=\"attribution\"}").await >= n as f64
-        })
-        .await;
-    gateway.wait_durable().await;
 }
 
 #[tokio::test]
@@ -247,11 +238,9 @@ async fn a_prompt_is_published_answered_over_mqtt_and_recorded() {
     let listed: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(listed, json!([prompt]), "the same JSON as the local API");
 
-    pos.answer(
+    pos.answer_json(
         "till-1",
-        json!({"prompt": id, "option": "referral", "clerk": "c-9"})
-            .to_string()
-            .as_bytes(),
+        json!({"prompt": id, "option": "referral", "clerk": "c-9"}),
     )
     .await;
     let resolved = pos.take("till-1/resolved", |_| true).await;
@@ -259,7 +248,7 @@ async fn a_prompt_is_published_answered_over_mqtt_and_recorded() {
         resolved,
         json!({"id": id, "outcome": "answered", "answer": "referral"})
     );
-    wait_attributions(&gateway, 1).await;
+    gateway.wait_records("attribution", 1).await;
     assert!(gateway.stop().await.success());
 
     let records = store.dump();
@@ -298,13 +287,8 @@ async fn bad_answers_get_an_error_reply_and_a_later_good_answer_still_works() {
         .await;
     assert_eq!(reply["error"], "unknown prompt");
 
-    pos.answer(
-        "till-1",
-        json!({"prompt": id, "option": "tv-ad"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    pos.answer_json("till-1", json!({"prompt": id, "option": "tv-ad"}))
+        .await;
     let reply = pos
         .take("till-1/answer/error", |r| r["prompt"] == id.as_str())
         .await;
@@ -327,31 +311,21 @@ async fn bad_answers_get_an_error_reply_and_a_later_good_answer_still_works() {
 
     // The gateway is unharmed and the prompt still open: a good answer is taken.
     assert_eq!(gateway.get("/healthz").await.unwrap().0, 200);
-    pos.answer(
-        "till-1",
-        json!({"prompt": id, "option": "doctor"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    pos.answer_json("till-1", json!({"prompt": id, "option": "doctor"}))
+        .await;
     let resolved = pos.take("till-1/resolved", |_| true).await;
     assert_eq!(resolved["outcome"], "answered");
     assert_eq!(resolved["answer"], "doctor");
 
     // A second, different answer to the resolved prompt is refused.
-    pos.answer(
-        "till-1",
-        json!({"prompt": id, "option": "poster"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    pos.answer_json("till-1", json!({"prompt": id, "option": "poster"}))
+        .await;
     let reply = pos
         .take("till-1/answer/error", |r| r["prompt"] == id.as_str())
         .await;
     assert_eq!(reply["error"], "prompt already resolved");
 
-    wait_attributions(&gateway, 1).await;
+    gateway.wait_records("attribution", 1).await;
     assert!(gateway.stop().await.success());
     let records = store.dump();
     let attributions = of_kind(&records, "attribution");
@@ -426,13 +400,8 @@ async fn the_channel_reconnects_and_resubscribes_after_broker_restarts() {
     broker.restart();
     pos.wait_subscribed(subscriptions + 1).await;
     pos.wait_gateway_subscribed("till-1").await;
-    pos.answer(
-        "till-1",
-        json!({"prompt": first, "option": "poster"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    pos.answer_json("till-1", json!({"prompt": first, "option": "poster"}))
+        .await;
     let resolved = pos
         .take("till-1/resolved", |r| r["id"] == first.as_str())
         .await;
@@ -452,19 +421,14 @@ async fn the_channel_reconnects_and_resubscribes_after_broker_restarts() {
     // The POS's own session is gone too; it subscribes again after reconnecting.
     pos.wait_subscribed(subscriptions + 2).await;
     pos.wait_gateway_subscribed("till-1").await;
-    pos.answer(
-        "till-1",
-        json!({"prompt": second, "option": "doctor"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    pos.answer_json("till-1", json!({"prompt": second, "option": "doctor"}))
+        .await;
     let resolved = pos
         .take("till-1/resolved", |r| r["id"] == second.as_str())
         .await;
     assert_eq!(resolved["answer"], "doctor");
 
-    wait_attributions(&gateway, 2).await;
+    gateway.wait_records("attribution", 2).await;
     assert!(gateway.stop().await.success());
     let records = store.dump();
     let answers: Vec<(&Value, &Value)> = of_kind(&records, "attribution")
@@ -511,18 +475,13 @@ async fn the_gateway_starts_without_its_broker_and_the_channel_works_once_it_is_
     broker.restart();
     pos.wait_subscribed(subscriptions + 1).await;
     pos.wait_gateway_subscribed("till-1").await;
-    pos.answer(
-        "till-1",
-        json!({"prompt": id, "option": "doctor"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    pos.answer_json("till-1", json!({"prompt": id, "option": "doctor"}))
+        .await;
     let resolved = pos
         .take("till-1/resolved", |r| r["id"] == id.as_str())
         .await;
     assert_eq!(resolved["outcome"], "answered");
-    wait_attributions(&gateway, 1).await;
+    gateway.wait_records("attribution", 1).await;
     assert!(gateway.stop().await.success());
     let records = store.dump();
     let attributions = of_kind(&records, "attribution");

@@ -111,15 +111,6 @@ pub async fn post(gateway: &Gateway, path: &str, body: &str) -> (u16, Value) {
     )
 }
 
-async fn wait_attributions(gateway: &Gateway, n: u64) {
-    gateway
-        .wait_for(&format!("{n} attribution records"), |g| async move {
-            g.metric("posgw_records_total{kind=\"attribution\"}").await >= n as f64
-        })
-        .await;
-    gateway.wait_durable().await;
-}
-
 #[tokio::test]
 async fn a_targeted_scan_opens_a_prompt_on_the_event_stream_and_an_answer_is_recorded() {
     let store = campaign_store("120s");
@@ -218,7 +209,7 @@ async fn a_targeted_scan_opens_a_prompt_on_the_event_stream_and_an_answer_is_rec
         409,
         "already resolved"
     );
-    wait_attributions(&gateway, 1).await;
+    gateway.wait_records("attribution", 1).await;
     assert_eq!(
         gateway
             .metric("posgw_prompts_total{outcome=\"answered\"}")
@@ -279,7 +270,7 @@ async fn an_answer_card_answers_the_oldest_prompt_and_never_reaches_the_pos() {
     // A card with no prompt open is ignored (logged), and still not passed through.
     scanner.send(b"]C0ATTR-POSTER\r\n]E469012341\r\n").await;
     gateway.wait_scans_durable(5).await;
-    wait_attributions(&gateway, 1).await;
+    gateway.wait_records("attribution", 1).await;
 
     // The POS received the product scans byte for byte, and no answer card.
     let expected = b"]E06901234567892\r\n]E06901234567892\r\n]E469012341\r\n";
@@ -332,7 +323,7 @@ async fn an_unanswered_prompt_times_out_into_a_record() {
     assert_eq!(resolved["id"], prompt["id"]);
     assert_eq!(resolved["outcome"], "timeout");
     assert!(started.elapsed() >= Duration::from_millis(900));
-    wait_attributions(&gateway, 1).await;
+    gateway.wait_records("attribution", 1).await;
     assert!(gateway.stop().await.success());
     let records = store.dump();
     let a = &of_kind(&records, "attribution")[0]["data"];
@@ -369,7 +360,7 @@ async fn an_open_prompt_survives_a_restart_and_can_be_answered_after_it() {
     )
     .await;
     assert_eq!(code, 200);
-    wait_attributions(&gateway, 1).await;
+    gateway.wait_records("attribution", 1).await;
     assert!(gateway.stop().await.success());
     let records = store.dump();
     let a = &of_kind(&records, "attribution")[0]["data"];

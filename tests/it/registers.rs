@@ -24,18 +24,6 @@ fn add_register(store: &Store, profile: &str, extra: &str) {
     ));
 }
 
-/// Waits until `n` records of `kind` were appended and everything appended is durable.
-async fn wait_kind(gateway: &Gateway, kind: &str, n: u64) {
-    let series = format!("posgw_records_total{{kind=\"{kind}\"}}");
-    gateway
-        .wait_for(&format!("{n} {kind} record(s)"), |g| {
-            let series = series.clone();
-            async move { g.metric(&series).await >= n as f64 }
-        })
-        .await;
-    gateway.wait_durable().await;
-}
-
 #[tokio::test]
 async fn the_printer_tap_passes_every_byte_on_and_records_the_receipt_as_a_sale() {
     let store = Store::new();
@@ -77,7 +65,7 @@ async fn the_printer_tap_passes_every_byte_on_and_records_the_receipt_as_a_sale(
         "byte-exact passthrough"
     );
 
-    wait_kind(&gateway, "sale", 2).await;
+    gateway.wait_records("sale", 2).await;
     assert!(gateway.stop().await.success());
     let records = store.dump();
     let sales = of_kind(&records, "sale");
@@ -123,7 +111,7 @@ async fn a_register_sale_links_the_targeted_line_to_the_prompt_and_the_answer_na
                 .as_bytes(),
         )
         .await;
-    wait_kind(&gateway, "sale", 1).await;
+    gateway.wait_records("sale", 1).await;
     let response = client()
         .post(format!("{}/api/v1/prompts/{prompt}/answer", gateway.api))
         .json(&serde_json::json!({"option": "doctor", "clerk": "c-7"}))
@@ -259,7 +247,7 @@ async fn a_targeted_sale_answered_over_mqtt_is_linked_in_the_journal_dump() {
     )
     .await
     .expect("answer");
-    wait_kind(&gateway, "attribution", 1).await;
+    gateway.wait_records("attribution", 1).await;
 
     // The register prints the receipt; the printer gets it unchanged.
     let receipt = chinese_receipt("XS20261127-0042", "6901234567892");
@@ -270,7 +258,7 @@ async fn a_targeted_sale_answered_over_mqtt_is_linked_in_the_journal_dump() {
         .expect("printed in time")
         .expect("read the printer link");
     assert_eq!(printed, receipt);
-    wait_kind(&gateway, "sale", 1).await;
+    gateway.wait_records("sale", 1).await;
     assert!(gateway.stop().await.success());
 
     let records = store.dump();
@@ -328,7 +316,7 @@ async fn a_receipt_that_never_gets_its_cut_is_closed_after_the_silence_with_a_no
     let receipt = chinese_receipt("XS-0001", "6901234567892");
     // Everything but the cut (`GS V 0`, the last three bytes).
     register.send(&receipt[..receipt.len() - 3]).await;
-    wait_kind(&gateway, "sale", 1).await;
+    gateway.wait_records("sale", 1).await;
     assert!(gateway.stop().await.success());
 
     let records = store.dump();
