@@ -123,14 +123,10 @@ impl MqttDevices {
             Err(error) => {
                 let detail = format!("cannot connect to the broker: {error:#}");
                 tracing::error!("mqtt devices: {detail}");
-                for device in &self.devices {
-                    set_state(device, ConnectionState::Disconnected, &detail);
-                    self.send(DeviceEvent::Error {
-                        device: device.info.clone(),
-                        detail: detail.clone(),
-                    })
-                    .await;
-                }
+                self.all_devices(ConnectionState::Disconnected, &detail, |device, detail| {
+                    DeviceEvent::Error { device, detail }
+                })
+                .await;
                 return;
             }
         };
@@ -234,14 +230,12 @@ impl MqttDevices {
                     if connected || starting {
                         let detail = format!("broker {}: {error}", self.settings.url);
                         tracing::warn!("mqtt devices: {detail}; reconnecting");
-                        for device in &self.devices {
-                            set_state(device, ConnectionState::Disconnected, &detail);
-                            self.send(DeviceEvent::Disconnected {
-                                device: device.info.clone(),
-                                detail: detail.clone(),
-                            })
-                            .await;
-                        }
+                        self.all_devices(
+                            ConnectionState::Disconnected,
+                            &detail,
+                            |device, detail| DeviceEvent::Disconnected { device, detail },
+                        )
+                        .await;
                     }
                     connected = false;
                     let delay = retry.next().unwrap_or(RETRY_MAX);
@@ -267,6 +261,20 @@ impl MqttDevices {
         let _ = tokio::time::timeout(SHUTDOWN_ACKS, drain).await;
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(200), event_loop.poll()).await;
+    }
+
+    /// Puts every device in `state` and tells the core, one `event` each.
+    async fn all_devices(
+        &self,
+        state: ConnectionState,
+        detail: &str,
+        event: fn(Arc<DeviceInfo>, String) -> DeviceEvent,
+    ) {
+        for device in &self.devices {
+            set_state(device, state, detail);
+            self.send(event(device.info.clone(), detail.to_owned()))
+                .await;
+        }
     }
 
     async fn send(&self, event: DeviceEvent) {
