@@ -190,6 +190,7 @@ mod floor;
 mod offline;
 pub mod record;
 mod salvage;
+mod segments;
 mod store;
 mod writer;
 

@@ -103,7 +103,7 @@ fn ts_of(bytes: &[u8]) -> Option<String> {
 
 /// Figures of the journal in `data_dir` (the gateway must be stopped).
 pub fn offline_stats(data_dir: &Path) -> Result<OfflineStats, JournalError> {
-    let store = open_existing(data_dir)?;
+    let mut store = open_existing(data_dir)?;
     let oldest_ts = store.edge_record(false)?.as_deref().and_then(ts_of);
     let newest_ts = store.edge_record(true)?.as_deref().and_then(ts_of);
     Ok(OfflineStats {
@@ -127,15 +127,15 @@ pub fn dump(
     dead: bool,
     out: &mut dyn std::io::Write,
 ) -> Result<u64, JournalError> {
-    let store = open_existing(data_dir)?;
+    let mut store = open_existing(data_dir)?;
     let mut written = 0u64;
-    for record in store.iter(dead) {
-        let record = record?;
+    store.for_each_record(dead, &mut |record| {
         out.write_all(&record.bytes)
             .and_then(|()| out.write_all(b"\n"))
             .map_err(|err| JournalError::io("cannot write the dump", err))?;
         written += 1;
-    }
+        Ok(())
+    })?;
     out.flush()
         .map_err(|err| JournalError::io("cannot write the dump", err))?;
     Ok(written)
@@ -150,7 +150,7 @@ pub fn identity(data_dir: &Path) -> Result<Option<(String, String)>, JournalErro
         store: String,
         gateway: String,
     }
-    let store = match open_existing(data_dir) {
+    let mut store = match open_existing(data_dir) {
         Ok(store) => store,
         Err(JournalError::Missing { .. }) => return Ok(None),
         Err(error) => return Err(error),

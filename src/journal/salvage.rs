@@ -27,9 +27,10 @@ use serde_json::value::RawValue;
 use super::error::JournalError;
 use super::offline::folders_with_prefix;
 use super::record::{Kind, RecordHead};
+use super::segments::Log;
 use super::store::{
     open_db, open_or_replace, run_guarded, OpenFailure, Replaced, Store, DEAD_REASON_TREE,
-    DEAD_TREE, JOURNAL_DIR, QUARANTINE_PREFIX, RECORDS_TREE, SALVAGED_PREFIX,
+    DEAD_TREE, JOURNAL_DIR, META_ACKED, QUARANTINE_PREFIX, RECORDS_TREE, SALVAGED_PREFIX,
 };
 use super::writer::{replaced_event, JournalConfig};
 
@@ -214,7 +215,7 @@ pub fn salvage(data_dir: &Path, config: &JournalConfig) -> Result<SalvageReport,
             .map_err(|err| JournalError::InvalidData(err.to_string()))?;
         store.append(Kind::Gateway, &raw)?;
     }
-    let mut known = live_ids(&store)?;
+    let mut known = live_ids(&mut store)?;
     // Salvaged records go after the live ones with their own (older) seqs; record what this
     // epoch has issued so far first, so recovery never mistakes them for the newest live record.
     store.protect_floors()?;
@@ -236,14 +237,15 @@ pub fn salvage(data_dir: &Path, config: &JournalConfig) -> Result<SalvageReport,
 }
 
 /// Ids present in the live journal (records and dead-letter set).
-fn live_ids(store: &Store) -> Result<HashSet<String>, JournalError> {
+fn live_ids(store: &mut Store) -> Result<HashSet<String>, JournalError> {
     let mut ids = HashSet::new();
     for dead in [false, true] {
-        for record in store.iter(dead) {
-            if let Some(head) = RecordHead::parse(&record?.bytes) {
+        store.for_each_record(dead, &mut |record| {
+            if let Some(head) = RecordHead::parse(&record.bytes) {
                 ids.insert(head.id.into_owned());
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(ids)
 }
@@ -384,7 +386,7 @@ fn read_with_sled(folder: &Path, copy: &Path) -> Result<SledRead, String> {
             _ => {}
         }
         match open_db(copy) {
-            Ok(db) => return Ok(read_items(db, how)),
+            Ok(db) => return Ok(read_items(db, copy.to_path_buf(), how)),
             Err(OpenFailure::Damaged(reason) | OpenFailure::Environment(reason)) => {
                 last_error = reason;
             }
@@ -423,11 +425,12 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Reads the meta, records and dead records of an opened quarantined database on a guarded
 /// thread. Items come back over a channel as they are read, so a sled panic halfway keeps what
 /// came before it.
-fn read_items(db: sled::Db, how: &'static str) -> SledRead {
+fn read_items(db: sled::Db, folder: PathBuf, how: &'static str) -> SledRead {
     let (send, receive) = std::sync::mpsc::channel();
     let reader = run_guarded("reading a quarantined journal", move || {
         let floor = read_floor(&db);
         let mut clean = read_tree(&db, RECORDS_TREE, None, &send);
+        clean &= read_segments(&db, &folder, &send);
         let reasons = db.open_tree(DEAD_REASON_TREE).ok();
         clean &= read_tree(&db, DEAD_TREE, reasons.as_ref(), &send);
         Ok((clean, floor))
@@ -460,6 +463,32 @@ fn read_floor(db: &sled::Db) -> Option<(String, u64)> {
         None => 0,
     };
     Some((epoch, floor))
+}
+
+/// Sends every record of the record log in `folder` above what HQ acknowledged (from meta).
+/// Returns false if the log ends in a damaged frame (the raw scan looks beyond it).
+fn read_segments(db: &sled::Db, folder: &Path, send: &std::sync::mpsc::Sender<Salvaged>) -> bool {
+    let acked = db
+        .open_tree("meta")
+        .ok()
+        .and_then(|meta| meta.get(META_ACKED).ok().flatten())
+        .and_then(|value| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?)))
+        .unwrap_or(0);
+    let Ok((mut log, ending)) = Log::open(folder) else {
+        let _ = send.send(Salvaged::Unreadable);
+        return false;
+    };
+    let read = log.read(acked, u64::MAX, &mut |_, bytes| {
+        let item = match record_envelope(bytes) {
+            Some((id, _, _)) => Salvaged::Record {
+                bytes: bytes.to_vec(),
+                id,
+            },
+            None => Salvaged::Unreadable,
+        };
+        send.send(item).is_ok()
+    });
+    read.is_ok() && ending.cut.is_none()
 }
 
 /// Sends every item of one tree; `reasons` set means it is the dead-letter tree. Returns false

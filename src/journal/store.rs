@@ -1,9 +1,11 @@
-//! The synchronous journal core: the lock file, opening sled defensively, the trees and meta,
-//! recovering the counters, quarantining a damaged journal, and the blocking operations (append,
-//! read, remove, dead-letter, flush) that the actor and the offline commands share.
+//! The synchronous journal core: the lock file, opening sled and the record log defensively,
+//! the meta, recovering the counters, quarantining a damaged journal, and the blocking
+//! operations (append, read, remove, dead-letter, flush) that the actor and the offline
+//! commands share.
 //!
-//! Nothing here is async; the actor calls the quick operations inline and runs `Db::flush` on a
-//! blocking thread. See the module doc of `journal` for the invariants this code keeps.
+//! Nothing here is async; the actor calls the quick operations inline and runs the fsyncs
+//! ([`FlushJob`]) on a blocking thread. See the module doc of `journal` for the invariants this
+//! code keeps.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use super::clock::{Clock, ClockStamp};
 use super::error::JournalError;
 use super::floor::{self, Floor};
 use super::record::{check_data_is_object, json_string, Kind, RecordEncoder, RecordHead};
+use super::segments::{Log, Mark, SyncJob};
 
 /// Name of the sled folder inside `data_dir`.
 pub(crate) const JOURNAL_DIR: &str = "journal";
@@ -26,7 +29,8 @@ pub(crate) const QUARANTINE_PREFIX: &str = "quarantine-";
 /// Prefix a quarantine folder is renamed to once salvage has copied what it could.
 pub(crate) const SALVAGED_PREFIX: &str = "salvaged-";
 
-/// Tree of records: position (u64 big-endian) -> record JSON bytes.
+/// Tree of records of format 1 journals: position (u64 big-endian) -> record JSON bytes. Format 2
+/// keeps records in the log (`segments`); an old journal's records are moved there at open.
 pub(crate) const RECORDS_TREE: &str = "records";
 /// Tree of dead-lettered records: original position -> record JSON bytes.
 pub(crate) const DEAD_TREE: &str = "dead";
@@ -43,22 +47,22 @@ const META_EPOCH: &[u8] = b"epoch";
 const META_SEQ_FLOOR: &[u8] = b"seq_floor";
 /// Meta key: a position already used (u64 BE); the next position is above it.
 const META_POSITION_FLOOR: &[u8] = b"position_floor";
+/// Meta key: every record at or below this position (u64 BE) was acknowledged by HQ and is
+/// gone from the backlog, even while its segment file is still on disk.
+pub(crate) const META_ACKED: &[u8] = b"acked";
 /// Meta key: the backlog figures (records, bytes, dead records: 3 x u64 BE) as of a clean close.
 /// Written last on close and removed at open before anything else is written, so when it is
 /// there it describes the journal exactly (sled recovers a prefix of its log, never later writes
 /// without earlier ones) and the open can skip counting every record: that scan alone left ~85
 /// MiB of sled pages resident with 1M records.
 const META_COUNTERS: &[u8] = b"counters";
-/// The only format this code writes and reads.
-const FORMAT_VERSION: &[u8] = b"1";
+/// The format this code writes: records in the log, metadata and dead letters in sled.
+const FORMAT_VERSION: &[u8] = b"2";
+/// The format before the record log: records in sled's `records` tree. Opened and converted.
+const FORMAT_SLED_RECORDS: &[u8] = b"1";
 
-/// sled's page cache size. The journal is written once and read once, so a small cache does:
-/// appends only touch the rightmost leaves. 8 MiB instead of 64 MiB took ~40 MiB off the peak
-/// RSS of the load generator at no measurable throughput cost (the gateway must stay under
-/// 40 MB while draining).
-const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
-/// Removals are applied in transactions of at most this many keys, to bound memory.
-const REMOVE_CHUNK: usize = 10_000;
+/// sled's page cache size. sled holds only metadata and dead letters now, so a small cache does.
+const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
 /// The exclusive flock on `data_dir/journal.lock`: the first line of defence against two
 /// processes using one journal, with a clear error instead of sled's.
@@ -326,26 +330,28 @@ pub(crate) struct LocalAppend {
     pub(crate) id: String,
 }
 
-/// An open journal: the sled database, its trees and the counters recovered from them.
-/// Owned by exactly one party (the actor, or an offline command).
+/// An open journal: the sled database (meta, dead letters), the record log and the counters
+/// recovered from them. Owned by exactly one party (the actor, or an offline command).
 pub(crate) struct Store {
     /// The database (cheap to clone; clones are used to fsync on a blocking thread).
     pub(crate) db: Db,
-    /// position -> record bytes.
-    records: Tree,
+    /// The records.
+    log: Log,
     /// position -> dead-lettered record bytes.
     dead: Tree,
     /// position -> dead-letter reason.
     dead_reason: Tree,
-    /// Metadata (epoch, floors).
+    /// Metadata (epoch, floors, acknowledged position).
     meta: Tree,
+    /// Every record at or below this position is acknowledged (gone from the backlog).
+    acked: u64,
     /// The journal's epoch.
     pub(crate) epoch: String,
     /// The seq the next appended record gets.
     pub(crate) next_seq: u64,
     /// The position the next stored record (appended or salvaged) gets.
     pub(crate) next_position: u64,
-    /// Records currently in the records tree.
+    /// Records in the backlog (in the log, above `acked`).
     pub(crate) backlog_records: u64,
     /// Total bytes of those records.
     pub(crate) backlog_bytes: u64,
@@ -359,8 +365,8 @@ pub(crate) struct Store {
     boot_json: String,
     /// Reused encoding buffer.
     buffer: Vec<u8>,
-    /// Set when a failed batch could not be taken back out of sled: records whose append was
-    /// reported failed may then survive, so the journal must stop accepting records.
+    /// Set when a failed batch could not be taken back out of the log: records whose append
+    /// was reported failed may then survive, so the journal must stop accepting records.
     pub(crate) broken: Option<String>,
     /// Where the floor file is kept current (`data_dir`); `None` for offline commands, which
     /// neither check nor write it.
@@ -386,7 +392,29 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Counters recovered from the trees while opening.
+/// What a flush must do, taken from the store by [`Store::flush_job`] and run on a blocking
+/// thread: fsync the log's files, then sled.
+pub(crate) struct FlushJob {
+    /// The log files and folder.
+    log: SyncJob,
+    /// The database.
+    db: Db,
+}
+
+impl FlushJob {
+    /// fsyncs the record log, then sled.
+    pub(crate) fn run(&self) -> Result<(), JournalError> {
+        self.log
+            .run()
+            .map_err(|err| JournalError::Flush(format!("record log: {err}")))?;
+        self.db
+            .flush()
+            .map_err(|err| JournalError::Flush(err.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Counters recovered while opening.
 struct Recovered {
     /// The epoch (created if the journal was empty and had none).
     epoch: String,
@@ -394,7 +422,9 @@ struct Recovered {
     next_seq: u64,
     /// The next position.
     next_position: u64,
-    /// Records in the records tree.
+    /// Acknowledged through this position.
+    acked: u64,
+    /// Records in the backlog.
     backlog_records: u64,
     /// Their bytes.
     backlog_bytes: u64,
@@ -404,7 +434,7 @@ struct Recovered {
 
 /// The trees of one database.
 struct Trees {
-    /// See [`Store::records`].
+    /// Format 1 records (moved to the log at open).
     records: Tree,
     /// See [`Store::dead`].
     dead: Tree,
@@ -428,11 +458,60 @@ fn open_trees(db: &Db) -> Result<Trees, OpenFailure> {
     })
 }
 
-/// Reads the meta and scans the trees to recover the counters, creating the meta of a new
-/// journal. Every inconsistency is reported as damage, and so is a journal that ends below
-/// `floor` (what was durable before: see `floor`).
-fn recover(db: &Db, trees: &Trees, floor: Option<&Floor>) -> Result<Recovered, OpenFailure> {
+/// Moves a format 1 journal's records from sled into the (empty) log, keeping their
+/// positions, makes them durable, then empties the tree and marks the journal format 2.
+fn convert_format_1(
+    db: &Db,
+    trees: &Trees,
+    log: &mut Log,
+    converted: u64,
+) -> Result<(), OpenFailure> {
+    let damaged = |what: &str, err: String| OpenFailure::Damaged(format!("{what}: {err}"));
+    let mut started = false;
+    for item in trees.records.range(position_key(converted + 1)..) {
+        let (key, value) =
+            item.map_err(|err| damaged("cannot read a format 1 record", err.to_string()))?;
+        let position = key_position(&key).ok_or_else(|| {
+            OpenFailure::Damaged(format!("record key of {} bytes, expected 8", key.len()))
+        })?;
+        if !started {
+            log.begin(position)
+                .map_err(|err| damaged("cannot convert format 1 records", err))?;
+            started = true;
+        }
+        log.append(position, &value)
+            .map_err(|err| damaged("cannot convert format 1 records", err))?;
+        log.end()
+            .map_err(|err| damaged("cannot convert format 1 records", err))?;
+    }
+    log.sync_job()
+        .and_then(|job| job.run().map_err(|err| err.to_string()))
+        .map_err(|err| damaged("cannot convert format 1 records", err))?;
+    trees
+        .records
+        .clear()
+        .map_err(|err| damaged("cannot clear format 1 records", err.to_string()))?;
+    trees
+        .meta
+        .insert(META_FORMAT, FORMAT_VERSION)
+        .map_err(|err| damaged("cannot write the format", err.to_string()))?;
+    db.flush()
+        .map_err(|err| damaged("cannot flush the converted journal", err.to_string()))?;
+    tracing::info!("journal converted to format 2 (records in segment files)");
+    Ok(())
+}
+
+/// Reads the meta and the log to recover the counters, creating the meta of a new journal.
+/// Every inconsistency is reported as damage, and so is a journal that ends below `floor` (what
+/// was durable before: see `floor`). Cuts the log at a write a crash interrupted.
+fn recover(
+    db: &Db,
+    trees: &Trees,
+    journal_dir: &Path,
+    floor: Option<&Floor>,
+) -> Result<(Log, Recovered), OpenFailure> {
     let damaged = |what: &str, err: sled::Error| OpenFailure::Damaged(format!("{what}: {err}"));
+    let (mut log, mut ending) = Log::open(journal_dir).map_err(OpenFailure::Damaged)?;
     let epoch = match trees.meta.get(META_EPOCH) {
         Err(err) => return Err(damaged("cannot read the epoch", err)),
         Ok(Some(value)) => {
@@ -445,9 +524,17 @@ fn recover(db: &Db, trees: &Trees, floor: Option<&Floor>) -> Result<Recovered, O
             }
             match trees.meta.get(META_FORMAT) {
                 Ok(Some(format)) if format.as_ref() == FORMAT_VERSION => {}
+                Ok(Some(format)) if format.as_ref() == FORMAT_SLED_RECORDS => {
+                    // A conversion a crash interrupted left some records in the log already.
+                    log.cut(&ending).map_err(OpenFailure::Environment)?;
+                    let converted = ending.last.as_ref().map_or(0, |(position, _)| *position);
+                    convert_format_1(db, trees, &mut log, converted)?;
+                    // Read the converted log again, as any other.
+                    (log, ending) = Log::open(journal_dir).map_err(OpenFailure::Damaged)?;
+                }
                 Ok(other) => {
                     return Err(OpenFailure::Damaged(format!(
-                        "meta format is {:?}, expected 1",
+                        "meta format is {:?}, expected 2",
                         other.map(|v| String::from_utf8_lossy(&v).into_owned())
                     )))
                 }
@@ -456,14 +543,14 @@ fn recover(db: &Db, trees: &Trees, floor: Option<&Floor>) -> Result<Recovered, O
             epoch
         }
         Ok(None) => {
-            let empty = trees.records.is_empty() && trees.dead.is_empty();
+            let empty = ending.last.is_none() && trees.records.is_empty() && trees.dead.is_empty();
             if !empty {
                 return Err(OpenFailure::Damaged(
                     "meta has no epoch but the journal holds records".to_string(),
                 ));
             }
             if let Some(floor) = floor.filter(|floor| floor.seq > 0 || floor.position > 0) {
-                // The folder existed and had made records durable; now sled finds nothing.
+                // The folder existed and had made records durable; now nothing is found.
                 return Err(OpenFailure::Damaged(format!(
                     "the journal has no epoch and no records but seq {} (position {}) of epoch \
                      {} was already durable ({}): records were lost",
@@ -490,42 +577,14 @@ fn recover(db: &Db, trees: &Trees, floor: Option<&Floor>) -> Result<Recovered, O
     };
     let seq_floor = meta_u64(&trees.meta, META_SEQ_FLOOR)?;
     let position_floor = meta_u64(&trees.meta, META_POSITION_FLOOR)?;
-
-    let (backlog_records, backlog_bytes, dead_records, last, last_dead_position) =
-        match trees.meta.get(META_COUNTERS) {
-            Ok(Some(counters)) if counters.len() == 24 => {
-                let figure = |at: usize| key_position(&counters[at..at + 8]).unwrap_or_default();
-                let (records, bytes, dead) = (figure(0), figure(8), figure(16));
-                // From now on the journal changes, so the figures would go stale.
-                trees
-                    .meta
-                    .remove(META_COUNTERS)
-                    .map_err(|err| damaged("cannot clear the saved counters", err))?;
-                let last = edge(&trees.records, "record")?;
-                let last_dead = edge(&trees.dead, "dead record")?;
-                (
-                    records,
-                    bytes,
-                    dead,
-                    last,
-                    last_dead.map_or(0, |(position, _)| position),
-                )
-            }
-            Ok(Some(counters)) => {
-                return Err(OpenFailure::Damaged(format!(
-                    "meta value counters is {} bytes, expected 24",
-                    counters.len()
-                )))
-            }
-            Ok(None) => count_trees(trees)?,
-            Err(err) => return Err(damaged("cannot read the saved counters", err)),
-        };
+    let acked = meta_u64(&trees.meta, META_ACKED)?;
 
     // Invariant (see the module doc): the last issued seq is the larger of seq_floor and the seq
     // of the last record when that record belongs to this epoch.
+    let last_dead_position = edge(&trees.dead, "dead record")?.map_or(0, |(position, _)| position);
     let mut last_seq = seq_floor;
     let mut last_position = position_floor.max(last_dead_position);
-    if let Some((position, bytes)) = &last {
+    if let Some((position, bytes)) = &ending.last {
         last_position = last_position.max(*position);
         let head = RecordHead::parse(bytes).ok_or_else(|| {
             OpenFailure::Damaged(format!(
@@ -540,16 +599,57 @@ fn recover(db: &Db, trees: &Trees, floor: Option<&Floor>) -> Result<Recovered, O
         }
     }
     if let Some(lost) = floor.and_then(|floor| floor.check(&epoch, last_seq, last_position)) {
-        return Err(OpenFailure::Damaged(lost));
+        let cut = ending
+            .cut
+            .as_ref()
+            .map(|cut| format!(" (the record log ends early: {})", cut.reason))
+            .unwrap_or_default();
+        return Err(OpenFailure::Damaged(format!("{lost}{cut}")));
     }
-    Ok(Recovered {
-        epoch,
-        next_seq: last_seq + 1,
-        next_position: last_position + 1,
-        backlog_records,
-        backlog_bytes,
-        dead_records,
-    })
+    if let Some(cut) = &ending.cut {
+        tracing::warn!(
+            reason = %cut.reason,
+            dropped_bytes = cut.dropped,
+            "the record log ends in a write a crash interrupted; cutting it there (those records \
+             were never confirmed durable)"
+        );
+    }
+    log.cut(&ending).map_err(OpenFailure::Environment)?;
+
+    let (backlog_records, backlog_bytes, dead_records) = match trees.meta.get(META_COUNTERS) {
+        Ok(Some(counters)) if counters.len() == 24 => {
+            let figure = |at: usize| key_position(&counters[at..at + 8]).unwrap_or_default();
+            // From now on the journal changes, so the figures would go stale.
+            trees
+                .meta
+                .remove(META_COUNTERS)
+                .map_err(|err| damaged("cannot clear the saved counters", err))?;
+            (figure(0), figure(8), figure(16))
+        }
+        Ok(Some(counters)) => {
+            return Err(OpenFailure::Damaged(format!(
+                "meta value counters is {} bytes, expected 24",
+                counters.len()
+            )))
+        }
+        Ok(None) => count(&mut log, acked, &trees.dead)?,
+        Err(err) => return Err(damaged("cannot read the saved counters", err)),
+    };
+    // Segments HQ acknowledged whose deletion a crash interrupted.
+    log.delete_through(acked)
+        .map_err(OpenFailure::Environment)?;
+    Ok((
+        log,
+        Recovered {
+            epoch,
+            next_seq: last_seq + 1,
+            next_position: last_position + 1,
+            acked,
+            backlog_records,
+            backlog_bytes,
+            dead_records,
+        },
+    ))
 }
 
 /// The last entry of `tree` (position and bytes), if any.
@@ -568,42 +668,23 @@ fn edge(tree: &Tree, what: &str) -> Result<Option<(u64, sled::IVec)>, OpenFailur
     }
 }
 
-/// Backlog figures and edges found by [`count_trees`]: records, bytes, dead records, the last
-/// record, the last dead position.
-type Counted = (u64, u64, u64, Option<(u64, sled::IVec)>, u64);
-
-/// One pass over both trees for the backlog figures (sled has no O(1) length), for an open
+/// Backlog records and bytes (the log above `acked`) and dead records, counted, for an open
 /// that has no saved counters (the journal was not closed cleanly).
-fn count_trees(trees: &Trees) -> Result<Counted, OpenFailure> {
-    let damaged = |what: &str, err: sled::Error| OpenFailure::Damaged(format!("{what}: {err}"));
-    let mut backlog_records = 0u64;
-    let mut backlog_bytes = 0u64;
-    let mut last: Option<(u64, sled::IVec)> = None;
-    for item in trees.records.iter() {
-        let (key, value) = item.map_err(|err| damaged("cannot read records", err))?;
-        let position = key_position(&key).ok_or_else(|| {
-            OpenFailure::Damaged(format!("record key of {} bytes, expected 8", key.len()))
-        })?;
-        backlog_records += 1;
-        backlog_bytes += value.len() as u64;
-        last = Some((position, value));
-    }
+fn count(log: &mut Log, acked: u64, dead: &Tree) -> Result<(u64, u64, u64), OpenFailure> {
+    let mut records = 0u64;
+    let mut bytes = 0u64;
+    log.read(acked, u64::MAX, &mut |_, payload| {
+        records += 1;
+        bytes += payload.len() as u64;
+        true
+    })
+    .map_err(OpenFailure::Damaged)?;
     let mut dead_records = 0u64;
-    let mut last_dead_position = 0u64;
-    for item in trees.dead.iter() {
-        let (key, _) = item.map_err(|err| damaged("cannot read dead records", err))?;
-        last_dead_position = key_position(&key).ok_or_else(|| {
-            OpenFailure::Damaged(format!("dead key of {} bytes, expected 8", key.len()))
-        })?;
+    for item in dead.iter() {
+        item.map_err(|err| OpenFailure::Damaged(format!("cannot read dead records: {err}")))?;
         dead_records += 1;
     }
-    Ok((
-        backlog_records,
-        backlog_bytes,
-        dead_records,
-        last,
-        last_dead_position,
-    ))
+    Ok((records, bytes, dead_records))
 }
 
 /// Opens (or creates) the journal in `journal_dir` while `lock` is held. Runs entirely on a
@@ -620,10 +701,10 @@ pub(crate) fn open_store(
     let opened = run_guarded("opening the journal", move || {
         let db = open_sled(&path)?;
         let trees = open_trees(&db)?;
-        let recovered = recover(&db, &trees, floor.as_ref())?;
-        Ok((db, trees, recovered))
+        let (log, recovered) = recover(&db, &trees, &path, floor.as_ref())?;
+        Ok((db, trees, log, recovered))
     });
-    let (db, trees, recovered) = match opened {
+    let (db, trees, log, recovered) = match opened {
         Ok(parts) => parts,
         Err(failure) => return Err((failure, lock)),
     };
@@ -631,10 +712,11 @@ pub(crate) fn open_store(
     let boot_json = json_string(clock.boot_id());
     Ok(Store {
         db,
-        records: trees.records,
+        log,
         dead: trees.dead,
         dead_reason: trees.dead_reason,
         meta: trees.meta,
+        acked: recovered.acked,
         encoder: RecordEncoder::new(store, gateway, &recovered.epoch),
         epoch: recovered.epoch,
         next_seq: recovered.next_seq,
@@ -774,7 +856,7 @@ pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
 }
 
 impl Store {
-    /// Appends a new record of this journal; it is in sled but not yet durable.
+    /// Appends a new record of this journal; it is in the log but not yet durable.
     pub(crate) fn append(
         &mut self,
         kind: Kind,
@@ -784,8 +866,16 @@ impl Store {
         let seq = self.next_seq;
         let position = self.next_position;
         let stamp = self.clock.stamp();
-        let bytes = self.insert_record(seq, position, &stamp, kind, data)?;
-        // Only advance once sled accepted the record: a failed insert must not burn a seq.
+        let mark = self.begin()?;
+        let bytes = match self.insert_record(seq, position, &stamp, kind, data) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.roll_back(mark);
+                return Err(err);
+            }
+        };
+        self.end()?;
+        // Only advance once the log took the record: a failed append must not burn a seq.
         self.next_seq += 1;
         self.next_position += 1;
         self.backlog_records += 1;
@@ -798,13 +888,8 @@ impl Store {
     }
 
     /// Appends several records of one kind with contiguous seqs and positions, all or nothing:
-    /// if sled refuses one, those already inserted are removed again and no seq is used. (If
-    /// even that removal fails, [`Store::broken`] is set.)
-    ///
-    /// The records are inserted one by one rather than with one `Tree::apply_batch`: with sled
-    /// 0.34.7, batches were slower than plain inserts here and, mixed with flushes, hung for
-    /// good (a segment truncation queued on sled's thread pool behind writers that wait for
-    /// the lock its waiter holds).
+    /// if one cannot be appended, the batch is taken back out of the log and no seq is used.
+    /// (If even that fails, [`Store::broken`] is set.)
     pub(crate) fn append_batch(
         &mut self,
         kind: Kind,
@@ -818,19 +903,21 @@ impl Store {
         let first_position = self.next_position;
         // The records are written together, so one clock stamp serves them all.
         let stamp = self.clock.stamp();
+        let mark = self.begin()?;
         let mut bytes = 0u64;
         for (offset, item) in (0u64..).zip(data) {
             let (seq, position) = (first_seq + offset, first_position + offset);
             match self.insert_record(seq, position, &stamp, kind, item) {
                 Ok(size) => bytes += size,
                 Err(err) => {
-                    self.roll_back(first_position, offset);
+                    self.roll_back(mark);
                     return Err(err);
                 }
             }
         }
+        self.end()?;
         let count = data.len() as u64;
-        // As for one record: advance only once sled accepted all of them.
+        // As for one record: advance only once the log took all of them.
         self.next_seq += count;
         self.next_position += count;
         self.backlog_records += count;
@@ -842,21 +929,44 @@ impl Store {
         })
     }
 
-    /// Removes the `count` records a failed batch inserted from `first_position` on.
-    fn roll_back(&mut self, first_position: u64, count: u64) {
-        for position in first_position..first_position + count {
-            if let Err(err) = self.remove_bytes(position) {
-                let reason = format!(
-                    "cannot take back the records of a failed batch (position {position}): {err}"
-                );
-                tracing::error!(%reason, "journal storage failed");
-                self.broken = Some(reason);
-                return;
+    /// Starts appending at `next_position` (a new segment if the current one is full).
+    fn begin(&mut self) -> Result<Mark, JournalError> {
+        self.log
+            .begin(self.next_position)
+            .map_err(|err| JournalError::storage("appending a record", err))
+    }
+
+    /// Ends an append (hands big buffers to the kernel).
+    fn end(&mut self) -> Result<(), JournalError> {
+        self.log
+            .end()
+            .map_err(|err| JournalError::storage("appending a record", err))
+    }
+
+    /// Takes back the records of a failed append.
+    fn roll_back(&mut self, mark: Mark) {
+        let result = {
+            #[cfg(test)]
+            {
+                if self.faults.fail_rollback {
+                    Err("injected failure".to_string())
+                } else {
+                    self.log.reset(mark)
+                }
             }
+            #[cfg(not(test))]
+            {
+                self.log.reset(mark)
+            }
+        };
+        if let Err(err) = result {
+            let reason = format!("cannot take back the records of a failed batch: {err}");
+            tracing::error!(%reason, "journal storage failed");
+            self.broken = Some(reason);
         }
     }
 
-    /// Encodes one record of this journal and inserts it at `position`; returns its size.
+    /// Encodes one record of this journal and appends it at `position`; returns its size.
     /// Does not touch the counters.
     fn insert_record(
         &mut self,
@@ -876,39 +986,30 @@ impl Store {
         Ok(bytes)
     }
 
-    /// The sled removal of a record a failed batch inserted (with the test-only fault injection
-    /// in front of it).
-    fn remove_bytes(&mut self, position: u64) -> sled::Result<()> {
-        #[cfg(test)]
-        if self.faults.fail_rollback {
-            return Err(sled::Error::Unsupported("injected failure".to_string()));
-        }
-        self.records.remove(position_key(position))?;
-        Ok(())
-    }
-
-    /// The sled insert of a record (with the test-only fault injection in front of it).
-    fn insert_bytes(&mut self, position: u64, bytes: &[u8]) -> sled::Result<()> {
+    /// The log append of a record (with the test-only fault injection in front of it).
+    fn insert_bytes(&mut self, position: u64, bytes: &[u8]) -> Result<(), String> {
         #[cfg(test)]
         if let Some(left) = self.faults.inserts_before_failure.as_mut() {
             if *left == 0 {
-                // One failure, then sled works again.
+                // One failure, then the log works again.
                 self.faults.inserts_before_failure = None;
-                return Err(sled::Error::Unsupported("injected failure".to_string()));
+                return Err("injected failure".to_string());
             }
             *left -= 1;
         }
-        self.records.insert(position_key(position), bytes)?;
-        Ok(())
+        self.log.append(position, bytes)
     }
 
     /// Stores an existing record's bytes at the next position (salvage); its seq is its own.
     /// Call [`Store::protect_floors`] once before a series of these.
     pub(crate) fn append_foreign(&mut self, bytes: &[u8]) -> Result<u64, JournalError> {
         let position = self.next_position;
-        self.records
-            .insert(position_key(position), bytes)
-            .map_err(|err| JournalError::storage("copying a salvaged record", err))?;
+        let mark = self.begin()?;
+        if let Err(err) = self.log.append(position, bytes) {
+            self.roll_back(mark);
+            return Err(JournalError::storage("copying a salvaged record", err));
+        }
+        self.end()?;
         self.next_position += 1;
         self.backlog_records += 1;
         self.backlog_bytes += bytes.len() as u64;
@@ -937,11 +1038,12 @@ impl Store {
         Ok(position)
     }
 
-    /// The meta batch recording the seq and position issued so far.
+    /// The meta batch recording the seq and position issued so far, and what HQ acknowledged.
     fn floors_batch(&self) -> Batch {
         let mut batch = Batch::default();
         batch.insert(META_SEQ_FLOOR, &position_key(self.next_seq - 1));
         batch.insert(META_POSITION_FLOOR, &position_key(self.next_position - 1));
+        batch.insert(META_ACKED, &position_key(self.acked));
         batch
     }
 
@@ -954,127 +1056,129 @@ impl Store {
             .map_err(|err| JournalError::storage("writing the journal floors", err))
     }
 
+    /// Writes the floors and makes them durable now: before a record is taken out of the log
+    /// by a rewrite (which could take away the last record, the other source of the next seq).
+    fn protect_floors_now(&self) -> Result<(), JournalError> {
+        self.protect_floors()?;
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|err| JournalError::Flush(err.to_string()))
+    }
+
     /// Up to `max_records` records after `after_position` and at or before `until_position`,
     /// stopping before `max_bytes` would be exceeded (but always at least one record).
     pub(crate) fn read(
-        &self,
+        &mut self,
         after_position: u64,
         until_position: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, JournalError> {
         let mut out = Vec::new();
-        if after_position >= until_position || max_records == 0 {
+        if max_records == 0 {
             return Ok(out);
         }
         let mut total = 0usize;
-        let range = position_key(after_position + 1)..=position_key(until_position);
-        for item in self.records.range(range) {
-            let (key, value) = item.map_err(|err| JournalError::storage("reading records", err))?;
-            if !out.is_empty() && total + value.len() > max_bytes {
-                break;
-            }
-            total += value.len();
-            out.push(StoredRecord {
-                position: key_position(&key).unwrap_or_default(),
-                bytes: value.to_vec(),
-            });
-            if out.len() >= max_records {
-                break;
-            }
-        }
+        self.log
+            .read(
+                after_position.max(self.acked),
+                until_position,
+                &mut |position, bytes| {
+                    if !out.is_empty() && total + bytes.len() > max_bytes {
+                        return false;
+                    }
+                    total += bytes.len();
+                    out.push(StoredRecord {
+                        position,
+                        bytes: bytes.to_vec(),
+                    });
+                    out.len() < max_records
+                },
+            )
+            .map_err(|err| JournalError::storage("reading records", err))?;
         Ok(out)
     }
 
     /// Deletes every record at or before `position`; returns how many were removed.
+    ///
+    /// The acknowledged position is written with the floors in one sled batch; whole segments
+    /// below it are deleted (never the last one).
     pub(crate) fn remove_through(&mut self, position: u64) -> Result<u64, JournalError> {
-        let mut removed = 0u64;
-        loop {
-            let mut keys = Vec::new();
-            let mut bytes = 0u64;
-            for item in self.records.range(..=position_key(position)) {
-                let (key, value) =
-                    item.map_err(|err| JournalError::storage("reading records to remove", err))?;
-                bytes += value.len() as u64;
-                keys.push(key);
-                if keys.len() >= REMOVE_CHUNK {
-                    break;
-                }
-            }
-            if keys.is_empty() {
-                return Ok(removed);
-            }
-            removed += keys.len() as u64;
-            self.remove_keys(&keys, bytes, "removing records")?;
+        if position <= self.acked {
+            return Ok(0);
         }
-    }
-
-    /// Removes `keys` (records of `bytes` in all) together with the floors, in one sled
-    /// transaction, and updates the backlog figures.
-    fn remove_keys(
-        &mut self,
-        keys: &[sled::IVec],
-        bytes: u64,
-        context: &'static str,
-    ) -> Result<(), JournalError> {
-        let mut batch = Batch::default();
-        for key in keys {
-            batch.remove(key.clone());
-        }
-        let floors = self.floors_batch();
-        // The floors and the removal land atomically (one sled transaction), so there is no
-        // crash point where the records are gone but the floors do not cover them.
-        (&self.records, &self.meta)
-            .transaction(|(records, meta)| {
-                meta.apply_batch(&floors)?;
-                records.apply_batch(&batch)?;
-                Ok(())
+        let (mut removed, mut bytes) = (0u64, 0u64);
+        self.log
+            .read(self.acked, position, &mut |_, payload| {
+                removed += 1;
+                bytes += payload.len() as u64;
+                true
             })
-            .map_err(|err: sled::transaction::TransactionError<()>| {
-                JournalError::storage(context, format!("{err:?}"))
-            })?;
-        self.backlog_records = self.backlog_records.saturating_sub(keys.len() as u64);
+            .map_err(|err| JournalError::storage("reading records to remove", err))?;
+        let before = self.acked;
+        self.acked = position;
+        if let Err(err) = self.protect_floors() {
+            self.acked = before;
+            return Err(err);
+        }
+        self.backlog_records = self.backlog_records.saturating_sub(removed);
         self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
-        Ok(())
+        self.log
+            .delete_through(position)
+            .map_err(|err| JournalError::storage("removing records", err))?;
+        Ok(removed)
     }
 
     /// Deletes the oldest `scan` and `device` records (position order), at most `max_records`,
     /// until the backlog is at most `target_bytes`; other kinds are never evicted. Returns what
-    /// it removed (nothing once no scan or device record is left). Like removal, it writes the
-    /// floors in the same transaction, so evicted seqs are never issued again.
+    /// it removed (nothing once no scan or device record is left). The floors are made durable
+    /// first, so evicted seqs are never issued again.
     pub(crate) fn evict(
         &mut self,
         target_bytes: u64,
         max_records: usize,
     ) -> Result<Eviction, JournalError> {
         let mut eviction = Eviction::default();
-        let mut keys = Vec::new();
+        let mut positions = Vec::new();
         let mut bytes = 0u64;
         let mut scanned_to = None;
-        for item in self.records.range(position_key(self.evict_from)..) {
-            if self.backlog_bytes.saturating_sub(bytes) <= target_bytes || keys.len() >= max_records
-            {
-                break;
-            }
-            let (key, value) =
-                item.map_err(|err| JournalError::storage("reading records to evict", err))?;
-            scanned_to = key_position(&key);
-            let Some(head) = RecordHead::parse(&value) else {
-                continue;
-            };
-            if !matches!(head.kind.as_deref(), Some("scan" | "device")) {
-                continue;
-            }
-            if eviction.first_id.is_none() {
-                eviction.first_id = Some(head.id.to_string());
-            }
-            eviction.last_id = Some(head.id.into_owned());
-            bytes += value.len() as u64;
-            keys.push(key);
-        }
-        if !keys.is_empty() {
-            self.remove_keys(&keys, bytes, "evicting records")?;
-            eviction.records = keys.len() as u64;
+        let backlog_bytes = self.backlog_bytes;
+        self.log
+            .read(
+                self.evict_from.saturating_sub(1).max(self.acked),
+                u64::MAX,
+                &mut |position, value| {
+                    if backlog_bytes.saturating_sub(bytes) <= target_bytes
+                        || positions.len() >= max_records
+                    {
+                        return false;
+                    }
+                    scanned_to = Some(position);
+                    let Some(head) = RecordHead::parse(value) else {
+                        return true;
+                    };
+                    if !matches!(head.kind.as_deref(), Some("scan" | "device")) {
+                        return true;
+                    }
+                    if eviction.first_id.is_none() {
+                        eviction.first_id = Some(head.id.to_string());
+                    }
+                    eviction.last_id = Some(head.id.into_owned());
+                    bytes += value.len() as u64;
+                    positions.push(position);
+                    true
+                },
+            )
+            .map_err(|err| JournalError::storage("reading records to evict", err))?;
+        if !positions.is_empty() {
+            self.protect_floors_now()?;
+            self.log
+                .drop_frames(&positions)
+                .map_err(|err| JournalError::storage("evicting records", err))?;
+            self.backlog_records = self.backlog_records.saturating_sub(positions.len() as u64);
+            self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+            eviction.records = positions.len() as u64;
             eviction.bytes = bytes;
         }
         // Only once the removal succeeded: a failed one leaves its records to the next pass.
@@ -1084,60 +1188,82 @@ impl Store {
         Ok(eviction)
     }
 
-    /// Moves the record at `position` to the dead-letter set with `reason`.
+    /// Moves the record at `position` to the dead-letter set with HQ's reason: the dead letter
+    /// and the floors are made durable first, then the record is taken out of the log (a crash
+    /// in between leaves it in both, and it is sent once more).
     pub(crate) fn move_to_dead(&mut self, position: u64, reason: &str) -> Result<(), JournalError> {
-        let key = position_key(position);
-        let Some(bytes) = self
-            .records
-            .get(key)
+        let frame = self
+            .log
+            .first_after(position.saturating_sub(1).max(self.acked))
             .map_err(|err| JournalError::storage("reading a record to dead-letter", err))?
-        else {
-            return Err(JournalError::Rejected(format!(
-                "no record at position {position}"
-            )));
-        };
+            .filter(|frame| frame.position == position)
+            .ok_or_else(|| JournalError::Rejected(format!("no record at position {position}")))?;
+        let key = position_key(position);
         let floors = self.floors_batch();
-        (&self.records, &self.dead, &self.dead_reason, &self.meta)
-            .transaction(|(records, dead, dead_reason, meta)| {
+        let bytes = frame.bytes;
+        (&self.dead, &self.dead_reason, &self.meta)
+            .transaction(|(dead, dead_reason, meta)| {
                 meta.apply_batch(&floors)?;
-                records.remove(&key)?;
-                dead.insert(&key, bytes.clone())?;
+                dead.insert(&key, bytes.as_slice())?;
                 dead_reason.insert(&key, reason.as_bytes())?;
                 Ok(())
             })
             .map_err(|err: sled::transaction::TransactionError<()>| {
                 JournalError::storage("moving a record to the dead-letter set", format!("{err:?}"))
             })?;
+        self.db
+            .flush()
+            .map_err(|err| JournalError::Flush(err.to_string()))?;
+        self.log
+            .drop_frames(&[position])
+            .map_err(|err| JournalError::storage("moving a record to the dead-letter set", err))?;
         self.backlog_records = self.backlog_records.saturating_sub(1);
         self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes.len() as u64);
         self.dead_records += 1;
         Ok(())
     }
 
-    /// Every record (or dead record) in position order, with the dead-letter reason if any.
-    pub(crate) fn iter(
-        &self,
+    /// Calls `each` with every record (or dead record) in position order.
+    pub(crate) fn for_each_record(
+        &mut self,
         dead: bool,
-    ) -> impl Iterator<Item = Result<StoredRecord, JournalError>> + '_ {
-        let tree = if dead { &self.dead } else { &self.records };
-        tree.iter().map(|item| {
-            let (key, value) = item.map_err(|err| JournalError::storage("reading records", err))?;
-            Ok(StoredRecord {
-                position: key_position(&key).unwrap_or_default(),
-                bytes: value.to_vec(),
+        each: &mut dyn FnMut(StoredRecord) -> Result<(), JournalError>,
+    ) -> Result<(), JournalError> {
+        if dead {
+            for item in self.dead.iter() {
+                let (key, value) =
+                    item.map_err(|err| JournalError::storage("reading records", err))?;
+                each(StoredRecord {
+                    position: key_position(&key).unwrap_or_default(),
+                    bytes: value.to_vec(),
+                })?;
+            }
+            return Ok(());
+        }
+        let mut result = Ok(());
+        self.log
+            .read(self.acked, u64::MAX, &mut |position, bytes| {
+                result = each(StoredRecord {
+                    position,
+                    bytes: bytes.to_vec(),
+                });
+                result.is_ok()
             })
-        })
+            .map_err(|err| JournalError::storage("reading records", err))?;
+        result
     }
 
     /// The bytes of the first (or, with `last`, the last) record, if any.
-    pub(crate) fn edge_record(&self, last: bool) -> Result<Option<Vec<u8>>, JournalError> {
-        let edge = if last {
-            self.records.last()
+    pub(crate) fn edge_record(&mut self, last: bool) -> Result<Option<Vec<u8>>, JournalError> {
+        let frame = if last {
+            self.log.last()
         } else {
-            self.records.first()
-        };
-        edge.map(|pair| pair.map(|(_, value)| value.to_vec()))
-            .map_err(|err| JournalError::storage("reading the first or last record", err))
+            self.log.first_after(self.acked)
+        }
+        .map_err(|err| JournalError::storage("reading the first or last record", err))?;
+        Ok(frame
+            .filter(|frame| frame.position > self.acked)
+            .map(|frame| frame.bytes))
     }
 
     /// `STORE/GW/EPOCH/`: every id this journal issues is this followed by the seq.
@@ -1145,12 +1271,22 @@ impl Store {
         self.encoder.id_prefix()
     }
 
+    /// What a flush started now must fsync; everything appended so far is handed to the kernel.
+    pub(crate) fn flush_job(&mut self) -> Result<FlushJob, JournalError> {
+        let log = self
+            .log
+            .sync_job()
+            .map_err(|err| JournalError::Flush(format!("record log: {err}")))?;
+        Ok(FlushJob {
+            log,
+            db: self.db.clone(),
+        })
+    }
+
     /// fsyncs everything written so far (blocking), then records it in the floor file.
-    pub(crate) fn flush(&self) -> Result<(), JournalError> {
+    pub(crate) fn flush(&mut self) -> Result<(), JournalError> {
         let floor = self.floor();
-        self.db
-            .flush()
-            .map_err(|err| JournalError::Flush(err.to_string()))?;
+        self.flush_job()?.run()?;
         if let Some(dir) = &self.floor_dir {
             if let Err(reason) = floor::write(dir, &floor) {
                 tracing::warn!(%reason, "cannot update the journal floor");

@@ -506,25 +506,33 @@ fn raw_sled(path: &Path) -> sled::Db {
 /// Deletes records straight in sled, as a damaged log that sled recovers only a prefix of
 /// looks: no error, fewer records, meta floors untouched. With `everything`, the meta goes too.
 fn lose_records_silently(dir: &Path, keep: u64, everything: bool) {
-    let db = raw_sled(&dir.join("journal"));
-    let records = db.open_tree("records").expect("records");
-    let keys: Vec<sled::IVec> = records
-        .iter()
-        .keys()
-        .skip(keep as usize)
-        .collect::<Result<_, _>>()
-        .expect("keys");
-    for key in keys {
-        records.remove(key).expect("remove");
+    // The record log: keep the first `keep` frames (16-byte header: length, CRC, position),
+    // cut cleanly at a frame boundary so nothing looks torn.
+    let segments = dir.join("journal").join("segments");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&segments)
+        .expect("segments")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    files.sort();
+    let mut left = keep;
+    for file in files {
+        let bytes = std::fs::read(&file).expect("segment");
+        let mut at = 0usize;
+        while left > 0 && at + 16 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("len")) as usize;
+            at += 16 + len;
+            left -= 1;
+        }
+        std::fs::write(&file, &bytes[..at]).expect("cut segment");
     }
     if everything {
-        records.clear().expect("clear records");
+        let db = raw_sled(&dir.join("journal"));
         db.open_tree("meta")
             .expect("meta")
             .clear()
             .expect("clear meta");
+        db.flush().expect("flush");
     }
-    db.flush().expect("flush");
 }
 
 #[tokio::test]
@@ -707,8 +715,14 @@ async fn salvage_reads_records_out_of_files_sled_cannot_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, ids) = journal_with_records(dir.path(), 30).await;
     let journal = dir.path().join("journal");
-    // Keep only the raw bytes of the log, wrapped in garbage sled cannot make sense of.
-    let log = std::fs::read(journal.join("db")).expect("read db");
+    // Keep only the raw bytes of the record log, wrapped in garbage nothing can make sense of.
+    let segment = std::fs::read_dir(journal.join("segments"))
+        .expect("segments")
+        .next()
+        .expect("a segment")
+        .expect("entry")
+        .path();
+    let log = std::fs::read(segment).expect("read segment");
     let folder = dir.path().join("quarantine-b");
     std::fs::create_dir(&folder).expect("mkdir");
     let mut garbage = vec![0xa5u8; 4096];

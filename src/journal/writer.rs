@@ -923,7 +923,13 @@ impl Actor {
     /// old (or `final_flush`), before the flush counts as done, so the floor never leads what
     /// is durable.
     fn start_flush(&mut self, final_flush: bool) {
-        let db = self.store.db.clone();
+        let job = match self.store.flush_job() {
+            Ok(job) => job,
+            Err(err) => {
+                self.fail(err.to_string());
+                return;
+            }
+        };
         self.unflushed_since = None;
         self.removed_since = None;
         let now = Instant::now();
@@ -940,8 +946,7 @@ impl Actor {
         };
         self.in_flight = Some(InFlight {
             task: tokio::task::spawn_blocking(move || {
-                db.flush()
-                    .map_err(|err| JournalError::Flush(err.to_string()))?;
+                job.run()?;
                 if let Some((dir, floor)) = floor {
                     // The floor is a safeguard: failing to update it loses no record.
                     if let Err(reason) = super::floor::write(&dir, &floor) {

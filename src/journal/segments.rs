@@ -1,0 +1,948 @@
+//! The record log: the journal's records, in append-only segment files beside sled's own files.
+//!
+//! sled 0.34 keeps per-key state in memory and copies a leaf on every insert, which capped the
+//! journal at ~130k appends/s and a 1M-record drain at ~130k records/s with 70-110 MiB resident
+//! (values of many records per key were faster but kept hundreds of MiB). A journal is written
+//! once at the end and read once from the front, which is what a log of files does best: an
+//! append is a copy into a buffer, a read is a sequential `pread`, removing acknowledged records
+//! is deleting whole files, and memory does not grow with the backlog. sled keeps what is small
+//! and random-access: the epoch, the floors, how far HQ acknowledged, and the dead letters.
+//!
+//! # Files
+//!
+//! `journal/segments/{first position:020}.seg`, each a sequence of frames:
+//!
+//! ```text
+//! u32 LE  payload length
+//! u32 LE  CRC-32 of the position bytes and the payload
+//! u64 LE  position
+//! ...     payload: the record's JSON bytes, exactly as appended
+//! ```
+//!
+//! Positions grow strictly within and across segments. A segment is closed for appends once it
+//! holds [`SEGMENT_BYTES`] (a batch is never split across two).
+//!
+//! # Durability and recovery
+//!
+//! Appends go to an in-memory buffer; [`Log::write_out`] hands it to the kernel (at every flush
+//! and whenever it passes [`WRITE_OUT_BYTES`]), and a [`SyncJob`] fsyncs every segment written
+//! since the last one, and the folder when a segment was created, on the flusher's thread. A
+//! record counts as durable only after that, so after a crash every frame up to the last
+//! confirmed record is intact. Opening reads every frame; the first frame that is cut short or
+//! fails its CRC (a write the crash interrupted) ends the log: the rest of its segment is cut
+//! off and later segments are deleted. The caller checks the result against `journal.floor`
+//! first, so a log that would end below what was confirmed is damage, never truncated.
+//!
+//! # Removal
+//!
+//! Records HQ acknowledged are not rewritten: the journal keeps "acknowledged through" in its
+//! meta and the log deletes every segment whose records are all acknowledged, except the last
+//! one (its last record tells the next seq after a restart). Dead-lettering and quota eviction
+//! remove single records: the segment is rewritten without them (temporary file, fsync,
+//! rename, folder fsync), which is rare and bounded by the segment size.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Name of the segment folder inside the journal folder.
+pub(crate) const SEGMENTS_DIR: &str = "segments";
+/// A segment takes no more appends once it holds this many bytes.
+pub(crate) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// Buffered appends are handed to the kernel once they pass this many bytes.
+pub(crate) const WRITE_OUT_BYTES: usize = 1024 * 1024;
+/// Frame header: length, CRC, position.
+const HEADER: usize = 16;
+/// A payload longer than this is not a record (a damaged length field).
+const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+/// How much a reader asks the kernel for at once.
+const READ_CHUNK: usize = 256 * 1024;
+/// Suffix of a segment file.
+const SUFFIX: &str = ".seg";
+/// Suffix of a segment being rewritten (deleted if found at open).
+const TMP_SUFFIX: &str = ".seg.tmp";
+
+/// One segment file.
+#[derive(Debug)]
+struct Segment {
+    /// Its path.
+    path: PathBuf,
+    /// Position of its last frame (0 while empty).
+    last: u64,
+    /// Bytes written or buffered for it.
+    len: u64,
+}
+
+/// A frame read back.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    /// Its position.
+    pub(crate) position: u64,
+    /// Its payload.
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// What a flush must fsync, taken from the log by [`Log::sync_job`].
+#[derive(Debug, Default)]
+pub(crate) struct SyncJob {
+    /// Segment files written since the last job.
+    files: Vec<Arc<File>>,
+    /// The segment folder, when files were created, renamed or deleted in it.
+    dir: Option<PathBuf>,
+}
+
+impl SyncJob {
+    /// fsyncs the files, then the folder.
+    pub(crate) fn run(&self) -> std::io::Result<()> {
+        for file in &self.files {
+            file.sync_data()?;
+        }
+        if let Some(dir) = &self.dir {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// A remembered place in the log, so sequential reads do not search from a segment's start.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// The segment (its first position).
+    segment: u64,
+    /// Byte offset of the next frame in it.
+    offset: u64,
+    /// Every frame before `offset` in the segment has a position below this.
+    next: u64,
+}
+
+/// The open record log. Owned by the journal's `Store`.
+#[derive(Debug)]
+pub(crate) struct Log {
+    /// The segment folder.
+    dir: PathBuf,
+    /// Segments by first position.
+    segments: BTreeMap<u64, Segment>,
+    /// The last segment, open for appends, and its first position.
+    writer: Option<(u64, Arc<File>)>,
+    /// Frames appended but not yet handed to the kernel (all for the writer's segment).
+    pending: Vec<u8>,
+    /// Files written since the last sync job.
+    unsynced: Vec<Arc<File>>,
+    /// Whether the folder changed since the last sync job.
+    dir_dirty: bool,
+    /// Where the last read ended.
+    cursor: Option<Cursor>,
+    /// Reused read buffer.
+    chunk: Vec<u8>,
+}
+
+/// The place a batch started, to take it back ([`Log::reset`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    /// `pending.len()` then.
+    pending: usize,
+    /// The writer segment's `last` then.
+    last: u64,
+    /// The writer segment's `len` then.
+    len: u64,
+    /// Whether the batch wrote anything out (then it cannot be taken back).
+    written_out: bool,
+}
+
+fn io_context(what: String) -> impl FnOnce(std::io::Error) -> String {
+    move |err| format!("{what}: {err}")
+}
+
+/// The segment file name for a first position.
+fn segment_name(first: u64) -> String {
+    format!("{first:020}{SUFFIX}")
+}
+
+/// Encodes one frame onto `out`.
+fn encode_frame(out: &mut Vec<u8>, position: u64, bytes: &[u8]) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&position.to_le_bytes());
+    crc.update(bytes);
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&position.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// What [`decode_frame`] found at the start of a buffer.
+enum Decoded<'a> {
+    /// A whole, valid frame of this many bytes.
+    Frame(u64, &'a [u8], usize),
+    /// The buffer ends inside the frame (read more, or the file ends here).
+    Short(usize),
+    /// Not a valid frame.
+    Bad(String),
+}
+
+fn decode_frame(buf: &[u8]) -> Decoded<'_> {
+    if buf.len() < HEADER {
+        return Decoded::Short(HEADER);
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
+    let position = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
+    if len > MAX_PAYLOAD {
+        return Decoded::Bad(format!("frame length {len} is not plausible"));
+    }
+    if buf.len() < HEADER + len {
+        return Decoded::Short(HEADER + len);
+    }
+    let payload = &buf[HEADER..HEADER + len];
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&buf[8..16]);
+    hasher.update(payload);
+    if hasher.finalize() != crc {
+        return Decoded::Bad(format!("frame at position {position} fails its checksum"));
+    }
+    Decoded::Frame(position, payload, HEADER + len)
+}
+
+/// Reads frames of one file from `offset`, calling `each(position, payload, frame offset)`
+/// until it returns false. Returns the offset after the last whole valid frame, and why the
+/// file ended there if not at its end (a short or bad frame).
+fn scan_file(
+    file: &File,
+    mut offset: u64,
+    chunk: &mut Vec<u8>,
+    each: &mut dyn FnMut(u64, &[u8], u64) -> bool,
+) -> std::io::Result<(u64, Option<String>)> {
+    let file_len = file.metadata()?.len();
+    loop {
+        if offset >= file_len {
+            return Ok((offset, None));
+        }
+        let want = READ_CHUNK.min((file_len - offset) as usize);
+        chunk.resize(want, 0);
+        let got = read_full(file, chunk, offset)?;
+        chunk.truncate(got);
+        let mut at = 0usize;
+        loop {
+            match decode_frame(&chunk[at..]) {
+                Decoded::Frame(position, payload, size) => {
+                    if !each(position, payload, offset + at as u64) {
+                        return Ok((offset + at as u64, None));
+                    }
+                    at += size;
+                }
+                Decoded::Short(need) => {
+                    if offset + at as u64 == file_len {
+                        return Ok((file_len, None));
+                    }
+                    if offset + (at + need) as u64 > file_len {
+                        let stop = offset + at as u64;
+                        return Ok((
+                            stop,
+                            Some(format!(
+                                "the last frame is cut short ({} of {need} bytes)",
+                                file_len - stop
+                            )),
+                        ));
+                    }
+                    if at == 0 {
+                        // One frame bigger than the chunk: read it whole.
+                        chunk.resize(need, 0);
+                        let got = read_full(file, chunk, offset)?;
+                        chunk.truncate(got);
+                        continue;
+                    }
+                    break;
+                }
+                Decoded::Bad(reason) => return Ok((offset + at as u64, Some(reason))),
+            }
+        }
+        offset += at as u64;
+    }
+}
+
+/// `read_at` until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+impl Log {
+    /// Opens (or creates) the log in `journal_dir/segments`, reading every frame to find its
+    /// end. Nothing is cut or deleted yet: the caller checks the end against the floor, then
+    /// calls [`Log::cut`].
+    pub(crate) fn open(journal_dir: &Path) -> Result<(Log, Ending), String> {
+        let dir = journal_dir.join(SEGMENTS_DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(io_context(format!("cannot create {}", dir.display())))?;
+        let mut firsts = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).map_err(io_context(format!("cannot list {}", dir.display())))?
+        {
+            let entry = entry.map_err(io_context(format!("cannot list {}", dir.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(TMP_SUFFIX) {
+                // A rewrite that did not finish: the original is still in place.
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let first = name
+                .strip_suffix(SUFFIX)
+                .and_then(|stem| stem.parse::<u64>().ok())
+                .ok_or_else(|| format!("unexpected file {name} in {}", dir.display()))?;
+            firsts.push(first);
+        }
+        firsts.sort_unstable();
+        let mut log = Log {
+            dir,
+            segments: BTreeMap::new(),
+            writer: None,
+            pending: Vec::new(),
+            unsynced: Vec::new(),
+            dir_dirty: false,
+            cursor: None,
+            chunk: Vec::new(),
+        };
+        let mut ending = Ending::default();
+        let mut previous = 0u64;
+        for first in firsts {
+            let path = log.dir.join(segment_name(first));
+            if ending.cut.is_some() {
+                // Everything after the cut goes too.
+                ending.doomed.push(path);
+                continue;
+            }
+            let file =
+                File::open(&path).map_err(io_context(format!("cannot open {}", path.display())))?;
+            let mut last = 0u64;
+            let mut last_bytes: Option<Vec<u8>> = None;
+            let mut disorder = None;
+            let mut count = 0u64;
+            let (end, why) = scan_file(&file, 0, &mut log.chunk, &mut |position, payload, _| {
+                if position <= previous || (first > 0 && count == 0 && position < first) {
+                    disorder = Some(position);
+                    return false;
+                }
+                previous = position;
+                last = position;
+                count += 1;
+                last_bytes = Some(payload.to_vec());
+                true
+            })
+            .map_err(io_context(format!("cannot read {}", path.display())))?;
+            let why = why
+                .or_else(|| disorder.map(|position| format!("position {position} out of order")));
+            let file_len = file
+                .metadata()
+                .map_err(io_context(format!("cannot read {}", path.display())))?
+                .len();
+            if let Some(why) = why {
+                ending.cut = Some(Cut {
+                    path: path.clone(),
+                    keep: end,
+                    dropped: file_len - end,
+                    reason: format!("{}: {why}", path.display()),
+                });
+            }
+            if let Some(bytes) = last_bytes {
+                ending.last = Some((last, bytes));
+            }
+            log.segments.insert(
+                first,
+                Segment {
+                    path,
+                    last,
+                    len: end,
+                },
+            );
+        }
+        Ok((log, ending))
+    }
+
+    /// Cuts the log where [`Log::open`] found it ends (a write interrupted by a crash) and
+    /// deletes the segments after that point.
+    pub(crate) fn cut(&mut self, ending: &Ending) -> Result<(), String> {
+        if let Some(cut) = &ending.cut {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&cut.path)
+                .map_err(io_context(format!("cannot open {}", cut.path.display())))?;
+            file.set_len(cut.keep)
+                .and_then(|()| file.sync_all())
+                .map_err(io_context(format!("cannot cut {}", cut.path.display())))?;
+        }
+        for path in &ending.doomed {
+            std::fs::remove_file(path)
+                .map_err(io_context(format!("cannot delete {}", path.display())))?;
+        }
+        if ending.cut.is_some() || !ending.doomed.is_empty() {
+            File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io_context(format!("cannot sync {}", self.dir.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a batch: rolls over to a new segment if the current one is full, and remembers
+    /// where the batch starts so [`Log::reset`] can take it back.
+    pub(crate) fn begin(&mut self, next_position: u64) -> Result<Mark, String> {
+        let need_new = match self.writer {
+            None => true,
+            Some((first, _)) => self
+                .segments
+                .get(&first)
+                .is_none_or(|s| s.len >= SEGMENT_BYTES),
+        };
+        if need_new {
+            self.roll(next_position)?;
+        }
+        let segment = self.writer_segment();
+        Ok(Mark {
+            pending: self.pending.len(),
+            last: segment.map_or(0, |s| s.last),
+            len: segment.map_or(0, |s| s.len),
+            written_out: false,
+        })
+    }
+
+    fn writer_segment(&self) -> Option<&Segment> {
+        self.writer
+            .as_ref()
+            .and_then(|(first, _)| self.segments.get(first))
+    }
+
+    /// Makes the last segment the writer if it has room, else creates a new one starting at
+    /// `next_position`.
+    fn roll(&mut self, next_position: u64) -> Result<(), String> {
+        self.write_out()?;
+        if let Some((&first, segment)) = self.segments.iter().next_back() {
+            if self.writer.is_none() && segment.len < SEGMENT_BYTES {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&segment.path)
+                    .map_err(io_context(format!(
+                        "cannot open {}",
+                        segment.path.display()
+                    )))?;
+                self.writer = Some((first, Arc::new(file)));
+                return Ok(());
+            }
+        }
+        let path = self.dir.join(segment_name(next_position));
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_context(format!("cannot create {}", path.display())))?;
+        self.segments.insert(
+            next_position,
+            Segment {
+                path,
+                last: 0,
+                len: 0,
+            },
+        );
+        self.writer = Some((next_position, Arc::new(file)));
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Appends a frame to the writer segment (call [`Log::begin`] first).
+    pub(crate) fn append(&mut self, position: u64, bytes: &[u8]) -> Result<(), String> {
+        let Some((first, _)) = self.writer else {
+            return Err("the record log has no open segment".to_string());
+        };
+        let before = self.pending.len();
+        encode_frame(&mut self.pending, position, bytes);
+        let added = (self.pending.len() - before) as u64;
+        if let Some(segment) = self.segments.get_mut(&first) {
+            segment.last = position;
+            segment.len += added;
+        }
+        Ok(())
+    }
+
+    /// Ends a batch: hands the buffer to the kernel if it is big.
+    pub(crate) fn end(&mut self) -> Result<(), String> {
+        if self.pending.len() >= WRITE_OUT_BYTES {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Takes back what was appended since `mark` (a failed batch).
+    pub(crate) fn reset(&mut self, mark: Mark) -> Result<(), String> {
+        if mark.written_out || self.pending.len() < mark.pending {
+            return Err("the failed batch was already written out".to_string());
+        }
+        self.pending.truncate(mark.pending);
+        if let Some((first, _)) = self.writer {
+            if let Some(segment) = self.segments.get_mut(&first) {
+                segment.last = mark.last;
+                segment.len = mark.len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands buffered frames to the kernel.
+    pub(crate) fn write_out(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some((first, file)) = &self.writer else {
+            return Err("the record log has no open segment".to_string());
+        };
+        let mut writer: &File = file;
+        writer.write_all(&self.pending).map_err(|err| {
+            format!(
+                "cannot write segment {}: {err}",
+                self.dir.join(segment_name(*first)).display()
+            )
+        })?;
+        self.pending.clear();
+        if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, file)) {
+            self.unsynced.push(file.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes out what is buffered and returns what a flush must fsync to make everything
+    /// appended so far durable.
+    pub(crate) fn sync_job(&mut self) -> Result<SyncJob, String> {
+        self.write_out()?;
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
+        Ok(SyncJob {
+            files: std::mem::take(&mut self.unsynced),
+            dir,
+        })
+    }
+
+    /// Reads frames with positions in `after < position <= until`, in order, until `each`
+    /// returns false. Sequential reads continue where the last one stopped.
+    pub(crate) fn read(
+        &mut self,
+        after: u64,
+        until: u64,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), String> {
+        if after >= until {
+            return Ok(());
+        }
+        self.write_out()?;
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        // The segment holding after + 1: the last one starting at or before it.
+        let start = firsts
+            .iter()
+            .rposition(|&first| first <= after + 1)
+            .unwrap_or(0);
+        let mut cursor_out = None;
+        for &first in &firsts[start..] {
+            if first > until {
+                break;
+            }
+            let Some(segment) = self.segments.get(&first) else {
+                continue;
+            };
+            if segment.last != 0 && segment.last <= after {
+                continue;
+            }
+            let offset = match self.cursor {
+                Some(c) if c.segment == first && c.next <= after + 1 => c.offset,
+                _ => 0,
+            };
+            let file = File::open(&segment.path).map_err(io_context(format!(
+                "cannot open {}",
+                segment.path.display()
+            )))?;
+            let mut stopped = false;
+            let mut resume = None;
+            let (end, _) = scan_file(
+                &file,
+                offset,
+                &mut self.chunk,
+                &mut |position, payload, at| {
+                    if position <= after {
+                        resume = Some((at, position));
+                        return true;
+                    }
+                    if position > until || !each(position, payload) {
+                        stopped = true;
+                        return false;
+                    }
+                    resume = Some((at, position));
+                    true
+                },
+            )
+            .map_err(io_context(format!(
+                "cannot read {}",
+                segment.path.display()
+            )))?;
+            // Resume at the frame after the last one delivered or skipped.
+            cursor_out = Some(Cursor {
+                segment: first,
+                offset: end,
+                next: resume.map_or(after + 1, |(_, position)| position + 1),
+            });
+            if stopped {
+                break;
+            }
+        }
+        if cursor_out.is_some() {
+            self.cursor = cursor_out;
+        }
+        Ok(())
+    }
+
+    /// Deletes every segment whose frames are all at or below `position`, except the last
+    /// segment. Returns how many files went.
+    pub(crate) fn delete_through(&mut self, position: u64) -> Result<usize, String> {
+        let last_first = self.segments.keys().next_back().copied();
+        let doomed: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(first, segment)| Some(**first) != last_first && segment.last <= position)
+            .map(|(first, _)| *first)
+            .collect();
+        for first in &doomed {
+            if let Some(segment) = self.segments.remove(first) {
+                if let Err(err) = std::fs::remove_file(&segment.path) {
+                    if err.kind() != std::io::ErrorKind::NotFound {
+                        return Err(format!("cannot delete {}: {err}", segment.path.display()));
+                    }
+                }
+            }
+            if matches!(self.writer, Some((w, _)) if w == *first) {
+                self.writer = None;
+            }
+            if matches!(self.cursor, Some(c) if c.segment == *first) {
+                self.cursor = None;
+            }
+        }
+        if !doomed.is_empty() {
+            self.dir_dirty = true;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Rewrites the segments holding `positions` without those frames (dead-lettering,
+    /// eviction). `positions` must be sorted. Durable when it returns (fsynced and renamed).
+    pub(crate) fn drop_frames(&mut self, positions: &[u64]) -> Result<(), String> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        self.write_out()?;
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        let mut touched = Vec::new();
+        for &position in positions {
+            if let Some(index) = firsts.iter().rposition(|&first| first <= position) {
+                if touched.last() != Some(&firsts[index]) {
+                    touched.push(firsts[index]);
+                }
+            }
+        }
+        for first in touched {
+            let Some(segment) = self.segments.get(&first) else {
+                continue;
+            };
+            let path = segment.path.clone();
+            let tmp = self.dir.join(format!("{first:020}{TMP_SUFFIX}"));
+            let source =
+                File::open(&path).map_err(io_context(format!("cannot open {}", path.display())))?;
+            let mut out = Vec::new();
+            let mut last = 0u64;
+            scan_file(&source, 0, &mut self.chunk, &mut |position, payload, _| {
+                if positions.binary_search(&position).is_err() {
+                    encode_frame(&mut out, position, payload);
+                    last = position;
+                }
+                true
+            })
+            .map_err(io_context(format!("cannot read {}", path.display())))?;
+            let write = || -> std::io::Result<()> {
+                let mut file = File::create(&tmp)?;
+                file.write_all(&out)?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                File::open(&self.dir)?.sync_all()
+            };
+            write().map_err(io_context(format!("cannot rewrite {}", path.display())))?;
+            let was_writer = matches!(self.writer, Some((w, _)) if w == first);
+            if let Some(segment) = self.segments.get_mut(&first) {
+                segment.last = if last == 0 && first > 0 { 0 } else { last };
+                segment.len = out.len() as u64;
+            }
+            if was_writer {
+                self.writer = None;
+                // The next `begin` reopens the (rewritten) file for appends.
+            }
+            if matches!(self.cursor, Some(c) if c.segment == first) {
+                self.cursor = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first frame above `after`, if any.
+    pub(crate) fn first_after(&mut self, after: u64) -> Result<Option<Frame>, String> {
+        let mut found = None;
+        self.read(after, u64::MAX, &mut |position, payload| {
+            found = Some(Frame {
+                position,
+                bytes: payload.to_vec(),
+            });
+            false
+        })?;
+        Ok(found)
+    }
+
+    /// The last frame, if any (it may be at or below what HQ acknowledged).
+    pub(crate) fn last(&mut self) -> Result<Option<Frame>, String> {
+        self.write_out()?;
+        for segment in self.segments.values().rev() {
+            if segment.len == 0 {
+                continue;
+            }
+            let file = File::open(&segment.path).map_err(io_context(format!(
+                "cannot open {}",
+                segment.path.display()
+            )))?;
+            let mut found = None;
+            scan_file(&file, 0, &mut self.chunk, &mut |position, payload, _| {
+                if position == segment.last {
+                    found = Some(Frame {
+                        position,
+                        bytes: payload.to_vec(),
+                    });
+                }
+                true
+            })
+            .map_err(io_context(format!(
+                "cannot read {}",
+                segment.path.display()
+            )))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Where an opened log ends, found by [`Log::open`].
+#[derive(Debug, Default)]
+pub(crate) struct Ending {
+    /// Position and bytes of the last whole frame.
+    pub(crate) last: Option<(u64, Vec<u8>)>,
+    /// The first bad or short frame, if any.
+    pub(crate) cut: Option<Cut>,
+    /// Segments after the cut.
+    pub(crate) doomed: Vec<PathBuf>,
+}
+
+/// A log that ends inside a segment.
+#[derive(Debug)]
+pub(crate) struct Cut {
+    /// The segment.
+    path: PathBuf,
+    /// Bytes kept.
+    keep: u64,
+    /// Bytes dropped.
+    pub(crate) dropped: u64,
+    /// Which file and why.
+    pub(crate) reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(position: u64) -> Vec<u8> {
+        format!(
+            "{{\"seq\":{position},\"pad\":\"{}\"}}",
+            "x".repeat((position % 50) as usize)
+        )
+        .into_bytes()
+    }
+
+    fn append_all(log: &mut Log, positions: std::ops::RangeInclusive<u64>) {
+        let first = *positions.start();
+        log.begin(first).expect("begin");
+        for position in positions {
+            log.append(position, &payload(position)).expect("append");
+        }
+        log.end().expect("end");
+    }
+
+    fn collect(log: &mut Log, after: u64, until: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        log.read(after, until, &mut |position, bytes| {
+            assert_eq!(bytes, payload(position));
+            out.push(position);
+            true
+        })
+        .expect("read");
+        out
+    }
+
+    #[test]
+    fn appends_read_back_in_order_across_segments_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, ending) = Log::open(dir.path()).expect("open");
+        assert!(ending.last.is_none());
+        // Big batches so several segments are made.
+        let big = vec![b'y'; 600_000];
+        let mut position = 0;
+        for _ in 0..40 {
+            position += 1;
+            log.begin(position).expect("begin");
+            log.append(position, &big).expect("append");
+            log.end().expect("end");
+        }
+        log.sync_job().expect("job").run().expect("sync");
+        assert!(log.segments.len() >= 2, "{} segments", log.segments.len());
+        let mut seen = Vec::new();
+        log.read(0, u64::MAX, &mut |p, _| {
+            seen.push(p);
+            true
+        })
+        .expect("read");
+        assert_eq!(seen, (1..=40).collect::<Vec<_>>());
+        drop(log);
+        let (_, ending) = Log::open(dir.path()).expect("reopen");
+        assert!(ending.cut.is_none(), "{:?}", ending.cut);
+        assert_eq!(ending.last.map(|(p, _)| p), Some(40));
+    }
+
+    #[test]
+    fn sequential_reads_resume_and_random_reads_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        append_all(&mut log, 1..=1000);
+        let mut got = Vec::new();
+        let mut after = 0;
+        while after < 1000 {
+            let mut batch = Vec::new();
+            log.read(after, 1000, &mut |position, _| {
+                batch.push(position);
+                batch.len() < 37
+            })
+            .expect("read");
+            after = *batch.last().expect("some");
+            got.extend(batch);
+        }
+        assert_eq!(got, (1..=1000).collect::<Vec<_>>());
+        assert_eq!(collect(&mut log, 500, 505), vec![501, 502, 503, 504, 505]);
+        assert_eq!(collect(&mut log, 10, 12), vec![11, 12]);
+        assert_eq!(collect(&mut log, 999, 2000), vec![1000]);
+        assert!(collect(&mut log, 1000, 2000).is_empty());
+    }
+
+    #[test]
+    fn a_torn_tail_is_found_and_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        append_all(&mut log, 1..=10);
+        log.sync_job().expect("job").run().expect("sync");
+        let path = log.segments.values().next().expect("segment").path.clone();
+        drop(log);
+        let len = std::fs::metadata(&path).expect("meta").len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_len(len - 5).expect("truncate");
+        let (mut log, ending) = Log::open(dir.path()).expect("reopen");
+        assert_eq!(ending.last.as_ref().map(|(p, _)| *p), Some(9));
+        assert!(ending
+            .cut
+            .as_ref()
+            .expect("cut")
+            .reason
+            .contains("cut short"));
+        log.cut(&ending).expect("cut");
+        append_all(&mut log, 10..=12);
+        assert_eq!(collect(&mut log, 0, 100), (1..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_flipped_byte_ends_the_log_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        append_all(&mut log, 1..=10);
+        log.sync_job().expect("job").run().expect("sync");
+        let path = log.segments.values().next().expect("segment").path.clone();
+        drop(log);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&path, &bytes).expect("write");
+        let (_, ending) = Log::open(dir.path()).expect("reopen");
+        let last = ending.last.as_ref().map(|(p, _)| *p).expect("last");
+        assert!((3..=6).contains(&last), "last {last}");
+        assert!(ending
+            .cut
+            .as_ref()
+            .expect("cut")
+            .reason
+            .contains("checksum"));
+    }
+
+    #[test]
+    fn dropped_frames_are_gone_and_appends_continue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        append_all(&mut log, 1..=20);
+        log.drop_frames(&[2, 3, 20]).expect("drop");
+        append_all(&mut log, 21..=22);
+        let expected: Vec<u64> = (1..=22).filter(|p| ![2, 3, 20].contains(p)).collect();
+        assert_eq!(collect(&mut log, 0, 100), expected);
+        log.sync_job().expect("job").run().expect("sync");
+        drop(log);
+        let (mut log, ending) = Log::open(dir.path()).expect("reopen");
+        assert_eq!(ending.last.map(|(p, _)| p), Some(22));
+        assert_eq!(collect(&mut log, 0, 100), expected);
+    }
+
+    #[test]
+    fn a_failed_batch_is_taken_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        append_all(&mut log, 1..=3);
+        let mark = log.begin(4).expect("begin");
+        log.append(4, &payload(4)).expect("append");
+        log.reset(mark).expect("reset");
+        append_all(&mut log, 4..=5);
+        assert_eq!(collect(&mut log, 0, 100), vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn whole_acknowledged_segments_are_deleted_but_never_the_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        let big = vec![b'z'; 3_000_000];
+        for position in 1..=6 {
+            log.begin(position).expect("begin");
+            log.append(position, &big).expect("append");
+            log.end().expect("end");
+        }
+        let before = log.segments.len();
+        assert!(before >= 2);
+        assert_eq!(log.delete_through(6).expect("delete"), before - 1);
+        assert_eq!(log.last().expect("last").map(|f| f.position), Some(6));
+        log.begin(7).expect("begin");
+        log.append(7, b"{}").expect("append");
+        assert_eq!(
+            log.first_after(6).expect("first").map(|f| f.position),
+            Some(7)
+        );
+    }
+}
