@@ -11,11 +11,16 @@
 //!   is stopped; the clock runs from the gateway's start until all N are durable. This is the
 //!   gateway's own ingest rate (and what happens after an outage).
 //!
+//! A fourth argument `hq` measures the whole pipeline instead: the gateway also forwards every
+//! record (HTTP, gzip) to a `posgw hq` child, and the clock stops once HQ acknowledged all N
+//! (the gateway's `posgw_uplink_sent_records_total`). The gateway's CPU per 100k and its peak
+//! RSS then cover MQTT input, journal and uplink.
+//!
 //! The broker allows many unacknowledged deliveries per client (`max_inflight_messages 0`):
 //! with mosquitto's default of 20, ingest is capped at 20 messages per journal flush.
 //!
 //! ```sh
-//! cargo build --release && cargo run --release --example mqtt_ingest -- [MESSAGES] [FLUSH] [live|backlog]
+//! cargo build --release && cargo run --release --example mqtt_ingest -- [MESSAGES] [FLUSH] [live|backlog] [hq]
 //! ```
 
 use std::process::{Command, Stdio};
@@ -81,6 +86,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // The whole pipeline: a `posgw hq` child and an uplink to it.
+    let with_hq = std::env::args().nth(4).as_deref() == Some("hq");
+    let mut hq = None;
+    let mut uplink = String::new();
+    if with_hq {
+        let token = dir.path().join("hq.token");
+        std::fs::write(&token, "bench-token\n")?;
+        let hq_port = free_port();
+        let hq_config = dir.path().join("hq.toml");
+        std::fs::write(
+            &hq_config,
+            format!(
+                "[hq]\nlisten = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n\n[[store]]\ncode = \"BENCH-1\"\ntoken_file = \"{}\"\n",
+                dir.path().join("hq").display(),
+                token.display()
+            ),
+        )?;
+        hq = Some(
+            Command::new(&bin)
+                .args(["hq", "-c"])
+                .arg(&hq_config)
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        while std::net::TcpStream::connect(("127.0.0.1", hq_port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "no HQ");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        uplink = format!(
+            "[uplink]\nendpoint = \"http://127.0.0.1:{hq_port}/v1/batches\"\ntoken_file = \"{}\"\ncompression = \"gzip\"\n",
+            token.display()
+        );
+    }
     std::fs::write(
         dir.path().join("posgw.toml"),
         format!(
@@ -100,7 +138,7 @@ transport = "mqtt"
 station = "till-1"
 profile = "mqtt-scanner"
 topic = "bench/till-1/scanner"
-"#,
+{uplink}"#,
             data = dir.path().join("data").display(),
         ),
     )?;
@@ -145,9 +183,18 @@ topic = "bench/till-1/scanner"
         (gateway, api) = start_gateway(&bin, &config, &client).await?;
         cpu_before = 0.0;
     }
-    // Done when every scan is in the journal and durable.
+    // Done when every scan is in the journal and durable (and, with HQ, acknowledged by HQ).
     let scans = "posgw_records_total{kind=\"scan\"}";
+    let mut peak_rss = 0u64;
     loop {
+        peak_rss = peak_rss.max(rss_kib(gateway.id()));
+        if with_hq {
+            if metric(&client, &api, "posgw_uplink_sent_records_total").await as u64 >= messages {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
         let recorded = metric(&client, &api, scans).await as u64;
         if recorded >= messages {
             let body = client.get(format!("{api}/api/v1/status")).send().await?;
@@ -161,19 +208,43 @@ topic = "bench/till-1/scanner"
     }
     let elapsed = began.elapsed();
     let cpu = cpu_seconds(gateway.id()) - cpu_before;
+    let hwm = std::fs::read_to_string(format!("/proc/{}/status", gateway.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
     println!(
-        "mqtt ingest ({mode}): {messages} QoS 1 messages (flush {flush}) in {:.2} s = {:.0} msg/s \
-         (publishing took {:.2} s); gateway CPU {:.2} s per 100k messages",
+        "mqtt ingest ({mode}{}): {messages} QoS 1 messages (flush {flush}) in {:.2} s = {:.0} msg/s \
+         (publishing took {:.2} s); gateway CPU {:.2} s per 100k messages; gateway RSS peak {:.1} \
+         MiB (sampled {:.1} MiB)",
+        if with_hq { ", to posgw hq" } else { "" },
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64(),
         published.as_secs_f64(),
-        cpu / messages as f64 * 100_000.0
+        cpu / messages as f64 * 100_000.0,
+        hwm as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
     );
+    if let Some(mut hq) = hq {
+        let _ = hq.kill();
+        let _ = hq.wait();
+    }
     let _ = publisher.disconnect().await;
     stop(&mut gateway)?;
     broker.kill()?;
     broker.wait()?;
     Ok(())
+}
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Starts `posgw run -c CONFIG`; returns it and its API address once its MQTT device is up.

@@ -166,6 +166,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .lines()
             .map_while(Result::ok)
         {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("gateway: {line}");
+            }
             if let Some(at) = line.find("api listening on ") {
                 let _ = tx.send(line[at + 17..].trim().to_owned());
             }
@@ -212,7 +215,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         peak_rss as f64 / 1024.0
     );
     if hq_kind == "sink" {
-        println!("sink received {} records", received.load(Ordering::Relaxed));
+        let got = received.load(Ordering::Relaxed);
+        println!("sink received {got} records");
+        // A journal the gateway could not open would be replaced and "drained" at once.
+        if got < records {
+            return Err(format!("the sink received {got} of {records} records").into());
+        }
     }
     Ok(())
 }

@@ -8,11 +8,12 @@
 //!
 //! # Invariants
 //!
-//! 1. Only this module touches sled. One actor task owns the open database; everyone else holds
-//!    a [`JournalHandle`]. Offline commands open the journal only while the gateway is stopped,
-//!    enforced by an exclusive `flock` on `data_dir/journal.lock` (plus sled's own lock).
+//! 1. Only this module touches the journal's files (sled and the record log). One actor task
+//!    owns the open journal; everyone else holds a [`JournalHandle`]. Offline commands open the
+//!    journal only while the gateway is stopped, enforced by an exclusive `flock` on
+//!    `data_dir/journal.lock` (plus sled's own lock).
 //! 2. `seq` starts at 1 and grows by exactly 1 per appended record of an epoch: no gaps, no reuse,
-//!    across restarts and after every record was removed. A failed sled insert does not consume a
+//!    across restarts and after every record was removed. A failed append does not consume a
 //!    seq; a batch ([`JournalHandle::append_batch`]) is appended whole or not at all, its seqs
 //!    contiguous.
 //! 3. `epoch` is 8 random lowercase hex characters, written (and fsynced) into `meta` when the
@@ -22,9 +23,10 @@
 //! 5. Readers ([`JournalHandle::read`]) only ever see durable records. Otherwise the uplink could
 //!    send a record that a crash then takes back, and the seq would be issued again to a different
 //!    record, which HQ would drop as a duplicate.
-//! 6. A journal never continues below what it had made durable. sled 0.34 can open a damaged
-//!    database without an error yet recover only a prefix of it (or nothing); deriving the next
-//!    seq from that would issue ids again. So `data_dir/journal.floor` (see `floor`) records
+//! 6. A journal never continues below what it had made durable. A disk can lose writes without
+//!    an error, sled 0.34 can open a damaged database yet recover only a prefix of it (or
+//!    nothing), and the record log is cut at its first bad frame; deriving the next seq from
+//!    that would issue ids again. So `data_dir/journal.floor` (see `floor`) records
 //!    the epoch and the highest durable seq and position, written atomically after a flush (at
 //!    most once a second while running, always at close and in salvage); a journal of that
 //!    epoch that opens below it, or opens empty without an epoch, is damage (quarantine below).
@@ -34,7 +36,7 @@
 //! 7. Records leave the records tree only through [`JournalHandle::remove_through`] (after HQ
 //!    acknowledged them), [`JournalHandle::move_to_dead`] (HQ rejected one) or eviction over
 //!    the quota (below, counted and recorded); nothing is dropped silently. All three write the
-//!    floors in the same sled transaction as the removal.
+//!    floors before (or in the same sled batch as) the removal.
 //!
 //! # On-disk layout
 //!
@@ -42,13 +44,17 @@
 //! data_dir/
 //!   journal.lock                   flock held by whoever has the journal open
 //!   journal.floor                  "posgw-journal-floor-1 EPOCH SEQ POSITION": durable so far
-//!   journal/                       the sled 0.34 database (conf, db, snap.*, blobs/)
-//!     tree "records"               position (u64 big-endian) -> record JSON bytes
-//!     tree "dead"                  position -> record JSON bytes (HQ rejected it)
-//!     tree "dead_reason"           position -> HQ's reason, UTF-8
-//!     tree "meta"                  "format" = "1", "epoch" = 8 hex chars,
+//!   journal/
+//!     segments/000…0001.seg        the record log: frames (length, CRC-32, position, record
+//!                                  JSON bytes), one file per ~8 MiB, named by first position
+//!     conf, db, snap.*, blobs/     the sled 0.34 database:
+//!       tree "meta"                "format" = "2", "epoch" = 8 hex chars,
 //!                                  "seq_floor" = u64 BE, "position_floor" = u64 BE,
+//!                                  "acked" = u64 BE (HQ acknowledged every record up to it),
 //!                                  "counters" = 3 x u64 BE (only between close and open)
+//!       tree "dead"                position -> record JSON bytes (HQ rejected it)
+//!       tree "dead_reason"         position -> HQ's reason, UTF-8
+//!       tree "records"             format 1 only: position -> record (converted at open)
 //!   quarantine-20261127T083000Z/   a damaged journal folder, moved aside as it was
 //!   salvaged-20261127T083000Z/     the same folder after `journal salvage` copied it
 //! ```
@@ -56,6 +62,15 @@
 //! The storage key (`position`) is separate from the record's `seq` because `journal salvage`
 //! copies records of older epochs into the live journal with their original id, epoch and seq;
 //! they get fresh positions after the live records. Positions, like seqs, are never reused.
+//!
+//! # Why records are not in sled
+//!
+//! Format 1 kept each record as a sled key. sled 0.34 keeps per-key state in memory and copies a
+//! leaf on every insert: appends topped out near 130k/s, draining 1M records ran at 82k/s with
+//! 107 MiB resident, and MQTT ingest cost 2 CPU-seconds per 100k messages. The log
+//! (`segments`, whose module doc has the details) appends into a buffer, reads sequentially,
+//! and removes acknowledged records by deleting whole files: the same drain runs at ~290k/s in
+//! 20 MiB and ingest costs ~0.7 CPU-s per 100k. sled keeps what is small and random-access.
 //!
 //! # Record format
 //!
@@ -73,36 +88,32 @@
 //! `meta.seq_floor` and the seq of the last record (highest position) if that record belongs to
 //! this epoch.** Appends keep this true on their own (the new record is last). Every operation
 //! that can change which record is last (removal, dead-lettering, salvage) first writes
-//! `seq_floor`/`position_floor` = what has been issued so far; removal and dead-lettering do it in
-//! the same sled transaction as the change itself, so no crash point can separate them. The next
-//! position is one above the largest of `position_floor`, the last record and the last dead
-//! record.
+//! `seq_floor`/`position_floor` = what has been issued so far: removal in the same sled batch
+//! as the acknowledged position (and it never deletes the last segment), dead-lettering and
+//! eviction durably before the segment is rewritten, so no crash point can separate them. The
+//! next position is one above the largest of `position_floor`, the last record and the last
+//! dead record.
 //!
 //! # Appending, group commit
 //!
-//! An append is inserted into sled at once (it is then readable, but not durable) and answered
-//! with its seq, id and a [`Durable`]. The actor takes every queued command per wake-up (up to
+//! An append is encoded into the log's buffer at once and answered with its seq, id and a
+//! [`Durable`]. The actor takes every queued command per wake-up (up to
 //! 256 records' worth), answers that turn's single appends together at its end and then yields
 //! once, so the producers it just answered queue their next record before it looks again;
 //! that keeps it from parking its thread for every record.
 //!
 //! Per-record costs (a command, a reply, a task wake-up, a `Durable`) are what limit single
 //! appends, so [`JournalHandle::append_batch`] takes up to [`MAX_BATCH_RECORDS`] records of one
-//! kind in one command: they are encoded with one clock stamp, inserted one after the other
-//! with nothing in between (contiguous seqs and positions) and answered with one
-//! [`AppendedBatch`] whose `durable` covers them all. If sled refuses one of them, those already
-//! inserted are removed again and no seq is used; if even that removal fails, the journal stops
-//! accepting records as after a failed fsync (records reported failed could otherwise survive).
-//! The records go in with plain `Tree::insert`, not `Tree::apply_batch`: with sled 0.34.7 a
-//! small `apply_batch` per group was slower than plain inserts and, mixed with flushes, hung for
-//! good in our measurements.
+//! kind in one command: they are encoded with one clock stamp, appended one after the other
+//! with nothing in between (contiguous seqs and positions, one segment) and answered with one
+//! [`AppendedBatch`] whose `durable` covers them all. If one of them cannot be appended, the
+//! batch is taken back out of the log's buffer and no seq is used; if even that fails, the
+//! journal stops accepting records as after a failed fsync.
 //!
-//! Measured with `examples/journal_load.rs` on a shared 2-core machine, flush = 50ms, 4
-//! producer tasks, ~560-byte records (1M each run): single appends 65-104k/s (64-68k before
-//! these changes), batches of 64 85-112k/s and of 256 118-120k/s; append to durable p50
-//! 26-38 ms, p99 50 ms to 1.6 s depending on how long fsyncs take. sled's own insert is most of
-//! the cost (a raw insert loop does ~110k/s there: it copies the leaf on every insert). The actor fsyncs (`Db::flush`) on a blocking thread, never
-//! on its own task, so appends keep flowing while a flush runs:
+//! The actor hands the buffer to the kernel at each flush (or once it passes 1 MiB) and fsyncs
+//! the segment files written since the last flush, the segment folder if a file was created,
+//! and sled, on a blocking thread (`store::FlushJob`), never on its own task, so appends keep
+//! flowing while a flush runs:
 //! - at most one flush is in flight;
 //! - a flush starts once the oldest write not covered by a started flush is `flush` old (with
 //!   `flush = 0` that is immediately; writes that arrive during a flush are covered by the next
@@ -111,15 +122,17 @@
 //!   on a `watch` channel; [`Durable::wait`] resolves from there (MQTT PUBACK-after-durable and
 //!   the uplink reader both use it).
 //!
-//! Removals (upload acknowledged, dead-lettering, eviction) are fsynced lazily: by the next
-//! append's flush, or within a second. Nothing waits on them, a removal lost in a crash only
-//! means records HQ already holds are sent again, and fsyncs back to back while draining kept
-//! sled from reclaiming freed pages (peak RSS draining 1M records: 215 MiB before, 108 after).
+//! Removal after upload writes the acknowledged position (with the floors) into meta and
+//! deletes the segment files below it, never the last one (its last record tells the next seq).
+//! It is fsynced lazily: by the next append's flush, or within a second. Nothing waits on it,
+//! and a removal lost in a crash only means records HQ already holds are sent again.
+//! Dead-lettering and eviction take single records out: the dead letter and the floors are
+//! made durable first, then the segment is rewritten without them (temporary file, fsync,
+//! rename, folder fsync); a crash in between leaves the record in the log, to be sent again.
 //!
 //! A clean close saves the backlog figures in meta (`counters`, the last write before the final
-//! flush); the next open uses and removes them instead of reading every record (1M records:
-//! open 1.4 s and 124 MiB RSS before, 0.3-0.8 s and 37 MiB after). After a crash there are
-//! none and the open counts the records as before.
+//! flush); the next open uses and removes them instead of counting the log. After a crash there
+//! are none and the open counts the log's frames above the acknowledged position.
 //!
 //! sled sets its own background flush off: fsync timing is ours alone. If an fsync fails the
 //! journal stops accepting records (Linux may already have dropped the dirty pages, so nothing
@@ -145,6 +158,12 @@
 //!
 //! # Opening, quarantine
 //!
+//! The open reads every frame of the log. The first frame that is cut short or fails its CRC
+//! ends the log: a write the crash interrupted, never confirmed durable. Unless the log would
+//! then end below `journal.floor` (damage, below), the rest of that segment is cut off and later
+//! segments are deleted, with a warning. A format 1 journal (records in sled) has its records
+//! moved into the log, with their positions, before anything else.
+//!
 //! sled 0.34 can fail to open after an abrupt stop (`Corruption`) and sometimes panics instead.
 //! The open (and the recovery scan) runs on its own thread; a panic is turned into an error. The
 //! outcome is sorted:
@@ -164,11 +183,12 @@
 //!
 //! `posgw journal salvage` (gateway stopped) opens or creates the live journal (quarantining it
 //! first if it is itself damaged) and records its floors; then for each `quarantine-*` folder it
-//! reads records two ways: with sled, on a scratch copy (`data_dir/.salvage-copy`; opened as is,
-//! then without `conf`, then without `snap.*` too, since sled rebuilds from its log; read on a
+//! reads records two ways: through the journal's own structures, on a scratch copy
+//! (`data_dir/.salvage-copy`; sled opened as is, then without `conf`, then without `snap.*` too,
+//! since sled rebuilds from its log; the record log up to its first bad frame; read on a
 //! guarded thread), and with a raw scan of the folder's files for complete JSON record envelopes
-//! (sled keeps values as contiguous bytes in its log, so this finds records sled lost at a
-//! damaged point). Items that error or are not a record are counted unreadable. Each record is
+//! (the record log and sled both keep records as contiguous bytes, so this finds records past
+//! a damaged point). Items that error or are not a record are counted unreadable. Each record is
 //! appended with its original bytes (so id, epoch and seq) unless the live journal already holds
 //! its id; the raw scan leaves out old copies of records the damaged journal had already removed
 //! when sled could tell (`seq_floor`). After an fsync the folder is renamed to
@@ -178,7 +198,8 @@
 //!
 //! - [`clock`]: clock stamps.
 //! - [`record`]: the envelope, [`Kind`].
-//! - `store`: lock, defensive open, recovery, quarantine, the blocking tree operations.
+//! - `store`: lock, defensive open, recovery, quarantine, the blocking operations.
+//! - `segments`: the record log (segment files, frames, cutting a torn tail, rewrites).
 //! - `floor`: the floor file.
 //! - `writer`: the actor, [`JournalHandle`], batches, group commit.
 //! - `offline`: `stats`, `dump`.

@@ -182,7 +182,8 @@ enum Decoded<'a> {
     Bad(String),
 }
 
-fn decode_frame(buf: &[u8]) -> Decoded<'_> {
+/// Decodes the frame at the start of `buf`; with `verify`, checks its CRC.
+fn decode_frame(buf: &[u8], verify: bool) -> Decoded<'_> {
     if buf.len() < HEADER {
         return Decoded::Short(HEADER);
     }
@@ -196,6 +197,9 @@ fn decode_frame(buf: &[u8]) -> Decoded<'_> {
         return Decoded::Short(HEADER + len);
     }
     let payload = &buf[HEADER..HEADER + len];
+    if !verify {
+        return Decoded::Frame(position, payload, HEADER + len);
+    }
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&buf[8..16]);
     hasher.update(payload);
@@ -207,11 +211,12 @@ fn decode_frame(buf: &[u8]) -> Decoded<'_> {
 
 /// Reads frames of one file from `offset`, calling `each(position, payload, frame offset)`
 /// until it returns false. Returns the offset after the last whole valid frame, and why the
-/// file ended there if not at its end (a short or bad frame).
+/// file ended there if not at its end (a short or bad frame). Checks CRCs when `verify`.
 fn scan_file(
     file: &File,
     mut offset: u64,
     chunk: &mut Vec<u8>,
+    verify: bool,
     each: &mut dyn FnMut(u64, &[u8], u64) -> bool,
 ) -> std::io::Result<(u64, Option<String>)> {
     let file_len = file.metadata()?.len();
@@ -225,7 +230,7 @@ fn scan_file(
         chunk.truncate(got);
         let mut at = 0usize;
         loop {
-            match decode_frame(&chunk[at..]) {
+            match decode_frame(&chunk[at..], verify) {
                 Decoded::Frame(position, payload, size) => {
                     if !each(position, payload, offset + at as u64) {
                         return Ok((offset + at as u64, None));
@@ -326,17 +331,23 @@ impl Log {
             let mut last_bytes: Option<Vec<u8>> = None;
             let mut disorder = None;
             let mut count = 0u64;
-            let (end, why) = scan_file(&file, 0, &mut log.chunk, &mut |position, payload, _| {
-                if position <= previous || (first > 0 && count == 0 && position < first) {
-                    disorder = Some(position);
-                    return false;
-                }
-                previous = position;
-                last = position;
-                count += 1;
-                last_bytes = Some(payload.to_vec());
-                true
-            })
+            let (end, why) = scan_file(
+                &file,
+                0,
+                &mut log.chunk,
+                true,
+                &mut |position, payload, _| {
+                    if position <= previous || (first > 0 && count == 0 && position < first) {
+                        disorder = Some(position);
+                        return false;
+                    }
+                    previous = position;
+                    last = position;
+                    count += 1;
+                    last_bytes = Some(payload.to_vec());
+                    true
+                },
+            )
             .map_err(io_context(format!("cannot read {}", path.display())))?;
             let why = why
                 .or_else(|| disorder.map(|position| format!("position {position} out of order")));
@@ -534,6 +545,29 @@ impl Log {
         until: u64,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), String> {
+        self.read_frames(after, until, true, each)
+    }
+
+    /// Records and bytes with positions in `after < position <= until`, without checking
+    /// CRCs (they are checked when the records are read to be sent).
+    pub(crate) fn count(&mut self, after: u64, until: u64) -> Result<(u64, u64), String> {
+        let (mut records, mut bytes) = (0u64, 0u64);
+        self.read_frames(after, until, false, &mut |_, payload| {
+            records += 1;
+            bytes += payload.len() as u64;
+            true
+        })?;
+        Ok((records, bytes))
+    }
+
+    /// [`Log::read`], checking CRCs only with `verify`.
+    fn read_frames(
+        &mut self,
+        after: u64,
+        until: u64,
+        verify: bool,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), String> {
         if after >= until {
             return Ok(());
         }
@@ -569,6 +603,7 @@ impl Log {
                 &file,
                 offset,
                 &mut self.chunk,
+                verify,
                 &mut |position, payload, at| {
                     if position <= after {
                         resume = Some((at, position));
@@ -659,13 +694,19 @@ impl Log {
                 File::open(&path).map_err(io_context(format!("cannot open {}", path.display())))?;
             let mut out = Vec::new();
             let mut last = 0u64;
-            scan_file(&source, 0, &mut self.chunk, &mut |position, payload, _| {
-                if positions.binary_search(&position).is_err() {
-                    encode_frame(&mut out, position, payload);
-                    last = position;
-                }
-                true
-            })
+            scan_file(
+                &source,
+                0,
+                &mut self.chunk,
+                true,
+                &mut |position, payload, _| {
+                    if positions.binary_search(&position).is_err() {
+                        encode_frame(&mut out, position, payload);
+                        last = position;
+                    }
+                    true
+                },
+            )
             .map_err(io_context(format!("cannot read {}", path.display())))?;
             let write = || -> std::io::Result<()> {
                 let mut file = File::create(&tmp)?;
@@ -716,15 +757,21 @@ impl Log {
                 segment.path.display()
             )))?;
             let mut found = None;
-            scan_file(&file, 0, &mut self.chunk, &mut |position, payload, _| {
-                if position == segment.last {
-                    found = Some(Frame {
-                        position,
-                        bytes: payload.to_vec(),
-                    });
-                }
-                true
-            })
+            scan_file(
+                &file,
+                0,
+                &mut self.chunk,
+                true,
+                &mut |position, payload, _| {
+                    if position == segment.last {
+                        found = Some(Frame {
+                            position,
+                            bytes: payload.to_vec(),
+                        });
+                    }
+                    true
+                },
+            )
             .map_err(io_context(format!(
                 "cannot read {}",
                 segment.path.display()

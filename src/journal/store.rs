@@ -1108,13 +1108,9 @@ impl Store {
         if position <= self.acked {
             return Ok(0);
         }
-        let (mut removed, mut bytes) = (0u64, 0u64);
-        self.log
-            .read(self.acked, position, &mut |_, payload| {
-                removed += 1;
-                bytes += payload.len() as u64;
-                true
-            })
+        let (removed, bytes) = self
+            .log
+            .count(self.acked, position)
             .map_err(|err| JournalError::storage("reading records to remove", err))?;
         let before = self.acked;
         self.acked = position;

@@ -503,7 +503,7 @@ fn raw_sled(path: &Path) -> sled::Db {
     super::store::open_db(path).expect("open sled")
 }
 
-/// Deletes records straight in sled, as a damaged log that sled recovers only a prefix of
+/// Deletes the newest records behind the journal's back, as a disk that silently lost writes
 /// looks: no error, fewer records, meta floors untouched. With `everything`, the meta goes too.
 fn lose_records_silently(dir: &Path, keep: u64, everything: bool) {
     // The record log: keep the first `keep` frames (16-byte header: length, CRC, position),
@@ -1257,4 +1257,148 @@ async fn backlog_figures_survive_a_clean_close_and_a_crash_alike() {
         ),
         expected
     );
+}
+
+/// Appends `n` scans with bulky data, so they span several segment files.
+async fn append_bulky(handle: &JournalHandle, n: u64) -> Vec<Appended> {
+    let pad = "p".repeat(2000);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let data = json!({"device": "scanner-1", "code": format!("690{i:010}"), "pad": pad});
+        out.push(
+            handle
+                .append_value(Kind::Scan, &data)
+                .await
+                .expect("append"),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_backlog_over_several_segments_survives_close_crash_and_partial_removal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open_clean(dir.path(), Duration::from_millis(5)).await;
+    // ~2 KB each: 12,000 records are ~24 MB, three segments or more.
+    let mut appended = append_bulky(&handle, 12_000).await;
+    let last_position = appended.last().expect("appended").position;
+    appended
+        .pop()
+        .expect("appended")
+        .durable
+        .wait()
+        .await
+        .expect("durable");
+    let removed_through = appended[4_999].position;
+    assert_eq!(
+        handle
+            .remove_through(removed_through)
+            .await
+            .expect("remove"),
+        5_000
+    );
+    let segments = dir.path().join("journal").join("segments");
+    let files = || std::fs::read_dir(&segments).expect("segments").count();
+    let after_removal = files();
+    handle.close().await.expect("close");
+
+    // Clean close: the saved counters.
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(handle.stats().backlog_records, 7_000);
+    assert_eq!(handle.stats().next_seq, 12_001);
+    let read = handle.read(0, 10, usize::MAX).await.expect("read");
+    assert_eq!(read[0].position, appended[5_000].position);
+    assert_eq!(read.len(), 10);
+    handle.close().await.expect("close");
+
+    // As after a crash: no saved counters, so the open counts the log.
+    let db = raw_sled(&dir.path().join("journal"));
+    db.open_tree("meta")
+        .expect("meta")
+        .remove("counters")
+        .expect("remove counters");
+    db.flush().expect("flush");
+    drop(db);
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(handle.stats().backlog_records, 7_000);
+    assert_eq!(handle.stats().next_seq, 12_001);
+    // Everything acknowledged: every segment but the last is deleted.
+    handle
+        .remove_through(last_position)
+        .await
+        .expect("remove all");
+    assert_eq!(handle.stats().backlog_records, 0);
+    assert!(files() < after_removal, "{} files", files());
+    assert_eq!(files(), 1);
+    handle.close().await.expect("close");
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(
+        handle.stats().next_seq,
+        12_001,
+        "the last record still tells the seq"
+    );
+    assert_eq!(handle.stats().backlog_records, 0);
+    handle.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_format_1_journal_is_converted_at_open_without_losing_or_reissuing_anything() {
+    // Records as a format 1 journal held them: in sled's `records` tree.
+    let source = tempfile::tempdir().expect("tempdir");
+    let (epoch, ids) = journal_with_records(source.path(), 5).await;
+    let records = dump_values(source.path(), false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = raw_sled(&dir.path().join("journal"));
+        let meta = db.open_tree("meta").expect("meta");
+        meta.insert("format", "1").expect("format");
+        meta.insert("epoch", epoch.as_bytes()).expect("epoch");
+        let tree = db.open_tree("records").expect("records");
+        // Positions 11..15: the conversion must keep them, not renumber.
+        for (position, record) in (11u64..).zip(&records) {
+            let bytes = serde_json::to_vec(record).expect("json");
+            tree.insert(position.to_be_bytes(), bytes).expect("insert");
+        }
+        db.flush().expect("flush");
+    }
+    std::fs::write(dir.path().join("journal.lock"), b"").expect("lock file");
+
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    let stats = handle.stats();
+    assert_eq!(stats.epoch, epoch);
+    assert_eq!(stats.backlog_records, 5);
+    assert_eq!(
+        stats.next_seq, 6,
+        "seqs continue after the converted records"
+    );
+    let read = handle.read(0, 100, usize::MAX).await.expect("read");
+    let positions: Vec<u64> = read.iter().map(|r| r.position).collect();
+    assert_eq!(positions, vec![11, 12, 13, 14, 15]);
+    let appended = handle
+        .append_value(
+            Kind::Scan,
+            &json!({"device": "scanner-1", "code": "6901234567892"}),
+        )
+        .await
+        .expect("append");
+    assert_eq!(appended.position, 16);
+    handle.close().await.expect("close");
+
+    let db = raw_sled(&dir.path().join("journal"));
+    assert!(db.open_tree("records").expect("records").is_empty());
+    assert_eq!(
+        db.open_tree("meta")
+            .expect("meta")
+            .get("format")
+            .expect("get")
+            .as_deref(),
+        Some(&b"2"[..])
+    );
+    drop(db);
+    let got: Vec<String> = dump_values(dir.path(), false)
+        .iter()
+        .map(|v| v["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(&got[..5], &ids[..]);
+    assert_eq!(got.len(), 6);
 }
