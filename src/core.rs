@@ -208,9 +208,11 @@ impl Core {
             at: chrono::Local::now(),
             skus: sale.lines.iter().map(|line| line.sku.clone()).collect(),
         };
+        let mut linked = Vec::new();
         if link.skus.iter().any(Option::is_some) {
             let prompts = self.prompts.link_sale(link).await;
             for (line, prompt) in sale.lines.iter_mut().zip(prompts) {
+                linked.extend(prompt.clone());
                 line.prompt = prompt;
             }
         }
@@ -219,7 +221,14 @@ impl Core {
             station: &device.station,
             sale,
         };
-        self.append(Kind::Sale, &data).await
+        let appended = self.append(Kind::Sale, &data).await;
+        if !linked.is_empty() {
+            // The links stick only with the record that names them.
+            self.prompts
+                .sale_recorded(device.station.to_string(), linked, appended.is_some())
+                .await;
+        }
+        appended
     }
 
     async fn scan(&self, device: &DeviceInfo, frame: &[u8]) -> Option<Appended> {

@@ -90,6 +90,13 @@ pub(crate) enum Command {
         sale: SaleLink,
         reply: oneshot::Sender<Vec<Option<String>>>,
     },
+    /// The sale that [`Command::LinkSale`] linked these prompts to was written (`recorded`), or
+    /// could not be (the links are taken back, so the sale written again links anew).
+    SaleRecorded {
+        station: String,
+        prompts: Vec<String>,
+        recorded: bool,
+    },
     /// Stop: flush the writer, then reply.
     Close { reply: oneshot::Sender<()> },
 }
@@ -178,6 +185,9 @@ pub(crate) struct Engine {
     /// Prompts resolved within the last `sale_link_window` and not linked to a sale yet,
     /// oldest first.
     recent: VecDeque<RecentPrompt>,
+    /// Resolved prompts linked to a sale whose record is not written yet, by id: put back into
+    /// `recent` if it cannot be.
+    linking: HashMap<String, RecentPrompt>,
     /// How long before a sale a prompt may have opened (or resolved) and still be linked to it.
     sale_link_window: chrono::Duration,
     /// Today's figures.
@@ -208,6 +218,7 @@ impl Engine {
             resolved: HashMap::new(),
             resolved_order: VecDeque::new(),
             recent: VecDeque::new(),
+            linking: HashMap::new(),
             sale_link_window: chrono::Duration::from_std(sale_link_window)
                 .unwrap_or_else(|_| chrono::Duration::minutes(10)),
             today,
@@ -344,6 +355,11 @@ impl Engine {
             Command::LinkSale { sale, reply } => {
                 let _ = reply.send(self.link_sale(&sale));
             }
+            Command::SaleRecorded {
+                station,
+                prompts,
+                recorded,
+            } => self.sale_recorded(&station, &prompts, recorded),
             Command::Close { reply } => {
                 // Handled by the loop; unreachable here but harmless.
                 let _ = reply.send(());
@@ -736,7 +752,11 @@ impl Engine {
                 })
             });
             let id = match (recent, open) {
-                (Some(index), _) => self.recent.remove(index).map(|recent| recent.id),
+                (Some(index), _) => self.recent.remove(index).map(|recent| {
+                    let id = recent.id.clone();
+                    self.linking.insert(id.clone(), recent);
+                    id
+                }),
                 (None, Some(prompt)) => {
                     prompt.linked = true;
                     prompt.receipt.clone_from(&sale.receipt);
@@ -746,10 +766,43 @@ impl Engine {
             };
             linked.push(id);
         }
-        if linked.iter().any(Option::is_some) {
-            self.save();
-        }
+        // Saved once the sale is written (`sale_recorded`): a state naming links to a sale a
+        // crash then took back would keep the redelivered sale from linking.
         linked
+    }
+
+    /// Makes the links of a written sale stick (saved with the open prompts), or takes back
+    /// those of a sale that could not be written.
+    fn sale_recorded(&mut self, station: &str, prompts: &[String], recorded: bool) {
+        if recorded {
+            for id in prompts {
+                self.linking.remove(id);
+            }
+            self.save();
+            return;
+        }
+        for id in prompts {
+            if let Some(recent) = self.linking.remove(id) {
+                let at = self
+                    .recent
+                    .iter()
+                    .position(|other| other.resolved_at > recent.resolved_at)
+                    .unwrap_or(self.recent.len());
+                self.recent.insert(at, recent);
+            } else if let Some(prompt) = self
+                .stations
+                .get_mut(station)
+                .and_then(|queue| queue.iter_mut().find(|prompt| prompt.view.id == *id))
+            {
+                prompt.linked = false;
+                prompt.receipt = None;
+            }
+        }
+        tracing::debug!(
+            station,
+            prompts = prompts.len(),
+            "sale not written; its prompt links taken back"
+        );
     }
 
     fn remember(&mut self, id: &str, outcome: Outcome) {

@@ -289,6 +289,20 @@ impl PromptsHandle {
             .unwrap_or_else(|_| vec![None; lines])
     }
 
+    /// Tells the engine whether the sale whose lines [`link_sale`](Self::link_sale) linked to
+    /// `prompts` was written to the journal. The links are saved only once it was; if it could
+    /// not be, they are taken back so that the sale, when it comes again, links anew.
+    pub async fn sale_recorded(&self, station: String, prompts: Vec<String>, recorded: bool) {
+        let _ = self
+            .commands
+            .send(Command::SaleRecorded {
+                station,
+                prompts,
+                recorded,
+            })
+            .await;
+    }
+
     /// [`today`](Self::today), plus zero figures for those of `stations` that had no prompt.
     pub async fn today_with(&self, stations: &[String]) -> Vec<StationToday> {
         let stations = stations.to_vec();

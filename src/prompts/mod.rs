@@ -52,6 +52,10 @@
 //!   prompt linked this way remembers the receipt (saved with the open prompts), and its
 //!   attribution carries `receipt` when it resolves after the sale. Resolved prompts waiting
 //!   for their sale are kept in memory only: after a restart, a sale links to open prompts.
+//!   The core then reports whether the sale record was written
+//!   ([`PromptsHandle::sale_recorded`]): only then are the links saved (after the record is
+//!   durable, like every save); a sale the journal refused has its links taken back, so the
+//!   sale, when it comes again (an MQTT redelivery), links the same prompts.
 
 mod campaigns;
 mod clock;

@@ -719,15 +719,63 @@ impl Store {
         receipt: &str,
         skus: &[Option<&str>],
     ) -> Vec<Option<String>> {
-        self.prompts
+        self.sale_written(station, receipt, skus, true).await
+    }
+
+    /// A sale as the core handles it: linked, then written (or not, with `recorded` false).
+    async fn sale_written(
+        &self,
+        station: &str,
+        receipt: &str,
+        skus: &[Option<&str>],
+        recorded: bool,
+    ) -> Vec<Option<String>> {
+        let linked = self
+            .prompts
             .link_sale(SaleLink {
                 station: station.to_owned(),
                 receipt: Some(receipt.to_owned()),
                 at: self.clock.now(),
                 skus: skus.iter().map(|sku| sku.map(str::to_owned)).collect(),
             })
-            .await
+            .await;
+        let ids = linked.iter().flatten().cloned().collect();
+        self.prompts
+            .sale_recorded(station.to_owned(), ids, recorded)
+            .await;
+        linked
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sale_that_could_not_be_written_leaves_its_prompts_to_link_again() {
+    let store = start().await;
+    let open = store.open("till-1", "6901234567892").await.prompt;
+    let answered = store.open("till-1", "6931234567890").await.prompt;
+    store
+        .prompts
+        .answer(&answered.id, "doctor", None, Channel::Web)
+        .await
+        .expect("answer");
+    let skus = [Some("6901234567892"), Some("6931234567890")];
+    let expected = vec![Some(open.id.clone()), Some(answered.id.clone())];
+    // The journal refused the sale: both links are taken back...
+    assert_eq!(
+        store.sale_written("till-1", "R-1", &skus, false).await,
+        expected
+    );
+    // ...so the open prompt is still this customer's (a re-scan returns it)...
+    assert!(!store.open("till-1", "6901234567892").await.new);
+    // ...and the sale, written again, links the same prompts.
+    assert_eq!(store.sale("till-1", "R-1", &skus).await, expected);
+    // Now they are taken.
+    assert_eq!(store.sale("till-1", "R-2", &skus).await, vec![None, None]);
+    let resolution = store
+        .prompts
+        .answer(&open.id, "poster", None, Channel::Web)
+        .await
+        .expect("answer");
+    assert_eq!(resolution.receipt.as_deref(), Some("R-1"));
 }
 
 #[tokio::test(start_paused = true)]
