@@ -192,11 +192,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let closed_in = close_started.elapsed();
     latencies.sort_unstable();
 
-    let journal_bytes: u64 = std::fs::read_dir(dir.path().join("journal"))?
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.metadata().ok())
-        .map(|meta| meta.len())
-        .sum();
+    let journal_bytes = folder_bytes(&dir.path().join("journal"));
     println!(
         "appended {} records ({:.0} bytes of data on average) in {:.2}s: {:.0} appends/s",
         stats.appended_total,
@@ -232,4 +228,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// Bytes of the files under `dir`, recursively (the record log's segments and sled's files).
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => folder_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
