@@ -91,31 +91,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut hq = None;
     let mut uplink = String::new();
     if with_hq {
-        let token = dir.path().join("hq.token");
-        std::fs::write(&token, "bench-token\n")?;
-        let hq_port = free_port();
-        let hq_config = dir.path().join("hq.toml");
-        std::fs::write(
-            &hq_config,
-            format!(
-                "[hq]\nlisten = \"127.0.0.1:{hq_port}\"\ndata_dir = \"{}\"\n\n[[store]]\ncode = \"BENCH-1\"\ntoken_file = \"{}\"\n",
-                dir.path().join("hq").display(),
-                token.display()
-            ),
-        )?;
-        hq = Some(
-            Command::new(&bin)
-                .args(["hq", "-c"])
-                .arg(&hq_config)
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
-        while std::net::TcpStream::connect(("127.0.0.1", hq_port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "no HQ");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (child, endpoint, token) = support::start_hq(&bin, dir.path(), "BENCH-1")?;
+        hq = Some(child);
         uplink = format!(
-            "[uplink]\nendpoint = \"http://127.0.0.1:{hq_port}/v1/batches\"\ntoken_file = \"{}\"\ncompression = \"gzip\"\n",
+            "[uplink]\nendpoint = \"{endpoint}\"\ntoken_file = \"{}\"\ncompression = \"gzip\"\n",
             token.display()
         );
     }

@@ -20,6 +20,9 @@ use axum::http::HeaderMap;
 use posgw::journal::{self, JournalConfig, Kind};
 use serde_json::value::RawValue;
 
+#[path = "support/mod.rs"]
+mod support;
+
 fn scan_data(i: u64) -> Box<RawValue> {
     let text = format!(
         concat!(
@@ -80,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(1_000_000);
     let compression = args.next().unwrap_or_else(|| "gzip".into());
     let hq_kind = args.next().unwrap_or_else(|| "sink".into());
-    let bin = std::env::var("POSGW_BIN").unwrap_or_else(|_| "target/release/posgw".into());
+    let bin = support::posgw_bin();
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
 
@@ -103,31 +106,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("filled {records} records in {:.1?}", fill.elapsed());
 
     // 2. HQ.
-    let token = dir.path().join("hq.token");
-    std::fs::write(&token, "drain-token\n")?;
     let mut hq_child = None;
     let received = Arc::new(AtomicU64::new(0));
-    let endpoint = if hq_kind == "posgw" {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        drop(listener);
-        let config = dir.path().join("hq.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[hq]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[[store]]\ncode = \"WZ-LC-001\"\ntoken_file = \"{}\"\n",
-                dir.path().join("hq").display(),
-                token.display()
-            ),
-        )?;
-        hq_child = Some(
-            Command::new(&bin)
-                .args(["hq", "-c"])
-                .arg(&config)
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
-        format!("http://127.0.0.1:{port}/v1/batches")
+    let (endpoint, token) = if hq_kind == "posgw" {
+        let (child, endpoint, token) = support::start_hq(&bin, dir.path(), "WZ-LC-001")?;
+        hq_child = Some(child);
+        (endpoint, token)
     } else {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -137,7 +121,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             axum::routing::post(move |headers, body| sink(count.clone(), headers, body)),
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}/v1/batches")
+        let token = dir.path().join("hq.token");
+        std::fs::write(&token, "drain-token\n")?;
+        (format!("http://{addr}/v1/batches"), token)
     };
 
     // 3. The gateway, with no devices: it only drains.

@@ -1,6 +1,6 @@
 //! What the load generators that drive a real `posgw run` share: pseudo-terminals for simulated
-//! devices, starting the release binary and learning its API address, reading one metric,
-//! stopping it, and printing latency quantiles. Included with `#[path = "support/mod.rs"] mod
+//! devices, starting the release binary and learning its API address, starting a `posgw hq`
+//! child, reading one metric, stopping it, and printing latency quantiles. Included with `#[path = "support/mod.rs"] mod
 //! support;` (cargo does not build this folder as an example of its own).
 
 #![allow(dead_code)] // each example uses its own part
@@ -98,4 +98,42 @@ pub fn quantiles(label: &str, mut values: Vec<Duration>) {
         q(0.99).as_secs_f64() * 1e3,
         values[values.len() - 1].as_secs_f64() * 1e3
     );
+}
+
+/// Starts a `posgw hq` child in `dir` (its data in `dir/hq`) that accepts `store` with the token
+/// written to `dir/hq.token`, and waits until it accepts connections. Returns the child, the
+/// batches endpoint for the gateway's `[uplink]` and the token file.
+pub fn start_hq(
+    bin: &str,
+    dir: &Path,
+    store: &str,
+) -> Result<(Child, String, std::path::PathBuf), Box<dyn std::error::Error>> {
+    let token = dir.join("hq.token");
+    std::fs::write(&token, "bench-token\n")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = dir.join("hq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hq]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[[store]]\ncode = \"{store}\"\ntoken_file = \"{}\"\n",
+            dir.join("hq").display(),
+            token.display()
+        ),
+    )?;
+    let child = Command::new(bin)
+        .args(["hq", "-c"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()?;
+    // `posgw hq` binds once its database is open.
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("posgw hq did not start listening within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((child, format!("http://127.0.0.1:{port}/v1/batches"), token))
 }
