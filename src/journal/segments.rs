@@ -133,8 +133,10 @@ pub(crate) struct Log {
     unsynced: Vec<Arc<File>>,
     /// Whether the folder changed since the last sync job.
     dir_dirty: bool,
-    /// Where the last read ended.
+    /// Where the last read ended ([`Log::read`]: the uplink reading ahead).
     cursor: Option<Cursor>,
+    /// Where the last count ended ([`Log::count`]: removal, behind the reads).
+    count_cursor: Option<Cursor>,
     /// Reused read buffer.
     chunk: Vec<u8>,
 }
@@ -314,6 +316,7 @@ impl Log {
             unsynced: Vec::new(),
             dir_dirty: false,
             cursor: None,
+            count_cursor: None,
             chunk: Vec::new(),
         };
         let mut ending = Ending::default();
@@ -549,7 +552,8 @@ impl Log {
     }
 
     /// Records and bytes with positions in `after < position <= until`, without checking
-    /// CRCs (they are checked when the records are read to be sent).
+    /// CRCs (they are checked when the records are read to be sent). Has its own cursor, so
+    /// counting what was acknowledged behind the reads does not scan from a segment's start.
     pub(crate) fn count(&mut self, after: u64, until: u64) -> Result<(u64, u64), String> {
         let (mut records, mut bytes) = (0u64, 0u64);
         self.read_frames(after, until, false, &mut |_, payload| {
@@ -589,7 +593,12 @@ impl Log {
             if segment.last != 0 && segment.last <= after {
                 continue;
             }
-            let offset = match self.cursor {
+            let cursor = if verify {
+                self.cursor
+            } else {
+                self.count_cursor
+            };
+            let offset = match cursor {
                 Some(c) if c.segment == first && c.next <= after + 1 => c.offset,
                 _ => 0,
             };
@@ -632,7 +641,11 @@ impl Log {
             }
         }
         if cursor_out.is_some() {
-            self.cursor = cursor_out;
+            if verify {
+                self.cursor = cursor_out;
+            } else {
+                self.count_cursor = cursor_out;
+            }
         }
         Ok(())
     }
@@ -658,9 +671,7 @@ impl Log {
             if matches!(self.writer, Some((w, _)) if w == *first) {
                 self.writer = None;
             }
-            if matches!(self.cursor, Some(c) if c.segment == *first) {
-                self.cursor = None;
-            }
+            self.forget_cursors(*first);
         }
         if !doomed.is_empty() {
             self.dir_dirty = true;
@@ -718,18 +729,25 @@ impl Log {
             write().map_err(io_context(format!("cannot rewrite {}", path.display())))?;
             let was_writer = matches!(self.writer, Some((w, _)) if w == first);
             if let Some(segment) = self.segments.get_mut(&first) {
-                segment.last = if last == 0 && first > 0 { 0 } else { last };
+                segment.last = last;
                 segment.len = out.len() as u64;
             }
             if was_writer {
                 self.writer = None;
                 // The next `begin` reopens the (rewritten) file for appends.
             }
-            if matches!(self.cursor, Some(c) if c.segment == first) {
-                self.cursor = None;
-            }
+            self.forget_cursors(first);
         }
         Ok(())
+    }
+
+    /// Drops the cursors into segment `first` (deleted or rewritten).
+    fn forget_cursors(&mut self, first: u64) {
+        for cursor in [&mut self.cursor, &mut self.count_cursor] {
+            if matches!(cursor, Some(c) if c.segment == first) {
+                *cursor = None;
+            }
+        }
     }
 
     /// The first frame above `after`, if any.
