@@ -301,11 +301,16 @@ impl Log {
                 let _ = std::fs::remove_file(entry.path());
                 continue;
             }
-            let first = name
+            match name
                 .strip_suffix(SUFFIX)
                 .and_then(|stem| stem.parse::<u64>().ok())
-                .ok_or_else(|| format!("unexpected file {name} in {}", dir.display()))?;
-            firsts.push(first);
+            {
+                Some(first) => firsts.push(first),
+                // Not ours (an editor's backup, a copy an admin left): not damage.
+                None => {
+                    tracing::warn!(file = %entry.path().display(), "ignoring a file that is not a segment")
+                }
+            }
         }
         firsts.sort_unstable();
         let mut log = Log {
@@ -438,7 +443,7 @@ impl Log {
     fn roll(&mut self, next_position: u64) -> Result<(), String> {
         self.write_out()?;
         if let Some((&first, segment)) = self.segments.iter().next_back() {
-            if self.writer.is_none() && segment.len < SEGMENT_BYTES {
+            if self.writer.is_none() && segment.len < SEGMENT_BYTES && first <= next_position {
                 let file = std::fs::OpenOptions::new()
                     .append(true)
                     .open(&segment.path)
@@ -448,6 +453,20 @@ impl Log {
                     )))?;
                 self.writer = Some((first, Arc::new(file)));
                 return Ok(());
+            }
+        }
+        // An empty last segment named above the next position (its creation survived a power
+        // cut that took the records it was made for): replace it.
+        if let Some((&first, segment)) = self.segments.iter().next_back() {
+            if first > next_position && segment.len == 0 {
+                let path = segment.path.clone();
+                std::fs::remove_file(&path)
+                    .map_err(io_context(format!("cannot delete {}", path.display())))?;
+                self.segments.remove(&first);
+                self.forget_cursors(first);
+                if matches!(self.writer, Some((w, _)) if w == first) {
+                    self.writer = None;
+                }
             }
         }
         let path = self.dir.join(segment_name(next_position));
@@ -516,12 +535,22 @@ impl Log {
             return Err("the record log has no open segment".to_string());
         };
         let mut writer: &File = file;
-        writer.write_all(&self.pending).map_err(|err| {
-            format!(
-                "cannot write segment {}: {err}",
-                self.dir.join(segment_name(*first)).display()
-            )
-        })?;
+        if let Err(err) = writer.write_all(&self.pending) {
+            // Take back whatever part of the buffer reached the file, so a retry cannot leave
+            // a torn frame in the middle of the segment.
+            let on_disk = self
+                .segments
+                .get(first)
+                .map_or(0, |s| s.len - self.pending.len() as u64);
+            let undo = file.set_len(on_disk);
+            return Err(format!(
+                "cannot write segment {}: {err}{}",
+                self.dir.join(segment_name(*first)).display(),
+                undo.err()
+                    .map(|e| format!(" (and cannot take it back: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
         self.pending.clear();
         if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, file)) {
             self.unsynced.push(file.clone());
@@ -608,7 +637,7 @@ impl Log {
             )))?;
             let mut stopped = false;
             let mut resume = None;
-            let (end, _) = scan_file(
+            let (end, why) = scan_file(
                 &file,
                 offset,
                 &mut self.chunk,
@@ -630,6 +659,10 @@ impl Log {
                 "cannot read {}",
                 segment.path.display()
             )))?;
+            if let (Some(why), false) = (why, stopped) {
+                // The open cut the log at its first bad frame: one now is damage, never skipped.
+                return Err(format!("{}: {why}", segment.path.display()));
+            }
             // Resume at the frame after the last one delivered or skipped.
             cursor_out = Some(Cursor {
                 segment: first,
@@ -648,6 +681,23 @@ impl Log {
             }
         }
         Ok(())
+    }
+
+    /// The first position of the segment after the one holding `position` (`u64::MAX` when it
+    /// is in the last segment).
+    pub(crate) fn segment_end(&self, position: u64) -> u64 {
+        self.segments
+            .range(position.saturating_add(1)..)
+            .next()
+            .map_or(u64::MAX, |(first, _)| *first)
+    }
+
+    /// Whether [`Log::delete_through`] would delete a file.
+    pub(crate) fn would_delete(&self, position: u64) -> bool {
+        let last_first = self.segments.keys().next_back().copied();
+        self.segments
+            .iter()
+            .any(|(first, segment)| Some(*first) != last_first && segment.last <= position)
     }
 
     /// Deletes every segment whose frames are all at or below `position`, except the last
@@ -705,7 +755,7 @@ impl Log {
                 File::open(&path).map_err(io_context(format!("cannot open {}", path.display())))?;
             let mut out = Vec::new();
             let mut last = 0u64;
-            scan_file(
+            let (_, why) = scan_file(
                 &source,
                 0,
                 &mut self.chunk,
@@ -719,6 +769,9 @@ impl Log {
                 },
             )
             .map_err(io_context(format!("cannot read {}", path.display())))?;
+            if let Some(why) = why {
+                return Err(format!("cannot rewrite {}: {why}", path.display()));
+            }
             let write = || -> std::io::Result<()> {
                 let mut file = File::create(&tmp)?;
                 file.write_all(&out)?;
@@ -1009,5 +1062,102 @@ mod tests {
             log.first_after(6).expect("first").map(|f| f.position),
             Some(7)
         );
+    }
+}
+
+#[cfg(test)]
+mod crash_tests {
+    use super::*;
+
+    /// Power cut after a roll: the new (empty) segment's directory entry reached the disk, the
+    /// unsynced tail of the previous segment did not. The next open continues at a position
+    /// below the empty segment's name, `roll` reuses that segment, and the open after that
+    /// rejects (cuts) the records written into it, although they were fsynced.
+    #[test]
+    fn an_empty_segment_named_above_the_next_position_is_replaced_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        let big = vec![b'a'; 3_000_000];
+        for position in 1..=2 {
+            log.begin(position).expect("begin");
+            log.append(position, &big).expect("append");
+            log.end().expect("end");
+        }
+        log.sync_job().expect("job").run().expect("sync"); // 1, 2 durable
+        let durable_len = std::fs::metadata(dir.path().join("segments").join(segment_name(1)))
+            .expect("meta")
+            .len();
+        log.begin(3).expect("begin");
+        log.append(3, &big).expect("append"); // segment 1 now >= 8 MiB
+        log.end().expect("end");
+        log.begin(4).expect("begin"); // rolls: creates ...4.seg
+        log.append(4, b"{}").expect("append");
+        drop(log);
+        // Power cut: the unsynced tail of segment 1 is gone (cleanly, at a frame boundary), the
+        // creation of segment 4 reached the disk, its data did not.
+        let seg1 = dir.path().join("segments").join(segment_name(1));
+        let seg4 = dir.path().join("segments").join(segment_name(4));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg1)
+            .unwrap()
+            .set_len(durable_len)
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg4)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+
+        let (mut log, ending) = Log::open(dir.path()).expect("reopen");
+        assert!(ending.cut.is_none());
+        assert_eq!(ending.last.as_ref().map(|(p, _)| *p), Some(2));
+        log.cut(&ending).expect("cut");
+        // The journal continues at position 3 and makes it durable.
+        log.begin(3).expect("begin");
+        log.append(3, b"{\"confirmed\":true}").expect("append");
+        log.end().expect("end");
+        log.sync_job().expect("job").run().expect("sync");
+        drop(log);
+
+        let (_, ending) = Log::open(dir.path()).expect("reopen 2");
+        assert!(
+            ending.cut.is_none(),
+            "durable record 3 is cut: {:?}",
+            ending.cut
+        );
+        assert_eq!(ending.last.map(|(p, _)| p), Some(3));
+    }
+
+    /// A damaged frame in the middle of a segment (bit rot, or the torn write-out above): the
+    /// reader silently goes on with the next segment, and a rewrite silently drops every frame
+    /// after the damaged one.
+    #[test]
+    fn a_bad_frame_in_the_middle_of_a_segment_is_an_error_not_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        let big = vec![b'b'; 3_000_000];
+        for position in 1..=3 {
+            log.begin(position).expect("begin");
+            log.append(position, &big).expect("append");
+            log.end().expect("end");
+        }
+        log.begin(4).expect("begin"); // new segment
+        log.append(4, b"{}").expect("append");
+        log.sync_job().expect("job").run().expect("sync");
+        // Flip a byte inside frame 2 of segment 1.
+        let seg1 = dir.path().join("segments").join(segment_name(1));
+        let file = std::fs::OpenOptions::new().write(true).open(&seg1).unwrap();
+        file.write_at(b"X", 3_000_016 + 16 + 10).unwrap();
+        let mut seen = Vec::new();
+        let result = log.read(0, u64::MAX, &mut |p, _| {
+            seen.push(p);
+            true
+        });
+        assert!(result.is_err(), "records 2, 3 skipped silently: {seen:?}");
+        assert_eq!(seen, vec![1]);
+        // A rewrite of that segment refuses too, rather than dropping what follows the damage.
+        assert!(log.drop_frames(&[1]).is_err());
     }
 }

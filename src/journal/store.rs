@@ -467,18 +467,15 @@ fn convert_format_1(
     converted: u64,
 ) -> Result<(), OpenFailure> {
     let damaged = |what: &str, err: String| OpenFailure::Damaged(format!("{what}: {err}"));
-    let mut started = false;
     for item in trees.records.range(position_key(converted + 1)..) {
         let (key, value) =
             item.map_err(|err| damaged("cannot read a format 1 record", err.to_string()))?;
         let position = key_position(&key).ok_or_else(|| {
             OpenFailure::Damaged(format!("record key of {} bytes, expected 8", key.len()))
         })?;
-        if !started {
-            log.begin(position)
-                .map_err(|err| damaged("cannot convert format 1 records", err))?;
-            started = true;
-        }
+        // Per record, so the records are spread over segments of the usual size.
+        log.begin(position)
+            .map_err(|err| damaged("cannot convert format 1 records", err))?;
         log.append(position, &value)
             .map_err(|err| damaged("cannot convert format 1 records", err))?;
         log.end()
@@ -623,6 +620,9 @@ fn recover(
             trees
                 .meta
                 .remove(META_COUNTERS)
+                .map_err(|err| damaged("cannot clear the saved counters", err))?;
+            // Segment writes do not go through sled: the removal must be on disk before any.
+            db.flush()
                 .map_err(|err| damaged("cannot clear the saved counters", err))?;
             (figure(0), figure(8), figure(16))
         }
@@ -874,7 +874,10 @@ impl Store {
                 return Err(err);
             }
         };
-        self.end()?;
+        if let Err(err) = self.end() {
+            self.roll_back(mark);
+            return Err(err);
+        }
         // Only advance once the log took the record: a failed append must not burn a seq.
         self.next_seq += 1;
         self.next_position += 1;
@@ -915,7 +918,10 @@ impl Store {
                 }
             }
         }
-        self.end()?;
+        if let Err(err) = self.end() {
+            self.roll_back(mark);
+            return Err(err);
+        }
         let count = data.len() as u64;
         // As for one record: advance only once the log took all of them.
         self.next_seq += count;
@@ -1120,6 +1126,13 @@ impl Store {
         }
         self.backlog_records = self.backlog_records.saturating_sub(removed);
         self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+        // The floors must be on disk before a file goes: the unlink can reach the disk before
+        // sled's batch, and the last segment may hold no durable record yet (just rolled).
+        if self.log.would_delete(position) {
+            self.db
+                .flush()
+                .map_err(|err| JournalError::Flush(err.to_string()))?;
+        }
         self.log
             .delete_through(position)
             .map_err(|err| JournalError::storage("removing records", err))?;
@@ -1135,8 +1148,8 @@ impl Store {
         target_bytes: u64,
         max_records: usize,
     ) -> Result<Eviction, JournalError> {
-        let mut eviction = Eviction::default();
-        let mut positions = Vec::new();
+        // (position, bytes, id) of each record to evict, and the last position looked at.
+        let mut chosen: Vec<(u64, u64, String)> = Vec::new();
         let mut bytes = 0u64;
         let mut scanned_to = None;
         let backlog_bytes = self.backlog_bytes;
@@ -1146,7 +1159,7 @@ impl Store {
                 u64::MAX,
                 &mut |position, value| {
                     if backlog_bytes.saturating_sub(bytes) <= target_bytes
-                        || positions.len() >= max_records
+                        || chosen.len() >= max_records
                     {
                         return false;
                     }
@@ -1157,17 +1170,28 @@ impl Store {
                     if !matches!(head.kind.as_deref(), Some("scan" | "device")) {
                         return true;
                     }
-                    if eviction.first_id.is_none() {
-                        eviction.first_id = Some(head.id.to_string());
-                    }
-                    eviction.last_id = Some(head.id.into_owned());
                     bytes += value.len() as u64;
-                    positions.push(position);
+                    chosen.push((position, value.len() as u64, head.id.into_owned()));
                     true
                 },
             )
             .map_err(|err| JournalError::storage("reading records to evict", err))?;
-        if !positions.is_empty() {
+        // One segment per pass: a rewrite is all or nothing, so the counters and the `evicted`
+        // record always match what left the log.
+        if let Some(&(first, _, _)) = chosen.first() {
+            let boundary = self.log.segment_end(first);
+            if chosen
+                .last()
+                .is_some_and(|(position, _, _)| *position >= boundary)
+            {
+                chosen.retain(|(position, _, _)| *position < boundary);
+                scanned_to = chosen.last().map(|(position, _, _)| *position);
+            }
+        }
+        let mut eviction = Eviction::default();
+        if !chosen.is_empty() {
+            let positions: Vec<u64> = chosen.iter().map(|(position, _, _)| *position).collect();
+            let bytes: u64 = chosen.iter().map(|(_, size, _)| size).sum();
             self.protect_floors_now()?;
             self.log
                 .drop_frames(&positions)
@@ -1176,6 +1200,8 @@ impl Store {
             self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
             eviction.records = positions.len() as u64;
             eviction.bytes = bytes;
+            eviction.first_id = chosen.first().map(|(_, _, id)| id.clone());
+            eviction.last_id = chosen.pop().map(|(_, _, id)| id);
         }
         // Only once the removal succeeded: a failed one leaves its records to the next pass.
         if let Some(scanned_to) = scanned_to {
@@ -1197,6 +1223,11 @@ impl Store {
         let key = position_key(position);
         let floors = self.floors_batch();
         let bytes = frame.bytes;
+        // Already there when a crash came between the dead letter and the rewrite of the log.
+        let known = self
+            .dead
+            .contains_key(key)
+            .map_err(|err| JournalError::storage("reading the dead-letter set", err))?;
         (&self.dead, &self.dead_reason, &self.meta)
             .transaction(|(dead, dead_reason, meta)| {
                 meta.apply_batch(&floors)?;
@@ -1215,7 +1246,9 @@ impl Store {
             .map_err(|err| JournalError::storage("moving a record to the dead-letter set", err))?;
         self.backlog_records = self.backlog_records.saturating_sub(1);
         self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes.len() as u64);
-        self.dead_records += 1;
+        if !known {
+            self.dead_records += 1;
+        }
         Ok(())
     }
 

@@ -711,7 +711,15 @@ impl Actor {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
-        let local = self.store.append(kind, data)?;
+        let local = match self.store.append(kind, data) {
+            Ok(local) => local,
+            Err(err) => {
+                if let Some(broken) = self.store.broken.take() {
+                    self.fail(broken);
+                }
+                return Err(err);
+            }
+        };
         self.note_write();
         self.stats.appended_total.fetch_add(1, Ordering::Relaxed);
         self.stats.per_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
