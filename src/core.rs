@@ -16,8 +16,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use chrono::Datelike;
+use chrono::{DateTime, Datelike, Local};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -25,7 +26,7 @@ use crate::config::DecoderKind;
 use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
 use crate::devices::{Ack, DeviceEvent, DeviceInfo};
-use crate::journal::{Appended, JournalHandle, Kind};
+use crate::journal::{Appended, JournalHandle, Kind, MAX_BATCH_RECORDS};
 use crate::metrics::Metrics;
 use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
 use crate::sales::{self, Sale};
@@ -119,16 +120,119 @@ struct Core {
     card_answers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
+/// What a decoded scan becomes: its record's data, and what it asks of the prompt engine.
+struct ScanPlan {
+    /// The record's `data`, serialised.
+    data: Box<RawValue>,
+    /// The answer option, when the code is an answer card.
+    card: Option<String>,
+    /// The campaign whose prompt it opens.
+    campaign: Option<String>,
+    /// The product code a prompt shows.
+    sku: String,
+    /// When it was decoded.
+    now: DateTime<Local>,
+}
+
+impl ScanPlan {
+    /// A scan that only becomes its record: no answer card, no prompt.
+    fn is_plain(&self) -> bool {
+        self.card.is_none() && self.campaign.is_none()
+    }
+}
+
+/// Plain scans waiting to be appended together, each with its device's acknowledgement.
+type PlainScans = Vec<(Box<RawValue>, Option<Ack>)>;
+
 impl Core {
     async fn run(self, mut events: mpsc::Receiver<DeviceEvent>) {
         while let Some(event) = events.recv().await {
-            self.handle(event).await;
+            // Whatever queued meanwhile is handled in the same turn, so that a burst of plain
+            // scans (an MQTT backlog, a busy store) goes to the journal as one batch.
+            let mut turn = vec![event];
+            while turn.len() < MAX_BATCH_RECORDS {
+                match events.try_recv() {
+                    Ok(event) => turn.push(event),
+                    Err(_) => break,
+                }
+            }
+            self.handle_turn(turn).await;
             // Reap finished card answers so the set stays small.
             let mut answers = self.card_answers.lock().await;
             while answers.try_join_next().is_some() {}
         }
         let mut answers = self.card_answers.lock().await;
         while answers.join_next().await.is_some() {}
+    }
+
+    /// Handles events in order; consecutive plain scans are appended as one batch (in order with
+    /// everything else: the batch is written before the next other record).
+    async fn handle_turn(&self, events: Vec<DeviceEvent>) {
+        let mut plain = PlainScans::new();
+        for event in events {
+            match event {
+                DeviceEvent::Frame { device, bytes, ack }
+                    if matches!(device.decoder, DecoderKind::Scan) =>
+                {
+                    match self.plan_scan(&device, &bytes) {
+                        Ok(plan) if plan.is_plain() => plain.push((plan.data, ack)),
+                        Ok(plan) => {
+                            self.append_plain(&mut plain).await;
+                            let written = self.record_scan(&device, plan).await;
+                            acknowledge(ack, written);
+                        }
+                        Err(noise) => {
+                            self.append_plain(&mut plain).await;
+                            let written = self.bad_frame(&device, &noise).await;
+                            acknowledge(ack, written);
+                        }
+                    }
+                }
+                other => {
+                    self.append_plain(&mut plain).await;
+                    self.handle(other).await;
+                }
+            }
+        }
+        self.append_plain(&mut plain).await;
+    }
+
+    /// Appends the waiting plain scans in one batch and hands each device its durability.
+    async fn append_plain(&self, plain: &mut PlainScans) {
+        if plain.is_empty() {
+            return;
+        }
+        if plain.len() == 1 {
+            if let Some((data, ack)) = plain.pop() {
+                let written = self.append_raw(Kind::Scan, data).await;
+                acknowledge(ack, written);
+            }
+            return;
+        }
+        let (data, acks): (Vec<_>, Vec<_>) = plain.drain(..).unzip();
+        // Kept to log the records if the journal refuses them (the only copy left then).
+        let copies = data.clone();
+        match self.journal.append_batch(Kind::Scan, data).await {
+            Ok(batch) => {
+                self.health.journal_failed.store(false, Ordering::Relaxed);
+                for _ in 0..batch.count {
+                    self.metrics.record_appended(Kind::Scan.as_str());
+                }
+                for ack in acks.into_iter().flatten() {
+                    // The device may have stopped waiting (shutdown): then nobody is told.
+                    let _ = ack.send(Some(batch.durable.clone()));
+                }
+            }
+            Err(error) => {
+                self.health.journal_failed.store(true, Ordering::Relaxed);
+                for record in &copies {
+                    tracing::error!(kind = ?Kind::Scan, %error, record = %record.get(), "journal append failed; record lost");
+                }
+                for ack in acks.into_iter().flatten() {
+                    let _ = ack.send(None);
+                }
+            }
+        }
     }
 
     async fn handle(&self, event: DeviceEvent) {
@@ -232,9 +336,17 @@ impl Core {
     }
 
     async fn scan(&self, device: &DeviceInfo, frame: &[u8]) -> Option<Appended> {
+        match self.plan_scan(device, frame) {
+            Ok(plan) => self.record_scan(device, plan).await,
+            Err(noise) => self.bad_frame(device, &noise).await,
+        }
+    }
+
+    /// Decodes a scanned frame and decides what it becomes; `Err` is the detail of a
+    /// `bad_frame` for noise.
+    fn plan_scan(&self, device: &DeviceInfo, frame: &[u8]) -> Result<ScanPlan, String> {
         if let Some(reason) = decode::noise_reason(frame) {
-            let detail = format!("{reason}: {}", excerpt(frame));
-            return self.bad_frame(device, &detail).await;
+            return Err(format!("{reason}: {}", excerpt(frame)));
         }
         let now = chrono::Local::now();
         let context = DecodeContext {
@@ -268,9 +380,23 @@ impl Core {
             campaign: campaign.as_deref(),
             answer_code: card.is_some(),
         };
-        let appended = self.append(Kind::Scan, &data).await?;
+        let data = serde_json::value::to_raw_value(&data)
+            .map_err(|error| format!("cannot encode the scan: {error}"))?;
+        Ok(ScanPlan {
+            data,
+            card,
+            campaign,
+            sku,
+            now,
+        })
+    }
+
+    /// Appends a scan's record, then answers the oldest prompt (an answer card) or opens one
+    /// (a campaign product).
+    async fn record_scan(&self, device: &DeviceInfo, plan: ScanPlan) -> Option<Appended> {
+        let appended = self.append_raw(Kind::Scan, plan.data).await?;
         let scan_id = appended.id.clone();
-        if let Some(option) = card {
+        if let Some(option) = plan.card {
             // Answered on its own task: the engine confirms only once the attribution is
             // durable, and the next scan must not wait for that.
             let prompts = self.prompts.clone();
@@ -289,13 +415,13 @@ impl Core {
                     }
                 }
             });
-        } else if let Some(campaign) = data.campaign {
+        } else if let Some(campaign) = plan.campaign {
             let request = OpenRequest {
                 station: device.station.to_string(),
-                campaign: campaign.to_owned(),
-                sku,
+                campaign: campaign.clone(),
+                sku: plan.sku,
                 scan_id,
-                opened_at: now,
+                opened_at: plan.now,
             };
             if let Err(error) = self.prompts.open(request).await {
                 tracing::error!(%campaign, %error, "cannot open the prompt for a targeted scan");
@@ -322,6 +448,23 @@ impl Core {
             detail,
         };
         self.append(Kind::Device, &data).await
+    }
+
+    /// Appends a record already serialised; `None` when the journal refused it (logged).
+    async fn append_raw(&self, kind: Kind, data: Box<RawValue>) -> Option<Appended> {
+        let text = data.get().to_owned();
+        match self.journal.append(kind, data).await {
+            Ok(appended) => {
+                self.health.journal_failed.store(false, Ordering::Relaxed);
+                self.metrics.record_appended(kind.as_str());
+                Some(appended)
+            }
+            Err(error) => {
+                self.health.journal_failed.store(true, Ordering::Relaxed);
+                tracing::error!(?kind, %error, record = %text, "journal append failed; record lost");
+                None
+            }
+        }
     }
 
     /// Appends a record; `None` when the journal refused it (logged and counted).

@@ -130,8 +130,8 @@ struct DurableMark {
     failed: Option<Arc<str>>,
 }
 
-/// A future-to-be: waits until one record is durable.
-#[derive(Debug)]
+/// A future-to-be: waits until one record (or a batch) is durable. Clones wait for the same.
+#[derive(Debug, Clone)]
 pub struct Durable {
     /// The record's position.
     position: u64,
