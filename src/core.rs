@@ -7,6 +7,11 @@
 //! the detail, so the record of what the device sent is never lost.
 //!
 //! The core appends in the order events arrive, so records of one device keep their order.
+//! Each turn it takes whatever events have queued (up to [`MAX_BATCH_RECORDS`]); consecutive
+//! plain scans among them (no answer card, no campaign) go to the journal as one
+//! `append_batch`, written before the next other record, and every device waiting to
+//! acknowledge one of them gets the batch's `Durable`. A burst (an MQTT backlog after an
+//! outage, a busy store) then costs one journal round trip instead of one per scan.
 //!
 //! For scans it also asks the prompt engine two questions, both answered without a round trip:
 //! is this an answer card (then the scan is recorded with `answer_code: true` and answers the
