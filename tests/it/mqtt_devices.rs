@@ -303,3 +303,89 @@ async fn kill_9_while_messages_flow_loses_no_message_the_broker_accepted() {
         codes.len() - unique.len()
     );
 }
+
+#[tokio::test]
+async fn a_backlog_burst_is_recorded_in_order_with_its_prompt_and_bad_frame_and_all_acknowledged() {
+    let broker = Mosquitto::start();
+    let store = mqtt_store(&broker, true);
+    let _serial = PtyScanner::plug(&store.path("scanner"));
+    // The persistent session and its subscription exist once the gateway ran; then the
+    // messages queue at the broker while it is stopped, and arrive as one burst, which the core
+    // appends in batches of plain scans around the targeted scan and the junk.
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("mqtt-scanner-1", "connected").await;
+    assert!(gateway.stop().await.success());
+    let total: usize = 1000;
+    let (targeted, junk) = (400, 700);
+    let mut pos = Publisher::connect(broker.port, "test-scanner").await;
+    for i in 0..total {
+        let payload = match i {
+            _ if i == targeted => "]E06901234567892".to_owned(),
+            _ if i == junk => r#"{"barcode":"1"}"#.to_owned(),
+            _ => format!("]C0BURST-{i:04}"),
+        };
+        pos.publish("store/till-1/scanner", payload).await;
+    }
+    pos.sent().await;
+
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_records("scan", total as u64 - 1).await;
+    gateway.wait_durable().await;
+    let prompts = gateway
+        .get("/api/v1/prompts?station=till-1")
+        .await
+        .map(|(_, body)| serde_json::from_str::<Value>(&body).expect("json"))
+        .expect("prompts");
+    let prompt = prompts[0]["id"].as_str().expect("one prompt opened");
+    let (code, _) = crate::prompts::post(
+        &gateway,
+        &format!("/api/v1/prompts/{prompt}/answer"),
+        r#"{"option":"doctor"}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(gateway.stop().await.success());
+    // Everything was acknowledged: a gateway started again gets no message a second time.
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("mqtt-scanner-1", "connected").await;
+    let mut end = Publisher::connect(broker.port, "test-register").await;
+    end.publish("store/till-1/sales", r#"{"receipt":"END","lines":[]}"#)
+        .await;
+    end.sent().await;
+    gateway.wait_records("sale", 1).await;
+    assert!(gateway.stop().await.success());
+
+    let records = store.dump();
+    let burst: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["data"]["device"] == "mqtt-scanner-1"
+                && (r["kind"] == "scan" || r["data"]["event"] == "bad_frame")
+        })
+        .collect();
+    assert_eq!(burst.len(), total, "each message recorded exactly once");
+    for (i, record) in burst.iter().enumerate() {
+        match i {
+            _ if i == targeted => {
+                assert_eq!(record["data"]["campaign"], "xinsong-2026q4", "{record}");
+                // Its prompt names this very record: traceable from the answer to the scan.
+                let attribution = &of_kind(&records, "attribution")[0];
+                assert_eq!(attribution["data"]["scan"], record["id"], "{attribution}");
+            }
+            _ if i == junk => assert_eq!(record["kind"], "device", "{record}"),
+            _ => assert_eq!(
+                record["data"]["code"],
+                format!("BURST-{i:04}").as_str(),
+                "record {i} out of order"
+            ),
+        }
+    }
+    let seqs: Vec<u64> = burst
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] < pair[1]),
+        "seqs in order"
+    );
+}
