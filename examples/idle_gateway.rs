@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use tokio_serial::{SerialPort, SerialStream};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::status_kib;
+
 /// Clock ticks per second for /proc/PID/stat times.
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -28,16 +32,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     let utime: u64 = fields[11].parse().expect("utime");
     let stime: u64 = fields[12].parse().expect("stime");
     utime + stime
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -30,27 +30,13 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{metric, posgw_bin, stop};
+use support::{cpu_seconds, metric, posgw_bin, status_kib, stop};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("free port")
-}
-
-/// CPU seconds (user + system) used so far by process `pid`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    ticks / 100.0
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -166,7 +152,7 @@ topic = "bench/till-1/scanner"
     let scans = "posgw_records_total{kind=\"scan\"}";
     let mut peak_rss = 0u64;
     loop {
-        peak_rss = peak_rss.max(rss_kib(gateway.id()));
+        peak_rss = peak_rss.max(status_kib(gateway.id(), "VmRSS:"));
         if with_hq {
             if metric(&client, &api, "posgw_uplink_sent_records_total").await as u64 >= messages {
                 break;
@@ -187,12 +173,7 @@ topic = "bench/till-1/scanner"
     }
     let elapsed = began.elapsed();
     let cpu = cpu_seconds(gateway.id()) - cpu_before;
-    let hwm = std::fs::read_to_string(format!("/proc/{}/status", gateway.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let hwm = status_kib(gateway.id(), "VmHWM:");
     println!(
         "mqtt ingest ({mode}{}): {messages} QoS 1 messages (flush {flush}) in {:.2} s = {:.0} msg/s \
          (publishing took {:.2} s); gateway CPU {:.2} s per 100k messages; gateway RSS peak {:.1} \
@@ -214,16 +195,6 @@ topic = "bench/till-1/scanner"
     broker.kill()?;
     broker.wait()?;
     Ok(())
-}
-
-/// Resident memory of process `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Starts `posgw run -c CONFIG`; returns it and its API address once its MQTT device is up.

@@ -36,27 +36,6 @@ fn scan_data(i: u64) -> Box<RawValue> {
     RawValue::from_string(text).expect("valid json")
 }
 
-fn proc_field(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(end) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 async fn sink(count: Arc<AtomicU64>, headers: HeaderMap, body: Bytes) -> &'static str {
     let mut text = Vec::new();
     match headers
@@ -164,7 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest::Client::new();
     let mut peak_rss = 0;
     loop {
-        peak_rss = peak_rss.max(proc_field(pid, "VmRSS:"));
+        peak_rss = peak_rss.max(support::status_kib(pid, "VmRSS:"));
         let body = client
             .get(format!("{api}/api/v1/status"))
             .send()
@@ -183,8 +162,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_seconds(pid);
-    let hwm = proc_field(pid, "VmHWM:");
+    let cpu = support::cpu_seconds(pid);
+    let hwm = support::status_kib(pid, "VmHWM:");
     let _ = gateway.kill();
     let _ = gateway.wait();
     if let Some(mut hq) = hq_child {

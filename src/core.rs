@@ -31,7 +31,7 @@ use crate::config::DecoderKind;
 use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
 use crate::devices::{Ack, DeviceEvent, DeviceInfo};
-use crate::journal::{Appended, JournalHandle, Kind, MAX_BATCH_RECORDS};
+use crate::journal::{Appended, JournalError, JournalHandle, Kind, MAX_BATCH_RECORDS};
 use crate::metrics::Metrics;
 use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
 use crate::sales::{self, Sale};
@@ -205,13 +205,6 @@ impl Core {
     /// Appends the waiting plain scans in one batch and hands each device its durability.
     async fn append_plain(&self, plain: &mut PlainScans) {
         if plain.is_empty() {
-            return;
-        }
-        if plain.len() == 1 {
-            if let Some((data, ack)) = plain.pop() {
-                let written = self.append_raw(Kind::Scan, data).await;
-                acknowledge(ack, written);
-            }
             return;
         }
         let (data, acks): (Vec<_>, Vec<_>) = plain.drain(..).unzip();
@@ -457,35 +450,37 @@ impl Core {
 
     /// Appends a record already serialised; `None` when the journal refused it (logged).
     async fn append_raw(&self, kind: Kind, data: Box<RawValue>) -> Option<Appended> {
+        // The journal takes the only copy; this one is for the log if it refuses the record.
         let text = data.get().to_owned();
-        match self.journal.append(kind, data).await {
-            Ok(appended) => {
-                self.health.journal_failed.store(false, Ordering::Relaxed);
-                self.metrics.record_appended(kind.as_str());
-                Some(appended)
-            }
-            Err(error) => {
-                self.health.journal_failed.store(true, Ordering::Relaxed);
-                tracing::error!(?kind, %error, record = %text, "journal append failed; record lost");
-                None
-            }
-        }
+        let result = self.journal.append(kind, data).await;
+        self.settle(kind, result, || text)
     }
 
     /// Appends a record; `None` when the journal refused it (logged and counted).
     async fn append<T: Serialize>(&self, kind: Kind, data: &T) -> Option<Appended> {
-        match self.journal.append_value(kind, data).await {
+        let result = self.journal.append_value(kind, data).await;
+        self.settle(kind, result, || {
+            serde_json::to_string(data).unwrap_or_default()
+        })
+    }
+
+    /// Counts an appended record, or says a refused one is lost: as loudly as possible, with the
+    /// record itself (`record`) so it can be recovered from the log.
+    fn settle(
+        &self,
+        kind: Kind,
+        result: Result<Appended, JournalError>,
+        record: impl FnOnce() -> String,
+    ) -> Option<Appended> {
+        match result {
             Ok(appended) => {
                 self.health.journal_failed.store(false, Ordering::Relaxed);
                 self.metrics.record_appended(kind.as_str());
                 Some(appended)
             }
             Err(error) => {
-                // Nothing else can be done with the record: say so as loudly as possible, with
-                // the record itself so it can be recovered from the log.
                 self.health.journal_failed.store(true, Ordering::Relaxed);
-                let record = serde_json::to_string(data).unwrap_or_default();
-                tracing::error!(?kind, %error, %record, "journal append failed; record lost");
+                tracing::error!(?kind, %error, record = %record(), "journal append failed; record lost");
                 None
             }
         }

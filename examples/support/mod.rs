@@ -1,6 +1,7 @@
 //! What the load generators that drive a real `posgw run` share: pseudo-terminals for simulated
 //! devices, starting the release binary and learning its API address, starting a `posgw hq`
-//! child, reading one metric, stopping it, and printing latency quantiles. Included with `#[path = "support/mod.rs"] mod
+//! child, reading one metric, a process's CPU time and memory, stopping it, and printing latency
+//! quantiles. Included with `#[path = "support/mod.rs"] mod
 //! support;` (cargo does not build this folder as an example of its own).
 
 #![allow(dead_code)] // each example uses its own part
@@ -136,4 +137,30 @@ pub fn start_hq(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok((child, format!("http://127.0.0.1:{port}/v1/batches"), token))
+}
+
+/// A `/proc/PID/status` figure in KiB (`key` such as `"VmRSS:"` or `"VmHWM:"`; 0 if unreadable).
+pub fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) used so far by process `pid` (0 if unreadable).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }

@@ -880,6 +880,18 @@ pub(crate) struct Cut {
 }
 
 #[cfg(test)]
+impl Log {
+    /// Appends `bytes` at each position, one batch per record (tests).
+    fn append_each(&mut self, positions: std::ops::RangeInclusive<u64>, bytes: &[u8]) {
+        for position in positions {
+            self.begin(position).expect("begin");
+            self.append(position, bytes).expect("append");
+            self.end().expect("end");
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -918,13 +930,7 @@ mod tests {
         assert!(ending.last.is_none());
         // Big batches so several segments are made.
         let big = vec![b'y'; 600_000];
-        let mut position = 0;
-        for _ in 0..40 {
-            position += 1;
-            log.begin(position).expect("begin");
-            log.append(position, &big).expect("append");
-            log.end().expect("end");
-        }
+        log.append_each(1..=40, &big);
         log.sync_job().expect("job").run().expect("sync");
         assert!(log.segments.len() >= 2, "{} segments", log.segments.len());
         let mut seen = Vec::new();
@@ -1047,11 +1053,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = Log::open(dir.path()).expect("open");
         let big = vec![b'z'; 3_000_000];
-        for position in 1..=6 {
-            log.begin(position).expect("begin");
-            log.append(position, &big).expect("append");
-            log.end().expect("end");
-        }
+        log.append_each(1..=6, &big);
         let before = log.segments.len();
         assert!(before >= 2);
         assert_eq!(log.delete_through(6).expect("delete"), before - 1);
@@ -1078,11 +1080,7 @@ mod crash_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = Log::open(dir.path()).expect("open");
         let big = vec![b'a'; 3_000_000];
-        for position in 1..=2 {
-            log.begin(position).expect("begin");
-            log.append(position, &big).expect("append");
-            log.end().expect("end");
-        }
+        log.append_each(1..=2, &big);
         log.sync_job().expect("job").run().expect("sync"); // 1, 2 durable
         let durable_len = std::fs::metadata(dir.path().join("segments").join(segment_name(1)))
             .expect("meta")
@@ -1138,11 +1136,7 @@ mod crash_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = Log::open(dir.path()).expect("open");
         let big = vec![b'b'; 3_000_000];
-        for position in 1..=3 {
-            log.begin(position).expect("begin");
-            log.append(position, &big).expect("append");
-            log.end().expect("end");
-        }
+        log.append_each(1..=3, &big);
         log.begin(4).expect("begin"); // new segment
         log.append(4, b"{}").expect("append");
         log.sync_job().expect("job").run().expect("sync");

@@ -863,30 +863,11 @@ impl Store {
         data: &RawValue,
     ) -> Result<LocalAppend, JournalError> {
         check_data_is_object(data).map_err(JournalError::InvalidData)?;
-        let seq = self.next_seq;
-        let position = self.next_position;
-        let stamp = self.clock.stamp();
-        let mark = self.begin()?;
-        let bytes = match self.insert_record(seq, position, &stamp, kind, data) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                self.roll_back(mark);
-                return Err(err);
-            }
-        };
-        if let Err(err) = self.end() {
-            self.roll_back(mark);
-            return Err(err);
-        }
-        // Only advance once the log took the record: a failed append must not burn a seq.
-        self.next_seq += 1;
-        self.next_position += 1;
-        self.backlog_records += 1;
-        self.backlog_bytes += bytes;
+        let local = self.write_records(kind, &[data])?;
         Ok(LocalAppend {
-            seq,
-            position,
-            id: self.encoder.id(seq),
+            seq: local.first_seq,
+            position: local.first_position,
+            id: self.encoder.id(local.first_seq),
         })
     }
 
@@ -902,6 +883,15 @@ impl Store {
             check_data_is_object(item)
                 .map_err(|err| JournalError::InvalidData(format!("record {index}: {err}")))?;
         }
+        self.write_records(kind, data)
+    }
+
+    /// Encodes and appends checked records with the next seqs and positions, all or nothing.
+    fn write_records<D: std::borrow::Borrow<RawValue>>(
+        &mut self,
+        kind: Kind,
+        data: &[D],
+    ) -> Result<LocalBatch, JournalError> {
         let first_seq = self.next_seq;
         let first_position = self.next_position;
         // The records are written together, so one clock stamp serves them all.
@@ -910,7 +900,7 @@ impl Store {
         let mut bytes = 0u64;
         for (offset, item) in (0u64..).zip(data) {
             let (seq, position) = (first_seq + offset, first_position + offset);
-            match self.insert_record(seq, position, &stamp, kind, item) {
+            match self.insert_record(seq, position, &stamp, kind, item.borrow()) {
                 Ok(size) => bytes += size,
                 Err(err) => {
                     self.roll_back(mark);
@@ -923,7 +913,7 @@ impl Store {
             return Err(err);
         }
         let count = data.len() as u64;
-        // As for one record: advance only once the log took all of them.
+        // Only advance once the log took every record: a failed append must not burn a seq.
         self.next_seq += count;
         self.next_position += count;
         self.backlog_records += count;

@@ -1463,17 +1463,15 @@ fn bulky_scan(i: u64) -> Box<serde_json::value::RawValue> {
     .expect("raw")
 }
 
-/// remove_through unlinks the previous segment right away, while acked/seq_floor are only in
-/// sled's memory. If the last segment holds nothing on disk yet (just rolled), a crash leaves
-/// a log with no last record and an old seq_floor.
-#[tokio::test]
-async fn removal_right_after_a_roll_then_a_power_cut_reissues_no_seq() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let journal = dir.path().join("journal");
+/// The crash both tests below recover from: the first segment filled and made durable, the
+/// next append rolled to a new segment (its record still buffered), HQ acknowledged everything
+/// durable, then a power cut took sled's unflushed writes and the unsynced tail. Returns the
+/// last seq that was durable.
+fn power_cut_right_after_a_roll_and_a_removal(dir: &Path) -> u64 {
+    let journal = dir.join("journal");
     let snap = tempfile::tempdir().expect("snap");
-    let last_seq;
-    {
-        let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    let last = {
+        let (mut store, _) = store::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open");
         let mut last = None;
         // ~8.4 MB: fills the first segment.
         let mut segment_len = 0u64;
@@ -1486,69 +1484,40 @@ async fn removal_right_after_a_roll_then_a_power_cut_reissues_no_seq() {
         }
         store.flush().expect("flush"); // durable, floor written
         let last = last.expect("last");
-        last_seq = last.seq;
-        // The next append rolls to a new segment (created, record still buffered).
         store.append(Kind::Scan, &bulky_scan(9999)).expect("append");
-        // HQ acknowledged everything durable.
         store.remove_through(last.position).expect("remove");
         // What sled has on disk right now (its unflushed writes are in its memory only).
         snapshot_sled(&journal, snap.path());
-        // kill -9 now: the buffered record and sled's unflushed batch are lost.
-    }
+        last
+    };
     restore_sled(&journal, snap.path());
     lose_unsynced_tail(&journal);
-    let files: Vec<_> = std::fs::read_dir(journal.join("segments"))
-        .unwrap()
-        .map(|e| {
-            (
-                e.as_ref().unwrap().file_name(),
-                e.unwrap().metadata().unwrap().len(),
-            )
-        })
-        .collect();
-    eprintln!("segments after the crash: {files:?}");
-    // Without a (current) floor file: the seq is issued again.
-    let floor = dir.path().join("journal.floor");
-    std::fs::remove_file(&floor).expect("rm floor");
-    {
-        let (store, replaced) =
-            store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
-        eprintln!("replaced: {replaced:?}, next_seq {}", store.next_seq);
-        assert!(replaced.is_none());
-        assert!(
-            store.next_seq > last_seq,
-            "seq {} would be issued again (last issued {last_seq})",
-            store.next_seq
-        );
-    }
+    last.seq
 }
 
-/// Same crash, but with the floor file in place: a healthy journal is quarantined.
+/// Removing acknowledged records deletes the old segment; the last segment may hold nothing on
+/// disk yet (just rolled). Without a (current) floor file, the next seq must still come out
+/// above every seq issued.
+#[tokio::test]
+async fn removal_right_after_a_roll_then_a_power_cut_reissues_no_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let last_seq = power_cut_right_after_a_roll_and_a_removal(dir.path());
+    std::fs::remove_file(dir.path().join("journal.floor")).expect("rm floor");
+    let (store, replaced) =
+        store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    assert!(replaced.is_none());
+    assert!(
+        store.next_seq > last_seq,
+        "seq {} would be issued again (last issued {last_seq})",
+        store.next_seq
+    );
+}
+
+/// Same crash, with the floor file in place: the healthy journal is not quarantined.
 #[tokio::test]
 async fn removal_right_after_a_roll_then_a_power_cut_does_not_quarantine_a_healthy_journal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let journal = dir.path().join("journal");
-    let snap = tempfile::tempdir().expect("snap");
-    {
-        let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
-        let mut last = None;
-        let mut segment_len = 0u64;
-        let mut i = 0;
-        while segment_len < 8 * 1024 * 1024 {
-            let before = store.backlog_bytes;
-            last = Some(store.append(Kind::Scan, &bulky_scan(i)).expect("append"));
-            segment_len += 16 + store.backlog_bytes - before;
-            i += 1;
-        }
-        store.flush().expect("flush");
-        store.append(Kind::Scan, &bulky_scan(9999)).expect("append");
-        store
-            .remove_through(last.expect("last").position)
-            .expect("remove");
-        snapshot_sled(&journal, snap.path());
-    }
-    restore_sled(&journal, snap.path());
-    lose_unsynced_tail(&journal);
+    power_cut_right_after_a_roll_and_a_removal(dir.path());
     let (_, replaced) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
     assert!(
         replaced.is_none(),

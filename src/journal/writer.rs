@@ -711,15 +711,10 @@ impl Actor {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
-        let local = match self.store.append(kind, data) {
-            Ok(local) => local,
-            Err(err) => {
-                if let Some(broken) = self.store.broken.take() {
-                    self.fail(broken);
-                }
-                return Err(err);
-            }
-        };
+        let local = self
+            .store
+            .append(kind, data)
+            .map_err(|err| self.append_failed(err))?;
         self.note_write();
         self.stats.appended_total.fetch_add(1, Ordering::Relaxed);
         self.stats.per_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
@@ -733,6 +728,15 @@ impl Actor {
                 mark: self.mark.subscribe(),
             },
         })
+    }
+
+    /// A refused append: if it could not be taken back out of the log, the journal fails from
+    /// now on (records reported failed could otherwise survive).
+    fn append_failed(&mut self, err: JournalError) -> JournalError {
+        if let Some(broken) = self.store.broken.take() {
+            self.fail(broken);
+        }
+        err
     }
 
     /// Sends the answers collected this turn.
@@ -751,15 +755,10 @@ impl Actor {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
-        let local = match self.store.append_batch(kind, data) {
-            Ok(local) => local,
-            Err(err) => {
-                if let Some(broken) = self.store.broken.take() {
-                    self.fail(broken);
-                }
-                return Err(err);
-            }
-        };
+        let local = self
+            .store
+            .append_batch(kind, data)
+            .map_err(|err| self.append_failed(err))?;
         let last_position = if local.count == 0 {
             // Nothing to wait for: position 0 is always covered.
             0
