@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Local;
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,10 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long after a message was left unacknowledged the connection is renewed to have it
 /// redelivered (the journal gets that long to recover; each renewal retries once more).
 const REDELIVER_AFTER: Duration = Duration::from_secs(5);
+/// Most PUBACKs written at once.
+const ACK_BATCH: usize = 4096;
+/// How long writing acknowledgements may take before the connection is considered stuck.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for records of received messages to become durable and be acked.
 const SHUTDOWN_ACKS: Duration = Duration::from_secs(2);
 
@@ -101,10 +105,13 @@ pub struct MqttDevices {
 
 /// A received message waiting for its record to be durable.
 struct Pending {
-    /// The core's answer: the record's durability, or `None` when nothing was written.
-    written: oneshot::Receiver<Option<Durable>>,
-    /// The message, to acknowledge.
-    publish: Publish,
+    /// The core's answer: the record's durability, or `None` when nothing was written. Without
+    /// one, the message is acknowledged in its turn with nothing to wait for.
+    written: Option<oneshot::Receiver<Option<Durable>>>,
+    /// Its packet id, to acknowledge.
+    pkid: u16,
+    /// Its topic, for messages about it.
+    topic: String,
 }
 
 impl MqttDevices {
@@ -145,7 +152,12 @@ impl MqttDevices {
         // Set by the acker when it leaves a message unacknowledged: MQTT 3.1.1 brokers redeliver
         // only on a new connection, so this loop reconnects a little later.
         let redeliver = Arc::new(tokio::sync::Notify::new());
-        let acker = tokio::spawn(acknowledge(client.clone(), pending_rx, redeliver.clone()));
+        // The acker hands over the packet ids to acknowledge; this loop writes them to the
+        // connection itself, all that are ready in one write (a request each through rumqttc's
+        // queue would be one write and one flush per message).
+        let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<u16>();
+        let mut ready = Vec::new();
+        let acker = tokio::spawn(acknowledge(acks_tx, pending_rx, redeliver.clone()));
         let mut reconnect_at: Option<tokio::time::Instant> = None;
         let mut retry = new_backoff();
         let mut connected = false;
@@ -164,6 +176,10 @@ impl MqttDevices {
             }
             let event = tokio::select! {
                 event = event_loop.poll() => event,
+                _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
+                    write_acks(&mut event_loop, &mut ready).await;
+                    continue;
+                }
                 () = shutdown.cancelled() => break,
                 () = redeliver.notified(), if reconnect_at.is_none() => {
                     reconnect_at = Some(tokio::time::Instant::now() + REDELIVER_AFTER);
@@ -208,15 +224,24 @@ impl MqttDevices {
                             // Only possible with overlapping subscriptions left in the session
                             // by an older configuration: nothing to record it as.
                             tracing::debug!(topic = %publish.topic, "message on a topic no device uses; acknowledged");
-                            let _ = ack.send(None);
-                            if let Err(error) = client.try_ack(&publish) {
-                                tracing::debug!(%error, "cannot acknowledge");
+                            let pending = Pending {
+                                written: None,
+                                pkid: publish.pkid,
+                                topic: publish.topic,
+                            };
+                            if pending_tx.send(pending).is_err() {
+                                break;
                             }
                             continue;
                         }
                     };
                     self.send(event).await;
-                    if pending_tx.send(Pending { written, publish }).is_err() {
+                    let pending = Pending {
+                        written: Some(written),
+                        pkid: publish.pkid,
+                        topic: publish.topic,
+                    };
+                    if pending_tx.send(pending).is_err() {
                         break;
                     }
                 }
@@ -254,8 +279,14 @@ impl MqttDevices {
             loop {
                 tokio::select! {
                     _ = &mut acker => break,
+                    _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
+                        write_acks(&mut event_loop, &mut ready).await;
+                    }
                     event = event_loop.poll() => if event.is_err() { break },
                 }
+            }
+            while acks_rx.recv_many(&mut ready, ACK_BATCH).await > 0 {
+                write_acks(&mut event_loop, &mut ready).await;
             }
         };
         let _ = tokio::time::timeout(SHUTDOWN_ACKS, drain).await;
@@ -283,27 +314,62 @@ impl MqttDevices {
     }
 }
 
-/// Acknowledges messages in arrival order once their records are durable.
+/// Hands over the packet ids of messages to acknowledge, in arrival order, once their records
+/// are durable.
 async fn acknowledge(
-    client: AsyncClient,
+    acks: mpsc::UnboundedSender<u16>,
     mut pending: mpsc::UnboundedReceiver<Pending>,
     redeliver: Arc<tokio::sync::Notify>,
 ) {
-    while let Some(Pending { written, publish }) = pending.recv().await {
-        let durable = match written.await {
-            Ok(Some(durable)) => durable.wait().await.is_ok(),
-            // The journal refused the record, or the core is gone: the broker keeps it.
-            Ok(None) | Err(_) => false,
+    while let Some(Pending {
+        written,
+        pkid,
+        topic,
+    }) = pending.recv().await
+    {
+        let durable = match written {
+            None => true,
+            Some(written) => match written.await {
+                Ok(Some(durable)) => durable.wait().await.is_ok(),
+                // The journal refused the record, or the core is gone: the broker keeps it.
+                Ok(None) | Err(_) => false,
+            },
         };
         if durable {
-            if let Err(error) = client.ack(&publish).await {
-                tracing::debug!(%error, "cannot acknowledge; the broker will redeliver");
+            if acks.send(pkid).is_err() {
+                return;
             }
         } else {
-            tracing::warn!(topic = %publish.topic, "message not recorded; left unacknowledged for redelivery");
+            tracing::warn!(%topic, "message not recorded; left unacknowledged for redelivery");
             redeliver.notify_one();
         }
     }
+}
+
+/// Writes a PUBACK for each of `pkids` to the connection and flushes once, then empties
+/// `pkids`. Without a connection (it broke since), the broker redelivers those messages to the
+/// next session: recorded twice, never lost.
+async fn write_acks(event_loop: &mut rumqttc::EventLoop, pkids: &mut Vec<u16>) {
+    let Some(network) = event_loop.network.as_mut() else {
+        tracing::debug!(
+            count = pkids.len(),
+            "not connected: messages left for redelivery"
+        );
+        pkids.clear();
+        return;
+    };
+    let write = async {
+        for pkid in pkids.drain(..) {
+            network.write(Packet::PubAck(PubAck::new(pkid))).await?;
+        }
+        network.flush().await
+    };
+    match tokio::time::timeout(ACK_TIMEOUT, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "cannot acknowledge; the broker will redeliver"),
+        Err(_) => tracing::debug!("acknowledging timed out; the broker will redeliver"),
+    }
+    pkids.clear();
 }
 
 /// What one message is for the core.
@@ -455,38 +521,72 @@ mod tests {
     }
 
     /// A message the journal refused is not acknowledged, and the connection task is told to
-    /// renew the connection so the broker delivers it again.
+    /// renew the connection so the broker delivers it again; the messages around it are
+    /// acknowledged in their order, a message with nothing to record at once in its turn.
     #[tokio::test]
     async fn a_refused_record_leaves_its_message_unacknowledged_and_asks_for_redelivery() {
-        let options = rumqttc::MqttOptions::new("test", "127.0.0.1", 1);
-        // Never polled: nothing is sent anywhere; an ack would queue a request.
-        let (client, mut event_loop) = AsyncClient::new(options, 10);
+        let (acks, mut acked) = mpsc::unbounded_channel();
         let (pending, rx) = mpsc::unbounded_channel();
         let redeliver = Arc::new(tokio::sync::Notify::new());
-        let acker = tokio::spawn(acknowledge(client, rx, redeliver.clone()));
-        let (written, refused) = oneshot::channel();
+        let acker = tokio::spawn(acknowledge(acks, rx, redeliver.clone()));
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let journal = crate::journal::open(crate::journal::JournalConfig {
+            data_dir: dir.path().to_path_buf(),
+            store: "S".into(),
+            gateway: "gw".into(),
+            flush: Duration::from_millis(5),
+            version: "test",
+            max_bytes: None,
+        })
+        .await
+        .expect("journal")
+        .handle;
+        let mut answers = Vec::new();
+        for pkid in 1..=3 {
+            let (written, answer) = oneshot::channel();
+            answers.push(written);
+            pending
+                .send(Pending {
+                    written: Some(answer),
+                    pkid,
+                    topic: "store/till-1/scanner".into(),
+                })
+                .expect("queue");
+        }
         pending
             .send(Pending {
-                written: refused,
-                publish: Publish::new("store/till-1/scanner", QoS::AtLeastOnce, "]C0X"),
+                written: None,
+                pkid: 4,
+                topic: "store/old-topic".into(),
             })
             .expect("queue");
-        written
-            .send(None)
-            .expect("the core's answer: nothing written");
+        let mut answers = answers.into_iter();
+        for (pkid, written) in (1..=3).zip(&mut answers) {
+            let durable = if pkid == 2 {
+                None
+            } else {
+                let scan = serde_json::json!({ "code": "6901234567892" });
+                let appended = journal
+                    .append_value(crate::journal::Kind::Scan, &scan)
+                    .await
+                    .expect("scan");
+                Some(appended.durable)
+            };
+            written.send(durable).expect("the core's answer");
+        }
         tokio::time::timeout(Duration::from_secs(5), redeliver.notified())
             .await
             .expect("redelivery asked for");
         drop(pending);
         acker.await.expect("acker ends");
-        // No PUBACK was queued for the event loop.
-        let queued = tokio::time::timeout(Duration::from_millis(100), event_loop.poll()).await;
-        assert!(
-            !matches!(
-                queued,
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))))
-            ),
-            "{queued:?}"
+        let mut got = Vec::new();
+        while let Ok(pkid) = acked.try_recv() {
+            got.push(pkid);
+        }
+        assert_eq!(
+            got,
+            [1, 3, 4],
+            "the refused message 2 is left unacknowledged"
         );
     }
 
