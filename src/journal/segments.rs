@@ -33,6 +33,13 @@
 //! off and later segments are deleted. The caller checks the result against `journal.floor`
 //! first, so a log that would end below what was confirmed is damage, never truncated.
 //!
+//! # Reading what was just written
+//!
+//! The newest frames stay in memory ([`Recent`], a few MiB, whether written out or not): the
+//! uplink, reading records soon after they became durable, gets them from there instead of the
+//! file (no `pread`, no CRC over bytes that never left memory). Reads further back go to the
+//! files.
+//!
 //! # Removal
 //!
 //! Records HQ acknowledged are not rewritten: the journal keeps "acknowledged through" in its
@@ -60,6 +67,8 @@ const HEADER: usize = 16;
 const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
 /// How much a reader asks the kernel for at once.
 const READ_CHUNK: usize = 256 * 1024;
+/// Most bytes of written-out frames kept in memory; trimmed to half when passed.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
 /// Suffix of a segment file.
 const SUFFIX: &str = ".seg";
 /// Suffix of a segment being rewritten (deleted if found at open).
@@ -139,6 +148,51 @@ pub(crate) struct Log {
     count_cursor: Option<Cursor>,
     /// Reused read buffer.
     chunk: Vec<u8>,
+    /// The newest frames, for reads that follow the appends closely.
+    recent: Recent,
+}
+
+/// The newest frames of the log in memory: every frame from position `first` on, in order,
+/// those already written out in `written`, the rest in [`Log::pending`].
+#[derive(Debug, Default)]
+struct Recent {
+    /// Whole frames already handed to the kernel.
+    written: Vec<u8>,
+    /// The first frame's position (in `written`, or in `pending` while `written` is empty);
+    /// `None` when neither holds a frame.
+    first: Option<u64>,
+}
+
+impl Recent {
+    /// Takes the frames just written out, then trims the oldest if over [`RECENT_BYTES`].
+    fn keep(&mut self, frames: &[u8]) {
+        self.written.extend_from_slice(frames);
+        if self.written.len() <= RECENT_BYTES {
+            return;
+        }
+        let mut at = 0;
+        while self.written.len() - at > RECENT_BYTES / 2 {
+            match decode_frame(&self.written[at..], false) {
+                Decoded::Frame(_, _, size) => at += size,
+                // Cannot happen (only whole frames come in); start afresh rather than guess.
+                Decoded::Short(_) | Decoded::Bad(_) => at = self.written.len(),
+            }
+        }
+        self.written.drain(..at);
+        self.first = match decode_frame(&self.written, false) {
+            Decoded::Frame(position, _, _) => Some(position),
+            Decoded::Short(_) | Decoded::Bad(_) => None,
+        };
+        if self.first.is_none() {
+            self.written.clear();
+        }
+    }
+
+    /// Forgets every frame (the log was rewritten under it).
+    fn clear(&mut self) {
+        self.written.clear();
+        self.first = None;
+    }
 }
 
 /// The place a batch started, to take it back ([`Log::reset`]).
@@ -323,6 +377,7 @@ impl Log {
             cursor: None,
             count_cursor: None,
             chunk: Vec::new(),
+            recent: Recent::default(),
         };
         let mut ending = Ending::default();
         let mut previous = 0u64;
@@ -494,6 +549,9 @@ impl Log {
             return Err("the record log has no open segment".to_string());
         };
         let before = self.pending.len();
+        if self.recent.first.is_none() {
+            self.recent.first = Some(position);
+        }
         encode_frame(&mut self.pending, position, bytes);
         let added = (self.pending.len() - before) as u64;
         if let Some(segment) = self.segments.get_mut(&first) {
@@ -517,6 +575,9 @@ impl Log {
             return Err("the failed batch was already written out".to_string());
         }
         self.pending.truncate(mark.pending);
+        if self.pending.is_empty() && self.recent.written.is_empty() {
+            self.recent.first = None;
+        }
         if let Some((first, _)) = self.writer {
             if let Some(segment) = self.segments.get_mut(&first) {
                 segment.last = mark.last;
@@ -551,6 +612,7 @@ impl Log {
                     .unwrap_or_default()
             ));
         }
+        self.recent.keep(&self.pending);
         self.pending.clear();
         if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, file)) {
             self.unsynced.push(file.clone());
@@ -602,6 +664,9 @@ impl Log {
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), String> {
         if after >= until {
+            return Ok(());
+        }
+        if self.read_recent(after, until, each)? {
             return Ok(());
         }
         self.write_out()?;
@@ -683,6 +748,58 @@ impl Log {
         Ok(())
     }
 
+    /// Drops the frames at or below `position` from memory.
+    fn forget_recent_through(&mut self, position: u64) {
+        if self.recent.first.is_none_or(|first| first > position) {
+            return;
+        }
+        let mut at = 0;
+        let mut next = None;
+        while let Decoded::Frame(frame, _, size) = decode_frame(&self.recent.written[at..], false) {
+            if frame > position {
+                next = Some(frame);
+                break;
+            }
+            at += size;
+        }
+        self.recent.written.drain(..at);
+        self.recent.first = next.or_else(|| match decode_frame(&self.pending, false) {
+            Decoded::Frame(frame, _, _) => Some(frame),
+            Decoded::Short(_) | Decoded::Bad(_) => None,
+        });
+    }
+
+    /// [`Log::read_frames`] from memory, when every frame above `after` is there; returns
+    /// whether it was.
+    fn read_recent(
+        &self,
+        after: u64,
+        until: u64,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<bool, String> {
+        match self.recent.first {
+            Some(first) if first <= after.saturating_add(1) => {}
+            _ => return Ok(false),
+        }
+        for frames in [&self.recent.written, &self.pending] {
+            let mut at = 0;
+            while at < frames.len() {
+                let Decoded::Frame(position, payload, size) = decode_frame(&frames[at..], false)
+                else {
+                    return Err("the record log's newest frames in memory are damaged".into());
+                };
+                at += size;
+                if position <= after {
+                    continue;
+                }
+                if position > until || !each(position, payload) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// The first position of the segment after the one holding `position` (`u64::MAX` when it
     /// is in the last segment).
     pub(crate) fn segment_end(&self, position: u64) -> u64 {
@@ -725,6 +842,10 @@ impl Log {
         }
         if !doomed.is_empty() {
             self.dir_dirty = true;
+            // Memory mirrors the files: the deleted frames go from there too.
+            if let Some(through) = self.segments.keys().next().map(|first| first - 1) {
+                self.forget_recent_through(through);
+            }
         }
         Ok(doomed.len())
     }
@@ -736,6 +857,8 @@ impl Log {
             return Ok(());
         }
         self.write_out()?;
+        // Written out just now; the rewrite is read from the files from now on.
+        self.recent.clear();
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
         let mut touched = Vec::new();
         for &position in positions {
@@ -1034,6 +1157,85 @@ mod tests {
         let (mut log, ending) = Log::open(dir.path()).expect("reopen");
         assert_eq!(ending.last.map(|(p, _)| p), Some(22));
         assert_eq!(collect(&mut log, 0, 100), expected);
+    }
+
+    /// Every frame read from `after` on, as (position, bytes).
+    fn frames_after(log: &mut Log, after: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        log.read(after, u64::MAX, &mut |position, bytes| {
+            out.push((position, bytes.to_vec()));
+            true
+        })
+        .expect("read");
+        out
+    }
+
+    #[test]
+    fn the_newest_frames_are_read_from_memory_and_agree_with_the_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Log::open(dir.path()).expect("open");
+        let body = |position: u64| format!("{position}:{}", "x".repeat(2000)).into_bytes();
+        let mut next = 1u64;
+        // 60 batches of 100 frames of 2 KB: past the memory's size (trimmed) and over two
+        // segments, with a taken-back batch, dropped frames and deleted segments on the way.
+        for round in 0..60 {
+            log.begin(next).expect("begin");
+            for position in next..next + 100 {
+                log.append(position, &body(position)).expect("append");
+            }
+            log.end().expect("end");
+            next += 100;
+            match round {
+                10 => {
+                    let mark = log.begin(next).expect("begin");
+                    log.append(next, &body(next)).expect("append");
+                    log.reset(mark).expect("reset");
+                }
+                20 => log.drop_frames(&[next - 700, next - 3]).expect("drop"),
+                50 => {
+                    let deleted = log.delete_through(next - 500).expect("delete");
+                    assert_eq!(deleted, 1, "the first segment is all acknowledged");
+                }
+                _ => {}
+            }
+            if round % 3 == 0 {
+                log.sync_job().expect("job").run().expect("sync");
+            }
+            // Reads close behind the appends come from memory (frames not yet written out
+            // included), except right after a rewrite; memory, files and a log opened afresh
+            // from the files give the same frames.
+            let close = next - 50;
+            let mut from_memory = Vec::new();
+            let served = log
+                .read_recent(close, u64::MAX, &mut |position, bytes| {
+                    from_memory.push((position, bytes.to_vec()));
+                    true
+                })
+                .expect("read from memory");
+            assert_eq!(served, round != 20, "round {round}: read from memory");
+            let further = next.saturating_sub(900);
+            let read = frames_after(&mut log, further);
+            log.sync_job().expect("job").run().expect("sync");
+            let (mut files, _) = Log::open(dir.path()).expect("reopen");
+            assert_eq!(read, frames_after(&mut files, further), "round {round}");
+            if served {
+                assert_eq!(
+                    from_memory,
+                    frames_after(&mut files, close),
+                    "round {round}"
+                );
+            }
+        }
+        assert!(
+            log.recent.written.len() <= RECENT_BYTES + WRITE_OUT_BYTES,
+            "memory stays bounded: {} bytes",
+            log.recent.written.len()
+        );
+        // Reads further back go to the files.
+        assert!(!log
+            .read_recent(100, u64::MAX, &mut |_, _| true)
+            .expect("read"));
+        assert_eq!(frames_after(&mut log, next - 1 - 1500).len(), 1500);
     }
 
     #[test]
