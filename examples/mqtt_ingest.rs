@@ -26,7 +26,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use bytes::BytesMut;
+use rumqttc::{Connect, Packet, Publish, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -110,39 +112,18 @@ topic = "bench/till-1/scanner"
     let config = dir.path().join("posgw.toml");
     let client = reqwest::Client::new();
     let mode = std::env::args().nth(3).unwrap_or_else(|| "live".into());
+    let rate: Option<f64> = std::env::args()
+        .find_map(|arg| arg.strip_prefix("rate=").and_then(|rate| rate.parse().ok()));
     let (mut gateway, mut api) = start_gateway(&bin, &config, &client).await?;
     if mode == "backlog" {
         // The session and its subscription exist now; stop, and let the messages queue.
         stop(&mut gateway)?;
     }
-    // The publisher: QoS 1, many in flight, its own event loop on this thread.
-    let mut options = MqttOptions::new("bench-publisher", "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_inflight(1000);
-    let (publisher, mut event_loop) = AsyncClient::new(options, 10_000);
-    let acked = tokio::spawn(async move {
-        let mut acked = 0u64;
-        while acked < messages {
-            match event_loop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(error) => panic!("publisher: {error}"),
-            }
-        }
-        acked
-    });
     let mut cpu_before = cpu_seconds(gateway.id());
+    let publishing = tokio::spawn(publish(port, messages, rate));
     let mut began = Instant::now();
-    for i in 0..messages {
-        let payload = format!("]C0BENCH-{i:09}");
-        publisher
-            .publish("bench/till-1/scanner", QoS::AtLeastOnce, false, payload)
-            .await?;
-    }
-    let published = began.elapsed();
+    let published = publishing.await??;
     if mode == "backlog" {
-        let acked = acked.await?;
-        assert_eq!(acked, messages, "the broker took every message");
         // The clock includes the gateway's start: conservative by its few milliseconds.
         began = Instant::now();
         (gateway, api) = start_gateway(&bin, &config, &client).await?;
@@ -190,7 +171,6 @@ topic = "bench/till-1/scanner"
         let _ = hq.kill();
         let _ = hq.wait();
     }
-    let _ = publisher.disconnect().await;
     stop(&mut gateway)?;
     broker.kill()?;
     broker.wait()?;
@@ -212,4 +192,83 @@ async fn start_gateway(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok((gateway, api))
+}
+
+/// Most messages the publisher leaves unacknowledged (packet ids are 16 bits).
+const PUBLISH_WINDOW: u64 = 30_000;
+
+/// Publishes `messages` scans with QoS 1 to the broker on `port`, `rate` a second or as fast as
+/// the broker takes them, and returns how long that took once the broker acknowledged all.
+/// Encoded with rumqttc's MQTT codec and written many packets at a time: a client library that
+/// writes and flushes each publish on its own would be the limit, not the gateway.
+async fn publish(
+    port: u16,
+    messages: u64,
+    rate: Option<f64>,
+) -> Result<Duration, String> {
+    let failed = |error: &dyn std::fmt::Display| format!("publisher: {error}");
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| failed(&e))?;
+    stream.set_nodelay(true).map_err(|e| failed(&e))?;
+    let (mut reader, mut writer) = stream.into_split();
+    let mut out = BytesMut::new();
+    let mut connect = Connect::new("bench-publisher");
+    connect.keep_alive = 60;
+    Packet::Connect(connect)
+        .write(&mut out, usize::MAX)
+        .map_err(|e| failed(&e))?;
+    writer.write_all(&out).await.map_err(|e| failed(&e))?;
+    out.clear();
+    // PUBACKs counted as they come.
+    let (acked_tx, mut acked) = tokio::sync::watch::channel(0u64);
+    let acks = tokio::spawn(async move {
+        let mut input = BytesMut::with_capacity(64 * 1024);
+        let mut count = 0u64;
+        while count < messages {
+            if reader.read_buf(&mut input).await.map_err(|e| e.to_string())? == 0 {
+                return Err("the broker closed the publisher's connection".to_string());
+            }
+            loop {
+                match Packet::read(&mut input, 1024 * 1024) {
+                    Ok(Packet::PubAck(_)) => count += 1,
+                    Ok(_) => {}
+                    Err(rumqttc::Error::InsufficientBytes(_)) => break,
+                    Err(error) => return Err(format!("publisher: {error}")),
+                }
+            }
+            acked_tx.send_replace(count);
+        }
+        Ok::<_, String>(())
+    });
+    let began = Instant::now();
+    // Paced per millisecond (the timer's resolution) when a rate is given.
+    let chunk = rate.map_or(500, |rate| ((rate / 1000.0).ceil() as u64).max(1));
+    let mut sent = 0u64;
+    while sent < messages {
+        acked
+            .wait_for(|&acked| sent - acked < PUBLISH_WINDOW)
+            .await
+            .map_err(|_| "the publisher's acknowledgements stopped".to_string())?;
+        if let Some(rate) = rate {
+            tokio::time::sleep_until((began + Duration::from_secs_f64(sent as f64 / rate)).into())
+                .await;
+        }
+        for i in sent..(sent + chunk).min(messages) {
+            let mut publish = Publish::new(
+                "bench/till-1/scanner",
+                QoS::AtLeastOnce,
+                format!("]C0BENCH-{i:09}"),
+            );
+            publish.pkid = (i % 60_000 + 1) as u16;
+            Packet::Publish(publish)
+                .write(&mut out, usize::MAX)
+                .map_err(|e| failed(&e))?;
+        }
+        writer.write_all(&out).await.map_err(|e| failed(&e))?;
+        out.clear();
+        sent = (sent + chunk).min(messages);
+    }
+    acks.await.map_err(|e| failed(&e))??;
+    Ok(began.elapsed())
 }
