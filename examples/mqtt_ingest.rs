@@ -201,11 +201,7 @@ const PUBLISH_WINDOW: u64 = 30_000;
 /// the broker takes them, and returns how long that took once the broker acknowledged all.
 /// Encoded with rumqttc's MQTT codec and written many packets at a time: a client library that
 /// writes and flushes each publish on its own would be the limit, not the gateway.
-async fn publish(
-    port: u16,
-    messages: u64,
-    rate: Option<f64>,
-) -> Result<Duration, String> {
+async fn publish(port: u16, messages: u64, rate: Option<f64>) -> Result<Duration, String> {
     let failed = |error: &dyn std::fmt::Display| format!("publisher: {error}");
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -226,7 +222,12 @@ async fn publish(
         let mut input = BytesMut::with_capacity(64 * 1024);
         let mut count = 0u64;
         while count < messages {
-            if reader.read_buf(&mut input).await.map_err(|e| e.to_string())? == 0 {
+            if reader
+                .read_buf(&mut input)
+                .await
+                .map_err(|e| e.to_string())?
+                == 0
+            {
                 return Err("the broker closed the publisher's connection".to_string());
             }
             loop {

@@ -35,6 +35,7 @@
 //! being down at start does not stop the gateway. Every device shows `connected` while the
 //! session is up and `disconnected` (with the reason) otherwise, each change recorded once.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long after a message was left unacknowledged the connection is renewed to have it
 /// redelivered (the journal gets that long to recover; each renewal retries once more).
 const REDELIVER_AFTER: Duration = Duration::from_secs(5);
+/// How often a device's `last_frame_at` is updated while messages keep coming.
+const LAST_FRAME_EVERY: Duration = Duration::from_millis(500);
 /// Most PUBACKs written at once.
 const ACK_BATCH: usize = 4096;
 /// How long writing acknowledgements may take before the connection is considered stuck.
@@ -140,10 +143,11 @@ impl MqttDevices {
         options.set_manual_acks(true);
         options.set_request_channel_capacity(REQUEST_QUEUE);
         let (client, mut event_loop) = AsyncClient::new(options, REQUEST_QUEUE);
-        let by_topic: HashMap<&str, &MqttDevice> = self
+        // Each device with when its `last_frame_at` was last set.
+        let by_topic: HashMap<&str, (&MqttDevice, Cell<Option<tokio::time::Instant>>)> = self
             .devices
             .iter()
-            .map(|device| (device.topic.as_str(), device))
+            .map(|device| (device.topic.as_str(), (device, Cell::new(None))))
             .collect();
         // Unbounded, because this loop must never wait on anything the event loop itself has to
         // drain (PUBACKs go out only while it is polled); the broker bounds it by how many
@@ -214,10 +218,16 @@ impl MqttDevices {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let (ack, written) = oneshot::channel();
                     let event = match by_topic.get(publish.topic.as_str()) {
-                        Some(device) => {
-                            device
-                                .status
-                                .send_modify(|status| status.last_frame_at = Some(Local::now()));
+                        Some((device, noted)) => {
+                            // Not for every message of a burst: it says when the device was last
+                            // heard from, to the second.
+                            let now = tokio::time::Instant::now();
+                            if noted.get().is_none_or(|at| now - at >= LAST_FRAME_EVERY) {
+                                noted.set(Some(now));
+                                device.status.send_modify(|status| {
+                                    status.last_frame_at = Some(Local::now());
+                                });
+                            }
                             message_event(device, &publish.payload, ack)
                         }
                         None => {

@@ -161,6 +161,11 @@ struct Recent {
     /// The first frame's position (in `written`, or in `pending` while `written` is empty);
     /// `None` when neither holds a frame.
     first: Option<u64>,
+    /// Bytes trimmed from the front of `written` so far: offsets into `written` then `pending`
+    /// plus this stay valid across trims and write-outs.
+    dropped: u64,
+    /// Where the last read from memory ended: the next position, and its offset.
+    cursor: Option<(u64, u64)>,
 }
 
 impl Recent {
@@ -179,19 +184,23 @@ impl Recent {
             }
         }
         self.written.drain(..at);
+        self.dropped += at as u64;
         self.first = match decode_frame(&self.written, false) {
             Decoded::Frame(position, _, _) => Some(position),
             Decoded::Short(_) | Decoded::Bad(_) => None,
         };
         if self.first.is_none() {
+            self.dropped += self.written.len() as u64;
             self.written.clear();
         }
     }
 
     /// Forgets every frame (the log was rewritten under it).
     fn clear(&mut self) {
+        self.dropped += self.written.len() as u64;
         self.written.clear();
         self.first = None;
+        self.cursor = None;
     }
 }
 
@@ -575,6 +584,7 @@ impl Log {
             return Err("the failed batch was already written out".to_string());
         }
         self.pending.truncate(mark.pending);
+        self.recent.cursor = None;
         if self.pending.is_empty() && self.recent.written.is_empty() {
             self.recent.first = None;
         }
@@ -763,6 +773,7 @@ impl Log {
             at += size;
         }
         self.recent.written.drain(..at);
+        self.recent.dropped += at as u64;
         self.recent.first = next.or_else(|| match decode_frame(&self.pending, false) {
             Decoded::Frame(frame, _, _) => Some(frame),
             Decoded::Short(_) | Decoded::Bad(_) => None,
@@ -770,32 +781,44 @@ impl Log {
     }
 
     /// [`Log::read_frames`] from memory, when every frame above `after` is there; returns
-    /// whether it was.
+    /// whether it was. Sequential reads continue where the last one stopped.
     fn read_recent(
-        &self,
+        &mut self,
         after: u64,
         until: u64,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<bool, String> {
-        match self.recent.first {
+        let recent = &mut self.recent;
+        match recent.first {
             Some(first) if first <= after.saturating_add(1) => {}
             _ => return Ok(false),
         }
-        for frames in [&self.recent.written, &self.pending] {
-            let mut at = 0;
-            while at < frames.len() {
-                let Decoded::Frame(position, payload, size) = decode_frame(&frames[at..], false)
-                else {
-                    return Err("the record log's newest frames in memory are damaged".into());
-                };
-                at += size;
-                if position <= after {
-                    continue;
-                }
-                if position > until || !each(position, payload) {
-                    return Ok(true);
-                }
+        let in_memory = recent.written.len() + self.pending.len();
+        // Offset into `written` then `pending`: from the cursor when it is at or before
+        // `after + 1` (every frame before it is at or below `after`).
+        let mut at = match recent.cursor {
+            Some((next, offset)) if next <= after.saturating_add(1) && offset >= recent.dropped => {
+                usize::try_from(offset - recent.dropped)
+                    .unwrap_or(usize::MAX)
+                    .min(in_memory)
             }
+            _ => 0,
+        };
+        while at < in_memory {
+            let (frames, start) = if at < recent.written.len() {
+                (&recent.written[..], at)
+            } else {
+                (&self.pending[..], at - recent.written.len())
+            };
+            let Decoded::Frame(position, payload, size) = decode_frame(&frames[start..], false)
+            else {
+                return Err("the record log's newest frames in memory are damaged".into());
+            };
+            if position > after && (position > until || !each(position, payload)) {
+                break;
+            }
+            at += size;
+            recent.cursor = Some((position + 1, recent.dropped + at as u64));
         }
         Ok(true)
     }
