@@ -7,7 +7,6 @@
 //! already-serialised `data`, so appending never re-parses or re-encodes the payload.
 
 use std::borrow::Cow;
-use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -113,30 +112,29 @@ impl RecordEncoder {
         &self.id_text_prefix
     }
 
-    /// Writes the full record into `out` (cleared first).
-    pub(crate) fn encode(
-        &self,
-        out: &mut Vec<u8>,
-        seq: u64,
-        stamp: &ClockStamp,
-        boot_json: &str,
-        kind: Kind,
-        data: &RawValue,
-    ) {
-        out.clear();
-        out.reserve(self.id_prefix.len() + self.middle.len() + 160 + data.get().len());
-        out.extend_from_slice(&self.id_prefix);
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{seq}");
-        out.extend_from_slice(&self.middle);
-        let _ = write!(
-            out,
-            "{seq},\"ts\":\"{}\",\"clock\":{{\"boot\":{boot_json},\"mono_ms\":{},\"synced\":{}}},\"kind\":\"{}\",\"data\":",
+    /// What follows the seq in every record appended together (one clock stamp, one kind):
+    /// `,"ts":…,"clock":{…},"kind":…,"data":`. Formatted once per append, not per record.
+    pub(crate) fn head(stamp: &ClockStamp, boot_json: &str, kind: Kind) -> String {
+        format!(
+            ",\"ts\":\"{}\",\"clock\":{{\"boot\":{boot_json},\"mono_ms\":{},\"synced\":{}}},\"kind\":\"{}\",\"data\":",
             stamp.ts(),
             stamp.mono_ms,
             stamp.synced,
             kind.as_str()
-        );
+        )
+    }
+
+    /// Writes the full record into `out` (cleared first); `head` from [`RecordEncoder::head`].
+    pub(crate) fn encode(&self, out: &mut Vec<u8>, seq: u64, head: &str, data: &RawValue) {
+        out.clear();
+        out.reserve(self.id_prefix.len() + self.middle.len() + 40 + head.len() + data.get().len());
+        let mut digits = itoa::Buffer::new();
+        let seq = digits.format(seq).as_bytes();
+        out.extend_from_slice(&self.id_prefix);
+        out.extend_from_slice(seq);
+        out.extend_from_slice(&self.middle);
+        out.extend_from_slice(seq);
+        out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(data.get().as_bytes());
         out.push(b'}');
     }
@@ -201,7 +199,8 @@ mod tests {
         let data = RawValue::from_string(r#"{"device":"scanner-1","code":"690"}"#.to_string())
             .expect("valid json");
         let mut out = Vec::new();
-        encoder.encode(&mut out, 42, &stamp, &boot_json, Kind::Scan, &data);
+        let head = RecordEncoder::head(&stamp, &boot_json, Kind::Scan);
+        encoder.encode(&mut out, 42, &head, &data);
         let text = std::str::from_utf8(&out).expect("utf-8");
         assert!(
             text.starts_with(
@@ -241,7 +240,8 @@ mod tests {
         let stamp = Clock::new().stamp();
         let data = RawValue::from_string("{}".to_string()).expect("valid json");
         let mut out = Vec::new();
-        encoder.encode(&mut out, 1, &stamp, "\"b\"", Kind::Gateway, &data);
+        let head = RecordEncoder::head(&stamp, "\"b\"", Kind::Gateway);
+        encoder.encode(&mut out, 1, &head, &data);
         let value: serde_json::Value = serde_json::from_slice(&out).expect("valid json");
         assert_eq!(value["id"], "S/gw\"1\\x/00000000/1");
         assert_eq!(value["gateway"], "gw\"1\\x");

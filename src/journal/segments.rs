@@ -164,8 +164,9 @@ struct Recent {
     /// Bytes trimmed from the front of `written` so far: offsets into `written` then `pending`
     /// plus this stay valid across trims and write-outs.
     dropped: u64,
-    /// Where the last read from memory ended: the next position, and its offset.
-    cursor: Option<(u64, u64)>,
+    /// Where the last read from memory ended: the next position, and its offset; one for
+    /// reads, one for counts (as for the files).
+    cursors: [Option<(u64, u64)>; 2],
 }
 
 impl Recent {
@@ -200,7 +201,7 @@ impl Recent {
         self.dropped += self.written.len() as u64;
         self.written.clear();
         self.first = None;
-        self.cursor = None;
+        self.cursors = [None; 2];
     }
 }
 
@@ -584,7 +585,7 @@ impl Log {
             return Err("the failed batch was already written out".to_string());
         }
         self.pending.truncate(mark.pending);
-        self.recent.cursor = None;
+        self.recent.cursors = [None; 2];
         if self.pending.is_empty() && self.recent.written.is_empty() {
             self.recent.first = None;
         }
@@ -676,7 +677,7 @@ impl Log {
         if after >= until {
             return Ok(());
         }
-        if self.read_recent(after, until, each)? {
+        if self.read_recent(after, until, usize::from(!verify), each)? {
             return Ok(());
         }
         self.write_out()?;
@@ -786,6 +787,7 @@ impl Log {
         &mut self,
         after: u64,
         until: u64,
+        cursor: usize,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
     ) -> Result<bool, String> {
         let recent = &mut self.recent;
@@ -796,7 +798,7 @@ impl Log {
         let in_memory = recent.written.len() + self.pending.len();
         // Offset into `written` then `pending`: from the cursor when it is at or before
         // `after + 1` (every frame before it is at or below `after`).
-        let mut at = match recent.cursor {
+        let mut at = match recent.cursors[cursor] {
             Some((next, offset)) if next <= after.saturating_add(1) && offset >= recent.dropped => {
                 usize::try_from(offset - recent.dropped)
                     .unwrap_or(usize::MAX)
@@ -818,7 +820,7 @@ impl Log {
                 break;
             }
             at += size;
-            recent.cursor = Some((position + 1, recent.dropped + at as u64));
+            recent.cursors[cursor] = Some((position + 1, recent.dropped + at as u64));
         }
         Ok(true)
     }
@@ -1230,7 +1232,7 @@ mod tests {
             let close = next - 50;
             let mut from_memory = Vec::new();
             let served = log
-                .read_recent(close, u64::MAX, &mut |position, bytes| {
+                .read_recent(close, u64::MAX, 0, &mut |position, bytes| {
                     from_memory.push((position, bytes.to_vec()));
                     true
                 })
@@ -1256,7 +1258,7 @@ mod tests {
         );
         // Reads further back go to the files.
         assert!(!log
-            .read_recent(100, u64::MAX, &mut |_, _| true)
+            .read_recent(100, u64::MAX, 0, &mut |_, _| true)
             .expect("read"));
         assert_eq!(frames_after(&mut log, next - 1 - 1500).len(), 1500);
     }

@@ -14,7 +14,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::value::RawValue;
 use sled::{Batch, Db, Transactional, Tree};
 
-use super::clock::{Clock, ClockStamp};
+use super::clock::Clock;
 use super::error::JournalError;
 use super::floor::{self, Floor};
 use super::record::{check_data_is_object, json_string, Kind, RecordEncoder, RecordHead};
@@ -896,11 +896,12 @@ impl Store {
         let first_position = self.next_position;
         // The records are written together, so one clock stamp serves them all.
         let stamp = self.clock.stamp();
+        let head = RecordEncoder::head(&stamp, &self.boot_json, kind);
         let mark = self.begin()?;
         let mut bytes = 0u64;
         for (offset, item) in (0u64..).zip(data) {
             let (seq, position) = (first_seq + offset, first_position + offset);
-            match self.insert_record(seq, position, &stamp, kind, item.borrow()) {
+            match self.insert_record(seq, position, &head, item.borrow()) {
                 Ok(size) => bytes += size,
                 Err(err) => {
                     self.roll_back(mark);
@@ -968,13 +969,11 @@ impl Store {
         &mut self,
         seq: u64,
         position: u64,
-        stamp: &ClockStamp,
-        kind: Kind,
+        head: &str,
         data: &RawValue,
     ) -> Result<u64, JournalError> {
         let mut buffer = std::mem::take(&mut self.buffer);
-        self.encoder
-            .encode(&mut buffer, seq, stamp, &self.boot_json, kind, data);
+        self.encoder.encode(&mut buffer, seq, head, data);
         let result = self.insert_bytes(position, &buffer);
         let bytes = buffer.len() as u64;
         self.buffer = buffer;
