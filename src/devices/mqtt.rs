@@ -6,7 +6,9 @@
 //! and every device topic is subscribed with QoS 1. Acknowledgements are manual: a message's
 //! PUBACK goes out only once the record it became (a scan, a sale or a `bad_frame`) is durable
 //! in the journal. The core hands each message's [`Durable`] back through its [`Ack`]; an acker
-//! task waits for them in arrival order and acknowledges. Until then the broker keeps the
+//! task waits for them in arrival order and hands the packet ids back to this task, which writes
+//! every PUBACK that is ready in one write and one flush (rumqttc's own `ack` is a request that is
+//! written and flushed alone: a system call per message). Until then the broker keeps the
 //! message, so a `kill -9` or a power cut loses nothing: the broker redelivers it to the next
 //! session. The price is at-least-once: a message whose record was durable but whose PUBACK was
 //! not yet sent is recorded again after the restart (a new seq; MQTT carries no id to tell).
