@@ -150,6 +150,9 @@ pub(crate) struct Log {
     chunk: Vec<u8>,
     /// The newest frames, for reads that follow the appends closely.
     recent: Recent,
+    /// Set when a failed write-out could not be taken back: the writer segment may hold part of
+    /// a frame, so nothing more is written.
+    torn: Option<String>,
 }
 
 /// The newest frames of the log in memory: every frame from position `first` on, in order,
@@ -388,6 +391,7 @@ impl Log {
             count_cursor: None,
             chunk: Vec::new(),
             recent: Recent::default(),
+            torn: None,
         };
         let mut ending = Ending::default();
         let mut previous = 0u64;
@@ -603,6 +607,9 @@ impl Log {
         if self.pending.is_empty() {
             return Ok(());
         }
+        if let Some(torn) = &self.torn {
+            return Err(torn.clone());
+        }
         let Some((first, file)) = &self.writer else {
             return Err("the record log has no open segment".to_string());
         };
@@ -615,13 +622,18 @@ impl Log {
                 .get(first)
                 .map_or(0, |s| s.len - self.pending.len() as u64);
             let undo = file.set_len(on_disk);
-            return Err(format!(
+            let message = format!(
                 "cannot write segment {}: {err}{}",
                 self.dir.join(segment_name(*first)).display(),
-                undo.err()
+                undo.as_ref()
+                    .err()
                     .map(|e| format!(" (and cannot take it back: {e})"))
                     .unwrap_or_default()
-            ));
+            );
+            if undo.is_err() {
+                self.torn = Some(message.clone());
+            }
+            return Err(message);
         }
         self.recent.keep(&self.pending);
         self.pending.clear();
@@ -629,6 +641,11 @@ impl Log {
             self.unsynced.push(file.clone());
         }
         Ok(())
+    }
+
+    /// Whether a failed write could not be taken back (nothing can be written any more).
+    pub(crate) fn is_torn(&self) -> bool {
+        self.torn.is_some()
     }
 
     /// Writes out what is buffered and returns what a flush must fsync to make everything

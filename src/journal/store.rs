@@ -1045,7 +1045,14 @@ impl Store {
     /// Records in meta the seq and position issued so far. Needed before anything that can
     /// change which record is last (removal, dead-lettering, salvage), so recovery never derives
     /// a lower next seq than one already issued.
-    pub(crate) fn protect_floors(&self) -> Result<(), JournalError> {
+    ///
+    /// The records not yet handed to the kernel are written out first, so the floors never name
+    /// a seq the log does not hold: otherwise a crash (kill -9, which spares what the kernel
+    /// has) would lose those records and leave a gap in the seqs.
+    pub(crate) fn protect_floors(&mut self) -> Result<(), JournalError> {
+        self.log
+            .write_out()
+            .map_err(|err| JournalError::storage("writing the record log", err))?;
         self.meta
             .apply_batch(self.floors_batch())
             .map_err(|err| JournalError::storage("writing the journal floors", err))
@@ -1053,7 +1060,7 @@ impl Store {
 
     /// Writes the floors and makes them durable now: before a record is taken out of the log
     /// by a rewrite (which could take away the last record, the other source of the next seq).
-    fn protect_floors_now(&self) -> Result<(), JournalError> {
+    fn protect_floors_now(&mut self) -> Result<(), JournalError> {
         self.protect_floors()?;
         self.db
             .flush()
@@ -1291,10 +1298,15 @@ impl Store {
 
     /// What a flush started now must fsync; everything appended so far is handed to the kernel.
     pub(crate) fn flush_job(&mut self) -> Result<FlushJob, JournalError> {
-        let log = self
-            .log
-            .sync_job()
-            .map_err(|err| JournalError::Flush(format!("record log: {err}")))?;
+        // A write the log took back (a full disk) is retried at the next flush; one it could
+        // not take back is the end, like a failed fsync.
+        let log = self.log.sync_job().map_err(|err| {
+            if self.log.is_torn() {
+                JournalError::Flush(format!("record log: {err}"))
+            } else {
+                JournalError::storage("writing the record log", err)
+            }
+        })?;
         Ok(FlushJob {
             log,
             db: self.db.clone(),

@@ -1636,3 +1636,155 @@ fn a_failed_write_out_reissues_no_seq_and_tears_no_segment() {
         assert!(seen.contains(seq), "confirmed seq {seq} not readable");
     }
 }
+
+/// A full disk (a file size limit standing in for it, in a child process as above) stops the
+/// record log from being written, not the journal: records already accepted wait in memory and
+/// become durable once writes work again, appends past the buffer are refused (never dropped
+/// silently), the journal's failure says why while it lasts, and nothing is written twice.
+#[test]
+fn a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns() {
+    const CHILD: &str = "POSGW_TEST_FULL_DISK_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "journal::tests::a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .status()
+            .expect("run the child");
+        assert!(
+            status.success(),
+            "the scenario failed in the child: {status}"
+        );
+        return;
+    }
+    let rlimit = |bytes: u64| unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit);
+        limit.rlim_cur = bytes as libc::rlim_t;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    };
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    // A failed assertion ends the child at once (the runtime's shutdown could wait on the
+    // journal's threads).
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{info}");
+        std::process::exit(101);
+    }));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = open_clean(dir.path(), Duration::from_millis(20)).await;
+        let before = journal
+            .append(Kind::Scan, bulky_scan(0))
+            .await
+            .expect("append");
+        before.durable.clone().wait().await.expect("durable");
+        // "Full" at 128 KiB: the 2 KB records below pass that, and the 1 MiB in-memory buffer.
+        rlimit(128 * 1024);
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for i in 1..=800 {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(10),
+                journal.append(Kind::Scan, bulky_scan(i)),
+            );
+            match answer.await.expect("the journal answers") {
+                Ok(appended) => accepted.push(appended),
+                Err(error) => {
+                    assert!(matches!(error, JournalError::Storage { .. }), "{error}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0, "appends past the buffer are refused");
+        let failing = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(failure) = journal.stats().failure {
+                    return failure;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the write error is reported");
+        assert!(failing.contains("retrying"), "{failing}");
+        let last = accepted.last().expect("some records accepted").seq;
+        assert!(
+            journal.stats().durable_seq < last,
+            "nothing past the limit is confirmed durable"
+        );
+        // Space again: every accepted record becomes durable, without a restart.
+        rlimit(libc::RLIM_INFINITY);
+        for appended in &accepted {
+            tokio::time::timeout(Duration::from_secs(10), appended.durable.clone().wait())
+                .await
+                .expect("durable in time")
+                .expect("durable");
+        }
+        assert_eq!(journal.stats().failure, None, "recovered");
+        let after = journal
+            .append(Kind::Scan, bulky_scan(9999))
+            .await
+            .expect("append after recovery");
+        after.durable.clone().wait().await.expect("durable");
+        journal.close().await.expect("close");
+        let seqs: Vec<u64> = dump_values(dir.path(), false)
+            .iter()
+            .map(|record| record["seq"].as_u64().expect("seq"))
+            .collect();
+        let mut expected = vec![before.seq];
+        expected.extend(accepted.iter().map(|appended| appended.seq));
+        expected.push(after.seq);
+        assert_eq!(
+            seqs, expected,
+            "every accepted record once, in order, none refused"
+        );
+    });
+}
+
+/// Removing acknowledged records writes the floors (the seq issued so far) to sled, which
+/// survives a process crash. Records appended but still in the log's buffer must reach the
+/// kernel first: a crash would otherwise lose them while the floors keep their seqs, and the
+/// next session would leave a gap.
+#[test]
+fn the_floors_never_run_ahead_of_the_log_so_a_crash_leaves_no_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    for i in 0..10 {
+        store.append(Kind::Scan, &bulky_scan(i)).expect("append");
+    }
+    store.flush().expect("flush");
+    let durable = store.next_position - 1;
+    for i in 10..15 {
+        store.append(Kind::Scan, &bulky_scan(i)).expect("append"); // buffered
+    }
+    store.remove_through(durable).expect("remove");
+    // The crash: the store goes without a flush (sled's writes are in the kernel already).
+    drop(store);
+    let (store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    let mut seqs = Vec::new();
+    let mut store = store;
+    store
+        .for_each_record(false, &mut |record| {
+            let value: Value = serde_json::from_slice(&record.bytes).expect("json");
+            seqs.push(value["seq"].as_u64().expect("seq"));
+            Ok(())
+        })
+        .expect("read");
+    assert_eq!(
+        seqs,
+        (11..=15).collect::<Vec<_>>(),
+        "the buffered records survived"
+    );
+    assert_eq!(store.next_seq, 16, "no seq skipped");
+}

@@ -194,7 +194,8 @@ pub struct JournalStats {
     /// over [`JournalConfig::max_bytes`] (for `posgw_journal_evicted_records_total`).
     pub evicted_records: u64,
     /// Why the journal stopped accepting records (a failed fsync, or a failed batch that could
-    /// not be taken back out of sled), if it did.
+    /// not be taken back out of sled), if it did; or, while it lasts, why the record log cannot
+    /// be written (a full disk: retried at every flush, cleared once a write works again).
     pub failure: Option<String>,
 }
 
@@ -371,6 +372,7 @@ pub(super) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
         in_flight: None,
         floor_written: None,
         failed: None,
+        write_error: None,
     };
     actor.publish_stats();
     tokio::spawn(actor.run());
@@ -585,6 +587,8 @@ struct Actor {
     durable_seq: u64,
     /// Set when a flush failed: the journal then refuses new records.
     failed: Option<Arc<str>>,
+    /// Set while the record log cannot be written (a full disk): flushes are retried.
+    write_error: Option<String>,
 }
 
 impl Actor {
@@ -598,7 +602,8 @@ impl Actor {
             if self.in_flight.is_none() {
                 if let Some(deadline) = deadline {
                     if deadline <= Instant::now() {
-                        self.start_flush(false);
+                        // A failure is recorded (and retried, or the journal failed for good).
+                        let _ = self.start_flush(false);
                         continue;
                     }
                     if timer.deadline() != deadline {
@@ -929,14 +934,38 @@ impl Actor {
     /// succeeded, the same thread updates the floor file if the last update is `FLOOR_EVERY`
     /// old (or `final_flush`), before the flush counts as done, so the floor never leads what
     /// is durable.
-    fn start_flush(&mut self, final_flush: bool) {
+    fn start_flush(&mut self, final_flush: bool) -> Result<(), JournalError> {
         let job = match self.store.flush_job() {
             Ok(job) => job,
+            Err(JournalError::Storage { context, reason }) => {
+                // Nothing written is lost: the records wait in memory (new appends are refused
+                // once that buffer is full) and the write is tried again after `flush`.
+                if self.write_error.is_none() {
+                    tracing::error!(%reason, "cannot write the record log (a full disk?); retrying");
+                }
+                let error = JournalError::Storage { context, reason };
+                let message = format!("{error}; retrying");
+                if let Ok(mut failure) = self.stats.failure.lock() {
+                    *failure = Some(message.clone());
+                }
+                self.write_error = Some(message);
+                self.unflushed_since = Some(Instant::now());
+                return Err(error);
+            }
             Err(err) => {
                 self.fail(err.to_string());
-                return;
+                // Nothing will be flushed any more: no deadline to come back to.
+                self.unflushed_since = None;
+                self.removed_since = None;
+                return Err(err);
             }
         };
+        if self.write_error.take().is_some() && self.failed.is_none() {
+            tracing::info!("the record log is writable again");
+            if let Ok(mut failure) = self.stats.failure.lock() {
+                *failure = None;
+            }
+        }
         self.unflushed_since = None;
         self.removed_since = None;
         let now = Instant::now();
@@ -965,6 +994,7 @@ impl Actor {
             position: self.store.next_position - 1,
             seq: self.store.next_seq - 1,
         });
+        Ok(())
     }
 
     /// Publishes the result of the flush that just finished.
@@ -1030,12 +1060,16 @@ impl Actor {
             if let Err(err) = self.store.save_counters() {
                 tracing::warn!(error = %err, "cannot save the journal counters");
             }
-            self.start_flush(true);
-            let done = wait_in_flight(&mut self.in_flight).await;
-            if let Err(err) = &done {
-                result = Err(JournalError::Flush(err.to_string()));
+            match self.start_flush(true) {
+                Ok(()) => {
+                    let done = wait_in_flight(&mut self.in_flight).await;
+                    if let Err(err) = &done {
+                        result = Err(JournalError::Flush(err.to_string()));
+                    }
+                    self.finish_flush(done);
+                }
+                Err(err) => result = Err(JournalError::Flush(err.to_string())),
             }
-            self.finish_flush(done);
         } else if let Some(failed) = &self.failed {
             result = Err(JournalError::Flush(failed.to_string()));
         }
