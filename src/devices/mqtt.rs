@@ -19,7 +19,9 @@
 //! (again and again while the journal keeps refusing): the broker redelivers, and input resumes
 //! by itself once the journal is back. Brokers cap unacknowledged deliveries per client (mosquitto's
 //! `max_inflight_messages`, 20 by default), so ingest runs at about that many messages per journal
-//! flush: plenty for a store's scanners and registers; raise it for bulk replays.
+//! flush: plenty for a store's scanners and registers; raise it for bulk replays. The task keeps
+//! its own cap, [`MAX_UNACKED`]: past that many unacknowledged messages it stops reading until
+//! acknowledgements catch up, so a broker without a limit cannot fill the gateway's memory.
 //!
 //! # Messages
 //! - `scan` devices (`mqtt-scanner`): the payload is the scanned data as text, or a JSON object
@@ -63,6 +65,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const REDELIVER_AFTER: Duration = Duration::from_secs(5);
 /// How often a device's `last_frame_at` is updated while messages keep coming.
 const LAST_FRAME_EVERY: Duration = Duration::from_millis(500);
+/// Most messages received and not yet acknowledged before reading pauses (a few MiB).
+const MAX_UNACKED: usize = 16_384;
 /// Most PUBACKs written at once.
 const ACK_BATCH: usize = 4096;
 /// How long writing acknowledgements may take before the connection is considered stuck.
@@ -163,6 +167,10 @@ impl MqttDevices {
         // queue would be one write and one flush per message).
         let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<u16>();
         let mut ready = Vec::new();
+        // Messages received and not acknowledged yet: reading stops at MAX_UNACKED until acks
+        // catch up, so a broker that hands over a whole backlog at once (no inflight limit)
+        // cannot fill this process's memory.
+        let mut unacked = 0usize;
         let acker = tokio::spawn(acknowledge(acks_tx, pending_rx, redeliver.clone()));
         let mut reconnect_at: Option<tokio::time::Instant> = None;
         let mut retry = new_backoff();
@@ -181,8 +189,9 @@ impl MqttDevices {
                 }
             }
             let event = tokio::select! {
-                event = event_loop.poll() => event,
+                event = event_loop.poll(), if unacked < MAX_UNACKED => event,
                 _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
+                    unacked = unacked.saturating_sub(ready.len());
                     write_acks(&mut event_loop, &mut ready).await;
                     continue;
                 }
@@ -193,6 +202,9 @@ impl MqttDevices {
                 }
                 () = sleep_until_or_never(reconnect_at) => {
                     reconnect_at = None;
+                    // What was left unacknowledged is delivered again; the disconnect needs the
+                    // connection polled.
+                    unacked = 0;
                     tracing::warn!("mqtt devices: reconnecting so the broker redelivers unrecorded messages");
                     if let Err(error) = client.try_disconnect() {
                         tracing::debug!(%error, "cannot queue the disconnect");
@@ -202,6 +214,8 @@ impl MqttDevices {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // A new session: the broker redelivers whatever was not acknowledged.
+                    unacked = 0;
                     retry = new_backoff();
                     subscribe = true;
                     connected = true;
@@ -218,6 +232,7 @@ impl MqttDevices {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    unacked += 1;
                     let (ack, written) = oneshot::channel();
                     let event = match by_topic.get(publish.topic.as_str()) {
                         Some((device, noted)) => {

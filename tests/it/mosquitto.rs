@@ -21,6 +21,17 @@ impl Mosquitto {
         broker
     }
 
+    /// Starts mosquitto with `extra` lines appended to its configuration.
+    pub fn start_with(extra: &str) -> Mosquitto {
+        let mut broker = Mosquitto::reserve();
+        let path = broker.dir.path().join("mosquitto.conf");
+        let mut config = std::fs::read_to_string(&path).expect("read config");
+        config.push_str(extra);
+        std::fs::write(&path, config).expect("write config");
+        broker.spawn();
+        broker
+    }
+
     /// A broker's port and folder, not started yet ([`Mosquitto::start_now`] starts it): for
     /// tests of what happens while the store's broker is down.
     pub fn reserve() -> Mosquitto {

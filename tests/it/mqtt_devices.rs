@@ -389,3 +389,51 @@ async fn a_backlog_burst_is_recorded_in_order_with_its_prompt_and_bad_frame_and_
         "seqs in order"
     );
 }
+
+/// A broker that hands over every queued message at once (no inflight limit) while the journal
+/// makes nothing durable yet: the gateway stops reading at 16,384 unacknowledged messages, so
+/// its memory stays bounded, and takes the rest once the flush lets it acknowledge.
+#[tokio::test]
+async fn reading_pauses_at_the_unacknowledged_limit_and_resumes_after_the_flush() {
+    const LIMIT: u64 = 16_384;
+    let broker = Mosquitto::start_with("max_inflight_messages 0\nmax_queued_messages 0\n");
+    let store = mqtt_store(&broker, false);
+    let config = std::fs::read_to_string(store.config_path()).expect("config");
+    std::fs::write(
+        store.config_path(),
+        config.replace("flush = \"20ms\"", "flush = \"4s\""),
+    )
+    .expect("config");
+    let _serial = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("mqtt-scanner-1", "connected").await;
+    let total = LIMIT + 3_616;
+    let mut pos = Publisher::connect(broker.port, "test-scanner").await;
+    for i in 0..total {
+        pos.publish("store/till-1/scanner", format!("]C0LIMIT-{i:05}"))
+            .await;
+    }
+    pos.sent().await;
+    let scans = "posgw_records_total{kind=\"scan\"}";
+    gateway
+        .wait_for("the unacknowledged limit", |g| async move {
+            g.metric(scans).await >= LIMIT as f64
+        })
+        .await;
+    // Nothing is durable before the 4 s flush: no acknowledgement, so no further message is
+    // read meanwhile (half a second is plenty for a gateway reading ~100k messages a second).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gateway.metric(scans).await as u64,
+        LIMIT,
+        "read past the limit"
+    );
+    gateway.wait_records("scan", total).await;
+    assert!(gateway.stop().await.success());
+    let codes: Vec<String> = of_kind(&store.dump(), "scan")
+        .iter()
+        .map(|r| r["data"]["code"].as_str().expect("code").to_owned())
+        .collect();
+    let expected: Vec<String> = (0..total).map(|i| format!("LIMIT-{i:05}")).collect();
+    assert_eq!(codes, expected, "every message once, in order");
+}
