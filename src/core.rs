@@ -135,8 +135,6 @@ struct ScanPlan {
     campaign: Option<String>,
     /// The product code a prompt shows.
     sku: String,
-    /// When it was decoded.
-    now: DateTime<Local>,
 }
 
 impl ScanPlan {
@@ -174,12 +172,15 @@ impl Core {
     /// everything else: the batch is written before the next other record).
     async fn handle_turn(&self, events: Vec<DeviceEvent>) {
         let mut plain = PlainScans::new();
+        // The date a campaign runs on and the year expiry dates are read against: one clock
+        // reading per turn (a turn lasts well under a millisecond).
+        let now = chrono::Local::now();
         for event in events {
             match event {
                 DeviceEvent::Frame { device, bytes, ack }
                     if matches!(device.decoder, DecoderKind::Scan) =>
                 {
-                    match self.plan_scan(&device, &bytes) {
+                    match self.plan_scan(&device, &bytes, now) {
                         Ok(plan) if plan.is_plain() => plain.push((plan.data, ack)),
                         Ok(plan) => {
                             self.append_plain(&mut plain).await;
@@ -334,7 +335,7 @@ impl Core {
     }
 
     async fn scan(&self, device: &DeviceInfo, frame: &[u8]) -> Option<Appended> {
-        match self.plan_scan(device, frame) {
+        match self.plan_scan(device, frame, chrono::Local::now()) {
             Ok(plan) => self.record_scan(device, plan).await,
             Err(noise) => self.bad_frame(device, &noise).await,
         }
@@ -342,11 +343,15 @@ impl Core {
 
     /// Decodes a scanned frame and decides what it becomes; `Err` is the detail of a
     /// `bad_frame` for noise.
-    fn plan_scan(&self, device: &DeviceInfo, frame: &[u8]) -> Result<ScanPlan, String> {
+    fn plan_scan(
+        &self,
+        device: &DeviceInfo,
+        frame: &[u8],
+        now: DateTime<Local>,
+    ) -> Result<ScanPlan, String> {
         if let Some(reason) = decode::noise_reason(frame) {
             return Err(format!("{reason}: {}", excerpt(frame)));
         }
-        let now = chrono::Local::now();
         let context = DecodeContext {
             current_year: now.year(),
         };
@@ -385,7 +390,6 @@ impl Core {
             card,
             campaign,
             sku,
-            now,
         })
     }
 
@@ -419,7 +423,7 @@ impl Core {
                 campaign: campaign.clone(),
                 sku: plan.sku,
                 scan_id,
-                opened_at: plan.now,
+                opened_at: chrono::Local::now(),
             };
             if let Err(error) = self.prompts.open(request).await {
                 tracing::error!(%campaign, %error, "cannot open the prompt for a targeted scan");

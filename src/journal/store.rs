@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use bytes::{Bytes, BytesMut};
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::value::RawValue;
 use sled::{Batch, Db, Transactional, Tree};
@@ -266,8 +267,9 @@ fn meta_u64(meta: &Tree, key: &[u8]) -> Result<u64, OpenFailure> {
 pub struct StoredRecord {
     /// Local storage order key (not the record's `seq`).
     pub position: u64,
-    /// The record's JSON bytes, exactly as appended.
-    pub bytes: Vec<u8>,
+    /// The record's JSON bytes, exactly as appended (the records of one read share one
+    /// buffer).
+    pub bytes: Bytes,
 }
 
 /// Records just appended together by [`Store::append_batch`]: seqs and positions are
@@ -1077,29 +1079,37 @@ impl Store {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, JournalError> {
-        let mut out = Vec::new();
         if max_records == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let mut total = 0usize;
+        // One buffer for the whole read, each record a slice of it: one allocation per batch
+        // rather than one per record (and one free).
+        let mut buffer = BytesMut::new();
+        let mut found: Vec<(u64, usize)> = Vec::new();
         self.log
             .read(
                 after_position.max(self.acked),
                 until_position,
                 &mut |position, bytes| {
-                    if !out.is_empty() && total + bytes.len() > max_bytes {
+                    if !found.is_empty() && buffer.len() + bytes.len() > max_bytes {
                         return false;
                     }
-                    total += bytes.len();
-                    out.push(StoredRecord {
-                        position,
-                        bytes: bytes.to_vec(),
-                    });
-                    out.len() < max_records
+                    buffer.extend_from_slice(bytes);
+                    found.push((position, buffer.len()));
+                    found.len() < max_records
                 },
             )
             .map_err(|err| JournalError::storage("reading records", err))?;
-        Ok(out)
+        let buffer = buffer.freeze();
+        let mut start = 0;
+        Ok(found
+            .into_iter()
+            .map(|(position, end)| {
+                let bytes = buffer.slice(start..end);
+                start = end;
+                StoredRecord { position, bytes }
+            })
+            .collect())
     }
 
     /// Deletes every record at or before `position`; returns how many were removed.
@@ -1260,7 +1270,7 @@ impl Store {
                     item.map_err(|err| JournalError::storage("reading records", err))?;
                 each(StoredRecord {
                     position: key_position(&key).unwrap_or_default(),
-                    bytes: value.to_vec(),
+                    bytes: Bytes::copy_from_slice(&value),
                 })?;
             }
             return Ok(());
@@ -1270,7 +1280,7 @@ impl Store {
             .read(self.acked, u64::MAX, &mut |position, bytes| {
                 result = each(StoredRecord {
                     position,
-                    bytes: bytes.to_vec(),
+                    bytes: Bytes::copy_from_slice(bytes),
                 });
                 result.is_ok()
             })
