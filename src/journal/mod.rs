@@ -4,7 +4,10 @@
 //! # Promise
 //!
 //! A record whose [`Durable`] resolved survives a power cut, a `kill -9` and a damaged database
-//! (in the last case through quarantine and salvage, below). Its id is never reused.
+//! (in the last case through quarantine and salvage, below). Its id is never reused. A record
+//! still in the log's buffer when the process dies (at most `flush` old, never durable, so never
+//! acknowledged to a device nor sent to HQ) is lost with its seq, which the next session issues
+//! again: no device and no HQ had it confirmed, and no seq is skipped.
 //!
 //! # Invariants
 //!
