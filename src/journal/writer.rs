@@ -51,6 +51,8 @@ const OVER_QUOTA_LOG_EVERY: Duration = Duration::from_secs(60);
 /// drains a backlog keep sled's freed pages from being reclaimed: draining 1M records (flush =
 /// 50ms) peaked at 215 MiB RSS with removals fsynced like appends, 108 MiB with this.
 const REMOVAL_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long after a failed write of the record log (a full disk) the next flush tries again.
+const WRITE_RETRY: Duration = Duration::from_millis(500);
 
 /// How to open the journal.
 #[derive(Clone, Debug)]
@@ -587,8 +589,9 @@ struct Actor {
     durable_seq: u64,
     /// Set when a flush failed: the journal then refuses new records.
     failed: Option<Arc<str>>,
-    /// Set while the record log cannot be written (a full disk): flushes are retried.
-    write_error: Option<String>,
+    /// Set while the record log cannot be written (a full disk): flushes are retried, not
+    /// before `.1`.
+    write_error: Option<(String, Instant)>,
 }
 
 impl Actor {
@@ -910,9 +913,13 @@ impl Actor {
     fn flush_deadline(&self) -> Option<Instant> {
         let appends = self.unflushed_since.map(|since| since + self.flush_every);
         let removals = self.removed_since.map(|since| since + REMOVAL_FLUSH_EVERY);
-        match (appends, removals) {
+        let due = match (appends, removals) {
             (Some(appends), Some(removals)) => Some(appends.min(removals)),
             (appends, removals) => appends.or(removals),
+        };
+        match &self.write_error {
+            Some((_, retry_at)) => due.map(|due| due.max(*retry_at)),
+            None => due,
         }
     }
 
@@ -948,8 +955,9 @@ impl Actor {
                 if let Ok(mut failure) = self.stats.failure.lock() {
                     *failure = Some(message.clone());
                 }
-                self.write_error = Some(message);
-                self.unflushed_since = Some(Instant::now());
+                // Whatever made the flush due stays due; the retry waits a moment (with
+                // `flush = "0s"`, or a removal long due, it would otherwise spin).
+                self.write_error = Some((message, Instant::now() + WRITE_RETRY));
                 return Err(error);
             }
             Err(err) => {
