@@ -1226,6 +1226,11 @@ impl Store {
             .map_err(|err| JournalError::storage("reading a record to dead-letter", err))?
             .filter(|frame| frame.position == position)
             .ok_or_else(|| JournalError::Rejected(format!("no record at position {position}")))?;
+        // As in `protect_floors`: the floors below become durable, so every seq they name must
+        // be in the kernel's hands first (the read above may have come from memory).
+        self.log
+            .write_out()
+            .map_err(|err| JournalError::storage("writing the record log", err))?;
         let key = position_key(position);
         let floors = self.floors_batch();
         let bytes = frame.bytes;

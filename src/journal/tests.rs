@@ -1788,3 +1788,210 @@ fn the_floors_never_run_ahead_of_the_log_so_a_crash_leaves_no_gap() {
     );
     assert_eq!(store.next_seq, 16, "no seq skipped");
 }
+
+/// Runs the test `name` again in a child process with `var` set (for a file size limit that
+/// must not reach the test harness); returns true in the child, where the scenario runs.
+fn in_child(var: &str, name: &str) -> bool {
+    if std::env::var_os(var).is_some() {
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("{info}");
+            std::process::exit(101);
+        }));
+        return true;
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", name, "--nocapture"])
+        .env(var, "1")
+        .spawn()
+        .expect("run the child");
+    // A spinning actor can starve the child's runtime (its timeouts never fire): give up on it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the scenario did not finish in 60 s in the child (the journal actor hangs)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "the scenario failed in the child: {status}"
+    );
+    false
+}
+
+/// Sets the soft file size limit (a full disk for every write past it).
+fn file_size_limit(bytes: u64) {
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit);
+        limit.rlim_cur = bytes as libc::rlim_t;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+}
+
+/// The size of the largest segment file of the journal in `dir`.
+fn largest_segment(dir: &Path) -> u64 {
+    let mut largest = 0;
+    for entry in
+        std::fs::read_dir(dir.join("journal").join(segments::SEGMENTS_DIR)).expect("segments")
+    {
+        let entry = entry.expect("entry");
+        largest = largest.max(entry.metadata().expect("metadata").len());
+    }
+    largest
+}
+
+/// With `flush = "0s"` (fsync each record, allowed by the contract), a write-out that fails
+/// (a full disk) must not make the actor retry at once, over and over: it would spin on one
+/// core and never answer another command (appends hang instead of being refused, close hangs).
+#[test]
+fn a_full_disk_with_flush_zero_does_not_spin_the_actor() {
+    if !in_child(
+        "POSGW_TEST_FLUSH_ZERO_CHILD",
+        "journal::tests::a_full_disk_with_flush_zero_does_not_spin_the_actor",
+    ) {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = open_clean(dir.path(), Duration::ZERO).await;
+        let first = journal
+            .append(Kind::Scan, bulky_scan(0))
+            .await
+            .expect("append");
+        first.durable.clone().wait().await.expect("durable");
+        file_size_limit(largest_segment(dir.path()));
+        let mut accepted = Vec::new();
+        for i in 1..=3 {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                journal.append(Kind::Scan, bulky_scan(i)),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "append {i}: the journal actor does not answer (spinning on the failed flush)"
+                )
+            });
+            accepted.push(answer.expect("accepted into memory"));
+        }
+        file_size_limit(libc::RLIM_INFINITY);
+        for appended in &accepted {
+            tokio::time::timeout(Duration::from_secs(10), appended.durable.clone().wait())
+                .await
+                .expect("durable in time")
+                .expect("durable");
+        }
+        journal.close().await.expect("close");
+    });
+}
+
+/// A removal not yet covered by a flush is due `REMOVAL_FLUSH_EVERY` after it. When the flush
+/// then fails to write the log (a full disk), the retry must wait: with the removal's deadline
+/// left in the past, the actor retries at once, forever, and answers nothing any more.
+#[test]
+fn a_full_disk_after_a_removal_does_not_spin_the_actor() {
+    if !in_child(
+        "POSGW_TEST_REMOVAL_SPIN_CHILD",
+        "journal::tests::a_full_disk_after_a_removal_does_not_spin_the_actor",
+    ) {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = open_clean(dir.path(), Duration::from_millis(20)).await;
+        // A segment bigger than sled's files, so the limit below only stops the log.
+        let mut last = None;
+        for i in 0..1500 {
+            last = Some(
+                journal
+                    .append(Kind::Scan, bulky_scan(i))
+                    .await
+                    .expect("append"),
+            );
+        }
+        let last = last.expect("appended");
+        last.durable.clone().wait().await.expect("durable");
+        journal.remove_through(10).await.expect("remove");
+        file_size_limit(largest_segment(dir.path()));
+        let held = journal
+            .append(Kind::Scan, bulky_scan(7777))
+            .await
+            .expect("accepted into memory");
+        // Past the removal's flush deadline, with the write failing all along.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            journal.append(Kind::Scan, bulky_scan(7778)),
+        )
+        .await
+        .expect("the journal actor does not answer (spinning on the failed flush)");
+        let again = answer.expect("accepted into memory");
+        file_size_limit(libc::RLIM_INFINITY);
+        for appended in [&held, &again] {
+            tokio::time::timeout(Duration::from_secs(10), appended.durable.clone().wait())
+                .await
+                .expect("durable in time")
+                .expect("durable");
+        }
+        journal.close().await.expect("close");
+    });
+}
+
+/// Dead-lettering writes the floors (the seq issued so far) to sled and flushes it before the
+/// log is rewritten. Like `protect_floors`, it must write the log's buffer out first: the read
+/// of the record now comes from memory and no longer does that as a side effect, so a crash
+/// after the floors are durable but before the buffer reached the kernel (here: the rewrite's
+/// write-out fails on a full disk, then kill -9) leaves a gap in the seqs.
+#[test]
+fn dead_lettering_never_lets_the_floors_run_ahead_of_the_log() {
+    if !in_child(
+        "POSGW_TEST_DEAD_FLOORS_CHILD",
+        "journal::tests::dead_lettering_never_lets_the_floors_run_ahead_of_the_log",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    for i in 0..1500 {
+        store.append(Kind::Scan, &bulky_scan(i)).expect("append");
+    }
+    store.flush().expect("flush");
+    let durable = store.next_position - 1;
+    for i in 0..3 {
+        store
+            .append(Kind::Scan, &bulky_scan(9000 + i))
+            .expect("append"); // buffered
+    }
+    file_size_limit(largest_segment(dir.path()));
+    let result = store.move_to_dead(durable, "422: rejected");
+    eprintln!("move_to_dead: {result:?}");
+    // The crash: the buffered records go, whatever sled made durable stays.
+    drop(store);
+    file_size_limit(libc::RLIM_INFINITY);
+    let (store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    assert_eq!(
+        store.next_seq,
+        durable + 1,
+        "the next seq follows the last record the log holds (no gap)"
+    );
+}
