@@ -8,9 +8,10 @@
 //! in the journal. The core hands each message's [`Durable`] back through its [`Ack`]; an acker
 //! task waits for them in arrival order and hands the packet ids back to this task, which writes
 //! every PUBACK that is ready in one write and one flush (rumqttc's own `ack` is a request that is
-//! written and flushed alone: a system call per message). Until then the broker keeps the
-//! message, so a `kill -9` or a power cut loses nothing: the broker redelivers it to the next
-//! session. The price is at-least-once: a message whose record was durable but whose PUBACK was
+//! written and flushed alone: a system call per message), only ever in the session the message
+//! came in (a later session's broker has redelivered it and may reuse its packet id). Until then
+//! the broker keeps the message, so a `kill -9` or a power cut loses nothing: the broker
+//! redelivers it to the next session. The price is at-least-once: a message whose record was durable but whose PUBACK was
 //! not yet sent is recorded again after the restart (a new seq; MQTT carries no id to tell).
 //!
 //! A message the journal refuses is not acknowledged either. MQTT 3.1.1 brokers redeliver only
@@ -117,10 +118,25 @@ struct Pending {
     /// The core's answer: the record's durability, or `None` when nothing was written. Without
     /// one, the message is acknowledged in its turn with nothing to wait for.
     written: Option<oneshot::Receiver<Option<Durable>>>,
-    /// Its packet id, to acknowledge.
-    pkid: u16,
+    /// The broker session it came in, and its packet id in it: what to acknowledge.
+    id: AckId,
     /// Its topic, for messages about it.
     topic: String,
+}
+
+/// A message to acknowledge: the session it came in (counted from 1 per CONNACK) and its
+/// packet id. Acknowledgements are only ever written in the session their message came in: in
+/// a later one the broker has redelivered it (or forgotten it) and may reuse the packet id for
+/// another message, which the stale acknowledgement would take before its record is durable.
+type AckId = (u64, u16);
+
+/// The packet ids among `ready` that belong to `session`, in order; empties `ready`.
+fn current_session(ready: &mut Vec<AckId>, session: u64) -> Vec<u16> {
+    ready
+        .drain(..)
+        .filter(|(of, _)| *of == session)
+        .map(|(_, pkid)| pkid)
+        .collect()
 }
 
 impl MqttDevices {
@@ -165,7 +181,8 @@ impl MqttDevices {
         // The acker hands over the packet ids to acknowledge; this loop writes them to the
         // connection itself, all that are ready in one write (a request each through rumqttc's
         // queue would be one write and one flush per message).
-        let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<u16>();
+        let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<AckId>();
+        let mut session = 0u64;
         let mut ready = Vec::new();
         // Messages received and not acknowledged yet: reading stops at MAX_UNACKED until acks
         // catch up, so a broker that hands over a whole backlog at once (no inflight limit)
@@ -191,8 +208,9 @@ impl MqttDevices {
             let event = tokio::select! {
                 event = event_loop.poll(), if unacked < MAX_UNACKED => event,
                 _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
-                    unacked = unacked.saturating_sub(ready.len());
-                    write_acks(&mut event_loop, &mut ready).await;
+                    let pkids = current_session(&mut ready, session);
+                    unacked = unacked.saturating_sub(pkids.len());
+                    write_acks(&mut event_loop, &pkids).await;
                     continue;
                 }
                 () = shutdown.cancelled() => break,
@@ -216,6 +234,7 @@ impl MqttDevices {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     // A new session: the broker redelivers whatever was not acknowledged.
                     unacked = 0;
+                    session += 1;
                     retry = new_backoff();
                     subscribe = true;
                     connected = true;
@@ -253,7 +272,7 @@ impl MqttDevices {
                             tracing::debug!(topic = %publish.topic, "message on a topic no device uses; acknowledged");
                             let pending = Pending {
                                 written: None,
-                                pkid: publish.pkid,
+                                id: (session, publish.pkid),
                                 topic: publish.topic,
                             };
                             if pending_tx.send(pending).is_err() {
@@ -265,7 +284,7 @@ impl MqttDevices {
                     self.send(event).await;
                     let pending = Pending {
                         written: Some(written),
-                        pkid: publish.pkid,
+                        id: (session, publish.pkid),
                         topic: publish.topic,
                     };
                     if pending_tx.send(pending).is_err() {
@@ -307,13 +326,13 @@ impl MqttDevices {
                 tokio::select! {
                     _ = &mut acker => break,
                     _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
-                        write_acks(&mut event_loop, &mut ready).await;
+                        write_acks(&mut event_loop, &current_session(&mut ready, session)).await;
                     }
                     event = event_loop.poll() => if event.is_err() { break },
                 }
             }
             while acks_rx.recv_many(&mut ready, ACK_BATCH).await > 0 {
-                write_acks(&mut event_loop, &mut ready).await;
+                write_acks(&mut event_loop, &current_session(&mut ready, session)).await;
             }
         };
         let _ = tokio::time::timeout(SHUTDOWN_ACKS, drain).await;
@@ -344,16 +363,11 @@ impl MqttDevices {
 /// Hands over the packet ids of messages to acknowledge, in arrival order, once their records
 /// are durable.
 async fn acknowledge(
-    acks: mpsc::UnboundedSender<u16>,
+    acks: mpsc::UnboundedSender<AckId>,
     mut pending: mpsc::UnboundedReceiver<Pending>,
     redeliver: Arc<tokio::sync::Notify>,
 ) {
-    while let Some(Pending {
-        written,
-        pkid,
-        topic,
-    }) = pending.recv().await
-    {
+    while let Some(Pending { written, id, topic }) = pending.recv().await {
         let durable = match written {
             None => true,
             Some(written) => match written.await {
@@ -363,7 +377,7 @@ async fn acknowledge(
             },
         };
         if durable {
-            if acks.send(pkid).is_err() {
+            if acks.send(id).is_err() {
                 return;
             }
         } else {
@@ -373,20 +387,22 @@ async fn acknowledge(
     }
 }
 
-/// Writes a PUBACK for each of `pkids` to the connection and flushes once, then empties
-/// `pkids`. Without a connection (it broke since), the broker redelivers those messages to the
-/// next session: recorded twice, never lost.
-async fn write_acks(event_loop: &mut rumqttc::EventLoop, pkids: &mut Vec<u16>) {
+/// Writes a PUBACK for each of `pkids` to the connection and flushes once. Without a
+/// connection (it broke since), the broker redelivers those messages to the next session:
+/// recorded twice, never lost.
+async fn write_acks(event_loop: &mut rumqttc::EventLoop, pkids: &[u16]) {
+    if pkids.is_empty() {
+        return;
+    }
     let Some(network) = event_loop.network.as_mut() else {
         tracing::debug!(
             count = pkids.len(),
             "not connected: messages left for redelivery"
         );
-        pkids.clear();
         return;
     };
     let write = async {
-        for pkid in pkids.drain(..) {
+        for &pkid in pkids {
             network.write(Packet::PubAck(PubAck::new(pkid))).await?;
         }
         network.flush().await
@@ -396,7 +412,6 @@ async fn write_acks(event_loop: &mut rumqttc::EventLoop, pkids: &mut Vec<u16>) {
         Ok(Err(error)) => tracing::debug!(%error, "cannot acknowledge; the broker will redeliver"),
         Err(_) => tracing::debug!("acknowledging timed out; the broker will redeliver"),
     }
-    pkids.clear();
 }
 
 /// What one message is for the core.
@@ -575,7 +590,7 @@ mod tests {
             pending
                 .send(Pending {
                     written: Some(answer),
-                    pkid,
+                    id: (1, pkid),
                     topic: "store/till-1/scanner".into(),
                 })
                 .expect("queue");
@@ -583,7 +598,7 @@ mod tests {
         pending
             .send(Pending {
                 written: None,
-                pkid: 4,
+                id: (1, 4),
                 topic: "store/old-topic".into(),
             })
             .expect("queue");
@@ -607,14 +622,25 @@ mod tests {
         drop(pending);
         acker.await.expect("acker ends");
         let mut got = Vec::new();
-        while let Ok(pkid) = acked.try_recv() {
-            got.push(pkid);
+        while let Ok(id) = acked.try_recv() {
+            got.push(id);
         }
         assert_eq!(
             got,
-            [1, 3, 4],
+            [(1, 1), (1, 3), (1, 4)],
             "the refused message 2 is left unacknowledged"
         );
+    }
+
+    /// Acknowledgements of an earlier session are dropped, never written in the current one,
+    /// where their packet ids may name other messages; the current session's keep their order.
+    #[test]
+    fn only_the_current_sessions_acknowledgements_are_written() {
+        let mut ready = vec![(1, 7), (2, 7), (1, 8), (2, 3), (2, 9)];
+        assert_eq!(current_session(&mut ready, 2), [7, 3, 9]);
+        assert!(ready.is_empty());
+        let mut stale = vec![(1, 1), (1, 2)];
+        assert!(current_session(&mut stale, 2).is_empty());
     }
 
     #[test]
