@@ -25,6 +25,8 @@ use super::segments::{Log, Mark, SyncJob};
 pub(crate) const JOURNAL_DIR: &str = "journal";
 /// Name of the lock file beside it; held (flock) by whoever has the journal open.
 pub(crate) const LOCK_FILE: &str = "journal.lock";
+/// Room a read sets aside for its records up front (a batch's `batch_max_bytes`, at most).
+const READ_BUFFER_BYTES: usize = 1024 * 1024;
 /// Prefix of folders holding a damaged journal that has not been salvaged yet.
 pub(crate) const QUARANTINE_PREFIX: &str = "quarantine-";
 /// Prefix a quarantine folder is renamed to once salvage has copied what it could.
@@ -367,6 +369,9 @@ pub(crate) struct Store {
     boot_json: String,
     /// Reused encoding buffer.
     buffer: Vec<u8>,
+    /// Where reads put the records they hand out; its memory is reused once the records of
+    /// the previous read are dropped.
+    read_buffer: BytesMut,
     /// Set when a failed batch could not be taken back out of the log: records whose append
     /// was reported failed may then survive, so the journal must stop accepting records.
     pub(crate) broken: Option<String>,
@@ -729,6 +734,7 @@ pub(crate) fn open_store(
         clock,
         boot_json,
         buffer: Vec::with_capacity(1024),
+        read_buffer: BytesMut::new(),
         broken: None,
         floor_dir: None,
         evict_from: 0,
@@ -1082,9 +1088,12 @@ impl Store {
         if max_records == 0 {
             return Ok(Vec::new());
         }
-        // One buffer for the whole read, each record a slice of it: one allocation per batch
-        // rather than one per record (and one free).
-        let mut buffer = BytesMut::new();
+        // One buffer for the whole read, each record a slice of it: no allocation per record,
+        // and none per read once the previous read's records are dropped (the uplink's are, by
+        // its next read), as `reserve` then takes the same memory back.
+        let buffer = &mut self.read_buffer;
+        buffer.clear();
+        buffer.reserve(max_bytes.min(READ_BUFFER_BYTES));
         let mut found: Vec<(u64, usize)> = Vec::new();
         self.log
             .read(
@@ -1100,7 +1109,7 @@ impl Store {
                 },
             )
             .map_err(|err| JournalError::storage("reading records", err))?;
-        let buffer = buffer.freeze();
+        let buffer = buffer.split().freeze();
         let mut start = 0;
         Ok(found
             .into_iter()
