@@ -73,7 +73,8 @@
 //! 107 MiB resident, and MQTT ingest cost 2 CPU-seconds per 100k messages. The log
 //! (`segments`, whose module doc has the details) appends into a buffer, reads sequentially,
 //! and removes acknowledged records by deleting whole files: the same drain runs at ~360k/s in
-//! 20 MiB and ingest costs 0.34-0.75 CPU-s per 100k. sled keeps what is small and random-access.
+//! 20 MiB and MQTT ingest costs 0.27-0.41 CPU-s per 100k. sled keeps what is small and
+//! random-access.
 //!
 //! # Record format
 //!
