@@ -1563,37 +1563,16 @@ async fn saved_counters_are_not_used_after_a_crash() {
 /// test binary, re-run on this test alone) and never limits tests running beside it.
 #[test]
 fn a_failed_write_out_reissues_no_seq_and_tears_no_segment() {
-    const CHILD: &str = "POSGW_TEST_WRITE_OUT_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "journal::tests::a_failed_write_out_reissues_no_seq_and_tears_no_segment",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .status()
-            .expect("run the child");
-        assert!(
-            status.success(),
-            "the scenario failed in the child: {status}"
-        );
+    if !in_child(
+        "POSGW_TEST_WRITE_OUT_CHILD",
+        "journal::tests::a_failed_write_out_reissues_no_seq_and_tears_no_segment",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
-    let rlimit = |bytes: u64| unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit);
-        limit.rlim_cur = bytes as libc::rlim_t;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
-    };
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     // Disk "full" at 512 KiB for the segment (e.g. ENOSPC; here EFBIG).
-    rlimit(512 * 1024);
+    file_size_limit(512 * 1024);
     let mut failed_seq = None;
     let mut confirmed = Vec::new();
     for i in 0..2000 {
@@ -1606,7 +1585,7 @@ fn a_failed_write_out_reissues_no_seq_and_tears_no_segment() {
             }
         }
     }
-    rlimit(libc::RLIM_INFINITY);
+    file_size_limit(libc::RLIM_INFINITY);
     let failed_seq = failed_seq.expect("a write-out failed");
     let again = store
         .append(Kind::Scan, &bulky_scan(7777))
@@ -1643,39 +1622,12 @@ fn a_failed_write_out_reissues_no_seq_and_tears_no_segment() {
 /// silently), the journal's failure says why while it lasts, and nothing is written twice.
 #[test]
 fn a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns() {
-    const CHILD: &str = "POSGW_TEST_FULL_DISK_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "journal::tests::a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .status()
-            .expect("run the child");
-        assert!(
-            status.success(),
-            "the scenario failed in the child: {status}"
-        );
+    if !in_child(
+        "POSGW_TEST_FULL_DISK_CHILD",
+        "journal::tests::a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns",
+    ) {
         return;
     }
-    let rlimit = |bytes: u64| unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit);
-        limit.rlim_cur = bytes as libc::rlim_t;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
-    };
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    // A failed assertion ends the child at once (the runtime's shutdown could wait on the
-    // journal's threads).
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("{info}");
-        std::process::exit(101);
-    }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1690,7 +1642,7 @@ fn a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns() 
             .expect("append");
         before.durable.clone().wait().await.expect("durable");
         // "Full" at 128 KiB: the 2 KB records below pass that, and the 1 MiB in-memory buffer.
-        rlimit(128 * 1024);
+        file_size_limit(128 * 1024);
         let mut accepted = Vec::new();
         let mut refused = 0;
         for i in 1..=800 {
@@ -1724,7 +1676,7 @@ fn a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns() 
             "nothing past the limit is confirmed durable"
         );
         // Space again: every accepted record becomes durable, without a restart.
-        rlimit(libc::RLIM_INFINITY);
+        file_size_limit(libc::RLIM_INFINITY);
         for appended in &accepted {
             tokio::time::timeout(Duration::from_secs(10), appended.durable.clone().wait())
                 .await
