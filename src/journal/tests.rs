@@ -1628,12 +1628,7 @@ fn a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns() 
     ) {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    child_runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = open_clean(dir.path(), Duration::from_millis(20)).await;
         let before = journal
@@ -1677,12 +1672,7 @@ fn a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns() 
         );
         // Space again: every accepted record becomes durable, without a restart.
         file_size_limit(libc::RLIM_INFINITY);
-        for appended in &accepted {
-            tokio::time::timeout(Duration::from_secs(10), appended.durable.clone().wait())
-                .await
-                .expect("durable in time")
-                .expect("durable");
-        }
+        all_durable(&accepted).await;
         assert_eq!(journal.stats().failure, None, "recovered");
         let after = journal
             .append(Kind::Scan, bulky_scan(9999))
@@ -1739,6 +1729,25 @@ fn the_floors_never_run_ahead_of_the_log_so_a_crash_leaves_no_gap() {
         "the buffered records survived"
     );
     assert_eq!(store.next_seq, 16, "no seq skipped");
+}
+
+/// The runtime a child-process test runs its scenario on.
+fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Waits (10 s at most each) until every one of `appended` is durable.
+async fn all_durable<'a>(appended: impl IntoIterator<Item = &'a Appended>) {
+    for appended in appended {
+        tokio::time::timeout(Duration::from_secs(10), appended.durable.clone().wait())
+            .await
+            .expect("durable in time")
+            .expect("durable");
+    }
 }
 
 /// Runs the test `name` again in a child process with `var` set (for a file size limit that
@@ -1813,12 +1822,7 @@ fn a_full_disk_with_flush_zero_does_not_spin_the_actor() {
     ) {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    child_runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = open_clean(dir.path(), Duration::ZERO).await;
         let first = journal
@@ -1842,12 +1846,7 @@ fn a_full_disk_with_flush_zero_does_not_spin_the_actor() {
             accepted.push(answer.expect("accepted into memory"));
         }
         file_size_limit(libc::RLIM_INFINITY);
-        for appended in &accepted {
-            tokio::time::timeout(Duration::from_secs(10), appended.durable.clone().wait())
-                .await
-                .expect("durable in time")
-                .expect("durable");
-        }
+        all_durable(&accepted).await;
         journal.close().await.expect("close");
     });
 }
@@ -1863,12 +1862,7 @@ fn a_full_disk_after_a_removal_does_not_spin_the_actor() {
     ) {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    child_runtime().block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = open_clean(dir.path(), Duration::from_millis(20)).await;
         // A segment bigger than sled's files, so the limit below only stops the log.
@@ -1899,12 +1893,7 @@ fn a_full_disk_after_a_removal_does_not_spin_the_actor() {
         .expect("the journal actor does not answer (spinning on the failed flush)");
         let again = answer.expect("accepted into memory");
         file_size_limit(libc::RLIM_INFINITY);
-        for appended in [&held, &again] {
-            tokio::time::timeout(Duration::from_secs(10), appended.durable.clone().wait())
-                .await
-                .expect("durable in time")
-                .expect("durable");
-        }
+        all_durable([&held, &again]).await;
         journal.close().await.expect("close");
     });
 }
