@@ -208,9 +208,8 @@ impl MqttDevices {
             let event = tokio::select! {
                 event = event_loop.poll(), if unacked < MAX_UNACKED => event,
                 _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
-                    let pkids = current_session(&mut ready, session);
-                    unacked = unacked.saturating_sub(pkids.len());
-                    write_acks(&mut event_loop, &pkids).await;
+                    let written = write_acks(&mut event_loop, &mut ready, session).await;
+                    unacked = unacked.saturating_sub(written);
                     continue;
                 }
                 () = shutdown.cancelled() => break,
@@ -326,13 +325,13 @@ impl MqttDevices {
                 tokio::select! {
                     _ = &mut acker => break,
                     _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
-                        write_acks(&mut event_loop, &current_session(&mut ready, session)).await;
+                        write_acks(&mut event_loop, &mut ready, session).await;
                     }
                     event = event_loop.poll() => if event.is_err() { break },
                 }
             }
             while acks_rx.recv_many(&mut ready, ACK_BATCH).await > 0 {
-                write_acks(&mut event_loop, &current_session(&mut ready, session)).await;
+                write_acks(&mut event_loop, &mut ready, session).await;
             }
         };
         let _ = tokio::time::timeout(SHUTDOWN_ACKS, drain).await;
@@ -387,22 +386,28 @@ async fn acknowledge(
     }
 }
 
-/// Writes a PUBACK for each of `pkids` to the connection and flushes once. Without a
+/// Writes a PUBACK for each message of `ready` that came in `session` (the others are
+/// dropped) and flushes once; empties `ready` and returns how many were of `session`. Without a
 /// connection (it broke since), the broker redelivers those messages to the next session:
 /// recorded twice, never lost.
-async fn write_acks(event_loop: &mut rumqttc::EventLoop, pkids: &[u16]) {
+async fn write_acks(
+    event_loop: &mut rumqttc::EventLoop,
+    ready: &mut Vec<AckId>,
+    session: u64,
+) -> usize {
+    let pkids = current_session(ready, session);
     if pkids.is_empty() {
-        return;
+        return 0;
     }
     let Some(network) = event_loop.network.as_mut() else {
         tracing::debug!(
             count = pkids.len(),
             "not connected: messages left for redelivery"
         );
-        return;
+        return pkids.len();
     };
     let write = async {
-        for &pkid in pkids {
+        for &pkid in &pkids {
             network.write(Packet::PubAck(PubAck::new(pkid))).await?;
         }
         network.flush().await
@@ -412,6 +417,7 @@ async fn write_acks(event_loop: &mut rumqttc::EventLoop, pkids: &[u16]) {
         Ok(Err(error)) => tracing::debug!(%error, "cannot acknowledge; the broker will redeliver"),
         Err(_) => tracing::debug!("acknowledging timed out; the broker will redeliver"),
     }
+    pkids.len()
 }
 
 /// What one message is for the core.

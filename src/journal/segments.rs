@@ -173,30 +173,37 @@ struct Recent {
 }
 
 impl Recent {
-    /// Takes the frames just written out, then trims the oldest if over [`RECENT_BYTES`].
+    /// Takes the frames just written out (all of `pending`, about to be emptied), then trims
+    /// the oldest if over [`RECENT_BYTES`].
     fn keep(&mut self, frames: &[u8]) {
         self.written.extend_from_slice(frames);
-        if self.written.len() <= RECENT_BYTES {
-            return;
+        if self.written.len() > RECENT_BYTES {
+            self.drop_front(&[], |_, left| left <= RECENT_BYTES / 2);
         }
+    }
+
+    /// Drops frames from the front of `written` until `stop(position, bytes left from it)`
+    /// holds for the next one; `first` then names that frame, or the first of `pending`.
+    fn drop_front(&mut self, pending: &[u8], stop: impl Fn(u64, usize) -> bool) {
         let mut at = 0;
-        while self.written.len() - at > RECENT_BYTES / 2 {
-            match decode_frame(&self.written[at..], false) {
-                Decoded::Frame(_, _, size) => at += size,
-                // Cannot happen (only whole frames come in); start afresh rather than guess.
-                Decoded::Short(_) | Decoded::Bad(_) => at = self.written.len(),
+        let mut next = None;
+        // Only whole frames come in: anything else ends the walk and is dropped with the rest.
+        while let Decoded::Frame(position, _, size) = decode_frame(&self.written[at..], false) {
+            if stop(position, self.written.len() - at) {
+                next = Some(position);
+                break;
             }
+            at += size;
+        }
+        if next.is_none() {
+            at = self.written.len();
         }
         self.written.drain(..at);
         self.dropped += at as u64;
-        self.first = match decode_frame(&self.written, false) {
+        self.first = next.or_else(|| match decode_frame(pending, false) {
             Decoded::Frame(position, _, _) => Some(position),
             Decoded::Short(_) | Decoded::Bad(_) => None,
-        };
-        if self.first.is_none() {
-            self.dropped += self.written.len() as u64;
-            self.written.clear();
-        }
+        });
     }
 
     /// Forgets every frame (the log was rewritten under it).
@@ -781,21 +788,8 @@ impl Log {
         if self.recent.first.is_none_or(|first| first > position) {
             return;
         }
-        let mut at = 0;
-        let mut next = None;
-        while let Decoded::Frame(frame, _, size) = decode_frame(&self.recent.written[at..], false) {
-            if frame > position {
-                next = Some(frame);
-                break;
-            }
-            at += size;
-        }
-        self.recent.written.drain(..at);
-        self.recent.dropped += at as u64;
-        self.recent.first = next.or_else(|| match decode_frame(&self.pending, false) {
-            Decoded::Frame(frame, _, _) => Some(frame),
-            Decoded::Short(_) | Decoded::Bad(_) => None,
-        });
+        self.recent
+            .drop_front(&self.pending, |frame, _| frame > position);
     }
 
     /// [`Log::read_frames`] from memory, when every frame above `after` is there; returns
@@ -1077,15 +1071,26 @@ mod tests {
         log.end().expect("end");
     }
 
-    fn collect(log: &mut Log, after: u64, until: u64) -> Vec<u64> {
+    /// Every frame read in `after < position <= until`, as (position, bytes).
+    fn frames(log: &mut Log, after: u64, until: u64) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
         log.read(after, until, &mut |position, bytes| {
-            assert_eq!(bytes, payload(position));
-            out.push(position);
+            out.push((position, bytes.to_vec()));
             true
         })
         .expect("read");
         out
+    }
+
+    /// The positions read in `after < position <= until`, each checked against [`payload`].
+    fn collect(log: &mut Log, after: u64, until: u64) -> Vec<u64> {
+        frames(log, after, until)
+            .into_iter()
+            .map(|(position, bytes)| {
+                assert_eq!(bytes, payload(position));
+                position
+            })
+            .collect()
     }
 
     #[test]
@@ -1201,15 +1206,9 @@ mod tests {
         assert_eq!(collect(&mut log, 0, 100), expected);
     }
 
-    /// Every frame read from `after` on, as (position, bytes).
+    /// Every frame read from `after` on.
     fn frames_after(log: &mut Log, after: u64) -> Vec<(u64, Vec<u8>)> {
-        let mut out = Vec::new();
-        log.read(after, u64::MAX, &mut |position, bytes| {
-            out.push((position, bytes.to_vec()));
-            true
-        })
-        .expect("read");
-        out
+        frames(log, after, u64::MAX)
     }
 
     #[test]

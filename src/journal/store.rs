@@ -1042,27 +1042,28 @@ impl Store {
     }
 
     /// The meta batch recording the seq and position issued so far, and what HQ acknowledged.
-    fn floors_batch(&self) -> Batch {
+    ///
+    /// The records not yet handed to the kernel are written out first, so the floors never name
+    /// a seq the log does not hold: otherwise a crash (kill -9, which spares what the kernel
+    /// has) would lose those records and leave a gap in the seqs.
+    fn floors_batch(&mut self) -> Result<Batch, JournalError> {
+        self.log
+            .write_out()
+            .map_err(|err| JournalError::storage("writing the record log", err))?;
         let mut batch = Batch::default();
         batch.insert(META_SEQ_FLOOR, &position_key(self.next_seq - 1));
         batch.insert(META_POSITION_FLOOR, &position_key(self.next_position - 1));
         batch.insert(META_ACKED, &position_key(self.acked));
-        batch
+        Ok(batch)
     }
 
     /// Records in meta the seq and position issued so far. Needed before anything that can
     /// change which record is last (removal, dead-lettering, salvage), so recovery never derives
     /// a lower next seq than one already issued.
-    ///
-    /// The records not yet handed to the kernel are written out first, so the floors never name
-    /// a seq the log does not hold: otherwise a crash (kill -9, which spares what the kernel
-    /// has) would lose those records and leave a gap in the seqs.
     pub(crate) fn protect_floors(&mut self) -> Result<(), JournalError> {
-        self.log
-            .write_out()
-            .map_err(|err| JournalError::storage("writing the record log", err))?;
+        let floors = self.floors_batch()?;
         self.meta
-            .apply_batch(self.floors_batch())
+            .apply_batch(floors)
             .map_err(|err| JournalError::storage("writing the journal floors", err))
     }
 
@@ -1235,13 +1236,8 @@ impl Store {
             .map_err(|err| JournalError::storage("reading a record to dead-letter", err))?
             .filter(|frame| frame.position == position)
             .ok_or_else(|| JournalError::Rejected(format!("no record at position {position}")))?;
-        // As in `protect_floors`: the floors below become durable, so every seq they name must
-        // be in the kernel's hands first (the read above may have come from memory).
-        self.log
-            .write_out()
-            .map_err(|err| JournalError::storage("writing the record log", err))?;
         let key = position_key(position);
-        let floors = self.floors_batch();
+        let floors = self.floors_batch()?;
         let bytes = frame.bytes;
         // Already there when a crash came between the dead letter and the rewrite of the log.
         let known = self

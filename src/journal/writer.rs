@@ -374,7 +374,7 @@ pub(super) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
         in_flight: None,
         floor_written: None,
         failed: None,
-        write_error: None,
+        write_retry_at: None,
     };
     actor.publish_stats();
     tokio::spawn(actor.run());
@@ -589,9 +589,9 @@ struct Actor {
     durable_seq: u64,
     /// Set when a flush failed: the journal then refuses new records.
     failed: Option<Arc<str>>,
-    /// Set while the record log cannot be written (a full disk): flushes are retried, not
-    /// before `.1`.
-    write_error: Option<(String, Instant)>,
+    /// Set while the record log cannot be written (a full disk): the next flush is not tried
+    /// before then.
+    write_retry_at: Option<Instant>,
 }
 
 impl Actor {
@@ -917,8 +917,8 @@ impl Actor {
             (Some(appends), Some(removals)) => Some(appends.min(removals)),
             (appends, removals) => appends.or(removals),
         };
-        match &self.write_error {
-            Some((_, retry_at)) => due.map(|due| due.max(*retry_at)),
+        match self.write_retry_at {
+            Some(retry_at) => due.map(|due| due.max(retry_at)),
             None => due,
         }
     }
@@ -946,18 +946,17 @@ impl Actor {
             Ok(job) => job,
             Err(JournalError::Storage { context, reason }) => {
                 // Nothing written is lost: the records wait in memory (new appends are refused
-                // once that buffer is full) and the write is tried again after `flush`.
-                if self.write_error.is_none() {
+                // once that buffer is full) and the write is tried again after `WRITE_RETRY`.
+                if self.write_retry_at.is_none() {
                     tracing::error!(%reason, "cannot write the record log (a full disk?); retrying");
                 }
                 let error = JournalError::Storage { context, reason };
-                let message = format!("{error}; retrying");
                 if let Ok(mut failure) = self.stats.failure.lock() {
-                    *failure = Some(message.clone());
+                    *failure = Some(format!("{error}; retrying"));
                 }
                 // Whatever made the flush due stays due; the retry waits a moment (with
                 // `flush = "0s"`, or a removal long due, it would otherwise spin).
-                self.write_error = Some((message, Instant::now() + WRITE_RETRY));
+                self.write_retry_at = Some(Instant::now() + WRITE_RETRY);
                 return Err(error);
             }
             Err(err) => {
@@ -968,7 +967,7 @@ impl Actor {
                 return Err(err);
             }
         };
-        if self.write_error.take().is_some() && self.failed.is_none() {
+        if self.write_retry_at.take().is_some() && self.failed.is_none() {
             tracing::info!("the record log is writable again");
             if let Ok(mut failure) = self.stats.failure.lock() {
                 *failure = None;
