@@ -400,12 +400,12 @@ impl std::fmt::Debug for Store {
 }
 
 /// What a flush must do, taken from the store by [`Store::flush_job`] and run on a blocking
-/// thread: fsync the log's files, then sled.
+/// thread: fsync the log's files, then sled when asked to.
 pub(crate) struct FlushJob {
     /// The log files and folder.
     log: SyncJob,
-    /// The database.
-    db: Db,
+    /// The database, when its changes are to be made durable too.
+    db: Option<Db>,
 }
 
 impl FlushJob {
@@ -414,9 +414,10 @@ impl FlushJob {
         self.log
             .run()
             .map_err(|err| JournalError::Flush(format!("record log: {err}")))?;
-        self.db
-            .flush()
-            .map_err(|err| JournalError::Flush(err.to_string()))?;
+        if let Some(db) = &self.db {
+            db.flush()
+                .map_err(|err| JournalError::Flush(err.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -1317,7 +1318,9 @@ impl Store {
     }
 
     /// What a flush started now must fsync; everything appended so far is handed to the kernel.
-    pub(crate) fn flush_job(&mut self) -> Result<FlushJob, JournalError> {
+    /// `with_meta`: sled's changes too. Only removals leave sled changes for a flush to make
+    /// durable (everything else that writes sled flushes it itself), and nothing waits on those.
+    pub(crate) fn flush_job(&mut self, with_meta: bool) -> Result<FlushJob, JournalError> {
         // A write the log took back (a full disk) is retried at the next flush; one it could
         // not take back is the end, like a failed fsync.
         let log = self.log.sync_job().map_err(|err| {
@@ -1329,14 +1332,14 @@ impl Store {
         })?;
         Ok(FlushJob {
             log,
-            db: self.db.clone(),
+            db: with_meta.then(|| self.db.clone()),
         })
     }
 
     /// fsyncs everything written so far (blocking), then records it in the floor file.
     pub(crate) fn flush(&mut self) -> Result<(), JournalError> {
         let floor = self.floor();
-        self.flush_job()?.run()?;
+        self.flush_job(true)?.run()?;
         if let Some(dir) = &self.floor_dir {
             if let Err(reason) = floor::write(dir, &floor) {
                 tracing::warn!(%reason, "cannot update the journal floor");

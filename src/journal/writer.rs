@@ -45,11 +45,12 @@ const EVICT_PER_APPEND: usize = 2048;
 const EVICTED_RECORD_EVERY: Duration = Duration::from_secs(60);
 /// How often "over quota with records that are never evicted" is logged at most.
 const OVER_QUOTA_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Longest time a removal (upload acknowledged, dead-lettering, eviction) waits for fsync when
-/// no append needs one sooner. Nothing waits on a removal being durable (one lost in a crash
-/// only makes the uplink send records HQ already has), and fsyncs back to back while the uplink
-/// drains a backlog keep sled's freed pages from being reclaimed: draining 1M records (flush =
-/// 50ms) peaked at 215 MiB RSS with removals fsynced like appends, 108 MiB with this.
+/// How long a removal (upload acknowledged) waits for sled's fsync; the fsyncs of appends in
+/// between leave sled out. Nothing waits on a removal being durable (one lost in a crash only
+/// makes the uplink send again records HQ already has, at most this much of them), and sled
+/// fsyncs back to back while the uplink drains a backlog keep sled's freed pages from being
+/// reclaimed: draining 1M records (flush = 50ms) peaked at 215 MiB RSS with removals fsynced
+/// like appends, 108 MiB with this. (Dead-lettering and evictions fsync sled themselves.)
 const REMOVAL_FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long after a failed write of the record log (a full disk) the next flush tries again.
 const WRITE_RETRY: Duration = Duration::from_millis(500);
@@ -942,7 +943,15 @@ impl Actor {
     /// old (or `final_flush`), before the flush counts as done, so the floor never leads what
     /// is durable.
     fn start_flush(&mut self, final_flush: bool) -> Result<(), JournalError> {
-        let job = match self.store.flush_job() {
+        let now = Instant::now();
+        // A removal's sled changes wait for their own deadline even when appends are fsynced
+        // sooner: an fsync of sled costs a wake-up of its threads and a write of its log, and
+        // the uplink removes after every batch.
+        let with_meta = final_flush
+            || self
+                .removed_since
+                .is_some_and(|since| now >= since + REMOVAL_FLUSH_EVERY);
+        let job = match self.store.flush_job(with_meta) {
             Ok(job) => job,
             Err(JournalError::Storage { context, reason }) => {
                 // Nothing written is lost: the records wait in memory (new appends are refused
@@ -974,8 +983,9 @@ impl Actor {
             }
         }
         self.unflushed_since = None;
-        self.removed_since = None;
-        let now = Instant::now();
+        if with_meta {
+            self.removed_since = None;
+        }
         let floor_due = final_flush
             || self
                 .floor_written
