@@ -19,7 +19,7 @@
 //! alone (the peak is reset through `/proc/self/clear_refs` first).
 use std::time::{Duration, Instant};
 
-use posgw::journal::{self, Durable, JournalConfig, Kind};
+use posgw::journal::{self, Data, Durable, JournalConfig, Kind};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
@@ -32,7 +32,7 @@ fn arg(index: usize, default: u64) -> u64 {
 }
 
 /// A scan-like `data` object of roughly 300 bytes, different for every record.
-fn scan_data(task: u64, i: u64) -> Box<RawValue> {
+fn scan_data(task: u64, i: u64) -> Data {
     let text = format!(
         concat!(
             r#"{{"device":"scanner-{task}","raw":"]d2010690123456789217261231104L{i:08}","#,
@@ -43,7 +43,9 @@ fn scan_data(task: u64, i: u64) -> Box<RawValue> {
         task = task,
         i = i
     );
-    RawValue::from_string(text).expect("generated data is valid json")
+    RawValue::from_string(text)
+        .expect("generated data is valid json")
+        .into()
 }
 
 /// The value at quantile `q` of sorted `values` (microseconds), as a duration.
@@ -115,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // Serialising `data` is the producer's job in the gateway too, so it is timed.
                 if batch == 1 {
                     let data = scan_data(task, i);
-                    bytes += data.get().len();
+                    bytes += data.as_bytes().len();
                     let at = Instant::now();
                     let appended = handle.append(Kind::Scan, data).await.expect("append");
                     send.send((at, 1, appended.durable))
@@ -123,8 +125,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     i += 1;
                 } else {
                     let n = batch.min(count - i);
-                    let data: Vec<Box<RawValue>> = (i..i + n).map(|j| scan_data(task, j)).collect();
-                    bytes += data.iter().map(|d| d.get().len()).sum::<usize>();
+                    let data: Vec<Data> = (i..i + n).map(|j| scan_data(task, j)).collect();
+                    bytes += data.iter().map(|d| d.as_bytes().len()).sum::<usize>();
                     let at = Instant::now();
                     let appended = handle
                         .append_batch(Kind::Scan, data)

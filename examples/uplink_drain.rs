@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use posgw::journal::{self, JournalConfig, Kind};
+use posgw::journal::{self, Data, JournalConfig, Kind};
 use serde_json::value::RawValue;
 
 #[path = "support/mod.rs"]
 mod support;
 
-fn scan_data(i: u64) -> Box<RawValue> {
+fn scan_data(i: u64) -> Data {
     let text = format!(
         concat!(
             r#"{{"device":"scanner-1","station":"till-1","raw":"]d2010690123456789217261231104L{i:08}","#,
@@ -33,7 +33,7 @@ fn scan_data(i: u64) -> Box<RawValue> {
         ),
         i = i
     );
-    RawValue::from_string(text).expect("valid json")
+    RawValue::from_string(text).expect("valid json").into()
 }
 
 async fn sink(count: Arc<AtomicU64>, headers: HeaderMap, body: Bytes) -> &'static str {

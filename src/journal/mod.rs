@@ -224,7 +224,7 @@ mod tests;
 
 pub use error::JournalError;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
-pub use record::Kind;
+pub use record::{Data, Kind};
 pub use salvage::{salvage, SalvageReport, SalvagedFolder};
 pub use store::{Replaced, StoredRecord};
 pub use writer::{

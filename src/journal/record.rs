@@ -8,10 +8,50 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::clock::ClockStamp;
+use super::JournalError;
+
+/// A record's `data`, serialised: one JSON object (checked when it is appended), stored as is.
+/// Made without copying the text, and cloned without copying it either (a caller keeps a clone
+/// to log a record the journal refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data(Bytes);
+
+impl Data {
+    /// Serialises `value`, which must serialise to a JSON object.
+    pub fn serialize<T: Serialize + ?Sized>(value: &T) -> Result<Data, JournalError> {
+        serde_json::to_vec(value)
+            .map(|json| Data(json.into()))
+            .map_err(|err| JournalError::InvalidData(err.to_string()))
+    }
+
+    /// JSON text one of this crate's hand-written encoders wrote (their tests check the text
+    /// against serde's): taken as it is, without parsing it again.
+    pub(crate) fn from_encoded(json: String) -> Data {
+        Data(json.into())
+    }
+
+    /// The JSON text's bytes (UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The JSON text, for messages and tests.
+    pub fn text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+}
+
+impl From<Box<RawValue>> for Data {
+    fn from(raw: Box<RawValue>) -> Data {
+        Data(String::from(Box::<str>::from(raw)).into())
+    }
+}
 
 /// What a record is about; the `kind` field of the envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -125,9 +165,9 @@ impl RecordEncoder {
     }
 
     /// Writes the full record into `out` (cleared first); `head` from [`RecordEncoder::head`].
-    pub(crate) fn encode(&self, out: &mut Vec<u8>, seq: u64, head: &str, data: &RawValue) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>, seq: u64, head: &str, data: &[u8]) {
         out.clear();
-        out.reserve(self.id_prefix.len() + self.middle.len() + 40 + head.len() + data.get().len());
+        out.reserve(self.id_prefix.len() + self.middle.len() + 40 + head.len() + data.len());
         let mut digits = itoa::Buffer::new();
         let seq = digits.format(seq).as_bytes();
         out.extend_from_slice(&self.id_prefix);
@@ -135,7 +175,7 @@ impl RecordEncoder {
         out.extend_from_slice(&self.middle);
         out.extend_from_slice(seq);
         out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(data.get().as_bytes());
+        out.extend_from_slice(data);
         out.push(b'}');
     }
 }
@@ -147,13 +187,16 @@ pub(crate) fn json_string(text: &str) -> String {
 }
 
 /// Checks that `data` is a JSON object, as the contract requires of every record's `data`.
-pub(crate) fn check_data_is_object(data: &RawValue) -> Result<(), String> {
-    if data.get().trim_start().starts_with('{') {
+pub(crate) fn check_data_is_object(data: &[u8]) -> Result<(), String> {
+    if data.trim_ascii_start().starts_with(b"{") {
         Ok(())
     } else {
         Err(format!(
             "expected a json object, got `{}`",
-            data.get().chars().take(40).collect::<String>()
+            String::from_utf8_lossy(data)
+                .chars()
+                .take(40)
+                .collect::<String>()
         ))
     }
 }
@@ -196,11 +239,10 @@ mod tests {
         let encoder = RecordEncoder::new("WZ-LC-001", "gw-1", "7f3a9c21");
         let stamp = Clock::new().stamp();
         let boot_json = json_string(&stamp.boot);
-        let data = RawValue::from_string(r#"{"device":"scanner-1","code":"690"}"#.to_string())
-            .expect("valid json");
+        let data = r#"{"device":"scanner-1","code":"690"}"#;
         let mut out = Vec::new();
         let head = RecordEncoder::head(&stamp, &boot_json, Kind::Scan);
-        encoder.encode(&mut out, 42, &head, &data);
+        encoder.encode(&mut out, 42, &head, data.as_bytes());
         let text = std::str::from_utf8(&out).expect("utf-8");
         assert!(
             text.starts_with(
@@ -238,10 +280,9 @@ mod tests {
     fn escapes_odd_gateway_names() {
         let encoder = RecordEncoder::new("S", "gw\"1\\x", "00000000");
         let stamp = Clock::new().stamp();
-        let data = RawValue::from_string("{}".to_string()).expect("valid json");
         let mut out = Vec::new();
         let head = RecordEncoder::head(&stamp, "\"b\"", Kind::Gateway);
-        encoder.encode(&mut out, 1, &head, &data);
+        encoder.encode(&mut out, 1, &head, b"{}");
         let value: serde_json::Value = serde_json::from_slice(&out).expect("valid json");
         assert_eq!(value["id"], "S/gw\"1\\x/00000000/1");
         assert_eq!(value["gateway"], "gw\"1\\x");
@@ -250,10 +291,8 @@ mod tests {
 
     #[test]
     fn rejects_non_object_data() {
-        let data = RawValue::from_string("[1]".to_string()).expect("valid json");
-        assert!(check_data_is_object(&data).is_err());
-        let data = RawValue::from_string(" {}".to_string()).expect("valid json");
-        assert!(check_data_is_object(&data).is_ok());
+        assert!(check_data_is_object(b"[1]").is_err());
+        assert!(check_data_is_object(b" {}").is_ok());
     }
 
     #[test]

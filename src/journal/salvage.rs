@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 
 use super::error::JournalError;
 use super::offline::folders_with_prefix;
-use super::record::{Kind, RecordHead};
+use super::record::{Data, Kind, RecordHead};
 use super::segments::Log;
 use super::store::{
     open_db, open_or_replace, run_guarded, OpenFailure, Replaced, Store, DEAD_REASON_TREE,
@@ -211,9 +211,7 @@ pub fn salvage(data_dir: &Path, config: &JournalConfig) -> Result<SalvageReport,
     let (mut store, replaced) = open_or_replace(data_dir, &config.store, &config.gateway)?;
     if let Some(replaced) = &replaced {
         let event = replaced_event(replaced, config.version);
-        let raw = serde_json::value::to_raw_value(&event)
-            .map_err(|err| JournalError::InvalidData(err.to_string()))?;
-        store.append(Kind::Gateway, &raw)?;
+        store.append(Kind::Gateway, &Data::serialize(&event)?)?;
     }
     let mut known = live_ids(&mut store)?;
     // Salvaged records go after the live ones with their own (older) seqs; record what this

@@ -12,13 +12,12 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use nix::fcntl::{Flock, FlockArg};
-use serde_json::value::RawValue;
 use sled::{Batch, Db, Transactional, Tree};
 
 use super::clock::Clock;
 use super::error::JournalError;
 use super::floor::{self, Floor};
-use super::record::{check_data_is_object, json_string, Kind, RecordEncoder, RecordHead};
+use super::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder, RecordHead};
 use super::segments::{Log, Mark, SyncJob};
 
 /// Name of the sled folder inside `data_dir`.
@@ -866,13 +865,9 @@ pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
 
 impl Store {
     /// Appends a new record of this journal; it is in the log but not yet durable.
-    pub(crate) fn append(
-        &mut self,
-        kind: Kind,
-        data: &RawValue,
-    ) -> Result<LocalAppend, JournalError> {
-        check_data_is_object(data).map_err(JournalError::InvalidData)?;
-        let local = self.write_records(kind, &[data])?;
+    pub(crate) fn append(&mut self, kind: Kind, data: &Data) -> Result<LocalAppend, JournalError> {
+        check_data_is_object(data.as_bytes()).map_err(JournalError::InvalidData)?;
+        let local = self.write_records(kind, std::slice::from_ref(data))?;
         Ok(LocalAppend {
             seq: local.first_seq,
             position: local.first_position,
@@ -886,21 +881,17 @@ impl Store {
     pub(crate) fn append_batch(
         &mut self,
         kind: Kind,
-        data: &[Box<RawValue>],
+        data: &[Data],
     ) -> Result<LocalBatch, JournalError> {
         for (index, item) in data.iter().enumerate() {
-            check_data_is_object(item)
+            check_data_is_object(item.as_bytes())
                 .map_err(|err| JournalError::InvalidData(format!("record {index}: {err}")))?;
         }
         self.write_records(kind, data)
     }
 
     /// Encodes and appends checked records with the next seqs and positions, all or nothing.
-    fn write_records<D: std::borrow::Borrow<RawValue>>(
-        &mut self,
-        kind: Kind,
-        data: &[D],
-    ) -> Result<LocalBatch, JournalError> {
+    fn write_records(&mut self, kind: Kind, data: &[Data]) -> Result<LocalBatch, JournalError> {
         let first_seq = self.next_seq;
         let first_position = self.next_position;
         // The records are written together, so one clock stamp serves them all.
@@ -910,7 +901,7 @@ impl Store {
         let mut bytes = 0u64;
         for (offset, item) in (0u64..).zip(data) {
             let (seq, position) = (first_seq + offset, first_position + offset);
-            match self.insert_record(seq, position, &head, item.borrow()) {
+            match self.insert_record(seq, position, &head, item.as_bytes()) {
                 Ok(size) => bytes += size,
                 Err(err) => {
                     self.roll_back(mark);
@@ -979,7 +970,7 @@ impl Store {
         seq: u64,
         position: u64,
         head: &str,
-        data: &RawValue,
+        data: &[u8],
     ) -> Result<u64, JournalError> {
         let mut buffer = std::mem::take(&mut self.buffer);
         self.encoder.encode(&mut buffer, seq, head, data);

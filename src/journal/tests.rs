@@ -769,12 +769,9 @@ async fn a_flood_of_concurrent_appends_gets_every_seq_exactly_once() {
 }
 
 /// `n` scan `data` objects for a batch, numbered from `first`.
-fn scan_batch(first: u64, n: u64) -> Vec<Box<serde_json::value::RawValue>> {
+fn scan_batch(first: u64, n: u64) -> Vec<Data> {
     (first..first + n)
-        .map(|i| {
-            serde_json::value::to_raw_value(&json!({"device": "scanner-1", "i": i}))
-                .expect("serialisable")
-        })
+        .map(|i| Data::serialize(&json!({"device": "scanner-1", "i": i})).expect("serialisable"))
         .collect()
 }
 
@@ -850,10 +847,7 @@ async fn append_batch_with_one_bad_record_appends_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let handle = open_clean(dir.path(), Duration::ZERO).await;
     let mut data = scan_batch(0, 3);
-    data.insert(
-        1,
-        serde_json::value::to_raw_value(&json!([1])).expect("raw"),
-    );
+    data.insert(1, Data::serialize(&json!([1])).expect("serialisable"));
     let err = handle.append_batch(Kind::Scan, data).await;
     match err {
         Err(JournalError::InvalidData(reason)) => assert!(reason.contains("record 1"), "{reason}"),
@@ -1180,7 +1174,7 @@ async fn evicting_the_newest_record_never_lets_its_seq_be_issued_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seq = {
         let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
-        let data = serde_json::value::to_raw_value(&json!({"code": "1"})).expect("raw");
+        let data = Data::serialize(&json!({"code": "1"})).expect("serialisable");
         store.append(Kind::Sale, &data).expect("sale");
         let scan = store.append(Kind::Scan, &data).expect("scan");
         let evicted = store.evict(0, 10).expect("evict");
@@ -1238,7 +1232,7 @@ async fn backlog_figures_survive_a_clean_close_and_a_crash_alike() {
     // Without a close (as after a crash) nothing is saved and the open counts the records.
     let expected = {
         let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
-        let data = serde_json::value::to_raw_value(&json!({"code": "1"})).expect("raw");
+        let data = Data::serialize(&json!({"code": "1"})).expect("serialisable");
         store.append(Kind::Scan, &data).expect("append");
         store.flush().expect("flush");
         (
@@ -1456,11 +1450,11 @@ fn lose_unsynced_tail(journal: &Path) {
         .unwrap();
 }
 
-fn bulky_scan(i: u64) -> Box<serde_json::value::RawValue> {
-    serde_json::value::to_raw_value(
+fn bulky_scan(i: u64) -> Data {
+    Data::serialize(
         &json!({"device": "scanner-1", "code": format!("690{i:010}"), "pad": "p".repeat(2000)}),
     )
-    .expect("raw")
+    .expect("serialisable")
 }
 
 /// The crash both tests below recover from: the first segment filled and made durable, the

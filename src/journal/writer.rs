@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::error::JournalError;
-use super::record::Kind;
+use super::record::{Data, Kind};
 use super::store::{open_or_replace, Eviction, Replaced, Store, StoredRecord};
 
 /// Commands waiting for the actor; appends beyond this wait (backpressure on producers).
@@ -232,7 +231,7 @@ enum Command {
         /// The record kind.
         kind: Kind,
         /// The record's `data`.
-        data: Box<RawValue>,
+        data: Data,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Appended, JournalError>>,
     },
@@ -241,7 +240,7 @@ enum Command {
         /// The records' kind.
         kind: Kind,
         /// The records' `data`, in order.
-        data: Vec<Box<RawValue>>,
+        data: Vec<Data>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<AppendedBatch, JournalError>>,
     },
@@ -403,7 +402,12 @@ impl JournalHandle {
 
     /// Appends a record whose `data` is already-serialised JSON (an object). Returns once it is
     /// in sled (not yet durable: await `durable` for that).
-    pub async fn append(&self, kind: Kind, data: Box<RawValue>) -> Result<Appended, JournalError> {
+    pub async fn append(
+        &self,
+        kind: Kind,
+        data: impl Into<Data>,
+    ) -> Result<Appended, JournalError> {
+        let data = data.into();
         self.ask(|reply| Command::Append { kind, data, reply })
             .await
     }
@@ -417,7 +421,7 @@ impl JournalHandle {
     pub async fn append_batch(
         &self,
         kind: Kind,
-        data: Vec<Box<RawValue>>,
+        data: Vec<Data>,
     ) -> Result<AppendedBatch, JournalError> {
         if data.len() > MAX_BATCH_RECORDS {
             return Err(JournalError::Rejected(format!(
@@ -436,9 +440,7 @@ impl JournalHandle {
         kind: Kind,
         data: &T,
     ) -> Result<Appended, JournalError> {
-        let raw = serde_json::value::to_raw_value(data)
-            .map_err(|err| JournalError::InvalidData(err.to_string()))?;
-        self.append(kind, raw).await
+        self.append(kind, Data::serialize(data)?).await
     }
 
     /// Up to `max_records` durable records after `after_position` in position order, stopping
@@ -716,7 +718,7 @@ impl Actor {
     }
 
     /// Appends one record.
-    fn append(&mut self, kind: Kind, data: &RawValue) -> Result<Appended, JournalError> {
+    fn append(&mut self, kind: Kind, data: &Data) -> Result<Appended, JournalError> {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
@@ -756,11 +758,7 @@ impl Actor {
     }
 
     /// Appends a batch of records, all or nothing.
-    fn append_batch(
-        &mut self,
-        kind: Kind,
-        data: &[Box<RawValue>],
-    ) -> Result<AppendedBatch, JournalError> {
+    fn append_batch(&mut self, kind: Kind, data: &[Data]) -> Result<AppendedBatch, JournalError> {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
@@ -896,9 +894,8 @@ impl Actor {
             "version": self.version,
             "detail": detail,
         });
-        let result = serde_json::value::to_raw_value(&event)
-            .map_err(|err| JournalError::InvalidData(err.to_string()))
-            .and_then(|raw| self.store.append(Kind::Gateway, &raw));
+        let result =
+            Data::serialize(&event).and_then(|data| self.store.append(Kind::Gateway, &data));
         match result {
             Ok(_) => {
                 self.note_write();

@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Local};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -31,10 +30,14 @@ use crate::config::DecoderKind;
 use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
 use crate::devices::{Ack, DeviceEvent, DeviceInfo};
-use crate::journal::{Appended, JournalError, JournalHandle, Kind, MAX_BATCH_RECORDS};
+use crate::journal::{Appended, Data, JournalError, JournalHandle, Kind, MAX_BATCH_RECORDS};
 use crate::metrics::Metrics;
 use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
 use crate::sales::{self, Sale};
+
+mod scan_data;
+
+use scan_data::ScanData;
 
 /// Device events that may wait for the core before device tasks feel backpressure.
 const QUEUE_EVENTS: usize = 1024;
@@ -56,18 +59,6 @@ impl Health {
             .load(Ordering::Relaxed)
             .then_some("journal unavailable: records cannot be stored")
     }
-}
-
-/// `data` of a `scan` record (CONTRACT.md section 3).
-#[derive(Debug, Serialize)]
-struct ScanData<'a> {
-    device: &'a str,
-    station: &'a str,
-    raw: String,
-    #[serde(flatten)]
-    decoded: DecodedScan,
-    campaign: Option<&'a str>,
-    answer_code: bool,
 }
 
 /// `data` of a `sale` record.
@@ -128,7 +119,7 @@ struct Core {
 /// What a decoded scan becomes: its record's data, and what it asks of the prompt engine.
 struct ScanPlan {
     /// The record's `data`, serialised.
-    data: Box<RawValue>,
+    data: Data,
     /// The answer option, when the code is an answer card.
     card: Option<String>,
     /// The campaign whose prompt it opens.
@@ -145,7 +136,7 @@ impl ScanPlan {
 }
 
 /// Plain scans waiting to be appended together, each with its device's acknowledgement.
-type PlainScans = Vec<(Box<RawValue>, Option<Ack>)>;
+type PlainScans = Vec<(Data, Option<Ack>)>;
 
 impl Core {
     async fn run(self, mut events: mpsc::Receiver<DeviceEvent>) {
@@ -209,7 +200,8 @@ impl Core {
             return;
         }
         let (data, acks): (Vec<_>, Vec<_>) = plain.drain(..).unzip();
-        // Kept to log the records if the journal refuses them (the only copy left then).
+        // Kept to log the records if the journal refuses them (the only copy left then);
+        // cloning `Data` copies no bytes.
         let copies = data.clone();
         match self.journal.append_batch(Kind::Scan, data).await {
             Ok(batch) => {
@@ -225,7 +217,7 @@ impl Core {
             Err(error) => {
                 self.health.journal_failed.store(true, Ordering::Relaxed);
                 for record in &copies {
-                    tracing::error!(kind = ?Kind::Scan, %error, record = %record.get(), "journal append failed; record lost");
+                    tracing::error!(kind = ?Kind::Scan, %error, record = %record.text(), "journal append failed; record lost");
                 }
                 for ack in acks.into_iter().flatten() {
                     let _ = ack.send(None);
@@ -378,13 +370,12 @@ impl Core {
         let data = ScanData {
             device: &device.id,
             station: &device.station,
-            raw,
-            decoded,
+            raw: &raw,
+            decoded: &decoded,
             campaign: campaign.as_deref(),
             answer_code: card.is_some(),
-        };
-        let data = serde_json::value::to_raw_value(&data)
-            .map_err(|error| format!("cannot encode the scan: {error}"))?;
+        }
+        .encode();
         Ok(ScanPlan {
             data,
             card,
@@ -453,11 +444,11 @@ impl Core {
     }
 
     /// Appends a record already serialised; `None` when the journal refused it (logged).
-    async fn append_raw(&self, kind: Kind, data: Box<RawValue>) -> Option<Appended> {
-        // The journal takes the only copy; this one is for the log if it refuses the record.
-        let text = data.get().to_owned();
+    async fn append_raw(&self, kind: Kind, data: Data) -> Option<Appended> {
+        // The journal takes its own; this one is for the log if it refuses the record.
+        let copy = data.clone();
         let result = self.journal.append(kind, data).await;
-        self.settle(kind, result, || text)
+        self.settle(kind, result, || copy.text().into_owned())
     }
 
     /// Appends a record; `None` when the journal refused it (logged and counted).
