@@ -193,7 +193,7 @@ impl MqttDevices {
         let mut retry = new_backoff();
         let mut connected = false;
         let mut subscribe = false;
-        loop {
+        'connection: loop {
             if subscribe {
                 // Queued without waiting: only polling drains the request queue.
                 let filters = self
@@ -229,89 +229,109 @@ impl MqttDevices {
                     continue;
                 }
             };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    // A new session: the broker redelivers whatever was not acknowledged.
-                    unacked = 0;
-                    session += 1;
-                    retry = new_backoff();
-                    subscribe = true;
-                    connected = true;
-                    for device in &self.devices {
-                        let detail =
-                            format!("subscribed to {} on {}", device.topic, self.settings.url);
-                        tracing::info!(device = %device.info.id, "{detail}");
-                        set_state(device, ConnectionState::Connected, &detail);
-                        self.send(DeviceEvent::Connected {
-                            device: device.info.clone(),
-                            detail,
-                        })
-                        .await;
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    unacked += 1;
-                    let (ack, written) = oneshot::channel();
-                    let event = match by_topic.get(publish.topic.as_str()) {
-                        Some((device, noted)) => {
-                            // Not for every message of a burst: it says when the device was last
-                            // heard from, to the second.
-                            let now = tokio::time::Instant::now();
-                            if noted.get().is_none_or(|at| now - at >= LAST_FRAME_EVERY) {
-                                noted.set(Some(now));
-                                device.status.send_modify(|status| {
-                                    status.last_frame_at = Some(Local::now());
-                                });
-                            }
-                            message_event(device, &publish.payload, ack)
+            // A burst of publishes arrives in one read, and rumqttc keeps what it read in its
+            // event queue: those are handled here one after the other, not each through the
+            // select above (and the event loop's own).
+            let mut next = Some(event);
+            loop {
+                let current = match next.take() {
+                    Some(event) => event,
+                    None if unacked < MAX_UNACKED
+                        && matches!(
+                            event_loop.state.events.front(),
+                            Some(Event::Incoming(Packet::Publish(_)))
+                        ) =>
+                    {
+                        match event_loop.state.events.pop_front() {
+                            Some(event) => Ok(event),
+                            None => break,
                         }
-                        None => {
-                            // Only possible with overlapping subscriptions left in the session
-                            // by an older configuration: nothing to record it as.
-                            tracing::debug!(topic = %publish.topic, "message on a topic no device uses; acknowledged");
-                            let pending = Pending {
-                                written: None,
-                                id: (session, publish.pkid),
-                                topic: publish.topic,
-                            };
-                            if pending_tx.send(pending).is_err() {
-                                break;
-                            }
-                            continue;
+                    }
+                    None => break,
+                };
+                match current {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        // A new session: the broker redelivers whatever was not acknowledged.
+                        unacked = 0;
+                        session += 1;
+                        retry = new_backoff();
+                        subscribe = true;
+                        connected = true;
+                        for device in &self.devices {
+                            let detail =
+                                format!("subscribed to {} on {}", device.topic, self.settings.url);
+                            tracing::info!(device = %device.info.id, "{detail}");
+                            set_state(device, ConnectionState::Connected, &detail);
+                            self.send(DeviceEvent::Connected {
+                                device: device.info.clone(),
+                                detail,
+                            })
+                            .await;
                         }
-                    };
-                    self.send(event).await;
-                    let pending = Pending {
-                        written: Some(written),
-                        id: (session, publish.pkid),
-                        topic: publish.topic,
-                    };
-                    if pending_tx.send(pending).is_err() {
-                        break;
                     }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    // Recorded once per outage (and once if the broker is down at start).
-                    let starting = self
-                        .devices
-                        .iter()
-                        .any(|device| device.status.borrow().state == ConnectionState::Starting);
-                    if connected || starting {
-                        let detail = format!("broker {}: {error}", self.settings.url);
-                        tracing::warn!("mqtt devices: {detail}; reconnecting");
-                        self.all_devices(
-                            ConnectionState::Disconnected,
-                            &detail,
-                            |device, detail| DeviceEvent::Disconnected { device, detail },
-                        )
-                        .await;
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        unacked += 1;
+                        let (ack, written) = oneshot::channel();
+                        let event = match by_topic.get(publish.topic.as_str()) {
+                            Some((device, noted)) => {
+                                // Not for every message of a burst: it says when the device was last
+                                // heard from, to the second.
+                                let now = tokio::time::Instant::now();
+                                if noted.get().is_none_or(|at| now - at >= LAST_FRAME_EVERY) {
+                                    noted.set(Some(now));
+                                    device.status.send_modify(|status| {
+                                        status.last_frame_at = Some(Local::now());
+                                    });
+                                }
+                                message_event(device, &publish.payload, ack)
+                            }
+                            None => {
+                                // Only possible with overlapping subscriptions left in the session
+                                // by an older configuration: nothing to record it as.
+                                tracing::debug!(topic = %publish.topic, "message on a topic no device uses; acknowledged");
+                                let pending = Pending {
+                                    written: None,
+                                    id: (session, publish.pkid),
+                                    topic: publish.topic,
+                                };
+                                if pending_tx.send(pending).is_err() {
+                                    break 'connection;
+                                }
+                                continue;
+                            }
+                        };
+                        self.send(event).await;
+                        let pending = Pending {
+                            written: Some(written),
+                            id: (session, publish.pkid),
+                            topic: publish.topic,
+                        };
+                        if pending_tx.send(pending).is_err() {
+                            break 'connection;
+                        }
                     }
-                    connected = false;
-                    let delay = retry.next().unwrap_or(RETRY_MAX);
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => break,
+                    Ok(_) => {}
+                    Err(error) => {
+                        // Recorded once per outage (and once if the broker is down at start).
+                        let starting = self.devices.iter().any(|device| {
+                            device.status.borrow().state == ConnectionState::Starting
+                        });
+                        if connected || starting {
+                            let detail = format!("broker {}: {error}", self.settings.url);
+                            tracing::warn!("mqtt devices: {detail}; reconnecting");
+                            self.all_devices(
+                                ConnectionState::Disconnected,
+                                &detail,
+                                |device, detail| DeviceEvent::Disconnected { device, detail },
+                            )
+                            .await;
+                        }
+                        connected = false;
+                        let delay = retry.next().unwrap_or(RETRY_MAX);
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = shutdown.cancelled() => break 'connection,
+                        }
                     }
                 }
             }
