@@ -162,11 +162,16 @@ impl Metrics {
 
     /// Counts one appended record of `kind`.
     pub fn record_appended(&self, kind: &str) {
+        self.records_appended(kind, 1);
+    }
+
+    /// Counts `count` records of `kind` appended together.
+    pub fn records_appended(&self, kind: &str, count: u64) {
         self.records
             .get_or_create(&KindLabel {
                 kind: kind.to_owned(),
             })
-            .inc();
+            .inc_by(count);
     }
 
     /// Counts one bad frame from `device`.

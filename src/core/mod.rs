@@ -9,9 +9,11 @@
 //! The core appends in the order events arrive, so records of one device keep their order.
 //! Each turn it takes whatever events have queued (up to [`MAX_BATCH_RECORDS`]); consecutive
 //! plain scans among them (no answer card, no campaign) go to the journal as one
-//! `append_batch`, written before the next other record, and every device waiting to
-//! acknowledge one of them gets the batch's `Durable`. A burst (an MQTT backlog after an
-//! outage, a busy store) then costs one journal round trip instead of one per scan.
+//! `append_batch`, written before the next other record. A burst (an MQTT backlog after an
+//! outage, a busy store) then costs one journal round trip instead of one per scan. MQTT
+//! messages come in groups ([`DeviceEvent::Messages`], the messages of one read), and their
+//! device waits to acknowledge them: the core tells it once per group, with the durability of
+//! the group's last record (or `None` if one was refused).
 //!
 //! For scans it also asks the prompt engine two questions, both answered without a round trip:
 //! is this an answer card (then the scan is recorded with `answer_code: true` and answers the
@@ -30,7 +32,9 @@ use crate::config::DecoderKind;
 use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
 use crate::devices::{Ack, DeviceEvent, DeviceInfo};
-use crate::journal::{Appended, Data, JournalError, JournalHandle, Kind, MAX_BATCH_RECORDS};
+use crate::journal::{
+    Appended, Data, Durable, JournalError, JournalHandle, Kind, MAX_BATCH_RECORDS,
+};
 use crate::metrics::Metrics;
 use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
 use crate::sales::{self, Sale};
@@ -135,8 +139,55 @@ impl ScanPlan {
     }
 }
 
-/// Plain scans waiting to be appended together, each with its device's acknowledgement.
-type PlainScans = Vec<(Data, Option<Ack>)>;
+/// Plain scans waiting to be appended together, each with the message group it came in.
+type PlainScans = Vec<(Data, Option<usize>)>;
+
+/// The message groups of one turn ([`DeviceEvent::Messages`]), by index: each device is told
+/// once the last record of its group is settled.
+#[derive(Default)]
+struct Groups(Vec<Group>);
+
+struct Group {
+    /// Where the durability goes.
+    ack: Option<Ack>,
+    /// Records not settled yet.
+    left: usize,
+    /// Set once a record of the group was refused.
+    refused: bool,
+}
+
+impl Groups {
+    /// A group of `len` events (never empty: the MQTT task sends none).
+    fn open(&mut self, ack: Ack, len: usize) -> usize {
+        self.0.push(Group {
+            ack: Some(ack),
+            left: len,
+            refused: false,
+        });
+        self.0.len() - 1
+    }
+
+    /// Settles one record of `group` (none: the event came alone): its durability, or `None`
+    /// when it was not written. Records are settled in their order, so the last one's
+    /// durability covers the whole group (the journal makes records durable in order).
+    fn settle(&mut self, group: Option<usize>, written: Option<&Durable>) {
+        let Some(group) = group.and_then(|index| self.0.get_mut(index)) else {
+            return;
+        };
+        group.refused |= written.is_none();
+        group.left = group.left.saturating_sub(1);
+        if group.left == 0 {
+            if let Some(ack) = group.ack.take() {
+                // The device may have stopped waiting (shutdown): then nobody is told.
+                let _ = ack.send(if group.refused {
+                    None
+                } else {
+                    written.cloned()
+                });
+            }
+        }
+    }
+}
 
 impl Core {
     async fn run(self, mut events: mpsc::Receiver<DeviceEvent>) {
@@ -163,55 +214,82 @@ impl Core {
     /// everything else: the batch is written before the next other record).
     async fn handle_turn(&self, events: Vec<DeviceEvent>) {
         let mut plain = PlainScans::new();
+        let mut groups = Groups::default();
         // The date a campaign runs on and the year expiry dates are read against: one clock
         // reading per turn (a turn lasts well under a millisecond).
         let now = chrono::Local::now();
         for event in events {
             match event {
-                DeviceEvent::Frame { device, bytes, ack }
-                    if matches!(device.decoder, DecoderKind::Scan) =>
-                {
-                    match self.plan_scan(&device, &bytes, now) {
-                        Ok(plan) if plan.is_plain() => plain.push((plan.data, ack)),
-                        Ok(plan) => {
-                            self.append_plain(&mut plain).await;
-                            let written = self.record_scan(&device, plan).await;
-                            acknowledge(ack, written);
-                        }
-                        Err(noise) => {
-                            self.append_plain(&mut plain).await;
-                            let written = self.bad_frame(&device, &noise).await;
-                            acknowledge(ack, written);
-                        }
+                DeviceEvent::Messages { events, ack } => {
+                    let group = Some(groups.open(ack, events.len()));
+                    for event in events {
+                        self.handle_event(event, group, now, &mut plain, &mut groups)
+                            .await;
                     }
                 }
-                other => {
-                    self.append_plain(&mut plain).await;
-                    self.handle(other).await;
+                event => {
+                    self.handle_event(event, None, now, &mut plain, &mut groups)
+                        .await
                 }
             }
         }
-        self.append_plain(&mut plain).await;
+        self.append_plain(&mut plain, &mut groups).await;
     }
 
-    /// Appends the waiting plain scans in one batch and hands each device its durability.
-    async fn append_plain(&self, plain: &mut PlainScans) {
+    /// One event, of message group `group` if it came in one: a plain scan joins `plain`,
+    /// anything else is written after the plain scans before it.
+    async fn handle_event(
+        &self,
+        event: DeviceEvent,
+        group: Option<usize>,
+        now: DateTime<Local>,
+        plain: &mut PlainScans,
+        groups: &mut Groups,
+    ) {
+        let written = match event {
+            DeviceEvent::Frame { device, bytes } if matches!(device.decoder, DecoderKind::Scan) => {
+                match self.plan_scan(&device, &bytes, now) {
+                    Ok(plan) if plan.is_plain() => {
+                        plain.push((plan.data, group));
+                        if plain.len() >= MAX_BATCH_RECORDS {
+                            self.append_plain(plain, groups).await;
+                        }
+                        return;
+                    }
+                    Ok(plan) => {
+                        self.append_plain(plain, groups).await;
+                        self.record_scan(&device, plan).await
+                    }
+                    Err(noise) => {
+                        self.append_plain(plain, groups).await;
+                        self.bad_frame(&device, &noise).await
+                    }
+                }
+            }
+            other => {
+                self.append_plain(plain, groups).await;
+                self.handle(other).await
+            }
+        };
+        groups.settle(group, written.as_ref().map(|appended| &appended.durable));
+    }
+
+    /// Appends the waiting plain scans in one batch and settles each one's group.
+    async fn append_plain(&self, plain: &mut PlainScans, groups: &mut Groups) {
         if plain.is_empty() {
             return;
         }
-        let (data, acks): (Vec<_>, Vec<_>) = plain.drain(..).unzip();
+        let (data, of): (Vec<_>, Vec<_>) = plain.drain(..).unzip();
         // Kept to log the records if the journal refuses them (the only copy left then);
         // cloning `Data` copies no bytes.
         let copies = data.clone();
         match self.journal.append_batch(Kind::Scan, data).await {
             Ok(batch) => {
                 self.health.journal_failed.store(false, Ordering::Relaxed);
-                for _ in 0..batch.count {
-                    self.metrics.record_appended(Kind::Scan.as_str());
-                }
-                for ack in acks.into_iter().flatten() {
-                    // The device may have stopped waiting (shutdown): then nobody is told.
-                    let _ = ack.send(Some(batch.durable.clone()));
+                self.metrics
+                    .records_appended(Kind::Scan.as_str(), batch.count);
+                for group in of {
+                    groups.settle(group, Some(&batch.durable));
                 }
             }
             Err(error) => {
@@ -219,36 +297,34 @@ impl Core {
                 for record in &copies {
                     tracing::error!(kind = ?Kind::Scan, %error, record = %record.text(), "journal append failed; record lost");
                 }
-                for ack in acks.into_iter().flatten() {
-                    let _ = ack.send(None);
+                for group in of {
+                    groups.settle(group, None);
                 }
             }
         }
     }
 
-    async fn handle(&self, event: DeviceEvent) {
+    /// Handles an event that is not a plain scan; returns the record a device frame became
+    /// (`None`: not written, or not a frame).
+    async fn handle(&self, event: DeviceEvent) -> Option<Appended> {
         match event {
             DeviceEvent::Connected { device, detail } => {
                 self.metrics.set_connected(&device.id, true);
                 self.device_record(&device, "connected", &detail).await;
+                None
             }
             DeviceEvent::Disconnected { device, detail } => {
                 self.metrics.set_connected(&device.id, false);
                 self.device_record(&device, "disconnected", &detail).await;
+                None
             }
             DeviceEvent::Error { device, detail } => {
                 self.device_record(&device, "error", &detail).await;
+                None
             }
-            DeviceEvent::BadFrame {
-                device,
-                detail,
-                ack,
-            } => {
-                let written = self.bad_frame(&device, &detail).await;
-                acknowledge(ack, written);
-            }
-            DeviceEvent::Frame { device, bytes, ack } => {
-                let written = match device.decoder {
+            DeviceEvent::BadFrame { device, detail } => self.bad_frame(&device, &detail).await,
+            DeviceEvent::Frame { device, bytes } => {
+                match device.decoder {
                     DecoderKind::Scan => self.scan(&device, &bytes).await,
                     DecoderKind::JsonSale => match sales::parse_json_sale(&bytes) {
                         Ok(sale) => self.sale(&device, sale).await,
@@ -263,10 +339,18 @@ impl Core {
                             format!("unexpected frame from a printer tap: {}", excerpt(&bytes));
                         self.bad_frame(&device, &detail).await
                     }
-                };
-                acknowledge(ack, written);
+                }
             }
-            DeviceEvent::Receipt { device, receipt } => self.receipt(&device, &receipt).await,
+            DeviceEvent::Receipt { device, receipt } => {
+                self.receipt(&device, &receipt).await;
+                None
+            }
+            DeviceEvent::Messages { events, ack } => {
+                // Groups are never nested; the device hears nothing and the broker redelivers.
+                tracing::error!(count = events.len(), "nested message group not recorded");
+                drop(ack);
+                None
+            }
         }
     }
 
@@ -482,14 +566,6 @@ impl Core {
     }
 }
 
-/// Hands the record's durability to a device waiting to acknowledge its input.
-fn acknowledge(ack: Option<Ack>, written: Option<Appended>) {
-    if let Some(ack) = ack {
-        // The device may have stopped waiting (shutdown): then there is nobody to tell.
-        let _ = ack.send(written.map(|appended| appended.durable));
-    }
-}
-
 /// The product code a prompt shows and records: the EAN-13 (or EAN-8, UPC-A) inside the GTIN
 /// when there is one, as registers print it on sale lines, else the scanned code.
 fn product_code(decoded: &DecodedScan) -> String {
@@ -516,4 +592,62 @@ fn excerpt(frame: &[u8]) -> String {
         text.push_str(&format!("… ({} bytes)", frame.len()));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A group's device hears once, after the last of its records is settled: that record's
+    /// durability, or `None` when any of them was refused.
+    #[tokio::test]
+    async fn a_group_is_answered_once_after_its_last_record() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let journal = crate::journal::open(crate::journal::JournalConfig {
+            data_dir: dir.path().to_path_buf(),
+            store: "S".into(),
+            gateway: "gw".into(),
+            flush: Duration::from_millis(5),
+            version: "test",
+            max_bytes: None,
+        })
+        .await
+        .expect("journal")
+        .handle;
+        let mut durable = Vec::new();
+        for code in ["1", "2", "3"] {
+            let appended = journal
+                .append_value(Kind::Scan, &serde_json::json!({ "code": code }))
+                .await
+                .expect("append");
+            durable.push(appended.durable);
+        }
+        let mut groups = Groups::default();
+        let (ack, mut whole) = oneshot::channel();
+        let all = Some(groups.open(ack, 3));
+        let (ack, mut refused) = oneshot::channel();
+        let partly = Some(groups.open(ack, 2));
+
+        groups.settle(all, Some(&durable[0]));
+        groups.settle(partly, None);
+        groups.settle(all, Some(&durable[1]));
+        groups.settle(None, Some(&durable[1])); // an event that came alone: nobody to tell
+        assert!(whole.try_recv().is_err(), "not before its last record");
+        groups.settle(all, Some(&durable[2]));
+        groups.settle(partly, Some(&durable[2]));
+
+        let last = whole.try_recv().expect("answered").expect("durable");
+        tokio::time::timeout(Duration::from_secs(5), last.wait())
+            .await
+            .expect("in time")
+            .expect("the last record is durable");
+        assert!(
+            refused.try_recv().expect("answered").is_none(),
+            "a group with a refused record is not acknowledged"
+        );
+    }
 }

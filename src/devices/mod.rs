@@ -72,8 +72,6 @@ pub enum DeviceEvent {
         device: Arc<DeviceInfo>,
         /// The frame's bytes exactly as received (prefix stripped if the profile says so).
         bytes: Vec<u8>,
-        /// Told when the frame's record is in the journal (for input acknowledged only then).
-        ack: Option<Ack>,
     },
     /// One printed receipt from an ESC/POS tap.
     Receipt {
@@ -95,14 +93,21 @@ pub enum DeviceEvent {
         device: Arc<DeviceInfo>,
         /// What was wrong, short.
         detail: String,
-        /// Told when the record is in the journal (for input acknowledged only then).
-        ack: Option<Ack>,
+    },
+    /// Messages read together from the store's broker (`Frame` and `BadFrame` events, in
+    /// arrival order), acknowledged together once all their records are durable.
+    Messages {
+        /// Their events.
+        events: Vec<DeviceEvent>,
+        /// Told when the last of their records is in the journal.
+        ack: Ack,
     },
 }
 
-/// Where the core hands back the durability of the record an input became, so a device that
-/// acknowledges its input (an MQTT QoS 1 message) does so only once the record is durable.
-/// `None` means no record was written (the journal refused it): do not acknowledge.
+/// Where the core hands back the durability of the records that input became, so a device that
+/// acknowledges its input (MQTT QoS 1 messages) does so only once they are durable: the last
+/// record's [`Durable`](crate::journal::Durable) (the journal makes records durable in order).
+/// `None` means a record was not written (the journal refused it): acknowledge none of them.
 pub type Ack = tokio::sync::oneshot::Sender<Option<crate::journal::Durable>>;
 
 /// A queue in front of the core for a device whose reading must never wait: a serial port

@@ -5,16 +5,19 @@
 //! The session is persistent (clean session off, a stable client id `posgw-{store}-{gw}-devices`)
 //! and every device topic is subscribed with QoS 1. Acknowledgements are manual: a message's
 //! PUBACK goes out only once the record it became (a scan, a sale or a `bad_frame`) is durable
-//! in the journal. The core hands each message's [`Durable`] back through its [`Ack`]; an acker
-//! task waits for them in arrival order and hands the packet ids back to this task, which writes
-//! every PUBACK that is ready in one write and one flush (rumqttc's own `ack` is a request that is
-//! written and flushed alone: a system call per message), only ever in the session the message
-//! came in (a later session's broker has redelivered it and may reuse its packet id). Until then
-//! the broker keeps the message, so a `kill -9` or a power cut loses nothing: the broker
-//! redelivers it to the next session. The price is at-least-once: a message whose record was durable but whose PUBACK was
-//! not yet sent is recorded again after the restart (a new seq; MQTT carries no id to tell).
+//! in the journal. The messages of one read (up to [`MAX_BURST`]) go to the core as one
+//! [`DeviceEvent::Messages`] group, and the core hands back one [`Durable`] for the group: its
+//! last record's, which covers the others. An acker task waits for the groups in arrival order
+//! and hands their packet ids back to this task, which writes every PUBACK that is ready in one
+//! write and one flush (rumqttc's own `ack` is a request that is written and flushed alone: a
+//! system call per message), only ever in the session the message came in (a later session's
+//! broker has redelivered it and may reuse its packet id). Until then the broker keeps the
+//! message, so a `kill -9` or a power cut loses nothing: the broker redelivers it to the next
+//! session. The price is at-least-once: a message whose record was durable but whose PUBACK
+//! was not yet sent is recorded again after the restart (a new seq; MQTT carries no id to tell).
 //!
-//! A message the journal refuses is not acknowledged either. MQTT 3.1.1 brokers redeliver only
+//! A group with a record the journal refused is not acknowledged either (its other messages
+//! are recorded again when redelivered). MQTT 3.1.1 brokers redeliver only
 //! on a new connection, and stop delivering once a client holds `max_inflight_messages`
 //! unacknowledged ones, so the task then renews the connection after [`REDELIVER_AFTER`]
 //! (again and again while the journal keeps refusing): the broker redelivers, and input resumes
@@ -51,7 +54,7 @@ use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
+use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
 use crate::config::{DecoderKind, DeviceSettings, MqttSettings, PayloadFormat, PayloadSettings};
 use crate::journal::Durable;
 
@@ -68,8 +71,10 @@ const REDELIVER_AFTER: Duration = Duration::from_secs(5);
 const LAST_FRAME_EVERY: Duration = Duration::from_millis(500);
 /// Most messages received and not yet acknowledged before reading pauses (a few MiB).
 const MAX_UNACKED: usize = 16_384;
-/// Most PUBACKs written at once.
-const ACK_BATCH: usize = 4096;
+/// Most groups of PUBACKs written at once.
+const ACK_BATCH: usize = 256;
+/// Most messages handed to the core as one group.
+const MAX_BURST: usize = 256;
 /// How long writing acknowledgements may take before the connection is considered stuck.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for records of received messages to become durable and be acked.
@@ -113,29 +118,42 @@ pub struct MqttDevices {
     pub events: mpsc::Sender<DeviceEvent>,
 }
 
-/// A received message waiting for its record to be durable.
-struct Pending {
-    /// The core's answer: the record's durability, or `None` when nothing was written. Without
-    /// one, the message is acknowledged in its turn with nothing to wait for.
-    written: Option<oneshot::Receiver<Option<Durable>>>,
-    /// The broker session it came in, and its packet id in it: what to acknowledge.
-    id: AckId,
-    /// Its topic, for messages about it.
-    topic: String,
+/// Messages read in one go, handed to the core as one group.
+#[derive(Default)]
+struct Burst {
+    /// Their events, for the messages on a device's topic.
+    events: Vec<DeviceEvent>,
+    /// The packet ids of all of them, in arrival order.
+    pkids: Vec<u16>,
 }
 
-/// A message to acknowledge: the session it came in (counted from 1 per CONNACK) and its
-/// packet id. Acknowledgements are only ever written in the session their message came in: in
-/// a later one the broker has redelivered it (or forgotten it) and may reuse the packet id for
-/// another message, which the stale acknowledgement would take before its record is durable.
-type AckId = (u64, u16);
+/// A group of received messages waiting for their records to be durable.
+struct Pending {
+    /// The core's answer: the durability of the group's last record, or `None` when one was not
+    /// written. Without one (no message of the group was on a device's topic), the group is
+    /// acknowledged in its turn with nothing to wait for.
+    written: Option<oneshot::Receiver<Option<Durable>>>,
+    /// What to acknowledge.
+    acks: Acks,
+}
+
+/// Messages to acknowledge: the session they came in (counted from 1 per CONNACK) and their
+/// packet ids, in order. Acknowledgements are only ever written in the session their message
+/// came in: in a later one the broker has redelivered it (or forgotten it) and may reuse the
+/// packet id for another message, which the stale acknowledgement would take before its record
+/// is durable.
+#[derive(Debug, PartialEq)]
+struct Acks {
+    session: u64,
+    pkids: Vec<u16>,
+}
 
 /// The packet ids among `ready` that belong to `session`, in order; empties `ready`.
-fn current_session(ready: &mut Vec<AckId>, session: u64) -> Vec<u16> {
+fn current_session(ready: &mut Vec<Acks>, session: u64) -> Vec<u16> {
     ready
         .drain(..)
-        .filter(|(of, _)| *of == session)
-        .map(|(_, pkid)| pkid)
+        .filter(|acks| acks.session == session)
+        .flat_map(|acks| acks.pkids)
         .collect()
 }
 
@@ -181,7 +199,7 @@ impl MqttDevices {
         // The acker hands over the packet ids to acknowledge; this loop writes them to the
         // connection itself, all that are ready in one write (a request each through rumqttc's
         // queue would be one write and one flush per message).
-        let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<AckId>();
+        let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<Acks>();
         let mut session = 0u64;
         let mut ready = Vec::new();
         // Messages received and not acknowledged yet: reading stops at MAX_UNACKED until acks
@@ -233,6 +251,7 @@ impl MqttDevices {
             // event queue: those are handled here one after the other, not each through the
             // select above (and the event loop's own).
             let mut next = Some(event);
+            let mut burst = Burst::default();
             loop {
                 let current = match next.take() {
                     Some(event) => event,
@@ -271,8 +290,8 @@ impl MqttDevices {
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         unacked += 1;
-                        let (ack, written) = oneshot::channel();
-                        let event = match by_topic.get(publish.topic.as_str()) {
+                        burst.pkids.push(publish.pkid);
+                        match by_topic.get(publish.topic.as_str()) {
                             Some((device, noted)) => {
                                 // Not for every message of a burst: it says when the device was last
                                 // heard from, to the second.
@@ -283,30 +302,18 @@ impl MqttDevices {
                                         status.last_frame_at = Some(Local::now());
                                     });
                                 }
-                                message_event(device, &publish.payload, ack)
+                                burst.events.push(message_event(device, &publish.payload));
                             }
                             None => {
                                 // Only possible with overlapping subscriptions left in the session
-                                // by an older configuration: nothing to record it as.
+                                // by an older configuration: nothing to record it as, acknowledged
+                                // in its turn.
                                 tracing::debug!(topic = %publish.topic, "message on a topic no device uses; acknowledged");
-                                let pending = Pending {
-                                    written: None,
-                                    id: (session, publish.pkid),
-                                    topic: publish.topic,
-                                };
-                                if pending_tx.send(pending).is_err() {
-                                    break 'connection;
-                                }
-                                continue;
                             }
-                        };
-                        self.send(event).await;
-                        let pending = Pending {
-                            written: Some(written),
-                            id: (session, publish.pkid),
-                            topic: publish.topic,
-                        };
-                        if pending_tx.send(pending).is_err() {
+                        }
+                        if burst.pkids.len() >= MAX_BURST
+                            && !self.hand_over(&mut burst, session, &pending_tx).await
+                        {
                             break 'connection;
                         }
                     }
@@ -334,6 +341,9 @@ impl MqttDevices {
                         }
                     }
                 }
+            }
+            if !self.hand_over(&mut burst, session, &pending_tx).await {
+                break 'connection;
             }
         }
         // Let the records of what was received become durable and their PUBACKs go out; the
@@ -373,6 +383,32 @@ impl MqttDevices {
         }
     }
 
+    /// Hands the messages of `burst` to the core as one group and queues their acknowledgement
+    /// behind the groups before; `false` once the acker is gone (shutting down).
+    async fn hand_over(
+        &self,
+        burst: &mut Burst,
+        session: u64,
+        pending: &mpsc::UnboundedSender<Pending>,
+    ) -> bool {
+        if burst.pkids.is_empty() {
+            return true;
+        }
+        let written = if burst.events.is_empty() {
+            None
+        } else {
+            let (ack, written) = oneshot::channel();
+            let events = std::mem::take(&mut burst.events);
+            self.send(DeviceEvent::Messages { events, ack }).await;
+            Some(written)
+        };
+        let acks = Acks {
+            session,
+            pkids: std::mem::take(&mut burst.pkids),
+        };
+        pending.send(Pending { written, acks }).is_ok()
+    }
+
     async fn send(&self, event: DeviceEvent) {
         // The core only goes away at shutdown, after the devices.
         let _ = self.events.send(event).await;
@@ -382,11 +418,11 @@ impl MqttDevices {
 /// Hands over the packet ids of messages to acknowledge, in arrival order, once their records
 /// are durable.
 async fn acknowledge(
-    acks: mpsc::UnboundedSender<AckId>,
+    ready: mpsc::UnboundedSender<Acks>,
     mut pending: mpsc::UnboundedReceiver<Pending>,
     redeliver: Arc<tokio::sync::Notify>,
 ) {
-    while let Some(Pending { written, id, topic }) = pending.recv().await {
+    while let Some(Pending { written, acks }) = pending.recv().await {
         let durable = match written {
             None => true,
             Some(written) => match written.await {
@@ -396,11 +432,14 @@ async fn acknowledge(
             },
         };
         if durable {
-            if acks.send(id).is_err() {
+            if ready.send(acks).is_err() {
                 return;
             }
         } else {
-            tracing::warn!(%topic, "message not recorded; left unacknowledged for redelivery");
+            tracing::warn!(
+                messages = acks.pkids.len(),
+                "messages not recorded; left unacknowledged for redelivery"
+            );
             redeliver.notify_one();
         }
     }
@@ -412,7 +451,7 @@ async fn acknowledge(
 /// recorded twice, never lost.
 async fn write_acks(
     event_loop: &mut rumqttc::EventLoop,
-    ready: &mut Vec<AckId>,
+    ready: &mut Vec<Acks>,
     session: u64,
 ) -> usize {
     let pkids = current_session(ready, session);
@@ -441,7 +480,7 @@ async fn write_acks(
 }
 
 /// What one message is for the core.
-fn message_event(device: &MqttDevice, payload: &[u8], ack: Ack) -> DeviceEvent {
+fn message_event(device: &MqttDevice, payload: &[u8]) -> DeviceEvent {
     let bytes = match device.info.decoder {
         DecoderKind::Scan => match scan_payload(payload, &device.payload) {
             Ok(bytes) => bytes,
@@ -449,7 +488,6 @@ fn message_event(device: &MqttDevice, payload: &[u8], ack: Ack) -> DeviceEvent {
                 return DeviceEvent::BadFrame {
                     device: device.info.clone(),
                     detail: format!("{reason}: {}", crate::decode::escape_raw(excerpt(payload))),
-                    ack: Some(ack),
                 }
             }
         },
@@ -458,7 +496,6 @@ fn message_event(device: &MqttDevice, payload: &[u8], ack: Ack) -> DeviceEvent {
     DeviceEvent::Frame {
         device: device.info.clone(),
         bytes,
-        ack: Some(ack),
     }
 }
 
@@ -588,11 +625,11 @@ mod tests {
         );
     }
 
-    /// A message the journal refused is not acknowledged, and the connection task is told to
-    /// renew the connection so the broker delivers it again; the messages around it are
-    /// acknowledged in their order, a message with nothing to record at once in its turn.
+    /// A group with a refused record is not acknowledged, and the connection task is told to
+    /// renew the connection so the broker delivers it again; the groups around it are
+    /// acknowledged in their order, a group with nothing to record at once in its turn.
     #[tokio::test]
-    async fn a_refused_record_leaves_its_message_unacknowledged_and_asks_for_redelivery() {
+    async fn a_refused_record_leaves_its_group_unacknowledged_and_asks_for_redelivery() {
         let (acks, mut acked) = mpsc::unbounded_channel();
         let (pending, rx) = mpsc::unbounded_channel();
         let redeliver = Arc::new(tokio::sync::Notify::new());
@@ -609,28 +646,29 @@ mod tests {
         .await
         .expect("journal")
         .handle;
+        let group = |first: u16| Acks {
+            session: 1,
+            pkids: vec![first, first + 1],
+        };
         let mut answers = Vec::new();
-        for pkid in 1..=3 {
+        for first in [1, 3, 5] {
             let (written, answer) = oneshot::channel();
             answers.push(written);
             pending
                 .send(Pending {
                     written: Some(answer),
-                    id: (1, pkid),
-                    topic: "store/till-1/scanner".into(),
+                    acks: group(first),
                 })
                 .expect("queue");
         }
         pending
             .send(Pending {
                 written: None,
-                id: (1, 4),
-                topic: "store/old-topic".into(),
+                acks: group(7),
             })
             .expect("queue");
-        let mut answers = answers.into_iter();
-        for (pkid, written) in (1..=3).zip(&mut answers) {
-            let durable = if pkid == 2 {
+        for (first, written) in [1, 3, 5].into_iter().zip(answers) {
+            let durable = if first == 3 {
                 None
             } else {
                 let scan = serde_json::json!({ "code": "6901234567892" });
@@ -648,13 +686,13 @@ mod tests {
         drop(pending);
         acker.await.expect("acker ends");
         let mut got = Vec::new();
-        while let Ok(id) = acked.try_recv() {
-            got.push(id);
+        while let Ok(acks) = acked.try_recv() {
+            got.push(acks);
         }
         assert_eq!(
             got,
-            [(1, 1), (1, 3), (1, 4)],
-            "the refused message 2 is left unacknowledged"
+            [group(1), group(5), group(7)],
+            "the group with the refused record (3, 4) is left unacknowledged"
         );
     }
 
@@ -662,10 +700,19 @@ mod tests {
     /// where their packet ids may name other messages; the current session's keep their order.
     #[test]
     fn only_the_current_sessions_acknowledgements_are_written() {
-        let mut ready = vec![(1, 7), (2, 7), (1, 8), (2, 3), (2, 9)];
+        let acks = |session, pkids: &[u16]| Acks {
+            session,
+            pkids: pkids.to_vec(),
+        };
+        let mut ready = vec![
+            acks(1, &[7]),
+            acks(2, &[7, 3]),
+            acks(1, &[8]),
+            acks(2, &[9]),
+        ];
         assert_eq!(current_session(&mut ready, 2), [7, 3, 9]);
         assert!(ready.is_empty());
-        let mut stale = vec![(1, 1), (1, 2)];
+        let mut stale = vec![acks(1, &[1, 2])];
         assert!(current_session(&mut stale, 2).is_empty());
     }
 

@@ -418,7 +418,6 @@ impl SerialDevice {
                 DeviceEvent::Frame {
                     device: self.info.clone(),
                     bytes,
-                    ack: None,
                 }
             }
             FrameEvent::Overlong { len, head } => DeviceEvent::BadFrame {
@@ -428,7 +427,6 @@ impl SerialDevice {
                     self.settings.profile.framing.max_frame,
                     crate::decode::escape_raw(&head)
                 ),
-                ack: None,
             },
         };
         self.send(event).await;
