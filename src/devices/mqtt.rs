@@ -119,12 +119,22 @@ pub struct MqttDevices {
 }
 
 /// Messages read in one go, handed to the core as one group.
-#[derive(Default)]
 struct Burst {
     /// Their events, for the messages on a device's topic.
     events: Vec<DeviceEvent>,
     /// The packet ids of all of them, in arrival order.
     pkids: Vec<u16>,
+}
+
+impl Burst {
+    /// Room for `messages` (at most [`MAX_BURST`]).
+    fn with_capacity(messages: usize) -> Burst {
+        let messages = messages.min(MAX_BURST);
+        Burst {
+            events: Vec::with_capacity(messages),
+            pkids: Vec::with_capacity(messages),
+        }
+    }
 }
 
 /// A group of received messages waiting for their records to be durable.
@@ -251,7 +261,7 @@ impl MqttDevices {
             // event queue: those are handled here one after the other, not each through the
             // select above (and the event loop's own).
             let mut next = Some(event);
-            let mut burst = Burst::default();
+            let mut burst = Burst::with_capacity(event_loop.state.events.len() + 1);
             loop {
                 let current = match next.take() {
                     Some(event) => event,

@@ -7,6 +7,7 @@
 //! ([`FlushJob`]) on a blocking thread. See the module doc of `journal` for the invariants this
 //! code keeps.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,17 @@ pub(crate) const JOURNAL_DIR: &str = "journal";
 pub(crate) const LOCK_FILE: &str = "journal.lock";
 /// Room a read sets aside for its records up front (a batch's `batch_max_bytes`, at most).
 const READ_BUFFER_BYTES: usize = 1024 * 1024;
+/// Reads remembered for counting removals (the uplink has one or two in flight).
+const READ_SPANS: usize = 16;
+
+/// Records one read handed out: those after `after` through `last`.
+#[derive(Debug, Clone, Copy)]
+struct ReadSpan {
+    after: u64,
+    last: u64,
+    records: u64,
+    bytes: u64,
+}
 /// Prefix of folders holding a damaged journal that has not been salvaged yet.
 pub(crate) const QUARANTINE_PREFIX: &str = "quarantine-";
 /// Prefix a quarantine folder is renamed to once salvage has copied what it could.
@@ -371,6 +383,10 @@ pub(crate) struct Store {
     /// Where reads put the records they hand out; its memory is reused once the records of
     /// the previous read are dropped.
     read_buffer: BytesMut,
+    /// What the last reads handed out, so a removal of what they read is counted without
+    /// reading it again (the uplink removes exactly what it read and sent). Cleared when records
+    /// leave the log any other way.
+    reads: VecDeque<ReadSpan>,
     /// Set when a failed batch could not be taken back out of the log: records whose append
     /// was reported failed may then survive, so the journal must stop accepting records.
     pub(crate) broken: Option<String>,
@@ -735,6 +751,7 @@ pub(crate) fn open_store(
         boot_json,
         buffer: Vec::with_capacity(1024),
         read_buffer: BytesMut::new(),
+        reads: VecDeque::new(),
         broken: None,
         floor_dir: None,
         evict_from: 0,
@@ -1102,6 +1119,17 @@ impl Store {
                 },
             )
             .map_err(|err| JournalError::storage("reading records", err))?;
+        if let Some(&(last, _)) = found.last() {
+            if self.reads.len() == READ_SPANS {
+                self.reads.pop_front();
+            }
+            self.reads.push_back(ReadSpan {
+                after: after_position.max(self.acked),
+                last,
+                records: found.len() as u64,
+                bytes: buffer.len() as u64,
+            });
+        }
         let buffer = buffer.split().freeze();
         let mut start = 0;
         Ok(found
@@ -1114,6 +1142,23 @@ impl Store {
             .collect())
     }
 
+    /// The records and bytes from the acknowledged position through `position`, when the reads
+    /// since cover exactly that range (`None`: count them in the log).
+    fn counted_by_reads(&self, position: u64) -> Option<(u64, u64)> {
+        let (mut at, mut records, mut bytes) = (self.acked, 0, 0);
+        while at < position {
+            let span = self
+                .reads
+                .iter()
+                .filter(|span| span.after == at && span.last <= position)
+                .max_by_key(|span| span.last)?;
+            records += span.records;
+            bytes += span.bytes;
+            at = span.last;
+        }
+        Some((records, bytes))
+    }
+
     /// Deletes every record at or before `position`; returns how many were removed.
     ///
     /// The acknowledged position is written with the floors in one sled batch; whole segments
@@ -1122,10 +1167,14 @@ impl Store {
         if position <= self.acked {
             return Ok(0);
         }
-        let (removed, bytes) = self
-            .log
-            .count(self.acked, position)
-            .map_err(|err| JournalError::storage("reading records to remove", err))?;
+        let (removed, bytes) = match self.counted_by_reads(position) {
+            Some(counted) => counted,
+            None => self
+                .log
+                .count(self.acked, position)
+                .map_err(|err| JournalError::storage("reading records to remove", err))?,
+        };
+        self.reads.retain(|span| span.last > position);
         let before = self.acked;
         self.acked = position;
         if let Err(err) = self.protect_floors() {
@@ -1201,6 +1250,8 @@ impl Store {
             let positions: Vec<u64> = chosen.iter().map(|(position, _, _)| *position).collect();
             let bytes: u64 = chosen.iter().map(|(_, size, _)| size).sum();
             self.protect_floors_now()?;
+            // Records leave the log: what earlier reads counted no longer holds.
+            self.reads.clear();
             self.log
                 .drop_frames(&positions)
                 .map_err(|err| JournalError::storage("evicting records", err))?;
@@ -1249,6 +1300,7 @@ impl Store {
         self.db
             .flush()
             .map_err(|err| JournalError::Flush(err.to_string()))?;
+        self.reads.clear();
         self.log
             .drop_frames(&[position])
             .map_err(|err| JournalError::storage("moving a record to the dead-letter set", err))?;

@@ -1930,3 +1930,55 @@ fn dead_lettering_never_lets_the_floors_run_ahead_of_the_log() {
         "the next seq follows the last record the log holds (no gap)"
     );
 }
+
+/// A removal counts what the reads before it handed out (as the uplink removes what it read
+/// and sent) and otherwise counts the log: the backlog figures are right either way, also when
+/// reads overlap, stop short of the removal, or a dead letter left the log in between.
+#[test]
+fn removals_are_counted_from_the_reads_before_them_or_from_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    for i in 0..30 {
+        let data = Data::serialize(&json!({"code": "x".repeat(i)})).expect("serialisable");
+        store.append(Kind::Scan, &data).expect("append");
+    }
+    store.flush().expect("flush");
+    let all = store.read(0, u64::MAX, 100, usize::MAX).expect("read");
+    // The figures once everything through `through` is gone, and `dead` too.
+    let expected = |through: u64, dead: Option<u64>| -> (u64, u64) {
+        let left: Vec<&StoredRecord> = all
+            .iter()
+            .filter(|record| record.position > through && Some(record.position) != dead)
+            .collect();
+        let bytes = left.iter().map(|record| record.bytes.len() as u64).sum();
+        (left.len() as u64, bytes)
+    };
+    let figures = |store: &store::Store| (store.backlog_records, store.backlog_bytes);
+    assert_eq!(figures(&store), expected(0, None));
+
+    // Reads of 5 then 5 (and the first 3 read again, as after a split batch).
+    let first = store.read(0, u64::MAX, 5, usize::MAX).expect("read");
+    store.read(0, u64::MAX, 3, usize::MAX).expect("read");
+    let second = store
+        .read(first[4].position, u64::MAX, 5, usize::MAX)
+        .expect("read");
+    let through = second[4].position;
+    assert_eq!(store.remove_through(through).expect("remove"), 10);
+    assert_eq!(figures(&store), expected(through, None));
+
+    // A removal past what was read is counted in the log.
+    store.read(through, u64::MAX, 2, usize::MAX).expect("read");
+    let through = all[14].position;
+    assert_eq!(store.remove_through(through).expect("remove"), 5);
+    assert_eq!(figures(&store), expected(through, None));
+
+    // A read, then a dead letter inside it, then the removal: counted in the log.
+    let fourth = store.read(through, u64::MAX, 5, usize::MAX).expect("read");
+    let dead = fourth[2].position;
+    store.move_to_dead(dead, "poison").expect("dead letter");
+    let through = fourth[4].position;
+    assert_eq!(store.remove_through(through).expect("remove"), 4);
+    assert_eq!(figures(&store), expected(through, Some(dead)));
+    let rest = store.read(0, u64::MAX, 100, usize::MAX).expect("read");
+    assert_eq!(rest.len(), 10);
+}
