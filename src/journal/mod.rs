@@ -92,8 +92,9 @@
 //! `meta.seq_floor` and the seq of the last record (highest position) if that record belongs to
 //! this epoch.** Appends keep this true on their own (the new record is last). Every operation
 //! that can change which record is last (removal, dead-lettering, salvage) first writes
-//! `seq_floor`/`position_floor` = what has been issued so far: removal in the same sled batch
-//! as the acknowledged position (and it never deletes the last segment), dead-lettering and
+//! `seq_floor`/`position_floor` = what has been issued so far: removal just before the
+//! acknowledged position (sled replays its log in order, and a segment is deleted only once
+//! they are durable, never the last one), dead-lettering and
 //! eviction durably before the segment is rewritten, so no crash point can separate them. The
 //! next position is one above the largest of `position_floor`, the last record and the last
 //! dead record.

@@ -30,6 +30,9 @@ const READ_BUFFER_BYTES: usize = 1024 * 1024;
 /// Reads remembered for counting removals (the uplink has one or two in flight).
 const READ_SPANS: usize = 16;
 
+/// The meta entries that protect the seqs issued so far, and the acknowledged position.
+type Floors = [(&'static [u8], [u8; 8]); 3];
+
 /// Records one read handed out: those after `after` through `last`.
 #[derive(Debug, Clone, Copy)]
 struct ReadSpan {
@@ -1050,30 +1053,47 @@ impl Store {
         Ok(position)
     }
 
-    /// The meta batch recording the seq and position issued so far, and what HQ acknowledged.
+    /// The meta entries recording the seq and position issued so far, then what HQ
+    /// acknowledged.
     ///
     /// The records not yet handed to the kernel are written out first, so the floors never name
     /// a seq the log does not hold: otherwise a crash (kill -9, which spares what the kernel
     /// has) would lose those records and leave a gap in the seqs.
-    fn floors_batch(&mut self) -> Result<Batch, JournalError> {
+    fn floors(&mut self) -> Result<Floors, JournalError> {
         self.log
             .write_out()
             .map_err(|err| JournalError::storage("writing the record log", err))?;
+        Ok([
+            (META_SEQ_FLOOR, position_key(self.next_seq - 1)),
+            (META_POSITION_FLOOR, position_key(self.next_position - 1)),
+            (META_ACKED, position_key(self.acked)),
+        ])
+    }
+
+    /// [`Store::floors`] as one batch.
+    fn floors_batch(&mut self) -> Result<Batch, JournalError> {
         let mut batch = Batch::default();
-        batch.insert(META_SEQ_FLOOR, &position_key(self.next_seq - 1));
-        batch.insert(META_POSITION_FLOOR, &position_key(self.next_position - 1));
-        batch.insert(META_ACKED, &position_key(self.acked));
+        for (key, value) in self.floors()? {
+            batch.insert(key, &value);
+        }
         Ok(batch)
     }
 
     /// Records in meta the seq and position issued so far. Needed before anything that can
     /// change which record is last (removal, dead-lettering, salvage), so recovery never derives
     /// a lower next seq than one already issued.
+    ///
+    /// Inserted one by one, floors first, not as one batch: sled writes its log out (a write on
+    /// one of its threads) for every batch, and the uplink removes after every batch it sent.
+    /// sled replays its log in order, so a crash keeps the inserts up to some point: the
+    /// acknowledged position is never ahead of the floors written with it.
     pub(crate) fn protect_floors(&mut self) -> Result<(), JournalError> {
-        let floors = self.floors_batch()?;
-        self.meta
-            .apply_batch(floors)
-            .map_err(|err| JournalError::storage("writing the journal floors", err))
+        for (key, value) in self.floors()? {
+            self.meta
+                .insert(key, &value)
+                .map_err(|err| JournalError::storage("writing the journal floors", err))?;
+        }
+        Ok(())
     }
 
     /// Writes the floors and makes them durable now: before a record is taken out of the log
@@ -1161,7 +1181,7 @@ impl Store {
 
     /// Deletes every record at or before `position`; returns how many were removed.
     ///
-    /// The acknowledged position is written with the floors in one sled batch; whole segments
+    /// The acknowledged position is written after the floors; whole segments
     /// below it are deleted (never the last one).
     pub(crate) fn remove_through(&mut self, position: u64) -> Result<u64, JournalError> {
         if position <= self.acked {
