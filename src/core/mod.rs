@@ -128,7 +128,7 @@ struct ScanPlan {
     card: Option<String>,
     /// The campaign whose prompt it opens.
     campaign: Option<String>,
-    /// The product code a prompt shows.
+    /// The product code a prompt shows (empty without a campaign).
     sku: String,
 }
 
@@ -440,14 +440,24 @@ impl Core {
             _ if decoded.error.is_some() => None,
             Some(_) => None,
             None => {
-                let mut codes = vec![decoded.code.as_str(), raw.as_str()];
-                if let Some(gtin) = &decoded.gtin {
-                    codes.insert(0, gtin);
-                }
-                self.prompts.campaign_for(&codes, now.date_naive())
+                let codes = [
+                    decoded.gtin.as_deref().unwrap_or_default(),
+                    &decoded.code,
+                    &raw,
+                ];
+                let codes = if decoded.gtin.is_some() {
+                    &codes[..]
+                } else {
+                    &codes[1..]
+                };
+                self.prompts.campaign_for(codes, now.date_naive())
             }
         };
-        let sku = product_code(&decoded);
+        // Only a prompt shows it.
+        let sku = match campaign {
+            Some(_) => product_code(&decoded),
+            None => String::new(),
+        };
         if let Some(error) = &decoded.error {
             tracing::debug!(device = %device.id, %raw, "undecodable scan: {error}");
         }

@@ -14,7 +14,6 @@
 //! configuration order wins (main file first, then drop-ins in file-name order); this is
 //! deterministic and logged at debug level. One scan opens at most one prompt.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
@@ -78,9 +77,12 @@ impl Campaigns {
     /// The id of the first campaign running on `today` that one of `codes` (in any of its GTIN
     /// spellings) matches.
     pub(crate) fn campaign_for(&self, codes: &[&str], today: NaiveDate) -> Option<&str> {
-        let candidates: Vec<Cow<'_, str>> = codes.iter().flat_map(|code| spellings(code)).collect();
+        // Called for every scan: nothing is allocated unless a campaign matches.
         let mut matching = self.campaigns.iter().filter(|campaign| {
-            campaign.runs_on(today) && candidates.iter().any(|code| campaign.matches(code))
+            campaign.runs_on(today)
+                && codes
+                    .iter()
+                    .any(|code| spellings(code).any(|spelling| campaign.matches(spelling)))
         });
         let first = matching.next()?;
         let others: Vec<&str> = matching.map(|campaign| campaign.id.as_str()).collect();
@@ -102,17 +104,14 @@ impl Campaigns {
 }
 
 /// `code` itself, then its shorter GTIN forms when it is a 14-digit GTIN with leading zeros.
-fn spellings(code: &str) -> Vec<Cow<'_, str>> {
-    let mut out = vec![Cow::Borrowed(code)];
-    if code.len() == 14 && code.bytes().all(|byte| byte.is_ascii_digit()) {
-        // (zeros to drop, resulting length): GTIN-13, GTIN-12, GTIN-8.
-        for zeros in [1, 2, 6] {
-            if code.as_bytes()[..zeros].iter().all(|&byte| byte == b'0') {
-                out.push(Cow::Borrowed(&code[zeros..]));
-            }
-        }
-    }
-    out
+fn spellings(code: &str) -> impl Iterator<Item = &str> {
+    let gtin = code.len() == 14 && code.bytes().all(|byte| byte.is_ascii_digit());
+    // Zeros to drop: GTIN-13, GTIN-12, GTIN-8.
+    let shorter = [1, 2, 6]
+        .into_iter()
+        .filter(move |&zeros| gtin && code.as_bytes()[..zeros].iter().all(|&byte| byte == b'0'))
+        .map(move |zeros| &code[zeros..]);
+    std::iter::once(code).chain(shorter)
 }
 
 #[cfg(test)]
@@ -180,11 +179,11 @@ mod tests {
     #[test]
     fn upc_and_ean8_spellings() {
         assert_eq!(
-            spellings("00012345678905"),
+            spellings("00012345678905").collect::<Vec<_>>(),
             vec!["00012345678905", "0012345678905", "012345678905"]
         );
         assert_eq!(
-            spellings("00000096385074"),
+            spellings("00000096385074").collect::<Vec<_>>(),
             vec![
                 "00000096385074",
                 "0000096385074",
@@ -192,7 +191,10 @@ mod tests {
                 "96385074"
             ]
         );
-        assert_eq!(spellings("]E06901234567892"), vec!["]E06901234567892"]);
+        assert_eq!(
+            spellings("]E06901234567892").collect::<Vec<_>>(),
+            ["]E06901234567892"]
+        );
     }
 
     #[test]
