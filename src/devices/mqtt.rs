@@ -5,7 +5,9 @@
 //! The session is persistent (clean session off, a stable client id `posgw-{store}-{gw}-devices`)
 //! and every device topic is subscribed with QoS 1. Acknowledgements are manual: a message's
 //! PUBACK goes out only once the record it became (a scan, a sale or a `bad_frame`) is durable
-//! in the journal. The messages of one read (up to [`MAX_BURST`]) go to the core as one
+//! in the journal. The messages the connection holds (up to [`MAX_BURST`], read until a read
+//! would wait; a busy connection is then left alone for [`BURST_PAUSE`] so the next burst is a
+//! whole one, while a lone message is read at once) go to the core as one
 //! [`DeviceEvent::Messages`] group, and the core hands back one [`Durable`] for the group: its
 //! last record's, which covers the others. An acker task waits for the groups in arrival order
 //! and hands their packet ids back to this task, which writes every PUBACK that is ready in one
@@ -50,6 +52,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Local;
+use futures_util::FutureExt;
 use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +78,11 @@ const MAX_UNACKED: usize = 16_384;
 const ACK_BATCH: usize = 256;
 /// Most messages handed to the core as one group.
 const MAX_BURST: usize = 256;
+/// A read of at least this many messages means the connection is busy: reading pauses for
+/// [`BURST_PAUSE`], so that the next read takes a whole burst.
+const BURST_PAUSE_AFTER: usize = 8;
+/// How long reading pauses after a busy read.
+const BURST_PAUSE: Duration = Duration::from_millis(1);
 /// How long writing acknowledgements may take before the connection is considered stuck.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for records of received messages to become durable and be acked.
@@ -218,6 +226,10 @@ impl MqttDevices {
         let mut unacked = 0usize;
         let acker = tokio::spawn(acknowledge(acks_tx, pending_rx, redeliver.clone()));
         let mut reconnect_at: Option<tokio::time::Instant> = None;
+        // Set after a burst: when reading goes on.
+        let mut read_after: Option<tokio::time::Instant> = None;
+        // An event read at the end of a burst, handled next.
+        let mut polled: Option<Result<Event, rumqttc::ConnectionError>> = None;
         let mut retry = new_backoff();
         let mut connected = false;
         let mut subscribe = false;
@@ -233,8 +245,15 @@ impl MqttDevices {
                     Err(error) => tracing::debug!(%error, "subscription queued later"),
                 }
             }
-            let event = tokio::select! {
-                event = event_loop.poll(), if unacked < MAX_UNACKED => event,
+            let event = if let Some(event) = polled.take() {
+                event
+            } else {
+                tokio::select! {
+                event = event_loop.poll(), if unacked < MAX_UNACKED && read_after.is_none() => event,
+                () = sleep_until_or_never(read_after) => {
+                    read_after = None;
+                    continue;
+                }
                 _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
                     let written = write_acks(&mut event_loop, &mut ready, session).await;
                     unacked = unacked.saturating_sub(written);
@@ -256,6 +275,7 @@ impl MqttDevices {
                     }
                     continue;
                 }
+                }
             };
             // A burst of publishes arrives in one read, and rumqttc keeps what it read in its
             // event queue: those are handled here one after the other, not each through the
@@ -265,18 +285,29 @@ impl MqttDevices {
             loop {
                 let current = match next.take() {
                     Some(event) => event,
-                    None if unacked < MAX_UNACKED
-                        && matches!(
-                            event_loop.state.events.front(),
-                            Some(Event::Incoming(Packet::Publish(_)))
-                        ) =>
-                    {
-                        match event_loop.state.events.pop_front() {
-                            Some(event) => Ok(event),
-                            None => break,
+                    None if unacked >= MAX_UNACKED || burst.pkids.len() >= MAX_BURST => break,
+                    None => match event_loop.state.events.front() {
+                        Some(Event::Incoming(Packet::Publish(_))) => {
+                            match event_loop.state.events.pop_front() {
+                                Some(event) => Ok(event),
+                                None => break,
+                            }
                         }
-                    }
-                    None => break,
+                        Some(_) => break,
+                        // rumqttc reads at most 10 packets a poll: the burst goes on with what
+                        // the connection holds already, until a read would wait.
+                        None => match event_loop.poll().now_or_never() {
+                            Some(Ok(Event::Incoming(Packet::Publish(publish)))) => {
+                                Ok(Event::Incoming(Packet::Publish(publish)))
+                            }
+                            Some(other) => {
+                                // Handled after this burst is handed over.
+                                polled = Some(other);
+                                break;
+                            }
+                            None => break,
+                        },
+                    },
                 };
                 match current {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -351,6 +382,12 @@ impl MqttDevices {
                         }
                     }
                 }
+            }
+            // A busy broker connection is read every BURST_PAUSE rather than whenever a few
+            // messages arrive: each read costs a wake-up, a system call and a TCP ack, and the
+            // messages wait at most that long (a lone scan is read at once).
+            if burst.pkids.len() >= BURST_PAUSE_AFTER {
+                read_after = Some(tokio::time::Instant::now() + BURST_PAUSE);
             }
             if !self.hand_over(&mut burst, session, &pending_tx).await {
                 break 'connection;
