@@ -50,7 +50,7 @@ impl HttpTransport {
     }
 
     /// One attempt to deliver `body`.
-    pub async fn deliver(&self, body: &[u8], compression: Compression) -> Delivery {
+    pub async fn deliver(&self, body: &bytes::Bytes, compression: Compression) -> Delivery {
         let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
@@ -94,7 +94,7 @@ impl HttpTransport {
             .client
             .post(&self.endpoint)
             .headers(headers)
-            .body(body.to_vec())
+            .body(body.clone())
             .send()
             .await;
         let response = match response {

@@ -31,6 +31,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
 use chrono::{DateTime, Local};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -123,7 +124,7 @@ enum Transport {
 }
 
 impl Transport {
-    async fn deliver(&mut self, body: &[u8], compression: Compression) -> Delivery {
+    async fn deliver(&mut self, body: &Bytes, compression: Compression) -> Delivery {
         match self {
             Transport::Http(http) => http.deliver(body, compression).await,
             Transport::Mqtt(mqtt) => mqtt.deliver(body).await,
@@ -156,6 +157,7 @@ pub fn spawn(
         status: status_tx,
         stop,
         removing: None,
+        ndjson: Vec::new(),
     };
     let task = tokio::spawn(uplink.run());
     Ok(UplinkHandle { status, task })
@@ -184,6 +186,9 @@ struct Uplink {
     stop: CancellationToken,
     /// The journal delete of the last accepted batch, still running.
     removing: Option<JoinHandle<Result<(), JournalError>>>,
+    /// Where a batch's NDJSON is put together before it is compressed (kept: its memory is
+    /// reused from batch to batch).
+    ndjson: Vec<u8>,
 }
 
 impl Uplink {
@@ -344,7 +349,7 @@ impl Uplink {
 
     /// Sends `records` until HQ gives a definite answer, backing off on transient failures.
     async fn deliver_with_retry(&mut self, records: &[StoredRecord]) -> Result<Verdict, Stopped> {
-        let body = encode(records, self.settings.compression);
+        let body = encode(records, self.settings.compression, &mut self.ndjson);
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(RETRY_MIN)
             .with_max_delay(RETRY_MAX)
@@ -414,26 +419,28 @@ enum Verdict {
     Split(String),
 }
 
-/// The request body: the records' stored bytes as NDJSON, compressed as configured.
-pub fn encode(records: &[StoredRecord], compression: Compression) -> Vec<u8> {
-    let size: usize = records.iter().map(|r| r.bytes.len() + 1).sum();
-    let mut ndjson = Vec::with_capacity(size);
+/// The request body: the records' stored bytes as NDJSON, compressed as configured. `ndjson`
+/// is scratch space (its memory is reused; a fresh buffer of a batch's size every time was
+/// page faults and heap trims).
+pub fn encode(records: &[StoredRecord], compression: Compression, ndjson: &mut Vec<u8>) -> Bytes {
+    ndjson.clear();
     for record in records {
         ndjson.extend_from_slice(&record.bytes);
         ndjson.push(b'\n');
     }
-    match compression {
-        Compression::None => ndjson,
+    let body = match compression {
+        Compression::None => ndjson.clone(),
         Compression::Gzip => {
             use std::io::Write;
             let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(size / 4),
+                Vec::with_capacity(ndjson.len() / 4),
                 flate2::Compression::fast(),
             );
             // Writing into a Vec cannot fail.
-            let _ = encoder.write_all(&ndjson);
+            let _ = encoder.write_all(ndjson);
             encoder.finish().unwrap_or_default()
         }
-        Compression::Zstd => zstd::bulk::compress(&ndjson, 1).unwrap_or_default(),
-    }
+        Compression::Zstd => zstd::bulk::compress(ndjson, 1).unwrap_or_default(),
+    };
+    Bytes::from(body)
 }
