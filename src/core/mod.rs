@@ -617,17 +617,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_is_answered_once_after_its_last_record() {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let journal = crate::journal::open(crate::journal::JournalConfig {
-            data_dir: dir.path().to_path_buf(),
-            store: "S".into(),
-            gateway: "gw".into(),
-            flush: Duration::from_millis(5),
-            version: "test",
-            max_bytes: None,
-        })
-        .await
-        .expect("journal")
-        .handle;
+        let journal = crate::journal::open_for_test(dir.path(), Duration::from_millis(5)).await;
         let mut durable = Vec::new();
         for code in ["1", "2", "3"] {
             let appended = journal

@@ -682,17 +682,7 @@ mod tests {
         let redeliver = Arc::new(tokio::sync::Notify::new());
         let acker = tokio::spawn(acknowledge(acks, rx, redeliver.clone()));
         let dir = tempfile::tempdir().expect("temporary folder");
-        let journal = crate::journal::open(crate::journal::JournalConfig {
-            data_dir: dir.path().to_path_buf(),
-            store: "S".into(),
-            gateway: "gw".into(),
-            flush: Duration::from_millis(5),
-            version: "test",
-            max_bytes: None,
-        })
-        .await
-        .expect("journal")
-        .handle;
+        let journal = crate::journal::open_for_test(dir.path(), Duration::from_millis(5)).await;
         let group = |first: u16| Acks {
             session: 1,
             pkids: vec![first, first + 1],

@@ -232,3 +232,23 @@ pub use writer::{
     open, Appended, AppendedBatch, Durable, JournalConfig, JournalHandle, JournalStats, Opened,
     MAX_BATCH_RECORDS,
 };
+
+/// A journal in `dir` for other modules' tests (store `S`, gateway `gw`), fsyncing every
+/// `flush`.
+#[cfg(test)]
+pub(crate) async fn open_for_test(
+    dir: &std::path::Path,
+    flush: std::time::Duration,
+) -> JournalHandle {
+    open(JournalConfig {
+        data_dir: dir.to_path_buf(),
+        store: "S".into(),
+        gateway: "gw".into(),
+        flush,
+        version: "test",
+        max_bytes: None,
+    })
+    .await
+    .expect("journal")
+    .handle
+}

@@ -108,23 +108,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::journal::JournalConfig;
 
     #[tokio::test]
     async fn the_state_is_saved_only_once_the_scans_before_it_are_durable() {
         let dir = tempfile::tempdir().unwrap();
         // A flush interval longer than the test: records stay not durable until close.
-        let opened = crate::journal::open(JournalConfig {
-            data_dir: dir.path().to_path_buf(),
-            store: "S".into(),
-            gateway: "gw".into(),
-            flush: Duration::from_secs(3600),
-            version: "test",
-            max_bytes: None,
-        })
-        .await
-        .expect("journal");
-        let journal = opened.handle;
+        let journal = crate::journal::open_for_test(dir.path(), Duration::from_secs(3600)).await;
         let prompts = JournalPrompts::new(journal.clone(), Metrics::new(), dir.path());
         journal
             .append_value(Kind::Scan, &serde_json::json!({"code": "6901234567892"}))
