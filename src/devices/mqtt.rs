@@ -249,32 +249,32 @@ impl MqttDevices {
                 event
             } else {
                 tokio::select! {
-                event = event_loop.poll(), if unacked < MAX_UNACKED && read_after.is_none() => event,
-                () = sleep_until_or_never(read_after) => {
-                    read_after = None;
-                    continue;
-                }
-                _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
-                    let written = write_acks(&mut event_loop, &mut ready, session).await;
-                    unacked = unacked.saturating_sub(written);
-                    continue;
-                }
-                () = shutdown.cancelled() => break,
-                () = redeliver.notified(), if reconnect_at.is_none() => {
-                    reconnect_at = Some(tokio::time::Instant::now() + REDELIVER_AFTER);
-                    continue;
-                }
-                () = sleep_until_or_never(reconnect_at) => {
-                    reconnect_at = None;
-                    // What was left unacknowledged is delivered again; the disconnect needs the
-                    // connection polled.
-                    unacked = 0;
-                    tracing::warn!("mqtt devices: reconnecting so the broker redelivers unrecorded messages");
-                    if let Err(error) = client.try_disconnect() {
-                        tracing::debug!(%error, "cannot queue the disconnect");
+                    event = event_loop.poll(), if unacked < MAX_UNACKED && read_after.is_none() => event,
+                    () = sleep_until_or_never(read_after) => {
+                        read_after = None;
+                        continue;
                     }
-                    continue;
-                }
+                    _ = acks_rx.recv_many(&mut ready, ACK_BATCH) => {
+                        let written = write_acks(&mut event_loop, &mut ready, session).await;
+                        unacked = unacked.saturating_sub(written);
+                        continue;
+                    }
+                    () = shutdown.cancelled() => break,
+                    () = redeliver.notified(), if reconnect_at.is_none() => {
+                        reconnect_at = Some(tokio::time::Instant::now() + REDELIVER_AFTER);
+                        continue;
+                    }
+                    () = sleep_until_or_never(reconnect_at) => {
+                        reconnect_at = None;
+                        // What was left unacknowledged is delivered again; the disconnect needs the
+                        // connection polled.
+                        unacked = 0;
+                        tracing::warn!("mqtt devices: reconnecting so the broker redelivers unrecorded messages");
+                        if let Err(error) = client.try_disconnect() {
+                            tracing::debug!(%error, "cannot queue the disconnect");
+                        }
+                        continue;
+                    }
                 }
             };
             // A burst of publishes arrives in one read, and rumqttc keeps what it read in its
