@@ -39,7 +39,7 @@
 //! 7. Records leave the records tree only through [`JournalHandle::remove_through`] (after HQ
 //!    acknowledged them), [`JournalHandle::move_to_dead`] (HQ rejected one) or eviction over
 //!    the quota (below, counted and recorded); nothing is dropped silently. All three write the
-//!    floors before (or in the same sled batch as) the removal.
+//!    floors before the removal (or in the same sled transaction, for a dead letter).
 //!
 //! # On-disk layout
 //!
@@ -117,7 +117,8 @@
 //!
 //! The actor hands the buffer to the kernel at each flush (or once it passes 1 MiB) and fsyncs
 //! the segment files written since the last flush, the segment folder if a file was created,
-//! and sled, on a blocking thread (`store::FlushJob`), never on its own task, so appends keep
+//! and sled when a removal's changes are due (below), on a blocking thread (`store::FlushJob`),
+//! never on its own task, so appends keep
 //! flowing while a flush runs:
 //! - at most one flush is in flight;
 //! - a flush starts once the oldest write not covered by a started flush is `flush` old (with
@@ -127,10 +128,12 @@
 //!   on a `watch` channel; [`Durable::wait`] resolves from there (MQTT PUBACK-after-durable and
 //!   the uplink reader both use it).
 //!
-//! Removal after upload writes the acknowledged position (with the floors) into meta and
-//! deletes the segment files below it, never the last one (its last record tells the next seq).
-//! It is fsynced lazily: by the next append's flush, or within a second. Nothing waits on it,
-//! and a removal lost in a crash only means records HQ already holds are sent again.
+//! Removal after upload writes the floors, then the acknowledged position, into meta (plain
+//! inserts: sled writes its log out for every batch) and deletes the segment files below it,
+//! never the last one (its last record tells the next seq; sled is fsynced before a file goes).
+//! It is fsynced lazily, by the first flush a second after it: the flushes of appends leave sled
+//! out. Nothing waits on it, and a removal lost in a crash only means records HQ already holds
+//! are sent again.
 //! Dead-lettering and eviction take single records out: the dead letter and the floors are
 //! made durable first, then the segment is rewritten without them (temporary file, fsync,
 //! rename, folder fsync); a crash in between leaves the record in the log, to be sent again.

@@ -1794,6 +1794,20 @@ fn file_size_limit(bytes: u64) {
 }
 
 /// The size of the largest segment file of the journal in `dir`.
+/// Appends `bulky_scan(i)` while the log cannot be written: the actor must still answer (not
+/// spin on the failed flush) and take the record into memory.
+async fn accepted_in_time(journal: &JournalHandle, i: u64) -> Appended {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        journal.append(Kind::Scan, bulky_scan(i)),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!("append {i}: the journal actor does not answer (spinning on the failed flush)")
+    })
+    .expect("accepted into memory")
+}
+
 fn largest_segment(dir: &Path) -> u64 {
     let mut largest = 0;
     for entry in
@@ -1827,17 +1841,7 @@ fn a_full_disk_with_flush_zero_does_not_spin_the_actor() {
         file_size_limit(largest_segment(dir.path()));
         let mut accepted = Vec::new();
         for i in 1..=3 {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(5),
-                journal.append(Kind::Scan, bulky_scan(i)),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "append {i}: the journal actor does not answer (spinning on the failed flush)"
-                )
-            });
-            accepted.push(answer.expect("accepted into memory"));
+            accepted.push(accepted_in_time(&journal, i).await);
         }
         file_size_limit(libc::RLIM_INFINITY);
         all_durable(&accepted).await;
@@ -1879,13 +1883,7 @@ fn a_full_disk_after_a_removal_does_not_spin_the_actor() {
             .expect("accepted into memory");
         // Past the removal's flush deadline, with the write failing all along.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let answer = tokio::time::timeout(
-            Duration::from_secs(5),
-            journal.append(Kind::Scan, bulky_scan(7778)),
-        )
-        .await
-        .expect("the journal actor does not answer (spinning on the failed flush)");
-        let again = answer.expect("accepted into memory");
+        let again = accepted_in_time(&journal, 7778).await;
         file_size_limit(libc::RLIM_INFINITY);
         all_durable([&held, &again]).await;
         journal.close().await.expect("close");
