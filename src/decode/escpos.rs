@@ -939,11 +939,10 @@ mod tests {
 
     use super::*;
 
-    /// receipt-a from shared/fixtures, found relative to this file (works in the repository and
-    /// in CI, where shared/ sits beside the checkout).
-    const RECEIPT_A: &[u8] = include_bytes!("../../../shared/fixtures/receipt-a.bin");
+    /// receipt-a from the repository's `tests/fixtures`.
+    const RECEIPT_A: &[u8] = include_bytes!("../../tests/fixtures/receipt-a.bin");
     /// The lines receipt-a must decode to.
-    const RECEIPT_A_TXT: &str = include_str!("../../../shared/fixtures/receipt-a.txt");
+    const RECEIPT_A_TXT: &str = include_str!("../../tests/fixtures/receipt-a.txt");
 
     fn settings() -> EscposSettings {
         EscposSettings::default()

@@ -202,12 +202,12 @@ mod tests {
         decode_scan(frame, &CTX)
     }
 
-    /// Where the shared GS1 vectors live: `../shared/fixtures` beside the crate, unless
-    /// `POSGW_FIXTURES` names another folder.
+    /// Where the GS1 vectors live: the repository's `tests/fixtures`, unless `POSGW_FIXTURES`
+    /// names another folder.
     fn fixture(name: &str) -> std::path::PathBuf {
         let dir = std::env::var_os("POSGW_FIXTURES")
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures").into());
+            .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures").into());
         dir.join(name)
     }
 

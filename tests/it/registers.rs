@@ -12,8 +12,8 @@ use tokio_serial::SerialPortBuilderExt;
 use crate::harness::{client, of_kind, Gateway, PtyScanner, Store, DEADLINE};
 use crate::prompts::campaign_store;
 
-const RECEIPT_A: &[u8] = include_bytes!("../../../shared/fixtures/receipt-a.bin");
-const RECEIPT_A_TEXT: &str = include_str!("../../../shared/fixtures/receipt-a.txt");
+const RECEIPT_A: &[u8] = include_bytes!("../fixtures/receipt-a.bin");
+const RECEIPT_A_TEXT: &str = include_str!("../fixtures/receipt-a.txt");
 
 /// A register device on the pty link `register`, appended to the store's config.
 fn add_register(store: &Store, profile: &str, extra: &str) {
