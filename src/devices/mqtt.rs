@@ -196,7 +196,6 @@ impl MqttDevices {
             options.set_request_channel_capacity(REQUEST_QUEUE);
             let guard = OversizeGuard::new(
                 "mqtt devices",
-                &crate::mqtt::BrokerUrl::parse(&self.settings.url)?,
                 &options,
                 self.settings.max_message,
                 self.oversize.clone(),

@@ -46,13 +46,14 @@ use bytes::{Buf, BufMut, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use rumqttc::tokio_rustls::rustls::pki_types::ServerName;
 use rumqttc::tokio_rustls::TlsConnector;
-use rumqttc::{ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, StateError, Transport};
+use rumqttc::{
+    ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, StateError, TlsConfiguration,
+    Transport,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use super::BrokerUrl;
 
 /// Length of the random marker that starts a stand-in's payload.
 const MARKER_LEN: usize = 16;
@@ -132,29 +133,28 @@ impl Armed {
 }
 
 impl OversizeGuard {
-    /// A guard for a connection made with `direct` (whose incoming limit is `limit`) to `url`.
+    /// A guard for a connection made with `direct` (TCP, or TLS with a rustls configuration),
+    /// whose incoming limit is `limit`. The relay reaches the same broker the same way.
     pub fn new(
         name: &'static str,
-        url: &BrokerUrl,
         direct: &MqttOptions,
         limit: usize,
         counter: Counter,
     ) -> anyhow::Result<OversizeGuard> {
-        let tls = if url.tls {
-            let name = ServerName::try_from(url.host.clone())
-                .map_err(|error| anyhow::anyhow!("'{}' is not a host name: {error}", url.host))?;
-            Some((TlsConnector::from(Arc::new(super::tls_config()?)), name))
-        } else {
-            None
+        let (host, port) = direct.broker_address();
+        let tls = match direct.transport() {
+            Transport::Tcp => None,
+            Transport::Tls(TlsConfiguration::Rustls(config)) => {
+                let server = ServerName::try_from(host.clone())
+                    .map_err(|error| anyhow::anyhow!("'{host}' is not a host name: {error}"))?;
+                Some((TlsConnector::from(config), server))
+            }
+            _ => anyhow::bail!("the size filter supports TCP and rustls TLS connections only"),
         };
         Ok(OversizeGuard {
             name,
             direct: direct.clone(),
-            target: Arc::new(Target {
-                host: url.host.clone(),
-                port: url.port,
-                tls,
-            }),
+            target: Arc::new(Target { host, port, tls }),
             limit,
             marker: OversizeMarker::random(),
             counter,
@@ -704,54 +704,135 @@ mod tests {
 #[cfg(test)]
 mod relay_tests {
     use super::*;
+    use rumqttc::tokio_rustls::rustls;
+    use rumqttc::tokio_rustls::TlsAcceptor;
     use rumqttc::{AsyncClient, ConnAck, ConnectReturnCode};
     use tokio::net::TcpListener;
 
     /// After a connection fails on an oversize message, the next one goes through the relay to
-    /// the broker, which sees the same CONNECT; the oversize PUBLISH arrives as a stand-in.
+    /// the broker, which sees the same CONNECT; the oversize PUBLISH arrives as a stand-in; the
+    /// connection after that goes straight to the broker again.
     #[tokio::test]
     async fn the_connection_after_an_oversize_message_goes_through_the_filter() {
         let broker = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = broker.local_addr().expect("address").port();
-        let url = BrokerUrl::parse(&format!("mqtt://127.0.0.1:{port}")).expect("url");
-        let mut direct = MqttOptions::new("posgw-test-devices", "127.0.0.1", port);
+        let direct = MqttOptions::new("posgw-test-devices", "127.0.0.1", port);
+        relay_round_trip(broker, direct, None).await;
+    }
+
+    /// The same over TLS: the relay uses the connection's own rustls configuration and checks
+    /// the broker's certificate for the broker's host name.
+    #[tokio::test]
+    async fn the_filter_reaches_a_tls_broker_with_the_connections_tls_settings() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let (ca, chain, key) = test_certificates(dir.path());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).expect("test CA");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let broker = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = broker.local_addr().expect("address").port();
+        let mut direct = MqttOptions::new("posgw-test-devices", "localhost", port);
+        direct.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(client),
+        )));
+        relay_round_trip(broker, direct, Some(TlsAcceptor::from(Arc::new(server)))).await;
+    }
+
+    /// A CA and a certificate for `localhost` signed by it, made with the openssl command.
+    fn test_certificates(
+        dir: &Path,
+    ) -> (
+        rustls::pki_types::CertificateDer<'static>,
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let script = "set -e
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout ca.key -out ca.pem -subj /CN=posgw-test-ca -days 2 2>/dev/null
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout leaf.key -out leaf.csr -subj /CN=localhost 2>/dev/null
+            printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' > leaf.ext
+            openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                -out leaf.pem -days 2 -extfile leaf.ext 2>/dev/null
+            openssl x509 -in ca.pem -outform DER -out ca.der
+            openssl x509 -in leaf.pem -outform DER -out leaf.der
+            openssl pkcs8 -topk8 -nocrypt -in leaf.key -outform DER -out leaf.key.der";
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl made the test certificates");
+        let read = |name: &str| std::fs::read(dir.join(name)).expect("certificate file");
+        (
+            read("ca.der").into(),
+            vec![read("leaf.der").into()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(read("leaf.key.der").into()),
+        )
+    }
+
+    /// A fake broker on `broker` (behind TLS with `tls`): takes a CONNECT, answers CONNACK and a
+    /// 5,000-byte PUBLISH, and returns the CONNECT once the client leaves.
+    async fn fake_broker(broker: TcpListener, tls: Option<TlsAcceptor>) -> Packet {
+        let (socket, _) = broker.accept().await.expect("accept");
+        let mut socket: Box<dyn Stream> = match tls {
+            Some(tls) => Box::new(tls.accept(socket).await.expect("TLS handshake")),
+            None => Box::new(socket),
+        };
+        let mut bytes = BytesMut::new();
+        let connect = loop {
+            socket.read_buf(&mut bytes).await.expect("read");
+            match Packet::read(&mut bytes, 10_000) {
+                Ok(packet) => break packet,
+                Err(rumqttc::Error::InsufficientBytes(_)) => continue,
+                Err(error) => panic!("{error}"),
+            }
+        };
+        let mut out = BytesMut::new();
+        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, true))
+            .write(&mut out, usize::MAX)
+            .expect("encode");
+        let mut big = rumqttc::Publish::new("t", QoS::AtLeastOnce, vec![1u8; 5000]);
+        big.pkid = 3;
+        Packet::Publish(big)
+            .write(&mut out, usize::MAX)
+            .expect("encode");
+        socket.write_all(&out).await.expect("write");
+        socket.flush().await.expect("flush");
+        // Until the client leaves.
+        while socket.read_buf(&mut bytes).await.is_ok_and(|read| read > 0) {}
+        connect
+    }
+
+    async fn relay_round_trip(
+        broker: TcpListener,
+        mut direct: MqttOptions,
+        tls: Option<TlsAcceptor>,
+    ) {
         direct
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_max_packet_size(1000, 1000);
         let counter = Counter::default();
-        let mut guard =
-            OversizeGuard::new("test", &url, &direct, 1000, counter.clone()).expect("guard");
-        let (_client, mut event_loop) = AsyncClient::new(direct, 10);
+        let mut guard = OversizeGuard::new("test", &direct, 1000, counter.clone()).expect("guard");
+        let (_client, mut event_loop) = AsyncClient::new(direct.clone(), 10);
         let error = ConnectionError::MqttState(StateError::Deserialization(
             rumqttc::Error::PayloadSizeLimitExceeded(5000),
         ));
         assert_eq!(guard.failed(&mut event_loop, &error), Some(5000));
-        let fake_broker = tokio::spawn(async move {
-            let (mut socket, _) = broker.accept().await.expect("accept");
-            let mut bytes = BytesMut::new();
-            let connect = loop {
-                socket.read_buf(&mut bytes).await.expect("read");
-                match Packet::read(&mut bytes, 10_000) {
-                    Ok(packet) => break packet,
-                    Err(rumqttc::Error::InsufficientBytes(_)) => continue,
-                    Err(error) => panic!("{error}"),
-                }
-            };
-            let mut out = BytesMut::new();
-            Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, true))
-                .write(&mut out, usize::MAX)
-                .expect("encode");
-            let mut big = rumqttc::Publish::new("t", QoS::AtLeastOnce, vec![1u8; 5000]);
-            big.pkid = 3;
-            Packet::Publish(big)
-                .write(&mut out, usize::MAX)
-                .expect("encode");
-            socket.write_all(&out).await.expect("write");
-            // Hold the connection until the test is done.
-            let _ = socket.read_buf(&mut bytes).await;
-            connect
-        });
+        let fake_broker = tokio::spawn(fake_broker(broker, tls));
         let connack = tokio::time::timeout(Duration::from_secs(5), event_loop.poll())
             .await
             .expect("in time");
@@ -774,13 +855,19 @@ mod relay_tests {
         assert_eq!(guard.marker().size(&publish.payload), Some(5000));
         assert_eq!(counter.get(), 1);
         event_loop.network = None;
-        let connect = fake_broker.await.expect("fake broker");
+        let connect = tokio::time::timeout(Duration::from_secs(5), fake_broker)
+            .await
+            .expect("in time")
+            .expect("fake broker");
         assert!(
             matches!(&connect, Packet::Connect(connect) if connect.client_id == "posgw-test-devices" && !connect.clean_session),
             "{connect:?}"
         );
         // The next connection goes straight to the broker again.
-        assert_eq!(event_loop.mqtt_options.broker_address().1, url.port);
+        assert_eq!(
+            event_loop.mqtt_options.broker_address(),
+            direct.broker_address()
+        );
         assert!(guard.armed.is_none());
     }
 }

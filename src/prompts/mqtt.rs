@@ -142,13 +142,7 @@ pub fn spawn(
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut options = mqtt::store_broker_options(settings, store, gateway, ROLE, MAX_PACKET)?;
     options.set_manual_acks(true);
-    let guard = OversizeGuard::new(
-        "mqtt prompt channel",
-        &mqtt::BrokerUrl::parse(&settings.url)?,
-        &options,
-        MAX_PACKET,
-        oversize,
-    )?;
+    let guard = OversizeGuard::new("mqtt prompt channel", &options, MAX_PACKET, oversize)?;
     let (client, event_loop) = AsyncClient::new(options, REQUEST_QUEUE);
     let topics = Arc::new(Topics::new(store));
     tracing::info!(broker = %settings.url, topic = %topics.answers(), "mqtt prompt channel starting");
