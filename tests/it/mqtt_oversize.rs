@@ -33,7 +33,7 @@ impl Client {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options
             .set_keep_alive(Duration::from_secs(5))
-            .set_max_packet_size(4 << 20, 4 << 20);
+            .set_max_packet_size(65 << 20, 65 << 20);
         let (client, mut event_loop) = AsyncClient::new(options, 64);
         let (acks_tx, acks) = mpsc::unbounded_channel();
         let (incoming_tx, incoming) = mpsc::unbounded_channel();
@@ -327,4 +327,64 @@ fn rand_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos())
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .expect("a number of kB");
+    kib * 1024
+}
+
+/// The filter skips the payload as it streams by: a 64 MiB message costs the gateway a read
+/// buffer, not 64 MiB.
+#[tokio::test]
+async fn a_64_mib_message_is_read_by_its_size_in_bounded_memory() {
+    const HUGE: usize = 64 << 20;
+    let broker = Mosquitto::start();
+    let store = device_store(&broker);
+    let _serial = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("mqtt-scanner-1", "connected").await;
+    let topic = "store/till-1/scanner";
+    let mut scanner = Client::connect(broker.port, "test-scanner").await;
+    scanner.publish(topic, "]C0BEFORE-1").await;
+    gateway.wait_records("scan", 1).await;
+    let before = peak_rss(gateway.child.id());
+
+    let client = scanner.client.clone();
+    let publish = tokio::spawn(async move {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, vec![b'9'; HUGE])
+            .await
+            .expect("queue the publish");
+    });
+    publish.await.expect("queued");
+    tokio::time::timeout(DEADLINE, scanner.acks.recv())
+        .await
+        .expect("the broker acknowledges in time")
+        .expect("the client runs");
+    scanner.publish(topic, "]C0AFTER-1").await;
+    gateway.wait_records("scan", 2).await;
+    assert_eq!(gateway.metric(OVERSIZE_DEVICES).await, 1.0);
+    let after = peak_rss(gateway.child.id());
+    eprintln!(
+        "peak RSS {:.1} MiB before the {} MiB message, {:.1} MiB after",
+        before as f64 / 1048576.0,
+        HUGE >> 20,
+        after as f64 / 1048576.0
+    );
+    assert!(
+        after < before + (8 << 20),
+        "peak RSS grew from {before} to {after} bytes"
+    );
+    assert!(gateway.stop().await.success());
 }
