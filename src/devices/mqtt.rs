@@ -65,6 +65,7 @@ use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
 use crate::config::{DecoderKind, DeviceSettings, MqttSettings, PayloadFormat, PayloadSettings};
 use crate::journal::Durable;
 use crate::mqtt::OversizeGuard;
+
 /// Requests (acks, subscriptions) that may queue for the event loop.
 const REQUEST_QUEUE: usize = 65_536;
 /// Longest pause between reconnection attempts.

@@ -23,6 +23,10 @@
 //! broker forgets it. The messages before and after it pass unchanged and in order. A payload
 //! cannot fake a stand-in: the marker is 16 random bytes that never leave the process.
 //!
+//! Only PUBLISH packets are filtered: nothing else a broker sends comes near the limit (a broker
+//! that sent, say, an oversize SUBACK would still fail every connection, now each through the
+//! filter).
+//!
 //! # Bounds
 //! Memory stays bounded whatever the broker sends: the filter holds one read buffer and at most
 //! one PUBLISH's topic and packet id (64 KiB + 4 bytes); rumqttc holds at most the configured
@@ -747,6 +751,34 @@ mod relay_tests {
             Arc::new(client),
         )));
         relay_round_trip(broker, direct, Some(TlsAcceptor::from(Arc::new(server)))).await;
+    }
+
+    /// Any other failure leaves the connection as it was, but drops the QoS 1 messages rumqttc
+    /// read in the broken connection and would hand out after the next CONNACK (they are
+    /// delivered again); QoS 0 ones are kept, as nothing delivers them again.
+    #[tokio::test]
+    async fn other_failures_change_nothing_but_drop_what_the_broken_connection_read() {
+        let direct = MqttOptions::new("posgw-test-devices", "127.0.0.1", 1883);
+        let mut guard =
+            OversizeGuard::new("test", &direct, 1000, Counter::default()).expect("guard");
+        let (_client, mut event_loop) = AsyncClient::new(direct, 10);
+        let mut qos1 = rumqttc::Publish::new("t", QoS::AtLeastOnce, "]C0READ-1");
+        qos1.pkid = 1;
+        let qos0 = rumqttc::Publish::new("t", QoS::AtMostOnce, "]C0READ-0");
+        for publish in [qos1, qos0.clone()] {
+            event_loop
+                .state
+                .events
+                .push_back(Event::Incoming(Packet::Publish(publish)));
+        }
+        let error = ConnectionError::Io(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(guard.failed(&mut event_loop, &error), None);
+        assert_eq!(
+            event_loop.state.events.iter().collect::<Vec<_>>(),
+            [&Event::Incoming(Packet::Publish(qos0))]
+        );
+        assert_eq!(event_loop.mqtt_options.broker_address().1, 1883);
+        assert!(guard.armed.is_none() && guard.dir.is_none());
     }
 
     /// A CA and a certificate for `localhost` signed by it, made with the openssl command.
