@@ -58,10 +58,10 @@
 //! - Taken: [`PromptsHandle::answer`] returned, so its `attribution` record is durable. Ack.
 //! - Refused for good (unknown prompt, already resolved, option not offered, malformed JSON, or
 //!   over [`MAX_PACKET`], which is not read: see below): a warning with the reason, an
-//!   `answer/error` reply, then ack. Exception: a repeat of an
-//!   answer this process already took (same prompt and option, remembered for the last
-//!   [`TAKEN_MEMORY`] answers) is a redelivery, for instance after a connection dropped
-//!   before our PUBACK left. It is acked without a reply.
+//!   `answer/error` reply, then ack. Exception: a repeat of an answer this process already took
+//!   (same prompt and option, remembered for the last [`TAKEN_MEMORY`] answers) is a
+//!   redelivery, for instance after a connection dropped before our PUBACK left. It is acked
+//!   without a reply.
 //! - The engine is unavailable (the journal failed, or shutdown): warning and an
 //!   `answer/error` reply, but no ack. The broker delivers it again after the next reconnect
 //!   (MQTT 3.1.1 redelivers only then), and it is taken if the engine is back.
