@@ -140,6 +140,7 @@ pub async fn run(
             &settings.gateway.store,
             &settings.gateway.id,
             prompts.clone(),
+            metrics.mqtt_oversize("prompts"),
             stop.child_token(),
         )?),
         None => None,
@@ -179,6 +180,7 @@ pub async fn run(
                 gateway: settings.gateway.id.clone(),
                 devices: mqtt_devices,
                 events: core.events.clone(),
+                oversize: metrics.mqtt_oversize("devices"),
             };
             device_tasks.spawn(task.run(stop.child_token()));
         }

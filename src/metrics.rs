@@ -34,6 +34,13 @@ pub struct DeviceLabel {
     pub device: String,
 }
 
+/// Label set for the two connections to the store's broker.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    /// `devices` (MQTT devices) or `prompts` (the prompt channel).
+    pub channel: String,
+}
+
 /// Every metric the gateway exports. Cheap to clone: all members are shared handles.
 #[derive(Clone)]
 pub struct Metrics {
@@ -62,6 +69,9 @@ pub struct Metrics {
     pub uplink_retries: Counter,
     /// Records moved to the dead-letter set after HQ refused them (`posgw_uplink_dead_records_total`).
     pub uplink_dead: Counter,
+    /// MQTT messages over the size limit, read by size only and acknowledged, by connection
+    /// (`posgw_mqtt_oversize_messages_total{channel}`); both series exist from the start.
+    pub mqtt_oversize: Family<ChannelLabel, Counter>,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -81,6 +91,13 @@ impl Metrics {
         let uplink_sent = Counter::default();
         let uplink_retries = Counter::default();
         let uplink_dead = Counter::default();
+        let mqtt_oversize = Family::<ChannelLabel, Counter>::default();
+        for channel in ["devices", "prompts"] {
+            // Created now, so the series read 0 before the first oversize message.
+            let _ = mqtt_oversize.get_or_create(&ChannelLabel {
+                channel: channel.to_owned(),
+            });
+        }
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -143,6 +160,11 @@ impl Metrics {
             "Records HQ refused, moved to the dead-letter set",
             uplink_dead.clone(),
         );
+        registry.register(
+            "mqtt_oversize_messages",
+            "MQTT messages over the size limit, recorded by their size and acknowledged",
+            mqtt_oversize.clone(),
+        );
         Metrics {
             records,
             bad_frames,
@@ -156,6 +178,7 @@ impl Metrics {
             uplink_sent,
             uplink_retries,
             uplink_dead,
+            mqtt_oversize,
             registry: Arc::new(registry),
         }
     }
@@ -190,6 +213,15 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// The counter of oversize MQTT messages on `channel` (`devices` or `prompts`).
+    pub fn mqtt_oversize(&self, channel: &str) -> Counter {
+        self.mqtt_oversize
+            .get_or_create(&ChannelLabel {
+                channel: channel.to_owned(),
+            })
+            .clone()
     }
 
     /// Sets the connection gauge of `device`.

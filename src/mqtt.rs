@@ -1,6 +1,11 @@
-//! MQTT connection settings shared by everything that talks to a broker (the MQTT uplink now;
-//! MQTT devices and the prompt channel later): URL parsing, a stable client id, credentials and
-//! TLS (rustls with the system's root certificates).
+//! MQTT connection settings shared by everything that talks to a broker (the MQTT uplink, MQTT
+//! devices and the prompt channel): URL parsing, a stable client id, credentials and TLS (rustls
+//! with the system's root certificates); and, in `oversize`, what keeps a message over the size
+//! limit from stopping a connection to the store's broker.
+
+mod oversize;
+
+pub use oversize::{OversizeGuard, OversizeMarker};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +176,7 @@ mod tests {
             url: "mqtt://127.0.0.1".into(),
             username: username.map(str::to_owned),
             password_file,
+            max_message: 1024 * 1024,
         };
         assert_eq!(store_credentials(&settings(None, None)).expect("ok"), None);
         assert_eq!(

@@ -472,6 +472,29 @@ mod units {
     }
 
     #[test]
+    fn mqtt_max_message_has_a_default_and_is_range_checked() {
+        let mqtt = "\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
+        let settings = Fixture::new(&format!("{BASE}{mqtt}")).load();
+        assert_eq!(settings.mqtt.expect("mqtt").max_message, 1024 * 1024);
+        let settings = Fixture::new(&format!("{BASE}{mqtt}max_message = \"4MiB\"\n")).load();
+        assert_eq!(settings.mqtt.expect("mqtt").max_message, 4 * 1024 * 1024);
+        for (value, found) in [
+            ("\"512\"", "512B"),
+            ("\"17MiB\"", "17MiB"),
+            ("\"1GiB\"", "1GiB"),
+        ] {
+            Fixture::new(&format!("{BASE}{mqtt}max_message = {value}\n")).single_error(
+                &format!(
+                    "posgw.toml:14:15: 'max_message' in [mqtt] must be from 1KiB to 16MiB, found {found}"
+                ),
+            );
+        }
+        Fixture::new(&format!("{BASE}{mqtt}max_message = \"big\"\n")).single_error(
+            "posgw.toml:14:15: 'max_message' in [mqtt] must be a size like \"512KiB\", \"1MiB\" or a number of bytes, found \"big\"",
+        );
+    }
+
+    #[test]
     fn bad_durations_and_sizes_are_all_reported() {
         let fixture = Fixture::new(&format!(
             "{BASE}{UPLINK}batch_max_bytes = \"lots\"\nbatch_max_age = 5\nmax_journal_bytes = -1\ncompression = \"gz\"\nbatch_max_records = 0\n"

@@ -110,6 +110,8 @@ pub(crate) struct RawMqtt {
     pub username: Option<Located<String>>,
     /// File holding the broker password.
     pub password_file: Option<Located<String>>,
+    /// Largest device message read whole (a size).
+    pub max_message: Option<SizeValue>,
 }
 
 /// One `[[campaign]]` as written.
@@ -205,6 +207,7 @@ impl MergeLater for RawConfig {
             overlay(&mut earlier.url, later.url);
             overlay(&mut earlier.username, later.username);
             overlay(&mut earlier.password_file, later.password_file);
+            overlay(&mut earlier.max_message, later.max_message);
         });
         if let Some(campaigns) = later.campaign {
             self.campaign.get_or_insert_with(Vec::new).extend(campaigns);

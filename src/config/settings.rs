@@ -174,6 +174,10 @@ pub struct MqttSettings {
     pub username: Option<String>,
     /// File holding the password (read at connect time, never logged).
     pub password_file: Option<PathBuf>,
+    /// Largest message on a device topic that is read whole (its topic and payload, in bytes);
+    /// a larger one is recorded by its size as a `bad_frame` and acknowledged. Default 1 MiB,
+    /// from 1 KiB to 16 MiB.
+    pub max_message: usize,
 }
 
 /// One `[[campaign]]`.

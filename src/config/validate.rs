@@ -18,6 +18,7 @@ use super::settings::{
     PromptOption, Role, SerialSettings, Settings, SkuPattern, Transport, UplinkSettings,
 };
 use super::source::{suggest, Located, Report, Span};
+use super::units;
 
 /// `[gateway] data_dir` when not set.
 const DEFAULT_DATA_DIR: &str = "/var/lib/posgw";
@@ -37,6 +38,13 @@ const DEFAULT_BATCH_MAX_BYTES: u64 = 1024 * 1024;
 const DEFAULT_BATCH_MAX_AGE: Duration = Duration::from_secs(1);
 /// `[uplink] max_journal_bytes` when not set (2GiB).
 const DEFAULT_MAX_JOURNAL_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// `[mqtt] max_message` when not set (1MiB).
+const DEFAULT_MAX_MESSAGE: u64 = 1024 * 1024;
+/// The smallest `[mqtt] max_message` (1KiB): below it, ordinary sales would not fit.
+const MIN_MAX_MESSAGE: u64 = 1024;
+/// The largest `[mqtt] max_message` (16MiB): each message read whole is held in memory.
+const MAX_MAX_MESSAGE: u64 = 16 * 1024 * 1024;
 
 /// Characters allowed in a store code besides ASCII letters and digits.
 const STORE_EXTRA: &[char] = &['-', '_'];
@@ -605,6 +613,25 @@ fn mqtt_settings(
         .password_file
         .as_ref()
         .and_then(|file| check::path(report, base_dir, file, "'password_file' in [mqtt]"));
+    let max_message = match &mqtt.max_message {
+        None => Some(DEFAULT_MAX_MESSAGE),
+        Some(value) => check::size(report, value, "'max_message' in [mqtt]").and_then(|bytes| {
+            if (MIN_MAX_MESSAGE..=MAX_MAX_MESSAGE).contains(&bytes) {
+                Some(bytes)
+            } else {
+                report.error(
+                    &value.span,
+                    format!(
+                        "'max_message' in [mqtt] must be from {} to {}, found {}",
+                        units::format_size(MIN_MAX_MESSAGE),
+                        units::format_size(MAX_MAX_MESSAGE),
+                        units::format_size(bytes)
+                    ),
+                );
+                None
+            }
+        }),
+    };
     if report.problem_count() > problems_before {
         return None;
     }
@@ -612,6 +639,8 @@ fn mqtt_settings(
         url: url?,
         username,
         password_file,
+        // At most MAX_MAX_MESSAGE: fits any usize.
+        max_message: usize::try_from(max_message?).unwrap_or(usize::MAX),
     })
 }
 

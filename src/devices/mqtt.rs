@@ -37,6 +37,10 @@
 //! - `json-sale` devices (`json-register`): the payload is one sale; the core reads it.
 //! - Anything unreadable (not UTF-8, JSON without the code field, an empty code) becomes a
 //!   `device` `bad_frame` with a short reason, acknowledged once that record is durable.
+//! - A message over `[mqtt] max_message` (1 MiB by default) is not read: it becomes a `device`
+//!   `bad_frame` with its size, acknowledged the same way, and the messages around it are read
+//!   as usual ([`crate::mqtt::OversizeGuard`]: the connection after the one it broke reads it by
+//!   its size; counted in `posgw_mqtt_oversize_messages_total{channel="devices"}`).
 //!
 //! # Connection
 //! rumqttc reconnects when its event loop is polled again after an error; this task waits
@@ -60,9 +64,8 @@ use tokio_util::sync::CancellationToken;
 use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
 use crate::config::{DecoderKind, DeviceSettings, MqttSettings, PayloadFormat, PayloadSettings};
 use crate::journal::Durable;
+use crate::mqtt::OversizeGuard;
 
-/// Largest message accepted (a long sale); larger ones are refused by the client library.
-const MAX_PACKET: usize = 1024 * 1024;
 /// Requests (acks, subscriptions) that may queue for the event loop.
 const REQUEST_QUEUE: usize = 65_536;
 /// Longest pause between reconnection attempts.
@@ -124,6 +127,8 @@ pub struct MqttDevices {
     pub devices: Vec<MqttDevice>,
     /// Where events go.
     pub events: mpsc::Sender<DeviceEvent>,
+    /// Counts messages over `max_message`.
+    pub oversize: prometheus_client::metrics::counter::Counter,
 }
 
 /// Messages read in one go, handed to the core as one group.
@@ -180,14 +185,26 @@ impl MqttDevices {
     /// work (an unreadable password file) are recorded as a device `error` for every device,
     /// and the task ends: the rest of the gateway runs on.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut options = match crate::mqtt::store_broker_options(
+        let connection = crate::mqtt::store_broker_options(
             &self.settings,
             &self.store,
             &self.gateway,
             "devices",
-            MAX_PACKET,
-        ) {
-            Ok(options) => options,
+            self.settings.max_message,
+        )
+        .and_then(|mut options| {
+            options.set_manual_acks(true);
+            options.set_request_channel_capacity(REQUEST_QUEUE);
+            let guard = OversizeGuard::new(
+                "mqtt devices",
+                &options,
+                self.settings.max_message,
+                self.oversize.clone(),
+            )?;
+            Ok((options, guard))
+        });
+        let (options, mut guard) = match connection {
+            Ok(connection) => connection,
             Err(error) => {
                 let detail = format!("cannot connect to the broker: {error:#}");
                 tracing::error!("mqtt devices: {detail}");
@@ -198,9 +215,8 @@ impl MqttDevices {
                 return;
             }
         };
-        options.set_manual_acks(true);
-        options.set_request_channel_capacity(REQUEST_QUEUE);
         let (client, mut event_loop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let oversize = guard.marker();
         // Each device with when its `last_frame_at` was last set.
         let by_topic: HashMap<&str, (&MqttDevice, Cell<Option<tokio::time::Instant>>)> = self
             .devices
@@ -312,6 +328,7 @@ impl MqttDevices {
                 match current {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         // A new session: the broker redelivers whatever was not acknowledged.
+                        guard.connected(&mut event_loop);
                         unacked = 0;
                         session += 1;
                         retry = new_backoff();
@@ -343,7 +360,10 @@ impl MqttDevices {
                                         status.last_frame_at = Some(Local::now());
                                     });
                                 }
-                                burst.events.push(message_event(device, &publish.payload));
+                                burst.events.push(match oversize.size(&publish.payload) {
+                                    Some(size) => oversize_event(device, size, &self.settings),
+                                    None => message_event(device, &publish.payload),
+                                });
                             }
                             None => {
                                 // Only possible with overlapping subscriptions left in the session
@@ -360,6 +380,9 @@ impl MqttDevices {
                     }
                     Ok(_) => {}
                     Err(error) => {
+                        // After a message over max_message, the next connection reads it by
+                        // its size.
+                        guard.failed(&mut event_loop, &error);
                         // Recorded once per outage (and once if the broker is down at start).
                         let starting = self.devices.iter().any(|device| {
                             device.status.borrow().state == ConnectionState::Starting
@@ -543,6 +566,17 @@ fn message_event(device: &MqttDevice, payload: &[u8]) -> DeviceEvent {
     DeviceEvent::Frame {
         device: device.info.clone(),
         bytes,
+    }
+}
+
+/// A message over `max_message`, read by its size only: a `bad_frame` saying so.
+fn oversize_event(device: &MqttDevice, size: u64, settings: &MqttSettings) -> DeviceEvent {
+    DeviceEvent::BadFrame {
+        device: device.info.clone(),
+        detail: format!(
+            "message too large: {size} bytes, over [mqtt] max_message ({}); acknowledged without reading it",
+            crate::config::format_size(settings.max_message as u64)
+        ),
     }
 }
 

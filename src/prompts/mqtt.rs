@@ -56,11 +56,12 @@
 //! PUBACKed only once it is settled, so a crash in between makes the broker deliver it again.
 //!
 //! - Taken: [`PromptsHandle::answer`] returned, so its `attribution` record is durable. Ack.
-//! - Refused for good (unknown prompt, already resolved, option not offered, malformed JSON):
-//!   a warning with the reason, an `answer/error` reply, then ack. Exception: a repeat of an
-//!   answer this process already took (same prompt and option, remembered for the last
-//!   [`TAKEN_MEMORY`] answers) is a redelivery, for instance after a connection dropped
-//!   before our PUBACK left. It is acked without a reply.
+//! - Refused for good (unknown prompt, already resolved, option not offered, malformed JSON, or
+//!   over [`MAX_PACKET`], which is not read: see below): a warning with the reason, an
+//!   `answer/error` reply, then ack. Exception: a repeat of an answer this process already took
+//!   (same prompt and option, remembered for the last [`TAKEN_MEMORY`] answers) is a
+//!   redelivery, for instance after a connection dropped before our PUBACK left. It is acked
+//!   without a reply.
 //! - The engine is unavailable (the journal failed, or shutdown): warning and an
 //!   `answer/error` reply, but no ack. The broker delivers it again after the next reconnect
 //!   (MQTT 3.1.1 redelivers only then), and it is taken if the engine is back.
@@ -68,6 +69,15 @@
 //! An answer published on another station's topic is accepted: prompt ids are unique, and a
 //! POS answering for the wrong counter is a configuration slip that should not lose the
 //! answer. It is logged as a warning (the record keeps the prompt's own station).
+//!
+//! # Answers over the size limit
+//!
+//! rumqttc cannot read a message over [`MAX_PACKET`] (its connection fails), and the broker would
+//! deliver it again and again. [`crate::mqtt::OversizeGuard`] has the connection after such a
+//! failure read it by its size only: it comes to the answer task as a stand-in, is refused
+//! (`answer too large: N bytes …`, with `prompt` null as it was not read) and acknowledged, and
+//! counted in `posgw_mqtt_oversize_messages_total{channel="prompts"}`. The answers after it
+//! are taken as usual.
 //!
 //! # Shutdown
 //!
@@ -97,11 +107,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Channel, PromptError, PromptEvent, PromptView, PromptsHandle};
 use crate::config::MqttSettings;
-use crate::mqtt;
+use crate::mqtt::{self, OversizeGuard, OversizeMarker};
 
 /// The role in the client id: `posgw-{store}-{gateway}-prompts`.
 const ROLE: &str = "prompts";
-/// Largest MQTT packet either way; prompts and answers are a few hundred bytes.
+/// Largest MQTT packet either way (an answer's topic and payload); prompts and answers are a few
+/// hundred bytes. A larger answer is refused without being read (module doc).
 const MAX_PACKET: usize = 256 * 1024;
 /// Requests (publishes, acks, subscribes) that may wait for the connection.
 const REQUEST_QUEUE: usize = 64;
@@ -116,7 +127,8 @@ const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
 /// Answers taken by this process that are remembered to recognise redeliveries.
 const TAKEN_MEMORY: usize = 256;
 
-/// Starts the channel on the store's broker. It runs until `shutdown` fires.
+/// Starts the channel on the store's broker. It runs until `shutdown` fires; `oversize` counts
+/// answers over the size limit.
 ///
 /// Fails only on bad settings (URL, unreadable password file); an unreachable broker is retried
 /// in the background.
@@ -125,16 +137,19 @@ pub fn spawn(
     store: &str,
     gateway: &str,
     prompts: PromptsHandle,
+    oversize: prometheus_client::metrics::counter::Counter,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut options = mqtt::store_broker_options(settings, store, gateway, ROLE, MAX_PACKET)?;
     options.set_manual_acks(true);
+    let guard = OversizeGuard::new("mqtt prompt channel", &options, MAX_PACKET, oversize)?;
     let (client, event_loop) = AsyncClient::new(options, REQUEST_QUEUE);
     let topics = Arc::new(Topics::new(store));
     tracing::info!(broker = %settings.url, topic = %topics.answers(), "mqtt prompt channel starting");
     Ok(tokio::spawn(run(
         client,
         event_loop,
+        guard,
         topics,
         prompts,
         settings.url.clone(),
@@ -187,6 +202,7 @@ impl Topics {
 async fn run(
     client: AsyncClient,
     mut event_loop: EventLoop,
+    mut guard: OversizeGuard,
     topics: Arc<Topics>,
     prompts: PromptsHandle,
     broker: String,
@@ -204,6 +220,7 @@ async fn run(
         client.clone(),
         Arc::clone(&topics),
         prompts,
+        guard.marker(),
         answers_rx,
     ));
     let mut connection = Connection::new(broker);
@@ -215,6 +232,7 @@ async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                guard.connected(&mut event_loop);
                 connection.connected(ack.session_present);
                 // The publisher subscribes: this task must not wait on the request queue.
                 let _ = connections.send(ack.session_present);
@@ -232,6 +250,8 @@ async fn run(
             }
             Ok(_) => {}
             Err(error) => {
+                // After an answer over the limit, the next connection reads it by its size.
+                guard.failed(&mut event_loop, &error);
                 let delay = connection.failed(&error);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -510,14 +530,18 @@ async fn take_answers(
     client: AsyncClient,
     topics: Arc<Topics>,
     prompts: PromptsHandle,
+    oversize: OversizeMarker,
     mut queue: mpsc::UnboundedReceiver<Publish>,
 ) {
     let mut taken = Taken::default();
     while let Some(publish) = queue.recv().await {
         let station = topics.answer_station(&publish.topic);
-        let verdict = match station {
-            Some(station) => take_answer(&prompts, &mut taken, station, &publish.payload).await,
-            None => Verdict::Ignored,
+        let verdict = match (station, oversize.size(&publish.payload)) {
+            (Some(_), Some(size)) => too_large(size),
+            (Some(station), None) => {
+                take_answer(&prompts, &mut taken, station, &publish.payload).await
+            }
+            (None, _) => Verdict::Ignored,
         };
         let ack = match verdict {
             Verdict::Taken => true,
@@ -543,6 +567,16 @@ async fn take_answers(
                 tracing::debug!(%error, "mqtt prompt channel: cannot queue an acknowledgement");
             }
         }
+    }
+}
+
+/// The verdict on an answer over [`MAX_PACKET`], read by its size only.
+fn too_large(size: u64) -> Verdict {
+    Verdict::Refused {
+        prompt: None,
+        error: format!(
+            "answer too large: {size} bytes, over the prompt channel's limit of {MAX_PACKET} bytes; not read"
+        ),
     }
 }
 
