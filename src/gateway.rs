@@ -202,11 +202,19 @@ pub async fn run(
     };
     let router = api::router(state).merge(crate::web::routes(prompts.clone(), stations));
     let api_stop = stop.clone();
-    let api = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { api_stop.cancelled().await })
-            .await
-    });
+    let limits = crate::serve::Limits::gateway(crate::serve::open_files_limit());
+    tracing::info!(
+        max_connections = limits.max_connections,
+        open_files = crate::serve::open_files_limit(),
+        "api connection cap"
+    );
+    let api = tokio::spawn(crate::serve::serve(
+        listener,
+        router,
+        limits,
+        metrics.api_connections.clone(),
+        async move { api_stop.cancelled().await },
+    ));
 
     // Listening for SIGHUP before READY: systemd may send `reload` right after it, and the
     // default action of SIGHUP would end the process without a clean shutdown.
@@ -249,10 +257,9 @@ pub async fn run(
         // Its in-flight batch, if any, stays in the journal and is sent after the restart.
         let _ = uplink.task.await;
     }
-    match api.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "api server ended with an error"),
-        Err(error) => tracing::warn!(%error, "api server task failed"),
+    // Bounded: connections left after the serving module's grace period are dropped.
+    if let Err(error) = api.await {
+        tracing::warn!(%error, "api server task failed");
     }
     journal
         .append_value(

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub uplink_retries: Counter,
     /// Records moved to the dead-letter set after HQ refused them (`posgw_uplink_dead_records_total`).
     pub uplink_dead: Counter,
+    /// Local API connections: open, the cap, refused over the cap (`posgw_api_connections*`).
+    pub api_connections: crate::serve::ConnectionMetrics,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -81,6 +83,7 @@ impl Metrics {
         let uplink_sent = Counter::default();
         let uplink_retries = Counter::default();
         let uplink_dead = Counter::default();
+        let api_connections = crate::serve::ConnectionMetrics::default();
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -143,6 +146,7 @@ impl Metrics {
             "Records HQ refused, moved to the dead-letter set",
             uplink_dead.clone(),
         );
+        api_connections.register(&mut registry, "api_");
         Metrics {
             records,
             bad_frames,
@@ -156,6 +160,7 @@ impl Metrics {
             uplink_sent,
             uplink_retries,
             uplink_dead,
+            api_connections,
             registry: Arc::new(registry),
         }
     }

@@ -1,0 +1,499 @@
+//! Serving an axum router over TCP with bounds: the one HTTP/1.1 server loop behind the local
+//! API (`posgw run`) and the HQ receiver (`posgw hq`).
+//!
+//! Owns the listener, the accepted connections and their count. What it bounds:
+//!
+//! - **Connections**: at most [`Limits::max_connections`] at once, derived from the process's
+//!   open-files limit so that sockets can never take the file descriptors the journal, the
+//!   database or a token file need. A connection over the cap is answered `503` (best effort,
+//!   without waiting) and closed at once, and counted (`*_connections_refused_total`).
+//! - **Request head**: a client has [`Limits::header_timeout`] to send a whole request head,
+//!   from the moment the server waits for one; this also closes keep-alive connections that
+//!   stay idle that long (hyper's header read timeout).
+//! - **Request body**: the whole body must arrive within [`Limits::body_timeout`] of the head;
+//!   after that the handler reading it gets an error (the answer is 400 or 408).
+//! - **Responses**: a client that reads nothing of an answer for [`Limits::write_timeout`] is
+//!   disconnected. Long-lived answers (the clerk page's event stream) count against the
+//!   connection cap like any other and stay open as long as the client reads them.
+//! - **Shutdown**: when the shutdown future completes the listener closes, every connection is
+//!   asked to finish its request in flight and close, and whatever is still open after
+//!   [`Limits::shutdown_grace`] is dropped. A stop never waits on a client.
+//!
+//! Each request carries the peer's address as axum's `ConnectInfo<SocketAddr>`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::Router;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+use tower::ServiceExt;
+
+/// File descriptors kept out of the connection budget for everything else the process opens
+/// (journal segments, sled's files, serial ports, pseudo-terminals, MQTT, HQ, token files).
+const RESERVED_FDS: u64 = 128;
+
+/// The bounds of one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; more are refused.
+    pub max_connections: usize,
+    /// Time to send a request head (also the keep-alive idle time).
+    pub header_timeout: Duration,
+    /// Time to send a request body, from the end of its head.
+    pub body_timeout: Duration,
+    /// Time a client may leave an answer unread before it is disconnected.
+    pub write_timeout: Duration,
+    /// Time connections get to finish at shutdown before they are dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The local API: a few clerk screens, the POS software and monitoring. Small bodies.
+    pub fn gateway(open_files: u64) -> Limits {
+        Limits {
+            max_connections: connection_cap(open_files, 256),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// The HQ receiver: one keep-alive connection per store's gateway plus dashboards; bodies
+    /// up to `max_body` over slow store links.
+    pub fn hq(open_files: u64) -> Limits {
+        Limits {
+            max_connections: connection_cap(open_files, 4096),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// At most half of what the open-files limit leaves after [`RESERVED_FDS`], and at most `most`;
+/// never below 8.
+pub fn connection_cap(open_files: u64, most: usize) -> usize {
+    let budget = open_files.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(budget)
+        .unwrap_or(usize::MAX)
+        .clamp(8, most.max(8))
+}
+
+/// Raises the soft open-files limit to the hard one (where allowed) and returns the soft limit
+/// now in force. Under the systemd units `LimitNOFILE=` sets both, and the system call filter
+/// refuses `setrlimit`: the limit is then simply read.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            let error = io::Error::last_os_error();
+            tracing::debug!(%error, "cannot raise the open-files limit");
+        }
+    }
+    limit.rlim_cur
+}
+
+/// The open-files soft limit in force (1024 when it cannot be read).
+pub fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur
+}
+
+/// The connection figures of one server, registered as `{prefix}connections` (open now),
+/// `{prefix}connections_max` (the cap) and `{prefix}connections_refused_total`.
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// The cap in force.
+    pub max: Gauge,
+    /// Connections refused because the cap was reached.
+    pub refused: Counter,
+}
+
+impl ConnectionMetrics {
+    /// Registers the three series; `prefix` is e.g. `"api_"` (empty for the receiver).
+    pub fn register(&self, registry: &mut Registry, prefix: &str) {
+        registry.register(
+            format!("{prefix}connections"),
+            "HTTP connections open now",
+            self.open.clone(),
+        );
+        registry.register(
+            format!("{prefix}connections_max"),
+            "HTTP connections allowed at once (derived from the open-files limit)",
+            self.max.clone(),
+        );
+        registry.register(
+            format!("{prefix}connections_refused"),
+            "HTTP connections refused because the connection cap was reached",
+            self.refused.clone(),
+        );
+    }
+}
+
+/// The answer to a connection over the cap, written without waiting.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 5\r\ncontent-type: text/plain\r\ncontent-length: 30\r\n\r\ntoo many connections; retry\r\n\r\n";
+
+/// Serves `router` on `listener` within `limits` until `shutdown` completes, then closes as the
+/// module doc describes. Returns once every connection is closed or dropped.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    metrics: ConnectionMetrics,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    metrics
+        .max
+        .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
+    let (closing_tx, closing) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut accept_errors = AcceptErrors::default();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        connections.spawn(connection(
+                            stream,
+                            peer,
+                            router.clone(),
+                            limits,
+                            closing.clone(),
+                            Open::new(permit, &metrics.open),
+                        ));
+                    }
+                    Err(_) => {
+                        metrics.refused.inc();
+                        // Best effort: the socket buffer is empty, so this does not block.
+                        let _ = stream.try_write(REFUSAL);
+                        drop(stream);
+                    }
+                },
+                Err(error) => {
+                    if accept_errors.note(&error) {
+                        // Out of file descriptors (or memory): give the process a moment.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            },
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            grace = ?limits.shutdown_grace,
+            "HTTP connections still open at shutdown; closing them"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// One accepted connection: its permit and its place in the `open` gauge, both given back on
+/// drop (also when the task is aborted at shutdown).
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit, gauge: &Gauge) -> Open {
+        gauge.inc();
+        Open {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Serves one connection until it closes, shutting it down gracefully when `closing` turns true.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: Limits,
+    mut closing: watch::Receiver<bool>,
+    open: Open,
+) {
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+    let body_timeout = limits.body_timeout;
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let request = request.map(|body| Body::new(BodyDeadline::new(body, body_timeout)));
+        router.clone().oneshot(request)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut asked_to_close = *closing.borrow();
+    if asked_to_close {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+                }
+                break;
+            }
+            changed = closing.changed(), if !asked_to_close => {
+                // A closed channel also means the server is going away.
+                let _ = changed;
+                asked_to_close = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    drop(open);
+}
+
+/// Counts accept errors and logs them at most every 10 s.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// Notes one error; true when it is a resource shortage worth pausing for.
+    fn note(&mut self, error: &io::Error) -> bool {
+        let shortage = matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        // A peer that gave up before we accepted it is nothing to report.
+        if !shortage {
+            return false;
+        }
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(%error, errors = self.unlogged, "cannot accept HTTP connections");
+            self.last_logged = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        true
+    }
+}
+
+/// A stream whose writes fail with `TimedOut` once they have made no progress for `timeout`:
+/// a client that stops reading cannot hold a connection (or a shutdown) forever.
+struct WriteDeadline {
+    inner: TcpStream,
+    timeout: Duration,
+    /// Running while writes make no progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(inner: TcpStream, timeout: Duration) -> WriteDeadline {
+        WriteDeadline {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing of the answer in time",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, poll)
+    }
+}
+
+/// A request body that fails once its deadline has passed with data still missing.
+struct BodyDeadline {
+    inner: Incoming,
+    deadline: tokio::time::Instant,
+    /// Set the first time the body has to wait.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl BodyDeadline {
+    fn new(inner: Incoming, timeout: Duration) -> BodyDeadline {
+        BodyDeadline {
+            inner,
+            deadline: tokio::time::Instant::now() + timeout,
+            timer: None,
+        }
+    }
+}
+
+/// The error a late body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimedOut;
+
+impl http_body::Body for BodyDeadline {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(frame) => Poll::Ready(frame.map(|frame| frame.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_most_descriptors_to_the_rest_of_the_process() {
+        assert_eq!(connection_cap(1024, 256), 256);
+        assert_eq!(connection_cap(512, 256), 192);
+        assert_eq!(connection_cap(100, 256), 8);
+        assert_eq!(connection_cap(65_536, 4096), 4096);
+        assert_eq!(connection_cap(u64::MAX, 256), 256);
+        // Sockets never get more than half of what is left after the reserve.
+        for open_files in [256, 1024, 4096] {
+            let cap = connection_cap(open_files, usize::MAX) as u64;
+            assert!(cap * 2 + RESERVED_FDS <= open_files, "{open_files}: {cap}");
+        }
+    }
+}
