@@ -61,6 +61,23 @@ pub async fn run(
         )
     })?;
     let journal = opened.handle;
+    let access = match crate::web::access::Access::open(&settings.gateway.data_dir) {
+        Ok(access) => access,
+        Err(error) => {
+            let _ = journal.close().await;
+            return Err(anyhow::Error::new(error).context(format!(
+                "cannot read or create the API pairing token in {}",
+                settings.gateway.data_dir.display()
+            )));
+        }
+    };
+    if !settings.api.listen.ip().is_loopback() {
+        tracing::info!(
+            pairing_token = access.token(),
+            "the API listens beyond loopback: a station elsewhere pairs once at http://THIS-PC:{}/pair with this token",
+            settings.api.listen.port()
+        );
+    }
     let metrics = Metrics::new();
     if opened.replaced.is_some() {
         metrics.record_appended(Kind::Gateway.as_str());
@@ -200,7 +217,10 @@ pub async fn run(
         prompts: prompts.clone(),
         stations: stations.clone().into(),
     };
-    let router = api::router(state).merge(crate::web::routes(prompts.clone(), stations));
+    let router = crate::web::access::protect(
+        api::router(state).merge(crate::web::routes(prompts.clone(), stations)),
+        access,
+    );
     let api_stop = stop.clone();
     let limits = crate::serve::Limits::gateway(crate::serve::open_files_limit());
     tracing::info!(
