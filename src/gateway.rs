@@ -61,16 +61,17 @@ pub async fn run(
         )
     })?;
     let journal = opened.handle;
-    let access = match crate::web::access::Access::open(&settings.gateway.data_dir) {
-        Ok(access) => access,
-        Err(error) => {
-            let _ = journal.close().await;
-            return Err(anyhow::Error::new(error).context(format!(
-                "cannot read or create the API pairing token in {}",
-                settings.gateway.data_dir.display()
-            )));
-        }
-    };
+    let access =
+        match crate::web::access::Access::open(&settings.gateway.data_dir, &settings.api.hosts) {
+            Ok(access) => access,
+            Err(error) => {
+                let _ = journal.close().await;
+                return Err(anyhow::Error::new(error).context(format!(
+                    "cannot read or create the API pairing token in {}",
+                    settings.gateway.data_dir.display()
+                )));
+            }
+        };
     if !settings.api.listen.ip().is_loopback() {
         tracing::info!(
             pairing_token = access.token(),

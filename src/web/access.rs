@@ -1,8 +1,9 @@
 //! Who may use the local API, checked in front of every route: [`protect`].
 //!
 //! - **Host** (every request): the `Host` header must be an IP literal, `localhost` (or a name
-//!   under `.localhost`), or this machine's host name (also as `NAME.local`). A web page that had
-//!   its own domain resolve to the gateway (DNS rebinding) sends its domain and is refused (403).
+//!   under `.localhost`), this machine's host name (also as `NAME.local`) or a name listed in
+//!   `[api] hosts`. A web page that had its own domain resolve to the gateway (DNS rebinding)
+//!   sends its domain and is refused (403).
 //! - **State-changing requests** (every method but GET, HEAD, OPTIONS): an `Origin` header, when
 //!   present, must be this very server (`http://` + the `Host`), and `Sec-Fetch-Site`, when
 //!   present, `same-origin` or `none`; anything else is a cross-site request and refused (403).
@@ -57,15 +58,16 @@ pub struct Access {
 }
 
 impl Access {
-    /// The pairing token of `data_dir` (created on first use) and this machine's host names.
-    pub fn open(data_dir: &Path) -> std::io::Result<Access> {
+    /// The pairing token of `data_dir` (created on first use); the host names accepted are
+    /// `hosts` (`[api] hosts`, lowercase) and this machine's name.
+    pub fn open(data_dir: &Path, hosts: &[String]) -> std::io::Result<Access> {
         let token = pairing_token(data_dir)?;
-        let names = machine_host_name()
-            .map(|name| {
-                let name = name.to_ascii_lowercase();
-                vec![format!("{name}.local"), name]
-            })
-            .unwrap_or_default();
+        let mut names = hosts.to_vec();
+        if let Some(name) = machine_host_name() {
+            let name = name.to_ascii_lowercase();
+            names.push(format!("{name}.local"));
+            names.push(name);
+        }
         Ok(Access::new(&token, names))
     }
 

@@ -43,6 +43,15 @@ async fn open_ids(gateway: &Gateway) -> Vec<String> {
 #[tokio::test]
 async fn cross_site_posts_foreign_hosts_and_non_object_bodies_are_refused() {
     let store = campaign_store("120s");
+    let config = std::fs::read_to_string(store.config_path()).unwrap();
+    std::fs::write(
+        store.config_path(),
+        config.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nhosts = [\"till-pc.store.example\"]",
+        ),
+    )
+    .unwrap();
     let mut scanner = PtyScanner::plug(&store.path("scanner"));
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("scanner-1", "connected").await;
@@ -101,6 +110,17 @@ async fn cross_site_posts_foreign_hosts_and_non_object_bodies_are_refused() {
         assert_eq!(response.status(), 403, "{method} {url}");
         let body: Value = response.json().await.unwrap();
         assert!(body["error"].as_str().unwrap().contains("Host"), "{body}");
+    }
+    // Names the gateway answers to: localhost and the configured ones.
+    for name in ["localhost", "till-pc.store.example"] {
+        let port = host.rsplit(':').next().unwrap();
+        let response = client
+            .get(format!("{}/api/v1/status", gateway.api))
+            .header(header::HOST, format!("{name}:{port}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}");
     }
     // A JSON array is not an answer.
     let response = client
