@@ -305,3 +305,30 @@ async fn sigterm_stops_the_gateway_and_posgw_hq_in_time_whatever_clients_do() {
     eprintln!("posgw hq stopped in {took:?}");
     drop((gateway_clients, hq_clients));
 }
+
+#[tokio::test]
+async fn an_event_stream_outlives_the_header_timeout_and_counts_against_the_cap() {
+    let store = crate::prompts::campaign_store("120s");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    assert!(gateway.metric("posgw_api_connections_max").await >= 8.0);
+    let mut events = crate::prompts::EventStream::open(&gateway, "till-1").await;
+    // The stream, plus the connection asking.
+    gateway
+        .wait_for("the stream counted as a connection", |g| async move {
+            g.metric("posgw_api_connections").await >= 2.0
+        })
+        .await;
+    // Longer than a client may take to send a request head (10 s): a stream is not a head.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    scanner.send(b"]E06901234567892\r\n").await;
+    loop {
+        let (name, data) = events.next().await;
+        if name == "prompt" {
+            assert_eq!(data["sku"], "6901234567892");
+            break;
+        }
+    }
+    assert!(gateway.stop().await.success());
+}
