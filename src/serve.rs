@@ -11,7 +11,8 @@
 //!   from the moment the server waits for one; this also closes keep-alive connections that
 //!   stay idle that long (hyper's header read timeout).
 //! - **Request body**: the whole body must arrive within [`Limits::body_timeout`] of the head;
-//!   after that the handler reading it gets an error (the answer is 400 or 408).
+//!   after that the handler reading it gets an error and the client `408 Request Timeout`
+//!   (retried by a gateway's uplink, unlike a 400).
 //! - **Responses**: a client that reads nothing of an answer for [`Limits::write_timeout`] is
 //!   disconnected. Long-lived answers (the clerk page's event stream) count against the
 //!   connection cap like any other and stay open as long as the client reads them.
@@ -21,18 +22,21 @@
 //!
 //! Each request carries the peer's address as axum's `ConnectInfo<SocketAddr>`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::Request;
-use axum::Router;
+use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -279,8 +283,19 @@ async fn connection(
     let body_timeout = limits.body_timeout;
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        let request = request.map(|body| Body::new(BodyDeadline::new(body, body_timeout)));
-        router.clone().oneshot(request)
+        let late = Arc::new(AtomicBool::new(false));
+        let request =
+            request.map(|body| Body::new(BodyDeadline::new(body, body_timeout, late.clone())));
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(request).await?;
+            // Whatever the handler made of the failed body (axum says 400), the client was too
+            // slow: 408, which a gateway's uplink retries instead of taking its batch as bad.
+            if late.load(Ordering::Relaxed) {
+                return Ok::<_, Infallible>(body_too_late(body_timeout));
+            }
+            Ok(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -423,20 +438,37 @@ impl AsyncWrite for WriteDeadline {
     }
 }
 
+/// The answer to a request whose body did not arrive in time.
+fn body_too_late(timeout: Duration) -> Response {
+    let message = format!(
+        "the request body did not arrive within {} s",
+        timeout.as_secs()
+    );
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        [(header::CONNECTION, "close")],
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
 /// A request body that fails once its deadline has passed with data still missing.
 struct BodyDeadline {
     inner: Incoming,
     deadline: tokio::time::Instant,
     /// Set the first time the body has to wait.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Set when the deadline passed: the answer becomes 408.
+    late: Arc<AtomicBool>,
 }
 
 impl BodyDeadline {
-    fn new(inner: Incoming, timeout: Duration) -> BodyDeadline {
+    fn new(inner: Incoming, timeout: Duration, late: Arc<AtomicBool>) -> BodyDeadline {
         BodyDeadline {
             inner,
             deadline: tokio::time::Instant::now() + timeout,
             timer: None,
+            late,
         }
     }
 }
@@ -462,6 +494,7 @@ impl http_body::Body for BodyDeadline {
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if timer.as_mut().poll(cx).is_ready() {
+                    this.late.store(true, Ordering::Relaxed);
                     return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
                 }
                 Poll::Pending
@@ -482,6 +515,102 @@ impl http_body::Body for BodyDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use axum::routing::post;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server echoing POST bodies, with short limits; its address and a stopper.
+    async fn echo_server(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let router = Router::new().route("/", post(|body: Bytes| async move { body }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            router,
+            limits,
+            ConnectionMetrics::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (addr, stop)
+    }
+
+    const SHORT: Limits = Limits {
+        max_connections: 2,
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(300),
+        write_timeout: Duration::from_millis(300),
+        shutdown_grace: Duration::from_millis(300),
+    };
+
+    /// Everything the server sends until it closes the connection.
+    async fn read_all(stream: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_body_that_comes_too_slowly_gets_408_not_400() {
+        let (addr, _stop) = echo_server(SHORT).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+            .await
+            .expect("send");
+        let answer = read_all(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        assert!(answer.contains("did not arrive"), "{answer}");
+        // A body that does arrive in time is answered.
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .expect("send");
+        let answer = read_all(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.ends_with("hello"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn over_the_cap_a_connection_gets_503_and_a_silent_one_is_closed() {
+        let metrics = ConnectionMetrics::default();
+        let router = Router::new().route("/", post(|body: Bytes| async move { body }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(serve(
+            listener,
+            router,
+            SHORT,
+            metrics.clone(),
+            std::future::pending(),
+        ));
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Connections are accepted in order: the third is over the cap of 2.
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let answer = read_all(&mut third).await;
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert_eq!(metrics.refused.get(), 1);
+        assert_eq!(metrics.max.get(), 2);
+        // The silent ones are closed after the header timeout, freeing their places.
+        for mut stream in silent {
+            assert_eq!(read_all(&mut stream).await, "");
+        }
+        let mut next = TcpStream::connect(addr).await.expect("connect");
+        next.write_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        )
+        .await
+        .expect("send");
+        assert!(read_all(&mut next).await.starts_with("HTTP/1.1 200 "));
+    }
 
     #[test]
     fn the_connection_cap_leaves_most_descriptors_to_the_rest_of_the_process() {
