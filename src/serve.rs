@@ -10,6 +10,8 @@
 //! - **Request head**: a client has [`Limits::header_timeout`] to send a whole request head,
 //!   from the moment the server waits for one; this also closes keep-alive connections that
 //!   stay idle that long (hyper's header read timeout).
+//! - **Request head size**: at most [`Limits::read_buffer`] bytes (431 beyond), which also
+//!   bounds each connection's read buffer.
 //! - **Request body**: the whole body must arrive within [`Limits::body_timeout`] of the head;
 //!   after that the handler reading it gets an error and the client `408 Request Timeout`
 //!   (retried by a gateway's uplink, unlike a 400).
@@ -54,6 +56,10 @@ use tower::ServiceExt;
 /// (journal segments, sled's files, serial ports, pseudo-terminals, MQTT, HQ, token files).
 const RESERVED_FDS: u64 = 128;
 
+/// Read buffer per connection: request heads up to 32 KiB (hyper's default is about 400 KiB, so
+/// a full cap of connections sending huge heads would take 100 MB at the gateway).
+const READ_BUFFER: usize = 32 * 1024;
+
 /// The bounds of one server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -67,6 +73,8 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Time connections get to finish at shutdown before they are dropped.
     pub shutdown_grace: Duration,
+    /// Largest read buffer of a connection, hence the largest request head (431 beyond).
+    pub read_buffer: usize,
 }
 
 impl Limits {
@@ -78,6 +86,7 @@ impl Limits {
             body_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            read_buffer: READ_BUFFER,
         }
     }
 
@@ -90,6 +99,7 @@ impl Limits {
             body_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            read_buffer: READ_BUFFER,
         }
     }
 }
@@ -300,7 +310,8 @@ async fn connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.read_buffer.max(8192));
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let mut asked_to_close = *closing.borrow();
@@ -543,6 +554,7 @@ mod tests {
         body_timeout: Duration::from_millis(300),
         write_timeout: Duration::from_millis(300),
         shutdown_grace: Duration::from_millis(300),
+        read_buffer: 8192,
     };
 
     /// Everything the server sends until it closes the connection.
@@ -574,6 +586,19 @@ mod tests {
         let answer = read_all(&mut stream).await;
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         assert!(answer.ends_with("hello"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_the_read_buffer_gets_431() {
+        let (addr, _stop) = echo_server(SHORT).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nContent-Length: 2\r\n\r\nok",
+            "a".repeat(20_000)
+        );
+        stream.write_all(head.as_bytes()).await.expect("send");
+        let answer = read_all(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     }
 
     #[tokio::test]
