@@ -174,9 +174,7 @@ async fn guard(State(access): State<Access>, mut request: Request, next: Next) -
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| *peer);
-    // No peer address means the request did not come over a socket: treat it as remote.
-    let loopback = peer.is_some_and(|peer| peer.ip().to_canonical().is_loopback());
-    if loopback {
+    if is_loopback(peer) {
         request
             .extensions_mut()
             .insert(LocalPairingToken(access.token.clone()));
@@ -184,6 +182,12 @@ async fn guard(State(access): State<Access>, mut request: Request, next: Next) -
         return unpaired(request.uri().path());
     }
     next.run(request).await
+}
+
+/// True for a peer on 127.0.0.0/8 or ::1 (also as an IPv4-mapped IPv6 address, as a dual-stack
+/// listener sees it). No peer address means the request did not come over a socket: remote.
+fn is_loopback(peer: Option<SocketAddr>) -> bool {
+    peer.is_some_and(|peer| peer.ip().to_canonical().is_loopback())
 }
 
 /// Why a state-changing request is cross-site, if it is.
@@ -393,6 +397,33 @@ mod tests {
             assert!(cross_site(&bad, host).is_some(), "{bad:?}");
         }
         assert!(cross_site(&headers(&[("origin", "http://127.0.0.1:7380")]), None).is_some());
+    }
+
+    #[test]
+    fn loopback_peers() {
+        for local in [
+            "127.0.0.1:5000",
+            "127.0.0.2:5000",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+        ] {
+            assert!(
+                is_loopback(Some(local.parse().expect("address"))),
+                "{local}"
+            );
+        }
+        for remote in [
+            "192.0.2.2:5000",
+            "[fd00::2]:5000",
+            "[::ffff:192.0.2.2]:5000",
+            "0.0.0.0:5000",
+        ] {
+            assert!(
+                !is_loopback(Some(remote.parse().expect("address"))),
+                "{remote}"
+            );
+        }
+        assert!(!is_loopback(None));
     }
 
     #[test]
