@@ -6,7 +6,9 @@
 //! - **Connections**: at most [`Limits::max_connections`] at once, derived from the process's
 //!   open-files limit so that sockets can never take the file descriptors the journal, the
 //!   database or a token file need. A connection over the cap is answered `503` (best effort,
-//!   without waiting) and closed at once, and counted (`*_connections_refused_total`).
+//!   without waiting) and closed at once, and counted (`*_connections_refused_total`). The
+//!   local API also limits what one peer address may hold ([`Limits::per_peer`]), so one
+//!   machine cannot lock the others out.
 //! - **Request head**: a client has [`Limits::header_timeout`] to send a whole request head,
 //!   from the moment the server waits for one; this also closes keep-alive connections that
 //!   stay idle that long (hyper's header read timeout).
@@ -24,13 +26,14 @@
 //!
 //! Each request carries the peer's address as axum's `ConnectInfo<SocketAddr>`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -65,6 +68,8 @@ const READ_BUFFER: usize = 32 * 1024;
 pub struct Limits {
     /// Connections open at once; more are refused.
     pub max_connections: usize,
+    /// Connections open at once from one peer address, if limited; more are refused.
+    pub per_peer: Option<usize>,
     /// Time to send a request head (also the keep-alive idle time).
     pub header_timeout: Duration,
     /// Time to send a request body, from the end of its head.
@@ -79,9 +84,13 @@ pub struct Limits {
 
 impl Limits {
     /// The local API: a few clerk screens, the POS software and monitoring. Small bodies.
+    /// One address (a clerk screen, the POS PC, an attacker on the store LAN) may hold a
+    /// quarter of the connections, so it cannot lock the others out.
     pub fn gateway(open_files: u64) -> Limits {
+        let max_connections = connection_cap(open_files, 256);
         Limits {
-            max_connections: connection_cap(open_files, 256),
+            max_connections,
+            per_peer: Some((max_connections / 4).max(4)),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
@@ -91,10 +100,12 @@ impl Limits {
     }
 
     /// The HQ receiver: one keep-alive connection per store's gateway plus dashboards; bodies
-    /// up to `max_body` over slow store links.
+    /// up to `max_body` over slow store links. No limit per address: many stores may reach HQ
+    /// through one NAT or VPN address.
     pub fn hq(open_files: u64) -> Limits {
         Limits {
             max_connections: connection_cap(open_files, 4096),
+            per_peer: None,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(60),
@@ -204,6 +215,7 @@ pub async fn serve(
         .max
         .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
     let (closing_tx, closing) = watch::channel(false);
+    let peers = Peers::default();
     let mut connections = JoinSet::new();
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -211,18 +223,18 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
+                Ok((stream, peer)) => match admit(&permits, &peers, limits.per_peer, peer) {
+                    Some(permit) => {
                         connections.spawn(connection(
                             stream,
                             peer,
                             router.clone(),
                             limits,
                             closing.clone(),
-                            Open::new(permit, &metrics.open),
+                            Open::new(permit, &metrics.open, &peers, peer),
                         ));
                     }
-                    Err(_) => {
+                    None => {
                         metrics.refused.inc();
                         // Best effort: the socket buffer is empty, so this does not block.
                         let _ = stream.try_write(REFUSAL);
@@ -256,19 +268,48 @@ pub async fn serve(
     }
 }
 
-/// One accepted connection: its permit and its place in the `open` gauge, both given back on
-/// drop (also when the task is aborted at shutdown).
+/// Connections open per peer address (IPv4-mapped addresses counted as IPv4).
+type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A permit for a connection from `peer`, unless the cap or the peer's share is used up.
+fn admit(
+    permits: &Arc<Semaphore>,
+    peers: &Peers,
+    per_peer: Option<usize>,
+    peer: SocketAddr,
+) -> Option<OwnedSemaphorePermit> {
+    if let Some(most) = per_peer {
+        let open = peers.lock().map_or(0, |peers| {
+            peers.get(&peer.ip().to_canonical()).copied().unwrap_or(0)
+        });
+        if open >= most {
+            return None;
+        }
+    }
+    permits.clone().try_acquire_owned().ok()
+}
+
+/// One accepted connection: its permit, its place in the `open` gauge and in its peer's count,
+/// all given back on drop (also when the task is aborted at shutdown).
 struct Open {
     _permit: OwnedSemaphorePermit,
     gauge: Gauge,
+    peers: Peers,
+    peer: IpAddr,
 }
 
 impl Open {
-    fn new(permit: OwnedSemaphorePermit, gauge: &Gauge) -> Open {
+    fn new(permit: OwnedSemaphorePermit, gauge: &Gauge, peers: &Peers, peer: SocketAddr) -> Open {
         gauge.inc();
+        let peer = peer.ip().to_canonical();
+        if let Ok(mut peers) = peers.lock() {
+            *peers.entry(peer).or_default() += 1;
+        }
         Open {
             _permit: permit,
             gauge: gauge.clone(),
+            peers: peers.clone(),
+            peer,
         }
     }
 }
@@ -276,6 +317,14 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.gauge.dec();
+        if let Ok(mut peers) = self.peers.lock() {
+            if let Some(open) = peers.get_mut(&self.peer) {
+                *open -= 1;
+                if *open == 0 {
+                    peers.remove(&self.peer);
+                }
+            }
+        }
     }
 }
 
@@ -550,6 +599,7 @@ mod tests {
 
     const SHORT: Limits = Limits {
         max_connections: 2,
+        per_peer: None,
         header_timeout: Duration::from_millis(300),
         body_timeout: Duration::from_millis(300),
         write_timeout: Duration::from_millis(300),
@@ -599,6 +649,32 @@ mod tests {
         stream.write_all(head.as_bytes()).await.expect("send");
         let answer = read_all(&mut stream).await;
         assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_the_share_of_the_others() {
+        let limits = Limits {
+            max_connections: 4,
+            per_peer: Some(1),
+            ..SHORT
+        };
+        let (addr, _stop) = echo_server(limits).await;
+        let _held = TcpStream::connect(addr).await.expect("connect");
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        assert!(read_all(&mut second).await.starts_with("HTTP/1.1 503 "));
+        // Another loopback address is another peer.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("address"))
+            .expect("bind 127.0.0.2");
+        let mut other = socket.connect(addr).await.expect("connect");
+        other
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            )
+            .await
+            .expect("send");
+        assert!(read_all(&mut other).await.starts_with("HTTP/1.1 200 "));
     }
 
     #[tokio::test]
