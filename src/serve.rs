@@ -115,8 +115,8 @@ impl Limits {
     }
 }
 
-/// At most half of what the open-files limit leaves after [`RESERVED_FDS`], and at most `most`;
-/// never below 8.
+/// At most half of what the open-files limit leaves after the 128 descriptors kept for
+/// everything else (`RESERVED_FDS`), and at most `most`; never below 8.
 pub fn connection_cap(open_files: u64, most: usize) -> usize {
     let budget = open_files.saturating_sub(RESERVED_FDS) / 2;
     usize::try_from(budget)
