@@ -134,6 +134,7 @@ timeout = "600s"
             .to_owned();
         client
             .post(format!("{api}/api/v1/prompts/{id}/answer"))
+            .header("content-type", "application/json")
             .body(r#"{"option":"doctor"}"#)
             .send()
             .await?;

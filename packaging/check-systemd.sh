@@ -241,6 +241,9 @@ ctsh "set -e
 ct systemctl start posgw-hq
 check "posgw-hq is active" ctsh '[[ $(systemctl is-active posgw-hq) == active ]]'
 check "HQ answers the admin token" eventually 10 hq_records
+check "posgw-hq runs with 65536 open files, and caps connections at 4096" \
+    ctsh "grep -Eq '^Max open files +65536 +65536' /proc/\$(systemctl show -P MainPID posgw-hq)/limits &&
+          curl -fsS http://127.0.0.1:7390/metrics | grep -q '^posgw_hq_connections_max 4096'"
 check "HQ refuses a request without a token" \
     ctsh '[[ $(curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1:7390/v1/records) == 401 ]]'
 
@@ -286,6 +289,9 @@ check "posgw is active" ctsh '[[ $(systemctl is-active posgw) == active ]]'
 ct systemctl status posgw --no-pager --lines=0 | sed 's/^/  | /' || true
 check "STATUS= from sd_notify: 'running: store $store, 2 device(s)'" \
     ctsh "systemctl status posgw --no-pager | grep -q 'Status: \"running: store $store, 2 device(s)\"'"
+check "runs with 8192 open files, and caps API connections at 256" \
+    ctsh "grep -Eq '^Max open files +8192 +8192' /proc/$main_pid/limits &&
+          curl -fsS http://127.0.0.1:7380/metrics | grep -q '^posgw_api_connections_max 256'"
 check "runs as posgw with groups posgw and dialout" \
     ctsh "[[ \$(ps -o user=,group=,supgrp= -p $main_pid | xargs) == 'posgw posgw dialout,posgw' ]]"
 check "no capabilities, no_new_privs, a seccomp filter" \

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Serialize;
 
 use crate::core::Health;
@@ -19,6 +19,7 @@ use crate::journal::JournalHandle;
 use crate::metrics::Metrics;
 use crate::prompts::{PromptView, PromptsHandle, StationToday};
 use crate::uplink::{UplinkState, UplinkStatus};
+use crate::web::access::LocalPairingToken;
 use tokio::sync::watch;
 
 /// What the handlers read from.
@@ -91,7 +92,8 @@ fn gauge(value: u64) -> i64 {
 }
 
 /// `GET /api/v1/status` body (CONTRACT.md section 4, plus `station`, `detail`, `epoch`,
-/// `durable_seq`, the uplink's counters, and `prompts`: open prompts and today's figures).
+/// `durable_seq`, the uplink's counters, `prompts`: open prompts and today's figures, and
+/// `pairing_token` for loopback callers).
 #[derive(Debug, Serialize)]
 pub struct StatusBody {
     /// Store code.
@@ -108,6 +110,9 @@ pub struct StatusBody {
     pub uplink: UplinkStatusBody,
     /// Open prompts (oldest first) and today's figures per station.
     pub prompts: PromptsStatusBody,
+    /// The token that pairs a station beyond loopback; only in answers to loopback callers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairing_token: Option<String>,
 }
 
 /// Prompt part of the status body.
@@ -174,7 +179,10 @@ pub struct UplinkStatusBody {
     pub oldest_pending_ts: Option<String>,
 }
 
-async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
+async fn status(
+    State(state): State<ApiState>,
+    local: Option<Extension<LocalPairingToken>>,
+) -> Json<StatusBody> {
     let devices = state
         .devices
         .iter()
@@ -226,5 +234,6 @@ async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
             }
         },
         prompts,
+        pairing_token: local.map(|Extension(LocalPairingToken(token))| token.to_string()),
     })
 }

@@ -220,6 +220,8 @@ fn hq(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Sockets are capped below the open-files limit; the higher the limit, the more stores.
+    crate::serve::raise_open_files_limit();
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -236,6 +238,9 @@ fn run(path: &Path) -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
+    // API sockets are capped below the open-files limit (see `serve`), so raising the limit
+    // first only gives the journal more room.
+    crate::serve::raise_open_files_limit();
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,

@@ -307,6 +307,7 @@ async fn simulated_clerk(api: String, scanner: tokio::sync::mpsc::Sender<Vec<u8>
                         let body = format!(r#"{{"option":"{option}","clerk":"c-17"}}"#);
                         let _ = client
                             .post(format!("{api}/api/v1/prompts/{id}/answer"))
+                            .header("content-type", "application/json")
                             .body(body)
                             .send()
                             .await;
@@ -318,6 +319,7 @@ async fn simulated_clerk(api: String, scanner: tokio::sync::mpsc::Sender<Vec<u8>
                     80..=87 => {
                         let _ = client
                             .post(format!("{api}/api/v1/prompts/{id}/skip"))
+                            .header("content-type", "application/json")
                             .body(r#"{"reason":"顾客赶时间","clerk":"c-17"}"#)
                             .send()
                             .await;

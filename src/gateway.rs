@@ -61,6 +61,24 @@ pub async fn run(
         )
     })?;
     let journal = opened.handle;
+    let access =
+        match crate::web::access::Access::open(&settings.gateway.data_dir, &settings.api.hosts) {
+            Ok(access) => access,
+            Err(error) => {
+                let _ = journal.close().await;
+                return Err(anyhow::Error::new(error).context(format!(
+                    "cannot read or create the API pairing token in {}",
+                    settings.gateway.data_dir.display()
+                )));
+            }
+        };
+    if !settings.api.listen.ip().is_loopback() {
+        tracing::info!(
+            pairing_token = access.token(),
+            "the API listens beyond loopback: a station elsewhere pairs once at http://THIS-PC:{}/pair with this token",
+            settings.api.listen.port()
+        );
+    }
     let metrics = Metrics::new();
     if opened.replaced.is_some() {
         metrics.record_appended(Kind::Gateway.as_str());
@@ -202,13 +220,24 @@ pub async fn run(
         prompts: prompts.clone(),
         stations: stations.clone().into(),
     };
-    let router = api::router(state).merge(crate::web::routes(prompts.clone(), stations));
+    let router = crate::web::access::protect(
+        api::router(state).merge(crate::web::routes(prompts.clone(), stations)),
+        access,
+    );
     let api_stop = stop.clone();
-    let api = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { api_stop.cancelled().await })
-            .await
-    });
+    let limits = crate::serve::Limits::gateway(crate::serve::open_files_limit());
+    tracing::info!(
+        max_connections = limits.max_connections,
+        open_files = crate::serve::open_files_limit(),
+        "api connection cap"
+    );
+    let api = tokio::spawn(crate::serve::serve(
+        listener,
+        router,
+        limits,
+        metrics.api_connections.clone(),
+        async move { api_stop.cancelled().await },
+    ));
 
     // Listening for SIGHUP before READY: systemd may send `reload` right after it, and the
     // default action of SIGHUP would end the process without a clean shutdown.
@@ -251,10 +280,9 @@ pub async fn run(
         // Its in-flight batch, if any, stays in the journal and is sent after the restart.
         let _ = uplink.task.await;
     }
-    match api.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "api server ended with an error"),
-        Err(error) => tracing::warn!(%error, "api server task failed"),
+    // Bounded: connections left after the serving module's grace period are dropped.
+    if let Err(error) = api.await {
+        tracing::warn!(%error, "api server task failed");
     }
     journal
         .append_value(

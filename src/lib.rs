@@ -16,7 +16,8 @@
 //! - [`prompts`]: the attribution prompt engine; [`web`]: the clerk page and prompt endpoints.
 //! - [`uplink`]: forwards journal records to HQ, at least once.
 //! - [`hq`]: the reference HQ receiver (`posgw hq`).
-//! - [`api`] and [`metrics`]: the local HTTP API.
+//! - [`api`] and [`metrics`]: the local HTTP API; [`serve`]: the bounded HTTP server loop it and
+//!   the HQ receiver run on.
 //! - [`gateway`]: wiring and shutdown; [`cli`]: the command line; [`demo`]: a simulated store;
 //!   [`status`]: `posgw status`.
 //!
@@ -37,6 +38,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod prompts;
 pub mod sales;
+pub mod serve;
 pub mod status;
 pub mod uplink;
 pub mod web;

@@ -72,6 +72,8 @@ pub struct Metrics {
     /// MQTT messages over the size limit, read by size only and acknowledged, by connection
     /// (`posgw_mqtt_oversize_messages_total{channel}`); both series exist from the start.
     pub mqtt_oversize: Family<ChannelLabel, Counter>,
+    /// Local API connections: open, the cap, refused over the cap (`posgw_api_connections*`).
+    pub api_connections: crate::serve::ConnectionMetrics,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -98,6 +100,7 @@ impl Metrics {
                 channel: channel.to_owned(),
             });
         }
+        let api_connections = crate::serve::ConnectionMetrics::default();
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -165,6 +168,7 @@ impl Metrics {
             "MQTT messages over the size limit, recorded by their size and acknowledged",
             mqtt_oversize.clone(),
         );
+        api_connections.register(&mut registry, "api_");
         Metrics {
             records,
             bad_frames,
@@ -179,6 +183,7 @@ impl Metrics {
             uplink_retries,
             uplink_dead,
             mqtt_oversize,
+            api_connections,
             registry: Arc::new(registry),
         }
     }

@@ -90,6 +90,12 @@ pub fn render(status: &Value) -> String {
             completeness,
         );
     }
+    if let Some(token) = status["pairing_token"].as_str() {
+        let _ = writeln!(
+            out,
+            "pairing token (for clerk screens on other machines, at /pair): {token}"
+        );
+    }
     out
 }
 
@@ -111,7 +117,8 @@ mod tests {
             "prompts": {"open": [{"id": "abc", "station": "till-1", "campaign": "x",
                                   "sku": "6901234567892", "expires_at": "t"}],
                         "today": [{"station": "till-1", "opened": 4, "answered": 3,
-                                   "skipped": 0, "timeout": 1, "completeness": 0.75}]}
+                                   "skipped": 0, "timeout": 1, "completeness": 0.75}]},
+            "pairing_token": "0123456789abcdef0123456789abcdef"
         });
         let text = render(&status);
         assert!(text.contains("store WZ-LC-001  gateway gw-1"), "{text}");
@@ -121,6 +128,7 @@ mod tests {
         assert!(text.contains("last error: cannot reach HQ"), "{text}");
         assert!(text.contains("open prompts: 1"), "{text}");
         assert!(text.contains("completeness 75%"), "{text}");
+        assert!(text.contains("pairing token (for clerk screens on other machines, at /pair): 0123456789abcdef0123456789abcdef"), "{text}");
         // An older gateway without the extensions still renders.
         let text = render(&serde_json::json!({"store": "S"}));
         assert!(text.contains("open prompts: 0"), "{text}");

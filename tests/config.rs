@@ -575,6 +575,23 @@ mod validation {
     }
 
     #[test]
+    fn api_hosts_are_host_names_without_port() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}[api]\nhosts = [\"Till-PC.Store.example.\", \"till-pc\"]\n"
+        ));
+        assert_eq!(
+            fixture.load().api.hosts,
+            vec!["till-pc.store.example".to_owned(), "till-pc".to_owned()]
+        );
+        let fixture = Fixture::new(&format!(
+            "{BASE}[api]\nhosts = [\"ok.example\", \"http://till-pc:7380\"]\n"
+        ));
+        fixture.single_error(
+            "posgw.toml:12:24: 'hosts' in [api] must be host names without port or scheme",
+        );
+    }
+
+    #[test]
     fn serial_device_needs_path_and_refuses_topic() {
         let fixture = Fixture::new(&BASE.replace(
             "path = \"/dev/ttyACM0\"",

@@ -254,6 +254,15 @@ fn expect_common_hardening(unit: &Unit) {
     unit.expect("MemoryDenyWriteExecute", "yes");
     unit.expect("RestrictSUIDSGID", "yes");
     unit.expect("SystemCallArchitectures", "native");
+    // One number sets soft and hard: the system call filter (~@resources) keeps the service from
+    // raising its own soft limit, and systemd's default soft limit (1024) is what idle sockets
+    // once exhausted.
+    let open_files = unit.expect_present("LimitNOFILE");
+    assert!(
+        open_files.parse::<u64>().is_ok_and(|n| n >= 4096),
+        "{}: LimitNOFILE= must be one number of at least 4096, found '{open_files}'",
+        unit.name
+    );
     assert!(
         unit.get("DynamicUser").is_none_or(|v| v == "no"),
         "{}: the state directory needs the fixed sysusers.d user, not DynamicUser=",

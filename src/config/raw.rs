@@ -74,6 +74,8 @@ pub(crate) struct RawGateway {
 pub(crate) struct RawApi {
     /// Address to bind; default `127.0.0.1:7380`.
     pub listen: Option<Located<String>>,
+    /// Host names the API answers to besides IP addresses, localhost and the machine's name.
+    pub hosts: Option<Located<Vec<Located<String>>>>,
 }
 
 /// One `[[device]]` as written.
@@ -195,6 +197,7 @@ impl MergeLater for RawConfig {
         });
         merge_table(&mut self.api, later.api, |earlier, later| {
             overlay(&mut earlier.listen, later.listen);
+            overlay(&mut earlier.hosts, later.hosts);
         });
         merge_table(&mut self.prompts, later.prompts, |earlier, later| {
             overlay(&mut earlier.skip_reasons, later.skip_reasons);

@@ -83,6 +83,8 @@ impl Default for PromptSettings {
 pub struct ApiSettings {
     /// Address to bind; default `127.0.0.1:7380`.
     pub listen: SocketAddr,
+    /// Extra host names the API answers to (lowercase), for the `Host` check.
+    pub hosts: Vec<String>,
 }
 
 /// What a device is to the gateway.
@@ -307,6 +309,9 @@ impl Settings {
             format_duration(gateway.flush)
         );
         let _ = writeln!(out, "api listen: {}", self.api.listen);
+        if !self.api.hosts.is_empty() {
+            let _ = writeln!(out, "api hosts: {}", self.api.hosts.join(", "));
+        }
         let _ = writeln!(out, "devices: {}", self.devices.len());
         for device in &self.devices {
             let mut line = format!("  {} {} {}", device.id, device.role, device.transport);

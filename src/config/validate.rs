@@ -65,6 +65,7 @@ pub(crate) fn validate(
     let api = api(
         report,
         raw.api.as_ref().and_then(|api| api.value.listen.as_ref()),
+        raw.api.as_ref().and_then(|api| api.value.hosts.as_ref()),
     );
     let mqtt = raw
         .mqtt
@@ -210,15 +211,48 @@ fn host_name() -> Option<String> {
 }
 
 /// `[api]`.
-fn api(report: &mut Report, listen: Option<&Located<String>>) -> Option<ApiSettings> {
+fn api(
+    report: &mut Report,
+    listen: Option<&Located<String>>,
+    hosts: Option<&Located<Vec<Located<String>>>>,
+) -> Option<ApiSettings> {
+    let mut names = Vec::new();
+    for host in hosts
+        .map(|hosts| hosts.value.as_slice())
+        .unwrap_or_default()
+    {
+        let name = host.value.trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if valid {
+            names.push(name);
+        } else {
+            report.error(
+                &host.span,
+                format!("'hosts' in [api] must be host names without port or scheme, like \"till-pc.store.example\", found '{}'", host.value),
+            );
+        }
+    }
     let Some(listen) = listen else {
-        return DEFAULT_LISTEN
-            .parse()
-            .ok()
-            .map(|listen| ApiSettings { listen });
+        return DEFAULT_LISTEN.parse().ok().map(|listen| ApiSettings {
+            listen,
+            hosts: names,
+        });
     };
     match listen.value.parse::<SocketAddr>() {
-        Ok(address) => Some(ApiSettings { listen: address }),
+        Ok(address) => Some(ApiSettings {
+            listen: address,
+            hosts: names,
+        }),
         Err(_) => {
             report.error(
                 &listen.span,

@@ -45,6 +45,8 @@ pub struct HqMetrics {
     pub commit_seconds: Histogram,
     /// Highest durable hq_seq (`posgw_hq_stored_seq`).
     pub stored_seq: Gauge,
+    /// HTTP connections: open, the cap, refused over the cap (`posgw_hq_connections*`).
+    pub connections: crate::serve::ConnectionMetrics,
     /// The registry everything above is registered in.
     registry: Arc<Registry>,
 }
@@ -99,6 +101,8 @@ impl HqMetrics {
             "Highest hq_seq known to be on disk",
             stored_seq.clone(),
         );
+        let connections = crate::serve::ConnectionMetrics::default();
+        connections.register(&mut registry, "");
         HqMetrics {
             records,
             duplicates,
@@ -107,6 +111,7 @@ impl HqMetrics {
             batch_bytes,
             commit_seconds,
             stored_seq,
+            connections,
             registry: Arc::new(registry),
         }
     }

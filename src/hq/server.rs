@@ -109,13 +109,17 @@ async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, "HQ receiver listening");
     let store = app.store.clone();
-    let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let connections = app.metrics.connections.clone();
+    let limits = crate::serve::Limits::hq(crate::serve::open_files_limit());
+    tracing::info!(
+        max_connections = limits.max_connections,
+        "HQ receiver connection cap"
+    );
+    crate::serve::serve(listener, router(app), limits, connections, shutdown).await;
     // The router (and its handle clones) is gone now; this waits for the last flush.
     store.close().await;
-    tracing::info!("HQ receiver stopped");
-    served.map_err(|error| anyhow::anyhow!("HQ receiver on {address} failed: {error}"))
+    tracing::info!(%address, "HQ receiver stopped");
+    Ok(())
 }
 
 /// Shared state of the handlers. Cheap to clone.

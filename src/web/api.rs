@@ -194,12 +194,21 @@ fn sse_event(event: &PromptEvent) -> Event {
         .data(data.unwrap_or_else(|_| "{}".to_owned()))
 }
 
-/// Reads a JSON body: malformed JSON and the wrong shape are both 400.
+/// Reads a JSON body: malformed JSON, a value that is not an object (serde would take an array
+/// such as `["doctor"]` for a struct) and the wrong shape are all 400.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|problem| ApiError {
+    let bad = |message: String| ApiError {
         status: StatusCode::BAD_REQUEST,
-        message: format!("invalid request body: {problem}"),
-    })
+        message,
+    };
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|problem| bad(format!("invalid request body: {problem}")))?;
+    if !value.is_object() {
+        return Err(bad(
+            "request body must be a JSON object like {\"option\":\"doctor\"}".to_owned(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|problem| bad(format!("invalid request body: {problem}")))
 }
 
 /// A clerk id: trimmed, blank means none, at most [`MAX_CLERK`] characters.

@@ -4,15 +4,18 @@
 //! |---|---|
 //! | `GET /` | lists the stations, each linking to its counter screen |
 //! | `GET /station/{station}` | the counter screen (404 for a station not configured) |
-//! | `GET /assets/app.js`, `GET /assets/style.css` | the page's script and style, built into the binary |
+//! | `GET /assets/app.js`, `GET /assets/style.css`, `GET /assets/pair.js` | the pages' scripts and style, built into the binary |
+//! | `GET /pair`, `POST /api/v1/pair` | pairing a station beyond loopback (see [`access`]) |
 //! | `GET /api/v1/prompts?station=S` | open prompts (of S, or all), oldest first |
 //! | `GET /api/v1/prompts/today` | today's figures per station (extension) |
 //! | `GET /api/v1/events?station=S` | the SSE stream (below) |
 //! | `POST /api/v1/prompts/{id}/answer` | `{"option","clerk"}` → 200 `{"outcome":"answered"}`, 404, 409, 422 |
 //! | `POST /api/v1/prompts/{id}/skip` | `{"reason","clerk"}` → 200 `{"outcome":"skipped"}`, 404, 409, 422 |
 //!
-//! Request bodies are read as JSON whatever the `Content-Type`; bad JSON and a body of the
-//! wrong shape are both 400. Every error body is `{"error":"…"}`.
+//! Request bodies must be sent as `Content-Type: application/json` (415 otherwise, checked with
+//! the Host, Origin and pairing rules by [`access`]) and be a JSON object: bad JSON, another
+//! JSON value (`["doctor"]`) and an object of the wrong shape are all 400. Every error body is
+//! `{"error":"…"}`.
 //!
 //! **The SSE stream.** On connect: `event: reset` (extension; data `{"station","now"}`, `now`
 //! being the server's clock so the page can correct its countdowns; a client drops what it
@@ -27,6 +30,7 @@
 //! The page is plain HTML, CSS and JavaScript, no build step (`assets/`); `app.js` lists the
 //! element ids and data attributes that tests rely on.
 
+pub mod access;
 mod api;
 mod pages;
 

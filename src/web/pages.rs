@@ -14,6 +14,7 @@ const INDEX_HTML: &str = include_str!("assets/index.html");
 const STATION_HTML: &str = include_str!("assets/station.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
+const PAIR_JS: &str = include_str!("assets/pair.js");
 
 /// `GET /`: the station chooser.
 pub(super) async fn index(State(state): State<WebState>) -> Response {
@@ -65,6 +66,7 @@ pub(super) async fn asset(Path(file): Path<String>) -> Response {
     let (body, content_type) = match file.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
+        "pair.js" => (PAIR_JS, "text/javascript; charset=utf-8"),
         _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
     };
     // no-cache: the browser revalidates, so a gateway upgrade reaches every screen at once.

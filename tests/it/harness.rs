@@ -175,8 +175,15 @@ impl Gateway {
     /// Starts `posgw ARGS` and waits until it printed `marker` followed by its URL and its
     /// `/healthz` answers 200.
     pub async fn spawn(args: &[&str], marker: &'static str) -> Gateway {
-        let mut child = posgw()
-            .args(args)
+        let mut command = posgw();
+        command.args(args);
+        Gateway::spawn_command(command, args[0], marker).await
+    }
+
+    /// [`Gateway::spawn`] for a prepared `posgw` command (e.g. with resource limits set);
+    /// `tag` prefixes its log lines.
+    pub async fn spawn_command(mut command: Command, tag: &str, marker: &'static str) -> Gateway {
+        let mut child = command
             .env(
                 "RUST_LOG",
                 std::env::var("POSGW_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -187,7 +194,7 @@ impl Gateway {
             .expect("start posgw");
         let stderr = child.stderr.take().expect("stderr piped");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let tag = args[0].to_owned();
+        let tag = tag.to_owned();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = log.clone();
         std::thread::spawn(move || {

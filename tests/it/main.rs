@@ -7,6 +7,8 @@ mod hq_dashboard;
 mod hq_e2e;
 mod mosquitto;
 
+mod api_access;
+mod api_bounds;
 mod browser;
 mod cli;
 mod crash;
