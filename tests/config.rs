@@ -206,7 +206,11 @@ mod shipped {
             enabled.contains("\n[uplink]\n") && enabled.contains("\n[mqtt]\n"),
             "sections were uncommented"
         );
+        // The secret files it names are checked: put them in the fixture's folder.
+        let enabled = enabled.replace("\"/etc/posgw/", "\"");
         let fixture = Fixture::new(&enabled);
+        fixture.write("hq.token", "store-token\n");
+        fixture.write("mqtt.password", "secret\n");
         let settings = fixture.load();
         let ids: Vec<&str> = settings
             .devices
@@ -485,7 +489,7 @@ mod units {
                 "posgw.toml:16:17: 'batch_max_age' in [uplink] must be a duration like \"250ms\", \"90s\" or \"5m\", found integer 5",
                 "posgw.toml:17:21: 'max_journal_bytes' in [uplink] must be a size like \"512KiB\", \"1MiB\" or a number of bytes, found -1",
                 "posgw.toml:18:15: 'compression' in [uplink] must be one of none, gzip, zstd, found 'gz', did you mean 'gzip'?",
-                "posgw.toml:19:21: 'batch_max_records' in [uplink] must be at least 1, found 0",
+                "posgw.toml:19:21: 'batch_max_records' in [uplink] must be from 1 to 100000, found 0",
             ]
         );
     }
@@ -756,7 +760,7 @@ topic = \"store/a\"
                 "posgw.toml:14:8: 'skus' in [[campaign]] must list at least one code",
                 "posgw.toml:15:12: 'question' in [[campaign]] must not be empty",
                 "posgw.toml:16:11: 'options' in [[campaign]] must offer at least one answer",
-                "posgw.toml:17:11: 'timeout' in [[campaign]] must be longer than 0s",
+                "posgw.toml:17:11: 'timeout' in [[campaign]] must be from 1s to 1day, found \"0s\"",
                 "posgw.toml:19:8: 'ends' (2026-10-01) in [[campaign]] is before 'starts' (2026-12-31)",
             ]
         );
@@ -827,6 +831,7 @@ topic = \"store/a\"
             ));
         }
         let fixture = Fixture::new(&format!("{BASE}[uplink]\nendpoint = \"mqtts://hq.example.com:8883/posgw/WZ-LC-001\"\ntoken_file = \"hq.token\"\n"));
+        fixture.write("hq.token", "store-token\n");
         let uplink = fixture.load().uplink.expect("uplink");
         assert_eq!(uplink.token_file, Some(fixture.dir.path().join("hq.token")));
     }
@@ -935,6 +940,231 @@ mod profiles {
         );
         fixture.single_error(
             "posgw.toml:5:1: profile 'escpos-tap' requires 'passthrough' in [[device]]",
+        );
+    }
+}
+
+/// Issue 11, finding 6: configurations that passed `check-config` and then failed (or misbehaved)
+/// in the running gateway. Each is refused at load with `PATH:LINE:COL: message`.
+mod passes_then_fails {
+    use super::*;
+
+    const UPLINK: &str = "\n[uplink]\nendpoint = \"https://hq.example.com/v1/batches\"\n";
+
+    #[test]
+    fn a_campaign_timeout_beyond_a_day_is_refused_not_overflowed_or_replaced() {
+        for timeout in ["2500000000h", "10000000000000h", "25h"] {
+            let fixture = Fixture::new(&format!(
+                "{BASE}{}",
+                CAMPAIGN.replace("question", &format!("timeout = \"{timeout}\"\nquestion"))
+            ));
+            assert_eq!(
+                fixture.errors(),
+                [format!("posgw.toml:15:11: 'timeout' in [[campaign]] must be from 1s to 1day, found \"{timeout}\"")]
+            );
+        }
+    }
+
+    #[test]
+    fn every_duration_and_size_key_is_range_checked() {
+        let fixture = Fixture::new(&format!(
+            "{}{CAMPAIGN}[prompts]\nsale_link_window = \"400d\"\n{UPLINK}batch_max_bytes = \"1TiB\"\nbatch_max_age = \"3h\"\nbatch_max_records = 1000000000\nmax_journal_bytes = \"1EiB\"\n",
+            BASE.replace("id = \"gw-1\"", "id = \"gw-1\"\nflush = \"100000h\"")
+        ));
+        assert_eq!(
+            fixture.errors(),
+            [
+                "posgw.toml:4:9: 'flush' in [gateway] must be from 0s to 10s, found \"100000h\"",
+                "posgw.toml:19:20: 'sale_link_window' in [prompts] must be from 1s to 1day, found \"400d\"",
+                "posgw.toml:23:19: 'batch_max_bytes' in [uplink] must be from 1KiB to 64MiB, found \"1TiB\"",
+                "posgw.toml:24:17: 'batch_max_age' in [uplink] must be from 0s to 10m, found \"3h\"",
+                "posgw.toml:25:21: 'batch_max_records' in [uplink] must be from 1 to 100000, found 1000000000",
+                "posgw.toml:26:21: 'max_journal_bytes' in [uplink] must be from 32KiB to 64TiB, found \"1EiB\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn profile_durations_are_range_checked() {
+        let fixture = Fixture::new(BASE);
+        fixture.write(
+            "drivers.d/slow-scanner.toml",
+            "roles = [\"scanner\"]\ntransports = [\"serial\"]\ndecoder = \"scan\"\n[framing]\nidle_gap = \"9999999999h\"\n",
+        );
+        fixture.write(
+            "drivers.d/slow-tap.toml",
+            "roles = [\"register\"]\ntransports = [\"serial\"]\ndecoder = \"escpos\"\n[escpos]\nreceipt_timeout = \"10000000000000h\"\n",
+        );
+        assert_eq!(
+            fixture.errors(),
+            [
+                "drivers.d/slow-scanner.toml:5:12: 'idle_gap' in [framing] must be from 0s to 1m, found \"9999999999h\"",
+                "drivers.d/slow-tap.toml:5:19: 'receipt_timeout' in [escpos] must be from 100ms to 1day, found \"10000000000000h\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_max_journal_bytes_too_small_for_any_record_is_refused() {
+        for (written, found) in [("\"1\"", "\"1\""), ("1", "1"), ("\"16KiB\"", "\"16KiB\"")] {
+            let fixture = Fixture::new(&format!("{BASE}{UPLINK}max_journal_bytes = {written}\n"));
+            assert_eq!(
+                fixture.errors(),
+                [format!("posgw.toml:14:21: 'max_journal_bytes' in [uplink] must be from 32KiB to 64TiB, found {found}")]
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_empty_token_file_is_refused() {
+        let fixture = Fixture::new(&format!("{BASE}{UPLINK}token_file = \"hq.token\"\n"));
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:14:14: cannot read 'token_file' in [uplink] 'hq.token': No such file or directory (os error 2)"]
+        );
+        fixture.write("hq.token", " \n");
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:14:14: 'token_file' in [uplink] 'hq.token' is empty"]
+        );
+        std::fs::remove_file(fixture.dir.path().join("hq.token")).expect("remove");
+        fixture.write("hq.token/inside", "a folder is not a token file");
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:14:14: 'token_file' in [uplink] 'hq.token' is not a regular file"]
+        );
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_file_or_below_one_is_refused() {
+        for (data_dir, message) in [
+            (
+                "/etc/passwd",
+                "'data_dir' in [gateway] must be a folder, but '/etc/passwd' is a file",
+            ),
+            (
+                "/etc/passwd/posgw",
+                "'data_dir' in [gateway] '/etc/passwd/posgw' cannot be created: '/etc/passwd' is a file, not a folder",
+            ),
+        ] {
+            let fixture = Fixture::new(&BASE.replace(
+                "id = \"gw-1\"",
+                &format!("id = \"gw-1\"\ndata_dir = \"{data_dir}\""),
+            ));
+            assert_eq!(fixture.errors(), [format!("posgw.toml:4:12: {message}")]);
+        }
+        // A folder that does not exist yet is created by the gateway.
+        let fixture = Fixture::new(
+            &BASE.replace("id = \"gw-1\"", "id = \"gw-1\"\ndata_dir = \"state/posgw\""),
+        );
+        assert_eq!(
+            fixture.load().gateway.data_dir,
+            fixture.dir.path().join("state/posgw")
+        );
+    }
+
+    #[test]
+    fn a_gs_suffix_or_prefix_in_a_drivers_d_profile_is_refused() {
+        let fixture = Fixture::new(BASE);
+        fixture.write(
+            "drivers.d/gs-scanner.toml",
+            "roles = [\"scanner\"]\ntransports = [\"serial\"]\ndecoder = \"scan\"\n[framing]\nsuffix = '\\x1D'\nstrip_prefix = \"]C1\\u001d\"\n",
+        );
+        assert_eq!(
+            fixture.errors(),
+            [
+                "drivers.d/gs-scanner.toml:5:10: 'suffix' in [framing] must not contain GS (\\x1D): it separates the fields of GS1 codes, which would be cut apart or joined",
+                "drivers.d/gs-scanner.toml:6:16: 'strip_prefix' in [framing] must not contain GS (\\x1D): it separates the fields of GS1 codes, which would be cut apart or joined",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_password_file_without_a_username_is_refused() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\npassword_file = \"mqtt.password\"\n"
+        ));
+        fixture.write("mqtt.password", "secret\n");
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:13:17: 'password_file' in [mqtt] needs 'username' in [mqtt]: MQTT sends no password without a user name"]
+        );
+        let fixture = Fixture::new(&format!(
+            "{BASE}[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"posgw\"\npassword_file = \"mqtt.password\"\n"
+        ));
+        fixture.single_error(
+            "posgw.toml:14:17: cannot read 'password_file' in [mqtt] 'mqtt.password'",
+        );
+        fixture.write("mqtt.password", "secret\n");
+        assert!(fixture
+            .load()
+            .mqtt
+            .is_some_and(|mqtt| mqtt.username.as_deref() == Some("posgw")));
+    }
+
+    #[test]
+    fn an_answer_code_that_is_a_campaign_product_is_refused() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}{CAMPAIGN}[answer_codes]\n\"6901234567892\" = \"doctor\"\n\"6901234560000\" = \"poster\"\n\"ATTR-DOCTOR\" = \"doctor\"\n"
+        ));
+        assert_eq!(
+            fixture.errors(),
+            [
+                "posgw.toml:18:19: answer code '6901234567892' is also a product of campaign 'xinsong-2026q4' (skus entry '6901234567892'): a scan of it would answer a prompt instead of opening one",
+                "posgw.toml:19:19: answer code '6901234560000' is also a product of campaign 'xinsong-2026q4' (skus entry '690123456*'): a scan of it would answer a prompt instead of opening one",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+        let fixture = Fixture::new(BASE);
+        let mut bytes = BASE.replace("scanner-1", "scanner-é").into_bytes();
+        let at = bytes.iter().position(|&byte| byte == 0xC3).expect("é");
+        bytes[at] = 0xFF;
+        std::fs::write(fixture.path(), bytes).expect("write");
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:6:15: file is not UTF-8 text: invalid byte here (save the file as UTF-8)"]
+        );
+        // A GBK-encoded drop-in, the usual way this happens on a Chinese Windows editor.
+        let fixture = Fixture::new(BASE);
+        let mut gbk = b"[gateway]\n# \xd5\xe2\xca\xc7\n".to_vec();
+        gbk.extend_from_slice(b"flush = \"10ms\"\n");
+        std::fs::create_dir_all(fixture.dir.path().join("config.d")).expect("mkdir");
+        std::fs::write(fixture.dir.path().join("config.d/10-gbk.toml"), gbk).expect("write");
+        assert_eq!(
+            fixture.errors(),
+            ["config.d/10-gbk.toml:2:3: file is not UTF-8 text: invalid byte here (save the file as UTF-8)"]
+        );
+    }
+
+    #[test]
+    fn an_oversized_config_drop_in_or_profile_is_refused_without_parsing_it() {
+        // 50 MB of comments: valid TOML that took 3.5 GB to load before.
+        let line = format!("# {}\n", "x".repeat(98));
+        let big = format!("{BASE}{}", line.repeat(500_000));
+        let fixture = Fixture::new(&big);
+        let errors = fixture.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("posgw.toml:")
+                && errors[0].ends_with(": file is larger than 1MiB, reading stopped here (a configuration or profile file is a few KiB)"),
+            "{errors:?}"
+        );
+        let fixture = Fixture::new(BASE);
+        fixture.write("config.d/10-big.toml", &line.repeat(20_000));
+        fixture.single_error("config.d/10-big.toml:10382:96:");
+        let fixture = Fixture::new(BASE);
+        fixture.write("drivers.d/big.toml", &line.repeat(20_000));
+        fixture.single_error("drivers.d/big.toml:10382:96:");
+        // Many files under the limit each are held to a total.
+        let fixture = Fixture::new(BASE);
+        for index in 0..5 {
+            fixture.write(&format!("config.d/{index}.toml"), &line.repeat(9_000));
+        }
+        fixture.single_error(
+            "config.d/4.toml: the configuration files and profiles together are larger than 4MiB",
         );
     }
 }
