@@ -1168,3 +1168,395 @@ mod passes_then_fails {
         );
     }
 }
+
+/// Issue 11, finding 6: `check-config` on random input never panics and always ends in "ok" or
+/// a list of `PATH[:LINE:COL]: message` lines (exit status 0 or 2). Two generators: TOML built
+/// from the real sections and keys with random values, and byte mutations of the shipped
+/// `config/posgw.toml`. Inputs that once broke loading are kept in `tests/config-corpus/` and
+/// replayed, in process and through the binary; proptest keeps its own shrunk failures in
+/// `proptest-regressions/config.txt`.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::Config as ProptestConfig;
+
+    /// Every section of the config file with its real keys (plus one unknown key each).
+    const SECTIONS: &[(&str, &[&str])] = &[
+        ("[gateway]", &["store", "id", "data_dir", "flush", "bogus"]),
+        ("[api]", &["listen", "bogus"]),
+        (
+            "[[device]]",
+            &[
+                "id",
+                "role",
+                "transport",
+                "station",
+                "profile",
+                "path",
+                "baud",
+                "passthrough",
+                "topic",
+                "bogus",
+            ],
+        ),
+        ("[mqtt]", &["url", "username", "password_file", "bogus"]),
+        (
+            "[[campaign]]",
+            &[
+                "id", "skus", "question", "options", "timeout", "starts", "ends", "bogus",
+            ],
+        ),
+        (
+            "[answer_codes]",
+            &["ATTR-DOCTOR", "6901234567892", "", "bogus"],
+        ),
+        (
+            "[uplink]",
+            &[
+                "endpoint",
+                "token_file",
+                "batch_max_records",
+                "batch_max_bytes",
+                "batch_max_age",
+                "compression",
+                "max_journal_bytes",
+                "bogus",
+            ],
+        ),
+        ("[prompts]", &["skip_reasons", "sale_link_window", "bogus"]),
+    ];
+
+    /// Profile sections and keys, for a random `drivers.d` file.
+    const PROFILE_SECTIONS: &[(&str, &[&str])] = &[
+        (
+            "",
+            &[
+                "name",
+                "description",
+                "roles",
+                "transports",
+                "decoder",
+                "requires_passthrough",
+            ],
+        ),
+        (
+            "[serial]",
+            &["baud", "data_bits", "parity", "stop_bits", "flow_control"],
+        ),
+        (
+            "[framing]",
+            &[
+                "terminators",
+                "suffix",
+                "strip_prefix",
+                "idle_gap",
+                "max_frame",
+            ],
+        ),
+        ("[payload]", &["format", "code_field", "symbology_field"]),
+        (
+            "[escpos]",
+            &[
+                "encoding",
+                "chinese_mode",
+                "cr_ends_line",
+                "max_receipt",
+                "receipt_timeout",
+            ],
+        ),
+        ("[escpos.patterns]", &["receipt", "clerk", "total", "line"]),
+    ];
+
+    /// Strings that mean something to some key, or break something somewhere.
+    const WORDS: &[&str] = &[
+        "WZ-LC-001",
+        "gw-1",
+        "scanner",
+        "register",
+        "serial",
+        "mqtt",
+        "generic-scanner",
+        "escpos-tap",
+        "mqtt-scanner",
+        "json-register",
+        "/dev/ttyACM0",
+        "/etc/passwd",
+        "/etc/passwd/x",
+        "state",
+        "",
+        " ",
+        "*",
+        "690*",
+        "6901234567892",
+        "doctor",
+        "0s",
+        "50ms",
+        "120s",
+        "1h 30m",
+        "2500000000h",
+        "10000000000000h",
+        "99999999999999999999999h",
+        "-1s",
+        "1",
+        "1KiB",
+        "2GiB",
+        "16EiB",
+        "99999999999999999999999",
+        "127.0.0.1:7380",
+        "mqtt://127.0.0.1:1883",
+        "mqtt://[::1",
+        "https://hq.example.com/v1/batches",
+        "mqtt://hq:1/t",
+        "gzip",
+        "zstd",
+        "2026-10-01",
+        "2026-02-30",
+        "\\x1D",
+        "\\x1",
+        "\\q",
+        "\u{1d}",
+        "(\\S+)",
+        "(?P<name>\\S+)",
+        "((((",
+        "参松养心胶囊",
+        "\u{0}",
+        "a\u{7f}b",
+    ];
+
+    /// A TOML basic string holding `text`, escaped.
+    fn quoted(text: &str) -> String {
+        toml::Value::String(text.to_string()).to_string()
+    }
+
+    /// A TOML value: strings from [`WORDS`] or arbitrary, integers, floats, booleans, dates,
+    /// arrays and inline tables.
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            4 => prop::sample::select(WORDS).prop_map(quoted),
+            1 => any::<String>().prop_map(|text| quoted(&text)),
+            2 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => prop::sample::select(&[0i64, 1, -1, 9600, 4096, 1023, 1024, 32768][..])
+                .prop_map(|n| n.to_string()),
+            1 => any::<f64>().prop_map(|x| toml::Value::Float(x).to_string()),
+            1 => any::<bool>().prop_map(|b| b.to_string()),
+            1 => Just("2026-10-01".to_string()),
+            1 => Just("1979-05-27T07:32:00Z".to_string()),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(", "))),
+                prop::collection::vec(
+                    (prop::sample::select(&["key", "label", "x"][..]), inner),
+                    0..3
+                )
+                .prop_map(|pairs| {
+                    let pairs: Vec<String> =
+                        pairs.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", pairs.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// One section: its header and some of its keys with random values.
+    fn section(
+        sections: &'static [(&'static str, &'static [&'static str])],
+    ) -> impl Strategy<Value = String> {
+        prop::sample::select(sections).prop_flat_map(|(header, keys)| {
+            prop::collection::vec((prop::sample::select(keys), value()), 0..6).prop_map(
+                move |pairs| {
+                    let mut text = format!("{header}\n");
+                    for (key, value) in pairs {
+                        text.push_str(&format!("{} = {value}\n", quoted(key)));
+                    }
+                    text
+                },
+            )
+        })
+    }
+
+    /// A main file, an optional drop-in and an optional `drivers.d` profile.
+    fn files() -> impl Strategy<Value = (String, Option<String>, Option<String>)> {
+        (
+            prop::collection::vec(section(SECTIONS), 0..8),
+            prop::option::of(prop::collection::vec(section(SECTIONS), 0..3)),
+            prop::option::of(prop::collection::vec(section(PROFILE_SECTIONS), 0..4)),
+        )
+            .prop_map(|(main, drop_in, profile)| {
+                // Usually start from a valid base, so validation (not just parsing) is reached.
+                (
+                    format!("{BASE}{}", main.concat()),
+                    drop_in.map(|sections| sections.concat()),
+                    profile.map(|sections| sections.concat()),
+                )
+            })
+    }
+
+    /// Loads `fixture` in process: either settings, or error lines that all name a file of the
+    /// fixture (or a built-in profile) and, when they carry a position, a valid one.
+    fn check_outcome(fixture: &Fixture) -> Result<(), TestCaseError> {
+        let error = match load(&fixture.path()) {
+            // What loads is usable: every duration can be added to now without overflow.
+            Ok(settings) => {
+                let mut durations = vec![settings.gateway.flush, settings.prompts.sale_link_window];
+                durations.extend(settings.campaigns.iter().map(|campaign| campaign.timeout));
+                durations.extend(settings.uplink.iter().map(|uplink| uplink.batch_max_age));
+                for duration in durations {
+                    prop_assert!(std::time::Instant::now().checked_add(duration).is_some());
+                    let signed = chrono::Duration::from_std(duration);
+                    prop_assert!(signed.is_ok_and(|signed| chrono::Local::now()
+                        .checked_add_signed(signed)
+                        .is_some()));
+                }
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        prop_assert!(!error.diagnostics().is_empty());
+        for diagnostic in error.diagnostics() {
+            prop_assert!(
+                diagnostic.path.starts_with(fixture.dir.path())
+                    || diagnostic.path.starts_with("built-in:"),
+                "{diagnostic}"
+            );
+            if let Some(position) = diagnostic.position {
+                prop_assert!(position.line >= 1 && position.column >= 1, "{diagnostic}");
+            }
+            prop_assert!(!diagnostic.message.is_empty());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+
+        #[test]
+        fn structured_random_configs_load_or_are_refused_with_positions(
+            (main, drop_in, profile) in files()
+        ) {
+            let fixture = Fixture::new(&main);
+            if let Some(drop_in) = drop_in {
+                fixture.write("config.d/10-fuzz.toml", &drop_in);
+            }
+            if let Some(profile) = profile {
+                fixture.write("drivers.d/fuzz.toml", &profile);
+            }
+            check_outcome(&fixture)?;
+        }
+
+        #[test]
+        fn byte_mutations_of_the_shipped_config_load_or_are_refused_with_positions(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 1..8)
+        ) {
+            let mut bytes = std::fs::read(manifest_file("config/posgw.toml")).expect("example");
+            for (index, how, byte) in edits {
+                if bytes.is_empty() {
+                    bytes.push(byte);
+                    continue;
+                }
+                let at = index.index(bytes.len());
+                match how {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes[at] ^= 1 << (byte % 8),
+                }
+            }
+            let fixture = Fixture::new("");
+            std::fs::write(fixture.path(), &bytes).expect("write");
+            check_outcome(&fixture)?;
+        }
+    }
+
+    /// The corpus: inputs that once passed `check-config` and then failed, or broke loading.
+    fn corpus() -> Vec<(String, Vec<u8>)> {
+        let dir = manifest_file("tests/config-corpus");
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .expect("tests/config-corpus")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .map(|path| {
+                let name = path
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                (name, std::fs::read(&path).expect("read corpus file"))
+            })
+            .collect();
+        files.sort();
+        assert!(files.len() >= 10, "corpus has {} files", files.len());
+        files
+    }
+
+    #[test]
+    fn the_corpus_is_refused_in_process_with_positions() {
+        for (name, bytes) in corpus() {
+            let fixture = Fixture::new("");
+            std::fs::write(fixture.path(), &bytes).expect("write");
+            let errors = fixture.errors();
+            assert!(
+                errors.iter().all(|line| line.starts_with("posgw.toml:")),
+                "{name}: {errors:?}"
+            );
+            // Each corpus file names the message it must get in its first line: `# expect: …`.
+            let expected = String::from_utf8_lossy(&bytes)
+                .lines()
+                .next()
+                .and_then(|line| line.strip_prefix("# expect: ").map(str::to_owned))
+                .unwrap_or_else(|| panic!("{name}: first line must be '# expect: …'"));
+            assert!(
+                errors.iter().any(|line| line.contains(&expected)),
+                "{name}: expected {expected:?} in {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn check_config_exits_0_or_2_on_the_corpus_and_mutations_through_the_binary() {
+        let mut inputs = corpus();
+        let shipped = std::fs::read(manifest_file("config/posgw.toml")).expect("example");
+        inputs.push(("shipped".into(), shipped.clone()));
+        // A few fixed mutations of the shipped file: a cut, a flipped byte, an inserted NUL.
+        for (index, at) in [(0usize, 7usize), (1, 300), (2, 1500)] {
+            let mut bytes = shipped.clone();
+            match index {
+                0 => bytes.truncate(at),
+                1 => bytes[at] ^= 0x80,
+                _ => bytes.insert(at, 0),
+            }
+            inputs.push((format!("mutation-{index}"), bytes));
+        }
+        for (name, bytes) in inputs {
+            let fixture = Fixture::new("");
+            std::fs::write(fixture.path(), &bytes).expect("write");
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_posgw"))
+                .arg("check-config")
+                .arg("-c")
+                .arg(fixture.path())
+                .output()
+                .expect("run posgw check-config");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            match output.status.code() {
+                Some(0) => assert!(
+                    String::from_utf8_lossy(&output.stdout).contains("configuration ok"),
+                    "{name}"
+                ),
+                Some(2) => {
+                    let prefix = format!("{}:", fixture.path().display());
+                    assert!(
+                        !stderr.is_empty() && stderr.lines().all(|line| line.starts_with(&prefix)),
+                        "{name}: {stderr}"
+                    );
+                }
+                other => panic!("{name}: exit status {other:?}, stderr:\n{stderr}"),
+            }
+            if name == "shipped" {
+                assert_eq!(output.status.code(), Some(0), "{stderr}");
+            }
+        }
+    }
+}
