@@ -57,6 +57,7 @@
 //!                                  "counters" = 3 x u64 BE (only between close and open)
 //!       tree "dead"                position -> record JSON bytes (HQ rejected it)
 //!       tree "dead_reason"         position -> HQ's reason, UTF-8
+//!       tree "segments"            first position -> empty: the segment files of the log
 //!       tree "records"             format 1 only: position -> record (converted at open)
 //!   quarantine-20261127T083000Z/   a damaged journal folder, moved aside as it was
 //!   salvaged-20261127T083000Z/     the same folder after `journal salvage` copied it
@@ -166,6 +167,14 @@
 //!
 //! # Opening, quarantine
 //!
+//! The `segments` tree lists the log's files: a segment is listed when the log creates it and
+//! unlisted when it deletes it, in sled's next flush (so the list may lag the files by what a
+//! crash took: an unlisted segment after every listed one is adopted, a listed one missing at
+//! or below the acknowledged position was being deleted). The open compares the list with the
+//! files before anything else, so a segment deleted from the middle of the log (whose records
+//! the floor cannot miss, since the last record is still there) is damage, never silence. A
+//! journal from before the list adopts its files as they are.
+//!
 //! The open reads every frame of the log. The first frame that is cut short or fails its CRC
 //! ends the log: a write the crash interrupted, never confirmed durable. Unless the log would
 //! then end below `journal.floor` (damage, below), the rest of that segment is cut off and later
@@ -181,7 +190,9 @@
 //!   not help;
 //! - anything else, including an open that succeeds but finds the meta unreadable or
 //!   inconsistent (bad epoch, floors of the wrong size, records without an epoch, a last record
-//!   that is not a record, a journal that ends below `journal.floor`): **damage**. The whole `journal/` folder is renamed to
+//!   that is not a record, a journal that ends below `journal.floor`, a segment file missing
+//!   from inside the log above the acknowledged position, or a segment file that is not in the
+//!   `segments` list with a listed one after it): **damage**. The whole `journal/` folder is renamed to
 //!   `quarantine-<UTC time>/`, a fresh journal with a new epoch is created, its first record is a
 //!   `gateway` record `{"event":"journal_replaced","version":..,"detail":"<reason>; damaged journal
 //!   moved to <path>; run `posgw journal salvage` to recover records"}`, and the gateway carries

@@ -153,6 +153,9 @@ pub(crate) struct Log {
     /// Set when a failed write-out could not be taken back: the writer segment may hold part of
     /// a frame, so nothing more is written.
     torn: Option<String>,
+    /// Segments created (`true`) and deleted (`false`) since [`Log::take_changes`], in order:
+    /// the store keeps the journal's list of segments from them.
+    changes: Vec<(u64, bool)>,
 }
 
 /// The newest frames of the log in memory: every frame from position `first` on, in order,
@@ -399,6 +402,7 @@ impl Log {
             chunk: Vec::new(),
             recent: Recent::default(),
             torn: None,
+            changes: Vec::new(),
         };
         let mut ending = Ending::default();
         let mut previous = 0u64;
@@ -407,6 +411,7 @@ impl Log {
             if ending.cut.is_some() {
                 // Everything after the cut goes too.
                 ending.doomed.push(path);
+                ending.doomed_firsts.push(first);
                 continue;
             }
             let file =
@@ -478,6 +483,8 @@ impl Log {
             std::fs::remove_file(path)
                 .map_err(io_context(format!("cannot delete {}", path.display())))?;
         }
+        self.changes
+            .extend(ending.doomed_firsts.iter().map(|first| (*first, false)));
         if ending.cut.is_some() || !ending.doomed.is_empty() {
             File::open(&self.dir)
                 .and_then(|dir| dir.sync_all())
@@ -538,6 +545,7 @@ impl Log {
                 let path = segment.path.clone();
                 std::fs::remove_file(&path)
                     .map_err(io_context(format!("cannot delete {}", path.display())))?;
+                self.changes.push((first, false));
                 self.segments.remove(&first);
                 self.forget_cursors(first);
                 if matches!(self.writer, Some((w, _)) if w == first) {
@@ -559,6 +567,7 @@ impl Log {
                 len: 0,
             },
         );
+        self.changes.push((next_position, true));
         self.writer = Some((next_position, Arc::new(file)));
         self.dir_dirty = true;
         Ok(())
@@ -848,19 +857,33 @@ impl Log {
     /// Whether [`Log::delete_through`] would delete a file.
     pub(crate) fn would_delete(&self, position: u64) -> bool {
         let last_first = self.segments.keys().next_back().copied();
-        self.segments
-            .iter()
-            .any(|(first, segment)| Some(*first) != last_first && segment.last <= position)
+        self.segments.iter().any(|(first, segment)| {
+            Some(*first) != last_first && *first <= position && segment.last <= position
+        })
     }
 
-    /// Deletes every segment whose frames are all at or below `position`, except the last
-    /// segment. Returns how many files went.
+    /// The first positions (names) of the segment files, in order.
+    pub(crate) fn segment_firsts(&self) -> Vec<u64> {
+        self.segments.keys().copied().collect()
+    }
+
+    /// The segments created (`true`) and deleted (`false`) since the last call, in order.
+    pub(crate) fn take_changes(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Deletes every segment that starts at or below `position` and whose frames are all at or
+    /// below it, except the last segment. Returns how many files went. (A segment emptied by
+    /// evictions above `position` stays until then: a segment missing above the acknowledged
+    /// position is damage to the open.)
     pub(crate) fn delete_through(&mut self, position: u64) -> Result<usize, String> {
         let last_first = self.segments.keys().next_back().copied();
         let doomed: Vec<u64> = self
             .segments
             .iter()
-            .filter(|(first, segment)| Some(**first) != last_first && segment.last <= position)
+            .filter(|(first, segment)| {
+                Some(**first) != last_first && **first <= position && segment.last <= position
+            })
             .map(|(first, _)| *first)
             .collect();
         for first in &doomed {
@@ -870,6 +893,7 @@ impl Log {
                         return Err(format!("cannot delete {}: {err}", segment.path.display()));
                     }
                 }
+                self.changes.push((*first, false));
             }
             if matches!(self.writer, Some((w, _)) if w == *first) {
                 self.writer = None;
@@ -1023,6 +1047,8 @@ pub(crate) struct Ending {
     pub(crate) cut: Option<Cut>,
     /// Segments after the cut.
     pub(crate) doomed: Vec<PathBuf>,
+    /// The first positions (names) of the `doomed` segments.
+    pub(crate) doomed_firsts: Vec<u64>,
 }
 
 /// A log that ends inside a segment.

@@ -7,7 +7,7 @@
 //! ([`FlushJob`]) on a blocking thread. See the module doc of `journal` for the invariants this
 //! code keeps.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use super::clock::Clock;
 use super::error::JournalError;
 use super::floor::{self, Floor};
 use super::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder, RecordHead};
-use super::segments::{Log, Mark, SyncJob};
+use super::segments::{Ending, Log, Mark, SyncJob};
 
 /// Name of the sled folder inside `data_dir`.
 pub(crate) const JOURNAL_DIR: &str = "journal";
@@ -53,6 +53,9 @@ pub(crate) const RECORDS_TREE: &str = "records";
 pub(crate) const DEAD_TREE: &str = "dead";
 /// Why each dead-lettered record was rejected: position -> UTF-8 reason.
 pub(crate) const DEAD_REASON_TREE: &str = "dead_reason";
+/// Tree listing the record log's segment files (first position -> empty), so that the open can
+/// tell a segment that went missing, or one that does not belong, from a healthy log.
+pub(crate) const SEGMENTS_TREE: &str = "segments";
 /// Tree of journal metadata (see the `META_*` keys).
 const META_TREE: &str = "meta";
 
@@ -359,6 +362,8 @@ pub(crate) struct Store {
     dead: Tree,
     /// position -> dead-letter reason.
     dead_reason: Tree,
+    /// The segment files the log holds: first position -> empty (see [`SEGMENTS_TREE`]).
+    segments: Tree,
     /// Metadata (epoch, floors, acknowledged position).
     meta: Tree,
     /// Every record at or below this position is acknowledged (gone from the backlog).
@@ -466,11 +471,13 @@ struct Trees {
     dead: Tree,
     /// See [`Store::dead_reason`].
     dead_reason: Tree,
+    /// See [`Store::segments`].
+    segments: Tree,
     /// See [`Store::meta`].
     meta: Tree,
 }
 
-/// Opens the four trees.
+/// Opens the trees.
 fn open_trees(db: &Db) -> Result<Trees, OpenFailure> {
     let open = |name: &str| {
         db.open_tree(name)
@@ -480,6 +487,7 @@ fn open_trees(db: &Db) -> Result<Trees, OpenFailure> {
         records: open(RECORDS_TREE)?,
         dead: open(DEAD_TREE)?,
         dead_reason: open(DEAD_REASON_TREE)?,
+        segments: open(SEGMENTS_TREE)?,
         meta: open(META_TREE)?,
     })
 }
@@ -601,6 +609,7 @@ fn recover(
     let seq_floor = meta_u64(&trees.meta, META_SEQ_FLOOR)?;
     let position_floor = meta_u64(&trees.meta, META_POSITION_FLOOR)?;
     let acked = meta_u64(&trees.meta, META_ACKED)?;
+    check_segments(&trees.segments, &log, &ending, acked)?;
 
     // Invariant (see the module doc): the last issued seq is the larger of seq_floor and the seq
     // of the last record when that record belongs to this epoch.
@@ -678,6 +687,78 @@ fn recover(
     ))
 }
 
+/// Checks the segment files against the journal's list of them (the `segments` tree) and
+/// brings the list up to date. Damage:
+/// - a listed segment whose file is missing, that started above the acknowledged position and
+///   is followed by another segment file: its records are gone (a missing last segment is left
+///   to the floor check, like any log that ends early);
+/// - a segment file the list does not know, with a listed segment file after it: it does not
+///   belong to this journal (segments are only ever created after the last one).
+///
+/// A listed segment missing at or below the acknowledged position is a deletion a crash
+/// interrupted; an unlisted segment after every listed one was created just before a crash
+/// (its listing was not yet durable). An empty list (a journal from before the list, or a new
+/// one) adopts the files as they are.
+fn check_segments(tree: &Tree, log: &Log, ending: &Ending, acked: u64) -> Result<(), OpenFailure> {
+    let damaged =
+        |err: sled::Error| OpenFailure::Damaged(format!("cannot read the list of segments: {err}"));
+    let files_set: BTreeSet<u64> = log
+        .segment_firsts()
+        .into_iter()
+        .chain(ending.doomed_firsts.iter().copied())
+        .collect();
+    let mut listed = BTreeSet::new();
+    for item in tree.iter() {
+        let (key, _) = item.map_err(damaged)?;
+        let first = key_position(&key).ok_or_else(|| {
+            OpenFailure::Damaged(format!(
+                "segment list key of {} bytes, expected 8",
+                key.len()
+            ))
+        })?;
+        listed.insert(first);
+    }
+    if !listed.is_empty() {
+        for &first in listed.difference(&files_set) {
+            let after = files_set.range(first..).next().copied();
+            let Some(after) = after else {
+                continue; // at the tail: the floor check decides
+            };
+            if first > acked {
+                return Err(OpenFailure::Damaged(format!(
+                    "segment file {} is missing from the record log: the records from position                      {first} to {} (not yet acknowledged by HQ) are gone",
+                    segment_file_name(first),
+                    after - 1
+                )));
+            }
+        }
+        let newest_listed_file = listed.intersection(&files_set).last().copied();
+        for &first in files_set.difference(&listed) {
+            if newest_listed_file.is_some_and(|newest| newest > first) {
+                return Err(OpenFailure::Damaged(format!(
+                    "segment file {} is not part of this journal: it is not in the journal's                      list of segments, and segment {} (listed) comes after it",
+                    segment_file_name(first),
+                    newest_listed_file.map(segment_file_name).unwrap_or_default()
+                )));
+            }
+        }
+    }
+    let mut batch = Batch::default();
+    for first in listed.difference(&files_set) {
+        batch.remove(&position_key(*first));
+    }
+    for first in files_set.difference(&listed) {
+        batch.insert(&position_key(*first), &[]);
+    }
+    tree.apply_batch(batch)
+        .map_err(|err| OpenFailure::Damaged(format!("cannot update the list of segments: {err}")))
+}
+
+/// A segment's file name, for messages.
+fn segment_file_name(first: u64) -> String {
+    format!("segments/{first:020}.seg")
+}
+
 /// The last entry of `tree` (position and bytes), if any.
 fn edge(tree: &Tree, what: &str) -> Result<Option<(u64, sled::IVec)>, OpenFailure> {
     match tree.last() {
@@ -741,6 +822,7 @@ pub(crate) fn open_store(
         log,
         dead: trees.dead,
         dead_reason: trees.dead_reason,
+        segments: trees.segments,
         meta: trees.meta,
         acked: recovered.acked,
         encoder: RecordEncoder::new(store, gateway, &recovered.epoch),
@@ -1205,6 +1287,7 @@ impl Store {
         self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
         // The floors must be on disk before a file goes: the unlink can reach the disk before
         // sled's batch, and the last segment may hold no durable record yet (just rolled).
+        self.track_segments()?;
         if self.log.would_delete(position) {
             self.db
                 .flush()
@@ -1384,6 +1467,7 @@ impl Store {
     /// `with_meta`: sled's changes too. Only removals leave sled changes for a flush to make
     /// durable (everything else that writes sled flushes it itself), and nothing waits on those.
     pub(crate) fn flush_job(&mut self, with_meta: bool) -> Result<FlushJob, JournalError> {
+        self.track_segments()?;
         // A write the log took back (a full disk) is retried at the next flush; one it could
         // not take back is the end, like a failed fsync.
         let log = self.log.sync_job().map_err(|err| {
@@ -1397,6 +1481,27 @@ impl Store {
             log,
             db: with_meta.then(|| self.db.clone()),
         })
+    }
+
+    /// Brings the list of segments (`segments` tree) up to date with the segments the log
+    /// created and deleted since the last call. Made durable with sled's next flush; the open
+    /// copes with a list that lags the files (see `check_segments`).
+    fn track_segments(&mut self) -> Result<(), JournalError> {
+        let changes = self.log.take_changes();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (first, created) in changes {
+            if created {
+                batch.insert(&position_key(first), &[]);
+            } else {
+                batch.remove(&position_key(first));
+            }
+        }
+        self.segments
+            .apply_batch(batch)
+            .map_err(|err| JournalError::storage("listing the segments", err.to_string()))
     }
 
     /// fsyncs everything written so far (blocking), then records it in the floor file.

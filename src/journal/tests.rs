@@ -1980,3 +1980,124 @@ fn removals_are_counted_from_the_reads_before_them_or_from_the_log() {
     let rest = store.read(0, u64::MAX, 100, usize::MAX).expect("read");
     assert_eq!(rest.len(), 10);
 }
+
+// Issue 11, finding 7: damage to the record log that went unnoticed.
+
+/// A journal of `n` bulky scans (~2 KB each) written through the store and closed; returns the
+/// segment files, in order.
+fn journal_over_segments(dir: &Path, n: u64) -> Vec<PathBuf> {
+    {
+        let (mut store, _) = store::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open");
+        for i in 0..n {
+            store.append(Kind::Scan, &bulky_scan(i)).expect("append");
+        }
+        store.flush().expect("flush");
+    }
+    segment_files(dir)
+}
+
+/// The segment files of the journal in `dir`, in order.
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("journal").join("segments"))
+        .expect("segments")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The `detail` of the first record of a freshly opened journal, which must be its
+/// `journal_replaced` event.
+async fn replaced_event_detail(handle: &JournalHandle) -> String {
+    let first = handle.read(0, 1, usize::MAX).await.expect("read");
+    let record: Value = serde_json::from_slice(&first[0].bytes).expect("json");
+    assert_eq!(record["kind"], "gateway");
+    assert_eq!(record["data"]["event"], "journal_replaced");
+    record["data"]["detail"]
+        .as_str()
+        .expect("detail")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_missing_middle_segment_is_damage_and_the_journal_is_quarantined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // ~18 MB: three segments.
+    let files = journal_over_segments(dir.path(), 9_000);
+    assert!(files.len() >= 3, "{files:?}");
+    std::fs::remove_file(&files[1]).expect("delete the middle segment");
+
+    let opened = open(config(dir.path(), Duration::ZERO))
+        .await
+        .expect("open");
+    let replaced = opened
+        .replaced
+        .clone()
+        .expect("the journal was quarantined");
+    let name = files[1]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        replaced
+            .reason
+            .contains(&format!("segments/{name} is missing from the record log")),
+        "{}",
+        replaced.reason
+    );
+    let detail = replaced_event_detail(&opened.handle).await;
+    assert!(
+        detail.contains("is missing from the record log"),
+        "{detail}"
+    );
+    assert_eq!(
+        opened.handle.stats().replaced.as_ref(),
+        Some(&replaced),
+        "the status shows it too"
+    );
+    opened.handle.close().await.expect("close");
+    assert_eq!(quarantine_folders(dir.path()), vec![replaced.quarantine]);
+    // Nothing was deleted: the two remaining segments are in the quarantine folder.
+    let kept = std::fs::read_dir(quarantine_folders(dir.path())[0].join("segments"))
+        .expect("quarantined segments")
+        .count();
+    assert_eq!(kept, files.len() - 1);
+}
+
+#[tokio::test]
+async fn a_foreign_segment_inside_the_log_is_damage_not_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = journal_over_segments(dir.path(), 9_000);
+    assert!(files.len() >= 3, "{files:?}");
+    // A segment of this log copied in under a name between two others: its positions are out
+    // of order there. Without a floor file, reading it as a torn tail would delete the
+    // segments after it.
+    std::fs::remove_file(dir.path().join("journal.floor")).expect("rm floor");
+    let first_of_second: u64 = files[1]
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .parse()
+        .expect("a number");
+    let foreign = files[1].with_file_name(format!("{:020}.seg", first_of_second - 1));
+    std::fs::copy(&files[0], &foreign).expect("copy");
+
+    let opened = open(config(dir.path(), Duration::ZERO))
+        .await
+        .expect("open");
+    let replaced = opened
+        .replaced
+        .clone()
+        .expect("the journal was quarantined");
+    assert!(
+        replaced.reason.contains("is not part of this journal"),
+        "{}",
+        replaced.reason
+    );
+    opened.handle.close().await.expect("close");
+    let kept = std::fs::read_dir(replaced.quarantine.join("segments"))
+        .expect("quarantined segments")
+        .count();
+    assert_eq!(kept, files.len() + 1, "no segment was deleted");
+}
