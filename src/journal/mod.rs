@@ -14,7 +14,9 @@
 //! 1. Only this module touches the journal's files (sled and the record log). One actor task
 //!    owns the open journal; everyone else holds a [`JournalHandle`]. Offline commands open the
 //!    journal only while the gateway is stopped, enforced by an exclusive `flock` on
-//!    `data_dir/journal.lock` (plus sled's own lock).
+//!    `data_dir/journal.lock` (plus sled's own lock). `stats` and `dump` change no file: they
+//!    open a scratch copy of sled's files (sled 0.34 has no read-only mode) and read the record
+//!    log in place, read-only (no cut, no deletion).
 //! 2. `seq` starts at 1 and grows by exactly 1 per appended record of an epoch: no gaps, no reuse,
 //!    across restarts and after every record was removed. A failed append does not consume a
 //!    seq; a batch ([`JournalHandle::append_batch`]) is appended whole or not at all, its seqs

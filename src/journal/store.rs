@@ -405,6 +405,9 @@ pub(crate) struct Store {
     /// none), so an eviction pass starts here instead of at the oldest record. Records are only
     /// ever added above it, so it stays true; it starts at 0 on every open.
     evict_from: u64,
+    /// The scratch copy of sled an offline command opened (removed when the store drops,
+    /// after sled closed it: fields drop in declaration order).
+    scratch: Option<Scratch>,
     /// Injected failures (tests only).
     #[cfg(test)]
     pub(crate) faults: Faults,
@@ -535,14 +538,24 @@ fn convert_format_1(
 /// Reads the meta and the log to recover the counters, creating the meta of a new journal.
 /// Every inconsistency is reported as damage, and so is a journal that ends below `floor` (what
 /// was durable before: see `floor`). Cuts the log at a write a crash interrupted.
+///
+/// With `read_only_log`, sled is a scratch copy (`journal_dir`) and the record log is read in
+/// place from that folder, read-only: nothing there is cut, deleted or created (a format 1
+/// journal is converted into the scratch copy instead).
 fn recover(
     db: &Db,
     trees: &Trees,
     journal_dir: &Path,
+    read_only_log: Option<&Path>,
     floor: Option<&Floor>,
 ) -> Result<(Log, Recovered), OpenFailure> {
     let damaged = |what: &str, err: sled::Error| OpenFailure::Damaged(format!("{what}: {err}"));
-    let (mut log, mut ending) = Log::open(journal_dir).map_err(OpenFailure::Damaged)?;
+    let format_1 = matches!(trees.meta.get(META_FORMAT), Ok(Some(format)) if format.as_ref() == FORMAT_SLED_RECORDS);
+    let (mut log, mut ending) = match read_only_log {
+        Some(dir) if !format_1 => Log::open_read_only(dir),
+        _ => Log::open(journal_dir),
+    }
+    .map_err(OpenFailure::Damaged)?;
     let epoch = match trees.meta.get(META_EPOCH) {
         Err(err) => return Err(damaged("cannot read the epoch", err)),
         Ok(Some(value)) => {
@@ -804,11 +817,24 @@ pub(crate) fn open_store(
     lock: JournalLock,
     floor: Option<Floor>,
 ) -> Result<Store, (OpenFailure, JournalLock)> {
+    open_store_at(journal_dir, None, store, gateway, lock, floor)
+}
+
+/// [`open_store`], with the record log read in place from `read_only_log` (see [`recover`]).
+fn open_store_at(
+    journal_dir: &Path,
+    read_only_log: Option<PathBuf>,
+    store: &str,
+    gateway: &str,
+    lock: JournalLock,
+    floor: Option<Floor>,
+) -> Result<Store, (OpenFailure, JournalLock)> {
     let path = journal_dir.to_path_buf();
     let opened = run_guarded("opening the journal", move || {
         let db = open_sled(&path)?;
         let trees = open_trees(&db)?;
-        let (log, recovered) = recover(&db, &trees, &path, floor.as_ref())?;
+        let (log, recovered) =
+            recover(&db, &trees, &path, read_only_log.as_deref(), floor.as_ref())?;
         Ok((db, trees, log, recovered))
     });
     let (db, trees, log, recovered) = match opened {
@@ -840,6 +866,7 @@ pub(crate) fn open_store(
         broken: None,
         floor_dir: None,
         evict_from: 0,
+        scratch: None,
         #[cfg(test)]
         faults: Faults::default(),
         _lock: lock,
@@ -953,16 +980,80 @@ fn read_floor(data_dir: &Path, journal_dir: &Path) -> Option<Floor> {
     floor
 }
 
-/// Opens an existing journal for an offline command: no creation of the folder, no quarantine.
+/// Opens an existing journal for an offline command (`stats`, `dump`), without changing any
+/// of its files: no creation of the folder, no quarantine, no cut.
+///
+/// sled 0.34 has no read-only mode (opening writes its files, and recovery removes the saved
+/// counters), so sled's own files (everything but `segments/`, a few MiB: the meta, dead
+/// letters and sled's log) are copied to a scratch folder and the copy is opened; the record
+/// log, the bulk of the journal, is read in place, read-only (`Log::open_read_only`).
 pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
     let journal_dir = data_dir.join(JOURNAL_DIR);
     if !journal_dir.is_dir() {
         return Err(JournalError::Missing { path: journal_dir });
     }
     let lock = lock(data_dir)?;
+    let scratch = Scratch::copy_sled(&journal_dir)?;
     // Offline commands never append, so the envelope's store and gateway are irrelevant.
-    open_store(&journal_dir, "", "", lock, None)
-        .map_err(|(failure, _)| failure.into_error(&journal_dir))
+    let mut store = open_store_at(&scratch.path, Some(journal_dir.clone()), "", "", lock, None)
+        .map_err(|(failure, _)| failure.into_error(&journal_dir))?;
+    store.scratch = Some(scratch);
+    Ok(store)
+}
+
+/// A scratch folder holding a copy of a journal's sled files; removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    /// The folder.
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Copies everything in `journal_dir` except the record log into a new folder in the
+    /// system's temporary folder.
+    fn copy_sled(journal_dir: &Path) -> Result<Scratch, JournalError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let scratch = Scratch {
+            path: std::env::temp_dir()
+                .join(format!("posgw-journal-{}-{stamp}", std::process::id())),
+        };
+        copy_except_segments(journal_dir, &scratch.path).map_err(|err| {
+            JournalError::io(
+                format!(
+                    "cannot copy the journal's database to {} to read it",
+                    scratch.path.display()
+                ),
+                err,
+            )
+        })?;
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Copies the files and folders of `from` into `to` (created), except the `segments` folder.
+fn copy_except_segments(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_name() == super::segments::SEGMENTS_DIR {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_except_segments(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {

@@ -2101,3 +2101,81 @@ async fn a_foreign_segment_inside_the_log_is_damage_not_a_torn_tail() {
         .count();
     assert_eq!(kept, files.len() + 1, "no segment was deleted");
 }
+
+/// Every file below `dir` (relative path) with its length, modification time and CRC-32.
+fn file_fingerprints(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime, u32)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u64, std::time::SystemTime, u32)>) {
+        for entry in std::fs::read_dir(dir).expect("list") {
+            let path = entry.expect("entry").path();
+            let metadata = std::fs::symlink_metadata(&path).expect("metadata");
+            if metadata.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                out.push((
+                    path.strip_prefix(root).expect("below root").to_path_buf(),
+                    metadata.len(),
+                    metadata.modified().expect("mtime"),
+                    crc32fast::hash(&bytes),
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Issue 11, finding 7: `journal stats` (and `dump`) wrote to sled's files, and the open they
+/// share removes the saved counters and cuts a torn tail: an offline read must write nothing.
+#[tokio::test]
+async fn offline_stats_and_dump_change_no_file_of_the_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    let appended = append_scans(&handle, 20).await;
+    let rejected = appended[3].position;
+    for record in appended {
+        record.durable.wait().await.expect("durable");
+    }
+    handle
+        .move_to_dead(rejected, "422: bad gtin".to_string())
+        .await
+        .expect("dead-letter");
+    handle.close().await.expect("close"); // saved counters in meta
+                                          // A torn write at the end of the log, as a crash leaves it.
+    let last = segment_files(dir.path()).pop().expect("a segment");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .expect("open segment");
+    std::io::Write::write_all(&mut file, &[0x55; 37]).expect("torn bytes");
+    drop(file);
+
+    let before = file_fingerprints(dir.path());
+    let stats = offline_stats(dir.path()).expect("stats");
+    assert_eq!(
+        (stats.records, stats.dead_records, stats.next_seq),
+        (19, 1, 21)
+    );
+    assert_eq!(dump_values(dir.path(), false).len(), 19);
+    assert_eq!(dump_values(dir.path(), true).len(), 1);
+    assert_eq!(
+        identity(dir.path())
+            .expect("identity")
+            .map(|(store, _)| store)
+            .as_deref(),
+        Some("WZ-LC-001")
+    );
+    let after = file_fingerprints(dir.path());
+    assert_eq!(
+        before, after,
+        "an offline command changed the journal's files"
+    );
+
+    // The live open still finds the torn tail, and uses the saved counters.
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(handle.stats().backlog_records, 19);
+    assert_eq!(handle.stats().next_seq, 21);
+    handle.close().await.expect("close");
+}
