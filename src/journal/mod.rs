@@ -209,7 +209,10 @@
 //! since sled rebuilds from its log; the record log up to its first bad frame; read on a
 //! guarded thread), and with a raw scan of the folder's files for complete JSON record envelopes
 //! (the record log and sled both keep records as contiguous bytes, so this finds records past
-//! a damaged point). Items that error or are not a record are counted unreadable. Each record is
+//! a damaged point). Items that error or are not a record are counted unreadable, and so is the
+//! damaged frame the record log ends at. Salvage reports, per epoch, every run of seqs it found
+//! no record for between the lowest and highest seq it found (copied, duplicate or already
+//! uploaded), so copied + duplicates + not recovered covers that range. Each record is
 //! appended with its original bytes (so id, epoch and seq) unless the live journal already holds
 //! its id; the raw scan leaves out old copies of records the damaged journal had already removed
 //! when sled could tell (`seq_floor`). After an fsync the folder is renamed to
@@ -242,7 +245,7 @@ mod tests;
 pub use error::JournalError;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
 pub use record::{Data, Kind};
-pub use salvage::{salvage, SalvageReport, SalvagedFolder};
+pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};
 pub use store::{Replaced, StoredRecord};
 pub use writer::{
     open, Appended, AppendedBatch, Durable, JournalConfig, JournalHandle, JournalStats, Opened,
