@@ -212,7 +212,9 @@
 //! a damaged point). Items that error or are not a record are counted unreadable, and so is the
 //! damaged frame the record log ends at. Salvage reports, per epoch, every run of seqs it found
 //! no record for between the lowest and highest seq it found (copied, duplicate or already
-//! uploaded), so copied + duplicates + not recovered covers that range. Each record is
+//! uploaded), and after the highest up to the last seq the journal had made durable (its
+//! `journal.floor`, which quarantine moves into the quarantine folder), so copied + duplicates +
+//! not recovered covers that range. Each record is
 //! appended with its original bytes (so id, epoch and seq) unless the live journal already holds
 //! its id; the raw scan leaves out old copies of records the damaged journal had already removed
 //! when sled could tell (`seq_floor`). After an fsync the folder is renamed to

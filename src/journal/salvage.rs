@@ -408,7 +408,16 @@ fn salvage_folder(
             tracing::error!(folder = %folder.display(), %err, "raw scan of quarantined journal failed");
         }
     }
-    outcome.missing = missing_seqs(found_seqs);
+    // The quarantine keeps the journal's floor: the last seq it had made durable, so records
+    // lost after the last one found are missing too.
+    let durable = match super::floor::read(folder) {
+        Ok(floor) => floor.map(|floor| (floor.epoch, floor.seq)),
+        Err(reason) => {
+            tracing::warn!(%reason, "ignoring the floor of a quarantined journal");
+            None
+        }
+    };
+    outcome.missing = missing_seqs(found_seqs, durable);
     if !outcome.missing.is_empty() {
         tracing::error!(
             folder = %folder.display(),
@@ -444,8 +453,12 @@ fn salvage_folder(
 }
 
 /// The runs of seqs missing between the lowest and highest seq found of each epoch (epochs in
-/// order of first appearance).
-pub(crate) fn missing_seqs(mut found: Vec<(String, u64)>) -> Vec<MissingSeqs> {
+/// order of first appearance), and, with `durable` (an epoch and the last seq it made durable),
+/// those after the highest seq found of that epoch up to it.
+pub(crate) fn missing_seqs(
+    mut found: Vec<(String, u64)>,
+    durable: Option<(String, u64)>,
+) -> Vec<MissingSeqs> {
     let mut epochs: Vec<String> = Vec::new();
     for (epoch, _) in &found {
         if !epochs.contains(epoch) {
@@ -470,6 +483,17 @@ pub(crate) fn missing_seqs(mut found: Vec<(String, u64)>) -> Vec<MissingSeqs> {
                 });
             }
             previous = Some(seq);
+        }
+        if let (Some(highest), Some((_, last))) =
+            (previous, durable.as_ref().filter(|(of, _)| *of == epoch))
+        {
+            if *last > highest {
+                runs.push(MissingSeqs {
+                    epoch: epoch.clone(),
+                    first: highest + 1,
+                    last: *last,
+                });
+            }
         }
     }
     runs

@@ -936,11 +936,17 @@ pub(crate) fn open_or_replace(
         quarantine = %moved_to.display(),
         "damaged journal moved aside; run `posgw journal salvage` to recover its records"
     );
-    // The floor belonged to the journal just moved aside (its meta keeps its own floors); the
-    // fresh journal writes its own at its first flush.
-    if let Err(err) = std::fs::remove_file(floor::path(data_dir)) {
+    // The floor belonged to the journal just moved aside: it goes with it (salvage reads from it
+    // the last seq that was durable, to tell which records it could not recover); the fresh
+    // journal writes its own at its first flush.
+    if let Err(err) = std::fs::rename(floor::path(data_dir), moved_to.join(floor::FLOOR_FILE)) {
         if err.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(error = %err, "cannot remove the floor of the damaged journal");
+            tracing::warn!(error = %err, "cannot move the floor of the damaged journal aside");
+            if let Err(err) = std::fs::remove_file(floor::path(data_dir)) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(error = %err, "cannot remove the floor of the damaged journal");
+                }
+            }
         }
     }
     match open_store(&journal_dir, store, gateway, lock, None) {

@@ -2245,9 +2245,43 @@ fn missing_seqs_are_runs_between_the_seqs_found_per_epoch() {
         ("a".to_string(), 9),
         ("a".to_string(), 2),
     ];
-    let runs: Vec<String> = salvage::missing_seqs(found)
+    let runs: Vec<String> = salvage::missing_seqs(found.clone(), None)
         .iter()
         .map(ToString::to_string)
         .collect();
     assert_eq!(runs, ["b/4-6", "a/3-5", "a/7-8"]);
+    // The floor says seq 12 of "a" was durable: 10-12 are missing too.
+    let runs: Vec<String> = salvage::missing_seqs(found, Some(("a".to_string(), 12)))
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(runs, ["b/4-6", "a/3-5", "a/7-8", "a/10-12"]);
+}
+
+/// The last records of a journal damaged at its end are missing too: the quarantined journal's
+/// floor says how far it had made records durable.
+#[tokio::test]
+async fn salvage_names_the_lost_seqs_at_the_end_of_a_damaged_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_epoch, _) = journal_with_records(dir.path(), 30).await;
+    let segment = segment_files(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let needle = b"\"seq\":30,";
+    let at = bytes
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .expect("record 30");
+    bytes[at + 5] = b';';
+    std::fs::write(&segment, bytes).expect("write segment");
+
+    let (_, quarantine) = open_damaged(dir.path(), &old_epoch).await;
+    assert!(
+        quarantine.join("journal.floor").is_file(),
+        "the floor went with the damaged journal"
+    );
+    let report = salvage(dir.path(), &config(dir.path(), Duration::ZERO)).expect("salvage");
+    let folder = &report.folders[0];
+    assert_eq!(folder.copied, 29, "{report}");
+    let runs: Vec<String> = folder.missing.iter().map(ToString::to_string).collect();
+    assert_eq!(runs, [format!("{old_epoch}/30")], "{report}");
 }
