@@ -894,9 +894,12 @@ impl Log {
         })
     }
 
-    /// The first positions (names) of the segment files, in order.
-    pub(crate) fn segment_firsts(&self) -> Vec<u64> {
-        self.segments.keys().copied().collect()
+    /// The first positions (names) of the segment files with their lengths, in order.
+    pub(crate) fn segment_lengths(&self) -> Vec<(u64, u64)> {
+        self.segments
+            .iter()
+            .map(|(first, segment)| (*first, segment.len))
+            .collect()
     }
 
     /// The segments created (`true`) and deleted (`false`) since the last call, in order.

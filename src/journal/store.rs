@@ -715,9 +715,18 @@ fn recover(
 fn check_segments(tree: &Tree, log: &Log, ending: &Ending, acked: u64) -> Result<(), OpenFailure> {
     let damaged =
         |err: sled::Error| OpenFailure::Damaged(format!("cannot read the list of segments: {err}"));
-    let files_set: BTreeSet<u64> = log
-        .segment_firsts()
-        .into_iter()
+    let lengths = log.segment_lengths();
+    let files_set: BTreeSet<u64> = lengths
+        .iter()
+        .map(|(first, _)| *first)
+        .chain(ending.doomed_firsts.iter().copied())
+        .collect();
+    // Listed segments that hold frames: an empty one proves nothing about what came before it
+    // (a replaced empty segment whose deletion a crash undid).
+    let with_frames: BTreeSet<u64> = lengths
+        .iter()
+        .filter(|(_, len)| *len > 0)
+        .map(|(first, _)| *first)
         .chain(ending.doomed_firsts.iter().copied())
         .collect();
     let mut listed = BTreeSet::new();
@@ -739,19 +748,23 @@ fn check_segments(tree: &Tree, log: &Log, ending: &Ending, acked: u64) -> Result
             };
             if first > acked {
                 return Err(OpenFailure::Damaged(format!(
-                    "segment file {} is missing from the record log: the records from position                      {first} to {} (not yet acknowledged by HQ) are gone",
+                    "segment file {} is missing from the record log: the records from position \
+                     {first} to {} (not yet acknowledged by HQ) are gone",
                     segment_file_name(first),
                     after - 1
                 )));
             }
         }
-        let newest_listed_file = listed.intersection(&files_set).last().copied();
+        let newest_listed_file = listed.intersection(&with_frames).last().copied();
         for &first in files_set.difference(&listed) {
             if newest_listed_file.is_some_and(|newest| newest > first) {
                 return Err(OpenFailure::Damaged(format!(
-                    "segment file {} is not part of this journal: it is not in the journal's                      list of segments, and segment {} (listed) comes after it",
+                    "segment file {} is not part of this journal: it is not in the journal's \
+                     list of segments, and segment {} (listed) comes after it",
                     segment_file_name(first),
-                    newest_listed_file.map(segment_file_name).unwrap_or_default()
+                    newest_listed_file
+                        .map(segment_file_name)
+                        .unwrap_or_default()
                 )));
             }
         }
