@@ -158,6 +158,19 @@ pub struct JournalStatusBody {
     pub backlog_bytes: u64,
     /// Records HQ refused for good.
     pub dead_records: u64,
+    /// Set when the journal was found damaged at start and moved aside: why, and where it is
+    /// (`posgw journal salvage` recovers its records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<JournalReplacedBody>,
+}
+
+/// A damaged journal moved aside at start.
+#[derive(Debug, Serialize)]
+pub struct JournalReplacedBody {
+    /// Why the journal could not be used.
+    pub reason: String,
+    /// The folder it was moved to (`data_dir/quarantine-<UTC time>`).
+    pub quarantine: String,
 }
 
 /// Uplink part of the status body.
@@ -218,6 +231,13 @@ async fn status(
             backlog_records: journal.backlog_records,
             backlog_bytes: journal.backlog_bytes,
             dead_records: journal.dead_records,
+            replaced: journal
+                .replaced
+                .as_ref()
+                .map(|replaced| JournalReplacedBody {
+                    reason: replaced.reason.clone(),
+                    quarantine: replaced.quarantine.display().to_string(),
+                }),
         },
         uplink: {
             let uplink = state.uplink.borrow().clone();

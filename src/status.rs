@@ -44,6 +44,13 @@ pub fn render(status: &Value) -> String {
         number(&journal["backlog_bytes"]),
         number(&journal["dead_records"]),
     );
+    if let Some(reason) = journal["replaced"]["reason"].as_str() {
+        let _ = writeln!(
+            out,
+            "  damaged at start, moved to {}: {reason} (run `posgw journal salvage` with the gateway stopped)",
+            text(&journal["replaced"]["quarantine"]),
+        );
+    }
     let uplink = &status["uplink"];
     let _ = writeln!(
         out,
@@ -129,6 +136,17 @@ mod tests {
         assert!(text.contains("open prompts: 1"), "{text}");
         assert!(text.contains("completeness 75%"), "{text}");
         assert!(text.contains("pairing token (for clerk screens on other machines, at /pair): 0123456789abcdef0123456789abcdef"), "{text}");
+        assert!(!text.contains("damaged at start"), "{text}");
+        let mut replaced = status.clone();
+        replaced["journal"]["replaced"] = serde_json::json!({
+            "reason": "segment file segments/00000000000000003606.seg is missing",
+            "quarantine": "/var/lib/posgw/quarantine-20261206T210000Z"
+        });
+        let text = render(&replaced);
+        assert!(
+            text.contains("damaged at start, moved to /var/lib/posgw/quarantine-20261206T210000Z: segment file segments/00000000000000003606.seg is missing"),
+            "{text}"
+        );
         // An older gateway without the extensions still renders.
         let text = render(&serde_json::json!({"store": "S"}));
         assert!(text.contains("open prompts: 0"), "{text}");

@@ -206,7 +206,11 @@ mod shipped {
             enabled.contains("\n[uplink]\n") && enabled.contains("\n[mqtt]\n"),
             "sections were uncommented"
         );
+        // The secret files it names are checked: put them in the fixture's folder.
+        let enabled = enabled.replace("\"/etc/posgw/", "\"");
         let fixture = Fixture::new(&enabled);
+        fixture.write("hq.token", "store-token\n");
+        fixture.write("mqtt.password", "secret\n");
         let settings = fixture.load();
         let ids: Vec<&str> = settings
             .devices
@@ -478,14 +482,11 @@ mod units {
         assert_eq!(settings.mqtt.expect("mqtt").max_message, 1024 * 1024);
         let settings = Fixture::new(&format!("{BASE}{mqtt}max_message = \"4MiB\"\n")).load();
         assert_eq!(settings.mqtt.expect("mqtt").max_message, 4 * 1024 * 1024);
-        for (value, found) in [
-            ("\"512\"", "512B"),
-            ("\"17MiB\"", "17MiB"),
-            ("\"1GiB\"", "1GiB"),
-        ] {
+        for value in ["\"512\"", "\"17MiB\"", "\"1GiB\""] {
+            // The range error quotes the value as written, like every other size key's.
             Fixture::new(&format!("{BASE}{mqtt}max_message = {value}\n")).single_error(
                 &format!(
-                    "posgw.toml:14:15: 'max_message' in [mqtt] must be from 1KiB to 16MiB, found {found}"
+                    "posgw.toml:14:15: 'max_message' in [mqtt] must be from 1KiB to 16MiB, found {value}"
                 ),
             );
         }
@@ -508,7 +509,7 @@ mod units {
                 "posgw.toml:16:17: 'batch_max_age' in [uplink] must be a duration like \"250ms\", \"90s\" or \"5m\", found integer 5",
                 "posgw.toml:17:21: 'max_journal_bytes' in [uplink] must be a size like \"512KiB\", \"1MiB\" or a number of bytes, found -1",
                 "posgw.toml:18:15: 'compression' in [uplink] must be one of none, gzip, zstd, found 'gz', did you mean 'gzip'?",
-                "posgw.toml:19:21: 'batch_max_records' in [uplink] must be at least 1, found 0",
+                "posgw.toml:19:21: 'batch_max_records' in [uplink] must be from 1 to 100000, found 0",
             ]
         );
     }
@@ -796,7 +797,7 @@ topic = \"store/a\"
                 "posgw.toml:14:8: 'skus' in [[campaign]] must list at least one code",
                 "posgw.toml:15:12: 'question' in [[campaign]] must not be empty",
                 "posgw.toml:16:11: 'options' in [[campaign]] must offer at least one answer",
-                "posgw.toml:17:11: 'timeout' in [[campaign]] must be longer than 0s",
+                "posgw.toml:17:11: 'timeout' in [[campaign]] must be from 1s to 1day, found \"0s\"",
                 "posgw.toml:19:8: 'ends' (2026-10-01) in [[campaign]] is before 'starts' (2026-12-31)",
             ]
         );
@@ -867,6 +868,7 @@ topic = \"store/a\"
             ));
         }
         let fixture = Fixture::new(&format!("{BASE}[uplink]\nendpoint = \"mqtts://hq.example.com:8883/posgw/WZ-LC-001\"\ntoken_file = \"hq.token\"\n"));
+        fixture.write("hq.token", "store-token\n");
         let uplink = fixture.load().uplink.expect("uplink");
         assert_eq!(uplink.token_file, Some(fixture.dir.path().join("hq.token")));
     }
@@ -976,5 +978,622 @@ mod profiles {
         fixture.single_error(
             "posgw.toml:5:1: profile 'escpos-tap' requires 'passthrough' in [[device]]",
         );
+    }
+}
+
+/// Issue 11, finding 6: configurations that passed `check-config` and then failed (or misbehaved)
+/// in the running gateway. Each is refused at load with `PATH:LINE:COL: message`.
+mod passes_then_fails {
+    use super::*;
+
+    const UPLINK: &str = "\n[uplink]\nendpoint = \"https://hq.example.com/v1/batches\"\n";
+
+    #[test]
+    fn a_campaign_timeout_beyond_a_day_is_refused_not_overflowed_or_replaced() {
+        for timeout in ["2500000000h", "10000000000000h", "25h"] {
+            let fixture = Fixture::new(&format!(
+                "{BASE}{}",
+                CAMPAIGN.replace("question", &format!("timeout = \"{timeout}\"\nquestion"))
+            ));
+            assert_eq!(
+                fixture.errors(),
+                [format!("posgw.toml:15:11: 'timeout' in [[campaign]] must be from 1s to 1day, found \"{timeout}\"")]
+            );
+        }
+    }
+
+    #[test]
+    fn every_duration_and_size_key_is_range_checked() {
+        let fixture = Fixture::new(&format!(
+            "{}{CAMPAIGN}[prompts]\nsale_link_window = \"400d\"\n{UPLINK}batch_max_bytes = \"1TiB\"\nbatch_max_age = \"3h\"\nbatch_max_records = 1000000000\nmax_journal_bytes = \"1EiB\"\n",
+            BASE.replace("id = \"gw-1\"", "id = \"gw-1\"\nflush = \"100000h\"")
+        ));
+        assert_eq!(
+            fixture.errors(),
+            [
+                "posgw.toml:4:9: 'flush' in [gateway] must be from 0s to 10s, found \"100000h\"",
+                "posgw.toml:19:20: 'sale_link_window' in [prompts] must be from 1s to 1day, found \"400d\"",
+                "posgw.toml:23:19: 'batch_max_bytes' in [uplink] must be from 1KiB to 64MiB, found \"1TiB\"",
+                "posgw.toml:24:17: 'batch_max_age' in [uplink] must be from 0s to 10m, found \"3h\"",
+                "posgw.toml:25:21: 'batch_max_records' in [uplink] must be from 1 to 100000, found 1000000000",
+                "posgw.toml:26:21: 'max_journal_bytes' in [uplink] must be from 32KiB to 64TiB, found \"1EiB\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn profile_durations_are_range_checked() {
+        let fixture = Fixture::new(BASE);
+        fixture.write(
+            "drivers.d/slow-scanner.toml",
+            "roles = [\"scanner\"]\ntransports = [\"serial\"]\ndecoder = \"scan\"\n[framing]\nidle_gap = \"9999999999h\"\n",
+        );
+        fixture.write(
+            "drivers.d/slow-tap.toml",
+            "roles = [\"register\"]\ntransports = [\"serial\"]\ndecoder = \"escpos\"\n[escpos]\nreceipt_timeout = \"10000000000000h\"\n",
+        );
+        assert_eq!(
+            fixture.errors(),
+            [
+                "drivers.d/slow-scanner.toml:5:12: 'idle_gap' in [framing] must be from 0s to 1m, found \"9999999999h\"",
+                "drivers.d/slow-tap.toml:5:19: 'receipt_timeout' in [escpos] must be from 100ms to 1day, found \"10000000000000h\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_max_journal_bytes_too_small_for_any_record_is_refused() {
+        for (written, found) in [("\"1\"", "\"1\""), ("1", "1"), ("\"16KiB\"", "\"16KiB\"")] {
+            let fixture = Fixture::new(&format!("{BASE}{UPLINK}max_journal_bytes = {written}\n"));
+            assert_eq!(
+                fixture.errors(),
+                [format!("posgw.toml:14:21: 'max_journal_bytes' in [uplink] must be from 32KiB to 64TiB, found {found}")]
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_empty_token_file_is_refused() {
+        let fixture = Fixture::new(&format!("{BASE}{UPLINK}token_file = \"hq.token\"\n"));
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:14:14: cannot read 'token_file' in [uplink] 'hq.token': No such file or directory (os error 2)"]
+        );
+        fixture.write("hq.token", " \n");
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:14:14: 'token_file' in [uplink] 'hq.token' is empty"]
+        );
+        std::fs::remove_file(fixture.dir.path().join("hq.token")).expect("remove");
+        fixture.write("hq.token/inside", "a folder is not a token file");
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:14:14: 'token_file' in [uplink] 'hq.token' is not a regular file"]
+        );
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_file_or_below_one_is_refused() {
+        for (data_dir, message) in [
+            (
+                "/etc/passwd",
+                "'data_dir' in [gateway] must be a folder, but '/etc/passwd' is a file",
+            ),
+            (
+                "/etc/passwd/posgw",
+                "'data_dir' in [gateway] '/etc/passwd/posgw' cannot be created: '/etc/passwd' is a file, not a folder",
+            ),
+        ] {
+            let fixture = Fixture::new(&BASE.replace(
+                "id = \"gw-1\"",
+                &format!("id = \"gw-1\"\ndata_dir = \"{data_dir}\""),
+            ));
+            assert_eq!(fixture.errors(), [format!("posgw.toml:4:12: {message}")]);
+        }
+        // A folder that does not exist yet is created by the gateway.
+        let fixture = Fixture::new(
+            &BASE.replace("id = \"gw-1\"", "id = \"gw-1\"\ndata_dir = \"state/posgw\""),
+        );
+        assert_eq!(
+            fixture.load().gateway.data_dir,
+            fixture.dir.path().join("state/posgw")
+        );
+    }
+
+    #[test]
+    fn a_gs_suffix_or_prefix_in_a_drivers_d_profile_is_refused() {
+        let fixture = Fixture::new(BASE);
+        fixture.write(
+            "drivers.d/gs-scanner.toml",
+            "roles = [\"scanner\"]\ntransports = [\"serial\"]\ndecoder = \"scan\"\n[framing]\nsuffix = '\\x1D'\nstrip_prefix = \"]C1\\u001d\"\n",
+        );
+        assert_eq!(
+            fixture.errors(),
+            [
+                "drivers.d/gs-scanner.toml:5:10: 'suffix' in [framing] must not contain GS (\\x1D): it separates the fields of GS1 codes, which would be cut apart or joined",
+                "drivers.d/gs-scanner.toml:6:16: 'strip_prefix' in [framing] must not contain GS (\\x1D): it separates the fields of GS1 codes, which would be cut apart or joined",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_password_file_without_a_username_is_refused() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\npassword_file = \"mqtt.password\"\n"
+        ));
+        fixture.write("mqtt.password", "secret\n");
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:13:17: 'password_file' in [mqtt] needs 'username' in [mqtt]: MQTT sends no password without a user name"]
+        );
+        let fixture = Fixture::new(&format!(
+            "{BASE}[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"posgw\"\npassword_file = \"mqtt.password\"\n"
+        ));
+        fixture.single_error(
+            "posgw.toml:14:17: cannot read 'password_file' in [mqtt] 'mqtt.password'",
+        );
+        fixture.write("mqtt.password", "secret\n");
+        assert!(fixture
+            .load()
+            .mqtt
+            .is_some_and(|mqtt| mqtt.username.as_deref() == Some("posgw")));
+    }
+
+    #[test]
+    fn an_answer_code_that_is_a_campaign_product_is_refused() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}{CAMPAIGN}[answer_codes]\n\"6901234567892\" = \"doctor\"\n\"6901234560000\" = \"poster\"\n\"ATTR-DOCTOR\" = \"doctor\"\n"
+        ));
+        assert_eq!(
+            fixture.errors(),
+            [
+                "posgw.toml:18:19: answer code '6901234567892' is also a product of campaign 'xinsong-2026q4' (skus entry '6901234567892'): a scan of it would answer a prompt instead of opening one",
+                "posgw.toml:19:19: answer code '6901234560000' is also a product of campaign 'xinsong-2026q4' (skus entry '690123456*'): a scan of it would answer a prompt instead of opening one",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+        let fixture = Fixture::new(BASE);
+        let mut bytes = BASE.replace("scanner-1", "scanner-é").into_bytes();
+        let at = bytes.iter().position(|&byte| byte == 0xC3).expect("é");
+        bytes[at] = 0xFF;
+        std::fs::write(fixture.path(), bytes).expect("write");
+        assert_eq!(
+            fixture.errors(),
+            ["posgw.toml:6:15: file is not UTF-8 text: invalid byte here (save the file as UTF-8)"]
+        );
+        // A GBK-encoded drop-in, the usual way this happens on a Chinese Windows editor.
+        let fixture = Fixture::new(BASE);
+        let mut gbk = b"[gateway]\n# \xd5\xe2\xca\xc7\n".to_vec();
+        gbk.extend_from_slice(b"flush = \"10ms\"\n");
+        std::fs::create_dir_all(fixture.dir.path().join("config.d")).expect("mkdir");
+        std::fs::write(fixture.dir.path().join("config.d/10-gbk.toml"), gbk).expect("write");
+        assert_eq!(
+            fixture.errors(),
+            ["config.d/10-gbk.toml:2:3: file is not UTF-8 text: invalid byte here (save the file as UTF-8)"]
+        );
+    }
+
+    #[test]
+    fn an_oversized_config_drop_in_or_profile_is_refused_without_parsing_it() {
+        // 50 MB of comments: valid TOML that took 3.5 GB to load before.
+        let line = format!("# {}\n", "x".repeat(98));
+        let big = format!("{BASE}{}", line.repeat(500_000));
+        let fixture = Fixture::new(&big);
+        let errors = fixture.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("posgw.toml:")
+                && errors[0].ends_with(": file is larger than 1MiB, reading stopped here (a configuration or profile file is a few KiB)"),
+            "{errors:?}"
+        );
+        let fixture = Fixture::new(BASE);
+        fixture.write("config.d/10-big.toml", &line.repeat(20_000));
+        fixture.single_error("config.d/10-big.toml:10382:96:");
+        let fixture = Fixture::new(BASE);
+        fixture.write("drivers.d/big.toml", &line.repeat(20_000));
+        fixture.single_error("drivers.d/big.toml:10382:96:");
+        // Many files under the limit each are held to a total.
+        let fixture = Fixture::new(BASE);
+        for index in 0..5 {
+            fixture.write(&format!("config.d/{index}.toml"), &line.repeat(9_000));
+        }
+        fixture.single_error(
+            "config.d/4.toml: the configuration files and profiles together are larger than 4MiB",
+        );
+    }
+}
+
+/// Issue 11, finding 6: `check-config` on random input never panics and always ends in "ok" or
+/// a list of `PATH[:LINE:COL]: message` lines (exit status 0 or 2). Two generators: TOML built
+/// from the real sections and keys with random values, and byte mutations of the shipped
+/// `config/posgw.toml`. Inputs that once broke loading are kept in `tests/config-corpus/` and
+/// replayed, in process and through the binary; proptest keeps its own shrunk failures in
+/// `proptest-regressions/config.txt`.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::Config as ProptestConfig;
+
+    /// Every section of the config file with its real keys (plus one unknown key each).
+    const SECTIONS: &[(&str, &[&str])] = &[
+        ("[gateway]", &["store", "id", "data_dir", "flush", "bogus"]),
+        ("[api]", &["listen", "bogus"]),
+        (
+            "[[device]]",
+            &[
+                "id",
+                "role",
+                "transport",
+                "station",
+                "profile",
+                "path",
+                "baud",
+                "passthrough",
+                "topic",
+                "bogus",
+            ],
+        ),
+        ("[mqtt]", &["url", "username", "password_file", "bogus"]),
+        (
+            "[[campaign]]",
+            &[
+                "id", "skus", "question", "options", "timeout", "starts", "ends", "bogus",
+            ],
+        ),
+        (
+            "[answer_codes]",
+            &["ATTR-DOCTOR", "6901234567892", "", "bogus"],
+        ),
+        (
+            "[uplink]",
+            &[
+                "endpoint",
+                "token_file",
+                "batch_max_records",
+                "batch_max_bytes",
+                "batch_max_age",
+                "compression",
+                "max_journal_bytes",
+                "bogus",
+            ],
+        ),
+        ("[prompts]", &["skip_reasons", "sale_link_window", "bogus"]),
+    ];
+
+    /// Profile sections and keys, for a random `drivers.d` file.
+    const PROFILE_SECTIONS: &[(&str, &[&str])] = &[
+        (
+            "",
+            &[
+                "name",
+                "description",
+                "roles",
+                "transports",
+                "decoder",
+                "requires_passthrough",
+            ],
+        ),
+        (
+            "[serial]",
+            &["baud", "data_bits", "parity", "stop_bits", "flow_control"],
+        ),
+        (
+            "[framing]",
+            &[
+                "terminators",
+                "suffix",
+                "strip_prefix",
+                "idle_gap",
+                "max_frame",
+            ],
+        ),
+        ("[payload]", &["format", "code_field", "symbology_field"]),
+        (
+            "[escpos]",
+            &[
+                "encoding",
+                "chinese_mode",
+                "cr_ends_line",
+                "max_receipt",
+                "receipt_timeout",
+            ],
+        ),
+        ("[escpos.patterns]", &["receipt", "clerk", "total", "line"]),
+    ];
+
+    /// Strings that mean something to some key, or break something somewhere.
+    const WORDS: &[&str] = &[
+        "WZ-LC-001",
+        "gw-1",
+        "scanner",
+        "register",
+        "serial",
+        "mqtt",
+        "generic-scanner",
+        "escpos-tap",
+        "mqtt-scanner",
+        "json-register",
+        "/dev/ttyACM0",
+        "/etc/passwd",
+        "/etc/passwd/x",
+        "state",
+        "",
+        " ",
+        "*",
+        "690*",
+        "6901234567892",
+        "doctor",
+        "0s",
+        "50ms",
+        "120s",
+        "1h 30m",
+        "2500000000h",
+        "10000000000000h",
+        "99999999999999999999999h",
+        "-1s",
+        "1",
+        "1KiB",
+        "2GiB",
+        "16EiB",
+        "99999999999999999999999",
+        "127.0.0.1:7380",
+        "mqtt://127.0.0.1:1883",
+        "mqtt://[::1",
+        "https://hq.example.com/v1/batches",
+        "mqtt://hq:1/t",
+        "gzip",
+        "zstd",
+        "2026-10-01",
+        "2026-02-30",
+        "\\x1D",
+        "\\x1",
+        "\\q",
+        "\u{1d}",
+        "(\\S+)",
+        "(?P<name>\\S+)",
+        "((((",
+        "参松养心胶囊",
+        "\u{0}",
+        "a\u{7f}b",
+    ];
+
+    /// A TOML basic string holding `text`, escaped.
+    fn quoted(text: &str) -> String {
+        toml::Value::String(text.to_string()).to_string()
+    }
+
+    /// A TOML value: strings from [`WORDS`] or arbitrary, integers, floats, booleans, dates,
+    /// arrays and inline tables.
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            4 => prop::sample::select(WORDS).prop_map(quoted),
+            1 => any::<String>().prop_map(|text| quoted(&text)),
+            2 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => prop::sample::select(&[0i64, 1, -1, 9600, 4096, 1023, 1024, 32768][..])
+                .prop_map(|n| n.to_string()),
+            1 => any::<f64>().prop_map(|x| toml::Value::Float(x).to_string()),
+            1 => any::<bool>().prop_map(|b| b.to_string()),
+            1 => Just("2026-10-01".to_string()),
+            1 => Just("1979-05-27T07:32:00Z".to_string()),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(", "))),
+                prop::collection::vec(
+                    (prop::sample::select(&["key", "label", "x"][..]), inner),
+                    0..3
+                )
+                .prop_map(|pairs| {
+                    let pairs: Vec<String> =
+                        pairs.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", pairs.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// One section: its header and some of its keys with random values.
+    fn section(
+        sections: &'static [(&'static str, &'static [&'static str])],
+    ) -> impl Strategy<Value = String> {
+        prop::sample::select(sections).prop_flat_map(|(header, keys)| {
+            prop::collection::vec((prop::sample::select(keys), value()), 0..6).prop_map(
+                move |pairs| {
+                    let mut text = format!("{header}\n");
+                    for (key, value) in pairs {
+                        text.push_str(&format!("{} = {value}\n", quoted(key)));
+                    }
+                    text
+                },
+            )
+        })
+    }
+
+    /// A main file, an optional drop-in and an optional `drivers.d` profile.
+    fn files() -> impl Strategy<Value = (String, Option<String>, Option<String>)> {
+        (
+            prop::collection::vec(section(SECTIONS), 0..8),
+            prop::option::of(prop::collection::vec(section(SECTIONS), 0..3)),
+            prop::option::of(prop::collection::vec(section(PROFILE_SECTIONS), 0..4)),
+        )
+            .prop_map(|(main, drop_in, profile)| {
+                // Usually start from a valid base, so validation (not just parsing) is reached.
+                (
+                    format!("{BASE}{}", main.concat()),
+                    drop_in.map(|sections| sections.concat()),
+                    profile.map(|sections| sections.concat()),
+                )
+            })
+    }
+
+    /// Loads `fixture` in process: either settings, or error lines that all name a file of the
+    /// fixture (or a built-in profile) and, when they carry a position, a valid one.
+    fn check_outcome(fixture: &Fixture) -> Result<(), TestCaseError> {
+        let error = match load(&fixture.path()) {
+            // What loads is usable: every duration can be added to now without overflow.
+            Ok(settings) => {
+                let mut durations = vec![settings.gateway.flush, settings.prompts.sale_link_window];
+                durations.extend(settings.campaigns.iter().map(|campaign| campaign.timeout));
+                durations.extend(settings.uplink.iter().map(|uplink| uplink.batch_max_age));
+                for duration in durations {
+                    prop_assert!(std::time::Instant::now().checked_add(duration).is_some());
+                    let signed = chrono::Duration::from_std(duration);
+                    prop_assert!(signed.is_ok_and(|signed| chrono::Local::now()
+                        .checked_add_signed(signed)
+                        .is_some()));
+                }
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        prop_assert!(!error.diagnostics().is_empty());
+        for diagnostic in error.diagnostics() {
+            prop_assert!(
+                diagnostic.path.starts_with(fixture.dir.path())
+                    || diagnostic.path.starts_with("built-in:"),
+                "{diagnostic}"
+            );
+            if let Some(position) = diagnostic.position {
+                prop_assert!(position.line >= 1 && position.column >= 1, "{diagnostic}");
+            }
+            prop_assert!(!diagnostic.message.is_empty());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+
+        #[test]
+        fn structured_random_configs_load_or_are_refused_with_positions(
+            (main, drop_in, profile) in files()
+        ) {
+            let fixture = Fixture::new(&main);
+            if let Some(drop_in) = drop_in {
+                fixture.write("config.d/10-fuzz.toml", &drop_in);
+            }
+            if let Some(profile) = profile {
+                fixture.write("drivers.d/fuzz.toml", &profile);
+            }
+            check_outcome(&fixture)?;
+        }
+
+        #[test]
+        fn byte_mutations_of_the_shipped_config_load_or_are_refused_with_positions(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 1..8)
+        ) {
+            let mut bytes = std::fs::read(manifest_file("config/posgw.toml")).expect("example");
+            for (index, how, byte) in edits {
+                if bytes.is_empty() {
+                    bytes.push(byte);
+                    continue;
+                }
+                let at = index.index(bytes.len());
+                match how {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes[at] ^= 1 << (byte % 8),
+                }
+            }
+            let fixture = Fixture::new("");
+            std::fs::write(fixture.path(), &bytes).expect("write");
+            check_outcome(&fixture)?;
+        }
+    }
+
+    /// The corpus: inputs that once passed `check-config` and then failed, or broke loading.
+    fn corpus() -> Vec<(String, Vec<u8>)> {
+        let dir = manifest_file("tests/config-corpus");
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .expect("tests/config-corpus")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .map(|path| {
+                let name = path
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                (name, std::fs::read(&path).expect("read corpus file"))
+            })
+            .collect();
+        files.sort();
+        assert!(files.len() >= 10, "corpus has {} files", files.len());
+        files
+    }
+
+    #[test]
+    fn the_corpus_is_refused_in_process_with_positions() {
+        for (name, bytes) in corpus() {
+            let fixture = Fixture::new("");
+            std::fs::write(fixture.path(), &bytes).expect("write");
+            let errors = fixture.errors();
+            assert!(
+                errors.iter().all(|line| line.starts_with("posgw.toml:")),
+                "{name}: {errors:?}"
+            );
+            // Each corpus file names the message it must get in its first line: `# expect: …`.
+            let expected = String::from_utf8_lossy(&bytes)
+                .lines()
+                .next()
+                .and_then(|line| line.strip_prefix("# expect: ").map(str::to_owned))
+                .unwrap_or_else(|| panic!("{name}: first line must be '# expect: …'"));
+            assert!(
+                errors.iter().any(|line| line.contains(&expected)),
+                "{name}: expected {expected:?} in {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn check_config_exits_0_or_2_on_the_corpus_and_mutations_through_the_binary() {
+        let mut inputs = corpus();
+        let shipped = std::fs::read(manifest_file("config/posgw.toml")).expect("example");
+        inputs.push(("shipped".into(), shipped.clone()));
+        // A few fixed mutations of the shipped file: a cut, a flipped byte, an inserted NUL.
+        for (index, at) in [(0usize, 7usize), (1, 300), (2, 1500)] {
+            let mut bytes = shipped.clone();
+            match index {
+                0 => bytes.truncate(at),
+                1 => bytes[at] ^= 0x80,
+                _ => bytes.insert(at, 0),
+            }
+            inputs.push((format!("mutation-{index}"), bytes));
+        }
+        for (name, bytes) in inputs {
+            let fixture = Fixture::new("");
+            std::fs::write(fixture.path(), &bytes).expect("write");
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_posgw"))
+                .arg("check-config")
+                .arg("-c")
+                .arg(fixture.path())
+                .output()
+                .expect("run posgw check-config");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            match output.status.code() {
+                Some(0) => assert!(
+                    String::from_utf8_lossy(&output.stdout).contains("configuration ok"),
+                    "{name}"
+                ),
+                Some(2) => {
+                    let prefix = format!("{}:", fixture.path().display());
+                    assert!(
+                        !stderr.is_empty() && stderr.lines().all(|line| line.starts_with(&prefix)),
+                        "{name}: {stderr}"
+                    );
+                }
+                other => panic!("{name}: exit status {other:?}, stderr:\n{stderr}"),
+            }
+            if name == "shipped" {
+                assert_eq!(output.status.code(), Some(0), "{stderr}");
+            }
+        }
     }
 }

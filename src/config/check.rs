@@ -4,6 +4,7 @@
 //! is expected when it is wrong, and returns `None` then, so validation can carry on and report
 //! every bad value in one run.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -71,14 +72,39 @@ pub(crate) fn choice<T: Copy>(
     None
 }
 
-/// Checks a duration string such as `"250ms"`.
-pub(crate) fn duration(report: &mut Report, value: &DurationText, what: &str) -> Option<Duration> {
+/// The largest size a key without a range of its own accepts: 1TiB (keys with one use
+/// [`size_in`]).
+pub(crate) const MAX_SIZE: u64 = 1024 * 1024 * 1024 * 1024;
+
+/// Checks a duration string such as `"250ms"` that must lie in `range` (inclusive).
+///
+/// Every duration key of the config and the profiles has its own range, so a value that parses
+/// but makes no sense (`timeout = "2500000000h"`) is refused with its position instead of
+/// overflowing, or being quietly replaced, where it is used.
+pub(crate) fn duration_in(
+    report: &mut Report,
+    value: &DurationText,
+    what: &str,
+    range: RangeInclusive<Duration>,
+) -> Option<Duration> {
     let parsed = match &value.value {
         toml::Value::String(text) => units::parse_duration(text),
         other => Err(format!("found {}", describe_value(other))),
     };
     match parsed {
-        Ok(duration) => Some(duration),
+        Ok(duration) if range.contains(&duration) => Some(duration),
+        Ok(_) => {
+            report.error(
+                &value.span,
+                format!(
+                    "{what} must be from {} to {}, found {}",
+                    units::format_duration(*range.start()),
+                    units::format_duration(*range.end()),
+                    value.value
+                ),
+            );
+            None
+        }
         Err(found) => {
             report.error(
                 &value.span,
@@ -89,15 +115,38 @@ pub(crate) fn duration(report: &mut Report, value: &DurationText, what: &str) ->
     }
 }
 
-/// Checks a size: a string such as `"512KiB"` or a non-negative integer of bytes.
+/// Checks a size: a string such as `"512KiB"` or a non-negative integer of bytes, at most
+/// [`MAX_SIZE`].
 pub(crate) fn size(report: &mut Report, value: &SizeValue, what: &str) -> Option<u64> {
+    size_in(report, value, what, 0..=MAX_SIZE)
+}
+
+/// Checks a size that must lie in `range` (inclusive); see [`duration_in`].
+pub(crate) fn size_in(
+    report: &mut Report,
+    value: &SizeValue,
+    what: &str,
+    range: RangeInclusive<u64>,
+) -> Option<u64> {
     let parsed = match &value.value {
         toml::Value::String(text) => units::parse_size(text),
         toml::Value::Integer(bytes) => u64::try_from(*bytes).map_err(|_| format!("found {bytes}")),
         other => Err(format!("found {}", describe_value(other))),
     };
     match parsed {
-        Ok(bytes) => Some(bytes),
+        Ok(bytes) if range.contains(&bytes) => Some(bytes),
+        Ok(_) => {
+            report.error(
+                &value.span,
+                format!(
+                    "{what} must be from {} to {}, found {}",
+                    units::format_size(*range.start()),
+                    units::format_size(*range.end()),
+                    value.value
+                ),
+            );
+            None
+        }
         Err(found) => {
             report.error(
                 &value.span,
@@ -165,6 +214,93 @@ pub(crate) fn path(
     } else {
         base_dir.join(path)
     })
+}
+
+/// A folder the gateway keeps state in: refused when it, or the nearest part of it that exists,
+/// is not a folder (`data_dir = "/etc/passwd"`), since it could then never be created or used.
+/// A folder that does not exist yet is fine (the gateway creates it).
+pub(crate) fn state_folder(
+    report: &mut Report,
+    base_dir: &Path,
+    value: &Located<String>,
+    what: &str,
+) -> Option<PathBuf> {
+    let folder = path(report, base_dir, value, what)?;
+    for existing in folder.ancestors() {
+        match std::fs::metadata(existing) {
+            Ok(metadata) if metadata.is_dir() => break,
+            Ok(_) if existing == folder => {
+                report.error(
+                    &value.span,
+                    format!(
+                        "{what} must be a folder, but '{}' is a file",
+                        folder.display()
+                    ),
+                );
+                return None;
+            }
+            Ok(_) => {
+                report.error(
+                    &value.span,
+                    format!(
+                        "{what} '{}' cannot be created: '{}' is a file, not a folder",
+                        folder.display(),
+                        existing.display()
+                    ),
+                );
+                return None;
+            }
+            // Not there (yet), or below a file (ENOTDIR): look at the part above.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) => {}
+            // Not ours to see (permissions): the gateway's own user may; it reports at start.
+            Err(_) => break,
+        }
+    }
+    Some(folder)
+}
+
+/// A file of secrets (`token_file`, `password_file`) that must exist and be readable by whoever
+/// checks the configuration, and with `non_empty`, hold something besides white space.
+pub(crate) fn secret_file(
+    report: &mut Report,
+    base_dir: &Path,
+    value: &Located<String>,
+    what: &str,
+    non_empty: bool,
+) -> Option<PathBuf> {
+    use std::io::Read as _;
+    /// Far above any token or password; only this much is read to check the file.
+    const LIMIT: u64 = 64 * 1024;
+    let file = path(report, base_dir, value, what)?;
+    let problem = match std::fs::metadata(&file) {
+        Err(error) => Some(format!("cannot read {what} '{}': {error}", file.display())),
+        Ok(metadata) if !metadata.is_file() => {
+            Some(format!("{what} '{}' is not a regular file", file.display()))
+        }
+        Ok(_) => {
+            let mut text = Vec::new();
+            match std::fs::File::open(&file)
+                .and_then(|opened| opened.take(LIMIT).read_to_end(&mut text))
+            {
+                Err(error) => Some(format!("cannot read {what} '{}': {error}", file.display())),
+                Ok(_) if non_empty && text.iter().all(u8::is_ascii_whitespace) => {
+                    Some(format!("{what} '{}' is empty", file.display()))
+                }
+                Ok(_) => None,
+            }
+        }
+    };
+    match problem {
+        Some(problem) => {
+            report.error(&value.span, problem);
+            None
+        }
+        None => Some(file),
+    }
 }
 
 #[cfg(test)]

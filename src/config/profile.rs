@@ -55,6 +55,7 @@
 //! Unknown keys and sections are errors, like in the config file.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,21 @@ pub(crate) const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../drivers/json-register.toml"),
     ),
 ];
+
+/// `[framing] idle_gap`: "0s" disables it; a minute of silence is no longer one frame.
+const IDLE_GAP_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(60);
+/// `[framing] max_frame`: frames are held in memory; 16MiB bounds a runaway device without
+/// limiting any real one.
+const MAX_FRAME_RANGE: RangeInclusive<u64> = 1..=16 * 1024 * 1024;
+/// `[escpos] max_receipt`: a receipt is held in memory until its cut; 16MiB bounds a printer
+/// stream gone wrong.
+const MAX_RECEIPT_RANGE: RangeInclusive<u64> = 1024..=16 * 1024 * 1024;
+/// `[escpos] receipt_timeout`.
+const RECEIPT_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(24 * 3600);
+
+/// Group separator: the GS1 field separator, never a frame boundary.
+const GS: u8 = 0x1D;
 
 /// Every profile known, by name.
 #[derive(Debug, Clone, Default)]
@@ -756,20 +772,30 @@ fn framing_settings(report: &mut Report, raw: Option<&RawFraming>) -> FramingSet
         raw.strip_prefix.as_ref(),
         "'strip_prefix' in [framing]",
     );
+    // GS (0x1D) is the GS1 field separator inside a scanned code: a suffix with it would cut
+    // codes apart at their separators, and stripping it would join their fields.
+    for (value, bytes, key) in [
+        (&raw.suffix, &mut framing.suffix, "suffix"),
+        (&raw.strip_prefix, &mut framing.strip_prefix, "strip_prefix"),
+    ] {
+        if let (Some(value), Some(_)) = (value, bytes.as_ref().filter(|b| b.contains(&GS))) {
+            report.error(
+                &value.span,
+                format!("'{key}' in [framing] must not contain GS (\\x1D): it separates the fields of GS1 codes, which would be cut apart or joined"),
+            );
+            *bytes = None;
+        }
+    }
     if let Some(gap) = &raw.idle_gap {
         framing.idle_gap =
-            check::duration(report, gap, "'idle_gap' in [framing]").filter(|gap| !gap.is_zero());
+            check::duration_in(report, gap, "'idle_gap' in [framing]", IDLE_GAP_RANGE)
+                .filter(|gap| !gap.is_zero());
     }
     if let Some(max) = &raw.max_frame {
-        // Frames are held in memory; 16MiB bounds a runaway device without limiting any real one.
-        const LIMIT: u64 = 16 * 1024 * 1024;
-        match check::size(report, max, "'max_frame' in [framing]") {
-            Some(bytes @ 1..=LIMIT) => framing.max_frame = bytes as usize,
-            Some(bytes) => report.error(
-                &max.span,
-                format!("'max_frame' in [framing] must be 1 byte to 16MiB, found {bytes}"),
-            ),
-            None => {}
+        if let Some(bytes) =
+            check::size_in(report, max, "'max_frame' in [framing]", MAX_FRAME_RANGE)
+        {
+            framing.max_frame = bytes as usize;
         }
     }
     framing
@@ -831,25 +857,20 @@ fn escpos_settings(report: &mut Report, raw: Option<&RawEscpos>) -> EscposSettin
         escpos.cr_ends_line = flag.value;
     }
     if let Some(max) = &raw.max_receipt {
-        // A receipt is held in memory until its cut; 16MiB bounds a printer stream gone wrong.
-        const LIMIT: u64 = 16 * 1024 * 1024;
-        match check::size(report, max, "'max_receipt' in [escpos]") {
-            Some(bytes @ 1024..=LIMIT) => escpos.max_receipt = bytes as usize,
-            Some(bytes) => report.error(
-                &max.span,
-                format!("'max_receipt' in [escpos] must be 1KiB to 16MiB, found {bytes}"),
-            ),
-            None => {}
+        if let Some(bytes) =
+            check::size_in(report, max, "'max_receipt' in [escpos]", MAX_RECEIPT_RANGE)
+        {
+            escpos.max_receipt = bytes as usize;
         }
     }
     if let Some(text) = &raw.receipt_timeout {
-        match check::duration(report, text, "'receipt_timeout' in [escpos]") {
-            Some(timeout) if timeout.is_zero() => report.error(
-                &text.span,
-                "'receipt_timeout' in [escpos] must be more than 0s".to_string(),
-            ),
-            Some(timeout) => escpos.receipt_timeout = timeout,
-            None => {}
+        if let Some(timeout) = check::duration_in(
+            report,
+            text,
+            "'receipt_timeout' in [escpos]",
+            RECEIPT_TIMEOUT_RANGE,
+        ) {
+            escpos.receipt_timeout = timeout;
         }
     }
     if let Some(patterns) = &raw.patterns {
@@ -1036,7 +1057,7 @@ line = '(?P<name>\S+)\s+(?P<qty>\d+)\s+(?P<amount>[0-9.]+)'
                 "p.toml:9:16: list \"cr\" and \"lf\" for CR LF terminated frames (CR LF then counts once)",
                 "p.toml:10:10: 'suffix' in [framing]: unknown escape '\\q' (use \\t, \\r, \\n, \\\\ or \\xNN)",
                 "p.toml:11:12: 'idle_gap' in [framing] must be a duration like \"250ms\", \"90s\" or \"5m\", found \"soon\"",
-                "p.toml:12:13: 'max_frame' in [framing] must be 1 byte to 16MiB, found 0",
+                "p.toml:12:13: 'max_frame' in [framing] must be from 1B to 16MiB, found 0",
             ]
         );
     }

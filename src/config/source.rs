@@ -149,6 +149,25 @@ pub(crate) struct Report {
     files: Vec<SourceFile>,
     /// Problems found so far, each with its sort key: (file index, byte offset).
     problems: Vec<((usize, usize), Diagnostic)>,
+    /// Bytes of all files read so far, held under [`MAX_TOTAL_BYTES`].
+    bytes_read: u64,
+}
+
+/// Largest file [`Report::read_file`] reads: a real configuration, drop-in or profile is a few
+/// KiB, and parsing takes tens of times the text's size in memory.
+pub(crate) const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Largest size of all files of one load together (the main file, drop-ins and profiles).
+pub(crate) const MAX_TOTAL_BYTES: u64 = 4 * 1024 * 1024;
+/// Most `*.toml` files one folder (`config.d/`, `drivers.d/`) may hold.
+pub(crate) const MAX_FOLDER_FILES: usize = 256;
+
+/// A file's bytes, read no further than `limit + 1` bytes (more than `limit`: too large).
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 impl Report {
@@ -164,11 +183,64 @@ impl Report {
     }
 
     /// Reads and registers a file; a read failure is recorded as a problem and gives `None`.
+    ///
+    /// A file over [`MAX_FILE_BYTES`], or one that would take the files of this load over
+    /// [`MAX_TOTAL_BYTES`], is refused before it is read whole: parsing TOML takes tens of times
+    /// the text's size in memory. A file that is not UTF-8 is refused at its first bad byte.
     pub fn read_file(&mut self, path: &Path) -> Option<usize> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Some(self.add_file(path.to_path_buf(), text)),
+        let mut bytes = match read_bounded(path, MAX_FILE_BYTES) {
+            Ok(bytes) => bytes,
             Err(error) => {
                 self.problem_in(path, format!("cannot read file: {error}"));
+                return None;
+            }
+        };
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            // Registered up to the limit, so the problem points where reading stopped.
+            bytes.truncate(MAX_FILE_BYTES as usize);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let end = text.len();
+            let file = self.add_file(path.to_path_buf(), text);
+            self.error(
+                &Span {
+                    file,
+                    range: end..end,
+                },
+                format!(
+                    "file is larger than {}, reading stopped here (a configuration or profile file is a few KiB)",
+                    super::units::format_size(MAX_FILE_BYTES)
+                ),
+            );
+            return None;
+        }
+        let total = self.bytes_read + bytes.len() as u64;
+        if total > MAX_TOTAL_BYTES {
+            self.problem_in(
+                path,
+                format!(
+                    "the configuration files and profiles together are larger than {}",
+                    super::units::format_size(MAX_TOTAL_BYTES)
+                ),
+            );
+            return None;
+        }
+        self.bytes_read = total;
+        match String::from_utf8(bytes) {
+            Ok(text) => Some(self.add_file(path.to_path_buf(), text)),
+            Err(error) => {
+                // Registered up to the first bad byte, so the problem gets a line and column.
+                let valid = error.utf8_error().valid_up_to();
+                let mut bytes = error.into_bytes();
+                bytes.truncate(valid);
+                let text = String::from_utf8(bytes).unwrap_or_default();
+                let file = self.add_file(path.to_path_buf(), text);
+                self.error(
+                    &Span {
+                        file,
+                        range: valid..valid,
+                    },
+                    "file is not UTF-8 text: invalid byte here (save the file as UTF-8)",
+                );
                 None
             }
         }
@@ -356,6 +428,16 @@ pub(crate) fn toml_files_in(report: &mut Report, dir: &Path) -> Vec<PathBuf> {
         })
         .collect();
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    if files.len() > MAX_FOLDER_FILES {
+        report.problem_in(
+            dir,
+            format!(
+                "folder holds {} .toml files, more than the {MAX_FOLDER_FILES} read",
+                files.len()
+            ),
+        );
+        files.truncate(MAX_FOLDER_FILES);
+    }
     files
 }
 

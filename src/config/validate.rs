@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,6 @@ use super::settings::{
     PromptOption, Role, SerialSettings, Settings, SkuPattern, Transport, UplinkSettings,
 };
 use super::source::{suggest, Located, Report, Span};
-use super::units;
 
 /// `[gateway] data_dir` when not set.
 const DEFAULT_DATA_DIR: &str = "/var/lib/posgw";
@@ -41,10 +41,27 @@ const DEFAULT_MAX_JOURNAL_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// `[mqtt] max_message` when not set (1MiB).
 const DEFAULT_MAX_MESSAGE: u64 = 1024 * 1024;
-/// The smallest `[mqtt] max_message` (1KiB): below it, ordinary sales would not fit.
-const MIN_MAX_MESSAGE: u64 = 1024;
-/// The largest `[mqtt] max_message` (16MiB): each message read whole is held in memory.
-const MAX_MAX_MESSAGE: u64 = 16 * 1024 * 1024;
+/// `[mqtt] max_message`: ordinary sales fit in 1KiB; each message read whole is held in memory,
+/// so at most 16MiB.
+const MAX_MESSAGE_RANGE: RangeInclusive<u64> = 1024..=16 * 1024 * 1024;
+/// `[gateway] flush`: from fsync-every-record to a window that still bounds what a crash loses.
+const FLUSH_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(10);
+/// `[prompts] sale_link_window`: a customer's visit, at most a day.
+const SALE_LINK_WINDOW_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+/// `[[campaign]] timeout`: a prompt waits for the clerk at least a second, at most a day.
+const TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+/// `[uplink] batch_max_age`.
+const BATCH_MAX_AGE_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(600);
+/// `[uplink] batch_max_records`.
+const BATCH_MAX_RECORDS_RANGE: RangeInclusive<usize> = 1..=100_000;
+/// `[uplink] batch_max_bytes`: one record at least, and a body HQ can take.
+const BATCH_MAX_BYTES_RANGE: RangeInclusive<u64> = 1024..=64 * 1024 * 1024;
+/// `[uplink] max_journal_bytes`: room for dozens of scan records at least (a quota below one
+/// record would evict every scan as it arrives), and far from any arithmetic overflow at most.
+pub(crate) const MAX_JOURNAL_BYTES_RANGE: RangeInclusive<u64> =
+    32 * 1024..=64 * 1024 * 1024 * 1024 * 1024;
 
 /// Characters allowed in a store code besides ASCII letters and digits.
 const STORE_EXTRA: &[char] = &['-', '_'];
@@ -124,7 +141,12 @@ fn prompt_settings(
         }
     }
     if let Some(window) = &raw.value.sale_link_window {
-        match check::duration(report, window, "'sale_link_window' in [prompts]") {
+        match check::duration_in(
+            report,
+            window,
+            "'sale_link_window' in [prompts]",
+            SALE_LINK_WINDOW_RANGE,
+        ) {
             Some(window) => settings.sale_link_window = window,
             None => ok = false,
         }
@@ -178,11 +200,11 @@ fn gateway(
         }
     };
     let data_dir = match &gateway.data_dir {
-        Some(dir) => check::path(report, base_dir, dir, "'data_dir' in [gateway]"),
+        Some(dir) => check::state_folder(report, base_dir, dir, "'data_dir' in [gateway]"),
         None => Some(PathBuf::from(DEFAULT_DATA_DIR)),
     };
     let flush = match &gateway.flush {
-        Some(flush) => check::duration(report, flush, "'flush' in [gateway]"),
+        Some(flush) => check::duration_in(report, flush, "'flush' in [gateway]", FLUSH_RANGE),
         None => Some(DEFAULT_FLUSH),
     };
     Some(GatewaySettings {
@@ -643,28 +665,20 @@ fn mqtt_settings(
         .username
         .as_ref()
         .and_then(|name| check::non_empty(report, name, "'username' in [mqtt]"));
-    let password_file = mqtt
-        .password_file
-        .as_ref()
-        .and_then(|file| check::path(report, base_dir, file, "'password_file' in [mqtt]"));
+    let password_file = mqtt.password_file.as_ref().and_then(|file| {
+        if mqtt.username.is_none() {
+            // MQTT 3.1.1 sends a password only with a user name (the connection would fail).
+            report.error(
+                &file.span,
+                "'password_file' in [mqtt] needs 'username' in [mqtt]: MQTT sends no password without a user name",
+            );
+            return None;
+        }
+        check::secret_file(report, base_dir, file, "'password_file' in [mqtt]", false)
+    });
     let max_message = match &mqtt.max_message {
         None => Some(DEFAULT_MAX_MESSAGE),
-        Some(value) => check::size(report, value, "'max_message' in [mqtt]").and_then(|bytes| {
-            if (MIN_MAX_MESSAGE..=MAX_MAX_MESSAGE).contains(&bytes) {
-                Some(bytes)
-            } else {
-                report.error(
-                    &value.span,
-                    format!(
-                        "'max_message' in [mqtt] must be from {} to {}, found {}",
-                        units::format_size(MIN_MAX_MESSAGE),
-                        units::format_size(MAX_MAX_MESSAGE),
-                        units::format_size(bytes)
-                    ),
-                );
-                None
-            }
-        }),
+        Some(value) => check::size_in(report, value, "'max_message' in [mqtt]", MAX_MESSAGE_RANGE),
     };
     if report.problem_count() > problems_before {
         return None;
@@ -799,17 +813,7 @@ fn campaign(report: &mut Report, entry: &Located<RawCampaign>) -> Option<Campaig
     }
     let timeout = match &raw.timeout {
         Some(value) => {
-            check::duration(report, value, "'timeout' in [[campaign]]").and_then(|timeout| {
-                if timeout.is_zero() {
-                    report.error(
-                        &value.span,
-                        "'timeout' in [[campaign]] must be longer than 0s",
-                    );
-                    None
-                } else {
-                    Some(timeout)
-                }
-            })
+            check::duration_in(report, value, "'timeout' in [[campaign]]", TIMEOUT_RANGE)
         }
         None => Some(DEFAULT_TIMEOUT),
     };
@@ -923,6 +927,16 @@ fn answer_codes(
             ok = false;
             continue;
         }
+        if let Some((campaign, sku)) = product_code(campaigns, code) {
+            report.error(
+                &option.span,
+                format!(
+                    "answer code '{code}' is also a product of campaign '{campaign}' (skus entry '{sku}'): a scan of it would answer a prompt instead of opening one"
+                ),
+            );
+            ok = false;
+            continue;
+        }
         if !option_keys.contains(option.value.as_str()) {
             let mut message = format!(
                 "answer code '{code}' maps to '{}', which is not an option key of any campaign",
@@ -938,6 +952,30 @@ fn answer_codes(
         codes.insert(code.clone(), option.value.clone());
     }
     ok.then_some(codes)
+}
+
+/// The campaign (id, skus entry as written) whose products include `code`, if any; from the
+/// raw campaigns, like the option keys in [`answer_codes`].
+fn product_code<'a>(
+    campaigns: &'a [Located<RawCampaign>],
+    code: &str,
+) -> Option<(&'a str, &'a str)> {
+    campaigns.iter().find_map(|campaign| {
+        let skus = campaign.value.skus.as_ref()?;
+        let sku = skus.value.iter().find(|sku| {
+            let text = sku.value.trim();
+            match text.strip_suffix('*') {
+                Some(prefix) => !prefix.is_empty() && code.trim().starts_with(prefix),
+                None => !text.is_empty() && code.trim() == text,
+            }
+        })?;
+        let id = campaign
+            .value
+            .id
+            .as_ref()
+            .map_or("", |id| id.value.as_str());
+        Some((id, sku.value.as_str()))
+    })
 }
 
 /// `[uplink]`.
@@ -975,18 +1013,19 @@ fn uplink_settings(
             None
         }
     };
-    let token_file = uplink
-        .token_file
-        .as_ref()
-        .and_then(|file| check::path(report, base_dir, file, "'token_file' in [uplink]"));
+    let token_file = uplink.token_file.as_ref().and_then(|file| {
+        check::secret_file(report, base_dir, file, "'token_file' in [uplink]", true)
+    });
     let batch_max_records = match &uplink.batch_max_records {
         Some(value) => match usize::try_from(value.value) {
-            Ok(count) if count >= 1 => Some(count),
+            Ok(count) if BATCH_MAX_RECORDS_RANGE.contains(&count) => Some(count),
             _ => {
                 report.error(
                     &value.span,
                     format!(
-                        "'batch_max_records' in [uplink] must be at least 1, found {}",
+                        "'batch_max_records' in [uplink] must be from {} to {}, found {}",
+                        BATCH_MAX_RECORDS_RANGE.start(),
+                        BATCH_MAX_RECORDS_RANGE.end(),
                         value.value
                     ),
                 );
@@ -995,14 +1034,20 @@ fn uplink_settings(
         },
         None => Some(DEFAULT_BATCH_MAX_RECORDS),
     };
-    let batch_max_bytes = positive_size(
+    let batch_max_bytes = uplink_size(
         report,
         uplink.batch_max_bytes.as_ref(),
         "batch_max_bytes",
         DEFAULT_BATCH_MAX_BYTES,
+        BATCH_MAX_BYTES_RANGE,
     );
     let batch_max_age = match &uplink.batch_max_age {
-        Some(value) => check::duration(report, value, "'batch_max_age' in [uplink]"),
+        Some(value) => check::duration_in(
+            report,
+            value,
+            "'batch_max_age' in [uplink]",
+            BATCH_MAX_AGE_RANGE,
+        ),
         None => Some(DEFAULT_BATCH_MAX_AGE),
     };
     let compression = match &uplink.compression {
@@ -1018,11 +1063,12 @@ fn uplink_settings(
         ),
         None => Some(Compression::Gzip),
     };
-    let max_journal_bytes = positive_size(
+    let max_journal_bytes = uplink_size(
         report,
         uplink.max_journal_bytes.as_ref(),
         "max_journal_bytes",
         DEFAULT_MAX_JOURNAL_BYTES,
+        MAX_JOURNAL_BYTES_RANGE,
     );
     if report.problem_count() > problems_before {
         return None;
@@ -1038,25 +1084,18 @@ fn uplink_settings(
     })
 }
 
-/// A size key of `[uplink]` that must be at least one byte.
-fn positive_size(
+/// A size key of `[uplink]`, within its range.
+fn uplink_size(
     report: &mut Report,
     value: Option<&super::raw::SizeValue>,
     key: &str,
     default: u64,
+    range: RangeInclusive<u64>,
 ) -> Option<u64> {
     let Some(value) = value else {
         return Some(default);
     };
-    let bytes = check::size(report, value, &format!("'{key}' in [uplink]"))?;
-    if bytes == 0 {
-        report.error(
-            &value.span,
-            format!("'{key}' in [uplink] must be at least 1 byte"),
-        );
-        return None;
-    }
-    Some(bytes)
+    check::size_in(report, value, &format!("'{key}' in [uplink]"), range)
 }
 
 #[cfg(test)]

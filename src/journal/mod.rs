@@ -14,7 +14,9 @@
 //! 1. Only this module touches the journal's files (sled and the record log). One actor task
 //!    owns the open journal; everyone else holds a [`JournalHandle`]. Offline commands open the
 //!    journal only while the gateway is stopped, enforced by an exclusive `flock` on
-//!    `data_dir/journal.lock` (plus sled's own lock).
+//!    `data_dir/journal.lock` (plus sled's own lock). `stats` and `dump` change no file: they
+//!    open a scratch copy of sled's files (sled 0.34 has no read-only mode) and read the record
+//!    log in place, read-only (no cut, no deletion).
 //! 2. `seq` starts at 1 and grows by exactly 1 per appended record of an epoch: no gaps, no reuse,
 //!    across restarts and after every record was removed. A failed append does not consume a
 //!    seq; a batch ([`JournalHandle::append_batch`]) is appended whole or not at all, its seqs
@@ -57,6 +59,7 @@
 //!                                  "counters" = 3 x u64 BE (only between close and open)
 //!       tree "dead"                position -> record JSON bytes (HQ rejected it)
 //!       tree "dead_reason"         position -> HQ's reason, UTF-8
+//!       tree "segments"            first position -> empty: the segment files of the log
 //!       tree "records"             format 1 only: position -> record (converted at open)
 //!   quarantine-20261127T083000Z/   a damaged journal folder, moved aside as it was
 //!   salvaged-20261127T083000Z/     the same folder after `journal salvage` copied it
@@ -166,6 +169,14 @@
 //!
 //! # Opening, quarantine
 //!
+//! The `segments` tree lists the log's files: a segment is listed when the log creates it and
+//! unlisted when it deletes it, in sled's next flush (so the list may lag the files by what a
+//! crash took: an unlisted segment after every listed one is adopted, a listed one missing at
+//! or below the acknowledged position was being deleted). The open compares the list with the
+//! files before anything else, so a segment deleted from the middle of the log (whose records
+//! the floor cannot miss, since the last record is still there) is damage, never silence. A
+//! journal from before the list adopts its files as they are.
+//!
 //! The open reads every frame of the log. The first frame that is cut short or fails its CRC
 //! ends the log: a write the crash interrupted, never confirmed durable. Unless the log would
 //! then end below `journal.floor` (damage, below), the rest of that segment is cut off and later
@@ -181,7 +192,9 @@
 //!   not help;
 //! - anything else, including an open that succeeds but finds the meta unreadable or
 //!   inconsistent (bad epoch, floors of the wrong size, records without an epoch, a last record
-//!   that is not a record, a journal that ends below `journal.floor`): **damage**. The whole `journal/` folder is renamed to
+//!   that is not a record, a journal that ends below `journal.floor`, a segment file missing
+//!   from inside the log above the acknowledged position, or a segment file that is not in the
+//!   `segments` list with a listed one after it): **damage**. The whole `journal/` folder is renamed to
 //!   `quarantine-<UTC time>/`, a fresh journal with a new epoch is created, its first record is a
 //!   `gateway` record `{"event":"journal_replaced","version":..,"detail":"<reason>; damaged journal
 //!   moved to <path>; run `posgw journal salvage` to recover records"}`, and the gateway carries
@@ -196,7 +209,12 @@
 //! since sled rebuilds from its log; the record log up to its first bad frame; read on a
 //! guarded thread), and with a raw scan of the folder's files for complete JSON record envelopes
 //! (the record log and sled both keep records as contiguous bytes, so this finds records past
-//! a damaged point). Items that error or are not a record are counted unreadable. Each record is
+//! a damaged point). Items that error or are not a record are counted unreadable, and so is the
+//! damaged frame the record log ends at. Salvage reports, per epoch, every run of seqs it found
+//! no record for between the lowest and highest seq it found (copied, duplicate or already
+//! uploaded), and after the highest up to the last seq the journal had made durable (its
+//! `journal.floor`, which quarantine moves into the quarantine folder), so copied + duplicates +
+//! not recovered covers that range. Each record is
 //! appended with its original bytes (so id, epoch and seq) unless the live journal already holds
 //! its id; the raw scan leaves out old copies of records the damaged journal had already removed
 //! when sled could tell (`seq_floor`). After an fsync the folder is renamed to
@@ -229,7 +247,7 @@ mod tests;
 pub use error::JournalError;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
 pub use record::{Data, Kind};
-pub use salvage::{salvage, SalvageReport, SalvagedFolder};
+pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};
 pub use store::{Replaced, StoredRecord};
 pub use writer::{
     open, Appended, AppendedBatch, Durable, JournalConfig, JournalHandle, JournalStats, Opened,

@@ -1,6 +1,10 @@
 //! Offline journal commands `posgw journal stats` and `posgw journal dump` (salvage has its own
 //! module): they run while the gateway is stopped, open the journal themselves (taking the same
 //! lock, so a running gateway makes them fail with "in use") and work synchronously.
+//!
+//! They only read: no file of the journal changes. sled 0.34 has no read-only mode, so they open
+//! a scratch copy of sled's files and read the record log in place, read-only (see
+//! `store::open_existing`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

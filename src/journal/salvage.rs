@@ -16,6 +16,10 @@
 //!
 //! Records whose id the live journal already holds are skipped, so salvage can be re-run; each
 //! folder is renamed to `salvaged-<same time>` once its records are durable in the live journal.
+//!
+//! What could not be recovered is reported, not just what was: the damaged frame the record log
+//! ends at counts as unreadable, and every seq missing between the lowest and highest seq found
+//! of an epoch is listed ([`MissingSeqs`]) and logged as an error.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -71,6 +75,45 @@ pub struct SalvagedFolder {
     pub removed_before: u64,
     /// Where the folder was moved once salvaged (`salvaged-*`); `None` if it was left in place.
     pub marked_as: Option<PathBuf>,
+    /// Seqs not recovered: per epoch, the runs of seqs missing between the lowest and the
+    /// highest seq found of that epoch (copied, duplicate or already uploaded), in order. Below
+    /// the lowest found seq nothing can be told (HQ had those records, or they were evicted).
+    pub missing: Vec<MissingSeqs>,
+}
+
+/// A run of seqs of one epoch that salvage found no record for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingSeqs {
+    /// The epoch.
+    pub epoch: String,
+    /// The first seq missing.
+    pub first: u64,
+    /// The last seq missing (equal to `first` for a single one).
+    pub last: u64,
+}
+
+impl MissingSeqs {
+    /// How many seqs the run holds.
+    pub fn count(&self) -> u64 {
+        self.last - self.first + 1
+    }
+}
+
+impl fmt::Display for MissingSeqs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}/{}", self.epoch, self.first)
+        } else {
+            write!(f, "{}/{}-{}", self.epoch, self.first, self.last)
+        }
+    }
+}
+
+impl SalvagedFolder {
+    /// Seqs not recovered, over all runs.
+    pub fn missing_seqs(&self) -> u64 {
+        self.missing.iter().map(MissingSeqs::count).sum()
+    }
 }
 
 /// What `posgw journal salvage` recovered.
@@ -102,6 +145,10 @@ impl SalvageReport {
     /// Unreadable items over all folders.
     pub fn unreadable(&self) -> u64 {
         self.folders.iter().map(|f| f.unreadable).sum()
+    }
+    /// Seqs not recovered over all folders.
+    pub fn missing_seqs(&self) -> u64 {
+        self.folders.iter().map(SalvagedFolder::missing_seqs).sum()
     }
 }
 
@@ -141,17 +188,27 @@ impl fmt::Display for SalvageReport {
             if let Some(error) = &folder.sled_error {
                 writeln!(f, "  sled could not open it: {error}")?;
             }
+            if !folder.missing.is_empty() {
+                let runs: Vec<String> = folder.missing.iter().map(ToString::to_string).collect();
+                writeln!(
+                    f,
+                    "  not recovered: {} seq(s): {}",
+                    folder.missing_seqs(),
+                    runs.join(", ")
+                )?;
+            }
             if let Some(marked) = &folder.marked_as {
                 writeln!(f, "  marked salvaged: {}", marked.display())?;
             }
         }
         writeln!(
             f,
-            "total: read {}, copied {}, skipped-duplicate {}, unreadable {}; live journal {} (epoch {})",
+            "total: read {}, copied {}, skipped-duplicate {}, unreadable {}, not recovered {} seq(s); live journal {} (epoch {})",
             self.read(),
             self.copied(),
             self.duplicates(),
             self.unreadable(),
+            self.missing_seqs(),
             self.journal.display(),
             self.epoch
         )
@@ -166,6 +223,8 @@ enum Salvaged {
         bytes: Vec<u8>,
         /// Its id.
         id: String,
+        /// Its epoch and seq.
+        seq: (String, u64),
     },
     /// A dead-lettered record with its reason.
     Dead {
@@ -173,6 +232,8 @@ enum Salvaged {
         bytes: Vec<u8>,
         /// Its id.
         id: String,
+        /// Its epoch and seq.
+        seq: (String, u64),
         /// Why HQ rejected it (empty if unknown).
         reason: Vec<u8>,
     },
@@ -267,6 +328,8 @@ fn salvage_folder(
     let mut seen_here = HashSet::new();
     let mut method = Vec::new();
     let mut floor = None;
+    // Every seq found, by epoch, to tell which could not be recovered.
+    let mut found_seqs: Vec<(String, u64)> = Vec::new();
     match sled {
         Ok(read) => {
             method.push(format!("sled ({})", read.how));
@@ -279,8 +342,19 @@ fn salvage_folder(
                         outcome.unreadable += 1;
                         continue;
                     }
-                    Salvaged::Record { bytes, id } => (bytes, id, None),
-                    Salvaged::Dead { bytes, id, reason } => (bytes, id, Some(reason)),
+                    Salvaged::Record { bytes, id, seq } => {
+                        found_seqs.push(seq);
+                        (bytes, id, None)
+                    }
+                    Salvaged::Dead {
+                        bytes,
+                        id,
+                        seq,
+                        reason,
+                    } => {
+                        found_seqs.push(seq);
+                        (bytes, id, Some(reason))
+                    }
                 };
                 outcome.read += 1;
                 seen_here.insert(id.clone());
@@ -312,6 +386,7 @@ fn salvage_folder(
                 if seen_here.contains(&record.id) {
                     continue;
                 }
+                found_seqs.push((record.epoch.clone(), record.seq));
                 if let Some((epoch, seq_floor)) = &floor {
                     if record.epoch == *epoch && record.seq <= *seq_floor {
                         outcome.removed_before += 1;
@@ -332,6 +407,23 @@ fn salvage_folder(
         Err(err) => {
             tracing::error!(folder = %folder.display(), %err, "raw scan of quarantined journal failed");
         }
+    }
+    // The quarantine keeps the journal's floor: the last seq it had made durable, so records
+    // lost after the last one found are missing too.
+    let durable = match super::floor::read(folder) {
+        Ok(floor) => floor.map(|floor| (floor.epoch, floor.seq)),
+        Err(reason) => {
+            tracing::warn!(%reason, "ignoring the floor of a quarantined journal");
+            None
+        }
+    };
+    outcome.missing = missing_seqs(found_seqs, durable);
+    if !outcome.missing.is_empty() {
+        tracing::error!(
+            folder = %folder.display(),
+            missing = outcome.missing_seqs(),
+            "salvage could not recover every record of a quarantined journal"
+        );
     }
     if method.is_empty() {
         // Neither reader got anywhere: leave the folder for a later attempt or a human.
@@ -358,6 +450,53 @@ fn salvage_folder(
     })?;
     outcome.marked_as = Some(target);
     Ok(outcome)
+}
+
+/// The runs of seqs missing between the lowest and highest seq found of each epoch (epochs in
+/// order of first appearance), and, with `durable` (an epoch and the last seq it made durable),
+/// those after the highest seq found of that epoch up to it.
+pub(crate) fn missing_seqs(
+    mut found: Vec<(String, u64)>,
+    durable: Option<(String, u64)>,
+) -> Vec<MissingSeqs> {
+    let mut epochs: Vec<String> = Vec::new();
+    for (epoch, _) in &found {
+        if !epochs.contains(epoch) {
+            epochs.push(epoch.clone());
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    let mut runs = Vec::new();
+    for epoch in epochs {
+        let seqs = found
+            .iter()
+            .filter(|(of, _)| *of == epoch)
+            .map(|(_, seq)| *seq);
+        let mut previous: Option<u64> = None;
+        for seq in seqs {
+            if let Some(previous) = previous.filter(|previous| seq > previous + 1) {
+                runs.push(MissingSeqs {
+                    epoch: epoch.clone(),
+                    first: previous + 1,
+                    last: seq - 1,
+                });
+            }
+            previous = Some(seq);
+        }
+        if let (Some(highest), Some((_, last))) =
+            (previous, durable.as_ref().filter(|(of, _)| *of == epoch))
+        {
+            if *last > highest {
+                runs.push(MissingSeqs {
+                    epoch: epoch.clone(),
+                    first: highest + 1,
+                    last: *last,
+                });
+            }
+        }
+    }
+    runs
 }
 
 /// Copies `folder` to `copy` and reads everything sled can read from it, trying harder each time
@@ -478,14 +617,20 @@ fn read_segments(db: &sled::Db, folder: &Path, send: &std::sync::mpsc::Sender<Sa
     };
     let read = log.read(acked, u64::MAX, &mut |_, bytes| {
         let item = match record_envelope(bytes) {
-            Some((id, _, _)) => Salvaged::Record {
+            Some((id, epoch, seq)) => Salvaged::Record {
                 bytes: bytes.to_vec(),
                 id,
+                seq: (epoch, seq),
             },
             None => Salvaged::Unreadable,
         };
         send.send(item).is_ok()
     });
+    if ending.cut.is_some() {
+        // The frame the log ends at is damaged (or cut short): one item that cannot be read.
+        // What lies beyond it is left to the raw scan.
+        let _ = send.send(Salvaged::Unreadable);
+    }
     read.is_ok() && ending.cut.is_none()
 }
 
@@ -514,7 +659,7 @@ fn read_tree(
             continue;
         };
         consecutive_errors = 0;
-        let Some((id, _, _)) = record_envelope(&value) else {
+        let Some((id, epoch, seq)) = record_envelope(&value) else {
             let _ = send.send(Salvaged::Unreadable);
             continue;
         };
@@ -522,10 +667,12 @@ fn read_tree(
             None => Salvaged::Record {
                 bytes: value.to_vec(),
                 id,
+                seq: (epoch, seq),
             },
             Some(reasons) => Salvaged::Dead {
                 bytes: value.to_vec(),
                 id,
+                seq: (epoch, seq),
                 reason: reasons
                     .get(&key)
                     .ok()

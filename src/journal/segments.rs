@@ -153,6 +153,11 @@ pub(crate) struct Log {
     /// Set when a failed write-out could not be taken back: the writer segment may hold part of
     /// a frame, so nothing more is written.
     torn: Option<String>,
+    /// Segments created (`true`) and deleted (`false`) since [`Log::take_changes`], in order:
+    /// the store keeps the journal's list of segments from them.
+    changes: Vec<(u64, bool)>,
+    /// Opened by [`Log::open_read_only`]: no file is created, cut, rewritten or deleted.
+    read_only: bool,
 }
 
 /// The newest frames of the log in memory: every frame from position `first` on, in order,
@@ -361,18 +366,37 @@ impl Log {
     /// end. Nothing is cut or deleted yet: the caller checks the end against the floor, then
     /// calls [`Log::cut`].
     pub(crate) fn open(journal_dir: &Path) -> Result<(Log, Ending), String> {
+        Log::open_with(journal_dir, false)
+    }
+
+    /// Opens the log in `journal_dir/segments` for reading only (offline commands): as
+    /// [`Log::open`], but nothing in the folder is created, cut, deleted or written; reads stop
+    /// where the open found the log ends.
+    pub(crate) fn open_read_only(journal_dir: &Path) -> Result<(Log, Ending), String> {
+        Log::open_with(journal_dir, true)
+    }
+
+    fn open_with(journal_dir: &Path, read_only: bool) -> Result<(Log, Ending), String> {
         let dir = journal_dir.join(SEGMENTS_DIR);
-        std::fs::create_dir_all(&dir)
-            .map_err(io_context(format!("cannot create {}", dir.display())))?;
+        if !read_only {
+            std::fs::create_dir_all(&dir)
+                .map_err(io_context(format!("cannot create {}", dir.display())))?;
+        }
         let mut firsts = Vec::new();
-        for entry in
-            std::fs::read_dir(&dir).map_err(io_context(format!("cannot list {}", dir.display())))?
-        {
-            let entry = entry.map_err(io_context(format!("cannot list {}", dir.display())))?;
+        let entries = match std::fs::read_dir(&dir) {
+            Err(err) if read_only && err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            listing => listing
+                .map_err(io_context(format!("cannot list {}", dir.display())))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(io_context(format!("cannot list {}", dir.display())))?,
+        };
+        for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(TMP_SUFFIX) {
                 // A rewrite that did not finish: the original is still in place.
-                let _ = std::fs::remove_file(entry.path());
+                if !read_only {
+                    let _ = std::fs::remove_file(entry.path());
+                }
                 continue;
             }
             match name
@@ -399,6 +423,8 @@ impl Log {
             chunk: Vec::new(),
             recent: Recent::default(),
             torn: None,
+            changes: Vec::new(),
+            read_only,
         };
         let mut ending = Ending::default();
         let mut previous = 0u64;
@@ -407,6 +433,7 @@ impl Log {
             if ending.cut.is_some() {
                 // Everything after the cut goes too.
                 ending.doomed.push(path);
+                ending.doomed_firsts.push(first);
                 continue;
             }
             let file =
@@ -465,6 +492,10 @@ impl Log {
     /// Cuts the log where [`Log::open`] found it ends (a write interrupted by a crash) and
     /// deletes the segments after that point.
     pub(crate) fn cut(&mut self, ending: &Ending) -> Result<(), String> {
+        if self.read_only {
+            // Reads already stop at the cut; the files stay as they are.
+            return Ok(());
+        }
         if let Some(cut) = &ending.cut {
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -478,6 +509,8 @@ impl Log {
             std::fs::remove_file(path)
                 .map_err(io_context(format!("cannot delete {}", path.display())))?;
         }
+        self.changes
+            .extend(ending.doomed_firsts.iter().map(|first| (*first, false)));
         if ending.cut.is_some() || !ending.doomed.is_empty() {
             File::open(&self.dir)
                 .and_then(|dir| dir.sync_all())
@@ -517,6 +550,9 @@ impl Log {
     /// Makes the last segment the writer if it has room, else creates a new one starting at
     /// `next_position`.
     fn roll(&mut self, next_position: u64) -> Result<(), String> {
+        if self.read_only {
+            return Err("the record log is open read-only".to_string());
+        }
         self.write_out()?;
         if let Some((&first, segment)) = self.segments.iter().next_back() {
             if self.writer.is_none() && segment.len < SEGMENT_BYTES && first <= next_position {
@@ -538,6 +574,7 @@ impl Log {
                 let path = segment.path.clone();
                 std::fs::remove_file(&path)
                     .map_err(io_context(format!("cannot delete {}", path.display())))?;
+                self.changes.push((first, false));
                 self.segments.remove(&first);
                 self.forget_cursors(first);
                 if matches!(self.writer, Some((w, _)) if w == first) {
@@ -559,6 +596,7 @@ impl Log {
                 len: 0,
             },
         );
+        self.changes.push((next_position, true));
         self.writer = Some((next_position, Arc::new(file)));
         self.dir_dirty = true;
         Ok(())
@@ -761,7 +799,10 @@ impl Log {
             )))?;
             if let (Some(why), false) = (why, stopped) {
                 // The open cut the log at its first bad frame: one now is damage, never skipped.
-                return Err(format!("{}: {why}", segment.path.display()));
+                // Read-only, the cut was not made: the log ends where the open found it does.
+                if !(self.read_only && end >= segment.len) {
+                    return Err(format!("{}: {why}", segment.path.display()));
+                }
             }
             // Resume at the frame after the last one delivered or skipped.
             cursor_out = Some(Cursor {
@@ -848,19 +889,39 @@ impl Log {
     /// Whether [`Log::delete_through`] would delete a file.
     pub(crate) fn would_delete(&self, position: u64) -> bool {
         let last_first = self.segments.keys().next_back().copied();
-        self.segments
-            .iter()
-            .any(|(first, segment)| Some(*first) != last_first && segment.last <= position)
+        self.segments.iter().any(|(first, segment)| {
+            Some(*first) != last_first && *first <= position && segment.last <= position
+        })
     }
 
-    /// Deletes every segment whose frames are all at or below `position`, except the last
-    /// segment. Returns how many files went.
+    /// The first positions (names) of the segment files with their lengths, in order.
+    pub(crate) fn segment_lengths(&self) -> Vec<(u64, u64)> {
+        self.segments
+            .iter()
+            .map(|(first, segment)| (*first, segment.len))
+            .collect()
+    }
+
+    /// The segments created (`true`) and deleted (`false`) since the last call, in order.
+    pub(crate) fn take_changes(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Deletes every segment that starts at or below `position` and whose frames are all at or
+    /// below it, except the last segment. Returns how many files went. (A segment emptied by
+    /// evictions above `position` stays until then: a segment missing above the acknowledged
+    /// position is damage to the open.)
     pub(crate) fn delete_through(&mut self, position: u64) -> Result<usize, String> {
+        if self.read_only {
+            return Ok(0);
+        }
         let last_first = self.segments.keys().next_back().copied();
         let doomed: Vec<u64> = self
             .segments
             .iter()
-            .filter(|(first, segment)| Some(**first) != last_first && segment.last <= position)
+            .filter(|(first, segment)| {
+                Some(**first) != last_first && **first <= position && segment.last <= position
+            })
             .map(|(first, _)| *first)
             .collect();
         for first in &doomed {
@@ -870,6 +931,7 @@ impl Log {
                         return Err(format!("cannot delete {}: {err}", segment.path.display()));
                     }
                 }
+                self.changes.push((*first, false));
             }
             if matches!(self.writer, Some((w, _)) if w == *first) {
                 self.writer = None;
@@ -891,6 +953,9 @@ impl Log {
     pub(crate) fn drop_frames(&mut self, positions: &[u64]) -> Result<(), String> {
         if positions.is_empty() {
             return Ok(());
+        }
+        if self.read_only {
+            return Err("the record log is open read-only".to_string());
         }
         self.write_out()?;
         // Written out just now; the rewrite is read from the files from now on.
@@ -1023,6 +1088,8 @@ pub(crate) struct Ending {
     pub(crate) cut: Option<Cut>,
     /// Segments after the cut.
     pub(crate) doomed: Vec<PathBuf>,
+    /// The first positions (names) of the `doomed` segments.
+    pub(crate) doomed_firsts: Vec<u64>,
 }
 
 /// A log that ends inside a segment.

@@ -7,7 +7,7 @@
 //! ([`FlushJob`]) on a blocking thread. See the module doc of `journal` for the invariants this
 //! code keeps.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use super::clock::Clock;
 use super::error::JournalError;
 use super::floor::{self, Floor};
 use super::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder, RecordHead};
-use super::segments::{Log, Mark, SyncJob};
+use super::segments::{Ending, Log, Mark, SyncJob};
 
 /// Name of the sled folder inside `data_dir`.
 pub(crate) const JOURNAL_DIR: &str = "journal";
@@ -53,6 +53,9 @@ pub(crate) const RECORDS_TREE: &str = "records";
 pub(crate) const DEAD_TREE: &str = "dead";
 /// Why each dead-lettered record was rejected: position -> UTF-8 reason.
 pub(crate) const DEAD_REASON_TREE: &str = "dead_reason";
+/// Tree listing the record log's segment files (first position -> empty), so that the open can
+/// tell a segment that went missing, or one that does not belong, from a healthy log.
+pub(crate) const SEGMENTS_TREE: &str = "segments";
 /// Tree of journal metadata (see the `META_*` keys).
 const META_TREE: &str = "meta";
 
@@ -359,6 +362,8 @@ pub(crate) struct Store {
     dead: Tree,
     /// position -> dead-letter reason.
     dead_reason: Tree,
+    /// The segment files the log holds: first position -> empty (see [`SEGMENTS_TREE`]).
+    segments: Tree,
     /// Metadata (epoch, floors, acknowledged position).
     meta: Tree,
     /// Every record at or below this position is acknowledged (gone from the backlog).
@@ -400,6 +405,9 @@ pub(crate) struct Store {
     /// none), so an eviction pass starts here instead of at the oldest record. Records are only
     /// ever added above it, so it stays true; it starts at 0 on every open.
     evict_from: u64,
+    /// The scratch copy of sled an offline command opened (removed when the store drops,
+    /// after sled closed it: fields drop in declaration order).
+    scratch: Option<Scratch>,
     /// Injected failures (tests only).
     #[cfg(test)]
     pub(crate) faults: Faults,
@@ -466,11 +474,13 @@ struct Trees {
     dead: Tree,
     /// See [`Store::dead_reason`].
     dead_reason: Tree,
+    /// See [`Store::segments`].
+    segments: Tree,
     /// See [`Store::meta`].
     meta: Tree,
 }
 
-/// Opens the four trees.
+/// Opens the trees.
 fn open_trees(db: &Db) -> Result<Trees, OpenFailure> {
     let open = |name: &str| {
         db.open_tree(name)
@@ -480,6 +490,7 @@ fn open_trees(db: &Db) -> Result<Trees, OpenFailure> {
         records: open(RECORDS_TREE)?,
         dead: open(DEAD_TREE)?,
         dead_reason: open(DEAD_REASON_TREE)?,
+        segments: open(SEGMENTS_TREE)?,
         meta: open(META_TREE)?,
     })
 }
@@ -527,14 +538,24 @@ fn convert_format_1(
 /// Reads the meta and the log to recover the counters, creating the meta of a new journal.
 /// Every inconsistency is reported as damage, and so is a journal that ends below `floor` (what
 /// was durable before: see `floor`). Cuts the log at a write a crash interrupted.
+///
+/// With `read_only_log`, sled is a scratch copy (`journal_dir`) and the record log is read in
+/// place from that folder, read-only: nothing there is cut, deleted or created (a format 1
+/// journal is converted into the scratch copy instead).
 fn recover(
     db: &Db,
     trees: &Trees,
     journal_dir: &Path,
+    read_only_log: Option<&Path>,
     floor: Option<&Floor>,
 ) -> Result<(Log, Recovered), OpenFailure> {
     let damaged = |what: &str, err: sled::Error| OpenFailure::Damaged(format!("{what}: {err}"));
-    let (mut log, mut ending) = Log::open(journal_dir).map_err(OpenFailure::Damaged)?;
+    let format_1 = matches!(trees.meta.get(META_FORMAT), Ok(Some(format)) if format.as_ref() == FORMAT_SLED_RECORDS);
+    let (mut log, mut ending) = match read_only_log {
+        Some(dir) if !format_1 => Log::open_read_only(dir),
+        _ => Log::open(journal_dir),
+    }
+    .map_err(OpenFailure::Damaged)?;
     let epoch = match trees.meta.get(META_EPOCH) {
         Err(err) => return Err(damaged("cannot read the epoch", err)),
         Ok(Some(value)) => {
@@ -601,6 +622,7 @@ fn recover(
     let seq_floor = meta_u64(&trees.meta, META_SEQ_FLOOR)?;
     let position_floor = meta_u64(&trees.meta, META_POSITION_FLOOR)?;
     let acked = meta_u64(&trees.meta, META_ACKED)?;
+    check_segments(&trees.segments, &log, &ending, acked)?;
 
     // Invariant (see the module doc): the last issued seq is the larger of seq_floor and the seq
     // of the last record when that record belongs to this epoch.
@@ -678,6 +700,91 @@ fn recover(
     ))
 }
 
+/// Checks the segment files against the journal's list of them (the `segments` tree) and
+/// brings the list up to date. Damage:
+/// - a listed segment whose file is missing, that started above the acknowledged position and
+///   is followed by another segment file: its records are gone (a missing last segment is left
+///   to the floor check, like any log that ends early);
+/// - a segment file the list does not know, with a listed segment file after it: it does not
+///   belong to this journal (segments are only ever created after the last one).
+///
+/// A listed segment missing at or below the acknowledged position is a deletion a crash
+/// interrupted; an unlisted segment after every listed one was created just before a crash
+/// (its listing was not yet durable). An empty list (a journal from before the list, or a new
+/// one) adopts the files as they are.
+fn check_segments(tree: &Tree, log: &Log, ending: &Ending, acked: u64) -> Result<(), OpenFailure> {
+    let damaged =
+        |err: sled::Error| OpenFailure::Damaged(format!("cannot read the list of segments: {err}"));
+    let lengths = log.segment_lengths();
+    let files_set: BTreeSet<u64> = lengths
+        .iter()
+        .map(|(first, _)| *first)
+        .chain(ending.doomed_firsts.iter().copied())
+        .collect();
+    // Listed segments that hold frames: an empty one proves nothing about what came before it
+    // (a replaced empty segment whose deletion a crash undid).
+    let with_frames: BTreeSet<u64> = lengths
+        .iter()
+        .filter(|(_, len)| *len > 0)
+        .map(|(first, _)| *first)
+        .chain(ending.doomed_firsts.iter().copied())
+        .collect();
+    let mut listed = BTreeSet::new();
+    for item in tree.iter() {
+        let (key, _) = item.map_err(damaged)?;
+        let first = key_position(&key).ok_or_else(|| {
+            OpenFailure::Damaged(format!(
+                "segment list key of {} bytes, expected 8",
+                key.len()
+            ))
+        })?;
+        listed.insert(first);
+    }
+    if !listed.is_empty() {
+        for &first in listed.difference(&files_set) {
+            let after = files_set.range(first..).next().copied();
+            let Some(after) = after else {
+                continue; // at the tail: the floor check decides
+            };
+            if first > acked {
+                return Err(OpenFailure::Damaged(format!(
+                    "segment file {} is missing from the record log: the records from position \
+                     {first} to {} (not yet acknowledged by HQ) are gone",
+                    segment_file_name(first),
+                    after - 1
+                )));
+            }
+        }
+        let newest_listed_file = listed.intersection(&with_frames).last().copied();
+        for &first in files_set.difference(&listed) {
+            if newest_listed_file.is_some_and(|newest| newest > first) {
+                return Err(OpenFailure::Damaged(format!(
+                    "segment file {} is not part of this journal: it is not in the journal's \
+                     list of segments, and segment {} (listed) comes after it",
+                    segment_file_name(first),
+                    newest_listed_file
+                        .map(segment_file_name)
+                        .unwrap_or_default()
+                )));
+            }
+        }
+    }
+    let mut batch = Batch::default();
+    for first in listed.difference(&files_set) {
+        batch.remove(&position_key(*first));
+    }
+    for first in files_set.difference(&listed) {
+        batch.insert(&position_key(*first), &[]);
+    }
+    tree.apply_batch(batch)
+        .map_err(|err| OpenFailure::Damaged(format!("cannot update the list of segments: {err}")))
+}
+
+/// A segment's file name, for messages.
+fn segment_file_name(first: u64) -> String {
+    format!("segments/{first:020}.seg")
+}
+
 /// The last entry of `tree` (position and bytes), if any.
 fn edge(tree: &Tree, what: &str) -> Result<Option<(u64, sled::IVec)>, OpenFailure> {
     match tree.last() {
@@ -723,11 +830,24 @@ pub(crate) fn open_store(
     lock: JournalLock,
     floor: Option<Floor>,
 ) -> Result<Store, (OpenFailure, JournalLock)> {
+    open_store_at(journal_dir, None, store, gateway, lock, floor)
+}
+
+/// [`open_store`], with the record log read in place from `read_only_log` (see [`recover`]).
+fn open_store_at(
+    journal_dir: &Path,
+    read_only_log: Option<PathBuf>,
+    store: &str,
+    gateway: &str,
+    lock: JournalLock,
+    floor: Option<Floor>,
+) -> Result<Store, (OpenFailure, JournalLock)> {
     let path = journal_dir.to_path_buf();
     let opened = run_guarded("opening the journal", move || {
         let db = open_sled(&path)?;
         let trees = open_trees(&db)?;
-        let (log, recovered) = recover(&db, &trees, &path, floor.as_ref())?;
+        let (log, recovered) =
+            recover(&db, &trees, &path, read_only_log.as_deref(), floor.as_ref())?;
         Ok((db, trees, log, recovered))
     });
     let (db, trees, log, recovered) = match opened {
@@ -741,6 +861,7 @@ pub(crate) fn open_store(
         log,
         dead: trees.dead,
         dead_reason: trees.dead_reason,
+        segments: trees.segments,
         meta: trees.meta,
         acked: recovered.acked,
         encoder: RecordEncoder::new(store, gateway, &recovered.epoch),
@@ -758,6 +879,7 @@ pub(crate) fn open_store(
         broken: None,
         floor_dir: None,
         evict_from: 0,
+        scratch: None,
         #[cfg(test)]
         faults: Faults::default(),
         _lock: lock,
@@ -827,11 +949,17 @@ pub(crate) fn open_or_replace(
         quarantine = %moved_to.display(),
         "damaged journal moved aside; run `posgw journal salvage` to recover its records"
     );
-    // The floor belonged to the journal just moved aside (its meta keeps its own floors); the
-    // fresh journal writes its own at its first flush.
-    if let Err(err) = std::fs::remove_file(floor::path(data_dir)) {
+    // The floor belonged to the journal just moved aside: it goes with it (salvage reads from it
+    // the last seq that was durable, to tell which records it could not recover); the fresh
+    // journal writes its own at its first flush.
+    if let Err(err) = std::fs::rename(floor::path(data_dir), moved_to.join(floor::FLOOR_FILE)) {
         if err.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(error = %err, "cannot remove the floor of the damaged journal");
+            tracing::warn!(error = %err, "cannot move the floor of the damaged journal aside");
+            if let Err(err) = std::fs::remove_file(floor::path(data_dir)) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(error = %err, "cannot remove the floor of the damaged journal");
+                }
+            }
         }
     }
     match open_store(&journal_dir, store, gateway, lock, None) {
@@ -871,16 +999,80 @@ fn read_floor(data_dir: &Path, journal_dir: &Path) -> Option<Floor> {
     floor
 }
 
-/// Opens an existing journal for an offline command: no creation of the folder, no quarantine.
+/// Opens an existing journal for an offline command (`stats`, `dump`), without changing any
+/// of its files: no creation of the folder, no quarantine, no cut.
+///
+/// sled 0.34 has no read-only mode (opening writes its files, and recovery removes the saved
+/// counters), so sled's own files (everything but `segments/`, a few MiB: the meta, dead
+/// letters and sled's log) are copied to a scratch folder and the copy is opened; the record
+/// log, the bulk of the journal, is read in place, read-only (`Log::open_read_only`).
 pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
     let journal_dir = data_dir.join(JOURNAL_DIR);
     if !journal_dir.is_dir() {
         return Err(JournalError::Missing { path: journal_dir });
     }
     let lock = lock(data_dir)?;
+    let scratch = Scratch::copy_sled(&journal_dir)?;
     // Offline commands never append, so the envelope's store and gateway are irrelevant.
-    open_store(&journal_dir, "", "", lock, None)
-        .map_err(|(failure, _)| failure.into_error(&journal_dir))
+    let mut store = open_store_at(&scratch.path, Some(journal_dir.clone()), "", "", lock, None)
+        .map_err(|(failure, _)| failure.into_error(&journal_dir))?;
+    store.scratch = Some(scratch);
+    Ok(store)
+}
+
+/// A scratch folder holding a copy of a journal's sled files; removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    /// The folder.
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Copies everything in `journal_dir` except the record log into a new folder in the
+    /// system's temporary folder.
+    fn copy_sled(journal_dir: &Path) -> Result<Scratch, JournalError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let scratch = Scratch {
+            path: std::env::temp_dir()
+                .join(format!("posgw-journal-{}-{stamp}", std::process::id())),
+        };
+        copy_except_segments(journal_dir, &scratch.path).map_err(|err| {
+            JournalError::io(
+                format!(
+                    "cannot copy the journal's database to {} to read it",
+                    scratch.path.display()
+                ),
+                err,
+            )
+        })?;
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Copies the files and folders of `from` into `to` (created), except the `segments` folder.
+fn copy_except_segments(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_name() == super::segments::SEGMENTS_DIR {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_except_segments(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -1205,6 +1397,7 @@ impl Store {
         self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
         // The floors must be on disk before a file goes: the unlink can reach the disk before
         // sled's batch, and the last segment may hold no durable record yet (just rolled).
+        self.track_segments()?;
         if self.log.would_delete(position) {
             self.db
                 .flush()
@@ -1384,6 +1577,7 @@ impl Store {
     /// `with_meta`: sled's changes too. Only removals leave sled changes for a flush to make
     /// durable (everything else that writes sled flushes it itself), and nothing waits on those.
     pub(crate) fn flush_job(&mut self, with_meta: bool) -> Result<FlushJob, JournalError> {
+        self.track_segments()?;
         // A write the log took back (a full disk) is retried at the next flush; one it could
         // not take back is the end, like a failed fsync.
         let log = self.log.sync_job().map_err(|err| {
@@ -1397,6 +1591,27 @@ impl Store {
             log,
             db: with_meta.then(|| self.db.clone()),
         })
+    }
+
+    /// Brings the list of segments (`segments` tree) up to date with the segments the log
+    /// created and deleted since the last call. Made durable with sled's next flush; the open
+    /// copes with a list that lags the files (see `check_segments`).
+    fn track_segments(&mut self) -> Result<(), JournalError> {
+        let changes = self.log.take_changes();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (first, created) in changes {
+            if created {
+                batch.insert(&position_key(first), &[]);
+            } else {
+                batch.remove(&position_key(first));
+            }
+        }
+        self.segments
+            .apply_batch(batch)
+            .map_err(|err| JournalError::storage("listing the segments", err.to_string()))
     }
 
     /// fsyncs everything written so far (blocking), then records it in the floor file.

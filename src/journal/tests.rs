@@ -1980,3 +1980,308 @@ fn removals_are_counted_from_the_reads_before_them_or_from_the_log() {
     let rest = store.read(0, u64::MAX, 100, usize::MAX).expect("read");
     assert_eq!(rest.len(), 10);
 }
+
+// Issue 11, finding 7: damage to the record log that went unnoticed.
+
+/// A journal of `n` bulky scans (~2 KB each) written through the store and closed; returns the
+/// segment files, in order.
+fn journal_over_segments(dir: &Path, n: u64) -> Vec<PathBuf> {
+    {
+        let (mut store, _) = store::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open");
+        for i in 0..n {
+            store.append(Kind::Scan, &bulky_scan(i)).expect("append");
+        }
+        store.flush().expect("flush");
+    }
+    segment_files(dir)
+}
+
+/// The segment files of the journal in `dir`, in order.
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("journal").join("segments"))
+        .expect("segments")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The `detail` of the first record of a freshly opened journal, which must be its
+/// `journal_replaced` event.
+async fn replaced_event_detail(handle: &JournalHandle) -> String {
+    let first = handle.read(0, 1, usize::MAX).await.expect("read");
+    let record: Value = serde_json::from_slice(&first[0].bytes).expect("json");
+    assert_eq!(record["kind"], "gateway");
+    assert_eq!(record["data"]["event"], "journal_replaced");
+    record["data"]["detail"]
+        .as_str()
+        .expect("detail")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_missing_middle_segment_is_damage_and_the_journal_is_quarantined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // ~18 MB: three segments.
+    let files = journal_over_segments(dir.path(), 9_000);
+    assert!(files.len() >= 3, "{files:?}");
+    std::fs::remove_file(&files[1]).expect("delete the middle segment");
+
+    let opened = open(config(dir.path(), Duration::ZERO))
+        .await
+        .expect("open");
+    let replaced = opened
+        .replaced
+        .clone()
+        .expect("the journal was quarantined");
+    let name = files[1]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        replaced
+            .reason
+            .contains(&format!("segments/{name} is missing from the record log")),
+        "{}",
+        replaced.reason
+    );
+    let detail = replaced_event_detail(&opened.handle).await;
+    assert!(
+        detail.contains("is missing from the record log"),
+        "{detail}"
+    );
+    assert_eq!(
+        opened.handle.stats().replaced.as_ref(),
+        Some(&replaced),
+        "the status shows it too"
+    );
+    opened.handle.close().await.expect("close");
+    assert_eq!(quarantine_folders(dir.path()), vec![replaced.quarantine]);
+    // Nothing was deleted: the two remaining segments are in the quarantine folder.
+    let kept = std::fs::read_dir(quarantine_folders(dir.path())[0].join("segments"))
+        .expect("quarantined segments")
+        .count();
+    assert_eq!(kept, files.len() - 1);
+}
+
+#[tokio::test]
+async fn a_foreign_segment_inside_the_log_is_damage_not_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = journal_over_segments(dir.path(), 9_000);
+    assert!(files.len() >= 3, "{files:?}");
+    // A segment of this log copied in under a name between two others: its positions are out
+    // of order there. Without a floor file, reading it as a torn tail would delete the
+    // segments after it.
+    std::fs::remove_file(dir.path().join("journal.floor")).expect("rm floor");
+    let first_of_second: u64 = files[1]
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .parse()
+        .expect("a number");
+    let foreign = files[1].with_file_name(format!("{:020}.seg", first_of_second - 1));
+    std::fs::copy(&files[0], &foreign).expect("copy");
+
+    let opened = open(config(dir.path(), Duration::ZERO))
+        .await
+        .expect("open");
+    let replaced = opened
+        .replaced
+        .clone()
+        .expect("the journal was quarantined");
+    assert!(
+        replaced.reason.contains("is not part of this journal"),
+        "{}",
+        replaced.reason
+    );
+    opened.handle.close().await.expect("close");
+    let kept = std::fs::read_dir(replaced.quarantine.join("segments"))
+        .expect("quarantined segments")
+        .count();
+    assert_eq!(kept, files.len() + 1, "no segment was deleted");
+}
+
+/// Every file below `dir` (relative path) with its length, modification time and CRC-32.
+fn file_fingerprints(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime, u32)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u64, std::time::SystemTime, u32)>) {
+        for entry in std::fs::read_dir(dir).expect("list") {
+            let path = entry.expect("entry").path();
+            let metadata = std::fs::symlink_metadata(&path).expect("metadata");
+            if metadata.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                out.push((
+                    path.strip_prefix(root).expect("below root").to_path_buf(),
+                    metadata.len(),
+                    metadata.modified().expect("mtime"),
+                    crc32fast::hash(&bytes),
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Issue 11, finding 7: `journal stats` (and `dump`) wrote to sled's files, and the open they
+/// share removes the saved counters and cuts a torn tail: an offline read must write nothing.
+#[tokio::test]
+async fn offline_stats_and_dump_change_no_file_of_the_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    let appended = append_scans(&handle, 20).await;
+    let rejected = appended[3].position;
+    for record in appended {
+        record.durable.wait().await.expect("durable");
+    }
+    handle
+        .move_to_dead(rejected, "422: bad gtin".to_string())
+        .await
+        .expect("dead-letter");
+    handle.close().await.expect("close"); // saved counters in meta
+                                          // A torn write at the end of the log, as a crash leaves it.
+    let last = segment_files(dir.path()).pop().expect("a segment");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .expect("open segment");
+    std::io::Write::write_all(&mut file, &[0x55; 37]).expect("torn bytes");
+    drop(file);
+
+    let before = file_fingerprints(dir.path());
+    let stats = offline_stats(dir.path()).expect("stats");
+    assert_eq!(
+        (stats.records, stats.dead_records, stats.next_seq),
+        (19, 1, 21)
+    );
+    assert_eq!(dump_values(dir.path(), false).len(), 19);
+    assert_eq!(dump_values(dir.path(), true).len(), 1);
+    assert_eq!(
+        identity(dir.path())
+            .expect("identity")
+            .map(|(store, _)| store)
+            .as_deref(),
+        Some("WZ-LC-001")
+    );
+    let after = file_fingerprints(dir.path());
+    assert_eq!(
+        before, after,
+        "an offline command changed the journal's files"
+    );
+
+    // The live open still finds the torn tail, and uses the saved counters.
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    assert_eq!(handle.stats().backlog_records, 19);
+    assert_eq!(handle.stats().next_seq, 21);
+    handle.close().await.expect("close");
+}
+
+/// Issue 11, finding 7: salvage after a flipped byte reported "unreadable 0" while a seq was
+/// missing. It reports the damaged frame, every seq it could not recover, and its counts add up.
+#[tokio::test]
+async fn salvage_after_a_flipped_byte_names_the_seq_it_could_not_recover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_epoch, ids) = journal_with_records(dir.path(), 50).await;
+    let segment = segment_files(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let needle = b"\"seq\":25,";
+    let at = bytes
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .expect("record 25");
+    bytes[at + 5] = b';'; // "seq";25 : neither the CRC nor the JSON holds
+    std::fs::write(&segment, bytes).expect("write segment");
+
+    let (_, quarantine) = open_damaged(dir.path(), &old_epoch).await;
+    let report = salvage(dir.path(), &config(dir.path(), Duration::ZERO)).expect("salvage");
+    let folder = &report.folders[0];
+    assert_eq!(folder.folder, quarantine);
+    assert_eq!((folder.read, folder.copied), (49, 49), "{report}");
+    assert_eq!(folder.unreadable, 1, "the damaged frame: {report}");
+    assert_eq!(
+        folder.missing,
+        vec![MissingSeqs {
+            epoch: old_epoch.clone(),
+            first: 25,
+            last: 25
+        }],
+        "{report}"
+    );
+    // Every seq of the damaged journal is accounted for: copied, duplicate or not recovered.
+    assert_eq!(
+        folder.copied + folder.duplicates + folder.missing_seqs(),
+        ids.len() as u64
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!("not recovered: 1 seq(s): {old_epoch}/25")),
+        "{text}"
+    );
+    assert!(
+        text.contains("unreadable 1, not recovered 1 seq(s)"),
+        "{text}"
+    );
+    let salvaged: Vec<u64> = dump_values(dir.path(), false)
+        .iter()
+        .filter(|record| record["epoch"] == old_epoch.as_str())
+        .map(|record| record["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(salvaged.len(), 49);
+    assert!(!salvaged.contains(&25));
+}
+
+#[test]
+fn missing_seqs_are_runs_between_the_seqs_found_per_epoch() {
+    let found = vec![
+        ("b".to_string(), 7),
+        ("a".to_string(), 1),
+        ("a".to_string(), 2),
+        ("a".to_string(), 6),
+        ("b".to_string(), 3),
+        ("a".to_string(), 9),
+        ("a".to_string(), 2),
+    ];
+    let runs: Vec<String> = salvage::missing_seqs(found.clone(), None)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(runs, ["b/4-6", "a/3-5", "a/7-8"]);
+    // The floor says seq 12 of "a" was durable: 10-12 are missing too.
+    let runs: Vec<String> = salvage::missing_seqs(found, Some(("a".to_string(), 12)))
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(runs, ["b/4-6", "a/3-5", "a/7-8", "a/10-12"]);
+}
+
+/// The last records of a journal damaged at its end are missing too: the quarantined journal's
+/// floor says how far it had made records durable.
+#[tokio::test]
+async fn salvage_names_the_lost_seqs_at_the_end_of_a_damaged_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_epoch, _) = journal_with_records(dir.path(), 30).await;
+    let segment = segment_files(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let needle = b"\"seq\":30,";
+    let at = bytes
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .expect("record 30");
+    bytes[at + 5] = b';';
+    std::fs::write(&segment, bytes).expect("write segment");
+
+    let (_, quarantine) = open_damaged(dir.path(), &old_epoch).await;
+    assert!(
+        quarantine.join("journal.floor").is_file(),
+        "the floor went with the damaged journal"
+    );
+    let report = salvage(dir.path(), &config(dir.path(), Duration::ZERO)).expect("salvage");
+    let folder = &report.folders[0];
+    assert_eq!(folder.copied, 29, "{report}");
+    let runs: Vec<String> = folder.missing.iter().map(ToString::to_string).collect();
+    assert_eq!(runs, [format!("{old_epoch}/30")], "{report}");
+}

@@ -199,6 +199,9 @@ pub struct JournalStats {
     /// not be taken back out of sled), if it did; or, while it lasts, why the record log cannot
     /// be written (a full disk: retried at every flush, cleared once a write works again).
     pub failure: Option<String>,
+    /// Set when this process found the journal damaged, moved it aside and started a new one:
+    /// where it went and why (also the new journal's first record, `journal_replaced`).
+    pub replaced: Option<Replaced>,
 }
 
 /// Figures the actor keeps current for [`JournalHandle::stats`].
@@ -222,6 +225,8 @@ struct SharedStats {
     evicted_records: AtomicU64,
     /// See [`JournalStats::failure`]; a std mutex is fine: tiny sections, never held across await.
     failure: Mutex<Option<String>>,
+    /// See [`JournalStats::replaced`]; set once, at open.
+    replaced: std::sync::OnceLock<Replaced>,
 }
 
 /// Requests to the actor.
@@ -320,6 +325,7 @@ pub async fn open(config: JournalConfig) -> Result<Opened, JournalError> {
             })??;
     let handle = spawn(store, &config);
     if let Some(replaced) = &replaced {
+        let _ = handle.stats.replaced.set(replaced.clone());
         let appended = handle
             .append_value(Kind::Gateway, &replaced_event(replaced, config.version))
             .await?;
@@ -524,6 +530,7 @@ impl JournalHandle {
                 .lock()
                 .map(|failure| failure.clone())
                 .unwrap_or_else(|poisoned| poisoned.into_inner().clone()),
+            replaced: self.stats.replaced.get().cloned(),
         }
     }
 

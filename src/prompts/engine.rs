@@ -31,6 +31,9 @@ use crate::metrics::Metrics;
 /// Resolved prompt ids remembered, so a late answer gets "already resolved" rather than
 /// "unknown". At a busy store's few hundred prompts a day this covers weeks.
 const RECENT_RESOLVED: usize = 10_000;
+/// Longest a prompt's timer is set for: far beyond any configured timeout, and far from the
+/// overflow of `Instant + Duration`.
+const FARTHEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Characters of prompt ids: lowercase base32 without `i l o u`, URL-safe and unambiguous.
 const ID_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
@@ -391,9 +394,14 @@ impl Engine {
                 new: false,
             });
         }
-        let timeout = chrono::Duration::from_std(campaign.timeout)
-            .unwrap_or_else(|_| chrono::Duration::seconds(120));
-        let expires_at = request.opened_at + timeout;
+        // Configuration bounds the timeout (a day at most); a longer one is held to a year
+        // rather than overflowing `DateTime + Duration` (a panic that stopped every prompt).
+        let timeout = chrono::Duration::from_std(campaign.timeout.min(FARTHEST_WAIT))
+            .unwrap_or(chrono::Duration::zero());
+        let expires_at = request
+            .opened_at
+            .checked_add_signed(timeout)
+            .unwrap_or(request.opened_at);
         let view = PromptView {
             id: self.new_id(),
             campaign: campaign.id.clone(),
@@ -574,7 +582,13 @@ impl Engine {
 
     /// The tokio deadline of a wall-clock expiry.
     fn deadline(&self, expires_at: DateTime<Local>, now: DateTime<Local>) -> Instant {
-        Instant::now() + (expires_at - now).to_std().unwrap_or(Duration::ZERO)
+        // `Instant + Duration` panics past the platform's range; a far expiry waits a year
+        // (and is looked at again then) instead.
+        let wait = (expires_at - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(FARTHEST_WAIT);
+        Instant::now() + wait
     }
 
     /// Where an open prompt is, or why it is not open.

@@ -884,3 +884,38 @@ async fn a_linked_open_prompt_keeps_its_receipt_across_a_restart() {
         .expect("answer");
     assert_eq!(resolution.receipt.as_deref(), Some("R-7"));
 }
+
+/// Finding 6 of issue 11: `timeout = "2500000000h"` passed the config check, then the first scan
+/// panicked the engine (`DateTime + Duration` overflow) and no prompt ever opened again. The
+/// config now refuses it; the engine must still not panic on a timeout past the calendar.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_past_the_calendar_opens_prompts_instead_of_panicking() {
+    let mut config = config();
+    config.campaigns[0].timeout = Duration::from_secs(2_500_000_000 * 3600);
+    let clock = TokioClock::starting_at(t0());
+    let prompts = spawn_with_clock(
+        config,
+        MemoryPromptJournal::new(),
+        Metrics::new(),
+        Arc::new(clock),
+    )
+    .await
+    .expect("engine starts");
+    for sku in ["6901234567892", "6901234567893"] {
+        let campaign = prompts
+            .campaign_for(&[sku], clock.now().date_naive())
+            .expect("targeted sku");
+        let opened = prompts
+            .open(OpenRequest {
+                station: "till-1".to_owned(),
+                campaign,
+                sku: sku.to_owned(),
+                scan_id: format!("WZ/gw-1/e/{sku}"),
+                opened_at: clock.now(),
+            })
+            .await
+            .expect("the engine is alive and opens the prompt");
+        assert!(opened.prompt.expires_at > opened.prompt.opened_at);
+    }
+    assert_eq!(prompts.open_prompts(None).await.len(), 2);
+}
