@@ -150,9 +150,18 @@ pub async fn run(
     for device in &settings.devices {
         let device = Arc::new(device.clone());
         let info = Arc::new(DeviceInfo::from_settings(&device));
-        let (status, view) = devices::status_channel(&device);
-        views.push(view);
+        let (status, mut view) = devices::status_channel(&device);
         metrics.set_connected(&device.id, false);
+        let passthrough = device
+            .serial
+            .as_ref()
+            .and_then(|serial| serial.passthrough.as_ref())
+            .map(|target| devices::PassthroughView {
+                target: target.display().to_string(),
+                counters: metrics.passthrough_counters(&device.id),
+            });
+        view.passthrough = passthrough.clone();
+        views.push(view);
         match device.transport {
             Transport::Serial => {
                 let task = SerialDevice {
@@ -161,6 +170,7 @@ pub async fn run(
                     events: devices::relay(core.events.clone()),
                     status,
                     hold_back: hold_back.clone(),
+                    passthrough: passthrough.map(|view| view.counters).unwrap_or_default(),
                 };
                 device_tasks.spawn(task.run(stop.child_token()));
             }

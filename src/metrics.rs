@@ -34,6 +34,15 @@ pub struct DeviceLabel {
     pub device: String,
 }
 
+/// Label set for a passthrough's series: the device and the direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassthroughLabel {
+    /// The device id from the configuration.
+    pub device: String,
+    /// `to_passthrough` (device → POS or printer) or `to_device` (their answers → device).
+    pub direction: &'static str,
+}
+
 /// Every metric the gateway exports. Cheap to clone: all members are shared handles.
 #[derive(Clone)]
 pub struct Metrics {
@@ -62,6 +71,12 @@ pub struct Metrics {
     pub uplink_retries: Counter,
     /// Records moved to the dead-letter set after HQ refused them (`posgw_uplink_dead_records_total`).
     pub uplink_dead: Counter,
+    /// Bytes a passthrough forwarded, by device and direction (`posgw_passthrough_bytes_total`).
+    pub passthrough_bytes: Family<PassthroughLabel, Counter>,
+    /// Bytes a passthrough dropped (queue full, port gone) (`posgw_passthrough_dropped_bytes_total`).
+    pub passthrough_dropped_bytes: Family<PassthroughLabel, Counter>,
+    /// Writes a passthrough dropped whole (`posgw_passthrough_dropped_chunks_total`).
+    pub passthrough_dropped_chunks: Family<PassthroughLabel, Counter>,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -81,6 +96,9 @@ impl Metrics {
         let uplink_sent = Counter::default();
         let uplink_retries = Counter::default();
         let uplink_dead = Counter::default();
+        let passthrough_bytes = Family::<PassthroughLabel, Counter>::default();
+        let passthrough_dropped_bytes = Family::<PassthroughLabel, Counter>::default();
+        let passthrough_dropped_chunks = Family::<PassthroughLabel, Counter>::default();
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -143,6 +161,21 @@ impl Metrics {
             "Records HQ refused, moved to the dead-letter set",
             uplink_dead.clone(),
         );
+        registry.register(
+            "passthrough_bytes",
+            "Bytes passed through, by device and direction",
+            passthrough_bytes.clone(),
+        );
+        registry.register(
+            "passthrough_dropped_bytes",
+            "Bytes a passthrough dropped because its reader stalled or its port was gone",
+            passthrough_dropped_bytes.clone(),
+        );
+        registry.register(
+            "passthrough_dropped_chunks",
+            "Writes a passthrough dropped whole because its reader stalled or its port was gone",
+            passthrough_dropped_chunks.clone(),
+        );
         Metrics {
             records,
             bad_frames,
@@ -156,6 +189,9 @@ impl Metrics {
             uplink_sent,
             uplink_retries,
             uplink_dead,
+            passthrough_bytes,
+            passthrough_dropped_bytes,
+            passthrough_dropped_chunks,
             registry: Arc::new(registry),
         }
     }
@@ -199,6 +235,33 @@ impl Metrics {
                 device: device.to_owned(),
             })
             .set(i64::from(connected));
+    }
+
+    /// The passthrough counters of `device`, both directions, created at 0 so they show from the
+    /// start; the passthrough bumps them directly.
+    pub fn passthrough_counters(
+        &self,
+        device: &str,
+    ) -> crate::devices::passthrough::PassthroughCounters {
+        use crate::devices::passthrough::DirectionCounters;
+        let direction = |direction: &'static str| {
+            let label = PassthroughLabel {
+                device: device.to_owned(),
+                direction,
+            };
+            DirectionCounters {
+                bytes: self.passthrough_bytes.get_or_create(&label).clone(),
+                dropped_bytes: self.passthrough_dropped_bytes.get_or_create(&label).clone(),
+                dropped_chunks: self
+                    .passthrough_dropped_chunks
+                    .get_or_create(&label)
+                    .clone(),
+            }
+        };
+        crate::devices::passthrough::PassthroughCounters {
+            to_passthrough: direction("to_passthrough"),
+            to_device: direction("to_device"),
+        }
     }
 
     /// Renders every series in the Prometheus text format.

@@ -1,0 +1,404 @@
+//! The passthrough both ways, on real pseudo-terminals: the far side's answers (a printer's
+//! status replies, the POS's scanner commands) reach the device byte-exact, a link to a live
+//! virtual serial bridge (socat) is used rather than replaced, and bytes a stalled reader could
+//! not take are counted in `/metrics` and the status.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+
+use crate::harness::{of_kind, Gateway, PtyScanner, Store, DEADLINE};
+
+const RECEIPT_A: &[u8] = include_bytes!("../../../shared/fixtures/receipt-a.bin");
+const RECEIPT_A_TEXT: &str = include_str!("../../../shared/fixtures/receipt-a.txt");
+
+/// `DLE EOT 1`: a register asking its printer for its status.
+const STATUS_POLL: &[u8] = &[0x10, 0x04, 0x01];
+
+/// A gateway config with one serial device at `path` and its passthrough.
+fn write_config(store: &Store, role: &str, profile: &str, path: &Path, passthrough: &Path) {
+    std::fs::write(
+        store.config_path(),
+        format!(
+            r#"
+[gateway]
+store = "WZ-LC-001"
+id = "gw-test"
+data_dir = "{data}"
+flush = "20ms"
+
+[api]
+listen = "127.0.0.1:0"
+
+[[device]]
+id = "dev-1"
+role = "{role}"
+transport = "serial"
+station = "till-1"
+profile = "{profile}"
+path = "{path}"
+passthrough = "{passthrough}"
+"#,
+            data = store.data_dir().display(),
+            path = path.display(),
+            passthrough = passthrough.display(),
+        ),
+    )
+    .expect("write config");
+}
+
+/// Reads exactly `n` bytes from `port` within the test deadline.
+async fn read_n(port: &mut SerialStream, n: usize, what: &str) -> Vec<u8> {
+    let mut received = vec![0u8; n];
+    tokio::time::timeout(DEADLINE, port.read_exact(&mut received))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: {n} bytes did not arrive in time"))
+        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    received
+}
+
+/// Every byte value once: the answer path must be as transparent as the forward one.
+fn every_byte() -> Vec<u8> {
+    (0..=255u8).collect()
+}
+
+/// The register polls its printer's status after a receipt (`DLE EOT 1`); the printer (a serial
+/// port: a pty behind a link outside /dev/pts) answers with a status byte and then every byte
+/// value. The register receives exactly that, the printer exactly the register's bytes, and the
+/// answer is not receipt data: one sale, with the receipt's text, and no bad frame.
+#[tokio::test]
+async fn a_printer_status_reply_reaches_the_register_byte_exact_and_is_not_decoded() {
+    let store = Store::new();
+    let hop = store.path("hop");
+    let printer_port = store.path("printer-port");
+    let mut printer = PtyScanner::plug(&hop);
+    std::os::unix::fs::symlink(&hop, &printer_port).expect("link the printer port");
+    let mut register = PtyScanner::plug(&store.path("register"));
+    write_config(
+        &store,
+        "register",
+        "escpos-tap",
+        &store.path("register"),
+        &printer_port,
+    );
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("dev-1", "connected").await;
+
+    let sent = [RECEIPT_A, STATUS_POLL].concat();
+    register.send(&sent).await;
+    let got = read_n(&mut printer.master, sent.len(), "register → printer").await;
+    assert_eq!(got, sent, "the printer gets the register's bytes unchanged");
+
+    // The printer answers the poll: online, paper present (0x12), then every byte value.
+    let answer = [vec![0x12], every_byte()].concat();
+    printer.send(&answer).await;
+    let heard = read_n(&mut register.master, answer.len(), "printer → register").await;
+    assert_eq!(heard, answer, "the register hears the printer, byte-exact");
+
+    gateway.wait_records("sale", 1).await;
+    let series = "posgw_passthrough_bytes_total{device=\"dev-1\",direction=\"to_device\"}";
+    assert_eq!(gateway.metric(series).await, answer.len() as f64);
+    let status = gateway.status().await;
+    let device = &status["devices"][0];
+    assert_eq!(
+        device["passthrough"]["to_device"]["bytes"],
+        answer.len() as u64
+    );
+    assert_eq!(
+        device["passthrough"]["to_passthrough"]["bytes"],
+        sent.len() as u64
+    );
+    assert_eq!(
+        gateway
+            .metric("posgw_bad_frames_total{device=\"dev-1\"}")
+            .await,
+        0.0
+    );
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let sales = of_kind(&records, "sale");
+    assert_eq!(sales.len(), 1, "the status bytes made no receipt");
+    assert_eq!(sales[0]["data"]["text"], RECEIPT_A_TEXT.trim_end());
+}
+
+/// POS software sends its scanner a command through the gateway's own pseudo-terminal; the
+/// scanner gets it unchanged, every byte value, and scans still flow the other way.
+#[tokio::test]
+async fn pos_commands_written_to_the_passthrough_pty_reach_the_scanner() {
+    let store = Store::new();
+    let link = store.path("pos");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    write_config(
+        &store,
+        "scanner",
+        "generic-scanner",
+        &store.path("scanner"),
+        &link,
+    );
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("dev-1", "connected").await;
+    let mut pos = tokio_serial::new(link.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open the POS side");
+
+    let command = [b"\x16M\r".to_vec(), every_byte()].concat();
+    pos.write_all(&command).await.expect("POS writes");
+    let got = read_n(&mut scanner.master, command.len(), "POS → scanner").await;
+    assert_eq!(got, command, "the scanner gets the POS's command unchanged");
+
+    scanner.send(b"]C0AFTER-1\r").await;
+    let scan = read_n(&mut pos, 11, "scanner → POS").await;
+    assert_eq!(scan, b"]C0AFTER-1\r");
+    gateway.wait_scans_durable(1).await;
+    assert!(gateway.stop().await.success());
+}
+
+/// A socat process, killed (by its own pid) when dropped.
+struct Socat(Child);
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `socat pty,link=a pty,link=b`: a virtual serial bridge, as a printer link or ser2net makes.
+async fn socat_bridge(a: &Path, b: &Path) -> Socat {
+    let child = Command::new("socat")
+        .arg("-d")
+        .arg("-d")
+        .arg(format!("pty,raw,echo=0,link={}", a.display()))
+        .arg(format!("pty,raw,echo=0,link={}", b.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start socat (apt-get install socat)");
+    let socat = Socat(child);
+    let started = Instant::now();
+    while !(a.exists() && b.exists()) {
+        assert!(started.elapsed() < DEADLINE, "socat made no links");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    socat
+}
+
+/// The passthrough path is socat's end of a bridge (a link to a live pty): the gateway opens it
+/// and leaves the link alone, so scans come out at the bridge's other end, and what is written
+/// there reaches the scanner.
+#[tokio::test]
+async fn a_passthrough_link_to_a_live_socat_bridge_is_used_not_replaced() {
+    let store = Store::new();
+    let (near, far) = (store.path("bridge-a"), store.path("bridge-b"));
+    let _socat = socat_bridge(&near, &far).await;
+    let bridge_pty = std::fs::read_link(&near).expect("socat's link");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    write_config(
+        &store,
+        "scanner",
+        "generic-scanner",
+        &store.path("scanner"),
+        &near,
+    );
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("dev-1", "connected").await;
+    let mut pos = tokio_serial::new(far.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open the bridge's far end");
+
+    scanner.send(b"]C0BRIDGE-1\r").await;
+    let scan = read_n(&mut pos, 12, "scanner → bridge").await;
+    assert_eq!(scan, b"]C0BRIDGE-1\r");
+    assert_eq!(
+        std::fs::read_link(&near).expect("link still there"),
+        bridge_pty,
+        "the bridge's link was not replaced"
+    );
+
+    let command = [b"\x16T\r".to_vec(), every_byte()].concat();
+    pos.write_all(&command).await.expect("write at the far end");
+    let got = read_n(&mut scanner.master, command.len(), "bridge → scanner").await;
+    assert_eq!(got, command);
+    gateway.wait_scans_durable(1).await;
+    assert!(gateway.stop().await.success());
+    assert_eq!(
+        std::fs::read_link(&near).expect("link kept after the stop"),
+        bridge_pty,
+        "the gateway does not remove a link it did not make"
+    );
+}
+
+/// A link left behind whose pty number now belongs to someone else (a pty younger than the
+/// link), and a dangling link: both are replaced by the gateway's own pty, and the stranger's
+/// pty gets nothing.
+#[tokio::test]
+async fn a_passthrough_link_to_a_reused_or_missing_pty_is_replaced_by_our_own() {
+    let store = Store::new();
+    // Someone else's terminal, and an old link to its number, made an hour before it existed.
+    let (mut stranger, stranger_slave) = SerialStream::pair().expect("pty");
+    for fd in [stranger.as_raw_fd(), stranger_slave.as_raw_fd()] {
+        // Not inherited by the gateway child: the terminal stays only the stranger's.
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .expect("set close-on-exec");
+    }
+    let stranger_pty = stranger_slave.name().expect("pty name");
+    let reused = store.path("pos-reused");
+    std::os::unix::fs::symlink(&stranger_pty, &reused).expect("link");
+    let an_hour_ago = nix::sys::time::TimeSpec::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            - Duration::from_secs(3600),
+    );
+    nix::sys::stat::utimensat(
+        None,
+        &reused,
+        &an_hour_ago,
+        &an_hour_ago,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .expect("age the link");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    write_config(
+        &store,
+        "scanner",
+        "generic-scanner",
+        &store.path("scanner"),
+        &reused,
+    );
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("dev-1", "connected").await;
+    assert_ne!(
+        std::fs::read_link(&reused).expect("link").to_string_lossy(),
+        stranger_pty,
+        "the link to a reused pty was replaced"
+    );
+    let mut pos = tokio_serial::new(reused.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open our pty");
+    scanner.send(b"]C0OURS-1\r").await;
+    assert_eq!(read_n(&mut pos, 10, "scanner → POS").await, b"]C0OURS-1\r");
+    let mut nothing = [0u8; 16];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), stranger.read(&mut nothing))
+            .await
+            .is_err(),
+        "the stranger's terminal got nothing"
+    );
+    assert!(gateway.stop().await.success());
+
+    // A dangling link (its pty is gone) is replaced the same way.
+    let dangling = store.path("pos-dangling");
+    std::os::unix::fs::symlink("/dev/pts/999999", &dangling).expect("link");
+    write_config(
+        &store,
+        "scanner",
+        "generic-scanner",
+        &store.path("scanner"),
+        &dangling,
+    );
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("dev-1", "connected").await;
+    let mut pos = tokio_serial::new(dangling.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open our pty");
+    scanner.send(b"]C0OURS-2\r").await;
+    assert_eq!(read_n(&mut pos, 10, "scanner → POS").await, b"]C0OURS-2\r");
+    assert!(gateway.stop().await.success());
+    drop(stranger_slave);
+}
+
+/// Nobody reads the passthrough while the scanner streams 1.5 MiB in 4 KiB writes: the queue
+/// stays bounded, what it drops is counted in `/metrics` and the status, and once the POS reads,
+/// everything is accounted for: what it receives plus what was dropped is what was sent.
+#[tokio::test]
+async fn passthrough_drops_are_counted_in_metrics_and_status() {
+    let store = Store::new();
+    let link = store.path("pos");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    write_config(
+        &store,
+        "scanner",
+        "generic-scanner",
+        &store.path("scanner"),
+        &link,
+    );
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("dev-1", "connected").await;
+
+    // Overlong frames (no terminator): a few hundred bad_frame records, not 100k scans.
+    let burst = vec![b'X'; 4096];
+    let writes = 384;
+    let sent = burst.len() * writes;
+    for _ in 0..writes {
+        scanner.send(&burst).await;
+    }
+    let to_pos = |status: &serde_json::Value| {
+        let direction = &status["devices"][0]["passthrough"]["to_passthrough"];
+        (
+            direction["bytes"].as_u64().unwrap_or(0),
+            direction["dropped_bytes"].as_u64().unwrap_or(0),
+            direction["dropped_chunks"].as_u64().unwrap_or(0),
+        )
+    };
+    // Wait until the gateway has read everything: what it dropped plus what it holds (at most
+    // the queue's budget plus the pty's buffer) is the rest.
+    gateway
+        .wait_for("drops counted", |g| async move {
+            g.metric("posgw_passthrough_dropped_bytes_total{device=\"dev-1\",direction=\"to_passthrough\"}")
+                .await
+                > 0.0
+        })
+        .await;
+
+    // The POS starts reading: everything not dropped arrives.
+    let mut pos = tokio_serial::new(link.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open the POS side");
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 65536];
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < DEADLINE, "the POS never got the rest");
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(100), pos.read(&mut chunk)).await
+        {
+            let n = read.expect("read the POS side");
+            assert!(chunk[..n].iter().all(|&b| b == b'X'));
+            received += n;
+        }
+        let (bytes, dropped, _) = to_pos(&gateway.status().await);
+        if bytes + dropped == sent as u64 && received as u64 == bytes {
+            break;
+        }
+    }
+    let status = gateway.status().await;
+    let (bytes, dropped, chunks) = to_pos(&status);
+    assert_eq!(received as u64, bytes, "the POS got every byte not dropped");
+    assert!(dropped > 0 && chunks > 0, "{status}");
+    assert!(
+        received as u64 >= 1024 * 1024 - 8192,
+        "the queue held its budget: {received} bytes arrived"
+    );
+    let series = |name: &str| {
+        format!("posgw_passthrough_{name}_total{{device=\"dev-1\",direction=\"to_passthrough\"}}")
+    };
+    assert_eq!(
+        gateway.metric(&series("dropped_bytes")).await,
+        dropped as f64
+    );
+    assert_eq!(
+        gateway.metric(&series("dropped_chunks")).await,
+        chunks as f64
+    );
+    assert_eq!(gateway.metric(&series("bytes")).await, bytes as f64);
+    assert!(gateway.stop().await.success());
+}
