@@ -150,6 +150,22 @@ pub struct PassthroughStatusBody {
     pub to_passthrough: DirectionStatusBody,
     /// Passthrough → device (the printer's status replies, the POS's commands).
     pub to_device: DirectionStatusBody,
+    /// A network printer tap's register connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionsStatusBody>,
+}
+
+/// A network printer tap's register connections in the status body.
+#[derive(Debug, Serialize)]
+pub struct ConnectionsStatusBody {
+    /// Open now.
+    pub open: i64,
+    /// Accepted and forwarded since start.
+    pub accepted: u64,
+    /// Refused over `max_connections` since start.
+    pub refused: u64,
+    /// Closed because the printer did not answer, since start.
+    pub printer_unreachable: u64,
 }
 
 /// One direction of a passthrough.
@@ -232,6 +248,14 @@ async fn status(State(state): State<ApiState>) -> Json<StatusBody> {
                         target: passthrough.target.clone(),
                         to_passthrough: (&passthrough.counters.to_passthrough).into(),
                         to_device: (&passthrough.counters.to_device).into(),
+                        connections: passthrough.connections.as_ref().map(|counts| {
+                            ConnectionsStatusBody {
+                                open: counts.open.get(),
+                                accepted: counts.accepted.get(),
+                                refused: counts.refused.get(),
+                                printer_unreachable: counts.printer_unreachable.get(),
+                            }
+                        }),
                     }),
             }
         })

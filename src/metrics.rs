@@ -77,6 +77,15 @@ pub struct Metrics {
     pub passthrough_dropped_bytes: Family<PassthroughLabel, Counter>,
     /// Writes a passthrough dropped whole (`posgw_passthrough_dropped_chunks_total`).
     pub passthrough_dropped_chunks: Family<PassthroughLabel, Counter>,
+    /// Register connections a network printer tap forwarded (`posgw_tap_connections_total`).
+    pub tap_connections: Family<DeviceLabel, Counter>,
+    /// Register connections refused over `max_connections` (`posgw_tap_refused_connections_total`).
+    pub tap_refused: Family<DeviceLabel, Counter>,
+    /// Register connections closed because the printer did not answer
+    /// (`posgw_tap_printer_unreachable_total`).
+    pub tap_unreachable: Family<DeviceLabel, Counter>,
+    /// Register connections open now (`posgw_tap_open_connections`).
+    pub tap_open: Family<DeviceLabel, Gauge>,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -99,6 +108,10 @@ impl Metrics {
         let passthrough_bytes = Family::<PassthroughLabel, Counter>::default();
         let passthrough_dropped_bytes = Family::<PassthroughLabel, Counter>::default();
         let passthrough_dropped_chunks = Family::<PassthroughLabel, Counter>::default();
+        let tap_connections = Family::<DeviceLabel, Counter>::default();
+        let tap_refused = Family::<DeviceLabel, Counter>::default();
+        let tap_unreachable = Family::<DeviceLabel, Counter>::default();
+        let tap_open = Family::<DeviceLabel, Gauge>::default();
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -176,6 +189,26 @@ impl Metrics {
             "Writes a passthrough dropped whole because its reader stalled or its port was gone",
             passthrough_dropped_chunks.clone(),
         );
+        registry.register(
+            "tap_connections",
+            "Register connections a network printer tap forwarded to its printer",
+            tap_connections.clone(),
+        );
+        registry.register(
+            "tap_refused_connections",
+            "Register connections a network printer tap refused over max_connections",
+            tap_refused.clone(),
+        );
+        registry.register(
+            "tap_printer_unreachable",
+            "Register connections closed because the network printer did not answer",
+            tap_unreachable.clone(),
+        );
+        registry.register(
+            "tap_open_connections",
+            "Register connections a network printer tap has open",
+            tap_open.clone(),
+        );
         Metrics {
             records,
             bad_frames,
@@ -192,6 +225,10 @@ impl Metrics {
             passthrough_bytes,
             passthrough_dropped_bytes,
             passthrough_dropped_chunks,
+            tap_connections,
+            tap_refused,
+            tap_unreachable,
+            tap_open,
             registry: Arc::new(registry),
         }
     }
@@ -261,6 +298,19 @@ impl Metrics {
         crate::devices::passthrough::PassthroughCounters {
             to_passthrough: direction("to_passthrough"),
             to_device: direction("to_device"),
+        }
+    }
+
+    /// The connection counts of the network printer tap `device`, created at 0.
+    pub fn tap_counters(&self, device: &str) -> crate::devices::tcp_tap::TapCounters {
+        let label = DeviceLabel {
+            device: device.to_owned(),
+        };
+        crate::devices::tcp_tap::TapCounters {
+            accepted: self.tap_connections.get_or_create(&label).clone(),
+            refused: self.tap_refused.get_or_create(&label).clone(),
+            printer_unreachable: self.tap_unreachable.get_or_create(&label).clone(),
+            open: self.tap_open.get_or_create(&label).clone(),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod framing;
 pub mod mqtt;
 pub mod passthrough;
 pub mod serial;
+pub mod tcp_tap;
 
 use std::sync::Arc;
 
@@ -184,6 +185,8 @@ pub struct PassthroughView {
     pub target: String,
     /// Bytes forwarded and dropped, both directions.
     pub counters: passthrough::PassthroughCounters,
+    /// For a network printer tap: its connection counts.
+    pub connections: Option<tcp_tap::TapCounters>,
 }
 
 /// Creates the status channel for a device: the sender goes to its task, the view to the API.

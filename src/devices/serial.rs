@@ -389,9 +389,9 @@ impl SerialDevice {
         }
     }
 
-    /// Closes a receipt that never saw its cut, if one is pending.
+    /// Closes a receipt that never saw its cut, if one is pending and holds anything.
     async fn close_receipt(&self, decoder: &mut EscposDecoder, why: ClosedBy) {
-        if let Some(receipt) = decoder.close(why) {
+        if let Some(receipt) = decoder.close(why).filter(worth_recording) {
             self.receipt(receipt).await;
         }
     }
@@ -505,6 +505,14 @@ impl SerialDevice {
         // The core only goes away at shutdown, after the devices; nothing to do if it already has.
         let _ = self.events.send(event);
     }
+}
+
+/// Whether a receipt closed without a cut (silence, unplug, shutdown) is worth a record: not
+/// when it printed nothing and held nothing unknown, as when the register only polled the
+/// printer's status (`DLE EOT n`) or re-initialised it between receipts. Such bytes went to
+/// the printer as always; they are simply not a receipt.
+pub fn worth_recording(receipt: &Receipt) -> bool {
+    receipt.closed_by == ClosedBy::Cut || !receipt.is_blank() || receipt.unknown_commands > 0
 }
 
 /// `bytes` without the CR/LF bytes that end a held-back answer card; clears `after_card` once
@@ -630,6 +638,7 @@ mod tests {
             }),
             profile,
             topic: None,
+            tcp: None,
         });
         // A core queue of one event that nobody reads: the journal is stuck.
         let (core, mut stuck) = mpsc::channel(1);

@@ -402,3 +402,208 @@ async fn passthrough_drops_are_counted_in_metrics_and_status() {
     assert_eq!(gateway.metric(&series("bytes")).await, bytes as f64);
     assert!(gateway.stop().await.success());
 }
+
+/// A gateway config with one network printer tap listening on `listen` for the register.
+fn write_tcp_config(store: &Store, listen: &str, printer: &str, extra: &str) {
+    std::fs::write(
+        store.config_path(),
+        format!(
+            r#"
+[gateway]
+store = "WZ-LC-001"
+id = "gw-test"
+data_dir = "{data}"
+flush = "20ms"
+
+[api]
+listen = "127.0.0.1:0"
+
+[[device]]
+id = "printer-tap"
+role = "register"
+transport = "tcp"
+station = "till-1"
+profile = "escpos-tap"
+listen = "{listen}"
+printer_addr = "{printer}"
+{extra}
+"#,
+            data = store.data_dir().display(),
+        ),
+    )
+    .expect("write config");
+}
+
+/// A loopback address with a port nobody listens on (bound, then let go).
+fn free_address() -> String {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("address").to_string()
+}
+
+/// A network receipt printer: accepts connections one after another, answers each `DLE EOT 1`
+/// with 0x12 (online, paper present), and hands back what each connection sent once it ends.
+async fn tcp_printer() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("printer listens");
+    let address = listener.local_addr().expect("address").to_string();
+    let (jobs, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut job = Vec::new();
+            let mut buffer = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buffer).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                let before = job.len().saturating_sub(2);
+                job.extend_from_slice(&buffer[..n]);
+                let polls = job[before..]
+                    .windows(3)
+                    .filter(|window| *window == STATUS_POLL)
+                    .count();
+                for _ in 0..polls {
+                    socket.write_all(&[0x12]).await.expect("status reply");
+                }
+            }
+            // The job is done: the printer closes its side too.
+            drop(socket);
+            let _ = jobs.send(job);
+        }
+    });
+    (address, received)
+}
+
+/// The register prints over the network through the gateway: every byte reaches the printer
+/// unchanged, the printer's status reply reaches the register, and each receipt is a `sale`.
+#[tokio::test]
+async fn a_network_printer_tap_forwards_both_ways_and_records_each_receipt() {
+    let store = Store::new();
+    let (printer, mut jobs) = tcp_printer().await;
+    let listen = free_address();
+    write_tcp_config(&store, &listen, &printer, "");
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("printer-tap", "connected").await;
+
+    let mut register = tokio::net::TcpStream::connect(&listen)
+        .await
+        .expect("the register connects to the gateway");
+    register
+        .write_all(&[RECEIPT_A, STATUS_POLL].concat())
+        .await
+        .expect("print");
+    let mut status = [0u8; 1];
+    tokio::time::timeout(DEADLINE, register.read_exact(&mut status))
+        .await
+        .expect("the status reply arrived in time")
+        .expect("read the status reply");
+    assert_eq!(status, [0x12], "the printer's status byte, unchanged");
+    register.write_all(RECEIPT_A).await.expect("print again");
+    register.shutdown().await.expect("end of the job");
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, register.read_to_end(&mut rest))
+        .await
+        .expect("the printer's close reached the register")
+        .expect("read to the end");
+    assert!(rest.is_empty(), "nothing but the status reply: {rest:?}");
+    let job = tokio::time::timeout(DEADLINE, jobs.recv())
+        .await
+        .expect("the printer finished the job")
+        .expect("a job");
+    assert_eq!(
+        job,
+        [RECEIPT_A, STATUS_POLL, RECEIPT_A].concat(),
+        "byte-exact to the printer"
+    );
+
+    gateway.wait_records("sale", 2).await;
+    let device = &gateway.status().await["devices"][0];
+    assert_eq!(device["transport"], "tcp");
+    let passthrough = &device["passthrough"];
+    assert_eq!(passthrough["to_device"]["bytes"], 1);
+    assert_eq!(
+        passthrough["to_passthrough"]["bytes"],
+        job.len() as u64,
+        "{device}"
+    );
+    assert_eq!(passthrough["connections"]["accepted"], 1);
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let sales = of_kind(&records, "sale");
+    assert_eq!(sales.len(), 2);
+    for sale in sales {
+        assert_eq!(sale["data"]["device"], "printer-tap");
+        assert_eq!(sale["data"]["text"], RECEIPT_A_TEXT.trim_end());
+    }
+}
+
+/// Bounded: over `max_connections` a register connection is closed at once and counted; with
+/// the printer switched off the register's connection is closed, counted, and the outage is a
+/// `device` `error` record (once, however often the register retries).
+#[tokio::test]
+async fn a_network_printer_tap_refuses_over_its_cap_and_reports_an_unreachable_printer() {
+    let store = Store::new();
+    let (printer, _jobs) = tcp_printer().await;
+    let listen = free_address();
+    write_tcp_config(&store, &listen, &printer, "max_connections = 1");
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("printer-tap", "connected").await;
+
+    let mut first = tokio::net::TcpStream::connect(&listen)
+        .await
+        .expect("first");
+    first.write_all(STATUS_POLL).await.expect("poll");
+    let mut status = [0u8; 1];
+    tokio::time::timeout(DEADLINE, first.read_exact(&mut status))
+        .await
+        .expect("in time")
+        .expect("status");
+    let mut second = tokio::net::TcpStream::connect(&listen)
+        .await
+        .expect("second");
+    let mut buffer = [0u8; 16];
+    let closed = tokio::time::timeout(DEADLINE, second.read(&mut buffer))
+        .await
+        .expect("the second connection was closed in time");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let refused = "posgw_tap_refused_connections_total{device=\"printer-tap\"}";
+    assert_eq!(gateway.metric(refused).await, 1.0);
+    assert!(gateway.stop().await.success());
+    drop(first);
+
+    // The printer is off: nothing listens at its address.
+    write_tcp_config(&store, &listen, &free_address(), "");
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("printer-tap", "connected").await;
+    for _ in 0..3 {
+        let mut register = tokio::net::TcpStream::connect(&listen)
+            .await
+            .expect("connect");
+        let _ = register.write_all(RECEIPT_A).await;
+        let closed = tokio::time::timeout(DEADLINE, register.read(&mut buffer))
+            .await
+            .expect("the register's connection was closed in time");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+    let unreachable = "posgw_tap_printer_unreachable_total{device=\"printer-tap\"}";
+    gateway
+        .wait_for("3 unreachable", |g| async move {
+            g.metric(unreachable).await == 3.0
+        })
+        .await;
+    gateway.wait_durable().await;
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let errors: Vec<_> = of_kind(&records, "device")
+        .into_iter()
+        .filter(|record| record["data"]["event"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 1, "one record per outage: {errors:?}");
+    let detail = errors[0]["data"]["detail"].as_str().expect("detail");
+    assert!(detail.contains("unreachable"), "{detail}");
+    assert!(
+        of_kind(&records, "sale").is_empty(),
+        "nothing printed, no sale"
+    );
+}
