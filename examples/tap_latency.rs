@@ -5,7 +5,13 @@
 //!   ones written,
 //! - the bytes per second that gives, write after write,
 //! - that every receipt became one `sale` record (`posgw_records_total{kind="sale"}` on
-//!   `/metrics`), one per paper cut.
+//!   `/metrics`), one per paper cut,
+//! - the printer's status replies coming back: after each receipt the register polls the printer
+//!   [`POLLS`] times (`DLE EOT 1`), the printer answers each poll with a status byte as soon as
+//!   it reads it, and the run times the register's poll → the answer at the register (both
+//!   passthrough directions) and the printer's answer → the register (the way back alone). The
+//!   issue's target: status replies reach the register within 5 ms p99. The answers must not
+//!   become receipts: the sale count must still equal the receipts.
 //!
 //! Each receipt is a Chinese pharmacy receipt as a register sends it: init, Chinese mode, a
 //! `GS v 0` raster logo of a few hundred bytes (random data, so every byte value goes through),
@@ -36,6 +42,12 @@ const FS: u8 = 0x1c;
 
 /// The largest chunk the register writes at once.
 const MAX_CHUNK: usize = 64;
+
+/// Status polls after each receipt.
+const POLLS: usize = 10;
+
+/// `DLE EOT 1`: transmit the printer status.
+const STATUS_POLL: [u8; 3] = [0x10, 0x04, 0x01];
 
 /// How long a chunk may take to reach the printer before the run counts it as lost.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,6 +214,8 @@ async fn measure(
     let mut latencies = Vec::new();
     let mut received = [0u8; MAX_CHUNK];
     let mut bytes_total = 0usize;
+    let mut round_trips = Vec::new();
+    let mut answers = Vec::new();
     let started = Instant::now();
     for n in 1..=receipts {
         let bytes = receipt(n, &mut rng);
@@ -228,9 +242,48 @@ async fn measure(
             bytes_total += size;
             rest = tail;
         }
+        // The register polls its printer's status; the printer answers each poll at once.
+        for poll in 0..POLLS {
+            let polled = Instant::now();
+            register.write_all(&STATUS_POLL).await?;
+            let mut request = [0u8; 3];
+            tokio::time::timeout(CHUNK_TIMEOUT, printer.read_exact(&mut request))
+                .await
+                .map_err(|_| {
+                    format!("receipt {n}: status poll {poll} never reached the printer")
+                })??;
+            if request != STATUS_POLL {
+                return Err(
+                    format!("receipt {n}: the printer got {request:02x?} for a poll").into(),
+                );
+            }
+            // Online, paper present; a different byte each time so a stale one would show.
+            let status = 0x12 | ((poll as u8 & 1) << 5);
+            let answered = Instant::now();
+            printer.write_all(&[status]).await?;
+            let mut heard = [0u8; 1];
+            tokio::time::timeout(CHUNK_TIMEOUT, register.read_exact(&mut heard))
+                .await
+                .map_err(|_| {
+                    format!("receipt {n}: status reply {poll} never reached the register")
+                })??;
+            answers.push(answered.elapsed());
+            round_trips.push(polled.elapsed());
+            if heard != [status] {
+                return Err(format!(
+                    "receipt {n}: the register heard {heard:02x?} for status {status:02x}"
+                )
+                .into());
+            }
+        }
     }
     let elapsed = started.elapsed();
     quantiles("chunk write -> last byte at printer", latencies);
+    quantiles(
+        "status poll at the register -> reply at the register",
+        round_trips,
+    );
+    quantiles("status reply at the printer -> at the register", answers);
     println!(
         "{receipts} receipts, {bytes_total} bytes in {:.3} s: {:.0} bytes/s (9600 baud is 960 bytes/s)",
         elapsed.as_secs_f64(),

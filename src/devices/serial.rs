@@ -254,13 +254,21 @@ impl SerialDevice {
         let mut unsent: Vec<u8> = Vec::new();
         // Set after an answer card was held back: its trailing CR/LF bytes are held back too.
         let mut after_card = false;
+        // The idle gap runs from the last read (answers written to the port in between do not
+        // restart it).
+        let mut last_read = tokio::time::Instant::now();
         loop {
             // Only wait for the idle gap while a frame is half-received.
-            let gap = idle_gap.filter(|_| framer.has_partial());
+            let gap = idle_gap
+                .filter(|_| framer.has_partial())
+                .map(|gap| last_read + gap);
             let read = match next_input(&mut port, &mut buffer, back.as_deref_mut(), gap, shutdown)
                 .await
             {
-                Input::Read(read) => Some(read),
+                Input::Read(read) => {
+                    last_read = tokio::time::Instant::now();
+                    Some(read)
+                }
                 Input::Quiet => None,
                 Input::Back(Ok(_)) => continue,
                 Input::Back(Err(error)) => return ReadEnd::Lost(format!("write failed: {error}")),
@@ -348,8 +356,10 @@ impl SerialDevice {
     ) -> ReadEnd {
         let mut buffer = vec![0u8; READ_BUFFER];
         let mut receipts = Vec::new();
+        // The receipt timeout runs from the last read, as the idle gap does.
+        let mut last_read = tokio::time::Instant::now();
         loop {
-            let quiet = Some(timeout).filter(|_| decoder.in_receipt());
+            let quiet = Some(last_read + timeout).filter(|_| decoder.in_receipt());
             // The printer's answers (status bytes) go to the register between reads; they are
             // not receipt data and never reach the decoder.
             let read = match next_input(
@@ -361,7 +371,10 @@ impl SerialDevice {
             )
             .await
             {
-                Input::Read(read) => Some(read),
+                Input::Read(read) => {
+                    last_read = tokio::time::Instant::now();
+                    Some(read)
+                }
                 Input::Quiet => None,
                 Input::Back(Ok(_)) => continue,
                 Input::Back(Err(error)) => return ReadEnd::Lost(format!("write failed: {error}")),
@@ -541,20 +554,20 @@ fn new_backoff() -> impl Iterator<Item = Duration> {
 }
 
 /// Waits for the next thing a reading device task must handle: bytes from the port, the
-/// passthrough's answer taken or written to the port, `quiet` passing, or shutdown. Every
+/// passthrough's answer taken or written to the port, the `quiet` deadline, or shutdown. Every
 /// branch is cancel-safe, so whatever did not win is picked up on the next call.
 async fn next_input(
     port: &mut SerialStream,
     buffer: &mut [u8],
     back: Option<&mut Pump>,
-    quiet: Option<Duration>,
+    quiet: Option<tokio::time::Instant>,
     shutdown: &CancellationToken,
 ) -> Input {
     let (mut reader, mut writer) = tokio::io::split(port);
     tokio::select! {
         read = reader.read(buffer) => Input::Read(read),
         pumped = pump_or_never(back, &mut writer) => Input::Back(pumped),
-        () = sleep_or_never(quiet) => Input::Quiet,
+        () = sleep_until_or_never(quiet) => Input::Quiet,
         () = shutdown.cancelled() => Input::Shutdown,
     }
 }
@@ -569,9 +582,9 @@ async fn pump_or_never<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-async fn sleep_or_never(gap: Option<Duration>) {
-    match gap {
-        Some(gap) => tokio::time::sleep(gap).await,
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

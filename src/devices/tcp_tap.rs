@@ -203,6 +203,8 @@ async fn serve(
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(tap.max_connections));
     let mut connections = JoinSet::new();
+    // Ends the connections at shutdown, or when the listener fails.
+    let close = shutdown.child_token();
     let mut warned_at: Option<Instant> = None;
     let ended = loop {
         let accepted = tokio::select! {
@@ -237,7 +239,7 @@ async fn serve(
         };
         shared.connections.accepted.inc();
         let shared = shared.clone();
-        let stop = shutdown.child_token();
+        let stop = close.clone();
         connections.spawn(async move {
             shared.connections.open.inc();
             connection(register, peer, &shared, &stop).await;
@@ -246,15 +248,9 @@ async fn serve(
         });
     };
     // Shutdown or a failed listener: the connections end too, handing over their receipts.
-    shutdown_connections(connections, shutdown).await;
-    ended
-}
-
-async fn shutdown_connections(mut connections: JoinSet<()>, shutdown: &CancellationToken) {
-    if !shutdown.is_cancelled() {
-        connections.abort_all();
-    }
+    close.cancel();
     while connections.join_next().await.is_some() {}
+    ended
 }
 
 fn is_transient(error: &std::io::Error) -> bool {
