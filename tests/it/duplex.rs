@@ -316,7 +316,7 @@ async fn a_passthrough_link_to_a_reused_or_missing_pty_is_replaced_by_our_own() 
     drop(stranger_slave);
 }
 
-/// Nobody reads the passthrough while the scanner streams 1.5 MiB in 4 KiB writes: the queue
+/// Nobody reads the passthrough while the scanner streams 1.5 MiB in 16 KiB writes: the queue
 /// stays bounded, what it drops is counted in `/metrics` and the status, and once the POS reads,
 /// everything is accounted for: what it receives plus what was dropped is what was sent.
 #[tokio::test]
@@ -335,8 +335,8 @@ async fn passthrough_drops_are_counted_in_metrics_and_status() {
     gateway.wait_device("dev-1", "connected").await;
 
     // Overlong frames (no terminator): a few hundred bad_frame records, not 100k scans.
-    let burst = vec![b'X'; 4096];
-    let writes = 384;
+    let burst = vec![b'X'; 16384];
+    let writes = 96;
     let sent = burst.len() * writes;
     for _ in 0..writes {
         scanner.send(&burst).await;
