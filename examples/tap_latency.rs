@@ -21,16 +21,19 @@
 //! at 9600 baud. The issue's target: passthrough adds ≤ 1 ms p99. Prints p50 / p99 / max over all
 //! chunks for N receipts (default 500).
 //!
+//! With `tcp` the same runs through a network printer tap (`transport = "tcp"`): the register
+//! connects to the gateway's port and the printer is a TCP listener the gateway forwards to.
+//!
 //! ```sh
-//! cargo build --release && cargo run --release --example tap_latency -- [RECEIPTS]
+//! cargo build --release && cargo run --release --example tap_latency -- [RECEIPTS] [tcp]
 //! ```
 
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_serial::SerialPortBuilderExt;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -149,6 +152,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(500)
         .max(1);
+    if std::env::args().nth(2).as_deref() == Some("tcp") {
+        return over_tcp(receipts).await;
+    }
     let bin = posgw_bin();
     let dir = tempfile::tempdir()?;
     let link = dir.path().join("register");
@@ -184,31 +190,91 @@ passthrough = "{printer}"
         "warn,posgw::cli=info",
         |line| line.contains("WARN") || line.contains("ERROR"),
     )?;
-    let result = measure(&api, &mut register, &printer_link, receipts).await;
+    let result = async {
+        // Wait for the passthrough link, then open it as the printer would.
+        let start = Instant::now();
+        while !printer_link.exists() {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err("no passthrough link after 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut printer =
+            tokio_serial::new(printer_link.to_string_lossy(), 9600).open_native_async()?;
+        measure(&api, &mut register, &mut printer, receipts).await
+    }
+    .await;
     // Stop first: closing the register's pty under a running gateway makes it log a lost device.
     stop(&mut gateway)?;
     drop(register);
     result
 }
 
-/// Feeds `receipts` receipts through the tap and prints what it measured.
+/// The same through a network printer tap: the register's TCP connection to the gateway, and
+/// the printer's end of the gateway's connection to it.
+async fn over_tcp(receipts: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let bin = posgw_bin();
+    let dir = tempfile::tempdir()?;
+    let printer_port = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    std::fs::write(
+        dir.path().join("posgw.toml"),
+        format!(
+            r#"[gateway]
+store = "BENCH-1"
+id = "gw-bench"
+data_dir = "{data}"
+[api]
+listen = "127.0.0.1:0"
+[[device]]
+id = "register-1"
+role = "register"
+transport = "tcp"
+station = "till-1"
+profile = "escpos-tap"
+listen = "{listen}"
+printer_addr = "{printer}"
+"#,
+            data = dir.path().join("data").display(),
+            printer = printer_port.local_addr()?,
+        ),
+    )?;
+    let (mut gateway, api) = start_gateway(
+        &bin,
+        &dir.path().join("posgw.toml"),
+        "warn,posgw::cli=info",
+        |line| line.contains("WARN") || line.contains("ERROR"),
+    )?;
+    let result = async {
+        let start = Instant::now();
+        let mut register = loop {
+            match tokio::net::TcpStream::connect(listen).await {
+                Ok(register) => break register,
+                Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => return Err(format!("the tap does not listen: {error}").into()),
+            }
+        };
+        register.set_nodelay(true)?;
+        let (mut printer, _) =
+            tokio::time::timeout(Duration::from_secs(10), printer_port.accept()).await??;
+        printer.set_nodelay(true)?;
+        measure(&api, &mut register, &mut printer, receipts).await
+    }
+    .await;
+    stop(&mut gateway)?;
+    result
+}
+
+/// Feeds `receipts` receipts from `register` through the tap to `printer` and prints what it
+/// measured.
 async fn measure(
     api: &str,
-    register: &mut SerialStream,
-    printer_link: &std::path::Path,
+    register: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    printer: &mut (impl AsyncRead + AsyncWrite + Unpin),
     receipts: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // Wait for the passthrough link, then open it as the printer would.
-    let start = Instant::now();
-    while !printer_link.exists() {
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err("no passthrough link after 10 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut printer =
-        tokio_serial::new(printer_link.to_string_lossy(), 9600).open_native_async()?;
-
     // Fixed seed: every run sends the same receipts in the same chunks.
     let mut rng = StdRng::seed_from_u64(0x7a9_1a7);
     let mut latencies = Vec::new();
