@@ -638,6 +638,53 @@ fn create_pty(link: &Path) -> io::Result<Target> {
 mod tests {
     use super::*;
 
+    fn link_to(dir: &Path, name: &str, target: &Path) -> (PathBuf, std::fs::Metadata) {
+        let link = dir.join(name);
+        std::os::unix::fs::symlink(target, &link).expect("link");
+        let meta = std::fs::symlink_metadata(&link).expect("lstat");
+        (link, meta)
+    }
+
+    #[tokio::test]
+    async fn a_link_is_live_only_to_a_pty_at_least_as_old_as_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_master, slave) = SerialStream::pair().expect("pty");
+        let pty = PathBuf::from(slave.name().expect("pty name"));
+
+        // A bridge: its pty first, then the link.
+        let (link, meta) = link_to(dir.path(), "bridge", &pty);
+        assert_eq!(link_target(&link, &meta), LinkTarget::LivePty);
+
+        // The same pty behind a link made before it existed: its number was reused.
+        let (link, _) = link_to(dir.path(), "old", &pty);
+        let an_hour_ago = nix::sys::time::TimeSpec::new(
+            nix::sys::time::TimeSpec::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock"),
+            )
+            .tv_sec()
+                - 3600,
+            0,
+        );
+        nix::sys::stat::utimensat(
+            None,
+            &link,
+            &an_hour_ago,
+            &an_hour_ago,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .expect("age the link");
+        let meta = std::fs::symlink_metadata(&link).expect("lstat");
+        assert_eq!(link_target(&link, &meta), LinkTarget::ReusedPty);
+
+        let (link, meta) = link_to(dir.path(), "gone", Path::new("/dev/pts/999999"));
+        assert_eq!(link_target(&link, &meta), LinkTarget::Nothing);
+
+        let (link, meta) = link_to(dir.path(), "null", Path::new("/dev/null"));
+        assert_eq!(link_target(&link, &meta), LinkTarget::Other, "not a pty");
+    }
+
     #[tokio::test]
     async fn an_outbox_is_bounded_by_bytes_and_counts_what_it_drops() {
         let counters = DirectionCounters::default();
