@@ -51,6 +51,8 @@ const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// At most one warning about refused connections this often (the counter has them all).
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Read buffer toward the printer (receipts, logos).
 const FORWARD_BUFFER: usize = 8192;
 /// Read buffer toward the register (status bytes).
@@ -218,6 +220,13 @@ async fn serve(
             // moment: not the listener's fault.
             Err(error) if is_transient(&error) => {
                 tracing::debug!(device = %shared.info.id, %error, "accept");
+                if matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    // Accepting again at once would fail at once: give the process a moment.
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                        () = shutdown.cancelled() => break Ok(()),
+                    }
+                }
                 continue;
             }
             Err(error) => break Err(error),
