@@ -5,7 +5,13 @@
 //!   ones written,
 //! - the bytes per second that gives, write after write,
 //! - that every receipt became one `sale` record (`posgw_records_total{kind="sale"}` on
-//!   `/metrics`), one per paper cut.
+//!   `/metrics`), one per paper cut,
+//! - the printer's status replies coming back: after each receipt the register polls the printer
+//!   [`POLLS`] times (`DLE EOT 1`), the printer answers each poll with a status byte as soon as
+//!   it reads it, and the run times the register's poll → the answer at the register (both
+//!   passthrough directions) and the printer's answer → the register (the way back alone). The
+//!   issue's target: status replies reach the register within 5 ms p99. The answers must not
+//!   become receipts: the sale count must still equal the receipts.
 //!
 //! Each receipt is a Chinese pharmacy receipt as a register sends it: init, Chinese mode, a
 //! `GS v 0` raster logo of a few hundred bytes (random data, so every byte value goes through),
@@ -15,16 +21,19 @@
 //! at 9600 baud. The issue's target: passthrough adds ≤ 1 ms p99. Prints p50 / p99 / max over all
 //! chunks for N receipts (default 500).
 //!
+//! With `tcp` the same runs through a network printer tap (`transport = "tcp"`): the register
+//! connects to the gateway's port and the printer is a TCP listener the gateway forwards to.
+//!
 //! ```sh
-//! cargo build --release && cargo run --release --example tap_latency -- [RECEIPTS]
+//! cargo build --release && cargo run --release --example tap_latency -- [RECEIPTS] [tcp]
 //! ```
 
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_serial::SerialPortBuilderExt;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -36,6 +45,12 @@ const FS: u8 = 0x1c;
 
 /// The largest chunk the register writes at once.
 const MAX_CHUNK: usize = 64;
+
+/// Status polls after each receipt.
+const POLLS: usize = 10;
+
+/// `DLE EOT 1`: transmit the printer status.
+const STATUS_POLL: [u8; 3] = [0x10, 0x04, 0x01];
 
 /// How long a chunk may take to reach the printer before the run counts it as lost.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,6 +152,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(500)
         .max(1);
+    if std::env::args().nth(2).as_deref() == Some("tcp") {
+        return over_tcp(receipts).await;
+    }
     let bin = posgw_bin();
     let dir = tempfile::tempdir()?;
     let link = dir.path().join("register");
@@ -172,36 +190,98 @@ passthrough = "{printer}"
         "warn,posgw::cli=info",
         |line| line.contains("WARN") || line.contains("ERROR"),
     )?;
-    let result = measure(&api, &mut register, &printer_link, receipts).await;
+    let result = async {
+        // Wait for the passthrough link, then open it as the printer would.
+        let start = Instant::now();
+        while !printer_link.exists() {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err("no passthrough link after 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut printer =
+            tokio_serial::new(printer_link.to_string_lossy(), 9600).open_native_async()?;
+        measure(&api, &mut register, &mut printer, receipts).await
+    }
+    .await;
     // Stop first: closing the register's pty under a running gateway makes it log a lost device.
     stop(&mut gateway)?;
     drop(register);
     result
 }
 
-/// Feeds `receipts` receipts through the tap and prints what it measured.
+/// The same through a network printer tap: the register's TCP connection to the gateway, and
+/// the printer's end of the gateway's connection to it.
+async fn over_tcp(receipts: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let bin = posgw_bin();
+    let dir = tempfile::tempdir()?;
+    let printer_port = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    std::fs::write(
+        dir.path().join("posgw.toml"),
+        format!(
+            r#"[gateway]
+store = "BENCH-1"
+id = "gw-bench"
+data_dir = "{data}"
+[api]
+listen = "127.0.0.1:0"
+[[device]]
+id = "register-1"
+role = "register"
+transport = "tcp"
+station = "till-1"
+profile = "escpos-tap"
+listen = "{listen}"
+printer_addr = "{printer}"
+"#,
+            data = dir.path().join("data").display(),
+            printer = printer_port.local_addr()?,
+        ),
+    )?;
+    let (mut gateway, api) = start_gateway(
+        &bin,
+        &dir.path().join("posgw.toml"),
+        "warn,posgw::cli=info",
+        |line| line.contains("WARN") || line.contains("ERROR"),
+    )?;
+    let result = async {
+        let start = Instant::now();
+        let mut register = loop {
+            match tokio::net::TcpStream::connect(listen).await {
+                Ok(register) => break register,
+                Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => return Err(format!("the tap does not listen: {error}").into()),
+            }
+        };
+        register.set_nodelay(true)?;
+        let (mut printer, _) =
+            tokio::time::timeout(Duration::from_secs(10), printer_port.accept()).await??;
+        printer.set_nodelay(true)?;
+        measure(&api, &mut register, &mut printer, receipts).await
+    }
+    .await;
+    stop(&mut gateway)?;
+    result
+}
+
+/// Feeds `receipts` receipts from `register` through the tap to `printer` and prints what it
+/// measured.
 async fn measure(
     api: &str,
-    register: &mut SerialStream,
-    printer_link: &std::path::Path,
+    register: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    printer: &mut (impl AsyncRead + AsyncWrite + Unpin),
     receipts: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // Wait for the passthrough link, then open it as the printer would.
-    let start = Instant::now();
-    while !printer_link.exists() {
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err("no passthrough link after 10 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut printer =
-        tokio_serial::new(printer_link.to_string_lossy(), 9600).open_native_async()?;
-
     // Fixed seed: every run sends the same receipts in the same chunks.
     let mut rng = StdRng::seed_from_u64(0x7a9_1a7);
     let mut latencies = Vec::new();
     let mut received = [0u8; MAX_CHUNK];
     let mut bytes_total = 0usize;
+    let mut round_trips = Vec::new();
+    let mut answers = Vec::new();
     let started = Instant::now();
     for n in 1..=receipts {
         let bytes = receipt(n, &mut rng);
@@ -228,9 +308,48 @@ async fn measure(
             bytes_total += size;
             rest = tail;
         }
+        // The register polls its printer's status; the printer answers each poll at once.
+        for poll in 0..POLLS {
+            let polled = Instant::now();
+            register.write_all(&STATUS_POLL).await?;
+            let mut request = [0u8; 3];
+            tokio::time::timeout(CHUNK_TIMEOUT, printer.read_exact(&mut request))
+                .await
+                .map_err(|_| {
+                    format!("receipt {n}: status poll {poll} never reached the printer")
+                })??;
+            if request != STATUS_POLL {
+                return Err(
+                    format!("receipt {n}: the printer got {request:02x?} for a poll").into(),
+                );
+            }
+            // Online, paper present; a different byte each time so a stale one would show.
+            let status = 0x12 | ((poll as u8 & 1) << 5);
+            let answered = Instant::now();
+            printer.write_all(&[status]).await?;
+            let mut heard = [0u8; 1];
+            tokio::time::timeout(CHUNK_TIMEOUT, register.read_exact(&mut heard))
+                .await
+                .map_err(|_| {
+                    format!("receipt {n}: status reply {poll} never reached the register")
+                })??;
+            answers.push(answered.elapsed());
+            round_trips.push(polled.elapsed());
+            if heard != [status] {
+                return Err(format!(
+                    "receipt {n}: the register heard {heard:02x?} for status {status:02x}"
+                )
+                .into());
+            }
+        }
     }
     let elapsed = started.elapsed();
     quantiles("chunk write -> last byte at printer", latencies);
+    quantiles(
+        "status poll at the register -> reply at the register",
+        round_trips,
+    );
+    quantiles("status reply at the printer -> at the register", answers);
     println!(
         "{receipts} receipts, {bytes_total} bytes in {:.3} s: {:.0} bytes/s (9600 baud is 960 bytes/s)",
         elapsed.as_secs_f64(),

@@ -141,6 +141,57 @@ pub struct DeviceStatusBody {
     pub last_frame_at: Option<String>,
     /// Last connect / disconnect reason.
     pub detail: Option<String>,
+    /// Its passthrough, when it has one: where, and bytes forwarded and dropped each way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<PassthroughStatusBody>,
+}
+
+/// A device's passthrough in the status body.
+#[derive(Debug, Serialize)]
+pub struct PassthroughStatusBody {
+    /// Where the device's bytes go.
+    pub target: String,
+    /// Device → passthrough (scanner → POS, register → printer).
+    pub to_passthrough: DirectionStatusBody,
+    /// Passthrough → device (the printer's status replies, the POS's commands).
+    pub to_device: DirectionStatusBody,
+    /// A network printer tap's register connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionsStatusBody>,
+}
+
+/// A network printer tap's register connections in the status body.
+#[derive(Debug, Serialize)]
+pub struct ConnectionsStatusBody {
+    /// Open now.
+    pub open: i64,
+    /// Accepted and forwarded since start.
+    pub accepted: u64,
+    /// Refused over `max_connections` since start.
+    pub refused: u64,
+    /// Closed because the printer did not answer, since start.
+    pub printer_unreachable: u64,
+}
+
+/// One direction of a passthrough.
+#[derive(Debug, Serialize)]
+pub struct DirectionStatusBody {
+    /// Bytes written on.
+    pub bytes: u64,
+    /// Bytes dropped (the reader stalled, or the port was gone).
+    pub dropped_bytes: u64,
+    /// Writes dropped whole.
+    pub dropped_chunks: u64,
+}
+
+impl From<&crate::devices::passthrough::DirectionCounters> for DirectionStatusBody {
+    fn from(counters: &crate::devices::passthrough::DirectionCounters) -> Self {
+        DirectionStatusBody {
+            bytes: counters.bytes.get(),
+            dropped_bytes: counters.dropped_bytes.get(),
+            dropped_chunks: counters.dropped_chunks.get(),
+        }
+    }
 }
 
 /// Journal part of the status body.
@@ -211,6 +262,22 @@ async fn status(
                     .last_frame_at
                     .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)),
                 detail: status.detail,
+                passthrough: view
+                    .passthrough
+                    .as_ref()
+                    .map(|passthrough| PassthroughStatusBody {
+                        target: passthrough.target.clone(),
+                        to_passthrough: (&passthrough.counters.to_passthrough).into(),
+                        to_device: (&passthrough.counters.to_device).into(),
+                        connections: passthrough.connections.as_ref().map(|counts| {
+                            ConnectionsStatusBody {
+                                open: counts.open.get(),
+                                accepted: counts.accepted.get(),
+                                refused: counts.refused.get(),
+                                printer_unreachable: counts.printer_unreachable.get(),
+                            }
+                        }),
+                    }),
             }
         })
         .collect();

@@ -19,6 +19,7 @@ use crate::api::{self, ApiState};
 use crate::config::{Settings, Transport};
 use crate::devices::mqtt::{MqttDevice, MqttDevices};
 use crate::devices::serial::SerialDevice;
+use crate::devices::tcp_tap::TcpTap;
 use crate::devices::{self, DeviceInfo};
 use crate::journal::{self, JournalConfig, Kind};
 use crate::metrics::Metrics;
@@ -169,9 +170,27 @@ pub async fn run(
     for device in &settings.devices {
         let device = Arc::new(device.clone());
         let info = Arc::new(DeviceInfo::from_settings(&device));
-        let (status, view) = devices::status_channel(&device);
-        views.push(view);
+        let (status, mut view) = devices::status_channel(&device);
         metrics.set_connected(&device.id, false);
+        let passthrough = device
+            .serial
+            .as_ref()
+            .and_then(|serial| serial.passthrough.as_ref())
+            .map(|target| devices::PassthroughView {
+                target: target.display().to_string(),
+                counters: metrics.passthrough_counters(&device.id),
+                connections: None,
+            })
+            .or_else(|| {
+                // A network printer tap: the printer is its passthrough.
+                device.tcp.as_ref().map(|tap| devices::PassthroughView {
+                    target: tap.printer_addr.clone(),
+                    counters: metrics.passthrough_counters(&device.id),
+                    connections: Some(metrics.tap_counters(&device.id)),
+                })
+            });
+        view.passthrough = passthrough.clone();
+        views.push(view);
         match device.transport {
             Transport::Serial => {
                 let task = SerialDevice {
@@ -180,6 +199,22 @@ pub async fn run(
                     events: devices::relay(core.events.clone()),
                     status,
                     hold_back: hold_back.clone(),
+                    passthrough: passthrough.map(|view| view.counters).unwrap_or_default(),
+                };
+                device_tasks.spawn(task.run(stop.child_token()));
+            }
+            Transport::Tcp => {
+                let Some(view) = passthrough else {
+                    tracing::error!(device = %device.id, "tcp device without its settings");
+                    continue;
+                };
+                let task = TcpTap {
+                    settings: device.clone(),
+                    info,
+                    events: devices::relay(core.events.clone()),
+                    status,
+                    bytes: view.counters,
+                    connections: view.connections.unwrap_or_default(),
                 };
                 device_tasks.spawn(task.run(stop.child_token()));
             }
@@ -401,6 +436,7 @@ fn restart_only_changes(current: &Settings, next: &Settings) -> Vec<&'static str
                     profile,
                     serial,
                     d.topic.clone(),
+                    d.tcp.clone(),
                 )
             })
             .collect::<Vec<_>>()

@@ -41,6 +41,15 @@ pub struct ChannelLabel {
     pub channel: String,
 }
 
+/// Label set for a passthrough's series: the device and the direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassthroughLabel {
+    /// The device id from the configuration.
+    pub device: String,
+    /// `to_passthrough` (device → POS or printer) or `to_device` (their answers → device).
+    pub direction: &'static str,
+}
+
 /// Every metric the gateway exports. Cheap to clone: all members are shared handles.
 #[derive(Clone)]
 pub struct Metrics {
@@ -74,6 +83,21 @@ pub struct Metrics {
     pub mqtt_oversize: Family<ChannelLabel, Counter>,
     /// Local API connections: open, the cap, refused over the cap (`posgw_api_connections*`).
     pub api_connections: crate::serve::ConnectionMetrics,
+    /// Bytes a passthrough forwarded, by device and direction (`posgw_passthrough_bytes_total`).
+    pub passthrough_bytes: Family<PassthroughLabel, Counter>,
+    /// Bytes a passthrough dropped (queue full, port gone) (`posgw_passthrough_dropped_bytes_total`).
+    pub passthrough_dropped_bytes: Family<PassthroughLabel, Counter>,
+    /// Writes a passthrough dropped whole (`posgw_passthrough_dropped_chunks_total`).
+    pub passthrough_dropped_chunks: Family<PassthroughLabel, Counter>,
+    /// Register connections a network printer tap forwarded (`posgw_tap_connections_total`).
+    pub tap_connections: Family<DeviceLabel, Counter>,
+    /// Register connections refused over `max_connections` (`posgw_tap_refused_connections_total`).
+    pub tap_refused: Family<DeviceLabel, Counter>,
+    /// Register connections closed because the printer did not answer
+    /// (`posgw_tap_printer_unreachable_total`).
+    pub tap_unreachable: Family<DeviceLabel, Counter>,
+    /// Register connections open now (`posgw_tap_open_connections`).
+    pub tap_open: Family<DeviceLabel, Gauge>,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -101,6 +125,13 @@ impl Metrics {
             });
         }
         let api_connections = crate::serve::ConnectionMetrics::default();
+        let passthrough_bytes = Family::<PassthroughLabel, Counter>::default();
+        let passthrough_dropped_bytes = Family::<PassthroughLabel, Counter>::default();
+        let passthrough_dropped_chunks = Family::<PassthroughLabel, Counter>::default();
+        let tap_connections = Family::<DeviceLabel, Counter>::default();
+        let tap_refused = Family::<DeviceLabel, Counter>::default();
+        let tap_unreachable = Family::<DeviceLabel, Counter>::default();
+        let tap_open = Family::<DeviceLabel, Gauge>::default();
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -169,6 +200,41 @@ impl Metrics {
             mqtt_oversize.clone(),
         );
         api_connections.register(&mut registry, "api_");
+        registry.register(
+            "passthrough_bytes",
+            "Bytes passed through, by device and direction",
+            passthrough_bytes.clone(),
+        );
+        registry.register(
+            "passthrough_dropped_bytes",
+            "Bytes a passthrough dropped because its reader stalled or its port was gone",
+            passthrough_dropped_bytes.clone(),
+        );
+        registry.register(
+            "passthrough_dropped_chunks",
+            "Writes a passthrough dropped whole because its reader stalled or its port was gone",
+            passthrough_dropped_chunks.clone(),
+        );
+        registry.register(
+            "tap_connections",
+            "Register connections a network printer tap forwarded to its printer",
+            tap_connections.clone(),
+        );
+        registry.register(
+            "tap_refused_connections",
+            "Register connections a network printer tap refused over max_connections",
+            tap_refused.clone(),
+        );
+        registry.register(
+            "tap_printer_unreachable",
+            "Register connections closed because the network printer did not answer",
+            tap_unreachable.clone(),
+        );
+        registry.register(
+            "tap_open_connections",
+            "Register connections a network printer tap has open",
+            tap_open.clone(),
+        );
         Metrics {
             records,
             bad_frames,
@@ -184,6 +250,13 @@ impl Metrics {
             uplink_dead,
             mqtt_oversize,
             api_connections,
+            passthrough_bytes,
+            passthrough_dropped_bytes,
+            passthrough_dropped_chunks,
+            tap_connections,
+            tap_refused,
+            tap_unreachable,
+            tap_open,
             registry: Arc::new(registry),
         }
     }
@@ -236,6 +309,46 @@ impl Metrics {
                 device: device.to_owned(),
             })
             .set(i64::from(connected));
+    }
+
+    /// The passthrough counters of `device`, both directions, created at 0 so they show from the
+    /// start; the passthrough bumps them directly.
+    pub fn passthrough_counters(
+        &self,
+        device: &str,
+    ) -> crate::devices::passthrough::PassthroughCounters {
+        use crate::devices::passthrough::DirectionCounters;
+        let direction = |direction: &'static str| {
+            let label = PassthroughLabel {
+                device: device.to_owned(),
+                direction,
+            };
+            DirectionCounters {
+                bytes: self.passthrough_bytes.get_or_create(&label).clone(),
+                dropped_bytes: self.passthrough_dropped_bytes.get_or_create(&label).clone(),
+                dropped_chunks: self
+                    .passthrough_dropped_chunks
+                    .get_or_create(&label)
+                    .clone(),
+            }
+        };
+        crate::devices::passthrough::PassthroughCounters {
+            to_passthrough: direction("to_passthrough"),
+            to_device: direction("to_device"),
+        }
+    }
+
+    /// The connection counts of the network printer tap `device`, created at 0.
+    pub fn tap_counters(&self, device: &str) -> crate::devices::tcp_tap::TapCounters {
+        let label = DeviceLabel {
+            device: device.to_owned(),
+        };
+        crate::devices::tcp_tap::TapCounters {
+            accepted: self.tap_connections.get_or_create(&label).clone(),
+            refused: self.tap_refused.get_or_create(&label).clone(),
+            printer_unreachable: self.tap_unreachable.get_or_create(&label).clone(),
+            open: self.tap_open.get_or_create(&label).clone(),
+        }
     }
 
     /// Renders every series in the Prometheus text format.

@@ -217,7 +217,18 @@ mod shipped {
             .iter()
             .map(|device| device.id.as_str())
             .collect();
-        assert_eq!(ids, ["scanner-1", "scanner-2", "register-1", "register-2"]);
+        assert_eq!(
+            ids,
+            [
+                "scanner-1",
+                "scanner-2",
+                "register-1",
+                "register-3",
+                "register-2"
+            ]
+        );
+        let tap = settings.devices[3].tcp.as_ref().expect("the network tap");
+        assert_eq!(tap.printer_addr, "192.168.1.50:9100");
         assert_eq!(
             settings.devices[1].topic.as_deref(),
             Some("store/till-2/scanner")
@@ -1595,5 +1606,80 @@ mod fuzz {
                 assert_eq!(output.status.code(), Some(0), "{stderr}");
             }
         }
+    }
+}
+
+/// `transport = "tcp"`: a network receipt printer tap, its keys checked with positions.
+mod network_printer_tap {
+    use super::*;
+
+    const TAP: &str = r#"
+[[device]]
+id = "printer-1"
+role = "register"
+transport = "tcp"
+profile = "escpos-tap"
+"#;
+
+    #[test]
+    fn a_tcp_tap_loads_with_its_listen_address_printer_and_default_cap() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}{TAP}listen = \"0.0.0.0:9100\"\nprinter_addr = \"192.168.1.50:9100\"\n"
+        ));
+        let settings = fixture.load();
+        let device = &settings.devices[1];
+        assert_eq!(device.transport, Transport::Tcp);
+        assert!(device.serial.is_none() && device.topic.is_none());
+        let tap = device.tcp.as_ref().expect("tcp settings");
+        assert_eq!(tap.listen, "0.0.0.0:9100".parse::<SocketAddr>().unwrap());
+        assert_eq!(tap.printer_addr, "192.168.1.50:9100");
+        assert_eq!(tap.max_connections, 4);
+    }
+
+    #[test]
+    fn tcp_tap_keys_are_refused_with_their_positions() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}{TAP}listen = \"9100\"\nprinter_addr = \"printer\"\nmax_connections = 0\npath = \"/dev/ttyUSB0\"\n"
+        ));
+        assert_eq!(
+            fixture.errors(),
+            [
+                "posgw.toml:17:10: 'listen' in [[device]] must be an IP address and port like \"0.0.0.0:9100\", found '9100'",
+                "posgw.toml:18:16: 'printer_addr' in [[device]] must be host:port, like \"192.168.1.50:9100\", found 'printer'",
+                "posgw.toml:19:19: 'max_connections' in [[device]] must be from 1 to 64, found 0",
+                "posgw.toml:20:8: 'path' in [[device]] is for serial and mqtt devices; this device's transport is tcp (listen and printer_addr)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tcp_tap_needs_listen_and_printer_addr() {
+        let fixture = Fixture::new(&format!("{BASE}{TAP}"));
+        let errors = fixture.errors();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with("posgw.toml:12:1: missing 'listen'"));
+        assert!(errors[1].starts_with("posgw.toml:12:1: missing 'printer_addr'"));
+    }
+
+    #[test]
+    fn tcp_keys_on_a_serial_device_and_a_scanner_profile_on_tcp_are_refused() {
+        let fixture = Fixture::new(&format!("{BASE}printer_addr = \"10.0.0.9:9100\"\n"));
+        fixture.single_error(
+            "posgw.toml:11:16: 'printer_addr' in [[device]] is for network printer taps (transport tcp); this device's transport is serial",
+        );
+        let fixture = Fixture::new(&format!(
+            "{BASE}\n[[device]]\nid = \"s2\"\nrole = \"scanner\"\ntransport = \"tcp\"\nprofile = \"generic-scanner\"\nlisten = \"127.0.0.1:9100\"\nprinter_addr = \"10.0.0.9:9100\"\n"
+        ));
+        fixture.single_error("profile 'generic-scanner' does not support the tcp transport");
+    }
+
+    #[test]
+    fn two_taps_cannot_listen_on_one_address() {
+        let tap = |id: &str| {
+            format!("{TAP}listen = \"0.0.0.0:9100\"\nprinter_addr = \"10.0.0.9:9100\"\n")
+                .replace("printer-1", id)
+        };
+        let fixture = Fixture::new(&format!("{BASE}{}{}", tap("p1"), tap("p2")));
+        fixture.single_error("'listen' address 0.0.0.0:9100 is already used by device 'p1'");
     }
 }

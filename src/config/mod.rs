@@ -34,7 +34,7 @@ pub use profile::{
 };
 pub use settings::{
     ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,
-    PromptOption, PromptSettings, Role, SerialSettings, Settings, SkuPattern, Transport,
-    UplinkSettings,
+    PromptOption, PromptSettings, Role, SerialSettings, Settings, SkuPattern, TcpTapSettings,
+    Transport, UplinkSettings,
 };
 pub use units::{format_duration, format_size, parse_duration, parse_size};

@@ -13,7 +13,7 @@
 //! name = "generic-scanner"          # default: the file name without .toml
 //! description = "…"
 //! roles = ["scanner"]               # scanner | register (required)
-//! transports = ["serial"]           # serial | mqtt (required)
+//! transports = ["serial"]           # serial | mqtt | tcp (required; tcp: escpos only)
 //! decoder = "scan"                  # scan | json-sale | escpos (required); scan needs the scanner
 //!                                   #   role, json-sale and escpos the register role
 //! requires_passthrough = false      # devices using it must set `passthrough` (a printer tap)
@@ -547,7 +547,11 @@ fn load_profile(
         raw.transports.as_ref(),
         "'transports'",
         &whole_file,
-        &[("serial", Transport::Serial), ("mqtt", Transport::Mqtt)],
+        &[
+            ("serial", Transport::Serial),
+            ("mqtt", Transport::Mqtt),
+            ("tcp", Transport::Tcp),
+        ],
     );
     let decoder = match &raw.decoder {
         Some(decoder) => check::choice(
@@ -624,8 +628,18 @@ fn load_profile(
     if let (Some(DecoderKind::Escpos), true, Some(raw_decoder)) = (decoder, mqtt_ok, &raw.decoder) {
         report.error(
             &raw_decoder.span,
-            "decoder 'escpos' taps a serial line, so 'transports' must be [\"serial\"]",
+            "decoder 'escpos' taps a printer line, so 'transports' may list only \"serial\" and \"tcp\"",
         );
+    }
+    if let (Some(decoder), true, Some(raw_transports)) =
+        (decoder, has(Transport::Tcp), &raw.transports)
+    {
+        if decoder != DecoderKind::Escpos {
+            report.error(
+                &raw_transports.span,
+                "transport 'tcp' is a network receipt printer tap: only with decoder = \"escpos\"",
+            );
+        }
     }
 
     let line = line_settings(report, raw.serial.as_ref().map(|s| &s.value));
@@ -1095,7 +1109,7 @@ line = '(?P<name>\S+)\s+(?P<qty>\d+)\s+(?P<amount>[0-9.]+)'
             errors,
             [
                 "p.toml:1:1: missing 'roles' (any of scanner, register)",
-                "p.toml:1:1: missing 'transports' (any of serial, mqtt)",
+                "p.toml:1:1: missing 'transports' (any of serial, mqtt, tcp)",
                 "p.toml:1:1: missing 'decoder' (scan, json-sale or escpos)",
             ]
         );

@@ -100,6 +100,12 @@ pub(crate) struct RawDevice {
     pub passthrough: Option<Located<String>>,
     /// MQTT topic (mqtt only).
     pub topic: Option<Located<String>>,
+    /// Address the network printer tap listens on for the register (tcp only).
+    pub listen: Option<Located<String>>,
+    /// The network printer's `host:port` (tcp only).
+    pub printer_addr: Option<Located<String>>,
+    /// Most register connections the tap serves at once (tcp only).
+    pub max_connections: Option<Located<i64>>,
 }
 
 /// `[mqtt]` as written.

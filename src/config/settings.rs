@@ -119,14 +119,18 @@ pub enum Transport {
     Serial,
     /// Messages on a topic of the store's MQTT broker.
     Mqtt,
+    /// A network receipt printer's raw TCP port (9100): the gateway listens for the register
+    /// and forwards each connection to the printer.
+    Tcp,
 }
 
 impl Transport {
-    /// The config spelling: `serial` or `mqtt`.
+    /// The config spelling: `serial`, `mqtt` or `tcp`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Serial => "serial",
             Transport::Mqtt => "mqtt",
+            Transport::Tcp => "tcp",
         }
     }
 }
@@ -154,6 +158,19 @@ pub struct DeviceSettings {
     pub serial: Option<SerialSettings>,
     /// The MQTT topic; `Some` exactly when `transport` is mqtt.
     pub topic: Option<String>,
+    /// The network printer tap; `Some` exactly when `transport` is tcp.
+    pub tcp: Option<TcpTapSettings>,
+}
+
+/// A network printer tap: where the register connects, and the printer it is forwarded to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpTapSettings {
+    /// Address to listen on for the register (`0.0.0.0:9100`).
+    pub listen: SocketAddr,
+    /// The printer, `host:port` (`192.168.1.50:9100`); resolved at each connection.
+    pub printer_addr: String,
+    /// Most register connections served at once; more are refused (and counted). Default 4.
+    pub max_connections: usize,
 }
 
 /// How to open a serial device.
@@ -325,6 +342,13 @@ impl Settings {
             }
             if let Some(topic) = &device.topic {
                 let _ = write!(line, " topic {topic}");
+            }
+            if let Some(tcp) = &device.tcp {
+                let _ = write!(
+                    line,
+                    " listen {} printer {} (at most {} connections)",
+                    tcp.listen, tcp.printer_addr, tcp.max_connections
+                );
             }
             let _ = write!(
                 line,

@@ -16,7 +16,8 @@ use super::profile::ProfileSet;
 use super::raw::{RawCampaign, RawConfig, RawDevice, RawGateway, RawMqtt, RawUplink};
 use super::settings::{
     ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,
-    PromptOption, Role, SerialSettings, Settings, SkuPattern, Transport, UplinkSettings,
+    PromptOption, Role, SerialSettings, Settings, SkuPattern, TcpTapSettings, Transport,
+    UplinkSettings,
 };
 use super::source::{suggest, Located, Report, Span};
 
@@ -30,6 +31,11 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:7380";
 const DEFAULT_STATION: &str = "main";
 /// `[[campaign]] timeout` when not set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// `[[device]] max_connections` (a network printer tap) when not set: a register's print job
+/// and a status poll on a second connection, with room to spare.
+const DEFAULT_MAX_CONNECTIONS: usize = 4;
+/// The most `max_connections` may be: a tap serves one register.
+const MAX_MAX_CONNECTIONS: i64 = 64;
 /// `[uplink] batch_max_records` when not set.
 const DEFAULT_BATCH_MAX_RECORDS: usize = 1000;
 /// `[uplink] batch_max_bytes` when not set (1MiB).
@@ -305,6 +311,7 @@ fn devices(
     let mut ids: BTreeMap<String, Span> = BTreeMap::new();
     let mut serial_paths: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut topics: BTreeMap<String, String> = BTreeMap::new();
+    let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
     for entry in raw {
         let Some(device) = device(report, entry, profiles, have_mqtt, base_dir) else {
             ok = false;
@@ -364,6 +371,26 @@ fn devices(
             }
             topics.insert(topic.clone(), device.id.clone());
         }
+        if let Some(tap) = &device.tcp {
+            // Two taps cannot listen on one port.
+            if let Some(other) = listens.get(&tap.listen) {
+                let span = entry
+                    .value
+                    .listen
+                    .as_ref()
+                    .map_or(entry.span.clone(), |listen| listen.span.clone());
+                report.error(
+                    &span,
+                    format!(
+                        "'listen' address {} is already used by device '{other}'",
+                        tap.listen
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            listens.insert(tap.listen, device.id.clone());
+        }
         devices.push(device);
     }
     ok.then_some(devices)
@@ -404,10 +431,17 @@ fn device(
             report,
             transport,
             "'transport' in [[device]]",
-            &[("serial", Transport::Serial), ("mqtt", Transport::Mqtt)],
+            &[
+                ("serial", Transport::Serial),
+                ("mqtt", Transport::Mqtt),
+                ("tcp", Transport::Tcp),
+            ],
         ),
         None => {
-            report.error(table, "missing 'transport' in [[device]] (serial or mqtt)");
+            report.error(
+                table,
+                "missing 'transport' in [[device]] (serial, mqtt or tcp)",
+            );
             None
         }
     };
@@ -466,6 +500,15 @@ fn device(
 
     let mut serial = None;
     let mut topic = None;
+    let mut tcp = None;
+    if let Some(transport) = transport.filter(|transport| *transport != Transport::Tcp) {
+        let why = format!(
+            "is for network printer taps (transport tcp); this device's transport is {transport}"
+        );
+        forbid(report, &raw.listen, "listen", &why);
+        forbid(report, &raw.printer_addr, "printer_addr", &why);
+        forbid(report, &raw.max_connections, "max_connections", &why);
+    }
     match transport {
         Some(Transport::Serial) => {
             forbid(
@@ -547,6 +590,7 @@ fn device(
                 None => report.error(table, "missing 'topic' in [[device]] (the MQTT topic the device publishes on)"),
             }
         }
+        Some(Transport::Tcp) => tcp = tcp_tap(report, raw, table),
         None => {}
     }
 
@@ -561,7 +605,99 @@ fn device(
         profile: profile.map(|profile| Arc::clone(&profile))?,
         serial,
         topic,
+        tcp,
     })
+}
+
+/// The keys of a network printer tap (`transport = "tcp"`).
+fn tcp_tap(report: &mut Report, raw: &RawDevice, table: &Span) -> Option<TcpTapSettings> {
+    let why =
+        "is for serial and mqtt devices; this device's transport is tcp (listen and printer_addr)";
+    forbid(report, &raw.path, "path", why);
+    forbid(report, &raw.baud, "baud", why);
+    forbid(report, &raw.passthrough, "passthrough", why);
+    forbid(report, &raw.topic, "topic", why);
+    let listen = match &raw.listen {
+        Some(listen) => match listen.value.parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                report.error(
+                    &listen.span,
+                    format!("'listen' in [[device]] must be an IP address and port like \"0.0.0.0:9100\", found '{}'", listen.value),
+                );
+                None
+            }
+        },
+        None => {
+            report.error(
+                table,
+                "missing 'listen' in [[device]] (where the register connects, like \"0.0.0.0:9100\")",
+            );
+            None
+        }
+    };
+    let printer_addr = match &raw.printer_addr {
+        Some(printer) => match host_and_port(&printer.value) {
+            Ok(()) => Some(printer.value.trim().to_string()),
+            Err(problem) => {
+                report.error(
+                    &printer.span,
+                    format!("'printer_addr' in [[device]] {problem}, like \"192.168.1.50:9100\", found '{}'", printer.value),
+                );
+                None
+            }
+        },
+        None => {
+            report.error(
+                table,
+                "missing 'printer_addr' in [[device]] (the network printer, like \"192.168.1.50:9100\")",
+            );
+            None
+        }
+    };
+    let max_connections = match &raw.max_connections {
+        Some(value) if (1..=MAX_MAX_CONNECTIONS).contains(&value.value) => {
+            usize::try_from(value.value).ok()
+        }
+        Some(value) => {
+            report.error(
+                &value.span,
+                format!(
+                    "'max_connections' in [[device]] must be from 1 to {MAX_MAX_CONNECTIONS}, found {}",
+                    value.value
+                ),
+            );
+            None
+        }
+        None => Some(DEFAULT_MAX_CONNECTIONS),
+    };
+    Some(TcpTapSettings {
+        listen: listen?,
+        printer_addr: printer_addr?,
+        max_connections: max_connections?,
+    })
+}
+
+/// Checks `host:port` (`[v6]:port` for an IPv6 address); the host is resolved at connect time.
+fn host_and_port(text: &str) -> Result<(), &'static str> {
+    let text = text.trim();
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return if address.port() > 0 {
+            Ok(())
+        } else {
+            Err("needs a port from 1 to 65535")
+        };
+    }
+    let (host, port) = text.rsplit_once(':').ok_or("must be host:port")?;
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => {}
+        _ => return Err("needs a port from 1 to 65535"),
+    }
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if host.is_empty() || !host.chars().all(name_ok) {
+        return Err("must be host:port with a host name or IP address");
+    }
+    Ok(())
 }
 
 /// A parsed `scheme://host[:port]/path` address.
@@ -1115,6 +1251,18 @@ mod tests {
         assert!(parse_address("mqtt://user:pw@host", &schemes).is_err());
         let address = parse_address("mqtt://hq:8883/posgw/batches", &schemes).expect("valid");
         assert_eq!((address.scheme, address.path), ("mqtt", "/posgw/batches"));
+    }
+
+    #[test]
+    fn printer_addresses() {
+        assert!(host_and_port("192.168.1.50:9100").is_ok());
+        assert!(host_and_port("printer-1.store.lan:9100").is_ok());
+        assert!(host_and_port("[fe80::1]:9100").is_ok());
+        assert!(host_and_port("192.168.1.50").is_err());
+        assert!(host_and_port("192.168.1.50:0").is_err());
+        assert!(host_and_port(":9100").is_err());
+        assert!(host_and_port("tcp://printer:9100").is_err());
+        assert!(host_and_port("printer:99999").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod framing;
 pub mod mqtt;
 pub mod passthrough;
 pub mod serial;
+pub mod tcp_tap;
 
 use std::sync::Arc;
 
@@ -173,6 +174,19 @@ pub struct DeviceView {
     pub station: String,
     /// The live status published by the device task.
     pub status: watch::Receiver<DeviceStatus>,
+    /// Its passthrough's path and counters, when it has one.
+    pub passthrough: Option<PassthroughView>,
+}
+
+/// What `/api/v1/status` shows of a device's passthrough.
+#[derive(Debug, Clone)]
+pub struct PassthroughView {
+    /// Where the bytes go (a path, or the printer's address for a network tap).
+    pub target: String,
+    /// Bytes forwarded and dropped, both directions.
+    pub counters: passthrough::PassthroughCounters,
+    /// For a network printer tap: its connection counts.
+    pub connections: Option<tcp_tap::TapCounters>,
 }
 
 /// Creates the status channel for a device: the sender goes to its task, the view to the API.
@@ -184,6 +198,7 @@ pub fn status_channel(settings: &DeviceSettings) -> (watch::Sender<DeviceStatus>
         transport: settings.transport,
         station: settings.station.clone(),
         status: rx,
+        passthrough: None,
     };
     (tx, view)
 }

@@ -6,6 +6,10 @@
 //!    idle gap for scanners that send no terminator,
 //! 3. sends the frames to the core.
 //!
+//! The passthrough is two-way: what the far side answers (a printer's status bytes, the POS's
+//! commands to a scanner) comes back through the passthrough's [`Pump`], and this task writes
+//! it to the port, unchanged, between its reads. Those bytes are never framed or decoded.
+//!
 //! A printer tap (profile decoder `escpos`) reads the same way but, instead of framing, feeds
 //! a stateful ESC/POS decoder and sends whole receipts: each paper cut ends one, and a receipt
 //! that goes quiet for the profile's `receipt_timeout` (or is cut off by an unplug or shutdown)
@@ -27,7 +31,7 @@ use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use super::framing::{FrameEvent, Framer, FramingSpec};
-use super::passthrough::{self, PassthroughHandle};
+use super::passthrough::{self, PassthroughCounters, PassthroughHandle, Pump, Pumped};
 use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
 use crate::config::{DeviceSettings, FlowControl, FramingSettings, LineSettings, Parity};
 use crate::decode::escpos::{ClosedBy, EscposDecoder, Receipt};
@@ -94,6 +98,20 @@ pub struct SerialDevice {
     /// set in force now (a configuration reload replaces it). When empty, passthrough forwards
     /// every read at once; otherwise it forwards frame by frame so these frames can be held back.
     pub hold_back: watch::Receiver<Arc<HashSet<Vec<u8>>>>,
+    /// The passthrough's byte and drop counters (shared with `/metrics` and the status).
+    pub passthrough: PassthroughCounters,
+}
+
+/// What woke a reading device task.
+enum Input {
+    /// The port's read returned.
+    Read(std::io::Result<usize>),
+    /// The passthrough's answer was taken or (partly) written to the port.
+    Back(std::io::Result<Pumped>),
+    /// The idle gap or receipt timeout passed.
+    Quiet,
+    /// The gateway is shutting down.
+    Shutdown,
 }
 
 /// Why a connected port stopped being read.
@@ -114,20 +132,23 @@ impl SerialDevice {
         let path = serial.path.to_string_lossy().into_owned();
         let passthrough = match &serial.passthrough {
             None => None,
-            Some(target) => match passthrough::spawn(target, &serial.line) {
-                Ok(handle) => Some(handle),
-                Err(error) => {
-                    // The device is still read: losing passthrough must not lose scans.
-                    let detail = format!("passthrough '{}' unavailable: {error}", target.display());
-                    tracing::error!(device = %self.info.id, "{detail}");
-                    self.send(DeviceEvent::Error {
-                        device: self.info.clone(),
-                        detail,
-                    })
-                    .await;
-                    None
+            Some(target) => {
+                match passthrough::spawn(target, &serial.line, self.passthrough.clone()) {
+                    Ok(handle) => Some(handle),
+                    Err(error) => {
+                        // The device is still read: losing passthrough must not lose scans.
+                        let detail =
+                            format!("passthrough '{}' unavailable: {error}", target.display());
+                        tracing::error!(device = %self.info.id, "{detail}");
+                        self.send(DeviceEvent::Error {
+                            device: self.info.clone(),
+                            detail,
+                        })
+                        .await;
+                        None
+                    }
                 }
-            },
+            }
         };
         let mut framer = Framer::new(framing_spec(&self.settings.profile.framing));
         let idle_gap = self.settings.profile.framing.idle_gap;
@@ -138,12 +159,18 @@ impl SerialDevice {
             .escpos
             .as_ref()
             .map(|escpos| (EscposDecoder::new(escpos), escpos.receipt_timeout));
+        // What the far side of the passthrough sends back, for this port.
+        let mut back = passthrough.as_ref().map(PassthroughHandle::back);
         let mut retry = new_backoff();
 
         loop {
             match builder(&path, &serial.line).open_native_async() {
                 Ok(port) => {
                     retry = new_backoff();
+                    // Answers that arrived while the port was away are stale now.
+                    if let Some(back) = back.as_mut() {
+                        back.discard();
+                    }
                     let detail = format!("opened {path} at {}", describe_line(&serial.line));
                     tracing::info!(device = %self.info.id, "{detail}");
                     self.set_state(ConnectionState::Connected, &detail);
@@ -154,8 +181,15 @@ impl SerialDevice {
                     .await;
                     let end = match tap.as_mut() {
                         Some((decoder, timeout)) => {
-                            self.read_tap(port, decoder, *timeout, passthrough.as_ref(), &shutdown)
-                                .await
+                            self.read_tap(
+                                port,
+                                decoder,
+                                *timeout,
+                                passthrough.as_ref(),
+                                back.as_mut(),
+                                &shutdown,
+                            )
+                            .await
                         }
                         None => {
                             self.read_port(
@@ -163,6 +197,7 @@ impl SerialDevice {
                                 &mut framer,
                                 idle_gap,
                                 passthrough.as_ref(),
+                                back.as_mut(),
                                 &shutdown,
                             )
                             .await
@@ -208,6 +243,7 @@ impl SerialDevice {
         framer: &mut Framer,
         idle_gap: Option<Duration>,
         passthrough: Option<&PassthroughHandle>,
+        mut back: Option<&mut Pump>,
         shutdown: &CancellationToken,
     ) -> ReadEnd {
         let mut buffer = vec![0u8; READ_BUFFER];
@@ -218,13 +254,25 @@ impl SerialDevice {
         let mut unsent: Vec<u8> = Vec::new();
         // Set after an answer card was held back: its trailing CR/LF bytes are held back too.
         let mut after_card = false;
+        // The idle gap runs from the last read (answers written to the port in between do not
+        // restart it).
+        let mut last_read = tokio::time::Instant::now();
         loop {
             // Only wait for the idle gap while a frame is half-received.
-            let gap = idle_gap.filter(|_| framer.has_partial());
-            let read = tokio::select! {
-                read = port.read(&mut buffer) => Some(read),
-                () = sleep_or_never(gap) => None,
-                () = shutdown.cancelled() => {
+            let gap = idle_gap
+                .filter(|_| framer.has_partial())
+                .map(|gap| last_read + gap);
+            let read = match next_input(&mut port, &mut buffer, back.as_deref_mut(), gap, shutdown)
+                .await
+            {
+                Input::Read(read) => {
+                    last_read = tokio::time::Instant::now();
+                    Some(read)
+                }
+                Input::Quiet => None,
+                Input::Back(Ok(_)) => continue,
+                Input::Back(Err(error)) => return ReadEnd::Lost(format!("write failed: {error}")),
+                Input::Shutdown => {
                     // Whatever was half-received is still data the scanner sent.
                     if let Some(event) = framer.idle() {
                         self.emit(event).await;
@@ -303,16 +351,34 @@ impl SerialDevice {
         decoder: &mut EscposDecoder,
         timeout: Duration,
         passthrough: Option<&PassthroughHandle>,
+        mut back: Option<&mut Pump>,
         shutdown: &CancellationToken,
     ) -> ReadEnd {
         let mut buffer = vec![0u8; READ_BUFFER];
         let mut receipts = Vec::new();
+        // The receipt timeout runs from the last read, as the idle gap does.
+        let mut last_read = tokio::time::Instant::now();
         loop {
-            let quiet = Some(timeout).filter(|_| decoder.in_receipt());
-            let read = tokio::select! {
-                read = port.read(&mut buffer) => Some(read),
-                () = sleep_or_never(quiet) => None,
-                () = shutdown.cancelled() => {
+            let quiet = Some(last_read + timeout).filter(|_| decoder.in_receipt());
+            // The printer's answers (status bytes) go to the register between reads; they are
+            // not receipt data and never reach the decoder.
+            let read = match next_input(
+                &mut port,
+                &mut buffer,
+                back.as_deref_mut(),
+                quiet,
+                shutdown,
+            )
+            .await
+            {
+                Input::Read(read) => {
+                    last_read = tokio::time::Instant::now();
+                    Some(read)
+                }
+                Input::Quiet => None,
+                Input::Back(Ok(_)) => continue,
+                Input::Back(Err(error)) => return ReadEnd::Lost(format!("write failed: {error}")),
+                Input::Shutdown => {
                     self.close_receipt(decoder, ClosedBy::Shutdown).await;
                     return ReadEnd::Shutdown;
                 }
@@ -336,9 +402,9 @@ impl SerialDevice {
         }
     }
 
-    /// Closes a receipt that never saw its cut, if one is pending.
+    /// Closes a receipt that never saw its cut, if one is pending and holds anything.
     async fn close_receipt(&self, decoder: &mut EscposDecoder, why: ClosedBy) {
-        if let Some(receipt) = decoder.close(why) {
+        if let Some(receipt) = decoder.close(why).filter(worth_recording) {
             self.receipt(receipt).await;
         }
     }
@@ -454,6 +520,14 @@ impl SerialDevice {
     }
 }
 
+/// Whether a receipt closed without a cut (silence, unplug, shutdown) is worth a record: not
+/// when it printed nothing and held nothing unknown, as when the register only polled the
+/// printer's status (`DLE EOT n`) or re-initialised it between receipts. Such bytes went to
+/// the printer as always; they are simply not a receipt.
+pub fn worth_recording(receipt: &Receipt) -> bool {
+    receipt.closed_by == ClosedBy::Cut || !receipt.is_blank() || receipt.unknown_commands > 0
+}
+
 /// `bytes` without the CR/LF bytes that end a held-back answer card; clears `after_card` once
 /// something else shows up.
 fn skip_card_terminators<'a>(bytes: &'a [u8], after_card: &mut bool) -> &'a [u8] {
@@ -479,9 +553,38 @@ fn new_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-async fn sleep_or_never(gap: Option<Duration>) {
-    match gap {
-        Some(gap) => tokio::time::sleep(gap).await,
+/// Waits for the next thing a reading device task must handle: bytes from the port, the
+/// passthrough's answer taken or written to the port, the `quiet` deadline, or shutdown. Every
+/// branch is cancel-safe, so whatever did not win is picked up on the next call.
+async fn next_input(
+    port: &mut SerialStream,
+    buffer: &mut [u8],
+    back: Option<&mut Pump>,
+    quiet: Option<tokio::time::Instant>,
+    shutdown: &CancellationToken,
+) -> Input {
+    let (mut reader, mut writer) = tokio::io::split(port);
+    tokio::select! {
+        read = reader.read(buffer) => Input::Read(read),
+        pumped = pump_or_never(back, &mut writer) => Input::Back(pumped),
+        () = sleep_until_or_never(quiet) => Input::Quiet,
+        () = shutdown.cancelled() => Input::Shutdown,
+    }
+}
+
+async fn pump_or_never<W: tokio::io::AsyncWrite + Unpin>(
+    pump: Option<&mut Pump>,
+    to: &mut W,
+) -> std::io::Result<Pumped> {
+    match pump {
+        Some(pump) => pump.next(to).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
@@ -548,6 +651,7 @@ mod tests {
             }),
             profile,
             topic: None,
+            tcp: None,
         });
         // A core queue of one event that nobody reads: the journal is stuck.
         let (core, mut stuck) = mpsc::channel(1);
@@ -559,6 +663,7 @@ mod tests {
             events: super::super::relay(core),
             status,
             hold_back,
+            passthrough: PassthroughCounters::default(),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(device.run(shutdown.clone()));

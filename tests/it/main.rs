@@ -12,6 +12,7 @@ mod api_bounds;
 mod browser;
 mod cli;
 mod crash;
+mod duplex;
 mod journal_damage;
 mod mqtt_devices;
 mod mqtt_oversize;
