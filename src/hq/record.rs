@@ -19,6 +19,7 @@
 //! the line exactly as received otherwise.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Read;
 use std::ops::Range;
 
@@ -259,9 +260,13 @@ pub(crate) const OUTCOMES: [&str; 3] = ["answered", "timeout", "skipped"];
 pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBatch, Rejection> {
     let mut records = Vec::new();
     let mut streams: Vec<String> = Vec::new();
-    // (gateway, epoch) of each entry of `streams`, to find a record's stream without building it.
-    let mut stream_parts: Vec<(String, String)> = Vec::new();
+    // gateway -> epoch -> index in `streams`, to find a record's stream without building it
+    // (a map, not a list search: a batch may carry as many epochs as records).
+    let mut stream_index: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    // The stream of the previous record: consecutive records nearly always share it.
+    let mut last_stream: Option<(usize, Range<usize>, Range<usize>)> = None;
     let mut kinds: Vec<String> = Vec::new();
+    let mut kind_index: HashMap<String, usize> = HashMap::new();
     let mut latest_ts: Option<(DateTime<FixedOffset>, String)> = None;
     let mut start = 0;
     let mut line_number = 0;
@@ -298,24 +303,12 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
         if latest_ts.as_ref().is_none_or(|(latest, _)| ts > *latest) {
             latest_ts = Some((ts, envelope.ts.to_string()));
         }
-        let stream = match stream_parts
-            .iter()
-            .position(|(gateway, epoch)| *gateway == envelope.gateway && *epoch == envelope.epoch)
-        {
-            Some(index) => index,
-            None => {
-                streams.push(format!(
-                    "{}/{}/{}",
-                    envelope.store, envelope.gateway, envelope.epoch
-                ));
-                stream_parts.push((envelope.gateway.to_string(), envelope.epoch.to_string()));
-                streams.len() - 1
-            }
-        };
-        let kind = match kinds.iter().position(|kind| *kind == envelope.kind) {
-            Some(index) => index,
+        let stream = stream_of(&envelope, &mut streams, &mut stream_index, &mut last_stream);
+        let kind = match kind_index.get(envelope.kind.as_ref()) {
+            Some(&index) => index,
             None => {
                 kinds.push(envelope.kind.to_string());
+                kind_index.insert(envelope.kind.to_string(), kinds.len() - 1);
                 kinds.len() - 1
             }
         };
@@ -336,6 +329,51 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
         kinds,
         latest_ts,
     })
+}
+
+/// The index in `streams` of the record's stream, added when new. Constant time per record
+/// however many streams the batch has: the previous record's stream is tried first (the
+/// common case, compared without hashing), then a map by gateway and epoch.
+fn stream_of(
+    envelope: &Envelope<'_>,
+    streams: &mut Vec<String>,
+    index: &mut HashMap<String, HashMap<String, usize>>,
+    last: &mut Option<(usize, Range<usize>, Range<usize>)>,
+) -> usize {
+    // A stream string is `store/gateway/epoch`; `last` holds where gateway and epoch are in it.
+    if let Some((at, gateway, epoch)) = last.as_ref() {
+        let text = &streams[*at];
+        if text[gateway.clone()] == *envelope.gateway && text[epoch.clone()] == *envelope.epoch {
+            return *at;
+        }
+    }
+    let gateway_start = envelope.store.len() + 1;
+    let epoch_start = gateway_start + envelope.gateway.len() + 1;
+    let ranges = (
+        gateway_start..epoch_start - 1,
+        epoch_start..epoch_start + envelope.epoch.len(),
+    );
+    let found = index
+        .get(envelope.gateway.as_ref())
+        .and_then(|epochs| epochs.get(envelope.epoch.as_ref()))
+        .copied();
+    let at = match found {
+        Some(at) => at,
+        None => {
+            streams.push(format!(
+                "{}/{}/{}",
+                envelope.store, envelope.gateway, envelope.epoch
+            ));
+            let at = streams.len() - 1;
+            index
+                .entry(envelope.gateway.to_string())
+                .or_default()
+                .insert(envelope.epoch.to_string(), at);
+            at
+        }
+    };
+    *last = Some((at, ranges.0, ranges.1));
+    at
 }
 
 /// Checks one non-blank line; the error says what is wrong with it.
