@@ -949,3 +949,98 @@ async fn a_batch_of_records_with_many_epochs_is_stored_in_linear_time() {
     );
     hq.stop().await;
 }
+
+/// Largest `/v1/records` page in bytes (a single larger record still comes alone).
+const RECORDS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_pages_are_capped_by_bytes_and_paging_returns_every_record() {
+    let folder = Folder::new("127.0.0.1:0", "");
+    let hq = folder.start().await;
+    // Sales of about 1 MiB (receipts with very many lines, or a huge text), and one of 6 MiB,
+    // larger than a page on its own.
+    let big = |seq: u64, size: usize| {
+        record(
+            "S1",
+            "gw-1",
+            seq,
+            "sale",
+            &format!(r#"{{"receipt":"R-{seq}","text":"{}"}}"#, "x".repeat(size)),
+        )
+    };
+    let mut sent = Vec::new();
+    for batch in 0..3u64 {
+        let records: Vec<String> = (1..=4).map(|n| big(batch * 4 + n, 1024 * 1024)).collect();
+        sent.extend(records.clone());
+        let (status, body) = hq.post(Some(TOKEN_1), &lines(&records), "gzip").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let huge = big(13, 6 * 1024 * 1024);
+    sent.push(huge.clone());
+    let (status, body) = hq.post(Some(TOKEN_1), &lines(&[huge]), "gzip").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    sent.push(scan("S1", 14));
+    hq.post(Some(TOKEN_1), &lines(&sent[13..]), "identity")
+        .await;
+
+    // Every page, with or without a kind filter (the dashboard reads `kind=sale`), stays
+    // within the cap unless it is a single record, and paging by `posgw-next-after` returns
+    // every record once, in order.
+    for filter in ["", "kind=sale&"] {
+        let mut got: Vec<Value> = Vec::new();
+        let mut after = 0;
+        let mut pages = 0;
+        loop {
+            let response = hq
+                .client
+                .get(format!(
+                    "{}/v1/records?{filter}after={after}&limit=10000",
+                    hq.url
+                ))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .expect("get records");
+            assert_eq!(response.status(), StatusCode::OK);
+            let next: u64 = response.headers()[hq::NEXT_AFTER_HEADER]
+                .to_str()
+                .expect("header")
+                .parse()
+                .expect("number");
+            let body = response.bytes().await.expect("body");
+            let count = body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count();
+            assert!(
+                body.len() <= RECORDS_PAGE_BYTES || count == 1,
+                "page after {after} ({filter}) is {} bytes in {count} records",
+                body.len()
+            );
+            if count == 0 {
+                break;
+            }
+            pages += 1;
+            got.extend(
+                body.split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice::<Value>(l).expect("json")),
+            );
+            assert!(next > after, "next-after moves on");
+            after = next;
+        }
+        let expected: Vec<&String> = if filter.is_empty() {
+            sent.iter().collect()
+        } else {
+            sent[..13].iter().collect()
+        };
+        assert_eq!(got.len(), expected.len(), "{filter}");
+        for (record, original) in got.iter().zip(expected) {
+            let original: Value = serde_json::from_str(original).expect("json");
+            assert_eq!(record["id"], original["id"]);
+            assert_eq!(record["data"], original["data"], "whole record");
+        }
+        assert!(pages >= 4, "{pages} pages for about 18 MiB ({filter})");
+    }
+    hq.stop().await;
+}

@@ -42,12 +42,14 @@
 //! `kind` optional filters (an empty value means no filter), unknown parameters are a 400.
 //! Each line is the record's bytes as received with `,"hq_seq":N` inserted before the final
 //! `}` (nothing else re-encoded). Only durable records are served: a record not yet fsynced
-//! could vanish in a crash and its hq_seq be reused. The `posgw-next-after` response header
-//! gives the `after` of the next page: the last hq_seq examined, which runs ahead of the last
-//! returned record when a filter skips records (one request examines at most 1,000,000
-//! records, so a rare filter cannot tie up the server; keep paging until a page is empty and
-//! `posgw-next-after` stops moving). Store and admin tokens are distinct: a store token gets
-//! 401 on the read endpoints.
+//! could vanish in a crash and its hq_seq be reused. A page also ends before the record that
+//! would take it past 4 MiB (a single larger record comes alone), so a page of large sales
+//! costs the receiver a few MiB, not `limit` times `max_body`. The `posgw-next-after`
+//! response header gives the `after` of the next page: the last hq_seq examined, which runs
+//! ahead of the last returned record when a filter skips records (one request examines at
+//! most 1,000,000 records, so a rare filter cannot tie up the server; keep paging until a page
+//! is empty and `posgw-next-after` stops moving). Store and admin tokens are distinct: a
+//! store token gets 401 on the read endpoints.
 //!
 //! # `/v1/stats`
 //!

@@ -22,6 +22,10 @@ pub(crate) const CHUNK_MAX_BYTES: usize = 32 * 1024;
 /// Most records one `/v1/records` request examines, so a filter that matches little cannot
 /// make one request scan the whole database; the client continues from `next_after`.
 const SCAN_BUDGET: u64 = 1_000_000;
+/// Most bytes of one `/v1/records` page: the page ends before the record that would pass it
+/// (a single larger record still comes, alone), and the client continues from `next_after`.
+/// A reader so holds about this much plus one chunk, whatever `limit` says.
+pub(crate) const PAGE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// Key prefixes; see the design doc in `hq`.
 mod prefix {
@@ -460,13 +464,21 @@ impl PageReader<'_> {
                 {
                     return Ok(false);
                 }
-                self.examined += 1;
-                self.page.next_after = seq;
                 if let Some(kind) = &self.query.kind {
                     if record.kind != kind.as_bytes() {
+                        self.examined += 1;
+                        self.page.next_after = seq;
                         continue;
                     }
                 }
+                // `next_after` stays before this record, so the next page starts with it.
+                if self.page.count > 0
+                    && self.page.body.len() + record.line.len() + HQ_SEQ_FIELD > PAGE_MAX_BYTES
+                {
+                    return Ok(false);
+                }
+                self.examined += 1;
+                self.page.next_after = seq;
                 write_with_hq_seq(&mut self.page.body, record.line, seq);
                 self.page.count += 1;
             }
@@ -474,6 +486,9 @@ impl PageReader<'_> {
         Ok(true)
     }
 }
+
+/// Most bytes [`write_with_hq_seq`] adds to a line: `,"hq_seq":` (10), 20 digits, newline.
+const HQ_SEQ_FIELD: usize = 31;
 
 /// Writes `line` with `"hq_seq":seq` added as its last field, and a newline.
 fn write_with_hq_seq(out: &mut Vec<u8>, line: &[u8], seq: u64) {
