@@ -28,6 +28,10 @@
 //! 3. the body is at most `max_body` bytes as sent (`Content-Length`, then while reading) and
 //!    at most `max_body` bytes once decompressed, read through a `take(max_body + 1)` so a
 //!    decompression bomb costs no more than that: else **413**;
+//!    Bodies also count against `body_budget` (`budget`; default four times `max_body`):
+//!    the bytes of bodies held at once, as sent, decompressed and parsed. A request that
+//!    finds no room within 5 s gets **503** with `Retry-After` (the gateway retries), so
+//!    200 stores posting 16 MB at once cost the budget, not 200 bodies;
 //! 4. every line is a valid record (rules in `record`) of the token's store: else **400**
 //!    (`{"error":"line 3: missing field 'seq'","line":3}`) or **403** (`"line"` too) for the
 //!    first bad line; a body that cannot be decompressed is a 400 without `line`;
@@ -161,6 +165,7 @@
 //!
 //! - `config`: `[hq]` and `[[store]]`, [`load_config`], [`HqSettings`].
 //! - `record`: content encoding, bounded decompression, line validation.
+//! - `budget`: the memory budget of bodies in flight.
 //! - `store`: sled keys, chunks, seq ranges, open and recovery, reading pages of records.
 //! - `writer`: the write path's owner (writer and flusher threads), `StoreHandle`.
 //! - `stats`: the `/v1/stats` figures.
@@ -168,6 +173,7 @@
 //! - `dashboard`: the page at `/` and `/v1/trace`.
 //! - `server`: routes, auth, [`run`] and [`start`].
 
+mod budget;
 mod config;
 mod dashboard;
 mod metrics;

@@ -313,7 +313,7 @@ impl Writer {
                 let json = serde_json::to_vec(summary)
                     .map_err(|error| format!("cannot encode an attribution summary: {error}"))?;
                 sled_batch.insert(&store::attribution_key(seq), json);
-                attributions.push(summary.clone());
+                attributions.push(AttributionSummary::clone(summary));
             }
         }
         let next_seq = first_seq + fresh.len() as u64;
