@@ -234,6 +234,18 @@ async fn main() -> anyhow::Result<()> {
             " (receiver and clients)"
         }
     );
+    // This process's peak memory: the generated bodies and clients, plus the receiver when
+    // it runs in-process.
+    if let Some(peak) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+        })
+    {
+        println!("peak RSS (VmHWM) {peak}");
+    }
     if let Some(hq) = running {
         let metrics = client
             .get(format!("{url}/metrics"))

@@ -887,3 +887,360 @@ async fn kill_9_mid_stream_loses_no_acknowledged_batch_and_shows_no_partial_one(
     );
     child.kill_9();
 }
+
+/// Records in the many-epochs batch: each carries an epoch of its own.
+const MANY_EPOCHS: u64 = 120_000;
+
+/// A batch of `MANY_EPOCHS` minimal records of `store`; `epoch(n)` is record n's epoch.
+fn epochs_batch(store: &str, epoch: impl Fn(u64) -> String) -> Vec<u8> {
+    let body: String = (1..=MANY_EPOCHS)
+        .map(|n| {
+            let (epoch, seq) = (epoch(n), if epoch(1) == epoch(2) { n } else { 1 });
+            format!(
+                r#"{{"id":"{store}/gw-1/{epoch}/{seq}","store":"{store}","gateway":"gw-1","epoch":"{epoch}","seq":{seq},"ts":"2026-11-27T16:01:02.345+08:00","kind":"scan","data":{{}}}}"#
+            ) + "\n"
+        })
+        .collect();
+    body.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_records_with_many_epochs_is_stored_in_linear_time() {
+    let folder = Folder::new("127.0.0.1:0", "max_body = \"64MiB\"");
+    let hq = folder.start().await;
+    let post = |token: &'static str, body: Vec<u8>| {
+        let hq = &hq;
+        async move {
+            let started = Instant::now();
+            let (status, answer) = hq
+                .post_raw(Some(token), body, None, "application/x-ndjson")
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            (answer, started.elapsed())
+        }
+    };
+    // The yardstick: as many records of one stream, timed on this machine at this moment
+    // (a debug build on a shared machine varies too much for a fixed time).
+    let (answer, one_stream) = post(TOKEN_2, epochs_batch("S2", |_| "e".to_string())).await;
+    assert_eq!(answer["accepted"], MANY_EPOCHS);
+    // One gateway that restarted its journal before every record: 120k streams in one batch.
+    // Quadratic in the number of streams this took about a minute (57 s in release); linear
+    // it costs a few times the one-stream batch (a dedup range to write per stream: measured
+    // 4x in a debug build), well within this allowance.
+    let allowed = one_stream * 8 + Duration::from_secs(10);
+    let body = epochs_batch("S1", |n| format!("e{n}"));
+    let (answer, many) = tokio::time::timeout(allowed, post(TOKEN_1, body.clone()))
+        .await
+        .unwrap_or_else(|_| panic!("a many-epochs batch is stored within {allowed:?}"));
+    assert_eq!(
+        answer,
+        serde_json::json!({"accepted": MANY_EPOCHS, "duplicates": 0})
+    );
+    // Deduplication across all those streams is just as quick.
+    let (answer, again) = tokio::time::timeout(allowed, post(TOKEN_1, body))
+        .await
+        .unwrap_or_else(|_| panic!("the same batch again is answered within {allowed:?}"));
+    assert_eq!(
+        answer,
+        serde_json::json!({"accepted": 0, "duplicates": MANY_EPOCHS})
+    );
+    eprintln!(
+        "{MANY_EPOCHS} records: one stream {one_stream:?}, one stream each {many:?}, again {again:?}"
+    );
+    hq.stop().await;
+}
+
+/// Largest `/v1/records` page in bytes (a single larger record still comes alone).
+const RECORDS_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_pages_are_capped_by_bytes_and_paging_returns_every_record() {
+    let folder = Folder::new("127.0.0.1:0", "");
+    let hq = folder.start().await;
+    // Sales of about 1 MiB (receipts with very many lines, or a huge text), and one of 6 MiB,
+    // larger than a page on its own.
+    let big = |seq: u64, size: usize| {
+        record(
+            "S1",
+            "gw-1",
+            seq,
+            "sale",
+            &format!(r#"{{"receipt":"R-{seq}","text":"{}"}}"#, "x".repeat(size)),
+        )
+    };
+    let mut sent = Vec::new();
+    for batch in 0..3u64 {
+        let records: Vec<String> = (1..=4).map(|n| big(batch * 4 + n, 1024 * 1024)).collect();
+        sent.extend(records.clone());
+        let (status, body) = hq.post(Some(TOKEN_1), &lines(&records), "gzip").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let huge = big(13, 6 * 1024 * 1024);
+    sent.push(huge.clone());
+    let (status, body) = hq.post(Some(TOKEN_1), &lines(&[huge]), "gzip").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    sent.push(scan("S1", 14));
+    hq.post(Some(TOKEN_1), &lines(&sent[13..]), "identity")
+        .await;
+
+    // Every page, with or without a kind filter (the dashboard reads `kind=sale`), stays
+    // within the cap unless it is a single record, and paging by `posgw-next-after` returns
+    // every record once, in order.
+    for filter in ["", "kind=sale&", "store=S1&"] {
+        let mut got: Vec<Value> = Vec::new();
+        let mut after = 0;
+        let mut pages = 0;
+        loop {
+            let response = hq
+                .client
+                .get(format!(
+                    "{}/v1/records?{filter}after={after}&limit=10000",
+                    hq.url
+                ))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .expect("get records");
+            assert_eq!(response.status(), StatusCode::OK);
+            let next: u64 = response.headers()[hq::NEXT_AFTER_HEADER]
+                .to_str()
+                .expect("header")
+                .parse()
+                .expect("number");
+            let body = response.bytes().await.expect("body");
+            let count = body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count();
+            assert!(
+                body.len() <= RECORDS_PAGE_BYTES || count == 1,
+                "page after {after} ({filter}) is {} bytes in {count} records",
+                body.len()
+            );
+            if count == 0 {
+                break;
+            }
+            pages += 1;
+            got.extend(
+                body.split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice::<Value>(l).expect("json")),
+            );
+            assert!(next > after, "next-after moves on");
+            after = next;
+        }
+        let expected: Vec<&String> = if filter.starts_with("kind") {
+            sent[..13].iter().collect()
+        } else {
+            sent.iter().collect()
+        };
+        assert_eq!(got.len(), expected.len(), "{filter}");
+        for (record, original) in got.iter().zip(expected) {
+            let original: Value = serde_json::from_str(original).expect("json");
+            assert_eq!(record["id"], original["id"]);
+            assert_eq!(record["data"], original["data"], "whole record");
+        }
+        assert!(pages >= 4, "{pages} pages for about 18 MiB ({filter})");
+    }
+    hq.stop().await;
+}
+
+/// A figure of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Posts `body` until it is accepted, retrying after 503 like a gateway; returns the 503s.
+async fn post_until_accepted(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    encoding: &str,
+) -> usize {
+    let mut busy = 0;
+    let started = Instant::now();
+    loop {
+        let mut request = client
+            .post(format!("{url}/v1/batches"))
+            .bearer_auth(TOKEN_1)
+            .header("content-type", "application/x-ndjson")
+            .body(body.clone());
+        if encoding != "identity" {
+            request = request.header("content-encoding", encoding);
+        }
+        let response = request.send().await.expect("post");
+        match response.status() {
+            StatusCode::OK => return busy,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(
+                    response.headers().contains_key("retry-after"),
+                    "a 503 says when to retry"
+                );
+                busy += 1;
+            }
+            other => panic!(
+                "unexpected {other}: {}",
+                response.text().await.unwrap_or_default()
+            ),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Concurrent large bodies in the memory test, and their size.
+const LARGE_BODIES: usize = 32;
+const LARGE_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The receiver's peak RSS under those bodies must stay below this. Without a bound it was
+/// 409 MB (every body held as sent, decompressed and parsed at once); with the default budget
+/// (4 x 8 MiB) 171 to 192 MB, of which about 45 MB is the idle receiver and the rest the
+/// budget, the writer's copy of one batch, and what the allocator keeps of freed bodies.
+const LARGE_BODIES_PEAK_KB: u64 = 256 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_bodies_keep_the_receivers_memory_bounded() {
+    let port = free_port();
+    let folder = Folder::new(&format!("127.0.0.1:{port}"), "max_body = \"8MiB\"");
+    let url = format!("http://127.0.0.1:{port}");
+    let child = spawn_hq_process(&folder.config());
+    let client = client();
+    wait_healthy(&client, &url).await;
+    let pid = child.0.id();
+
+    // One body of records of about 1 KiB, just under max_body, for gateway "gw-XX".
+    let mut template = String::new();
+    for seq in 1.. {
+        let line = record(
+            "S1",
+            "gw-XX",
+            seq,
+            "scan",
+            &format!(r#"{{"code":"{seq}","pad":"{}"}}"#, "p".repeat(800)),
+        ) + "\n";
+        if template.len() + line.len() > LARGE_BODY_BYTES - 1024 {
+            break;
+        }
+        template.push_str(&line);
+    }
+    let records_per_body = template.lines().count();
+    // Half go as sent, half gzip (small on the wire, 8 MiB once inflated). Each half is one
+    // gateway's batch posted again and again (duplicates after the first), so what the test
+    // measures is the bodies in flight, not what the database keeps of records it stored.
+    let identity = template.replace("gw-XX", "gw-id").into_bytes();
+    let gzipped = encode(template.replace("gw-XX", "gw-gz").as_bytes(), "gzip");
+    let mut posters = Vec::new();
+    for n in 0..LARGE_BODIES {
+        let (body, encoding) = if n % 2 == 0 {
+            (identity.clone(), "identity")
+        } else {
+            (gzipped.clone(), "gzip")
+        };
+        let (client, url) = (client.clone(), url.clone());
+        posters.push(tokio::spawn(async move {
+            post_until_accepted(&client, &url, body, encoding).await
+        }));
+    }
+    let mut busy = 0;
+    for poster in posters {
+        busy += poster.await.expect("poster");
+    }
+    let peak = proc_status_kb(pid, "VmHWM");
+    let now = proc_status_kb(pid, "VmRSS");
+    eprintln!(
+        "{LARGE_BODIES} bodies of 8 MiB: peak RSS {} MB, now {} MB, {busy} answers of 503",
+        peak / 1024,
+        now / 1024
+    );
+    let stats = Receiver::new(url.clone(), None).stats().await;
+    assert_eq!(
+        stats["records"],
+        (records_per_body * 2) as u64,
+        "every body stored in the end"
+    );
+    // Every 503 is counted, and nothing stays reserved once all are answered.
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("get metrics")
+        .text()
+        .await
+        .expect("metrics");
+    for expected in [
+        format!("posgw_hq_body_budget_refused_total {busy}\n"),
+        "posgw_hq_body_budget_bytes 0\n".to_string(),
+    ] {
+        assert!(metrics.contains(&expected), "{expected} in\n{metrics}");
+    }
+    assert!(
+        peak < LARGE_BODIES_PEAK_KB,
+        "peak RSS {} MB under {LARGE_BODIES} concurrent 8 MiB bodies",
+        peak / 1024
+    );
+    drop(child);
+}
+
+/// MiB of records stored per round of the ingest plateau test, in records of 1 MiB (large
+/// sales: the kind sled kept in memory for good) posted 8 to a batch.
+const PLATEAU_ROUND_MIB: usize = 200;
+/// How much the receiver's RSS may grow from N to 4N stored bytes. Before: it grew by about
+/// what was written (sled's cache was 1 GiB, and values over 128 KiB stayed in memory anyway).
+const PLATEAU_GROWTH_KB: u64 = 160 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_memory_plateaus() {
+    let port = free_port();
+    let folder = Folder::new(&format!("127.0.0.1:{port}"), "");
+    let url = format!("http://127.0.0.1:{port}");
+    let child = spawn_hq_process(&folder.config());
+    let client = client();
+    wait_healthy(&client, &url).await;
+    let pid = child.0.id();
+    let pad = "s".repeat(1024 * 1024);
+    let mut seq = 0;
+    let mut post_round = async |client: &reqwest::Client| {
+        for _ in 0..PLATEAU_ROUND_MIB / 8 {
+            let body: String = (0..8)
+                .map(|_| {
+                    seq += 1;
+                    record(
+                        "S1",
+                        "gw-1",
+                        seq,
+                        "sale",
+                        &format!(r#"{{"receipt":"R-{seq}","text":"{pad}"}}"#),
+                    ) + "\n"
+                })
+                .collect();
+            post_until_accepted(client, &url, body.into_bytes(), "identity").await;
+        }
+    };
+    // The first round takes sled to its working size (about 200 MB in all on a debug build).
+    post_round(&client).await;
+    let after_n = proc_status_kb(pid, "VmRSS");
+    for _ in 0..3 {
+        post_round(&client).await;
+    }
+    let after_4n = proc_status_kb(pid, "VmRSS");
+    eprintln!(
+        "ingest: RSS {} MB after {PLATEAU_ROUND_MIB} MiB of records, {} MB after {}",
+        after_n / 1024,
+        after_4n / 1024,
+        4 * PLATEAU_ROUND_MIB
+    );
+    assert!(
+        after_4n < after_n + PLATEAU_GROWTH_KB,
+        "RSS grew from {} MB to {} MB",
+        after_n / 1024,
+        after_4n / 1024
+    );
+    drop(child);
+}

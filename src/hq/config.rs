@@ -27,6 +27,10 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/posgw-hq";
 pub const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
 /// Largest `max_body` accepted: a body is held in memory twice (compressed and decompressed).
 const MAX_MAX_BODY: u64 = 1024 * 1024 * 1024;
+/// `body_budget` when not set, in `max_body`s: a few largest bodies at once.
+pub const DEFAULT_BODY_BUDGET_BODIES: u64 = 4;
+/// Largest `body_budget` accepted.
+const MAX_BODY_BUDGET: u64 = 64 * 1024 * 1024 * 1024;
 /// Characters besides ASCII letters and digits allowed in a store code (as for `[gateway] store`).
 const STORE_EXTRA: &[char] = &['-', '_'];
 
@@ -39,6 +43,9 @@ pub struct HqSettings {
     pub data_dir: PathBuf,
     /// Largest request body in bytes, checked before and after decompression (`[hq] max_body`).
     pub max_body: u64,
+    /// Bytes of request bodies held at once, as sent, decompressed and parsed (`[hq]
+    /// body_budget`); `None` means four times `max_body`. Never less than twice `max_body`.
+    pub body_budget: Option<u64>,
     /// Token of the read endpoints, from `admin_token_file`; `None` refuses every read.
     pub admin_token: Option<String>,
     /// The stores allowed to post, each with its token (`[[store]]`).
@@ -48,12 +55,20 @@ pub struct HqSettings {
 }
 
 impl HqSettings {
+    /// The body budget in effect: `body_budget`, or four times `max_body`; at least two.
+    pub fn effective_body_budget(&self) -> u64 {
+        self.body_budget
+            .unwrap_or(self.max_body.saturating_mul(DEFAULT_BODY_BUDGET_BODIES))
+            .max(self.max_body.saturating_mul(2))
+    }
+
     /// Settings with the defaults and no stores, for code that builds its own (the demo, tests).
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         HqSettings {
             listen,
             data_dir,
             max_body: DEFAULT_MAX_BODY,
+            body_budget: None,
             admin_token: None,
             stores: Vec::new(),
             files: Vec::new(),
@@ -90,6 +105,8 @@ struct RawHq {
     data_dir: Option<Located<String>>,
     /// Largest request body (a size string or an integer of bytes).
     max_body: Option<Located<toml::Value>>,
+    /// Bytes of bodies held at once (a size string or an integer of bytes).
+    body_budget: Option<Located<toml::Value>>,
     /// File holding the admin token.
     admin_token_file: Option<Located<String>>,
 }
@@ -120,6 +137,9 @@ impl MergeLater for RawHqConfig {
                     }
                     if theirs.max_body.is_some() {
                         mine.max_body = theirs.max_body;
+                    }
+                    if theirs.body_budget.is_some() {
+                        mine.body_budget = theirs.body_budget;
                     }
                     if theirs.admin_token_file.is_some() {
                         mine.admin_token_file = theirs.admin_token_file;
@@ -203,6 +223,26 @@ fn validate(
             }
         }),
     };
+    let body_budget = match (&hq.body_budget, max_body) {
+        (None, _) => Some(None),
+        (Some(value), max_body) => {
+            check::size(report, value, "'body_budget' in [hq]").and_then(|bytes| {
+                let least = max_body.unwrap_or(0).saturating_mul(2);
+                if (least..=MAX_BODY_BUDGET).contains(&bytes) {
+                    Some(Some(bytes))
+                } else {
+                    report.error(
+                        &value.span,
+                        format!(
+                            "'body_budget' in [hq] must be at least twice max_body ({least} \
+                             bytes: one largest body as sent and decompressed) and at most 64GiB"
+                        ),
+                    );
+                    None
+                }
+            })
+        }
+    };
     // Ok(None) = not configured; Err(()) = configured but broken (already reported).
     let admin_token = match &hq.admin_token_file {
         None => Ok(None),
@@ -281,6 +321,7 @@ fn validate(
         listen: listen?,
         data_dir: data_dir?,
         max_body: max_body?,
+        body_budget: body_budget?,
         admin_token: admin_token.ok()?.map(|(token, _)| token),
         stores,
         files,
@@ -408,7 +449,31 @@ token_file = "b.token"
         assert_eq!(settings.listen, DEFAULT_LISTEN.parse().expect("addr"));
         assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(settings.max_body, DEFAULT_MAX_BODY);
+        assert_eq!(settings.body_budget, None);
+        assert_eq!(settings.effective_body_budget(), 4 * DEFAULT_MAX_BODY);
         assert_eq!(settings.admin_token, None);
+    }
+
+    #[test]
+    fn the_body_budget_holds_at_least_one_largest_body_twice() {
+        let dir = folder();
+        let store = "[[store]]\ncode = \"S1\"\ntoken_file = \"a.token\"\n";
+        let settings = load_text(
+            dir.path(),
+            &format!("[hq]\nmax_body = \"1MiB\"\nbody_budget = \"2MiB\"\n{store}"),
+        )
+        .expect("loads");
+        assert_eq!(settings.body_budget, Some(2 * 1024 * 1024));
+        assert_eq!(settings.effective_body_budget(), 2 * 1024 * 1024);
+        let error = load_text(
+            dir.path(),
+            &format!("[hq]\nmax_body = \"1MiB\"\nbody_budget = \"1MiB\"\n{store}"),
+        )
+        .expect_err("too small");
+        assert!(
+            error.starts_with("DIR/hq.toml:3:15: 'body_budget' in [hq] must be at least twice"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct HqMetrics {
     pub stored_seq: Gauge,
     /// HTTP connections: open, the cap, refused over the cap (`posgw_hq_connections*`).
     pub connections: crate::serve::ConnectionMetrics,
+    /// Bytes of request bodies reserved now (`posgw_hq_body_budget_bytes`).
+    pub body_budget_bytes: Gauge,
+    /// Batches answered 503 because the body budget stayed full (`posgw_hq_body_budget_refused_total`).
+    pub body_budget_refused: Counter,
     /// The registry everything above is registered in.
     registry: Arc<Registry>,
 }
@@ -64,6 +68,8 @@ impl HqMetrics {
         // 0.5 ms to about 4 s.
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let stored_seq = Gauge::default();
+        let body_budget_bytes = Gauge::default();
+        let body_budget_refused = Counter::default();
 
         let mut registry = Registry::with_prefix("posgw_hq");
         registry.register(
@@ -103,6 +109,16 @@ impl HqMetrics {
         );
         let connections = crate::serve::ConnectionMetrics::default();
         connections.register(&mut registry, "");
+        registry.register(
+            "body_budget_bytes",
+            "Bytes of request bodies held now (as sent, decompressed and parsed)",
+            body_budget_bytes.clone(),
+        );
+        registry.register(
+            "body_budget_refused",
+            "Batches answered 503 because the body budget stayed full; the gateway retries",
+            body_budget_refused.clone(),
+        );
         HqMetrics {
             records,
             duplicates,
@@ -112,6 +128,8 @@ impl HqMetrics {
             commit_seconds,
             stored_seq,
             connections,
+            body_budget_bytes,
+            body_budget_refused,
             registry: Arc::new(registry),
         }
     }

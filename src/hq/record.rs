@@ -19,6 +19,7 @@
 //! the line exactly as received otherwise.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::Read;
 use std::ops::Range;
 
@@ -68,6 +69,8 @@ pub(crate) enum DecompressError {
     TooLarge,
     /// It is not valid data of its encoding; the text says why.
     Corrupt(String),
+    /// The memory budget had no room for its output (503: the gateway retries).
+    Busy,
 }
 
 /// Decompresses `body`, refusing to produce more than `limit` bytes.
@@ -77,15 +80,35 @@ pub(crate) enum DecompressError {
 ///
 /// `body` is borrowed for decompressing and only turned into the result when it is not
 /// compressed (for `Bytes` from the HTTP layer that is free when nobody else holds it).
+#[cfg(test)]
 pub(crate) fn decompress<B: AsRef<[u8]> + Into<Vec<u8>>>(
     body: B,
     encoding: Encoding,
     limit: u64,
 ) -> Result<Vec<u8>, DecompressError> {
+    decompress_granted(body, encoding, limit, &mut |_| true)
+}
+
+/// [`decompress`], asking `grant` before the output may take more memory: `grant(n)` is
+/// called with the output's new allowance in bytes (growing, never past `limit + 1`) and
+/// answers whether that much may be held; `false` stops with [`DecompressError::Busy`].
+///
+/// The first allowance is the size the body states (gzip trailer, zstd frame header) plus one,
+/// so an honest body is granted once; a body that lies or states nothing is granted more as it
+/// inflates, doubling each time, and the output never holds more than it was granted.
+pub(crate) fn decompress_granted<B: AsRef<[u8]> + Into<Vec<u8>>>(
+    body: B,
+    encoding: Encoding,
+    limit: u64,
+    grant: &mut dyn FnMut(u64) -> bool,
+) -> Result<Vec<u8>, DecompressError> {
     let reader: Box<dyn Read + '_> = match encoding {
         Encoding::Identity => {
-            return if body.as_ref().len() as u64 > limit {
+            let length = body.as_ref().len() as u64;
+            return if length > limit {
                 Err(DecompressError::TooLarge)
+            } else if !grant(length) {
+                Err(DecompressError::Busy)
             } else {
                 Ok(body.into())
             };
@@ -107,30 +130,52 @@ pub(crate) fn decompress<B: AsRef<[u8]> + Into<Vec<u8>>>(
         }
     };
     // Growing the output by doubling copies it over and over; both formats usually say how
-    // big the result is (a hint only: a bomb may lie, the `take` below still bounds it).
+    // big the result is (a hint only: a bomb may lie, the allowance still bounds it).
     let hint = match encoding {
         Encoding::Gzip => gzip_size_hint(body.as_ref()),
         _ => zstd::zstd_safe::get_frame_content_size(body.as_ref())
             .ok()
             .flatten(),
     };
-    let capacity = hint
-        .unwrap_or(body.as_ref().len() as u64 * 4)
-        .min(limit + 1);
-    let mut out = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    let most = limit.saturating_add(1);
+    let mut granted = hint
+        .map_or(body.as_ref().len() as u64 * 4, |hint| {
+            hint.saturating_add(1)
+        })
+        .clamp(most.min(FIRST_ALLOWANCE), most);
+    if !grant(granted) {
+        return Err(DecompressError::Busy);
+    }
     let name = match encoding {
         Encoding::Gzip => "gzip",
         _ => "zstd",
     };
-    reader
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|error| DecompressError::Corrupt(format!("{name}: {error}")))?;
+    let mut out = Vec::with_capacity(usize::try_from(granted).unwrap_or(0));
+    let mut reader = reader.take(granted);
+    loop {
+        reader
+            .read_to_end(&mut out)
+            .map_err(|error| DecompressError::Corrupt(format!("{name}: {error}")))?;
+        if (out.len() as u64) < granted || granted >= most {
+            break;
+        }
+        // The allowance is used up and the stream may go on: ask for twice as much.
+        let next = granted.saturating_mul(2).min(most);
+        if !grant(next) {
+            return Err(DecompressError::Busy);
+        }
+        out.reserve_exact(usize::try_from(next).unwrap_or(usize::MAX) - out.len());
+        reader.set_limit(next - out.len() as u64);
+        granted = next;
+    }
     if out.len() as u64 > limit {
         return Err(DecompressError::TooLarge);
     }
     Ok(out)
 }
+
+/// The smallest first allowance of a compressed body's output.
+const FIRST_ALLOWANCE: u64 = 64 * 1024;
 
 /// The uncompressed size a gzip body states in its trailer (modulo 4 GiB; one member only).
 fn gzip_size_hint(body: &[u8]) -> Option<u64> {
@@ -149,8 +194,9 @@ pub(crate) struct IncomingRecord {
     pub kind: usize,
     /// Where the record's line is in [`IncomingBatch::body`].
     pub line: Range<usize>,
-    /// What `/v1/stats` needs of an attribution record; `None` for other kinds.
-    pub attribution: Option<AttributionSummary>,
+    /// What `/v1/stats` needs of an attribution record; `None` for other kinds (boxed: a
+    /// record of another kind then costs 8 bytes here, not the summary's 200).
+    pub attribution: Option<Box<AttributionSummary>>,
 }
 
 /// A whole validated batch, ready for the store.
@@ -257,11 +303,16 @@ pub(crate) const OUTCOMES: [&str; 3] = ["answered", "timeout", "skipped"];
 ///
 /// The first problem in line order decides the answer (400 or 403).
 pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBatch, Rejection> {
-    let mut records = Vec::new();
+    // Sized once: growing by doubling would hold up to twice the records' index for a moment.
+    let mut records = Vec::with_capacity(line_count(&body));
     let mut streams: Vec<String> = Vec::new();
-    // (gateway, epoch) of each entry of `streams`, to find a record's stream without building it.
-    let mut stream_parts: Vec<(String, String)> = Vec::new();
+    // gateway -> epoch -> index in `streams`, to find a record's stream without building it
+    // (a map, not a list search: a batch may carry as many epochs as records).
+    let mut stream_index: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    // The stream of the previous record: consecutive records nearly always share it.
+    let mut last_stream: Option<(usize, Range<usize>, Range<usize>)> = None;
     let mut kinds: Vec<String> = Vec::new();
+    let mut kind_index: HashMap<String, usize> = HashMap::new();
     let mut latest_ts: Option<(DateTime<FixedOffset>, String)> = None;
     let mut start = 0;
     let mut line_number = 0;
@@ -298,24 +349,12 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
         if latest_ts.as_ref().is_none_or(|(latest, _)| ts > *latest) {
             latest_ts = Some((ts, envelope.ts.to_string()));
         }
-        let stream = match stream_parts
-            .iter()
-            .position(|(gateway, epoch)| *gateway == envelope.gateway && *epoch == envelope.epoch)
-        {
-            Some(index) => index,
-            None => {
-                streams.push(format!(
-                    "{}/{}/{}",
-                    envelope.store, envelope.gateway, envelope.epoch
-                ));
-                stream_parts.push((envelope.gateway.to_string(), envelope.epoch.to_string()));
-                streams.len() - 1
-            }
-        };
-        let kind = match kinds.iter().position(|kind| *kind == envelope.kind) {
-            Some(index) => index,
+        let stream = stream_of(&envelope, &mut streams, &mut stream_index, &mut last_stream);
+        let kind = match kind_index.get(envelope.kind.as_ref()) {
+            Some(&index) => index,
             None => {
                 kinds.push(envelope.kind.to_string());
+                kind_index.insert(envelope.kind.to_string(), kinds.len() - 1);
                 kinds.len() - 1
             }
         };
@@ -324,7 +363,7 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
             seq: envelope.seq,
             kind,
             line: start..line_end,
-            attribution,
+            attribution: attribution.map(Box::new),
         });
         start = next;
     }
@@ -336,6 +375,89 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
         kinds,
         latest_ts,
     })
+}
+
+/// The index in `streams` of the record's stream, added when new. Constant time per record
+/// however many streams the batch has: the previous record's stream is tried first (the
+/// common case, compared without hashing), then a map by gateway and epoch.
+fn stream_of(
+    envelope: &Envelope<'_>,
+    streams: &mut Vec<String>,
+    index: &mut HashMap<String, HashMap<String, usize>>,
+    last: &mut Option<(usize, Range<usize>, Range<usize>)>,
+) -> usize {
+    // A stream string is `store/gateway/epoch`; `last` holds where gateway and epoch are in it.
+    if let Some((at, gateway, epoch)) = last.as_ref() {
+        let text = &streams[*at];
+        if text[gateway.clone()] == *envelope.gateway && text[epoch.clone()] == *envelope.epoch {
+            return *at;
+        }
+    }
+    let gateway_start = envelope.store.len() + 1;
+    let epoch_start = gateway_start + envelope.gateway.len() + 1;
+    let ranges = (
+        gateway_start..epoch_start - 1,
+        epoch_start..epoch_start + envelope.epoch.len(),
+    );
+    let found = index
+        .get(envelope.gateway.as_ref())
+        .and_then(|epochs| epochs.get(envelope.epoch.as_ref()))
+        .copied();
+    let at = match found {
+        Some(at) => at,
+        None => {
+            streams.push(format!(
+                "{}/{}/{}",
+                envelope.store, envelope.gateway, envelope.epoch
+            ));
+            let at = streams.len() - 1;
+            index
+                .entry(envelope.gateway.to_string())
+                .or_default()
+                .insert(envelope.epoch.to_string(), at);
+            at
+        }
+    };
+    *last = Some((at, ranges.0, ranges.1));
+    at
+}
+
+/// Fewer bytes than any valid record line: its field names and punctuation alone
+/// (`{"id":"","store":"",...,"data":{}}`) take 77.
+const MIN_RECORD_BYTES: usize = 64;
+
+/// The most records `body` can hold: its lines (a last line without a newline counts), and
+/// no more than fit at [`MIN_RECORD_BYTES`] each (a body of blank lines holds none).
+fn line_count(body: &[u8]) -> usize {
+    let lines =
+        body.iter().filter(|&&byte| byte == b'\n').count() + usize::from(!body.ends_with(b"\n"));
+    lines.min(body.len() / MIN_RECORD_BYTES + 1)
+}
+
+/// Memory [`parse_batch`] takes for `body` besides the body itself, before attribution
+/// summaries: the records' index, sized by lines.
+pub(crate) fn parse_size(body: &[u8]) -> u64 {
+    (line_count(body) * std::mem::size_of::<IncomingRecord>()) as u64
+}
+
+impl IncomingBatch {
+    /// Memory this batch holds, body and index and summaries (an estimate within a few %).
+    pub(crate) fn memory_size(&self) -> u64 {
+        let summaries: usize = self
+            .records
+            .iter()
+            .filter_map(|record| record.attribution.as_deref())
+            .map(AttributionSummary::memory_size)
+            .sum();
+        (self.body.capacity()
+            + self.records.capacity() * std::mem::size_of::<IncomingRecord>()
+            + summaries
+            + self
+                .streams
+                .iter()
+                .map(|s| s.capacity() + 24)
+                .sum::<usize>()) as u64
+    }
 }
 
 /// Checks one non-blank line; the error says what is wrong with it.
@@ -489,6 +611,46 @@ fn plain(error: &serde_json::Error) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn decompression_asks_before_growing_and_stops_when_refused() {
+        let plain = vec![b'x'; 1_000_000];
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(&plain).expect("gzip");
+        let mut body = gzip.finish().expect("gzip");
+        // An honest trailer: one grant, of the stated size plus one.
+        let mut grants = Vec::new();
+        let out = decompress_granted(&body[..], Encoding::Gzip, 2_000_000, &mut |n| {
+            grants.push(n);
+            true
+        })
+        .expect("inflates");
+        assert_eq!(out, plain);
+        assert_eq!(grants, [1_000_001]);
+        // A size that misleads (a second, empty member states 0): grants double from the
+        // smallest first one, never past limit + 1.
+        let mut empty = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        empty.write_all(b"").expect("gzip");
+        body.extend(empty.finish().expect("gzip"));
+        grants.clear();
+        let out = decompress_granted(&body[..], Encoding::Gzip, 2_000_000, &mut |n| {
+            grants.push(n);
+            true
+        })
+        .expect("inflates");
+        assert_eq!(out.len(), plain.len());
+        assert_eq!(grants.first(), Some(&FIRST_ALLOWANCE));
+        assert!(grants
+            .windows(2)
+            .all(|pair| pair[1] == (pair[0] * 2).min(2_000_001)));
+        assert!(out.capacity() as u64 <= *grants.last().expect("grants"));
+        // Refused past 100 kB: busy, not too large.
+        let refused =
+            decompress_granted(&body[..], Encoding::Gzip, 2_000_000, &mut |n| n <= 100_000);
+        assert_eq!(refused, Err(DecompressError::Busy));
+        let too_large = decompress_granted(&body[..], Encoding::Gzip, 500_000, &mut |_| true);
+        assert_eq!(too_large, Err(DecompressError::TooLarge));
+    }
 
     fn record(store: &str, seq: u64, kind: &str, data: &str) -> String {
         format!(

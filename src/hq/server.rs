@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::budget::{self, BodyBudget, Reservation};
 use super::config::HqSettings;
 use super::metrics::HqMetrics;
 use super::record::{self, DecompressError, Encoding, IncomingBatch, Rejection};
@@ -27,6 +28,8 @@ use super::writer::StoreHandle;
 const DEFAULT_LIMIT: usize = 1000;
 /// Largest `limit` of `/v1/records`.
 const MAX_LIMIT: usize = 10_000;
+/// The first plain grant of a body adds this fraction of its size for the records' index.
+const INDEX_ESTIMATE_DIVISOR: u64 = 8;
 /// Seconds a gateway is asked to wait after a 503.
 const RETRY_AFTER_SECONDS: &str = "5";
 /// Response header of `/v1/records` giving the `after` of the next page.
@@ -133,6 +136,8 @@ struct App {
     metrics: HqMetrics,
     /// Largest body, compressed and decompressed.
     max_body: u64,
+    /// Bytes of bodies held at once.
+    budget: BodyBudget,
 }
 
 impl App {
@@ -149,6 +154,11 @@ impl App {
                     .collect(),
                 admin: settings.admin_token.clone(),
             }),
+            budget: BodyBudget::new(
+                settings.effective_body_budget(),
+                budget::WAIT,
+                metrics.clone(),
+            ),
             metrics,
             max_body: settings.max_body,
         })
@@ -238,6 +248,8 @@ struct ApiError {
     message: String,
     /// The body line at fault (400 and 403 of `/v1/batches`).
     line: Option<usize>,
+    /// A 503 because the body budget stayed full (counted in a metric, not logged).
+    busy: bool,
 }
 
 impl ApiError {
@@ -246,6 +258,18 @@ impl ApiError {
             status,
             message: message.into(),
             line: None,
+            busy: false,
+        }
+    }
+
+    /// 503: the body budget had no room within its wait; the gateway retries.
+    fn busy() -> Self {
+        ApiError {
+            busy: true,
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the receiver holds as many batches as its body_budget allows; retry later",
+            )
         }
     }
 
@@ -287,7 +311,7 @@ async fn post_batches(State(app): State<App>, request: Request) -> Response {
         }))
         .into_response(),
         Err(error) => {
-            if error.status.is_server_error() {
+            if error.status.is_server_error() && !error.busy {
                 tracing::warn!(error = %error.message, "batch not stored");
             } else {
                 tracing::debug!(status = %error.status, error = %error.message, "batch refused");
@@ -355,6 +379,13 @@ async fn ingest(app: &App, request: Request) -> Result<super::writer::IngestOutc
     if declared.is_some_and(|length| length > app.max_body) {
         return Err(too_large());
     }
+    // Room in the body budget before the body is read: its declared length, or max_body
+    // when it declares none (given back down to its real size once read).
+    let mut reservation = app.budget.empty();
+    reservation
+        .reserve_sent(declared.unwrap_or(app.max_body))
+        .await
+        .map_err(|_| ApiError::busy())?;
     // The route's DefaultBodyLimit makes this fail with 413 past max_body, also for chunked
     // bodies that declared no length.
     let body = Bytes::from_request(request, &())
@@ -370,30 +401,47 @@ async fn ingest(app: &App, request: Request) -> Result<super::writer::IngestOutc
             }
         })?;
 
+    reservation.shrink_sent_to(body.len() as u64);
     let max_body = app.max_body;
-    let batch = tokio::task::spawn_blocking(move || decode_batch(body, encoding, max_body, &store))
-        .await
-        .map_err(|error| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("checking the batch panicked: {error}"),
-            )
-        })??;
+    let (batch, reservation) = tokio::task::spawn_blocking(move || {
+        decode_batch(body, encoding, max_body, &store, reservation)
+    })
+    .await
+    .map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("checking the batch panicked: {error}"),
+        )
+    })??;
     app.metrics.batch_bytes.observe(batch.body.len() as f64);
-    app.store
+    let stored = app
+        .store
         .ingest(batch)
         .await
-        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.0))
+        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.0));
+    // Held until the batch is answered: until then it waits in the writer's queue.
+    drop(reservation);
+    stored
 }
 
-/// Decompresses and validates a body (CPU work, run on a blocking thread).
+/// Decompresses and validates a body (CPU work, run on a blocking thread), growing
+/// `reservation` (which holds the body as sent) for the decompressed body and its parsed
+/// records, and giving back the sent body's share once it is decompressed.
 fn decode_batch(
     body: Bytes,
     encoding: Encoding,
     max_body: u64,
     store: &str,
-) -> Result<IncomingBatch, ApiError> {
-    let plain = record::decompress(body, encoding, max_body).map_err(|error| match error {
+    mut reservation: Reservation,
+) -> Result<(IncomingBatch, Reservation), ApiError> {
+    // The first grant is the size the body states, plus an estimate of its records' index
+    // (an entry per record of 400 bytes; checked against the real index once parsed).
+    let plain = record::decompress_granted(body, encoding, max_body, &mut |allowed| {
+        reservation
+            .grow_plain_blocking(allowed + allowed / INDEX_ESTIMATE_DIVISOR)
+            .is_ok()
+    })
+    .map_err(|error| match error {
         DecompressError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body decompresses to more than max_body ({max_body} bytes)"),
@@ -402,19 +450,33 @@ fn decode_batch(
             StatusCode::BAD_REQUEST,
             format!("body cannot be decompressed: {reason}"),
         ),
+        DecompressError::Busy => ApiError::busy(),
     })?;
-    record::parse_batch(plain, store).map_err(|rejection| match rejection {
+    // The body as sent is gone (an identity body became `plain` without a copy).
+    reservation.release_sent();
+    reservation
+        .grow_plain_blocking(plain.capacity() as u64 + record::parse_size(&plain))
+        .map_err(|_| ApiError::busy())?;
+    let batch = record::parse_batch(plain, store).map_err(|rejection| match rejection {
         Rejection::Malformed { line, message } => ApiError {
             status: StatusCode::BAD_REQUEST,
             message: format!("line {line}: {message}"),
             line: Some(line),
+            busy: false,
         },
         Rejection::WrongStore { line, message } => ApiError {
             status: StatusCode::FORBIDDEN,
             message,
             line: Some(line),
+            busy: false,
         },
-    })
+    })?;
+    // Attribution summaries are only known once parsed (at most a few hundred bytes each).
+    reservation
+        .grow_plain_blocking(batch.memory_size())
+        .map_err(|_| ApiError::busy())?;
+    reservation.shrink_plain_to(batch.memory_size());
+    Ok((batch, reservation))
 }
 
 /// The query string of `/v1/records`, as written.

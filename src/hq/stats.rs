@@ -47,6 +47,27 @@ pub(crate) struct AttributionSummary {
     pub latency_ms: Option<u64>,
 }
 
+impl AttributionSummary {
+    /// Bytes this summary takes in memory, its strings included.
+    pub(crate) fn memory_size(&self) -> usize {
+        let optional = [
+            &self.answer,
+            &self.answer_label,
+            &self.station,
+            &self.clerk,
+            &self.question,
+        ];
+        std::mem::size_of::<Self>()
+            + self.store.capacity()
+            + self.campaign.capacity()
+            + self.outcome.capacity()
+            + optional
+                .iter()
+                .filter_map(|text| text.as_ref().map(String::capacity))
+                .sum::<usize>()
+    }
+}
+
 /// Running totals of one store (persisted as JSON under `T` + store code).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreTotals {

@@ -22,6 +22,19 @@ pub(crate) const CHUNK_MAX_BYTES: usize = 32 * 1024;
 /// Most records one `/v1/records` request examines, so a filter that matches little cannot
 /// make one request scan the whole database; the client continues from `next_after`.
 const SCAN_BUDGET: u64 = 1_000_000;
+/// Largest sled value: a longer chunk (a single record longer than [`CHUNK_MAX_BYTES`]) is
+/// written in pieces of this size, the first under `R first_seq`, the others under `R
+/// first_seq piece` (u32 BE, from 1), which sort right after it and before the next chunk.
+/// sled keeps values above about 128 KiB (a quarter of its 512 KiB log segments, which it
+/// writes as separate blobs) in memory for good whatever its cache size: measured, 1 MB of RSS
+/// for every MB of 256 KiB values written, against a plateau for 32 KiB values.
+pub(crate) const PIECE_MAX_BYTES: usize = 32 * 1024;
+/// sled's page cache (`sled::Config::cache_capacity`).
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Most bytes of one `/v1/records` page: the page ends before the record that would pass it
+/// (a single larger record still comes, alone), and the client continues from `next_after`.
+/// A reader so holds about this much plus one chunk, whatever `limit` says.
+pub(crate) const PAGE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// Key prefixes; see the design doc in `hq`.
 mod prefix {
@@ -49,6 +62,38 @@ pub(crate) fn meta_key(name: &str) -> Vec<u8> {
 /// `R` + first hq_seq.
 pub(crate) fn chunk_key(first: u64) -> [u8; 9] {
     seq_key(prefix::CHUNK, first)
+}
+
+/// `R` + first hq_seq + piece index: the second and later pieces of a long chunk.
+fn piece_key(first: u64, index: u32) -> [u8; 13] {
+    let mut key = [prefix::CHUNK; 13];
+    key[1..9].copy_from_slice(&first.to_be_bytes());
+    key[9..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Adds a chunk to `batch`, in pieces of at most [`PIECE_MAX_BYTES`].
+pub(crate) fn insert_chunk(batch: &mut sled::Batch, first: u64, chunk: Vec<u8>) {
+    if chunk.len() <= PIECE_MAX_BYTES {
+        batch.insert(&chunk_key(first), chunk);
+        return;
+    }
+    for (index, piece) in chunk.chunks(PIECE_MAX_BYTES).enumerate() {
+        match u32::try_from(index) {
+            Ok(0) => batch.insert(&chunk_key(first), piece),
+            // A chunk is at most a max_body line (1 GiB): far fewer than u32::MAX pieces.
+            Ok(index) => batch.insert(&piece_key(first, index), piece),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The first hq_seq of the chunk a chunk or piece key belongs to.
+fn chunk_first(key: &[u8]) -> anyhow::Result<u64> {
+    match key.len() {
+        9 | 13 => be_u64(&key[1..9]).ok_or_else(|| anyhow!("damaged chunk key")),
+        _ => bail!("damaged chunk key"),
+    }
 }
 
 /// `A` + hq_seq.
@@ -250,6 +295,11 @@ fn open_on_this_thread(path: &Path) -> anyhow::Result<(Store, Recovered)> {
         // fsync timing is the flusher's alone (group commit); sled's own timer would add
         // unscheduled flushes competing with it.
         .flush_every_ms(None)
+        // sled's default cache is 1 GiB, and it holds what was written as well as what was
+        // read: memory grew with every record stored until the cache filled (and sled counts
+        // its cache below what it really takes). Reads of records go through chunks of
+        // recent records, which a small cache holds as well as a large one.
+        .cache_capacity(CACHE_BYTES)
         .open()
         .map_err(|error| {
             if error.to_string().contains("could not acquire lock") {
@@ -404,8 +454,9 @@ pub(crate) fn read_records(
                 if batch_last < start {
                     continue;
                 }
-                let more = reader
-                    .read_chunks(tree.range(chunk_key(batch_first)..=chunk_key(batch_last)))?;
+                let chunks =
+                    chunk_key(batch_first).to_vec()..=piece_key(batch_last, u32::MAX).to_vec();
+                let more = reader.read_chunks(tree.range(chunks))?;
                 if !more {
                     break;
                 }
@@ -418,10 +469,7 @@ pub(crate) fn read_records(
 /// The first hq_seq of the chunk holding `seq` (or `seq` itself when none does).
 fn chunk_start(tree: &sled::Tree, seq: u64) -> anyhow::Result<u64> {
     match tree.range(chunk_key(0)..=chunk_key(seq)).next_back() {
-        Some(item) => {
-            let (key, _) = item?;
-            be_u64(&key[1..]).ok_or_else(|| anyhow!("damaged chunk key"))
-        }
+        Some(item) => chunk_first(&item?.0),
         None => Ok(seq),
     }
 }
@@ -444,10 +492,29 @@ impl PageReader<'_> {
         &mut self,
         chunks: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
     ) -> anyhow::Result<bool> {
-        for item in chunks {
+        let mut items = chunks.peekable();
+        while let Some(item) = items.next() {
             let (key, value) = item?;
-            let first = be_u64(&key[1..]).ok_or_else(|| anyhow!("damaged chunk key"))?;
-            let records = decode_chunk(&value)
+            let first = chunk_first(&key)?;
+            if key.len() != 9 {
+                // A piece of a chunk that began before the range (whose records come before).
+                continue;
+            }
+            // A long chunk's pieces follow it; joined, they are the chunk.
+            let mut joined: Option<Vec<u8>> = None;
+            while let Some(Ok((next, _))) = items.peek() {
+                if next.len() != 13 || next[..9] != key[..] {
+                    break;
+                }
+                if let Some(item) = items.next() {
+                    let (_, piece) = item?;
+                    joined
+                        .get_or_insert_with(|| value.to_vec())
+                        .extend_from_slice(&piece);
+                }
+            }
+            let value: &[u8] = joined.as_deref().unwrap_or(&value);
+            let records = decode_chunk(value)
                 .ok_or_else(|| anyhow!("damaged record chunk at hq_seq {first}"))?;
             for (offset, record) in records.iter().enumerate() {
                 let seq = first + offset as u64;
@@ -460,13 +527,21 @@ impl PageReader<'_> {
                 {
                     return Ok(false);
                 }
-                self.examined += 1;
-                self.page.next_after = seq;
                 if let Some(kind) = &self.query.kind {
                     if record.kind != kind.as_bytes() {
+                        self.examined += 1;
+                        self.page.next_after = seq;
                         continue;
                     }
                 }
+                // `next_after` stays before this record, so the next page starts with it.
+                if self.page.count > 0
+                    && self.page.body.len() + record.line.len() + HQ_SEQ_FIELD > PAGE_MAX_BYTES
+                {
+                    return Ok(false);
+                }
+                self.examined += 1;
+                self.page.next_after = seq;
                 write_with_hq_seq(&mut self.page.body, record.line, seq);
                 self.page.count += 1;
             }
@@ -474,6 +549,9 @@ impl PageReader<'_> {
         Ok(true)
     }
 }
+
+/// Most bytes [`write_with_hq_seq`] adds to a line: `,"hq_seq":` (10), 20 digits, newline.
+const HQ_SEQ_FIELD: usize = 31;
 
 /// Writes `line` with `"hq_seq":seq` added as its last field, and a newline.
 fn write_with_hq_seq(out: &mut Vec<u8>, line: &[u8], seq: u64) {

@@ -295,7 +295,7 @@ impl Writer {
             if chunk_records == store::CHUNK_MAX_RECORDS
                 || (chunk_records > 0 && chunk.len() + line.len() > store::CHUNK_MAX_BYTES)
             {
-                sled_batch.insert(&store::chunk_key(chunk_first), std::mem::take(&mut chunk));
+                store::insert_chunk(&mut sled_batch, chunk_first, std::mem::take(&mut chunk));
                 chunk = store::new_chunk(&batch.store);
                 chunk_first = seq;
                 chunk_records = 0;
@@ -313,12 +313,12 @@ impl Writer {
                 let json = serde_json::to_vec(summary)
                     .map_err(|error| format!("cannot encode an attribution summary: {error}"))?;
                 sled_batch.insert(&store::attribution_key(seq), json);
-                attributions.push(summary.clone());
+                attributions.push(AttributionSummary::clone(summary));
             }
         }
         let next_seq = first_seq + fresh.len() as u64;
         if !fresh.is_empty() {
-            sled_batch.insert(&store::chunk_key(chunk_first), chunk);
+            store::insert_chunk(&mut sled_batch, chunk_first, chunk);
             sled_batch.insert(
                 store::store_batch_key(&batch.store, first_seq),
                 &(next_seq - 1).to_be_bytes(),
