@@ -152,7 +152,7 @@ pub async fn run(
         let info = Arc::new(DeviceInfo::from_settings(&device));
         let (status, view) = devices::status_channel(&device);
         views.push(view);
-        metrics.set_connected(&device.id, false);
+        metrics.add_device(&device.id);
         match device.transport {
             Transport::Serial => {
                 let task = SerialDevice {

@@ -4,6 +4,10 @@
 //! that owns the thing being counted (the core counts records and bad frames); gauges that mirror
 //! another owner's state (journal backlog, device connection) are set from snapshots just before
 //! each scrape, so there is exactly one source of truth for each figure.
+//!
+//! Every labelled series the gateway can ever show exists from start, at 0: one per record kind,
+//! per prompt outcome, and per configured device ([`Metrics::add_device`]). Alerting on `rate()`
+//! or `increase()` needs the series before its first event, or the first event is invisible.
 
 use std::sync::Arc;
 
@@ -33,6 +37,9 @@ pub struct DeviceLabel {
     /// The device id from the configuration.
     pub device: String,
 }
+
+/// The `outcome` labels of `posgw_prompts_total`: `opened`, then every way a prompt ends.
+pub const PROMPT_OUTCOMES: [&str; 4] = ["opened", "answered", "skipped", "timeout"];
 
 /// Every metric the gateway exports. Cheap to clone: all members are shared handles.
 #[derive(Clone)]
@@ -143,6 +150,16 @@ impl Metrics {
             "Records HQ refused, moved to the dead-letter set",
             uplink_dead.clone(),
         );
+        for kind in crate::journal::Kind::ALL {
+            let _ = records.get_or_create(&KindLabel {
+                kind: kind.as_str().to_owned(),
+            });
+        }
+        for outcome in PROMPT_OUTCOMES {
+            let _ = prompts.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            });
+        }
         Metrics {
             records,
             bad_frames,
@@ -158,6 +175,16 @@ impl Metrics {
             uplink_dead,
             registry: Arc::new(registry),
         }
+    }
+
+    /// Creates the series of a configured device, at 0 (not connected, nothing counted), so
+    /// they exist before its first event.
+    pub fn add_device(&self, device: &str) {
+        let label = DeviceLabel {
+            device: device.to_owned(),
+        };
+        let _ = self.bad_frames.get_or_create(&label);
+        self.device_connected.get_or_create(&label).set(0);
     }
 
     /// Counts one appended record of `kind`.
@@ -213,5 +240,44 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompts::Outcome;
+
+    /// A scrape right after start shows every kind, outcome and device at 0.
+    #[test]
+    fn labelled_series_exist_at_zero_before_any_event() {
+        let metrics = Metrics::new();
+        metrics.add_device("scanner-1");
+        let text = metrics.render();
+        let mut expected: Vec<String> = crate::journal::Kind::ALL
+            .iter()
+            .map(|kind| format!("posgw_records_total{{kind=\"{}\"}} 0", kind.as_str()))
+            .collect();
+        expected.extend(
+            PROMPT_OUTCOMES
+                .iter()
+                .map(|outcome| format!("posgw_prompts_total{{outcome=\"{outcome}\"}} 0")),
+        );
+        expected.push("posgw_bad_frames_total{device=\"scanner-1\"} 0".into());
+        expected.push("posgw_device_connected{device=\"scanner-1\"} 0".into());
+        for series in expected {
+            assert!(
+                text.lines().any(|line| line == series),
+                "missing {series} in\n{text}"
+            );
+        }
+    }
+
+    /// The outcomes listed up front are the ones the prompt engine counts.
+    #[test]
+    fn prompt_outcomes_cover_every_outcome() {
+        for outcome in [Outcome::Answered, Outcome::Skipped, Outcome::Timeout] {
+            assert!(PROMPT_OUTCOMES.contains(&outcome.as_str()));
+        }
     }
 }

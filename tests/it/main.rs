@@ -10,6 +10,7 @@ mod mosquitto;
 mod browser;
 mod cli;
 mod crash;
+mod metrics;
 mod mqtt_devices;
 mod mqtt_prompts;
 mod mqtt_uplink;
