@@ -157,8 +157,8 @@ pub async fn run(
             Transport::Serial => {
                 let task = SerialDevice {
                     settings: device.clone(),
+                    events: devices::relay(core.events.clone(), info.clone(), &metrics),
                     info,
-                    events: devices::relay(core.events.clone()),
                     status,
                     hold_back: hold_back.clone(),
                 };

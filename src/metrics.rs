@@ -50,6 +50,13 @@ pub struct Metrics {
     pub bad_frames: Family<DeviceLabel, Counter>,
     /// 1 while a device is connected, else 0 (`posgw_device_connected`).
     pub device_connected: Family<DeviceLabel, Gauge>,
+    /// Serial device events dropped before the core because it fell behind
+    /// (`posgw_device_dropped_events_total`); see `devices::relay`.
+    pub device_dropped_events: Family<DeviceLabel, Counter>,
+    /// Bytes of those events (`posgw_device_dropped_bytes_total`).
+    pub device_dropped_bytes: Family<DeviceLabel, Counter>,
+    /// Serial device events waiting for the core (`posgw_device_queued_events`).
+    pub device_queued_events: Family<DeviceLabel, Gauge>,
     /// Records in the journal not yet acknowledged by HQ (`posgw_journal_backlog_records`).
     pub backlog_records: Gauge,
     /// Bytes of those records (`posgw_journal_backlog_bytes`).
@@ -79,6 +86,9 @@ impl Metrics {
         let records = Family::<KindLabel, Counter>::default();
         let bad_frames = Family::<DeviceLabel, Counter>::default();
         let device_connected = Family::<DeviceLabel, Gauge>::default();
+        let device_dropped_events = Family::<DeviceLabel, Counter>::default();
+        let device_dropped_bytes = Family::<DeviceLabel, Counter>::default();
+        let device_queued_events = Family::<DeviceLabel, Gauge>::default();
         let backlog_records = Gauge::default();
         let backlog_bytes = Gauge::default();
         let dead_records = Gauge::default();
@@ -104,6 +114,21 @@ impl Metrics {
             "device_connected",
             "1 while the device is connected",
             device_connected.clone(),
+        );
+        registry.register(
+            "device_dropped_events",
+            "Serial device events dropped because the gateway core fell behind",
+            device_dropped_events.clone(),
+        );
+        registry.register(
+            "device_dropped_bytes",
+            "Bytes of serial device events dropped because the gateway core fell behind",
+            device_dropped_bytes.clone(),
+        );
+        registry.register(
+            "device_queued_events",
+            "Serial device events waiting for the gateway core",
+            device_queued_events.clone(),
         );
         registry.register(
             "journal_backlog_records",
@@ -164,6 +189,9 @@ impl Metrics {
             records,
             bad_frames,
             device_connected,
+            device_dropped_events,
+            device_dropped_bytes,
+            device_queued_events,
             backlog_records,
             backlog_bytes,
             dead_records,
@@ -185,6 +213,36 @@ impl Metrics {
         };
         let _ = self.bad_frames.get_or_create(&label);
         self.device_connected.get_or_create(&label).set(0);
+        let _ = self.device_dropped_events.get_or_create(&label);
+        let _ = self.device_dropped_bytes.get_or_create(&label);
+        let _ = self.device_queued_events.get_or_create(&label);
+    }
+
+    /// The `posgw_device_queued_events` gauge of `device`, for its relay.
+    pub fn device_queued_events(&self, device: &str) -> Gauge {
+        self.device_queued_events
+            .get_or_create(&DeviceLabel {
+                device: device.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The `posgw_device_dropped_events_total` counter of `device`, for its relay.
+    pub fn device_dropped_events(&self, device: &str) -> Counter {
+        self.device_dropped_events
+            .get_or_create(&DeviceLabel {
+                device: device.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The `posgw_device_dropped_bytes_total` counter of `device`, for its relay.
+    pub fn device_dropped_bytes(&self, device: &str) -> Counter {
+        self.device_dropped_bytes
+            .get_or_create(&DeviceLabel {
+                device: device.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts one appended record of `kind`.

@@ -14,6 +14,7 @@ mod metrics;
 mod mqtt_devices;
 mod mqtt_prompts;
 mod mqtt_uplink;
+mod noise;
 mod prompts;
 mod registers;
 mod serial;

@@ -1,0 +1,119 @@
+//! Line noise end to end: random bytes at full pty speed on a serial port must neither grow the
+//! gateway's memory nor its log, must be counted where they are dropped, and must not stop the
+//! device: a real scan sent afterwards is recorded.
+
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::{of_kind, Gateway, PtyScanner};
+use crate::prompts::campaign_store;
+
+/// How long the noise lasts: long enough to fill every queue many times over.
+const NOISE: Duration = Duration::from_secs(4);
+
+/// The peak resident memory of process `pid` in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// The leading count of a relay's drop record ("N event(s) of M byte(s) … dropped …").
+fn dropped_in(detail: &str) -> Option<u64> {
+    if !detail.contains("dropped") {
+        return None;
+    }
+    detail.split(' ').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn random_bytes_at_full_speed_keep_memory_and_log_small_and_the_next_scan_is_recorded() {
+    // The campaign lets the real scan be told apart from the noise: it opens a prompt.
+    let store = campaign_store("120s");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+
+    let mut noise = vec![0u8; 1 << 20];
+    rand::rngs::StdRng::seed_from_u64(11).fill_bytes(&mut noise);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < NOISE {
+        for chunk in noise.chunks(64 * 1024) {
+            scanner.master.write_all(chunk).await.expect("write noise");
+            sent += chunk.len();
+        }
+    }
+    let dropped = "posgw_device_dropped_events_total{device=\"scanner-1\"}";
+    let queued = "posgw_device_queued_events{device=\"scanner-1\"}";
+    // The port was read all along, and the gateway fell behind at some point.
+    gateway
+        .wait_for("dropped events counted", |g| async move {
+            g.metric(dropped).await > 0.0
+        })
+        .await;
+    gateway
+        .wait_for("the device's queue drained", |g| async move {
+            g.metric(queued).await == 0.0
+        })
+        .await;
+
+    // The device still works: a scan of a campaign product opens its prompt.
+    scanner.send(b"\r]E06901234567892\r").await;
+    gateway
+        .wait_for("the scan's prompt", |g| async move {
+            g.metric("posgw_prompts_total{outcome=\"opened\"}").await == 1.0
+        })
+        .await;
+
+    let peak = peak_rss(gateway.child.id());
+    let bad_frames = gateway
+        .metric("posgw_bad_frames_total{device=\"scanner-1\"}")
+        .await;
+    let dropped_events = gateway.metric(dropped).await;
+    let bad_frame_lines = gateway.log_count("bad frame");
+    let drop_lines = gateway.log_count("from the device dropped");
+    eprintln!(
+        "noise: {sent} bytes in {:?}; peak RSS {} KiB; {bad_frames} bad frames, \
+         {dropped_events} events dropped; {bad_frame_lines} bad-frame and {drop_lines} drop \
+         log lines",
+        started.elapsed(),
+        peak / 1024
+    );
+    assert!(peak < 64 << 20, "peak RSS {} KiB", peak / 1024);
+    assert!(
+        bad_frames > 100.0,
+        "the noise became bad frames: {bad_frames}"
+    );
+    // 5 lines and a summary per 10 s; a drop line at most once a second.
+    assert!(
+        bad_frame_lines <= 12,
+        "{bad_frame_lines} bad-frame log lines"
+    );
+    assert!(drop_lines <= 20, "{drop_lines} drop log lines");
+
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let scans = of_kind(&records, "scan");
+    assert!(
+        scans
+            .iter()
+            .any(|scan| scan["data"]["raw"] == "]E06901234567892"
+                && scan["data"]["campaign"] == "xinsong-2026q4"),
+        "the scan after the noise is recorded"
+    );
+    // Every dropped event is accounted for in the device's own records.
+    let recorded_drops: u64 = of_kind(&records, "device")
+        .iter()
+        .filter(|record| record["data"]["event"] == "error")
+        .filter_map(|record| dropped_in(record["data"]["detail"].as_str()?))
+        .sum();
+    assert_eq!(recorded_drops as f64, dropped_events);
+}
