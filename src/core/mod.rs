@@ -400,11 +400,24 @@ impl Core {
         let Some(escpos) = device.profile.escpos.as_ref() else {
             return;
         };
-        if receipt.unknown_commands > 0 {
-            let detail = format!(
-                "{} unknown ESC/POS command(s) skipped in a receipt",
-                receipt.unknown_commands
-            );
+        let untrusted = match receipt.untrusted_lengths {
+            0 => String::new(),
+            n => format!(
+                "{n} ESC/POS payload length(s) not trusted (longer than max_receipt, or after \
+                 garbled bytes) and skipped only to the next ESC @ or cut"
+            ),
+        };
+        let detail = match (receipt.unknown_commands, untrusted.is_empty()) {
+            (0, true) => None,
+            (0, false) => Some(format!("{untrusted} in a receipt")),
+            (n, true) => Some(format!(
+                "{n} unknown ESC/POS command(s) skipped in a receipt"
+            )),
+            (n, false) => Some(format!(
+                "{n} unknown ESC/POS command(s) skipped and {untrusted} in a receipt"
+            )),
+        };
+        if let Some(detail) = detail {
             self.bad_frame(device, &detail).await;
         }
         if let Some(note) = sales::unusual_end(receipt, escpos.max_receipt) {

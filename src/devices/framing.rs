@@ -545,7 +545,11 @@ mod tests {
         let mut events = Vec::new();
         for _ in 0..160 {
             framer.push(&noise, |event| events.push(event));
-            assert!(framer.buf.capacity() <= 2 * 4096, "{}", framer.buf.capacity());
+            assert!(
+                framer.buf.capacity() <= 2 * 4096,
+                "{}",
+                framer.buf.capacity()
+            );
         }
         assert!(events.is_empty());
         match framer.idle() {

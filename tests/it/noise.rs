@@ -1,14 +1,19 @@
-//! Line noise end to end: random bytes at full pty speed on a serial port must neither grow the
-//! gateway's memory nor its log, must be counted where they are dropped, and must not stop the
-//! device: a real scan sent afterwards is recorded.
+//! Hostile input on serial lines, end to end: random bytes at full pty speed must neither grow
+//! the gateway's memory nor its log, must be counted where they are dropped, and must not stop
+//! the device (a real scan sent afterwards is recorded); an ESC/POS command announcing gigabytes
+//! of image must not swallow the receipts that follow it on a printer tap.
 
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_serial::SerialPortBuilderExt;
 
-use crate::harness::{of_kind, Gateway, PtyScanner};
+use crate::harness::{of_kind, Gateway, PtyScanner, Store, DEADLINE};
 use crate::prompts::campaign_store;
+
+const RECEIPT_A: &[u8] = include_bytes!("../../../shared/fixtures/receipt-a.bin");
+const RECEIPT_A_TEXT: &str = include_str!("../../../shared/fixtures/receipt-a.txt");
 
 /// How long the noise lasts: long enough to fill every queue many times over.
 const NOISE: Duration = Duration::from_secs(4);
@@ -116,4 +121,62 @@ async fn random_bytes_at_full_speed_keep_memory_and_log_small_and_the_next_scan_
         .filter_map(|record| dropped_in(record["data"]["detail"].as_str()?))
         .sum();
     assert_eq!(recorded_drops as f64, dropped_events);
+}
+
+#[tokio::test]
+async fn a_gs_8_l_announcing_gigabytes_on_a_printer_tap_swallows_none_of_the_next_five_receipts() {
+    let store = Store::new();
+    store.write_config("");
+    let printer_link = store.path("printer");
+    store.append_config(&format!(
+        "[[device]]\nid = \"register-1\"\nrole = \"register\"\ntransport = \"serial\"\n\
+         station = \"till-1\"\nprofile = \"escpos-tap\"\npath = \"{}\"\npassthrough = \"{}\"\n",
+        store.path("register").display(),
+        printer_link.display()
+    ));
+    let _scanner = PtyScanner::plug(&store.path("scanner"));
+    let mut register = PtyScanner::plug(&store.path("register"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("register-1", "connected").await;
+    let mut printer = tokio_serial::new(printer_link.to_string_lossy(), 9600)
+        .open_native_async()
+        .expect("open the printer link");
+
+    // GS 8 L with p = 0xFFFFFFFF (4 GiB of graphics that never come), then five receipts.
+    let mut stream = vec![0x1D, b'8', b'L', 0xFF, 0xFF, 0xFF, 0xFF, 0x30, 0x70];
+    for _ in 0..5 {
+        stream.extend(RECEIPT_A);
+    }
+    let expected = stream.clone();
+    let reader = tokio::spawn(async move {
+        let mut received = vec![0u8; expected.len()];
+        tokio::time::timeout(DEADLINE, printer.read_exact(&mut received))
+            .await
+            .expect("the printer got every byte in time")
+            .expect("read the printer link");
+        received == expected
+    });
+    register.send(&stream).await;
+    assert!(reader.await.expect("reader"), "byte-exact passthrough");
+
+    gateway.wait_records("sale", 5).await;
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let sales = of_kind(&records, "sale");
+    assert_eq!(sales.len(), 5, "{records:#?}");
+    for sale in &sales {
+        assert_eq!(sale["data"]["text"], RECEIPT_A_TEXT.trim_end());
+        assert_eq!(sale["data"]["total"], 33.5);
+    }
+    // The bogus length is reported, not silently skipped.
+    let device = of_kind(&records, "device");
+    assert!(
+        device
+            .iter()
+            .any(|record| record["data"]["event"] == "bad_frame"
+                && record["data"]["detail"]
+                    .as_str()
+                    .is_some_and(|detail| detail.contains("length"))),
+        "{device:#?}"
+    );
 }
