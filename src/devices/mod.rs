@@ -2,8 +2,9 @@
 //!
 //! Each configured device runs as one task that owns its port and nothing else. It reads bytes,
 //! forwards them unchanged to the device's passthrough (before anything else happens to them),
-//! cuts them into frames and sends [`DeviceEvent`]s to the gateway core. It never decodes and never
-//! touches the journal: data flows one way, devices → core → journal.
+//! cuts them into frames and sends [`DeviceEvent`]s to the gateway core (a serial device through
+//! its bounded [`relay`], so it never waits on the core). It never decodes and never touches the
+//! journal: data flows one way, devices → core → journal.
 //!
 //! A device task also owns its [`DeviceStatus`] and publishes it on a `watch` channel, which the
 //! local API reads for `/api/v1/status`.
@@ -123,7 +124,7 @@ pub const RELAY_EVENTS: usize = 4096;
 pub const RELAY_BYTES: usize = 1024 * 1024;
 /// Room beyond [`RELAY_EVENTS`] kept for connection changes and errors, so a flood of frames
 /// never hides an unplug (they come at most once per reconnect attempt).
-const RELAY_RESERVE: usize = 256;
+pub const RELAY_RESERVE: usize = 256;
 /// What an event costs in the relay besides its bytes (the event, its allocation headers).
 const RELAY_EVENT_OVERHEAD: usize = 96;
 /// While drops go on, how often at most they are recorded (one `error` record each time).
@@ -135,10 +136,10 @@ const RELAY_SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// takes an event while the relay holds fewer than [`RELAY_EVENTS`] events and
 /// [`RELAY_BYTES`] bytes (connection changes and errors have [`RELAY_RESERVE`] more room), and
 /// otherwise drops it, counting it in `posgw_device_dropped_events_total` and
-/// `posgw_device_dropped_bytes_total` (`posgw_device_queued_events` shows how full it is). What was dropped is then recorded where it happened: one
-/// `device` `error` event with the counts goes to the core before the next event taken (at
-/// most one a second while the drops go on) or as soon as the relay is empty, so a gap in a
-/// device's records is always explained.
+/// `posgw_device_dropped_bytes_total` (`posgw_device_queued_events` shows how full it is).
+/// What was dropped is then recorded where it happened: one `device` `error` event with the
+/// counts goes to the core before the next event taken (at most one a second while the drops
+/// go on) or as soon as the relay is empty, so a gap in a device's records is always explained.
 ///
 /// Events keep their order. The relay task ends, after handing everything over, when the
 /// device's sender is dropped.
@@ -147,6 +148,8 @@ pub fn relay(
     device: Arc<DeviceInfo>,
     metrics: &Metrics,
 ) -> RelaySender {
+    // Bounded by the sender's own count of events and bytes (a bounded channel could only
+    // count events); each event carries its cost so the relay task can give it back.
     let (tx, mut rx) = mpsc::unbounded_channel::<(DeviceEvent, usize)>();
     let shared = Arc::new(RelayShared {
         events: metrics.device_queued_events(&device.id),
