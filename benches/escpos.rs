@@ -6,13 +6,16 @@
 //! busy serial port: init and Chinese mode, a 384×120-dot raster logo, double-size shop name,
 //! header lines, 12 items with their EAN-13 codes, totals with `¥`/`￥`, a QR code (e-invoice
 //! link), feed and cut. `with_logo` is that stream (mostly image bytes, skipped by count);
-//! `text_only` leaves the logo out, so nearly every byte is decoded text.
+//! `text_only` leaves the logo out, so nearly every byte is decoded text. `noise` is 1 MiB of
+//! random bytes (line noise): garbled text, unknown commands, and payload lengths that are not
+//! trusted and skipped only to the next `ESC @` or cut.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use posgw::config::{EscposPatterns, EscposSettings, ProfileSet};
 use posgw::decode::escpos::{extract, ClosedBy, EscposDecoder, Receipt};
+use rand::{RngCore, SeedableRng};
 
 /// Receipts in the benchmark stream.
 const RECEIPTS: usize = 200;
@@ -105,6 +108,10 @@ fn escpos(c: &mut Criterion) {
             })
         });
     }
+    let mut noise = vec![0u8; 1 << 20];
+    rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut noise);
+    group.throughput(Throughput::Bytes(noise.len() as u64));
+    group.bench_function("noise", |b| b.iter(|| decode(&settings, black_box(&noise))));
     group.finish();
 
     let patterns = patterns();

@@ -171,7 +171,7 @@ pub async fn run(
         let device = Arc::new(device.clone());
         let info = Arc::new(DeviceInfo::from_settings(&device));
         let (status, mut view) = devices::status_channel(&device);
-        metrics.set_connected(&device.id, false);
+        metrics.add_device(&device.id);
         let passthrough = device
             .serial
             .as_ref()
@@ -195,8 +195,8 @@ pub async fn run(
             Transport::Serial => {
                 let task = SerialDevice {
                     settings: device.clone(),
+                    events: devices::relay(core.events.clone(), info.clone(), &metrics),
                     info,
-                    events: devices::relay(core.events.clone()),
                     status,
                     hold_back: hold_back.clone(),
                     passthrough: passthrough.map(|view| view.counters).unwrap_or_default(),
@@ -210,8 +210,8 @@ pub async fn run(
                 };
                 let task = TcpTap {
                     settings: device.clone(),
+                    events: devices::relay(core.events.clone(), info.clone(), &metrics),
                     info,
-                    events: devices::relay(core.events.clone()),
                     status,
                     bytes: view.counters,
                     connections: view.connections.unwrap_or_default(),

@@ -4,6 +4,10 @@
 //! that owns the thing being counted (the core counts records and bad frames); gauges that mirror
 //! another owner's state (journal backlog, device connection) are set from snapshots just before
 //! each scrape, so there is exactly one source of truth for each figure.
+//!
+//! Every labelled series the gateway can ever show exists from start, at 0: one per record kind,
+//! per prompt outcome, and per configured device ([`Metrics::add_device`]). Alerting on `rate()`
+//! or `increase()` needs the series before its first event, or the first event is invisible.
 
 use std::sync::Arc;
 
@@ -49,6 +53,8 @@ pub struct PassthroughLabel {
     /// `to_passthrough` (device → POS or printer) or `to_device` (their answers → device).
     pub direction: &'static str,
 }
+/// The `outcome` labels of `posgw_prompts_total`: `opened`, then every way a prompt ends.
+pub const PROMPT_OUTCOMES: [&str; 4] = ["opened", "answered", "skipped", "timeout"];
 
 /// Every metric the gateway exports. Cheap to clone: all members are shared handles.
 #[derive(Clone)]
@@ -59,6 +65,13 @@ pub struct Metrics {
     pub bad_frames: Family<DeviceLabel, Counter>,
     /// 1 while a device is connected, else 0 (`posgw_device_connected`).
     pub device_connected: Family<DeviceLabel, Gauge>,
+    /// Serial device events dropped before the core because it fell behind
+    /// (`posgw_device_dropped_events_total`); see `devices::relay`.
+    pub device_dropped_events: Family<DeviceLabel, Counter>,
+    /// Bytes of those events (`posgw_device_dropped_bytes_total`).
+    pub device_dropped_bytes: Family<DeviceLabel, Counter>,
+    /// Serial device events waiting for the core (`posgw_device_queued_events`).
+    pub device_queued_events: Family<DeviceLabel, Gauge>,
     /// Records in the journal not yet acknowledged by HQ (`posgw_journal_backlog_records`).
     pub backlog_records: Gauge,
     /// Bytes of those records (`posgw_journal_backlog_bytes`).
@@ -108,6 +121,9 @@ impl Metrics {
         let records = Family::<KindLabel, Counter>::default();
         let bad_frames = Family::<DeviceLabel, Counter>::default();
         let device_connected = Family::<DeviceLabel, Gauge>::default();
+        let device_dropped_events = Family::<DeviceLabel, Counter>::default();
+        let device_dropped_bytes = Family::<DeviceLabel, Counter>::default();
+        let device_queued_events = Family::<DeviceLabel, Gauge>::default();
         let backlog_records = Gauge::default();
         let backlog_bytes = Gauge::default();
         let dead_records = Gauge::default();
@@ -148,6 +164,21 @@ impl Metrics {
             "device_connected",
             "1 while the device is connected",
             device_connected.clone(),
+        );
+        registry.register(
+            "device_dropped_events",
+            "Serial device events dropped because the gateway core fell behind",
+            device_dropped_events.clone(),
+        );
+        registry.register(
+            "device_dropped_bytes",
+            "Bytes of serial device events dropped because the gateway core fell behind",
+            device_dropped_bytes.clone(),
+        );
+        registry.register(
+            "device_queued_events",
+            "Serial device events waiting for the gateway core",
+            device_queued_events.clone(),
         );
         registry.register(
             "journal_backlog_records",
@@ -235,10 +266,23 @@ impl Metrics {
             "Register connections a network printer tap has open",
             tap_open.clone(),
         );
+        for kind in crate::journal::Kind::ALL {
+            let _ = records.get_or_create(&KindLabel {
+                kind: kind.as_str().to_owned(),
+            });
+        }
+        for outcome in PROMPT_OUTCOMES {
+            let _ = prompts.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            });
+        }
         Metrics {
             records,
             bad_frames,
             device_connected,
+            device_dropped_events,
+            device_dropped_bytes,
+            device_queued_events,
             backlog_records,
             backlog_bytes,
             dead_records,
@@ -259,6 +303,46 @@ impl Metrics {
             tap_open,
             registry: Arc::new(registry),
         }
+    }
+
+    /// Creates the series of a configured device, at 0 (not connected, nothing counted), so
+    /// they exist before its first event.
+    pub fn add_device(&self, device: &str) {
+        let label = DeviceLabel {
+            device: device.to_owned(),
+        };
+        let _ = self.bad_frames.get_or_create(&label);
+        self.device_connected.get_or_create(&label).set(0);
+        let _ = self.device_dropped_events.get_or_create(&label);
+        let _ = self.device_dropped_bytes.get_or_create(&label);
+        let _ = self.device_queued_events.get_or_create(&label);
+    }
+
+    /// The `posgw_device_queued_events` gauge of `device`, for its relay.
+    pub fn device_queued_events(&self, device: &str) -> Gauge {
+        self.device_queued_events
+            .get_or_create(&DeviceLabel {
+                device: device.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The `posgw_device_dropped_events_total` counter of `device`, for its relay.
+    pub fn device_dropped_events(&self, device: &str) -> Counter {
+        self.device_dropped_events
+            .get_or_create(&DeviceLabel {
+                device: device.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The `posgw_device_dropped_bytes_total` counter of `device`, for its relay.
+    pub fn device_dropped_bytes(&self, device: &str) -> Counter {
+        self.device_dropped_bytes
+            .get_or_create(&DeviceLabel {
+                device: device.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts one appended record of `kind`.
@@ -363,5 +447,44 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompts::Outcome;
+
+    /// A scrape right after start shows every kind, outcome and device at 0.
+    #[test]
+    fn labelled_series_exist_at_zero_before_any_event() {
+        let metrics = Metrics::new();
+        metrics.add_device("scanner-1");
+        let text = metrics.render();
+        let mut expected: Vec<String> = crate::journal::Kind::ALL
+            .iter()
+            .map(|kind| format!("posgw_records_total{{kind=\"{}\"}} 0", kind.as_str()))
+            .collect();
+        expected.extend(
+            PROMPT_OUTCOMES
+                .iter()
+                .map(|outcome| format!("posgw_prompts_total{{outcome=\"{outcome}\"}} 0")),
+        );
+        expected.push("posgw_bad_frames_total{device=\"scanner-1\"} 0".into());
+        expected.push("posgw_device_connected{device=\"scanner-1\"} 0".into());
+        for series in expected {
+            assert!(
+                text.lines().any(|line| line == series),
+                "missing {series} in\n{text}"
+            );
+        }
+    }
+
+    /// The outcomes listed up front are the ones the prompt engine counts.
+    #[test]
+    fn prompt_outcomes_cover_every_outcome() {
+        for outcome in [Outcome::Answered, Outcome::Skipped, Outcome::Timeout] {
+            assert!(PROMPT_OUTCOMES.contains(&outcome.as_str()));
+        }
     }
 }

@@ -130,6 +130,11 @@ pub fn unusual_end(receipt: &Receipt, max_receipt: usize) -> Option<String> {
             "receipt closed without a paper cut at shutdown or disconnect ({} bytes)",
             receipt.bytes
         )),
+        ClosedBy::Resync => Some(format!(
+            "receipt closed without a paper cut where the printer stream was found again after \
+             garbled bytes ({} bytes)",
+            receipt.bytes
+        )),
     }
 }
 

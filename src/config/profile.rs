@@ -320,7 +320,8 @@ pub struct EscposSettings {
     pub chinese_mode: bool,
     /// Whether CR alone ends a line (otherwise CR is ignored).
     pub cr_ends_line: bool,
-    /// Printer bytes after which a receipt that never saw a cut is closed.
+    /// Printer bytes after which a receipt that never saw a cut is closed; also the longest
+    /// image or other command payload trusted (a longer length is taken as garbled).
     pub max_receipt: usize,
     /// Silence after which a receipt that never saw a cut is closed.
     pub receipt_timeout: Duration,

@@ -19,6 +19,10 @@
 //! is this an answer card (then the scan is recorded with `answer_code: true` and answers the
 //! station's oldest open prompt), and does it target a campaign today (then the scan record
 //! carries `campaign` and, once it is in the journal, a prompt opens with the scan's id).
+//!
+//! Bad frames are logged through [`log_limit`]: a few lines per device per interval, then one
+//! summary with how many were held back and a sample, so line noise cannot flood the log (the
+//! records and `posgw_bad_frames_total` still count every one).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,8 +43,10 @@ use crate::metrics::Metrics;
 use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
 use crate::sales::{self, Sale};
 
+pub mod log_limit;
 mod scan_data;
 
+use log_limit::{LogLimit, Suppressed};
 use scan_data::ScanData;
 
 /// Device events that may wait for the core before device tasks feel backpressure.
@@ -48,6 +54,12 @@ const QUEUE_EVENTS: usize = 1024;
 
 /// Longest excerpt of a bad frame kept in its record's `detail`.
 const BAD_FRAME_EXCERPT: usize = 256;
+
+/// Bad frames logged per device and [`BAD_FRAME_LOG_INTERVAL`]; the rest are summarised (they
+/// are all recorded and counted all the same).
+const BAD_FRAME_LOG_BURST: u32 = 5;
+/// See [`BAD_FRAME_LOG_BURST`].
+const BAD_FRAME_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Health of the write path, shown by `/healthz`.
 #[derive(Debug, Default)]
@@ -102,6 +114,10 @@ pub fn spawn(journal: JournalHandle, metrics: Metrics, prompts: PromptsHandle) -
         prompts,
         health: health.clone(),
         card_answers: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
+        bad_frame_log: std::sync::Mutex::new(LogLimit::new(
+            BAD_FRAME_LOG_INTERVAL,
+            BAD_FRAME_LOG_BURST,
+        )),
     };
     let task = tokio::spawn(core.run(rx));
     CoreHandle {
@@ -118,6 +134,9 @@ struct Core {
     health: Arc<Health>,
     /// Answer-card answers in flight; drained before the core ends so none is lost at shutdown.
     card_answers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Bad-frame log lines per device: a few per interval, the rest summarised. Only the core
+    /// task locks it, never across an `.await`.
+    bad_frame_log: std::sync::Mutex<LogLimit>,
 }
 
 /// What a decoded scan becomes: its record's data, and what it asks of the prompt engine.
@@ -191,7 +210,19 @@ impl Groups {
 
 impl Core {
     async fn run(self, mut events: mpsc::Receiver<DeviceEvent>) {
-        while let Some(event) = events.recv().await {
+        loop {
+            // Bad frames held back from the log are summarised when their interval is over,
+            // also when no event comes after them.
+            let expiry = self.bad_frame_log().next_expiry();
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = sleep_until_or_never(expiry) => {
+                    let summaries = self.bad_frame_log().expired(tokio::time::Instant::now());
+                    summaries.iter().for_each(log_suppressed);
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
             // Whatever queued meanwhile is handled in the same turn, so that a burst of plain
             // scans (an MQTT backlog, a busy store) goes to the journal as one batch.
             let mut turn = vec![event];
@@ -208,6 +239,15 @@ impl Core {
         }
         let mut answers = self.card_answers.lock().await;
         while answers.join_next().await.is_some() {}
+        let end = tokio::time::Instant::now() + BAD_FRAME_LOG_INTERVAL;
+        let summaries = self.bad_frame_log().expired(end);
+        summaries.iter().for_each(log_suppressed);
+    }
+
+    fn bad_frame_log(&self) -> std::sync::MutexGuard<'_, LogLimit> {
+        self.bad_frame_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Handles events in order; consecutive plain scans are appended as one batch (in order with
@@ -360,11 +400,24 @@ impl Core {
         let Some(escpos) = device.profile.escpos.as_ref() else {
             return;
         };
-        if receipt.unknown_commands > 0 {
-            let detail = format!(
-                "{} unknown ESC/POS command(s) skipped in a receipt",
-                receipt.unknown_commands
-            );
+        let untrusted = match receipt.untrusted_lengths {
+            0 => String::new(),
+            n => format!(
+                "{n} ESC/POS payload length(s) not trusted (longer than max_receipt, or after \
+                 garbled bytes) and skipped only to the next ESC @ or cut"
+            ),
+        };
+        let detail = match (receipt.unknown_commands, untrusted.is_empty()) {
+            (0, true) => None,
+            (0, false) => Some(format!("{untrusted} in a receipt")),
+            (n, true) => Some(format!(
+                "{n} unknown ESC/POS command(s) skipped in a receipt"
+            )),
+            (n, false) => Some(format!(
+                "{n} unknown ESC/POS command(s) skipped and {untrusted} in a receipt"
+            )),
+        };
+        if let Some(detail) = detail {
             self.bad_frame(device, &detail).await;
         }
         if let Some(note) = sales::unusual_end(receipt, escpos.max_receipt) {
@@ -518,7 +571,17 @@ impl Core {
     }
 
     async fn bad_frame(&self, device: &DeviceInfo, detail: &str) -> Option<Appended> {
-        tracing::warn!(device = %device.id, "bad frame: {detail}");
+        let (log, ended) =
+            self.bad_frame_log()
+                .admit(&device.id, tokio::time::Instant::now(), || {
+                    detail.to_owned()
+                });
+        if let Some(summary) = ended {
+            log_suppressed(&summary);
+        }
+        if log {
+            tracing::warn!(device = %device.id, "bad frame: {detail}");
+        }
         self.metrics.bad_frame(&device.id);
         self.device_record(device, "bad_frame", detail).await
     }
@@ -573,6 +636,26 @@ impl Core {
                 None
             }
         }
+    }
+}
+
+/// Logs the summary of bad frames held back from the log.
+fn log_suppressed(summary: &Suppressed) {
+    tracing::warn!(
+        device = %summary.key,
+        suppressed = summary.count,
+        "{} more bad frame(s) within {}s not logged (each is recorded and counted in \
+         posgw_bad_frames_total); the first: {}",
+        summary.count,
+        BAD_FRAME_LOG_INTERVAL.as_secs(),
+        summary.sample
+    );
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -23,6 +23,8 @@
 //! - `Qr`: the payload of `GS ( k … cn=0x31 fn='P'` (store QR data) is kept, up to [`MAX_QR`]
 //!   bytes, and reported in [`Receipt::qr`].
 //! - `UntilNul`: `GS k` barcodes of forms m = 0–6 and `ESC D` tab stops end at a NUL.
+//! - `Resync`: a payload whose length cannot be trusted (see below) is skipped only up to the
+//!   next `ESC @` or cut, where decoding starts again.
 //!
 //! # Commands
 //! Every command of DOMAIN.md section 4 is recognised, plus a few common Epson ones whose
@@ -63,6 +65,19 @@
 //! silence); [`Receipt::is_blank`] tells the caller which ones carry nothing worth recording.
 //! [`EscposDecoder::close`] also drops a half-received command: after a silence, a command cut
 //! off in the middle (a register restarting) must not swallow the next receipt.
+//!
+//! # Resynchronisation
+//! A payload length is trusted only while the decoder is in sync with the stream: at start,
+//! after a cut, after `ESC @`, and after a silence ([`EscposDecoder::close`]). An unknown command
+//! or a length longer than `max_receipt` (no receipt holds such an image: it is line noise or a
+//! broken register) loses sync. Out of sync, a payload is skipped at most by its length, and
+//! only up to the next `ESC @` or cut (`GS V`, `ESC i`, `ESC m`): a bogus length never swallows
+//! the receipts after it. Every real receipt starts with `ESC @`, so the next one is found at
+//! its first byte; found there, the `ESC @` also ends the receipt in progress (its bytes so far
+//! are garbled, [`ClosedBy::Resync`]) and the next one starts clean. A receipt without `ESC @`
+//! is found again at its cut, the bytes before it lost. Such lengths are counted in
+//! [`Receipt::untrusted_lengths`]. The cost is only that an image in a receipt that already
+//! had an unknown command may be cut short where its data looks like `ESC @` or a cut.
 //!
 //! Memory is bounded by `max_receipt`: the raw line is at most [`MAX_LINE`] bytes, a QR payload at
 //! most [`MAX_QR`], and the lines of a receipt hold at most what its bytes decode to.
@@ -118,6 +133,9 @@ pub enum ClosedBy {
     Timeout,
     /// The gateway is stopping.
     Shutdown,
+    /// The stream had lost sync (garbled bytes, a bogus length) and found it again at an
+    /// `ESC @`, which starts the next receipt.
+    Resync,
 }
 
 /// One decoded receipt.
@@ -131,6 +149,9 @@ pub struct Receipt {
     pub bytes: usize,
     /// Unknown `ESC`/`GS`/`FS` sequences skipped.
     pub unknown_commands: u32,
+    /// Payload lengths not trusted (longer than `max_receipt`, or after the stream lost sync):
+    /// skipped only up to the next `ESC @` or cut.
+    pub untrusted_lengths: u32,
     /// QR payloads stored for printing (`GS ( k` with cn = 0x31, fn = 'P'), in order.
     pub qr: Vec<String>,
 }
@@ -169,6 +190,14 @@ enum State {
     Skip(u64),
     /// Keeping a QR payload of this many more bytes.
     Qr(u64),
+    /// Skipping an untrusted payload: at most `left` more bytes, and only up to the next
+    /// `ESC @` or cut (`at` is how much of one was seen).
+    Resync {
+        /// Bytes still allowed (`u64::MAX`: as many as it takes).
+        left: u64,
+        /// The part of a resync point seen so far.
+        at: ResyncAt,
+    },
     /// Skipping to a NUL, at most `left` more bytes; a control byte ends it early (unread) when
     /// `stop_on_control` (barcode data is printable, tab stops are not).
     UntilNul {
@@ -177,6 +206,21 @@ enum State {
         /// Whether a byte below 0x20 ends the data (and is then read as itself).
         stop_on_control: bool,
     },
+}
+
+/// How much of a resync point (`ESC @`, `ESC i`, `ESC m`, `GS V m [n]`) the last bytes were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResyncAt {
+    /// Nothing yet.
+    Nothing,
+    /// `ESC`.
+    Esc,
+    /// `GS`.
+    Gs,
+    /// `GS V`.
+    GsV,
+    /// `GS V m` with m = 65, 66, 97, 98, 103 or 104: one more byte and it is a cut.
+    GsVm,
 }
 
 /// What a complete fixed-length command does to the decoder.
@@ -268,6 +312,10 @@ pub struct EscposDecoder {
     qr_bytes: Vec<u8>,
     /// Unknown commands in the receipt in progress.
     unknown_commands: u32,
+    /// Untrusted payload lengths in the receipt in progress.
+    untrusted_lengths: u32,
+    /// Whether payload lengths are trusted (see the module doc).
+    in_sync: bool,
     /// Bytes of the receipt in progress.
     receipt_bytes: usize,
 }
@@ -300,6 +348,8 @@ impl EscposDecoder {
             qr: Vec::new(),
             qr_bytes: Vec::new(),
             unknown_commands: 0,
+            untrusted_lengths: 0,
+            in_sync: true,
             receipt_bytes: 0,
         };
         decoder.mode = decoder.current_mode();
@@ -315,11 +365,11 @@ impl EscposDecoder {
             // the input is split.
             let room = self.max_receipt - self.receipt_bytes;
             let window = &bytes[..bytes.len().min(room)];
-            let (used, cut) = self.feed(window);
+            let (used, end) = self.feed(window);
             self.receipt_bytes += used;
             bytes = &bytes[used..];
-            if cut {
-                out.push(self.finish(ClosedBy::Cut));
+            if let Some(why) = end {
+                out.push(self.finish(why));
             } else if self.receipt_bytes >= self.max_receipt {
                 out.push(self.finish(ClosedBy::Size));
             }
@@ -331,6 +381,8 @@ impl EscposDecoder {
     pub fn close(&mut self, why: ClosedBy) -> Option<Receipt> {
         self.state = State::Text;
         self.command_len = 0;
+        // After a silence the register starts afresh.
+        self.in_sync = true;
         self.qr_bytes.clear();
         if self.receipt_bytes == 0 {
             return None;
@@ -344,9 +396,9 @@ impl EscposDecoder {
         self.receipt_bytes > 0
     }
 
-    /// Runs the state machine over `input` until it is used up or a cut completes; returns the
-    /// bytes consumed and whether a cut ended there.
-    fn feed(&mut self, input: &[u8]) -> (usize, bool) {
+    /// Runs the state machine over `input` until it is used up or a receipt ends (a cut, or an
+    /// `ESC @` out of sync); returns the bytes consumed and why the receipt ended there.
+    fn feed(&mut self, input: &[u8]) -> (usize, Option<ClosedBy>) {
         let mut at = 0;
         while at < input.len() {
             match self.state {
@@ -397,9 +449,25 @@ impl EscposDecoder {
                     match parsed {
                         Parse::More => {}
                         Parse::Done(action) => {
-                            if self.apply(action) {
-                                return (at, true);
+                            if let Some(end) = self.apply(action) {
+                                return (at, Some(end));
                             }
+                        }
+                        Parse::Skip(count) | Parse::Qr(count)
+                            if count > 0 && !self.trusted(count) =>
+                        {
+                            self.untrusted_lengths = self.untrusted_lengths.saturating_add(1);
+                            // A bogus length says nothing about where the payload ends.
+                            let left = if count > self.max_receipt as u64 {
+                                u64::MAX
+                            } else {
+                                count
+                            };
+                            self.state = State::Resync {
+                                left,
+                                at: ResyncAt::Nothing,
+                            };
+                            self.in_sync = false;
                         }
                         Parse::Skip(count) if count > 0 => self.state = State::Skip(count),
                         Parse::Skip(_) => {}
@@ -437,6 +505,13 @@ impl EscposDecoder {
                     } else {
                         State::Skip(left)
                     };
+                }
+                State::Resync { left, at: seen } => {
+                    let (used, end) = self.resync(&input[at..], left, seen);
+                    at += used;
+                    if end.is_some() {
+                        return (at, end);
+                    }
                 }
                 State::Qr(count) => {
                     let take = skip_len(count, input.len() - at);
@@ -477,23 +552,90 @@ impl EscposDecoder {
                 }
             }
         }
-        (at, false)
+        (at, None)
     }
 
-    /// Carries out a complete fixed-length command; true when it is a cut.
-    fn apply(&mut self, action: Action) -> bool {
+    /// Whether a payload of `count` bytes may be skipped by its length (see the module doc).
+    fn trusted(&self, count: u64) -> bool {
+        self.in_sync && count <= self.max_receipt as u64
+    }
+
+    /// Skips untrusted payload bytes of `input` (at most `left`), looking for a resync point
+    /// (`seen`: how much of one the bytes before were); returns the bytes consumed and, when
+    /// the resync point ended the receipt, why. Leaves `state` where the bytes left it.
+    fn resync(&mut self, input: &[u8], left: u64, mut seen: ResyncAt) -> (usize, Option<ClosedBy>) {
+        let window = &input[..skip_len(left, input.len())];
+        let mut at = 0;
+        while at < window.len() {
+            if seen == ResyncAt::Nothing {
+                match window[at..]
+                    .iter()
+                    .position(|&byte| byte == ESC || byte == GS)
+                {
+                    Some(lead) => at += lead,
+                    None => {
+                        at = window.len();
+                        break;
+                    }
+                }
+            }
+            let byte = window[at];
+            at += 1;
+            let action = match (seen, byte) {
+                (ResyncAt::Esc, b'@') => Some(Action::Init),
+                (ResyncAt::Esc, b'i' | b'm') => Some(Action::Cut),
+                (ResyncAt::Gs, b'V') => {
+                    seen = ResyncAt::GsV;
+                    continue;
+                }
+                (ResyncAt::GsV, 0 | 1 | 48 | 49) | (ResyncAt::GsVm, _) => Some(Action::Cut),
+                (ResyncAt::GsV, 65 | 66 | 97 | 98 | 103 | 104) => {
+                    seen = ResyncAt::GsVm;
+                    continue;
+                }
+                _ => None,
+            };
+            if let Some(action) = action {
+                self.state = State::Text;
+                return (at, self.apply(action));
+            }
+            seen = match byte {
+                ESC => ResyncAt::Esc,
+                GS => ResyncAt::Gs,
+                _ => ResyncAt::Nothing,
+            };
+        }
+        let left = left.saturating_sub(at as u64);
+        self.state = if left == 0 {
+            // The payload is over (still out of sync): what follows is read as usual.
+            State::Text
+        } else {
+            State::Resync { left, at: seen }
+        };
+        (at, None)
+    }
+
+    /// Carries out a complete fixed-length command; says when it ends the receipt (a cut, or
+    /// an `ESC @` that finds the stream again after it lost sync).
+    fn apply(&mut self, action: Action) -> Option<ClosedBy> {
         match action {
             Action::Nothing => {}
             Action::EndLine => self.end_line(false),
             Action::Cut => {
                 self.end_line(false);
-                return true;
+                self.in_sync = true;
+                return Some(ClosedBy::Cut);
             }
             Action::Init => {
                 self.end_line(false);
                 self.chinese = self.chinese_at_start;
                 self.code_page = 0;
                 self.update_mode();
+                if !self.in_sync {
+                    // What came before was garbled: it is not part of the receipt this starts.
+                    self.in_sync = true;
+                    return Some(ClosedBy::Resync);
+                }
             }
             Action::CodePage(page) => {
                 self.code_page = page;
@@ -504,12 +646,14 @@ impl EscposDecoder {
                 self.update_mode();
             }
         }
-        false
+        None
     }
 
-    /// Counts an unknown command, saturating (a receipt is closed long before it matters).
+    /// Counts an unknown command, saturating (a receipt is closed long before it matters); the
+    /// stream is out of sync from there.
     fn count_unknown(&mut self) {
         self.unknown_commands = self.unknown_commands.saturating_add(1);
+        self.in_sync = false;
     }
 
     /// The text mode for the current Chinese mode and code page.
@@ -654,6 +798,7 @@ impl EscposDecoder {
             closed_by: why,
             bytes,
             unknown_commands: std::mem::take(&mut self.unknown_commands),
+            untrusted_lengths: std::mem::take(&mut self.untrusted_lengths),
             qr: std::mem::take(&mut self.qr),
         }
     }
@@ -1304,14 +1449,114 @@ mod tests {
             max_receipt: 1024,
             ..settings()
         };
+        // The image starts at byte 711 and ends at 1311: the receipt closes inside it.
         let mut bytes = b"a\n".to_vec();
-        bytes.extend(raster(100, 30));
+        bytes.extend([b'x'; 700]);
+        bytes.push(LF);
+        bytes.extend(raster(20, 30));
         bytes.extend(b"b\n\x1dV\x00");
         let receipts = decode_all(&settings, &bytes);
         let lines: Vec<_> = receipts.iter().map(|r| r.lines.clone()).collect();
-        assert_eq!(lines, [vec!["a"], vec![], vec!["b"]]);
-        assert_eq!(receipts[1].closed_by, ClosedBy::Size);
+        assert_eq!(
+            lines,
+            [vec!["a".to_string(), "x".repeat(700)], vec!["b".into()]]
+        );
+        assert_eq!(receipts[0].closed_by, ClosedBy::Size);
+        assert_eq!(receipts[1].closed_by, ClosedBy::Cut);
+        assert_eq!(receipts[1].untrusted_lengths, 0);
+    }
+
+    /// The lines of the receipts that carry any, in order.
+    fn texts(receipts: &[Receipt]) -> Vec<Vec<String>> {
+        receipts
+            .iter()
+            .filter(|receipt| !receipt.is_blank())
+            .map(|receipt| receipt.lines.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_gs_8_l_announcing_gigabytes_swallows_none_of_the_next_receipts() {
+        let receipt_a: Vec<String> = RECEIPT_A_TXT.lines().map(String::from).collect();
+        // Alone before the receipts, and inside a receipt that already printed a line.
+        for before in [&b""[..], b"printed\n"] {
+            let mut bytes = before.to_vec();
+            bytes.extend([GS, b'8', b'L', 0xFF, 0xFF, 0xFF, 0xFF, 0x30, 0x70]);
+            for _ in 0..5 {
+                bytes.extend(RECEIPT_A);
+            }
+            for sizes in [&[bytes.len()][..], &[1], &[3, 250, 7]] {
+                let receipts = decode_chunked(&settings(), &bytes, sizes);
+                let mut expected = vec![receipt_a.clone(); 5];
+                if !before.is_empty() {
+                    expected.insert(0, vec!["printed".into()]);
+                }
+                assert_eq!(texts(&receipts), expected, "{before:?} {sizes:?}");
+                // The receipt holding the bogus length ends where the next one starts.
+                assert_eq!(receipts[0].closed_by, ClosedBy::Resync);
+                assert_eq!(receipts[0].untrusted_lengths, 1);
+                assert!(receipts[1..].iter().all(|r| r.closed_by == ClosedBy::Cut));
+                assert!(receipts[1..].iter().all(|r| r.untrusted_lengths == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_receipt_without_init_after_a_bogus_length_is_found_again_at_its_cut() {
+        let mut bytes = vec![GS, b'v', b'0', 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        bytes.extend(b"lost\n\x1dV\x00next\n\x1dVA\x03");
+        let receipts = decode_all(&settings(), &bytes);
+        assert_eq!(texts(&receipts), [vec!["next".to_string()]]);
+        assert_eq!(receipts[0].closed_by, ClosedBy::Cut);
+        assert_eq!(receipts[0].untrusted_lengths, 1);
+    }
+
+    #[test]
+    fn out_of_sync_a_plausible_length_stops_at_the_next_init() {
+        // An unknown command, then a 60,000-byte "image" that is really the next receipt.
+        let mut bytes = b"\x1b~garbled\n".to_vec();
+        bytes.extend([ESC, b'*', 0, 0x60, 0xEA]);
+        bytes.extend(b"\x1b@real\n\x1dV\x00");
+        // Back in sync: lengths are trusted again and skip what looks like commands.
+        bytes.extend([ESC, b'*', 0, 4, 0, ESC, b'@', GS, b'V']);
+        bytes.extend(b"after\n\x1dV\x00");
+        let receipts = decode_all(&settings(), &bytes);
+        assert_eq!(
+            texts(&receipts),
+            [
+                vec!["garbled".to_string()],
+                vec!["real".into()],
+                vec!["after".into()]
+            ]
+        );
+        assert_eq!(receipts[0].closed_by, ClosedBy::Resync);
+        assert_eq!(
+            (receipts[0].unknown_commands, receipts[0].untrusted_lengths),
+            (1, 1)
+        );
+        assert_eq!(receipts[1].closed_by, ClosedBy::Cut);
         assert_eq!(receipts[2].closed_by, ClosedBy::Cut);
+    }
+
+    #[test]
+    fn receipts_after_random_line_noise_are_recovered() {
+        use rand::{RngCore, SeedableRng};
+        let receipt = decode_all(&settings(), &chinese_receipt()).remove(0).lines;
+        for seed in 1..=8 {
+            // More noise than one receipt may hold, so it is also cut by size.
+            let mut bytes = vec![0u8; 300 * 1024];
+            rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+            for _ in 0..5 {
+                bytes.extend(chinese_receipt());
+            }
+            let receipts = decode_chunked(&settings(), &bytes, &[4096, 17, 256]);
+            let last: Vec<_> = receipts[receipts.len() - 5..].to_vec();
+            for (i, recovered) in last.iter().enumerate() {
+                assert_eq!(recovered.lines, receipt, "seed {seed}, receipt {i}");
+                assert_eq!(recovered.closed_by, ClosedBy::Cut);
+                assert_eq!(recovered.qr.len(), 1);
+            }
+        }
     }
 
     #[test]

@@ -532,6 +532,35 @@ mod tests {
         }
     }
 
+    /// Noise on a line framed only by the idle gap (no terminator ever comes): however long it
+    /// runs, the framer holds at most `max_frame` bytes, and reports it once as overlong.
+    #[test]
+    fn a_terminator_less_stream_of_noise_stays_within_max_frame() {
+        use rand::{RngCore, SeedableRng};
+        let mut s = spec(false, false);
+        s.max_frame = 4096;
+        let mut framer = Framer::new(s);
+        let mut noise = vec![0u8; 64 * 1024];
+        rand::rngs::StdRng::seed_from_u64(5).fill_bytes(&mut noise);
+        let mut events = Vec::new();
+        for _ in 0..160 {
+            framer.push(&noise, |event| events.push(event));
+            assert!(
+                framer.buf.capacity() <= 2 * 4096,
+                "{}",
+                framer.buf.capacity()
+            );
+        }
+        assert!(events.is_empty());
+        match framer.idle() {
+            Some(FrameEvent::Overlong { len, head }) => {
+                assert_eq!(len, 160 * noise.len());
+                assert_eq!(head, noise[..OVERLONG_HEAD]);
+            }
+            other => panic!("expected one overlong report, got {other:?}"),
+        }
+    }
+
     #[test]
     fn failure_function_examples() {
         assert_eq!(failure_function(b"aab"), vec![0, 1, 0]);

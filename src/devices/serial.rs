@@ -26,7 +26,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Local;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +91,7 @@ pub struct SerialDevice {
     pub info: Arc<DeviceInfo>,
     /// Where frames and connection events go: a [`relay`](super::relay) to the core, so
     /// reading (and the passthrough) never waits for the journal.
-    pub events: mpsc::UnboundedSender<DeviceEvent>,
+    pub events: super::RelaySender,
     /// Its published status.
     pub status: watch::Sender<DeviceStatus>,
     /// Codes never passed through (answer cards), as scanned data without a symbology id; the
@@ -612,6 +612,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use tokio::io::AsyncWriteExt;
+    use tokio::sync::mpsc;
     use tokio_serial::SerialPort;
 
     use super::*;
@@ -657,10 +658,12 @@ mod tests {
         let (core, mut stuck) = mpsc::channel(1);
         let (status, _view) = super::super::status_channel(&settings);
         let (_cards, hold_back) = watch::channel(Arc::new(HashSet::new()));
+        let info = Arc::new(DeviceInfo::from_settings(&settings));
+        let metrics = crate::metrics::Metrics::new();
         let device = SerialDevice {
-            info: Arc::new(DeviceInfo::from_settings(&settings)),
+            events: super::super::relay(core, info.clone(), &metrics),
+            info,
             settings,
-            events: super::super::relay(core),
             status,
             hold_back,
             passthrough: PassthroughCounters::default(),

@@ -29,7 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +79,7 @@ pub struct TcpTap {
     /// Its identity as written into records.
     pub info: Arc<DeviceInfo>,
     /// Where receipts and connection events go (a relay to the core).
-    pub events: mpsc::UnboundedSender<DeviceEvent>,
+    pub events: super::RelaySender,
     /// Its published status.
     pub status: watch::Sender<DeviceStatus>,
     /// Bytes forwarded each way (`to_passthrough` = register → printer).
@@ -91,7 +91,7 @@ pub struct TcpTap {
 /// What the connection tasks share with the tap task.
 struct Shared {
     info: Arc<DeviceInfo>,
-    events: mpsc::UnboundedSender<DeviceEvent>,
+    events: super::RelaySender,
     status: watch::Sender<DeviceStatus>,
     bytes: PassthroughCounters,
     connections: TapCounters,
