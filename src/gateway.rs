@@ -179,6 +179,7 @@ pub async fn run(
                 gateway: settings.gateway.id.clone(),
                 devices: mqtt_devices,
                 events: core.events.clone(),
+                journal: journal.clone(),
             };
             device_tasks.spawn(task.run(stop.child_token()));
         }

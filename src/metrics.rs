@@ -62,6 +62,9 @@ pub struct Metrics {
     pub uplink_retries: Counter,
     /// Records moved to the dead-letter set after HQ refused them (`posgw_uplink_dead_records_total`).
     pub uplink_dead: Counter,
+    /// MQTT messages the broker delivered again (DUP) whose record the journal already held:
+    /// acknowledged without being recorded twice (`posgw_mqtt_redelivered_skipped_total`).
+    pub mqtt_redelivered_skipped: Counter,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -81,6 +84,7 @@ impl Metrics {
         let uplink_sent = Counter::default();
         let uplink_retries = Counter::default();
         let uplink_dead = Counter::default();
+        let mqtt_redelivered_skipped = Counter::default();
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -143,6 +147,11 @@ impl Metrics {
             "Records HQ refused, moved to the dead-letter set",
             uplink_dead.clone(),
         );
+        registry.register(
+            "mqtt_redelivered_skipped",
+            "MQTT messages delivered again whose record the journal already held (not recorded twice)",
+            mqtt_redelivered_skipped.clone(),
+        );
         Metrics {
             records,
             bad_frames,
@@ -156,6 +165,7 @@ impl Metrics {
             uplink_sent,
             uplink_retries,
             uplink_dead,
+            mqtt_redelivered_skipped,
             registry: Arc::new(registry),
         }
     }

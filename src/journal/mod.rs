@@ -50,6 +50,8 @@
 //!   journal/
 //!     segments/000…0001.seg        the record log: frames (length, CRC-32, position, record
 //!                                  JSON bytes), one file per ~8 MiB, named by first position
+//!     messages                     identities of the MQTT messages records came from: one
+//!                                  32-byte slot per packet id (2 MiB), see `messages`
 //!     conf, db, snap.*, blobs/     the sled 0.34 database:
 //!       tree "meta"                "format" = "2", "epoch" = 8 hex chars,
 //!                                  "seq_floor" = u64 BE, "position_floor" = u64 BE,
@@ -138,6 +140,20 @@
 //! made durable first, then the segment is rewritten without them (temporary file, fsync,
 //! rename, folder fsync); a crash in between leaves the record in the log, to be sent again.
 //!
+//! # MQTT message identities
+//!
+//! A record an MQTT message became ([`JournalHandle::append_from`],
+//! [`JournalHandle::append_batch_from`]) has the message's identity ([`MessageId`]: packet id and
+//! a hash of topic and payload) put in the `messages` table in the same append. The log hands the
+//! table's changed pages to the kernel before any frame, and a flush fsyncs it with the
+//! segments, so whatever record survives a crash has its identity, and an identity whose record
+//! did not survive (its position is not below the next position at open) is cleared at open.
+//! The table does not follow removals: HQ may hold the record before its message was
+//! acknowledged to the broker. [`JournalHandle::recorded`] tells the core that a message
+//! delivered again is recorded already; [`JournalHandle::reused`] retires an identity once the
+//! broker gave its packet id to a new message. The MQTT device task's module doc has the
+//! protocol side.
+//!
 //! A clean close saves the backlog figures in meta (`counters`, the last write before the final
 //! flush); the next open uses and removes them instead of counting the log. After a crash there
 //! are none and the open counts the log's frames above the acknowledged position.
@@ -210,12 +226,14 @@
 //! - `segments`: the record log (segment files, frames, cutting a torn tail, rewrites).
 //! - `floor`: the floor file.
 //! - `writer`: the actor, [`JournalHandle`], batches, group commit.
+//! - `messages`: the MQTT message identities.
 //! - `offline`: `stats`, `dump`.
 //! - `salvage`: `salvage` and the raw scan.
 
 pub mod clock;
 mod error;
 mod floor;
+mod messages;
 mod offline;
 pub mod record;
 mod salvage;
@@ -227,6 +245,7 @@ mod writer;
 mod tests;
 
 pub use error::JournalError;
+pub use messages::MessageId;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
 pub use record::{Data, Kind};
 pub use salvage::{salvage, SalvageReport, SalvagedFolder};

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use nix::fcntl::{Flock, FlockArg};
@@ -18,6 +19,7 @@ use sled::{Batch, Db, Transactional, Tree};
 use super::clock::Clock;
 use super::error::JournalError;
 use super::floor::{self, Floor};
+use super::messages::{self, MessageId, MessageTable, SharedMessages};
 use super::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder, RecordHead};
 use super::segments::{Log, Mark, SyncJob};
 
@@ -403,6 +405,9 @@ pub(crate) struct Store {
     /// Injected failures (tests only).
     #[cfg(test)]
     pub(crate) faults: Faults,
+    /// The identities of the MQTT messages records came from (`messages`); `None` for offline
+    /// commands, which never append.
+    pub(crate) messages: Option<SharedMessages>,
     /// Dropped last (fields drop in declaration order), after sled released its files.
     _lock: JournalLock,
 }
@@ -420,6 +425,8 @@ impl std::fmt::Debug for Store {
 /// What a flush must do, taken from the store by [`Store::flush_job`] and run on a blocking
 /// thread: fsync the log's files, then sled when asked to.
 pub(crate) struct FlushJob {
+    /// The message identities' file, when it changed.
+    messages: Option<Arc<File>>,
     /// The log files and folder.
     log: SyncJob,
     /// The database, when its changes are to be made durable too.
@@ -429,6 +436,11 @@ pub(crate) struct FlushJob {
 impl FlushJob {
     /// fsyncs the record log, then sled.
     pub(crate) fn run(&self) -> Result<(), JournalError> {
+        if let Some(messages) = &self.messages {
+            messages
+                .sync_data()
+                .map_err(|err| JournalError::Flush(format!("message identities: {err}")))?;
+        }
         self.log
             .run()
             .map_err(|err| JournalError::Flush(format!("record log: {err}")))?;
@@ -758,6 +770,7 @@ pub(crate) fn open_store(
         broken: None,
         floor_dir: None,
         evict_from: 0,
+        messages: None,
         #[cfg(test)]
         faults: Faults::default(),
         _lock: lock,
@@ -886,8 +899,19 @@ pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
 impl Store {
     /// Appends a new record of this journal; it is in the log but not yet durable.
     pub(crate) fn append(&mut self, kind: Kind, data: &Data) -> Result<LocalAppend, JournalError> {
+        self.append_from(kind, data, None)
+    }
+
+    /// [`Store::append`] of the record an MQTT message became: the message's identity is kept
+    /// with it (see `messages`).
+    pub(crate) fn append_from(
+        &mut self,
+        kind: Kind,
+        data: &Data,
+        origin: Option<MessageId>,
+    ) -> Result<LocalAppend, JournalError> {
         check_data_is_object(data.as_bytes()).map_err(JournalError::InvalidData)?;
-        let local = self.write_records(kind, std::slice::from_ref(data))?;
+        let local = self.write_records(kind, std::slice::from_ref(data), &[origin])?;
         Ok(LocalAppend {
             seq: local.first_seq,
             position: local.first_position,
@@ -898,20 +922,41 @@ impl Store {
     /// Appends several records of one kind with contiguous seqs and positions, all or nothing:
     /// if one cannot be appended, the batch is taken back out of the log and no seq is used.
     /// (If even that fails, [`Store::broken`] is set.)
+    /// `origins`: the identity of the MQTT message record `i` came from, if any (as long as
+    /// `data`, or empty).
     pub(crate) fn append_batch(
         &mut self,
         kind: Kind,
         data: &[Data],
+        origins: &[Option<MessageId>],
     ) -> Result<LocalBatch, JournalError> {
         for (index, item) in data.iter().enumerate() {
             check_data_is_object(item.as_bytes())
                 .map_err(|err| JournalError::InvalidData(format!("record {index}: {err}")))?;
         }
-        self.write_records(kind, data)
+        self.write_records(kind, data, origins)
     }
 
-    /// Encodes and appends checked records with the next seqs and positions, all or nothing.
-    fn write_records(&mut self, kind: Kind, data: &[Data]) -> Result<LocalBatch, JournalError> {
+    /// Opens the table of message identities in `journal_dir` (live journals only); its slots
+    /// of records that did not survive are cleared.
+    pub(crate) fn attach_messages(&mut self, journal_dir: &Path) -> Result<(), JournalError> {
+        let table = MessageTable::open(journal_dir, self.next_position)
+            .map_err(|err| JournalError::storage("opening the message identities", err))?;
+        let shared: SharedMessages = Arc::new(std::sync::Mutex::new(table));
+        self.log.attach_messages(shared.clone());
+        self.messages = Some(shared);
+        Ok(())
+    }
+
+    /// Encodes and appends checked records with the next seqs and positions, all or nothing;
+    /// the identities of the messages they came from (`origins`, by index) go into the table in
+    /// the same write.
+    fn write_records(
+        &mut self,
+        kind: Kind,
+        data: &[Data],
+        origins: &[Option<MessageId>],
+    ) -> Result<LocalBatch, JournalError> {
         let first_seq = self.next_seq;
         let first_position = self.next_position;
         // The records are written together, so one clock stamp serves them all.
@@ -929,7 +974,24 @@ impl Store {
                 }
             }
         }
+        // Noted before `end`, which may hand the frames to the kernel: the table goes first.
+        let mut replaced = Vec::new();
+        if let Some(messages) = &self.messages {
+            let mut table = messages::lock(messages);
+            for (offset, origin) in (0u64..).zip(origins) {
+                if let Some(origin) = origin {
+                    let before = table.record(*origin, first_position + offset);
+                    replaced.push((origin.pkid, before));
+                }
+            }
+        }
         if let Err(err) = self.end() {
+            if let Some(messages) = &self.messages {
+                let mut table = messages::lock(messages);
+                for (pkid, before) in replaced.into_iter().rev() {
+                    table.restore(pkid, before);
+                }
+            }
             self.roll_back(mark);
             return Err(err);
         }
@@ -1386,6 +1448,12 @@ impl Store {
     pub(crate) fn flush_job(&mut self, with_meta: bool) -> Result<FlushJob, JournalError> {
         // A write the log took back (a full disk) is retried at the next flush; one it could
         // not take back is the end, like a failed fsync.
+        let messages = match &self.messages {
+            Some(messages) => messages::lock(messages)
+                .sync_job()
+                .map_err(|err| JournalError::storage("writing the message identities", err))?,
+            None => None,
+        };
         let log = self.log.sync_job().map_err(|err| {
             if self.log.is_torn() {
                 JournalError::Flush(format!("record log: {err}"))
@@ -1394,6 +1462,7 @@ impl Store {
             }
         })?;
         Ok(FlushJob {
+            messages,
             log,
             db: with_meta.then(|| self.db.clone()),
         })

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::error::JournalError;
+use super::messages::{self, MessageId, SharedMessages};
 use super::record::{Data, Kind};
 use super::store::{open_or_replace, Eviction, Replaced, Store, StoredRecord};
 
@@ -165,6 +166,11 @@ impl Durable {
         }
     }
 
+    /// The position of the record (of the batch's last one) it waits for.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// Whether the record is already known to be durable.
     pub fn is_durable(&self) -> bool {
         self.mark.borrow().position >= self.position
@@ -232,6 +238,8 @@ enum Command {
         kind: Kind,
         /// The record's `data`.
         data: Data,
+        /// The MQTT message it came from.
+        origin: Option<MessageId>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Appended, JournalError>>,
     },
@@ -241,6 +249,8 @@ enum Command {
         kind: Kind,
         /// The records' `data`, in order.
         data: Vec<Data>,
+        /// The MQTT message each came from (as long as `data`, or empty).
+        origins: Vec<Option<MessageId>>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<AppendedBatch, JournalError>>,
     },
@@ -289,6 +299,8 @@ pub struct JournalHandle {
     mark: watch::Receiver<DurableMark>,
     /// The journal's epoch (fixed).
     epoch: Arc<str>,
+    /// The identities of the MQTT messages records came from.
+    messages: Option<SharedMessages>,
 }
 
 impl std::fmt::Debug for Command {
@@ -311,13 +323,16 @@ pub async fn open(config: JournalConfig) -> Result<Opened, JournalError> {
     let data_dir = config.data_dir.clone();
     let store_code = config.store.clone();
     let gateway = config.gateway.clone();
-    let (store, replaced) =
-        tokio::task::spawn_blocking(move || open_or_replace(&data_dir, &store_code, &gateway))
-            .await
-            .map_err(|err| JournalError::Damaged {
-                path: config.data_dir.join(super::store::JOURNAL_DIR),
-                reason: format!("opening the journal failed: {err}"),
-            })??;
+    let (store, replaced) = tokio::task::spawn_blocking(move || {
+        let (mut store, replaced) = open_or_replace(&data_dir, &store_code, &gateway)?;
+        store.attach_messages(&data_dir.join(super::store::JOURNAL_DIR))?;
+        Ok::<_, JournalError>((store, replaced))
+    })
+    .await
+    .map_err(|err| JournalError::Damaged {
+        path: config.data_dir.join(super::store::JOURNAL_DIR),
+        reason: format!("opening the journal failed: {err}"),
+    })??;
     let handle = spawn(store, &config);
     if let Some(replaced) = &replaced {
         let appended = handle
@@ -353,6 +368,7 @@ pub(super) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
     let (mark_tx, mark) = watch::channel(initial);
     let stats = Arc::new(SharedStats::default());
     let epoch: Arc<str> = store.epoch.as_str().into();
+    let messages = store.messages.clone();
     let id_prefix: Arc<str> = store.id_prefix().into();
     let actor = Actor {
         id_prefix,
@@ -383,6 +399,7 @@ pub(super) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
         stats,
         mark,
         epoch,
+        messages,
     }
 }
 
@@ -407,9 +424,54 @@ impl JournalHandle {
         kind: Kind,
         data: impl Into<Data>,
     ) -> Result<Appended, JournalError> {
+        self.append_from(kind, data, None).await
+    }
+
+    /// [`JournalHandle::append`] of the record the MQTT message `origin` became: the message's
+    /// identity is kept with the record, durable with it, so that [`JournalHandle::recorded`]
+    /// knows the message when the broker delivers it again, even after a crash.
+    pub async fn append_from(
+        &self,
+        kind: Kind,
+        data: impl Into<Data>,
+        origin: Option<MessageId>,
+    ) -> Result<Appended, JournalError> {
         let data = data.into();
-        self.ask(|reply| Command::Append { kind, data, reply })
-            .await
+        self.ask(|reply| Command::Append {
+            kind,
+            data,
+            origin,
+            reply,
+        })
+        .await
+    }
+
+    /// The record the MQTT message `id` became, if the journal holds its identity and the
+    /// broker did not reuse its packet id since ([`JournalHandle::reused`]): resolves once that
+    /// record is durable. Records removed after upload still count.
+    pub fn recorded(&self, id: MessageId) -> Option<Durable> {
+        let position = messages::lock(self.messages.as_ref()?).recorded(id)?;
+        Some(Durable {
+            position,
+            mark: self.mark.clone(),
+        })
+    }
+
+    /// Notes that the broker delivered new messages (no DUP) with the packet ids `pkids`: the
+    /// messages those ids named before were acknowledged (a broker reuses an id only then), so
+    /// a redelivery with one of them is a new message, whatever its payload. Written to the
+    /// kernel at once; made durable by the next flush.
+    pub fn reused(&self, pkids: &[u16]) {
+        if pkids.is_empty() {
+            return;
+        }
+        let Some(shared) = &self.messages else { return };
+        let mut table = messages::lock(shared);
+        table.reused(pkids);
+        if let Err(error) = table.write_dirty() {
+            // Written again with the next flush, which fails loudly if the disk still refuses.
+            tracing::warn!(%error, "cannot write reused message identities");
+        }
     }
 
     /// Appends several records of one kind at once: far cheaper per record than as many
@@ -423,6 +485,18 @@ impl JournalHandle {
         kind: Kind,
         data: Vec<Data>,
     ) -> Result<AppendedBatch, JournalError> {
+        self.append_batch_from(kind, data, Vec::new()).await
+    }
+
+    /// [`JournalHandle::append_batch`] of records MQTT messages became: `origins[i]` is the
+    /// message record `i` came from, if any (`origins` is as long as `data`, or empty). See
+    /// [`JournalHandle::append_from`].
+    pub async fn append_batch_from(
+        &self,
+        kind: Kind,
+        data: Vec<Data>,
+        origins: Vec<Option<MessageId>>,
+    ) -> Result<AppendedBatch, JournalError> {
         if data.len() > MAX_BATCH_RECORDS {
             return Err(JournalError::Rejected(format!(
                 "a batch of {} records is more than the {MAX_BATCH_RECORDS} one append_batch \
@@ -430,8 +504,20 @@ impl JournalHandle {
                 data.len()
             )));
         }
-        self.ask(|reply| Command::AppendBatch { kind, data, reply })
-            .await
+        if !origins.is_empty() && origins.len() != data.len() {
+            return Err(JournalError::Rejected(format!(
+                "{} message identities for a batch of {} records",
+                origins.len(),
+                data.len()
+            )));
+        }
+        self.ask(|reply| Command::AppendBatch {
+            kind,
+            data,
+            origins,
+            reply,
+        })
+        .await
     }
 
     /// Serialises `data` (which must serialise to a JSON object) and appends it.
@@ -664,12 +750,22 @@ impl Actor {
     /// used (its records, at least 1).
     fn handle(&mut self, command: Command) -> usize {
         match command {
-            Command::Append { kind, data, reply } => {
-                let result = self.append(kind, &data);
+            Command::Append {
+                kind,
+                data,
+                origin,
+                reply,
+            } => {
+                let result = self.append(kind, &data, origin);
                 self.answers.push((reply, result));
             }
-            Command::AppendBatch { kind, data, reply } => {
-                let result = self.append_batch(kind, &data);
+            Command::AppendBatch {
+                kind,
+                data,
+                origins,
+                reply,
+            } => {
+                let result = self.append_batch(kind, &data, &origins);
                 let _ = reply.send(result);
                 return data.len().max(1);
             }
@@ -718,13 +814,18 @@ impl Actor {
     }
 
     /// Appends one record.
-    fn append(&mut self, kind: Kind, data: &Data) -> Result<Appended, JournalError> {
+    fn append(
+        &mut self,
+        kind: Kind,
+        data: &Data,
+        origin: Option<MessageId>,
+    ) -> Result<Appended, JournalError> {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
         let local = self
             .store
-            .append(kind, data)
+            .append_from(kind, data, origin)
             .map_err(|err| self.append_failed(err))?;
         self.note_write();
         self.stats.appended_total.fetch_add(1, Ordering::Relaxed);
@@ -758,13 +859,18 @@ impl Actor {
     }
 
     /// Appends a batch of records, all or nothing.
-    fn append_batch(&mut self, kind: Kind, data: &[Data]) -> Result<AppendedBatch, JournalError> {
+    fn append_batch(
+        &mut self,
+        kind: Kind,
+        data: &[Data],
+        origins: &[Option<MessageId>],
+    ) -> Result<AppendedBatch, JournalError> {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
         let local = self
             .store
-            .append_batch(kind, data)
+            .append_batch(kind, data, origins)
             .map_err(|err| self.append_failed(err))?;
         let last_position = if local.count == 0 {
             // Nothing to wait for: position 0 is always covered.

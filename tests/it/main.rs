@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod crash;
 mod mqtt_devices;
+mod mqtt_once;
 mod mqtt_prompts;
 mod mqtt_uplink;
 mod prompts;
