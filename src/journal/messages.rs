@@ -23,7 +23,8 @@
 //! ```
 //!
 //! A slot never straddles a 512-byte sector, and one that fails its CRC (a torn write) counts as
-//! empty.
+//! empty. After the slots, one more page holds, in a slot of the same shape (hash and flags
+//! zero), the position HQ acknowledged last (see "Acknowledged position" below).
 //!
 //! # Kept with the record, in the same group commit
 //!
@@ -44,6 +45,15 @@
 //! own record survived, it is recorded, not taken for the old one. The slot is not marked when
 //! the PUBACK is merely written: a PUBACK still in the socket when the process dies never
 //! reaches the broker, which then redelivers a message whose record is durable.
+//!
+//! # Acknowledged position
+//!
+//! sled keeps the position HQ acknowledged, but sled 0.34 buffers its writes in the process
+//! and they are fsynced only a second after a removal (see `writer`): a `kill -9` lost up to a
+//! second of acknowledgements, thousands of records sent again after the restart. So each
+//! removal also writes the position here, to the kernel at once (fsynced by the next flush);
+//! the open takes it when it is ahead of sled's and below the next position. A restart then
+//! sends again at most the batch whose removal had not started.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -60,8 +70,12 @@ const SLOTS: usize = 1 << 16;
 const PAGE: usize = 4096;
 /// Slots per page.
 const PER_PAGE: usize = PAGE / SLOT;
-/// Pages in the file.
+/// Pages of slots in the file.
 const PAGES: usize = SLOTS / PER_PAGE;
+/// Where the acknowledged position is kept: the page after the slots.
+const ACKED_AT: usize = SLOTS * SLOT;
+/// The file's length.
+const FILE_BYTES: usize = ACKED_AT + PAGE;
 /// Flag: the broker reused the packet id for a new message since.
 const REUSED: u32 = 1;
 
@@ -133,6 +147,8 @@ pub(crate) struct MessageTable {
     dirty: Vec<bool>,
     /// Whether the file was written since the last fsync.
     unsynced: bool,
+    /// The acknowledged position the file held at open (0: none).
+    acked_at_open: u64,
     file: Arc<File>,
 }
 
@@ -159,11 +175,11 @@ impl MessageTable {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        if file.metadata()?.len() != (SLOTS * SLOT) as u64 {
+        if file.metadata()?.len() != FILE_BYTES as u64 {
             // New, or cut short: whatever it held is read below as far as it goes.
-            file.set_len((SLOTS * SLOT) as u64)?;
+            file.set_len(FILE_BYTES as u64)?;
         }
-        let mut bytes = vec![0u8; SLOTS * SLOT];
+        let mut bytes = vec![0u8; FILE_BYTES];
         let mut read = 0;
         while read < bytes.len() {
             match file.read_at(&mut bytes[read..], read as u64)? {
@@ -171,10 +187,15 @@ impl MessageTable {
                 n => read += n,
             }
         }
+        let acked = Slot::decode(&bytes[ACKED_AT..ACKED_AT + SLOT]).position;
         let mut table = MessageTable {
-            slots: bytes.chunks_exact(SLOT).map(Slot::decode).collect(),
+            slots: bytes[..ACKED_AT]
+                .chunks_exact(SLOT)
+                .map(Slot::decode)
+                .collect(),
             dirty: vec![false; PAGES],
             unsynced: true,
+            acked_at_open: if acked < next_position { acked } else { 0 },
             file: Arc::new(file),
         };
         let mut cleared = 0usize;
@@ -238,6 +259,26 @@ impl MessageTable {
                 self.dirty[index / PER_PAGE] = true;
             }
         }
+    }
+
+    /// The acknowledged position the file held at open, if it is below the next position (0 if
+    /// none).
+    pub(crate) fn acked_at_open(&self) -> u64 {
+        self.acked_at_open
+    }
+
+    /// Writes the position HQ acknowledged last to the kernel.
+    pub(crate) fn set_acked(&mut self, position: u64) -> std::io::Result<()> {
+        let mut bytes = [0u8; SLOT];
+        Slot {
+            position,
+            hash: 0,
+            flags: 0,
+        }
+        .encode(&mut bytes);
+        self.file.write_all_at(&bytes, ACKED_AT as u64)?;
+        self.unsynced = true;
+        Ok(())
     }
 
     /// Hands every changed page to the kernel (a `kill -9` cannot take it back after this).
@@ -306,11 +347,13 @@ mod tests {
         assert_eq!(table.recorded(id(1, "other")), None, "another payload");
         table.reused(&[2]);
         assert_eq!(table.recorded(id(2, "two")), None, "reused since");
+        table.set_acked(11).expect("acked");
         table.sync_job().expect("write").expect("something to sync");
         drop(table);
 
         // The journal came back with positions up to 11 only: 12 and 13 did not survive.
         let table = MessageTable::open(dir.path(), 12).expect("reopen");
+        assert_eq!(table.acked_at_open(), 11);
         assert_eq!(table.recorded(id(1, "one")), Some(10));
         assert_eq!(table.recorded(id(2, "two")), None);
         assert_eq!(table.recorded(id(3, "three")), None, "not durable: cleared");
@@ -326,6 +369,15 @@ mod tests {
         file.write_all_at(&[0xff], SLOT as u64 + 3).expect("flip");
         let table = MessageTable::open(dir.path(), 100).expect("reopen");
         assert_eq!(table.recorded(id(1, "one")), None);
+        assert_eq!(table.acked_at_open(), 11);
+        drop(table);
+        // An acknowledged position the journal does not reach is not taken.
+        assert_eq!(
+            MessageTable::open(dir.path(), 11)
+                .expect("reopen")
+                .acked_at_open(),
+            0
+        );
     }
 
     #[test]

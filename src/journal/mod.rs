@@ -51,7 +51,8 @@
 //!     segments/000…0001.seg        the record log: frames (length, CRC-32, position, record
 //!                                  JSON bytes), one file per ~8 MiB, named by first position
 //!     messages                     identities of the MQTT messages records came from: one
-//!                                  32-byte slot per packet id (2 MiB), see `messages`
+//!                                  32-byte slot per packet id (2 MiB), see `messages`; and
+//!                                  the acknowledged position again, written at each removal
 //!     conf, db, snap.*, blobs/     the sled 0.34 database:
 //!       tree "meta"                "format" = "2", "epoch" = 8 hex chars,
 //!                                  "seq_floor" = u64 BE, "position_floor" = u64 BE,
@@ -135,7 +136,10 @@
 //! never the last one (its last record tells the next seq; sled is fsynced before a file goes).
 //! It is fsynced lazily, by the first flush a second after it: the flushes of appends leave sled
 //! out. Nothing waits on it, and a removal lost in a crash only means records HQ already holds
-//! are sent again.
+//! are sent again. sled buffers its writes inside the process, so a `kill -9` lost up to that
+//! second of removals (thousands of records sent again while draining a backlog): each removal
+//! therefore also writes the acknowledged position into `messages`, in the kernel at once, and
+//! the open takes it when it is ahead of sled's (and below the next position).
 //! Dead-lettering and eviction take single records out: the dead letter and the floors are
 //! made durable first, then the segment is rewritten without them (temporary file, fsync,
 //! rename, folder fsync); a crash in between leaves the record in the log, to be sent again.

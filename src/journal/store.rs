@@ -942,6 +942,21 @@ impl Store {
     pub(crate) fn attach_messages(&mut self, journal_dir: &Path) -> Result<(), JournalError> {
         let table = MessageTable::open(journal_dir, self.next_position)
             .map_err(|err| JournalError::storage("opening the message identities", err))?;
+        // A removal sled lost in a crash: HQ has those records already.
+        let acked = table.acked_at_open();
+        if acked > self.acked {
+            let (records, bytes) = self
+                .log
+                .count(self.acked, acked)
+                .map_err(|err| JournalError::storage("counting acknowledged records", err))?;
+            tracing::info!(
+                records,
+                "records HQ acknowledged before the crash are not sent again"
+            );
+            self.acked = acked;
+            self.backlog_records = self.backlog_records.saturating_sub(records);
+            self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+        }
         let shared: SharedMessages = Arc::new(std::sync::Mutex::new(table));
         self.log.attach_messages(shared.clone());
         self.messages = Some(shared);
@@ -1265,6 +1280,12 @@ impl Store {
         }
         self.backlog_records = self.backlog_records.saturating_sub(removed);
         self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+        if let Some(messages) = &self.messages {
+            // Survives a kill -9 at once, unlike sled's buffered write (see `messages`).
+            if let Err(err) = messages::lock(messages).set_acked(position) {
+                tracing::warn!(error = %err, "cannot write the acknowledged position");
+            }
+        }
         // The floors must be on disk before a file goes: the unlink can reach the disk before
         // sled's batch, and the last segment may hold no durable record yet (just rolled).
         if self.log.would_delete(position) {

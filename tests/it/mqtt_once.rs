@@ -247,3 +247,73 @@ async fn mosquitto_redelivers_unacknowledged_messages_with_their_packet_ids_and_
         fresh.iter().map(|p| p.pkid).collect::<Vec<_>>()
     );
 }
+
+/// Records HQ received again (it keeps them once, by id).
+async fn hq_duplicates(hq: &Gateway) -> f64 {
+    hq.metric("posgw_hq_duplicates_total{store=\"WZ-LC-001\"}")
+        .await
+}
+
+/// Waits until the gateway holds nothing more to send (checked often: a kill right after).
+async fn drained(gateway: &Gateway) {
+    gateway
+        .wait_for("empty backlog", |g| async move {
+            let status = g.status().await;
+            status["journal"]["backlog_records"] == 0 && status["uplink"]["state"] == "idle"
+        })
+        .await;
+}
+
+/// HQ's acknowledgement of a batch is kept promptly: a gateway killed while it drains a backlog
+/// into HQ, right after it drained it, or after idling, sends HQ again at most one batch it
+/// already had (plus the one in flight at the kill).
+#[tokio::test]
+async fn a_restart_sends_hq_at_most_one_batch_again() {
+    const TOTAL: usize = 20_000;
+    const BATCH: usize = 500;
+    let broker = Mosquitto::start_with("max_inflight_messages 0\n");
+    let site = HqSite::new();
+    let store = store(&broker, None);
+    store.add_uplink(
+        &site.endpoint(),
+        STORE_TOKEN,
+        &format!("batch_max_records = {BATCH}"),
+    );
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("mqtt-scanner-1", "connected").await;
+    assert!(gateway.stop().await.success());
+    publish_all(broker.port, (0..TOTAL).map(|i| format!("]C0AGAIN-{i:06}"))).await;
+    let hq = site.start().await;
+
+    let mut again = Vec::new();
+    let gateway = Gateway::start(&store).await;
+    gateway
+        .wait_for("half the backlog sent", |g| async move {
+            g.metric("posgw_uplink_sent_records_total").await >= (TOTAL / 2) as f64
+        })
+        .await;
+    let mut killed = gateway;
+    for when in ["mid-drain", "right after the drain", "after idling"] {
+        killed.kill9().await;
+        let before = hq_duplicates(&hq).await;
+        let gateway = Gateway::start(&store).await;
+        drained(&gateway).await;
+        // The records sent again arrive before the uplink goes idle.
+        let sent_again = hq_duplicates(&hq).await - before;
+        eprintln!("{when}: {sent_again} records sent again");
+        again.push((when, sent_again));
+        if when == "right after the drain" {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        killed = gateway;
+    }
+    assert!(killed.stop().await.success());
+    for (when, sent_again) in again {
+        assert!(
+            sent_again <= (2 * BATCH) as f64,
+            "{sent_again} records sent again after a kill {when}"
+        );
+    }
+    assert_eq!(codes_at_hq(&site.records().await).len(), TOTAL);
+    assert!(hq.stop().await.success());
+}
