@@ -337,6 +337,8 @@ pub(crate) struct Faults {
     pub(crate) inserts_before_failure: Option<u64>,
     /// Whether removing the records of a failed batch fails too.
     pub(crate) fail_rollback: bool,
+    /// How long every flush takes at least (a slow disk).
+    pub(crate) flush_delay: Option<std::time::Duration>,
 }
 
 /// A record just appended by [`Store::append`].
@@ -431,11 +433,18 @@ pub(crate) struct FlushJob {
     log: SyncJob,
     /// The database, when its changes are to be made durable too.
     db: Option<Db>,
+    /// Injected slowness (tests only).
+    #[cfg(test)]
+    delay: Option<std::time::Duration>,
 }
 
 impl FlushJob {
     /// fsyncs the record log, then sled.
     pub(crate) fn run(&self) -> Result<(), JournalError> {
+        #[cfg(test)]
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
+        }
         if let Some(messages) = &self.messages {
             messages
                 .sync_data()
@@ -1483,6 +1492,8 @@ impl Store {
             }
         })?;
         Ok(FlushJob {
+            #[cfg(test)]
+            delay: self.faults.flush_delay,
             messages,
             log,
             db: with_meta.then(|| self.db.clone()),

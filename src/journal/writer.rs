@@ -52,6 +52,9 @@ const OVER_QUOTA_LOG_EVERY: Duration = Duration::from_secs(60);
 /// reclaimed: draining 1M records (flush = 50ms) peaked at 215 MiB RSS with removals fsynced
 /// like appends, 108 MiB with this. (Dead-lettering and evictions fsync sled themselves.)
 const REMOVAL_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Least time the oldest record not covered by a flush waits before the actor stops taking
+/// commands while a flush runs (see [`Actor::held_back_until`]).
+const HOLD_BACK_FLOOR: Duration = Duration::from_millis(1);
 /// How long after a failed write of the record log (a full disk) the next flush tries again.
 const WRITE_RETRY: Duration = Duration::from_millis(500);
 
@@ -704,13 +707,16 @@ impl Actor {
                 }
             }
             let timer_armed = self.in_flight.is_none() && deadline.is_some();
+            let hold_back = self.held_back_until();
+            let held_back = hold_back.is_some_and(|at| at <= Instant::now());
             tokio::select! {
                 biased;
                 done = wait_in_flight(&mut self.in_flight), if self.in_flight.is_some() => {
                     self.finish_flush(done);
                 }
                 () = timer.as_mut(), if timer_armed => {}
-                command = self.inbox.recv() => {
+                () = sleep_until_or_never(hold_back), if hold_back.is_some() && !held_back => {}
+                command = self.inbox.recv(), if !held_back => {
                     let Some(first) = command else { break 'main };
                     // Drain what is already queued (bounded, so flushes and timers still get a
                     // turn); every command taken off the queue is handled before leaving.
@@ -1027,6 +1033,19 @@ impl Actor {
         }
     }
 
+    /// From when the actor takes no more commands until the running flush is done: once the
+    /// oldest write waiting for the next flush is `flush` old (at least [`HOLD_BACK_FLOOR`]).
+    /// Without it, a burst (an MQTT backlog after a restart) keeps being accepted however long
+    /// the running fsync takes, and thousands of records wait for a flush that cannot start
+    /// yet; held back, producers wait instead (an MQTT message is then not read from the
+    /// broker, which keeps it), and what is accepted but not durable stays near what arrives in
+    /// one flush interval.
+    fn held_back_until(&self) -> Option<Instant> {
+        self.in_flight.as_ref()?;
+        let since = self.unflushed_since?;
+        Some(since + self.flush_every.max(HOLD_BACK_FLOOR))
+    }
+
     /// Remembers that records were removed but the removal is not covered by a flush yet.
     fn note_removal(&mut self) {
         if self.removed_since.is_none() {
@@ -1198,6 +1217,14 @@ impl Actor {
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         result
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
