@@ -179,20 +179,24 @@ impl MessageTable {
             // New, or cut short: whatever it held is read below as far as it goes.
             file.set_len(FILE_BYTES as u64)?;
         }
-        let mut bytes = vec![0u8; FILE_BYTES];
-        let mut read = 0;
-        while read < bytes.len() {
-            match file.read_at(&mut bytes[read..], read as u64)? {
-                0 => break,
-                n => read += n,
+        // Read a page at a time: the slots in memory are all that stays.
+        let mut slots = Vec::with_capacity(SLOTS + PER_PAGE);
+        let mut page = [0u8; PAGE];
+        for at in (0..FILE_BYTES).step_by(PAGE) {
+            let mut read = 0;
+            while read < PAGE {
+                match file.read_at(&mut page[read..], (at + read) as u64)? {
+                    0 => break,
+                    n => read += n,
+                }
             }
+            page[read..].fill(0);
+            slots.extend(page.chunks_exact(SLOT).map(Slot::decode));
         }
-        let acked = Slot::decode(&bytes[ACKED_AT..ACKED_AT + SLOT]).position;
+        let acked = slots[SLOTS].position;
+        slots.truncate(SLOTS);
         let mut table = MessageTable {
-            slots: bytes[..ACKED_AT]
-                .chunks_exact(SLOT)
-                .map(Slot::decode)
-                .collect(),
+            slots,
             dirty: vec![false; PAGES],
             unsynced: true,
             acked_at_open: if acked < next_position { acked } else { 0 },
