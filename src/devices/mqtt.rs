@@ -36,9 +36,10 @@
 //! that record is gone. A PUBACK written just before a crash that never reached the broker makes
 //! the broker redeliver, and the journal recognises the message. A broker that reuses a packet
 //! id for a message with the very same topic and payload, in the microseconds between this task
-//! reading it and telling the journal, with a crash in between, would have that message taken
-//! for the old one (mosquitto hands out ids in sequence, so an id comes back only after 65,535
-//! other messages). A broker that lost its session state redelivers nothing.
+//! reading it and telling the journal, with a crash in between, or whose first delivery never
+//! reached this task (lost with a broken connection), would have that message taken for the
+//! old one (mosquitto hands out ids in sequence, so an id comes back only after 65,535 other
+//! messages). A broker that lost its session state redelivers nothing.
 //!
 //! A group with a record the journal refused is not acknowledged either (its other messages
 //! are recognised when redelivered). MQTT 3.1.1 brokers redeliver only
@@ -157,8 +158,8 @@ struct Burst {
     events: Vec<(Delivery, DeviceEvent)>,
     /// The packet ids of all of them, in arrival order.
     pkids: Vec<u16>,
-    /// The packet ids of first deliveries (no DUP) among them.
-    fresh: Vec<u16>,
+    /// The identities of first deliveries (no DUP) among them.
+    fresh: Vec<MessageId>,
 }
 
 impl Burst {
@@ -360,8 +361,9 @@ impl MqttDevices {
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         unacked += 1;
                         burst.pkids.push(publish.pkid);
+                        let id = MessageId::new(publish.pkid, &publish.topic, &publish.payload);
                         if !publish.dup {
-                            burst.fresh.push(publish.pkid);
+                            burst.fresh.push(id);
                         }
                         match by_topic.get(publish.topic.as_str()) {
                             Some((device, noted)) => {
@@ -375,11 +377,7 @@ impl MqttDevices {
                                     });
                                 }
                                 let delivery = Delivery {
-                                    id: MessageId::new(
-                                        publish.pkid,
-                                        &publish.topic,
-                                        &publish.payload,
-                                    ),
+                                    id,
                                     redelivered: publish.dup,
                                 };
                                 burst

@@ -39,8 +39,8 @@
 //!   PUBACK went out.
 //!
 //! A broker reuses a packet id only once the message it named was acknowledged, so when a first
-//! delivery (no DUP) comes with an id, the slot is marked reused and written to the kernel at
-//! once, before that new message is recorded: should the new message (perhaps with the same
+//! delivery (no DUP) comes with an id and the same hash, the slot is marked reused and written
+//! to the kernel at once, before that new message is recorded: should the new message (perhaps with the same
 //! payload: the same barcode scanned again) come back with DUP set after a crash, before its
 //! own record survived, it is recorded, not taken for the old one. The slot is not marked when
 //! the PUBACK is merely written: a PUBACK still in the socket when the process dies never
@@ -253,16 +253,20 @@ impl MessageTable {
             .then_some(slot.position)
     }
 
-    /// Marks the packet ids `pkids` reused by the broker for new messages.
-    pub(crate) fn reused(&mut self, pkids: &[u16]) {
-        for &pkid in pkids {
-            let index = usize::from(pkid);
+    /// Marks the slots the new messages `ids` could be taken for (same packet id and hash) as
+    /// reused by the broker; whether any was.
+    pub(crate) fn reused(&mut self, ids: &[MessageId]) -> bool {
+        let mut marked = false;
+        for id in ids {
+            let index = usize::from(id.pkid);
             let slot = &mut self.slots[index];
-            if slot.position != 0 && slot.flags & REUSED == 0 {
+            if slot.position != 0 && slot.hash == id.hash && slot.flags & REUSED == 0 {
                 slot.flags |= REUSED;
                 self.dirty[index / PER_PAGE] = true;
+                marked = true;
             }
         }
+        marked
     }
 
     /// The acknowledged position the file held at open, if it is below the next position (0 if
@@ -349,7 +353,11 @@ mod tests {
         table.record(id(65535, "last"), 13);
         assert_eq!(table.recorded(id(1, "one")), Some(10));
         assert_eq!(table.recorded(id(1, "other")), None, "another payload");
-        table.reused(&[2]);
+        assert!(
+            !table.reused(&[id(2, "another")]),
+            "another payload: no mark needed"
+        );
+        assert!(table.reused(&[id(2, "two")]));
         assert_eq!(table.recorded(id(2, "two")), None, "reused since");
         table.set_acked(11).expect("acked");
         table.sync_job().expect("write").expect("something to sync");

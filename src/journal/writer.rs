@@ -460,17 +460,20 @@ impl JournalHandle {
         })
     }
 
-    /// Notes that the broker delivered new messages (no DUP) with the packet ids `pkids`: the
-    /// messages those ids named before were acknowledged (a broker reuses an id only then), so
-    /// a redelivery with one of them is a new message, whatever its payload. Written to the
-    /// kernel at once; made durable by the next flush.
-    pub fn reused(&self, pkids: &[u16]) {
-        if pkids.is_empty() {
+    /// Notes that the broker delivered the new messages `ids` (no DUP): the messages their
+    /// packet ids named before were acknowledged (a broker reuses an id only then), so a
+    /// redelivery with one of those ids is a new message even with the same topic and payload.
+    /// Only a slot with the same hash needs the mark (another hash never matches the new
+    /// message); it is written to the kernel at once, made durable by the next flush.
+    pub fn reused(&self, ids: &[MessageId]) {
+        if ids.is_empty() {
             return;
         }
         let Some(shared) = &self.messages else { return };
         let mut table = messages::lock(shared);
-        table.reused(pkids);
+        if !table.reused(ids) {
+            return;
+        }
         if let Err(error) = table.write_dirty() {
             // Written again with the next flush, which fails loudly if the disk still refuses.
             tracing::warn!(%error, "cannot write reused message identities");
