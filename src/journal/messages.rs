@@ -103,22 +103,43 @@ impl MessageId {
     }
 }
 
-/// One slot in memory.
+/// The bit of [`Slot::tagged`] that says the packet id was reused.
+const REUSED_BIT: u64 = 1 << 63;
+
+/// One slot in memory: 16 bytes, 1 MiB for the table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Slot {
-    /// The record's position; 0 = empty.
-    position: u64,
+    /// The record's position (0 = empty), with [`REUSED_BIT`] set once the broker reused the
+    /// packet id (positions never reach 2^63).
+    tagged: u64,
     /// The message's hash.
     hash: u64,
-    /// [`REUSED`] or 0.
-    flags: u32,
 }
 
 impl Slot {
+    /// A slot for the record at `position` of the message with `hash`.
+    fn new(position: u64, hash: u64) -> Slot {
+        Slot {
+            tagged: position & !REUSED_BIT,
+            hash,
+        }
+    }
+
+    /// The record's position (0: empty).
+    fn position(&self) -> u64 {
+        self.tagged & !REUSED_BIT
+    }
+
+    /// Whether the broker reused the packet id since.
+    fn reused(&self) -> bool {
+        self.tagged & REUSED_BIT != 0
+    }
+
     fn encode(&self, out: &mut [u8]) {
-        out[..8].copy_from_slice(&self.position.to_le_bytes());
+        let flags = if self.reused() { REUSED } else { 0 };
+        out[..8].copy_from_slice(&self.position().to_le_bytes());
         out[8..16].copy_from_slice(&self.hash.to_le_bytes());
-        out[16..20].copy_from_slice(&self.flags.to_le_bytes());
+        out[16..20].copy_from_slice(&flags.to_le_bytes());
         out[20..24].fill(0);
         let crc = crc32fast::hash(&out[..24]);
         out[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -131,11 +152,11 @@ impl Slot {
         if bytes.iter().all(|&b| b == 0) || crc32fast::hash(&bytes[..24]) != u32_at(24) {
             return Slot::default();
         }
-        Slot {
-            position: u64_at(0),
-            hash: u64_at(8),
-            flags: u32_at(16),
+        let mut slot = Slot::new(u64_at(0), u64_at(8));
+        if u32_at(16) & REUSED != 0 {
+            slot.tagged |= REUSED_BIT;
         }
+        slot
     }
 }
 
@@ -193,7 +214,7 @@ impl MessageTable {
             page[read..].fill(0);
             slots.extend(page.chunks_exact(SLOT).map(Slot::decode));
         }
-        let acked = slots[SLOTS].position;
+        let acked = slots[SLOTS].position();
         slots.truncate(SLOTS);
         let mut table = MessageTable {
             slots,
@@ -205,7 +226,7 @@ impl MessageTable {
         let mut cleared = 0usize;
         for pkid in 0..SLOTS {
             let slot = table.slots[pkid];
-            if slot.position >= next_position {
+            if slot.position() >= next_position {
                 table.slots[pkid] = Slot::default();
                 table.dirty[pkid / PER_PAGE] = true;
                 cleared += 1;
@@ -229,11 +250,7 @@ impl MessageTable {
     pub(crate) fn record(&mut self, id: MessageId, position: u64) -> Slot {
         let index = usize::from(id.pkid);
         let before = self.slots[index];
-        self.slots[index] = Slot {
-            position,
-            hash: id.hash,
-            flags: 0,
-        };
+        self.slots[index] = Slot::new(position, id.hash);
         self.dirty[index / PER_PAGE] = true;
         before
     }
@@ -249,8 +266,7 @@ impl MessageTable {
     /// did not reuse its packet id since.
     pub(crate) fn recorded(&self, id: MessageId) -> Option<u64> {
         let slot = self.slots[usize::from(id.pkid)];
-        (slot.position != 0 && slot.hash == id.hash && slot.flags & REUSED == 0)
-            .then_some(slot.position)
+        (slot.position() != 0 && slot.hash == id.hash && !slot.reused()).then_some(slot.position())
     }
 
     /// Marks the slots the new messages `ids` could be taken for (same packet id and hash) as
@@ -260,8 +276,8 @@ impl MessageTable {
         for id in ids {
             let index = usize::from(id.pkid);
             let slot = &mut self.slots[index];
-            if slot.position != 0 && slot.hash == id.hash && slot.flags & REUSED == 0 {
-                slot.flags |= REUSED;
+            if slot.position() != 0 && slot.hash == id.hash && !slot.reused() {
+                slot.tagged |= REUSED_BIT;
                 self.dirty[index / PER_PAGE] = true;
                 marked = true;
             }
@@ -278,12 +294,7 @@ impl MessageTable {
     /// Writes the position HQ acknowledged last to the kernel.
     pub(crate) fn set_acked(&mut self, position: u64) -> std::io::Result<()> {
         let mut bytes = [0u8; SLOT];
-        Slot {
-            position,
-            hash: 0,
-            flags: 0,
-        }
-        .encode(&mut bytes);
+        Slot::new(position, 0).encode(&mut bytes);
         self.file.write_all_at(&bytes, ACKED_AT as u64)?;
         self.unsynced = true;
         Ok(())
