@@ -234,6 +234,7 @@ pub async fn run(
                 devices: mqtt_devices,
                 events: core.events.clone(),
                 oversize: metrics.mqtt_oversize("devices"),
+                journal: journal.clone(),
             };
             device_tasks.spawn(task.run(stop.child_token()));
         }

@@ -111,6 +111,9 @@ pub struct Metrics {
     pub tap_unreachable: Family<DeviceLabel, Counter>,
     /// Register connections open now (`posgw_tap_open_connections`).
     pub tap_open: Family<DeviceLabel, Gauge>,
+    /// MQTT messages the broker delivered again (DUP) whose record the journal already held:
+    /// acknowledged without being recorded twice (`posgw_mqtt_redelivered_skipped_total`).
+    pub mqtt_redelivered_skipped: Counter,
     /// The registry everything above is registered in; shared with the HTTP handler.
     registry: Arc<Registry>,
 }
@@ -148,6 +151,7 @@ impl Metrics {
         let tap_refused = Family::<DeviceLabel, Counter>::default();
         let tap_unreachable = Family::<DeviceLabel, Counter>::default();
         let tap_open = Family::<DeviceLabel, Gauge>::default();
+        let mqtt_redelivered_skipped = Counter::default();
 
         let mut registry = Registry::with_prefix("posgw");
         registry.register(
@@ -276,6 +280,11 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             });
         }
+        registry.register(
+            "mqtt_redelivered_skipped",
+            "MQTT messages delivered again whose record the journal already held (not recorded twice)",
+            mqtt_redelivered_skipped.clone(),
+        );
         Metrics {
             records,
             bad_frames,
@@ -301,6 +310,7 @@ impl Metrics {
             tap_refused,
             tap_unreachable,
             tap_open,
+            mqtt_redelivered_skipped,
             registry: Arc::new(registry),
         }
     }

@@ -35,9 +35,9 @@ use tokio::task::JoinHandle;
 use crate::config::DecoderKind;
 use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
-use crate::devices::{Ack, DeviceEvent, DeviceInfo};
+use crate::devices::{Ack, Delivery, DeviceEvent, DeviceInfo};
 use crate::journal::{
-    Appended, Data, Durable, JournalError, JournalHandle, Kind, MAX_BATCH_RECORDS,
+    Appended, Data, Durable, JournalError, JournalHandle, Kind, MessageId, MAX_BATCH_RECORDS,
 };
 use crate::metrics::Metrics;
 use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
@@ -158,8 +158,9 @@ impl ScanPlan {
     }
 }
 
-/// Plain scans waiting to be appended together, each with the message group it came in.
-type PlainScans = Vec<(Data, Option<usize>)>;
+/// Plain scans waiting to be appended together, each with the message group it came in and the
+/// message it came from.
+type PlainScans = Vec<(Data, Option<usize>, Option<MessageId>)>;
 
 /// The message groups of one turn ([`DeviceEvent::Messages`]), by index: each device is told
 /// once the last record of its group is settled.
@@ -173,6 +174,8 @@ struct Group {
     left: usize,
     /// Set once a record of the group was refused.
     refused: bool,
+    /// The durability of the group's latest record so far.
+    latest: Option<Durable>,
 }
 
 impl Groups {
@@ -182,18 +185,31 @@ impl Groups {
             ack: Some(ack),
             left: len,
             refused: false,
+            latest: None,
         });
         self.0.len() - 1
     }
 
     /// Settles one record of `group` (none: the event came alone): its durability, or `None`
-    /// when it was not written. Records are settled in their order, so the last one's
-    /// durability covers the whole group (the journal makes records durable in order).
+    /// when it was not written. The durability of the group's latest record covers the whole
+    /// group (the journal makes records durable in position order); a message delivered again
+    /// settles with the durability of the older record it became.
     fn settle(&mut self, group: Option<usize>, written: Option<&Durable>) {
         let Some(group) = group.and_then(|index| self.0.get_mut(index)) else {
             return;
         };
-        group.refused |= written.is_none();
+        match written {
+            None => group.refused = true,
+            Some(durable) => {
+                if group
+                    .latest
+                    .as_ref()
+                    .is_none_or(|latest| latest.position() < durable.position())
+                {
+                    group.latest = Some(durable.clone());
+                }
+            }
+        }
         group.left = group.left.saturating_sub(1);
         if group.left == 0 {
             if let Some(ack) = group.ack.take() {
@@ -201,7 +217,7 @@ impl Groups {
                 let _ = ack.send(if group.refused {
                     None
                 } else {
-                    written.cloned()
+                    group.latest.take()
                 });
             }
         }
@@ -262,13 +278,20 @@ impl Core {
             match event {
                 DeviceEvent::Messages { events, ack } => {
                     let group = Some(groups.open(ack, events.len()));
-                    for event in events {
-                        self.handle_event(event, group, now, &mut plain, &mut groups)
+                    for (delivery, event) in events {
+                        if self
+                            .already_recorded(delivery, group, &mut plain, &mut groups)
+                            .await
+                        {
+                            continue;
+                        }
+                        let origin = Some(delivery.id);
+                        self.handle_event(event, group, origin, now, &mut plain, &mut groups)
                             .await;
                     }
                 }
                 event => {
-                    self.handle_event(event, None, now, &mut plain, &mut groups)
+                    self.handle_event(event, None, None, now, &mut plain, &mut groups)
                         .await
                 }
             }
@@ -276,12 +299,40 @@ impl Core {
         self.append_plain(&mut plain, &mut groups).await;
     }
 
-    /// One event, of message group `group` if it came in one: a plain scan joins `plain`,
-    /// anything else is written after the plain scans before it.
+    /// Whether a message the broker delivered again (DUP) became a record already (before a
+    /// crash, or before the connection was renewed): then it is settled with that record's
+    /// durability and not recorded again. The plain scans before it are appended first, so a
+    /// first delivery earlier in the same turn is found.
+    async fn already_recorded(
+        &self,
+        delivery: Delivery,
+        group: Option<usize>,
+        plain: &mut PlainScans,
+        groups: &mut Groups,
+    ) -> bool {
+        if !delivery.redelivered {
+            return false;
+        }
+        self.append_plain(plain, groups).await;
+        let Some(durable) = self.journal.recorded(delivery.id) else {
+            return false;
+        };
+        tracing::debug!(
+            pkid = delivery.id.pkid,
+            "message delivered again is recorded already"
+        );
+        self.metrics.mqtt_redelivered_skipped.inc();
+        groups.settle(group, Some(&durable));
+        true
+    }
+
+    /// One event, of message group `group` if it came in one (from MQTT message `origin`): a
+    /// plain scan joins `plain`, anything else is written after the plain scans before it.
     async fn handle_event(
         &self,
         event: DeviceEvent,
         group: Option<usize>,
+        origin: Option<MessageId>,
         now: DateTime<Local>,
         plain: &mut PlainScans,
         groups: &mut Groups,
@@ -290,7 +341,7 @@ impl Core {
             DeviceEvent::Frame { device, bytes } if matches!(device.decoder, DecoderKind::Scan) => {
                 match self.plan_scan(&device, &bytes, now) {
                     Ok(plan) if plan.is_plain() => {
-                        plain.push((plan.data, group));
+                        plain.push((plan.data, group, origin));
                         if plain.len() >= MAX_BATCH_RECORDS {
                             self.append_plain(plain, groups).await;
                         }
@@ -298,17 +349,17 @@ impl Core {
                     }
                     Ok(plan) => {
                         self.append_plain(plain, groups).await;
-                        self.record_scan(&device, plan).await
+                        self.record_scan(&device, plan, origin).await
                     }
                     Err(noise) => {
                         self.append_plain(plain, groups).await;
-                        self.bad_frame(&device, &noise).await
+                        self.bad_frame(&device, &noise, origin).await
                     }
                 }
             }
             other => {
                 self.append_plain(plain, groups).await;
-                self.handle(other).await
+                self.handle(other, origin).await
             }
         };
         groups.settle(group, written.as_ref().map(|appended| &appended.durable));
@@ -319,11 +370,25 @@ impl Core {
         if plain.is_empty() {
             return;
         }
-        let (data, of): (Vec<_>, Vec<_>) = plain.drain(..).unzip();
+        let mut data = Vec::with_capacity(plain.len());
+        let mut of = Vec::with_capacity(plain.len());
+        let mut origins = Vec::with_capacity(plain.len());
+        for (record, group, origin) in plain.drain(..) {
+            data.push(record);
+            of.push(group);
+            origins.push(origin);
+        }
+        if origins.iter().all(Option::is_none) {
+            origins.clear();
+        }
         // Kept to log the records if the journal refuses them (the only copy left then);
         // cloning `Data` copies no bytes.
         let copies = data.clone();
-        match self.journal.append_batch(Kind::Scan, data).await {
+        match self
+            .journal
+            .append_batch_from(Kind::Scan, data, origins)
+            .await
+        {
             Ok(batch) => {
                 self.health.journal_failed.store(false, Ordering::Relaxed);
                 self.metrics
@@ -344,9 +409,9 @@ impl Core {
         }
     }
 
-    /// Handles an event that is not a plain scan; returns the record a device frame became
-    /// (`None`: not written, or not a frame).
-    async fn handle(&self, event: DeviceEvent) -> Option<Appended> {
+    /// Handles an event that is not a plain scan (from MQTT message `origin`); returns the
+    /// record a device frame became (`None`: not written, or not a frame).
+    async fn handle(&self, event: DeviceEvent, origin: Option<MessageId>) -> Option<Appended> {
         match event {
             DeviceEvent::Connected { device, detail } => {
                 self.metrics.set_connected(&device.id, true);
@@ -362,22 +427,24 @@ impl Core {
                 self.device_record(&device, "error", &detail).await;
                 None
             }
-            DeviceEvent::BadFrame { device, detail } => self.bad_frame(&device, &detail).await,
+            DeviceEvent::BadFrame { device, detail } => {
+                self.bad_frame(&device, &detail, origin).await
+            }
             DeviceEvent::Frame { device, bytes } => {
                 match device.decoder {
-                    DecoderKind::Scan => self.scan(&device, &bytes).await,
+                    DecoderKind::Scan => self.scan(&device, &bytes, origin).await,
                     DecoderKind::JsonSale => match sales::parse_json_sale(&bytes) {
-                        Ok(sale) => self.sale(&device, sale).await,
+                        Ok(sale) => self.sale(&device, sale, origin).await,
                         Err(reason) => {
                             let detail = format!("{reason}; message {}", excerpt(&bytes));
-                            self.bad_frame(&device, &detail).await
+                            self.bad_frame(&device, &detail, origin).await
                         }
                     },
                     DecoderKind::Escpos => {
                         // The tap hands over whole receipts, never frames; say so if it happens.
                         let detail =
                             format!("unexpected frame from a printer tap: {}", excerpt(&bytes));
-                        self.bad_frame(&device, &detail).await
+                        self.bad_frame(&device, &detail, origin).await
                     }
                 }
             }
@@ -418,7 +485,7 @@ impl Core {
             )),
         };
         if let Some(detail) = detail {
-            self.bad_frame(device, &detail).await;
+            self.bad_frame(device, &detail, None).await;
         }
         if let Some(note) = sales::unusual_end(receipt, escpos.max_receipt) {
             tracing::warn!(device = %device.id, "{note}");
@@ -428,12 +495,17 @@ impl Core {
             tracing::debug!(device = %device.id, "blank receipt (a cut or an init with nothing printed) ignored");
             return;
         }
-        self.sale(device, sales::from_receipt(receipt, &escpos.patterns))
+        self.sale(device, sales::from_receipt(receipt, &escpos.patterns), None)
             .await;
     }
 
     /// Links the sale's lines to prompts at the device's station and writes the record.
-    async fn sale(&self, device: &DeviceInfo, mut sale: Sale) -> Option<Appended> {
+    async fn sale(
+        &self,
+        device: &DeviceInfo,
+        mut sale: Sale,
+        origin: Option<MessageId>,
+    ) -> Option<Appended> {
         let link = SaleLink {
             station: device.station.to_string(),
             receipt: sale.receipt.clone(),
@@ -453,7 +525,7 @@ impl Core {
             station: &device.station,
             sale,
         };
-        let appended = self.append(Kind::Sale, &data).await;
+        let appended = self.append(Kind::Sale, &data, origin).await;
         if !linked.is_empty() {
             // The links stick only with the record that names them.
             self.prompts
@@ -463,10 +535,15 @@ impl Core {
         appended
     }
 
-    async fn scan(&self, device: &DeviceInfo, frame: &[u8]) -> Option<Appended> {
+    async fn scan(
+        &self,
+        device: &DeviceInfo,
+        frame: &[u8],
+        origin: Option<MessageId>,
+    ) -> Option<Appended> {
         match self.plan_scan(device, frame, chrono::Local::now()) {
-            Ok(plan) => self.record_scan(device, plan).await,
-            Err(noise) => self.bad_frame(device, &noise).await,
+            Ok(plan) => self.record_scan(device, plan, origin).await,
+            Err(noise) => self.bad_frame(device, &noise, origin).await,
         }
     }
 
@@ -533,8 +610,13 @@ impl Core {
 
     /// Appends a scan's record, then answers the oldest prompt (an answer card) or opens one
     /// (a campaign product).
-    async fn record_scan(&self, device: &DeviceInfo, plan: ScanPlan) -> Option<Appended> {
-        let appended = self.append_raw(Kind::Scan, plan.data).await?;
+    async fn record_scan(
+        &self,
+        device: &DeviceInfo,
+        plan: ScanPlan,
+        origin: Option<MessageId>,
+    ) -> Option<Appended> {
+        let appended = self.append_raw(Kind::Scan, plan.data, origin).await?;
         let scan_id = appended.id.clone();
         if let Some(option) = plan.card {
             // Answered on its own task: the engine confirms only once the attribution is
@@ -570,7 +652,12 @@ impl Core {
         Some(appended)
     }
 
-    async fn bad_frame(&self, device: &DeviceInfo, detail: &str) -> Option<Appended> {
+    async fn bad_frame(
+        &self,
+        device: &DeviceInfo,
+        detail: &str,
+        origin: Option<MessageId>,
+    ) -> Option<Appended> {
         let (log, ended) =
             self.bad_frame_log()
                 .admit(&device.id, tokio::time::Instant::now(), || {
@@ -583,7 +670,12 @@ impl Core {
             tracing::warn!(device = %device.id, "bad frame: {detail}");
         }
         self.metrics.bad_frame(&device.id);
-        self.device_record(device, "bad_frame", detail).await
+        let data = DeviceData {
+            device: &device.id,
+            event: "bad_frame",
+            detail,
+        };
+        self.append(Kind::Device, &data, origin).await
     }
 
     async fn device_record(
@@ -597,20 +689,35 @@ impl Core {
             event,
             detail,
         };
-        self.append(Kind::Device, &data).await
+        self.append(Kind::Device, &data, None).await
     }
 
-    /// Appends a record already serialised; `None` when the journal refused it (logged).
-    async fn append_raw(&self, kind: Kind, data: Data) -> Option<Appended> {
+    /// Appends a record already serialised (from MQTT message `origin`); `None` when the
+    /// journal refused it (logged).
+    async fn append_raw(
+        &self,
+        kind: Kind,
+        data: Data,
+        origin: Option<MessageId>,
+    ) -> Option<Appended> {
         // The journal takes its own; this one is for the log if it refuses the record.
         let copy = data.clone();
-        let result = self.journal.append(kind, data).await;
+        let result = self.journal.append_from(kind, data, origin).await;
         self.settle(kind, result, || copy.text().into_owned())
     }
 
-    /// Appends a record; `None` when the journal refused it (logged and counted).
-    async fn append<T: Serialize>(&self, kind: Kind, data: &T) -> Option<Appended> {
-        let result = self.journal.append_value(kind, data).await;
+    /// Appends a record (from MQTT message `origin`); `None` when the journal refused it
+    /// (logged and counted).
+    async fn append<T: Serialize>(
+        &self,
+        kind: Kind,
+        data: &T,
+        origin: Option<MessageId>,
+    ) -> Option<Appended> {
+        let result = match Data::serialize(data) {
+            Ok(serialized) => self.journal.append_from(kind, serialized, origin).await,
+            Err(error) => Err(error),
+        };
         self.settle(kind, result, || {
             serde_json::to_string(data).unwrap_or_default()
         })

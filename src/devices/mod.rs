@@ -105,11 +105,22 @@ pub enum DeviceEvent {
     /// Messages read together from the store's broker (`Frame` and `BadFrame` events, in
     /// arrival order), acknowledged together once all their records are durable.
     Messages {
-        /// Their events.
-        events: Vec<DeviceEvent>,
+        /// Their events, each with the message it came from.
+        events: Vec<(Delivery, DeviceEvent)>,
         /// Told when the last of their records is in the journal.
         ack: Ack,
     },
+}
+
+/// The MQTT message an event came from: its identity, kept in the journal with its record, and
+/// whether the broker delivered it before (DUP): then it may be recorded already, and is
+/// acknowledged without being recorded again if so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Packet id and hash of the message.
+    pub id: crate::journal::MessageId,
+    /// The DUP flag.
+    pub redelivered: bool,
 }
 
 /// Where the core hands back the durability of the records that input became, so a device that
@@ -313,9 +324,10 @@ fn relay_cost(event: &DeviceEvent) -> (usize, bool) {
                 + receipt.qr.iter().map(String::len).sum::<usize>(),
             false,
         ),
-        DeviceEvent::Messages { events, .. } => {
-            (events.iter().map(|event| relay_cost(event).0).sum(), false)
-        }
+        DeviceEvent::Messages { events, .. } => (
+            events.iter().map(|(_, event)| relay_cost(event).0).sum(),
+            false,
+        ),
     }
 }
 

@@ -15,11 +15,34 @@
 //! system call per message), only ever in the session the message came in (a later session's
 //! broker has redelivered it and may reuse its packet id). Until then the broker keeps the
 //! message, so a `kill -9` or a power cut loses nothing: the broker redelivers it to the next
-//! session. The price is at-least-once: a message whose record was durable but whose PUBACK
-//! was not yet sent is recorded again after the restart (a new seq; MQTT carries no id to tell).
+//! session.
+//!
+//! # Exactly once across a crash
+//! A message whose record was durable but whose PUBACK was not out yet (a `kill -9`, a power
+//! cut, a connection that broke) comes back. MQTT 3.1.1 says how: on a session resumed with
+//! clean session 0 the broker re-sends every unacknowledged PUBLISH with its original packet
+//! identifier ([MQTT-4.4.0-1]) and the DUP flag set ([MQTT-3.3.1-1]), and gives a new message
+//! only an identifier not in use, one becoming free once its PUBACK was processed
+//! ([MQTT-2.3.1-2], [MQTT-2.3.1-3], [MQTT-2.3.1-4]); a test proves mosquitto does so. Each
+//! record a message becomes therefore carries the message's identity, its packet id plus a hash
+//! of topic and payload ([`MessageId`]), kept by the journal in the same group commit as the
+//! record (`journal::messages`). A redelivery (DUP) whose identity the journal holds is
+//! acknowledged once that record is durable, and not recorded again; a first delivery (no DUP)
+//! tells the journal its packet id was reused, so the identity it named before stops matching
+//! before the new message is recorded.
+//!
+//! What is left: a message recorded in a process that died before its record reached the
+//! kernel (or, after a power cut, the disk) is recorded again after the restart, which is right:
+//! that record is gone. A PUBACK written just before a crash that never reached the broker makes
+//! the broker redeliver, and the journal recognises the message. A broker that reuses a packet
+//! id for a message with the very same topic and payload, in the microseconds between this task
+//! reading it and telling the journal, with a crash in between, or whose first delivery never
+//! reached this task (lost with a broken connection), would have that message taken for the
+//! old one (mosquitto hands out ids in sequence, so an id comes back only after 65,535 other
+//! messages). A broker that lost its session state redelivers nothing.
 //!
 //! A group with a record the journal refused is not acknowledged either (its other messages
-//! are recorded again when redelivered). MQTT 3.1.1 brokers redeliver only
+//! are recognised when redelivered). MQTT 3.1.1 brokers redeliver only
 //! on a new connection, and stop delivering once a client holds `max_inflight_messages`
 //! unacknowledged ones, so the task then renews the connection after [`REDELIVER_AFTER`]
 //! (again and again while the journal keeps refusing): the broker redelivers, and input resumes
@@ -61,9 +84,9 @@ use rumqttc::{AsyncClient, Event, Packet, PubAck, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
+use super::{ConnectionState, Delivery, DeviceEvent, DeviceInfo, DeviceStatus};
 use crate::config::{DecoderKind, DeviceSettings, MqttSettings, PayloadFormat, PayloadSettings};
-use crate::journal::Durable;
+use crate::journal::{Durable, JournalHandle, MessageId};
 use crate::mqtt::OversizeGuard;
 
 /// Requests (acks, subscriptions) that may queue for the event loop.
@@ -129,14 +152,19 @@ pub struct MqttDevices {
     pub events: mpsc::Sender<DeviceEvent>,
     /// Counts messages over `max_message`.
     pub oversize: prometheus_client::metrics::counter::Counter,
+    /// The journal, told which packet ids the broker reused for new messages (see
+    /// [`JournalHandle::reused`]).
+    pub journal: JournalHandle,
 }
 
 /// Messages read in one go, handed to the core as one group.
 struct Burst {
-    /// Their events, for the messages on a device's topic.
-    events: Vec<DeviceEvent>,
+    /// Their events, for the messages on a device's topic, with where each came from.
+    events: Vec<(Delivery, DeviceEvent)>,
     /// The packet ids of all of them, in arrival order.
     pkids: Vec<u16>,
+    /// The identities of first deliveries (no DUP) among them.
+    fresh: Vec<MessageId>,
 }
 
 impl Burst {
@@ -146,6 +174,7 @@ impl Burst {
         Burst {
             events: Vec::with_capacity(messages),
             pkids: Vec::with_capacity(messages),
+            fresh: Vec::with_capacity(messages),
         }
     }
 }
@@ -349,6 +378,10 @@ impl MqttDevices {
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         unacked += 1;
                         burst.pkids.push(publish.pkid);
+                        let id = MessageId::new(publish.pkid, &publish.topic, &publish.payload);
+                        if !publish.dup {
+                            burst.fresh.push(id);
+                        }
                         match by_topic.get(publish.topic.as_str()) {
                             Some((device, noted)) => {
                                 // Not for every message of a burst: it says when the device was last
@@ -360,10 +393,15 @@ impl MqttDevices {
                                         status.last_frame_at = Some(Local::now());
                                     });
                                 }
-                                burst.events.push(match oversize.size(&publish.payload) {
+                                let delivery = Delivery {
+                                    id,
+                                    redelivered: publish.dup,
+                                };
+                                let event = match oversize.size(&publish.payload) {
                                     Some(size) => oversize_event(device, size, &self.settings),
                                     None => message_event(device, &publish.payload),
-                                });
+                                };
+                                burst.events.push((delivery, event));
                             }
                             None => {
                                 // Only possible with overlapping subscriptions left in the session
@@ -464,6 +502,12 @@ impl MqttDevices {
         if burst.pkids.is_empty() {
             return true;
         }
+        // A first delivery with a packet id means the broker had the PUBACK of the message that
+        // id named before: the journal must no longer take a redelivery with that id for it.
+        // Before the new messages are recorded (or a crash could leave the old identity to
+        // swallow a new message with the same payload).
+        self.journal.reused(&burst.fresh);
+        burst.fresh.clear();
         let written = if burst.events.is_empty() {
             None
         } else {
@@ -517,8 +561,8 @@ async fn acknowledge(
 
 /// Writes a PUBACK for each message of `ready` that came in `session` (the others are
 /// dropped) and flushes once; empties `ready` and returns how many were of `session`. Without a
-/// connection (it broke since), the broker redelivers those messages to the next session:
-/// recorded twice, never lost.
+/// connection (it broke since), the broker redelivers those messages to the next session,
+/// where the journal recognises them.
 async fn write_acks(
     event_loop: &mut rumqttc::EventLoop,
     ready: &mut Vec<Acks>,

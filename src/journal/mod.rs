@@ -52,6 +52,9 @@
 //!   journal/
 //!     segments/000…0001.seg        the record log: frames (length, CRC-32, position, record
 //!                                  JSON bytes), one file per ~8 MiB, named by first position
+//!     messages                     identities of the MQTT messages records came from: one
+//!                                  32-byte slot per packet id (2 MiB), see `messages`; and
+//!                                  the acknowledged position again, written at each removal
 //!     conf, db, snap.*, blobs/     the sled 0.34 database:
 //!       tree "meta"                "format" = "2", "epoch" = 8 hex chars,
 //!                                  "seq_floor" = u64 BE, "position_floor" = u64 BE,
@@ -129,17 +132,38 @@
 //!   one, so each record is still fsynced before it is confirmed);
 //! - when a flush finishes, every position at or below what it covered is published as durable
 //!   on a `watch` channel; [`Durable::wait`] resolves from there (MQTT PUBACK-after-durable and
-//!   the uplink reader both use it).
+//!   the uplink reader both use it);
+//! - while a flush runs and the oldest write waiting for the next one is already `flush` old,
+//!   the actor takes no commands until the running flush is done: producers wait rather than
+//!   pile up records a slow fsync keeps from being covered (an MQTT backlog after a restart
+//!   had ~5.5k records accepted and not durable with `flush = 20ms`).
 //!
 //! Removal after upload writes the floors, then the acknowledged position, into meta (plain
 //! inserts: sled writes its log out for every batch) and deletes the segment files below it,
 //! never the last one (its last record tells the next seq; sled is fsynced before a file goes).
 //! It is fsynced lazily, by the first flush a second after it: the flushes of appends leave sled
 //! out. Nothing waits on it, and a removal lost in a crash only means records HQ already holds
-//! are sent again.
+//! are sent again. sled buffers its writes inside the process, so a `kill -9` lost up to that
+//! second of removals (thousands of records sent again while draining a backlog): each removal
+//! therefore also writes the acknowledged position into `messages`, in the kernel at once, and
+//! the open takes it when it is ahead of sled's (and below the next position).
 //! Dead-lettering and eviction take single records out: the dead letter and the floors are
 //! made durable first, then the segment is rewritten without them (temporary file, fsync,
 //! rename, folder fsync); a crash in between leaves the record in the log, to be sent again.
+//!
+//! # MQTT message identities
+//!
+//! A record an MQTT message became ([`JournalHandle::append_from`],
+//! [`JournalHandle::append_batch_from`]) has the message's identity ([`MessageId`]: packet id and
+//! a hash of topic and payload) put in the `messages` table in the same append. The log hands the
+//! table's changed pages to the kernel before any frame, and a flush fsyncs it with the
+//! segments, so whatever record survives a crash has its identity, and an identity whose record
+//! did not survive (its position is not below the next position at open) is cleared at open.
+//! The table does not follow removals: HQ may hold the record before its message was
+//! acknowledged to the broker. [`JournalHandle::recorded`] tells the core that a message
+//! delivered again is recorded already; [`JournalHandle::reused`] retires an identity once the
+//! broker gave its packet id to a new message. The MQTT device task's module doc has the
+//! protocol side.
 //!
 //! A clean close saves the backlog figures in meta (`counters`, the last write before the final
 //! flush); the next open uses and removes them instead of counting the log. After a crash there
@@ -228,12 +252,14 @@
 //! - `segments`: the record log (segment files, frames, cutting a torn tail, rewrites).
 //! - `floor`: the floor file.
 //! - `writer`: the actor, [`JournalHandle`], batches, group commit.
+//! - `messages`: the MQTT message identities.
 //! - `offline`: `stats`, `dump`.
 //! - `salvage`: `salvage` and the raw scan.
 
 pub mod clock;
 mod error;
 mod floor;
+mod messages;
 mod offline;
 pub mod record;
 mod salvage;
@@ -245,6 +271,7 @@ mod writer;
 mod tests;
 
 pub use error::JournalError;
+pub use messages::MessageId;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
 pub use record::{Data, Kind};
 pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};

@@ -158,6 +158,9 @@ pub(crate) struct Log {
     changes: Vec<(u64, bool)>,
     /// Opened by [`Log::open_read_only`]: no file is created, cut, rewritten or deleted.
     read_only: bool,
+    /// The identities of the messages records came from: written to the kernel before any
+    /// frame is, so a record that survives a crash has its identity too (see `messages`).
+    messages: Option<super::messages::SharedMessages>,
 }
 
 /// The newest frames of the log in memory: every frame from position `first` on, in order,
@@ -425,6 +428,7 @@ impl Log {
             torn: None,
             changes: Vec::new(),
             read_only,
+            messages: None,
         };
         let mut ending = Ending::default();
         let mut previous = 0u64;
@@ -658,6 +662,11 @@ impl Log {
         let Some((first, file)) = &self.writer else {
             return Err("the record log has no open segment".to_string());
         };
+        if let Some(messages) = &self.messages {
+            super::messages::lock(messages)
+                .write_dirty()
+                .map_err(|err| format!("cannot write the message identities: {err}"))?;
+        }
         let mut writer: &File = file;
         if let Err(err) = writer.write_all(&self.pending) {
             // Take back whatever part of the buffer reached the file, so a retry cannot leave
@@ -686,6 +695,11 @@ impl Log {
             self.unsynced.push(file.clone());
         }
         Ok(())
+    }
+
+    /// From now on, hands `messages`' changes to the kernel before any frame.
+    pub(crate) fn attach_messages(&mut self, messages: super::messages::SharedMessages) {
+        self.messages = Some(messages);
     }
 
     /// Whether a failed write could not be taken back (nothing can be written any more).

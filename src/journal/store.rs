@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use nix::fcntl::{Flock, FlockArg};
@@ -18,6 +19,7 @@ use sled::{Batch, Db, Transactional, Tree};
 use super::clock::Clock;
 use super::error::JournalError;
 use super::floor::{self, Floor};
+use super::messages::{self, MessageId, MessageTable, SharedMessages};
 use super::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder, RecordHead};
 use super::segments::{Ending, Log, Mark, SyncJob};
 
@@ -338,6 +340,8 @@ pub(crate) struct Faults {
     pub(crate) inserts_before_failure: Option<u64>,
     /// Whether removing the records of a failed batch fails too.
     pub(crate) fail_rollback: bool,
+    /// How long every flush takes at least (a slow disk).
+    pub(crate) flush_delay: Option<std::time::Duration>,
 }
 
 /// A record just appended by [`Store::append`].
@@ -411,6 +415,9 @@ pub(crate) struct Store {
     /// Injected failures (tests only).
     #[cfg(test)]
     pub(crate) faults: Faults,
+    /// The identities of the MQTT messages records came from (`messages`); `None` for offline
+    /// commands, which never append.
+    pub(crate) messages: Option<SharedMessages>,
     /// Dropped last (fields drop in declaration order), after sled released its files.
     _lock: JournalLock,
 }
@@ -428,15 +435,29 @@ impl std::fmt::Debug for Store {
 /// What a flush must do, taken from the store by [`Store::flush_job`] and run on a blocking
 /// thread: fsync the log's files, then sled when asked to.
 pub(crate) struct FlushJob {
+    /// The message identities' file, when it changed.
+    messages: Option<Arc<File>>,
     /// The log files and folder.
     log: SyncJob,
     /// The database, when its changes are to be made durable too.
     db: Option<Db>,
+    /// Injected slowness (tests only).
+    #[cfg(test)]
+    delay: Option<std::time::Duration>,
 }
 
 impl FlushJob {
     /// fsyncs the record log, then sled.
     pub(crate) fn run(&self) -> Result<(), JournalError> {
+        #[cfg(test)]
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
+        }
+        if let Some(messages) = &self.messages {
+            messages
+                .sync_data()
+                .map_err(|err| JournalError::Flush(format!("message identities: {err}")))?;
+        }
         self.log
             .run()
             .map_err(|err| JournalError::Flush(format!("record log: {err}")))?;
@@ -880,6 +901,7 @@ fn open_store_at(
         floor_dir: None,
         evict_from: 0,
         scratch: None,
+        messages: None,
         #[cfg(test)]
         faults: Faults::default(),
         _lock: lock,
@@ -1078,8 +1100,19 @@ fn copy_except_segments(from: &Path, to: &Path) -> std::io::Result<()> {
 impl Store {
     /// Appends a new record of this journal; it is in the log but not yet durable.
     pub(crate) fn append(&mut self, kind: Kind, data: &Data) -> Result<LocalAppend, JournalError> {
+        self.append_from(kind, data, None)
+    }
+
+    /// [`Store::append`] of the record an MQTT message became: the message's identity is kept
+    /// with it (see `messages`).
+    pub(crate) fn append_from(
+        &mut self,
+        kind: Kind,
+        data: &Data,
+        origin: Option<MessageId>,
+    ) -> Result<LocalAppend, JournalError> {
         check_data_is_object(data.as_bytes()).map_err(JournalError::InvalidData)?;
-        let local = self.write_records(kind, std::slice::from_ref(data))?;
+        let local = self.write_records(kind, std::slice::from_ref(data), &[origin])?;
         Ok(LocalAppend {
             seq: local.first_seq,
             position: local.first_position,
@@ -1090,20 +1123,56 @@ impl Store {
     /// Appends several records of one kind with contiguous seqs and positions, all or nothing:
     /// if one cannot be appended, the batch is taken back out of the log and no seq is used.
     /// (If even that fails, [`Store::broken`] is set.)
+    /// `origins`: the identity of the MQTT message record `i` came from, if any (as long as
+    /// `data`, or empty).
     pub(crate) fn append_batch(
         &mut self,
         kind: Kind,
         data: &[Data],
+        origins: &[Option<MessageId>],
     ) -> Result<LocalBatch, JournalError> {
         for (index, item) in data.iter().enumerate() {
             check_data_is_object(item.as_bytes())
                 .map_err(|err| JournalError::InvalidData(format!("record {index}: {err}")))?;
         }
-        self.write_records(kind, data)
+        self.write_records(kind, data, origins)
     }
 
-    /// Encodes and appends checked records with the next seqs and positions, all or nothing.
-    fn write_records(&mut self, kind: Kind, data: &[Data]) -> Result<LocalBatch, JournalError> {
+    /// Opens the table of message identities in `journal_dir` (live journals only); its slots
+    /// of records that did not survive are cleared.
+    pub(crate) fn attach_messages(&mut self, journal_dir: &Path) -> Result<(), JournalError> {
+        let table = MessageTable::open(journal_dir, self.next_position)
+            .map_err(|err| JournalError::storage("opening the message identities", err))?;
+        // A removal sled lost in a crash: HQ has those records already.
+        let acked = table.acked_at_open();
+        if acked > self.acked {
+            let (records, bytes) = self
+                .log
+                .count(self.acked, acked)
+                .map_err(|err| JournalError::storage("counting acknowledged records", err))?;
+            tracing::info!(
+                records,
+                "records HQ acknowledged before the crash are not sent again"
+            );
+            self.acked = acked;
+            self.backlog_records = self.backlog_records.saturating_sub(records);
+            self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+        }
+        let shared: SharedMessages = Arc::new(std::sync::Mutex::new(table));
+        self.log.attach_messages(shared.clone());
+        self.messages = Some(shared);
+        Ok(())
+    }
+
+    /// Encodes and appends checked records with the next seqs and positions, all or nothing;
+    /// the identities of the messages they came from (`origins`, by index) go into the table in
+    /// the same write.
+    fn write_records(
+        &mut self,
+        kind: Kind,
+        data: &[Data],
+        origins: &[Option<MessageId>],
+    ) -> Result<LocalBatch, JournalError> {
         let first_seq = self.next_seq;
         let first_position = self.next_position;
         // The records are written together, so one clock stamp serves them all.
@@ -1121,7 +1190,24 @@ impl Store {
                 }
             }
         }
+        // Noted before `end`, which may hand the frames to the kernel: the table goes first.
+        let mut replaced = Vec::new();
+        if let Some(messages) = &self.messages {
+            let mut table = messages::lock(messages);
+            for (offset, origin) in (0u64..).zip(origins) {
+                if let Some(origin) = origin {
+                    let before = table.record(*origin, first_position + offset);
+                    replaced.push((origin.pkid, before));
+                }
+            }
+        }
         if let Err(err) = self.end() {
+            if let Some(messages) = &self.messages {
+                let mut table = messages::lock(messages);
+                for (pkid, before) in replaced.into_iter().rev() {
+                    table.restore(pkid, before);
+                }
+            }
             self.roll_back(mark);
             return Err(err);
         }
@@ -1395,6 +1481,12 @@ impl Store {
         }
         self.backlog_records = self.backlog_records.saturating_sub(removed);
         self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+        if let Some(messages) = &self.messages {
+            // Survives a kill -9 at once, unlike sled's buffered write (see `messages`).
+            if let Err(err) = messages::lock(messages).set_acked(position) {
+                tracing::warn!(error = %err, "cannot write the acknowledged position");
+            }
+        }
         // The floors must be on disk before a file goes: the unlink can reach the disk before
         // sled's batch, and the last segment may hold no durable record yet (just rolled).
         self.track_segments()?;
@@ -1580,6 +1672,12 @@ impl Store {
         self.track_segments()?;
         // A write the log took back (a full disk) is retried at the next flush; one it could
         // not take back is the end, like a failed fsync.
+        let messages = match &self.messages {
+            Some(messages) => messages::lock(messages)
+                .sync_job()
+                .map_err(|err| JournalError::storage("writing the message identities", err))?,
+            None => None,
+        };
         let log = self.log.sync_job().map_err(|err| {
             if self.log.is_torn() {
                 JournalError::Flush(format!("record log: {err}"))
@@ -1588,6 +1686,9 @@ impl Store {
             }
         })?;
         Ok(FlushJob {
+            #[cfg(test)]
+            delay: self.faults.flush_delay,
+            messages,
             log,
             db: with_meta.then(|| self.db.clone()),
         })

@@ -893,6 +893,7 @@ async fn a_batch_that_sled_refuses_is_taken_back_whole() {
         store::Faults {
             inserts_before_failure: Some(3),
             fail_rollback: false,
+            flush_delay: None,
         },
     );
     // The fourth insert fails: the three before it are removed again and no seq is used.
@@ -934,6 +935,7 @@ async fn a_batch_that_cannot_be_taken_back_stops_the_journal() {
         store::Faults {
             inserts_before_failure: Some(2),
             fail_rollback: true,
+            flush_delay: None,
         },
     );
     let first = handle
@@ -2284,4 +2286,32 @@ async fn salvage_names_the_lost_seqs_at_the_end_of_a_damaged_journal() {
     assert_eq!(folder.copied, 29, "{report}");
     let runs: Vec<String> = folder.missing.iter().map(ToString::to_string).collect();
     assert_eq!(runs, [format!("{old_epoch}/30")], "{report}");
+}
+/// While a slow flush runs, appends are taken only until the oldest record waiting for the next
+/// flush is a flush interval old; then the producer waits for the running flush to finish, so
+/// what is accepted but not durable stays near one flush interval's worth (an MQTT backlog
+/// after a restart had ~5.5k records waiting with flush = 20 ms).
+#[tokio::test]
+async fn appends_wait_for_a_slow_flush_once_the_next_one_is_due() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    store.faults.flush_delay = Some(Duration::from_millis(400));
+    let handle = writer::spawn(store, &config(dir.path(), Duration::from_millis(20)));
+    let scan = |code: &str| Data::serialize(&json!({ "code": code })).expect("data");
+    // The first record's flush starts after 20 ms and runs 400 ms.
+    let first = handle.append(Kind::Scan, scan("1")).await.expect("first");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(!first.durable.is_durable(), "the slow flush runs");
+    // Taken at once: it starts the wait for the next flush.
+    handle.append(Kind::Scan, scan("2")).await.expect("second");
+    assert!(!first.durable.is_durable(), "still running");
+    // A flush interval later the next flush is due but cannot start: held back until the
+    // running one is done.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    handle.append(Kind::Scan, scan("3")).await.expect("third");
+    assert!(
+        first.durable.is_durable(),
+        "an append accepted while the due flush could not start"
+    );
+    handle.close().await.expect("close");
 }

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::error::JournalError;
+use super::messages::{self, MessageId, SharedMessages};
 use super::record::{Data, Kind};
 use super::store::{open_or_replace, Eviction, Replaced, Store, StoredRecord};
 
@@ -51,6 +52,9 @@ const OVER_QUOTA_LOG_EVERY: Duration = Duration::from_secs(60);
 /// reclaimed: draining 1M records (flush = 50ms) peaked at 215 MiB RSS with removals fsynced
 /// like appends, 108 MiB with this. (Dead-lettering and evictions fsync sled themselves.)
 const REMOVAL_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Least time the oldest record not covered by a flush waits before the actor stops taking
+/// commands while a flush runs (see [`Actor::held_back_until`]).
+const HOLD_BACK_FLOOR: Duration = Duration::from_millis(1);
 /// How long after a failed write of the record log (a full disk) the next flush tries again.
 const WRITE_RETRY: Duration = Duration::from_millis(500);
 
@@ -165,6 +169,11 @@ impl Durable {
         }
     }
 
+    /// The position of the record (of the batch's last one) it waits for.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// Whether the record is already known to be durable.
     pub fn is_durable(&self) -> bool {
         self.mark.borrow().position >= self.position
@@ -237,6 +246,8 @@ enum Command {
         kind: Kind,
         /// The record's `data`.
         data: Data,
+        /// The MQTT message it came from.
+        origin: Option<MessageId>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Appended, JournalError>>,
     },
@@ -246,6 +257,8 @@ enum Command {
         kind: Kind,
         /// The records' `data`, in order.
         data: Vec<Data>,
+        /// The MQTT message each came from (as long as `data`, or empty).
+        origins: Vec<Option<MessageId>>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<AppendedBatch, JournalError>>,
     },
@@ -294,6 +307,8 @@ pub struct JournalHandle {
     mark: watch::Receiver<DurableMark>,
     /// The journal's epoch (fixed).
     epoch: Arc<str>,
+    /// The identities of the MQTT messages records came from.
+    messages: Option<SharedMessages>,
 }
 
 impl std::fmt::Debug for Command {
@@ -316,13 +331,16 @@ pub async fn open(config: JournalConfig) -> Result<Opened, JournalError> {
     let data_dir = config.data_dir.clone();
     let store_code = config.store.clone();
     let gateway = config.gateway.clone();
-    let (store, replaced) =
-        tokio::task::spawn_blocking(move || open_or_replace(&data_dir, &store_code, &gateway))
-            .await
-            .map_err(|err| JournalError::Damaged {
-                path: config.data_dir.join(super::store::JOURNAL_DIR),
-                reason: format!("opening the journal failed: {err}"),
-            })??;
+    let (store, replaced) = tokio::task::spawn_blocking(move || {
+        let (mut store, replaced) = open_or_replace(&data_dir, &store_code, &gateway)?;
+        store.attach_messages(&data_dir.join(super::store::JOURNAL_DIR))?;
+        Ok::<_, JournalError>((store, replaced))
+    })
+    .await
+    .map_err(|err| JournalError::Damaged {
+        path: config.data_dir.join(super::store::JOURNAL_DIR),
+        reason: format!("opening the journal failed: {err}"),
+    })??;
     let handle = spawn(store, &config);
     if let Some(replaced) = &replaced {
         let _ = handle.stats.replaced.set(replaced.clone());
@@ -359,6 +377,7 @@ pub(super) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
     let (mark_tx, mark) = watch::channel(initial);
     let stats = Arc::new(SharedStats::default());
     let epoch: Arc<str> = store.epoch.as_str().into();
+    let messages = store.messages.clone();
     let id_prefix: Arc<str> = store.id_prefix().into();
     let actor = Actor {
         id_prefix,
@@ -389,6 +408,7 @@ pub(super) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
         stats,
         mark,
         epoch,
+        messages,
     }
 }
 
@@ -413,9 +433,57 @@ impl JournalHandle {
         kind: Kind,
         data: impl Into<Data>,
     ) -> Result<Appended, JournalError> {
+        self.append_from(kind, data, None).await
+    }
+
+    /// [`JournalHandle::append`] of the record the MQTT message `origin` became: the message's
+    /// identity is kept with the record, durable with it, so that [`JournalHandle::recorded`]
+    /// knows the message when the broker delivers it again, even after a crash.
+    pub async fn append_from(
+        &self,
+        kind: Kind,
+        data: impl Into<Data>,
+        origin: Option<MessageId>,
+    ) -> Result<Appended, JournalError> {
         let data = data.into();
-        self.ask(|reply| Command::Append { kind, data, reply })
-            .await
+        self.ask(|reply| Command::Append {
+            kind,
+            data,
+            origin,
+            reply,
+        })
+        .await
+    }
+
+    /// The record the MQTT message `id` became, if the journal holds its identity and the
+    /// broker did not reuse its packet id since ([`JournalHandle::reused`]): resolves once that
+    /// record is durable. Records removed after upload still count.
+    pub fn recorded(&self, id: MessageId) -> Option<Durable> {
+        let position = messages::lock(self.messages.as_ref()?).recorded(id)?;
+        Some(Durable {
+            position,
+            mark: self.mark.clone(),
+        })
+    }
+
+    /// Notes that the broker delivered the new messages `ids` (no DUP): the messages their
+    /// packet ids named before were acknowledged (a broker reuses an id only then), so a
+    /// redelivery with one of those ids is a new message even with the same topic and payload.
+    /// Only a slot with the same hash needs the mark (another hash never matches the new
+    /// message); it is written to the kernel at once, made durable by the next flush.
+    pub fn reused(&self, ids: &[MessageId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let Some(shared) = &self.messages else { return };
+        let mut table = messages::lock(shared);
+        if !table.reused(ids) {
+            return;
+        }
+        if let Err(error) = table.write_dirty() {
+            // Written again with the next flush, which fails loudly if the disk still refuses.
+            tracing::warn!(%error, "cannot write reused message identities");
+        }
     }
 
     /// Appends several records of one kind at once: far cheaper per record than as many
@@ -429,6 +497,18 @@ impl JournalHandle {
         kind: Kind,
         data: Vec<Data>,
     ) -> Result<AppendedBatch, JournalError> {
+        self.append_batch_from(kind, data, Vec::new()).await
+    }
+
+    /// [`JournalHandle::append_batch`] of records MQTT messages became: `origins[i]` is the
+    /// message record `i` came from, if any (`origins` is as long as `data`, or empty). See
+    /// [`JournalHandle::append_from`].
+    pub async fn append_batch_from(
+        &self,
+        kind: Kind,
+        data: Vec<Data>,
+        origins: Vec<Option<MessageId>>,
+    ) -> Result<AppendedBatch, JournalError> {
         if data.len() > MAX_BATCH_RECORDS {
             return Err(JournalError::Rejected(format!(
                 "a batch of {} records is more than the {MAX_BATCH_RECORDS} one append_batch \
@@ -436,8 +516,20 @@ impl JournalHandle {
                 data.len()
             )));
         }
-        self.ask(|reply| Command::AppendBatch { kind, data, reply })
-            .await
+        if !origins.is_empty() && origins.len() != data.len() {
+            return Err(JournalError::Rejected(format!(
+                "{} message identities for a batch of {} records",
+                origins.len(),
+                data.len()
+            )));
+        }
+        self.ask(|reply| Command::AppendBatch {
+            kind,
+            data,
+            origins,
+            reply,
+        })
+        .await
     }
 
     /// Serialises `data` (which must serialise to a JSON object) and appends it.
@@ -625,13 +717,16 @@ impl Actor {
                 }
             }
             let timer_armed = self.in_flight.is_none() && deadline.is_some();
+            let hold_back = self.held_back_until();
+            let held_back = hold_back.is_some_and(|at| at <= Instant::now());
             tokio::select! {
                 biased;
                 done = wait_in_flight(&mut self.in_flight), if self.in_flight.is_some() => {
                     self.finish_flush(done);
                 }
                 () = timer.as_mut(), if timer_armed => {}
-                command = self.inbox.recv() => {
+                () = sleep_until_or_never(hold_back), if hold_back.is_some() && !held_back => {}
+                command = self.inbox.recv(), if !held_back => {
                     let Some(first) = command else { break 'main };
                     // Drain what is already queued (bounded, so flushes and timers still get a
                     // turn); every command taken off the queue is handled before leaving.
@@ -671,12 +766,22 @@ impl Actor {
     /// used (its records, at least 1).
     fn handle(&mut self, command: Command) -> usize {
         match command {
-            Command::Append { kind, data, reply } => {
-                let result = self.append(kind, &data);
+            Command::Append {
+                kind,
+                data,
+                origin,
+                reply,
+            } => {
+                let result = self.append(kind, &data, origin);
                 self.answers.push((reply, result));
             }
-            Command::AppendBatch { kind, data, reply } => {
-                let result = self.append_batch(kind, &data);
+            Command::AppendBatch {
+                kind,
+                data,
+                origins,
+                reply,
+            } => {
+                let result = self.append_batch(kind, &data, &origins);
                 let _ = reply.send(result);
                 return data.len().max(1);
             }
@@ -725,13 +830,18 @@ impl Actor {
     }
 
     /// Appends one record.
-    fn append(&mut self, kind: Kind, data: &Data) -> Result<Appended, JournalError> {
+    fn append(
+        &mut self,
+        kind: Kind,
+        data: &Data,
+        origin: Option<MessageId>,
+    ) -> Result<Appended, JournalError> {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
         let local = self
             .store
-            .append(kind, data)
+            .append_from(kind, data, origin)
             .map_err(|err| self.append_failed(err))?;
         self.note_write();
         self.stats.appended_total.fetch_add(1, Ordering::Relaxed);
@@ -765,13 +875,18 @@ impl Actor {
     }
 
     /// Appends a batch of records, all or nothing.
-    fn append_batch(&mut self, kind: Kind, data: &[Data]) -> Result<AppendedBatch, JournalError> {
+    fn append_batch(
+        &mut self,
+        kind: Kind,
+        data: &[Data],
+        origins: &[Option<MessageId>],
+    ) -> Result<AppendedBatch, JournalError> {
         if let Some(failed) = &self.failed {
             return Err(JournalError::Flush(failed.to_string()));
         }
         let local = self
             .store
-            .append_batch(kind, data)
+            .append_batch(kind, data, origins)
             .map_err(|err| self.append_failed(err))?;
         let last_position = if local.count == 0 {
             // Nothing to wait for: position 0 is always covered.
@@ -926,6 +1041,19 @@ impl Actor {
             Some(retry_at) => due.map(|due| due.max(retry_at)),
             None => due,
         }
+    }
+
+    /// From when the actor takes no more commands until the running flush is done: once the
+    /// oldest write waiting for the next flush is `flush` old (at least [`HOLD_BACK_FLOOR`]).
+    /// Without it, a burst (an MQTT backlog after a restart) keeps being accepted however long
+    /// the running fsync takes, and thousands of records wait for a flush that cannot start
+    /// yet; held back, producers wait instead (an MQTT message is then not read from the
+    /// broker, which keeps it), and what is accepted but not durable stays near what arrives in
+    /// one flush interval.
+    fn held_back_until(&self) -> Option<Instant> {
+        self.in_flight.as_ref()?;
+        let since = self.unflushed_since?;
+        Some(since + self.flush_every.max(HOLD_BACK_FLOOR))
     }
 
     /// Remembers that records were removed but the removal is not covered by a flush yet.
@@ -1099,6 +1227,14 @@ impl Actor {
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         result
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

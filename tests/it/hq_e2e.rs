@@ -44,12 +44,12 @@ impl HqSite {
         Gateway::spawn(&["hq", "-c", config.to_str().unwrap()], "hq listening on ").await
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/v1/batches", self.port)
     }
 
     /// Every record HQ holds, via the admin read endpoint, paging with `after`.
-    async fn records(&self) -> Vec<Value> {
+    pub(crate) async fn records(&self) -> Vec<Value> {
         let client = crate::harness::client();
         let mut after = 0u64;
         let mut all = Vec::new();

@@ -16,6 +16,7 @@ mod duplex;
 mod journal_damage;
 mod metrics;
 mod mqtt_devices;
+mod mqtt_once;
 mod mqtt_oversize;
 mod mqtt_prompts;
 mod mqtt_uplink;
