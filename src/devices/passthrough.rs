@@ -14,7 +14,11 @@
 //!
 //! Both outboxes are bounded by bytes ([`OUT_BUDGET`], [`BACK_BUDGET`]), not by chunks: a
 //! device that delivers one byte per read must not hit a limit meant for 8 KiB reads, and
-//! small writes are coalesced into one. What does not fit is dropped whole and counted
+//! small writes are coalesced into one. The budget covers every byte not yet written: those
+//! queued and those the writer has taken but the port has not accepted yet (the writer takes
+//! the whole queue at once, so counting only the queue would let twice the budget wait, and
+//! whether anything was dropped would depend on when the writer got to run). What does not fit
+//! is dropped whole and counted
 //! ([`DirectionCounters`]: `posgw_passthrough_dropped_bytes_total` and
 //! `posgw_passthrough_dropped_chunks_total` by device and direction, and the device's
 //! `passthrough` in `/api/v1/status`), with a warning at most every [`WARN_EVERY`].
@@ -47,9 +51,10 @@ use crate::config::LineSettings;
 
 use super::serial::builder;
 
-/// Bytes that may wait for a slow passthrough reader before new ones are dropped (and counted).
-/// A scanner sends tens of bytes a second and a register a few KiB a receipt: this is minutes
-/// of either, and at most this much memory per device.
+/// Bytes that may wait for a slow passthrough reader (queued or taken by the writer and not yet
+/// written) before new ones are dropped (and counted). A scanner sends tens of bytes a second
+/// and a register a few KiB a receipt: this is minutes of either, and at most this much memory
+/// per device.
 pub const OUT_BUDGET: usize = 1024 * 1024;
 
 /// Bytes from the far side (status replies, scanner commands) that may wait for the device's
@@ -112,6 +117,9 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct Queue {
     bytes: Vec<u8>,
+    /// Bytes the consumer took and has neither written nor dropped yet: they still count
+    /// against the budget.
+    taken: usize,
     warned_at: Option<Instant>,
 }
 
@@ -134,7 +142,7 @@ impl Outbox {
             return true;
         }
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if queue.bytes.len() + bytes.len() > self.budget {
+        if queue.bytes.len() + queue.taken + bytes.len() > self.budget {
             self.counters.dropped_bytes.inc_by(bytes.len() as u64);
             self.counters.dropped_chunks.inc();
             if queue
@@ -160,15 +168,29 @@ impl Outbox {
         true
     }
 
-    /// Moves everything queued into `into` (which must be empty).
+    /// Moves everything queued into `into` (which must be empty). The bytes keep counting
+    /// against the budget until they are [`released`](Outbox::release).
     fn take(&self, into: &mut Vec<u8>) {
+        debug_assert!(into.is_empty());
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut queue.bytes, into);
+        queue.taken += into.len();
     }
 
-    /// Counts bytes that were taken but could not be written as dropped.
+    /// Gives back the room of `bytes` taken bytes, written or dropped now.
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            debug_assert!(bytes <= queue.taken);
+            queue.taken = queue.taken.saturating_sub(bytes);
+        }
+    }
+
+    /// Counts bytes that were taken but could not be written as dropped, and gives back their
+    /// room.
     fn dropped(&self, bytes: usize) {
         if bytes > 0 {
+            self.release(bytes);
             self.counters.dropped_bytes.inc_by(bytes as u64);
             self.counters.dropped_chunks.inc();
         }
@@ -242,6 +264,7 @@ impl Pump {
         }
         self.written += n;
         self.last_write = Instant::now();
+        self.outbox.release(n);
         self.outbox.counters.bytes.inc_by(n as u64);
         Ok(Pumped::Wrote(n))
     }
@@ -280,6 +303,13 @@ impl Pump {
         self.outbox.take(&mut self.pending);
         self.outbox.dropped(self.pending.len());
         self.reset();
+    }
+}
+
+impl Drop for Pump {
+    /// Bytes taken and never written are lost with the pump: counted, and their room given back.
+    fn drop(&mut self) {
+        self.outbox.dropped(self.pending.len() - self.written);
     }
 }
 
@@ -705,5 +735,53 @@ mod tests {
         assert!(outbox.push(b"abc"), "room again once written");
         pump.discard();
         assert_eq!(counters.dropped_bytes.get(), 8);
+    }
+
+    #[tokio::test]
+    async fn bytes_taken_but_not_yet_written_count_against_the_budget() {
+        let counters = DirectionCounters::default();
+        let outbox = Arc::new(Outbox::new(10, counters.clone(), "test".into()));
+        let mut pump = Pump::new(outbox.clone());
+        // A port that takes 4 bytes and then nothing until its reader reads.
+        let (mut port, mut reader) = tokio::io::duplex(4);
+        assert!(outbox.push(b"0123456789"));
+        assert!(matches!(
+            pump.next(&mut port).await.expect("take"),
+            Pumped::Taken { .. }
+        ));
+        // Taken is not written: the queue is empty, but the budget is spent.
+        assert!(!outbox.push(b"x"), "taken bytes still wait for the port");
+        assert_eq!(pump.next(&mut port).await.expect("write"), Pumped::Wrote(4));
+        // The port took 4: room for exactly 4 more.
+        assert!(outbox.push(b"abcd"));
+        assert!(!outbox.push(b"e"));
+        assert_eq!(counters.dropped_bytes.get(), 2);
+        assert_eq!(counters.dropped_chunks.get(), 2);
+
+        let mut received = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 4];
+            while received.len() < 14 {
+                let n = reader.read(&mut chunk).await.expect("read");
+                received.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let (drained, ()) = tokio::join!(pump.drain(&mut port), read);
+        drained.expect("drain");
+        assert_eq!(received, b"0123456789abcd");
+        assert_eq!(counters.bytes.get(), 14);
+        assert!(
+            outbox.push(b"0123456789"),
+            "the whole budget again once written"
+        );
+
+        // Dropped bytes give their room back too, and a pump dropped with bytes taken counts them.
+        pump.discard();
+        assert_eq!(counters.dropped_bytes.get(), 12);
+        assert!(outbox.push(b"0123456789"));
+        pump.wait().await;
+        drop(pump);
+        assert_eq!(counters.dropped_bytes.get(), 22);
+        assert!(outbox.push(b"0123456789"));
     }
 }
