@@ -91,7 +91,7 @@ fn gauge(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// `GET /api/v1/status` body (CONTRACT.md section 4, plus `station`, `detail`, `epoch`,
+/// `GET /api/v1/status` body (docs/local-api.md, plus `station`, `detail`, `epoch`,
 /// `durable_seq`, the uplink's counters, `prompts`: open prompts and today's figures, and
 /// `pairing_token` for loopback callers).
 #[derive(Debug, Serialize)]

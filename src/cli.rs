@@ -1,4 +1,4 @@
-//! The command line (CONTRACT.md section 1).
+//! The command line (docs/configuration.md).
 //!
 //! Exit status: 0 success, 1 runtime failure, 2 usage or configuration error. A configuration
 //! error exits 2 so that systemd's `RestartPreventExitStatus=2` keeps a broken config from

@@ -1,6 +1,6 @@
 //! Sales: what a register says was sold, turned into the `data` of a `sale` record.
 //!
-//! Two sources, one shape (CONTRACT.md section 3, `sale`):
+//! Two sources, one shape (docs/records.md, `sale`):
 //! - a `json-register` sends one sale per line or MQTT message
 //!   (`{"receipt","clerk","currency","total","lines":[{"sku","name","qty","unit_price","amount"}]}`),
 //!   read by [`parse_json_sale`];

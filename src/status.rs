@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-/// Renders a status body (CONTRACT.md section 4 plus this build's extensions) as text.
+/// Renders a status body (docs/local-api.md plus this build's extensions) as text.
 pub fn render(status: &Value) -> String {
     let text = |value: &Value| value.as_str().map_or_else(|| "-".to_owned(), str::to_owned);
     let number = |value: &Value| value.as_u64().unwrap_or(0);

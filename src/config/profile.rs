@@ -290,7 +290,7 @@ pub struct PayloadSettings {
 }
 
 impl Default for PayloadSettings {
-    /// Auto-detected, fields `code` and `symbology` (CONTRACT 2a's mqtt-scanner).
+    /// Auto-detected, fields `code` and `symbology` (docs/configuration.md's mqtt-scanner).
     fn default() -> Self {
         PayloadSettings {
             format: PayloadFormat::Auto,

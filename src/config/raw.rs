@@ -1,6 +1,6 @@
 //! Stage 1 and 2 of loading: the config file as written, and merging drop-ins into it.
 //!
-//! These structs mirror the TOML of CONTRACT.md section 2 one to one. Every field is optional
+//! These structs mirror the TOML of docs/configuration.md one to one. Every field is optional
 //! (defaults and "required" are decided in validation, where the error can say which key is
 //! missing and where), every value keeps its position ([`Located`]), and unknown keys are
 //! rejected. Values whose syntax we check ourselves (durations, sizes, dates, enums) are kept

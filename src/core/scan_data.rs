@@ -1,4 +1,4 @@
-//! The `data` of a `scan` record (CONTRACT.md section 3), written by hand.
+//! The `data` of a `scan` record (docs/records.md), written by hand.
 //!
 //! Every scan becomes one of these, so it is the one record the gateway writes at the rate of
 //! the input (an MQTT backlog, a busy store). serde's derive spent about 0.5 µs on each (a key at a

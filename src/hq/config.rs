@@ -1,4 +1,4 @@
-//! The HQ receiver's configuration: `[hq]` and `[[store]]` (CONTRACT.md section 6).
+//! The HQ receiver's configuration: `[hq]` and `[[store]]` (docs/hq-protocol.md).
 //!
 //! Loaded with the gateway config's machinery (`crate::config::source` and `check`), so errors
 //! look the same: `PATH:LINE:COL: message`, unknown keys with a suggestion, every problem

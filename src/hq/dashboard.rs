@@ -1,4 +1,4 @@
-//! The HQ dashboard (`GET /`, CONTRACT.md section 6) and the one endpoint it needs besides
+//! The HQ dashboard (`GET /`, docs/hq-protocol.md) and the one endpoint it needs besides
 //! `/v1/stats` and `/v1/records`: `GET /v1/trace`, a receipt traced back to its scans.
 //!
 //! # The page

@@ -1,4 +1,4 @@
-//! The reference HQ receiver (`posgw hq`, CONTRACT.md sections 5 and 6): takes record batches
+//! The reference HQ receiver (`posgw hq`, docs/hq-protocol.md): takes record batches
 //! from store gateways over HTTP, stores them durably in sled, deduplicates on `id`, and
 //! serves records and campaign figures to HQ analysts. This module doc is its design doc.
 //!

@@ -1,7 +1,7 @@
 //! The wire side of `POST /v1/batches`: content encoding, decompression with a size guard,
 //! and validation of every line of the NDJSON body before anything is stored.
 //!
-//! Validation is of the envelope (CONTRACT.md section 3), plus what `/v1/stats` reads from
+//! Validation is of the envelope (docs/records.md), plus what `/v1/stats` reads from
 //! attribution records. A record is accepted when:
 //! - the line is one JSON object (UTF-8), with no `hq_seq` field (HQ adds that on the way out);
 //! - `store` is a store code, `gateway` and `epoch` are 1 to 64 of `A-Z a-z 0-9 - _ .` (no `/`),

@@ -1,4 +1,4 @@
-//! The record envelope (CONTRACT.md section 3): record kinds, writing a record's JSON bytes
+//! The record envelope (docs/records.md): record kinds, writing a record's JSON bytes
 //! once, and reading back the few envelope fields the journal itself needs.
 //!
 //! Records are encoded exactly once, when appended, and the bytes are what `journal dump` prints

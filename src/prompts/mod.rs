@@ -2,7 +2,7 @@
 //!
 //! When a scanned product belongs to a running `[[campaign]]`, a prompt opens on that station's
 //! clerk screen (the question and its options). It closes in exactly one of three ways, and each
-//! close writes exactly one `attribution` record (CONTRACT.md section 3):
+//! close writes exactly one `attribution` record (docs/records.md):
 //!
 //! ```text
 //!            answer (web | card | mqtt)

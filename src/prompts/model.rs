@@ -1,7 +1,7 @@
 //! The prompt engine's public types: what a prompt looks like on the wire, the attribution record
 //! written when it closes, the events it broadcasts and the errors it returns.
 //!
-//! These are wire types (CONTRACT.md sections 3 and 4), so their serde form is the contract:
+//! These are wire types (docs/records.md and docs/local-api.md), so their serde form is the contract:
 //! timestamps are RFC 3339 store-local time with offset and milliseconds
 //! (`2026-11-27T16:01:02.345+08:00`), enums are lowercase strings, absent values are `null`.
 
@@ -63,7 +63,7 @@ pub struct OptionView {
     pub label: String,
 }
 
-/// An open prompt as the API, the SSE stream and the MQTT channel show it (CONTRACT.md section 4).
+/// An open prompt as the API, the SSE stream and the MQTT channel show it (docs/local-api.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptView {
     /// Short, URL-safe, unique id (10 characters of lowercase base32).
@@ -93,7 +93,7 @@ impl PromptView {
     }
 }
 
-/// The `data` of an `attribution` record (CONTRACT.md section 3): one per prompt, written when it
+/// The `data` of an `attribution` record (docs/records.md): one per prompt, written when it
 /// closes, whatever the outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributionData {

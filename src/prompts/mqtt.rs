@@ -1,4 +1,4 @@
-//! The MQTT prompt channel (CONTRACT.md section 4): POS software on the store's broker sees the
+//! The MQTT prompt channel (docs/local-api.md): POS software on the store's broker sees the
 //! open prompts and answers them, as an alternative to the clerk page.
 //!
 //! # Topics (store `S`, station `T`)

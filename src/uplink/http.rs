@@ -1,4 +1,4 @@
-//! HTTP(S) transport for the uplink (CONTRACT.md section 5): one POST per batch, the bearer
+//! HTTP(S) transport for the uplink (docs/hq-protocol.md): one POST per batch, the bearer
 //! token from `token_file`, and HQ's status code mapped to a [`Delivery`].
 //!
 //! The token file is read for every delivery, so a rotated token is picked up without a
@@ -136,7 +136,7 @@ impl HttpTransport {
     }
 }
 
-/// Maps a non-2xx status to what the uplink must do (CONTRACT.md section 5).
+/// Maps a non-2xx status to what the uplink must do (docs/hq-protocol.md).
 pub fn classify(status: StatusCode, reason: String, retry_after: Option<Duration>) -> Delivery {
     match status.as_u16() {
         413 => Delivery::TooLarge,

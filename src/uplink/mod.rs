@@ -9,7 +9,7 @@
 //!    most `batch_max_age` for it to fill.
 //! 3. Send it as NDJSON made of the records' stored bytes (never re-encoded), compressed as
 //!    configured, through the endpoint's transport ([`http`] or [`mqtt`]).
-//! 4. Act on HQ's answer exactly as CONTRACT.md section 5 says:
+//! 4. Act on HQ's answer exactly as docs/hq-protocol.md says:
 //!    - accepted (2xx): remove the records from the journal, advance the cursor;
 //!    - transient (408, 429, 5xx, timeouts, connection errors) and refused credentials (401,
 //!      403): keep everything, retry the same records with exponential backoff and jitter,

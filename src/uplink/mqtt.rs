@@ -1,4 +1,4 @@
-//! MQTT transport for the uplink (CONTRACT.md section 5): each batch is one QoS 1 publish of the
+//! MQTT transport for the uplink (docs/hq-protocol.md): each batch is one QoS 1 publish of the
 //! same body the HTTP uplink would POST, and the broker's PUBACK plays the role of HQ's 2xx.
 //! This is how a chain with thousands of stores scales out onto its broker cluster.
 //!

@@ -1,4 +1,4 @@
-//! The clerk page and the prompt endpoints of the local API (CONTRACT.md section 4).
+//! The clerk page and the prompt endpoints of the local API (docs/local-api.md).
 //!
 //! | route | does |
 //! |---|---|

@@ -13,8 +13,8 @@ use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
 use crate::harness::{of_kind, Gateway, PtyScanner, Store, DEADLINE};
 
-const RECEIPT_A: &[u8] = include_bytes!("../../../shared/fixtures/receipt-a.bin");
-const RECEIPT_A_TEXT: &str = include_str!("../../../shared/fixtures/receipt-a.txt");
+const RECEIPT_A: &[u8] = include_bytes!("../fixtures/receipt-a.bin");
+const RECEIPT_A_TEXT: &str = include_str!("../fixtures/receipt-a.txt");
 
 /// `DLE EOT 1`: a register asking its printer for its status.
 const STATUS_POLL: &[u8] = &[0x10, 0x04, 0x01];

@@ -1,6 +1,6 @@
 //! A scriptable HQ receiver for uplink tests: real HTTP on loopback, faults on demand.
 //!
-//! It speaks CONTRACT.md section 5 (bearer token, NDJSON, gzip/zstd) and stores records by id.
+//! It speaks docs/hq-protocol.md (bearer token, NDJSON, gzip/zstd) and stores records by id.
 //! Faults: a queue of answers to give before behaving (503, 429 with Retry-After, a dropped
 //! connection, a slow answer), a record-count limit above which it answers 413, and a poison
 //! marker: a batch containing a record whose text contains it gets a 400.

@@ -14,8 +14,8 @@ use posgw::decode::escpos::EscposDecoder;
 use crate::harness::{of_kind, Gateway, PtyScanner, Store, DEADLINE};
 use crate::prompts::campaign_store;
 
-const RECEIPT_A: &[u8] = include_bytes!("../../../shared/fixtures/receipt-a.bin");
-const RECEIPT_A_TEXT: &str = include_str!("../../../shared/fixtures/receipt-a.txt");
+const RECEIPT_A: &[u8] = include_bytes!("../fixtures/receipt-a.bin");
+const RECEIPT_A_TEXT: &str = include_str!("../fixtures/receipt-a.txt");
 
 /// How long the noise lasts: long enough to fill every queue many times over.
 const NOISE: Duration = Duration::from_secs(4);
