@@ -47,6 +47,9 @@ async fn random_bytes_at_full_speed_keep_memory_and_log_small_and_the_next_scan_
     let mut scanner = PtyScanner::plug(&store.path("scanner"));
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("scanner-1", "connected").await;
+    // The bound is on what the noise adds: the debug build this test runs already holds ~50 MB
+    // at rest, where the release build holds ~12 MB (and peaks at 22 MiB under this noise).
+    let at_rest = peak_rss(gateway.child.id());
 
     let mut noise = vec![0u8; 1 << 20];
     rand::rngs::StdRng::seed_from_u64(11).fill_bytes(&mut noise);
@@ -88,13 +91,19 @@ async fn random_bytes_at_full_speed_keep_memory_and_log_small_and_the_next_scan_
     let bad_frame_lines = gateway.log_count("bad frame");
     let drop_lines = gateway.log_count("from the device dropped");
     eprintln!(
-        "noise: {sent} bytes in {:?}; peak RSS {} KiB; {bad_frames} bad frames, \
-         {dropped_events} events dropped; {bad_frame_lines} bad-frame and {drop_lines} drop \
-         log lines",
+        "noise: {sent} bytes in {:?}; peak RSS {} KiB ({} KiB at rest); {bad_frames} bad \
+         frames, {dropped_events} events dropped; {bad_frame_lines} bad-frame and {drop_lines} \
+         drop log lines",
         started.elapsed(),
-        peak / 1024
+        peak / 1024,
+        at_rest / 1024
     );
-    assert!(peak < 64 << 20, "peak RSS {} KiB", peak / 1024);
+    assert!(
+        peak < at_rest + (24 << 20),
+        "peak RSS {} KiB, {} KiB at rest",
+        peak / 1024,
+        at_rest / 1024
+    );
     assert!(
         bad_frames > 100.0,
         "the noise became bad frames: {bad_frames}"
