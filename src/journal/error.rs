@@ -11,12 +11,13 @@ pub enum JournalError {
         /// The journal folder.
         path: PathBuf,
     },
-    /// The sled database could not be opened, or its contents make no sense.
+    /// The journal (its record log or its sled metadata) could not be opened, or its contents
+    /// make no sense.
     #[error("journal at {} is damaged: {reason}", path.display())]
     Damaged {
         /// The journal folder.
         path: PathBuf,
-        /// What went wrong (sled's error, a panic message or a failed consistency check).
+        /// What went wrong (a file or sled error, a panic message or a failed consistency check).
         reason: String,
     },
     /// An offline command found no journal where it looked.
@@ -33,12 +34,12 @@ pub enum JournalError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// sled reported an error while the journal was running.
+    /// The record log's files or sled reported an error while the journal was running.
     #[error("journal storage error while {context}: {reason}")]
     Storage {
         /// What was being done.
         context: &'static str,
-        /// sled's message.
+        /// The underlying error's message.
         reason: String,
     },
     /// An fsync failed, so records at or after `position` are not known to be durable.
@@ -56,7 +57,7 @@ pub enum JournalError {
 }
 
 impl JournalError {
-    /// Wraps a sled error met while doing `context`.
+    /// Wraps a storage error (record log or sled) met while doing `context`.
     pub(crate) fn storage(context: &'static str, err: impl std::fmt::Display) -> Self {
         Self::Storage {
             context,

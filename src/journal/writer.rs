@@ -1,11 +1,11 @@
 //! The journal actor and its handle: one tokio task owns the [`Store`]; everyone else holds a
 //! cheap, cloneable [`JournalHandle`] that sends it commands over a bounded channel (Alice
-//! Ryhl's actor pattern). The actor also runs group commit: it starts at most one `Db::flush`
-//! at a time on a blocking thread, at most `flush` after the oldest unflushed write, and
+//! Ryhl's actor pattern). The actor also runs group commit: it starts at most one flush (the
+//! record log's fsync, and sled's when a removal needs it) at a time on a blocking thread, at most `flush` after the oldest unflushed write, and
 //! publishes the durable position on a `watch` channel that [`Durable`] futures wait on.
 //!
 //! Per-record costs are what limit throughput, so producers that have several records at once
-//! use [`JournalHandle::append_batch`]: one command, one sled pass, one reply and one [`Durable`]
+//! use [`JournalHandle::append_batch`]: one command, one pass over the log, one reply and one [`Durable`]
 //! for the lot, instead of one of each per record.
 
 use std::path::PathBuf;
@@ -86,7 +86,7 @@ pub struct Opened {
     pub replaced: Option<Replaced>,
 }
 
-/// A record accepted by the journal (in sled, not necessarily durable yet).
+/// A record accepted by the journal (in the record log's buffer, not necessarily durable yet).
 #[derive(Debug)]
 pub struct Appended {
     /// The record's seq.
@@ -99,8 +99,8 @@ pub struct Appended {
     pub durable: Durable,
 }
 
-/// Records accepted together by [`JournalHandle::append_batch`] (in sled, not necessarily
-/// durable yet). Their seqs and positions are contiguous: no other record falls between them.
+/// Records accepted together by [`JournalHandle::append_batch`] (in the record log's buffer,
+/// not necessarily durable yet). Their seqs and positions are contiguous: no other record falls between them.
 #[derive(Debug)]
 pub struct AppendedBatch {
     /// The first record's seq; record `i` of the batch has seq `first_seq + i`.
@@ -205,7 +205,7 @@ pub struct JournalStats {
     /// over [`JournalConfig::max_bytes`] (for `posgw_journal_evicted_records_total`).
     pub evicted_records: u64,
     /// Why the journal stopped accepting records (a failed fsync, or a failed batch that could
-    /// not be taken back out of sled), if it did; or, while it lasts, why the record log cannot
+    /// not be taken back out of the record log), if it did; or, while it lasts, why the record log cannot
     /// be written (a full disk: retried at every flush, cleared once a write works again).
     pub failure: Option<String>,
     /// Set when this process found the journal damaged, moved it aside and started a new one:
