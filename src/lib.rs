@@ -3,16 +3,19 @@
 //! Data flows one way, and the modules follow it:
 //!
 //! ```text
-//! devices (serial ports) ──DeviceEvent──▶ core ──records──▶ journal (sled) ──▶ uplink ▶ HQ
-//!     │ passthrough (bytes unchanged to the POS / printer)
-//!     ▼
+//! devices (serial, MQTT, ──DeviceEvent──▶ core ──records──▶ journal ──▶ uplink ──▶ HQ
+//!   network printer tap)                     │  ▲            (segment    (HTTP or
+//!     │ ▲ passthrough, both ways              ▼  │ answers     files +      MQTT)
+//!     ▼ │ (the POS, the printer)             prompts            sled meta)
 //! ```
 //!
 //! - [`config`]: the TOML configuration and device profiles, loaded in stages.
-//! - [`devices`]: one task per device port: read, pass through, frame.
+//! - [`devices`]: the I/O edge: serial ports, the store's MQTT broker, network printer taps;
+//!   read, pass through (both ways), frame.
 //! - [`decode`]: what a scanned frame means (AIM ids, GS1, check digits, traceability codes).
 //! - [`core`]: the one task that turns device events into records.
-//! - [`journal`]: the durable record store; the only module that touches sled.
+//! - [`journal`]: the durable record store (segment files, sled metadata); the only module
+//!   that touches the gateway's journal files.
 //! - [`prompts`]: the attribution prompt engine; [`web`]: the clerk page and prompt endpoints.
 //! - [`uplink`]: forwards journal records to HQ, at least once.
 //! - [`hq`]: the reference HQ receiver (`posgw hq`).
