@@ -1055,7 +1055,8 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// Posts `body` until it is accepted, retrying after 503 like a gateway; returns the 503s.
+/// Posts `body` until it is accepted, retrying after 503 like a gateway; returns the 503s
+/// (including those the client could not read because the receiver refused the body unread).
 async fn post_until_accepted(
     client: &reqwest::Client,
     url: &str,
@@ -1065,6 +1066,10 @@ async fn post_until_accepted(
     let mut busy = 0;
     let started = Instant::now();
     loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never accepted"
+        );
         let mut request = client
             .post(format!("{url}/v1/batches"))
             .bearer_auth(TOKEN_1)
@@ -1073,7 +1078,17 @@ async fn post_until_accepted(
         if encoding != "identity" {
             request = request.header("content-encoding", encoding);
         }
-        let response = request.send().await.expect("post");
+        let response = match request.send().await {
+            Ok(response) => response,
+            // The receiver answered 503 before reading the body and closed the connection:
+            // the client sees its body write fail, and retries (as the uplink does).
+            Err(error) if error.is_request() => {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(error) => panic!("post: {error}"),
+        };
         match response.status() {
             StatusCode::OK => return busy,
             StatusCode::SERVICE_UNAVAILABLE => {
@@ -1088,10 +1103,6 @@ async fn post_until_accepted(
                 response.text().await.unwrap_or_default()
             ),
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "never accepted"
-        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
