@@ -17,6 +17,36 @@ pub fn posgw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_posgw"))
 }
 
+/// A file or folder of the repository (a fixture, a shipped config, a unit file), from its path
+/// relative to the repository root.
+pub fn repo_file(relative: impl AsRef<Path>) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A loopback port that was free a moment ago (for a child process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A figure of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The peak resident memory of process `pid` in bytes (`VmHWM`).
+pub fn peak_rss(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmHWM") * 1024
+}
+
 /// A simulated scanner: the master side of a pty; the gateway opens the slave through `link`.
 pub struct PtyScanner {
     pub master: SerialStream,
