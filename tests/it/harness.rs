@@ -47,6 +47,22 @@ pub fn peak_rss(pid: u32) -> u64 {
     proc_status_kb(pid, "VmHWM") * 1024
 }
 
+/// A pseudo-terminal: (master, slave), both closed on exec.
+///
+/// posix_openpt does not set close-on-exec: without it every `posgw` child started later would
+/// inherit both ends, so a pty could never be "unplugged", nor stay only its owner's.
+pub fn pty_pair() -> (SerialStream, SerialStream) {
+    let (master, slave) = SerialStream::pair().expect("create pty pair");
+    for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .expect("set close-on-exec");
+    }
+    (master, slave)
+}
+
 /// A simulated scanner: the master side of a pty; the gateway opens the slave through `link`.
 pub struct PtyScanner {
     pub master: SerialStream,
@@ -57,16 +73,7 @@ pub struct PtyScanner {
 impl PtyScanner {
     /// Creates a pty and points `link` at its slave side (replacing an older link).
     pub fn plug(link: &Path) -> PtyScanner {
-        let (master, slave) = SerialStream::pair().expect("create pty pair");
-        // posix_openpt does not set close-on-exec: without this the gateway child would inherit
-        // the master and the pty could never be "unplugged".
-        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .expect("set close-on-exec");
-        }
+        let (master, slave) = pty_pair();
         let slave_path = slave.name().expect("pty slave name");
         let _ = std::fs::remove_file(link);
         std::os::unix::fs::symlink(&slave_path, link).expect("link pty");
