@@ -66,17 +66,8 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let journal = state.journal.stats();
     let metrics = &state.metrics;
-    metrics.backlog_records.set(gauge(journal.backlog_records));
-    metrics.backlog_bytes.set(gauge(journal.backlog_bytes));
-    metrics.dead_records.set(gauge(journal.dead_records));
-    metrics.durable_seq.set(gauge(journal.durable_seq));
-    // The journal counts evictions; the counter catches up with it at each scrape.
-    let counted = metrics.evicted.get();
-    if journal.evicted_records > counted {
-        metrics.evicted.inc_by(journal.evicted_records - counted);
-    }
+    metrics.follow_journal(&state.journal.stats());
     (
         [(
             header::CONTENT_TYPE,
@@ -85,10 +76,6 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         metrics.render(),
     )
         .into_response()
-}
-
-fn gauge(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// `GET /api/v1/status` body (docs/local-api.md, plus `station`, `detail`, `epoch`,

@@ -81,9 +81,6 @@ pub async fn run(
         );
     }
     let metrics = Metrics::new();
-    if opened.replaced.is_some() {
-        metrics.record_appended(Kind::Gateway.as_str());
-    }
     let detail = format!(
         "config {}; {} device(s)",
         settings.path.display(),
@@ -100,7 +97,6 @@ pub async fn run(
         )
         .await
         .context("cannot write to the journal")?;
-    metrics.record_appended(Kind::Gateway.as_str());
 
     let stop = CancellationToken::new();
     let uplink = match &settings.uplink {
@@ -145,7 +141,7 @@ pub async fn run(
             skip_reasons: settings.prompts.skip_reasons.clone(),
             sale_link_window: settings.prompts.sale_link_window,
         },
-        JournalPrompts::new(journal.clone(), metrics.clone(), &settings.gateway.data_dir),
+        JournalPrompts::new(journal.clone(), &settings.gateway.data_dir),
         metrics.clone(),
     )
     .await

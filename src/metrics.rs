@@ -1,14 +1,16 @@
 //! Prometheus metrics of the store gateway.
 //!
 //! Owns the metric families and the registry they are exposed from. Counters are bumped by the task
-//! that owns the thing being counted (the core counts records and bad frames); gauges that mirror
-//! another owner's state (journal backlog, device connection) are set from snapshots just before
-//! each scrape, so there is exactly one source of truth for each figure.
+//! that owns the thing being counted (the core counts bad frames); series that mirror another
+//! owner's state are set from it: the journal's (records appended by kind, evictions, backlog)
+//! from its snapshot just before each scrape ([`Metrics::follow_journal`]), a device's
+//! connection by the device task. There is exactly one source of truth for each figure.
 //!
 //! Every labelled series the gateway can ever show exists from start, at 0: one per record kind,
 //! per prompt outcome, and per configured device ([`Metrics::add_device`]). Alerting on `rate()`
 //! or `increase()` needs the series before its first event, or the first event is invisible.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,6 +18,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::journal::JournalStats;
 
 /// Label set for series split by record kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,7 +63,8 @@ pub const PROMPT_OUTCOMES: [&str; 4] = ["opened", "answered", "skipped", "timeou
 /// Every metric the gateway exports. Cheap to clone: all members are shared handles.
 #[derive(Clone)]
 pub struct Metrics {
-    /// Records appended to the journal, by kind (`posgw_records_total`).
+    /// Records appended to the journal, by kind (`posgw_records_total`); follows the journal's
+    /// own counts.
     pub records: Family<KindLabel, Counter>,
     /// Frames that could not be taken as a scan or sale (`posgw_bad_frames_total`).
     pub bad_frames: Family<DeviceLabel, Counter>,
@@ -355,18 +360,25 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts one appended record of `kind`.
-    pub fn record_appended(&self, kind: &str) {
-        self.records_appended(kind, 1);
-    }
-
-    /// Counts `count` records of `kind` appended together.
-    pub fn records_appended(&self, kind: &str, count: u64) {
-        self.records
-            .get_or_create(&KindLabel {
-                kind: kind.to_owned(),
-            })
-            .inc_by(count);
+    /// Brings the series that mirror the journal up to its snapshot `journal`; called just
+    /// before each scrape. The journal counts records by kind and evictions since it was opened
+    /// (as long as this process runs); a counter follows such a count by only ever moving up to
+    /// it (`fetch_max`), so two scrapes at once cannot count anything twice.
+    pub fn follow_journal(&self, journal: &JournalStats) {
+        for (kind, appended) in &journal.per_kind {
+            let label = KindLabel {
+                kind: kind.as_str().to_owned(),
+            };
+            let counter = self.records.get_or_create(&label);
+            counter.inner().fetch_max(*appended, Ordering::Relaxed);
+        }
+        self.evicted
+            .inner()
+            .fetch_max(journal.evicted_records, Ordering::Relaxed);
+        self.backlog_records.set(gauge(journal.backlog_records));
+        self.backlog_bytes.set(gauge(journal.backlog_bytes));
+        self.dead_records.set(gauge(journal.dead_records));
+        self.durable_seq.set(gauge(journal.durable_seq));
     }
 
     /// Counts one bad frame from `device`.
@@ -454,6 +466,11 @@ impl Metrics {
     }
 }
 
+/// A journal figure as a gauge value (they never come near `i64::MAX`).
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -488,6 +505,42 @@ mod tests {
                 "missing {series} in\n{text}"
             );
         }
+    }
+
+    /// `posgw_records_total` shows the journal's own count of each kind, and a snapshot
+    /// followed twice (two scrapes at once) counts nothing twice.
+    #[tokio::test]
+    async fn record_counts_follow_the_journal() {
+        use crate::journal::Kind;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal =
+            crate::journal::open_for_test(dir.path(), std::time::Duration::from_millis(5)).await;
+        for code in ["1", "2", "3"] {
+            journal
+                .append_value(Kind::Scan, &serde_json::json!({ "code": code }))
+                .await
+                .expect("append scan");
+        }
+        journal
+            .append_value(Kind::Gateway, &serde_json::json!({ "event": "started" }))
+            .await
+            .expect("append gateway");
+        let metrics = Metrics::new();
+        let stats = journal.stats();
+        metrics.follow_journal(&stats);
+        metrics.follow_journal(&stats);
+        let text = metrics.render();
+        for series in [
+            "posgw_records_total{kind=\"scan\"} 3",
+            "posgw_records_total{kind=\"gateway\"} 1",
+            "posgw_records_total{kind=\"sale\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|line| line == series),
+                "missing {series} in\n{text}"
+            );
+        }
+        journal.close().await.expect("close");
     }
 
     /// The outcomes listed up front are the ones the prompt engine counts.

@@ -391,8 +391,6 @@ impl Core {
         {
             Ok(batch) => {
                 self.health.journal_failed.store(false, Ordering::Relaxed);
-                self.metrics
-                    .records_appended(Kind::Scan.as_str(), batch.count);
                 for group in of {
                     groups.settle(group, Some(&batch.durable));
                 }
@@ -723,8 +721,8 @@ impl Core {
         })
     }
 
-    /// Counts an appended record, or says a refused one is lost: as loudly as possible, with the
-    /// record itself (`record`) so it can be recovered from the log.
+    /// Notes that the journal took a record, or says a refused one is lost: as loudly as
+    /// possible, with the record itself (`record`) so it can be recovered from the log.
     fn settle(
         &self,
         kind: Kind,
@@ -734,7 +732,6 @@ impl Core {
         match result {
             Ok(appended) => {
                 self.health.journal_failed.store(false, Ordering::Relaxed);
-                self.metrics.record_appended(kind.as_str());
                 Some(appended)
             }
             Err(error) => {

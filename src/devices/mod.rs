@@ -14,6 +14,8 @@ pub mod mqtt;
 pub mod passthrough;
 pub mod serial;
 pub mod tcp_tap;
+#[cfg(test)]
+pub(crate) mod test_pty;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

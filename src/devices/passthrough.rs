@@ -678,7 +678,7 @@ mod tests {
     #[tokio::test]
     async fn a_link_is_live_only_to_a_pty_at_least_as_old_as_itself() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_master, slave) = SerialStream::pair().expect("pty");
+        let (_master, slave) = crate::devices::test_pty::pty_pair();
         let pty = PathBuf::from(slave.name().expect("pty name"));
 
         // A bridge: its pty first, then the link.

@@ -609,25 +609,17 @@ pub fn describe_line(line: &LineSettings) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsRawFd;
-
     use tokio::io::AsyncWriteExt;
     use tokio::sync::mpsc;
     use tokio_serial::SerialPort;
 
     use super::*;
     use crate::config::{DeviceSettings, ProfileSet, Role, SerialSettings, Transport};
+    use crate::devices::test_pty::pty_pair;
 
     /// A pty pair whose slave is linked at `link`; fds closed on exec.
     fn pty_at(link: &std::path::Path) -> (SerialStream, SerialStream) {
-        let (master, slave) = SerialStream::pair().expect("pty");
-        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .expect("cloexec");
-        }
+        let (master, slave) = pty_pair();
         std::os::unix::fs::symlink(slave.name().expect("pty name"), link).expect("link");
         (master, slave)
     }

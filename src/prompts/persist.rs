@@ -16,7 +16,6 @@ use std::sync::Arc;
 use super::journal::PromptJournal;
 use super::model::AttributionData;
 use crate::journal::{JournalHandle, Kind};
-use crate::metrics::Metrics;
 
 /// File name of the open-prompt state inside `data_dir`.
 pub const STATE_FILE: &str = "prompts.state";
@@ -25,16 +24,14 @@ pub const STATE_FILE: &str = "prompts.state";
 #[derive(Clone)]
 pub struct JournalPrompts {
     journal: JournalHandle,
-    metrics: Metrics,
     state_path: Arc<PathBuf>,
 }
 
 impl JournalPrompts {
     /// Records into `journal`; keeps the state in `data_dir/prompts.state`.
-    pub fn new(journal: JournalHandle, metrics: Metrics, data_dir: &Path) -> Self {
+    pub fn new(journal: JournalHandle, data_dir: &Path) -> Self {
         JournalPrompts {
             journal,
-            metrics,
             state_path: Arc::new(data_dir.join(STATE_FILE)),
         }
     }
@@ -64,7 +61,6 @@ impl PromptJournal for JournalPrompts {
             .append_value(Kind::Attribution, data)
             .await
             .map_err(|e| e.to_string())?;
-        self.metrics.record_appended(Kind::Attribution.as_str());
         appended.durable.wait().await.map_err(|e| e.to_string())
     }
 
@@ -114,7 +110,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A flush interval longer than the test: records stay not durable until close.
         let journal = crate::journal::open_for_test(dir.path(), Duration::from_secs(3600)).await;
-        let prompts = JournalPrompts::new(journal.clone(), Metrics::new(), dir.path());
+        let prompts = JournalPrompts::new(journal.clone(), dir.path());
         journal
             .append_value(Kind::Scan, &serde_json::json!({"code": "6901234567892"}))
             .await

@@ -102,7 +102,7 @@ pub(crate) async fn wait_attr(
 }
 
 pub(crate) async fn screenshot(client: &Client, name: &str) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    let dir = crate::harness::repo_file("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = client.screenshot().await.expect("screenshot");
     std::fs::write(dir.join(name), png).unwrap();

@@ -1,13 +1,13 @@
 //! The command line's exit codes and messages.
 
-use crate::harness::{posgw, Store};
+use crate::harness::{posgw, repo_file, Store};
 
 #[test]
 fn check_config_accepts_the_shipped_example() {
     let output = posgw()
         .arg("check-config")
         .arg("-c")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/posgw.toml"))
+        .arg(repo_file("config/posgw.toml"))
         .output()
         .unwrap();
     assert!(

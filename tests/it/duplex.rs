@@ -3,7 +3,6 @@
 //! virtual serial bridge (socat) is used rather than replaced, and bytes a stalled reader could
 //! not take are counted in `/metrics` and the status.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
-use crate::harness::{of_kind, Gateway, PtyScanner, Store, DEADLINE};
+use crate::harness::{of_kind, pty_pair, Gateway, PtyScanner, Store, DEADLINE};
 
 const RECEIPT_A: &[u8] = include_bytes!("../fixtures/receipt-a.bin");
 const RECEIPT_A_TEXT: &str = include_str!("../fixtures/receipt-a.txt");
@@ -240,15 +239,8 @@ async fn a_passthrough_link_to_a_live_socat_bridge_is_used_not_replaced() {
 async fn a_passthrough_link_to_a_reused_or_missing_pty_is_replaced_by_our_own() {
     let store = Store::new();
     // Someone else's terminal, and an old link to its number, made an hour before it existed.
-    let (mut stranger, stranger_slave) = SerialStream::pair().expect("pty");
-    for fd in [stranger.as_raw_fd(), stranger_slave.as_raw_fd()] {
-        // Not inherited by the gateway child: the terminal stays only the stranger's.
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .expect("set close-on-exec");
-    }
+    // Not inherited by the gateway child: the terminal stays only the stranger's.
+    let (mut stranger, stranger_slave) = pty_pair();
     let stranger_pty = stranger_slave.name().expect("pty name");
     let reused = store.path("pos-reused");
     std::os::unix::fs::symlink(&stranger_pty, &reused).expect("link");

@@ -17,6 +17,52 @@ pub fn posgw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_posgw"))
 }
 
+/// A file or folder of the repository (a fixture, a shipped config, a unit file), from its path
+/// relative to the repository root.
+pub fn repo_file(relative: impl AsRef<Path>) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A loopback port that was free a moment ago (for a child process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A figure of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The peak resident memory of process `pid` in bytes (`VmHWM`).
+pub fn peak_rss(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmHWM") * 1024
+}
+
+/// A pseudo-terminal: (master, slave), both closed on exec.
+///
+/// posix_openpt does not set close-on-exec: without it every `posgw` child started later would
+/// inherit both ends, so a pty could never be "unplugged", nor stay only its owner's.
+pub fn pty_pair() -> (SerialStream, SerialStream) {
+    let (master, slave) = SerialStream::pair().expect("create pty pair");
+    for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .expect("set close-on-exec");
+    }
+    (master, slave)
+}
+
 /// A simulated scanner: the master side of a pty; the gateway opens the slave through `link`.
 pub struct PtyScanner {
     pub master: SerialStream,
@@ -27,16 +73,7 @@ pub struct PtyScanner {
 impl PtyScanner {
     /// Creates a pty and points `link` at its slave side (replacing an older link).
     pub fn plug(link: &Path) -> PtyScanner {
-        let (master, slave) = SerialStream::pair().expect("create pty pair");
-        // posix_openpt does not set close-on-exec: without this the gateway child would inherit
-        // the master and the pty could never be "unplugged".
-        for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .expect("set close-on-exec");
-        }
+        let (master, slave) = pty_pair();
         let slave_path = slave.name().expect("pty slave name");
         let _ = std::fs::remove_file(link);
         std::os::unix::fs::symlink(&slave_path, link).expect("link pty");

@@ -22,11 +22,7 @@ impl HqSite {
     pub(crate) fn new() -> HqSite {
         let dir = tempfile::tempdir().unwrap();
         // A fixed port per site so a restarted HQ is found where the gateway expects it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::harness::free_port();
         std::fs::write(dir.path().join("store.token"), STORE_TOKEN).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
         std::fs::write(

@@ -1,8 +1,12 @@
-//! Integration tests that drive the built `posgw` binary like a user would: real pseudo-terminals
-//! for the scanners, real HTTP on loopback for the API, real signals (SIGTERM, SIGKILL).
+//! The one integration test binary. Most modules drive the built `posgw` binary like a user
+//! would: real pseudo-terminals for the scanners, real HTTP on loopback for the API, real signals
+//! (SIGTERM, SIGKILL). `config` loads configuration files through the library, `hq` runs the
+//! reference HQ receiver over loopback, and `packaging` checks the Debian package metadata and
+//! the systemd units against the repository.
 
 mod fake_hq;
 mod harness;
+mod hq;
 mod hq_dashboard;
 mod hq_e2e;
 mod mosquitto;
@@ -11,6 +15,7 @@ mod api_access;
 mod api_bounds;
 mod browser;
 mod cli;
+mod config;
 mod crash;
 mod duplex;
 mod journal_damage;
@@ -21,6 +26,7 @@ mod mqtt_oversize;
 mod mqtt_prompts;
 mod mqtt_uplink;
 mod noise;
+mod packaging;
 mod prompts;
 mod registers;
 mod serial;

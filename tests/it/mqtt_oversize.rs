@@ -9,7 +9,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::harness::{of_kind, Gateway, PtyScanner, Store, DEADLINE};
+use crate::harness::{of_kind, peak_rss, Gateway, PtyScanner, Store, DEADLINE};
 use crate::mosquitto::Mosquitto;
 
 /// The store's prefix of the prompt channel's topics.
@@ -327,21 +327,6 @@ fn rand_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos())
-}
-
-/// Peak resident memory of a process (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .expect("VmHWM");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|kib| kib.parse().ok())
-        .expect("a number of kB");
-    kib * 1024
 }
 
 /// The filter skips the payload as it streams by: a 64 MiB message costs the gateway a read

@@ -11,7 +11,7 @@ use tokio_serial::SerialPortBuilderExt;
 
 use posgw::decode::escpos::EscposDecoder;
 
-use crate::harness::{of_kind, Gateway, PtyScanner, Store, DEADLINE};
+use crate::harness::{of_kind, peak_rss, Gateway, PtyScanner, Store, DEADLINE};
 use crate::prompts::campaign_store;
 
 const RECEIPT_A: &[u8] = include_bytes!("../fixtures/receipt-a.bin");
@@ -19,18 +19,6 @@ const RECEIPT_A_TEXT: &str = include_str!("../fixtures/receipt-a.txt");
 
 /// How long the noise lasts: long enough to fill every queue many times over.
 const NOISE: Duration = Duration::from_secs(4);
-
-/// The peak resident memory of process `pid` in bytes (`VmHWM`).
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kib * 1024
-}
 
 /// The leading count of a relay's drop record ("N event(s) of M byte(s) … dropped …").
 fn dropped_in(detail: &str) -> Option<u64> {

@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::harness::repo_file;
+
 /// Where the package installs the binary; the units' ExecStart= must run this file.
 const PACKAGED_BINARY: &str = "/usr/bin/posgw";
 
@@ -20,12 +22,8 @@ const MAX_EXPOSURE_GATEWAY: f64 = 2.5;
 /// Highest exposure accepted for posgw-hq.service (1.1 then: no devices, no supplementary groups).
 const MAX_EXPOSURE_HQ: f64 = 1.5;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn read(relative: &str) -> String {
-    let path = repo().join(relative);
+    let path = repo_file(relative);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read '{}': {e}", path.display()))
 }
@@ -93,7 +91,7 @@ fn assets(deb: &toml::Table) -> Vec<Asset> {
 /// The repo files an asset source names: itself, or the matches of a `dir/prefix*suffix` glob.
 fn source_files(source: &str) -> Vec<String> {
     let Some((dir, pattern)) = source.rsplit_once('/').filter(|(_, p)| p.contains('*')) else {
-        return if repo().join(source).is_file() {
+        return if repo_file(source).is_file() {
             vec![source.to_string()]
         } else {
             Vec::new()
@@ -106,7 +104,7 @@ fn source_files(source: &str) -> Vec<String> {
     let (prefix, suffix) = pattern
         .split_once('*')
         .unwrap_or_else(|| panic!("asset glob '{source}' has no '*'"));
-    let entries = std::fs::read_dir(repo().join(dir))
+    let entries = std::fs::read_dir(repo_file(dir))
         .unwrap_or_else(|e| panic!("asset glob '{source}': cannot list '{dir}': {e}"));
     let mut files: Vec<String> = entries
         .filter_map(Result::ok)
@@ -404,7 +402,7 @@ fn units_are_packaged_by_systemd_units_and_neither_enabled_nor_started() {
             .unwrap_or_else(|| panic!("systemd-units entry {entry}: no unit-scripts folder"));
         let file = format!("{}/{name}.service", dir.trim_end_matches('/'));
         assert!(
-            repo().join(&file).is_file(),
+            repo_file(&file).is_file(),
             "systemd-units entry {name}: {file} is missing"
         );
         // The shipped posgw.toml describes an example store: nothing may run before it is edited.
@@ -435,12 +433,12 @@ fn units_are_packaged_by_systemd_units_and_neither_enabled_nor_started() {
         .and_then(|d| d.as_str())
         .unwrap_or_else(|| panic!("[package.metadata.deb] has no maintainer-scripts"));
     assert!(
-        repo().join(dir).is_dir(),
+        repo_file(dir).is_dir(),
         "maintainer-scripts folder '{dir}' is missing"
     );
     for script in ["preinst", "postinst", "prerm", "postrm"] {
         let path = format!("{}/{script}", dir.trim_end_matches('/'));
-        if repo().join(&path).exists() {
+        if repo_file(&path).exists() {
             assert!(
                 read(&path).contains("#DEBHELPER#"),
                 "{path}: #DEBHELPER# token is missing"

@@ -5,9 +5,10 @@
 //! lines, with the temp dir stripped from paths so expectations read like the files.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::harness::{posgw, repo_file};
 use posgw::config::{
     load, Compression, DecoderKind, FlowControl, Parity, Role, Settings, SkuPattern, Transport,
 };
@@ -93,17 +94,13 @@ question = "推荐话术来源"
 options = [ { key = "doctor", label = "医生推荐" }, { key = "poster", label = "海报引导" } ]
 "#;
 
-fn manifest_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
 mod shipped {
     use super::*;
 
     #[test]
     fn example_config_loads() {
         let settings =
-            load(&manifest_file("config/posgw.toml")).unwrap_or_else(|error| panic!("{error}"));
+            load(&repo_file("config/posgw.toml")).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(settings.gateway.store, "WZ-LC-001");
         assert_eq!(settings.gateway.id, "gw-1");
         assert_eq!(settings.gateway.data_dir, PathBuf::from("/var/lib/posgw"));
@@ -158,13 +155,13 @@ mod shipped {
         assert_eq!(settings.answer_codes.len(), 3);
         assert_eq!(settings.answer_codes["ATTR-DOCTOR"], "doctor");
         assert!(settings.mqtt.is_none() && settings.uplink.is_none());
-        assert_eq!(settings.files, [manifest_file("config/posgw.toml")]);
+        assert_eq!(settings.files, [repo_file("config/posgw.toml")]);
     }
 
     #[test]
     fn minimal_config_loads_with_defaults() {
         let settings =
-            load(&manifest_file("config/minimal.toml")).unwrap_or_else(|error| panic!("{error}"));
+            load(&repo_file("config/minimal.toml")).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(settings.gateway.store, "WZ-LC-001");
         assert!(
             !settings.gateway.id.is_empty(),
@@ -192,8 +189,7 @@ mod shipped {
     /// built-in profiles they name).
     #[test]
     fn example_commented_out_sections_are_valid_when_enabled() {
-        let text =
-            std::fs::read_to_string(manifest_file("config/posgw.toml")).expect("example config");
+        let text = std::fs::read_to_string(repo_file("config/posgw.toml")).expect("example config");
         let enabled: String = text
             .lines()
             .map(|line| match line.strip_prefix("# ") {
@@ -252,7 +248,7 @@ mod shipped {
     #[test]
     fn summary_names_the_important_things() {
         let settings =
-            load(&manifest_file("config/posgw.toml")).unwrap_or_else(|error| panic!("{error}"));
+            load(&repo_file("config/posgw.toml")).unwrap_or_else(|error| panic!("{error}"));
         let summary = settings.summary();
         for needle in [
             "store: WZ-LC-001",
@@ -1497,7 +1493,7 @@ mod fuzz {
         fn byte_mutations_of_the_shipped_config_load_or_are_refused_with_positions(
             edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 1..8)
         ) {
-            let mut bytes = std::fs::read(manifest_file("config/posgw.toml")).expect("example");
+            let mut bytes = std::fs::read(repo_file("config/posgw.toml")).expect("example");
             for (index, how, byte) in edits {
                 if bytes.is_empty() {
                     bytes.push(byte);
@@ -1521,7 +1517,7 @@ mod fuzz {
 
     /// The corpus: inputs that once passed `check-config` and then failed, or broke loading.
     fn corpus() -> Vec<(String, Vec<u8>)> {
-        let dir = manifest_file("tests/config-corpus");
+        let dir = repo_file("tests/config-corpus");
         let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
             .expect("tests/config-corpus")
             .map(|entry| entry.expect("entry").path())
@@ -1566,7 +1562,7 @@ mod fuzz {
     #[test]
     fn check_config_exits_0_or_2_on_the_corpus_and_mutations_through_the_binary() {
         let mut inputs = corpus();
-        let shipped = std::fs::read(manifest_file("config/posgw.toml")).expect("example");
+        let shipped = std::fs::read(repo_file("config/posgw.toml")).expect("example");
         inputs.push(("shipped".into(), shipped.clone()));
         // A few fixed mutations of the shipped file: a cut, a flipped byte, an inserted NUL.
         for (index, at) in [(0usize, 7usize), (1, 300), (2, 1500)] {
@@ -1581,7 +1577,7 @@ mod fuzz {
         for (name, bytes) in inputs {
             let fixture = Fixture::new("");
             std::fs::write(fixture.path(), &bytes).expect("write");
-            let output = std::process::Command::new(env!("CARGO_BIN_EXE_posgw"))
+            let output = posgw()
                 .arg("check-config")
                 .arg("-c")
                 .arg(fixture.path())

@@ -7,11 +7,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::harness::{free_port, posgw, proc_status_kb};
 use posgw::hq::{self, RunningHq};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -682,15 +683,6 @@ fn config_errors_name_file_line_and_column() {
     );
 }
 
-/// A loopback port that was free a moment ago (the child binds it itself).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A `posgw hq` child process, killed with SIGKILL and reaped when dropped, so a failing
 /// test never leaves a receiver running (or holding the test's stderr open).
 struct HqProcess(Child);
@@ -722,7 +714,7 @@ fn client() -> reqwest::Client {
 /// `posgw hq -c CONFIG` as a child process.
 fn spawn_hq_process(config: &Path) -> HqProcess {
     HqProcess(
-        Command::new(env!("CARGO_BIN_EXE_posgw"))
+        posgw()
             .arg("hq")
             .arg("-c")
             .arg(config)
@@ -1043,16 +1035,6 @@ async fn records_pages_are_capped_by_bytes_and_paging_returns_every_record() {
         assert!(pages >= 4, "{pages} pages for about 18 MiB ({filter})");
     }
     hq.stop().await;
-}
-
-/// A figure of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Posts `body` until it is accepted, retrying after 503 like a gateway; returns the 503s
