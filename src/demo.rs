@@ -494,7 +494,7 @@ mod tests {
         let profiles = crate::config::ProfileSet::built_in().expect("profiles");
         let profile = profiles.get("escpos-tap").expect("escpos-tap");
         let escpos = profile.escpos.as_ref().expect("escpos settings");
-        let mut decoder = crate::decode::escpos::EscposDecoder::new(escpos);
+        let mut decoder = crate::decode::escpos::EscposDecoder::new(&escpos.into());
         let mut receipts = Vec::new();
         decoder.push(&demo_receipt(7, &[0, 4, 0]), &mut receipts);
         assert_eq!(receipts.len(), 1);

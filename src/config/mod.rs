@@ -29,8 +29,8 @@ mod validate;
 pub use error::{ConfigError, Diagnostic, Position};
 pub use load::load;
 pub use profile::{
-    DecoderKind, EscposPatterns, EscposSettings, FlowControl, FramingSettings, LineSettings,
-    Parity, PayloadFormat, PayloadSettings, Profile, ProfileSet, TextEncoding,
+    DecoderKind, EscposSettings, FlowControl, FramingSettings, LineSettings, Parity, PayloadFormat,
+    PayloadSettings, Profile, ProfileSet,
 };
 pub use settings::{
     ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,

@@ -158,7 +158,7 @@ impl SerialDevice {
             .profile
             .escpos
             .as_ref()
-            .map(|escpos| (EscposDecoder::new(escpos), escpos.receipt_timeout));
+            .map(|escpos| (EscposDecoder::new(&escpos.into()), escpos.receipt_timeout));
         // What the far side of the passthrough sends back, for this port.
         let mut back = passthrough.as_ref().map(PassthroughHandle::back);
         let mut retry = new_backoff();
