@@ -238,10 +238,10 @@ pub async fn run(
             Some(limit) => {
                 tokio::select! {
                     () = tokio::time::sleep(limit) => {}
-                    () = crate::cli::shutdown_signal() => {}
+                    () = crate::signal::shutdown_signal() => {}
                 }
             }
-            None => crate::cli::shutdown_signal().await,
+            None => crate::signal::shutdown_signal().await,
         }
     };
     let outcome = crate::gateway::run(settings, listener, shutdown).await;

@@ -22,7 +22,7 @@
 //! - [`api`] and [`metrics`]: the local HTTP API; [`serve`]: the bounded HTTP server loop it and
 //!   the HQ receiver run on.
 //! - [`gateway`]: wiring and shutdown; [`cli`]: the command line; [`demo`]: a simulated store;
-//!   [`status`]: `posgw status`.
+//!   [`status`]: `posgw status`; [`signal`]: SIGTERM and SIGINT.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
@@ -42,6 +42,7 @@ pub mod notify;
 pub mod prompts;
 pub mod sales;
 pub mod serve;
+pub mod signal;
 pub mod status;
 pub mod uplink;
 pub mod web;
