@@ -14,6 +14,7 @@
 //! local API reads for `/api/v1/status`.
 
 pub mod framing;
+pub mod line;
 pub mod mqtt;
 pub mod passthrough;
 pub mod serial;
