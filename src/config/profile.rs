@@ -65,8 +65,8 @@ use serde::Deserialize;
 use crate::decode::escpos::{self, Patterns, TextEncoding};
 
 use super::check;
+use super::device::{Role, Transport};
 use super::raw::{DurationText, SizeValue};
-use super::settings::{Role, Transport};
 use super::source::{Located, Report};
 use super::units;
 
