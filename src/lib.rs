@@ -11,8 +11,9 @@
 //!
 //! - [`config`]: the TOML configuration and device profiles, loaded in stages.
 //! - [`devices`]: the I/O edge: serial ports, the store's MQTT broker, network printer taps;
-//!   read, pass through (both ways), frame.
-//! - [`decode`]: what a scanned frame means (AIM ids, GS1, check digits, traceability codes).
+//!   read, pass through (both ways), frame; a printer tap decodes its receipts.
+//! - [`decode`]: what a scanned frame means (AIM ids, GS1, check digits, traceability codes),
+//!   and what a printer stream says (ESC/POS receipts).
 //! - [`core`]: the one task that turns device events into records.
 //! - [`journal`]: the durable record store (segment files, sled metadata); the only module
 //!   that touches the gateway's journal files.

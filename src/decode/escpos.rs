@@ -368,20 +368,20 @@ pub struct EscposDecoder {
 
 impl EscposDecoder {
     /// A decoder at the start of a stream, as the printer is after power-on.
-    pub fn new(settings: &Options) -> Self {
-        let chinese_encoding = match settings.encoding {
+    pub fn new(options: &Options) -> Self {
+        let chinese_encoding = match options.encoding {
             TextEncoding::Gb18030 => encoding_rs::GB18030,
             TextEncoding::Utf8 => encoding_rs::UTF_8,
         };
         let mut decoder = EscposDecoder {
-            cr_ends_line: settings.cr_ends_line,
-            chinese_at_start: settings.chinese_mode,
+            cr_ends_line: options.cr_ends_line,
+            chinese_at_start: options.chinese_mode,
             chinese_encoding,
-            max_receipt: settings.max_receipt.max(1),
+            max_receipt: options.max_receipt.max(1),
             state: State::Text,
             command: [0; MAX_COMMAND],
             command_len: 0,
-            chinese: settings.chinese_mode,
+            chinese: options.chinese_mode,
             code_page: 0,
             mode: TextMode::Cp437,
             decoder: None,
