@@ -13,8 +13,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use posgw::config::{EscposPatterns, EscposSettings, ProfileSet};
-use posgw::decode::escpos::{extract, ClosedBy, EscposDecoder, Receipt};
+use posgw::config::ProfileSet;
+use posgw::decode::escpos::{extract, ClosedBy, EscposDecoder, Options, Patterns, Receipt};
 use rand::{RngCore, SeedableRng};
 
 /// Receipts in the benchmark stream.
@@ -72,12 +72,12 @@ fn stream(logo: bool) -> Vec<u8> {
     (0..RECEIPTS).flat_map(|n| receipt(n, logo)).collect()
 }
 
-fn settings() -> EscposSettings {
-    EscposSettings::default()
+fn settings() -> Options {
+    Options::default()
 }
 
 /// Decodes the stream in `READ_SIZE` pieces.
-fn decode(settings: &EscposSettings, input: &[u8]) -> Vec<Receipt> {
+fn decode(settings: &Options, input: &[u8]) -> Vec<Receipt> {
     let mut decoder = EscposDecoder::new(settings);
     let mut receipts = Vec::with_capacity(RECEIPTS);
     for chunk in input.chunks(READ_SIZE) {
@@ -88,7 +88,7 @@ fn decode(settings: &EscposSettings, input: &[u8]) -> Vec<Receipt> {
 }
 
 /// The shipped `[escpos.patterns]`, as the profile loader compiles them.
-fn patterns() -> EscposPatterns {
+fn patterns() -> Patterns {
     let profiles = ProfileSet::built_in().expect("built-in profiles");
     let profile = profiles.get("escpos-tap").expect("escpos-tap is built in");
     profile.escpos.as_ref().expect("[escpos]").patterns.clone()

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Settings};
 use crate::journal;
+use crate::signal::shutdown_signal;
 
 /// Exit status for a runtime failure.
 const EXIT_RUNTIME: u8 = 1;
@@ -319,23 +320,6 @@ fn runtime_failure(error: &anyhow::Error) -> ExitCode {
         eprintln!("  caused by: {cause}");
     }
     ExitCode::from(EXIT_RUNTIME)
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM; stopping only on Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }
 
 /// Logs go to stderr: plain lines without timestamps under journald (which adds its own), JSON

@@ -238,10 +238,10 @@ pub async fn run(
             Some(limit) => {
                 tokio::select! {
                     () = tokio::time::sleep(limit) => {}
-                    () = crate::cli::shutdown_signal() => {}
+                    () = crate::signal::shutdown_signal() => {}
                 }
             }
-            None => crate::cli::shutdown_signal().await,
+            None => crate::signal::shutdown_signal().await,
         }
     };
     let outcome = crate::gateway::run(settings, listener, shutdown).await;
@@ -494,7 +494,7 @@ mod tests {
         let profiles = crate::config::ProfileSet::built_in().expect("profiles");
         let profile = profiles.get("escpos-tap").expect("escpos-tap");
         let escpos = profile.escpos.as_ref().expect("escpos settings");
-        let mut decoder = crate::decode::escpos::EscposDecoder::new(escpos);
+        let mut decoder = crate::decode::escpos::EscposDecoder::new(&escpos.into());
         let mut receipts = Vec::new();
         decoder.push(&demo_receipt(7, &[0, 4, 0]), &mut receipts);
         assert_eq!(receipts.len(), 1);

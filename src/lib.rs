@@ -11,8 +11,9 @@
 //!
 //! - [`config`]: the TOML configuration and device profiles, loaded in stages.
 //! - [`devices`]: the I/O edge: serial ports, the store's MQTT broker, network printer taps;
-//!   read, pass through (both ways), frame.
-//! - [`decode`]: what a scanned frame means (AIM ids, GS1, check digits, traceability codes).
+//!   read, pass through (both ways), frame; a printer tap decodes its receipts.
+//! - [`decode`]: what a scanned frame means (AIM ids, GS1, check digits, traceability codes),
+//!   and what a printer stream says (ESC/POS receipts).
 //! - [`core`]: the one task that turns device events into records.
 //! - [`journal`]: the durable record store (segment files, sled metadata); the only module
 //!   that touches the gateway's journal files.
@@ -22,7 +23,7 @@
 //! - [`api`] and [`metrics`]: the local HTTP API; [`serve`]: the bounded HTTP server loop it and
 //!   the HQ receiver run on.
 //! - [`gateway`]: wiring and shutdown; [`cli`]: the command line; [`demo`]: a simulated store;
-//!   [`status`]: `posgw status`.
+//!   [`status`]: `posgw status`; [`signal`]: SIGTERM and SIGINT.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
@@ -42,6 +43,7 @@ pub mod notify;
 pub mod prompts;
 pub mod sales;
 pub mod serve;
+pub mod signal;
 pub mod status;
 pub mod uplink;
 pub mod web;

@@ -15,8 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::EscposPatterns;
-use crate::decode::escpos::{self, ClosedBy, Receipt};
+use crate::decode::escpos::{self, ClosedBy, Patterns, Receipt};
 
 /// The `data` of a `sale` record, without `device` and `station` (the core adds those). It is
 /// also the shape a `json-register` message is read into (`text` is never read from one).
@@ -91,7 +90,7 @@ pub fn parse_json_sale(bytes: &[u8]) -> Result<Sale, String> {
 
 /// The sale a printed receipt describes: the profile's patterns pull out what they can, and
 /// the whole text is kept, so nothing printed is lost when a pattern does not match.
-pub fn from_receipt(receipt: &Receipt, patterns: &EscposPatterns) -> Sale {
+pub fn from_receipt(receipt: &Receipt, patterns: &Patterns) -> Sale {
     let extracted = escpos::extract(&receipt.lines, patterns);
     Sale {
         receipt: extracted.receipt,

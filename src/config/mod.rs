@@ -17,6 +17,7 @@
 //! `posgw check-config` prints as is (exit status 2).
 
 pub(crate) mod check;
+mod device;
 mod error;
 mod load;
 mod profile;
@@ -26,15 +27,16 @@ pub(crate) mod source;
 mod units;
 mod validate;
 
+pub use device::{Role, Transport};
 pub use error::{ConfigError, Diagnostic, Position};
 pub use load::load;
 pub use profile::{
-    DecoderKind, EscposPatterns, EscposSettings, FlowControl, FramingSettings, LineSettings,
-    Parity, PayloadFormat, PayloadSettings, Profile, ProfileSet, TextEncoding,
+    DecoderKind, EscposSettings, FlowControl, FramingSettings, LineSettings, Parity, PayloadFormat,
+    PayloadSettings, Profile, ProfileSet,
 };
 pub use settings::{
     ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,
-    PromptOption, PromptSettings, Role, SerialSettings, Settings, SkuPattern, TcpTapSettings,
-    Transport, UplinkSettings,
+    PromptOption, PromptSettings, SerialSettings, Settings, SkuPattern, TcpTapSettings,
+    UplinkSettings,
 };
 pub use units::{format_duration, format_size, parse_duration, parse_size};

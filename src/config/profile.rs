@@ -62,9 +62,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::decode::escpos::{self, Patterns, TextEncoding};
+
 use super::check;
+use super::device::{Role, Transport};
 use super::raw::{DurationText, SizeValue};
-use super::settings::{Role, Transport};
 use super::source::{Located, Report};
 use super::units;
 
@@ -326,44 +328,35 @@ pub struct EscposSettings {
     /// Silence after which a receipt that never saw a cut is closed.
     pub receipt_timeout: Duration,
     /// Patterns that pull fields out of the decoded lines.
-    pub patterns: EscposPatterns,
+    pub patterns: Patterns,
+}
+
+impl From<&EscposSettings> for escpos::Options {
+    /// What the decoder needs of `[escpos]` (the timeout and patterns are for its caller).
+    fn from(settings: &EscposSettings) -> Self {
+        escpos::Options {
+            encoding: settings.encoding,
+            chinese_mode: settings.chinese_mode,
+            cr_ends_line: settings.cr_ends_line,
+            max_receipt: settings.max_receipt,
+        }
+    }
 }
 
 impl Default for EscposSettings {
     /// The documented defaults of `[escpos]`: GB18030, Chinese mode on, CR ignored, 256KiB, 60s,
     /// no patterns.
     fn default() -> Self {
+        let decoder = escpos::Options::default();
         EscposSettings {
-            encoding: TextEncoding::Gb18030,
-            chinese_mode: true,
-            cr_ends_line: false,
-            max_receipt: 256 * 1024,
+            encoding: decoder.encoding,
+            chinese_mode: decoder.chinese_mode,
+            cr_ends_line: decoder.cr_ends_line,
+            max_receipt: decoder.max_receipt,
             receipt_timeout: Duration::from_secs(60),
-            patterns: EscposPatterns::default(),
+            patterns: Patterns::default(),
         }
     }
-}
-
-/// Text encodings a printer stream may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TextEncoding {
-    /// GB18030 (a superset of GBK and GB2312).
-    Gb18030,
-    /// UTF-8.
-    Utf8,
-}
-
-/// Regexes applied to each decoded receipt line.
-#[derive(Debug, Clone, Default)]
-pub struct EscposPatterns {
-    /// Capture group 1 is the receipt number.
-    pub receipt: Option<regex::Regex>,
-    /// Capture group 1 is the clerk.
-    pub clerk: Option<regex::Regex>,
-    /// Capture group 1 is the total.
-    pub total: Option<regex::Regex>,
-    /// Named groups among `sku`, `name`, `qty`, `unit_price`, `amount` make one sale line.
-    pub line: Option<regex::Regex>,
 }
 
 /// Group names the `line` pattern may use.

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::device::{Role, Transport};
 use super::profile::{LineSettings, Parity, Profile, ProfileSet};
 use super::units::{format_duration, format_size};
 
@@ -85,60 +86,6 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     /// Extra host names the API answers to (lowercase), for the `Host` check.
     pub hosts: Vec<String>,
-}
-
-/// What a device is to the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    /// Sends scanned codes.
-    Scanner,
-    /// Sends sales (receipts).
-    Register,
-}
-
-impl Role {
-    /// The config spelling: `scanner` or `register`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Scanner => "scanner",
-            Role::Register => "register",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a device reaches the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Transport {
-    /// A serial port (RS-232, USB-CDC, or a pseudo-terminal).
-    Serial,
-    /// Messages on a topic of the store's MQTT broker.
-    Mqtt,
-    /// A network receipt printer's raw TCP port (9100): the gateway listens for the register
-    /// and forwards each connection to the printer.
-    Tcp,
-}
-
-impl Transport {
-    /// The config spelling: `serial`, `mqtt` or `tcp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Serial => "serial",
-            Transport::Mqtt => "mqtt",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// One `[[device]]`.

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::check;
+use super::device::{Role, Transport};
 use super::profile::ProfileSet;
 use super::raw::{RawCampaign, RawConfig, RawDevice, RawGateway, RawMqtt, RawUplink};
 use super::settings::{
     ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,
-    PromptOption, Role, SerialSettings, Settings, SkuPattern, TcpTapSettings, Transport,
-    UplinkSettings,
+    PromptOption, SerialSettings, Settings, SkuPattern, TcpTapSettings, UplinkSettings,
 };
 use super::source::{suggest, Located, Report, Span};
 

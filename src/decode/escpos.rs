@@ -88,7 +88,53 @@
 
 use encoding_rs::{CoderResult, Decoder, Encoding};
 
-use crate::config::{EscposPatterns, EscposSettings, TextEncoding};
+/// Text encoding of bytes >= 0x80 in Chinese mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextEncoding {
+    /// GB18030 (a superset of GBK and GB2312).
+    Gb18030,
+    /// UTF-8.
+    Utf8,
+}
+
+/// How to read one printer stream; the configuration converts a profile's `[escpos]` into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Text encoding of bytes >= 0x80 in Chinese mode.
+    pub encoding: TextEncoding,
+    /// Whether Chinese mode (`FS &`) is on at start.
+    pub chinese_mode: bool,
+    /// Whether CR alone ends a line (otherwise CR is ignored).
+    pub cr_ends_line: bool,
+    /// Printer bytes after which a receipt that never saw a cut is closed; also the longest
+    /// image or other command payload trusted (a longer length is taken as garbled).
+    pub max_receipt: usize,
+}
+
+impl Default for Options {
+    /// GB18030, Chinese mode on, CR ignored, 256KiB (the defaults of `[escpos]`).
+    fn default() -> Self {
+        Options {
+            encoding: TextEncoding::Gb18030,
+            chinese_mode: true,
+            cr_ends_line: false,
+            max_receipt: 256 * 1024,
+        }
+    }
+}
+
+/// Regexes applied to each decoded receipt line by [`extract`].
+#[derive(Debug, Clone, Default)]
+pub struct Patterns {
+    /// Capture group 1 is the receipt number.
+    pub receipt: Option<regex::Regex>,
+    /// Capture group 1 is the clerk.
+    pub clerk: Option<regex::Regex>,
+    /// Capture group 1 is the total.
+    pub total: Option<regex::Regex>,
+    /// Named groups among `sku`, `name`, `qty`, `unit_price`, `amount` make one sale line.
+    pub line: Option<regex::Regex>,
+}
 
 /// Longest line kept in one piece, in raw bytes; longer lines are cut into pieces.
 pub const MAX_LINE: usize = 4096;
@@ -322,20 +368,20 @@ pub struct EscposDecoder {
 
 impl EscposDecoder {
     /// A decoder at the start of a stream, as the printer is after power-on.
-    pub fn new(settings: &EscposSettings) -> Self {
-        let chinese_encoding = match settings.encoding {
+    pub fn new(options: &Options) -> Self {
+        let chinese_encoding = match options.encoding {
             TextEncoding::Gb18030 => encoding_rs::GB18030,
             TextEncoding::Utf8 => encoding_rs::UTF_8,
         };
         let mut decoder = EscposDecoder {
-            cr_ends_line: settings.cr_ends_line,
-            chinese_at_start: settings.chinese_mode,
+            cr_ends_line: options.cr_ends_line,
+            chinese_at_start: options.chinese_mode,
             chinese_encoding,
-            max_receipt: settings.max_receipt.max(1),
+            max_receipt: options.max_receipt.max(1),
             state: State::Text,
             command: [0; MAX_COMMAND],
             command_len: 0,
-            chinese: settings.chinese_mode,
+            chinese: options.chinese_mode,
             code_page: 0,
             mode: TextMode::Cp437,
             decoder: None,
@@ -999,7 +1045,7 @@ pub struct ExtractedLine {
 ///   match without any group (a blank line) is ignored.
 /// - Numbers tolerate a currency sign, thousands separators and an `x` before a quantity: only
 ///   digits, `.` and `-` are kept before parsing; what still does not parse is left out.
-pub fn extract(lines: &[String], patterns: &EscposPatterns) -> Extracted {
+pub fn extract(lines: &[String], patterns: &Patterns) -> Extracted {
     let mut extracted = Extracted::default();
     // A code printed before its sale line, waiting for it.
     let mut waiting_sku: Option<String> = None;
@@ -1089,13 +1135,13 @@ mod tests {
     /// The lines receipt-a must decode to.
     const RECEIPT_A_TXT: &str = include_str!("../../tests/fixtures/receipt-a.txt");
 
-    fn settings() -> EscposSettings {
-        EscposSettings::default()
+    fn settings() -> Options {
+        Options::default()
     }
 
     /// The `[escpos.patterns]` of drivers/escpos-tap.toml, as the profile loader compiles them.
-    fn shipped_patterns() -> &'static EscposPatterns {
-        static PATTERNS: std::sync::OnceLock<EscposPatterns> = std::sync::OnceLock::new();
+    fn shipped_patterns() -> &'static Patterns {
+        static PATTERNS: std::sync::OnceLock<Patterns> = std::sync::OnceLock::new();
         PATTERNS.get_or_init(|| {
             let profiles = crate::config::ProfileSet::built_in().expect("built-in profiles");
             let profile = profiles.get("escpos-tap").expect("escpos-tap is built in");
@@ -1104,12 +1150,12 @@ mod tests {
     }
 
     /// Decodes `bytes` in one push, then closes with `Shutdown`.
-    fn decode_all(settings: &EscposSettings, bytes: &[u8]) -> Vec<Receipt> {
+    fn decode_all(settings: &Options, bytes: &[u8]) -> Vec<Receipt> {
         decode_chunked(settings, bytes, &[bytes.len().max(1)])
     }
 
     /// Decodes `bytes` in chunks of the given sizes (cycled), then closes with `Shutdown`.
-    fn decode_chunked(settings: &EscposSettings, bytes: &[u8], sizes: &[usize]) -> Vec<Receipt> {
+    fn decode_chunked(settings: &Options, bytes: &[u8], sizes: &[usize]) -> Vec<Receipt> {
         let mut decoder = EscposDecoder::new(settings);
         let mut out = Vec::new();
         let mut rest = bytes;
@@ -1366,7 +1412,7 @@ mod tests {
 
     #[test]
     fn utf8_encoding_in_chinese_mode() {
-        let settings = EscposSettings {
+        let settings = Options {
             encoding: TextEncoding::Utf8,
             ..settings()
         };
@@ -1380,7 +1426,7 @@ mod tests {
         let receipts = decode_all(&settings(), bytes);
         assert_eq!(receipts[0].lines, ["a b", "cd", "e", "", "f", "g"]);
 
-        let cr = EscposSettings {
+        let cr = Options {
             cr_ends_line: true,
             ..settings()
         };
@@ -1424,7 +1470,7 @@ mod tests {
 
     #[test]
     fn size_limit_closes_a_receipt() {
-        let settings = EscposSettings {
+        let settings = Options {
             max_receipt: 1024,
             ..settings()
         };
@@ -1445,7 +1491,7 @@ mod tests {
 
     #[test]
     fn an_image_straddling_the_size_limit_is_still_skipped() {
-        let settings = EscposSettings {
+        let settings = Options {
             max_receipt: 1024,
             ..settings()
         };
@@ -1649,7 +1695,7 @@ mod tests {
             chinese_mode: bool,
             cr_ends_line: bool,
         ) {
-            let settings = EscposSettings { max_receipt, chinese_mode, cr_ends_line, ..settings() };
+            let settings = Options { max_receipt, chinese_mode, cr_ends_line, ..settings() };
             let whole = decode_all(&settings, &bytes);
             let chunked = decode_chunked(&settings, &bytes, &sizes);
             prop_assert_eq!(&chunked, &whole);

@@ -41,10 +41,12 @@
 mod aim;
 pub mod escpos;
 mod gs1;
+mod kind;
 mod raw;
 mod retail;
 mod scan;
 
+pub use kind::CodeKind;
 pub use raw::{escape_raw, noise_reason};
 pub use retail::check_digit;
-pub use scan::{decode_scan, CodeKind, DecodeContext, DecodedScan};
+pub use scan::{decode_scan, DecodeContext, DecodedScan};

@@ -4,7 +4,7 @@
 //! The GTIN-14 of a retail code is the code left-padded with zeros to 14 digits; the check digit is
 //! unchanged (GS1 General Specifications; DOMAIN.md section 2). UPC-E is first expanded to UPC-A.
 
-use super::scan::CodeKind;
+use super::kind::CodeKind;
 
 /// What a retail code decoded to.
 #[derive(Debug, Clone, PartialEq, Eq)]

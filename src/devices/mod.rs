@@ -2,14 +2,19 @@
 //!
 //! Each configured device runs as one task that owns its port and nothing else. It reads bytes,
 //! forwards them unchanged to the device's passthrough (before anything else happens to them),
-//! cuts them into frames and sends [`DeviceEvent`]s to the gateway core (a serial device through
-//! its bounded [`relay`], so it never waits on the core). It never decodes and never touches the
-//! journal: data flows one way, devices → core → journal.
+//! and sends [`DeviceEvent`]s to the gateway core (a serial device through its bounded [`relay`],
+//! so it never waits on the core). A scanner or register cuts its bytes into frames (an MQTT
+//! device sends each message) and leaves decoding them to the core. A printer tap (serial or
+//! TCP) is the one exception: it runs its stream through the stateful ESC/POS decoder itself,
+//! after passing the bytes on to the printer, and sends whole receipts, so a receipt closes on its
+//! own port's silence. No device task touches the journal: data flows one way, devices → core →
+//! journal.
 //!
 //! A device task also owns its [`DeviceStatus`] and publishes it on a `watch` channel, which the
 //! local API reads for `/api/v1/status`.
 
 pub mod framing;
+pub mod line;
 pub mod mqtt;
 pub mod passthrough;
 pub mod serial;

@@ -49,7 +49,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::LineSettings;
 
-use super::serial::builder;
+use super::line::builder;
 
 /// Bytes that may wait for a slow passthrough reader (queued or taken by the writer and not yet
 /// written) before new ones are dropped (and counted). A scanner sends tens of bytes a second

@@ -31,9 +31,10 @@ use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use super::framing::{FrameEvent, Framer, FramingSpec};
+use super::line::{builder, describe_line};
 use super::passthrough::{self, PassthroughCounters, PassthroughHandle, Pump, Pumped};
 use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
-use crate::config::{DeviceSettings, FlowControl, FramingSettings, LineSettings, Parity};
+use crate::config::{DeviceSettings, FramingSettings};
 use crate::decode::escpos::{ClosedBy, EscposDecoder, Receipt};
 
 /// First retry delay after a failed open.
@@ -42,35 +43,6 @@ const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Read buffer: scanners send tens of bytes, receipts a few KiB at a time.
 const READ_BUFFER: usize = 8192;
-
-/// A tokio-serial builder for `path` with the given line settings.
-pub fn builder(path: &str, line: &LineSettings) -> tokio_serial::SerialPortBuilder {
-    let data_bits = match line.data_bits {
-        5 => tokio_serial::DataBits::Five,
-        6 => tokio_serial::DataBits::Six,
-        7 => tokio_serial::DataBits::Seven,
-        _ => tokio_serial::DataBits::Eight,
-    };
-    let parity = match line.parity {
-        Parity::None => tokio_serial::Parity::None,
-        Parity::Odd => tokio_serial::Parity::Odd,
-        Parity::Even => tokio_serial::Parity::Even,
-    };
-    let stop_bits = match line.stop_bits {
-        2 => tokio_serial::StopBits::Two,
-        _ => tokio_serial::StopBits::One,
-    };
-    let flow_control = match line.flow_control {
-        FlowControl::None => tokio_serial::FlowControl::None,
-        FlowControl::Software => tokio_serial::FlowControl::Software,
-        FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
-    };
-    tokio_serial::new(path, line.baud)
-        .data_bits(data_bits)
-        .parity(parity)
-        .stop_bits(stop_bits)
-        .flow_control(flow_control)
-}
 
 /// The framing spec a profile's framing settings describe.
 pub fn framing_spec(framing: &FramingSettings) -> FramingSpec {
@@ -158,7 +130,7 @@ impl SerialDevice {
             .profile
             .escpos
             .as_ref()
-            .map(|escpos| (EscposDecoder::new(escpos), escpos.receipt_timeout));
+            .map(|escpos| (EscposDecoder::new(&escpos.into()), escpos.receipt_timeout));
         // What the far side of the passthrough sends back, for this port.
         let mut back = passthrough.as_ref().map(PassthroughHandle::back);
         let mut retry = new_backoff();
@@ -587,24 +559,6 @@ async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-/// "9600 8N1" and the flow control, for log lines and records.
-pub fn describe_line(line: &LineSettings) -> String {
-    let parity = match line.parity {
-        Parity::None => 'N',
-        Parity::Odd => 'O',
-        Parity::Even => 'E',
-    };
-    let flow = match line.flow_control {
-        FlowControl::None => "",
-        FlowControl::Software => " xon/xoff",
-        FlowControl::Hardware => " rts/cts",
-    };
-    format!(
-        "{} {}{}{}{flow}",
-        line.baud, line.data_bits, parity, line.stop_bits
-    )
 }
 
 #[cfg(test)]

@@ -331,7 +331,7 @@ async fn forward(
     stop: &CancellationToken,
     done: &CancellationToken,
 ) {
-    let mut decoder = EscposDecoder::new(&shared.escpos);
+    let mut decoder = EscposDecoder::new(&(&shared.escpos).into());
     let timeout = shared.escpos.receipt_timeout;
     let mut buffer = vec![0u8; FORWARD_BUFFER];
     let mut receipts = Vec::new();

@@ -13,7 +13,7 @@ use reqwest::header::{
 };
 use reqwest::StatusCode;
 
-use super::Delivery;
+use super::delivery::Delivery;
 use crate::config::{Compression, UplinkSettings};
 
 /// Longest wait for a TCP/TLS connection to HQ.

@@ -23,6 +23,7 @@
 //!
 //! The task publishes an [`UplinkStatus`] on a `watch` channel for `/api/v1/status`.
 
+mod delivery;
 pub mod http;
 pub mod mqtt;
 
@@ -42,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Compression, UplinkSettings};
 use crate::journal::{JournalError, JournalHandle, StoredRecord};
 use crate::metrics::Metrics;
+
+pub use delivery::Delivery;
 
 /// First retry delay after a failed delivery.
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -82,24 +85,6 @@ pub struct UplinkStatus {
     pub dead_lettered: u64,
     /// `ts` of the oldest record not yet delivered, when there is one.
     pub oldest_pending_ts: Option<String>,
-}
-
-/// HQ's verdict on one delivery attempt.
-#[derive(Debug)]
-pub enum Delivery {
-    /// Every record is durably stored at HQ.
-    Accepted,
-    /// The body was too large (413).
-    TooLarge,
-    /// HQ refused the records for good (400, 422), with its reason.
-    Rejected(String),
-    /// Try again later; `after` is HQ's `Retry-After`, when it gave one.
-    Retry {
-        /// What went wrong, for the status.
-        error: String,
-        /// HQ's `Retry-After`.
-        after: Option<Duration>,
-    },
 }
 
 /// The running uplink.

@@ -18,7 +18,7 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::Delivery;
+use super::delivery::Delivery;
 use crate::config::{Compression, UplinkSettings};
 use crate::mqtt::{self, BrokerUrl};
 

@@ -165,7 +165,7 @@ async fn random_line_noise_on_a_printer_tap_swallows_none_of_the_next_five_recei
     // the tap's own decoder finds in the stream are.
     let profiles = posgw::config::ProfileSet::built_in().expect("profiles");
     let profile = profiles.get("escpos-tap").expect("escpos-tap");
-    let mut decoder = EscposDecoder::new(profile.escpos.as_ref().expect("[escpos]"));
+    let mut decoder = EscposDecoder::new(&profile.escpos.as_ref().expect("[escpos]").into());
     let mut decoded = Vec::new();
     decoder.push(&stream, &mut decoded);
     let sales = decoded.iter().filter(|receipt| !receipt.is_blank()).count();
