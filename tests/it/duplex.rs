@@ -20,19 +20,8 @@ const STATUS_POLL: &[u8] = &[0x10, 0x04, 0x01];
 
 /// A gateway config with one serial device at `path` and its passthrough.
 fn write_config(store: &Store, role: &str, profile: &str, path: &Path, passthrough: &Path) {
-    std::fs::write(
-        store.config_path(),
-        format!(
-            r#"
-[gateway]
-store = "WZ-LC-001"
-id = "gw-test"
-data_dir = "{data}"
-flush = "20ms"
-
-[api]
-listen = "127.0.0.1:0"
-
+    store.write_devices(&format!(
+        r#"
 [[device]]
 id = "dev-1"
 role = "{role}"
@@ -42,12 +31,9 @@ profile = "{profile}"
 path = "{path}"
 passthrough = "{passthrough}"
 "#,
-            data = store.data_dir().display(),
-            path = path.display(),
-            passthrough = passthrough.display(),
-        ),
-    )
-    .expect("write config");
+        path = path.display(),
+        passthrough = passthrough.display(),
+    ));
 }
 
 /// Reads exactly `n` bytes from `port` within the test deadline.
@@ -405,19 +391,8 @@ async fn passthrough_drops_are_counted_in_metrics_and_status() {
 
 /// A gateway config with one network printer tap listening on `listen` for the register.
 fn write_tcp_config(store: &Store, listen: &str, printer: &str, extra: &str) {
-    std::fs::write(
-        store.config_path(),
-        format!(
-            r#"
-[gateway]
-store = "WZ-LC-001"
-id = "gw-test"
-data_dir = "{data}"
-flush = "20ms"
-
-[api]
-listen = "127.0.0.1:0"
-
+    store.write_devices(&format!(
+        r#"
 [[device]]
 id = "printer-tap"
 role = "register"
@@ -427,11 +402,8 @@ profile = "escpos-tap"
 listen = "{listen}"
 printer_addr = "{printer}"
 {extra}
-"#,
-            data = store.data_dir().display(),
-        ),
-    )
-    .expect("write config");
+"#
+    ));
 }
 
 /// A loopback address with a port nobody listens on (bound, then let go).

@@ -115,6 +115,24 @@ impl Store {
 
     /// Writes a config with one serial scanner at `scanner` plus `extra_device` lines.
     pub fn write_config(&self, device_extra: &str) {
+        self.write_devices(&format!(
+            r#"
+[[device]]
+id = "scanner-1"
+role = "scanner"
+transport = "serial"
+station = "till-1"
+profile = "generic-scanner"
+path = "{scanner}"
+{device_extra}
+"#,
+            scanner = self.path("scanner").display(),
+        ));
+    }
+
+    /// Writes a config with the test `[gateway]` and `[api]` sections followed by `devices`
+    /// (the `[[device]]` sections, as TOML text).
+    pub fn write_devices(&self, devices: &str) {
         let config = format!(
             r#"
 [gateway]
@@ -125,18 +143,8 @@ flush = "20ms"
 
 [api]
 listen = "127.0.0.1:0"
-
-[[device]]
-id = "scanner-1"
-role = "scanner"
-transport = "serial"
-station = "till-1"
-profile = "generic-scanner"
-path = "{scanner}"
-{device_extra}
-"#,
+{devices}"#,
             data = self.data_dir().display(),
-            scanner = self.path("scanner").display(),
         );
         std::fs::write(self.config_path(), config).expect("write config");
     }
