@@ -40,18 +40,34 @@ async fn open_ids(gateway: &Gateway) -> Vec<String> {
         .collect()
 }
 
+/// Rewrites the store's config with `from` replaced by `to`.
+fn replace_in_config(store: &Store, from: &str, to: &str) {
+    let config = std::fs::read_to_string(store.config_path()).unwrap();
+    std::fs::write(store.config_path(), config.replace(from, to)).unwrap();
+}
+
+/// POSTs `body` to `url` with `headers`; returns the response.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> reqwest::Response {
+    let mut request = client.post(url).body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
 #[tokio::test]
 async fn cross_site_posts_foreign_hosts_and_non_object_bodies_are_refused() {
     let store = campaign_store("120s");
-    let config = std::fs::read_to_string(store.config_path()).unwrap();
-    std::fs::write(
-        store.config_path(),
-        config.replace(
-            "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\nhosts = [\"till-pc.store.example\"]",
-        ),
-    )
-    .unwrap();
+    replace_in_config(
+        &store,
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nhosts = [\"till-pc.store.example\"]",
+    );
     let mut scanner = PtyScanner::plug(&store.path("scanner"));
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("scanner-1", "connected").await;
@@ -61,14 +77,16 @@ async fn cross_site_posts_foreign_hosts_and_non_object_bodies_are_refused() {
     let host = gateway.api.trim_start_matches("http://").to_owned();
 
     // What a form or fetch on another web site can send without a preflight.
-    let response = client
-        .post(&answer)
-        .header(header::ORIGIN, "http://evil.example")
-        .header(header::CONTENT_TYPE, "text/plain")
-        .body(r#"{"option":"doctor"}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post(
+        &client,
+        &answer,
+        &[
+            ("origin", "http://evil.example"),
+            ("content-type", "text/plain"),
+        ],
+        r#"{"option":"doctor"}"#,
+    )
+    .await;
     assert_eq!(response.status(), 403);
     let body: Value = response.json().await.unwrap();
     assert!(
@@ -76,23 +94,25 @@ async fn cross_site_posts_foreign_hosts_and_non_object_bodies_are_refused() {
         "{body}"
     );
     // The same from a browser that names the site instead of the origin.
-    let response = client
-        .post(&answer)
-        .header("sec-fetch-site", "cross-site")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(r#"{"option":"doctor"}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post(
+        &client,
+        &answer,
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"option":"doctor"}"#,
+    )
+    .await;
     assert_eq!(response.status(), 403);
     // Without an Origin (curl, the POS software) a text/plain body is still not JSON.
-    let response = client
-        .post(&answer)
-        .header(header::CONTENT_TYPE, "text/plain")
-        .body(r#"{"option":"doctor"}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post(
+        &client,
+        &answer,
+        &[("content-type", "text/plain")],
+        r#"{"option":"doctor"}"#,
+    )
+    .await;
     assert_eq!(response.status(), 415);
     // DNS rebinding: a page of evil.example whose name now resolves to the gateway.
     for (method, url) in [
@@ -123,13 +143,13 @@ async fn cross_site_posts_foreign_hosts_and_non_object_bodies_are_refused() {
         assert_eq!(response.status(), 200, "{name}");
     }
     // A JSON array is not an answer.
-    let response = client
-        .post(&answer)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(r#"["doctor"]"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post(
+        &client,
+        &answer,
+        &[("content-type", "application/json")],
+        r#"["doctor"]"#,
+    )
+    .await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert!(
@@ -143,15 +163,17 @@ async fn cross_site_posts_foreign_hosts_and_non_object_bodies_are_refused() {
     );
 
     // The clerk page's own request: same origin, JSON object.
-    let response = client
-        .post(&answer)
-        .header(header::ORIGIN, format!("http://{host}"))
-        .header("sec-fetch-site", "same-origin")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(r#"{"option":"doctor","clerk":"c-17"}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post(
+        &client,
+        &answer,
+        &[
+            ("origin", &format!("http://{host}")),
+            ("sec-fetch-site", "same-origin"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"option":"doctor","clerk":"c-17"}"#,
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert!(open_ids(&gateway).await.is_empty());
     assert!(gateway.stop().await.success());
@@ -176,12 +198,7 @@ fn non_loopback_address() -> IpAddr {
 /// The store of [`campaign_store`], with the API on every address.
 fn store_on_every_address() -> Store {
     let store = campaign_store("120s");
-    let config = std::fs::read_to_string(store.config_path()).unwrap();
-    std::fs::write(
-        store.config_path(),
-        config.replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\""),
-    )
-    .unwrap();
+    replace_in_config(&store, "listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"");
     store
 }
 
@@ -219,13 +236,13 @@ async fn a_station_beyond_loopback_must_pair_once_and_then_works() {
         assert_eq!(response.status(), 401, "{path}");
         assert!(response.text().await.unwrap().contains("/pair"), "{path}");
     }
-    let response = client
-        .post(format!("{base}/api/v1/prompts/{id}/answer"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(r#"{"option":"doctor"}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post(
+        &client,
+        &format!("{base}/api/v1/prompts/{id}/answer"),
+        &[("content-type", "application/json")],
+        r#"{"option":"doctor"}"#,
+    )
+    .await;
     assert_eq!(response.status(), 401);
     assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
     let response = get("/pair", None).await.unwrap();
@@ -291,14 +308,13 @@ async fn a_station_beyond_loopback_must_pair_once_and_then_works() {
         .unwrap();
     assert!(status["pairing_token"].is_null(), "{status}");
     assert_eq!(status["store"], "WZ-LC-001");
-    let response = client
-        .post(format!("{base}/api/v1/prompts/{id}/answer"))
-        .header(header::COOKIE, &cookie)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(r#"{"option":"doctor","clerk":"c-17"}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post(
+        &client,
+        &format!("{base}/api/v1/prompts/{id}/answer"),
+        &[("cookie", &cookie), ("content-type", "application/json")],
+        r#"{"option":"doctor","clerk":"c-17"}"#,
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert!(open_ids(&gateway).await.is_empty());
 
