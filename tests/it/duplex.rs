@@ -36,6 +36,12 @@ passthrough = "{passthrough}"
     ));
 }
 
+/// [`write_config`] for a scanner at the store's `scanner` link, passing through to `passthrough`.
+fn write_scanner_config(store: &Store, passthrough: &Path) {
+    let scanner = store.path("scanner");
+    write_config(store, "scanner", "generic-scanner", &scanner, passthrough);
+}
+
 /// Reads exactly `n` bytes from `port` within the test deadline.
 async fn read_n(port: &mut SerialStream, n: usize, what: &str) -> Vec<u8> {
     let mut received = vec![0u8; n];
@@ -117,13 +123,7 @@ async fn pos_commands_written_to_the_passthrough_pty_reach_the_scanner() {
     let store = Store::new();
     let link = store.path("pos");
     let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    write_config(
-        &store,
-        "scanner",
-        "generic-scanner",
-        &store.path("scanner"),
-        &link,
-    );
+    write_scanner_config(&store, &link);
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("dev-1", "connected").await;
     let mut pos = tokio_serial::new(link.to_string_lossy(), 9600)
@@ -183,13 +183,7 @@ async fn a_passthrough_link_to_a_live_socat_bridge_is_used_not_replaced() {
     let _socat = socat_bridge(&near, &far).await;
     let bridge_pty = std::fs::read_link(&near).expect("socat's link");
     let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    write_config(
-        &store,
-        "scanner",
-        "generic-scanner",
-        &store.path("scanner"),
-        &near,
-    );
+    write_scanner_config(&store, &near);
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("dev-1", "connected").await;
     let mut pos = tokio_serial::new(far.to_string_lossy(), 9600)
@@ -245,13 +239,7 @@ async fn a_passthrough_link_to_a_reused_or_missing_pty_is_replaced_by_our_own() 
     )
     .expect("age the link");
     let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    write_config(
-        &store,
-        "scanner",
-        "generic-scanner",
-        &store.path("scanner"),
-        &reused,
-    );
+    write_scanner_config(&store, &reused);
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("dev-1", "connected").await;
     assert_ne!(
@@ -276,13 +264,7 @@ async fn a_passthrough_link_to_a_reused_or_missing_pty_is_replaced_by_our_own() 
     // A dangling link (its pty is gone) is replaced the same way.
     let dangling = store.path("pos-dangling");
     std::os::unix::fs::symlink("/dev/pts/999999", &dangling).expect("link");
-    write_config(
-        &store,
-        "scanner",
-        "generic-scanner",
-        &store.path("scanner"),
-        &dangling,
-    );
+    write_scanner_config(&store, &dangling);
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("dev-1", "connected").await;
     let mut pos = tokio_serial::new(dangling.to_string_lossy(), 9600)
@@ -302,13 +284,7 @@ async fn passthrough_drops_are_counted_in_metrics_and_status() {
     let store = Store::new();
     let link = store.path("pos");
     let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    write_config(
-        &store,
-        "scanner",
-        "generic-scanner",
-        &store.path("scanner"),
-        &link,
-    );
+    write_scanner_config(&store, &link);
     let gateway = Gateway::start(&store).await;
     gateway.wait_device("dev-1", "connected").await;
 
