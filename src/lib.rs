@@ -30,6 +30,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod consult;
 pub mod core;
 pub mod decode;
 pub mod demo;

@@ -67,16 +67,23 @@ pub enum Kind {
     Device,
     /// A gateway event (started, stopped, journal_replaced, ...).
     Gateway,
+    /// A consultation that closed (every step of its flow, its scans and its sale).
+    Consultation,
+    /// One step of an open consultation done or skipped.
+    #[serde(rename = "consultation_step")]
+    ConsultationStep,
 }
 
 impl Kind {
     /// Every kind, in a fixed order (the order of per-kind counters).
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Scan,
         Kind::Sale,
         Kind::Attribution,
         Kind::Device,
         Kind::Gateway,
+        Kind::Consultation,
+        Kind::ConsultationStep,
     ];
 
     /// The wire name (`"scan"`, ...).
@@ -87,6 +94,8 @@ impl Kind {
             Kind::Attribution => "attribution",
             Kind::Device => "device",
             Kind::Gateway => "gateway",
+            Kind::Consultation => "consultation",
+            Kind::ConsultationStep => "consultation_step",
         }
     }
 
@@ -98,6 +107,8 @@ impl Kind {
             Kind::Attribution => 2,
             Kind::Device => 3,
             Kind::Gateway => 4,
+            Kind::Consultation => 5,
+            Kind::ConsultationStep => 6,
         }
     }
 }

@@ -229,7 +229,7 @@ struct SharedStats {
     /// See [`JournalStats::appended_total`].
     appended_total: AtomicU64,
     /// See [`JournalStats::per_kind`].
-    per_kind: [AtomicU64; 5],
+    per_kind: [AtomicU64; Kind::ALL.len()],
     /// See [`JournalStats::evicted_records`].
     evicted_records: AtomicU64,
     /// See [`JournalStats::failure`]; a std mutex is fine: tiny sections, never held across await.

@@ -104,7 +104,7 @@ impl Campaigns {
 }
 
 /// `code` itself, then its shorter GTIN forms when it is a 14-digit GTIN with leading zeros.
-fn spellings(code: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn spellings(code: &str) -> impl Iterator<Item = &str> {
     let gtin = code.len() == 14 && code.bytes().all(|byte| byte.is_ascii_digit());
     // Zeros to drop: GTIN-13, GTIN-12, GTIN-8.
     let shorter = [1, 2, 6]

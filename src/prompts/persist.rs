@@ -88,7 +88,7 @@ impl PromptJournal for JournalPrompts {
 }
 
 /// Atomically replaces `path` with `contents`, durably.
-fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let folder = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder)?;
     let temporary = path.with_extension("tmp");
