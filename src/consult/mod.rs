@@ -230,6 +230,14 @@ impl ConsultHandle {
         self.ask(|reply| Command::Subscribe { reply }).await
     }
 
+    /// Releases held scans, saves the open consultations and stops the engine.
+    pub async fn shutdown(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self.commands.send(Command::Stop(done)).await.is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
     async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,

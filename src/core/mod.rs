@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::DecoderKind;
+use crate::consult::{ConsultHandle, Flows, HeldScan, SaleSeen, ScanSeen};
 use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
 use crate::devices::{Ack, Delivery, DeviceEvent, DeviceInfo};
@@ -105,13 +106,20 @@ pub struct CoreHandle {
 }
 
 /// Starts the core task.
-pub fn spawn(journal: JournalHandle, metrics: Metrics, prompts: PromptsHandle) -> CoreHandle {
+pub fn spawn(
+    journal: JournalHandle,
+    metrics: Metrics,
+    prompts: PromptsHandle,
+    consult: ConsultHandle,
+) -> CoreHandle {
     let (events, rx) = mpsc::channel(QUEUE_EVENTS);
     let health = Arc::new(Health::default());
     let core = Core {
         journal,
         metrics,
         prompts,
+        flows: consult.flows(),
+        consult,
         health: health.clone(),
         card_answers: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
         bad_frame_log: std::sync::Mutex::new(LogLimit::new(
@@ -131,6 +139,10 @@ struct Core {
     journal: JournalHandle,
     metrics: Metrics,
     prompts: PromptsHandle,
+    /// The consultation engine: flow products' scans and every sale go there.
+    consult: ConsultHandle,
+    /// The flows in force (which scans belong to a consultation).
+    flows: tokio::sync::watch::Receiver<Arc<Flows>>,
     health: Arc<Health>,
     /// Answer-card answers in flight; drained before the core ends so none is lost at shutdown.
     card_answers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
@@ -147,14 +159,16 @@ struct ScanPlan {
     card: Option<String>,
     /// The campaign whose prompt it opens.
     campaign: Option<String>,
-    /// The product code a prompt shows (empty without a campaign).
+    /// The product code a prompt or consultation shows (empty without either).
     sku: String,
+    /// The flow whose consultation the scan joins.
+    flow: Option<String>,
 }
 
 impl ScanPlan {
     /// A scan that only becomes its record: no answer card, no prompt.
     fn is_plain(&self) -> bool {
-        self.card.is_none() && self.campaign.is_none()
+        self.card.is_none() && self.campaign.is_none() && self.flow.is_none()
     }
 }
 
@@ -349,10 +363,24 @@ impl Core {
                     }
                     Ok(plan) => {
                         self.append_plain(plain, groups).await;
-                        self.record_scan(&device, plan, origin).await
+                        self.record_scan(&device, plan, origin, None).await
                     }
                     Err(noise) => {
                         self.append_plain(plain, groups).await;
+                        self.bad_frame(&device, &noise, origin).await
+                    }
+                }
+            }
+            DeviceEvent::HeldFrame {
+                device,
+                bytes,
+                held,
+            } => {
+                self.append_plain(plain, groups).await;
+                match self.plan_scan(&device, &bytes, now) {
+                    Ok(plan) => self.record_scan(&device, plan, origin, Some(held)).await,
+                    Err(noise) => {
+                        drop(held);
                         self.bad_frame(&device, &noise, origin).await
                     }
                 }
@@ -428,6 +456,17 @@ impl Core {
             DeviceEvent::BadFrame { device, detail } => {
                 self.bad_frame(&device, &detail, origin).await
             }
+            DeviceEvent::HeldFrame {
+                device,
+                bytes,
+                held,
+            } => match self.plan_scan(&device, &bytes, chrono::Local::now()) {
+                Ok(plan) => self.record_scan(&device, plan, origin, Some(held)).await,
+                Err(noise) => {
+                    drop(held);
+                    self.bad_frame(&device, &noise, origin).await
+                }
+            },
             DeviceEvent::Frame { device, bytes } => {
                 match device.decoder {
                     DecoderKind::Scan => self.scan(&device, &bytes, origin).await,
@@ -518,6 +557,16 @@ impl Core {
                 line.prompt = prompt;
             }
         }
+        if !self.flows.borrow().is_empty() {
+            sale.consultation = self
+                .consult
+                .link_sale(SaleSeen {
+                    station: device.station.to_string(),
+                    receipt: sale.receipt.clone(),
+                    insurance: sale.insurance(),
+                })
+                .await;
+        }
         let data = SaleData {
             device: &device.id,
             station: &device.station,
@@ -540,7 +589,7 @@ impl Core {
         origin: Option<MessageId>,
     ) -> Option<Appended> {
         match self.plan_scan(device, frame, chrono::Local::now()) {
-            Ok(plan) => self.record_scan(device, plan, origin).await,
+            Ok(plan) => self.record_scan(device, plan, origin, None).await,
             Err(noise) => self.bad_frame(device, &noise, origin).await,
         }
     }
@@ -562,29 +611,30 @@ impl Core {
         let decoded = decode::decode_scan(frame, &context);
         let raw = decode::escape_raw(frame);
         let card = self.prompts.answer_card(&decoded.code);
-        let campaign = match card {
-            // A misread opens no prompt: it could match a prefix by accident, and would count
-            // against the clerk's completeness.
-            _ if decoded.error.is_some() => None,
-            Some(_) => None,
-            None => {
-                let codes = [
-                    decoded.gtin.as_deref().unwrap_or_default(),
-                    &decoded.code,
-                    &raw,
-                ];
-                let codes = if decoded.gtin.is_some() {
-                    &codes[..]
-                } else {
-                    &codes[1..]
-                };
-                self.prompts.campaign_for(codes, now.date_naive())
-            }
+        let codes = [
+            decoded.gtin.as_deref().unwrap_or_default(),
+            &decoded.code,
+            &raw,
+        ];
+        let codes = if decoded.gtin.is_some() {
+            &codes[..]
+        } else {
+            &codes[1..]
         };
-        // Only a prompt shows it.
-        let sku = match campaign {
-            Some(_) => product_code(&decoded),
-            None => String::new(),
+        // A misread opens no prompt and joins no consultation: it could match a prefix by
+        // accident, and would count against the clerk's completeness.
+        let product = decoded.error.is_none() && card.is_none();
+        let campaign = product
+            .then(|| self.prompts.campaign_for(codes, now.date_naive()))
+            .flatten();
+        let flow = product
+            .then(|| self.flows.borrow().flow_for(codes).map(|flow| flow.id.clone()))
+            .flatten();
+        // Only a prompt or a consultation shows it.
+        let sku = if campaign.is_some() || flow.is_some() {
+            product_code(&decoded)
+        } else {
+            String::new()
         };
         if let Some(error) = &decoded.error {
             tracing::debug!(device = %device.id, %raw, "undecodable scan: {error}");
@@ -603,6 +653,7 @@ impl Core {
             card,
             campaign,
             sku,
+            flow,
         })
     }
 
@@ -613,9 +664,22 @@ impl Core {
         device: &DeviceInfo,
         plan: ScanPlan,
         origin: Option<MessageId>,
+        held: Option<HeldScan>,
     ) -> Option<Appended> {
+        // A held frame this returns without handing on is delivered when dropped.
         let appended = self.append_raw(Kind::Scan, plan.data, origin).await?;
         let scan_id = appended.id.clone();
+        if let Some(flow) = plan.flow {
+            self.consult
+                .scan(ScanSeen {
+                    station: device.station.to_string(),
+                    flow,
+                    scan_id: scan_id.clone(),
+                    sku: plan.sku.clone(),
+                    held,
+                })
+                .await;
+        }
         if let Some(option) = plan.card {
             // Answered on its own task: the engine confirms only once the attribution is
             // durable, and the next scan must not wait for that.

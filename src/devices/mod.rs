@@ -88,6 +88,16 @@ pub enum DeviceEvent {
         /// The frame's bytes exactly as received (prefix stripped if the profile says so).
         bytes: Vec<u8>,
     },
+    /// One complete frame held back from the POS: a flow product's scan, passed on by the
+    /// consultation engine (or when dropped).
+    HeldFrame {
+        /// Which device.
+        device: Arc<DeviceInfo>,
+        /// The frame's bytes exactly as received, without its terminator.
+        bytes: Vec<u8>,
+        /// The frame as the POS is to get it, with its terminator.
+        held: crate::consult::HeldScan,
+    },
     /// One printed receipt from an ESC/POS tap.
     Receipt {
         /// Which device.
@@ -320,7 +330,9 @@ fn relay_cost(event: &DeviceEvent) -> (usize, bool) {
         DeviceEvent::Connected { detail, .. }
         | DeviceEvent::Disconnected { detail, .. }
         | DeviceEvent::Error { detail, .. } => (detail.len(), true),
-        DeviceEvent::Frame { bytes, .. } => (bytes.len(), false),
+        DeviceEvent::Frame { bytes, .. } | DeviceEvent::HeldFrame { bytes, .. } => {
+            (bytes.len(), false)
+        }
         DeviceEvent::BadFrame { detail, .. } => (detail.len(), false),
         DeviceEvent::Receipt { receipt, .. } => (
             receipt

@@ -34,6 +34,7 @@ use super::framing::{FrameEvent, Framer, FramingSpec};
 use super::line::{builder, describe_line};
 use super::passthrough::{self, PassthroughCounters, PassthroughHandle, Pump, Pumped};
 use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
+use crate::consult::{Flows, HeldScan};
 use crate::config::{DeviceSettings, FramingSettings};
 use crate::decode::escpos::{ClosedBy, EscposDecoder, Receipt};
 
@@ -70,6 +71,10 @@ pub struct SerialDevice {
     /// set in force now (a configuration reload replaces it). When empty, passthrough forwards
     /// every read at once; otherwise it forwards frame by frame so these frames can be held back.
     pub hold_back: watch::Receiver<Arc<HashSet<Vec<u8>>>>,
+    /// The consultation flows in force: a flow product's scan is held back from the POS (and
+    /// handed to the core with its frame) when its flow has `hold`. While any flow holds,
+    /// passthrough forwards frame by frame, as for answer cards.
+    pub flows: watch::Receiver<Arc<Flows>>,
     /// The passthrough's byte and drop counters (shared with `/metrics` and the status).
     pub passthrough: PassthroughCounters,
 }
@@ -222,10 +227,12 @@ impl SerialDevice {
         let mut frames = Vec::new();
         // Frame-by-frame passthrough (while answer cards are configured): raw bytes read but
         // not yet forwarded or held back.
-        let mut by_frame = passthrough.filter(|_| !self.hold_back.borrow().is_empty());
+        let mut by_frame = passthrough.filter(|_| self.holds_frames());
         let mut unsent: Vec<u8> = Vec::new();
         // Set after an answer card was held back: its trailing CR/LF bytes are held back too.
         let mut after_card = false;
+        // Per frame of a read, the held scan its bytes became (flow products only).
+        let mut held: Vec<Option<HeldScan>> = Vec::new();
         // The idle gap runs from the last read (answers written to the port in between do not
         // restart it).
         let mut last_read = tokio::time::Instant::now();
@@ -255,19 +262,22 @@ impl SerialDevice {
             match read {
                 None => {
                     if let Some(event) = framer.idle() {
+                        let mut held = None;
                         if let Some(passthrough) = by_frame {
-                            if !self.is_held_back(&event) {
-                                passthrough.send(&unsent);
+                            match self.hold(&event) {
+                                Hold::Pass => passthrough.send(&unsent),
+                                Hold::Card => {}
+                                Hold::Flow => held = Some(held_scan(passthrough, &unsent)),
                             }
                             unsent.clear();
                         }
-                        self.emit(event).await;
+                        self.emit_held(event, held).await;
                     }
                 }
                 Some(Ok(0)) => return ReadEnd::Lost("end of file".into()),
                 Some(Ok(n)) => {
                     let bytes = &buffer[..n];
-                    let cards = !self.hold_back.borrow().is_empty();
+                    let cards = self.holds_frames();
                     if by_frame.is_some() != cards {
                         // A reload added the first or removed the last answer card. Bytes held
                         // for a half-read frame go on now; a frame in progress is not held back.
@@ -282,7 +292,7 @@ impl SerialDevice {
                             let before = unsent.len();
                             unsent.extend_from_slice(bytes);
                             framer.push_at(bytes, |event, end| frames.push((event, before + end)));
-                            self.forward_frames(
+                            held = self.forward_frames(
                                 passthrough,
                                 &frames,
                                 &mut unsent,
@@ -305,8 +315,9 @@ impl SerialDevice {
                         }
                         (None, None) => framer.push(bytes, |event| frames.push((event, 0))),
                     }
+                    let mut held = held.drain(..);
                     for (event, _) in frames.drain(..) {
-                        self.emit(event).await;
+                        self.emit_held(event, held.next().flatten()).await;
                     }
                 }
                 Some(Err(error)) => return ReadEnd::Lost(error.to_string()),
@@ -394,7 +405,8 @@ impl SerialDevice {
     /// Forwards the raw bytes of each completed frame in `frames` (`unsent` holds the raw bytes
     /// since the last forwarded frame; each frame ends at its offset there), holding back
     /// answer cards together with the terminator bytes that follow them (`after_card` carries
-    /// that across reads).
+    /// that across reads), and holding flow products' scans: each one's bytes, terminator
+    /// included, become the [`HeldScan`] returned at its frame's index.
     fn forward_frames(
         &self,
         passthrough: &PassthroughHandle,
@@ -402,7 +414,8 @@ impl SerialDevice {
         unsent: &mut Vec<u8>,
         after_card: &mut bool,
         framer: &Framer,
-    ) {
+    ) -> Vec<Option<HeldScan>> {
+        let mut held = Vec::with_capacity(frames.len());
         let mut start = 0;
         for (event, end) in frames {
             // A frame's bytes run through the CR/LF bytes right after its terminator (the LF
@@ -414,9 +427,13 @@ impl SerialDevice {
                     .take_while(|&&b| (b == b'\r' && framing.cr) || (b == b'\n' && framing.lf))
                     .count();
             let segment = skip_card_terminators(&unsent[start..end], after_card);
-            *after_card = self.is_held_back(event);
-            if !*after_card {
-                passthrough.send(segment);
+            let hold = self.hold(event);
+            *after_card = hold == Hold::Card;
+            held.push(None);
+            match hold {
+                Hold::Pass => passthrough.send(segment),
+                Hold::Card => {}
+                Hold::Flow => *held.last_mut().expect("pushed") = Some(held_scan(passthrough, segment)),
             }
             start = end;
         }
@@ -424,7 +441,7 @@ impl SerialDevice {
             // The bytes after the last frame belong to the next one.
             let rest = unsent.len() - skip_card_terminators(&unsent[start..], after_card).len();
             unsent.drain(..rest);
-            return;
+            return held;
         }
         // Only terminator bytes are left (the LF of a CR LF): they go with the frame they end.
         let rest = skip_card_terminators(&unsent[start..], after_card);
@@ -432,6 +449,43 @@ impl SerialDevice {
             passthrough.send(rest);
         }
         unsent.clear();
+        held
+    }
+
+    /// Whether passthrough must go frame by frame: answer cards or a holding flow exist.
+    fn holds_frames(&self) -> bool {
+        !self.hold_back.borrow().is_empty() || self.flows.borrow().holds_any()
+    }
+
+    /// What becomes of a frame on its way to the POS.
+    fn hold(&self, event: &FrameEvent) -> Hold {
+        if self.is_held_back(event) {
+            return Hold::Card;
+        }
+        match event {
+            FrameEvent::Frame(bytes) if self.flows.borrow().holding(bytes).is_some() => Hold::Flow,
+            _ => Hold::Pass,
+        }
+    }
+
+    /// Emits a frame, with its held scan when it has one.
+    async fn emit_held(&self, event: FrameEvent, held: Option<HeldScan>) {
+        match (event, held) {
+            (FrameEvent::Frame(bytes), Some(held)) => {
+                self.status
+                    .send_modify(|status| status.last_frame_at = Some(Local::now()));
+                self.send(DeviceEvent::HeldFrame {
+                    device: self.info.clone(),
+                    bytes,
+                    held,
+                })
+                .await;
+            }
+            (event, held) => {
+                drop(held);
+                self.emit(event).await;
+            }
+        }
     }
 
     /// Whether a frame is an answer card, never to be passed through.
@@ -490,6 +544,26 @@ impl SerialDevice {
         // The core only goes away at shutdown, after the devices; nothing to do if it already has.
         let _ = self.events.send(event);
     }
+}
+
+/// What becomes of a frame on its way to the POS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Passed on at once.
+    Pass,
+    /// An answer card: never passed on.
+    Card,
+    /// A flow product's scan: passed on by the consultation engine.
+    Flow,
+}
+
+/// The held scan of `bytes`, delivered through `passthrough`.
+fn held_scan(passthrough: &PassthroughHandle, bytes: &[u8]) -> HeldScan {
+    let passthrough = passthrough.clone();
+    HeldScan::new(
+        bytes.to_vec(),
+        Box::new(move |bytes: &[u8]| passthrough.send(bytes)),
+    )
 }
 
 /// Whether a receipt closed without a cut (silence, unplug, shutdown) is worth a record: not
@@ -612,6 +686,7 @@ mod tests {
             settings,
             status,
             hold_back,
+            flows: watch::channel(Arc::new(Flows::default())).1,
             passthrough: PassthroughCounters::default(),
         };
         let shutdown = CancellationToken::new();
