@@ -266,7 +266,7 @@ pub async fn run(
         stations: stations.clone().into(),
     };
     let router = crate::web::access::protect(
-        api::router(state).merge(crate::web::routes(prompts.clone(), stations)),
+        api::router(state).merge(crate::web::routes(prompts.clone(), consult.clone(), stations)),
         access,
     );
     let api_stop = stop.clone();
@@ -351,8 +351,14 @@ pub async fn run(
 /// The consultation engine's configuration: `[[flow]]`, and `[privacy]`'s key read from its
 /// file.
 fn consult_config(settings: &Settings) -> anyhow::Result<crate::consult::ConsultConfig> {
-    let _ = settings;
-    Ok(crate::consult::ConsultConfig::default())
+    let customer_key = match &settings.privacy.customer_key_file {
+        Some(path) => Some(crate::consult::CustomerKey::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    Ok(crate::consult::ConsultConfig {
+        flows: crate::consult::Flows::new(settings.flows.clone()),
+        customer_key,
+    })
 }
 
 /// The answer-card codes a serial passthrough holds back.

@@ -19,6 +19,7 @@
 pub(crate) mod check;
 mod device;
 mod error;
+mod flow;
 mod load;
 mod profile;
 mod raw;
@@ -29,6 +30,7 @@ mod validate;
 
 pub use device::{Role, Transport};
 pub use error::{ConfigError, Diagnostic, Position};
+pub use flow::PrivacySettings;
 pub use load::load;
 pub use profile::{
     DecoderKind, EscposSettings, FlowControl, FramingSettings, LineSettings, Parity, PayloadFormat,

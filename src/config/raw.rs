@@ -42,6 +42,10 @@ pub(crate) struct RawConfig {
     pub uplink: Option<Located<RawUplink>>,
     /// `[prompts]`: how attribution prompts behave (an extension of the contract).
     pub prompts: Option<Located<RawPrompts>>,
+    /// `[[flow]]`: consultation flows.
+    pub flow: Option<Vec<Located<super::flow::RawFlow>>>,
+    /// `[privacy]`: how customers are named.
+    pub privacy: Option<Located<super::flow::RawPrivacy>>,
 }
 
 /// `[prompts]` as written.
@@ -221,6 +225,12 @@ impl MergeLater for RawConfig {
         if let Some(campaigns) = later.campaign {
             self.campaign.get_or_insert_with(Vec::new).extend(campaigns);
         }
+        if let Some(flows) = later.flow {
+            self.flow.get_or_insert_with(Vec::new).extend(flows);
+        }
+        merge_table(&mut self.privacy, later.privacy, |earlier, later| {
+            overlay(&mut earlier.customer_key_file, later.customer_key_file);
+        });
         merge_table(
             &mut self.answer_codes,
             later.answer_codes,

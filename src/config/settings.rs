@@ -40,6 +40,10 @@ pub struct Settings {
     pub answer_codes: BTreeMap<String, String>,
     /// `[uplink]`, when present; without it records stay in the journal.
     pub uplink: Option<UplinkSettings>,
+    /// `[[flow]]`, in file order.
+    pub flows: Vec<crate::consult::Flow>,
+    /// `[privacy]`.
+    pub privacy: super::flow::PrivacySettings,
     /// Every device profile known: the built-in ones and those of `drivers.d/`.
     pub profiles: ProfileSet,
 }

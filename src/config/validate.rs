@@ -112,6 +112,19 @@ pub(crate) fn validate(
         .as_ref()
         .and_then(|uplink| uplink_settings(report, uplink, base_dir));
     let prompts = prompt_settings(report, raw.prompts.as_ref());
+    let campaign_ids: BTreeMap<String, Span> = raw
+        .campaign
+        .iter()
+        .flatten()
+        .filter_map(|campaign| campaign.value.id.as_ref())
+        .map(|id| (id.value.clone(), id.span.clone()))
+        .collect();
+    let flows = super::flow::flows(
+        report,
+        raw.flow.as_deref().unwrap_or_default(),
+        &campaign_ids,
+    );
+    let privacy = super::flow::privacy(report, raw.privacy.as_ref(), base_dir);
     Some(Settings {
         path: path.to_path_buf(),
         files,
@@ -123,6 +136,8 @@ pub(crate) fn validate(
         campaigns: campaigns?,
         answer_codes: answer_codes?,
         uplink,
+        flows: flows?,
+        privacy: privacy?,
         profiles,
     })
 }
@@ -879,7 +894,7 @@ fn campaign(report: &mut Report, entry: &Located<RawCampaign>) -> Option<Campaig
             &list.span,
             "'skus' in [[campaign]] must list at least one code",
         ),
-        Some(list) => skus.extend(list.value.iter().filter_map(|sku| sku_pattern(report, sku))),
+        Some(list) => skus.extend(list.value.iter().filter_map(|sku| sku_pattern(report, sku, "[[campaign]]"))),
         None => report.error(
             table,
             "missing 'skus' in [[campaign]] (codes, or prefixes ending in *)",
@@ -984,18 +999,21 @@ fn campaign(report: &mut Report, entry: &Located<RawCampaign>) -> Option<Campaig
 }
 
 /// One entry of `skus`: an exact code, or a prefix written with a trailing `*`.
-fn sku_pattern(report: &mut Report, value: &Located<String>) -> Option<SkuPattern> {
+pub(crate) fn sku_pattern(
+    report: &mut Report,
+    value: &Located<String>,
+    section: &str,
+) -> Option<SkuPattern> {
     let text = value.value.trim();
     let problem = if text.is_empty() {
-        Some("an entry of 'skus' in [[campaign]] must not be empty".to_string())
+        Some(format!("an entry of 'skus' in {section} must not be empty"))
     } else if text == "*" {
-        Some(
-            "an entry of 'skus' in [[campaign]] needs at least one character before '*'"
-                .to_string(),
-        )
+        Some(format!(
+            "an entry of 'skus' in {section} needs at least one character before '*'"
+        ))
     } else if text.trim_end_matches('*').contains('*') || text.ends_with("**") {
         Some(format!(
-            "an entry of 'skus' in [[campaign]] may only end in '*' (a prefix), found '{text}'"
+            "an entry of 'skus' in {section} may only end in '*' (a prefix), found '{text}'"
         ))
     } else {
         None

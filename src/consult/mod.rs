@@ -254,3 +254,7 @@ impl ConsultHandle {
 
 #[cfg(test)]
 mod tests;
+
+/// The five-step flow of the docs, holding at `recommend`, for tests elsewhere.
+#[cfg(test)]
+pub(crate) use flow::tests::five_steps as test_flow;

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use super::WebState;
+use crate::consult::ConsultEvent;
 use crate::prompts::{Channel, PromptError, PromptEvent};
 
 /// Longest clerk id accepted, in characters.
@@ -33,7 +34,7 @@ const PING: Duration = Duration::from_secs(15);
 #[derive(Debug, Deserialize)]
 pub(super) struct StationQuery {
     /// The counter; all of them when absent.
-    station: Option<String>,
+    pub(super) station: Option<String>,
 }
 
 /// `POST /api/v1/prompts/{id}/answer` body.
@@ -121,6 +122,11 @@ pub(super) async fn events(
     Query(query): Query<StationQuery>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let subscription = state.prompts.subscription(query.station.as_deref()).await;
+    // Without the consultation engine the stream carries prompts only.
+    let (open, consultations) = match state.consult.subscribe().await {
+        Ok((open, events)) => (open, Some(events)),
+        Err(_) => (Vec::new(), None),
+    };
     let reset = serde_json::json!({
         "station": query.station,
         "now": subscription.now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
@@ -141,22 +147,41 @@ pub(super) async fn events(
             .into_iter()
             .map(|today| sse_event(&PromptEvent::Stats(today))),
     );
+    first.extend(
+        open.iter()
+            .filter(|view| query.station.as_deref().is_none_or(|s| s == view.station))
+            .map(consultation_event),
+    );
     let live = stream::unfold(
-        (subscription.events, query.station),
-        |(mut events, station)| async move {
+        (subscription.events, consultations, query.station),
+        |(mut events, mut consultations, station)| async move {
             loop {
-                match events.recv().await {
-                    Ok(event) => {
-                        if station.as_deref().is_none_or(|s| s == event.station()) {
-                            return Some((sse_event(&event), (events, station)));
-                        }
+                let next = match consultations.as_mut() {
+                    Some(consultations) => tokio::select! {
+                        event = events.recv() => Live::Prompt(event),
+                        event = consultations.recv() => Live::Consultation(event),
+                    },
+                    None => Live::Prompt(events.recv().await),
+                };
+                let (event, for_station) = match next {
+                    Live::Prompt(Ok(event)) => {
+                        let station_of = event.station().to_owned();
+                        (sse_event(&event), station_of)
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Live::Consultation(Ok(ConsultEvent::Changed(view))) => {
+                        (consultation_event(&*view), view.station.clone())
+                    }
+                    Live::Prompt(Err(broadcast::error::RecvError::Lagged(missed)))
+                    | Live::Consultation(Err(broadcast::error::RecvError::Lagged(missed))) => {
                         // End the stream: the browser reconnects and starts from a fresh snapshot.
                         tracing::debug!(missed, "event stream subscriber lagged; closing it");
                         return None;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Live::Prompt(Err(broadcast::error::RecvError::Closed))
+                    | Live::Consultation(Err(broadcast::error::RecvError::Closed)) => return None,
+                };
+                if station.as_deref().is_none_or(|s| s == for_station) {
+                    return Some((event, (events, consultations, station)));
                 }
             }
         },
@@ -166,6 +191,19 @@ pub(super) async fn events(
         .interval(PING)
         .event(Event::default().event("ping").data("{}"));
     Sse::new(stream::iter(first).chain(live).map(Ok)).keep_alive(ping)
+}
+
+/// What woke the live part of the stream.
+enum Live {
+    Prompt(Result<PromptEvent, broadcast::error::RecvError>),
+    Consultation(Result<ConsultEvent, broadcast::error::RecvError>),
+}
+
+/// A consultation's change as an SSE event.
+fn consultation_event(view: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event("consultation")
+        .data(serde_json::to_string(view).unwrap_or_else(|_| "{}".to_owned()))
 }
 
 /// One engine event as an SSE event.
@@ -196,7 +234,7 @@ fn sse_event(event: &PromptEvent) -> Event {
 
 /// Reads a JSON body: malformed JSON, a value that is not an object (serde would take an array
 /// such as `["doctor"]` for a struct) and the wrong shape are all 400.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let bad = |message: String| ApiError {
         status: StatusCode::BAD_REQUEST,
         message,
@@ -212,7 +250,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// A clerk id: trimmed, blank means none, at most [`MAX_CLERK`] characters.
-fn clerk(clerk: Option<String>) -> Result<Option<String>, ApiError> {
+pub(super) fn clerk(clerk: Option<String>) -> Result<Option<String>, ApiError> {
     let Some(clerk) = clerk else { return Ok(None) };
     let clerk = clerk.trim();
     if clerk.chars().count() > MAX_CLERK {
@@ -233,7 +271,11 @@ pub(super) struct ApiError {
 }
 
 impl ApiError {
-    fn unprocessable(message: String) -> Self {
+    pub(super) fn new(status: StatusCode, message: String) -> Self {
+        ApiError { status, message }
+    }
+
+    pub(super) fn unprocessable(message: String) -> Self {
         ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message,

@@ -11,6 +11,10 @@
 //! | `GET /api/v1/events?station=S` | the SSE stream (below) |
 //! | `POST /api/v1/prompts/{id}/answer` | `{"option","clerk"}` → 200 `{"outcome":"answered"}`, 404, 409, 422 |
 //! | `POST /api/v1/prompts/{id}/skip` | `{"reason","clerk"}` → 200 `{"outcome":"skipped"}`, 404, 409, 422 |
+//! | `POST /api/v1/consultations` | `{"station","flow","clerk"?,"customer"?}` → 201 the consultation, 422 |
+//! | `GET /api/v1/consultations?station=S` | open consultations (of S, or all) |
+//! | `POST /api/v1/consultations/{id}/steps/{key}` | `{"value"?,"values"?,"skip"?,"clerk"?}` → 200, 404, 409, 422 |
+//! | `POST /api/v1/consultations/{id}/close` | `{"outcome":"completed"\|"abandoned"}` → 200, 404, 409 |
 //!
 //! Request bodies must be sent as `Content-Type: application/json` (415 otherwise, checked with
 //! the Host, Origin and pairing rules by [`access`]) and be a JSON object: bad JSON, another
@@ -21,7 +25,9 @@
 //! being the server's clock so the page can correct its countdowns; a client drops what it
 //! showed), then `event: prompt` for every open prompt (oldest first), then `event: stats`
 //! (extension; the station's figures). After that, as they happen: `event: prompt` (a prompt
-//! JSON), `event: resolved` (`{"id","outcome","answer","station"}`) and `event: stats`. Without
+//! JSON), `event: resolved` (`{"id","outcome","answer","station"}`), `event: stats` and
+//! `event: consultation` (a consultation JSON at every change, its `state` saying whether it is
+//! still open; the open ones are also sent after the prompts at connect). Without
 //! `station` the stream carries every station. A subscriber that falls more than 1024 events
 //! behind has its stream ended; the browser reconnects and gets a fresh snapshot, which is
 //! simpler and safer than patching a gap. The stream also ends when the engine stops, so an
@@ -32,6 +38,7 @@
 
 pub mod access;
 mod api;
+mod consult;
 mod pages;
 
 #[cfg(test)]
@@ -42,6 +49,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::consult::ConsultHandle;
 use crate::prompts::PromptsHandle;
 
 /// What the handlers share.
@@ -49,14 +57,17 @@ use crate::prompts::PromptsHandle;
 struct WebState {
     /// The prompt engine.
     prompts: PromptsHandle,
+    /// The consultation engine.
+    consult: ConsultHandle,
     /// The configured stations, in configuration order.
     stations: Arc<[String]>,
 }
 
 /// The clerk page and the prompt endpoints; merge it into the API router.
-pub fn routes(prompts: PromptsHandle, stations: Vec<String>) -> Router {
+pub fn routes(prompts: PromptsHandle, consult: ConsultHandle, stations: Vec<String>) -> Router {
     let state = WebState {
         prompts,
+        consult,
         stations: stations.into(),
     };
     Router::new()
@@ -68,5 +79,14 @@ pub fn routes(prompts: PromptsHandle, stations: Vec<String>) -> Router {
         .route("/api/v1/prompts/{id}/answer", post(api::answer))
         .route("/api/v1/prompts/{id}/skip", post(api::skip))
         .route("/api/v1/events", get(api::events))
+        .route(
+            "/api/v1/consultations",
+            get(consult::list).post(consult::open),
+        )
+        .route(
+            "/api/v1/consultations/{id}/steps/{key}",
+            post(consult::step),
+        )
+        .route("/api/v1/consultations/{id}/close", post(consult::close))
         .with_state(state)
 }

@@ -16,6 +16,8 @@ struct Server {
     base: String,
     prompts: PromptsHandle,
     journal: MemoryPromptJournal,
+    /// The consultation engine's journal and state folder.
+    _dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
@@ -47,7 +49,22 @@ async fn serve() -> Server {
     let prompts = spawn(config, journal.clone(), Metrics::new())
         .await
         .expect("engine");
-    let router = super::routes(prompts.clone(), vec!["till-1".into(), "till 2".into()]);
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let consult = crate::consult::spawn(
+        crate::consult::ConsultConfig {
+            flows: crate::consult::Flows::new(vec![crate::consult::test_flow()]),
+            customer_key: None,
+        },
+        crate::journal::open_for_test(dir.path(), Duration::ZERO).await,
+        dir.path(),
+    )
+    .await
+    .expect("consultation engine");
+    let router = super::routes(
+        prompts.clone(),
+        consult,
+        vec!["till-1".into(), "till 2".into()],
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -59,6 +76,7 @@ async fn serve() -> Server {
         base,
         prompts,
         journal,
+        _dir: dir,
         http: reqwest::Client::new(),
     }
 }
