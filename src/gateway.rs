@@ -21,9 +21,10 @@ use crate::devices::mqtt::{MqttDevice, MqttDevices};
 use crate::devices::serial::SerialDevice;
 use crate::devices::tcp_tap::TcpTap;
 use crate::devices::{self, DeviceInfo};
-use crate::journal::{self, JournalConfig, Kind};
+use crate::journal::{self, JournalConfig};
 use crate::metrics::Metrics;
 use crate::prompts::{JournalPrompts, PromptsConfig};
+use crate::record::Kind;
 
 /// `data` of a `gateway` record.
 #[derive(Debug, Serialize)]

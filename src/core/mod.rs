@@ -37,10 +37,11 @@ use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
 use crate::devices::{Ack, Delivery, DeviceEvent, DeviceInfo};
 use crate::journal::{
-    Appended, Data, Durable, JournalError, JournalHandle, Kind, MessageId, MAX_BATCH_RECORDS,
+    Appended, Durable, JournalError, JournalHandle, MessageId, MAX_BATCH_RECORDS,
 };
 use crate::metrics::Metrics;
 use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
+use crate::record::{Data, Kind};
 use crate::sales::{self, Sale};
 
 pub mod log_limit;
@@ -714,7 +715,7 @@ impl Core {
     ) -> Option<Appended> {
         let result = match Data::serialize(data) {
             Ok(serialized) => self.journal.append_from(kind, serialized, origin).await,
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
         self.settle(kind, result, || {
             serde_json::to_string(data).unwrap_or_default()

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::decode::DecodedScan;
-use crate::journal::Data;
+use crate::record::Data;
 
 /// `data` of a `scan` record: who scanned, what, and what it was decoded to.
 #[derive(Debug)]

@@ -247,7 +247,8 @@
 //! # Code map
 //!
 //! - [`clock`]: clock stamps.
-//! - [`record`]: the envelope, [`Kind`].
+//! - the record format (envelope, [`Kind`](crate::record::Kind), each kind's `data`) is not the
+//!   journal's: it stores the bytes and kind [`crate::record`] makes.
 //! - `store`: lock, defensive open, recovery, quarantine, the blocking operations.
 //! - `segments`: the record log (segment files, frames, cutting a torn tail, rewrites).
 //! - `floor`: the floor file.
@@ -261,7 +262,6 @@ mod error;
 mod floor;
 mod messages;
 mod offline;
-pub mod record;
 mod salvage;
 mod segments;
 mod store;
@@ -273,7 +273,6 @@ mod tests;
 pub use error::JournalError;
 pub use messages::MessageId;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
-pub use record::{Data, Kind};
 pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};
 pub use store::{Replaced, StoredRecord};
 pub use writer::{

@@ -30,13 +30,13 @@ use serde_json::value::RawValue;
 
 use super::error::JournalError;
 use super::offline::folders_with_prefix;
-use super::record::{Data, Kind, RecordHead};
 use super::segments::Log;
 use super::store::{
     open_db, open_or_replace, run_guarded, OpenFailure, Replaced, Store, DEAD_REASON_TREE,
     DEAD_TREE, JOURNAL_DIR, META_ACKED, QUARANTINE_PREFIX, RECORDS_TREE, SALVAGED_PREFIX,
 };
 use super::writer::{replaced_event, JournalConfig};
+use crate::record::{Data, Kind, RecordHead};
 
 /// Consecutive read errors after which a damaged tree is given up on (sled can return the same
 /// error forever once an iterator hits a bad page).

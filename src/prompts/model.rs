@@ -8,6 +8,8 @@
 use chrono::{DateTime, Local, NaiveDate};
 use serde::{Deserialize, Serialize};
 
+use crate::record::local_millis;
+
 /// How a prompt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -255,33 +257,6 @@ pub enum PromptError {
     /// The engine is stopped, or the journal refused the record (HTTP 503).
     #[error("prompt engine unavailable: {0}")]
     Unavailable(String),
-}
-
-/// Serde for `DateTime<Local>` as RFC 3339 with milliseconds and a numeric offset.
-pub(crate) mod local_millis {
-    use chrono::{DateTime, Local, SecondsFormat};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// `2026-11-27T16:01:02.345+08:00`.
-    pub fn format(time: &DateTime<Local>) -> String {
-        time.to_rfc3339_opts(SecondsFormat::Millis, false)
-    }
-
-    pub fn serialize<S: Serializer>(
-        time: &DateTime<Local>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format(time))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<DateTime<Local>, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|time| time.with_timezone(&Local))
-            .map_err(|error| serde::de::Error::custom(format!("bad timestamp '{text}': {error}")))
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use super::journal::PromptJournal;
 use super::model::AttributionData;
-use crate::journal::{JournalHandle, Kind};
+use crate::journal::JournalHandle;
+use crate::record::Kind;
 
 /// File name of the open-prompt state inside `data_dir`.
 pub const STATE_FILE: &str = "prompts.state";
