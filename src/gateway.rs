@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -24,18 +23,8 @@ use crate::devices::{self, DeviceInfo};
 use crate::journal::{self, JournalConfig};
 use crate::metrics::Metrics;
 use crate::prompts::{JournalPrompts, PromptsConfig};
+use crate::record::gateway::GatewayData;
 use crate::record::Kind;
-
-/// `data` of a `gateway` record.
-#[derive(Debug, Serialize)]
-pub struct GatewayData<'a> {
-    /// started | stopped | journal_replaced | clock_jump | evicted.
-    pub event: &'a str,
-    /// posgw version.
-    pub version: &'a str,
-    /// Human-readable detail.
-    pub detail: &'a str,
-}
 
 /// Runs the gateway described by `settings` until `shutdown` completes.
 ///

@@ -480,7 +480,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prompts::Outcome;
+    use crate::record::attribution::Outcome;
 
     /// A scrape right after start shows every kind, outcome and device at 0.
     #[test]

@@ -40,15 +40,17 @@ use crate::journal::{
     Appended, Durable, JournalError, JournalHandle, MessageId, MAX_BATCH_RECORDS,
 };
 use crate::metrics::Metrics;
-use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
+use crate::prompts::{OpenRequest, PromptsHandle, SaleLink};
+use crate::record::attribution::Channel;
+use crate::record::device::DeviceData;
+use crate::record::sale::{Sale, SaleData};
+use crate::record::scan::ScanData;
 use crate::record::{Data, Kind};
-use crate::sales::{self, Sale};
+use crate::sales;
 
 pub mod log_limit;
-mod scan_data;
 
 use log_limit::{LogLimit, Suppressed};
-use scan_data::ScanData;
 
 /// Device events that may wait for the core before device tasks feel backpressure.
 const QUEUE_EVENTS: usize = 1024;
@@ -76,23 +78,6 @@ impl Health {
             .load(Ordering::Relaxed)
             .then_some("journal unavailable: records cannot be stored")
     }
-}
-
-/// `data` of a `sale` record.
-#[derive(Debug, Serialize)]
-struct SaleData<'a> {
-    device: &'a str,
-    station: &'a str,
-    #[serde(flatten)]
-    sale: Sale,
-}
-
-/// `data` of a `device` record.
-#[derive(Debug, Serialize)]
-struct DeviceData<'a> {
-    device: &'a str,
-    event: &'static str,
-    detail: &'a str,
 }
 
 /// The running core: where device tasks send their events.

@@ -77,7 +77,6 @@ pub use engine::{SaleLink, Subscription};
 pub use handle::{spawn, spawn_with_clock, PromptsConfig, PromptsHandle};
 pub use journal::{MemoryPromptJournal, PromptJournal};
 pub use model::{
-    AttributionData, Channel, OpenRequest, Opened, OptionView, Outcome, PromptError, PromptEvent,
-    PromptView, Resolution, StationToday,
+    OpenRequest, Opened, OptionView, PromptError, PromptEvent, PromptView, Resolution, StationToday,
 };
 pub use persist::JournalPrompts;

@@ -28,6 +28,12 @@ use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub mod attribution;
+pub mod device;
+pub mod gateway;
+pub mod sale;
+pub mod scan;
+
 /// A record's `data`, serialised: one JSON object (checked when it is appended), stored as is.
 /// Made without copying the text, and cloned without copying it either (a caller keeps a clone
 /// to log a record the journal refused).

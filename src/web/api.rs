@@ -15,7 +15,8 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use super::WebState;
-use crate::prompts::{Channel, PromptError, PromptEvent};
+use crate::prompts::{PromptError, PromptEvent};
+use crate::record::attribution::Channel;
 
 /// Longest clerk id accepted, in characters.
 const MAX_CLERK: usize = 64;

@@ -1,0 +1,39 @@
+//! The `data` of a `gateway` record (docs/records.md): the gateway started or stopped, or the
+//! journal noted something about itself.
+//!
+//! `started` and `stopped` are written through [`GatewayData`], in the contract's field order
+//! (`event`, `version`, `detail`). The journal's own events (`journal_replaced`, `evicted`) are
+//! built in `journal::writer` as `serde_json::json!` maps, which serde_json writes with their
+//! keys sorted (`detail`, `event`, `version`): the same fields, in another order that records
+//! already written keep, so they are left as they are.
+
+use serde::Serialize;
+
+/// `data` of a `gateway` record.
+#[derive(Debug, Serialize)]
+pub struct GatewayData<'a> {
+    /// started | stopped | journal_replaced | clock_jump | evicted.
+    pub event: &'a str,
+    /// posgw version.
+    pub version: &'a str,
+    /// Human-readable detail.
+    pub detail: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_data_keeps_the_contract_field_order() {
+        let data = GatewayData {
+            event: "started",
+            version: "1.2.3",
+            detail: "config /etc/posgw/posgw.toml; 2 device(s)",
+        };
+        assert_eq!(
+            serde_json::to_string(&data).expect("json"),
+            r#"{"event":"started","version":"1.2.3","detail":"config /etc/posgw/posgw.toml; 2 device(s)"}"#
+        );
+    }
+}
