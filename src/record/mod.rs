@@ -3,7 +3,8 @@
 //! a hand-written encoder checked against serde.
 //!
 //! This module owns the bytes' shape; the journal stores them (with their [`Kind`]) and reads
-//! back only [`RecordHead`].
+//! back only [`RecordHead`], while salvage and HQ read records back through [`Envelope`] (HQ
+//! requiring more of it, in `hq::record`).
 //! It imports nothing from the modules that write or read records (journal, core, prompts, hq,
 //! config), so each of them can depend on it.
 //!
@@ -25,7 +26,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Local};
-use serde::{Deserialize, Serialize};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 pub mod attribution;
@@ -305,6 +307,53 @@ impl<'a> RecordHead<'a> {
     }
 }
 
+/// A record's envelope read back whole, `data` as its raw JSON text: what salvage takes for a
+/// record and what HQ validates. Fields beyond these (`clock`, future ones) are allowed.
+///
+/// `id`, `epoch`, `seq`, `kind` and `data` must be there: bytes without them are not a record.
+/// `store`, `gateway` and `ts` may be missing (salvage recovers a record by id, epoch and seq
+/// alone); HQ refuses a record without them.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    /// `STORE/GW/EPOCH/SEQ`.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// The store code.
+    #[serde(borrow, default, deserialize_with = "optional_text")]
+    pub store: Option<Cow<'a, str>>,
+    /// The gateway id.
+    #[serde(borrow, default, deserialize_with = "optional_text")]
+    pub gateway: Option<Cow<'a, str>>,
+    /// The epoch of the journal that wrote the record.
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
+    /// The record's sequence number within its epoch.
+    pub seq: u64,
+    /// The local time the record was written (RFC 3339).
+    #[serde(borrow, default, deserialize_with = "optional_text")]
+    pub ts: Option<Cow<'a, str>>,
+    /// The record's kind (`"scan"`, ...; kinds this build does not know are kept as text).
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// The kind's `data`, unparsed.
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    /// Added by HQ when it serves records back; a gateway never writes it.
+    #[serde(default)]
+    pub hq_seq: Option<IgnoredAny>,
+}
+
+/// An optional string, borrowed from the input when it holds no escapes (serde's `borrow`
+/// does not reach a `Cow` inside an `Option`, so this does it).
+fn optional_text<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    /// A string, borrowed where it can be.
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'de>>::deserialize(deserializer)?.map(|Text(text)| text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +438,26 @@ mod tests {
     fn rejects_non_object_data() {
         assert!(check_data_is_object(b"[1]").is_err());
         assert!(check_data_is_object(b" {}").is_ok());
+    }
+
+    #[test]
+    fn envelope_borrows_its_text_and_leaves_the_optional_fields_optional() {
+        let line = br#"{"id":"S/g/e/1","store":"S","gateway":"g","epoch":"e","seq":1,"ts":"t","clock":{},"kind":"scan","data":{"a":1}}"#;
+        let envelope: Envelope = serde_json::from_slice(line).expect("envelope");
+        assert!(matches!(envelope.store, Some(Cow::Borrowed("S"))));
+        assert!(matches!(envelope.gateway, Some(Cow::Borrowed("g"))));
+        assert!(matches!(envelope.ts, Some(Cow::Borrowed("t"))));
+        assert_eq!(envelope.data.get(), r#"{"a":1}"#);
+        assert!(envelope.hq_seq.is_none());
+        let bare: Envelope =
+            serde_json::from_slice(br#"{"id":"a","epoch":"e","seq":1,"kind":"scan","data":{}}"#)
+                .expect("envelope");
+        assert_eq!((bare.store, bare.gateway, bare.ts), (None, None, None));
+        let escaped: Envelope = serde_json::from_slice(
+            br#"{"id":"a","store":"S\"1","epoch":"e","seq":1,"kind":"scan","data":{}}"#,
+        )
+        .expect("envelope");
+        assert!(matches!(escaped.store, Some(Cow::Owned(ref store)) if store == "S\"1"));
     }
 
     #[test]
