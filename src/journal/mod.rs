@@ -84,7 +84,7 @@
 //!
 //! # Record format
 //!
-//! docs/records.md, written by [`record`] in this field order:
+//! docs/records.md, written by [`crate::record`] in this field order:
 //! `{"id":"STORE/GW/EPOCH/SEQ","store":..,"gateway":..,"epoch":"7f3a9c21","seq":42,
 //! "ts":"2026-11-27T16:01:02.345+08:00","clock":{"boot":..,"mono_ms":..,"synced":..},
 //! "kind":"scan","data":{..}}`. `data` is the caller's already-serialised JSON object, copied in
