@@ -14,21 +14,3 @@ pub struct DeviceData<'a> {
     /// Human-readable detail.
     pub detail: &'a str,
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_data_keeps_the_contract_field_order() {
-        let data = DeviceData {
-            device: "till-1-scanner",
-            event: "bad_frame",
-            detail: "binary noise: \\x00",
-        };
-        assert_eq!(
-            serde_json::to_string(&data).expect("json"),
-            r#"{"device":"till-1-scanner","event":"bad_frame","detail":"binary noise: \\x00"}"#
-        );
-    }
-}

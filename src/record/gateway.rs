@@ -19,21 +19,3 @@ pub struct GatewayData<'a> {
     /// Human-readable detail.
     pub detail: &'a str,
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gateway_data_keeps_the_contract_field_order() {
-        let data = GatewayData {
-            event: "started",
-            version: "1.2.3",
-            detail: "config /etc/posgw/posgw.toml; 2 device(s)",
-        };
-        assert_eq!(
-            serde_json::to_string(&data).expect("json"),
-            r#"{"event":"started","version":"1.2.3","detail":"config /etc/posgw/posgw.toml; 2 device(s)"}"#
-        );
-    }
-}

@@ -440,6 +440,31 @@ mod tests {
         assert!(check_data_is_object(b" {}").is_ok());
     }
 
+    /// The small kinds' `data`, field for field in the contract's order.
+    #[test]
+    fn device_and_gateway_data_keep_the_contract_field_order() {
+        let device = device::DeviceData {
+            device: "till-1-scanner",
+            event: "bad_frame",
+            detail: "binary noise: \\x00",
+        };
+        let gateway = gateway::GatewayData {
+            event: "started",
+            version: "1.2.3",
+            detail: "config /etc/posgw/posgw.toml; 2 device(s)",
+        };
+        assert_eq!(
+            [
+                serde_json::to_string(&device).expect("json"),
+                serde_json::to_string(&gateway).expect("json"),
+            ],
+            [
+                r#"{"device":"till-1-scanner","event":"bad_frame","detail":"binary noise: \\x00"}"#,
+                r#"{"event":"started","version":"1.2.3","detail":"config /etc/posgw/posgw.toml; 2 device(s)"}"#,
+            ]
+        );
+    }
+
     #[test]
     fn envelope_borrows_its_text_and_leaves_the_optional_fields_optional() {
         let line = br#"{"id":"S/g/e/1","store":"S","gateway":"g","epoch":"e","seq":1,"ts":"t","clock":{},"kind":"scan","data":{"a":1}}"#;
