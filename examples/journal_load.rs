@@ -19,7 +19,8 @@
 //! alone (the peak is reset through `/proc/self/clear_refs` first).
 use std::time::{Duration, Instant};
 
-use posgw::journal::{self, Data, Durable, JournalConfig, Kind};
+use posgw::journal::{self, Durable, JournalConfig};
+use posgw::record::{Data, Kind};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use posgw::journal::{self, Data, JournalConfig, Kind};
+use posgw::journal::{self, JournalConfig};
+use posgw::record::{Data, Kind};
 use serde_json::value::RawValue;
 
 #[path = "support/mod.rs"]

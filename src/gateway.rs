@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,20 +20,11 @@ use crate::devices::mqtt::{MqttDevice, MqttDevices};
 use crate::devices::serial::SerialDevice;
 use crate::devices::tcp_tap::TcpTap;
 use crate::devices::{self, DeviceInfo};
-use crate::journal::{self, JournalConfig, Kind};
+use crate::journal::{self, JournalConfig};
 use crate::metrics::Metrics;
 use crate::prompts::{JournalPrompts, PromptsConfig};
-
-/// `data` of a `gateway` record.
-#[derive(Debug, Serialize)]
-pub struct GatewayData<'a> {
-    /// started | stopped | journal_replaced | clock_jump | evicted.
-    pub event: &'a str,
-    /// posgw version.
-    pub version: &'a str,
-    /// Human-readable detail.
-    pub detail: &'a str,
-}
+use crate::record::gateway::GatewayData;
+use crate::record::Kind;
 
 /// Runs the gateway described by `settings` until `shutdown` completes.
 ///
@@ -266,7 +256,11 @@ pub async fn run(
         stations: stations.clone().into(),
     };
     let router = crate::web::access::protect(
-        api::router(state).merge(crate::web::routes(prompts.clone(), consult.clone(), stations)),
+        api::router(state).merge(crate::web::routes(
+            prompts.clone(),
+            consult.clone(),
+            stations,
+        )),
         access,
     );
     let api_stop = stop.clone();

@@ -17,6 +17,7 @@
 //! - [`core`]: the one task that turns device events into records.
 //! - [`journal`]: the durable record store (segment files, sled metadata); the only module
 //!   that touches the gateway's journal files.
+//! - [`record`]: the record format: the envelope and each kind's `data`.
 //! - [`prompts`]: the attribution prompt engine; [`web`]: the clerk page and prompt endpoints.
 //! - [`uplink`]: forwards journal records to HQ, at least once.
 //! - [`hq`]: the reference HQ receiver (`posgw hq`).
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod notify;
 pub mod prompts;
+pub mod record;
 pub mod sales;
 pub mod serve;
 pub mod signal;

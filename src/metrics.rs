@@ -275,7 +275,7 @@ impl Metrics {
             "Register connections a network printer tap has open",
             tap_open.clone(),
         );
-        for kind in crate::journal::Kind::ALL {
+        for kind in crate::record::Kind::ALL {
             let _ = records.get_or_create(&KindLabel {
                 kind: kind.as_str().to_owned(),
             });
@@ -480,7 +480,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prompts::Outcome;
+    use crate::record::attribution::Outcome;
 
     /// A scrape right after start shows every kind, outcome and device at 0.
     #[test]
@@ -488,7 +488,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.add_device("scanner-1");
         let text = metrics.render();
-        let mut expected: Vec<String> = crate::journal::Kind::ALL
+        let mut expected: Vec<String> = crate::record::Kind::ALL
             .iter()
             .map(|kind| format!("posgw_records_total{{kind=\"{}\"}} 0", kind.as_str()))
             .collect();
@@ -511,7 +511,7 @@ mod tests {
     /// followed twice (two scrapes at once) counts nothing twice.
     #[tokio::test]
     async fn record_counts_follow_the_journal() {
-        use crate::journal::Kind;
+        use crate::record::Kind;
         let dir = tempfile::tempdir().expect("tempdir");
         let journal =
             crate::journal::open_for_test(dir.path(), std::time::Duration::from_millis(5)).await;

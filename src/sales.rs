@@ -1,4 +1,5 @@
-//! Sales: what a register says was sold, turned into the `data` of a `sale` record.
+//! Sales: what a register says was sold, turned into the `data` of a `sale` record
+//! ([`crate::record::sale`], which also holds the shape a `json-register` message is read into).
 //!
 //! Two sources, one shape (docs/records.md, `sale`):
 //! - a `json-register` sends one sale per line or MQTT message
@@ -13,103 +14,8 @@
 //! objects, numbers must be numbers, text must be text. Fields beyond the contract's are ignored
 //! (registers add their own), and every field but `lines` may be missing (null in the record).
 
-use serde::{Deserialize, Serialize};
-
 use crate::decode::escpos::{self, ClosedBy, Patterns, Receipt};
-
-/// The `data` of a `sale` record, without `device` and `station` (the core adds those). It is
-/// also the shape a `json-register` message is read into (`text` is never read from one).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sale {
-    /// The receipt number, when known.
-    #[serde(default, deserialize_with = "code")]
-    pub receipt: Option<String>,
-    /// The clerk who rang it up, when known.
-    #[serde(default, deserialize_with = "code")]
-    pub clerk: Option<String>,
-    /// What was sold.
-    pub lines: Vec<SaleLine>,
-    /// The amount due, when known.
-    pub total: Option<f64>,
-    /// ISO 4217 code, when the register says.
-    pub currency: Option<String>,
-    /// The decoded receipt text (ESC/POS sources only).
-    #[serde(skip_deserializing)]
-    pub text: Option<String>,
-    /// How it was paid, when the register says; a medical-insurance payment settles a
-    /// consultation's `auto = "sale"` step. Absent from the record when empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub payments: Vec<Payment>,
-    /// The consultation linked to this sale (set by the core, never read from a register);
-    /// absent from the record when there is none.
-    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
-    pub consultation: Option<String>,
-}
-
-/// One payment of a sale.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payment {
-    /// `medical_insurance`, `cash`, `card`, ... as the register names it.
-    pub method: String,
-    /// `approved` or `declined` for medical insurance, when the register says.
-    #[serde(default)]
-    pub status: Option<String>,
-}
-
-impl Sale {
-    /// The medical-insurance payments' results, in order: `true` approved, `false` declined.
-    pub fn insurance(&self) -> Vec<bool> {
-        self.payments
-            .iter()
-            .filter(|payment| payment.method == "medical_insurance")
-            .filter_map(|payment| match payment.status.as_deref() {
-                Some("approved") => Some(true),
-                Some("declined") => Some(false),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-/// One line of a sale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SaleLine {
-    /// Product code (EAN/GTIN or internal SKU), when known.
-    #[serde(default, deserialize_with = "code")]
-    pub sku: Option<String>,
-    /// Product name as printed.
-    pub name: Option<String>,
-    /// Quantity.
-    pub qty: Option<f64>,
-    /// Price of one.
-    pub unit_price: Option<f64>,
-    /// Line amount.
-    pub amount: Option<f64>,
-    /// The attribution prompt linked to this line (set by the core, never read from a
-    /// register), else null.
-    #[serde(skip_deserializing)]
-    pub prompt: Option<String>,
-}
-
-/// A code that registers send as text or as a number (`"R-1001"`, `1001`, `6901234567892`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Code {
-    /// As text.
-    Text(String),
-    /// As a whole number.
-    Number(u64),
-}
-
-/// Reads an optional [`Code`] as text.
-fn code<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    Ok(
-        Option::<Code>::deserialize(deserializer)?.map(|code| match code {
-            Code::Text(text) => text,
-            Code::Number(number) => number.to_string(),
-        }),
-    )
-}
+use crate::record::sale::{Sale, SaleLine};
 
 /// Reads one `json-register` sale; the error says briefly what is wrong with it.
 pub fn parse_json_sale(bytes: &[u8]) -> Result<Sale, String> {

@@ -305,7 +305,10 @@ fn steps(report: &mut Report, list: &Located<Vec<Located<RawStep>>>) -> Option<V
             ok = false;
             continue;
         };
-        let span = raw.key.as_ref().map_or(entry.span.clone(), |key| key.span.clone());
+        let span = raw
+            .key
+            .as_ref()
+            .map_or(entry.span.clone(), |key| key.span.clone());
         if let Some(first) = keys.get(&key) {
             let first = report.describe(first);
             report.error(

@@ -894,7 +894,11 @@ fn campaign(report: &mut Report, entry: &Located<RawCampaign>) -> Option<Campaig
             &list.span,
             "'skus' in [[campaign]] must list at least one code",
         ),
-        Some(list) => skus.extend(list.value.iter().filter_map(|sku| sku_pattern(report, sku, "[[campaign]]"))),
+        Some(list) => skus.extend(
+            list.value
+                .iter()
+                .filter_map(|sku| sku_pattern(report, sku, "[[campaign]]")),
+        ),
         None => report.error(
             table,
             "missing 'skus' in [[campaign]] (codes, or prefixes ending in *)",

@@ -20,8 +20,9 @@ use super::model::{
     StepChangeData, StepInput, StepState,
 };
 use super::state::{self, SavedConsultation};
-use crate::journal::{JournalHandle, Kind};
+use crate::journal::JournalHandle;
 use crate::prompts::Clock;
+use crate::record::Kind;
 
 /// Characters of consultation ids: lowercase base32 without `i l o u`.
 const ID_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";

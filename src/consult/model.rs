@@ -1,6 +1,6 @@
-//! A consultation as the engine keeps it, as the API, SSE and MQTT show it, and the two records
-//! it writes (`consultation_step` at each step change, `consultation` when it closes;
-//! docs/records.md). Timestamps are RFC 3339 store-local with milliseconds, like every record.
+//! A consultation as the engine keeps it and as the API, SSE and MQTT show it; the records it
+//! writes are `crate::record::consultation`'s. Timestamps are RFC 3339 store-local with
+//! milliseconds, like every record.
 
 use std::sync::Arc;
 
@@ -8,59 +8,10 @@ use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
 use super::flow::Flow;
-use crate::prompts::local_millis;
-
-/// How a consultation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// Every step done or skipped.
-    Completed,
-    /// Closed by the clerk with steps neither done nor skipped.
-    Incomplete,
-    /// Closed by the clerk as abandoned, or open past the flow's `timeout`.
-    Abandoned,
-}
-
-/// Why a held scan reached the POS (or did not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReleasedBy {
-    /// Every step before the `hold` step was done or skipped.
-    Steps,
-    /// `hold_timeout` passed first.
-    Timeout,
-    /// The consultation closed while the scan was held: released with it.
-    Closed,
-    /// The gateway stopped while the scan was held: released on the way out.
-    Shutdown,
-    /// The gateway died while the scan was held: it never reached the POS (the clerk scans it
-    /// again; the scan record is in the journal).
-    Restart,
-}
-
-/// What one step holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepState {
-    /// When it was done or skipped; `None` while open.
-    #[serde(with = "optional_millis")]
-    pub at: Option<DateTime<Local>>,
-    /// The value chosen (a single-choice step, or a scan's product code).
-    pub value: Option<String>,
-    /// The values chosen (a `multi` step).
-    pub values: Option<Vec<String>>,
-    /// The skip reason, when skipped.
-    pub skipped: Option<String>,
-    /// Who did it (`None` for automatic steps and anonymous clerks).
-    pub clerk: Option<String>,
-}
-
-impl StepState {
-    /// Done or skipped.
-    pub fn settled(&self) -> bool {
-        self.at.is_some()
-    }
-}
+pub use crate::record::consultation::{
+    ConsultationData, Outcome, ReleasedBy, StepChangeData, StepRecord, StepState,
+};
+use crate::record::local_millis;
 
 /// An open (or just closed) consultation.
 #[derive(Debug, Clone)]
@@ -268,75 +219,6 @@ pub struct HeldView {
     pub until: DateTime<Local>,
 }
 
-/// The `consultation` record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConsultationData {
-    /// The consultation's id.
-    pub id: String,
-    /// The flow's id.
-    pub flow: String,
-    /// The counter.
-    pub station: String,
-    /// Who opened it.
-    pub clerk: Option<String>,
-    /// The customer's reference, or null.
-    pub customer: Option<String>,
-    /// When it opened.
-    #[serde(with = "local_millis")]
-    pub opened_at: DateTime<Local>,
-    /// When it closed.
-    #[serde(with = "local_millis")]
-    pub closed_at: DateTime<Local>,
-    /// How it closed.
-    pub outcome: Outcome,
-    /// One entry per configured step, in order.
-    pub steps: Vec<StepRecord>,
-    /// Ids of the flow products' scan records.
-    pub scans: Vec<String>,
-    /// The linked sale's receipt.
-    pub receipt: Option<String>,
-    /// How long the held scan waited, or null.
-    pub held_ms: Option<u64>,
-    /// Why the held scan went on, or null.
-    pub released_by: Option<ReleasedBy>,
-}
-
-/// One step of a `consultation` record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepRecord {
-    /// Its key.
-    pub key: String,
-    /// Its label.
-    pub label: String,
-    /// When done or skipped, or null.
-    #[serde(with = "optional_millis")]
-    pub at: Option<DateTime<Local>>,
-    /// The value chosen.
-    pub value: Option<String>,
-    /// The values chosen.
-    pub values: Option<Vec<String>>,
-    /// The skip reason.
-    pub skipped: Option<String>,
-    /// Who did it.
-    pub clerk: Option<String>,
-}
-
-/// The `consultation_step` record: one step change, durable before the clerk's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepChangeData {
-    /// The consultation's id.
-    pub consultation: String,
-    /// The flow's id.
-    pub flow: String,
-    /// The counter.
-    pub station: String,
-    /// The step's key.
-    pub key: String,
-    /// What the step now holds.
-    #[serde(flatten)]
-    pub state: StepState,
-}
-
 /// What the clerk (or POS software) sends for a step.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -373,31 +255,4 @@ pub enum ConsultError {
 pub enum ConsultEvent {
     /// A consultation opened, changed or closed (`state` says which).
     Changed(Arc<ConsultationView>),
-}
-
-/// Serde for `Option<DateTime<Local>>` as [`local_millis`] or null.
-pub(crate) mod optional_millis {
-    use chrono::{DateTime, Local};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        time: &Option<DateTime<Local>>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match time {
-            Some(time) => serializer.serialize_str(&super::local_millis::format(time)),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<DateTime<Local>>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(deserializer)? else {
-            return Ok(None);
-        };
-        DateTime::parse_from_rfc3339(&text)
-            .map(|time| Some(time.with_timezone(&Local)))
-            .map_err(|error| serde::de::Error::custom(format!("bad timestamp '{text}': {error}")))
-    }
 }

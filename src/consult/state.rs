@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::flow::{Flow, Flows, Step};
 use super::model::{Consultation, ReleasedBy, StepRecord, StepState};
-use crate::prompts::local_millis;
+use crate::record::local_millis;
 
 /// File name of the state inside `data_dir`.
 pub const STATE_FILE: &str = "consultations.state";
@@ -40,7 +40,7 @@ pub struct SavedConsultation {
     steps: Vec<StepRecord>,
     scans: Vec<String>,
     receipt: Option<String>,
-    #[serde(with = "super::model::optional_millis")]
+    #[serde(with = "crate::record::consultation::optional_millis")]
     held_since: Option<DateTime<Local>>,
     held_ms: Option<u64>,
     released_by: Option<ReleasedBy>,

@@ -38,17 +38,20 @@ use crate::decode::escpos::Receipt;
 use crate::decode::{self, DecodeContext, DecodedScan};
 use crate::devices::{Ack, Delivery, DeviceEvent, DeviceInfo};
 use crate::journal::{
-    Appended, Data, Durable, JournalError, JournalHandle, Kind, MessageId, MAX_BATCH_RECORDS,
+    Appended, Durable, JournalError, JournalHandle, MessageId, MAX_BATCH_RECORDS,
 };
 use crate::metrics::Metrics;
-use crate::prompts::{Channel, OpenRequest, PromptsHandle, SaleLink};
-use crate::sales::{self, Sale};
+use crate::prompts::{OpenRequest, PromptsHandle, SaleLink};
+use crate::record::attribution::Channel;
+use crate::record::device::DeviceData;
+use crate::record::sale::{Sale, SaleData};
+use crate::record::scan::ScanData;
+use crate::record::{Data, Kind};
+use crate::sales;
 
 pub mod log_limit;
-mod scan_data;
 
 use log_limit::{LogLimit, Suppressed};
-use scan_data::ScanData;
 
 /// Device events that may wait for the core before device tasks feel backpressure.
 const QUEUE_EVENTS: usize = 1024;
@@ -76,23 +79,6 @@ impl Health {
             .load(Ordering::Relaxed)
             .then_some("journal unavailable: records cannot be stored")
     }
-}
-
-/// `data` of a `sale` record.
-#[derive(Debug, Serialize)]
-struct SaleData<'a> {
-    device: &'a str,
-    station: &'a str,
-    #[serde(flatten)]
-    sale: Sale,
-}
-
-/// `data` of a `device` record.
-#[derive(Debug, Serialize)]
-struct DeviceData<'a> {
-    device: &'a str,
-    event: &'static str,
-    detail: &'a str,
 }
 
 /// The running core: where device tasks send their events.
@@ -628,7 +614,12 @@ impl Core {
             .then(|| self.prompts.campaign_for(codes, now.date_naive()))
             .flatten();
         let flow = product
-            .then(|| self.flows.borrow().flow_for(codes).map(|flow| flow.id.clone()))
+            .then(|| {
+                self.flows
+                    .borrow()
+                    .flow_for(codes)
+                    .map(|flow| flow.id.clone())
+            })
             .flatten();
         // Only a prompt or a consultation shows it.
         let sku = if campaign.is_some() || flow.is_some() {
@@ -778,7 +769,7 @@ impl Core {
     ) -> Option<Appended> {
         let result = match Data::serialize(data) {
             Ok(serialized) => self.journal.append_from(kind, serialized, origin).await,
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
         self.settle(kind, result, || {
             serde_json::to_string(data).unwrap_or_default()

@@ -788,7 +788,7 @@ mod tests {
             } else {
                 let scan = serde_json::json!({ "code": "6901234567892" });
                 let appended = journal
-                    .append_value(crate::journal::Kind::Scan, &scan)
+                    .append_value(crate::record::Kind::Scan, &scan)
                     .await
                     .expect("scan");
                 Some(appended.durable)

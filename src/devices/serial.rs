@@ -34,8 +34,8 @@ use super::framing::{FrameEvent, Framer, FramingSpec};
 use super::line::{builder, describe_line};
 use super::passthrough::{self, PassthroughCounters, PassthroughHandle, Pump, Pumped};
 use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
-use crate::consult::{Flows, HeldScan};
 use crate::config::{DeviceSettings, FramingSettings};
+use crate::consult::{Flows, HeldScan};
 use crate::decode::escpos::{ClosedBy, EscposDecoder, Receipt};
 
 /// First retry delay after a failed open.
@@ -433,7 +433,9 @@ impl SerialDevice {
             match hold {
                 Hold::Pass => passthrough.send(segment),
                 Hold::Card => {}
-                Hold::Flow => *held.last_mut().expect("pushed") = Some(held_scan(passthrough, segment)),
+                Hold::Flow => {
+                    *held.last_mut().expect("pushed") = Some(held_scan(passthrough, segment))
+                }
             }
             start = end;
         }

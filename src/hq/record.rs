@@ -2,7 +2,10 @@
 //! and validation of every line of the NDJSON body before anything is stored.
 //!
 //! Validation is of the envelope (docs/records.md), plus what `/v1/stats` reads from
-//! attribution records. A record is accepted when:
+//! attribution records. The envelope is read into the record format's own
+//! [`Envelope`](crate::record::Envelope), which salvage reads records with too; what HQ
+//! requires beyond it (`store`, `gateway` and `ts`, which that type leaves optional, included)
+//! is checked here. A record is accepted when:
 //! - the line is one JSON object (UTF-8), with no `hq_seq` field (HQ adds that on the way out);
 //! - `store` is a store code, `gateway` and `epoch` are 1 to 64 of `A-Z a-z 0-9 - _ .` (no `/`),
 //!   `seq` is an integer of at least 1, and `id` is exactly `store/gateway/epoch/seq`; this is
@@ -24,11 +27,11 @@ use std::io::Read;
 use std::ops::Range;
 
 use chrono::{DateTime, FixedOffset};
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::stats::AttributionSummary;
+use crate::record::Envelope;
 
 /// How the request body is compressed (`Content-Encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,35 +239,32 @@ pub(crate) enum Rejection {
     },
 }
 
-/// The envelope fields HQ reads; unknown fields (`clock`, future ones) are allowed.
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    /// `store/gateway/epoch/seq`.
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    /// Store code.
-    #[serde(borrow)]
-    store: Cow<'a, str>,
-    /// Gateway id.
-    #[serde(borrow)]
-    gateway: Cow<'a, str>,
-    /// Journal epoch.
-    #[serde(borrow)]
-    epoch: Cow<'a, str>,
-    /// Position in the journal, from 1.
-    seq: u64,
-    /// RFC 3339 time.
-    #[serde(borrow)]
-    ts: Cow<'a, str>,
-    /// Record kind.
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
-    /// Kind-specific body; must be an object.
-    #[serde(borrow)]
-    data: &'a RawValue,
-    /// Must be absent: HQ adds it when serving records.
-    #[serde(default)]
-    hq_seq: Option<IgnoredAny>,
+/// A record line HQ accepted: the shared [`Envelope`], with the fields it leaves optional
+/// (`store`, `gateway`, `ts`) checked present, and what HQ read from it.
+struct Accepted<'a> {
+    /// The record's envelope.
+    envelope: Envelope<'a>,
+    /// Its `ts`, parsed.
+    time: DateTime<FixedOffset>,
+    /// What `/v1/stats` needs, for an attribution record.
+    attribution: Option<AttributionSummary>,
+}
+
+impl Accepted<'_> {
+    /// The record's store code ([`check_line`] made sure there is one).
+    fn store(&self) -> &str {
+        self.envelope.store.as_deref().unwrap_or_default()
+    }
+
+    /// The record's gateway id (made sure of likewise).
+    fn gateway(&self) -> &str {
+        self.envelope.gateway.as_deref().unwrap_or_default()
+    }
+
+    /// The record's `ts` as written (made sure of likewise).
+    fn ts(&self) -> &str {
+        self.envelope.ts.as_deref().unwrap_or_default()
+    }
 }
 
 /// What `/v1/stats` reads of an attribution record's `data`.
@@ -332,38 +332,40 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
             start = next;
             continue;
         }
-        let (envelope, ts, attribution) =
-            check_line(line).map_err(|message| Rejection::Malformed {
-                line: line_number,
-                message,
-            })?;
-        if envelope.store != token_store {
+        let accepted = check_line(line).map_err(|message| Rejection::Malformed {
+            line: line_number,
+            message,
+        })?;
+        if accepted.store() != token_store {
             return Err(Rejection::WrongStore {
                 line: line_number,
                 message: format!(
                     "record of store '{}' on line {line_number}, but the token is store '{token_store}''s",
-                    envelope.store
+                    accepted.store()
                 ),
             });
         }
-        if latest_ts.as_ref().is_none_or(|(latest, _)| ts > *latest) {
-            latest_ts = Some((ts, envelope.ts.to_string()));
+        if latest_ts
+            .as_ref()
+            .is_none_or(|(latest, _)| accepted.time > *latest)
+        {
+            latest_ts = Some((accepted.time, accepted.ts().to_string()));
         }
-        let stream = stream_of(&envelope, &mut streams, &mut stream_index, &mut last_stream);
-        let kind = match kind_index.get(envelope.kind.as_ref()) {
+        let stream = stream_of(&accepted, &mut streams, &mut stream_index, &mut last_stream);
+        let kind = match kind_index.get(accepted.envelope.kind.as_ref()) {
             Some(&index) => index,
             None => {
-                kinds.push(envelope.kind.to_string());
-                kind_index.insert(envelope.kind.to_string(), kinds.len() - 1);
+                kinds.push(accepted.envelope.kind.to_string());
+                kind_index.insert(accepted.envelope.kind.to_string(), kinds.len() - 1);
                 kinds.len() - 1
             }
         };
         records.push(IncomingRecord {
             stream,
-            seq: envelope.seq,
+            seq: accepted.envelope.seq,
             kind,
             line: start..line_end,
-            attribution: attribution.map(Box::new),
+            attribution: accepted.attribution.map(Box::new),
         });
         start = next;
     }
@@ -381,40 +383,38 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
 /// however many streams the batch has: the previous record's stream is tried first (the
 /// common case, compared without hashing), then a map by gateway and epoch.
 fn stream_of(
-    envelope: &Envelope<'_>,
+    record: &Accepted<'_>,
     streams: &mut Vec<String>,
     index: &mut HashMap<String, HashMap<String, usize>>,
     last: &mut Option<(usize, Range<usize>, Range<usize>)>,
 ) -> usize {
+    let (store, gateway, epoch) = (record.store(), record.gateway(), &*record.envelope.epoch);
     // A stream string is `store/gateway/epoch`; `last` holds where gateway and epoch are in it.
-    if let Some((at, gateway, epoch)) = last.as_ref() {
+    if let Some((at, gateway_at, epoch_at)) = last.as_ref() {
         let text = &streams[*at];
-        if text[gateway.clone()] == *envelope.gateway && text[epoch.clone()] == *envelope.epoch {
+        if text[gateway_at.clone()] == *gateway && text[epoch_at.clone()] == *epoch {
             return *at;
         }
     }
-    let gateway_start = envelope.store.len() + 1;
-    let epoch_start = gateway_start + envelope.gateway.len() + 1;
+    let gateway_start = store.len() + 1;
+    let epoch_start = gateway_start + gateway.len() + 1;
     let ranges = (
         gateway_start..epoch_start - 1,
-        epoch_start..epoch_start + envelope.epoch.len(),
+        epoch_start..epoch_start + epoch.len(),
     );
     let found = index
-        .get(envelope.gateway.as_ref())
-        .and_then(|epochs| epochs.get(envelope.epoch.as_ref()))
+        .get(gateway)
+        .and_then(|epochs| epochs.get(epoch))
         .copied();
     let at = match found {
         Some(at) => at,
         None => {
-            streams.push(format!(
-                "{}/{}/{}",
-                envelope.store, envelope.gateway, envelope.epoch
-            ));
+            streams.push(format!("{store}/{gateway}/{epoch}"));
             let at = streams.len() - 1;
             index
-                .entry(envelope.gateway.to_string())
+                .entry(gateway.to_string())
                 .or_default()
-                .insert(envelope.epoch.to_string(), at);
+                .insert(epoch.to_string(), at);
             at
         }
     };
@@ -461,22 +461,15 @@ impl IncomingBatch {
 }
 
 /// Checks one non-blank line; the error says what is wrong with it.
-#[allow(clippy::type_complexity)] // a private helper's three results; a struct would only name them
-fn check_line(
-    line: &[u8],
-) -> Result<
-    (
-        Envelope<'_>,
-        DateTime<FixedOffset>,
-        Option<AttributionSummary>,
-    ),
-    String,
-> {
+fn check_line(line: &[u8]) -> Result<Accepted<'_>, String> {
     // A struct also deserialises from a JSON array; the contract wants objects.
     if line.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
         return Err("not a JSON object".to_string());
     }
     let envelope: Envelope = serde_json::from_slice(line).map_err(|_| explain::<Envelope>(line))?;
+    let store = required(&envelope.store, "store")?;
+    let gateway = required(&envelope.gateway, "gateway")?;
+    let ts = required(&envelope.ts, "ts")?;
     if envelope.hq_seq.is_some() {
         return Err("'hq_seq' is set by HQ and must not be sent".to_string());
     }
@@ -498,16 +491,20 @@ fn check_line(
             ))
         }
     };
-    part(&envelope.store, "store", &['-', '_'])?;
-    part(&envelope.gateway, "gateway", &['-', '_', '.'])?;
+    part(store, "store", &['-', '_'])?;
+    part(gateway, "gateway", &['-', '_', '.'])?;
     part(&envelope.epoch, "epoch", &['-', '_', '.'])?;
     if envelope.seq == 0 {
         return Err("'seq' must be at least 1".to_string());
     }
-    if !id_matches(&envelope) {
+    if !id_matches(
+        &envelope.id,
+        [store, gateway, &envelope.epoch],
+        envelope.seq,
+    ) {
         return Err(format!(
             "'id' must be store/gateway/epoch/seq of the record ('{}/{}/{}/{}'), found '{}'",
-            envelope.store, envelope.gateway, envelope.epoch, envelope.seq, envelope.id
+            store, gateway, envelope.epoch, envelope.seq, envelope.id
         ));
     }
     let kind_ok = (1..=32).contains(&envelope.kind.len())
@@ -521,35 +518,46 @@ fn check_line(
             envelope.kind
         ));
     }
-    let ts = DateTime::parse_from_rfc3339(&envelope.ts)
-        .map_err(|_| format!("'ts' must be an RFC 3339 time, found '{}'", envelope.ts))?;
+    let time = DateTime::parse_from_rfc3339(ts)
+        .map_err(|_| format!("'ts' must be an RFC 3339 time, found '{ts}'"))?;
     if !envelope.data.get().starts_with('{') {
         return Err("'data' must be a JSON object".to_string());
     }
     let attribution = if envelope.kind == "attribution" {
-        Some(check_attribution(&envelope.store, envelope.data)?)
+        Some(check_attribution(store, envelope.data)?)
     } else {
         None
     };
-    Ok((envelope, ts, attribution))
+    Ok(Accepted {
+        envelope,
+        time,
+        attribution,
+    })
+}
+
+/// A field the contract requires and the shared [`Envelope`] leaves optional (salvage does
+/// without it); the message is serde's for a missing field.
+fn required<'b>(field: &'b Option<Cow<'_, str>>, name: &str) -> Result<&'b str, String> {
+    field
+        .as_deref()
+        .ok_or_else(|| format!("missing field '{name}'"))
 }
 
 /// Whether `id` is exactly `store/gateway/epoch/seq` (checked without building the string:
 /// this runs for every record).
-fn id_matches(envelope: &Envelope) -> bool {
-    let rest = envelope
-        .id
-        .strip_prefix(envelope.store.as_ref())
+fn id_matches(id: &str, [store, gateway, epoch]: [&str; 3], seq: u64) -> bool {
+    let rest = id
+        .strip_prefix(store)
         .and_then(|rest| rest.strip_prefix('/'))
-        .and_then(|rest| rest.strip_prefix(envelope.gateway.as_ref()))
+        .and_then(|rest| rest.strip_prefix(gateway))
         .and_then(|rest| rest.strip_prefix('/'))
-        .and_then(|rest| rest.strip_prefix(envelope.epoch.as_ref()))
+        .and_then(|rest| rest.strip_prefix(epoch))
         .and_then(|rest| rest.strip_prefix('/'));
     // Digits only and no leading zero, so "042" or "+42" do not pass for 42.
-    rest.is_some_and(|seq| {
-        !seq.starts_with('0')
-            && seq.bytes().all(|byte| byte.is_ascii_digit())
-            && seq.parse::<u64>() == Ok(envelope.seq)
+    rest.is_some_and(|text| {
+        !text.starts_with('0')
+            && text.bytes().all(|byte| byte.is_ascii_digit())
+            && text.parse::<u64>() == Ok(seq)
     })
 }
 

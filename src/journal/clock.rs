@@ -1,5 +1,6 @@
 //! Clock metadata stamped on every record: local wall time with offset, boot id, milliseconds
-//! since boot and whether the kernel says the system clock is synchronised.
+//! since boot and whether the kernel says the system clock is synchronised. The stamp's shape,
+//! [`ClockStamp`], is the record format's (`crate::record`); this takes them.
 //!
 //! HQ uses `clock` to decide how far to trust `ts`: two records with the same boot id can be
 //! ordered and spaced by `mono_ms` even when the wall clock jumped between them, and
@@ -12,7 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Local, SecondsFormat};
+use chrono::Local;
+
+use crate::record::ClockStamp;
 
 /// Where Linux publishes the random id of the current boot.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -20,27 +23,6 @@ const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// How long a cached "is the clock synchronised" answer is reused; the kernel flag changes
 /// rarely (NTP gaining or losing sync), so once a second is plenty.
 pub const SYNC_RECHECK: Duration = Duration::from_secs(1);
-
-/// The clock facts stamped into a record's `clock` object (plus the wall time for `ts`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClockStamp {
-    /// Local wall time with the UTC offset in force at that moment.
-    pub wall: DateTime<Local>,
-    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), or `"unknown"`.
-    pub boot: Arc<str>,
-    /// Milliseconds since boot from `CLOCK_BOOTTIME` (counts time spent suspended).
-    pub mono_ms: u64,
-    /// Whether the kernel considered the system clock synchronised (per `adjtimex`).
-    pub synced: bool,
-}
-
-impl ClockStamp {
-    /// The record's `ts` field: RFC 3339 local time, millisecond precision, numeric offset
-    /// (`2026-11-27T16:01:02.345+08:00`; UTC is written `+00:00`, never `Z`).
-    pub fn ts(&self) -> String {
-        self.wall.to_rfc3339_opts(SecondsFormat::Millis, false)
-    }
-}
 
 /// A source of [`ClockStamp`]s with the slow parts cached; owned by one task (no locking).
 #[derive(Debug)]
@@ -132,18 +114,6 @@ pub fn kernel_clock_synced() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ts_has_millis_and_numeric_offset() {
-        let mut clock = Clock::new();
-        let ts = clock.stamp().ts();
-        // 2026-11-27T16:01:02.345+08:00 is 29 characters.
-        assert_eq!(ts.len(), 29, "{ts}");
-        assert_eq!(&ts[19..20], ".");
-        assert_eq!(ts.as_bytes()[26], b':', "{ts}");
-        assert!(matches!(ts.as_bytes()[23], b'+' | b'-'), "{ts}");
-        assert!(DateTime::parse_from_rfc3339(&ts).is_ok());
-    }
 
     #[test]
     fn boot_id_is_cached_and_mono_advances() {

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::record::InvalidData;
+
 /// Everything the journal can fail with. Messages are lowercase and name what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -54,6 +56,12 @@ pub enum JournalError {
     /// The journal actor has stopped (closed, or failed).
     #[error("journal is closed")]
     Closed,
+}
+
+impl From<InvalidData> for JournalError {
+    fn from(error: InvalidData) -> Self {
+        Self::InvalidData(error.0)
+    }
 }
 
 impl JournalError {

@@ -84,7 +84,7 @@
 //!
 //! # Record format
 //!
-//! docs/records.md, written by [`record`] in this field order:
+//! docs/records.md, written by [`crate::record`] in this field order:
 //! `{"id":"STORE/GW/EPOCH/SEQ","store":..,"gateway":..,"epoch":"7f3a9c21","seq":42,
 //! "ts":"2026-11-27T16:01:02.345+08:00","clock":{"boot":..,"mono_ms":..,"synced":..},
 //! "kind":"scan","data":{..}}`. `data` is the caller's already-serialised JSON object, copied in
@@ -247,7 +247,8 @@
 //! # Code map
 //!
 //! - [`clock`]: clock stamps.
-//! - [`record`]: the envelope, [`Kind`].
+//! - the record format (envelope, [`Kind`](crate::record::Kind), each kind's `data`) is not the
+//!   journal's: it stores the bytes and kind [`crate::record`] makes.
 //! - `store`: lock, defensive open, recovery, quarantine, the blocking operations.
 //! - `segments`: the record log (segment files, frames, cutting a torn tail, rewrites).
 //! - `floor`: the floor file.
@@ -261,7 +262,6 @@ mod error;
 mod floor;
 mod messages;
 mod offline;
-pub mod record;
 mod salvage;
 mod segments;
 mod store;
@@ -273,7 +273,6 @@ mod tests;
 pub use error::JournalError;
 pub use messages::MessageId;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
-pub use record::{Data, Kind};
 pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};
 pub use store::{Replaced, StoredRecord};
 pub use writer::{

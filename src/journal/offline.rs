@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::error::JournalError;
-use super::record::RecordHead;
 use super::store::{open_existing, JOURNAL_DIR, QUARANTINE_PREFIX, SALVAGED_PREFIX};
+use crate::record::RecordHead;
 
 /// `posgw journal stats`: figures of a stopped gateway's journal.
 #[derive(Clone, Debug, PartialEq, Eq)]

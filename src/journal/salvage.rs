@@ -21,7 +21,6 @@
 //! ends at counts as unreadable, and every seq missing between the lowest and highest seq found
 //! of an epoch is listed ([`MissingSeqs`]) and logged as an error.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -30,13 +29,13 @@ use serde_json::value::RawValue;
 
 use super::error::JournalError;
 use super::offline::folders_with_prefix;
-use super::record::{Data, Kind, RecordHead};
 use super::segments::Log;
 use super::store::{
     open_db, open_or_replace, run_guarded, OpenFailure, Replaced, Store, DEAD_REASON_TREE,
     DEAD_TREE, JOURNAL_DIR, META_ACKED, QUARANTINE_PREFIX, RECORDS_TREE, SALVAGED_PREFIX,
 };
 use super::writer::{replaced_event, JournalConfig};
+use crate::record::{Data, Envelope, Kind, RecordHead};
 
 /// Consecutive read errors after which a damaged tree is given up on (sled can return the same
 /// error forever once an iterator hits a bad page).
@@ -688,28 +687,10 @@ fn read_tree(
     clean
 }
 
-/// The id, epoch and seq of bytes that form a complete contract record (all envelope fields
-/// present, `data` intact JSON), so damaged values and stray matches are not taken for records.
+/// The id, epoch and seq of bytes that form a complete contract record (an [`Envelope`] with a
+/// non-empty id, `data` intact JSON), so damaged values and stray matches are not taken for
+/// records.
 fn record_envelope(bytes: &[u8]) -> Option<(String, String, u64)> {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        /// The record id.
-        #[serde(borrow)]
-        id: Cow<'a, str>,
-        /// The record's epoch.
-        #[serde(borrow)]
-        epoch: Cow<'a, str>,
-        /// The record's seq.
-        seq: u64,
-        /// Required to be present.
-        #[serde(borrow)]
-        #[allow(dead_code)]
-        kind: Cow<'a, str>,
-        /// Required to be present and valid.
-        #[serde(borrow)]
-        #[allow(dead_code)]
-        data: &'a RawValue,
-    }
     let envelope: Envelope<'_> = serde_json::from_slice(bytes).ok()?;
     if envelope.id.is_empty() {
         return None;

@@ -20,8 +20,8 @@ use super::clock::Clock;
 use super::error::JournalError;
 use super::floor::{self, Floor};
 use super::messages::{self, MessageId, MessageTable, SharedMessages};
-use super::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder, RecordHead};
 use super::segments::{Ending, Log, Mark, SyncJob};
+use crate::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder, RecordHead};
 
 /// Name of the sled folder inside `data_dir`.
 pub(crate) const JOURNAL_DIR: &str = "journal";

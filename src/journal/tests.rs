@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::record::{Data, Kind};
 
 /// A config for a journal in `dir`.
 fn config(dir: &Path, flush: Duration) -> JournalConfig {

@@ -20,8 +20,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::error::JournalError;
 use super::messages::{self, MessageId, SharedMessages};
-use super::record::{Data, Kind};
 use super::store::{open_or_replace, Eviction, Replaced, Store, StoredRecord};
+use crate::record::{Data, Kind};
 
 /// Commands waiting for the actor; appends beyond this wait (backpressure on producers).
 const COMMAND_QUEUE: usize = 1024;
@@ -1016,8 +1016,9 @@ impl Actor {
             "version": self.version,
             "detail": detail,
         });
-        let result =
-            Data::serialize(&event).and_then(|data| self.store.append(Kind::Gateway, &data));
+        let result = Data::serialize(&event)
+            .map_err(JournalError::from)
+            .and_then(|data| self.store.append(Kind::Gateway, &data));
         match result {
             Ok(_) => {
                 self.note_write();

@@ -20,13 +20,13 @@ use tokio::time::Instant;
 use super::campaigns::SharedCampaigns;
 use super::clock::Clock;
 use super::model::{
-    AttributionData, Channel, OpenRequest, Opened, OptionView, Outcome, PromptError, PromptEvent,
-    PromptView, Resolution, StationToday,
+    OpenRequest, Opened, OptionView, PromptError, PromptEvent, PromptView, Resolution, StationToday,
 };
 use super::state::{PersistedPrompt, PersistedState, VERSION};
 use super::today::Today;
 use super::writer::WriterMsg;
 use crate::metrics::Metrics;
+use crate::record::attribution::{AttributionData, Channel, Outcome};
 
 /// Resolved prompt ids remembered, so a late answer gets "already resolved" rather than
 /// "unknown". At a busy store's few hundred prompts a day this covers weeks.

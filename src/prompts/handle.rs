@@ -11,12 +11,13 @@ use super::clock::{Clock, SystemClock};
 use super::engine::{Command, Engine, SaleLink, Subscription, Written};
 use super::journal::PromptJournal;
 use super::model::{
-    Channel, OpenRequest, Opened, PromptError, PromptEvent, PromptView, Resolution, StationToday,
+    OpenRequest, Opened, PromptError, PromptEvent, PromptView, Resolution, StationToday,
 };
 use super::state::PersistedState;
 use super::writer;
 use crate::config::CampaignSettings;
 use crate::metrics::Metrics;
+use crate::record::attribution::Channel;
 
 /// Requests that may wait for the engine before callers feel back-pressure.
 const QUEUE: usize = 256;

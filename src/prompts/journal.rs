@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use super::model::AttributionData;
+use crate::record::attribution::AttributionData;
 
 /// Persistence and record output of the prompt engine.
 pub trait PromptJournal: Clone + Send + Sync + 'static {

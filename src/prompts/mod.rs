@@ -77,10 +77,8 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use engine::{SaleLink, Subscription};
 pub use handle::{spawn, spawn_with_clock, PromptsConfig, PromptsHandle};
 pub use journal::{MemoryPromptJournal, PromptJournal};
-pub(crate) use model::local_millis;
 pub use model::{
-    AttributionData, Channel, OpenRequest, Opened, OptionView, Outcome, PromptError, PromptEvent,
-    PromptView, Resolution, StationToday,
+    OpenRequest, Opened, OptionView, PromptError, PromptEvent, PromptView, Resolution, StationToday,
 };
 pub(crate) use persist::replace_file;
 pub use persist::JournalPrompts;

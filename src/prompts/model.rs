@@ -1,58 +1,17 @@
-//! The prompt engine's public types: what a prompt looks like on the wire, the attribution record
-//! written when it closes, the events it broadcasts and the errors it returns.
+//! The prompt engine's public types: what a prompt looks like on the wire, the events it
+//! broadcasts and the errors it returns. The attribution record it writes when a prompt closes,
+//! and the `Outcome` and `Channel` it names, are the record format's
+//! ([`crate::record::attribution`]).
 //!
-//! These are wire types (docs/records.md and docs/local-api.md), so their serde form is the contract:
+//! These are wire types (docs/local-api.md), so their serde form is the contract:
 //! timestamps are RFC 3339 store-local time with offset and milliseconds
 //! (`2026-11-27T16:01:02.345+08:00`), enums are lowercase strings, absent values are `null`.
 
 use chrono::{DateTime, Local, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-/// How a prompt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// The clerk picked one of the options.
-    Answered,
-    /// The clerk dismissed it, giving a reason.
-    Skipped,
-    /// Nobody answered before `expires_at`.
-    Timeout,
-}
-
-impl Outcome {
-    /// The contract's name for it (also the `posgw_prompts_total` label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Answered => "answered",
-            Outcome::Skipped => "skipped",
-            Outcome::Timeout => "timeout",
-        }
-    }
-}
-
-/// Where an answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    /// The clerk page or the local API.
-    Web,
-    /// An answer card scanned at the station (`[answer_codes]`).
-    Card,
-    /// The MQTT prompt channel (`posgw/{store}/{station}/answer`).
-    Mqtt,
-}
-
-impl Channel {
-    /// The contract's name for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Web => "web",
-            Channel::Card => "card",
-            Channel::Mqtt => "mqtt",
-        }
-    }
-}
+use crate::record::attribution::{AttributionData, Outcome};
+use crate::record::local_millis;
 
 /// One answer a prompt offers, as sent to clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,46 +50,6 @@ impl PromptView {
     pub fn option(&self, key: &str) -> Option<&OptionView> {
         self.options.iter().find(|option| option.key == key)
     }
-}
-
-/// The `data` of an `attribution` record (docs/records.md): one per prompt, written when it
-/// closes, whatever the outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttributionData {
-    /// The prompt's id.
-    pub prompt: String,
-    /// The campaign that asked.
-    pub campaign: String,
-    /// The counter it was shown at.
-    pub station: String,
-    /// The scanned product code that opened it.
-    pub sku: String,
-    /// Id of the `scan` record that opened it.
-    pub scan: String,
-    /// The question asked.
-    pub question: String,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// The option key picked, when answered.
-    pub answer: Option<String>,
-    /// That option's label, when answered.
-    pub answer_label: Option<String>,
-    /// Where the answer came from, when answered.
-    pub channel: Option<Channel>,
-    /// The clerk who answered or skipped, when known.
-    pub clerk: Option<String>,
-    /// When the prompt opened.
-    #[serde(with = "local_millis")]
-    pub opened_at: DateTime<Local>,
-    /// When it closed; for a timeout exactly `expires_at`.
-    #[serde(with = "local_millis")]
-    pub resolved_at: DateTime<Local>,
-    /// `resolved_at - opened_at` in milliseconds.
-    pub latency_ms: i64,
-    /// Why it was skipped, when skipped.
-    pub skip_reason: Option<String>,
-    /// The sale it belongs to, when known at resolution (always null until sales are linked).
-    pub receipt: Option<String>,
 }
 
 /// What [`PromptsHandle::answer`](super::PromptsHandle::answer) and friends return: the
@@ -255,102 +174,4 @@ pub enum PromptError {
     /// The engine is stopped, or the journal refused the record (HTTP 503).
     #[error("prompt engine unavailable: {0}")]
     Unavailable(String),
-}
-
-/// Serde for `DateTime<Local>` as RFC 3339 with milliseconds and a numeric offset.
-pub(crate) mod local_millis {
-    use chrono::{DateTime, Local, SecondsFormat};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// `2026-11-27T16:01:02.345+08:00`.
-    pub fn format(time: &DateTime<Local>) -> String {
-        time.to_rfc3339_opts(SecondsFormat::Millis, false)
-    }
-
-    pub fn serialize<S: Serializer>(
-        time: &DateTime<Local>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format(time))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<DateTime<Local>, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|time| time.with_timezone(&Local))
-            .map_err(|error| serde::de::Error::custom(format!("bad timestamp '{text}': {error}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn attribution_serialises_every_contract_field() {
-        let opened = Local
-            .with_ymd_and_hms(2026, 11, 27, 16, 1, 2)
-            .single()
-            .expect("time");
-        let data = AttributionData {
-            prompt: "abc".into(),
-            campaign: "c".into(),
-            station: "till-1".into(),
-            sku: "6901234567892".into(),
-            scan: "S/g/e/1".into(),
-            question: "q".into(),
-            outcome: Outcome::Timeout,
-            answer: None,
-            answer_label: None,
-            channel: None,
-            clerk: None,
-            opened_at: opened,
-            resolved_at: opened + chrono::Duration::milliseconds(1500),
-            latency_ms: 1500,
-            skip_reason: None,
-            receipt: None,
-        };
-        let value = serde_json::to_value(&data).expect("serialise");
-        let object = value.as_object().expect("object");
-        for field in [
-            "prompt",
-            "campaign",
-            "station",
-            "sku",
-            "scan",
-            "question",
-            "outcome",
-            "answer",
-            "answer_label",
-            "channel",
-            "clerk",
-            "opened_at",
-            "resolved_at",
-            "latency_ms",
-            "skip_reason",
-            "receipt",
-        ] {
-            assert!(object.contains_key(field), "missing {field}");
-        }
-        assert_eq!(object.len(), 16);
-        assert_eq!(value["outcome"], "timeout");
-        assert!(value["answer"].is_null());
-        let resolved = value["resolved_at"].as_str().expect("string");
-        assert!(resolved.contains("16:01:03.500"), "{resolved}");
-        let back: AttributionData = serde_json::from_value(value).expect("round trip");
-        assert_eq!(back, data);
-    }
-
-    #[test]
-    fn channel_and_outcome_names() {
-        assert_eq!(
-            serde_json::to_string(&Channel::Card).expect("json"),
-            "\"card\""
-        );
-        assert_eq!(Channel::Mqtt.as_str(), "mqtt");
-        assert_eq!(Outcome::Skipped.as_str(), "skipped");
-    }
 }

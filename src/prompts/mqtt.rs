@@ -105,9 +105,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Channel, PromptError, PromptEvent, PromptView, PromptsHandle};
+use super::{PromptError, PromptEvent, PromptView, PromptsHandle};
 use crate::config::MqttSettings;
 use crate::mqtt::{self, OversizeGuard, OversizeMarker};
+use crate::record::attribution::Channel;
 
 /// The role in the client id: `posgw-{store}-{gateway}-prompts`.
 const ROLE: &str = "prompts";

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::journal::PromptJournal;
-use super::model::AttributionData;
-use crate::journal::{JournalHandle, Kind};
+use crate::journal::JournalHandle;
+use crate::record::attribution::AttributionData;
+use crate::record::Kind;
 
 /// File name of the open-prompt state inside `data_dir`.
 pub const STATE_FILE: &str = "prompts.state";

@@ -9,6 +9,7 @@ use chrono::{DateTime, Local, NaiveDate, TimeZone};
 use super::*;
 use crate::config::{CampaignSettings, PromptOption, SkuPattern};
 use crate::metrics::Metrics;
+use crate::record::attribution::{AttributionData, Channel, Outcome};
 
 fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Local> {
     Local

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Outcome, StationToday};
+use super::model::StationToday;
+use crate::record::attribution::Outcome;
 
 /// Counters of one station for one day.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

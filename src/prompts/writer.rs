@@ -18,7 +18,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::PromptJournal;
-use super::model::AttributionData;
+use crate::record::attribution::AttributionData;
 
 /// Most messages taken as one batch.
 const BATCH: usize = 64;

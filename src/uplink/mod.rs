@@ -259,7 +259,7 @@ impl Uplink {
             let newest = batch.last().map_or(cursor, |r| r.position);
             if full || Instant::now() >= deadline || batch.is_empty() {
                 if let Some(first) = batch.first() {
-                    let ts = crate::journal::record::RecordHead::parse(&first.bytes)
+                    let ts = crate::record::RecordHead::parse(&first.bytes)
                         .and_then(|head| head.ts.map(|ts| ts.into_owned()));
                     self.status.send_modify(|s| s.oldest_pending_ts = ts);
                 }

@@ -16,7 +16,8 @@ use tokio::sync::broadcast;
 
 use super::WebState;
 use crate::consult::ConsultEvent;
-use crate::prompts::{Channel, PromptError, PromptEvent};
+use crate::prompts::{PromptError, PromptEvent};
+use crate::record::attribution::Channel;
 
 /// Longest clerk id accepted, in characters.
 const MAX_CLERK: usize = 64;

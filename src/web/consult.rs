@@ -45,7 +45,7 @@ enum CloseAs {
 /// `POST /api/v1/consultations`: 201 and the consultation.
 pub(super) async fn open(State(state): State<WebState>, body: Bytes) -> Result<Response, ApiError> {
     let body: OpenBody = parse(&body)?;
-    if !state.stations.iter().any(|station| *station == body.station) {
+    if !state.stations.contains(&body.station) {
         return Err(ApiError::unprocessable(format!(
             "no station '{}' is configured",
             body.station

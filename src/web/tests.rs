@@ -9,8 +9,9 @@ use serde_json::Value;
 use crate::config::{CampaignSettings, PromptOption, SkuPattern};
 use crate::metrics::Metrics;
 use crate::prompts::{
-    spawn, MemoryPromptJournal, OpenRequest, Outcome, PromptView, PromptsConfig, PromptsHandle,
+    spawn, MemoryPromptJournal, OpenRequest, PromptView, PromptsConfig, PromptsHandle,
 };
+use crate::record::attribution::{Channel, Outcome};
 
 struct Server {
     base: String,
@@ -238,7 +239,7 @@ async fn list_answer_and_errors() {
     let records = server.journal.records();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].clerk.as_deref(), Some("c-17"));
-    assert_eq!(records[0].channel, Some(crate::prompts::Channel::Web));
+    assert_eq!(records[0].channel, Some(Channel::Web));
 
     let (status, body) = server.post(&answer, "{\"option\":\"doctor\"}").await;
     assert_eq!(status, 409);

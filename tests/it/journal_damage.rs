@@ -28,7 +28,7 @@ async fn journal_over_segments(store: &Store, n: u64) -> Vec<PathBuf> {
         opened
             .handle
             .append_value(
-                posgw::journal::Kind::Scan,
+                posgw::record::Kind::Scan,
                 &json!({"device": "scanner-1", "code": format!("690{i:010}"), "pad": pad}),
             )
             .await

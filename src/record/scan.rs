@@ -1,4 +1,4 @@
-//! The `data` of a `scan` record (docs/records.md), written by hand.
+//! The `data` of a `scan` record (docs/records.md), written by hand; the core fills it in.
 //!
 //! Every scan becomes one of these, so it is the one record the gateway writes at the rate of
 //! the input (an MQTT backlog, a busy store). serde's derive spent about 0.5 µs on each (a key at a
@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::Data;
 use crate::decode::DecodedScan;
-use crate::journal::Data;
 
 /// `data` of a `scan` record: who scanned, what, and what it was decoded to.
 #[derive(Debug)]
-pub(super) struct ScanData<'a> {
+pub(crate) struct ScanData<'a> {
     pub device: &'a str,
     pub station: &'a str,
     pub raw: &'a str,
