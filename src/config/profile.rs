@@ -66,8 +66,7 @@ use crate::decode::escpos::{self, Patterns, TextEncoding};
 
 use super::check;
 use super::device::{Role, Transport};
-use super::raw::{DurationText, SizeValue};
-use super::source::{Located, Report};
+use super::source::{DurationText, Located, Report, SizeValue};
 use super::units;
 
 /// The profiles built into the binary: file name in `drivers/` and its text.
@@ -520,7 +519,7 @@ fn load_profile(
     let whole_file = report.file_start(file);
 
     let name = match &raw.name {
-        Some(name) => check::identifier(report, name, "'name'", &['-', '_', '.']),
+        Some(name) => check::identifier(report, name, "'name'", check::ID_EXTRA),
         None => Some(file_name.trim_end_matches(".toml").to_string()),
     };
     let description = raw

@@ -15,12 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::source::{Located, MergeLater};
-
-/// A duration as written (a string like `"250ms"`), checked in validation.
-pub(crate) type DurationText = Located<toml::Value>;
-/// A size as written (a string like `"1MiB"` or an integer of bytes), checked in validation.
-pub(crate) type SizeValue = Located<toml::Value>;
+use super::source::{append, merge_table, overlay, DurationText, Located, MergeLater, SizeValue};
 
 /// A whole config file: the main file or one drop-in.
 #[derive(Debug, Default, Deserialize)]
@@ -172,71 +167,68 @@ pub(crate) struct RawUplink {
     pub max_journal_bytes: Option<SizeValue>,
 }
 
-/// Replaces `earlier` with `later` when `later` was written.
-fn overlay<T>(earlier: &mut Option<T>, later: Option<T>) {
-    if later.is_some() {
-        *earlier = later;
-    }
-}
-
-/// Merges a later table into an earlier one key by key; the earlier table keeps its position.
-fn merge_table<T>(
-    earlier: &mut Option<Located<T>>,
-    later: Option<Located<T>>,
-    merge: impl FnOnce(&mut T, T),
-) {
-    match (earlier.as_mut(), later) {
-        (Some(earlier), Some(later)) => merge(&mut earlier.value, later.value),
-        (None, Some(later)) => *earlier = Some(later),
-        (_, None) => {}
-    }
-}
-
 impl MergeLater for RawConfig {
     /// Applies a later file (a drop-in) over this one.
     fn merge(&mut self, later: RawConfig) {
-        merge_table(&mut self.gateway, later.gateway, |earlier, later| {
-            overlay(&mut earlier.store, later.store);
-            overlay(&mut earlier.id, later.id);
-            overlay(&mut earlier.data_dir, later.data_dir);
-            overlay(&mut earlier.flush, later.flush);
-        });
-        merge_table(&mut self.api, later.api, |earlier, later| {
-            overlay(&mut earlier.listen, later.listen);
-            overlay(&mut earlier.hosts, later.hosts);
-        });
-        merge_table(&mut self.prompts, later.prompts, |earlier, later| {
-            overlay(&mut earlier.skip_reasons, later.skip_reasons);
-            overlay(&mut earlier.sale_link_window, later.sale_link_window);
-        });
-        if let Some(devices) = later.device {
-            self.device.get_or_insert_with(Vec::new).extend(devices);
-        }
-        merge_table(&mut self.mqtt, later.mqtt, |earlier, later| {
-            overlay(&mut earlier.url, later.url);
-            overlay(&mut earlier.username, later.username);
-            overlay(&mut earlier.password_file, later.password_file);
-            overlay(&mut earlier.max_message, later.max_message);
-        });
-        if let Some(campaigns) = later.campaign {
-            self.campaign.get_or_insert_with(Vec::new).extend(campaigns);
-        }
-        merge_table(
-            &mut self.answer_codes,
-            later.answer_codes,
-            |earlier, later| {
-                earlier.extend(later);
-            },
-        );
-        merge_table(&mut self.uplink, later.uplink, |earlier, later| {
-            overlay(&mut earlier.endpoint, later.endpoint);
-            overlay(&mut earlier.token_file, later.token_file);
-            overlay(&mut earlier.batch_max_records, later.batch_max_records);
-            overlay(&mut earlier.batch_max_bytes, later.batch_max_bytes);
-            overlay(&mut earlier.batch_max_age, later.batch_max_age);
-            overlay(&mut earlier.compression, later.compression);
-            overlay(&mut earlier.max_journal_bytes, later.max_journal_bytes);
-        });
+        merge_table(&mut self.gateway, later.gateway);
+        merge_table(&mut self.api, later.api);
+        merge_table(&mut self.prompts, later.prompts);
+        append(&mut self.device, later.device);
+        merge_table(&mut self.mqtt, later.mqtt);
+        append(&mut self.campaign, later.campaign);
+        merge_table(&mut self.answer_codes, later.answer_codes);
+        merge_table(&mut self.uplink, later.uplink);
+    }
+}
+
+impl MergeLater for RawGateway {
+    fn merge(&mut self, later: Self) {
+        overlay(&mut self.store, later.store);
+        overlay(&mut self.id, later.id);
+        overlay(&mut self.data_dir, later.data_dir);
+        overlay(&mut self.flush, later.flush);
+    }
+}
+
+impl MergeLater for RawApi {
+    fn merge(&mut self, later: Self) {
+        overlay(&mut self.listen, later.listen);
+        overlay(&mut self.hosts, later.hosts);
+    }
+}
+
+impl MergeLater for RawPrompts {
+    fn merge(&mut self, later: Self) {
+        overlay(&mut self.skip_reasons, later.skip_reasons);
+        overlay(&mut self.sale_link_window, later.sale_link_window);
+    }
+}
+
+impl MergeLater for RawMqtt {
+    fn merge(&mut self, later: Self) {
+        overlay(&mut self.url, later.url);
+        overlay(&mut self.username, later.username);
+        overlay(&mut self.password_file, later.password_file);
+        overlay(&mut self.max_message, later.max_message);
+    }
+}
+
+/// `[answer_codes]`: key by key.
+impl MergeLater for BTreeMap<String, Located<String>> {
+    fn merge(&mut self, later: Self) {
+        self.extend(later);
+    }
+}
+
+impl MergeLater for RawUplink {
+    fn merge(&mut self, later: Self) {
+        overlay(&mut self.endpoint, later.endpoint);
+        overlay(&mut self.token_file, later.token_file);
+        overlay(&mut self.batch_max_records, later.batch_max_records);
+        overlay(&mut self.batch_max_bytes, later.batch_max_bytes);
+        overlay(&mut self.batch_max_age, later.batch_max_age);
+        overlay(&mut self.compression, later.compression);
+        overlay(&mut self.max_journal_bytes, later.max_journal_bytes);
     }
 }
 

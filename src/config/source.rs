@@ -49,6 +49,11 @@ pub(crate) struct Located<T> {
     pub span: Span,
 }
 
+/// A duration as written (a string like `"250ms"`), checked in validation.
+pub(crate) type DurationText = Located<toml::Value>;
+/// A size as written (a string like `"1MiB"` or an integer of bytes), checked in validation.
+pub(crate) type SizeValue = Located<toml::Value>;
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // The `toml` crate hands out spans through `serde_spanned`'s protocol: asked for a
@@ -352,10 +357,37 @@ impl Report {
     }
 }
 
-/// A raw configuration that a later file (a `config.d` drop-in) can be applied over.
+/// A raw configuration, or one table of it, that a later file (a `config.d` drop-in) can be
+/// applied over.
 pub(crate) trait MergeLater {
     /// Applies `later` over `self`: tables key by key, arrays of tables appended.
     fn merge(&mut self, later: Self);
+}
+
+/// Replaces `earlier` with `later` when `later` was written: one key of a table.
+pub(crate) fn overlay<T>(earlier: &mut Option<T>, later: Option<T>) {
+    if later.is_some() {
+        *earlier = later;
+    }
+}
+
+/// Merges a later table into an earlier one key by key; the earlier table keeps its position.
+pub(crate) fn merge_table<T: MergeLater>(
+    earlier: &mut Option<Located<T>>,
+    later: Option<Located<T>>,
+) {
+    match (earlier.as_mut(), later) {
+        (Some(earlier), Some(later)) => earlier.value.merge(later.value),
+        (None, Some(later)) => *earlier = Some(later),
+        (_, None) => {}
+    }
+}
+
+/// Appends a later file's array of tables (`[[device]]`) to an earlier one's.
+pub(crate) fn append<T>(earlier: &mut Option<Vec<T>>, later: Option<Vec<T>>) {
+    if let Some(later) = later {
+        earlier.get_or_insert_with(Vec::new).extend(later);
+    }
 }
 
 /// A configuration file and its `config.d/*.toml` drop-ins, parsed and merged (stages 1 and 2).

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::check;
+use super::check::{self, ID_EXTRA};
 use super::device::{Role, Transport};
 use super::profile::ProfileSet;
 use super::raw::{RawCampaign, RawConfig, RawDevice, RawGateway, RawMqtt, RawUplink};
@@ -71,8 +71,6 @@ pub(crate) const MAX_JOURNAL_BYTES_RANGE: RangeInclusive<u64> =
 
 /// Characters allowed in a store code besides ASCII letters and digits.
 const STORE_EXTRA: &[char] = &['-', '_'];
-/// Characters allowed in other ids (gateway, device, station, campaign, option key).
-const ID_EXTRA: &[char] = &['-', '_', '.'];
 
 /// Validates the merged configuration; `None` when a problem was recorded.
 pub(crate) fn validate(
@@ -700,64 +698,6 @@ fn host_and_port(text: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A parsed `scheme://host[:port]/path` address.
-struct Address<'a> {
-    /// The scheme, as written.
-    scheme: &'a str,
-    /// Everything after the host and port, starting with `/` (or empty).
-    path: &'a str,
-}
-
-/// Splits and checks `scheme://host[:port][/path]`; user info (`user@`) is refused on purpose:
-/// credentials belong in `username` / `password_file` / `token_file`, not in a readable URL.
-fn parse_address<'a>(text: &'a str, schemes: &[&str]) -> Result<Address<'a>, String> {
-    let (scheme, rest) = text.split_once("://").ok_or_else(|| {
-        format!(
-            "must start with {}",
-            schemes
-                .iter()
-                .map(|s| format!("{s}://"))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        )
-    })?;
-    if !schemes.contains(&scheme) {
-        return Err(format!(
-            "has scheme '{scheme}', expected {}",
-            schemes.join(" or ")
-        ));
-    }
-    let (authority, path) = rest
-        .find('/')
-        .map_or((rest, ""), |index| rest.split_at(index));
-    if authority.contains('@') {
-        return Err(
-            "must not contain credentials (user@host); use the credential keys instead".to_string(),
-        );
-    }
-    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or("has an IPv6 address without its closing ']'")?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace()) {
-        return Err("has no valid host".to_string());
-    }
-    if let Some(port) = port {
-        match port.parse::<u16>() {
-            Ok(port) if port > 0 => {}
-            _ => return Err(format!("has an invalid port '{port}'")),
-        }
-    }
-    Ok(Address { scheme, path })
-}
-
 /// `[mqtt]`.
 fn mqtt_settings(
     report: &mut Report,
@@ -767,7 +707,7 @@ fn mqtt_settings(
     let mqtt = &raw.value;
     let problems_before = report.problem_count();
     let url = match &mqtt.url {
-        Some(url) => match parse_address(&url.value, &["mqtt", "mqtts"]) {
+        Some(url) => match check::parse_address(&url.value, &["mqtt", "mqtts"]) {
             Ok(address) if address.path.is_empty() || address.path == "/" => {
                 Some(url.value.clone())
             }
@@ -1123,24 +1063,25 @@ fn uplink_settings(
     let uplink = &raw.value;
     let problems_before = report.problem_count();
     let endpoint = match &uplink.endpoint {
-        Some(endpoint) => match parse_address(&endpoint.value, &["http", "https", "mqtt", "mqtts"])
-        {
-            Ok(address) if address.scheme.starts_with("mqtt") && address.path.len() < 2 => {
-                report.error(
+        Some(endpoint) => {
+            match check::parse_address(&endpoint.value, &["http", "https", "mqtt", "mqtts"]) {
+                Ok(address) if address.scheme.starts_with("mqtt") && address.path.len() < 2 => {
+                    report.error(
                     &endpoint.span,
                     format!("'endpoint' in [uplink] needs a topic for MQTT: mqtt://host:port/topic, found '{}'", endpoint.value),
                 );
-                None
+                    None
+                }
+                Ok(_) => Some(endpoint.value.clone()),
+                Err(error) => {
+                    report.error(
+                        &endpoint.span,
+                        format!("'endpoint' in [uplink] {error}, found '{}'", endpoint.value),
+                    );
+                    None
+                }
             }
-            Ok(_) => Some(endpoint.value.clone()),
-            Err(error) => {
-                report.error(
-                    &endpoint.span,
-                    format!("'endpoint' in [uplink] {error}, found '{}'", endpoint.value),
-                );
-                None
-            }
-        },
+        }
         None => {
             report.error(
                 &raw.span,
@@ -1223,7 +1164,7 @@ fn uplink_settings(
 /// A size key of `[uplink]`, within its range.
 fn uplink_size(
     report: &mut Report,
-    value: Option<&super::raw::SizeValue>,
+    value: Option<&super::source::SizeValue>,
     key: &str,
     default: u64,
     range: RangeInclusive<u64>,
@@ -1237,21 +1178,6 @@ fn uplink_size(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses() {
-        let schemes = ["mqtt", "mqtts"];
-        assert!(parse_address("mqtt://127.0.0.1:1883", &schemes).is_ok());
-        assert!(parse_address("mqtts://broker.local", &schemes).is_ok());
-        assert!(parse_address("mqtt://[::1]:1883", &schemes).is_ok());
-        assert!(parse_address("tcp://127.0.0.1:1883", &schemes).is_err());
-        assert!(parse_address("127.0.0.1:1883", &schemes).is_err());
-        assert!(parse_address("mqtt://:1883", &schemes).is_err());
-        assert!(parse_address("mqtt://host:99999", &schemes).is_err());
-        assert!(parse_address("mqtt://user:pw@host", &schemes).is_err());
-        let address = parse_address("mqtt://hq:8883/posgw/batches", &schemes).expect("valid");
-        assert_eq!((address.scheme, address.path), ("mqtt", "/posgw/batches"));
-    }
 
     #[test]
     fn printer_addresses() {
