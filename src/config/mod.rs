@@ -17,26 +17,30 @@
 //! `posgw check-config` prints as is (exit status 2).
 
 pub(crate) mod check;
-mod device;
+mod device_kind;
 mod error;
 mod load;
 mod profile;
 mod raw;
+mod sections;
 mod settings;
 pub(crate) mod source;
 mod units;
 mod validate;
 
-pub use device::{Role, Transport};
+pub use device_kind::{Role, Transport};
 pub use error::{ConfigError, Diagnostic, Position};
 pub use load::load;
 pub use profile::{
     DecoderKind, EscposSettings, FlowControl, FramingSettings, LineSettings, Parity, PayloadFormat,
     PayloadSettings, Profile, ProfileSet,
 };
-pub use settings::{
-    ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,
-    PromptOption, PromptSettings, SerialSettings, Settings, SkuPattern, TcpTapSettings,
-    UplinkSettings,
-};
+pub use sections::api::ApiSettings;
+pub use sections::campaign::{CampaignSettings, PromptOption, SkuPattern};
+pub use sections::device::{DeviceSettings, SerialSettings, TcpTapSettings};
+pub use sections::gateway::GatewaySettings;
+pub use sections::mqtt::MqttSettings;
+pub use sections::prompts::PromptSettings;
+pub use sections::uplink::{Compression, UplinkSettings};
+pub use settings::Settings;
 pub use units::{format_duration, format_size, parse_duration, parse_size};

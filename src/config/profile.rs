@@ -65,7 +65,7 @@ use serde::Deserialize;
 use crate::decode::escpos::{self, Patterns, TextEncoding};
 
 use super::check;
-use super::device::{Role, Transport};
+use super::device_kind::{Role, Transport};
 use super::source::{DurationText, Located, Report, SizeValue};
 use super::units;
 
