@@ -371,6 +371,31 @@ pub(crate) fn overlay<T>(earlier: &mut Option<T>, later: Option<T>) {
     }
 }
 
+/// Declares a config table as written, given as an ordinary struct of `Option` fields (with its
+/// derives and serde attributes), and implements [`MergeLater`] for it: each key a later file
+/// sets replaces the earlier one ([`overlay`]). Written once, a field is both read and merged,
+/// so a new key cannot be forgotten by the merge.
+macro_rules! mergeable_table {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$field_meta:meta])* $field_vis:vis $field:ident: $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$field_meta])* $field_vis $field: $ty, )*
+        }
+
+        impl $crate::config::source::MergeLater for $name {
+            fn merge(&mut self, later: Self) {
+                $( $crate::config::source::overlay(&mut self.$field, later.$field); )*
+            }
+        }
+    };
+}
+pub(crate) use mergeable_table;
+
 /// Merges a later table into an earlier one key by key; the earlier table keeps its position.
 pub(crate) fn merge_table<T: MergeLater>(
     earlier: &mut Option<Located<T>>,

@@ -6,25 +6,20 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::config::source::{overlay, Located, MergeLater, Report};
+use crate::config::source::{mergeable_table, Located, Report};
 
 /// `[api] listen` when not set.
 const DEFAULT_LISTEN: &str = "127.0.0.1:7380";
 
-/// `[api]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawApi {
-    /// Address to bind; default `127.0.0.1:7380`.
-    pub listen: Option<Located<String>>,
-    /// Host names the API answers to besides IP addresses, localhost and the machine's name.
-    pub hosts: Option<Located<Vec<Located<String>>>>,
-}
-
-impl MergeLater for RawApi {
-    fn merge(&mut self, later: Self) {
-        overlay(&mut self.listen, later.listen);
-        overlay(&mut self.hosts, later.hosts);
+mergeable_table! {
+    /// `[api]` as written.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawApi {
+        /// Address to bind; default `127.0.0.1:7380`.
+        pub listen: Option<Located<String>>,
+        /// Host names the API answers to besides IP addresses, localhost and the machine's name.
+        pub hosts: Option<Located<Vec<Located<String>>>>,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::check::{self, ID_EXTRA};
-use crate::config::source::{overlay, DurationText, Located, MergeLater, Report};
+use crate::config::source::{mergeable_table, DurationText, Located, Report};
 
 /// `[gateway] data_dir` when not set.
 const DEFAULT_DATA_DIR: &str = "/var/lib/posgw";
@@ -20,26 +20,19 @@ const FLUSH_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_se
 /// Characters allowed in a store code besides ASCII letters and digits.
 const STORE_EXTRA: &[char] = &['-', '_'];
 
-/// `[gateway]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawGateway {
-    /// Store code; required.
-    pub store: Option<Located<String>>,
-    /// Gateway id; default: the host name.
-    pub id: Option<Located<String>>,
-    /// Journal and state folder; default `/var/lib/posgw`.
-    pub data_dir: Option<Located<String>>,
-    /// Longest wait for fsync; default `"50ms"`.
-    pub flush: Option<DurationText>,
-}
-
-impl MergeLater for RawGateway {
-    fn merge(&mut self, later: Self) {
-        overlay(&mut self.store, later.store);
-        overlay(&mut self.id, later.id);
-        overlay(&mut self.data_dir, later.data_dir);
-        overlay(&mut self.flush, later.flush);
+mergeable_table! {
+    /// `[gateway]` as written.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawGateway {
+        /// Store code; required.
+        pub store: Option<Located<String>>,
+        /// Gateway id; default: the host name.
+        pub id: Option<Located<String>>,
+        /// Journal and state folder; default `/var/lib/posgw`.
+        pub data_dir: Option<Located<String>>,
+        /// Longest wait for fsync; default `"50ms"`.
+        pub flush: Option<DurationText>,
     }
 }
 

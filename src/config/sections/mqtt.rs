@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::check;
-use crate::config::source::{overlay, Located, MergeLater, Report, SizeValue};
+use crate::config::source::{mergeable_table, Located, Report, SizeValue};
 
 /// `[mqtt] max_message` when not set (1MiB).
 const DEFAULT_MAX_MESSAGE: u64 = 1024 * 1024;
@@ -15,26 +15,19 @@ const DEFAULT_MAX_MESSAGE: u64 = 1024 * 1024;
 /// so at most 16MiB.
 const MAX_MESSAGE_RANGE: RangeInclusive<u64> = 1024..=16 * 1024 * 1024;
 
-/// `[mqtt]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawMqtt {
-    /// Broker URL; required when the section is present.
-    pub url: Option<Located<String>>,
-    /// Broker user name.
-    pub username: Option<Located<String>>,
-    /// File holding the broker password.
-    pub password_file: Option<Located<String>>,
-    /// Largest device message read whole (a size).
-    pub max_message: Option<SizeValue>,
-}
-
-impl MergeLater for RawMqtt {
-    fn merge(&mut self, later: Self) {
-        overlay(&mut self.url, later.url);
-        overlay(&mut self.username, later.username);
-        overlay(&mut self.password_file, later.password_file);
-        overlay(&mut self.max_message, later.max_message);
+mergeable_table! {
+    /// `[mqtt]` as written.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawMqtt {
+        /// Broker URL; required when the section is present.
+        pub url: Option<Located<String>>,
+        /// Broker user name.
+        pub username: Option<Located<String>>,
+        /// File holding the broker password.
+        pub password_file: Option<Located<String>>,
+        /// Largest device message read whole (a size).
+        pub max_message: Option<SizeValue>,
     }
 }
 

@@ -8,26 +8,21 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::check;
-use crate::config::source::{overlay, DurationText, Located, MergeLater, Report};
+use crate::config::source::{mergeable_table, DurationText, Located, Report};
 
 /// `[prompts] sale_link_window`: a customer's visit, at most a day.
 const SALE_LINK_WINDOW_RANGE: RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
 
-/// `[prompts]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawPrompts {
-    /// Preset reasons offered when the clerk skips a prompt.
-    pub skip_reasons: Option<Located<Vec<Located<String>>>>,
-    /// How long after a prompt a sale line of the same SKU at the same station is linked to it.
-    pub sale_link_window: Option<DurationText>,
-}
-
-impl MergeLater for RawPrompts {
-    fn merge(&mut self, later: Self) {
-        overlay(&mut self.skip_reasons, later.skip_reasons);
-        overlay(&mut self.sale_link_window, later.sale_link_window);
+mergeable_table! {
+    /// `[prompts]` as written.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawPrompts {
+        /// Preset reasons offered when the clerk skips a prompt.
+        pub skip_reasons: Option<Located<Vec<Located<String>>>>,
+        /// How long after a prompt a sale line of the same SKU at the same station is linked to it.
+        pub sale_link_window: Option<DurationText>,
     }
 }
 

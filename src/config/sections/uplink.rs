@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::check;
-use crate::config::source::{overlay, DurationText, Located, MergeLater, Report, SizeValue};
+use crate::config::source::{mergeable_table, DurationText, Located, Report, SizeValue};
 
 /// `[uplink] batch_max_records` when not set.
 const DEFAULT_BATCH_MAX_RECORDS: usize = 1000;
@@ -30,35 +30,25 @@ const BATCH_MAX_BYTES_RANGE: RangeInclusive<u64> = 1024..=64 * 1024 * 1024;
 pub(crate) const MAX_JOURNAL_BYTES_RANGE: RangeInclusive<u64> =
     32 * 1024..=64 * 1024 * 1024 * 1024 * 1024;
 
-/// `[uplink]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawUplink {
-    /// HQ endpoint; required when the section is present.
-    pub endpoint: Option<Located<String>>,
-    /// File holding the bearer token.
-    pub token_file: Option<Located<String>>,
-    /// Most records per batch; default 1000.
-    pub batch_max_records: Option<Located<i64>>,
-    /// Most bytes per batch; default `"1MiB"`.
-    pub batch_max_bytes: Option<SizeValue>,
-    /// Longest a record waits for its batch; default `"1s"`.
-    pub batch_max_age: Option<DurationText>,
-    /// `none`, `gzip` or `zstd`; default `gzip`.
-    pub compression: Option<Located<String>>,
-    /// Journal size cap; default `"2GiB"`.
-    pub max_journal_bytes: Option<SizeValue>,
-}
-
-impl MergeLater for RawUplink {
-    fn merge(&mut self, later: Self) {
-        overlay(&mut self.endpoint, later.endpoint);
-        overlay(&mut self.token_file, later.token_file);
-        overlay(&mut self.batch_max_records, later.batch_max_records);
-        overlay(&mut self.batch_max_bytes, later.batch_max_bytes);
-        overlay(&mut self.batch_max_age, later.batch_max_age);
-        overlay(&mut self.compression, later.compression);
-        overlay(&mut self.max_journal_bytes, later.max_journal_bytes);
+mergeable_table! {
+    /// `[uplink]` as written.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawUplink {
+        /// HQ endpoint; required when the section is present.
+        pub endpoint: Option<Located<String>>,
+        /// File holding the bearer token.
+        pub token_file: Option<Located<String>>,
+        /// Most records per batch; default 1000.
+        pub batch_max_records: Option<Located<i64>>,
+        /// Most bytes per batch; default `"1MiB"`.
+        pub batch_max_bytes: Option<SizeValue>,
+        /// Longest a record waits for its batch; default `"1s"`.
+        pub batch_max_age: Option<DurationText>,
+        /// `none`, `gzip` or `zstd`; default `gzip`.
+        pub compression: Option<Located<String>>,
+        /// Journal size cap; default `"2GiB"`.
+        pub max_journal_bytes: Option<SizeValue>,
     }
 }
 
