@@ -4,11 +4,12 @@
 //! is expected when it is wrong, and returns `None` then, so validation can carry on and report
 //! every bad value in one run.
 
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::source::{suggest, DurationText, Located, Report, SizeValue};
+use super::source::{suggest, DurationText, Located, Report, SizeValue, Span};
 use super::units;
 
 /// Baud rates a serial port can sensibly be set to (the termios rates plus the common odd ones).
@@ -50,6 +51,36 @@ pub(crate) fn identifier(
         ),
     );
     None
+}
+
+/// Where a key was written, or its table when it was not.
+pub(crate) fn key_span<T>(key: &Option<Located<T>>, table: &Span) -> Span {
+    key.as_ref().map_or(table.clone(), |key| key.span.clone())
+}
+
+/// Where each id of a list of tables (devices, campaigns, a campaign's options) was first
+/// defined, to refuse a second definition with a pointer to the first.
+#[derive(Debug, Default)]
+pub(crate) struct FirstDefined(BTreeMap<String, Span>);
+
+impl FirstDefined {
+    /// Notes `id` as defined at `span`; when it was defined before, records `message(first)` at
+    /// `span` instead, `first` being the first definition's `PATH:LINE:COL`, and returns false.
+    pub fn note(
+        &mut self,
+        report: &mut Report,
+        id: &str,
+        span: Span,
+        message: impl FnOnce(&str) -> String,
+    ) -> bool {
+        if let Some(first) = self.0.get(id) {
+            let first = report.describe(first);
+            report.error(&span, message(&first));
+            return false;
+        }
+        self.0.insert(id.to_string(), span);
+        true
+    }
 }
 
 /// Picks one of a fixed set of words, suggesting the nearest on a typo.

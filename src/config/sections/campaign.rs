@@ -4,15 +4,14 @@
 //!
 //! `[[campaign]]` tables are not merged: each drop-in's are appended (`raw`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::check::{self, ID_EXTRA};
-use crate::config::source::{DurationText, Located, Report, Span};
+use crate::config::check::{self, FirstDefined, ID_EXTRA};
+use crate::config::source::{DurationText, Located, Report};
 
 /// `[[campaign]] timeout` when not set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -125,30 +124,22 @@ pub(crate) fn validate(
 ) -> Option<Vec<CampaignSettings>> {
     let mut campaigns = Vec::new();
     let mut ok = true;
-    let mut ids: BTreeMap<String, Span> = BTreeMap::new();
+    let mut ids = FirstDefined::default();
     for entry in raw {
         let Some(campaign) = campaign(report, entry) else {
             ok = false;
             continue;
         };
-        let id_span = entry
-            .value
-            .id
-            .as_ref()
-            .map_or(entry.span.clone(), |id| id.span.clone());
-        if let Some(first) = ids.get(&campaign.id) {
-            let first = report.describe(first);
-            report.error(
-                &id_span,
-                format!(
-                    "duplicate campaign id '{}' (first defined at {first})",
-                    campaign.id
-                ),
-            );
+        let id_span = check::key_span(&entry.value.id, &entry.span);
+        if !ids.note(report, &campaign.id, id_span, |first| {
+            format!(
+                "duplicate campaign id '{}' (first defined at {first})",
+                campaign.id
+            )
+        }) {
             ok = false;
             continue;
         }
-        ids.insert(campaign.id.clone(), id_span);
         campaigns.push(campaign);
     }
     ok.then_some(campaigns)
@@ -192,7 +183,7 @@ fn campaign(report: &mut Report, entry: &Located<RawCampaign>) -> Option<Campaig
             "'options' in [[campaign]] must offer at least one answer",
         ),
         Some(list) => {
-            let mut keys: BTreeMap<String, Span> = BTreeMap::new();
+            let mut keys = FirstDefined::default();
             for option in &list.value {
                 let key = match &option.value.key {
                     Some(key) => check::identifier(
@@ -218,20 +209,12 @@ fn campaign(report: &mut Report, entry: &Located<RawCampaign>) -> Option<Campaig
                 let (Some(key), Some(label)) = (key, label) else {
                     continue;
                 };
-                let key_span = option
-                    .value
-                    .key
-                    .as_ref()
-                    .map_or(option.span.clone(), |key| key.span.clone());
-                if let Some(first) = keys.get(&key) {
-                    let first = report.describe(first);
-                    report.error(
-                        &key_span,
-                        format!("duplicate option key '{key}' in [[campaign]] (first at {first})"),
-                    );
+                let key_span = check::key_span(&option.value.key, &option.span);
+                if !keys.note(report, &key, key_span, |first| {
+                    format!("duplicate option key '{key}' in [[campaign]] (first at {first})")
+                }) {
                     continue;
                 }
-                keys.insert(key.clone(), key_span);
                 options.push(PromptOption { key, label });
             }
         }

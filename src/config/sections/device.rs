@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::check::{self, ID_EXTRA};
+use crate::config::check::{self, FirstDefined, ID_EXTRA};
 use crate::config::device_kind::{Role, Transport};
 use crate::config::profile::{LineSettings, Profile, ProfileSet};
 use crate::config::source::{suggest, Located, Report, Span};
@@ -108,7 +108,7 @@ pub(crate) fn validate(
 ) -> Option<Vec<DeviceSettings>> {
     let mut devices = Vec::new();
     let mut ok = true;
-    let mut ids: BTreeMap<String, Span> = BTreeMap::new();
+    let mut ids = FirstDefined::default();
     let mut serial_paths: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut topics: BTreeMap<String, String> = BTreeMap::new();
     let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
@@ -117,31 +117,19 @@ pub(crate) fn validate(
             ok = false;
             continue;
         };
-        let id_span = entry
-            .value
-            .id
-            .as_ref()
-            .map_or(entry.span.clone(), |id| id.span.clone());
-        if let Some(first) = ids.get(&device.id) {
-            let first = report.describe(first);
-            report.error(
-                &id_span,
-                format!(
-                    "duplicate device id '{}' (first defined at {first})",
-                    device.id
-                ),
-            );
+        let id_span = check::key_span(&entry.value.id, &entry.span);
+        if !ids.note(report, &device.id, id_span, |first| {
+            format!(
+                "duplicate device id '{}' (first defined at {first})",
+                device.id
+            )
+        }) {
             ok = false;
             continue;
         }
-        ids.insert(device.id.clone(), id_span);
         if let Some(serial) = &device.serial {
             if let Some(other) = serial_paths.get(&serial.path) {
-                let span = entry
-                    .value
-                    .path
-                    .as_ref()
-                    .map_or(entry.span.clone(), |path| path.span.clone());
+                let span = check::key_span(&entry.value.path, &entry.span);
                 report.error(
                     &span,
                     format!(
@@ -157,11 +145,7 @@ pub(crate) fn validate(
         if let Some(topic) = &device.topic {
             // One topic, one device: its messages could not be told apart otherwise.
             if let Some(other) = topics.get(topic) {
-                let span = entry
-                    .value
-                    .topic
-                    .as_ref()
-                    .map_or(entry.span.clone(), |topic| topic.span.clone());
+                let span = check::key_span(&entry.value.topic, &entry.span);
                 report.error(
                     &span,
                     format!("mqtt topic '{topic}' is already used by device '{other}'"),
@@ -174,11 +158,7 @@ pub(crate) fn validate(
         if let Some(tap) = &device.tcp {
             // Two taps cannot listen on one port.
             if let Some(other) = listens.get(&tap.listen) {
-                let span = entry
-                    .value
-                    .listen
-                    .as_ref()
-                    .map_or(entry.span.clone(), |listen| listen.span.clone());
+                let span = check::key_span(&entry.value.listen, &entry.span);
                 report.error(
                     &span,
                     format!(
