@@ -1,4 +1,6 @@
-//! Small value checks shared by config and profile validation.
+//! Small value checks shared by the config file's sections and profile validation (and the HQ
+//! receiver's config): ids, choices, durations, sizes, baud rates, paths, secret files, broker
+//! and HQ addresses, and refusing an id defined twice ([`FirstDefined`]).
 //!
 //! Each helper checks one written value, records a positioned problem naming the key and what
 //! is expected when it is wrong, and returns `None` then, so validation can carry on and report

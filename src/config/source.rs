@@ -13,6 +13,9 @@
 //! Deserialisation runs through `serde_path_to_error`, which tells us which key an error is
 //! about; that turns serde's "unknown field `baudrate`, expected one of …" into
 //! `unknown key 'baudrate' in [[device]], did you mean 'baud'?`.
+//!
+//! It also reads a file with its `config.d/` drop-ins and merges them ([`read_merged`],
+//! [`MergeLater`]); `mergeable_table!` gives a section's table its key-by-key merge.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -592,7 +595,7 @@ fn section_name(path: &[KeyStep]) -> String {
     }
 }
 
-/// "in [gateway]" or "at top level".
+/// "in \[gateway\]" or "at top level".
 fn where_in(path: &[KeyStep]) -> String {
     match section_name(path).as_str() {
         "top level" => "at top level".to_string(),
