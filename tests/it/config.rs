@@ -190,14 +190,7 @@ mod shipped {
     #[test]
     fn example_commented_out_sections_are_valid_when_enabled() {
         let text = std::fs::read_to_string(repo_file("config/posgw.toml")).expect("example config");
-        let enabled: String = text
-            .lines()
-            .map(|line| match line.strip_prefix("# ") {
-                Some(rest) if rest.starts_with('[') || is_assignment(rest) => rest,
-                _ => line,
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
+        let enabled = uncommented(&text, true);
         assert!(
             enabled.contains("\n[uplink]\n") && enabled.contains("\n[mqtt]\n"),
             "sections were uncommented"
@@ -237,6 +230,59 @@ mod shipped {
         assert_eq!(uplink.batch_max_bytes, 1024 * 1024);
         assert_eq!(uplink.max_journal_bytes, 2 * 1024 * 1024 * 1024);
         assert_eq!(uplink.compression, Compression::Gzip);
+    }
+
+    /// `text` with its commented-out keys (`# key = …`), and with `headers` its commented-out
+    /// table headers (`# [uplink]`), written in.
+    fn uncommented(text: &str, headers: bool) -> String {
+        text.lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if (headers && rest.starts_with('[')) || is_assignment(rest) => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
+    /// The HQ example validates, with its commented-out keys enabled and the token files it
+    /// names (under /etc) written into a temp folder. Its comments hold `[uplink]` as a word,
+    /// so only keys are uncommented here.
+    #[test]
+    fn hq_example_validates_with_every_key_enabled() {
+        let text = std::fs::read_to_string(repo_file("config/hq.toml")).expect("hq example");
+        let enabled = uncommented(&text, false);
+        assert!(
+            enabled.contains("\nbody_budget = "),
+            "keys were uncommented"
+        );
+        let fixture = Fixture::new("");
+        fixture.write("hq.toml", &enabled.replace("\"/etc/posgw/", "\""));
+        fixture.write("hq-admin.token", "admin-token\n");
+        fixture.write("stores/WZ-LC-001.token", "token-1\n");
+        fixture.write("stores/WZ-LC-002.token", "token-2\n");
+        let settings = posgw::hq::load_config(&fixture.dir.path().join("hq.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(settings.body_budget, Some(64 * 1024 * 1024));
+        assert_eq!(settings.admin_token.as_deref(), Some("admin-token"));
+        let codes: Vec<&str> = settings.stores.iter().map(|s| s.code.as_str()).collect();
+        assert_eq!(codes, ["WZ-LC-001", "WZ-LC-002"]);
+    }
+
+    /// Every file of `config/` is one the tests above load: a new example gets a test too.
+    #[test]
+    fn every_shipped_config_is_tested() {
+        let mut names: Vec<String> = std::fs::read_dir(repo_file("config"))
+            .expect("config folder")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["hq.toml", "minimal.toml", "posgw.toml"]);
     }
 
     fn is_assignment(line: &str) -> bool {
