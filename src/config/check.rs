@@ -1,15 +1,17 @@
-//! Small value checks shared by config and profile validation.
+//! Small value checks shared by the config file's sections and profile validation (and the HQ
+//! receiver's config): ids, choices, durations, sizes, baud rates, paths, secret files, broker
+//! and HQ addresses, and refusing an id defined twice ([`FirstDefined`]).
 //!
 //! Each helper checks one written value, records a positioned problem naming the key and what
 //! is expected when it is wrong, and returns `None` then, so validation can carry on and report
 //! every bad value in one run.
 
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{DurationText, SizeValue};
-use super::source::{suggest, Located, Report};
+use super::source::{suggest, DurationText, Located, Report, SizeValue, Span};
 use super::units;
 
 /// Baud rates a serial port can sensibly be set to (the termios rates plus the common odd ones).
@@ -18,6 +20,10 @@ pub(crate) const BAUD_RATES: &[u32] = &[
     230400, 460800, 500000, 576000, 921600, 1000000, 1152000, 1500000, 2000000, 2500000, 3000000,
     3500000, 4000000,
 ];
+
+/// Characters allowed in ids (gateway, device, station, campaign, option key, profile name)
+/// besides ASCII letters and digits.
+pub(crate) const ID_EXTRA: &[char] = &['-', '_', '.'];
 
 /// Whether `text` is 1 to 64 characters, each an ASCII letter or digit or one of `extra`.
 pub(crate) fn is_identifier(text: &str, extra: &[char]) -> bool {
@@ -47,6 +53,42 @@ pub(crate) fn identifier(
         ),
     );
     None
+}
+
+/// Where a key was written, or its table when it was not.
+pub(crate) fn key_span<T>(key: &Option<Located<T>>, table: &Span) -> Span {
+    key.as_ref().map_or(table.clone(), |key| key.span.clone())
+}
+
+/// Where each id of a list of tables (devices, campaigns, a campaign's options) was first
+/// defined, to refuse a second definition with a pointer to the first.
+#[derive(Debug, Default)]
+pub(crate) struct FirstDefined(BTreeMap<String, Span>);
+
+impl FirstDefined {
+    /// Notes `id` as defined at `span`; when it was defined before, records `message(first)` at
+    /// `span` instead, `first` being the first definition's `PATH:LINE:COL`, and returns false.
+    pub fn note(
+        &mut self,
+        report: &mut Report,
+        id: &str,
+        span: Span,
+        message: impl FnOnce(&str) -> String,
+    ) -> bool {
+        if let Some(first) = self.0.get(id) {
+            let first = report.describe(first);
+            report.error(&span, message(&first));
+            return false;
+        }
+        self.0.insert(id.to_string(), span);
+        true
+    }
+
+    /// Notes `id` as defined at `span` unless it already was (silently: its definitions are
+    /// checked elsewhere).
+    pub fn insert_first(&mut self, id: &str, span: Span) {
+        self.0.entry(id.to_string()).or_insert(span);
+    }
 }
 
 /// Picks one of a fixed set of words, suggesting the nearest on a typo.
@@ -303,6 +345,64 @@ pub(crate) fn secret_file(
     }
 }
 
+/// A parsed `scheme://host[:port]/path` address.
+pub(crate) struct Address<'a> {
+    /// The scheme, as written.
+    pub scheme: &'a str,
+    /// Everything after the host and port, starting with `/` (or empty).
+    pub path: &'a str,
+}
+
+/// Splits and checks `scheme://host[:port][/path]`; user info (`user@`) is refused on purpose:
+/// credentials belong in `username` / `password_file` / `token_file`, not in a readable URL.
+pub(crate) fn parse_address<'a>(text: &'a str, schemes: &[&str]) -> Result<Address<'a>, String> {
+    let (scheme, rest) = text.split_once("://").ok_or_else(|| {
+        format!(
+            "must start with {}",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    })?;
+    if !schemes.contains(&scheme) {
+        return Err(format!(
+            "has scheme '{scheme}', expected {}",
+            schemes.join(" or ")
+        ));
+    }
+    let (authority, path) = rest
+        .find('/')
+        .map_or((rest, ""), |index| rest.split_at(index));
+    if authority.contains('@') {
+        return Err(
+            "must not contain credentials (user@host); use the credential keys instead".to_string(),
+        );
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or("has an IPv6 address without its closing ']'")?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace()) {
+        return Err("has no valid host".to_string());
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(port) if port > 0 => {}
+            _ => return Err(format!("has an invalid port '{port}'")),
+        }
+    }
+    Ok(Address { scheme, path })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +416,20 @@ mod tests {
         assert!(!is_identifier("gw.1", &['-', '_']));
         assert!(is_identifier("gw.1", &['-', '_', '.']));
         assert!(!is_identifier("参松", &['-', '_', '.']));
+    }
+
+    #[test]
+    fn addresses() {
+        let schemes = ["mqtt", "mqtts"];
+        assert!(parse_address("mqtt://127.0.0.1:1883", &schemes).is_ok());
+        assert!(parse_address("mqtts://broker.local", &schemes).is_ok());
+        assert!(parse_address("mqtt://[::1]:1883", &schemes).is_ok());
+        assert!(parse_address("tcp://127.0.0.1:1883", &schemes).is_err());
+        assert!(parse_address("127.0.0.1:1883", &schemes).is_err());
+        assert!(parse_address("mqtt://:1883", &schemes).is_err());
+        assert!(parse_address("mqtt://host:99999", &schemes).is_err());
+        assert!(parse_address("mqtt://user:pw@host", &schemes).is_err());
+        let address = parse_address("mqtt://hq:8883/posgw/batches", &schemes).expect("valid");
+        assert_eq!((address.scheme, address.path), ("mqtt", "/posgw/batches"));
     }
 }

@@ -1,10 +1,10 @@
 //! posgw's configuration: the gateway config file, its drop-ins, and device profiles.
 //!
-//! [`load`] turns `posgw.toml` into [`Settings`] in three stages, after zincati:
+//! [`load()`] turns `posgw.toml` into [`Settings`] in three stages, after zincati:
 //!
-//! 1. **Raw** (`raw`, `profile`): serde structs mirroring the TOML, every field optional,
-//!    unknown keys rejected (`unknown key 'baudrate' in [[device]], did you mean 'baud'?`),
-//!    every value wrapped with its file and byte span (`source::Located`).
+//! 1. **Raw**: serde structs mirroring the TOML, every field optional, unknown keys rejected
+//!    (`unknown key 'baudrate' in [[device]], did you mean 'baud'?`), every value wrapped with
+//!    its file and byte span (`source::Located`; `source` also turns serde's errors into ours).
 //! 2. **Merge** (`raw::RawConfig::merge`): the main file, then each `config.d/*.toml` beside it
 //!    in file-name order. Tables merge key by key (later wins), `[[device]]` and `[[campaign]]`
 //!    append, `[answer_codes]` merges key by key. Device profiles are loaded alongside: the
@@ -13,32 +13,48 @@
 //!    addresses), cross-field rules checked, relative paths resolved against the config file's
 //!    folder. Every problem is collected, not just the first.
 //!
+//! The code is cut by section, not by stage, like zincati's `Settings::validate` handing each
+//! part of its config to that part's own constructor: `sections/NAME.rs` holds everything about
+//! one table of the file (`sections/uplink.rs` for `[uplink]`, `sections/device.rs` for
+//! `[[device]]`): the table as written, how drop-ins merge over it, its settings type, its
+//! defaults and ranges, and its `validate`. So a new `[uplink]` key touches `uplink.rs` alone.
+//! The stage files only put the sections together: `raw` (the whole file as written), `validate`
+//! (walks the sections in order, handing each what it needs of the others) and `settings` (the
+//! whole [`Settings`] and its summary). `profile/` is the same pipeline for device profiles,
+//! split by job: `load` (built-in and `drivers.d/` files), `validate` (one file) and `settings`
+//! (the types). Around them: `load` (the pipeline), `check` (value checks the sections share),
+//! `units` (durations, sizes, escapes), `device_kind` (`Role` and `Transport`, which both a
+//! `[[device]]` and a profile use), `error`.
+//!
 //! Errors come back as one [`ConfigError`] listing `PATH:LINE:COL: message` lines, which
 //! `posgw check-config` prints as is (exit status 2).
 
 pub(crate) mod check;
-mod device;
+mod device_kind;
 mod error;
-mod flow;
 mod load;
 mod profile;
 mod raw;
+mod sections;
 mod settings;
 pub(crate) mod source;
 mod units;
 mod validate;
 
-pub use device::{Role, Transport};
+pub use device_kind::{Role, Transport};
 pub use error::{ConfigError, Diagnostic, Position};
-pub use flow::PrivacySettings;
 pub use load::load;
 pub use profile::{
     DecoderKind, EscposSettings, FlowControl, FramingSettings, LineSettings, Parity, PayloadFormat,
     PayloadSettings, Profile, ProfileSet,
 };
-pub use settings::{
-    ApiSettings, CampaignSettings, Compression, DeviceSettings, GatewaySettings, MqttSettings,
-    PromptOption, PromptSettings, SerialSettings, Settings, SkuPattern, TcpTapSettings,
-    UplinkSettings,
-};
+pub use sections::api::ApiSettings;
+pub use sections::campaign::{CampaignSettings, PromptOption, SkuPattern};
+pub use sections::device::{DeviceSettings, SerialSettings, TcpTapSettings};
+pub use sections::gateway::GatewaySettings;
+pub use sections::mqtt::MqttSettings;
+pub use sections::privacy::PrivacySettings;
+pub use sections::prompts::PromptSettings;
+pub use sections::uplink::{Compression, UplinkSettings};
+pub use settings::Settings;
 pub use units::{format_duration, format_size, parse_duration, parse_size};

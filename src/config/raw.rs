@@ -1,6 +1,9 @@
-//! Stage 1 and 2 of loading: the config file as written, and merging drop-ins into it.
+//! Stage 1 and 2 of loading: the config file as written, one field per section, and merging
+//! drop-ins into it.
 //!
-//! These structs mirror the TOML of docs/configuration.md one to one. Every field is optional
+//! Each section's table as written lives with its validation in `sections/` (`RawUplink` in
+//! `sections/uplink.rs`, …); this file puts them together into [`RawConfig`], the whole file.
+//! All of them mirror the TOML of docs/configuration.md one to one. Every field is optional
 //! (defaults and "required" are decided in validation, where the error can say which key is
 //! missing and where), every value keeps its position ([`Located`]), and unknown keys are
 //! rejected. Values whose syntax we check ourselves (durations, sizes, dates, enums) are kept
@@ -8,19 +11,22 @@
 //! stops at its first error, validation does not.
 //!
 //! Merging ([`RawConfig::merge`]) applies a later file over an earlier one: tables merge key by
-//! key (the later file's key wins), arrays of tables (`[[device]]`, `[[campaign]]`) append, and
-//! `[answer_codes]` merges key by key.
-
-use std::collections::BTreeMap;
+//! key (the later file's key wins, each section saying how in its `MergeLater`), arrays of
+//! tables (`[[device]]`, `[[campaign]]`, `[[flow]]`) append, and `[answer_codes]` merges key by key.
 
 use serde::Deserialize;
 
-use super::source::{Located, MergeLater};
-
-/// A duration as written (a string like `"250ms"`), checked in validation.
-pub(crate) type DurationText = Located<toml::Value>;
-/// A size as written (a string like `"1MiB"` or an integer of bytes), checked in validation.
-pub(crate) type SizeValue = Located<toml::Value>;
+use super::sections::answer_codes::RawAnswerCodes;
+use super::sections::api::RawApi;
+use super::sections::campaign::RawCampaign;
+use super::sections::device::RawDevice;
+use super::sections::flow::RawFlow;
+use super::sections::gateway::RawGateway;
+use super::sections::mqtt::RawMqtt;
+use super::sections::privacy::RawPrivacy;
+use super::sections::prompts::RawPrompts;
+use super::sections::uplink::RawUplink;
+use super::source::{append, merge_table, Located, MergeLater};
 
 /// A whole config file: the main file or one drop-in.
 #[derive(Debug, Default, Deserialize)]
@@ -37,216 +43,30 @@ pub(crate) struct RawConfig {
     /// `[[campaign]]`: attribution campaigns.
     pub campaign: Option<Vec<Located<RawCampaign>>>,
     /// `[answer_codes]`: scanned code -> option key.
-    pub answer_codes: Option<Located<BTreeMap<String, Located<String>>>>,
+    pub answer_codes: Option<Located<RawAnswerCodes>>,
     /// `[uplink]`: forwarding to HQ.
     pub uplink: Option<Located<RawUplink>>,
     /// `[prompts]`: how attribution prompts behave (an extension of the contract).
     pub prompts: Option<Located<RawPrompts>>,
     /// `[[flow]]`: consultation flows.
-    pub flow: Option<Vec<Located<super::flow::RawFlow>>>,
+    pub flow: Option<Vec<Located<RawFlow>>>,
     /// `[privacy]`: how customers are named.
-    pub privacy: Option<Located<super::flow::RawPrivacy>>,
-}
-
-/// `[prompts]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawPrompts {
-    /// Preset reasons offered when the clerk skips a prompt.
-    pub skip_reasons: Option<Located<Vec<Located<String>>>>,
-    /// How long after a prompt a sale line of the same SKU at the same station is linked to it.
-    pub sale_link_window: Option<DurationText>,
-}
-
-/// `[gateway]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawGateway {
-    /// Store code; required.
-    pub store: Option<Located<String>>,
-    /// Gateway id; default: the host name.
-    pub id: Option<Located<String>>,
-    /// Journal and state folder; default `/var/lib/posgw`.
-    pub data_dir: Option<Located<String>>,
-    /// Longest wait for fsync; default `"50ms"`.
-    pub flush: Option<DurationText>,
-}
-
-/// `[api]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawApi {
-    /// Address to bind; default `127.0.0.1:7380`.
-    pub listen: Option<Located<String>>,
-    /// Host names the API answers to besides IP addresses, localhost and the machine's name.
-    pub hosts: Option<Located<Vec<Located<String>>>>,
-}
-
-/// One `[[device]]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawDevice {
-    /// Unique device id; required.
-    pub id: Option<Located<String>>,
-    /// `scanner` or `register`; required.
-    pub role: Option<Located<String>>,
-    /// `serial` or `mqtt`; required.
-    pub transport: Option<Located<String>>,
-    /// Station (counter) name; default `main`.
-    pub station: Option<Located<String>>,
-    /// Device profile name; required.
-    pub profile: Option<Located<String>>,
-    /// Serial device path (serial only).
-    pub path: Option<Located<String>>,
-    /// Baud rate override (serial only).
-    pub baud: Option<Located<i64>>,
-    /// Path to re-emit every byte on (serial only).
-    pub passthrough: Option<Located<String>>,
-    /// MQTT topic (mqtt only).
-    pub topic: Option<Located<String>>,
-    /// Address the network printer tap listens on for the register (tcp only).
-    pub listen: Option<Located<String>>,
-    /// The network printer's `host:port` (tcp only).
-    pub printer_addr: Option<Located<String>>,
-    /// Most register connections the tap serves at once (tcp only).
-    pub max_connections: Option<Located<i64>>,
-}
-
-/// `[mqtt]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawMqtt {
-    /// Broker URL; required when the section is present.
-    pub url: Option<Located<String>>,
-    /// Broker user name.
-    pub username: Option<Located<String>>,
-    /// File holding the broker password.
-    pub password_file: Option<Located<String>>,
-    /// Largest device message read whole (a size).
-    pub max_message: Option<SizeValue>,
-}
-
-/// One `[[campaign]]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawCampaign {
-    /// Unique campaign id; required.
-    pub id: Option<Located<String>>,
-    /// Exact codes or prefixes ending in `*`; required, non-empty.
-    pub skus: Option<Located<Vec<Located<String>>>>,
-    /// The question shown to the clerk; required.
-    pub question: Option<Located<String>>,
-    /// The answers offered; required, non-empty.
-    pub options: Option<Located<Vec<Located<RawOption>>>>,
-    /// How long a prompt stays open; default `"120s"`.
-    pub timeout: Option<DurationText>,
-    /// First valid day (a `"YYYY-MM-DD"` string or a TOML date).
-    pub starts: Option<Located<toml::Value>>,
-    /// Last valid day (a `"YYYY-MM-DD"` string or a TOML date).
-    pub ends: Option<Located<toml::Value>>,
-}
-
-/// One entry of a campaign's `options` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawOption {
-    /// Machine key of the answer (`doctor`).
-    pub key: Option<Located<String>>,
-    /// What the clerk sees (`医生推荐`).
-    pub label: Option<Located<String>>,
-}
-
-/// `[uplink]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawUplink {
-    /// HQ endpoint; required when the section is present.
-    pub endpoint: Option<Located<String>>,
-    /// File holding the bearer token.
-    pub token_file: Option<Located<String>>,
-    /// Most records per batch; default 1000.
-    pub batch_max_records: Option<Located<i64>>,
-    /// Most bytes per batch; default `"1MiB"`.
-    pub batch_max_bytes: Option<SizeValue>,
-    /// Longest a record waits for its batch; default `"1s"`.
-    pub batch_max_age: Option<DurationText>,
-    /// `none`, `gzip` or `zstd`; default `gzip`.
-    pub compression: Option<Located<String>>,
-    /// Journal size cap; default `"2GiB"`.
-    pub max_journal_bytes: Option<SizeValue>,
-}
-
-/// Replaces `earlier` with `later` when `later` was written.
-fn overlay<T>(earlier: &mut Option<T>, later: Option<T>) {
-    if later.is_some() {
-        *earlier = later;
-    }
-}
-
-/// Merges a later table into an earlier one key by key; the earlier table keeps its position.
-fn merge_table<T>(
-    earlier: &mut Option<Located<T>>,
-    later: Option<Located<T>>,
-    merge: impl FnOnce(&mut T, T),
-) {
-    match (earlier.as_mut(), later) {
-        (Some(earlier), Some(later)) => merge(&mut earlier.value, later.value),
-        (None, Some(later)) => *earlier = Some(later),
-        (_, None) => {}
-    }
+    pub privacy: Option<Located<RawPrivacy>>,
 }
 
 impl MergeLater for RawConfig {
     /// Applies a later file (a drop-in) over this one.
     fn merge(&mut self, later: RawConfig) {
-        merge_table(&mut self.gateway, later.gateway, |earlier, later| {
-            overlay(&mut earlier.store, later.store);
-            overlay(&mut earlier.id, later.id);
-            overlay(&mut earlier.data_dir, later.data_dir);
-            overlay(&mut earlier.flush, later.flush);
-        });
-        merge_table(&mut self.api, later.api, |earlier, later| {
-            overlay(&mut earlier.listen, later.listen);
-            overlay(&mut earlier.hosts, later.hosts);
-        });
-        merge_table(&mut self.prompts, later.prompts, |earlier, later| {
-            overlay(&mut earlier.skip_reasons, later.skip_reasons);
-            overlay(&mut earlier.sale_link_window, later.sale_link_window);
-        });
-        if let Some(devices) = later.device {
-            self.device.get_or_insert_with(Vec::new).extend(devices);
-        }
-        merge_table(&mut self.mqtt, later.mqtt, |earlier, later| {
-            overlay(&mut earlier.url, later.url);
-            overlay(&mut earlier.username, later.username);
-            overlay(&mut earlier.password_file, later.password_file);
-            overlay(&mut earlier.max_message, later.max_message);
-        });
-        if let Some(campaigns) = later.campaign {
-            self.campaign.get_or_insert_with(Vec::new).extend(campaigns);
-        }
-        if let Some(flows) = later.flow {
-            self.flow.get_or_insert_with(Vec::new).extend(flows);
-        }
-        merge_table(&mut self.privacy, later.privacy, |earlier, later| {
-            overlay(&mut earlier.customer_key_file, later.customer_key_file);
-        });
-        merge_table(
-            &mut self.answer_codes,
-            later.answer_codes,
-            |earlier, later| {
-                earlier.extend(later);
-            },
-        );
-        merge_table(&mut self.uplink, later.uplink, |earlier, later| {
-            overlay(&mut earlier.endpoint, later.endpoint);
-            overlay(&mut earlier.token_file, later.token_file);
-            overlay(&mut earlier.batch_max_records, later.batch_max_records);
-            overlay(&mut earlier.batch_max_bytes, later.batch_max_bytes);
-            overlay(&mut earlier.batch_max_age, later.batch_max_age);
-            overlay(&mut earlier.compression, later.compression);
-            overlay(&mut earlier.max_journal_bytes, later.max_journal_bytes);
-        });
+        merge_table(&mut self.gateway, later.gateway);
+        merge_table(&mut self.api, later.api);
+        merge_table(&mut self.prompts, later.prompts);
+        append(&mut self.device, later.device);
+        merge_table(&mut self.mqtt, later.mqtt);
+        append(&mut self.campaign, later.campaign);
+        merge_table(&mut self.answer_codes, later.answer_codes);
+        merge_table(&mut self.uplink, later.uplink);
+        append(&mut self.flow, later.flow);
+        merge_table(&mut self.privacy, later.privacy);
     }
 }
 

@@ -13,6 +13,9 @@
 //! Deserialisation runs through `serde_path_to_error`, which tells us which key an error is
 //! about; that turns serde's "unknown field `baudrate`, expected one of …" into
 //! `unknown key 'baudrate' in [[device]], did you mean 'baud'?`.
+//!
+//! It also reads a file with its `config.d/` drop-ins and merges them ([`read_merged`],
+//! [`MergeLater`]); `mergeable_table!` gives a section's table its key-by-key merge.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -48,6 +51,11 @@ pub(crate) struct Located<T> {
     /// Where the value was written (for a table: its header through its last key).
     pub span: Span,
 }
+
+/// A duration as written (a string like `"250ms"`), checked in validation.
+pub(crate) type DurationText = Located<toml::Value>;
+/// A size as written (a string like `"1MiB"` or an integer of bytes), checked in validation.
+pub(crate) type SizeValue = Located<toml::Value>;
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -352,10 +360,62 @@ impl Report {
     }
 }
 
-/// A raw configuration that a later file (a `config.d` drop-in) can be applied over.
+/// A raw configuration, or one table of it, that a later file (a `config.d` drop-in) can be
+/// applied over.
 pub(crate) trait MergeLater {
     /// Applies `later` over `self`: tables key by key, arrays of tables appended.
     fn merge(&mut self, later: Self);
+}
+
+/// Replaces `earlier` with `later` when `later` was written: one key of a table.
+pub(crate) fn overlay<T>(earlier: &mut Option<T>, later: Option<T>) {
+    if later.is_some() {
+        *earlier = later;
+    }
+}
+
+/// Declares a config table as written, given as an ordinary struct of `Option` fields (with its
+/// derives and serde attributes), and implements [`MergeLater`] for it: each key a later file
+/// sets replaces the earlier one ([`overlay`]). Written once, a field is both read and merged,
+/// so a new key cannot be forgotten by the merge.
+macro_rules! mergeable_table {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$field_meta:meta])* $field_vis:vis $field:ident: $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$field_meta])* $field_vis $field: $ty, )*
+        }
+
+        impl $crate::config::source::MergeLater for $name {
+            fn merge(&mut self, later: Self) {
+                $( $crate::config::source::overlay(&mut self.$field, later.$field); )*
+            }
+        }
+    };
+}
+pub(crate) use mergeable_table;
+
+/// Merges a later table into an earlier one key by key; the earlier table keeps its position.
+pub(crate) fn merge_table<T: MergeLater>(
+    earlier: &mut Option<Located<T>>,
+    later: Option<Located<T>>,
+) {
+    match (earlier.as_mut(), later) {
+        (Some(earlier), Some(later)) => earlier.value.merge(later.value),
+        (None, Some(later)) => *earlier = Some(later),
+        (_, None) => {}
+    }
+}
+
+/// Appends a later file's array of tables (`[[device]]`) to an earlier one's.
+pub(crate) fn append<T>(earlier: &mut Option<Vec<T>>, later: Option<Vec<T>>) {
+    if let Some(later) = later {
+        earlier.get_or_insert_with(Vec::new).extend(later);
+    }
 }
 
 /// A configuration file and its `config.d/*.toml` drop-ins, parsed and merged (stages 1 and 2).
@@ -535,7 +595,7 @@ fn section_name(path: &[KeyStep]) -> String {
     }
 }
 
-/// "in [gateway]" or "at top level".
+/// "in \[gateway\]" or "at top level".
 fn where_in(path: &[KeyStep]) -> String {
     match section_name(path).as_str() {
         "top level" => "at top level".to_string(),

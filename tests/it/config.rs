@@ -190,14 +190,7 @@ mod shipped {
     #[test]
     fn example_commented_out_sections_are_valid_when_enabled() {
         let text = std::fs::read_to_string(repo_file("config/posgw.toml")).expect("example config");
-        let enabled: String = text
-            .lines()
-            .map(|line| match line.strip_prefix("# ") {
-                Some(rest) if rest.starts_with('[') || is_assignment(rest) => rest,
-                _ => line,
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
+        let enabled = uncommented(&text, true);
         assert!(
             enabled.contains("\n[uplink]\n") && enabled.contains("\n[mqtt]\n"),
             "sections were uncommented"
@@ -207,7 +200,10 @@ mod shipped {
         let fixture = Fixture::new(&enabled);
         fixture.write("hq.token", "store-token\n");
         fixture.write("mqtt.password", "secret\n");
+        fixture.write("customer.key", "a key of sixteen bytes or more\n");
         let settings = fixture.load();
+        assert_eq!(settings.flows[0].hold, Some(2));
+        assert!(settings.privacy.customer_key_file.is_some());
         let ids: Vec<&str> = settings
             .devices
             .iter()
@@ -237,6 +233,59 @@ mod shipped {
         assert_eq!(uplink.batch_max_bytes, 1024 * 1024);
         assert_eq!(uplink.max_journal_bytes, 2 * 1024 * 1024 * 1024);
         assert_eq!(uplink.compression, Compression::Gzip);
+    }
+
+    /// `text` with its commented-out keys (`# key = …`), and with `headers` its commented-out
+    /// table headers (`# [uplink]`), written in.
+    fn uncommented(text: &str, headers: bool) -> String {
+        text.lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if (headers && rest.starts_with('[')) || is_assignment(rest) => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
+    /// The HQ example validates, with its commented-out keys enabled and the token files it
+    /// names (under /etc) written into a temp folder. Its comments hold `[uplink]` as a word,
+    /// so only keys are uncommented here.
+    #[test]
+    fn hq_example_validates_with_every_key_enabled() {
+        let text = std::fs::read_to_string(repo_file("config/hq.toml")).expect("hq example");
+        let enabled = uncommented(&text, false);
+        assert!(
+            enabled.contains("\nbody_budget = "),
+            "keys were uncommented"
+        );
+        let fixture = Fixture::new("");
+        fixture.write("hq.toml", &enabled.replace("\"/etc/posgw/", "\""));
+        fixture.write("hq-admin.token", "admin-token\n");
+        fixture.write("stores/WZ-LC-001.token", "token-1\n");
+        fixture.write("stores/WZ-LC-002.token", "token-2\n");
+        let settings = posgw::hq::load_config(&fixture.dir.path().join("hq.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(settings.body_budget, Some(64 * 1024 * 1024));
+        assert_eq!(settings.admin_token.as_deref(), Some("admin-token"));
+        let codes: Vec<&str> = settings.stores.iter().map(|s| s.code.as_str()).collect();
+        assert_eq!(codes, ["WZ-LC-001", "WZ-LC-002"]);
+    }
+
+    /// Every file of `config/` is one the tests above load: a new example gets a test too.
+    #[test]
+    fn every_shipped_config_is_tested() {
+        let mut names: Vec<String> = std::fs::read_dir(repo_file("config"))
+            .expect("config folder")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["hq.toml", "minimal.toml", "posgw.toml"]);
     }
 
     fn is_assignment(line: &str) -> bool {
@@ -1677,5 +1726,113 @@ profile = "escpos-tap"
         };
         let fixture = Fixture::new(&format!("{BASE}{}{}", tap("p1"), tap("p2")));
         fixture.single_error("'listen' address 0.0.0.0:9100 is already used by device 'p1'");
+    }
+}
+
+mod flows {
+    use super::*;
+
+    /// The docs' five-step flow, to append to [`BASE`].
+    const FLOW: &str = r#"
+[[flow]]
+id = "rx-5step"
+name = "处方推荐五步法"
+skus = ["6901234567892", "69012345*"]
+steps = [
+  { key = "consult",   label = "客户问诊" },
+  { key = "symptoms",  label = "症状记录", choose = ["高血压", "心悸", "失眠", "胸闷"], multi = true },
+  { key = "recommend", label = "药品推荐", auto = "scan" },
+  { key = "insurance", label = "医保核验", choose = ["通过", "未通过", "自费"], auto = "sale" },
+  { key = "guidance",  label = "用药指导" },
+]
+skip_reasons = ["客户明确拒绝", "复购老客", "紧急情况"]
+hold = "recommend"
+hold_timeout = "90s"
+"#;
+
+    #[test]
+    fn the_five_step_flow_loads_with_its_hold_and_defaults() {
+        let settings = Fixture::new(&format!("{BASE}{FLOW}")).load();
+        let [flow] = &settings.flows[..] else {
+            panic!("one flow: {:?}", settings.flows)
+        };
+        assert_eq!(flow.id, "rx-5step");
+        assert_eq!(flow.steps.len(), 5);
+        assert_eq!(flow.hold, Some(2));
+        assert_eq!(flow.hold_timeout, Duration::from_secs(90));
+        assert_eq!(flow.timeout, Duration::from_secs(30 * 60));
+        assert!(flow.steps[1].multi);
+        assert_eq!(flow.steps[3].choose[0], "通过");
+        assert!(settings.privacy.customer_key_file.is_none());
+    }
+
+    #[test]
+    fn flow_mistakes_are_reported_at_their_position() {
+        let text = format!(
+            "{BASE}{CAMPAIGN}{}",
+            FLOW.replace("id = \"rx-5step\"", "id = \"xinsong-2026q4\"")
+                .replace("hold = \"recommend\"", "hold = \"recomend\"")
+                .replace("auto = \"scan\"", "auto = \"scna\"")
+                .replace("\"失眠\", \"胸闷\"", "\"失眠\", \"失眠\"")
+        );
+        let errors = Fixture::new(&text).errors();
+        let expected = [
+            "posgw.toml:24:69: 'choose' of a step in [[flow]] lists '失眠' twice",
+            "posgw.toml:25:47: 'auto' of a step in [[flow]] must be one of scan, sale, found 'scna', did you mean 'scan'?",
+            "posgw.toml:30:8: 'hold' in [[flow]] names no step: 'recomend' (steps: consult, symptoms, recommend, insurance, guidance)",
+        ];
+        for line in expected {
+            assert!(
+                errors.iter().any(|error| error == line),
+                "{line}\nnot in {errors:#?}"
+            );
+        }
+        // The duplicate id is only judged for a flow that is otherwise valid.
+        let duplicate = Fixture::new(&format!(
+            "{BASE}{CAMPAIGN}{}",
+            FLOW.replace("id = \"rx-5step\"", "id = \"xinsong-2026q4\"")
+        ))
+        .single_error("duplicate id 'xinsong-2026q4' in [[flow]]");
+        assert!(duplicate.starts_with("posgw.toml:19:6:"), "{duplicate}");
+        assert!(
+            duplicate.contains("first defined at posgw.toml:13:6"),
+            "{duplicate}"
+        );
+    }
+
+    #[test]
+    fn a_hold_on_the_first_step_and_a_sale_step_without_two_values_are_refused() {
+        let text = format!(
+            "{BASE}{}",
+            FLOW.replace("hold = \"recommend\"", "hold = \"consult\"")
+                .replace(
+                    "choose = [\"通过\", \"未通过\", \"自费\"]",
+                    "choose = [\"通过\"]"
+                )
+        );
+        let errors = Fixture::new(&text).errors();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0].contains("needs a 'choose' list whose first two values"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].contains("names the first step 'consult'"),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn the_customer_key_file_must_exist() {
+        let fixture = Fixture::new(&format!(
+            "{BASE}\n[privacy]\ncustomer_key_file = \"customer.key\"\n"
+        ));
+        fixture.single_error("cannot read 'customer_key_file' in [privacy]");
+        fixture.write("customer.key", "a secret of sixteen bytes or more\n");
+        let settings = fixture.load();
+        assert!(settings
+            .privacy
+            .customer_key_file
+            .is_some_and(|path| path.ends_with("customer.key")));
     }
 }

@@ -1,96 +1,23 @@
-//! Device profiles: what a kind of device speaks, as data.
-//!
-//! A profile says which roles and transports it serves, which decoder turns its frames or
-//! messages into records, the serial line defaults, how a serial byte stream is cut into frames,
-//! how an MQTT payload is read, and (for receipt-printer taps) how ESC/POS text is decoded and
-//! mined. Profiles are TOML files: the ones in the repository's `drivers/` folder are built into
-//! the binary ([`BUILT_IN`]); a `drivers.d/` folder beside the config file adds profiles or
-//! replaces a built-in one of the same name.
-//!
-//! # Format
-//!
-//! ```toml
-//! name = "generic-scanner"          # default: the file name without .toml
-//! description = "…"
-//! roles = ["scanner"]               # scanner | register (required)
-//! transports = ["serial"]           # serial | mqtt | tcp (required; tcp: escpos only)
-//! decoder = "scan"                  # scan | json-sale | escpos (required); scan needs the scanner
-//!                                   #   role, json-sale and escpos the register role
-//! requires_passthrough = false      # devices using it must set `passthrough` (a printer tap)
-//!
-//! [serial]                          # line defaults; only with the serial transport
-//! baud = 9600                       # default 9600
-//! data_bits = 8                     # 5..8, default 8
-//! parity = "none"                   # none | odd | even, default none
-//! stop_bits = 1                     # 1 | 2, default 1
-//! flow_control = "none"             # none | software | hardware, default none
-//!
-//! [framing]                         # how serial bytes become frames; only with the serial transport
-//! terminators = ["cr", "lf"]        # any of cr, lf (CR LF counts once); [] for none; default both
-//! suffix = ""                       # a custom terminator; escapes \t \r \n \\ \xNN; default none
-//! strip_prefix = ""                 # removed from the start of a frame when present; default none
-//! idle_gap = "80ms"                 # a frame also ends after this much silence; "0s" (default) disables
-//! max_frame = 4096                  # longest frame in bytes (or a size like "64KiB"); default 4096
-//!
-//! [payload]                         # how an MQTT message is read; only with the mqtt transport
-//! format = "auto"                   # auto (JSON object when it parses as one, else text) | text | json
-//! code_field = "code"               # JSON field with the scanned data (AIM id included), default "code"
-//! symbology_field = "symbology"     # JSON field with the AIM id when sent apart, default "symbology"
-//!
-//! [escpos]                          # ESC/POS receipt decoding; only with decoder = "escpos"
-//! encoding = "gb18030"              # gb18030 | utf-8, default gb18030
-//! chinese_mode = true               # FS & assumed on at start, default true
-//! cr_ends_line = false              # some registers end lines with CR alone, default false
-//! max_receipt = "256KiB"            # a receipt without a cut is closed at this size (default 256KiB)
-//! receipt_timeout = "60s"           # ... or after this much silence with text pending (default 60s)
-//! [escpos.patterns]                 # regexes applied to each decoded line; all optional
-//! receipt = 'No[.:：]\s*(\S+)'     # capture group 1 = receipt number
-//! clerk = '收银员[:：]\s*(\S+)'     # capture group 1 = clerk
-//! total = '合计[:：]?\s*([0-9.]+)'   # capture group 1 = total
-//! line = '(?P<name>\S+)\s+(?P<qty>\d+)\s+(?P<amount>[0-9.]+)'  # named groups: sku name qty unit_price amount
-//! ```
-//!
-//! Every section is optional and every key has a default, so a new kind of device is a new
-//! file: adding `mqtt-scanner`, `json-register` or `escpos-tap` changes no existing profile.
-//! Unknown keys and sections are errors, like in the config file.
+//! Reading one device profile file into a [`Profile`]: the file as written (serde structs of
+//! located values, unknown keys and sections rejected), defaults, ranges, and the rules across
+//! keys (a decoder serves one role, each section applies to a transport or decoder). Every
+//! problem is reported with its position, like in the config file.
 
-use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::decode::escpos::{self, Patterns, TextEncoding};
+use crate::config::check;
+use crate::config::device_kind::{Role, Transport};
+use crate::config::source::{DurationText, Located, Report, SizeValue, Span};
+use crate::config::units;
+use crate::decode::escpos::TextEncoding;
 
-use super::check;
-use super::device::{Role, Transport};
-use super::raw::{DurationText, SizeValue};
-use super::source::{Located, Report};
-use super::units;
-
-/// The profiles built into the binary: file name in `drivers/` and its text.
-///
-/// Add a line here for every new file in `drivers/`; the unit tests check that each parses.
-pub(crate) const BUILT_IN: &[(&str, &str)] = &[
-    (
-        "generic-scanner.toml",
-        include_str!("../../drivers/generic-scanner.toml"),
-    ),
-    (
-        "escpos-tap.toml",
-        include_str!("../../drivers/escpos-tap.toml"),
-    ),
-    (
-        "mqtt-scanner.toml",
-        include_str!("../../drivers/mqtt-scanner.toml"),
-    ),
-    (
-        "json-register.toml",
-        include_str!("../../drivers/json-register.toml"),
-    ),
-];
+use super::settings::{
+    DecoderKind, EscposSettings, FlowControl, FramingSettings, LineSettings, Parity, PayloadFormat,
+    PayloadSettings, Profile,
+};
 
 /// `[framing] idle_gap`: "0s" disables it; a minute of silence is no longer one frame.
 const IDLE_GAP_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(60);
@@ -106,259 +33,6 @@ const RECEIPT_TIMEOUT_RANGE: RangeInclusive<Duration> =
 
 /// Group separator: the GS1 field separator, never a frame boundary.
 const GS: u8 = 0x1D;
-
-/// Every profile known, by name.
-#[derive(Debug, Clone, Default)]
-pub struct ProfileSet {
-    /// Profiles by name; a `BTreeMap` so listings come out sorted.
-    profiles: BTreeMap<String, Arc<Profile>>,
-}
-
-impl ProfileSet {
-    /// The profile of that name.
-    pub fn get(&self, name: &str) -> Option<Arc<Profile>> {
-        self.profiles.get(name).cloned()
-    }
-
-    /// Every profile name, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.profiles.keys().map(String::as_str)
-    }
-
-    /// Every profile, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Profile>> {
-        self.profiles.values()
-    }
-
-    /// Only the built-in profiles (what a gateway without a `drivers.d/` folder knows).
-    pub fn built_in() -> Result<ProfileSet, super::ConfigError> {
-        let mut report = Report::default();
-        let profiles = load_profiles(&mut report, None);
-        report.finish(profiles)
-    }
-}
-
-/// One device profile.
-#[derive(Debug, Clone)]
-pub struct Profile {
-    /// Name devices refer to it by (`generic-scanner`).
-    pub name: String,
-    /// One line for people.
-    pub description: String,
-    /// Roles a device using it may have.
-    pub roles: Vec<Role>,
-    /// Transports a device using it may use.
-    pub transports: Vec<Transport>,
-    /// What turns a frame or message into records.
-    pub decoder: DecoderKind,
-    /// Serial line defaults (a device may override `baud`).
-    pub line: LineSettings,
-    /// How a serial byte stream is cut into frames.
-    pub framing: FramingSettings,
-    /// How an MQTT payload is read.
-    pub payload: PayloadSettings,
-    /// ESC/POS decoding settings; `Some` exactly when `decoder` is `Escpos`.
-    pub escpos: Option<EscposSettings>,
-    /// Whether a device using this profile must set `passthrough` (a printer tap would otherwise eat receipts).
-    pub requires_passthrough: bool,
-    /// Where it came from: `built-in` or the file path.
-    pub source: String,
-}
-
-impl Profile {
-    /// Whether a device with this role may use the profile.
-    pub fn supports_role(&self, role: Role) -> bool {
-        self.roles.contains(&role)
-    }
-
-    /// Whether a device with this transport may use the profile.
-    pub fn supports_transport(&self, transport: Transport) -> bool {
-        self.transports.contains(&transport)
-    }
-}
-
-/// What turns a frame or message into records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecoderKind {
-    /// Scanned codes: AIM identifier, GS1, traceability codes -> `scan` records.
-    Scan,
-    /// One JSON sale per frame or message -> `sale` records.
-    JsonSale,
-    /// ESC/POS printer stream -> one `sale` record per paper cut.
-    Escpos,
-}
-
-impl DecoderKind {
-    /// The profile spelling: `scan`, `json-sale` or `escpos`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecoderKind::Scan => "scan",
-            DecoderKind::JsonSale => "json-sale",
-            DecoderKind::Escpos => "escpos",
-        }
-    }
-}
-
-/// Serial parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parity {
-    /// No parity bit.
-    None,
-    /// Odd parity.
-    Odd,
-    /// Even parity.
-    Even,
-}
-
-/// Serial flow control.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlowControl {
-    /// None.
-    None,
-    /// XON/XOFF.
-    Software,
-    /// RTS/CTS.
-    Hardware,
-}
-
-/// Serial line settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineSettings {
-    /// Bits per second.
-    pub baud: u32,
-    /// Data bits, 5 to 8.
-    pub data_bits: u8,
-    /// Parity.
-    pub parity: Parity,
-    /// Stop bits, 1 or 2.
-    pub stop_bits: u8,
-    /// Flow control.
-    pub flow_control: FlowControl,
-}
-
-impl Default for LineSettings {
-    /// 9600 8N1, no flow control: what most scanners ship with.
-    fn default() -> Self {
-        LineSettings {
-            baud: 9600,
-            data_bits: 8,
-            parity: Parity::None,
-            stop_bits: 1,
-            flow_control: FlowControl::None,
-        }
-    }
-}
-
-/// How a serial byte stream is cut into frames.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FramingSettings {
-    /// CR ends a frame (CR LF counts once when `lf` is also set).
-    pub cr: bool,
-    /// LF ends a frame.
-    pub lf: bool,
-    /// A custom terminator, when set; never empty.
-    pub suffix: Option<Vec<u8>>,
-    /// Removed from the start of a frame when present; never empty.
-    pub strip_prefix: Option<Vec<u8>>,
-    /// A frame also ends after this much silence; `None` when disabled ("0s").
-    pub idle_gap: Option<Duration>,
-    /// Longest frame in bytes; longer input is reported as a bad frame.
-    pub max_frame: usize,
-}
-
-impl Default for FramingSettings {
-    /// CR, LF or CR LF terminated, no idle gap, 4096-byte frames.
-    fn default() -> Self {
-        FramingSettings {
-            cr: true,
-            lf: true,
-            suffix: None,
-            strip_prefix: None,
-            idle_gap: None,
-            max_frame: 4096,
-        }
-    }
-}
-
-/// How an MQTT payload is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PayloadSettings {
-    /// Plain text, JSON, or decide per message.
-    pub format: PayloadFormat,
-    /// JSON field holding the scanned data (AIM identifier included when sent).
-    pub code_field: String,
-    /// JSON field holding the AIM identifier when sent apart.
-    pub symbology_field: String,
-}
-
-impl Default for PayloadSettings {
-    /// Auto-detected, fields `code` and `symbology` (docs/configuration.md's mqtt-scanner).
-    fn default() -> Self {
-        PayloadSettings {
-            format: PayloadFormat::Auto,
-            code_field: "code".into(),
-            symbology_field: "symbology".into(),
-        }
-    }
-}
-
-/// What an MQTT payload is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PayloadFormat {
-    /// A JSON object when it parses as one, else plain text.
-    Auto,
-    /// Always plain text.
-    Text,
-    /// Always JSON.
-    Json,
-}
-
-/// ESC/POS receipt decoding.
-#[derive(Debug, Clone)]
-pub struct EscposSettings {
-    /// Text encoding of bytes >= 0x80 in Chinese mode.
-    pub encoding: TextEncoding,
-    /// Whether Chinese mode (`FS &`) is on at start.
-    pub chinese_mode: bool,
-    /// Whether CR alone ends a line (otherwise CR is ignored).
-    pub cr_ends_line: bool,
-    /// Printer bytes after which a receipt that never saw a cut is closed; also the longest
-    /// image or other command payload trusted (a longer length is taken as garbled).
-    pub max_receipt: usize,
-    /// Silence after which a receipt that never saw a cut is closed.
-    pub receipt_timeout: Duration,
-    /// Patterns that pull fields out of the decoded lines.
-    pub patterns: Patterns,
-}
-
-impl From<&EscposSettings> for escpos::Options {
-    /// What the decoder needs of `[escpos]` (the timeout and patterns are for its caller).
-    fn from(settings: &EscposSettings) -> Self {
-        escpos::Options {
-            encoding: settings.encoding,
-            chinese_mode: settings.chinese_mode,
-            cr_ends_line: settings.cr_ends_line,
-            max_receipt: settings.max_receipt,
-        }
-    }
-}
-
-impl Default for EscposSettings {
-    /// The documented defaults of `[escpos]`: GB18030, Chinese mode on, CR ignored, 256KiB, 60s,
-    /// no patterns.
-    fn default() -> Self {
-        let decoder = escpos::Options::default();
-        EscposSettings {
-            encoding: decoder.encoding,
-            chinese_mode: decoder.chinese_mode,
-            cr_ends_line: decoder.cr_ends_line,
-            max_receipt: decoder.max_receipt,
-            receipt_timeout: Duration::from_secs(60),
-            patterns: Patterns::default(),
-        }
-    }
-}
-
 /// Group names the `line` pattern may use.
 const LINE_GROUPS: &[&str] = &["sku", "name", "qty", "unit_price", "amount"];
 
@@ -464,52 +138,8 @@ struct RawPatterns {
     line: Option<Located<String>>,
 }
 
-/// Loads the built-in profiles, then every `*.toml` of `drivers_dir` (when given and present).
-///
-/// A file in `drivers_dir` replaces the built-in profile of the same name; two files there with
-/// the same name are an error. Problems go to `report`; broken profiles are left out.
-pub(crate) fn load_profiles(report: &mut Report, drivers_dir: Option<&Path>) -> ProfileSet {
-    let mut set = ProfileSet::default();
-    for (file_name, text) in BUILT_IN {
-        let file = report.add_file(
-            PathBuf::from(format!("built-in:drivers/{file_name}")),
-            text.to_string(),
-        );
-        if let Some(profile) = load_profile(report, file, file_name, "built-in".to_string()) {
-            set.profiles.insert(profile.name.clone(), Arc::new(profile));
-        }
-    }
-    let Some(dir) = drivers_dir else { return set };
-    // Which drivers.d file defined each name, to catch two files claiming one name.
-    let mut defined_here: BTreeMap<String, usize> = BTreeMap::new();
-    for path in super::source::toml_files_in(report, dir) {
-        let Some(file) = report.read_file(&path) else {
-            continue;
-        };
-        let file_name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Some(profile) = load_profile(report, file, &file_name, path.display().to_string())
-        else {
-            continue;
-        };
-        if let Some(&earlier) = defined_here.get(&profile.name) {
-            let earlier = report.path(earlier).display().to_string();
-            report.error(
-                &report.file_start(file),
-                format!("profile '{}' is already defined in {earlier}", profile.name),
-            );
-            continue;
-        }
-        defined_here.insert(profile.name.clone(), file);
-        set.profiles.insert(profile.name.clone(), Arc::new(profile));
-    }
-    set
-}
-
 /// Parses and validates one registered profile file.
-fn load_profile(
+pub(super) fn load_profile(
     report: &mut Report,
     file: usize,
     file_name: &str,
@@ -520,7 +150,7 @@ fn load_profile(
     let whole_file = report.file_start(file);
 
     let name = match &raw.name {
-        Some(name) => check::identifier(report, name, "'name'", &['-', '_', '.']),
+        Some(name) => check::identifier(report, name, "'name'", check::ID_EXTRA),
         None => Some(file_name.trim_end_matches(".toml").to_string()),
     };
     let description = raw
@@ -670,7 +300,7 @@ fn list<T: Copy + PartialEq>(
     report: &mut Report,
     value: Option<&Located<Vec<Located<String>>>>,
     what: &str,
-    whole_file: &super::source::Span,
+    whole_file: &Span,
     choices: &[(&str, T)],
 ) -> Option<Vec<T>> {
     let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
@@ -959,6 +589,8 @@ fn compile(report: &mut Report, value: &Located<String>, key: &str) -> Option<re
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn load_text(text: &str) -> (Option<Profile>, Vec<String>) {
@@ -974,39 +606,6 @@ mod tests {
                 .collect(),
         };
         (profile, errors)
-    }
-
-    #[test]
-    fn every_built_in_profile_loads() {
-        let set = ProfileSet::built_in()
-            .unwrap_or_else(|error| panic!("built-in profiles broken:\n{error}"));
-        assert_eq!(set.names().count(), BUILT_IN.len());
-    }
-
-    #[test]
-    fn generic_scanner_is_as_contracted() {
-        let set = ProfileSet::built_in().expect("built-ins load");
-        let profile = set
-            .get("generic-scanner")
-            .expect("generic-scanner is built in");
-        assert_eq!(profile.roles, [Role::Scanner]);
-        assert_eq!(profile.transports, [Transport::Serial]);
-        assert_eq!(profile.decoder, DecoderKind::Scan);
-        assert_eq!(profile.line, LineSettings::default());
-        assert_eq!(
-            profile.framing,
-            FramingSettings {
-                cr: true,
-                lf: true,
-                suffix: None,
-                strip_prefix: None,
-                idle_gap: Some(Duration::from_millis(80)),
-                max_frame: 4096
-            }
-        );
-        assert_eq!(profile.source, "built-in");
-        assert!(!profile.requires_passthrough);
-        assert!(profile.escpos.is_none());
     }
 
     #[test]

@@ -1,17 +1,17 @@
-//! `[[flow]]` (consultation flows) and `[privacy]`: as written, checked, and turned into the
-//! engine's [`Flow`](crate::consult::Flow). Everything about these two sections is here; the
-//! orchestration in `validate` only calls [`flows`] and [`privacy`].
+//! `[[flow]]`: the consultation flows (docs/configuration.md), each a checklist of steps with
+//! the products that open it: the tables as written, and their validation into the engine's
+//! [`Flow`](crate::consult::Flow) (its settings type; `consult` owns it, since the scanner
+//! tasks and the core read it too). Flow ids are unique among flows and campaigns.
+//!
+//! `[[flow]]` tables are not merged: each drop-in's are appended (`raw`).
 
-use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check;
-use super::raw::DurationText;
-use super::source::{Located, Report, Span};
+use crate::config::check::{self, FirstDefined, ID_EXTRA};
+use crate::config::source::{DurationText, Located, Report};
 use crate::consult::{Auto, Flow, Step};
 
 /// `hold_timeout` when not set.
@@ -28,8 +28,6 @@ const TIMEOUT_RANGE: RangeInclusive<Duration> =
 const MAX_ITEMS: usize = 32;
 /// Longest label, value or reason, in characters.
 const MAX_TEXT: usize = 64;
-/// Characters allowed in flow ids and step keys besides A-Z a-z 0-9.
-const ID_EXTRA: &[char] = &['-', '_', '.'];
 
 /// One `[[flow]]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -56,74 +54,30 @@ pub(crate) struct RawStep {
     pub auto: Option<Located<String>>,
 }
 
-/// `[privacy]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawPrivacy {
-    pub customer_key_file: Option<Located<String>>,
-}
-
-/// `[privacy]`: how customers are named.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PrivacySettings {
-    /// The key that turns member ids into references; without it no customer is named.
-    pub customer_key_file: Option<PathBuf>,
-}
-
-/// `[privacy]`.
-pub(crate) fn privacy(
-    report: &mut Report,
-    raw: Option<&Located<RawPrivacy>>,
-    base_dir: &Path,
-) -> Option<PrivacySettings> {
-    let Some(file) = raw.and_then(|raw| raw.value.customer_key_file.as_ref()) else {
-        return Some(PrivacySettings::default());
-    };
-    let path = check::secret_file(
-        report,
-        base_dir,
-        file,
-        "'customer_key_file' in [privacy]",
-        true,
-    )?;
-    Some(PrivacySettings {
-        customer_key_file: Some(path),
-    })
-}
-
-/// Every `[[flow]]`, with ids unique among flows and campaigns.
-pub(crate) fn flows(
+/// Every `[[flow]]`, with ids unique among flows and the campaigns already noted in `ids`.
+pub(crate) fn validate(
     report: &mut Report,
     raw: &[Located<RawFlow>],
-    campaign_ids: &BTreeMap<String, Span>,
+    mut ids: FirstDefined,
 ) -> Option<Vec<Flow>> {
     let mut flows = Vec::new();
-    let mut ids: BTreeMap<String, Span> = BTreeMap::new();
     let mut ok = true;
     for entry in raw {
         let Some(flow) = flow(report, entry) else {
             ok = false;
             continue;
         };
-        let span = entry
-            .value
-            .id
-            .as_ref()
-            .map_or(entry.span.clone(), |id| id.span.clone());
-        if let Some(first) = ids.get(&flow.id).or_else(|| campaign_ids.get(&flow.id)) {
-            let first = report.describe(first);
-            report.error(
-                &span,
-                format!(
-                    "duplicate id '{}' in [[flow]] (flows and campaigns share ids; first \
-                     defined at {first})",
-                    flow.id
-                ),
-            );
+        let span = check::key_span(&entry.value.id, &entry.span);
+        if !ids.note(report, &flow.id, span, |first| {
+            format!(
+                "duplicate id '{}' in [[flow]] (flows and campaigns share ids; first defined \
+                 at {first})",
+                flow.id
+            )
+        }) {
             ok = false;
             continue;
         }
-        ids.insert(flow.id.clone(), span);
         flows.push(flow);
     }
     ok.then_some(flows)
@@ -153,7 +107,7 @@ fn flow(report: &mut Report, entry: &Located<RawFlow>) -> Option<Flow> {
         Some(list) => skus.extend(
             list.value
                 .iter()
-                .filter_map(|sku| super::validate::sku_pattern(report, sku, "[[flow]]")),
+                .filter_map(|sku| super::campaign::sku_pattern(report, sku, "[[flow]]")),
         ),
         None => report.error(
             table,
@@ -174,9 +128,16 @@ fn flow(report: &mut Report, entry: &Located<RawFlow>) -> Option<Flow> {
         Some(list) => texts(report, list, "'skip_reasons' in [[flow]]"),
         None => Some(Vec::new()),
     };
-    let hold = match (&raw.hold, &steps) {
-        (None, _) => None,
-        (Some(hold), Some(steps)) => match steps.iter().position(|step| step.key == hold.value) {
+    // Judged against the keys as written, so a mistake in a step hides no mistake here.
+    let keys: Vec<&str> = raw
+        .steps
+        .iter()
+        .flat_map(|steps| &steps.value)
+        .map(|step| step.value.key.as_ref().map_or("", |key| key.value.as_str()))
+        .collect();
+    let hold = match &raw.hold {
+        None => None,
+        Some(hold) => match keys.iter().position(|key| *key == hold.value) {
             Some(0) => {
                 report.error(
                     &hold.span,
@@ -190,7 +151,6 @@ fn flow(report: &mut Report, entry: &Located<RawFlow>) -> Option<Flow> {
             }
             Some(index) => Some(index),
             None => {
-                let keys: Vec<&str> = steps.iter().map(|step| step.key.as_str()).collect();
                 report.error(
                     &hold.span,
                     format!(
@@ -202,7 +162,6 @@ fn flow(report: &mut Report, entry: &Located<RawFlow>) -> Option<Flow> {
                 None
             }
         },
-        (Some(_), None) => None,
     };
     let hold_timeout = match &raw.hold_timeout {
         Some(value) => check::duration_in(
@@ -242,7 +201,7 @@ fn steps(report: &mut Report, list: &Located<Vec<Located<RawStep>>>) -> Option<V
         );
         return None;
     }
-    let mut keys: BTreeMap<String, Span> = BTreeMap::new();
+    let mut keys = FirstDefined::default();
     let mut steps = Vec::new();
     let mut ok = true;
     for entry in &list.value {
@@ -305,20 +264,13 @@ fn steps(report: &mut Report, list: &Located<Vec<Located<RawStep>>>) -> Option<V
             ok = false;
             continue;
         };
-        let span = raw
-            .key
-            .as_ref()
-            .map_or(entry.span.clone(), |key| key.span.clone());
-        if let Some(first) = keys.get(&key) {
-            let first = report.describe(first);
-            report.error(
-                &span,
-                format!("duplicate step key '{key}' in [[flow]] (first at {first})"),
-            );
+        let span = check::key_span(&raw.key, &entry.span);
+        if !keys.note(report, &key, span, |first| {
+            format!("duplicate step key '{key}' in [[flow]] (first at {first})")
+        }) {
             ok = false;
             continue;
         }
-        keys.insert(key.clone(), span);
         steps.push(Step {
             key,
             label,

@@ -1,6 +1,6 @@
 //! What a device is to the gateway ([`Role`]) and how it reaches it ([`Transport`]): the words
-//! both a `[[device]]` (`settings`) and a device profile (`profile`) use, kept apart from both so
-//! that neither module depends on the other for them.
+//! both a `[[device]]` (`sections::device`) and a device profile (`profile`) use, kept apart from
+//! both so that neither module depends on the other for them.
 
 use std::fmt;
 
