@@ -40,6 +40,11 @@ impl HqSite {
         Gateway::spawn(&["hq", "-c", config.to_str().unwrap()], "hq listening on ").await
     }
 
+    /// HQ's data folder.
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/v1/batches", self.port)
     }

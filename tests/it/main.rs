@@ -16,6 +16,7 @@ mod api_bounds;
 mod browser;
 mod cli;
 mod config;
+mod consult;
 mod crash;
 mod duplex;
 mod journal_damage;
