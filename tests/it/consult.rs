@@ -5,7 +5,6 @@
 //! and a member id that must appear nowhere (journal files, HQ, logs).
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
