@@ -8,8 +8,12 @@
 //! receipt in GB18030, which the gateway reads into a `sale`. Two products are in a campaign: the
 //! simulated clerk answers most of their prompts through the local API, some by scanning an
 //! answer card, skips a few and lets some time out; the sale lines of those products are linked
-//! to their prompts. Everything the gateway does is the same code path as `posgw run`; only the
-//! devices, the customers and the clerk are simulated.
+//! to their prompts. The first of them is also under the five-step consultation flow
+//! (问诊 → 症状记录 → 药品推荐 → 医保核验 → 用药指导): its scan is held back from the POS until
+//! the clerk has done 问诊 and 症状记录; the simulated clerk works through the steps on the local
+//! API, sometimes skips 症状记录 with a reason and sometimes lets the held scan time out.
+//! Everything the gateway does is the same code path as `posgw run`; only the devices, the
+//! customers and the clerk are simulated.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,8 +66,8 @@ const STORE_TOKEN: &str = "demo-store-token";
 /// Admin token of the embedded HQ's read endpoints.
 const ADMIN_TOKEN: &str = "demo-admin";
 
-/// The store configuration the demo runs.
-fn demo_config(dir: &Path, listen: &str, hq: &str) -> String {
+/// The store configuration the demo runs; a held scan waits `hold_timeout` at most.
+fn demo_config(dir: &Path, listen: &str, hq: &str, hold_timeout: &str) -> String {
     format!(
         r#"# Written by `posgw demo`: a simulated store.
 [gateway]
@@ -101,6 +105,20 @@ options = [ {{ key = "doctor", label = "医生推荐" }},
             {{ key = "referral", label = "老客转介" }},
             {{ key = "poster", label = "海报引导" }} ]
 timeout = "30s"
+
+[[flow]]
+id = "rx-5step"
+name = "处方推荐五步法"
+skus = ["{first}{check}"]
+steps = [ {{ key = "consult", label = "客户问诊" }},
+          {{ key = "symptoms", label = "症状记录", choose = ["高血压", "心悸", "失眠", "胸闷"], multi = true }},
+          {{ key = "recommend", label = "药品推荐", auto = "scan" }},
+          {{ key = "insurance", label = "医保核验", choose = ["通过", "未通过", "自费"], auto = "sale" }},
+          {{ key = "guidance", label = "用药指导" }} ]
+skip_reasons = ["客户明确拒绝", "复购老客", "紧急情况"]
+hold = "recommend"
+hold_timeout = "{hold_timeout}"
+timeout = "10m"
 
 [answer_codes]
 "ATTR-DOCTOR" = "doctor"
@@ -158,8 +176,12 @@ pub async fn run(
     let listener = bind_free("127.0.0.1:7380").await?;
     let listen = listener.local_addr()?.to_string();
     let config_path = dir.join("posgw.toml");
-    std::fs::write(&config_path, demo_config(&dir, &listen, &hq.url()))
-        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let hold_timeout = if fast { "2s" } else { "20s" };
+    std::fs::write(
+        &config_path,
+        demo_config(&dir, &listen, &hq.url(), hold_timeout),
+    )
+    .with_context(|| format!("cannot write {}", config_path.display()))?;
     let settings = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     println!(
@@ -232,6 +254,7 @@ pub async fn run(
         }
     });
     let clerk = tokio::spawn(simulated_clerk(format!("http://{listen}"), frames_tx, pace));
+    let pharmacist = tokio::spawn(simulated_pharmacist(format!("http://{listen}"), pace));
 
     let shutdown = async move {
         match run_for {
@@ -247,6 +270,7 @@ pub async fn run(
     let outcome = crate::gateway::run(settings, listener, shutdown).await;
     shopper.abort();
     clerk.abort();
+    pharmacist.abort();
     writer.abort();
     match hq_summary(&hq.url()).await {
         Ok(summary) => println!("{summary}"),
@@ -332,6 +356,86 @@ async fn simulated_clerk(api: String, scanner: tokio::sync::mpsc::Sender<Vec<u8>
     }
 }
 
+/// The clerk at till-1 as a pharmacist: works through each consultation's steps on the local
+/// API as the clerk page does. Most of the time 问诊 and 症状记录 come quickly (the held scan
+/// goes on to the POS); one in five skips 症状记录 with a reason; one in seven is too slow, so
+/// the held scan goes on at the hold timeout. 医保核验 and 用药指导 follow; the consultation
+/// closes by itself once its sale is linked.
+async fn simulated_pharmacist(api: String, pace: u32) {
+    let client = reqwest::Client::new();
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500) / pace).await;
+        let Ok(response) = client
+            .get(format!("{api}/api/v1/consultations?station=till-1"))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(open) = response.json::<Vec<serde_json::Value>>().await else {
+            continue;
+        };
+        for consultation in open {
+            let Some(id) = consultation["id"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            // The first one is done by the book, so a short run shows it whole.
+            let roll = if seen.len() == 1 {
+                50
+            } else {
+                rng.gen_range(0..100)
+            };
+            let how_many = rng.gen_range(1..=2);
+            let symptoms = ["高血压", "心悸", "失眠", "胸闷"]
+                .choose_multiple(&mut rng, how_many)
+                .copied()
+                .collect::<Vec<_>>();
+            let insurance = ["通过", "通过", "通过", "自费", "未通过"]
+                .choose(&mut rng)
+                .copied()
+                .unwrap_or("通过");
+            let first_wait = if roll < 14 {
+                4000
+            } else {
+                rng.gen_range(600..1500)
+            };
+            let (client, api) = (client.clone(), api.clone());
+            tokio::spawn(async move {
+                let step = |key: &'static str, body: serde_json::Value| {
+                    client
+                        .post(format!("{api}/api/v1/consultations/{id}/steps/{key}"))
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                };
+                let pause = |millis: u64| tokio::time::sleep(Duration::from_millis(millis) / pace);
+                pause(first_wait).await;
+                let _ = step("consult", serde_json::json!({"clerk": "c-17"})).await;
+                pause(700).await;
+                let symptoms = if (14..34).contains(&roll) {
+                    serde_json::json!({"skip": "复购老客", "clerk": "c-17"})
+                } else {
+                    serde_json::json!({"values": symptoms, "clerk": "c-17"})
+                };
+                let _ = step("symptoms", symptoms).await;
+                pause(900).await;
+                let _ = step(
+                    "insurance",
+                    serde_json::json!({"value": insurance, "clerk": "c-17"}),
+                )
+                .await;
+                pause(900).await;
+                let _ = step("guidance", serde_json::json!({"clerk": "c-17"})).await;
+            });
+        }
+    }
+}
+
 /// One line on what the embedded HQ holds, from its `/v1/stats`.
 async fn hq_summary(url: &str) -> anyhow::Result<String> {
     let stats: serde_json::Value = reqwest::Client::new()
@@ -346,11 +450,12 @@ async fn hq_summary(url: &str) -> anyhow::Result<String> {
     let kinds = &stats["stores"]["DEMO-001"]["by_kind"];
     let count = |kind: &str| kinds[kind].as_u64().unwrap_or(0);
     Ok(format!(
-        "HQ received {} records: {} scans, {} sales, {} attributions",
+        "HQ received {} records: {} scans, {} sales, {} attributions, {} consultations",
         stats["records"].as_u64().unwrap_or(0),
         count("scan"),
         count("sale"),
-        count("attribution")
+        count("attribution"),
+        count("consultation")
     ))
 }
 

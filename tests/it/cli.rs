@@ -107,6 +107,8 @@ fn the_demo_runs_a_simulated_store_and_stops_by_itself() {
     assert!(figure(" scans") > 0, "{summary}");
     assert!(figure(" sales") > 0, "{summary}");
     assert!(figure(" attributions") > 0, "{summary}");
+    // The first customer's flow product went through the five steps and its sale.
+    assert!(figure(" consultations") > 0, "{summary}");
     // The gateway's own records went to the embedded HQ; `stopped` is the last one written.
     let dump = posgw()
         .args(["journal", "dump", "--data"])
