@@ -150,13 +150,17 @@ pub async fn run(
         prompts.clone(),
         consult.clone(),
     );
-    // The MQTT prompt channel: POS software sees prompts and answers them over the broker.
+    // The MQTT prompt channel: POS software sees prompts and consultations over the broker,
+    // answers the prompts and records the consultations' steps.
     let prompt_channel = match &settings.mqtt {
         Some(mqtt) => Some(crate::prompts::mqtt::spawn(
             mqtt,
             &settings.gateway.store,
             &settings.gateway.id,
-            prompts.clone(),
+            crate::prompts::mqtt::Engines {
+                prompts: prompts.clone(),
+                consult: consult.clone(),
+            },
             metrics.mqtt_oversize("prompts"),
             stop.child_token(),
         )?),
@@ -311,11 +315,13 @@ pub async fn run(
     let core_task = core.task;
     drop(core.events);
     core_task.await.context("gateway core failed")?;
-    // Scans still held go to the POS on the way out; open consultations stay saved.
-    consult.shutdown().await;
+    // The channel settles the answers and steps it already received (bounded) while both
+    // engines still take them.
     if let Some(channel) = prompt_channel {
         let _ = channel.await;
     }
+    // Scans still held go to the POS on the way out; open consultations stay saved.
+    consult.shutdown().await;
     // Open prompts stay saved and resume at the next start; queued records are written first.
     prompts.close().await;
     if let Some(uplink) = uplink {

@@ -19,9 +19,10 @@
 //! and hands rumqttc a stand-in PUBLISH with the same flags, topic and packet id whose payload
 //! is this guard's marker followed by the original payload's size. The owner of the connection
 //! recognises the stand-in ([`OversizeMarker::size`]), records it (a device `bad_frame` with
-//! the size; a refused answer on the prompt channel) and acknowledges it the normal way, so the
-//! broker forgets it. The messages before and after it pass unchanged and in order. A payload
-//! cannot fake a stand-in: the marker is 16 random bytes that never leave the process.
+//! the size; a refused answer or step on the prompt channel) and acknowledges it the normal
+//! way, so the broker forgets it. The messages before and after it pass unchanged and in
+//! order. A payload cannot fake a stand-in: the marker is 16 random bytes that never leave the
+//! process.
 //!
 //! Only PUBLISH packets are filtered: nothing else a broker sends comes near the limit (a broker
 //! that sent, say, an oversize SUBACK would still fail every connection, now each through the

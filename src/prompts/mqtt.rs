@@ -1,5 +1,6 @@
-//! The MQTT prompt channel (docs/local-api.md): POS software on the store's broker sees the
-//! open prompts and answers them, as an alternative to the clerk page.
+//! The MQTT POS channel (docs/local-api.md): POS software on the store's broker that draws its
+//! own screen sees the open prompts and consultations, answers the prompts and records the
+//! consultations' steps, as an alternative to the clerk page.
 //!
 //! # Topics (store `S`, station `T`)
 //!
@@ -9,45 +10,58 @@
 //! | `posgw/S/T/resolved` | gateway → POS | `{"id","outcome","answer"}` |
 //! | `posgw/S/T/answer` | POS → gateway | `{"prompt":"…","option":"…","clerk":"…"}` (`clerk` optional) |
 //! | `posgw/S/T/answer/error` | gateway → POS | `{"prompt","error"}`: why an answer was refused |
+//! | `posgw/S/T/consultation` | gateway → POS | the consultation JSON at every change, as `GET /api/v1/consultations` and the SSE `event: consultation` show it; `state` is `open` or how it closed |
+//! | `posgw/S/T/consultation/step` | POS → gateway | `{"consultation":"…","step":"…","value"?,"values"?,"skip"?,"clerk"?}` |
+//! | `posgw/S/T/consultation/step/error` | gateway → POS | `{"consultation","step","error"}`: why a step was refused |
 //!
-//! `answer/error` is an extension of the contract: without it a POS whose answer was refused
-//! (unknown prompt, already resolved, option not offered, not JSON) would only see nothing
-//! happen. `prompt` is null when the payload did not name one.
+//! `answer/error` and `consultation/step/error` are extensions of the contract: without them a
+//! POS whose message was refused (unknown prompt or consultation, already resolved or closed,
+//! option or value not offered, not JSON) would only see nothing happen. `prompt`,
+//! `consultation` and `step` are null when the payload did not name one.
 //!
-//! Everything is QoS 1 and not retained: a retained prompt would outlive its resolution.
+//! Everything is QoS 1 and not retained: a retained prompt or consultation would outlive its
+//! end. A consultation message is always the whole consultation, so the last one of an id is
+//! its current state.
 //!
 //! # Design
 //!
-//! Three tasks, so that nothing ever stops the rumqttc event loop from being polled (it needs
-//! continuous polling for keep-alive, acknowledgements and reconnecting):
+//! One connection (client id `…-prompts`) for both kinds, and three tasks, so that nothing ever
+//! stops the rumqttc event loop from being polled (it needs continuous polling for keep-alive,
+//! acknowledgements and reconnecting):
 //!
 //! - **The connection task** ([`run`]) owns the [`EventLoop`]. It never awaits the client's
 //!   request queue (it is the one draining it, so that could deadlock). On every ConnAck it
-//!   tells the publisher; every incoming message goes to the answer task. When the broker is
+//!   tells the publisher; every incoming message goes to the inbound task. When the broker is
 //!   unreachable (also at start: the gateway starts anyway) it sleeps and polls again, which
 //!   reconnects: the delay starts at [`RECONNECT_MIN`], doubles up to [`RECONNECT_MAX`], and
 //!   each sleep is a random time between half and all of it, so a store's gateways do not
 //!   reconnect in lock step after a broker restart. The first failure of an outage is logged
 //!   as a warning, the others at debug, the recovery at info. Broker errors never end it.
-//! - **The publisher** ([`publish_events`]) holds a [`PromptsHandle::subscription`] of every
-//!   station and publishes each `Prompt` event to `prompt`, each `Resolved` to `resolved`
-//!   (`Stats` is for the clerk page only). On every ConnAck it subscribes to
-//!   `posgw/S/+/answer` (QoS 1) again, because a broker restarted without persistence forgot
-//!   the subscription; then, on the first connection and whenever the broker had no session
-//!   for us (`session_present == false`), it takes a fresh snapshot and publishes every open
-//!   prompt again, so a POS that connected late still sees them. When the broadcast lags it
-//!   re-subscribes and republishes the snapshot the same way. Prompts are therefore sometimes
-//!   published twice; POS software dedupes by `id` (a `resolved` is never repeated this way).
-//!   While the broker is away, publishes wait in the client's queue ([`REQUEST_QUEUE`]); when
-//!   it is full the publisher waits, the broadcast lags, and the snapshot catches up later:
-//!   memory stays flat during a long outage. A limit of this: when the broker comes back without
-//!   our session, publishes that were in flight are dropped; open prompts are republished, but a
-//!   `resolved` among them is lost (rare: the broker must lose its state while that message
-//!   is on its way).
-//! - **The answer task** ([`take_answers`]) handles answers one at a time, so a slow journal
-//!   delays answers but never the connection. Answers queue unbounded in front of it, but the
-//!   broker sends at most its in-flight limit of unacknowledged QoS 1 messages (mosquitto:
-//!   20), so the queue stays small.
+//! - **The publisher** ([`publish_events`]) holds a [`PromptsHandle::subscription`] and a
+//!   [`ConsultHandle::subscribe`] of every station. It publishes each `Prompt` event to
+//!   `prompt`, each `Resolved` to `resolved` (`Stats` is for the clerk page only) and each
+//!   consultation change to `consultation`. On every ConnAck it subscribes to
+//!   `posgw/S/+/answer` and `posgw/S/+/consultation/step` (QoS 1, one SUBSCRIBE) again,
+//!   because a broker restarted without persistence forgot the subscriptions; then, on the
+//!   first connection and whenever the broker had no session for us (`session_present ==
+//!   false`), it takes fresh snapshots and publishes every open prompt and every open
+//!   consultation again, so a POS that connected late still sees them. When a broadcast lags
+//!   it re-subscribes to that engine and republishes its snapshot the same way. Prompts and
+//!   consultations are therefore sometimes published twice; POS software dedupes prompts by
+//!   `id` and keeps the last consultation message of an `id` (a `resolved` is never repeated
+//!   this way). While the broker is away, publishes wait in the client's queue
+//!   ([`REQUEST_QUEUE`]); when it is full the publisher waits, the broadcasts lag, and the
+//!   snapshots catch up later: memory stays flat during a long outage. A limit of this: when
+//!   the broker comes back without our session, publishes that were in flight are dropped;
+//!   open prompts and consultations are republished, but a `resolved`, or the last message of
+//!   a consultation that closed meanwhile, is lost (rare: the broker must lose its state while
+//!   that message is on its way; the consultation's record is kept all the same). A message
+//!   over [`MAX_PACKET`] is never published (rumqttc would fail the connection on it): it is
+//!   logged as an error instead.
+//! - **The inbound task** ([`take_messages`]) settles answers and steps one at a time, so a
+//!   slow journal delays them but never the connection. They queue unbounded in front of it,
+//!   but the broker sends at most its in-flight limit of unacknowledged QoS 1 messages
+//!   (mosquitto: 20), so the queue stays small.
 //!
 //! # Answers and acknowledgements
 //!
@@ -70,21 +84,46 @@
 //! POS answering for the wrong counter is a configuration slip that should not lose the
 //! answer. It is logged as a warning (the record keeps the prompt's own station).
 //!
-//! # Answers over the size limit
+//! # Steps and acknowledgements
+//!
+//! The same rules, with [`ConsultHandle::step`] ([`steps`]): the station comes from the topic,
+//! the rest from the JSON, which has the fields of the local API's step body (`value`,
+//! `values`, `skip`, `clerk`, no others) plus `consultation` and `step`.
+//!
+//! - Taken: [`ConsultHandle::step`] returned, so its `consultation_step` record is durable.
+//!   The change reaches the POS on `consultation` like any other. Ack.
+//! - Refused for good (unknown or closed consultation, unknown step, value not offered, a skip
+//!   reason not listed, malformed JSON, a clerk over 64 characters, over [`MAX_PACKET`], or a
+//!   consultation of another station than the topic's): a warning, a
+//!   `consultation/step/error` reply, then ack. Unlike answers, the station must match: a step
+//!   recorded for the wrong counter's customer would be a false record. Exception: a message the
+//!   broker delivers again (DUP set) that repeats a step this process already took (same
+//!   consultation, step and input, remembered for the last [`TAKEN_MEMORY`] steps) is acked
+//!   without a new record or a reply. Without DUP a repeat is a new step (the clerk may have
+//!   changed it on the page meanwhile) and is taken.
+//! - The engine is unavailable (the journal failed, or shutdown): warning and a reply, no ack,
+//!   as for answers.
+//!
+//! A step redelivered after the gateway restarted is not remembered: it is taken again, with
+//! a new time, unless its consultation has closed meanwhile.
+//!
+//! # Messages over the size limit
 //!
 //! rumqttc cannot read a message over [`MAX_PACKET`] (its connection fails), and the broker would
 //! deliver it again and again. [`crate::mqtt::OversizeGuard`] has the connection after such a
-//! failure read it by its size only: it comes to the answer task as a stand-in, is refused
-//! (`answer too large: N bytes …`, with `prompt` null as it was not read) and acknowledged, and
-//! counted in `posgw_mqtt_oversize_messages_total{channel="prompts"}`. The answers after it
-//! are taken as usual.
+//! failure read it by its size only: it comes to the inbound task as a stand-in, is refused
+//! (`answer too large: N bytes …` or `step too large: …`, with the names null as it was not
+//! read) and acknowledged, and counted in
+//! `posgw_mqtt_oversize_messages_total{channel="prompts"}`. The messages after it are taken as
+//! usual.
 //!
 //! # Shutdown
 //!
-//! When `shutdown` fires the connection task stops handing messages to the answer task (those
+//! When `shutdown` fires the connection task stops handing messages to the inbound task (those
 //! arriving later stay unacknowledged and come back at the next start), keeps polling while
-//! the answer task settles what it already received (at most [`ANSWER_GRACE`]), then sends
-//! DISCONNECT and returns. The gateway closes the prompt engine only after this returns.
+//! the inbound task settles what it already received (at most [`ANSWER_GRACE`]), then sends
+//! DISCONNECT and returns. The gateway stops the prompt and consultation engines only after
+//! this returns.
 //!
 //! # Credentials
 //!
@@ -92,14 +131,19 @@
 //! trailing newline is dropped). A user name without a password file sends an empty password;
 //! a password file without a user name is an error (MQTT 3.1.1 has no password without a user
 //! name). The client id is `posgw-{store}-{gateway}-prompts` with a persistent session, so the
-//! broker keeps our subscription and the answers sent while the gateway was away.
+//! broker keeps our subscriptions and the answers and steps sent while the gateway was away.
+
+mod steps;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS, SubscribeReasonCode};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode,
+};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -107,13 +151,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PromptError, PromptEvent, PromptView, PromptsHandle};
 use crate::config::MqttSettings;
+use crate::consult::{ConsultEvent, ConsultHandle, ConsultationView};
 use crate::mqtt::{self, OversizeGuard, OversizeMarker};
 use crate::record::attribution::Channel;
 
-/// The role in the client id: `posgw-{store}-{gateway}-prompts`.
+/// The role in the client id: `posgw-{store}-{gateway}-prompts` (kept when consultations
+/// joined, so that the broker's session for it carries on).
 const ROLE: &str = "prompts";
-/// Largest MQTT packet either way (an answer's topic and payload); prompts and answers are a few
-/// hundred bytes. A larger answer is refused without being read (module doc).
+/// Largest MQTT packet either way (a message's topic and payload); prompts, consultations,
+/// answers and steps are a few hundred bytes to a few KiB. A larger incoming message is refused
+/// without being read, a larger outgoing one is not published (module doc).
 const MAX_PACKET: usize = 256 * 1024;
 /// Requests (publishes, acks, subscribes) that may wait for the connection.
 const REQUEST_QUEUE: usize = 64;
@@ -121,15 +168,25 @@ const REQUEST_QUEUE: usize = 64;
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 /// Longest pause between connection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// How long shutdown waits for answers already received to be settled.
+/// How long shutdown waits for answers and steps already received to be settled.
 const ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the DISCONNECT to leave.
 const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
-/// Answers taken by this process that are remembered to recognise redeliveries.
+/// Answers (and, apart, steps) taken by this process that are remembered to recognise
+/// redeliveries.
 const TAKEN_MEMORY: usize = 256;
 
+/// The engines the channel serves. Cheap to clone.
+#[derive(Clone)]
+pub struct Engines {
+    /// Prompts: published, answered.
+    pub prompts: PromptsHandle,
+    /// Consultations: published, stepped.
+    pub consult: ConsultHandle,
+}
+
 /// Starts the channel on the store's broker. It runs until `shutdown` fires; `oversize` counts
-/// answers over the size limit.
+/// incoming messages over the size limit.
 ///
 /// Fails only on bad settings (URL, unreadable password file); an unreachable broker is retried
 /// in the background.
@@ -137,7 +194,7 @@ pub fn spawn(
     settings: &MqttSettings,
     store: &str,
     gateway: &str,
-    prompts: PromptsHandle,
+    engines: Engines,
     oversize: prometheus_client::metrics::counter::Counter,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -146,13 +203,18 @@ pub fn spawn(
     let guard = OversizeGuard::new("mqtt prompt channel", &options, MAX_PACKET, oversize)?;
     let (client, event_loop) = AsyncClient::new(options, REQUEST_QUEUE);
     let topics = Arc::new(Topics::new(store));
-    tracing::info!(broker = %settings.url, topic = %topics.answers(), "mqtt prompt channel starting");
+    tracing::info!(
+        broker = %settings.url,
+        answers = %topics.answers(),
+        steps = %topics.steps(),
+        "mqtt prompt channel starting"
+    );
     Ok(tokio::spawn(run(
         client,
         event_loop,
         guard,
         topics,
-        prompts,
+        engines,
         settings.url.clone(),
         shutdown,
     )))
@@ -165,7 +227,29 @@ struct Topics {
     prefix: String,
 }
 
+/// An incoming message's kind, by its topic, and the station the topic names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inbound<'a> {
+    /// On `posgw/S/T/answer`.
+    Answer(&'a str),
+    /// On `posgw/S/T/consultation/step`.
+    Step(&'a str),
+}
+
+impl<'a> Inbound<'a> {
+    fn station(self) -> &'a str {
+        match self {
+            Inbound::Answer(station) | Inbound::Step(station) => station,
+        }
+    }
+}
+
 impl Topics {
+    /// The suffix of answer topics.
+    const ANSWER: &'static str = "/answer";
+    /// The suffix of step topics.
+    const STEP: &'static str = "/consultation/step";
+
     fn new(store: &str) -> Topics {
         Topics {
             prefix: format!("posgw/{store}/"),
@@ -182,20 +266,49 @@ impl Topics {
         format!("{}{station}/resolved", self.prefix)
     }
 
+    /// Where a station's consultations go.
+    fn consultation(&self, station: &str) -> String {
+        format!("{}{station}/consultation", self.prefix)
+    }
+
     /// The filter for every station's answers.
     fn answers(&self) -> String {
-        format!("{}+/answer", self.prefix)
+        format!("{}+{}", self.prefix, Self::ANSWER)
+    }
+
+    /// The filter for every station's steps.
+    fn steps(&self) -> String {
+        format!("{}+{}", self.prefix, Self::STEP)
+    }
+
+    /// What the channel subscribes to, in one SUBSCRIBE: every station's answers and steps.
+    fn filters(&self) -> [SubscribeFilter; 2] {
+        [
+            SubscribeFilter::new(self.answers(), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.steps(), QoS::AtLeastOnce),
+        ]
     }
 
     /// Where refusals of a station's answers go.
     fn answer_error(&self, station: &str) -> String {
-        format!("{}{station}/answer/error", self.prefix)
+        format!("{}{station}{}/error", self.prefix, Self::ANSWER)
     }
 
-    /// The station of an answer topic, or None when `topic` is not one.
-    fn answer_station<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        let station = topic.strip_prefix(&self.prefix)?.strip_suffix("/answer")?;
-        (!station.is_empty() && !station.contains('/')).then_some(station)
+    /// Where refusals of a station's steps go.
+    fn step_error(&self, station: &str) -> String {
+        format!("{}{station}{}/error", self.prefix, Self::STEP)
+    }
+
+    /// What an incoming message on `topic` is, or None when it is neither an answer nor a step.
+    fn inbound<'a>(&self, topic: &'a str) -> Option<Inbound<'a>> {
+        let rest = topic.strip_prefix(&self.prefix)?;
+        let (station, inbound): (&str, fn(&'a str) -> Inbound<'a>) =
+            if let Some(station) = rest.strip_suffix(Self::ANSWER) {
+                (station, Inbound::Answer)
+            } else {
+                (rest.strip_suffix(Self::STEP)?, Inbound::Step)
+            };
+        (!station.is_empty() && !station.contains('/')).then(|| inbound(station))
     }
 }
 
@@ -205,7 +318,7 @@ async fn run(
     mut event_loop: EventLoop,
     mut guard: OversizeGuard,
     topics: Arc<Topics>,
-    prompts: PromptsHandle,
+    engines: Engines,
     broker: String,
     shutdown: CancellationToken,
 ) {
@@ -213,16 +326,16 @@ async fn run(
     let publisher = tokio::spawn(publish_events(
         client.clone(),
         Arc::clone(&topics),
-        prompts.clone(),
+        engines.clone(),
         connections_rx,
     ));
-    let (answers, answers_rx) = mpsc::unbounded_channel();
-    let mut answer_task = tokio::spawn(take_answers(
+    let (inbound, inbound_rx) = mpsc::unbounded_channel();
+    let mut inbound_task = tokio::spawn(take_messages(
         client.clone(),
         Arc::clone(&topics),
-        prompts,
+        engines,
         guard.marker(),
-        answers_rx,
+        inbound_rx,
     ));
     let mut connection = Connection::new(broker);
     loop {
@@ -239,19 +352,22 @@ async fn run(
                 let _ = connections.send(ack.session_present);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let _ = answers.send(publish);
+                let _ = inbound.send(publish);
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
-                    tracing::error!(
-                        topic = %topics.answers(),
-                        "the broker refused the mqtt prompt channel's subscription; answers from POS software will not arrive (check the broker's ACL)"
-                    );
+                // One SUBSCRIBE, the filters in the order of `Topics::filters`.
+                for (filter, code) in topics.filters().iter().zip(&ack.return_codes) {
+                    if *code == SubscribeReasonCode::Failure {
+                        tracing::error!(
+                            topic = %filter.path,
+                            "the broker refused a subscription of the mqtt prompt channel; messages from POS software on it will not arrive (check the broker's ACL)"
+                        );
+                    }
                 }
             }
             Ok(_) => {}
             Err(error) => {
-                // After an answer over the limit, the next connection reads it by its size.
+                // After a message over the limit, the next connection reads it by its size.
                 guard.failed(&mut event_loop, &error);
                 let delay = connection.failed(&error);
                 tokio::select! {
@@ -262,16 +378,16 @@ async fn run(
         }
     }
 
-    // Stop reading: answers that arrive from now on stay unacknowledged at the broker.
-    drop(answers);
+    // Stop reading: messages that arrive from now on stay unacknowledged at the broker.
+    drop(inbound);
     publisher.abort();
     let deadline = tokio::time::Instant::now() + ANSWER_GRACE;
     loop {
         tokio::select! {
-            _ = &mut answer_task => break,
+            _ = &mut inbound_task => break,
             () = tokio::time::sleep_until(deadline) => {
-                tracing::warn!("mqtt prompt channel: answers still being taken at shutdown; the broker will deliver them again");
-                answer_task.abort();
+                tracing::warn!("mqtt prompt channel: answers or steps still being taken at shutdown; the broker will deliver them again");
+                inbound_task.abort();
                 break;
             }
             // Keep polling while connected, so acknowledgements and replies go out.
@@ -362,28 +478,41 @@ fn jittered(step: Duration) -> Duration {
     step.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 
-/// The publisher task: prompts and resolutions out, the subscription renewed (module doc).
-/// `connections` carries `session_present` of every ConnAck.
+/// The publisher task: prompts, resolutions and consultations out, the subscriptions renewed
+/// (module doc). `connections` carries `session_present` of every ConnAck.
 async fn publish_events(
     client: AsyncClient,
     topics: Arc<Topics>,
-    prompts: PromptsHandle,
+    engines: Engines,
     mut connections: mpsc::UnboundedReceiver<bool>,
 ) {
-    let mut events = prompts.subscription(None).await.events;
+    let mut events = engines.prompts.subscription(None).await.events;
+    // None once the consultation engine stopped (shutdown): prompts go on.
+    let mut consultations = engines
+        .consult
+        .subscribe()
+        .await
+        .ok()
+        .map(|(_, events)| events);
     let mut first = true;
     loop {
         let published = tokio::select! {
             biased;
             connection = connections.recv() => {
                 let Some(session_present) = connection else { return };
-                if let Err(error) = client.subscribe(topics.answers(), QoS::AtLeastOnce).await {
+                if let Err(error) = client.subscribe_many(topics.filters()).await {
                     tracing::debug!(%error, "mqtt prompt channel: cannot queue the subscription");
                     return;
                 }
                 if first || !session_present {
                     first = false;
-                    resync(&client, &topics, &prompts, &mut events).await
+                    match resync(&client, &topics, &engines.prompts, &mut events).await {
+                        Ok(()) => {
+                            resync_consultations(&client, &topics, &engines.consult, &mut consultations)
+                                .await
+                        }
+                        Err(error) => Err(error),
+                    }
                 } else {
                     Ok(())
                 }
@@ -392,10 +521,22 @@ async fn publish_events(
                 Ok(event) => publish_event(&client, &topics, &event).await,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "mqtt prompt channel fell behind the prompt events; publishing the open prompts again");
-                    resync(&client, &topics, &prompts, &mut events).await
+                    resync(&client, &topics, &engines.prompts, &mut events).await
                 }
                 // The engine stopped: the gateway is shutting down.
                 Err(broadcast::error::RecvError::Closed) => return,
+            },
+            event = next_consultation(&mut consultations) => match event {
+                Ok(ConsultEvent::Changed(view)) => publish_consultation(&client, &topics, &view).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "mqtt prompt channel fell behind the consultation events; publishing the open consultations again");
+                    resync_consultations(&client, &topics, &engines.consult, &mut consultations).await
+                }
+                // The engine stopped (shutdown): prompts may still have something to say.
+                Err(broadcast::error::RecvError::Closed) => {
+                    consultations = None;
+                    Ok(())
+                }
             },
         };
         if let Err(error) = published {
@@ -403,6 +544,16 @@ async fn publish_events(
             tracing::debug!(%error, "mqtt prompt channel: cannot queue a publish");
             return;
         }
+    }
+}
+
+/// The next consultation event; never, without a subscription.
+async fn next_consultation(
+    events: &mut Option<broadcast::Receiver<ConsultEvent>>,
+) -> Result<ConsultEvent, broadcast::error::RecvError> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -417,6 +568,25 @@ async fn resync(
     *events = subscription.events;
     for prompt in &subscription.prompts {
         publish_prompt(client, topics, prompt).await?;
+    }
+    Ok(())
+}
+
+/// Takes a fresh consultation subscription and publishes every open consultation of its
+/// snapshot; leaves `events` None when the engine has stopped.
+async fn resync_consultations(
+    client: &AsyncClient,
+    topics: &Topics,
+    consult: &ConsultHandle,
+    events: &mut Option<broadcast::Receiver<ConsultEvent>>,
+) -> Result<(), rumqttc::ClientError> {
+    let Ok((open, subscription)) = consult.subscribe().await else {
+        *events = None;
+        return Ok(());
+    };
+    *events = Some(subscription);
+    for view in &open {
+        publish_consultation(client, topics, view).await?;
     }
     Ok(())
 }
@@ -450,24 +620,48 @@ async fn publish_prompt(
     publish_json(client, topics.prompt(&prompt.station), prompt).await
 }
 
-/// One QoS 1, not retained publish of `body` as JSON.
+async fn publish_consultation(
+    client: &AsyncClient,
+    topics: &Topics,
+    view: &ConsultationView,
+) -> Result<(), rumqttc::ClientError> {
+    publish_json(client, topics.consultation(&view.station), view).await
+}
+
+/// One QoS 1, not retained publish of `body` as JSON; skipped (and logged) when over
+/// [`MAX_PACKET`], which rumqttc would not send but fail the connection on.
 async fn publish_json<T: serde::Serialize + ?Sized>(
     client: &AsyncClient,
     topic: String,
     body: &T,
 ) -> Result<(), rumqttc::ClientError> {
-    match serde_json::to_vec(body) {
-        Ok(payload) => {
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await
-        }
+    let payload = match serde_json::to_vec(body) {
+        Ok(payload) => payload,
         Err(error) => {
             // Our own types always serialise; skip rather than stop the channel.
             tracing::error!(%error, %topic, "mqtt prompt channel: cannot serialise a message");
-            Ok(())
+            return Ok(());
         }
+    };
+    let size = publish_size(&topic, &payload);
+    if size > MAX_PACKET {
+        tracing::error!(
+            %topic,
+            size,
+            "mqtt prompt channel: a message over the {MAX_PACKET}-byte packet limit is not published"
+        );
+        return Ok(());
     }
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+}
+
+/// The size of a QoS 1 PUBLISH packet of `payload` on `topic`, at most (the fixed header
+/// counted at its longest).
+fn publish_size(topic: &str, payload: &[u8]) -> usize {
+    // Fixed header (type byte, up to 4 length bytes), topic length, topic, packet id, payload.
+    1 + 4 + 2 + topic.len() + 2 + payload.len()
 }
 
 /// An answer as POS software publishes it.
@@ -494,72 +688,135 @@ struct Malformed {
 /// Parses an answer payload.
 fn parse_answer(payload: &[u8]) -> Result<AnswerMessage, Malformed> {
     serde_json::from_slice::<AnswerMessage>(payload).map_err(|error| Malformed {
-        prompt: serde_json::from_slice::<serde_json::Value>(payload)
-            .ok()
-            .and_then(|value| value.get("prompt")?.as_str().map(str::to_owned)),
+        prompt: string_field(payload, "prompt"),
         error: format!(
             "malformed answer ({error}); expected {{\"prompt\":\"…\",\"option\":\"…\"}}"
         ),
     })
 }
 
+/// Field `name` of a payload that is a JSON object with a string there.
+fn string_field(payload: &[u8], name: &str) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|value| value.get(name)?.as_str().map(str::to_owned))
+}
+
+/// What a message that was not taken is about, as its reply names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum About {
+    /// An answer, and the prompt it names if readable.
+    Answer { prompt: Option<String> },
+    /// A step, and the consultation and step it names if readable.
+    Step {
+        consultation: Option<String>,
+        step: Option<String>,
+    },
+}
+
+impl About {
+    /// Where the reply goes.
+    fn error_topic(&self, topics: &Topics, station: &str) -> String {
+        match self {
+            About::Answer { .. } => topics.answer_error(station),
+            About::Step { .. } => topics.step_error(station),
+        }
+    }
+
+    /// The reply: `{"prompt","error"}` or `{"consultation","step","error"}`.
+    fn reply(&self, error: &str) -> serde_json::Value {
+        match self {
+            About::Answer { prompt } => serde_json::json!({ "prompt": prompt, "error": error }),
+            About::Step { consultation, step } => {
+                serde_json::json!({ "consultation": consultation, "step": step, "error": error })
+            }
+        }
+    }
+
+    /// Logs why the message was not taken.
+    fn warn(&self, station: &str, settled: bool, error: &str) {
+        let outcome = if settled {
+            "refused"
+        } else {
+            "not taken for now, the broker will deliver it again"
+        };
+        match self {
+            About::Answer { prompt } => tracing::warn!(
+                %station,
+                prompt = prompt.as_deref().unwrap_or(""),
+                "mqtt answer {outcome}: {error}"
+            ),
+            About::Step { consultation, step } => tracing::warn!(
+                %station,
+                consultation = consultation.as_deref().unwrap_or(""),
+                step = step.as_deref().unwrap_or(""),
+                "mqtt consultation step {outcome}: {error}"
+            ),
+        }
+    }
+}
+
 /// What became of one incoming message.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
-    /// The answer is recorded (or was already, by this process): ack.
+    /// The answer or step is recorded (or was already, by this process): ack.
     Taken,
     /// Refused for good: reply with the reason, then ack.
     Refused {
-        /// The prompt it named, if readable.
-        prompt: Option<String>,
+        /// What it was.
+        about: About,
         /// Why, for the reply and the log.
         error: String,
     },
     /// Not taken for now (the engine is unavailable): reply, but do not ack.
     Later {
-        /// The prompt it named.
-        prompt: String,
+        /// What it was.
+        about: About,
         /// Why, for the reply and the log.
         error: String,
     },
-    /// Not an answer topic (the subscription should not deliver these): ack and forget.
+    /// Neither an answer nor a step topic (the subscriptions should not deliver these): ack and
+    /// forget.
     Ignored,
 }
 
-/// The answer task: settles every message the connection task hands over (module doc).
-async fn take_answers(
+/// The inbound task: settles every message the connection task hands over (module doc).
+async fn take_messages(
     client: AsyncClient,
     topics: Arc<Topics>,
-    prompts: PromptsHandle,
+    engines: Engines,
     oversize: OversizeMarker,
     mut queue: mpsc::UnboundedReceiver<Publish>,
 ) {
-    let mut taken = Taken::default();
+    let mut answers = Taken::default();
+    let mut steps = steps::Taken::default();
     while let Some(publish) = queue.recv().await {
-        let station = topics.answer_station(&publish.topic);
-        let verdict = match (station, oversize.size(&publish.payload)) {
-            (Some(_), Some(size)) => too_large(size),
-            (Some(station), None) => {
-                take_answer(&prompts, &mut taken, station, &publish.payload).await
+        let inbound = topics.inbound(&publish.topic);
+        let verdict = match (inbound, oversize.size(&publish.payload)) {
+            (Some(inbound), Some(size)) => too_large(inbound, size),
+            (Some(Inbound::Answer(station)), None) => {
+                take_answer(&engines.prompts, &mut answers, station, &publish.payload).await
+            }
+            (Some(Inbound::Step(station)), None) => {
+                steps::take_step(&engines.consult, &mut steps, station, &publish).await
             }
             (None, _) => Verdict::Ignored,
         };
+        let station = inbound.map_or("", Inbound::station);
         let ack = match verdict {
             Verdict::Taken => true,
             Verdict::Ignored => {
                 tracing::debug!(topic = %publish.topic, "mqtt prompt channel: ignored a message on an unexpected topic");
                 true
             }
-            Verdict::Refused { prompt, error } => {
-                let station = station.unwrap_or_default();
-                tracing::warn!(%station, prompt = prompt.as_deref().unwrap_or(""), "mqtt answer refused: {error}");
-                reply_error(&client, &topics, station, prompt.as_deref(), &error).await;
+            Verdict::Refused { about, error } => {
+                about.warn(station, true, &error);
+                reply_error(&client, &topics, station, &about, &error).await;
                 true
             }
-            Verdict::Later { prompt, error } => {
-                let station = station.unwrap_or_default();
-                tracing::warn!(%station, %prompt, "mqtt answer not taken for now, the broker will deliver it again: {error}");
-                reply_error(&client, &topics, station, Some(&prompt), &error).await;
+            Verdict::Later { about, error } => {
+                about.warn(station, false, &error);
+                reply_error(&client, &topics, station, &about, &error).await;
                 false
             }
         };
@@ -571,12 +828,22 @@ async fn take_answers(
     }
 }
 
-/// The verdict on an answer over [`MAX_PACKET`], read by its size only.
-fn too_large(size: u64) -> Verdict {
+/// The verdict on a message over [`MAX_PACKET`], read by its size only.
+fn too_large(inbound: Inbound<'_>, size: u64) -> Verdict {
+    let (about, what) = match inbound {
+        Inbound::Answer(_) => (About::Answer { prompt: None }, "answer"),
+        Inbound::Step(_) => (
+            About::Step {
+                consultation: None,
+                step: None,
+            },
+            "step",
+        ),
+    };
     Verdict::Refused {
-        prompt: None,
+        about,
         error: format!(
-            "answer too large: {size} bytes, over the prompt channel's limit of {MAX_PACKET} bytes; not read"
+            "{what} too large: {size} bytes, over the prompt channel's limit of {MAX_PACKET} bytes; not read"
         ),
     }
 }
@@ -590,7 +857,12 @@ async fn take_answer(
 ) -> Verdict {
     let answer = match parse_answer(payload) {
         Ok(answer) => answer,
-        Err(Malformed { prompt, error }) => return Verdict::Refused { prompt, error },
+        Err(Malformed { prompt, error }) => {
+            return Verdict::Refused {
+                about: About::Answer { prompt },
+                error,
+            }
+        }
     };
     let clerk = answer
         .clerk
@@ -598,6 +870,9 @@ async fn take_answer(
         .map(str::trim)
         .filter(|clerk| !clerk.is_empty())
         .map(str::to_owned);
+    let about = || About::Answer {
+        prompt: Some(answer.prompt.clone()),
+    };
     match prompts
         .answer(&answer.prompt, &answer.option, clerk, Channel::Mqtt)
         .await
@@ -619,26 +894,26 @@ async fn take_answer(
             Verdict::Taken
         }
         Err(PromptError::Unavailable(error)) => Verdict::Later {
-            prompt: answer.prompt,
+            about: about(),
             error: format!("prompt engine unavailable: {error}"),
         },
         Err(error) => Verdict::Refused {
-            prompt: Some(answer.prompt),
+            about: about(),
             error: error.to_string(),
         },
     }
 }
 
-/// Publishes `{"prompt","error"}` to the station's `answer/error` topic.
+/// Publishes the reply to a message that was not taken to its kind's error topic.
 async fn reply_error(
     client: &AsyncClient,
     topics: &Topics,
     station: &str,
-    prompt: Option<&str>,
+    about: &About,
     error: &str,
 ) {
-    let body = serde_json::json!({ "prompt": prompt, "error": error });
-    if let Err(error) = publish_json(client, topics.answer_error(station), &body).await {
+    let topic = about.error_topic(topics, station);
+    if let Err(error) = publish_json(client, topic, &about.reply(error)).await {
         tracing::debug!(%error, "mqtt prompt channel: cannot queue an error reply");
     }
 }
@@ -675,14 +950,27 @@ mod tests {
         let topics = Topics::new("WZ-LC-001");
         assert_eq!(topics.prompt("till-1"), "posgw/WZ-LC-001/till-1/prompt");
         assert_eq!(topics.resolved("till-1"), "posgw/WZ-LC-001/till-1/resolved");
+        assert_eq!(
+            topics.consultation("till-1"),
+            "posgw/WZ-LC-001/till-1/consultation"
+        );
         assert_eq!(topics.answers(), "posgw/WZ-LC-001/+/answer");
+        assert_eq!(topics.steps(), "posgw/WZ-LC-001/+/consultation/step");
         assert_eq!(
             topics.answer_error("till-1"),
             "posgw/WZ-LC-001/till-1/answer/error"
         );
         assert_eq!(
-            topics.answer_station("posgw/WZ-LC-001/till-1/answer"),
-            Some("till-1")
+            topics.step_error("till-1"),
+            "posgw/WZ-LC-001/till-1/consultation/step/error"
+        );
+        assert_eq!(
+            topics.inbound("posgw/WZ-LC-001/till-1/answer"),
+            Some(Inbound::Answer("till-1"))
+        );
+        assert_eq!(
+            topics.inbound("posgw/WZ-LC-001/till-1/consultation/step"),
+            Some(Inbound::Step("till-1"))
         );
         for other in [
             "posgw/WZ-LC-001//answer",
@@ -690,9 +978,60 @@ mod tests {
             "posgw/WZ-LC-002/till-1/answer",
             "posgw/WZ-LC-001/till-1/answer/error",
             "posgw/WZ-LC-001/till-1/prompt",
+            "posgw/WZ-LC-001//consultation/step",
+            "posgw/WZ-LC-001/a/b/consultation/step",
+            "posgw/WZ-LC-002/till-1/consultation/step",
+            "posgw/WZ-LC-001/till-1/consultation/step/error",
+            "posgw/WZ-LC-001/till-1/consultation",
+            "posgw/WZ-LC-001/consultation/step",
         ] {
-            assert_eq!(topics.answer_station(other), None, "{other}");
+            assert_eq!(topics.inbound(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn replies_name_what_they_refuse() {
+        let topics = Topics::new("S");
+        let answer = About::Answer { prompt: None };
+        assert_eq!(answer.error_topic(&topics, "t"), "posgw/S/t/answer/error");
+        assert_eq!(
+            answer.reply("why"),
+            serde_json::json!({"prompt": null, "error": "why"})
+        );
+        let step = About::Step {
+            consultation: Some("c".into()),
+            step: None,
+        };
+        assert_eq!(
+            step.error_topic(&topics, "t"),
+            "posgw/S/t/consultation/step/error"
+        );
+        assert_eq!(
+            step.reply("why"),
+            serde_json::json!({"consultation": "c", "step": null, "error": "why"})
+        );
+        let too_large = too_large(Inbound::Step("t"), 300_000);
+        assert!(
+            matches!(&too_large, Verdict::Refused { about: About::Step { consultation: None, step: None }, error } if error.starts_with("step too large: 300000 bytes")),
+            "{too_large:?}"
+        );
+    }
+
+    #[test]
+    fn publishes_over_the_packet_limit_are_measured_at_most() {
+        let topic = "posgw/S/t/consultation";
+        let payload = vec![b'x'; 1000];
+        let mut publish = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload.clone());
+        publish.pkid = 1;
+        let mut wire = bytes::BytesMut::new();
+        let written = rumqttc::Packet::Publish(publish)
+            .write(&mut wire, usize::MAX)
+            .expect("encode");
+        let bound = publish_size(topic, &payload);
+        assert!(
+            bound >= written && bound <= written + 3,
+            "{bound} for {written}"
+        );
     }
 
     #[test]
@@ -805,7 +1144,9 @@ mod tests {
         assert_eq!(
             unknown,
             Verdict::Refused {
-                prompt: Some("nosuch".into()),
+                about: About::Answer {
+                    prompt: Some("nosuch".into())
+                },
                 error: "unknown prompt".into()
             }
         );
@@ -816,7 +1157,13 @@ mod tests {
         );
         let malformed = take_answer(&prompts, &mut taken, "till-1", b"{not json").await;
         assert!(
-            matches!(malformed, Verdict::Refused { prompt: None, .. }),
+            matches!(
+                malformed,
+                Verdict::Refused {
+                    about: About::Answer { prompt: None },
+                    ..
+                }
+            ),
             "{malformed:?}"
         );
 
@@ -830,7 +1177,9 @@ mod tests {
         assert_eq!(
             late,
             Verdict::Refused {
-                prompt: Some(id.clone()),
+                about: About::Answer {
+                    prompt: Some(id.clone())
+                },
                 error: "prompt already resolved".into()
             }
         );

@@ -1,7 +1,10 @@
 //! The MQTT prompt channel against a real mosquitto: a "POS" client (rumqttc) sees prompts and
 //! resolutions and answers over the broker; bad answers get `answer/error` replies; the channel
 //! survives broker restarts (the helper's restart, then one onto a broker without persistence)
-//! and a broker that is down when the gateway starts.
+//! and a broker that is down when the gateway starts. On the same channel, the POS sees
+//! consultations at every change and records their steps; bad steps get
+//! `consultation/step/error` replies; open consultations are published when the channel
+//! connects.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::harness::{of_kind, Gateway, PtyScanner, Store, DEADLINE};
 use crate::mosquitto::Mosquitto;
-use crate::prompts::campaign_store;
+use crate::prompts::{campaign_store, post};
 
 const TOPICS: &str = "posgw/WZ-LC-001";
 /// The targeted product of `prompts::CAMPAIGN`, as the pty scanner sends it.
@@ -143,31 +146,96 @@ impl Pos {
         }
     }
 
+    /// Publishes a step `body` (JSON) on a station's step topic.
+    async fn step_json(&self, station: &str, body: Value) {
+        self.step(station, body.to_string().as_bytes()).await;
+    }
+
+    /// Publishes `payload` on a station's step topic.
+    async fn step(&self, station: &str, payload: &[u8]) {
+        self.client
+            .publish(
+                format!("{TOPICS}/{station}/consultation/step"),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_vec(),
+            )
+            .await
+            .expect("queue the step");
+    }
+
     /// Waits until the gateway takes answers on `station`'s topic: sends an answer to an
     /// unknown prompt until its `answer/error` reply comes back. Needed where the broker may
     /// have no subscription for the gateway yet (a fresh broker): there, an answer published
     /// too early is dropped by the broker, and only a reply proves the subscription exists.
     async fn wait_gateway_subscribed(&mut self, station: &str) {
+        let reply = self
+            .probe(
+                station,
+                "answer",
+                "prompt",
+                |probe| json!({"prompt": probe, "option": "x"}),
+            )
+            .await;
+        assert_eq!(reply["error"], "unknown prompt");
+    }
+
+    /// [`Pos::wait_gateway_subscribed`] for steps: a step of an unknown consultation until its
+    /// `consultation/step/error` reply comes back.
+    async fn wait_gateway_takes_steps(&mut self, station: &str) {
+        let reply = self
+            .probe(
+                station,
+                "consultation/step",
+                "consultation",
+                |probe| json!({"consultation": probe, "step": "consult"}),
+            )
+            .await;
+        assert_eq!(reply["step"], "consult");
+        assert_eq!(
+            reply["error"],
+            format!(
+                "no consultation '{}'",
+                reply["consultation"].as_str().unwrap()
+            )
+        );
+    }
+
+    /// Publishes `body(probe id)` on `{station}/{topic}` until a reply naming the probe in
+    /// `field` comes back on `{station}/{topic}/error`; returns the reply.
+    async fn probe(
+        &mut self,
+        station: &str,
+        topic: &str,
+        field: &str,
+        body: impl Fn(&str) -> Value,
+    ) -> Value {
         let start = Instant::now();
         loop {
             assert!(
                 start.elapsed() < DEADLINE,
-                "the gateway never replied to a probe answer"
+                "the gateway never replied to a probe on {topic}"
             );
             self.probes += 1;
             let probe = format!("probe-{}", self.probes);
-            self.answer_json(station, json!({"prompt": probe, "option": "x"}))
-                .await;
+            self.client
+                .publish(
+                    format!("{TOPICS}/{station}/{topic}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    body(&probe).to_string(),
+                )
+                .await
+                .expect("queue the probe");
             let reply = self
                 .take_within(
-                    &format!("{station}/answer/error"),
+                    &format!("{station}/{topic}/error"),
                     Duration::from_millis(500),
-                    |reply| reply["prompt"] == probe.as_str(),
+                    |reply| reply[field] == probe.as_str(),
                 )
                 .await;
             if let Some(reply) = reply {
-                assert_eq!(reply["error"], "unknown prompt");
-                return;
+                return reply;
             }
         }
     }
@@ -487,4 +555,355 @@ async fn the_gateway_starts_without_its_broker_and_the_channel_works_once_it_is_
     let attributions = of_kind(&records, "attribution");
     assert_eq!(attributions.len(), 1);
     assert_eq!(attributions[0]["data"]["channel"], "mqtt");
+}
+
+/// The flow of `config/posgw.toml`, without `hold`: its products' scans are never held.
+const FLOW: &str = r#"
+[[flow]]
+id = "rx-5step"
+name = "处方推荐五步法"
+skus = ["6901234567892", "69012345*"]
+steps = [ { key = "consult", label = "客户问诊" },
+          { key = "symptoms", label = "症状记录", choose = ["高血压", "心悸", "失眠", "胸闷"], multi = true },
+          { key = "recommend", label = "药品推荐", auto = "scan" },
+          { key = "insurance", label = "医保核验", choose = ["通过", "未通过", "自费"], auto = "sale" },
+          { key = "guidance", label = "用药指导" } ]
+skip_reasons = ["客户明确拒绝", "复购老客", "紧急情况"]
+"#;
+
+/// [`mqtt_store`] with the five-step flow.
+fn flow_store(port: u16) -> Store {
+    let store = mqtt_store(port);
+    store.append_config(FLOW);
+    store
+}
+
+/// Opens a consultation at till-1 over the local API; returns it.
+async fn open_consultation(gateway: &Gateway) -> Value {
+    let (code, opened) = post(
+        gateway,
+        "/api/v1/consultations",
+        r#"{"station":"till-1","flow":"rx-5step","clerk":"c-17"}"#,
+    )
+    .await;
+    assert_eq!(code, 201, "{opened}");
+    opened
+}
+
+/// The `consultation_step` records of `records`, as (key, the record's data).
+fn step_records(records: &[Value]) -> Vec<(String, &Value)> {
+    of_kind(records, "consultation_step")
+        .into_iter()
+        .map(|record| {
+            let data = &record["data"];
+            (data["key"].as_str().expect("key").to_owned(), data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_consultation_is_published_stepped_over_mqtt_and_recorded() {
+    let broker = Mosquitto::start();
+    let mut pos = Pos::connect(broker.port).await;
+    let store = flow_store(broker.port);
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    pos.wait_gateway_takes_steps("till-1").await;
+
+    // The flow product's scan opens a consultation; 药品推荐 is done by it.
+    scanner.send(TARGETED_SCAN).await;
+    let opened = pos.take("till-1/consultation", |_| true).await;
+    assert_eq!(opened["state"], "open");
+    assert_eq!(opened["flow"], "rx-5step");
+    assert_eq!(opened["flow_name"], "处方推荐五步法");
+    assert_eq!(opened["station"], "till-1");
+    assert_eq!(opened["steps"][2]["key"], "recommend");
+    assert_eq!(opened["steps"][2]["value"], "6901234567892");
+    assert_eq!(opened["scans"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        opened["skip_reasons"],
+        json!(["客户明确拒绝", "复购老客", "紧急情况"])
+    );
+    let id = opened["id"].as_str().expect("id").to_owned();
+    let (_, body) = gateway
+        .get("/api/v1/consultations?station=till-1")
+        .await
+        .unwrap();
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed, json!([opened]), "the same JSON as the local API");
+
+    // Each step the POS publishes comes back as the whole consultation.
+    let is_this = |c: &Value| c["id"] == id.as_str();
+    pos.step_json(
+        "till-1",
+        json!({"consultation": id, "step": "consult", "clerk": "c-17"}),
+    )
+    .await;
+    let changed = pos
+        .take("till-1/consultation", |c| {
+            is_this(c) && !c["steps"][0]["at"].is_null()
+        })
+        .await;
+    assert_eq!(changed["steps"][0]["clerk"], "c-17");
+    assert_eq!(changed["state"], "open");
+
+    pos.step_json(
+        "till-1",
+        json!({"consultation": id, "step": "symptoms", "values": ["失眠", "心悸"], "clerk": "c-17"}),
+    )
+    .await;
+    pos.take("till-1/consultation", |c| {
+        is_this(c) && c["steps"][1]["values"] == json!(["失眠", "心悸"])
+    })
+    .await;
+
+    pos.step_json(
+        "till-1",
+        json!({"consultation": id, "step": "insurance", "value": "自费"}),
+    )
+    .await;
+    pos.take("till-1/consultation", |c| {
+        is_this(c) && c["steps"][3]["value"] == "自费"
+    })
+    .await;
+
+    pos.step_json(
+        "till-1",
+        json!({"consultation": id, "step": "guidance", "skip": "复购老客", "clerk": "c-17"}),
+    )
+    .await;
+    let skipped = pos
+        .take("till-1/consultation", |c| {
+            is_this(c) && c["steps"][4]["skipped"] == "复购老客"
+        })
+        .await;
+    assert!(!skipped["steps"][4]["at"].is_null());
+
+    // A value the step does not offer: refused on step/error, and nothing changes.
+    pos.step_json(
+        "till-1",
+        json!({"consultation": id, "step": "insurance", "value": "刷脸"}),
+    )
+    .await;
+    let refused = pos
+        .take("till-1/consultation/step/error", |r| {
+            r["consultation"] == id.as_str()
+        })
+        .await;
+    assert_eq!(refused["step"], "insurance");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("one of: 通过, 未通过, 自费"),
+        "{refused}"
+    );
+
+    // The clerk closes it at the page: the POS sees how it closed.
+    let (code, closed) = post(
+        &gateway,
+        &format!("/api/v1/consultations/{id}/close"),
+        r#"{"outcome":"completed"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{closed}");
+    let published = pos
+        .take("till-1/consultation", |c| {
+            is_this(c) && c["state"] != "open"
+        })
+        .await;
+    assert_eq!(published["state"], "completed");
+    assert_eq!(published, closed, "the same JSON as the local API");
+
+    gateway.wait_records("consultation", 1).await;
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let steps = step_records(&records);
+    let keys: Vec<&str> = steps.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["recommend", "consult", "symptoms", "insurance", "guidance"],
+        "the scan's step, then the POS's, and not the refused one"
+    );
+    for (_, data) in &steps {
+        assert_eq!(data["consultation"], id.as_str());
+        assert_eq!(data["station"], "till-1");
+        assert!(data["at"].is_string());
+    }
+    assert_eq!(steps[1].1["clerk"], "c-17");
+    assert_eq!(steps[2].1["values"], json!(["失眠", "心悸"]));
+    assert_eq!(steps[3].1["value"], "自费");
+    assert_eq!(steps[4].1["skipped"], "复购老客");
+    let consultations = of_kind(&records, "consultation");
+    assert_eq!(consultations.len(), 1);
+    assert_eq!(consultations[0]["data"]["id"], id.as_str());
+    assert_eq!(consultations[0]["data"]["outcome"], "completed");
+}
+
+#[tokio::test]
+async fn bad_steps_get_an_error_reply_and_a_later_good_step_still_works() {
+    let broker = Mosquitto::start();
+    let mut pos = Pos::connect(broker.port).await;
+    let store = flow_store(broker.port);
+    let gateway = Gateway::start(&store).await;
+    pos.wait_gateway_takes_steps("till-1").await;
+    let opened = open_consultation(&gateway).await;
+    let id = opened["id"].as_str().expect("id").to_owned();
+    let published = pos
+        .take("till-1/consultation", |c| c["id"] == id.as_str())
+        .await;
+    assert_eq!(published, opened, "the same JSON as the local API");
+
+    // Each refusal names the consultation and step it could read, and says why.
+    let cases = [
+        (
+            json!({"consultation": id, "step": "nosuch"}),
+            "flow 'rx-5step' has no step 'nosuch'",
+        ),
+        (
+            json!({"consultation": id, "step": "guidance", "skip": "太忙"}),
+            "is not a skip reason of flow 'rx-5step'",
+        ),
+        (
+            json!({"consultation": id, "step": "consult", "value": "x"}),
+            "step 'consult' takes no value",
+        ),
+        (
+            json!({"consultation": id, "step": "symptoms"}),
+            "step 'symptoms' needs a value",
+        ),
+        (
+            json!({"consultation": id, "step": "symptoms", "vaule": "失眠"}),
+            "unknown field `vaule`",
+        ),
+    ];
+    for (body, why) in cases {
+        let step = body["step"].clone();
+        pos.step_json("till-1", body).await;
+        let reply = pos
+            .take("till-1/consultation/step/error", |r| {
+                r["consultation"] == id.as_str() && r["step"] == step
+            })
+            .await;
+        assert!(
+            reply["error"].as_str().unwrap().contains(why),
+            "{reply} should say {why}"
+        );
+    }
+    pos.step("till-1", b"{not json").await;
+    let reply = pos
+        .take("till-1/consultation/step/error", |r| {
+            r["consultation"].is_null()
+        })
+        .await;
+    assert_eq!(reply["step"], Value::Null);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed step"),
+        "{reply}"
+    );
+    // Another station's topic: refused there, even with a step that is fine.
+    pos.step_json(
+        "till-2",
+        json!({"consultation": id, "step": "symptoms", "value": "胸闷"}),
+    )
+    .await;
+    let reply = pos
+        .take("till-2/consultation/step/error", |r| {
+            r["consultation"] == id.as_str()
+        })
+        .await;
+    assert_eq!(
+        reply["error"],
+        format!("consultation '{id}' is at station 'till-1', not 'till-2'")
+    );
+
+    // The gateway is unharmed and the consultation open: a good step is taken.
+    assert_eq!(gateway.get("/healthz").await.unwrap().0, 200);
+    pos.step_json(
+        "till-1",
+        json!({"consultation": id, "step": "symptoms", "value": "胸闷"}),
+    )
+    .await;
+    let changed = pos
+        .take("till-1/consultation", |c| {
+            c["id"] == id.as_str() && !c["steps"][1]["at"].is_null()
+        })
+        .await;
+    assert_eq!(changed["steps"][1]["values"], json!(["胸闷"]), "multi");
+
+    // Closed (abandoned by the clerk): the POS sees it, and a step is refused.
+    let (code, _) = post(
+        &gateway,
+        &format!("/api/v1/consultations/{id}/close"),
+        r#"{"outcome":"abandoned"}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    pos.take("till-1/consultation", |c| {
+        c["id"] == id.as_str() && c["state"] == "abandoned"
+    })
+    .await;
+    pos.step_json("till-1", json!({"consultation": id, "step": "consult"}))
+        .await;
+    let reply = pos
+        .take("till-1/consultation/step/error", |r| {
+            r["consultation"] == id.as_str()
+        })
+        .await;
+    assert_eq!(
+        reply["error"],
+        format!("consultation '{id}' is already closed")
+    );
+
+    gateway.wait_records("consultation", 1).await;
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let steps = step_records(&records);
+    assert_eq!(steps.len(), 1, "only the good step is recorded: {steps:?}");
+    assert_eq!(steps[0].0, "symptoms");
+    assert_eq!(steps[0].1["values"], json!(["胸闷"]));
+}
+
+#[tokio::test]
+async fn consultations_open_before_the_channel_connects_are_published_once_it_does() {
+    // The first run has no broker: the consultation it opens is saved at the stop.
+    let mut broker = Mosquitto::reserve();
+    let store = flow_store(broker.port);
+    let gateway = Gateway::start(&store).await;
+    let opened = open_consultation(&gateway).await;
+    let id = opened["id"].as_str().expect("id").to_owned();
+    assert!(gateway.stop().await.success());
+
+    // The second run finds the broker and the POS there: its first connection publishes the
+    // open consultations (nothing changed since the start, so no event carries it).
+    broker.start_now();
+    let mut pos = Pos::connect(broker.port).await;
+    let gateway = Gateway::start(&store).await;
+    let published = pos
+        .take("till-1/consultation", |c| c["id"] == id.as_str())
+        .await;
+    assert_eq!(published["state"], "open");
+    assert_eq!(published["clerk"], "c-17");
+    assert_eq!(published["opened_at"], opened["opened_at"]);
+
+    pos.step_json(
+        "till-1",
+        json!({"consultation": id, "step": "consult", "clerk": "c-17"}),
+    )
+    .await;
+    pos.take("till-1/consultation", |c| {
+        c["id"] == id.as_str() && !c["steps"][0]["at"].is_null()
+    })
+    .await;
+    gateway.wait_records("consultation_step", 1).await;
+    assert!(gateway.stop().await.success());
+    let records = store.dump();
+    let steps = step_records(&records);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].0, "consult");
+    assert_eq!(steps[0].1["consultation"], id.as_str());
 }
