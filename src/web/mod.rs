@@ -3,7 +3,7 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /` | lists the stations, each linking to its counter screen |
-//! | `GET /station/{station}` | the counter screen (404 for a station not configured) |
+//! | `GET /station/{station}` | the counter screen (404 for a station not configured); its `<script id="config">` JSON carries `station`, the prompts' `skip_reasons` and `flows` (`[{"id","name"}]`, the flows 新问诊 offers, as configured when the page loaded) |
 //! | `GET /assets/app.js`, `GET /assets/style.css`, `GET /assets/pair.js` | the pages' scripts and style, built into the binary |
 //! | `GET /pair`, `POST /api/v1/pair` | pairing a station beyond loopback (see [`access`]) |
 //! | `GET /api/v1/prompts?station=S` | open prompts (of S, or all), oldest first |
