@@ -1,4 +1,4 @@
-//! The clerk page and the prompt endpoints of the local API (docs/local-api.md).
+//! The clerk page and the prompt and consultation endpoints of the local API (docs/local-api.md).
 //!
 //! | route | does |
 //! |---|---|
@@ -33,8 +33,12 @@
 //! simpler and safer than patching a gap. The stream also ends when the engine stops, so an
 //! HTTP graceful shutdown is not held up by open pages.
 //!
-//! The page is plain HTML, CSS and JavaScript, no build step (`assets/`); `app.js` lists the
-//! element ids and data attributes that tests rely on.
+//! The page is plain HTML, CSS and JavaScript, no build step (`assets/`). Next to the prompts
+//! it shows the station's open consultations as checklists, live from `event: consultation`:
+//! one key or tap per step, chips for `choose` values, skips with one of the flow's reasons
+//! only, a countdown while a scan is held, and 新问诊 with an optional member card (sent as
+//! `customer`, never stored by the page). `app.js` lists the element ids and data attributes
+//! that tests rely on, and the keys.
 
 pub mod access;
 mod api;

@@ -179,6 +179,7 @@ async fn the_station_page_lists_the_flows_for_a_new_consultation() {
         config["flows"],
         serde_json::json!([{"id": "rx-5step", "name": "处方推荐五步法"}])
     );
+    assert!(body.contains("id=\"consult-new\""));
 }
 
 #[tokio::test]
