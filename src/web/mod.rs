@@ -1,9 +1,9 @@
-//! The clerk page and the prompt endpoints of the local API (docs/local-api.md).
+//! The clerk page and the prompt and consultation endpoints of the local API (docs/local-api.md).
 //!
 //! | route | does |
 //! |---|---|
 //! | `GET /` | lists the stations, each linking to its counter screen |
-//! | `GET /station/{station}` | the counter screen (404 for a station not configured) |
+//! | `GET /station/{station}` | the counter screen (404 for a station not configured); its `<script id="config">` JSON carries `station`, the prompts' `skip_reasons` and `flows` (`[{"id","name"}]`, the flows 新问诊 offers, as configured when the page loaded) |
 //! | `GET /assets/app.js`, `GET /assets/style.css`, `GET /assets/pair.js` | the pages' scripts and style, built into the binary |
 //! | `GET /pair`, `POST /api/v1/pair` | pairing a station beyond loopback (see [`access`]) |
 //! | `GET /api/v1/prompts?station=S` | open prompts (of S, or all), oldest first |
@@ -33,8 +33,12 @@
 //! simpler and safer than patching a gap. The stream also ends when the engine stops, so an
 //! HTTP graceful shutdown is not held up by open pages.
 //!
-//! The page is plain HTML, CSS and JavaScript, no build step (`assets/`); `app.js` lists the
-//! element ids and data attributes that tests rely on.
+//! The page is plain HTML, CSS and JavaScript, no build step (`assets/`). Next to the prompts
+//! it shows the station's open consultations as checklists, live from `event: consultation`:
+//! one key or tap per step, chips for `choose` values, skips with one of the flow's reasons
+//! only, a countdown while a scan is held, and 新问诊 with an optional member card (sent as
+//! `customer`, never stored by the page). `app.js` lists the element ids and data attributes
+//! that tests rely on, and the keys.
 
 pub mod access;
 mod api;

@@ -1,8 +1,9 @@
 //! The HTML pages and static assets, built into the binary.
 //!
 //! The pages are templates with `{{…}}` placeholders filled here, so the page has what it needs
-//! (the station, the skip reasons) without an extra request. Everything inserted is escaped for
-//! where it goes: HTML text, a URL path segment, or JSON inside a `<script>` element.
+//! (the station, the prompts' skip reasons, the consultation flows `[{"id","name"}]` offered by
+//! 新问诊) without an extra request. Everything inserted is escaped for where it goes: HTML text,
+//! a URL path segment, or JSON inside a `<script>` element.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -50,9 +51,18 @@ pub(super) async fn station(
         );
         return (StatusCode::NOT_FOUND, Html(body)).into_response();
     }
+    // The flows offered by 新问诊, as configured now (a reload shows on the next page load).
+    let flows: Vec<serde_json::Value> = state
+        .consult
+        .flows()
+        .borrow()
+        .iter()
+        .map(|flow| serde_json::json!({ "id": flow.id, "name": flow.name }))
+        .collect();
     let config = serde_json::json!({
         "station": station,
         "skip_reasons": &*state.prompts.skip_reasons(),
+        "flows": flows,
     });
     page(
         STATION_HTML

@@ -165,6 +165,23 @@ async fn pages_and_assets() {
     assert_eq!(server.get("/assets/nope.js").await.0, 404);
 }
 
+/// 新问诊 offers the configured flows: the station page carries them in its config JSON.
+#[tokio::test]
+async fn the_station_page_lists_the_flows_for_a_new_consultation() {
+    let server = serve().await;
+    let (status, _, body) = server.get("/station/till-1").await;
+    assert_eq!(status, 200);
+    let marker = "<script id=\"config\" type=\"application/json\">";
+    let start = body.find(marker).expect("config") + marker.len();
+    let end = start + body[start..].find("</script>").expect("end of config");
+    let config: Value = serde_json::from_str(&body[start..end]).expect("config is JSON");
+    assert_eq!(
+        config["flows"],
+        serde_json::json!([{"id": "rx-5step", "name": "处方推荐五步法"}])
+    );
+    assert!(body.contains("id=\"consult-new\""));
+}
+
 #[tokio::test]
 async fn list_answer_and_errors() {
     let server = serve().await;
