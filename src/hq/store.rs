@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 
-use super::stats::{Aggregates, AttributionSummary, StoreTotals};
+use super::stats::{Aggregates, AttributionSummary, ConsultationSummary, StoreTotals};
 
 /// Name of the sled tree holding everything (one tree, so one `Batch` is atomic).
 const TREE: &str = "hq";
@@ -48,6 +48,8 @@ mod prefix {
     pub const DEDUP: u8 = b'D';
     /// Attribution summaries by hq_seq.
     pub const ATTRIBUTION: u8 = b'A';
+    /// Consultation summaries by hq_seq.
+    pub const CONSULTATION: u8 = b'C';
     /// Store totals by store code.
     pub const TOTALS: u8 = b'T';
 }
@@ -99,6 +101,11 @@ fn chunk_first(key: &[u8]) -> anyhow::Result<u64> {
 /// `A` + hq_seq.
 pub(crate) fn attribution_key(seq: u64) -> [u8; 9] {
     seq_key(prefix::ATTRIBUTION, seq)
+}
+
+/// `C` + hq_seq.
+pub(crate) fn consultation_key(seq: u64) -> [u8; 9] {
+    seq_key(prefix::CONSULTATION, seq)
 }
 
 /// A one-byte prefix and a big-endian seq: keys that sort by seq.
@@ -381,6 +388,12 @@ fn recover(store: &Store) -> anyhow::Result<Recovered> {
         let summary: AttributionSummary = serde_json::from_slice(&value)
             .with_context(|| format!("damaged attribution summary {key:?}"))?;
         aggregates.add_attribution(&summary);
+    }
+    for item in tree.scan_prefix([prefix::CONSULTATION]) {
+        let (key, value) = item?;
+        let summary: ConsultationSummary = serde_json::from_slice(&value)
+            .with_context(|| format!("damaged consultation summary {key:?}"))?;
+        aggregates.add_consultation(&summary);
     }
     aggregates.set_hq_seq(next_seq - 1);
     Ok(Recovered {
