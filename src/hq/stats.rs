@@ -744,6 +744,15 @@ impl Aggregates {
         self.stores.insert(store.to_string(), totals);
     }
 
+    /// Whether the durable records of `store` (of any store when `None`) include `kind`.
+    pub(crate) fn holds_kind(&self, store: Option<&str>, kind: &str) -> bool {
+        let held = |totals: &StoreTotals| totals.by_kind.get(kind).is_some_and(|n| *n > 0);
+        match store {
+            Some(code) => self.stores.get(code).is_some_and(held),
+            None => self.stores.values().any(held),
+        }
+    }
+
     /// Records that everything up to `hq_seq` is included.
     pub(crate) fn set_hq_seq(&mut self, hq_seq: u64) {
         self.hq_seq = self.hq_seq.max(hq_seq);

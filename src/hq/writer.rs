@@ -202,6 +202,15 @@ impl StoreHandle {
             .report()
     }
 
+    /// Whether HQ holds durable records of `kind` from `store` (from any store when `None`).
+    pub(crate) fn holds_kind(&self, store: Option<&str>, kind: &str) -> bool {
+        self.shared
+            .aggregates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .holds_kind(store, kind)
+    }
+
     /// Why the database stopped accepting batches, if it did.
     pub(crate) fn failure(&self) -> Option<String> {
         self.shared.failure()
