@@ -71,12 +71,12 @@ impl Consultation<'_> {
 }
 
 /// `released_by` and `held_ms` of a consultation's held scan.
-type Held = Option<(&'static str, u64)>;
+pub(crate) type Held = Option<(&'static str, u64)>;
 
 /// The ten consultations of store S1: 症状记录 done in 4, skipped in 3 (客户明确拒绝 twice,
 /// 紧急情况 once), missing in 3: 40 %.
 #[rustfmt::skip]
-const S1_CONSULTATIONS: [(&str, &str, Held); 10] = [
+pub(crate) const S1_CONSULTATIONS: [(&str, &str, Held); 10] = [
     ("c-17", "ddddd", Some(("steps", 1000))),
     ("c-17", "ddddd", Some(("steps", 2000))),
     ("c-17", "ddddd", Some(("steps", 3000))),
