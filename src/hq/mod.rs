@@ -129,6 +129,7 @@
 //!   hq/                     the sled 0.34 database; one tree "hq", keys by one-byte prefix:
 //!     M "format"            "1"
 //!     M "next_seq"          u64 BE: hq_seq of the next stored record
+//!     M "consultations_summarised"  "1": every consultation record has its C summary
 //!     R first_seq           a chunk: records first_seq, first_seq+1, ... of one batch
 //!     R first_seq piece     u32 BE from 1: the 2nd, 3rd, ... 32 KiB piece of a longer chunk
 //!     S store 0 first_seq   u64 BE last_seq: one entry per batch with new records

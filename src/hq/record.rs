@@ -534,6 +534,12 @@ impl IncomingBatch {
     }
 }
 
+/// The summary `/v1/stats` keeps of a stored record line (checked as at ingest), for records
+/// stored before HQ summarised their kind; `Ok(None)` for kinds it does not summarise.
+pub(crate) fn summary_of(line: &[u8]) -> Result<Option<Summary>, String> {
+    check_line(line).map(|accepted| accepted.summary)
+}
+
 /// Checks one non-blank line; the error says what is wrong with it.
 fn check_line(line: &[u8]) -> Result<Accepted<'_>, String> {
     // A struct also deserialises from a JSON array; the contract wants objects.
