@@ -15,7 +15,7 @@
 //! | `POST /v1/batches` | a store's token | `{"accepted":N,"duplicates":M}` |
 //! | `GET /v1/records?store=&kind=&after=&limit=` | admin token | NDJSON, each record plus `"hq_seq"` |
 //! | `GET /v1/stats` | admin token | JSON figures, below |
-//! | `GET /v1/trace?receipt=&store=&hq_seq=` | admin token | a sale traced to its attributions and scans (`dashboard`) |
+//! | `GET /v1/trace?receipt=&store=&hq_seq=` | admin token | a sale traced to its attributions, scans and consultation (`dashboard`) |
 //! | `GET /`, `GET /assets/dashboard.{js,css}` | anyone | the HQ dashboard (its data needs the admin token) |
 //! | `GET /healthz` | anyone | `ok`, or 503 with the reason writes stopped |
 //! | `GET /metrics` | anyone | OpenMetrics text, `posgw_hq_*` |
