@@ -1,5 +1,6 @@
 //! The HQ dashboard (`GET /`, docs/hq-protocol.md) and the one endpoint it needs besides
-//! `/v1/stats` and `/v1/records`: `GET /v1/trace`, a receipt traced back to its scans.
+//! `/v1/stats` and `/v1/records`: `GET /v1/trace`, a receipt traced back to its scans and to
+//! its consultation.
 //!
 //! # The page
 //!
@@ -16,7 +17,10 @@
 //! The page polls every 2 s, one request after the other (never overlapping):
 //! - `GET /v1/stats`: per campaign, over all stores or the store picked, prompts opened,
 //!   answered, skipped and timed out, completeness (answered ÷ opened) against the 85 % goal,
-//!   answer shares and the median answer latency, plus a row per store;
+//!   answer shares and the median answer latency, plus a row per store; per consultation flow,
+//!   consultations by outcome, each step's completeness (done ÷ consultations) with its done,
+//!   skipped and missing counts and skip reasons, held scans by how they were released, and a
+//!   table of step completeness per store (over all stores) or per clerk (in the store picked);
 //! - `GET /v1/records?kind=attribution&after=A` and `…kind=sale&after=B`, incrementally: `A`
 //!   and `B` are the `posgw-next-after` of the previous page, so each poll reads only what
 //!   arrived since. The first poll starts 200,000 records before the newest (`hq_seq` of the
@@ -37,10 +41,17 @@
 //!  "lines": [{"line": SALE_LINE,             // data.lines[i] of the sale
 //!             "attribution": RECORD | null,  // the attribution whose prompt = line.prompt
 //!             "scan": RECORD | null}],       // the scan whose id = attribution.data.scan
+//!  "consultation": null | {                  // the consultation the sale belongs to
+//!     "id": "k7q2m9xw",                      //   the sale's data.consultation (or the record's
+//!                                            //   data.id when found by receipt)
+//!     "record": RECORD | null,               //   the consultation record, with its steps
+//!     "scans": [{"id": "…", "scan": RECORD | null}]},   // its data.scans, in order
 //!  "complete": true}                         // false: a search window ran out before every
-//!                                            //   prompt and scan was found
+//!                                            //   prompt, scan and consultation was found
 //! ```
-//! 404 when no sale has that receipt (in that store), 400 for a bad query.
+//! 404 when no sale has that receipt (in that store), 400 for a bad query. `consultation` is
+//! null when the sale names none (no `data.consultation`) and no consultation record of the
+//! sale's store in the window has the sale's receipt as its `data.receipt`.
 //!
 //! HQ keeps no index by receipt, prompt or record id, so the trace is a bounded linear scan
 //! over stored records, which is fine for a reference receiver (an analyst's click, not a hot
@@ -51,11 +62,18 @@
 //! 2. the attributions of the sale's store within [`LINK_WINDOW_RECORDS`] records before and
 //!    after the sale (a prompt resolves shortly before or after its sale, and one gateway's
 //!    records arrive in journal order), stopping once every prompt of the sale is found;
-//! 3. the scans named by those attributions, in the same window.
+//! 3. the consultation, in the same window: the record whose `data.id` is the sale's
+//!    `data.consultation`; for a sale without one, the first whose `data.receipt` is the sale's
+//!    receipt, looked for only when the store has consultation records at all (its totals by
+//!    kind say), so tracing plain sales costs nothing more. A consultation closes once its
+//!    sale is linked and its steps settled, or when the clerk closes it, so it is normally near
+//!    its sale; one left open for hours may fall outside the window (`complete: false`);
+//! 4. the scans named by those attributions and by the consultation's `data.scans`, in the
+//!    same window, in one pass.
 //!
 //! Lines are cheaply pre-filtered by substring before being parsed, so a pass costs about a
-//! read of its window. A request examines at most the search window plus the link window twice
-//! (2.8 million records), and each pass may run past its window by one read of the store
+//! read of its window. A request examines at most the search window plus the link window three
+//! times (3.2 million records), and each pass may run past its window by one read of the store
 //! (at most 1,000,000 records examined, as for `/v1/records`).
 
 use std::collections::{HashMap, HashSet};
@@ -223,8 +241,30 @@ struct TraceReport {
     matches: Vec<SaleMatch>,
     /// Each line of the sale with its attribution and scan.
     lines: Vec<TraceLine>,
+    /// The consultation the sale belongs to, if any.
+    consultation: Option<TraceConsultation>,
     /// `false` when a window ran out before every linked record was found.
     complete: bool,
+}
+
+/// The consultation of a sale, traced.
+#[derive(Debug, Serialize)]
+struct TraceConsultation {
+    /// Its id: the sale's `data.consultation`, or the record's `data.id` when found by receipt.
+    id: Option<String>,
+    /// The consultation record (with its steps), when found.
+    record: Option<Value>,
+    /// The scans its `data.scans` names, in order.
+    scans: Vec<TraceScan>,
+}
+
+/// One scan a consultation names.
+#[derive(Debug, Serialize)]
+struct TraceScan {
+    /// The scan record's id.
+    id: String,
+    /// The scan record, when found.
+    scan: Option<Value>,
 }
 
 /// A sale with the receipt asked for.
@@ -289,16 +329,39 @@ async fn trace_receipt(
         |record| record["data"]["prompt"].as_str().map(str::to_owned),
     )
     .await?;
-    let scan_ids: HashSet<String> = attributions
+    let consultation = find_consultation(store, &sale, sale_store.clone(), window).await?;
+    let mut scan_ids: HashSet<String> = attributions
         .values()
         .filter_map(|record| record["data"]["scan"].as_str().map(str::to_owned))
         .collect();
+    let consultation_scan_ids = consultation_scans(
+        consultation
+            .as_ref()
+            .and_then(|(_, record)| record.as_ref()),
+    );
+    scan_ids.extend(consultation_scan_ids.iter().cloned());
     let scans = find_by(store, sale_store, "scan", window, &scan_ids, |record| {
         record["id"].as_str().map(str::to_owned)
     })
     .await?;
 
     let mut complete = true;
+    let consultation = match consultation {
+        None => None,
+        Some((id, record)) => {
+            let scans: Vec<TraceScan> = consultation_scan_ids
+                .into_iter()
+                .map(|id| TraceScan {
+                    scan: scans.get(&id).cloned(),
+                    id,
+                })
+                .collect();
+            if record.is_none() || scans.iter().any(|scan| scan.scan.is_none()) {
+                complete = false;
+            }
+            Some(TraceConsultation { id, record, scans })
+        }
+    };
     let lines = lines
         .into_iter()
         .map(|line| {
@@ -328,8 +391,66 @@ async fn trace_receipt(
         sale,
         matches,
         lines,
+        consultation,
         complete,
     }))
+}
+
+/// The consultation of `sale`: `(id, record)`, the record `None` when the sale names one that
+/// is not in the window; `None` when the sale names none and none in the window has its receipt.
+async fn find_consultation(
+    store: &StoreHandle,
+    sale: &Value,
+    sale_store: Option<String>,
+    window: Window,
+) -> anyhow::Result<Option<(Option<String>, Option<Value>)>> {
+    if let Some(id) = sale["data"]["consultation"].as_str() {
+        let wanted = HashSet::from([id.to_owned()]);
+        let mut found = find_by(
+            store,
+            sale_store,
+            "consultation",
+            window,
+            &wanted,
+            |record| record["data"]["id"].as_str().map(str::to_owned),
+        )
+        .await?;
+        return Ok(Some((Some(id.to_owned()), found.remove(id))));
+    }
+    let Some(receipt) = sale["data"]["receipt"].as_str() else {
+        return Ok(None);
+    };
+    // Most sales have no consultation: only stores that sent consultations are searched.
+    if !store.holds_kind(sale_store.as_deref(), "consultation") {
+        return Ok(None);
+    }
+    let wanted = HashSet::from([receipt.to_owned()]);
+    let mut found = find_by(
+        store,
+        sale_store,
+        "consultation",
+        window,
+        &wanted,
+        |record| record["data"]["receipt"].as_str().map(str::to_owned),
+    )
+    .await?;
+    Ok(found.remove(receipt).map(|record| {
+        let id = record["data"]["id"].as_str().map(str::to_owned);
+        (id, Some(record))
+    }))
+}
+
+/// The scan ids a consultation record names (`data.scans`), in order.
+fn consultation_scans(record: Option<&Value>) -> Vec<String> {
+    record
+        .and_then(|record| record["data"]["scans"].as_array())
+        .map(|scans| {
+            scans
+                .iter()
+                .filter_map(|id| id.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The sales with the receipt: the one at `hq_seq`, or all in the search window.
@@ -550,6 +671,40 @@ mod tests {
         )
     }
 
+    /// A sale of one line, naming `consultation` when given.
+    fn consulted_sale(seq: u64, receipt: &str, consultation: Option<&str>) -> String {
+        let mut record: Value = serde_json::from_str(&sale(seq, receipt, &[None])).expect("json");
+        if let Some(id) = consultation {
+            record["data"]["consultation"] = Value::from(id);
+            record["data"]["payments"] =
+                serde_json::json!([{"method": "medical_insurance", "status": "approved"}]);
+        }
+        record.to_string()
+    }
+
+    /// A closed consultation `id` whose flow products' scans are the records `scans`.
+    fn consultation(seq: u64, id: &str, receipt: Option<&str>, scans: &[u64]) -> String {
+        let step = |key: &str, label: &str, at: Option<&str>, skipped: Option<&str>| {
+            serde_json::json!({"key": key, "label": label, "at": at, "value": null, "values": null,
+                               "skipped": skipped, "clerk": at.map(|_| "c-17")})
+        };
+        let at = Some("2026-11-27T16:02:00.000+08:00");
+        record(
+            seq,
+            "consultation",
+            serde_json::json!({
+                "id": id, "flow": "rx-5step", "station": "till-1", "clerk": "c-17",
+                "customer": null, "opened_at": "2026-11-27T16:00:00.000+08:00",
+                "closed_at": "2026-11-27T16:05:00.000+08:00", "outcome": "incomplete",
+                "steps": [step("consult", "客户问诊", at, None),
+                          step("symptoms", "症状记录", at, Some("客户明确拒绝")),
+                          step("guidance", "用药指导", None, None)],
+                "scans": scans.iter().map(|seq| format!("S1/gw-1/ep1/{seq}")).collect::<Vec<_>>(),
+                "receipt": receipt, "held_ms": 4100, "released_by": "steps",
+            }),
+        )
+    }
+
     async fn store_with(lines: &[String]) -> (tempfile::TempDir, StoreHandle) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = StoreHandle::open(dir.path(), HqMetrics::new())
@@ -623,6 +778,7 @@ mod tests {
             .expect("read")
             .expect("found");
         assert!(report.complete);
+        assert!(report.consultation.is_none());
         assert_eq!(report.sale["hq_seq"], 5);
         assert_eq!(report.lines.len(), 3);
         let first = &report.lines[0];
@@ -648,6 +804,69 @@ mod tests {
                 .expect("read");
             assert!(report.is_none(), "{missing}");
         }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_receipt_is_traced_to_its_consultation_and_its_scans() {
+        let (_dir, store) = store_with(&[
+            scan(1),
+            record(
+                2,
+                "consultation_step",
+                serde_json::json!({"consultation": "k7q2m9xw", "flow": "rx-5step",
+                                   "station": "till-1", "key": "consult"}),
+            ),
+            consulted_sale(3, "R-1", Some("k7q2m9xw")),
+            // Closed after its sale, as when the sale settles the last step.
+            consultation(4, "k7q2m9xw", Some("R-1"), &[1]),
+            // A sale that does not name its consultation: found by the receipt.
+            consulted_sale(5, "R-2", None),
+            consultation(6, "b3n8p4rt", Some("R-2"), &[1, 99]),
+            consulted_sale(7, "R-3", Some("gone")),
+            consulted_sale(8, "R-4", None),
+        ])
+        .await;
+        let trace = |text: &'static str| {
+            let store = store.clone();
+            async move {
+                trace_receipt(&store, &query(text).expect("query"))
+                    .await
+                    .expect("read")
+                    .expect("found")
+            }
+        };
+        let report = trace("receipt=R-1").await;
+        assert!(report.complete);
+        let consultation = report.consultation.expect("a consultation");
+        assert_eq!(consultation.id.as_deref(), Some("k7q2m9xw"));
+        let found = consultation.record.expect("its record");
+        assert_eq!(found["hq_seq"], 4);
+        assert_eq!(found["data"]["steps"][1]["skipped"], "客户明确拒绝");
+        assert_eq!(consultation.scans.len(), 1);
+        assert_eq!(consultation.scans[0].id, "S1/gw-1/ep1/1");
+        let scan = consultation.scans[0].scan.as_ref().expect("the scan");
+        assert_eq!(scan["data"]["device"], "scanner-1");
+
+        let report = trace("receipt=R-2").await;
+        let consultation = report.consultation.expect("found by receipt");
+        assert_eq!(consultation.id.as_deref(), Some("b3n8p4rt"));
+        assert!(consultation.scans[0].scan.is_some());
+        assert!(
+            consultation.scans[1].scan.is_none(),
+            "scan 99 was never sent"
+        );
+        assert!(!report.complete);
+
+        let report = trace("receipt=R-3").await;
+        let consultation = report.consultation.expect("named by the sale");
+        assert_eq!(consultation.id.as_deref(), Some("gone"));
+        assert!(consultation.record.is_none() && consultation.scans.is_empty());
+        assert!(!report.complete);
+
+        let report = trace("receipt=R-4").await;
+        assert!(report.consultation.is_none());
+        assert!(report.complete);
         store.close().await;
     }
 

@@ -15,7 +15,7 @@
 //! | `POST /v1/batches` | a store's token | `{"accepted":N,"duplicates":M}` |
 //! | `GET /v1/records?store=&kind=&after=&limit=` | admin token | NDJSON, each record plus `"hq_seq"` |
 //! | `GET /v1/stats` | admin token | JSON figures, below |
-//! | `GET /v1/trace?receipt=&store=&hq_seq=` | admin token | a sale traced to its attributions and scans (`dashboard`) |
+//! | `GET /v1/trace?receipt=&store=&hq_seq=` | admin token | a sale traced to its attributions, scans and consultation (`dashboard`) |
 //! | `GET /`, `GET /assets/dashboard.{js,css}` | anyone | the HQ dashboard (its data needs the admin token) |
 //! | `GET /healthz` | anyone | `ok`, or 503 with the reason writes stopped |
 //! | `GET /metrics` | anyone | OpenMetrics text, `posgw_hq_*` |
@@ -68,10 +68,12 @@
 //!       "by_kind": {"attribution": 60, "gateway": 2, "sale": 300, "scan": 838},
 //!       "last_record_ts": "2026-11-27T16:01:02.345+08:00",   // latest record ts, by instant
 //!       "last_received_at": "2026-11-27T08:29:58.120Z",     // HQ clock, last accepted batch
-//!       "campaigns": { "xinsong-2026q4": CAMPAIGN }
+//!       "campaigns": { "xinsong-2026q4": CAMPAIGN },
+//!       "flows": { "rx-5step": FLOW }
 //!     }
 //!   },
-//!   "campaigns": { "xinsong-2026q4": CAMPAIGN }             // the same over all stores
+//!   "campaigns": { "xinsong-2026q4": CAMPAIGN },            // the same over all stores
+//!   "flows": { "rx-5step": FLOW }                           // the same over all stores
 //! }
 //! CAMPAIGN = {
 //!   "question": "推荐话术来源",            // latest seen, or null
@@ -90,6 +92,36 @@
 //! attribution records. Clerk breakdowns only hold prompts whose record names a clerk
 //! (timeouts usually do not).
 //!
+//! ```json
+//! FLOW = {
+//!   "consultations": 10,                  // consultation records (one per closed consultation)
+//!   "outcomes": {"completed": 4, "incomplete": 3, "abandoned": 3},
+//!   "completeness": 0.62,                 // steps done / steps of all consultations
+//!   "steps": [                            // in the flow's order
+//!     {"key": "symptoms", "label": "症状记录",
+//!      "consultations": 10,               // records with this step: done + skipped + missing
+//!      "done": 4, "skipped": 3, "missing": 3,
+//!      "completeness": 0.4,               // done / consultations
+//!      "skip_reasons": {"客户明确拒绝": 2, "紧急情况": 1}},
+//!     ...],
+//!   "clerks": {"c-17": {"consultations": 6, "outcomes": {...}, "completeness": 0.5,
+//!                       "steps": [...]}},  // by the clerk who opened the consultation
+//!   "held": {"steps":   {"consultations": 5, "median_held_ms": 41000.0},
+//!            "timeout": {"consultations": 1, "median_held_ms": 120000.0}}
+//! }
+//! ```
+//! Completeness is the chain's 过程数据完整率, required fields filled ÷ required fields: in a
+//! consultation record each step is done (`at` set, not skipped), skipped (`skipped` holds the
+//! reason) or missing (`at` null), and only done counts as filled. A step's denominator is the
+//! consultations whose record has it (a step added to the flow later is not counted missing in
+//! consultations from before). A consultation counts for the clerk who opened it (`data.clerk`),
+//! every step included: a missing step has no clerk of its own, and it is the opener's
+//! checklist; consultations without a clerk are only in the flow's figures. `held` counts the
+//! consultations whose held scan went on, by `released_by`, with the median `held_ms` (mean of
+//! the middle two when even; null when none says). `consultation_step` records (the steps
+//! while open) are stored and counted by kind but not in these figures: the closing record
+//! holds every step's last state.
+//!
 //! # On-disk layout
 //!
 //! ```text
@@ -97,11 +129,13 @@
 //!   hq/                     the sled 0.34 database; one tree "hq", keys by one-byte prefix:
 //!     M "format"            "1"
 //!     M "next_seq"          u64 BE: hq_seq of the next stored record
+//!     M "consultations_summarised"  "1": every consultation record has its C summary
 //!     R first_seq           a chunk: records first_seq, first_seq+1, ... of one batch
 //!     R first_seq piece     u32 BE from 1: the 2nd, 3rd, ... 32 KiB piece of a longer chunk
 //!     S store 0 first_seq   u64 BE last_seq: one entry per batch with new records
 //!     D stream 0 start      u64 BE end: seqs start..=end of stream store/gateway/epoch held
 //!     A hq_seq              attribution summary (compact JSON) of that record
+//!     C hq_seq              consultation summary (compact JSON): its steps done/skipped/missing
 //!     T store               the store's totals (JSON), as in /v1/stats
 //! ```
 //! (`first_seq`, `start`, `hq_seq` are u64 big-endian, so keys sort by number.)
@@ -119,15 +153,16 @@
 //!
 //! Bodies in flight are bounded by `body_budget`; a `/v1/records` page by 4 MiB (plus one
 //! record); sled's cache is 32 MiB (its default, 1 GiB, made memory grow with every record
-//! stored). What else grows is per stream (its seq ranges), per store and per campaign, not
-//! per record. Measured on a debug build: RSS 279 MB after 200 MiB of 1 MiB records and 356 MB
+//! stored). What else grows is per stream (its seq ranges), per store, per campaign and per
+//! flow (their stations, clerks, steps, options and skip reasons), not per record, but for 8
+//! bytes per answered prompt and per held scan (for exact medians). Measured on a debug build: RSS 279 MB after 200 MiB of 1 MiB records and 356 MB
 //! after 800 MiB (sled's own working set settles at about 200 MB with 32 KiB values); before,
 //! 301 MB and 902 MB.
 //!
 //! # Atomicity and durability
 //!
 //! Everything one batch changes (chunks, the store index entry, dedup ranges, attribution
-//! summaries, the store's totals, `next_seq`) is one sled `Batch` on the one tree, which sled
+//! and consultation summaries, the store's totals, `next_seq`) is one sled `Batch` on the one tree, which sled
 //! applies atomically, also across a crash: after a restart a batch is either all there or
 //! not at all. The answer is sent only after a `Db::flush` (fsync) that started after the
 //! batch was applied. sled's own timed flushing is off; the flusher thread alone decides.
@@ -157,7 +192,8 @@
 //! clock depending on the neighbours' load, about 6.3 us of CPU per record for receiver and
 //! clients together (~160k records/s per busy core). Per record the costs are JSON validation
 //! (serde_json, borrowed), gzip inflate, copying into chunks, and sled's log write; only
-//! attribution records allocate per record on the ingest path (their summaries).
+//! attribution and consultation records allocate per record on the ingest path (their
+//! summaries).
 //!
 //! # Start-up
 //!
@@ -176,11 +212,12 @@
 //! # Code map
 //!
 //! - `config`: `[hq]` and `[[store]]`, [`load_config`], [`HqSettings`].
-//! - `record`: content encoding, bounded decompression, line validation.
+//! - `record`: content encoding, bounded decompression, line validation (and the summaries
+//!   of attribution and consultation records).
 //! - `budget`: the memory budget of bodies in flight.
 //! - `store`: sled keys, chunks, seq ranges, open and recovery, reading pages of records.
 //! - `writer`: the write path's owner (writer and flusher threads), `StoreHandle`.
-//! - `stats`: the `/v1/stats` figures.
+//! - `stats`: the `/v1/stats` figures: store totals, campaigns, flows.
 //! - `metrics`: `posgw_hq_*`.
 //! - `dashboard`: the page at `/` and `/v1/trace`.
 //! - `server`: routes, auth, [`run`] and [`start`].
@@ -198,4 +235,7 @@ mod writer;
 pub use config::{load_config, HqSettings, StoreSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 pub use metrics::HqMetrics;
 pub use server::{run, start, RunningHq, NEXT_AFTER_HEADER};
-pub use stats::{Breakdown, CampaignReport, Outcomes, StatsReport, StoreReport, StoreTotals};
+pub use stats::{
+    Breakdown, CampaignReport, FlowBreakdown, FlowOutcomes, FlowReport, HeldReport, Outcomes,
+    StatsReport, StepReport, StoreReport, StoreTotals,
+};

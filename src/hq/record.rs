@@ -16,7 +16,15 @@
 //! - `ts` is an RFC 3339 time and `data` is an object;
 //! - for `kind = "attribution"`: `data.campaign` is a string, `data.outcome` is one of
 //!   `answered` `timeout` `skipped`, and `answer`, `answer_label`, `station`, `clerk`,
-//!   `question` are strings or null and `latency_ms` a non-negative integer or null.
+//!   `question` are strings or null and `latency_ms` a non-negative integer or null;
+//! - for `kind = "consultation"`: `data.flow` is a string, `data.outcome` is one of
+//!   `completed` `incomplete` `abandoned`, `data.steps` is an array of objects each with a
+//!   `key` string (no key twice) and `label`, `at`, `skipped`, `clerk` strings or null;
+//!   `id`, `station`, `clerk`, `receipt` are strings or null, `scans` an array of strings or
+//!   null, `held_ms` a non-negative integer or null and `released_by` one of `steps`
+//!   `timeout` `closed` `shutdown` `restart` or null. Other fields (`customer`, the times,
+//!   each step's `value` and `values`) are stored, not read. Other kinds' `data`, the
+//!   `consultation_step` records' included, is not looked into.
 //!
 //! Blank lines are skipped; a trailing `\r` is not part of the record. The bytes stored are
 //! the line exactly as received otherwise.
@@ -30,7 +38,7 @@ use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::stats::AttributionSummary;
+use super::stats::{AttributionSummary, ConsultationSummary, StepStatus, StepSummary, Summary};
 use crate::record::Envelope;
 
 /// How the request body is compressed (`Content-Encoding`).
@@ -197,9 +205,9 @@ pub(crate) struct IncomingRecord {
     pub kind: usize,
     /// Where the record's line is in [`IncomingBatch::body`].
     pub line: Range<usize>,
-    /// What `/v1/stats` needs of an attribution record; `None` for other kinds (boxed: a
-    /// record of another kind then costs 8 bytes here, not the summary's 200).
-    pub attribution: Option<Box<AttributionSummary>>,
+    /// What `/v1/stats` needs of an attribution or consultation record; `None` for other
+    /// kinds (boxed: a record of another kind then costs 8 bytes here, not the summary's 200).
+    pub summary: Option<Box<Summary>>,
 }
 
 /// A whole validated batch, ready for the store.
@@ -246,8 +254,8 @@ struct Accepted<'a> {
     envelope: Envelope<'a>,
     /// Its `ts`, parsed.
     time: DateTime<FixedOffset>,
-    /// What `/v1/stats` needs, for an attribution record.
-    attribution: Option<AttributionSummary>,
+    /// What `/v1/stats` needs, for an attribution or consultation record.
+    summary: Option<Summary>,
 }
 
 impl Accepted<'_> {
@@ -295,6 +303,72 @@ struct AttributionData<'a> {
     #[serde(default)]
     latency_ms: Option<u64>,
 }
+
+/// What `/v1/stats` and the checks read of a consultation record's `data`.
+#[derive(Deserialize)]
+struct ConsultationData<'a> {
+    /// Flow id.
+    #[serde(borrow)]
+    flow: Cow<'a, str>,
+    /// `completed`, `incomplete` or `abandoned`.
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    /// One per configured step, in order.
+    #[serde(borrow)]
+    steps: Vec<ConsultationStep<'a>>,
+    /// The consultation's id, or null (checked, not kept).
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    id: Option<Cow<'a, str>>,
+    /// Station, or null (checked, not kept).
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    station: Option<Cow<'a, str>>,
+    /// Who opened it, or null.
+    #[serde(borrow, default)]
+    clerk: Option<Cow<'a, str>>,
+    /// The linked sale's receipt, or null (checked, not kept).
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    receipt: Option<Cow<'a, str>>,
+    /// Ids of the flow products' scan records, or null (checked, not kept).
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    scans: Option<Vec<Cow<'a, str>>>,
+    /// How long the held scan waited, or null.
+    #[serde(default)]
+    held_ms: Option<u64>,
+    /// Why the held scan went on, or null.
+    #[serde(borrow, default)]
+    released_by: Option<Cow<'a, str>>,
+}
+
+/// One step of a consultation record.
+#[derive(Deserialize)]
+struct ConsultationStep<'a> {
+    /// Its key.
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    /// Its label, or null.
+    #[serde(borrow, default)]
+    label: Option<Cow<'a, str>>,
+    /// When it was done or skipped, or null.
+    #[serde(borrow, default)]
+    at: Option<Cow<'a, str>>,
+    /// The skip reason, or null.
+    #[serde(borrow, default)]
+    skipped: Option<Cow<'a, str>>,
+    /// Who did it, or null (checked, not kept).
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    clerk: Option<Cow<'a, str>>,
+}
+
+/// The outcomes a consultation record may have.
+pub(crate) const FLOW_OUTCOMES: [&str; 3] = ["completed", "incomplete", "abandoned"];
+
+/// The `released_by` values a consultation record may have (besides null).
+pub(crate) const RELEASED_BY: [&str; 5] = ["steps", "timeout", "closed", "shutdown", "restart"];
 
 /// The outcomes an attribution record may have.
 pub(crate) const OUTCOMES: [&str; 3] = ["answered", "timeout", "skipped"];
@@ -365,7 +439,7 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
             seq: accepted.envelope.seq,
             kind,
             line: start..line_end,
-            attribution: accepted.attribution.map(Box::new),
+            summary: accepted.summary.map(Box::new),
         });
         start = next;
     }
@@ -446,8 +520,8 @@ impl IncomingBatch {
         let summaries: usize = self
             .records
             .iter()
-            .filter_map(|record| record.attribution.as_deref())
-            .map(AttributionSummary::memory_size)
+            .filter_map(|record| record.summary.as_deref())
+            .map(Summary::memory_size)
             .sum();
         (self.body.capacity()
             + self.records.capacity() * std::mem::size_of::<IncomingRecord>()
@@ -458,6 +532,12 @@ impl IncomingBatch {
                 .map(|s| s.capacity() + 24)
                 .sum::<usize>()) as u64
     }
+}
+
+/// The summary `/v1/stats` keeps of a stored record line (checked as at ingest), for records
+/// stored before HQ summarised their kind; `Ok(None)` for kinds it does not summarise.
+pub(crate) fn summary_of(line: &[u8]) -> Result<Option<Summary>, String> {
+    check_line(line).map(|accepted| accepted.summary)
 }
 
 /// Checks one non-blank line; the error says what is wrong with it.
@@ -523,15 +603,21 @@ fn check_line(line: &[u8]) -> Result<Accepted<'_>, String> {
     if !envelope.data.get().starts_with('{') {
         return Err("'data' must be a JSON object".to_string());
     }
-    let attribution = if envelope.kind == "attribution" {
-        Some(check_attribution(store, envelope.data)?)
-    } else {
-        None
+    let summary = match envelope.kind.as_ref() {
+        "attribution" => Some(Summary::Attribution(check_attribution(
+            store,
+            envelope.data,
+        )?)),
+        "consultation" => Some(Summary::Consultation(check_consultation(
+            store,
+            envelope.data,
+        )?)),
+        _ => None,
     };
     Ok(Accepted {
         envelope,
         time,
-        attribution,
+        summary,
     })
 }
 
@@ -583,6 +669,61 @@ fn check_attribution(store: &str, data: &RawValue) -> Result<AttributionSummary,
         clerk: data.clerk.map(Cow::into_owned),
         question: data.question.map(Cow::into_owned),
         latency_ms: data.latency_ms,
+    })
+}
+
+/// Checks a consultation record's `data` and keeps what the statistics need: each step as
+/// done (`at` set, not skipped), skipped (a reason set) or missing (`at` null).
+fn check_consultation(store: &str, data: &RawValue) -> Result<ConsultationSummary, String> {
+    let data: ConsultationData = serde_json::from_str(data.get()).map_err(|_| {
+        let explained = explain::<ConsultationData>(data.get().as_bytes());
+        format!("consultation 'data': {explained}")
+    })?;
+    if !FLOW_OUTCOMES.contains(&data.outcome.as_ref()) {
+        return Err(format!(
+            "consultation 'data.outcome' must be one of completed, incomplete, abandoned, found '{}'",
+            data.outcome
+        ));
+    }
+    if let Some(released_by) = &data.released_by {
+        if !RELEASED_BY.contains(&released_by.as_ref()) {
+            return Err(format!(
+                "consultation 'data.released_by' must be one of steps, timeout, closed, shutdown, \
+                 restart or null, found '{released_by}'"
+            ));
+        }
+    }
+    let mut steps: Vec<StepSummary> = Vec::with_capacity(data.steps.len());
+    for step in data.steps {
+        // A flow has at most 32 steps: a list search is cheaper than a set.
+        if steps.iter().any(|seen| seen.key == step.key) {
+            return Err(format!(
+                "consultation 'data.steps': step '{}' appears twice",
+                step.key
+            ));
+        }
+        let status = if step.skipped.is_some() {
+            StepStatus::Skipped
+        } else if step.at.is_some() {
+            StepStatus::Done
+        } else {
+            StepStatus::Missing
+        };
+        steps.push(StepSummary {
+            key: step.key.into_owned(),
+            label: step.label.map(Cow::into_owned),
+            status,
+            reason: step.skipped.map(Cow::into_owned),
+        });
+    }
+    Ok(ConsultationSummary {
+        store: store.to_string(),
+        flow: data.flow.into_owned(),
+        outcome: data.outcome.into_owned(),
+        clerk: data.clerk.map(Cow::into_owned),
+        steps,
+        held_ms: data.held_ms,
+        released_by: data.released_by.map(Cow::into_owned),
     })
 }
 
@@ -697,7 +838,9 @@ mod tests {
         assert_eq!(batch.kinds, ["scan", "attribution"]);
         assert_eq!((batch.records[0].kind, batch.records[1].kind), (0, 1));
         assert_eq!(batch.records[1].seq, 2);
-        let summary = batch.records[1].attribution.as_ref().expect("summary");
+        let Some(Summary::Attribution(summary)) = batch.records[1].summary.as_deref() else {
+            panic!("an attribution summary");
+        };
         assert_eq!(summary.campaign, "c1");
         assert_eq!(summary.latency_ms, Some(1500));
         assert_eq!(summary.clerk, None);
@@ -774,6 +917,117 @@ mod tests {
         ));
         assert!(
             message.starts_with("attribution 'data': 'latency_ms': invalid value"),
+            "{message}"
+        );
+    }
+
+    /// A consultation record's `data` with `steps` (as JSON) and the given outcome.
+    fn consultation_data(outcome: &str, steps: &str, released_by: &str) -> String {
+        format!(
+            r#"{{"id":"k7q2m9","flow":"rx-5step","station":"till-1","clerk":"c-17","customer":null,"opened_at":"2026-11-27T16:00:00.000+08:00","closed_at":"2026-11-27T16:05:00.000+08:00","outcome":"{outcome}","steps":{steps},"scans":["S1/gw-1/7f3a9c21/1"],"receipt":"R-1","held_ms":4100,"released_by":{released_by}}}"#
+        )
+    }
+
+    #[test]
+    fn consultations_are_summarised_step_by_step() {
+        let steps = r#"[
+            {"key":"consult","label":"客户问诊","at":"2026-11-27T16:01:00.000+08:00","value":null,"values":null,"skipped":null,"clerk":"c-17"},
+            {"key":"symptoms","label":"症状记录","at":"2026-11-27T16:02:00.000+08:00","value":null,"values":null,"skipped":"客户明确拒绝","clerk":"c-17"},
+            {"key":"guidance","label":"用药指导","at":null,"value":null,"values":null,"skipped":null,"clerk":null}]"#
+            .replace('\n', "");
+        let line = record(
+            "S1",
+            1,
+            "consultation",
+            &consultation_data("incomplete", &steps, r#""steps""#),
+        );
+        let batch = parse_batch(line.into_bytes(), "S1").expect("valid");
+        let Some(Summary::Consultation(summary)) = batch.records[0].summary.as_deref() else {
+            panic!("a consultation summary");
+        };
+        assert_eq!(summary.flow, "rx-5step");
+        assert_eq!(summary.outcome, "incomplete");
+        assert_eq!(summary.clerk.as_deref(), Some("c-17"));
+        assert_eq!(
+            (summary.held_ms, summary.released_by.as_deref()),
+            (Some(4100), Some("steps"))
+        );
+        let statuses: Vec<(&str, StepStatus, Option<&str>)> = summary
+            .steps
+            .iter()
+            .map(|step| (step.key.as_str(), step.status, step.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("consult", StepStatus::Done, None),
+                ("symptoms", StepStatus::Skipped, Some("客户明确拒绝")),
+                ("guidance", StepStatus::Missing, None),
+            ]
+        );
+        assert_eq!(summary.steps[1].label.as_deref(), Some("症状记录"));
+        // The smallest consultation the checks take; consultation_step data is not read.
+        let minimal = record(
+            "S1",
+            1,
+            "consultation",
+            r#"{"flow":"f","outcome":"abandoned","steps":[]}"#,
+        );
+        assert!(parse_batch(minimal.into_bytes(), "S1").is_ok());
+        let step = record("S1", 1, "consultation_step", r#"{"anything":1}"#);
+        let batch = parse_batch(step.into_bytes(), "S1").expect("valid");
+        assert!(batch.records[0].summary.is_none());
+    }
+
+    #[test]
+    fn bad_consultations_say_why() {
+        let bad = |data: &str| malformed(&record("S1", 1, "consultation", data)).1;
+        let step = r#"{"key":"consult","label":"客户问诊","at":null,"skipped":null,"clerk":null}"#;
+        assert_eq!(
+            bad(&consultation_data("maybe", "[]", "null")),
+            "consultation 'data.outcome' must be one of completed, incomplete, abandoned, found 'maybe'"
+        );
+        assert_eq!(
+            bad(r#"{"outcome":"completed","steps":[]}"#),
+            "consultation 'data': missing field 'flow'"
+        );
+        assert_eq!(
+            bad(r#"{"flow":"f","outcome":"completed"}"#),
+            "consultation 'data': missing field 'steps'"
+        );
+        let message = bad(r#"{"flow":"f","outcome":"completed","steps":{"consult":1}}"#);
+        assert!(
+            message.starts_with("consultation 'data': 'steps': invalid type: map"),
+            "{message}"
+        );
+        let message = bad(r#"{"flow":"f","outcome":"completed","steps":[{"label":"x"}]}"#);
+        assert_eq!(
+            message,
+            "consultation 'data': 'steps[0]': missing field 'key'"
+        );
+        let message = bad(r#"{"flow":"f","outcome":"completed","steps":[{"key":"a","at":5}]}"#);
+        assert!(
+            message.starts_with("consultation 'data': 'steps[0].at': invalid type: integer"),
+            "{message}"
+        );
+        assert_eq!(
+            bad(&consultation_data(
+                "completed",
+                &format!("[{step},{step}]"),
+                "null"
+            )),
+            "consultation 'data.steps': step 'consult' appears twice"
+        );
+        assert!(bad(&consultation_data("completed", "[]", r#""later""#))
+            .starts_with("consultation 'data.released_by' must be one of steps, timeout,"));
+        let message = bad(&consultation_data("completed", "[]", "null").replace("4100", "-1"));
+        assert!(
+            message.starts_with("consultation 'data': 'held_ms': invalid value"),
+            "{message}"
+        );
+        let message = bad(&consultation_data("completed", "[]", "null").replace(r#""R-1""#, "7"));
+        assert!(
+            message.starts_with("consultation 'data': 'receipt': invalid type"),
             "{message}"
         );
     }

@@ -471,7 +471,8 @@ fn decode_batch(
             busy: false,
         },
     })?;
-    // Attribution summaries are only known once parsed (at most a few hundred bytes each).
+    // Summaries are only known once parsed (a few hundred bytes for an attribution, a few
+    // KiB at most for a consultation of 32 steps).
     reservation
         .grow_plain_blocking(batch.memory_size())
         .map_err(|_| ApiError::busy())?;

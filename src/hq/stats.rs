@@ -1,14 +1,19 @@
-//! The figures of `GET /v1/stats`: per-store totals and per-campaign attribution aggregates,
-//! kept up to date at ingest so a request never scans records.
+//! The figures of `GET /v1/stats`: per-store totals, per-campaign attribution aggregates and
+//! per-flow step completeness, kept up to date at ingest so a request never scans records.
 //!
-//! Two inputs feed [`Aggregates`], both only once the batch they come from is durable:
+//! Three inputs feed [`Aggregates`], all only once the batch they come from is durable:
 //! - [`StoreTotals`] per store (records by kind, duplicates, batches, last `ts`, last arrival),
 //!   replaced whole after each batch; the writer persists the same struct under `T` + store;
 //! - one [`AttributionSummary`] per stored attribution record, also persisted (`A` + hq_seq),
-//!   so a restart rebuilds the campaign figures by reading only those, not the records.
+//!   so a restart rebuilds the campaign figures by reading only those, not the records;
+//! - one [`ConsultationSummary`] per stored consultation record (`C` + hq_seq), likewise:
+//!   each step of the consultation as done, skipped (with its reason) or missing.
 //!
 //! Counts are exact. The median answer latency is exact too: the latencies of answered prompts
-//! are kept in memory (8 bytes per answered prompt) and the median is taken per request.
+//! are kept in memory (8 bytes per answered prompt) and the median is taken per request; so is
+//! the median `held_ms` of held scans (8 bytes per consultation that held one). Everything
+//! else is counters per store, campaign or flow, per station, clerk, step, option and skip
+//! reason: it grows with the configuration and the staff, not with the records.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +70,107 @@ impl AttributionSummary {
                 .iter()
                 .filter_map(|text| text.as_ref().map(String::capacity))
                 .sum::<usize>()
+    }
+}
+
+/// What the statistics keep of one consultation record (persisted in compact JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConsultationSummary {
+    /// Store code.
+    #[serde(rename = "s")]
+    pub store: String,
+    /// Flow id.
+    #[serde(rename = "f")]
+    pub flow: String,
+    /// `completed`, `incomplete` or `abandoned`.
+    #[serde(rename = "o")]
+    pub outcome: String,
+    /// The clerk who opened it, the one its completeness is counted for.
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub clerk: Option<String>,
+    /// Its steps, in the flow's order.
+    #[serde(rename = "st", default)]
+    pub steps: Vec<StepSummary>,
+    /// How long its held scan waited.
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<u64>,
+    /// Why its held scan went on (`steps`, `timeout`, `closed`, `shutdown`, `restart`).
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
+}
+
+/// One step of a [`ConsultationSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StepSummary {
+    /// The step's key.
+    #[serde(rename = "k")]
+    pub key: String,
+    /// Its label.
+    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Done, skipped or missing.
+    #[serde(rename = "x")]
+    pub status: StepStatus,
+    /// The skip reason, when skipped.
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What became of one step of a closed consultation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum StepStatus {
+    /// `at` set and not skipped: the field is filled.
+    #[serde(rename = "d")]
+    Done,
+    /// Skipped, with a reason.
+    #[serde(rename = "s")]
+    Skipped,
+    /// Neither done nor skipped (`at` null).
+    #[serde(rename = "m")]
+    Missing,
+}
+
+impl ConsultationSummary {
+    /// Bytes this summary takes in memory, its strings included.
+    pub(crate) fn memory_size(&self) -> usize {
+        let optional = [&self.clerk, &self.released_by];
+        std::mem::size_of::<Self>()
+            + self.store.capacity()
+            + self.flow.capacity()
+            + self.outcome.capacity()
+            + optional
+                .iter()
+                .filter_map(|text| text.as_ref().map(String::capacity))
+                .sum::<usize>()
+            + self
+                .steps
+                .iter()
+                .map(|step| {
+                    std::mem::size_of::<StepSummary>()
+                        + step.key.capacity()
+                        + step.label.as_ref().map_or(0, String::capacity)
+                        + step.reason.as_ref().map_or(0, String::capacity)
+                })
+                .sum::<usize>()
+    }
+}
+
+/// What `/v1/stats` keeps of a record, for the kinds it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Summary {
+    /// An attribution record's.
+    Attribution(AttributionSummary),
+    /// A consultation record's.
+    Consultation(ConsultationSummary),
+}
+
+impl Summary {
+    /// Bytes this summary takes in memory, its strings included.
+    pub(crate) fn memory_size(&self) -> usize {
+        match self {
+            Summary::Attribution(summary) => summary.memory_size(),
+            Summary::Consultation(summary) => summary.memory_size(),
+        }
     }
 }
 
@@ -177,6 +283,8 @@ pub struct StoreReport {
     pub totals: StoreTotals,
     /// Campaign figures of this store, by campaign id.
     pub campaigns: BTreeMap<String, CampaignReport>,
+    /// Consultation figures of this store, by flow id.
+    pub flows: BTreeMap<String, FlowReport>,
 }
 
 /// The body of `GET /v1/stats`.
@@ -190,6 +298,277 @@ pub struct StatsReport {
     pub stores: BTreeMap<String, StoreReport>,
     /// Per campaign over all stores, by campaign id.
     pub campaigns: BTreeMap<String, CampaignReport>,
+    /// Per flow over all stores, by flow id.
+    pub flows: BTreeMap<String, FlowReport>,
+}
+
+/// Consultations by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FlowOutcomes {
+    /// Every step done or skipped.
+    pub completed: u64,
+    /// Closed with steps neither done nor skipped.
+    pub incomplete: u64,
+    /// Abandoned by the clerk, or open past the flow's timeout.
+    pub abandoned: u64,
+}
+
+impl FlowOutcomes {
+    fn add(&mut self, outcome: &str) {
+        match outcome {
+            "completed" => self.completed += 1,
+            "incomplete" => self.incomplete += 1,
+            // Validation admits only the three outcomes.
+            _ => self.abandoned += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &FlowOutcomes) {
+        self.completed += other.completed;
+        self.incomplete += other.incomplete;
+        self.abandoned += other.abandoned;
+    }
+
+    fn total(&self) -> u64 {
+        self.completed + self.incomplete + self.abandoned
+    }
+}
+
+/// One step of a flow over a set of consultations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepReport {
+    /// The step's key.
+    pub key: String,
+    /// Its label, as last seen; null if no record had one.
+    pub label: Option<String>,
+    /// Consultations whose record has this step (`done + skipped + missing`).
+    pub consultations: u64,
+    /// Done: `at` set, not skipped.
+    pub done: u64,
+    /// Skipped, with a reason.
+    pub skipped: u64,
+    /// Neither done nor skipped.
+    pub missing: u64,
+    /// `done / consultations`, from 0 to 1: a skipped step is not a filled field.
+    pub completeness: f64,
+    /// Skipped steps by reason.
+    pub skip_reasons: BTreeMap<String, u64>,
+}
+
+/// Step completeness of a set of consultations (a clerk's, or a whole flow's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FlowBreakdown {
+    /// Consultation records.
+    pub consultations: u64,
+    /// Consultations by outcome.
+    pub outcomes: FlowOutcomes,
+    /// Steps done over all steps of all these consultations (过程数据完整率: required fields
+    /// filled / required fields), from 0 to 1.
+    pub completeness: f64,
+    /// Each step, in the flow's order (as in the latest record that had the step).
+    pub steps: Vec<StepReport>,
+}
+
+/// Held scans released one way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HeldReport {
+    /// Consultations whose held scan went on this way.
+    pub consultations: u64,
+    /// Median `held_ms` (mean of the middle two for an even count); null when none says.
+    pub median_held_ms: Option<f64>,
+}
+
+/// The consultation figures of one flow (in one store, or over all stores).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FlowReport {
+    /// Consultations, outcomes, completeness and steps of the flow.
+    #[serde(flatten)]
+    pub figures: FlowBreakdown,
+    /// The same per clerk: the clerk who opened the consultation (`data.clerk`), for every
+    /// step of it, so a step nobody did counts against someone; consultations without a clerk
+    /// are not in here.
+    pub clerks: BTreeMap<String, FlowBreakdown>,
+    /// Consultations that held a scan, by `released_by`.
+    pub held: BTreeMap<String, HeldReport>,
+}
+
+/// Running counts of one step.
+#[derive(Debug, Clone, Default)]
+struct StepTally {
+    /// Label as last seen.
+    label: Option<String>,
+    /// Index of the step in the latest record that had it (for the order of the report).
+    position: usize,
+    /// Done, skipped, missing.
+    done: u64,
+    skipped: u64,
+    missing: u64,
+    /// Skips by reason.
+    reasons: BTreeMap<String, u64>,
+}
+
+impl StepTally {
+    fn add(&mut self, position: usize, step: &StepSummary) {
+        self.position = position;
+        if step.label.is_some() {
+            self.label.clone_from(&step.label);
+        }
+        match step.status {
+            StepStatus::Done => self.done += 1,
+            StepStatus::Missing => self.missing += 1,
+            StepStatus::Skipped => {
+                self.skipped += 1;
+                let reason = step.reason.as_deref().unwrap_or_default();
+                match self.reasons.get_mut(reason) {
+                    Some(count) => *count += 1,
+                    None => {
+                        self.reasons.insert(reason.to_string(), 1);
+                    }
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &StepTally) {
+        if other.label.is_some() {
+            self.label.clone_from(&other.label);
+        }
+        self.done += other.done;
+        self.skipped += other.skipped;
+        self.missing += other.missing;
+        for (reason, count) in &other.reasons {
+            *self.reasons.entry(reason.clone()).or_default() += count;
+        }
+    }
+
+    fn report(&self, key: &str) -> StepReport {
+        let consultations = self.done + self.skipped + self.missing;
+        StepReport {
+            key: key.to_string(),
+            label: self.label.clone(),
+            consultations,
+            done: self.done,
+            skipped: self.skipped,
+            missing: self.missing,
+            completeness: ratio(self.done, consultations),
+            skip_reasons: self.reasons.clone(),
+        }
+    }
+}
+
+/// Running step counts of a set of consultations.
+#[derive(Debug, Clone, Default)]
+struct StepsTally {
+    /// By outcome.
+    outcomes: FlowOutcomes,
+    /// By step key.
+    steps: BTreeMap<String, StepTally>,
+}
+
+impl StepsTally {
+    fn add(&mut self, summary: &ConsultationSummary) {
+        self.outcomes.add(&summary.outcome);
+        for (position, step) in summary.steps.iter().enumerate() {
+            match self.steps.get_mut(&step.key) {
+                Some(tally) => tally.add(position, step),
+                None => {
+                    let mut tally = StepTally::default();
+                    tally.add(position, step);
+                    self.steps.insert(step.key.clone(), tally);
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &StepsTally) {
+        self.outcomes.merge(&other.outcomes);
+        for (key, tally) in &other.steps {
+            match self.steps.get_mut(key) {
+                Some(mine) => mine.merge(tally),
+                None => {
+                    self.steps.insert(key.clone(), tally.clone());
+                }
+            }
+        }
+    }
+
+    fn report(&self) -> FlowBreakdown {
+        let mut steps: Vec<(&String, &StepTally)> = self.steps.iter().collect();
+        steps.sort_by(|a, b| (a.1.position, a.0).cmp(&(b.1.position, b.0)));
+        let steps: Vec<StepReport> = steps
+            .into_iter()
+            .map(|(key, tally)| tally.report(key))
+            .collect();
+        let done: u64 = steps.iter().map(|step| step.done).sum();
+        let fields: u64 = steps.iter().map(|step| step.consultations).sum();
+        FlowBreakdown {
+            consultations: self.outcomes.total(),
+            outcomes: self.outcomes,
+            completeness: ratio(done, fields),
+            steps,
+        }
+    }
+}
+
+/// Running figures of one flow in one store.
+#[derive(Debug, Clone, Default)]
+struct FlowTally {
+    /// Every consultation.
+    all: StepsTally,
+    /// By the clerk who opened it.
+    clerks: BTreeMap<String, StepsTally>,
+    /// Held scans by `released_by`: how many, and the `held_ms` of those that say.
+    held: BTreeMap<String, (u64, Vec<u64>)>,
+}
+
+impl FlowTally {
+    fn add(&mut self, summary: &ConsultationSummary) {
+        self.all.add(summary);
+        if let Some(clerk) = &summary.clerk {
+            self.clerks.entry(clerk.clone()).or_default().add(summary);
+        }
+        if let Some(released_by) = &summary.released_by {
+            let (count, held) = self.held.entry(released_by.clone()).or_default();
+            *count += 1;
+            if let Some(ms) = summary.held_ms {
+                held.push(ms);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &FlowTally) {
+        self.all.merge(&other.all);
+        for (clerk, tally) in &other.clerks {
+            self.clerks.entry(clerk.clone()).or_default().merge(tally);
+        }
+        for (released_by, (count, held)) in &other.held {
+            let mine = self.held.entry(released_by.clone()).or_default();
+            mine.0 += count;
+            mine.1.extend_from_slice(held);
+        }
+    }
+
+    fn report(&self) -> FlowReport {
+        FlowReport {
+            figures: self.all.report(),
+            clerks: self
+                .clerks
+                .iter()
+                .map(|(clerk, tally)| (clerk.clone(), tally.report()))
+                .collect(),
+            held: self
+                .held
+                .iter()
+                .map(|(released_by, (count, held))| {
+                    let report = HeldReport {
+                        consultations: *count,
+                        median_held_ms: median(held),
+                    };
+                    (released_by.clone(), report)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Running figures of one campaign in one store.
@@ -331,6 +710,8 @@ pub(crate) struct Aggregates {
     stores: BTreeMap<String, StoreTotals>,
     /// Campaign tallies by (store code, campaign id).
     campaigns: BTreeMap<(String, String), CampaignTally>,
+    /// Flow tallies by (store code, flow id).
+    flows: BTreeMap<(String, String), FlowTally>,
 }
 
 impl Aggregates {
@@ -342,9 +723,34 @@ impl Aggregates {
             .add(summary);
     }
 
+    /// Counts one durable consultation record.
+    pub(crate) fn add_consultation(&mut self, summary: &ConsultationSummary) {
+        self.flows
+            .entry((summary.store.clone(), summary.flow.clone()))
+            .or_default()
+            .add(summary);
+    }
+
+    /// Counts one durable record's summary.
+    pub(crate) fn add(&mut self, summary: &Summary) {
+        match summary {
+            Summary::Attribution(summary) => self.add_attribution(summary),
+            Summary::Consultation(summary) => self.add_consultation(summary),
+        }
+    }
+
     /// Replaces a store's totals with the ones as of its latest durable batch.
     pub(crate) fn set_store_totals(&mut self, store: &str, totals: StoreTotals) {
         self.stores.insert(store.to_string(), totals);
+    }
+
+    /// Whether the durable records of `store` (of any store when `None`) include `kind`.
+    pub(crate) fn holds_kind(&self, store: Option<&str>, kind: &str) -> bool {
+        let held = |totals: &StoreTotals| totals.by_kind.get(kind).is_some_and(|n| *n > 0);
+        match store {
+            Some(code) => self.stores.get(code).is_some_and(held),
+            None => self.stores.values().any(held),
+        }
     }
 
     /// Records that everything up to `hq_seq` is included.
@@ -364,7 +770,7 @@ impl Aggregates {
                 code.clone(),
                 StoreReport {
                     totals: totals.clone(),
-                    campaigns: BTreeMap::new(),
+                    ..StoreReport::default()
                 },
             );
         }
@@ -381,6 +787,20 @@ impl Aggregates {
         report.campaigns = overall
             .into_iter()
             .map(|(campaign, tally)| (campaign.to_string(), tally.report()))
+            .collect();
+        let mut overall: BTreeMap<&str, FlowTally> = BTreeMap::new();
+        for ((store, flow), tally) in &self.flows {
+            report
+                .stores
+                .entry(store.clone())
+                .or_default()
+                .flows
+                .insert(flow.clone(), tally.report());
+            overall.entry(flow).or_default().merge(tally);
+        }
+        report.flows = overall
+            .into_iter()
+            .map(|(flow, tally)| (flow.to_string(), tally.report()))
             .collect();
         report
     }
@@ -452,6 +872,112 @@ mod tests {
         assert_eq!(all.completeness, 0.6);
         assert_eq!(all.median_latency_ms, Some(2000.0));
         assert_eq!(all.answers["doctor"], 2);
+    }
+
+    /// A consultation of flow f1 whose steps are `statuses` ('d' done, 's' skipped, 'm'
+    /// missing) for the steps a, b, c.
+    fn consultation(
+        store: &str,
+        clerk: Option<&str>,
+        statuses: &str,
+        held: Option<(&str, u64)>,
+    ) -> ConsultationSummary {
+        let steps = ["a", "b", "c"]
+            .iter()
+            .zip(statuses.chars())
+            .map(|(key, status)| StepSummary {
+                key: key.to_string(),
+                label: Some(format!("label-{key}")),
+                status: match status {
+                    'd' => StepStatus::Done,
+                    's' => StepStatus::Skipped,
+                    _ => StepStatus::Missing,
+                },
+                reason: (status == 's').then(|| format!("reason-{key}")),
+            })
+            .collect();
+        ConsultationSummary {
+            store: store.into(),
+            flow: "f1".into(),
+            outcome: if statuses.contains('m') {
+                "incomplete".into()
+            } else {
+                "completed".into()
+            },
+            clerk: clerk.map(Into::into),
+            steps,
+            held_ms: held.map(|(_, ms)| ms),
+            released_by: held.map(|(by, _)| by.to_string()),
+        }
+    }
+
+    #[test]
+    fn flow_figures_per_step_store_clerk_and_overall() {
+        let mut aggregates = Aggregates::default();
+        for summary in [
+            consultation("S1", Some("c-1"), "ddd", Some(("steps", 1000))),
+            consultation("S1", Some("c-1"), "dsm", Some(("steps", 3000))),
+            consultation("S1", Some("c-2"), "smm", Some(("timeout", 120_000))),
+            consultation("S1", None, "dds", None),
+            consultation("S2", Some("c-1"), "ddd", Some(("steps", 2000))),
+        ] {
+            aggregates.add(&Summary::Consultation(summary));
+        }
+        let report = aggregates.report();
+        let s1 = &report.stores["S1"].flows["f1"];
+        assert_eq!(s1.figures.consultations, 4);
+        assert_eq!(
+            s1.figures.outcomes,
+            FlowOutcomes {
+                completed: 2,
+                incomplete: 2,
+                abandoned: 0
+            }
+        );
+        // 3 + 1 + 0 + 2 of 12 steps done.
+        assert_eq!(s1.figures.completeness, 0.5);
+        let keys: Vec<&str> = s1.figures.steps.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"], "in the flow's order");
+        let b = &s1.figures.steps[1];
+        assert_eq!(
+            (b.consultations, b.done, b.skipped, b.missing),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(b.completeness, 0.5);
+        assert_eq!(b.label.as_deref(), Some("label-b"));
+        assert_eq!(
+            b.skip_reasons,
+            BTreeMap::from([("reason-b".to_string(), 1)])
+        );
+        let c = &s1.figures.steps[2];
+        assert_eq!((c.done, c.skipped, c.missing), (1, 1, 2));
+        // Per clerk: the opener's; the consultation without one is only in the flow's figures.
+        assert_eq!(s1.clerks.len(), 2);
+        let c1 = &s1.clerks["c-1"];
+        assert_eq!(c1.consultations, 2);
+        assert_eq!(c1.completeness, 4.0 / 6.0);
+        assert_eq!(c1.steps[2].missing, 1);
+        assert_eq!(s1.clerks["c-2"].steps[0].skip_reasons["reason-a"], 1);
+        assert_eq!(s1.held["steps"].consultations, 2);
+        assert_eq!(s1.held["steps"].median_held_ms, Some(2000.0));
+        assert_eq!(s1.held["timeout"].median_held_ms, Some(120_000.0));
+        // Over all stores.
+        let all = &report.flows["f1"];
+        assert_eq!(all.figures.consultations, 5);
+        assert_eq!(all.figures.completeness, 9.0 / 15.0);
+        assert_eq!(all.clerks["c-1"].consultations, 3);
+        assert_eq!(all.held["steps"].consultations, 3);
+        assert_eq!(all.held["steps"].median_held_ms, Some(2000.0));
+        assert_eq!(report.stores["S2"].flows["f1"].figures.completeness, 1.0);
+    }
+
+    #[test]
+    fn consultation_summaries_round_trip_compactly() {
+        let summary = consultation("S1", Some("c-1"), "dsm", Some(("steps", 1000)));
+        let json = serde_json::to_string(&summary).expect("json");
+        assert!(json.contains(r#""x":"s","r":"reason-b""#), "{json}");
+        let back: ConsultationSummary = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, summary);
     }
 
     #[test]

@@ -9,12 +9,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 
-use super::stats::{Aggregates, AttributionSummary, StoreTotals};
+use super::stats::{Aggregates, AttributionSummary, ConsultationSummary, StoreTotals, Summary};
 
 /// Name of the sled tree holding everything (one tree, so one `Batch` is atomic).
 const TREE: &str = "hq";
 /// Value of the `M` `format` key this code writes and reads.
 const FORMAT: &[u8] = b"1";
+/// `M` key set once every stored consultation record has its `C` summary: records an HQ from
+/// before consultation figures stored as a kind it did not know get theirs at the first start
+/// of a newer one.
+const CONSULTATIONS_SUMMARISED: &str = "consultations_summarised";
+/// Records per sled batch while summarising stored consultation records.
+const BACKFILL_BATCH: usize = 10_000;
 /// Most records one chunk value holds.
 pub(crate) const CHUNK_MAX_RECORDS: usize = 64;
 /// Most line bytes one chunk value holds (a single larger line gets a chunk of its own).
@@ -48,6 +54,8 @@ mod prefix {
     pub const DEDUP: u8 = b'D';
     /// Attribution summaries by hq_seq.
     pub const ATTRIBUTION: u8 = b'A';
+    /// Consultation summaries by hq_seq.
+    pub const CONSULTATION: u8 = b'C';
     /// Store totals by store code.
     pub const TOTALS: u8 = b'T';
 }
@@ -99,6 +107,11 @@ fn chunk_first(key: &[u8]) -> anyhow::Result<u64> {
 /// `A` + hq_seq.
 pub(crate) fn attribution_key(seq: u64) -> [u8; 9] {
     seq_key(prefix::ATTRIBUTION, seq)
+}
+
+/// `C` + hq_seq.
+pub(crate) fn consultation_key(seq: u64) -> [u8; 9] {
+    seq_key(prefix::CONSULTATION, seq)
 }
 
 /// A one-byte prefix and a big-endian seq: keys that sort by seq.
@@ -382,6 +395,22 @@ fn recover(store: &Store) -> anyhow::Result<Recovered> {
             .with_context(|| format!("damaged attribution summary {key:?}"))?;
         aggregates.add_attribution(&summary);
     }
+    if tree.get(meta_key(CONSULTATIONS_SUMMARISED))?.is_none() {
+        let held = totals
+            .values()
+            .any(|totals| totals.by_kind.get("consultation").is_some_and(|n| *n > 0));
+        if held {
+            summarise_stored_consultations(store)?;
+        }
+        tree.insert(meta_key(CONSULTATIONS_SUMMARISED), b"1")?;
+        store.db.flush()?;
+    }
+    for item in tree.scan_prefix([prefix::CONSULTATION]) {
+        let (key, value) = item?;
+        let summary: ConsultationSummary = serde_json::from_slice(&value)
+            .with_context(|| format!("damaged consultation summary {key:?}"))?;
+        aggregates.add_consultation(&summary);
+    }
     aggregates.set_hq_seq(next_seq - 1);
     Ok(Recovered {
         next_seq,
@@ -389,6 +418,67 @@ fn recover(store: &Store) -> anyhow::Result<Recovered> {
         totals,
         aggregates,
     })
+}
+
+/// Writes the `C` summary of every stored consultation record that has none: those an HQ
+/// from before consultation figures stored as an unknown kind. Reads every chunk once; a record
+/// that does not pass today's checks is left out of the figures (and logged), as it would have
+/// been refused. Idempotent: summaries are keyed by hq_seq, so an interrupted run is redone.
+fn summarise_stored_consultations(store: &Store) -> anyhow::Result<()> {
+    tracing::info!(
+        path = %store.path.display(),
+        "summarising consultation records stored before HQ kept consultation figures"
+    );
+    let mut batch = sled::Batch::default();
+    let mut pending = 0;
+    let (mut summarised, mut refused) = (0u64, 0u64);
+    let mut items = store.tree.scan_prefix([prefix::CHUNK]).peekable();
+    while let Some(item) = items.next() {
+        let (key, value) = item?;
+        let first = chunk_first(&key)?;
+        if key.len() != 9 {
+            continue;
+        }
+        let mut joined: Option<Vec<u8>> = None;
+        while let Some(Ok((next, _))) = items.peek() {
+            if next.len() != 13 || next[..9] != key[..] {
+                break;
+            }
+            if let Some(item) = items.next() {
+                joined
+                    .get_or_insert_with(|| value.to_vec())
+                    .extend_from_slice(&item?.1);
+            }
+        }
+        let value: &[u8] = joined.as_deref().unwrap_or(&value);
+        let records =
+            decode_chunk(value).ok_or_else(|| anyhow!("damaged record chunk at hq_seq {first}"))?;
+        for (offset, record) in records.iter().enumerate() {
+            if record.kind != b"consultation" {
+                continue;
+            }
+            let seq = first + offset as u64;
+            match super::record::summary_of(record.line) {
+                Ok(Some(Summary::Consultation(summary))) => {
+                    batch.insert(&consultation_key(seq), serde_json::to_vec(&summary)?);
+                    pending += 1;
+                    summarised += 1;
+                }
+                Ok(_) => {}
+                Err(reason) => {
+                    tracing::warn!(hq_seq = seq, %reason, "a stored consultation record is left out of the figures");
+                    refused += 1;
+                }
+            }
+            if pending == BACKFILL_BATCH {
+                store.tree.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+    }
+    store.tree.apply_batch(batch)?;
+    tracing::info!(summarised, refused, "consultation records summarised");
+    Ok(())
 }
 
 /// A `/v1/records` query.
@@ -623,6 +713,84 @@ mod tests {
         assert_eq!(records[1].kind, b"sale");
         assert_eq!(records[1].line, br#"{"b":2}"#);
         assert!(decode_chunk(&chunk[..chunk.len() - 1]).is_none());
+    }
+
+    #[tokio::test]
+    async fn consultations_stored_before_their_figures_are_summarised_at_start() {
+        use crate::hq::metrics::HqMetrics;
+        use crate::hq::record::parse_batch;
+        use crate::hq::writer::StoreHandle;
+
+        let record = |seq: u64, kind: &str, data: &str| {
+            format!(
+                r#"{{"id":"S1/gw-1/ep1/{seq}","store":"S1","gateway":"gw-1","epoch":"ep1","seq":{seq},"ts":"2026-11-27T16:01:02.345+08:00","kind":"{kind}","data":{data}}}"#
+            )
+        };
+        let consultation = |seq: u64, label: &str, at: &str| {
+            record(
+                seq,
+                "consultation",
+                &format!(
+                    r#"{{"flow":"f1","outcome":"completed","clerk":"c-1","steps":[{{"key":"a","label":"{label}","at":{at},"skipped":null}}]}}"#
+                ),
+            )
+        };
+        // The second is longer than a chunk piece: stored in pieces, joined when read back.
+        let long = "长".repeat(PIECE_MAX_BYTES);
+        let lines = [
+            record(1, "scan", "{}"),
+            consultation(2, "症状记录", r#""2026-11-27T16:02:00.000+08:00""#),
+            consultation(3, &long, "null"),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let handle = StoreHandle::open(dir.path(), HqMetrics::new())
+            .await
+            .expect("open");
+        let batch = parse_batch(lines.join("\n").into_bytes(), "S1").expect("valid");
+        handle.ingest(batch).await.expect("stored");
+        let before = handle.stats();
+        assert_eq!(before.flows["f1"].figures.consultations, 2);
+        handle.close().await;
+
+        // As an HQ from before consultation figures left it: records, no summaries, no mark;
+        // and one consultation record that today's checks refuse.
+        {
+            let db = sled::open(dir.path().join("hq")).expect("sled");
+            let tree = db.open_tree(TREE).expect("tree");
+            for item in tree.scan_prefix([prefix::CONSULTATION]) {
+                tree.remove(item.expect("item").0).expect("remove");
+            }
+            tree.remove(meta_key(CONSULTATIONS_SUMMARISED))
+                .expect("remove");
+            let mut chunk = new_chunk("S1");
+            let refused = record(
+                4,
+                "consultation",
+                r#"{"flow":"f1","outcome":"maybe","steps":[]}"#,
+            );
+            push_chunk_record(&mut chunk, "consultation", refused.as_bytes());
+            tree.insert(chunk_key(4), chunk).expect("chunk");
+            tree.insert(meta_key("next_seq"), &5u64.to_be_bytes())
+                .expect("next_seq");
+            db.flush().expect("flush");
+        }
+
+        let handle = StoreHandle::open(dir.path(), HqMetrics::new())
+            .await
+            .expect("open");
+        let after = handle.stats();
+        assert_eq!(after.flows, before.flows);
+        assert_eq!(after.flows["f1"].figures.steps[0].missing, 1);
+        assert_eq!(after.hq_seq, 4);
+        handle.close().await;
+        // The mark is set: the next start reads the summaries only.
+        let db = sled::open(dir.path().join("hq")).expect("sled");
+        let tree = db.open_tree(TREE).expect("tree");
+        assert!(tree
+            .get(meta_key(CONSULTATIONS_SUMMARISED))
+            .expect("get")
+            .is_some());
+        assert_eq!(tree.scan_prefix([prefix::CONSULTATION]).count(), 2);
     }
 
     #[test]

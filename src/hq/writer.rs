@@ -2,7 +2,7 @@
 //!
 //! - The **writer** thread receives validated batches over a bounded channel, deduplicates
 //!   them against the in-memory seq ranges, and applies each as one atomic sled `Batch`
-//!   (records, indexes, dedup ranges, totals and `next_seq` together). It never waits for disk.
+//!   (records, indexes, dedup ranges, summaries, totals and `next_seq` together). It never waits for disk.
 //! - The **flusher** thread takes every batch applied so far, fsyncs once (`Db::flush`) and
 //!   only then answers their requests, publishes the new durable hq_seq for readers, and
 //!   updates the `/v1/stats` figures. Batches applied while a flush runs wait for the next
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::metrics::HqMetrics;
 use super::record::IncomingBatch;
-use super::stats::{Aggregates, AttributionSummary, StatsReport, StoreTotals};
+use super::stats::{Aggregates, StatsReport, StoreTotals, Summary};
 use super::store::{self, RecordPage, RecordQuery, SeqRanges, Store};
 
 /// Batches that may wait for the writer; more callers wait in `send` (backpressure).
@@ -96,8 +96,8 @@ struct Applied {
     store: String,
     /// The store's totals after this batch.
     totals: StoreTotals,
-    /// Attribution records it stored, for the statistics.
-    attributions: Vec<AttributionSummary>,
+    /// Summaries of the attribution and consultation records it stored, for the statistics.
+    summaries: Vec<Summary>,
     /// Records stored and duplicates.
     outcome: IngestOutcome,
 }
@@ -202,6 +202,15 @@ impl StoreHandle {
             .report()
     }
 
+    /// Whether HQ holds durable records of `kind` from `store` (from any store when `None`).
+    pub(crate) fn holds_kind(&self, store: Option<&str>, kind: &str) -> bool {
+        self.shared
+            .aggregates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .holds_kind(store, kind)
+    }
+
     /// Why the database stopped accepting batches, if it did.
     pub(crate) fn failure(&self) -> Option<String> {
         self.shared.failure()
@@ -288,7 +297,7 @@ impl Writer {
         let mut chunk_first = first_seq;
         let mut chunk_records = 0;
         let mut totals = self.totals.get(&batch.store).cloned().unwrap_or_default();
-        let mut attributions = Vec::new();
+        let mut summaries = Vec::new();
         for (offset, record) in fresh.iter().enumerate() {
             let seq = first_seq + offset as u64;
             let line = &batch.body[record.line.clone()];
@@ -309,11 +318,19 @@ impl Writer {
                     totals.by_kind.insert(kind.clone(), 1);
                 }
             }
-            if let Some(summary) = &record.attribution {
-                let json = serde_json::to_vec(summary)
-                    .map_err(|error| format!("cannot encode an attribution summary: {error}"))?;
-                sled_batch.insert(&store::attribution_key(seq), json);
-                attributions.push(AttributionSummary::clone(summary));
+            if let Some(summary) = record.summary.as_deref() {
+                let (key, json) = match summary {
+                    Summary::Attribution(summary) => {
+                        (store::attribution_key(seq), serde_json::to_vec(summary))
+                    }
+                    Summary::Consultation(summary) => {
+                        (store::consultation_key(seq), serde_json::to_vec(summary))
+                    }
+                };
+                let json =
+                    json.map_err(|error| format!("cannot encode a {kind} summary: {error}"))?;
+                sled_batch.insert(&key, json);
+                summaries.push(summary.clone());
             }
         }
         let next_seq = first_seq + fresh.len() as u64;
@@ -360,7 +377,7 @@ impl Writer {
             last_seq: next_seq - 1,
             store: batch.store,
             totals,
-            attributions,
+            summaries,
             outcome: IngestOutcome {
                 accepted: fresh.len(),
                 duplicates,
@@ -402,8 +419,8 @@ fn flush_loop(store: Store, shared: &Shared, tickets: std::sync::mpsc::Receiver<
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for Ticket { applied, .. } in &round {
                 aggregates.set_store_totals(&applied.store, applied.totals.clone());
-                for summary in &applied.attributions {
-                    aggregates.add_attribution(summary);
+                for summary in &applied.summaries {
+                    aggregates.add(summary);
                 }
             }
             aggregates.set_hq_seq(durable);

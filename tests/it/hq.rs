@@ -19,18 +19,18 @@ use serde_json::Value;
 
 /// How long any wait in a test may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
-const ADMIN: &str = "admin-secret";
-const TOKEN_1: &str = "store-1-secret";
-const TOKEN_2: &str = "store-2-secret";
+pub(crate) const ADMIN: &str = "admin-secret";
+pub(crate) const TOKEN_1: &str = "store-1-secret";
+pub(crate) const TOKEN_2: &str = "store-2-secret";
 
 /// A receiver's folder: `hq.toml`, token files, `data/`.
-struct Folder {
+pub(crate) struct Folder {
     dir: tempfile::TempDir,
 }
 
 impl Folder {
     /// Stores S1 and S2 with their tokens, the admin token, and `extra` lines in `[hq]`.
-    fn new(listen: &str, extra: &str) -> Folder {
+    pub(crate) fn new(listen: &str, extra: &str) -> Folder {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, token) in [
             ("admin.token", ADMIN),
@@ -53,7 +53,7 @@ impl Folder {
     }
 
     /// Starts the receiver in-process on a fresh loopback port.
-    async fn start(&self) -> Receiver {
+    pub(crate) async fn start(&self) -> Receiver {
         let settings = hq::load_config(&self.config()).expect("config loads");
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
@@ -66,9 +66,9 @@ impl Folder {
 }
 
 /// A receiver under test and an HTTP client for it.
-struct Receiver {
-    url: String,
-    client: reqwest::Client,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) client: reqwest::Client,
     running: Option<RunningHq>,
 }
 
@@ -81,14 +81,19 @@ impl Receiver {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("clean stop");
         }
     }
 
     /// Posts an NDJSON body, compressed as `encoding` says ("identity" sends no header).
-    async fn post(&self, token: Option<&str>, body: &str, encoding: &str) -> (StatusCode, Value) {
+    pub(crate) async fn post(
+        &self,
+        token: Option<&str>,
+        body: &str,
+        encoding: &str,
+    ) -> (StatusCode, Value) {
         self.post_raw(
             token,
             encode(body.as_bytes(), encoding),
@@ -146,7 +151,7 @@ impl Receiver {
     }
 
     /// Every record (paged), parsed.
-    async fn all_records(&self) -> Vec<Value> {
+    pub(crate) async fn all_records(&self) -> Vec<Value> {
         let mut records = Vec::new();
         let mut after = 0;
         loop {
@@ -161,7 +166,7 @@ impl Receiver {
         }
     }
 
-    async fn stats(&self) -> Value {
+    pub(crate) async fn stats(&self) -> Value {
         let response = self
             .client
             .get(format!("{}/v1/stats", self.url))
@@ -193,7 +198,7 @@ fn encode(body: &[u8], encoding: &str) -> Vec<u8> {
 }
 
 /// One record as a gateway writes it.
-fn record(store: &str, gateway: &str, seq: u64, kind: &str, data: &str) -> String {
+pub(crate) fn record(store: &str, gateway: &str, seq: u64, kind: &str, data: &str) -> String {
     format!(
         r#"{{"id":"{store}/{gateway}/7f3a9c21/{seq}","store":"{store}","gateway":"{gateway}","epoch":"7f3a9c21","seq":{seq},"ts":"2026-11-27T16:01:02.345+08:00","clock":{{"boot":"3b1c","mono_ms":{seq},"synced":true}},"kind":"{kind}","data":{data}}}"#
     )
@@ -235,7 +240,7 @@ fn attribution(
     )
 }
 
-fn lines(records: &[String]) -> String {
+pub(crate) fn lines(records: &[String]) -> String {
     records.iter().map(|r| format!("{r}\n")).collect()
 }
 

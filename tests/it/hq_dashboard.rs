@@ -1,6 +1,8 @@
 //! The HQ dashboard (`posgw hq`, `GET /`) in headless Chromium: a store's batch posted over
 //! HTTP shows up as campaign figures, answer shares, the attribution feed and a traced receipt;
 //! a second batch updates the open page without a reload; a refused token shows the token form.
+//! Consultation records show up as step completeness per step (with skip reasons), per store
+//! and per clerk, and a receipt is traced to its consultation's steps and scans.
 //! Screenshots land in `target/screenshots/hq-dashboard-*.png`.
 
 use std::future::Future;
@@ -562,6 +564,210 @@ async fn the_hq_dashboard_shows_campaign_figures_the_feed_and_a_traced_receipt_l
     click(&client, "#token-form button[type=submit]").await;
     wait_attr(&client, "#status", "data-state", |v| v == Some("live")).await;
     wait_attr(&client, &panel, "data-opened", |v| v == Some("7")).await;
+
+    client.close().await.unwrap();
+    assert!(hq.stop().await.success());
+}
+
+/// Ten consultations of the five-step flow (`hq_flow::S1_CONSULTATIONS`: 症状记录 done in 4,
+/// skipped in 3, missing in 3), the fifth linked to the sale R-2001 and its product's scan.
+fn flow_batch(journal: &mut Journal) -> Vec<Value> {
+    use crate::hq_flow::{Consultation, S1_CONSULTATIONS};
+    let mut out = Vec::new();
+    let scan = journal.scan(&mut out, "till-1", "scanner-1");
+    journal.sale(
+        &mut out,
+        "R-2001",
+        "c-17",
+        json!([{"sku": PRODUCT, "name": "硝苯地平缓释片", "qty": 1, "unit_price": 32.5,
+                "amount": 32.5, "prompt": null}]),
+    );
+    if let Some(sale) = out.last_mut() {
+        sale["data"]["consultation"] = json!("s1-4");
+    }
+    for (index, (clerk, steps, held)) in S1_CONSULTATIONS.iter().enumerate() {
+        let id = format!("s1-{index}");
+        let linked = index == 4;
+        let data = Consultation {
+            id: &id,
+            clerk: Some(clerk),
+            steps,
+            held: *held,
+            receipt: linked.then_some("R-2001"),
+            scans: if linked {
+                vec![scan.clone()]
+            } else {
+                Vec::new()
+            },
+        }
+        .data();
+        let record = journal.record("consultation", data);
+        out.push(record);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_hq_dashboard_shows_step_completeness_per_store_and_clerk_and_traces_a_consultation() {
+    let site = HqSite::new();
+    let hq = site.start().await;
+    let mut journal = Journal { seq: 0 };
+    post(&hq.api, &flow_batch(&mut journal)).await;
+
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let client = driver.browser(profile.path(), (1366, 768)).await;
+    client
+        .goto(&format!("{}/?token={ADMIN_TOKEN}", hq.api))
+        .await
+        .unwrap();
+    wait_attr(&client, "#status", "data-state", |v| v == Some("live")).await;
+
+    // The flow over all stores: 10 consultations, 32 of 50 steps done.
+    let panel = ".flow[data-flow=\"rx-5step\"]";
+    wait_attr(&client, panel, "data-consultations", |v| v == Some("10")).await;
+    assert_eq!(
+        attr(&client, panel, "data-completeness").await.as_deref(),
+        Some("64")
+    );
+    assert_eq!(
+        text_of(
+            &client,
+            &format!("{panel} .fig[data-key=completeness] .value")
+        )
+        .await,
+        "64%"
+    );
+    // Each step with its counts and skip reasons: 症状记录 is only 40 % complete.
+    let symptoms = format!("{panel} .steps-table tr[data-step=symptoms]");
+    assert!(text_of(&client, &format!("{symptoms} .name"))
+        .await
+        .contains("症状记录"));
+    for (cell, value) in [
+        (".done", "4"),
+        (".skipped", "3"),
+        (".missing", "3"),
+        (".rate-value", "40%"),
+    ] {
+        assert_eq!(
+            text_of(&client, &format!("{symptoms} {cell}")).await,
+            value,
+            "{cell}"
+        );
+    }
+    let refused = format!("{symptoms} .chip.reason[data-reason=\"客户明确拒绝\"]");
+    assert_eq!(
+        attr(&client, &refused, "data-count").await.as_deref(),
+        Some("2")
+    );
+    assert!(text_of(&client, &format!("{symptoms} .reasons"))
+        .await
+        .contains("紧急情况 ×1"));
+    assert!(text_of(
+        &client,
+        &format!("{panel} .steps-table tr[data-step=insurance] .reasons")
+    )
+    .await
+    .contains("复购老客 ×3"));
+    // The table per store.
+    let row = format!("{panel} .step-matrix[data-by=store] tr[data-row=\"{STORE}\"]");
+    assert_eq!(
+        text_of(&client, &format!("{row} td[data-step=symptoms] .cell-rate")).await,
+        "40%"
+    );
+    assert_eq!(
+        text_of(&client, &format!("{row} td[data-step=consult] .cell-rate")).await,
+        "100%"
+    );
+    assert_eq!(
+        attr(&client, &format!("{row} td[data-step=symptoms]"), "title")
+            .await
+            .as_deref(),
+        Some("4 完成 done · 3 跳过 skipped · 3 缺失 missing · 客户明确拒绝 ×2, 紧急情况 ×1")
+    );
+    assert_eq!(
+        attr(
+            &client,
+            &format!("{panel} .held-by[data-released-by=steps]"),
+            "data-count"
+        )
+        .await
+        .as_deref(),
+        Some("5")
+    );
+    screenshot(&client, "hq-dashboard-flows-1366x768.png").await;
+
+    // The store picked: the table per clerk (who opened the consultations).
+    client
+        .find(Locator::Css("#store-filter"))
+        .await
+        .unwrap()
+        .select_by_value(STORE)
+        .await
+        .unwrap();
+    let clerk = |code: &str| format!("{panel} .step-matrix[data-by=clerk] tr[data-row=\"{code}\"]");
+    wait_attr(&client, &clerk("c-21"), "data-row", |v| v == Some("c-21")).await;
+    assert_eq!(
+        text_of(
+            &client,
+            &format!("{} td[data-step=symptoms] .cell-rate", clerk("c-17"))
+        )
+        .await,
+        "66.7%"
+    );
+    assert_eq!(
+        text_of(
+            &client,
+            &format!("{} td[data-step=symptoms] .cell-rate", clerk("c-21"))
+        )
+        .await,
+        "0%"
+    );
+    assert_eq!(
+        text_of(&client, &format!("{} .total", clerk("c-21"))).await,
+        "35%"
+    );
+    client.set_window_size(1920, 1080).await.unwrap();
+    screenshot(&client, "hq-dashboard-flows-by-clerk-1920x1080.png").await;
+
+    // The receipt traced to its consultation: every step, why one was skipped, its scan.
+    click(&client, "#tab-trace").await;
+    click(&client, "#receipts button[data-receipt=\"R-2001\"]").await;
+    wait_attr(&client, "#trace", "data-state", |v| v == Some("shown")).await;
+    wait_attr(&client, "#trace-consultation", "data-consultation", |v| {
+        v == Some("s1-4")
+    })
+    .await;
+    let step = |key: &str| format!("#trace-consultation .consult-step[data-step={key}]");
+    assert_eq!(
+        attr(&client, &step("consult"), "data-state")
+            .await
+            .as_deref(),
+        Some("done")
+    );
+    assert_eq!(
+        attr(&client, &step("symptoms"), "data-state")
+            .await
+            .as_deref(),
+        Some("skipped")
+    );
+    assert!(text_of(&client, &step("symptoms"))
+        .await
+        .contains("客户明确拒绝"));
+    assert_eq!(
+        attr(&client, &step("guidance"), "data-state")
+            .await
+            .as_deref(),
+        Some("missing")
+    );
+    assert!(text_of(&client, "#trace-consultation .consult-scan")
+        .await
+        .contains("scanner-1"));
+    assert!(
+        attr(&client, "#trace-incomplete", "hidden").await.is_some(),
+        "every link found"
+    );
+    screenshot(&client, "hq-dashboard-trace-consultation-1920x1080.png").await;
 
     client.close().await.unwrap();
     assert!(hq.stop().await.success());

@@ -9,6 +9,7 @@ mod harness;
 mod hq;
 mod hq_dashboard;
 mod hq_e2e;
+mod hq_flow;
 mod mosquitto;
 
 mod api_access;

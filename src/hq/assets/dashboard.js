@@ -19,6 +19,24 @@
     skipped: ["跳过", "Skipped"],
     timeout: ["超时", "Timed out"],
   };
+  const FLOW_OUTCOMES = {
+    completed: ["已完成", "Completed"],
+    incomplete: ["未完成", "Incomplete"],
+    abandoned: ["已放弃", "Abandoned"],
+  };
+  // How a held scan went on to the POS (a consultation's released_by).
+  const RELEASED_BY = {
+    steps: ["步骤完成放行", "Steps done"],
+    timeout: ["超时放行", "Hold timeout"],
+    closed: ["问诊结束放行", "Consultation closed"],
+    shutdown: ["网关停止放行", "Gateway stopped"],
+    restart: ["网关重启未放行", "Gateway restarted: not released"],
+  };
+  const STEP_STATES = {
+    done: ["已完成", "Done"],
+    skipped: ["跳过", "Skipped"],
+    missing: ["缺失", "Missing"],
+  };
 
   const state = {
     token: "",
@@ -224,6 +242,7 @@
   function render() {
     renderStoreFilter();
     renderCampaigns();
+    renderFlows();
     renderFeed();
     renderReceipts();
   }
@@ -378,6 +397,164 @@
     return table;
   }
 
+  // ---- consultation flows: step completeness ----
+  function scopeFlows() {
+    const stats = state.stats;
+    if (!state.store) return stats.flows || {};
+    const store = (stats.stores || {})[state.store];
+    return (store && store.flows) || {};
+  }
+
+  function renderFlows() {
+    const flows = scopeFlows();
+    const stores = Object.entries(state.stats.stores || {}).map(([code, store]) => [code, store.flows]);
+    if (!changed("flows", JSON.stringify([state.store, flows, stores]))) return;
+    const ids = Object.keys(flows).sort();
+    $("flows-section").hidden = ids.length === 0;
+    $("flows").replaceChildren(...ids.map((id) => flowPanel(id, flows[id])));
+  }
+
+  function flowPanel(id, f) {
+    const o = f.outcomes || {};
+    const panel = el("article", {
+      class: "flow",
+      "data-flow": id,
+      "data-consultations": f.consultations,
+      "data-completeness": Math.round((f.completeness || 0) * 1000) / 10,
+    });
+    panel.append(el("header", { class: "campaign-head" },
+      el("h3", {}, bi("问诊流程", "Flow")),
+      el("span", { class: "campaign-id" }, id)));
+    const fig = (key, zh, en, value) =>
+      el("div", { class: "fig", "data-key": key },
+        el("span", { class: "label" }, bi(zh, en)),
+        el("strong", { class: "value" }, value));
+    panel.append(el("div", { class: "figures" },
+      fig("consultations", "问诊", "Consultations", f.consultations),
+      fig("completed", "已完成", "Completed", o.completed || 0),
+      fig("incomplete", "未完成", "Incomplete", o.incomplete || 0),
+      fig("abandoned", "已放弃", "Abandoned", o.abandoned || 0),
+      fig("completeness", "过程数据完整率", "Steps done", f.consultations ? percent(f.completeness || 0) : "—")));
+    panel.append(stepsTable(f.steps || []));
+    panel.append(stepMatrix(id, f.steps || []));
+    panel.append(heldLine(f.held || {}));
+    return panel;
+  }
+
+  function rateCell(ratio, count) {
+    const fill = el("span", { class: "fill" });
+    fill.style.setProperty("width", Math.min(100, ratio * 100) + "%");
+    const ok = count > 0 && ratio >= GOAL;
+    return el("td", { class: "rate " + (ok ? "ok" : "below") },
+      el("div", { class: "rate-cell" },
+        el("span", { class: "mini meter" }, fill),
+        el("span", { class: "rate-value" }, count > 0 ? percent(ratio) : "—")));
+  }
+
+  function reasonChips(reasons) {
+    const entries = Object.entries(reasons || {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+    if (entries.length === 0) return "—";
+    return entries.map(([reason, count]) =>
+      el("span", { class: "chip reason", "data-reason": reason, "data-count": count }, reason + " ×" + count));
+  }
+
+  // Each step of the flow in the scope: done, skipped, missing, completeness, skip reasons.
+  function stepsTable(steps) {
+    const table = el("table", { class: "steps-table" },
+      el("thead", {}, el("tr", {},
+        el("th", {}, bi("步骤", "Step")),
+        el("th", { class: "num" }, bi("已完成", "Done")),
+        el("th", { class: "num" }, bi("跳过", "Skipped")),
+        el("th", { class: "num" }, bi("缺失", "Missing")),
+        el("th", { class: "rate" }, bi("完整率", "Completeness")),
+        el("th", {}, bi("跳过原因", "Skip reasons")))));
+    const body = el("tbody");
+    for (const step of steps) {
+      body.append(el("tr", { "data-step": step.key, "data-completeness": Math.round((step.completeness || 0) * 1000) / 10 },
+        el("td", { class: "name" }, text(step.label, step.key), " ", el("span", { class: "en" }, step.key)),
+        el("td", { class: "num done" }, step.done),
+        el("td", { class: "num skipped" }, step.skipped),
+        el("td", { class: "num missing" }, step.missing),
+        rateCell(step.completeness || 0, step.consultations),
+        el("td", { class: "reasons" }, reasonChips(step.skip_reasons))));
+    }
+    table.append(body);
+    return table;
+  }
+
+  // Step completeness per store (over all stores) or per clerk (in the store picked).
+  function stepMatrix(id, steps) {
+    const rows = [];
+    if (!state.store) {
+      for (const [code, store] of Object.entries(state.stats.stores || {}).sort()) {
+        const f = (store.flows || {})[id];
+        if (f) rows.push([code, f]);
+      }
+    } else {
+      const store = (state.stats.stores || {})[state.store];
+      const f = store && (store.flows || {})[id];
+      for (const [clerk, b] of Object.entries((f && f.clerks) || {}).sort()) rows.push([clerk, b]);
+    }
+    const by = state.store ? "clerk" : "store";
+    const box = el("div", { class: "matrix-box" },
+      el("h4", {}, state.store ? bi("各店员步骤完整率", "Step completeness by clerk") : bi("各门店步骤完整率", "Step completeness by store")));
+    const table = el("table", { class: "step-matrix", "data-by": by },
+      el("thead", {}, el("tr", {},
+        el("th", {}, state.store ? bi("店员", "Clerk") : bi("门店", "Store")),
+        el("th", { class: "num" }, bi("问诊", "Consultations")),
+        ...steps.map((step) => el("th", { class: "num", "data-step": step.key }, text(step.label, step.key), el("span", { class: "en" }, step.key))),
+        el("th", { class: "num" }, bi("合计", "All steps")))));
+    const body = el("tbody");
+    for (const [name, f] of rows) {
+      const byKey = {};
+      for (const step of f.steps || []) byKey[step.key] = step;
+      const cells = steps.map((step) => {
+        const mine = byKey[step.key];
+        if (!mine || mine.consultations === 0) return el("td", { class: "num cell none", "data-step": step.key }, "—");
+        const low = mine.completeness < GOAL;
+        const reasons = Object.entries(mine.skip_reasons || {}).map(([r, n]) => r + " ×" + n).join(", ");
+        return el("td", {
+          class: "num cell " + (low ? "below" : "ok"),
+          "data-step": step.key,
+          title: mine.done + " 完成 done · " + mine.skipped + " 跳过 skipped · " + mine.missing + " 缺失 missing" + (reasons ? " · " + reasons : ""),
+        },
+          el("strong", { class: "cell-rate" }, percent(mine.completeness)),
+          el("span", { class: "cell-counts" }, mine.skipped + " 跳 · " + mine.missing + " 缺"));
+      });
+      body.append(el("tr", { "data-row": name },
+        el("td", { class: "name" }, name),
+        el("td", { class: "num" }, f.consultations),
+        ...cells,
+        el("td", { class: "num total" }, percent(f.completeness || 0))));
+    }
+    if (rows.length === 0) {
+      body.append(el("tr", {}, el("td", { colspan: steps.length + 3, class: "empty" },
+        bi("没有记录店员的问诊", "No consultation names a clerk"))));
+    }
+    table.append(body);
+    box.append(table);
+    return box;
+  }
+
+  function heldLine(held) {
+    // In the gateway's order (steps, timeout, closed, ...), unknown ones last.
+    const order = Object.keys(RELEASED_BY);
+    const rank = (by) => (order.includes(by) ? order.indexOf(by) : order.length);
+    const entries = Object.entries(held).sort((a, b) => rank(a[0]) - rank(b[0]) || a[0].localeCompare(b[0]));
+    const line = el("p", { class: "held" }, el("span", { class: "label" }, bi("扫码扣留", "Held scans")), ": ");
+    if (entries.length === 0) {
+      line.append("—");
+      return line;
+    }
+    entries.forEach(([by, h], index) => {
+      const label = RELEASED_BY[by] || [by, ""];
+      if (index > 0) line.append(" · ");
+      line.append(el("span", { class: "held-by", "data-released-by": by, "data-count": h.consultations },
+        bi(label[0], label[1]), " " + h.consultations + " · 中位 " + seconds(h.median_held_ms)));
+    });
+    return line;
+  }
+
   function inScope(record) {
     return !state.store || record.store === state.store;
   }
@@ -426,7 +603,8 @@
           el("span", { class: "receipt-total" }, money(d.total, d.currency)),
           el("span", { class: "receipt-where" }, sale.store + " · " + text(d.station) + " · " + shortTime(sale.ts)),
           el("span", { class: "receipt-lines" },
-            lines.length + " 行 lines" + (linked ? " · " + linked + " 推荐 prompted" : ""))));
+            lines.length + " 行 lines" + (linked ? " · " + linked + " 推荐 prompted" : "") +
+            (d.consultation ? " · 问诊 consultation" : ""))));
     });
     $("receipts").replaceChildren(...items);
     $("receipts-empty").hidden = items.length > 0;
@@ -494,6 +672,57 @@
     if (report.lines.length === 0) {
       $("trace-lines").append(el("li", { class: "empty" }, bi("该小票没有商品行", "This receipt has no item lines")));
     }
+    renderTraceConsultation(report.consultation);
+  }
+
+  // The consultation behind the receipt: each step as done, skipped (why) or missing, and the
+  // flow products' scans.
+  function renderTraceConsultation(c) {
+    const box = $("trace-consultation");
+    box.hidden = !c;
+    if (!c) {
+      box.replaceChildren();
+      return;
+    }
+    const r = c.record;
+    box.dataset.consultation = c.id || "";
+    const head = el("h3", {}, bi("问诊", "Consultation"), " ", el("span", { class: "mono" }, text(c.id)));
+    if (!r) {
+      box.replaceChildren(head, el("p", { class: "note" }, bi("问诊记录未到达总部", "The consultation record has not reached HQ (or is outside the search window)")));
+      return;
+    }
+    const d = r.data || {};
+    const outcome = FLOW_OUTCOMES[d.outcome] || [d.outcome, ""];
+    const meta = [
+      [bi("流程", "Flow"), text(d.flow)],
+      [bi("结果", "Outcome"), el("span", { class: "chip " + d.outcome }, bi(outcome[0], outcome[1]))],
+      [bi("店员", "Clerk"), text(d.clerk)],
+      [bi("开始", "Opened"), shortTime(d.opened_at)],
+      [bi("结束", "Closed"), shortTime(d.closed_at)],
+      [bi("扫码扣留", "Held"), d.released_by ? text((RELEASED_BY[d.released_by] || [d.released_by])[0]) + " · " + seconds(d.held_ms) : "—"],
+    ];
+    const steps = (Array.isArray(d.steps) ? d.steps : []).map((step) => {
+      const state = step.skipped ? "skipped" : step.at ? "done" : "missing";
+      const label = STEP_STATES[state];
+      const value = Array.isArray(step.values) ? step.values.join("、") : step.value;
+      return el("li", { class: "consult-step " + state, "data-step": step.key, "data-state": state },
+        el("span", { class: "step-label" }, text(step.label, step.key)),
+        el("span", { class: "chip " + state }, bi(label[0], label[1])),
+        el("span", { class: "step-value" }, state === "skipped" ? text(step.skipped) : text(value, "")),
+        el("span", { class: "step-clerk" }, text(step.clerk, "")),
+        el("span", { class: "step-time" }, step.at ? shortTime(step.at) : ""));
+    });
+    const scans = (c.scans || []).map((entry) => {
+      const s = entry.scan;
+      return el("li", { class: "consult-scan" + (s ? "" : " missing"), "data-id": entry.id },
+        s ? [shortTime(s.ts), " · ", text(s.data && s.data.device), " · ", el("span", { class: "mono" }, text(s.data && s.data.code))]
+          : [el("span", { class: "mono" }, entry.id), " ", bi("未找到", "Not found")]);
+    });
+    box.replaceChildren(head,
+      el("dl", { class: "meta" }, meta.map(([label, value]) => el("div", {}, el("dt", {}, label), el("dd", {}, value)))),
+      el("ol", { class: "consult-steps" }, steps),
+      el("h4", {}, bi("流程商品扫码", "Flow product scans")),
+      scans.length ? el("ul", { class: "consult-scans" }, scans) : el("p", { class: "empty" }, "—"));
   }
 
   function traceLine(entry, index, currency) {
