@@ -42,6 +42,27 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The CPU time process `pid` has spent so far, user and system, over all its threads
+/// (`utime` + `stime` of `/proc/PID/stat`). Unlike wall time it hardly depends on what else
+/// the machine runs.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // The fields after the command name, which is in parentheses and may contain spaces:
+    // state is field 3, utime 14 and stime 15.
+    let after_name = stat.rfind(')').map_or("", |at| &stat[at + 1..]);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |n: usize| -> u64 {
+        fields
+            .get(n - 3)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no field {n} in /proc/{pid}/stat: {stat}"))
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_second = u64::try_from(ticks_per_second).expect("clock ticks per second");
+    Duration::from_secs_f64((field(14) + field(15)) as f64 / ticks_per_second as f64)
+}
+
 /// The peak resident memory of process `pid` in bytes (`VmHWM`).
 pub fn peak_rss(pid: u32) -> u64 {
     proc_status_kb(pid, "VmHWM") * 1024
