@@ -131,6 +131,8 @@ pub async fn run(
     run_for: Option<Duration>,
     fast: bool,
 ) -> anyhow::Result<()> {
+    // Caught before anything is bound, so Ctrl-C during the start still stops cleanly.
+    let stop = crate::signal::shutdown_signal();
     let pace: u32 = if fast { 10 } else { 1 };
     // Without --data the demo keeps its store in one temp folder, so a second run continues the
     // same journal and `posgw journal dump` works after it stops.
@@ -238,10 +240,10 @@ pub async fn run(
             Some(limit) => {
                 tokio::select! {
                     () = tokio::time::sleep(limit) => {}
-                    () = crate::signal::shutdown_signal() => {}
+                    () = stop => {}
                 }
             }
-            None => crate::signal::shutdown_signal().await,
+            None => stop.await,
         }
     };
     let outcome = crate::gateway::run(settings, listener, shutdown).await;

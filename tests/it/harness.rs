@@ -248,7 +248,19 @@ impl Gateway {
 
     /// [`Gateway::spawn`] for a prepared `posgw` command (e.g. with resource limits set);
     /// `tag` prefixes its log lines.
-    pub async fn spawn_command(mut command: Command, tag: &str, marker: &'static str) -> Gateway {
+    pub async fn spawn_command(command: Command, tag: &str, marker: &'static str) -> Gateway {
+        let gateway = Gateway::launch(command, tag, marker).await;
+        gateway
+            .wait_for("healthz ok", |g| async move {
+                g.get("/healthz").await.is_some_and(|(code, _)| code == 200)
+            })
+            .await;
+        gateway
+    }
+
+    /// Starts a prepared `posgw` command and returns as soon as it printed `marker` followed
+    /// by its URL: the socket is bound, but the process may still be starting up behind it.
+    pub async fn launch(mut command: Command, tag: &str, marker: &'static str) -> Gateway {
         let mut child = command
             .env(
                 "RUST_LOG",
@@ -278,18 +290,12 @@ impl Gateway {
             .await
             .unwrap()
             .expect("posgw printed its address");
-        let gateway = Gateway {
+        Gateway {
             child,
             api,
             client: client(),
             log,
-        };
-        gateway
-            .wait_for("healthz ok", |g| async move {
-                g.get("/healthz").await.is_some_and(|(code, _)| code == 200)
-            })
-            .await;
-        gateway
+        }
     }
 
     /// GET a path of the local API: status code and body; None if it did not answer.
@@ -368,7 +374,6 @@ impl Gateway {
         .await;
     }
 
-    /// SIGTERM and wait for the exit status.
     /// How many lines of its log contain `text` so far.
     pub fn log_count(&self, text: &str) -> usize {
         let log = self.log.lock().expect("log");
@@ -393,9 +398,16 @@ impl Gateway {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("send SIGHUP");
     }
 
-    pub async fn stop(mut self) -> ExitStatus {
+    /// SIGTERM and wait for the exit status.
+    pub async fn stop(self) -> ExitStatus {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM).await
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub async fn stop_with(mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|error| panic!("send {signal}: {error}"));
         tokio::task::spawn_blocking(move || self.child.wait().expect("wait for posgw"))
             .await
             .unwrap()
