@@ -133,6 +133,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Caught before anything is bound, so Ctrl-C during the start still stops cleanly.
     let stop = crate::signal::shutdown_signal();
+    let hangups = crate::signal::reload_signal();
     let pace: u32 = if fast { 10 } else { 1 };
     // Without --data the demo keeps its store in one temp folder, so a second run continues the
     // same journal and `posgw journal dump` works after it stops.
@@ -246,7 +247,7 @@ pub async fn run(
             None => stop.await,
         }
     };
-    let outcome = crate::gateway::run(settings, listener, shutdown).await;
+    let outcome = crate::gateway::run(settings, listener, shutdown, hangups).await;
     shopper.abort();
     clerk.abort();
     writer.abort();

@@ -1,4 +1,5 @@
-//! The process's stop signals, shared by every long-running command (`run`, `hq`, `demo`).
+//! The process's stop signals, shared by every long-running command (`run`, `hq`, `demo`), and
+//! the gateway's reload signal.
 
 use std::future::Future;
 
@@ -22,6 +23,13 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             () = received(interrupt) => tracing::info!("SIGINT received"),
         }
     }
+}
+
+/// SIGHUP, the gateway's reload request, caught from this call on (the stream keeps one that
+/// arrives before it is read). Like [`shutdown_signal`], call it before binding a socket:
+/// without a handler SIGHUP ends the process. Must be called inside a Tokio runtime.
+pub fn reload_signal() -> std::io::Result<Signal> {
+    signal(SignalKind::hangup())
 }
 
 /// Installs the handler for `kind`; `None` (logged) if that is impossible.

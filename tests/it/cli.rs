@@ -2,7 +2,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::harness::{of_kind, posgw, repo_file, Gateway, Store};
+use crate::harness::{of_kind, posgw, repo_file, Gateway, Store, DEADLINE};
 
 #[test]
 fn check_config_accepts_the_shipped_example() {
@@ -210,4 +210,34 @@ async fn sigterm_or_sigint_the_moment_the_api_is_bound_is_a_clean_stop() {
             "posgw hq stopped by {signal} right after binding: {status}"
         );
     }
+}
+
+/// Likewise SIGHUP, the reload request (systemd sends it on `reload` as soon as the gateway is
+/// ready): sent the moment the API is bound, it reloads the configuration once the gateway is
+/// up instead of ending the process.
+#[tokio::test]
+async fn sighup_the_moment_the_api_is_bound_is_a_reload() {
+    let store = Store::new();
+    store.write_config("");
+    let mut run = posgw();
+    run.arg("run").arg("-c").arg(store.config_path());
+    let mut gateway = Gateway::launch(run, "run", "api listening on ").await;
+    gateway.hangup();
+    let start = std::time::Instant::now();
+    while gateway.log_count("reloaded: campaigns") == 0 {
+        if let Some(status) = gateway.child.try_wait().unwrap() {
+            panic!("posgw run ended by a SIGHUP right after binding its API: {status}");
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for the reload"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    gateway
+        .wait_for("healthz ok", |g| async move {
+            g.get("/healthz").await.is_some_and(|(code, _)| code == 200)
+        })
+        .await;
+    assert!(gateway.stop().await.success());
 }
