@@ -450,11 +450,50 @@ pub fn assert_seq_contiguous(records: &[Value], epoch: &str) {
 
 /// An HTTP client for talking to a gateway or HQ under test. A peer that accepts connections
 /// but goes silent fails the test instead of hanging it: no read may wait longer than the
-/// deadline (an idle event stream still gets a `ping` every 15 s).
+/// deadline (an idle event stream still gets a `ping` every 15 s). Idle connections are
+/// reused for [`POOL_IDLE`] at most.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(DEADLINE)
         .read_timeout(DEADLINE)
+        .pool_idle_timeout(POOL_IDLE)
         .build()
         .expect("http client")
+}
+
+/// How long a test client keeps an idle keep-alive connection for reuse: half the time after
+/// which the gateway and HQ close one (their request head timeout, 10 s). With reqwest's
+/// default of 90 s a request could go out on a connection the server was closing at that
+/// moment and fail with `IncompleteMessage` or `ConnectionReset`: a test that had left the
+/// connection idle for about 10 s (busy elsewhere, or not yielding while it parsed a large
+/// answer) then saw `get` fail on a healthy gateway.
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
+
+/// A test that leaves its connection to the gateway idle past the gateway's keep-alive, here
+/// busy without yielding as when it parses a large answer, still gets its next request
+/// answered. With reqwest's default pool that request went out on the connection the gateway
+/// had closed and failed (`mqtt_once` in CI: "status answers").
+#[tokio::test]
+async fn a_request_after_an_idle_spell_past_the_servers_keep_alive_is_answered() {
+    let store = Store::new();
+    store.write_config("");
+    let gateway = Gateway::start(&store).await;
+    // The start ended with a /healthz answer: the client holds an idle connection, which the
+    // gateway closes after its request head timeout. Not a wait for anything: the idle spell
+    // is what is tested, with the runtime blocked so nothing notices the close meanwhile.
+    let keep_alive = posgw::serve::Limits::gateway(posgw::serve::open_files_limit()).header_timeout;
+    std::thread::sleep(keep_alive + Duration::from_millis(500));
+    assert_eq!(gateway.status().await["store"], "WZ-LC-001");
+    assert!(gateway.stop().await.success());
+}
+
+#[test]
+fn test_clients_drop_idle_connections_well_before_the_servers_do() {
+    let open_files = posgw::serve::open_files_limit();
+    for limits in [
+        posgw::serve::Limits::gateway(open_files),
+        posgw::serve::Limits::hq(open_files),
+    ] {
+        assert!(POOL_IDLE * 2 <= limits.header_timeout, "{limits:?}");
+    }
 }

@@ -703,10 +703,12 @@ impl Drop for HqProcess {
 }
 
 /// A client whose every request gives up after a while: a receiver that accepts connections
-/// but never answers fails the test instead of hanging it.
+/// but never answers fails the test instead of hanging it. Like the harness's client it drops
+/// idle connections before the receiver would ([`crate::harness::POOL_IDLE`]).
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(DEADLINE)
+        .pool_idle_timeout(crate::harness::POOL_IDLE)
         .build()
         .expect("client")
 }
@@ -917,6 +919,7 @@ async fn a_batch_of_records_with_many_epochs_is_stored_in_linear_time() {
     // Only a guard against a receiver that never answers: the figures below are CPU time.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(150))
+        .pool_idle_timeout(crate::harness::POOL_IDLE)
         .build()
         .expect("client");
     let post = |token: &'static str, body: Vec<u8>| {
