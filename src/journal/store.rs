@@ -145,6 +145,16 @@ pub(crate) enum OpenFailure {
 }
 
 impl OpenFailure {
+    /// Damage, as `reason` describes it.
+    pub(crate) fn damaged(reason: impl std::fmt::Display) -> Self {
+        Self::Damaged(reason.to_string())
+    }
+
+    /// The environment's fault, as `reason` describes it.
+    pub(crate) fn environment(reason: impl std::fmt::Display) -> Self {
+        Self::Environment(reason.to_string())
+    }
+
     /// Turns the failure into the error reported by commands that do not quarantine.
     pub(crate) fn into_error(self, path: &Path) -> JournalError {
         match self {
@@ -524,34 +534,36 @@ fn convert_format_1(
     log: &mut Log,
     converted: u64,
 ) -> Result<(), OpenFailure> {
-    let damaged = |what: &str, err: String| OpenFailure::Damaged(format!("{what}: {err}"));
+    let damaged =
+        |what: &str, err: &dyn std::fmt::Display| OpenFailure::Damaged(format!("{what}: {err}"));
     for item in trees.records.range(position_key(converted + 1)..) {
-        let (key, value) =
-            item.map_err(|err| damaged("cannot read a format 1 record", err.to_string()))?;
+        let (key, value) = item.map_err(|err| damaged("cannot read a format 1 record", &err))?;
         let position = key_position(&key).ok_or_else(|| {
             OpenFailure::Damaged(format!("record key of {} bytes, expected 8", key.len()))
         })?;
         // Per record, so the records are spread over segments of the usual size.
         log.begin(position)
-            .map_err(|err| damaged("cannot convert format 1 records", err))?;
+            .map_err(|err| damaged("cannot convert format 1 records", &err))?;
         log.append(position, &value)
-            .map_err(|err| damaged("cannot convert format 1 records", err))?;
+            .map_err(|err| damaged("cannot convert format 1 records", &err))?;
         log.end()
-            .map_err(|err| damaged("cannot convert format 1 records", err))?;
+            .map_err(|err| damaged("cannot convert format 1 records", &err))?;
     }
-    log.sync_job()
-        .and_then(|job| job.run().map_err(|err| err.to_string()))
-        .map_err(|err| damaged("cannot convert format 1 records", err))?;
+    let job = log
+        .sync_job()
+        .map_err(|err| damaged("cannot convert format 1 records", &err))?;
+    job.run()
+        .map_err(|err| damaged("cannot convert format 1 records", &err))?;
     trees
         .records
         .clear()
-        .map_err(|err| damaged("cannot clear format 1 records", err.to_string()))?;
+        .map_err(|err| damaged("cannot clear format 1 records", &err))?;
     trees
         .meta
         .insert(META_FORMAT, FORMAT_VERSION)
-        .map_err(|err| damaged("cannot write the format", err.to_string()))?;
+        .map_err(|err| damaged("cannot write the format", &err))?;
     db.flush()
-        .map_err(|err| damaged("cannot flush the converted journal", err.to_string()))?;
+        .map_err(|err| damaged("cannot flush the converted journal", &err))?;
     tracing::info!("journal converted to format 2 (records in segment files)");
     Ok(())
 }
@@ -576,7 +588,7 @@ fn recover(
         Some(dir) if !format_1 => Log::open_read_only(dir),
         _ => Log::open(journal_dir),
     }
-    .map_err(OpenFailure::Damaged)?;
+    .map_err(OpenFailure::damaged)?;
     let epoch = match trees.meta.get(META_EPOCH) {
         Err(err) => return Err(damaged("cannot read the epoch", err)),
         Ok(Some(value)) => {
@@ -591,11 +603,11 @@ fn recover(
                 Ok(Some(format)) if format.as_ref() == FORMAT_VERSION => {}
                 Ok(Some(format)) if format.as_ref() == FORMAT_SLED_RECORDS => {
                     // A conversion a crash interrupted left some records in the log already.
-                    log.cut(&ending).map_err(OpenFailure::Environment)?;
+                    log.cut(&ending).map_err(OpenFailure::environment)?;
                     let converted = ending.last.as_ref().map_or(0, |(position, _)| *position);
                     convert_format_1(db, trees, &mut log, converted)?;
                     // Read the converted log again, as any other.
-                    (log, ending) = Log::open(journal_dir).map_err(OpenFailure::Damaged)?;
+                    (log, ending) = Log::open(journal_dir).map_err(OpenFailure::damaged)?;
                 }
                 Ok(other) => {
                     return Err(OpenFailure::Damaged(format!(
@@ -680,7 +692,7 @@ fn recover(
              were never confirmed durable)"
         );
     }
-    log.cut(&ending).map_err(OpenFailure::Environment)?;
+    log.cut(&ending).map_err(OpenFailure::environment)?;
 
     let (backlog_records, backlog_bytes, dead_records) = match trees.meta.get(META_COUNTERS) {
         Ok(Some(counters)) if counters.len() == 24 => {
@@ -706,7 +718,7 @@ fn recover(
     };
     // Segments HQ acknowledged whose deletion a crash interrupted.
     log.delete_through(acked)
-        .map_err(OpenFailure::Environment)?;
+        .map_err(OpenFailure::environment)?;
     Ok((
         log,
         Recovered {
@@ -832,7 +844,7 @@ fn count(log: &mut Log, acked: u64, dead: &Tree) -> Result<(u64, u64, u64), Open
         bytes += payload.len() as u64;
         true
     })
-    .map_err(OpenFailure::Damaged)?;
+    .map_err(OpenFailure::damaged)?;
     let mut dead_records = 0u64;
     for item in dead.iter() {
         item.map_err(|err| OpenFailure::Damaged(format!("cannot read dead records: {err}")))?;
@@ -1246,12 +1258,12 @@ impl Store {
                 if self.faults.fail_rollback {
                     Err("injected failure".to_string())
                 } else {
-                    self.log.reset(mark)
+                    self.log.reset(mark).map_err(|err| err.to_string())
                 }
             }
             #[cfg(not(test))]
             {
-                self.log.reset(mark)
+                self.log.reset(mark).map_err(|err| err.to_string())
             }
         };
         if let Err(err) = result {
@@ -1275,22 +1287,27 @@ impl Store {
         let result = self.insert_bytes(position, &buffer);
         let bytes = buffer.len() as u64;
         self.buffer = buffer;
-        result.map_err(|err| JournalError::storage("appending a record", err))?;
+        result?;
         Ok(bytes)
     }
 
     /// The log append of a record (with the test-only fault injection in front of it).
-    fn insert_bytes(&mut self, position: u64, bytes: &[u8]) -> Result<(), String> {
+    fn insert_bytes(&mut self, position: u64, bytes: &[u8]) -> Result<(), JournalError> {
         #[cfg(test)]
         if let Some(left) = self.faults.inserts_before_failure.as_mut() {
             if *left == 0 {
                 // One failure, then the log works again.
                 self.faults.inserts_before_failure = None;
-                return Err("injected failure".to_string());
+                return Err(JournalError::storage(
+                    "appending a record",
+                    "injected failure",
+                ));
             }
             *left -= 1;
         }
-        self.log.append(position, bytes)
+        self.log
+            .append(position, bytes)
+            .map_err(|err| JournalError::storage("appending a record", err))
     }
 
     /// Stores an existing record's bytes at the next position (salvage); its seq is its own.

@@ -2021,6 +2021,28 @@ async fn replaced_event_detail(handle: &JournalHandle) -> String {
         .to_string()
 }
 
+/// A record log error reaches the handle's caller as a storage error that still tells which
+/// I/O error it was (here: a segment file deleted behind the running journal's back).
+#[tokio::test]
+async fn a_record_log_error_keeps_its_io_kind_up_to_the_handle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    append_scans(&handle, 3).await;
+    handle.close().await.expect("close");
+    // Opened afresh, nothing is in memory: a read goes to the segment file.
+    let handle = open_clean(dir.path(), Duration::ZERO).await;
+    for file in segment_files(dir.path()) {
+        std::fs::remove_file(file).expect("delete a segment");
+    }
+    let err = handle
+        .read(0, 10, usize::MAX)
+        .await
+        .expect_err("the segment is gone");
+    assert!(matches!(err, JournalError::Storage { .. }), "{err}");
+    assert_eq!(err.io_kind(), Some(std::io::ErrorKind::NotFound), "{err}");
+    handle.close().await.expect("close");
+}
+
 #[tokio::test]
 async fn a_missing_middle_segment_is_damage_and_the_journal_is_quarantined() {
     let dir = tempfile::tempdir().expect("tempdir");
