@@ -258,6 +258,7 @@
 
 pub mod clock;
 mod error;
+mod faults;
 mod floor;
 mod messages;
 mod offline;

@@ -18,6 +18,7 @@ use sled::{Batch, Db, Transactional, Tree};
 
 use super::clock::Clock;
 use super::error::JournalError;
+use super::faults::{self, SharedFaults};
 use super::floor::{self, Floor};
 use super::messages::{self, MessageId, MessageTable, SharedMessages};
 use super::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder, RecordHead};
@@ -342,18 +343,6 @@ impl Eviction {
     }
 }
 
-/// Test-only fault injection: makes sled operations of a [`Store`] fail on purpose.
-#[cfg(test)]
-#[derive(Debug, Default)]
-pub(crate) struct Faults {
-    /// Record inserts that still succeed; the one after them fails, once (`None`: none fails).
-    pub(crate) inserts_before_failure: Option<u64>,
-    /// Whether removing the records of a failed batch fails too.
-    pub(crate) fail_rollback: bool,
-    /// How long every flush takes at least (a slow disk).
-    pub(crate) flush_delay: Option<std::time::Duration>,
-}
-
 /// A record just appended by [`Store::append`].
 #[derive(Debug)]
 pub(crate) struct LocalAppend {
@@ -422,9 +411,8 @@ pub(crate) struct Store {
     /// The scratch copy of sled an offline command opened (removed when the store drops,
     /// after sled closed it: fields drop in declaration order).
     scratch: Option<Scratch>,
-    /// Injected failures (tests only).
-    #[cfg(test)]
-    pub(crate) faults: Faults,
+    /// Where tests make storage fail on purpose (see `faults`); nothing fails in production.
+    faults: SharedFaults,
     /// The identities of the MQTT messages records came from (`messages`); `None` for offline
     /// commands, which never append.
     pub(crate) messages: Option<SharedMessages>,
@@ -451,18 +439,14 @@ pub(crate) struct FlushJob {
     log: SyncJob,
     /// The database, when its changes are to be made durable too.
     db: Option<Db>,
-    /// Injected slowness (tests only).
-    #[cfg(test)]
-    delay: Option<std::time::Duration>,
+    /// The store's faults (a slow disk, in tests).
+    faults: SharedFaults,
 }
 
 impl FlushJob {
     /// fsyncs the record log, then sled.
     pub(crate) fn run(&self) -> Result<(), JournalError> {
-        #[cfg(test)]
-        if let Some(delay) = self.delay {
-            std::thread::sleep(delay);
-        }
+        self.faults.before_flush();
         if let Some(messages) = &self.messages {
             messages
                 .sync_data()
@@ -862,8 +846,9 @@ pub(crate) fn open_store(
     gateway: &str,
     lock: JournalLock,
     floor: Option<Floor>,
+    faults: SharedFaults,
 ) -> Result<Store, (OpenFailure, JournalLock)> {
-    open_store_at(journal_dir, None, store, gateway, lock, floor)
+    open_store_at(journal_dir, None, store, gateway, lock, floor, faults)
 }
 
 /// [`open_store`], with the record log read in place from `read_only_log` (see [`recover`]).
@@ -874,6 +859,7 @@ fn open_store_at(
     gateway: &str,
     lock: JournalLock,
     floor: Option<Floor>,
+    faults: SharedFaults,
 ) -> Result<Store, (OpenFailure, JournalLock)> {
     let path = journal_dir.to_path_buf();
     let opened = run_guarded("opening the journal", move || {
@@ -914,8 +900,7 @@ fn open_store_at(
         evict_from: 0,
         scratch: None,
         messages: None,
-        #[cfg(test)]
-        faults: Faults::default(),
+        faults,
         _lock: lock,
     })
 }
@@ -959,16 +944,27 @@ pub(crate) fn open_or_replace(
     store: &str,
     gateway: &str,
 ) -> Result<(Store, Option<Replaced>), JournalError> {
+    open_or_replace_with(data_dir, store, gateway, faults::none())
+}
+
+/// [`open_or_replace`], with `faults` injected into the store (tests).
+pub(crate) fn open_or_replace_with(
+    data_dir: &Path,
+    store: &str,
+    gateway: &str,
+    faults: SharedFaults,
+) -> Result<(Store, Option<Replaced>), JournalError> {
     let journal_dir = data_dir.join(JOURNAL_DIR);
     let lock = lock(data_dir)?;
     let floor = read_floor(data_dir, &journal_dir);
-    let (failure, lock) = match open_store(&journal_dir, store, gateway, lock, floor) {
-        Ok(mut store) => {
-            store.floor_dir = Some(data_dir.to_path_buf());
-            return Ok((store, None));
-        }
-        Err(failed) => failed,
-    };
+    let (failure, lock) =
+        match open_store(&journal_dir, store, gateway, lock, floor, faults.clone()) {
+            Ok(mut store) => {
+                store.floor_dir = Some(data_dir.to_path_buf());
+                return Ok((store, None));
+            }
+            Err(failed) => failed,
+        };
     let reason = match failure {
         OpenFailure::Damaged(reason) => reason,
         other => return Err(other.into_error(&journal_dir)),
@@ -996,7 +992,7 @@ pub(crate) fn open_or_replace(
             }
         }
     }
-    match open_store(&journal_dir, store, gateway, lock, None) {
+    match open_store(&journal_dir, store, gateway, lock, None, faults) {
         Ok(mut fresh) => {
             fresh.floor_dir = Some(data_dir.to_path_buf());
             Ok((
@@ -1048,8 +1044,16 @@ pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
     let lock = lock(data_dir)?;
     let scratch = Scratch::copy_sled(&journal_dir)?;
     // Offline commands never append, so the envelope's store and gateway are irrelevant.
-    let mut store = open_store_at(&scratch.path, Some(journal_dir.clone()), "", "", lock, None)
-        .map_err(|(failure, _)| failure.into_error(&journal_dir))?;
+    let mut store = open_store_at(
+        &scratch.path,
+        Some(journal_dir.clone()),
+        "",
+        "",
+        lock,
+        None,
+        faults::none(),
+    )
+    .map_err(|(failure, _)| failure.into_error(&journal_dir))?;
     store.scratch = Some(scratch);
     Ok(store)
 }
@@ -1252,19 +1256,9 @@ impl Store {
 
     /// Takes back the records of a failed append.
     fn roll_back(&mut self, mark: Mark) {
-        let result = {
-            #[cfg(test)]
-            {
-                if self.faults.fail_rollback {
-                    Err("injected failure".to_string())
-                } else {
-                    self.log.reset(mark).map_err(|err| err.to_string())
-                }
-            }
-            #[cfg(not(test))]
-            {
-                self.log.reset(mark).map_err(|err| err.to_string())
-            }
+        let result = match self.faults.before_roll_back() {
+            Ok(()) => self.log.reset(mark).map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
         };
         if let Err(err) = result {
             let reason = format!("cannot take back the records of a failed batch: {err}");
@@ -1291,20 +1285,11 @@ impl Store {
         Ok(bytes)
     }
 
-    /// The log append of a record (with the test-only fault injection in front of it).
+    /// The log append of a record (after asking the faults whether to fail).
     fn insert_bytes(&mut self, position: u64, bytes: &[u8]) -> Result<(), JournalError> {
-        #[cfg(test)]
-        if let Some(left) = self.faults.inserts_before_failure.as_mut() {
-            if *left == 0 {
-                // One failure, then the log works again.
-                self.faults.inserts_before_failure = None;
-                return Err(JournalError::storage(
-                    "appending a record",
-                    "injected failure",
-                ));
-            }
-            *left -= 1;
-        }
+        self.faults
+            .before_append()
+            .map_err(|err| JournalError::storage("appending a record", err))?;
         self.log
             .append(position, bytes)
             .map_err(|err| JournalError::storage("appending a record", err))
@@ -1703,8 +1688,7 @@ impl Store {
             }
         })?;
         Ok(FlushJob {
-            #[cfg(test)]
-            delay: self.faults.flush_delay,
+            faults: self.faults.clone(),
             messages,
             log,
             db: with_meta.then(|| self.db.clone()),

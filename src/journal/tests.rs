@@ -876,13 +876,59 @@ async fn append_batch_with_one_bad_record_appends_nothing() {
     handle.close().await.expect("close");
 }
 
-/// Opens the journal in `dir` with `faults` injected and starts its actor.
-fn spawn_with_faults(dir: &Path, faults: store::Faults) -> JournalHandle {
-    let (mut store, replaced) =
-        store::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open store");
+/// Storage failures a test asks for, through the store's [`faults::Faults`] seam.
+#[derive(Debug, Default)]
+struct InjectedFaults {
+    /// Appends that still succeed; the one after them fails, once (`None`: none fails).
+    appends_before_failure: std::sync::Mutex<Option<u64>>,
+    /// Whether taking back the records of a failed batch fails too.
+    fail_roll_back: bool,
+    /// How long every flush takes at least (a slow disk).
+    flush_delay: Option<Duration>,
+}
+
+impl faults::Faults for InjectedFaults {
+    fn before_append(&self) -> std::io::Result<()> {
+        let mut left = self
+            .appends_before_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match left.as_mut() {
+            Some(0) => {
+                // One failure, then the log works again.
+                *left = None;
+                Err(std::io::Error::other("injected failure"))
+            }
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn before_roll_back(&self) -> std::io::Result<()> {
+        if self.fail_roll_back {
+            return Err(std::io::Error::other("injected failure"));
+        }
+        Ok(())
+    }
+
+    fn before_flush(&self) {
+        if let Some(delay) = self.flush_delay {
+            std::thread::sleep(delay);
+        }
+    }
+}
+
+/// Opens the journal in `dir` with `faults` injected and starts its actor, fsyncing every
+/// `flush`.
+fn spawn_with_faults(dir: &Path, flush: Duration, faults: InjectedFaults) -> JournalHandle {
+    let (store, replaced) =
+        store::open_or_replace_with(dir, "WZ-LC-001", "gw-1", std::sync::Arc::new(faults))
+            .expect("open store");
     assert!(replaced.is_none());
-    store.faults = faults;
-    writer::spawn(store, &config(dir, Duration::ZERO))
+    writer::spawn(store, &config(dir, flush))
 }
 
 #[tokio::test]
@@ -890,10 +936,10 @@ async fn a_batch_that_sled_refuses_is_taken_back_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
     let handle = spawn_with_faults(
         dir.path(),
-        store::Faults {
-            inserts_before_failure: Some(3),
-            fail_rollback: false,
-            flush_delay: None,
+        Duration::ZERO,
+        InjectedFaults {
+            appends_before_failure: Some(3).into(),
+            ..InjectedFaults::default()
         },
     );
     // The fourth insert fails: the three before it are removed again and no seq is used.
@@ -932,10 +978,11 @@ async fn a_batch_that_cannot_be_taken_back_stops_the_journal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let handle = spawn_with_faults(
         dir.path(),
-        store::Faults {
-            inserts_before_failure: Some(2),
-            fail_rollback: true,
-            flush_delay: None,
+        Duration::ZERO,
+        InjectedFaults {
+            appends_before_failure: Some(2).into(),
+            fail_roll_back: true,
+            ..InjectedFaults::default()
         },
     );
     let first = handle
@@ -2316,9 +2363,14 @@ async fn salvage_names_the_lost_seqs_at_the_end_of_a_damaged_journal() {
 #[tokio::test]
 async fn appends_wait_for_a_slow_flush_once_the_next_one_is_due() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
-    store.faults.flush_delay = Some(Duration::from_millis(400));
-    let handle = writer::spawn(store, &config(dir.path(), Duration::from_millis(20)));
+    let handle = spawn_with_faults(
+        dir.path(),
+        Duration::from_millis(20),
+        InjectedFaults {
+            flush_delay: Some(Duration::from_millis(400)),
+            ..InjectedFaults::default()
+        },
+    );
     let scan = |code: &str| Data::serialize(&json!({ "code": code })).expect("data");
     // The first record's flush starts after 20 ms and runs 400 ms.
     let first = handle.append(Kind::Scan, scan("1")).await.expect("first");
