@@ -260,9 +260,16 @@ pub mod clock;
 mod error;
 mod faults;
 mod floor;
+mod flush;
+mod layout;
 mod messages;
+mod migrate;
 mod offline;
+mod open;
+mod quarantine;
+mod quota;
 pub mod record;
+mod recovery;
 mod salvage;
 mod segments;
 mod store;
@@ -274,9 +281,10 @@ mod tests;
 pub use error::JournalError;
 pub use messages::MessageId;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
+pub use quarantine::Replaced;
 pub use record::{Data, Kind};
 pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};
-pub use store::{Replaced, StoredRecord};
+pub use store::StoredRecord;
 pub use writer::{
     open, Appended, AppendedBatch, Durable, JournalConfig, JournalHandle, JournalStats, Opened,
     MAX_BATCH_RECORDS,

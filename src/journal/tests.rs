@@ -500,7 +500,7 @@ fn count_record_starts(folder: Option<&Path>) -> usize {
 /// closed journal's background threads to let go of it). Not `sled::open`: its default
 /// flusher thread would hold the files a moment after the `Db` is dropped in turn.
 fn raw_sled(path: &Path) -> sled::Db {
-    super::store::open_db(path).expect("open sled")
+    super::open::open_db(path).expect("open sled")
 }
 
 /// Deletes the newest records behind the journal's back, as a disk that silently lost writes
@@ -925,7 +925,7 @@ impl faults::Faults for InjectedFaults {
 /// `flush`.
 fn spawn_with_faults(dir: &Path, flush: Duration, faults: InjectedFaults) -> JournalHandle {
     let (store, replaced) =
-        store::open_or_replace_with(dir, "WZ-LC-001", "gw-1", std::sync::Arc::new(faults))
+        open::open_or_replace_with(dir, "WZ-LC-001", "gw-1", std::sync::Arc::new(faults))
             .expect("open store");
     assert!(replaced.is_none());
     writer::spawn(store, &config(dir, flush))
@@ -1222,7 +1222,7 @@ async fn sales_and_attributions_stay_past_max_bytes_while_new_scans_go() {
 async fn evicting_the_newest_record_never_lets_its_seq_be_issued_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seq = {
-        let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+        let (mut store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
         let data = Data::serialize(&json!({"code": "1"})).expect("serialisable");
         store.append(Kind::Sale, &data).expect("sale");
         let scan = store.append(Kind::Scan, &data).expect("scan");
@@ -1280,7 +1280,7 @@ async fn backlog_figures_survive_a_clean_close_and_a_crash_alike() {
 
     // Without a close (as after a crash) nothing is saved and the open counts the records.
     let expected = {
-        let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+        let (mut store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
         let data = Data::serialize(&json!({"code": "1"})).expect("serialisable");
         store.append(Kind::Scan, &data).expect("append");
         store.flush().expect("flush");
@@ -1291,7 +1291,7 @@ async fn backlog_figures_survive_a_clean_close_and_a_crash_alike() {
         )
     };
     assert_eq!(expected.0, 15);
-    let (store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    let (store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
     assert_eq!(
         (
             store.backlog_records,
@@ -1514,7 +1514,7 @@ fn power_cut_right_after_a_roll_and_a_removal(dir: &Path) -> u64 {
     let journal = dir.join("journal");
     let snap = tempfile::tempdir().expect("snap");
     let last = {
-        let (mut store, _) = store::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open");
+        let (mut store, _) = open::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open");
         let mut last = None;
         // ~8.4 MB: fills the first segment.
         let mut segment_len = 0u64;
@@ -1546,8 +1546,7 @@ async fn removal_right_after_a_roll_then_a_power_cut_reissues_no_seq() {
     let dir = tempfile::tempdir().expect("tempdir");
     let last_seq = power_cut_right_after_a_roll_and_a_removal(dir.path());
     std::fs::remove_file(dir.path().join("journal.floor")).expect("rm floor");
-    let (store, replaced) =
-        store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    let (store, replaced) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
     assert!(replaced.is_none());
     assert!(
         store.next_seq > last_seq,
@@ -1561,7 +1560,7 @@ async fn removal_right_after_a_roll_then_a_power_cut_reissues_no_seq() {
 async fn removal_right_after_a_roll_then_a_power_cut_does_not_quarantine_a_healthy_journal() {
     let dir = tempfile::tempdir().expect("tempdir");
     power_cut_right_after_a_roll_and_a_removal(dir.path());
-    let (_, replaced) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    let (_, replaced) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
     assert!(
         replaced.is_none(),
         "healthy journal quarantined: {replaced:?}"
@@ -1579,7 +1578,7 @@ async fn saved_counters_are_not_used_after_a_crash() {
     handle.close().await.expect("close"); // counters saved: 10 records
     let snap = tempfile::tempdir().expect("snap");
     {
-        let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+        let (mut store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
         // Sled's state on disk right after the open (its removal of the counters unflushed).
         snapshot_sled(&journal, snap.path());
         for i in 0..1000 {
@@ -1588,7 +1587,7 @@ async fn saved_counters_are_not_used_after_a_crash() {
         // or: a flush whose log fsync finished and whose sled flush did not.
     }
     restore_sled(&journal, snap.path());
-    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    let (mut store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
     let mut records = 0;
     store
         .for_each_record(false, &mut |_| {
@@ -1613,7 +1612,7 @@ fn a_failed_write_out_reissues_no_seq_and_tears_no_segment() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    let (mut store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
     // Disk "full" at 512 KiB for the segment (e.g. ENOSPC; here EFBIG).
     file_size_limit(512 * 1024);
     let mut failed_seq = None;
@@ -1744,7 +1743,7 @@ fn a_full_disk_holds_records_back_and_the_journal_recovers_when_space_returns() 
 #[test]
 fn the_floors_never_run_ahead_of_the_log_so_a_crash_leaves_no_gap() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    let (mut store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
     for i in 0..10 {
         store.append(Kind::Scan, &bulky_scan(i)).expect("append");
     }
@@ -1756,7 +1755,7 @@ fn the_floors_never_run_ahead_of_the_log_so_a_crash_leaves_no_gap() {
     store.remove_through(durable).expect("remove");
     // The crash: the store goes without a flush (sled's writes are in the kernel already).
     drop(store);
-    let (store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    let (store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
     let mut seqs = Vec::new();
     let mut store = store;
     store
@@ -1953,7 +1952,7 @@ fn dead_lettering_never_lets_the_floors_run_ahead_of_the_log() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    let (mut store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
     for i in 0..1500 {
         store.append(Kind::Scan, &bulky_scan(i)).expect("append");
     }
@@ -1970,7 +1969,7 @@ fn dead_lettering_never_lets_the_floors_run_ahead_of_the_log() {
     // The crash: the buffered records go, whatever sled made durable stays.
     drop(store);
     file_size_limit(libc::RLIM_INFINITY);
-    let (store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
+    let (store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("reopen");
     assert_eq!(
         store.next_seq,
         durable + 1,
@@ -1984,7 +1983,7 @@ fn dead_lettering_never_lets_the_floors_run_ahead_of_the_log() {
 #[test]
 fn removals_are_counted_from_the_reads_before_them_or_from_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, _) = store::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
+    let (mut store, _) = open::open_or_replace(dir.path(), "WZ-LC-001", "gw-1").expect("open");
     for i in 0..30 {
         let data = Data::serialize(&json!({"code": "x".repeat(i)})).expect("serialisable");
         store.append(Kind::Scan, &data).expect("append");
@@ -2036,7 +2035,7 @@ fn removals_are_counted_from_the_reads_before_them_or_from_the_log() {
 /// segment files, in order.
 fn journal_over_segments(dir: &Path, n: u64) -> Vec<PathBuf> {
     {
-        let (mut store, _) = store::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open");
+        let (mut store, _) = open::open_or_replace(dir, "WZ-LC-001", "gw-1").expect("open");
         for i in 0..n {
             store.append(Kind::Scan, &bulky_scan(i)).expect("append");
         }

@@ -19,9 +19,13 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::error::JournalError;
+use super::layout::JOURNAL_DIR;
 use super::messages::{self, MessageId, SharedMessages};
+use super::open::open_or_replace;
+use super::quarantine::Replaced;
+use super::quota::Eviction;
 use super::record::{Data, Kind};
-use super::store::{open_or_replace, Eviction, Replaced, Store, StoredRecord};
+use super::store::{Store, StoredRecord};
 
 /// Commands waiting for the actor; appends beyond this wait (backpressure on producers).
 const COMMAND_QUEUE: usize = 1024;
@@ -333,12 +337,12 @@ pub async fn open(config: JournalConfig) -> Result<Opened, JournalError> {
     let gateway = config.gateway.clone();
     let (store, replaced) = tokio::task::spawn_blocking(move || {
         let (mut store, replaced) = open_or_replace(&data_dir, &store_code, &gateway)?;
-        store.attach_messages(&data_dir.join(super::store::JOURNAL_DIR))?;
+        store.attach_messages(&data_dir.join(JOURNAL_DIR))?;
         Ok::<_, JournalError>((store, replaced))
     })
     .await
     .map_err(|err| JournalError::Damaged {
-        path: config.data_dir.join(super::store::JOURNAL_DIR),
+        path: config.data_dir.join(JOURNAL_DIR),
         reason: format!("opening the journal failed: {err}"),
     })??;
     let handle = spawn(store, &config);
