@@ -256,11 +256,13 @@
 //! - `offline`: `stats`, `dump`.
 //! - `salvage`: `salvage` and the raw scan.
 
+mod actor;
 pub mod clock;
 mod error;
 mod faults;
 mod floor;
 mod flush;
+mod handle;
 mod layout;
 mod messages;
 mod migrate;
@@ -273,22 +275,21 @@ mod recovery;
 mod salvage;
 mod segments;
 mod store;
-mod writer;
 
 #[cfg(test)]
 mod tests;
 
 pub use error::JournalError;
+pub use handle::{
+    open, Appended, AppendedBatch, Durable, JournalConfig, JournalHandle, JournalStats, Opened,
+    MAX_BATCH_RECORDS,
+};
 pub use messages::MessageId;
 pub use offline::{dump, identity, offline_stats, OfflineStats};
 pub use quarantine::Replaced;
 pub use record::{Data, Kind};
 pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};
 pub use store::StoredRecord;
-pub use writer::{
-    open, Appended, AppendedBatch, Durable, JournalConfig, JournalHandle, JournalStats, Opened,
-    MAX_BATCH_RECORDS,
-};
 
 /// A journal in `dir` for other modules' tests (store `S`, gateway `gw`), fsyncing every
 /// `flush`.

@@ -61,3 +61,16 @@ pub(crate) fn move_floor_aside(data_dir: &Path, quarantine: &Path) {
         }
     }
 }
+
+/// The `data` of the `journal_replaced` gateway record.
+pub(crate) fn replaced_event(replaced: &Replaced, version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event": "journal_replaced",
+        "version": version,
+        "detail": format!(
+            "{}; damaged journal moved to {}; run `posgw journal salvage` to recover records",
+            replaced.reason,
+            replaced.quarantine.display()
+        ),
+    })
+}

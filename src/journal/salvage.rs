@@ -29,14 +29,14 @@ use std::path::{Path, PathBuf};
 use serde_json::value::RawValue;
 
 use super::error::JournalError;
+use super::handle::JournalConfig;
 use super::layout::{DEAD_REASON_TREE, DEAD_TREE, JOURNAL_DIR, META_ACKED, RECORDS_TREE};
 use super::offline::folders_with_prefix;
 use super::open::{open_db, open_or_replace, run_guarded, OpenFailure};
-use super::quarantine::{Replaced, QUARANTINE_PREFIX, SALVAGED_PREFIX};
+use super::quarantine::{replaced_event, Replaced, QUARANTINE_PREFIX, SALVAGED_PREFIX};
 use super::record::{Data, Kind, RecordHead};
 use super::segments::Log;
 use super::store::Store;
-use super::writer::{replaced_event, JournalConfig};
 
 /// Consecutive read errors after which a damaged tree is given up on (sled can return the same
 /// error forever once an iterator hits a bad page).

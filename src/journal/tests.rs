@@ -928,7 +928,7 @@ fn spawn_with_faults(dir: &Path, flush: Duration, faults: InjectedFaults) -> Jou
         open::open_or_replace_with(dir, "WZ-LC-001", "gw-1", std::sync::Arc::new(faults))
             .expect("open store");
     assert!(replaced.is_none());
-    writer::spawn(store, &config(dir, flush))
+    actor::spawn(store, &config(dir, flush))
 }
 
 #[tokio::test]
