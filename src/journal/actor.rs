@@ -279,13 +279,7 @@ impl Actor {
         data: &Data,
         origin: Option<MessageId>,
     ) -> Result<Appended, JournalError> {
-        if let Some(failed) = &self.failed {
-            return Err(JournalError::Flush(failed.to_string()));
-        }
-        let local = self
-            .store
-            .append_from(kind, data, origin)
-            .map_err(|err| self.append_failed(err))?;
+        let local = self.accept(|store| store.append_from(kind, data, origin))?;
         self.note_write();
         self.stats.appended_total.fetch_add(1, Ordering::Relaxed);
         self.stats.per_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
@@ -299,6 +293,18 @@ impl Actor {
                 mark: self.mark.subscribe(),
             },
         })
+    }
+
+    /// Runs `append` on the store unless the journal failed (then nothing is accepted any
+    /// more); a refused append goes through [`Actor::append_failed`].
+    fn accept<T>(
+        &mut self,
+        append: impl FnOnce(&mut Store) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        if let Some(failed) = &self.failed {
+            return Err(JournalError::Flush(failed.to_string()));
+        }
+        append(&mut self.store).map_err(|err| self.append_failed(err))
     }
 
     /// A refused append: if it could not be taken back out of the log, the journal fails from
@@ -324,13 +330,7 @@ impl Actor {
         data: &[Data],
         origins: &[Option<MessageId>],
     ) -> Result<AppendedBatch, JournalError> {
-        if let Some(failed) = &self.failed {
-            return Err(JournalError::Flush(failed.to_string()));
-        }
-        let local = self
-            .store
-            .append_batch(kind, data, origins)
-            .map_err(|err| self.append_failed(err))?;
+        let local = self.accept(|store| store.append_batch(kind, data, origins))?;
         let last_position = if local.count == 0 {
             // Nothing to wait for: position 0 is always covered.
             0

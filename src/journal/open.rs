@@ -178,20 +178,9 @@ fn open_sled(path: &Path) -> Result<Db, OpenFailure> {
 
 /// Opens (or creates) the journal in `journal_dir` while `lock` is held. Runs entirely on a
 /// guarded thread, so a panic anywhere in sled during open or recovery counts as damage. A
-/// journal that ends below `floor` counts as damage too.
-pub(crate) fn open_store(
-    journal_dir: &Path,
-    store: &str,
-    gateway: &str,
-    lock: JournalLock,
-    floor: Option<Floor>,
-    faults: SharedFaults,
-) -> Result<Store, (OpenFailure, JournalLock)> {
-    open_store_at(journal_dir, None, store, gateway, lock, floor, faults)
-}
-
-/// [`open_store`], with the record log read in place from `read_only_log` (see [`recover`]).
-fn open_store_at(
+/// journal that ends below `floor` counts as damage too. With `read_only_log`, the record log
+/// is read in place from there (see [`recover`]).
+fn open_store(
     journal_dir: &Path,
     read_only_log: Option<PathBuf>,
     store: &str,
@@ -236,14 +225,21 @@ pub(crate) fn open_or_replace_with(
     let journal_dir = data_dir.join(JOURNAL_DIR);
     let lock = lock(data_dir)?;
     let floor = read_floor(data_dir, &journal_dir);
-    let (failure, lock) =
-        match open_store(&journal_dir, store, gateway, lock, floor, faults.clone()) {
-            Ok(mut store) => {
-                store.floor_dir = Some(data_dir.to_path_buf());
-                return Ok((store, None));
-            }
-            Err(failed) => failed,
-        };
+    let (failure, lock) = match open_store(
+        &journal_dir,
+        None,
+        store,
+        gateway,
+        lock,
+        floor,
+        faults.clone(),
+    ) {
+        Ok(mut store) => {
+            store.floor_dir = Some(data_dir.to_path_buf());
+            return Ok((store, None));
+        }
+        Err(failed) => failed,
+    };
     let reason = match failure {
         OpenFailure::Damaged(reason) => reason,
         other => return Err(other.into_error(&journal_dir)),
@@ -259,7 +255,7 @@ pub(crate) fn open_or_replace_with(
         "damaged journal moved aside; run `posgw journal salvage` to recover its records"
     );
     move_floor_aside(data_dir, &moved_to);
-    match open_store(&journal_dir, store, gateway, lock, None, faults) {
+    match open_store(&journal_dir, None, store, gateway, lock, None, faults) {
         Ok(mut fresh) => {
             fresh.floor_dir = Some(data_dir.to_path_buf());
             Ok((
@@ -311,7 +307,7 @@ pub(crate) fn open_existing(data_dir: &Path) -> Result<Store, JournalError> {
     let lock = lock(data_dir)?;
     let scratch = Scratch::copy_sled(&journal_dir)?;
     // Offline commands never append, so the envelope's store and gateway are irrelevant.
-    let mut store = open_store_at(
+    let mut store = open_store(
         &scratch.path,
         Some(journal_dir.clone()),
         "",
