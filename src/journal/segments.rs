@@ -1227,6 +1227,37 @@ impl Log {
 mod tests {
     use super::*;
 
+    /// fsyncs everything appended to `log` so far.
+    pub(super) fn sync(log: &mut Log) {
+        log.sync_job().expect("job").run().expect("sync");
+    }
+
+    /// Sets the length of the file at `path`.
+    pub(super) fn set_len(path: &Path, len: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_len(len)
+            .expect("set length");
+    }
+
+    /// Writes frames `positions` ([`payload`]) to a new log in `dir`, makes them durable and
+    /// closes the log; returns its (first) segment file.
+    fn durable_log(dir: &Path, positions: std::ops::RangeInclusive<u64>) -> PathBuf {
+        let (mut log, _) = Log::open(dir).expect("open");
+        append_all(&mut log, positions);
+        sync(&mut log);
+        let path = log.segments.values().next().expect("segment").path.clone();
+        drop(log);
+        path
+    }
+
+    /// Why the log that `ending` describes ends early.
+    fn cut_reason(ending: &Ending) -> &str {
+        &ending.cut.as_ref().expect("cut").reason
+    }
+
     fn payload(position: u64) -> Vec<u8> {
         format!(
             "{{\"seq\":{position},\"pad\":\"{}\"}}",
@@ -1274,7 +1305,7 @@ mod tests {
         // Big batches so several segments are made.
         let big = vec![b'y'; 600_000];
         log.append_each(1..=40, &big);
-        log.sync_job().expect("job").run().expect("sync");
+        sync(&mut log);
         assert!(log.segments.len() >= 2, "{} segments", log.segments.len());
         let mut seen = Vec::new();
         log.read(0, u64::MAX, &mut |p, _| {
@@ -1316,25 +1347,12 @@ mod tests {
     #[test]
     fn a_torn_tail_is_found_and_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = Log::open(dir.path()).expect("open");
-        append_all(&mut log, 1..=10);
-        log.sync_job().expect("job").run().expect("sync");
-        let path = log.segments.values().next().expect("segment").path.clone();
-        drop(log);
+        let path = durable_log(dir.path(), 1..=10);
         let len = std::fs::metadata(&path).expect("meta").len();
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        file.set_len(len - 5).expect("truncate");
+        set_len(&path, len - 5);
         let (mut log, ending) = Log::open(dir.path()).expect("reopen");
         assert_eq!(ending.last.as_ref().map(|(p, _)| *p), Some(9));
-        assert!(ending
-            .cut
-            .as_ref()
-            .expect("cut")
-            .reason
-            .contains("cut short"));
+        assert!(cut_reason(&ending).contains("cut short"));
         log.cut(&ending).expect("cut");
         append_all(&mut log, 10..=12);
         assert_eq!(collect(&mut log, 0, 100), (1..=12).collect::<Vec<_>>());
@@ -1343,11 +1361,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_ends_the_log_there() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = Log::open(dir.path()).expect("open");
-        append_all(&mut log, 1..=10);
-        log.sync_job().expect("job").run().expect("sync");
-        let path = log.segments.values().next().expect("segment").path.clone();
-        drop(log);
+        let path = durable_log(dir.path(), 1..=10);
         let mut bytes = std::fs::read(&path).expect("read");
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x20;
@@ -1355,12 +1369,7 @@ mod tests {
         let (_, ending) = Log::open(dir.path()).expect("reopen");
         let last = ending.last.as_ref().map(|(p, _)| *p).expect("last");
         assert!((3..=6).contains(&last), "last {last}");
-        assert!(ending
-            .cut
-            .as_ref()
-            .expect("cut")
-            .reason
-            .contains("checksum"));
+        assert!(cut_reason(&ending).contains("checksum"));
     }
 
     #[test]
@@ -1372,7 +1381,7 @@ mod tests {
         append_all(&mut log, 21..=22);
         let expected: Vec<u64> = (1..=22).filter(|p| ![2, 3, 20].contains(p)).collect();
         assert_eq!(collect(&mut log, 0, 100), expected);
-        log.sync_job().expect("job").run().expect("sync");
+        sync(&mut log);
         drop(log);
         let (mut log, ending) = Log::open(dir.path()).expect("reopen");
         assert_eq!(ending.last.map(|(p, _)| p), Some(22));
@@ -1413,7 +1422,7 @@ mod tests {
                 _ => {}
             }
             if round % 3 == 0 {
-                log.sync_job().expect("job").run().expect("sync");
+                sync(&mut log);
             }
             // Reads close behind the appends come from memory (frames not yet written out
             // included), except right after a rewrite; memory, files and a log opened afresh
@@ -1429,7 +1438,7 @@ mod tests {
             assert_eq!(served, round != 20, "round {round}: read from memory");
             let further = next.saturating_sub(900);
             let read = frames_after(&mut log, further);
-            log.sync_job().expect("job").run().expect("sync");
+            sync(&mut log);
             let (mut files, _) = Log::open(dir.path()).expect("reopen");
             assert_eq!(read, frames_after(&mut files, further), "round {round}");
             if served {
@@ -1467,13 +1476,9 @@ mod tests {
     #[test]
     fn a_segment_file_gone_under_the_log_is_an_error_that_keeps_its_io_kind_and_path() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = Log::open(dir.path()).expect("open");
-        append_all(&mut log, 1..=10);
-        log.sync_job().expect("job").run().expect("sync");
-        drop(log);
+        let path = durable_log(dir.path(), 1..=10);
         // Opened afresh, nothing is in memory: a read goes to the file.
         let (mut log, _) = Log::open(dir.path()).expect("reopen");
-        let path = dir.path().join(SEGMENTS_DIR).join(segment_name(1));
         std::fs::remove_file(&path).expect("delete the segment");
         let err = log
             .read(0, u64::MAX, &mut |_, _| true)
@@ -1521,6 +1526,7 @@ mod tests {
 
 #[cfg(test)]
 mod crash_tests {
+    use super::tests::{set_len, sync};
     use super::*;
 
     /// Power cut after a roll: the new (empty) segment's directory entry reached the disk, the
@@ -1533,7 +1539,7 @@ mod crash_tests {
         let (mut log, _) = Log::open(dir.path()).expect("open");
         let big = vec![b'a'; 3_000_000];
         log.append_each(1..=2, &big);
-        log.sync_job().expect("job").run().expect("sync"); // 1, 2 durable
+        sync(&mut log); // 1, 2 durable
         let durable_len = std::fs::metadata(dir.path().join("segments").join(segment_name(1)))
             .expect("meta")
             .len();
@@ -1547,18 +1553,8 @@ mod crash_tests {
         // creation of segment 4 reached the disk, its data did not.
         let seg1 = dir.path().join("segments").join(segment_name(1));
         let seg4 = dir.path().join("segments").join(segment_name(4));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg1)
-            .unwrap()
-            .set_len(durable_len)
-            .unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg4)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        set_len(&seg1, durable_len);
+        set_len(&seg4, 0);
 
         let (mut log, ending) = Log::open(dir.path()).expect("reopen");
         assert!(ending.cut.is_none());
@@ -1568,7 +1564,7 @@ mod crash_tests {
         log.begin(3).expect("begin");
         log.append(3, b"{\"confirmed\":true}").expect("append");
         log.end().expect("end");
-        log.sync_job().expect("job").run().expect("sync");
+        sync(&mut log);
         drop(log);
 
         let (_, ending) = Log::open(dir.path()).expect("reopen 2");
@@ -1591,7 +1587,7 @@ mod crash_tests {
         log.append_each(1..=3, &big);
         log.begin(4).expect("begin"); // new segment
         log.append(4, b"{}").expect("append");
-        log.sync_job().expect("job").run().expect("sync");
+        sync(&mut log);
         // Flip a byte inside frame 2 of segment 1.
         let seg1 = dir.path().join("segments").join(segment_name(1));
         let file = std::fs::OpenOptions::new().write(true).open(&seg1).unwrap();
