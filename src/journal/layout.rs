@@ -88,13 +88,13 @@ pub(crate) fn key_position(key: &[u8]) -> Option<u64> {
 pub(crate) struct Trees {
     /// Format 1 records (moved to the log at open).
     pub(crate) records: Tree,
-    /// See [`Store::dead`].
+    /// See [`DEAD_TREE`].
     pub(crate) dead: Tree,
-    /// See [`Store::dead_reason`].
+    /// See [`DEAD_REASON_TREE`].
     pub(crate) dead_reason: Tree,
-    /// See [`Store::segments`].
+    /// See [`SEGMENTS_TREE`].
     pub(crate) segments: Tree,
-    /// See [`Store::meta`].
+    /// See [`META_TREE`].
     pub(crate) meta: Tree,
 }
 

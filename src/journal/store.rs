@@ -86,7 +86,7 @@ pub(crate) struct Store {
     dead: Tree,
     /// position -> dead-letter reason.
     dead_reason: Tree,
-    /// The segment files the log holds: first position -> empty (see [`SEGMENTS_TREE`]).
+    /// The segment files the log holds: first position -> empty (see [`SEGMENTS_TREE`](super::layout::SEGMENTS_TREE)).
     segments: Tree,
     /// Metadata (epoch, floors, acknowledged position).
     pub(crate) meta: Tree,
