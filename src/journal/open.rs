@@ -1,10 +1,12 @@
 //! Opening a journal: the lock file, opening sled and the record log defensively (on a guarded
 //! thread, sorting what goes wrong into in-use, the environment's fault or damage), replacing
-//! a damaged journal by a fresh one after quarantine, and the read-only open of the offline
-//! commands on a scratch copy of sled. What the open reads and checks is `recovery`.
+//! a damaged journal by a fresh one after quarantine, attaching the live journal's table of
+//! message identities, and the read-only open of the offline commands on a scratch copy of
+//! sled. What the open reads and checks is `recovery`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 use sled::Db;
@@ -13,6 +15,7 @@ use super::error::JournalError;
 use super::faults::{self, SharedFaults};
 use super::floor::{self, Floor};
 use super::layout::{open_trees, sled_config, JOURNAL_DIR};
+use super::messages::{MessageTable, SharedMessages};
 use super::quarantine::{move_floor_aside, quarantine, Replaced};
 use super::record::RecordEncoder;
 use super::recovery::recover;
@@ -374,6 +377,34 @@ fn copy_except_segments(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+impl Store {
+    /// Opens the table of message identities in `journal_dir` (live journals only); its slots
+    /// of records that did not survive are cleared.
+    pub(crate) fn attach_messages(&mut self, journal_dir: &Path) -> Result<(), JournalError> {
+        let table = MessageTable::open(journal_dir, self.next_position)
+            .map_err(|err| JournalError::storage("opening the message identities", err))?;
+        // A removal sled lost in a crash: HQ has those records already.
+        let acked = table.acked_at_open();
+        if acked > self.acked {
+            let (records, bytes) = self
+                .log
+                .count(self.acked, acked)
+                .map_err(|err| JournalError::storage("counting acknowledged records", err))?;
+            tracing::info!(
+                records,
+                "records HQ acknowledged before the crash are not sent again"
+            );
+            self.acked = acked;
+            self.backlog_records = self.backlog_records.saturating_sub(records);
+            self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
+        }
+        let shared: SharedMessages = Arc::new(std::sync::Mutex::new(table));
+        self.log.attach_messages(shared.clone());
+        self.messages = Some(shared);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@
 //! blocking thread. See the module doc of `journal` for the invariants this code keeps.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 use sled::{Batch, Db, Transactional, Tree};
@@ -19,7 +18,7 @@ use super::faults::SharedFaults;
 use super::layout::{
     key_position, position_key, Trees, META_ACKED, META_POSITION_FLOOR, META_SEQ_FLOOR,
 };
-use super::messages::{self, MessageId, MessageTable, SharedMessages};
+use super::messages::{self, MessageId, SharedMessages};
 use super::open::{JournalLock, Scratch};
 use super::record::{check_data_is_object, json_string, Data, Kind, RecordEncoder};
 use super::recovery::Recovered;
@@ -234,32 +233,6 @@ impl Store {
                 .map_err(|err| JournalError::InvalidData(format!("record {index}: {err}")))?;
         }
         self.write_records(kind, data, origins)
-    }
-
-    /// Opens the table of message identities in `journal_dir` (live journals only); its slots
-    /// of records that did not survive are cleared.
-    pub(crate) fn attach_messages(&mut self, journal_dir: &Path) -> Result<(), JournalError> {
-        let table = MessageTable::open(journal_dir, self.next_position)
-            .map_err(|err| JournalError::storage("opening the message identities", err))?;
-        // A removal sled lost in a crash: HQ has those records already.
-        let acked = table.acked_at_open();
-        if acked > self.acked {
-            let (records, bytes) = self
-                .log
-                .count(self.acked, acked)
-                .map_err(|err| JournalError::storage("counting acknowledged records", err))?;
-            tracing::info!(
-                records,
-                "records HQ acknowledged before the crash are not sent again"
-            );
-            self.acked = acked;
-            self.backlog_records = self.backlog_records.saturating_sub(records);
-            self.backlog_bytes = self.backlog_bytes.saturating_sub(bytes);
-        }
-        let shared: SharedMessages = Arc::new(std::sync::Mutex::new(table));
-        self.log.attach_messages(shared.clone());
-        self.messages = Some(shared);
-        Ok(())
     }
 
     /// Encodes and appends checked records with the next seqs and positions, all or nothing;
