@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Settings};
 use crate::journal;
-use crate::signal::shutdown_signal;
+use crate::signal::{reload_signal, shutdown_signal};
 
 /// Exit status for a runtime failure.
 const EXIT_RUNTIME: u8 = 1;
@@ -227,7 +227,11 @@ fn hq(path: &Path) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let outcome = runtime.block_on(crate::hq::run(settings, shutdown_signal()));
+    let outcome = runtime.block_on(async {
+        // Caught before the port is bound: see `run`.
+        let shutdown = shutdown_signal();
+        crate::hq::run(settings, shutdown).await
+    });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => runtime_failure(&error),
@@ -247,11 +251,17 @@ fn run(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let outcome = runtime.block_on(async {
+        // SIGTERM, SIGINT and SIGHUP are caught before the API is bound: once it is, a client
+        // may see the gateway and stop or reload it at once, before `gateway::run` has started
+        // everything (systemd sends `reload` once READY, and SIGHUP's default action would end
+        // the process without a clean shutdown).
+        let shutdown = shutdown_signal();
+        let hangups = reload_signal();
         let listener = crate::gateway::bind_api(&settings).await?;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("api listening on http://{addr}");
         }
-        crate::gateway::run(settings, listener, shutdown_signal()).await
+        crate::gateway::run(settings, listener, shutdown, hangups).await
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

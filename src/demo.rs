@@ -149,6 +149,9 @@ pub async fn run(
     run_for: Option<Duration>,
     fast: bool,
 ) -> anyhow::Result<()> {
+    // Caught before anything is bound, so Ctrl-C during the start still stops cleanly.
+    let stop = crate::signal::shutdown_signal();
+    let hangups = crate::signal::reload_signal();
     let pace: u32 = if fast { 10 } else { 1 };
     // Without --data the demo keeps its store in one temp folder, so a second run continues the
     // same journal and `posgw journal dump` works after it stops.
@@ -261,13 +264,13 @@ pub async fn run(
             Some(limit) => {
                 tokio::select! {
                     () = tokio::time::sleep(limit) => {}
-                    () = crate::signal::shutdown_signal() => {}
+                    () = stop => {}
                 }
             }
-            None => crate::signal::shutdown_signal().await,
+            None => stop.await,
         }
     };
-    let outcome = crate::gateway::run(settings, listener, shutdown).await;
+    let outcome = crate::gateway::run(settings, listener, shutdown, hangups).await;
     shopper.abort();
     clerk.abort();
     pharmacist.abort();

@@ -28,11 +28,15 @@ use crate::record::Kind;
 
 /// Runs the gateway described by `settings` until `shutdown` completes.
 ///
-/// `listener` is the bound API socket (tests pass one bound to port 0).
+/// `listener` is the bound API socket (tests pass one bound to port 0); `hangups` the SIGHUP
+/// stream ([`crate::signal::reload_signal`]), each one a reload of the configuration. Both
+/// signals are the caller's to catch before it binds the API: a client that sees the API may
+/// send either at once.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
 ) -> anyhow::Result<()> {
     let journal_config = JournalConfig {
         data_dir: settings.gateway.data_dir.clone(),
@@ -282,9 +286,6 @@ pub async fn run(
         async move { api_stop.cancelled().await },
     ));
 
-    // Listening for SIGHUP before READY: systemd may send `reload` right after it, and the
-    // default action of SIGHUP would end the process without a clean shutdown.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tracing::info!(
         store = %settings.gateway.store,
         gateway = %settings.gateway.id,

@@ -16,7 +16,10 @@
 //!   bounds each connection's read buffer.
 //! - **Request body**: the whole body must arrive within [`Limits::body_timeout`] of the head;
 //!   after that the handler reading it gets an error and the client `408 Request Timeout`
-//!   (retried by a gateway's uplink, unlike a 400).
+//!   (retried by a gateway's uplink, unlike a 400). An answer given before the body was read
+//!   to its end (a refusal: 401, 413, 503 for a full body budget) says `Connection: close`:
+//!   hyper closes such a connection after the answer, and a client that kept it for its next
+//!   request would send that request into a closed socket.
 //! - **Responses**: a client that reads nothing of an answer for [`Limits::write_timeout`] is
 //!   disconnected. Long-lived answers (the clerk page's event stream) count against the
 //!   connection cap like any other and stay open as long as the client reads them.
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use http_body::{Frame, SizeHint};
@@ -343,15 +346,29 @@ async fn connection(
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let late = Arc::new(AtomicBool::new(false));
-        let request =
-            request.map(|body| Body::new(BodyDeadline::new(body, body_timeout, late.clone())));
+        let ended = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            Body::new(BodyDeadline::new(
+                body,
+                body_timeout,
+                late.clone(),
+                ended.clone(),
+            ))
+        });
         let router = router.clone();
         async move {
-            let response = router.oneshot(request).await?;
+            let mut response = router.oneshot(request).await?;
             // Whatever the handler made of the failed body (axum says 400), the client was too
             // slow: 408, which a gateway's uplink retries instead of taking its batch as bad.
             if late.load(Ordering::Relaxed) {
                 return Ok::<_, Infallible>(body_too_late(body_timeout));
+            }
+            // Answered with body bytes still unread: hyper will close the connection after
+            // this answer (see the module doc), so the answer says so.
+            if !ended.load(Ordering::Relaxed) {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok(response)
         }
@@ -520,15 +537,24 @@ struct BodyDeadline {
     timer: Option<Pin<Box<Sleep>>>,
     /// Set when the deadline passed: the answer becomes 408.
     late: Arc<AtomicBool>,
+    /// Set once the body has been read to its end (at once for a request without a body).
+    ended: Arc<AtomicBool>,
 }
 
 impl BodyDeadline {
-    fn new(inner: Incoming, timeout: Duration, late: Arc<AtomicBool>) -> BodyDeadline {
+    fn new(
+        inner: Incoming,
+        timeout: Duration,
+        late: Arc<AtomicBool>,
+        ended: Arc<AtomicBool>,
+    ) -> BodyDeadline {
+        ended.store(http_body::Body::is_end_stream(&inner), Ordering::Relaxed);
         BodyDeadline {
             inner,
             deadline: tokio::time::Instant::now() + timeout,
             timer: None,
             late,
+            ended,
         }
     }
 }
@@ -559,7 +585,12 @@ impl http_body::Body for BodyDeadline {
                 }
                 Poll::Pending
             }
-            Poll::Ready(frame) => Poll::Ready(frame.map(|frame| frame.map_err(Into::into))),
+            Poll::Ready(frame) => {
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.ended.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
         }
     }
 
@@ -636,6 +667,45 @@ mod tests {
         let answer = read_all(&mut stream).await;
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         assert!(answer.ends_with("hello"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_was_read_closes_the_connection_and_says_so() {
+        let router = Router::new()
+            .route("/", post(|body: Bytes| async move { body }))
+            .route("/refuse", post(|| async { StatusCode::FORBIDDEN }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(serve(
+            listener,
+            router,
+            SHORT,
+            ConnectionMetrics::default(),
+            std::future::pending(),
+        ));
+        // Refused unread: the answer says the connection closes, and it does (read_all). A
+        // body this small hyper would have drained and kept the connection for: the handler
+        // cannot know, so the answer closes it in every case.
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .expect("send");
+        let answer = read_all(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+        // Read to its end, a body leaves the connection open for the next request.
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+                  POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            )
+            .await
+            .expect("send");
+        let answer = read_all(&mut stream).await;
+        assert_eq!(answer.matches("HTTP/1.1 200 ").count(), 2, "{answer}");
+        assert_eq!(answer.matches("connection: close").count(), 1, "{answer}");
     }
 
     #[tokio::test]

@@ -41,8 +41,10 @@ pub enum JournalError {
     Storage {
         /// What was being done.
         context: &'static str,
-        /// The underlying error's message.
-        reason: String,
+        /// The underlying error, kept whole (a record log error keeps its I/O error: see
+        /// [`JournalError::io_kind`]). Not this error's `source()`: the message already ends in
+        /// its text, and a chain printer would repeat it.
+        reason: Box<dyn std::error::Error + Send + Sync>,
     },
     /// An fsync failed, so records at or after `position` are not known to be durable.
     #[error("journal flush failed: {0}")]
@@ -65,11 +67,34 @@ impl From<InvalidData> for JournalError {
 }
 
 impl JournalError {
-    /// Wraps a storage error (record log or sled) met while doing `context`.
-    pub(crate) fn storage(context: &'static str, err: impl std::fmt::Display) -> Self {
+    /// Wraps a storage error (record log or sled, or a message) met while doing `context`.
+    pub(crate) fn storage(
+        context: &'static str,
+        err: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Self::Storage {
             context,
-            reason: err.to_string(),
+            reason: err.into(),
+        }
+    }
+
+    /// The kind of the I/O error behind this one, if a file-system call failed: an
+    /// [`JournalError::Io`], or a [`JournalError::Storage`] whose error (or one of its sources)
+    /// is an I/O error, as a record log error that met one is.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Self::Io { source, .. } => Some(source.kind()),
+            Self::Storage { reason, .. } => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(reason.as_ref());
+                while let Some(error) = cause {
+                    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                        return Some(io.kind());
+                    }
+                    cause = error.source();
+                }
+                None
+            }
+            _ => None,
         }
     }
 

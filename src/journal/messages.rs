@@ -49,7 +49,7 @@
 //! # Acknowledged position
 //!
 //! sled keeps the position HQ acknowledged, but sled 0.34 buffers its writes in the process
-//! and they are fsynced only a second after a removal (see `writer`): a `kill -9` lost up to a
+//! and they are fsynced only a second after a removal (see `actor`): a `kill -9` lost up to a
 //! second of acknowledgements, thousands of records sent again after the restart. So each
 //! removal also writes the position here, to the kernel at once (fsynced by the next flush);
 //! the open takes it when it is ahead of sled's and below the next position. A restart then

@@ -123,7 +123,7 @@
 //!
 //! The actor hands the buffer to the kernel at each flush (or once it passes 1 MiB) and fsyncs
 //! the segment files written since the last flush, the segment folder if a file was created,
-//! and sled when a removal's changes are due (below), on a blocking thread (`store::FlushJob`),
+//! and sled when a removal's changes are due (below), on a blocking thread (`flush::FlushJob`),
 //! never on its own task, so appends keep
 //! flowing while a flush runs:
 //! - at most one flush is in flight;
@@ -246,39 +246,72 @@
 //!
 //! # Code map
 //!
-//! - [`clock`]: clock stamps.
-//! - the record format (envelope, [`Kind`](crate::record::Kind), each kind's `data`) is not the
-//!   journal's: it stores the bytes and kind [`crate::record`] makes.
-//! - `store`: lock, defensive open, recovery, quarantine, the blocking operations.
-//! - `segments`: the record log (segment files, frames, cutting a torn tail, rewrites).
-//! - `floor`: the floor file.
-//! - `writer`: the actor, [`JournalHandle`], batches, group commit.
-//! - `messages`: the MQTT message identities.
-//! - `offline`: `stats`, `dump`.
-//! - `salvage`: `salvage` and the raw scan.
+//! One job per file. The running journal:
+//! - `handle`: [`open()`], [`JournalHandle`], the commands it sends and what they answer
+//!   ([`Appended`], [`AppendedBatch`], [`Durable`], [`JournalStats`]).
+//! - `actor`: the task that owns the open store, and group commit (when a flush starts, when
+//!   producers are held back, publishing what is durable).
+//! - `quota`: where eviction is decided: when a round starts and stops, which records go
+//!   (`Store::evict`), the `evicted` record.
+//!
+//! The store, blocking, shared by the actor, the offline commands and salvage:
+//! - `store`: append, read, remove after upload, dead-letter, and the floors they write first.
+//! - `flush`: what one flush fsyncs (`FlushJob`), the floor it records, the counters saved at
+//!   close.
+//! - `segments`: the record log: segment files and frames, opening and rolling a segment,
+//!   cutting a torn tail, rewrites, deleting acknowledged segments, `SegmentError`.
+//! - `layout`: the names on disk (folders, sled trees, meta keys, formats), position keys,
+//!   epochs, sled's configuration.
+//! - `floor`: the floor file. `messages`: the MQTT message identities.
+//!
+//! Opening:
+//! - `open`: the lock, the guarded open, opening or replacing a damaged journal, the offline
+//!   commands' read-only open on a scratch copy.
+//! - `recovery`: what the open reads and checks (meta, epoch, the list of segments, the floor)
+//!   and where it cuts a torn tail.
+//! - `migrate`: format 1 journals (records in sled) moved into the record log.
+//! - `quarantine`: a damaged journal moved aside with its floor; the `journal_replaced` record.
+//!
+//! Around them: [`clock`] (clock stamps), `error` ([`JournalError`]), `offline` (`stats`,
+//! `dump`), `salvage` (`salvage` and the raw scan), `faults` (the seam through which tests make
+//! storage fail), and `tests/`, the behaviour tests by topic with their shared helpers in
+//! `tests/helpers.rs`.
+//!
+//! The record format (envelope, [`Kind`](crate::record::Kind), each kind's `data`) is not the
+//! journal's: it stores the bytes and kind [`crate::record`] makes.
 
+mod actor;
 pub mod clock;
 mod error;
+mod faults;
 mod floor;
+mod flush;
+mod handle;
+mod layout;
 mod messages;
+mod migrate;
 mod offline;
+mod open;
+mod quarantine;
+mod quota;
+mod recovery;
 mod salvage;
 mod segments;
 mod store;
-mod writer;
 
 #[cfg(test)]
 mod tests;
 
 pub use error::JournalError;
-pub use messages::MessageId;
-pub use offline::{dump, identity, offline_stats, OfflineStats};
-pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};
-pub use store::{Replaced, StoredRecord};
-pub use writer::{
+pub use handle::{
     open, Appended, AppendedBatch, Durable, JournalConfig, JournalHandle, JournalStats, Opened,
     MAX_BATCH_RECORDS,
 };
+pub use messages::MessageId;
+pub use offline::{dump, identity, offline_stats, OfflineStats};
+pub use quarantine::Replaced;
+pub use salvage::{salvage, MissingSeqs, SalvageReport, SalvagedFolder};
+pub use store::StoredRecord;
 
 /// A journal in `dir` for other modules' tests (store `S`, gateway `gw`), fsyncing every
 /// `flush`.

@@ -4,13 +4,15 @@
 //!
 //! They only read: no file of the journal changes. sled 0.34 has no read-only mode, so they open
 //! a scratch copy of sled's files and read the record log in place, read-only (see
-//! `store::open_existing`).
+//! `open::open_existing`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::error::JournalError;
-use super::store::{open_existing, JOURNAL_DIR, QUARANTINE_PREFIX, SALVAGED_PREFIX};
+use super::layout::JOURNAL_DIR;
+use super::open::open_existing;
+use super::quarantine::{QUARANTINE_PREFIX, SALVAGED_PREFIX};
 use crate::record::RecordHead;
 
 /// `posgw journal stats`: figures of a stopped gateway's journal.

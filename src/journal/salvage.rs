@@ -28,13 +28,13 @@ use std::path::{Path, PathBuf};
 use serde_json::value::RawValue;
 
 use super::error::JournalError;
+use super::handle::JournalConfig;
+use super::layout::{DEAD_REASON_TREE, DEAD_TREE, JOURNAL_DIR, META_ACKED, RECORDS_TREE};
 use super::offline::folders_with_prefix;
+use super::open::{open_db, open_or_replace, run_guarded, OpenFailure};
+use super::quarantine::{replaced_event, Replaced, QUARANTINE_PREFIX, SALVAGED_PREFIX};
 use super::segments::Log;
-use super::store::{
-    open_db, open_or_replace, run_guarded, OpenFailure, Replaced, Store, DEAD_REASON_TREE,
-    DEAD_TREE, JOURNAL_DIR, META_ACKED, QUARANTINE_PREFIX, RECORDS_TREE, SALVAGED_PREFIX,
-};
-use super::writer::{replaced_event, JournalConfig};
+use super::store::Store;
 use crate::record::{Data, Envelope, Kind, RecordHead};
 
 /// Consecutive read errors after which a damaged tree is given up on (sled can return the same

@@ -152,7 +152,7 @@ pub(crate) struct Log {
     recent: Recent,
     /// Set when a failed write-out could not be taken back: the writer segment may hold part of
     /// a frame, so nothing more is written.
-    torn: Option<String>,
+    torn: Option<Arc<SegmentError>>,
     /// Segments created (`true`) and deleted (`false`) since [`Log::take_changes`], in order:
     /// the store keeps the journal's list of segments from them.
     changes: Vec<(u64, bool)>,
@@ -236,8 +236,123 @@ pub(crate) struct Mark {
     written_out: bool,
 }
 
-fn io_context(what: String) -> impl FnOnce(std::io::Error) -> String {
-    move |err| format!("{what}: {err}")
+/// What went wrong in the record log. Keeps the I/O error, so its [`std::io::ErrorKind`] reaches
+/// the journal's callers, and the file (or the frame's position) it happened at; the messages
+/// name both, as they did when they were plain text.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SegmentError {
+    /// A file-system call on a segment file or the segment folder failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("open", "read", "create", "list", "cut", "delete", "sync",
+        /// "rewrite").
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The error the call returned.
+        source: std::io::Error,
+    },
+    /// Handing buffered frames to the kernel failed; `undo` is set when the part that reached
+    /// the file could not be taken back either (the log is torn: see [`SegmentError::Torn`]).
+    #[error("cannot write segment {}: {source}{}", path.display(), undo_failure(.undo.as_ref()))]
+    WriteOut {
+        /// The segment written to.
+        path: PathBuf,
+        /// The write's error.
+        source: std::io::Error,
+        /// The error of cutting the file back, if that failed too.
+        undo: Option<std::io::Error>,
+    },
+    /// The message identities, written before any frame, could not be written.
+    #[error("cannot write the message identities: {source}")]
+    Messages {
+        /// The write's error.
+        source: std::io::Error,
+    },
+    /// A frame that must be whole is not: the open cut the log at its first bad frame, so one
+    /// now is damage, never skipped.
+    #[error("{}: {frame}", path.display())]
+    Damaged {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong with the frame (its position, where known).
+        frame: BadFrame,
+    },
+    /// A segment to rewrite holds a frame that is not whole: rewriting it would drop every
+    /// frame after the damage.
+    #[error("cannot rewrite {}: {frame}", path.display())]
+    Rewrite {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong with the frame.
+        frame: BadFrame,
+    },
+    /// The newest frames kept in memory do not decode.
+    #[error("the record log's newest frames in memory are damaged")]
+    MemoryDamaged,
+    /// A write to a log opened by [`Log::open_read_only`].
+    #[error("the record log is open read-only")]
+    ReadOnly,
+    /// An append without a segment to append to (no [`Log::begin`], or the writer went).
+    #[error("the record log has no open segment")]
+    NoOpenSegment,
+    /// [`Log::reset`] of a batch whose frames already reached the file.
+    #[error("the failed batch was already written out")]
+    WrittenOut,
+    /// A write-out failed and could not be taken back, so the writer segment may end in part of
+    /// a frame: the log refuses every write since, with that first error.
+    #[error(transparent)]
+    Torn(Arc<SegmentError>),
+}
+
+/// Why a segment file stops holding frames before its end: the first frame that is not whole
+/// and valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadFrame {
+    /// The length field is beyond any record.
+    #[error("frame length {len} is not plausible")]
+    Implausible {
+        /// The length it gives.
+        len: usize,
+    },
+    /// The CRC does not match the position and payload.
+    #[error("frame at position {position} fails its checksum")]
+    Checksum {
+        /// The position the frame gives.
+        position: u64,
+    },
+    /// The file ends inside the frame.
+    #[error("the last frame is cut short ({have} of {need} bytes)")]
+    CutShort {
+        /// Bytes of it in the file.
+        have: u64,
+        /// Bytes it needs.
+        need: usize,
+    },
+    /// A position not above the one before it (or below the segment's name).
+    #[error("position {position} out of order")]
+    OutOfOrder {
+        /// The position.
+        position: u64,
+    },
+}
+
+/// The " (and cannot take it back: ...)" part of a [`SegmentError::WriteOut`] message.
+fn undo_failure(undo: Option<&std::io::Error>) -> String {
+    undo.map(|err| format!(" (and cannot take it back: {err})"))
+        .unwrap_or_default()
+}
+
+/// Wraps the I/O error of `action` on `path`.
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SegmentError + 'a {
+    move |source| SegmentError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The segment file name for a first position.
@@ -263,7 +378,7 @@ enum Decoded<'a> {
     /// The buffer ends inside the frame (read more, or the file ends here).
     Short(usize),
     /// Not a valid frame.
-    Bad(String),
+    Bad(BadFrame),
 }
 
 /// Decodes the frame at the start of `buf`; with `verify`, checks its CRC.
@@ -275,7 +390,7 @@ fn decode_frame(buf: &[u8], verify: bool) -> Decoded<'_> {
     let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
     let position = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
     if len > MAX_PAYLOAD {
-        return Decoded::Bad(format!("frame length {len} is not plausible"));
+        return Decoded::Bad(BadFrame::Implausible { len });
     }
     if buf.len() < HEADER + len {
         return Decoded::Short(HEADER + len);
@@ -288,7 +403,7 @@ fn decode_frame(buf: &[u8], verify: bool) -> Decoded<'_> {
     hasher.update(&buf[8..16]);
     hasher.update(payload);
     if hasher.finalize() != crc {
-        return Decoded::Bad(format!("frame at position {position} fails its checksum"));
+        return Decoded::Bad(BadFrame::Checksum { position });
     }
     Decoded::Frame(position, payload, HEADER + len)
 }
@@ -302,7 +417,7 @@ fn scan_file(
     chunk: &mut Vec<u8>,
     verify: bool,
     each: &mut dyn FnMut(u64, &[u8], u64) -> bool,
-) -> std::io::Result<(u64, Option<String>)> {
+) -> std::io::Result<(u64, Option<BadFrame>)> {
     let file_len = file.metadata()?.len();
     loop {
         if offset >= file_len {
@@ -329,10 +444,10 @@ fn scan_file(
                         let stop = offset + at as u64;
                         return Ok((
                             stop,
-                            Some(format!(
-                                "the last frame is cut short ({} of {need} bytes)",
-                                file_len - stop
-                            )),
+                            Some(BadFrame::CutShort {
+                                have: file_len - stop,
+                                need,
+                            }),
                         ));
                     }
                     if at == 0 {
@@ -368,30 +483,29 @@ impl Log {
     /// Opens (or creates) the log in `journal_dir/segments`, reading every frame to find its
     /// end. Nothing is cut or deleted yet: the caller checks the end against the floor, then
     /// calls [`Log::cut`].
-    pub(crate) fn open(journal_dir: &Path) -> Result<(Log, Ending), String> {
+    pub(crate) fn open(journal_dir: &Path) -> Result<(Log, Ending), SegmentError> {
         Log::open_with(journal_dir, false)
     }
 
     /// Opens the log in `journal_dir/segments` for reading only (offline commands): as
     /// [`Log::open`], but nothing in the folder is created, cut, deleted or written; reads stop
     /// where the open found the log ends.
-    pub(crate) fn open_read_only(journal_dir: &Path) -> Result<(Log, Ending), String> {
+    pub(crate) fn open_read_only(journal_dir: &Path) -> Result<(Log, Ending), SegmentError> {
         Log::open_with(journal_dir, true)
     }
 
-    fn open_with(journal_dir: &Path, read_only: bool) -> Result<(Log, Ending), String> {
+    fn open_with(journal_dir: &Path, read_only: bool) -> Result<(Log, Ending), SegmentError> {
         let dir = journal_dir.join(SEGMENTS_DIR);
         if !read_only {
-            std::fs::create_dir_all(&dir)
-                .map_err(io_context(format!("cannot create {}", dir.display())))?;
+            std::fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
         }
         let mut firsts = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
             Err(err) if read_only && err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             listing => listing
-                .map_err(io_context(format!("cannot list {}", dir.display())))?
+                .map_err(io_error("list", &dir))?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(io_context(format!("cannot list {}", dir.display())))?,
+                .map_err(io_error("list", &dir))?,
         };
         for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -440,8 +554,7 @@ impl Log {
                 ending.doomed_firsts.push(first);
                 continue;
             }
-            let file =
-                File::open(&path).map_err(io_context(format!("cannot open {}", path.display())))?;
+            let file = File::open(&path).map_err(io_error("open", &path))?;
             let mut last = 0u64;
             let mut last_bytes: Option<Vec<u8>> = None;
             let mut disorder = None;
@@ -463,13 +576,9 @@ impl Log {
                     true
                 },
             )
-            .map_err(io_context(format!("cannot read {}", path.display())))?;
-            let why = why
-                .or_else(|| disorder.map(|position| format!("position {position} out of order")));
-            let file_len = file
-                .metadata()
-                .map_err(io_context(format!("cannot read {}", path.display())))?
-                .len();
+            .map_err(io_error("read", &path))?;
+            let why = why.or_else(|| disorder.map(|position| BadFrame::OutOfOrder { position }));
+            let file_len = file.metadata().map_err(io_error("read", &path))?.len();
             if let Some(why) = why {
                 ending.cut = Some(Cut {
                     path: path.clone(),
@@ -495,7 +604,7 @@ impl Log {
 
     /// Cuts the log where [`Log::open`] found it ends (a write interrupted by a crash) and
     /// deletes the segments after that point.
-    pub(crate) fn cut(&mut self, ending: &Ending) -> Result<(), String> {
+    pub(crate) fn cut(&mut self, ending: &Ending) -> Result<(), SegmentError> {
         if self.read_only {
             // Reads already stop at the cut; the files stay as they are.
             return Ok(());
@@ -504,28 +613,27 @@ impl Log {
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&cut.path)
-                .map_err(io_context(format!("cannot open {}", cut.path.display())))?;
+                .map_err(io_error("open", &cut.path))?;
             file.set_len(cut.keep)
                 .and_then(|()| file.sync_all())
-                .map_err(io_context(format!("cannot cut {}", cut.path.display())))?;
+                .map_err(io_error("cut", &cut.path))?;
         }
         for path in &ending.doomed {
-            std::fs::remove_file(path)
-                .map_err(io_context(format!("cannot delete {}", path.display())))?;
+            std::fs::remove_file(path).map_err(io_error("delete", path))?;
         }
         self.changes
             .extend(ending.doomed_firsts.iter().map(|first| (*first, false)));
         if ending.cut.is_some() || !ending.doomed.is_empty() {
             File::open(&self.dir)
                 .and_then(|dir| dir.sync_all())
-                .map_err(io_context(format!("cannot sync {}", self.dir.display())))?;
+                .map_err(io_error("sync", &self.dir))?;
         }
         Ok(())
     }
 
     /// Starts a batch: rolls over to a new segment if the current one is full, and remembers
     /// where the batch starts so [`Log::reset`] can take it back.
-    pub(crate) fn begin(&mut self, next_position: u64) -> Result<Mark, String> {
+    pub(crate) fn begin(&mut self, next_position: u64) -> Result<Mark, SegmentError> {
         let need_new = match self.writer {
             None => true,
             Some((first, _)) => self
@@ -553,9 +661,9 @@ impl Log {
 
     /// Makes the last segment the writer if it has room, else creates a new one starting at
     /// `next_position`.
-    fn roll(&mut self, next_position: u64) -> Result<(), String> {
+    fn roll(&mut self, next_position: u64) -> Result<(), SegmentError> {
         if self.read_only {
-            return Err("the record log is open read-only".to_string());
+            return Err(SegmentError::ReadOnly);
         }
         self.write_out()?;
         if let Some((&first, segment)) = self.segments.iter().next_back() {
@@ -563,10 +671,7 @@ impl Log {
                 let file = std::fs::OpenOptions::new()
                     .append(true)
                     .open(&segment.path)
-                    .map_err(io_context(format!(
-                        "cannot open {}",
-                        segment.path.display()
-                    )))?;
+                    .map_err(io_error("open", &segment.path))?;
                 self.writer = Some((first, Arc::new(file)));
                 return Ok(());
             }
@@ -576,8 +681,7 @@ impl Log {
         if let Some((&first, segment)) = self.segments.iter().next_back() {
             if first > next_position && segment.len == 0 {
                 let path = segment.path.clone();
-                std::fs::remove_file(&path)
-                    .map_err(io_context(format!("cannot delete {}", path.display())))?;
+                std::fs::remove_file(&path).map_err(io_error("delete", &path))?;
                 self.changes.push((first, false));
                 self.segments.remove(&first);
                 self.forget_cursors(first);
@@ -591,7 +695,7 @@ impl Log {
             .create_new(true)
             .append(true)
             .open(&path)
-            .map_err(io_context(format!("cannot create {}", path.display())))?;
+            .map_err(io_error("create", &path))?;
         self.segments.insert(
             next_position,
             Segment {
@@ -607,9 +711,9 @@ impl Log {
     }
 
     /// Appends a frame to the writer segment (call [`Log::begin`] first).
-    pub(crate) fn append(&mut self, position: u64, bytes: &[u8]) -> Result<(), String> {
+    pub(crate) fn append(&mut self, position: u64, bytes: &[u8]) -> Result<(), SegmentError> {
         let Some((first, _)) = self.writer else {
-            return Err("the record log has no open segment".to_string());
+            return Err(SegmentError::NoOpenSegment);
         };
         let before = self.pending.len();
         if self.recent.first.is_none() {
@@ -625,7 +729,7 @@ impl Log {
     }
 
     /// Ends a batch: hands the buffer to the kernel if it is big.
-    pub(crate) fn end(&mut self) -> Result<(), String> {
+    pub(crate) fn end(&mut self) -> Result<(), SegmentError> {
         if self.pending.len() >= WRITE_OUT_BYTES {
             self.write_out()?;
         }
@@ -633,9 +737,9 @@ impl Log {
     }
 
     /// Takes back what was appended since `mark` (a failed batch).
-    pub(crate) fn reset(&mut self, mark: Mark) -> Result<(), String> {
+    pub(crate) fn reset(&mut self, mark: Mark) -> Result<(), SegmentError> {
         if mark.written_out || self.pending.len() < mark.pending {
-            return Err("the failed batch was already written out".to_string());
+            return Err(SegmentError::WrittenOut);
         }
         self.pending.truncate(mark.pending);
         self.recent.cursors = [None; 2];
@@ -652,20 +756,20 @@ impl Log {
     }
 
     /// Hands buffered frames to the kernel.
-    pub(crate) fn write_out(&mut self) -> Result<(), String> {
+    pub(crate) fn write_out(&mut self) -> Result<(), SegmentError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         if let Some(torn) = &self.torn {
-            return Err(torn.clone());
+            return Err(SegmentError::Torn(torn.clone()));
         }
         let Some((first, file)) = &self.writer else {
-            return Err("the record log has no open segment".to_string());
+            return Err(SegmentError::NoOpenSegment);
         };
         if let Some(messages) = &self.messages {
             super::messages::lock(messages)
                 .write_dirty()
-                .map_err(|err| format!("cannot write the message identities: {err}"))?;
+                .map_err(|source| SegmentError::Messages { source })?;
         }
         let mut writer: &File = file;
         if let Err(err) = writer.write_all(&self.pending) {
@@ -675,19 +779,17 @@ impl Log {
                 .segments
                 .get(first)
                 .map_or(0, |s| s.len - self.pending.len() as u64);
-            let undo = file.set_len(on_disk);
-            let message = format!(
-                "cannot write segment {}: {err}{}",
-                self.dir.join(segment_name(*first)).display(),
-                undo.as_ref()
-                    .err()
-                    .map(|e| format!(" (and cannot take it back: {e})"))
-                    .unwrap_or_default()
-            );
-            if undo.is_err() {
-                self.torn = Some(message.clone());
+            let error = SegmentError::WriteOut {
+                path: self.dir.join(segment_name(*first)),
+                source: err,
+                undo: file.set_len(on_disk).err(),
+            };
+            if let SegmentError::WriteOut { undo: Some(_), .. } = error {
+                let torn = Arc::new(error);
+                self.torn = Some(torn.clone());
+                return Err(SegmentError::Torn(torn));
             }
-            return Err(message);
+            return Err(error);
         }
         self.recent.keep(&self.pending);
         self.pending.clear();
@@ -709,7 +811,7 @@ impl Log {
 
     /// Writes out what is buffered and returns what a flush must fsync to make everything
     /// appended so far durable.
-    pub(crate) fn sync_job(&mut self) -> Result<SyncJob, String> {
+    pub(crate) fn sync_job(&mut self) -> Result<SyncJob, SegmentError> {
         self.write_out()?;
         let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
         Ok(SyncJob {
@@ -725,14 +827,14 @@ impl Log {
         after: u64,
         until: u64,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SegmentError> {
         self.read_frames(after, until, true, each)
     }
 
     /// Records and bytes with positions in `after < position <= until`, without checking
     /// CRCs (they are checked when the records are read to be sent). Has its own cursor, so
     /// counting what was acknowledged behind the reads does not scan from a segment's start.
-    pub(crate) fn count(&mut self, after: u64, until: u64) -> Result<(u64, u64), String> {
+    pub(crate) fn count(&mut self, after: u64, until: u64) -> Result<(u64, u64), SegmentError> {
         let (mut records, mut bytes) = (0u64, 0u64);
         self.read_frames(after, until, false, &mut |_, payload| {
             records += 1;
@@ -749,7 +851,7 @@ impl Log {
         until: u64,
         verify: bool,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SegmentError> {
         if after >= until {
             return Ok(());
         }
@@ -783,10 +885,7 @@ impl Log {
                 Some(c) if c.segment == first && c.next <= after + 1 => c.offset,
                 _ => 0,
             };
-            let file = File::open(&segment.path).map_err(io_context(format!(
-                "cannot open {}",
-                segment.path.display()
-            )))?;
+            let file = File::open(&segment.path).map_err(io_error("open", &segment.path))?;
             let mut stopped = false;
             let mut resume = None;
             let (end, why) = scan_file(
@@ -807,15 +906,15 @@ impl Log {
                     true
                 },
             )
-            .map_err(io_context(format!(
-                "cannot read {}",
-                segment.path.display()
-            )))?;
+            .map_err(io_error("read", &segment.path))?;
             if let (Some(why), false) = (why, stopped) {
                 // The open cut the log at its first bad frame: one now is damage, never skipped.
                 // Read-only, the cut was not made: the log ends where the open found it does.
                 if !(self.read_only && end >= segment.len) {
-                    return Err(format!("{}: {why}", segment.path.display()));
+                    return Err(SegmentError::Damaged {
+                        path: segment.path.clone(),
+                        frame: why,
+                    });
                 }
             }
             // Resume at the frame after the last one delivered or skipped.
@@ -855,7 +954,7 @@ impl Log {
         until: u64,
         cursor: usize,
         each: &mut dyn FnMut(u64, &[u8]) -> bool,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, SegmentError> {
         let recent = &mut self.recent;
         match recent.first {
             Some(first) if first <= after.saturating_add(1) => {}
@@ -880,7 +979,7 @@ impl Log {
             };
             let Decoded::Frame(position, payload, size) = decode_frame(&frames[start..], false)
             else {
-                return Err("the record log's newest frames in memory are damaged".into());
+                return Err(SegmentError::MemoryDamaged);
             };
             if position > after && (position > until || !each(position, payload)) {
                 break;
@@ -925,7 +1024,7 @@ impl Log {
     /// below it, except the last segment. Returns how many files went. (A segment emptied by
     /// evictions above `position` stays until then: a segment missing above the acknowledged
     /// position is damage to the open.)
-    pub(crate) fn delete_through(&mut self, position: u64) -> Result<usize, String> {
+    pub(crate) fn delete_through(&mut self, position: u64) -> Result<usize, SegmentError> {
         if self.read_only {
             return Ok(0);
         }
@@ -942,7 +1041,7 @@ impl Log {
             if let Some(segment) = self.segments.remove(first) {
                 if let Err(err) = std::fs::remove_file(&segment.path) {
                     if err.kind() != std::io::ErrorKind::NotFound {
-                        return Err(format!("cannot delete {}: {err}", segment.path.display()));
+                        return Err(io_error("delete", &segment.path)(err));
                     }
                 }
                 self.changes.push((*first, false));
@@ -964,12 +1063,12 @@ impl Log {
 
     /// Rewrites the segments holding `positions` without those frames (dead-lettering,
     /// eviction). `positions` must be sorted. Durable when it returns (fsynced and renamed).
-    pub(crate) fn drop_frames(&mut self, positions: &[u64]) -> Result<(), String> {
+    pub(crate) fn drop_frames(&mut self, positions: &[u64]) -> Result<(), SegmentError> {
         if positions.is_empty() {
             return Ok(());
         }
         if self.read_only {
-            return Err("the record log is open read-only".to_string());
+            return Err(SegmentError::ReadOnly);
         }
         self.write_out()?;
         // Written out just now; the rewrite is read from the files from now on.
@@ -989,8 +1088,7 @@ impl Log {
             };
             let path = segment.path.clone();
             let tmp = self.dir.join(format!("{first:020}{TMP_SUFFIX}"));
-            let source =
-                File::open(&path).map_err(io_context(format!("cannot open {}", path.display())))?;
+            let source = File::open(&path).map_err(io_error("open", &path))?;
             let mut out = Vec::new();
             let mut last = 0u64;
             let (_, why) = scan_file(
@@ -1006,9 +1104,9 @@ impl Log {
                     true
                 },
             )
-            .map_err(io_context(format!("cannot read {}", path.display())))?;
+            .map_err(io_error("read", &path))?;
             if let Some(why) = why {
-                return Err(format!("cannot rewrite {}: {why}", path.display()));
+                return Err(SegmentError::Rewrite { path, frame: why });
             }
             let write = || -> std::io::Result<()> {
                 let mut file = File::create(&tmp)?;
@@ -1017,7 +1115,7 @@ impl Log {
                 std::fs::rename(&tmp, &path)?;
                 File::open(&self.dir)?.sync_all()
             };
-            write().map_err(io_context(format!("cannot rewrite {}", path.display())))?;
+            write().map_err(io_error("rewrite", &path))?;
             let was_writer = matches!(self.writer, Some((w, _)) if w == first);
             if let Some(segment) = self.segments.get_mut(&first) {
                 segment.last = last;
@@ -1042,7 +1140,7 @@ impl Log {
     }
 
     /// The first frame above `after`, if any.
-    pub(crate) fn first_after(&mut self, after: u64) -> Result<Option<Frame>, String> {
+    pub(crate) fn first_after(&mut self, after: u64) -> Result<Option<Frame>, SegmentError> {
         let mut found = None;
         self.read(after, u64::MAX, &mut |position, payload| {
             found = Some(Frame {
@@ -1055,16 +1153,13 @@ impl Log {
     }
 
     /// The last frame, if any (it may be at or below what HQ acknowledged).
-    pub(crate) fn last(&mut self) -> Result<Option<Frame>, String> {
+    pub(crate) fn last(&mut self) -> Result<Option<Frame>, SegmentError> {
         self.write_out()?;
         for segment in self.segments.values().rev() {
             if segment.len == 0 {
                 continue;
             }
-            let file = File::open(&segment.path).map_err(io_context(format!(
-                "cannot open {}",
-                segment.path.display()
-            )))?;
+            let file = File::open(&segment.path).map_err(io_error("open", &segment.path))?;
             let mut found = None;
             scan_file(
                 &file,
@@ -1081,10 +1176,7 @@ impl Log {
                     true
                 },
             )
-            .map_err(io_context(format!(
-                "cannot read {}",
-                segment.path.display()
-            )))?;
+            .map_err(io_error("read", &segment.path))?;
             if found.is_some() {
                 return Ok(found);
             }
@@ -1135,6 +1227,37 @@ impl Log {
 mod tests {
     use super::*;
 
+    /// fsyncs everything appended to `log` so far.
+    pub(super) fn sync(log: &mut Log) {
+        log.sync_job().expect("job").run().expect("sync");
+    }
+
+    /// Sets the length of the file at `path`.
+    pub(super) fn set_len(path: &Path, len: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_len(len)
+            .expect("set length");
+    }
+
+    /// Writes frames `positions` ([`payload`]) to a new log in `dir`, makes them durable and
+    /// closes the log; returns its (first) segment file.
+    fn durable_log(dir: &Path, positions: std::ops::RangeInclusive<u64>) -> PathBuf {
+        let (mut log, _) = Log::open(dir).expect("open");
+        append_all(&mut log, positions);
+        sync(&mut log);
+        let path = log.segments.values().next().expect("segment").path.clone();
+        drop(log);
+        path
+    }
+
+    /// Why the log that `ending` describes ends early.
+    fn cut_reason(ending: &Ending) -> &str {
+        &ending.cut.as_ref().expect("cut").reason
+    }
+
     fn payload(position: u64) -> Vec<u8> {
         format!(
             "{{\"seq\":{position},\"pad\":\"{}\"}}",
@@ -1182,7 +1305,7 @@ mod tests {
         // Big batches so several segments are made.
         let big = vec![b'y'; 600_000];
         log.append_each(1..=40, &big);
-        log.sync_job().expect("job").run().expect("sync");
+        sync(&mut log);
         assert!(log.segments.len() >= 2, "{} segments", log.segments.len());
         let mut seen = Vec::new();
         log.read(0, u64::MAX, &mut |p, _| {
@@ -1224,25 +1347,12 @@ mod tests {
     #[test]
     fn a_torn_tail_is_found_and_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = Log::open(dir.path()).expect("open");
-        append_all(&mut log, 1..=10);
-        log.sync_job().expect("job").run().expect("sync");
-        let path = log.segments.values().next().expect("segment").path.clone();
-        drop(log);
+        let path = durable_log(dir.path(), 1..=10);
         let len = std::fs::metadata(&path).expect("meta").len();
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        file.set_len(len - 5).expect("truncate");
+        set_len(&path, len - 5);
         let (mut log, ending) = Log::open(dir.path()).expect("reopen");
         assert_eq!(ending.last.as_ref().map(|(p, _)| *p), Some(9));
-        assert!(ending
-            .cut
-            .as_ref()
-            .expect("cut")
-            .reason
-            .contains("cut short"));
+        assert!(cut_reason(&ending).contains("cut short"));
         log.cut(&ending).expect("cut");
         append_all(&mut log, 10..=12);
         assert_eq!(collect(&mut log, 0, 100), (1..=12).collect::<Vec<_>>());
@@ -1251,11 +1361,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_ends_the_log_there() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = Log::open(dir.path()).expect("open");
-        append_all(&mut log, 1..=10);
-        log.sync_job().expect("job").run().expect("sync");
-        let path = log.segments.values().next().expect("segment").path.clone();
-        drop(log);
+        let path = durable_log(dir.path(), 1..=10);
         let mut bytes = std::fs::read(&path).expect("read");
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x20;
@@ -1263,12 +1369,7 @@ mod tests {
         let (_, ending) = Log::open(dir.path()).expect("reopen");
         let last = ending.last.as_ref().map(|(p, _)| *p).expect("last");
         assert!((3..=6).contains(&last), "last {last}");
-        assert!(ending
-            .cut
-            .as_ref()
-            .expect("cut")
-            .reason
-            .contains("checksum"));
+        assert!(cut_reason(&ending).contains("checksum"));
     }
 
     #[test]
@@ -1280,7 +1381,7 @@ mod tests {
         append_all(&mut log, 21..=22);
         let expected: Vec<u64> = (1..=22).filter(|p| ![2, 3, 20].contains(p)).collect();
         assert_eq!(collect(&mut log, 0, 100), expected);
-        log.sync_job().expect("job").run().expect("sync");
+        sync(&mut log);
         drop(log);
         let (mut log, ending) = Log::open(dir.path()).expect("reopen");
         assert_eq!(ending.last.map(|(p, _)| p), Some(22));
@@ -1321,7 +1422,7 @@ mod tests {
                 _ => {}
             }
             if round % 3 == 0 {
-                log.sync_job().expect("job").run().expect("sync");
+                sync(&mut log);
             }
             // Reads close behind the appends come from memory (frames not yet written out
             // included), except right after a rewrite; memory, files and a log opened afresh
@@ -1337,7 +1438,7 @@ mod tests {
             assert_eq!(served, round != 20, "round {round}: read from memory");
             let further = next.saturating_sub(900);
             let read = frames_after(&mut log, further);
-            log.sync_job().expect("job").run().expect("sync");
+            sync(&mut log);
             let (mut files, _) = Log::open(dir.path()).expect("reopen");
             assert_eq!(read, frames_after(&mut files, further), "round {round}");
             if served {
@@ -1373,6 +1474,38 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_file_gone_under_the_log_is_an_error_that_keeps_its_io_kind_and_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = durable_log(dir.path(), 1..=10);
+        // Opened afresh, nothing is in memory: a read goes to the file.
+        let (mut log, _) = Log::open(dir.path()).expect("reopen");
+        std::fs::remove_file(&path).expect("delete the segment");
+        let err = log
+            .read(0, u64::MAX, &mut |_, _| true)
+            .expect_err("the file is gone");
+        match &err {
+            SegmentError::Io {
+                action,
+                path: at,
+                source,
+            } => {
+                assert_eq!((*action, at), ("open", &path));
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let source = std::error::Error::source(&err)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .expect("the I/O error is the source");
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot open {}: ", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn whole_acknowledged_segments_are_deleted_but_never_the_last() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = Log::open(dir.path()).expect("open");
@@ -1393,6 +1526,7 @@ mod tests {
 
 #[cfg(test)]
 mod crash_tests {
+    use super::tests::{set_len, sync};
     use super::*;
 
     /// Power cut after a roll: the new (empty) segment's directory entry reached the disk, the
@@ -1405,7 +1539,7 @@ mod crash_tests {
         let (mut log, _) = Log::open(dir.path()).expect("open");
         let big = vec![b'a'; 3_000_000];
         log.append_each(1..=2, &big);
-        log.sync_job().expect("job").run().expect("sync"); // 1, 2 durable
+        sync(&mut log); // 1, 2 durable
         let durable_len = std::fs::metadata(dir.path().join("segments").join(segment_name(1)))
             .expect("meta")
             .len();
@@ -1419,18 +1553,8 @@ mod crash_tests {
         // creation of segment 4 reached the disk, its data did not.
         let seg1 = dir.path().join("segments").join(segment_name(1));
         let seg4 = dir.path().join("segments").join(segment_name(4));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg1)
-            .unwrap()
-            .set_len(durable_len)
-            .unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg4)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        set_len(&seg1, durable_len);
+        set_len(&seg4, 0);
 
         let (mut log, ending) = Log::open(dir.path()).expect("reopen");
         assert!(ending.cut.is_none());
@@ -1440,7 +1564,7 @@ mod crash_tests {
         log.begin(3).expect("begin");
         log.append(3, b"{\"confirmed\":true}").expect("append");
         log.end().expect("end");
-        log.sync_job().expect("job").run().expect("sync");
+        sync(&mut log);
         drop(log);
 
         let (_, ending) = Log::open(dir.path()).expect("reopen 2");
@@ -1463,7 +1587,7 @@ mod crash_tests {
         log.append_each(1..=3, &big);
         log.begin(4).expect("begin"); // new segment
         log.append(4, b"{}").expect("append");
-        log.sync_job().expect("job").run().expect("sync");
+        sync(&mut log);
         // Flip a byte inside frame 2 of segment 1.
         let seg1 = dir.path().join("segments").join(segment_name(1));
         let file = std::fs::OpenOptions::new().write(true).open(&seg1).unwrap();

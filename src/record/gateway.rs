@@ -3,9 +3,9 @@
 //!
 //! `started` and `stopped` are written through [`GatewayData`], in the contract's field order
 //! (`event`, `version`, `detail`). The journal's own events (`journal_replaced`, `evicted`) are
-//! built in `journal::writer` as `serde_json::json!` maps, which serde_json writes with their
-//! keys sorted (`detail`, `event`, `version`): the same fields, in another order that records
-//! already written keep, so they are left as they are.
+//! built in `journal::quarantine` and `journal::quota` as `serde_json::json!` maps, which
+//! serde_json writes with their keys sorted (`detail`, `event`, `version`): the same fields, in
+//! another order that records already written keep, so they are left as they are.
 
 use serde::Serialize;
 

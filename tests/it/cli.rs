@@ -1,6 +1,8 @@
 //! The command line's exit codes and messages.
 
-use crate::harness::{posgw, repo_file, Store};
+use nix::sys::signal::Signal;
+
+use crate::harness::{of_kind, posgw, repo_file, Gateway, Store, DEADLINE};
 
 #[test]
 fn check_config_accepts_the_shipped_example() {
@@ -165,4 +167,79 @@ fn systemd_is_told_ready_watchdog_and_stopping_over_notify_socket() {
     let status = child.wait().unwrap();
     assert!(status.success());
     // Without NOTIFY_SOCKET the same command runs normally: every other test does that.
+}
+
+/// A stop can come the moment the API socket exists: systemd stopping a unit right after
+/// starting it, or a client (a test harness) that saw the address and is done. SIGTERM and
+/// SIGINT are caught from before the API is bound, so `posgw run` and `posgw hq` finish
+/// starting, stop cleanly and exit 0 instead of dying of the signal's default action.
+#[tokio::test]
+async fn sigterm_or_sigint_the_moment_the_api_is_bound_is_a_clean_stop() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let store = Store::new();
+        store.write_config("");
+        let mut run = posgw();
+        run.arg("run").arg("-c").arg(store.config_path());
+        let gateway = Gateway::launch(run, "run", "api listening on ").await;
+        let status = gateway.stop_with(signal).await;
+        assert!(
+            status.success(),
+            "posgw run stopped by {signal} right after binding its API: {status}"
+        );
+        let records = store.dump();
+        let events: Vec<&serde_json::Value> = of_kind(&records, "gateway")
+            .iter()
+            .map(|record| &record["data"]["event"])
+            .collect();
+        assert_eq!(events, ["started", "stopped"], "{signal}: a clean stop");
+
+        let hq = tempfile::tempdir().unwrap();
+        std::fs::write(hq.path().join("admin.token"), "admin-token").unwrap();
+        std::fs::write(hq.path().join("store.token"), "store-token").unwrap();
+        let config = hq.path().join("hq.toml");
+        std::fs::write(
+            &config,
+            "[hq]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nadmin_token_file = \"admin.token\"\n\n\
+             [[store]]\ncode = \"WZ-LC-001\"\ntoken_file = \"store.token\"\n",
+        )
+        .unwrap();
+        let mut command = posgw();
+        command.arg("hq").arg("-c").arg(&config);
+        let receiver = Gateway::launch(command, "hq", "hq listening on ").await;
+        let status = receiver.stop_with(signal).await;
+        assert!(
+            status.success(),
+            "posgw hq stopped by {signal} right after binding: {status}"
+        );
+    }
+}
+
+/// Likewise SIGHUP, the reload request (systemd sends it on `reload` as soon as the gateway is
+/// ready): sent the moment the API is bound, it reloads the configuration once the gateway is
+/// up instead of ending the process.
+#[tokio::test]
+async fn sighup_the_moment_the_api_is_bound_is_a_reload() {
+    let store = Store::new();
+    store.write_config("");
+    let mut run = posgw();
+    run.arg("run").arg("-c").arg(store.config_path());
+    let mut gateway = Gateway::launch(run, "run", "api listening on ").await;
+    gateway.hangup();
+    let start = std::time::Instant::now();
+    while gateway.log_count("reloaded: campaigns") == 0 {
+        if let Some(status) = gateway.child.try_wait().unwrap() {
+            panic!("posgw run ended by a SIGHUP right after binding its API: {status}");
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for the reload"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    gateway
+        .wait_for("healthz ok", |g| async move {
+            g.get("/healthz").await.is_some_and(|(code, _)| code == 200)
+        })
+        .await;
+    assert!(gateway.stop().await.success());
 }

@@ -42,6 +42,27 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The CPU time process `pid` has spent so far, user and system, over all its threads
+/// (`utime` + `stime` of `/proc/PID/stat`). Unlike wall time it hardly depends on what else
+/// the machine runs.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // The fields after the command name, which is in parentheses and may contain spaces:
+    // state is field 3, utime 14 and stime 15.
+    let after_name = stat.rfind(')').map_or("", |at| &stat[at + 1..]);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |n: usize| -> u64 {
+        fields
+            .get(n - 3)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no field {n} in /proc/{pid}/stat: {stat}"))
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_second = u64::try_from(ticks_per_second).expect("clock ticks per second");
+    Duration::from_secs_f64((field(14) + field(15)) as f64 / ticks_per_second as f64)
+}
+
 /// The peak resident memory of process `pid` in bytes (`VmHWM`).
 pub fn peak_rss(pid: u32) -> u64 {
     proc_status_kb(pid, "VmHWM") * 1024
@@ -227,7 +248,19 @@ impl Gateway {
 
     /// [`Gateway::spawn`] for a prepared `posgw` command (e.g. with resource limits set);
     /// `tag` prefixes its log lines.
-    pub async fn spawn_command(mut command: Command, tag: &str, marker: &'static str) -> Gateway {
+    pub async fn spawn_command(command: Command, tag: &str, marker: &'static str) -> Gateway {
+        let gateway = Gateway::launch(command, tag, marker).await;
+        gateway
+            .wait_for("healthz ok", |g| async move {
+                g.get("/healthz").await.is_some_and(|(code, _)| code == 200)
+            })
+            .await;
+        gateway
+    }
+
+    /// Starts a prepared `posgw` command and returns as soon as it printed `marker` followed
+    /// by its URL: the socket is bound, but the process may still be starting up behind it.
+    pub async fn launch(mut command: Command, tag: &str, marker: &'static str) -> Gateway {
         let mut child = command
             .env(
                 "RUST_LOG",
@@ -257,18 +290,12 @@ impl Gateway {
             .await
             .unwrap()
             .expect("posgw printed its address");
-        let gateway = Gateway {
+        Gateway {
             child,
             api,
             client: client(),
             log,
-        };
-        gateway
-            .wait_for("healthz ok", |g| async move {
-                g.get("/healthz").await.is_some_and(|(code, _)| code == 200)
-            })
-            .await;
-        gateway
+        }
     }
 
     /// GET a path of the local API: status code and body; None if it did not answer.
@@ -347,7 +374,6 @@ impl Gateway {
         .await;
     }
 
-    /// SIGTERM and wait for the exit status.
     /// How many lines of its log contain `text` so far.
     pub fn log_count(&self, text: &str) -> usize {
         let log = self.log.lock().expect("log");
@@ -372,9 +398,16 @@ impl Gateway {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("send SIGHUP");
     }
 
-    pub async fn stop(mut self) -> ExitStatus {
+    /// SIGTERM and wait for the exit status.
+    pub async fn stop(self) -> ExitStatus {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM).await
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub async fn stop_with(mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|error| panic!("send {signal}: {error}"));
         tokio::task::spawn_blocking(move || self.child.wait().expect("wait for posgw"))
             .await
             .unwrap()
@@ -417,11 +450,50 @@ pub fn assert_seq_contiguous(records: &[Value], epoch: &str) {
 
 /// An HTTP client for talking to a gateway or HQ under test. A peer that accepts connections
 /// but goes silent fails the test instead of hanging it: no read may wait longer than the
-/// deadline (an idle event stream still gets a `ping` every 15 s).
+/// deadline (an idle event stream still gets a `ping` every 15 s). Idle connections are
+/// reused for [`POOL_IDLE`] at most.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(DEADLINE)
         .read_timeout(DEADLINE)
+        .pool_idle_timeout(POOL_IDLE)
         .build()
         .expect("http client")
+}
+
+/// How long a test client keeps an idle keep-alive connection for reuse: half the time after
+/// which the gateway and HQ close one (their request head timeout, 10 s). With reqwest's
+/// default of 90 s a request could go out on a connection the server was closing at that
+/// moment and fail with `IncompleteMessage` or `ConnectionReset`: a test that had left the
+/// connection idle for about 10 s (busy elsewhere, or not yielding while it parsed a large
+/// answer) then saw `get` fail on a healthy gateway.
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
+
+/// A test that leaves its connection to the gateway idle past the gateway's keep-alive, here
+/// busy without yielding as when it parses a large answer, still gets its next request
+/// answered. With reqwest's default pool that request went out on the connection the gateway
+/// had closed and failed (`mqtt_once` in CI: "status answers").
+#[tokio::test]
+async fn a_request_after_an_idle_spell_past_the_servers_keep_alive_is_answered() {
+    let store = Store::new();
+    store.write_config("");
+    let gateway = Gateway::start(&store).await;
+    // The start ended with a /healthz answer: the client holds an idle connection, which the
+    // gateway closes after its request head timeout. Not a wait for anything: the idle spell
+    // is what is tested, with the runtime blocked so nothing notices the close meanwhile.
+    let keep_alive = posgw::serve::Limits::gateway(posgw::serve::open_files_limit()).header_timeout;
+    std::thread::sleep(keep_alive + Duration::from_millis(500));
+    assert_eq!(gateway.status().await["store"], "WZ-LC-001");
+    assert!(gateway.stop().await.success());
+}
+
+#[test]
+fn test_clients_drop_idle_connections_well_before_the_servers_do() {
+    let open_files = posgw::serve::open_files_limit();
+    for limits in [
+        posgw::serve::Limits::gateway(open_files),
+        posgw::serve::Limits::hq(open_files),
+    ] {
+        assert!(POOL_IDLE * 2 <= limits.header_timeout, "{limits:?}");
+    }
 }
