@@ -583,9 +583,11 @@ impl Engine {
     async fn append<T: serde::Serialize>(&self, kind: Kind, data: &T) -> Result<(), ConsultError> {
         let unavailable =
             |error: crate::journal::JournalError| ConsultError::Unavailable(error.to_string());
+        let data = crate::record::Data::serialize(data)
+            .map_err(|error| ConsultError::Unavailable(error.to_string()))?;
         let appended = self
             .journal
-            .append_value(kind, data)
+            .append_urgent(kind, data)
             .await
             .map_err(unavailable)?;
         appended.durable.wait().await.map_err(unavailable)

@@ -70,6 +70,7 @@ pub(crate) fn spawn(store: Store, config: &JournalConfig) -> JournalHandle {
         flush_every: config.flush,
         quota: Quota::new(config),
         unflushed_since: None,
+        flush_now: false,
         removed_since: None,
         in_flight: None,
         floor_written: None,
@@ -124,6 +125,8 @@ struct Actor {
     quota: Quota,
     /// When the oldest append not covered by a started flush happened.
     unflushed_since: Option<Instant>,
+    /// An urgent append is not covered by a started flush: the next flush is due at once.
+    flush_now: bool,
     /// When the oldest removal not covered by a started flush happened.
     removed_since: Option<Instant>,
     /// The running flush, if any (never more than one).
@@ -213,9 +216,11 @@ impl Actor {
                 kind,
                 data,
                 origin,
+                urgent,
                 reply,
             } => {
                 let result = self.append(kind, &data, origin);
+                self.flush_now |= urgent && result.is_ok();
                 self.answers.push((reply, result));
             }
             Command::AppendBatch {
@@ -377,10 +382,17 @@ impl Actor {
         }
     }
 
-    /// When the next flush is due: `flush` after the oldest unflushed append, or
+    /// When the next flush is due: `flush` after the oldest unflushed append (at once after an
+    /// urgent one), or
     /// `REMOVAL_FLUSH_EVERY` after the oldest unflushed removal, whichever comes first.
     fn flush_deadline(&self) -> Option<Instant> {
-        let appends = self.unflushed_since.map(|since| since + self.flush_every);
+        let appends = self.unflushed_since.map(|since| {
+            if self.flush_now {
+                since
+            } else {
+                since + self.flush_every
+            }
+        });
         let removals = self.removed_since.map(|since| since + REMOVAL_FLUSH_EVERY);
         let due = match (appends, removals) {
             (Some(appends), Some(removals)) => Some(appends.min(removals)),
@@ -464,6 +476,7 @@ impl Actor {
             }
         }
         self.unflushed_since = None;
+        self.flush_now = false;
         if with_meta {
             self.removed_since = None;
         }

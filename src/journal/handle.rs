@@ -217,6 +217,9 @@ pub(crate) enum Command {
         data: Data,
         /// The MQTT message it came from.
         origin: Option<MessageId>,
+        /// Someone waits for it to be durable: flush as soon as possible rather than at the
+        /// end of the group-commit window.
+        urgent: bool,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Appended, JournalError>>,
     },
@@ -359,6 +362,27 @@ impl JournalHandle {
             kind,
             data,
             origin,
+            urgent: false,
+            reply,
+        })
+        .await
+    }
+
+    /// [`JournalHandle::append`] for a record a person is waiting on (a clerk's consultation
+    /// step): the next flush starts at once instead of at the end of the group-commit window
+    /// (`[gateway] flush`), so its `durable` resolves after one fsync. Every other record
+    /// written meanwhile rides along in that flush.
+    pub async fn append_urgent(
+        &self,
+        kind: Kind,
+        data: impl Into<Data>,
+    ) -> Result<Appended, JournalError> {
+        let data = data.into();
+        self.ask(|reply| Command::Append {
+            kind,
+            data,
+            origin: None,
+            urgent: true,
             reply,
         })
         .await

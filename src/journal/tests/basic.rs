@@ -89,6 +89,39 @@ async fn durable_waits_resolve_with_and_without_a_flush_interval() {
 }
 
 #[tokio::test]
+async fn an_urgent_append_is_flushed_at_once_with_what_came_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A group-commit window far longer than the test: only urgency can make anything durable.
+    let handle = open_clean(dir.path(), Duration::from_secs(3600)).await;
+    let plain = handle
+        .append_value(Kind::Scan, &json!({"code": "6901234567892"}))
+        .await
+        .expect("append");
+    let urgent = handle
+        .append_urgent(
+            Kind::ConsultationStep,
+            Data::serialize(&json!({"key": "consult"})).unwrap(),
+        )
+        .await
+        .expect("append");
+    tokio::time::timeout(Duration::from_secs(20), urgent.durable.wait())
+        .await
+        .expect("durable after one fsync, not after the window")
+        .expect("durable");
+    assert!(plain.durable.is_durable(), "the record before rode along");
+    // The next plain record waits for the window again.
+    let later = handle
+        .append_value(Kind::Scan, &json!({"code": "4006381333931"}))
+        .await
+        .expect("append");
+    let waited =
+        tokio::time::timeout(Duration::from_millis(300), later.durable.clone().wait()).await;
+    assert!(waited.is_err(), "a plain record is not flushed early");
+    handle.close().await.expect("close");
+    assert!(later.durable.is_durable());
+}
+
+#[tokio::test]
 async fn readers_see_only_durable_records_and_page_by_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A flush interval no test waits for: nothing becomes durable until close.
