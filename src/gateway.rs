@@ -431,7 +431,8 @@ async fn reload_on_sighup(
         tracing::info!(
             campaigns = next.campaigns.len(),
             answer_codes = next.answer_codes.len(),
-            "reloaded: campaigns, answer codes and skip reasons in force"
+            flows = next.flows.len(),
+            "reloaded: campaigns, answer codes, skip reasons and flows in force"
         );
         crate::notify::status(&format!(
             "reloaded: {} campaign(s), {} answer code(s)",
@@ -441,6 +442,8 @@ async fn reload_on_sighup(
         current.campaigns = next.campaigns;
         current.answer_codes = next.answer_codes;
         current.prompts.skip_reasons = next.prompts.skip_reasons;
+        current.flows = next.flows;
+        current.privacy = next.privacy;
     }
 }
 

@@ -467,3 +467,46 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .windows(needle.len())
         .any(|window| window == needle)
 }
+
+/// SIGHUP puts a changed flow in force for new consultations; one already open keeps its own.
+#[tokio::test]
+async fn a_reloaded_flow_is_used_by_new_consultations() {
+    let store = Store::new();
+    store_with_flow(&store, "120s");
+    let _scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    let open = |flow: &'static str| {
+        let gateway = &gateway;
+        async move {
+            post(
+                gateway,
+                "/api/v1/consultations",
+                &format!(r#"{{"station":"till-1","flow":"{flow}"}}"#),
+            )
+            .await
+        }
+    };
+    let (code, before) = open("rx-5step").await;
+    assert_eq!(code, 201);
+    assert_eq!(open("otc-3step").await.0, 422);
+
+    let config = std::fs::read_to_string(store.config_path()).unwrap();
+    std::fs::write(
+        store.config_path(),
+        config.replace("id = \"rx-5step\"", "id = \"otc-3step\""),
+    )
+    .unwrap();
+    gateway.hangup();
+    gateway.wait_log("reloaded: campaigns", 1).await;
+    let (code, after) = open("otc-3step").await;
+    assert_eq!(code, 201, "{after}");
+    assert_eq!(
+        open("rx-5step").await.0,
+        422,
+        "the old flow is gone for new ones"
+    );
+    // The consultation opened before the reload goes on under its flow.
+    let id = before["id"].as_str().unwrap();
+    assert_eq!(step(&gateway, id, "consult", json!({})).await.0, 200);
+    assert!(gateway.stop().await.success());
+}
