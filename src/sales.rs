@@ -15,7 +15,7 @@
 //! (registers add their own), and every field but `lines` may be missing (null in the record).
 
 use crate::decode::escpos::{self, ClosedBy, Patterns, Receipt};
-use crate::record::sale::{Sale, SaleLine};
+use crate::record::sale::{Payment, Sale, SaleLine};
 
 /// Reads one `json-register` sale; the error says briefly what is wrong with it.
 pub fn parse_json_sale(bytes: &[u8]) -> Result<Sale, String> {
@@ -49,7 +49,14 @@ pub fn from_receipt(receipt: &Receipt, patterns: &Patterns) -> Sale {
         total: extracted.total,
         currency: None,
         text: Some(receipt.text()),
-        payments: Vec::new(),
+        payments: extracted
+            .insurance
+            .map(|approved| Payment {
+                method: "medical_insurance".into(),
+                status: Some(if approved { "approved" } else { "declined" }.into()),
+            })
+            .into_iter()
+            .collect(),
         consultation: None,
     }
 }

@@ -134,6 +134,10 @@ pub struct Patterns {
     pub total: Option<regex::Regex>,
     /// Named groups among `sku`, `name`, `qty`, `unit_price`, `amount` make one sale line.
     pub line: Option<regex::Regex>,
+    /// A line saying the medical insurance paid (`医保统筹支付 12.00`).
+    pub insurance_approved: Option<regex::Regex>,
+    /// A line saying the medical insurance refused (`医保结算失败`); looked at first.
+    pub insurance_declined: Option<regex::Regex>,
 }
 
 /// Longest line kept in one piece, in raw bytes; longer lines are cut into pieces.
@@ -1015,6 +1019,9 @@ pub struct Extracted {
     pub total: Option<f64>,
     /// Sale lines, in receipt order.
     pub lines: Vec<ExtractedLine>,
+    /// The medical insurance's answer, from the last line matching `insurance_declined` or
+    /// `insurance_approved`: `true` approved.
+    pub insurance: Option<bool>,
 }
 
 /// One sale line pulled out of a receipt.
@@ -1053,7 +1060,23 @@ pub fn extract(lines: &[String], patterns: &Patterns) -> Extracted {
         let receipt = group_one(patterns.receipt.as_ref(), line);
         let clerk = group_one(patterns.clerk.as_ref(), line);
         let total = group_one(patterns.total.as_ref(), line);
-        let field_line = receipt.is_some() || clerk.is_some() || total.is_some();
+        let matches = |pattern: &Option<regex::Regex>| {
+            pattern
+                .as_ref()
+                .is_some_and(|pattern| pattern.is_match(line))
+        };
+        let insurance = if matches(&patterns.insurance_declined) {
+            Some(false)
+        } else if matches(&patterns.insurance_approved) {
+            Some(true)
+        } else {
+            None
+        };
+        if insurance.is_some() {
+            extracted.insurance = insurance;
+        }
+        let field_line =
+            receipt.is_some() || clerk.is_some() || total.is_some() || insurance.is_some();
         if extracted.receipt.is_none() {
             extracted.receipt = receipt.map(str::to_string);
         }
@@ -1283,6 +1306,28 @@ mod tests {
         let (text, _, errors) = encoding_rs::GB18030.decode(&[0x81, 0x30, 0x84, 0x36, 0xA3, 0xA4]);
         assert!(!errors);
         assert_eq!(text, "¥￥");
+    }
+
+    #[test]
+    fn the_medical_insurance_answer_is_read_from_its_line_and_is_no_sale_line() {
+        let lines = |text: &[&str]| -> Vec<String> { text.iter().map(|l| l.to_string()).collect() };
+        let paid = extract(
+            &lines(&[
+                "参松养心胶囊 0.4g*36粒  1  25.00",
+                "医保统筹支付  12.00",
+                "现金  13.00",
+            ]),
+            shipped_patterns(),
+        );
+        assert_eq!(paid.insurance, Some(true));
+        assert_eq!(paid.lines.len(), 1, "{:?}", paid.lines);
+        let refused = extract(
+            &lines(&["医保结算失败 请自费", "合计：25.00"]),
+            shipped_patterns(),
+        );
+        assert_eq!(refused.insurance, Some(false));
+        let none = extract(&lines(&["现金  25.00"]), shipped_patterns());
+        assert_eq!(none.insurance, None);
     }
 
     #[test]

@@ -55,6 +55,8 @@
 //! clerk = '收银员[:：]\s*(\S+)'     # capture group 1 = clerk
 //! total = '合计[:：]?\s*([0-9.]+)'   # capture group 1 = total
 //! line = '(?P<name>\S+)\s+(?P<qty>\d+)\s+(?P<amount>[0-9.]+)'  # named groups: sku name qty unit_price amount
+//! insurance_approved = '医保.*支付'   # a line saying the medical insurance paid
+//! insurance_declined = '医保.*失败'   # ... or refused (looked at first)
 //! ```
 //!
 //! Every section is optional and every key has a default, so a new kind of device is a new

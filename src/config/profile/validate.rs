@@ -136,6 +136,10 @@ struct RawPatterns {
     total: Option<Located<String>>,
     /// Sale line regex.
     line: Option<Located<String>>,
+    /// A line saying the medical insurance paid.
+    insurance_approved: Option<Located<String>>,
+    /// A line saying the medical insurance refused.
+    insurance_declined: Option<Located<String>>,
 }
 
 /// Parses and validates one registered profile file.
@@ -516,6 +520,14 @@ fn escpos_settings(report: &mut Report, raw: Option<&RawEscpos>) -> EscposSettin
         escpos.patterns.receipt = one_group_regex(report, patterns.receipt.as_ref(), "receipt");
         escpos.patterns.clerk = one_group_regex(report, patterns.clerk.as_ref(), "clerk");
         escpos.patterns.total = one_group_regex(report, patterns.total.as_ref(), "total");
+        escpos.patterns.insurance_approved = patterns
+            .insurance_approved
+            .as_ref()
+            .and_then(|value| compile(report, value, "insurance_approved"));
+        escpos.patterns.insurance_declined = patterns
+            .insurance_declined
+            .as_ref()
+            .and_then(|value| compile(report, value, "insurance_declined"));
         escpos.patterns.line = patterns.line.as_ref().and_then(|line| {
             let regex = compile(report, line, "line")?;
             let names: Vec<&str> = regex.capture_names().flatten().collect();
