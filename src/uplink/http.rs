@@ -20,6 +20,9 @@ use crate::config::{Compression, UplinkSettings};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for HQ's whole answer to one batch.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle connection to HQ is kept for the next batch: less than the 10 s after which
+/// `posgw hq` (and most servers) close one, so no batch goes out on a connection being closed.
+const IDLE_CONNECTION: Duration = Duration::from_secs(5);
 /// Most of HQ's error body kept in the status and dead-letter reasons.
 const REASON_MAX: usize = 500;
 
@@ -39,6 +42,9 @@ impl HttpTransport {
             // A redirect would turn the POST into a body-less GET whose 2xx means nothing:
             // HQ's endpoint must answer itself.
             .redirect(reqwest::redirect::Policy::none())
+            // `posgw hq` (like most servers) closes a connection idle for 10 s; a batch sent on
+            // one it is closing fails and is sent again. Let go of idle connections first.
+            .pool_idle_timeout(IDLE_CONNECTION)
             .user_agent(concat!("posgw/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot create the HTTP client")?;
