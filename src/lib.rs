@@ -7,6 +7,7 @@
 //!   network printer tap)                     │  ▲            (segment    (HTTP or
 //!     │ ▲ passthrough, both ways              ▼  │ answers     files +      MQTT)
 //!     ▼ │ (the POS, the printer)             prompts            sled meta)
+//!       ▲ held flow scans, released by ───── consult (steps)
 //! ```
 //!
 //! - [`config`]: the TOML configuration and device profiles, loaded in stages.
@@ -18,13 +19,15 @@
 //! - [`journal`]: the durable record store (segment files, sled metadata); the only module
 //!   that touches the gateway's journal files.
 //! - [`record`]: the record format: the envelope and each kind's `data`.
-//! - [`prompts`]: the attribution prompt engine; [`web`]: the clerk page and prompt endpoints.
+//! - [`prompts`]: the attribution prompt engine; [`consult`]: consultation flows (the clerk's
+//!   checklist, each step durable, a flow product's scan held until the first steps are done);
+//!   [`web`]: the clerk page and the prompt and consultation endpoints.
 //! - [`uplink`]: forwards journal records to HQ, at least once.
 //! - [`hq`]: the reference HQ receiver (`posgw hq`).
 //! - [`api`] and [`metrics`]: the local HTTP API; [`serve`]: the bounded HTTP server loop it and
 //!   the HQ receiver run on.
 //! - [`gateway`]: wiring and shutdown; [`cli`]: the command line; [`demo`]: a simulated store;
-//!   [`status`]: `posgw status`; [`signal`]: SIGTERM and SIGINT.
+//!   [`status`]: `posgw status`; [`signal`]: SIGTERM, SIGINT and SIGHUP.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
