@@ -292,25 +292,10 @@ async fn simulated_clerk(api: String, scanner: tokio::sync::mpsc::Sender<Vec<u8>
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut seen = std::collections::HashSet::new();
+    let url = format!("{api}/api/v1/prompts?station=till-1");
     loop {
         tokio::time::sleep(Duration::from_millis(500) / pace).await;
-        let Ok(response) = client
-            .get(format!("{api}/api/v1/prompts?station=till-1"))
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(prompts) = response.json::<Vec<serde_json::Value>>().await else {
-            continue;
-        };
-        for prompt in prompts {
-            let Some(id) = prompt["id"].as_str().map(str::to_owned) else {
-                continue;
-            };
-            if !seen.insert(id.clone()) {
-                continue;
-            }
+        for id in new_ids(&client, &url, &mut seen).await {
             let option = [
                 "doctor", "doctor", "doctor", "referral", "referral", "poster",
             ]
@@ -368,25 +353,10 @@ async fn simulated_pharmacist(api: String, pace: u32) {
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut seen = std::collections::HashSet::new();
+    let url = format!("{api}/api/v1/consultations?station=till-1");
     loop {
         tokio::time::sleep(Duration::from_millis(500) / pace).await;
-        let Ok(response) = client
-            .get(format!("{api}/api/v1/consultations?station=till-1"))
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(open) = response.json::<Vec<serde_json::Value>>().await else {
-            continue;
-        };
-        for consultation in open {
-            let Some(id) = consultation["id"].as_str().map(str::to_owned) else {
-                continue;
-            };
-            if !seen.insert(id.clone()) {
-                continue;
-            }
+        for id in new_ids(&client, &url, &mut seen).await {
             // The first one is done by the book, so a short run shows it whole.
             let roll = if seen.len() == 1 {
                 50
@@ -437,6 +407,26 @@ async fn simulated_pharmacist(api: String, pace: u32) {
             });
         }
     }
+}
+
+/// The ids in the JSON array at `url` (open prompts or consultations) not in `seen` yet, now
+/// added to it; none when the API does not answer.
+async fn new_ids(
+    client: &reqwest::Client,
+    url: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> Vec<String> {
+    let Ok(response) = client.get(url).send().await else {
+        return Vec::new();
+    };
+    let Ok(open) = response.json::<Vec<serde_json::Value>>().await else {
+        return Vec::new();
+    };
+    open.iter()
+        .filter_map(|entry| entry["id"].as_str())
+        .filter(|id| seen.insert((*id).to_owned()))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One line on what the embedded HQ holds, from its `/v1/stats`.
