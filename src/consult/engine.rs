@@ -446,7 +446,11 @@ impl Engine {
         self.closed_order.push_back(id);
         let view = open.consultation.view(Some(outcome));
         self.broadcast(view.clone());
-        self.save().await?;
+        // The record is durable and the consultation gone: it is closed whatever the state
+        // file says (at worst the next start finds it open and closes it again).
+        if let Err(error) = self.save().await {
+            tracing::error!(%error, consultation = %view.id, "consultation closed, but the state file not saved");
+        }
         Ok(view)
     }
 
@@ -573,9 +577,13 @@ impl Engine {
             } else {
                 Outcome::Abandoned
             };
+            let id = self.open[index].consultation.id.clone();
             if let Err(error) = self.close(index, outcome).await {
-                tracing::error!(%error, "cannot close an expired consultation; retrying in a minute");
-                self.open[index].expires = now + Duration::from_secs(60);
+                tracing::error!(%error, consultation = %id, "cannot close an expired consultation; retrying in a minute");
+                // Still open (the record was refused): try again later, not in a busy loop.
+                if let Some(open) = self.open.iter_mut().find(|open| open.consultation.id == id) {
+                    open.expires = now + Duration::from_secs(60);
+                }
             }
         }
     }

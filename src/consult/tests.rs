@@ -383,3 +383,38 @@ async fn a_member_id_becomes_a_reference_and_nothing_else() {
     };
     assert!(matches!(without_key, Err(ConsultError::Invalid(_))));
 }
+
+/// The state file cannot be replaced from now on (its temporary name is taken by a folder).
+fn break_state_saves(store: &Store) {
+    std::fs::create_dir(store.dir.path().join(STATE_FILE).with_extension("tmp")).unwrap();
+}
+
+#[tokio::test]
+async fn an_expiry_whose_state_save_fails_still_closes_and_the_engine_goes_on() {
+    let mut flow = five_steps();
+    flow.timeout = Duration::from_millis(100);
+    let store = store_with(flow).await;
+    let (_, mut events) = store.consult.subscribe().await.unwrap();
+    let id = store
+        .consult
+        .open("1", "rx-5step", None, None)
+        .await
+        .unwrap()
+        .id;
+    break_state_saves(&store);
+    loop {
+        let ConsultEvent::Changed(view) =
+            tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("closed by the timeout")
+                .unwrap();
+        if view.id == id && view.state != "open" {
+            break;
+        }
+    }
+    // The engine is still there, the consultation is gone and its record written once.
+    let open = store.consult.list(None).await.expect("the engine goes on");
+    assert!(open.is_empty(), "{open:?}");
+    let records = records(&store.journal).await;
+    assert_eq!(of_kind(&records, "consultation").len(), 1);
+}
