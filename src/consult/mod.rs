@@ -50,7 +50,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use engine::{SaleSeen, ScanSeen, MAX_OPEN};
 pub use flow::{Auto, Flow, Flows, Step};
-pub use held::{Deliver, HeldScan};
+pub use held::{Deliver, HeldScan, HeldTail};
 pub use model::{
     ConsultError, ConsultEvent, ConsultationData, ConsultationView, Outcome, ReleasedBy,
     StepChangeData, StepInput, StepRecord, StepState, StepView,
