@@ -124,6 +124,9 @@ pub(crate) struct Engine {
     events: broadcast::Sender<ConsultEvent>,
 }
 
+/// Most scans held for one consultation; more go on at once.
+const MAX_HELD: usize = 8;
+
 /// Closed ids remembered for 409 answers.
 const RECENT_CLOSED: usize = 10_000;
 
@@ -332,6 +335,7 @@ impl Engine {
             customer,
             opened_at: self.clock.now(),
             scans: Vec::new(),
+            scans_more: 0,
             receipt: None,
             held_since: None,
             held_ms: None,
@@ -476,9 +480,10 @@ impl Engine {
         };
         let now = self.clock.now();
         let open = &mut self.open[index];
-        open.consultation.scans.push(scan_id);
+        open.consultation.add_scan(scan_id);
         if let Some(held) = held {
-            if open.consultation.hold_satisfied() {
+            if open.consultation.hold_satisfied() || open.held.len() >= MAX_HELD {
+                // Beyond MAX_HELD (a scanner streaming the product) it goes on at once.
                 held.release();
             } else {
                 if open.held.is_empty() {

@@ -418,3 +418,47 @@ async fn an_expiry_whose_state_save_fails_still_closes_and_the_engine_goes_on() 
     let records = records(&store.journal).await;
     assert_eq!(of_kind(&records, "consultation").len(), 1);
 }
+
+#[tokio::test]
+async fn a_scanner_streaming_the_flow_product_grows_neither_memory_nor_the_state_file() {
+    let store = store_with(five_steps()).await;
+    let c = &store.consult;
+    let scans = 500;
+    let mut deliveries = Vec::new();
+    for i in 0..scans {
+        let (frame, delivered) = held(b"6901234567892\r");
+        c.scan(scan("1", &format!("S/gw/e/{i}"), Some(frame))).await;
+        deliveries.push(delivered);
+    }
+    let [view] = &c.list(None).await.unwrap()[..] else {
+        panic!("one consultation")
+    };
+    assert!(view.scans.len() <= 64, "{} scan ids kept", view.scans.len());
+    assert_eq!(view.scans.len() as u64 + view.scans_more, scans as u64);
+    let state = std::fs::metadata(store.dir.path().join(STATE_FILE)).unwrap();
+    assert!(
+        state.len() < 16 * 1024,
+        "state file of {} bytes",
+        state.len()
+    );
+    // Only a few wait; the rest went on at once (none is swallowed).
+    let waiting = deliveries
+        .iter_mut()
+        .map(|delivered| delivered.try_recv().is_err())
+        .filter(|&waits| waits)
+        .count();
+    assert!(waiting <= 16, "{waiting} scans held");
+    let closed = c.close(&view.id, true).await.unwrap();
+    assert_eq!(closed.scans_more, view.scans_more);
+    let records = records(&store.journal).await;
+    assert_eq!(
+        of_kind(&records, "consultation")[0]["data"]["scans_more"],
+        view.scans_more
+    );
+    let late = deliveries
+        .iter_mut()
+        .map(|delivered| delivered.try_recv().is_ok())
+        .filter(|&went| went)
+        .count();
+    assert_eq!(late, waiting, "every held scan went on at the close");
+}
