@@ -466,8 +466,12 @@ impl Engine {
             sku,
             held,
         } = scan;
+        // The newest of the station's consultations of this flow still before its sale: one
+        // whose sale is linked is over at the till, and the next box is the next customer's.
         let index = match self.open.iter().rposition(|open| {
-            open.consultation.station == station && open.consultation.flow.id == flow
+            open.consultation.station == station
+                && open.consultation.flow.id == flow
+                && open.consultation.receipt.is_none()
         }) {
             Some(index) => index,
             None => {
@@ -524,7 +528,9 @@ impl Engine {
     }
 
     async fn sale(&mut self, sale: SaleSeen) -> Option<String> {
-        let index = self.open.iter().position(|open| {
+        // The newest, as for scans: an older one with scans and no sale is a customer who left
+        // without buying, not this sale's.
+        let index = self.open.iter().rposition(|open| {
             open.consultation.station == sale.station
                 && !open.consultation.scans.is_empty()
                 && open.consultation.receipt.is_none()

@@ -462,3 +462,53 @@ async fn a_scanner_streaming_the_flow_product_grows_neither_memory_nor_the_state
         .count();
     assert_eq!(late, waiting, "every held scan went on at the close");
 }
+
+fn sale(receipt: &str) -> SaleSeen {
+    SaleSeen {
+        station: "1".into(),
+        receipt: Some(receipt.into()),
+        insurance: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_scan_after_the_sale_opens_a_new_consultation_and_is_held_again() {
+    let store = store_with(five_steps()).await;
+    let c = &store.consult;
+    c.scan(scan("1", "S/gw/e/1", None)).await;
+    let first = c.list(None).await.unwrap()[0].id.clone();
+    c.step(&first, "consult", done()).await.unwrap();
+    c.step(&first, "symptoms", skip("复购老客")).await.unwrap();
+    assert_eq!(c.link_sale(sale("R-1")).await.as_deref(), Some(&*first));
+    // 用药指导 still open: the first consultation stays. The next customer's box is scanned.
+    let (frame, mut delivered) = held(b"6901234567892\r");
+    c.scan(scan("1", "S/gw/e/2", Some(frame))).await;
+    let open = c.list(None).await.unwrap();
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert_eq!(open[0].scans, ["S/gw/e/1"]);
+    assert_eq!(open[1].scans, ["S/gw/e/2"]);
+    assert!(open[1].held.is_some());
+    assert!(
+        delivered.try_recv().is_err(),
+        "not held for the new customer"
+    );
+}
+
+#[tokio::test]
+async fn a_sale_links_to_the_consultation_that_scanned_last() {
+    let store = store_with(five_steps()).await;
+    let c = &store.consult;
+    // One left open by a customer who did not buy; the clerk opens another for the next one.
+    let stale = c.open("1", "rx-5step", None, None).await.unwrap().id;
+    c.scan(scan("1", "S/gw/e/1", None)).await;
+    let current = c.open("1", "rx-5step", None, None).await.unwrap().id;
+    c.scan(scan("1", "S/gw/e/2", None)).await;
+    let open = c.list(None).await.unwrap();
+    assert_eq!(open[1].id, current);
+    assert_eq!(open[1].scans, ["S/gw/e/2"]);
+    assert_eq!(
+        c.link_sale(sale("R-2")).await.as_deref(),
+        Some(&*current),
+        "not the stale {stale}"
+    );
+}
