@@ -124,6 +124,9 @@ pub(crate) struct Engine {
     events: broadcast::Sender<ConsultEvent>,
 }
 
+/// Most scans held for one consultation; more go on at once.
+const MAX_HELD: usize = 8;
+
 /// Closed ids remembered for 409 answers.
 const RECENT_CLOSED: usize = 10_000;
 
@@ -332,6 +335,7 @@ impl Engine {
             customer,
             opened_at: self.clock.now(),
             scans: Vec::new(),
+            scans_more: 0,
             receipt: None,
             held_since: None,
             held_ms: None,
@@ -446,7 +450,11 @@ impl Engine {
         self.closed_order.push_back(id);
         let view = open.consultation.view(Some(outcome));
         self.broadcast(view.clone());
-        self.save().await?;
+        // The record is durable and the consultation gone: it is closed whatever the state
+        // file says (at worst the next start finds it open and closes it again).
+        if let Err(error) = self.save().await {
+            tracing::error!(%error, consultation = %view.id, "consultation closed, but the state file not saved");
+        }
         Ok(view)
     }
 
@@ -458,8 +466,12 @@ impl Engine {
             sku,
             held,
         } = scan;
+        // The newest of the station's consultations of this flow still before its sale: one
+        // whose sale is linked is over at the till, and the next box is the next customer's.
         let index = match self.open.iter().rposition(|open| {
-            open.consultation.station == station && open.consultation.flow.id == flow
+            open.consultation.station == station
+                && open.consultation.flow.id == flow
+                && open.consultation.receipt.is_none()
         }) {
             Some(index) => index,
             None => {
@@ -472,9 +484,10 @@ impl Engine {
         };
         let now = self.clock.now();
         let open = &mut self.open[index];
-        open.consultation.scans.push(scan_id);
+        open.consultation.add_scan(scan_id);
         if let Some(held) = held {
-            if open.consultation.hold_satisfied() {
+            if open.consultation.hold_satisfied() || open.held.len() >= MAX_HELD {
+                // Beyond MAX_HELD (a scanner streaming the product) it goes on at once.
                 held.release();
             } else {
                 if open.held.is_empty() {
@@ -515,7 +528,9 @@ impl Engine {
     }
 
     async fn sale(&mut self, sale: SaleSeen) -> Option<String> {
-        let index = self.open.iter().position(|open| {
+        // The newest, as for scans: an older one with scans and no sale is a customer who left
+        // without buying, not this sale's.
+        let index = self.open.iter().rposition(|open| {
             open.consultation.station == sale.station
                 && !open.consultation.scans.is_empty()
                 && open.consultation.receipt.is_none()
@@ -573,9 +588,13 @@ impl Engine {
             } else {
                 Outcome::Abandoned
             };
+            let id = self.open[index].consultation.id.clone();
             if let Err(error) = self.close(index, outcome).await {
-                tracing::error!(%error, "cannot close an expired consultation; retrying in a minute");
-                self.open[index].expires = now + Duration::from_secs(60);
+                tracing::error!(%error, consultation = %id, "cannot close an expired consultation; retrying in a minute");
+                // Still open (the record was refused): try again later, not in a busy loop.
+                if let Some(open) = self.open.iter_mut().find(|open| open.consultation.id == id) {
+                    open.expires = now + Duration::from_secs(60);
+                }
             }
         }
     }

@@ -50,7 +50,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use engine::{SaleSeen, ScanSeen, MAX_OPEN};
 pub use flow::{Auto, Flow, Flows, Step};
-pub use held::{Deliver, HeldScan};
+pub use held::{Deliver, HeldScan, HeldTail};
 pub use model::{
     ConsultError, ConsultEvent, ConsultationData, ConsultationView, Outcome, ReleasedBy,
     StepChangeData, StepInput, StepRecord, StepState, StepView,
@@ -214,8 +214,8 @@ impl ConsultHandle {
         let _ = self.commands.send(Command::Scan(scan)).await;
     }
 
-    /// A sale at a station: links it to the station's consultation that scanned a product
-    /// and has no sale yet; its id, when one was linked.
+    /// A sale at a station: links it to the newest of the station's consultations that scanned
+    /// a product and have no sale yet; its id, when one was linked.
     pub async fn link_sale(&self, sale: SaleSeen) -> Option<String> {
         self.ask(|reply| Command::Sale { sale, reply })
             .await

@@ -13,6 +13,10 @@ pub use crate::record::consultation::{
 };
 use crate::record::local_millis;
 
+/// Most scan ids a consultation lists; further scans are counted (`scans_more`), so a scanner
+/// streaming a flow product grows neither memory, the state file nor the record.
+pub const MAX_SCANS: usize = 32;
+
 /// An open (or just closed) consultation.
 #[derive(Debug, Clone)]
 pub struct Consultation {
@@ -30,8 +34,10 @@ pub struct Consultation {
     pub opened_at: DateTime<Local>,
     /// One entry per step of `flow`, in order.
     pub steps: Vec<StepState>,
-    /// Ids of the flow products' scan records.
+    /// Ids of the flow products' scan records (the first [`MAX_SCANS`]).
     pub scans: Vec<String>,
+    /// Scans of the flow's products beyond those in `scans`, counted only.
+    pub scans_more: u64,
     /// The linked sale's receipt.
     pub receipt: Option<String>,
     /// Since when a scan is held (wall time, for the page's countdown and `held_ms`).
@@ -63,6 +69,15 @@ impl Consultation {
     pub fn hold_until(&self) -> Option<DateTime<Local>> {
         let since = self.held_since?;
         Some(since + chrono::Duration::from_std(self.flow.hold_timeout).unwrap_or_default())
+    }
+
+    /// Notes one more scan of the flow's products.
+    pub fn add_scan(&mut self, scan_id: String) {
+        if self.scans.len() < MAX_SCANS {
+            self.scans.push(scan_id);
+        } else {
+            self.scans_more = self.scans_more.saturating_add(1);
+        }
     }
 
     /// The API/SSE/MQTT form.
@@ -105,6 +120,7 @@ impl Consultation {
                 .collect(),
             skip_reasons: self.flow.skip_reasons.clone(),
             scans: self.scans.clone(),
+            scans_more: self.scans_more,
             receipt: self.receipt.clone(),
             held: self.held_since.map(|since| HeldView {
                 since,
@@ -142,6 +158,7 @@ impl Consultation {
                 })
                 .collect(),
             scans: self.scans.clone(),
+            scans_more: self.scans_more,
             receipt: self.receipt.clone(),
             held_ms: self.held_ms,
             released_by: self.released_by,
@@ -176,8 +193,11 @@ pub struct ConsultationView {
     pub steps: Vec<StepView>,
     /// The reasons a step may be skipped with.
     pub skip_reasons: Vec<String>,
-    /// Ids of the flow products' scan records.
+    /// Ids of the flow products' scan records (the first [`MAX_SCANS`]).
     pub scans: Vec<String>,
+    /// How many more scans there were, not listed.
+    #[serde(default)]
+    pub scans_more: u64,
     /// The linked sale's receipt.
     pub receipt: Option<String>,
     /// Set while a scan is held: since when, and until when at the latest.

@@ -39,6 +39,8 @@ pub struct SavedConsultation {
     opened_at: DateTime<Local>,
     steps: Vec<StepRecord>,
     scans: Vec<String>,
+    #[serde(default)]
+    scans_more: u64,
     receipt: Option<String>,
     #[serde(with = "crate::record::consultation::optional_millis")]
     held_since: Option<DateTime<Local>>,
@@ -58,6 +60,7 @@ impl From<&Consultation> for SavedConsultation {
             opened_at: record.opened_at,
             steps: record.steps,
             scans: record.scans,
+            scans_more: record.scans_more,
             receipt: record.receipt,
             held_since: consultation.held_since,
             held_ms: record.held_ms,
@@ -121,6 +124,7 @@ impl SavedConsultation {
                 .collect(),
             flow,
             scans: self.scans,
+            scans_more: self.scans_more,
             receipt: self.receipt,
             held_since: self.held_since,
             held_ms: self.held_ms,

@@ -383,3 +383,132 @@ async fn a_member_id_becomes_a_reference_and_nothing_else() {
     };
     assert!(matches!(without_key, Err(ConsultError::Invalid(_))));
 }
+
+/// The state file cannot be replaced from now on (its temporary name is taken by a folder).
+fn break_state_saves(store: &Store) {
+    std::fs::create_dir(store.dir.path().join(STATE_FILE).with_extension("tmp")).unwrap();
+}
+
+#[tokio::test]
+async fn an_expiry_whose_state_save_fails_still_closes_and_the_engine_goes_on() {
+    let mut flow = five_steps();
+    flow.timeout = Duration::from_millis(100);
+    let store = store_with(flow).await;
+    let (_, mut events) = store.consult.subscribe().await.unwrap();
+    let id = store
+        .consult
+        .open("1", "rx-5step", None, None)
+        .await
+        .unwrap()
+        .id;
+    break_state_saves(&store);
+    loop {
+        let ConsultEvent::Changed(view) =
+            tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("closed by the timeout")
+                .unwrap();
+        if view.id == id && view.state != "open" {
+            break;
+        }
+    }
+    // The engine is still there, the consultation is gone and its record written once.
+    let open = store.consult.list(None).await.expect("the engine goes on");
+    assert!(open.is_empty(), "{open:?}");
+    let records = records(&store.journal).await;
+    assert_eq!(of_kind(&records, "consultation").len(), 1);
+}
+
+#[tokio::test]
+async fn a_scanner_streaming_the_flow_product_grows_neither_memory_nor_the_state_file() {
+    let store = store_with(five_steps()).await;
+    let c = &store.consult;
+    let scans = 500;
+    let mut deliveries = Vec::new();
+    for i in 0..scans {
+        let (frame, delivered) = held(b"6901234567892\r");
+        c.scan(scan("1", &format!("S/gw/e/{i}"), Some(frame))).await;
+        deliveries.push(delivered);
+    }
+    let [view] = &c.list(None).await.unwrap()[..] else {
+        panic!("one consultation")
+    };
+    assert!(view.scans.len() <= 64, "{} scan ids kept", view.scans.len());
+    assert_eq!(view.scans.len() as u64 + view.scans_more, scans as u64);
+    let state = std::fs::metadata(store.dir.path().join(STATE_FILE)).unwrap();
+    assert!(
+        state.len() < 16 * 1024,
+        "state file of {} bytes",
+        state.len()
+    );
+    // Only a few wait; the rest went on at once (none is swallowed).
+    let waiting = deliveries
+        .iter_mut()
+        .map(|delivered| delivered.try_recv().is_err())
+        .filter(|&waits| waits)
+        .count();
+    assert!(waiting <= 16, "{waiting} scans held");
+    let closed = c.close(&view.id, true).await.unwrap();
+    assert_eq!(closed.scans_more, view.scans_more);
+    let records = records(&store.journal).await;
+    assert_eq!(
+        of_kind(&records, "consultation")[0]["data"]["scans_more"],
+        view.scans_more
+    );
+    let late = deliveries
+        .iter_mut()
+        .map(|delivered| delivered.try_recv().is_ok())
+        .filter(|&went| went)
+        .count();
+    assert_eq!(late, waiting, "every held scan went on at the close");
+}
+
+fn sale(receipt: &str) -> SaleSeen {
+    SaleSeen {
+        station: "1".into(),
+        receipt: Some(receipt.into()),
+        insurance: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_scan_after_the_sale_opens_a_new_consultation_and_is_held_again() {
+    let store = store_with(five_steps()).await;
+    let c = &store.consult;
+    c.scan(scan("1", "S/gw/e/1", None)).await;
+    let first = c.list(None).await.unwrap()[0].id.clone();
+    c.step(&first, "consult", done()).await.unwrap();
+    c.step(&first, "symptoms", skip("复购老客")).await.unwrap();
+    assert_eq!(c.link_sale(sale("R-1")).await.as_deref(), Some(&*first));
+    // 用药指导 still open: the first consultation stays. The next customer's box is scanned.
+    let (frame, mut delivered) = held(b"6901234567892\r");
+    c.scan(scan("1", "S/gw/e/2", Some(frame))).await;
+    let open = c.list(None).await.unwrap();
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert_eq!(open[0].scans, ["S/gw/e/1"]);
+    assert_eq!(open[1].scans, ["S/gw/e/2"]);
+    assert!(open[1].held.is_some());
+    assert!(
+        delivered.try_recv().is_err(),
+        "not held for the new customer"
+    );
+}
+
+#[tokio::test]
+async fn a_sale_links_to_the_consultation_that_scanned_last() {
+    let store = store_with(five_steps()).await;
+    let c = &store.consult;
+    // One left open by a customer who did not buy; the clerk opens another for the next one.
+    let stale = c.open("1", "rx-5step", None, None).await.unwrap().id;
+    c.scan(scan("1", "S/gw/e/1", None)).await;
+    let current = c.open("1", "rx-5step", None, None).await.unwrap().id;
+    c.scan(scan("1", "S/gw/e/2", None)).await;
+    let open = c.list(None).await.unwrap();
+    assert_eq!(open[1].id, current);
+    assert_eq!(open[1].scans, ["S/gw/e/2"]);
+    assert_eq!(
+        c.link_sale(sale("R-2")).await.as_deref(),
+        Some(&*current),
+        "not the stale {stale}"
+    );
+}

@@ -35,7 +35,7 @@ use super::line::{builder, describe_line};
 use super::passthrough::{self, PassthroughCounters, PassthroughHandle, Pump, Pumped};
 use super::{ConnectionState, DeviceEvent, DeviceInfo, DeviceStatus};
 use crate::config::{DeviceSettings, FramingSettings};
-use crate::consult::{Flows, HeldScan};
+use crate::consult::{Flows, HeldScan, HeldTail};
 use crate::decode::escpos::{ClosedBy, EscposDecoder, Receipt};
 
 /// First retry delay after a failed open.
@@ -231,6 +231,9 @@ impl SerialDevice {
         let mut unsent: Vec<u8> = Vec::new();
         // Set after an answer card was held back: its trailing CR/LF bytes are held back too.
         let mut after_card = false;
+        // The end of the last frame's held scan, when it was one: CR/LF bytes that follow it in
+        // the next read join it (so the POS gets them after it, never before).
+        let mut after_held: Option<HeldTail> = None;
         // Per frame of a read, the held scan its bytes became (flow products only).
         let mut held: Vec<Option<HeldScan>> = Vec::new();
         // The idle gap runs from the last read (answers written to the port in between do not
@@ -264,10 +267,15 @@ impl SerialDevice {
                     if let Some(event) = framer.idle() {
                         let mut held = None;
                         if let Some(passthrough) = by_frame {
+                            after_held = None;
                             match self.hold(&event) {
                                 Hold::Pass => passthrough.send(&unsent),
                                 Hold::Card => {}
-                                Hold::Flow => held = Some(held_scan(passthrough, &unsent)),
+                                Hold::Flow => {
+                                    let scan = held_scan(passthrough, &unsent);
+                                    after_held = Some(scan.tail());
+                                    held = Some(scan);
+                                }
                             }
                             unsent.clear();
                         }
@@ -285,6 +293,7 @@ impl SerialDevice {
                             passthrough.send(&unsent);
                             unsent.clear();
                         }
+                        after_held = None;
                         by_frame = passthrough.filter(|_| cards);
                     }
                     match (passthrough, by_frame) {
@@ -297,6 +306,7 @@ impl SerialDevice {
                                 &frames,
                                 &mut unsent,
                                 &mut after_card,
+                                &mut after_held,
                                 framer,
                             );
                             // A frame longer than any answer card cannot be one: its bytes go
@@ -406,13 +416,15 @@ impl SerialDevice {
     /// since the last forwarded frame; each frame ends at its offset there), holding back
     /// answer cards together with the terminator bytes that follow them (`after_card` carries
     /// that across reads), and holding flow products' scans: each one's bytes, terminator
-    /// included, become the [`HeldScan`] returned at its frame's index.
+    /// included, become the [`HeldScan`] returned at its frame's index; terminator bytes that
+    /// only arrive in a later read join it (`after_held` carries its end across reads).
     fn forward_frames(
         &self,
         passthrough: &PassthroughHandle,
         frames: &[(FrameEvent, usize)],
         unsent: &mut Vec<u8>,
         after_card: &mut bool,
+        after_held: &mut Option<HeldTail>,
         framer: &Framer,
     ) -> Vec<Option<HeldScan>> {
         let mut held = Vec::with_capacity(frames.len());
@@ -427,26 +439,33 @@ impl SerialDevice {
                     .take_while(|&&b| (b == b'\r' && framing.cr) || (b == b'\n' && framing.lf))
                     .count();
             let segment = skip_card_terminators(&unsent[start..end], after_card);
+            let segment = join_held_terminators(segment, after_held, passthrough);
             let hold = self.hold(event);
             *after_card = hold == Hold::Card;
+            *after_held = None;
             held.push(None);
             match hold {
                 Hold::Pass => passthrough.send(segment),
                 Hold::Card => {}
                 Hold::Flow => {
-                    *held.last_mut().expect("pushed") = Some(held_scan(passthrough, segment))
+                    let scan = held_scan(passthrough, segment);
+                    *after_held = Some(scan.tail());
+                    *held.last_mut().expect("pushed") = Some(scan);
                 }
             }
             start = end;
         }
         if framer.has_partial() {
             // The bytes after the last frame belong to the next one.
-            let rest = unsent.len() - skip_card_terminators(&unsent[start..], after_card).len();
+            let next = skip_card_terminators(&unsent[start..], after_card);
+            let next = join_held_terminators(next, after_held, passthrough);
+            let rest = unsent.len() - next.len();
             unsent.drain(..rest);
             return held;
         }
         // Only terminator bytes are left (the LF of a CR LF): they go with the frame they end.
         let rest = skip_card_terminators(&unsent[start..], after_card);
+        let rest = join_held_terminators(rest, after_held, passthrough);
         if !rest.is_empty() {
             passthrough.send(rest);
         }
@@ -590,6 +609,30 @@ fn skip_card_terminators<'a>(bytes: &'a [u8], after_card: &mut bool) -> &'a [u8]
         *after_card = false;
     }
     &bytes[skip..]
+}
+
+/// `bytes` without the CR/LF bytes that end the held scan before them (see [`HeldTail`]): they
+/// join it while it is held, or go on now when it was delivered already. Forgets the held scan
+/// once something else shows up.
+fn join_held_terminators<'a>(
+    bytes: &'a [u8],
+    after_held: &mut Option<HeldTail>,
+    passthrough: &PassthroughHandle,
+) -> &'a [u8] {
+    let Some(tail) = after_held else {
+        return bytes;
+    };
+    let ends = bytes
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if ends > 0 && !tail.append(&bytes[..ends]) {
+        passthrough.send(&bytes[..ends]);
+    }
+    if ends < bytes.len() {
+        *after_held = None;
+    }
+    &bytes[ends..]
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {

@@ -82,14 +82,21 @@ pub struct ConsultationData {
     pub outcome: Outcome,
     /// One entry per configured step, in order.
     pub steps: Vec<StepRecord>,
-    /// Ids of the flow products' scan records.
+    /// Ids of the flow products' scan records (the first 32).
     pub scans: Vec<String>,
+    /// How many more scans of the flow's products there were, not listed (absent when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scans_more: u64,
     /// The linked sale's receipt.
     pub receipt: Option<String>,
     /// How long the held scan waited, or null.
     pub held_ms: Option<u64>,
     /// Why the held scan went on, or null.
     pub released_by: Option<ReleasedBy>,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// One step of a `consultation` record.

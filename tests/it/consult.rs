@@ -150,6 +150,39 @@ async fn a_held_scan_reaches_the_pos_byte_exact_once_the_steps_are_done_and_othe
     assert_eq!(of_kind(&records, "scan").len(), 3);
 }
 
+/// A held frame's CR and its LF arrive in separate reads: the LF stays with the held frame
+/// (the POS never gets a lone LF ahead of it), and the scan after it passes as usual.
+#[tokio::test]
+async fn the_lf_of_a_held_frame_read_apart_from_its_cr_waits_with_it() {
+    let store = Store::new();
+    let link = store_with_flow(&store, "120s");
+    let mut scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    let mut pos = open_pos(&link);
+
+    scanner.send(b"]E06901234567892\r").await;
+    let id = wait_held(&gateway).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // The LF on its own read, then another product's scan.
+    scanner.send(b"\n").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    scanner.send(b"]E04006381333931\r\n").await;
+    pos_receives(&mut pos, b"]E04006381333931\r\n").await;
+
+    for (key, body) in [
+        ("consult", json!({})),
+        ("symptoms", json!({"skip": "复购老客"})),
+    ] {
+        let (code, body) = step(&gateway, &id, key, body).await;
+        assert_eq!(code, 200, "{key}: {body}");
+    }
+    pos_receives(&mut pos, HELD).await;
+    assert!(gateway.stop().await.success());
+}
+
 #[tokio::test]
 async fn a_held_scan_goes_on_at_the_hold_timeout_and_the_consultation_says_so() {
     let store = Store::new();
