@@ -305,9 +305,11 @@ impl Engine {
             .cloned()
             .ok_or_else(|| ConsultError::Invalid(format!("no flow '{flow}' is configured")))?;
         let index = self.open_new(station, flow, clerk, customer).await;
-        self.save().await?;
         let view = self.open[index].consultation.view(None);
         self.broadcast(view.clone());
+        // Open in memory whatever the state file says: a 503 here would make a retry open a
+        // second one. Only a restart before the next good save forgets it (nothing recorded).
+        self.save_or_log(&view.id).await;
         Ok(view)
     }
 
@@ -405,8 +407,18 @@ impl Engine {
         }
         let view = consultation.view(None);
         self.broadcast(view.clone());
-        self.save().await?;
+        // The change is durable as its record: answered as done whatever the state file says
+        // (a 503 would make the clerk or the broker send the step again, recorded twice).
+        self.save_or_log(&view.id).await;
         Ok(view)
+    }
+
+    /// Saves the state file; a failure is logged (the records are what counts; the file only
+    /// lets open consultations resume after a restart, and the next change saves it again).
+    async fn save_or_log(&self, consultation: &str) {
+        if let Err(error) = self.save().await {
+            tracing::error!(%error, %consultation, "open consultations not saved; a restart now would forget the latest change");
+        }
     }
 
     async fn close_request(

@@ -318,7 +318,9 @@ async fn open_consultations_survive_a_restart_and_a_held_scan_is_recorded_as_los
     store.consult.step(&id, "consult", done()).await.unwrap();
     // A crash: the state file as it is now is what the next start finds.
     let saved = std::fs::read(store.dir.path().join(STATE_FILE)).unwrap();
-    drop(store.consult);
+    // The old engine stops (its last save done) before the crash-time file is put back, so
+    // two engines never write the same folder at once, as in production.
+    store.consult.shutdown().await;
     std::fs::write(store.dir.path().join(STATE_FILE), saved).unwrap();
 
     let again = spawn(
@@ -510,5 +512,30 @@ async fn a_sale_links_to_the_consultation_that_scanned_last() {
         c.link_sale(sale("R-2")).await.as_deref(),
         Some(&*current),
         "not the stale {stale}"
+    );
+}
+
+#[tokio::test]
+async fn a_durable_step_is_answered_as_done_even_when_the_state_file_cannot_be_saved() {
+    let store = store_with(five_steps()).await;
+    let c = &store.consult;
+    let id = c.open("1", "rx-5step", None, None).await.unwrap().id;
+    break_state_saves(&store);
+    // The record is durable: the answer is 200, so nobody sends the step again.
+    let view = c
+        .step(&id, "consult", done())
+        .await
+        .expect("answered as done");
+    assert!(view.steps[0].state.settled());
+    let opened = c
+        .open("1", "rx-5step", None, None)
+        .await
+        .expect("opened anyway");
+    assert_eq!(c.list(Some("1")).await.unwrap().len(), 2, "{opened:?}");
+    let records = records(&store.journal).await;
+    assert_eq!(
+        of_kind(&records, "consultation_step").len(),
+        1,
+        "recorded once"
     );
 }

@@ -465,6 +465,7 @@ impl Actor {
                 self.fail(err.to_string());
                 // Nothing will be flushed any more: no deadline to come back to.
                 self.unflushed_since = None;
+                self.flush_now = false;
                 self.removed_since = None;
                 return Err(err);
             }
