@@ -222,6 +222,7 @@
 //! - `dashboard`: the page at `/` and `/v1/trace`.
 //! - `server`: routes, auth, [`run`] and [`start`].
 
+pub(crate) mod access;
 mod budget;
 mod config;
 mod dashboard;
