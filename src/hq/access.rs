@@ -170,11 +170,6 @@ impl Directory {
         self.store_region.get(store).map(String::as_str)
     }
 
-    /// The regions, in file order.
-    pub fn regions(&self) -> &[RegionSettings] {
-        &self.regions
-    }
-
     /// The scope of user `name`, if there is such a user.
     pub fn user_scope(&self, name: &str) -> Option<Scope> {
         let (role, _) = self.users.get(name)?;
@@ -306,6 +301,7 @@ impl Sessions {
     }
 
     /// Sessions held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner
             .lock()
