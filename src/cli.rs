@@ -232,7 +232,7 @@ pub enum HqCommand {
 
 fn hq_passwd() -> ExitCode {
     match read_new_password() {
-        Ok(password) => match crate::hq::access::hash_password(&password) {
+        Ok(password) => match crate::hq::hash_password(&password) {
             Ok(hash) => {
                 println!("{hash}");
                 ExitCode::SUCCESS

@@ -222,7 +222,7 @@
 //! - `dashboard`: the page at `/` and `/v1/trace`.
 //! - `server`: routes, auth, [`run`] and [`start`].
 
-pub(crate) mod access;
+mod access;
 mod budget;
 mod config;
 mod dashboard;
@@ -233,6 +233,7 @@ mod stats;
 mod store;
 mod writer;
 
+pub use access::{hash_password, verify_password};
 pub use config::{load_config, HqSettings, StoreSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 pub use metrics::HqMetrics;
 pub use server::{run, start, RunningHq, NEXT_AFTER_HEADER};
