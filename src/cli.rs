@@ -75,6 +75,8 @@ pub enum Command {
             default_value = "/etc/posgw/posgw.toml"
         )]
         config: PathBuf,
+        #[command(subcommand)]
+        command: Option<HqCommand>,
     },
     /// Print a running gateway's devices, journal backlog, uplink state and open prompts.
     Status {
@@ -132,7 +134,14 @@ pub fn main() -> ExitCode {
             run_for,
             fast,
         } => demo(data, run_for, fast),
-        Command::Hq { config } => hq(&config),
+        Command::Hq {
+            command: Some(HqCommand::Passwd),
+            ..
+        } => hq_passwd(),
+        Command::Hq {
+            config,
+            command: None,
+        } => hq(&config),
         Command::Status { api } => status(&api),
         Command::Journal { command } => journal_command(command),
     }
@@ -213,6 +222,68 @@ fn status(api: &str) -> ExitCode {
     }
 }
 
+/// Subcommands of `posgw hq`.
+#[derive(Debug, Subcommand)]
+pub enum HqCommand {
+    /// Read a password from stdin (without echo on a terminal, asked twice) and print its
+    /// argon2id hash, for `password_hash` of a `[[user]]` in hq.toml.
+    Passwd,
+}
+
+fn hq_passwd() -> ExitCode {
+    match read_new_password() {
+        Ok(password) => match crate::hq::hash_password(&password) {
+            Ok(hash) => {
+                println!("{hash}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => runtime_failure(&error),
+        },
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// The password: from a terminal, typed twice without echo; else the first line of stdin.
+fn read_new_password() -> anyhow::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\n', '\r']).to_string();
+        anyhow::ensure!(!password.is_empty(), "no password on stdin");
+        return Ok(password);
+    }
+    let first = read_hidden("Password: ")?;
+    anyhow::ensure!(!first.is_empty(), "an empty password is not allowed");
+    let second = read_hidden("Again: ")?;
+    anyhow::ensure!(first == second, "the two passwords differ");
+    Ok(first)
+}
+
+/// Prompts on stderr and reads one line from the terminal with echo off.
+fn read_hidden(prompt: &str) -> anyhow::Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::{BufRead as _, Write as _};
+    let stdin = std::io::stdin();
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let saved = tcgetattr(&stdin)?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    tcsetattr(&stdin, SetArg::TCSANOW, &quiet)?;
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    let restored = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+    read?;
+    restored?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
 fn hq(path: &Path) -> ExitCode {
     let settings = match crate::hq::load_config(path) {
         Ok(settings) => settings,
@@ -230,7 +301,8 @@ fn hq(path: &Path) -> ExitCode {
     let outcome = runtime.block_on(async {
         // Caught before the port is bound: see `run`.
         let shutdown = shutdown_signal();
-        crate::hq::run(settings, shutdown).await
+        let hangups = crate::signal::reload_signal();
+        crate::hq::run(settings, shutdown, hangups).await
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,6 +50,10 @@ pub struct HqSettings {
     pub admin_token: Option<String>,
     /// The stores allowed to post, each with its token (`[[store]]`).
     pub stores: Vec<StoreSettings>,
+    /// Groups of stores (`[[region]]`), in file order; a store is in at most one.
+    pub regions: Vec<RegionSettings>,
+    /// Dashboard and API users (`[[user]]`), in file order.
+    pub users: Vec<UserSettings>,
     /// The files that were read, main file first, then the applied drop-ins.
     pub files: Vec<PathBuf>,
 }
@@ -71,9 +75,48 @@ impl HqSettings {
             body_budget: None,
             admin_token: None,
             stores: Vec::new(),
+            regions: Vec::new(),
+            users: Vec::new(),
             files: Vec::new(),
         }
     }
+}
+
+/// One `[[region]]`: a group of stores that a `region` user sees in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionSettings {
+    /// The region's id, like `east-wz`.
+    pub id: String,
+    /// Its display name (`name`; the id when not set).
+    pub name: String,
+    /// The codes of its stores, each a configured `[[store]]`.
+    pub stores: Vec<String>,
+    /// Ids of its `[[notify]]` targets, as written (used by alerts).
+    pub notify: Vec<String>,
+}
+
+/// What a user may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Everything, like the admin token.
+    Admin,
+    /// The stores of this region in full, other regions as aggregates only.
+    Region(String),
+    /// This store only.
+    Store(String),
+}
+
+/// One `[[user]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSettings {
+    /// The login name.
+    pub name: String,
+    /// What the user may see.
+    pub role: Role,
+    /// An argon2id PHC string (`posgw hq passwd`); `None`: no dashboard login.
+    pub password_hash: Option<String>,
+    /// A bearer token for API use (content of `token_file`), if configured.
+    pub token: Option<String>,
 }
 
 /// One store allowed to post batches.
@@ -93,6 +136,42 @@ struct RawHqConfig {
     hq: Option<Located<RawHq>>,
     /// `[[store]]`: the stores allowed to post.
     store: Option<Vec<Located<RawStore>>>,
+    /// `[[region]]`: groups of stores.
+    region: Option<Vec<Located<RawRegion>>>,
+    /// `[[user]]`: dashboard and API users.
+    user: Option<Vec<Located<RawUser>>>,
+}
+
+/// One `[[region]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    /// Region id; required.
+    id: Option<Located<String>>,
+    /// Display name.
+    name: Option<Located<String>>,
+    /// Store codes; required (may be empty).
+    stores: Option<Located<Vec<Located<String>>>>,
+    /// `[[notify]]` ids.
+    notify: Option<Located<Vec<Located<String>>>>,
+}
+
+/// One `[[user]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    /// Login name; required.
+    name: Option<Located<String>>,
+    /// `admin`, `region` or `store`; required.
+    role: Option<Located<String>>,
+    /// The region of a `region` user.
+    region: Option<Located<String>>,
+    /// The store of a `store` user.
+    store: Option<Located<String>>,
+    /// argon2id PHC string.
+    password_hash: Option<Located<String>>,
+    /// File holding a bearer token for API use.
+    token_file: Option<Located<String>>,
 }
 
 /// `[hq]` as written.
@@ -149,6 +228,12 @@ impl MergeLater for RawHqConfig {
         }
         if let Some(stores) = later.store {
             self.store.get_or_insert_with(Vec::new).extend(stores);
+        }
+        if let Some(regions) = later.region {
+            self.region.get_or_insert_with(Vec::new).extend(regions);
+        }
+        if let Some(users) = later.user {
+            self.user.get_or_insert_with(Vec::new).extend(users);
         }
     }
 }
@@ -317,6 +402,15 @@ fn validate(
             stores.push(StoreSettings { code, token });
         }
     }
+    let regions = validate_regions(report, raw.region.unwrap_or_default(), &codes);
+    let users = validate_users(
+        report,
+        raw.user.unwrap_or_default(),
+        &regions,
+        &codes,
+        base_dir,
+        &mut tokens,
+    );
     Some(HqSettings {
         listen: listen?,
         data_dir: data_dir?,
@@ -324,8 +418,297 @@ fn validate(
         body_budget: body_budget?,
         admin_token: admin_token.ok()?.map(|(token, _)| token),
         stores,
+        regions,
+        users,
         files,
     })
+}
+
+/// Characters besides ASCII letters and digits allowed in a region id.
+const REGION_EXTRA: &[char] = &['-', '_'];
+/// Characters besides ASCII letters and digits allowed in a user name.
+const USER_EXTRA: &[char] = &['-', '_', '.', '@'];
+
+/// `[[region]]`: ids unique, every store a configured `[[store]]` and in one region at most.
+fn validate_regions(
+    report: &mut Report,
+    raw: Vec<Located<RawRegion>>,
+    codes: &HashMap<String, Span>,
+) -> Vec<RegionSettings> {
+    let mut regions = Vec::new();
+    let mut ids: HashMap<String, Span> = HashMap::new();
+    // Store code -> (region id, where it was listed).
+    let mut owner: HashMap<String, (String, Span)> = HashMap::new();
+    for region in raw {
+        let table = region.span.clone();
+        let region = region.value;
+        let id = match &region.id {
+            Some(id) => check::identifier(report, id, "'id' in [[region]]", REGION_EXTRA),
+            None => {
+                report.error(&table, "missing 'id' in [[region]] (like \"east-wz\")");
+                None
+            }
+        };
+        let mut twice = false;
+        if let (Some(id), Some(written)) = (&id, &region.id) {
+            if let Some(first) = ids.get(id) {
+                twice = true;
+                let first = report.describe(first);
+                report.error(
+                    &written.span,
+                    format!("region '{id}' is configured twice (first at {first})"),
+                );
+            } else {
+                ids.insert(id.clone(), written.span.clone());
+            }
+        }
+        let label = id.clone().unwrap_or_else(|| "?".to_string());
+        let mut stores = Vec::new();
+        match &region.stores {
+            None => report.error(
+                &table,
+                format!("missing 'stores' in [[region]] '{label}' (a list of store codes)"),
+            ),
+            Some(list) => {
+                for code in &list.value {
+                    if !codes.contains_key(&code.value) {
+                        report.error(
+                            &code.span,
+                            format!(
+                                "store '{}' of region '{label}' is not configured as a [[store]]",
+                                code.value
+                            ),
+                        );
+                        continue;
+                    }
+                    if let Some((other, first)) = owner.get(&code.value) {
+                        let first = report.describe(first);
+                        report.error(
+                            &code.span,
+                            format!(
+                                "store '{}' is in two regions: '{label}' and '{other}' (at \
+                                 {first}); a store belongs to one region",
+                                code.value
+                            ),
+                        );
+                        continue;
+                    }
+                    owner.insert(code.value.clone(), (label.clone(), code.span.clone()));
+                    stores.push(code.value.clone());
+                }
+            }
+        }
+        let notify: Vec<String> = region
+            .notify
+            .map(|list| list.value.into_iter().map(|id| id.value).collect())
+            .unwrap_or_default();
+        if let Some(id) = id.filter(|_| !twice) {
+            let name = region
+                .name
+                .map(|name| name.value)
+                .filter(|name| !name.trim().is_empty())
+                .unwrap_or_else(|| id.clone());
+            regions.push(RegionSettings {
+                id,
+                name,
+                stores,
+                notify,
+            });
+        }
+    }
+    regions
+}
+
+/// `[[user]]`: names unique, the role's scope given and known, the hash an argon2id one, a
+/// token of its own.
+fn validate_users(
+    report: &mut Report,
+    raw: Vec<Located<RawUser>>,
+    regions: &[RegionSettings],
+    codes: &HashMap<String, Span>,
+    base_dir: &Path,
+    tokens: &mut HashMap<String, (String, Span)>,
+) -> Vec<UserSettings> {
+    let mut users = Vec::new();
+    let mut names: HashMap<String, Span> = HashMap::new();
+    for user in raw {
+        let table = user.span.clone();
+        let user = user.value;
+        let name = match &user.name {
+            Some(name) => check::identifier(report, name, "'name' in [[user]]", USER_EXTRA),
+            None => {
+                report.error(&table, "missing 'name' in [[user]] (the login name)");
+                None
+            }
+        };
+        if let (Some(name), Some(written)) = (&name, &user.name) {
+            if let Some(first) = names.get(name) {
+                let first = report.describe(first);
+                report.error(
+                    &written.span,
+                    format!("user '{name}' is configured twice (first at {first})"),
+                );
+            } else {
+                names.insert(name.clone(), written.span.clone());
+            }
+        }
+        let label = name.clone().unwrap_or_else(|| "?".to_string());
+        let role = validate_role(report, &user, &table, &label, regions, codes);
+        let password_hash = match &user.password_hash {
+            None => Some(None),
+            Some(hash) => match super::access::check_hash(&hash.value) {
+                Ok(()) => Some(Some(hash.value.trim().to_string())),
+                Err(reason) => {
+                    report.error(
+                        &hash.span,
+                        format!(
+                            "'password_hash' of user '{label}' is not an argon2id hash ({reason}); \
+                             make one with `posgw hq passwd`"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let token = match &user.token_file {
+            None => Some(None),
+            Some(file) => match read_token(report, base_dir, file, "'token_file' in [[user]]") {
+                Some(token) => {
+                    if let Some((other, first)) = tokens.get(&token) {
+                        let first = report.describe(first);
+                        report.error(
+                            &file.span,
+                            format!(
+                                "the token of user '{label}' is the same as {other} (at \
+                                     {first}); every user needs its own token"
+                            ),
+                        );
+                        None
+                    } else {
+                        tokens.insert(
+                            token.clone(),
+                            (format!("user '{label}'"), file.span.clone()),
+                        );
+                        Some(Some(token))
+                    }
+                }
+                None => None,
+            },
+        };
+        if user.password_hash.is_none() && user.token_file.is_none() {
+            report.error(
+                &table,
+                format!(
+                    "user '{label}' has neither 'password_hash' nor 'token_file', so cannot sign in"
+                ),
+            );
+        }
+        if let (Some(name), Some(role), Some(password_hash), Some(token)) =
+            (name, role, password_hash, token)
+        {
+            users.push(UserSettings {
+                name,
+                role,
+                password_hash,
+                token,
+            });
+        }
+    }
+    users
+}
+
+/// A user's `role` and the `region` or `store` it needs (and only that one).
+fn validate_role(
+    report: &mut Report,
+    user: &RawUser,
+    table: &Span,
+    label: &str,
+    regions: &[RegionSettings],
+    codes: &HashMap<String, Span>,
+) -> Option<Role> {
+    let Some(role) = &user.role else {
+        report.error(
+            table,
+            format!("missing 'role' in [[user]] '{label}' (admin, region or store)"),
+        );
+        return None;
+    };
+    let forbid = |report: &mut Report, key: &Option<Located<String>>, what: &str| {
+        if let Some(key) = key {
+            report.error(
+                &key.span,
+                format!(
+                    "user '{label}' has role '{}', which takes no '{what}'",
+                    role.value
+                ),
+            );
+        }
+    };
+    match role.value.as_str() {
+        "admin" => {
+            forbid(report, &user.region, "region");
+            forbid(report, &user.store, "store");
+            Some(Role::Admin)
+        }
+        // "regional" is accepted as a synonym: the first drafts of the design used it.
+        "region" | "regional" => {
+            forbid(report, &user.store, "store");
+            let Some(region) = &user.region else {
+                report.error(
+                    &role.span,
+                    format!("user '{label}' has role 'region' but no 'region' (a [[region]] id)"),
+                );
+                return None;
+            };
+            if regions.iter().any(|known| known.id == region.value) {
+                Some(Role::Region(region.value.clone()))
+            } else {
+                let known: Vec<&str> = regions.iter().map(|known| known.id.as_str()).collect();
+                report.error(
+                    &region.span,
+                    format!(
+                        "user '{label}' names region '{}', which is not a [[region]] (known: {})",
+                        region.value,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                None
+            }
+        }
+        "store" => {
+            forbid(report, &user.region, "region");
+            let Some(store) = &user.store else {
+                report.error(
+                    &role.span,
+                    format!("user '{label}' has role 'store' but no 'store' (a [[store]] code)"),
+                );
+                return None;
+            };
+            if codes.contains_key(&store.value) {
+                Some(Role::Store(store.value.clone()))
+            } else {
+                report.error(
+                    &store.span,
+                    format!(
+                        "user '{label}' names store '{}', which is not configured as a [[store]]",
+                        store.value
+                    ),
+                );
+                None
+            }
+        }
+        other => {
+            report.error(
+                &role.span,
+                format!("'role' of user '{label}' must be admin, region or store, found '{other}'"),
+            );
+            None
+        }
+    }
 }
 
 /// Reads a token file named by `value`; problems are reported at the key naming the file.
@@ -585,6 +968,140 @@ token_file = "admin.token"
         let codes: Vec<&str> = settings.stores.iter().map(|s| s.code.as_str()).collect();
         assert_eq!(codes, ["S1", "S2"]);
         assert_eq!(settings.files.len(), 2);
+    }
+
+    /// Three stores, two regions, and a hash of "pw".
+    fn regions_base() -> (tempfile::TempDir, String) {
+        let dir = folder();
+        std::fs::write(dir.path().join("c.token"), "tok-c").expect("write token");
+        let hash = crate::hq::access::hash_password("pw").expect("hash");
+        let text = r#"[hq]
+admin_token_file = "admin.token"
+[[store]]
+code = "S1"
+token_file = "a.token"
+[[store]]
+code = "S2"
+token_file = "b.token"
+[[store]]
+code = "S3"
+token_file = "c.token"
+"#;
+        (dir, format!("{text}HASH={hash}\n"))
+    }
+
+    #[test]
+    fn regions_and_users_load() {
+        let (dir, base) = regions_base();
+        let (text, hash) = base.split_once("HASH=").expect("hash");
+        let hash = hash.trim();
+        std::fs::write(dir.path().join("li.token"), "tok-li").expect("write token");
+        let settings = load_text(
+            dir.path(),
+            &format!(
+                r#"{text}
+[[region]]
+id = "east-wz"
+name = "温州片区"
+stores = ["S1", "S2"]
+notify = ["east-wz-supervisors"]
+[[region]]
+id = "north"
+stores = ["S3"]
+[[user]]
+name = "boss"
+role = "admin"
+password_hash = "{hash}"
+[[user]]
+name = "li.min"
+role = "region"
+region = "east-wz"
+password_hash = "{hash}"
+token_file = "li.token"
+[[user]]
+name = "wang"
+role = "store"
+store = "S3"
+password_hash = "{hash}"
+"#
+            ),
+        )
+        .expect("loads");
+        assert_eq!(settings.regions.len(), 2);
+        assert_eq!(settings.regions[0].name, "温州片区");
+        assert_eq!(settings.regions[0].stores, ["S1", "S2"]);
+        assert_eq!(settings.regions[0].notify, ["east-wz-supervisors"]);
+        assert_eq!(settings.regions[1].name, "north");
+        let roles: Vec<&Role> = settings.users.iter().map(|user| &user.role).collect();
+        assert_eq!(
+            roles,
+            [
+                &Role::Admin,
+                &Role::Region("east-wz".into()),
+                &Role::Store("S3".into())
+            ]
+        );
+        assert_eq!(settings.users[1].token.as_deref(), Some("tok-li"));
+        assert_eq!(settings.users[0].password_hash.as_deref(), Some(hash));
+    }
+
+    #[test]
+    fn region_and_user_mistakes_are_positioned_errors() {
+        let (dir, base) = regions_base();
+        let (text, hash) = base.split_once("HASH=").expect("hash");
+        let hash = hash.trim();
+        let error = load_text(
+            dir.path(),
+            &format!(
+                r#"{text}[[region]]
+id = "r1"
+stores = ["S1", "S9"]
+[[region]]
+id = "r2"
+stores = ["S1", "S2"]
+[[region]]
+id = "r1"
+stores = []
+[[user]]
+name = "a"
+role = "region"
+region = "nowhere"
+password_hash = "{hash}"
+[[user]]
+name = "a"
+role = "store"
+region = "r1"
+store = "S1"
+password_hash = "{hash}"
+[[user]]
+name = "b"
+role = "boss"
+password_hash = "$argon2id$v=19$..."
+[[user]]
+name = "c"
+role = "store"
+token_file = "b.token"
+"#
+            ),
+        )
+        .expect_err("fails");
+        let lines: Vec<&str> = error.lines().collect();
+        let expected = [
+            "DIR/hq.toml:14:17: store 'S9' of region 'r1' is not configured as a [[store]]",
+            "DIR/hq.toml:17:11: store 'S1' is in two regions: 'r2' and 'r1' (at DIR/hq.toml:14:11); a store belongs to one region",
+            "DIR/hq.toml:19:6: region 'r1' is configured twice (first at DIR/hq.toml:13:6)",
+            "DIR/hq.toml:24:10: user 'a' names region 'nowhere', which is not a [[region]] (known: r1, r2)",
+            "DIR/hq.toml:27:8: user 'a' is configured twice (first at DIR/hq.toml:22:8)",
+            "DIR/hq.toml:29:10: user 'a' has role 'store', which takes no 'region'",
+            "DIR/hq.toml:34:8: 'role' of user 'b' must be admin, region or store, found 'boss'",
+            "DIR/hq.toml:35:17: 'password_hash' of user 'b' is not an argon2id hash",
+            "DIR/hq.toml:38:8: user 'c' has role 'store' but no 'store' (a [[store]] code)",
+            "DIR/hq.toml:39:14: the token of user 'c' is the same as store 'S2'",
+        ];
+        assert_eq!(lines.len(), expected.len(), "{error}");
+        for (line, expected) in lines.iter().zip(expected) {
+            assert!(line.starts_with(expected), "{line}\nexpected {expected}");
+        }
     }
 
     #[test]

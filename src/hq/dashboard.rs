@@ -85,12 +85,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::access::Scope;
 use super::store::RecordQuery;
 use super::writer::StoreHandle;
 
 const PAGE_HTML: &str = include_str!("assets/dashboard.html");
 const DASHBOARD_JS: &str = include_str!("assets/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("assets/dashboard.css");
+const LOGIN_HTML: &str = include_str!("assets/login.html");
+const LOGIN_JS: &str = include_str!("assets/login.js");
 
 /// The page may load only its own assets and talk only to this receiver.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -116,11 +119,25 @@ pub(super) async fn page() -> Response {
         .into_response()
 }
 
+/// `GET /login`: the login page (its script posts to `/v1/login`).
+pub(super) async fn login_page() -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(LOGIN_HTML),
+    )
+        .into_response()
+}
+
 /// `GET /assets/{file}`: the page's script and style sheet.
 pub(super) async fn asset(Path(file): Path<String>) -> Response {
     let (body, content_type) = match file.as_str() {
         "dashboard.js" => (DASHBOARD_JS, "text/javascript; charset=utf-8"),
         "dashboard.css" => (DASHBOARD_CSS, "text/css; charset=utf-8"),
+        "login.js" => (LOGIN_JS, "text/javascript; charset=utf-8"),
         _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
     };
     // no-cache: the browser revalidates, so an upgraded receiver serves the new page at once.
@@ -135,14 +152,31 @@ pub(super) async fn asset(Path(file): Path<String>) -> Response {
 }
 
 /// `GET /v1/trace`, once the caller has shown the admin token (checked by the server).
-pub(super) async fn trace(store: &StoreHandle, uri: &Uri) -> Response {
-    let query = match TraceQuery::from_uri(uri) {
+pub(super) async fn trace(store: &StoreHandle, uri: &Uri, scope: &Scope) -> Response {
+    let mut query = match TraceQuery::from_uri(uri) {
         Ok(query) => query,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    match trace_receipt(store, &query).await {
-        Ok(Some(report)) => Json(report).into_response(),
-        Ok(None) => {
+    match (&query.store, scope) {
+        (Some(code), scope) if !scope.sees_store(code) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("store '{code}' is outside what this user may see"),
+            )
+        }
+        (None, Scope::Store(code)) => query.store = Some(code.clone()),
+        _ => {}
+    }
+    match trace_receipt(store, &query, scope).await {
+        Ok(Traced::Found(report)) => Json(report).into_response(),
+        Ok(Traced::OutOfScope(code)) => error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "receipt '{}' is a sale of store '{code}', outside what this user may see",
+                query.receipt
+            ),
+        ),
+        Ok(Traced::NotFound) => {
             let store = match &query.store {
                 Some(store) => format!(" in store '{store}'"),
                 None => String::new(),
@@ -289,16 +323,51 @@ struct TraceLine {
     scan: Option<Value>,
 }
 
-/// Finds the sale and its linked records; `None` when no sale matches.
+/// What tracing a receipt found.
+enum Traced {
+    /// The sale and its linked records.
+    Found(TraceReport),
+    /// No sale matches.
+    NotFound,
+    /// Sales match, but only of stores outside the caller's scope (one of them).
+    OutOfScope(String),
+}
+
+impl Traced {
+    /// The report, if the sale was found (for tests).
+    #[cfg(test)]
+    fn found(self) -> Option<TraceReport> {
+        match self {
+            Traced::Found(report) => Some(report),
+            _ => None,
+        }
+    }
+}
+
+/// Finds the sale and its linked records, among the sales of stores `scope` sees.
 async fn trace_receipt(
     store: &StoreHandle,
     query: &TraceQuery,
-) -> anyhow::Result<Option<TraceReport>> {
+    scope: &Scope,
+) -> anyhow::Result<Traced> {
     let mut sales = find_sales(store, query).await?;
+    let first_outside = sales
+        .iter()
+        .filter_map(|sale| sale["store"].as_str())
+        .find(|code| !scope.sees_store(code))
+        .map(str::to_owned);
+    sales.retain(|sale| {
+        sale["store"]
+            .as_str()
+            .is_some_and(|code| scope.sees_store(code))
+    });
     // Newest first: the analyst almost always means the latest receipt with that number.
     sales.sort_by_key(|sale| std::cmp::Reverse(hq_seq_of(sale)));
     let Some(sale) = sales.first().cloned() else {
-        return Ok(None);
+        return Ok(match first_outside {
+            Some(code) => Traced::OutOfScope(code),
+            None => Traced::NotFound,
+        });
     };
     let matches = sales
         .iter()
@@ -386,7 +455,7 @@ async fn trace_receipt(
             }
         })
         .collect();
-    Ok(Some(TraceReport {
+    Ok(Traced::Found(TraceReport {
         receipt: query.receipt.clone(),
         sale,
         matches,
@@ -469,6 +538,7 @@ async fn find_sales(store: &StoreHandle, query: &TraceQuery) -> anyhow::Result<V
                 kind: Some("sale".into()),
                 after: seq - 1,
                 limit: 1,
+                within: None,
             })
             .await?;
         let found = lines(&page.body)
@@ -570,6 +640,7 @@ async fn scan_window(
                 kind: Some(kind.into()),
                 after,
                 limit: PAGE_RECORDS,
+                within: None,
             })
             .await?;
         for line in lines(&page.body) {
@@ -773,9 +844,10 @@ mod tests {
             sale(7, "R-2", &[]),
         ])
         .await;
-        let report = trace_receipt(&store, &query("receipt=R-1").expect("query"))
+        let report = trace_receipt(&store, &query("receipt=R-1").expect("query"), &Scope::All)
             .await
             .expect("read")
+            .found()
             .expect("found");
         assert!(report.complete);
         assert!(report.consultation.is_none());
@@ -790,19 +862,23 @@ mod tests {
         assert!(report.lines[1].attribution.is_none() && report.lines[1].scan.is_none());
         assert_eq!(report.lines[2].scan.as_ref().expect("scan")["seq"], 4);
 
-        let by_seq = trace_receipt(&store, &query("receipt=R-1&hq_seq=5").expect("query"))
-            .await
-            .expect("read");
-        assert_eq!(by_seq.expect("found").sale["hq_seq"], 5);
+        let by_seq = trace_receipt(
+            &store,
+            &query("receipt=R-1&hq_seq=5").expect("query"),
+            &Scope::All,
+        )
+        .await
+        .expect("read");
+        assert_eq!(by_seq.found().expect("found").sale["hq_seq"], 5);
         for missing in [
             "receipt=R-3",
             "receipt=R-1&hq_seq=7",
             "receipt=R-1&store=S2",
         ] {
-            let report = trace_receipt(&store, &query(missing).expect("query"))
+            let report = trace_receipt(&store, &query(missing).expect("query"), &Scope::All)
                 .await
                 .expect("read");
-            assert!(report.is_none(), "{missing}");
+            assert!(report.found().is_none(), "{missing}");
         }
         store.close().await;
     }
@@ -830,9 +906,10 @@ mod tests {
         let trace = |text: &'static str| {
             let store = store.clone();
             async move {
-                trace_receipt(&store, &query(text).expect("query"))
+                trace_receipt(&store, &query(text).expect("query"), &Scope::All)
                     .await
                     .expect("read")
+                    .found()
                     .expect("found")
             }
         };
@@ -874,9 +951,10 @@ mod tests {
     async fn the_newest_of_equal_receipts_wins_and_missing_links_are_reported() {
         let (_dir, store) =
             store_with(&[sale(1, "R-1", &[]), sale(2, "R-1", &[Some("gone")])]).await;
-        let report = trace_receipt(&store, &query("receipt=R-1").expect("query"))
+        let report = trace_receipt(&store, &query("receipt=R-1").expect("query"), &Scope::All)
             .await
             .expect("read")
+            .found()
             .expect("found");
         assert_eq!(report.sale["hq_seq"], 2);
         let seqs: Vec<u64> = report.matches.iter().map(|m| m.hq_seq).collect();

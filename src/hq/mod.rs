@@ -13,10 +13,13 @@
 //! | request | who | answer |
 //! |---|---|---|
 //! | `POST /v1/batches` | a store's token | `{"accepted":N,"duplicates":M}` |
-//! | `GET /v1/records?store=&kind=&after=&limit=` | admin token | NDJSON, each record plus `"hq_seq"` |
-//! | `GET /v1/stats` | admin token | JSON figures, below |
-//! | `GET /v1/trace?receipt=&store=&hq_seq=` | admin token | a sale traced to its attributions, scans and consultation (`dashboard`) |
-//! | `GET /`, `GET /assets/dashboard.{js,css}` | anyone | the HQ dashboard (its data needs the admin token) |
+//! | `GET /v1/records?store=&kind=&after=&limit=` | a reader | NDJSON, each record plus `"hq_seq"` |
+//! | `GET /v1/stats` | a reader | JSON figures, below |
+//! | `GET /v1/trace?receipt=&store=&hq_seq=` | a reader | a sale traced to its attributions, scans and consultation (`dashboard`) |
+//! | `GET /v1/me` | a reader | `{"name","role","region"?,"store"?}` |
+//! | `POST /v1/login` `{"name","password"}` | anyone | 200 and a session cookie; 401; 429 |
+//! | `POST /v1/logout` | anyone | 204, the cookie's session ended |
+//! | `GET /`, `GET /login`, `GET /assets/{dashboard.js,dashboard.css,login.js}` | anyone | the HQ dashboard and login page (their data needs a reader) |
 //! | `GET /healthz` | anyone | `ok`, or 503 with the reason writes stopped |
 //! | `GET /metrics` | anyone | OpenMetrics text, `posgw_hq_*` |
 //!
@@ -52,8 +55,8 @@
 //! response header gives the `after` of the next page: the last hq_seq examined, which runs
 //! ahead of the last returned record when a filter skips records (one request examines at
 //! most 1,000,000 records, so a rare filter cannot tie up the server; keep paging until a page
-//! is empty and `posgw-next-after` stops moving). Store and admin tokens are distinct: a
-//! store token gets 401 on the read endpoints.
+//! is empty and `posgw-next-after` stops moving). Store and reader tokens are distinct: a
+//! store token gets 401 on the read endpoints. Readers see only their scope ("Access").
 //!
 //! # `/v1/stats`
 //!
@@ -206,12 +209,47 @@
 //! # Auth
 //!
 //! Tokens come from files named in the config (`[[store]] token_file`, `[hq]
-//! admin_token_file`), one per store plus the admin token; all must differ. A request's
-//! bearer token is compared with every configured token in constant time.
+//! admin_token_file`, `[[user]] token_file`), one per store, the admin token and any users';
+//! all must differ. A request's bearer token is compared with every configured token in
+//! constant time.
+//!
+//! # Access (`access`)
+//!
+//! A *reader* is the admin token (an `admin` named "admin"), a `[[user]]`'s token, or a
+//! session cookie. A store's token is not a reader (401 on the read endpoints). Each reader has
+//! a scope, from its role: `admin` everything; `region` the stores of its `[[region]]` in full
+//! and the other regions as aggregates; `store` its store. The scope is applied on the server,
+//! per endpoint: `/v1/records` without `store=` is limited to the scope's stores (a query
+//! field the reader skips chunks of other stores with, one store per chunk), with `store=`
+//! outside it a 403; `/v1/trace` keeps only sales of the scope's stores and answers 403 when
+//! the receipt matched only outside it; `/v1/stats` is built by `Aggregates::report_for`,
+//! which shows a region user each other region's stores summed under `region:ID` (tallies
+//! merged as for the over-all figures, clerks and stations dropped) and keeps clerk and
+//! station breakdowns of the over-all figures to the stores seen in full.
+//!
+//! Logins: `POST /v1/login` checks the password against the user's argon2id PHC string (the
+//! `argon2` crate, whose comparison is constant-time; an unknown name is checked against a
+//! dummy hash, so timing does not tell names apart), on a blocking thread. A success creates
+//! a session: a random 256-bit id (OS RNG) in memory with the user's name and an expiry 12 h
+//! on, at most 10,000 (the oldest evicted), sent as `posgw_hq_session` with `HttpOnly;
+//! SameSite=Strict; Path=/; Max-Age`. The session holds a name, not a scope: each request
+//! looks the user up in the directory in use, so a reload that removes or moves a user takes
+//! effect at once. Failures count per name and per client address; 5 within a minute and
+//! the next attempt gets 429 with `Retry-After` before any password check. Each failure is
+//! logged with name and address.
+//!
+//! Reload: `posgw hq` reads the config file again on SIGHUP; if it loads, a new directory
+//! (store tokens, admin token, users, regions) replaces the old one atomically; if not, the
+//! errors are logged and nothing changes. `listen`, `data_dir` and the sizes need a restart.
+//!
+//! `posgw hq passwd` reads a password (twice and without echo from a terminal, else the first
+//! line of stdin) and prints its argon2id hash (default parameters: 19 MiB, 2 passes).
 //!
 //! # Code map
 //!
-//! - `config`: `[hq]` and `[[store]]`, [`load_config`], [`HqSettings`].
+//! - `config`: `[hq]`, `[[store]]`, `[[region]]`, `[[user]]`, [`load_config`], [`HqSettings`].
+//! - `access`: the directory of tokens, users and regions; scopes; password hashes; sessions;
+//!   the failed-login limit.
 //! - `record`: content encoding, bounded decompression, line validation (and the summaries
 //!   of attribution and consultation records).
 //! - `budget`: the memory budget of bodies in flight.
@@ -222,6 +260,7 @@
 //! - `dashboard`: the page at `/` and `/v1/trace`.
 //! - `server`: routes, auth, [`run`] and [`start`].
 
+mod access;
 mod budget;
 mod config;
 mod dashboard;
@@ -232,6 +271,7 @@ mod stats;
 mod store;
 mod writer;
 
+pub use access::{hash_password, verify_password};
 pub use config::{load_config, HqSettings, StoreSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 pub use metrics::HqMetrics;
 pub use server::{run, start, RunningHq, NEXT_AFTER_HEADER};

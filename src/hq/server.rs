@@ -4,10 +4,11 @@
 use anyhow::Context as _;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,10 +18,14 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::access::{
+    Caller, Directory, FailureLimiter, Scope, Sessions, SESSION_COOKIE, SESSION_LIFETIME,
+};
 use super::budget::{self, BodyBudget, Reservation};
 use super::config::HqSettings;
 use super::metrics::HqMetrics;
 use super::record::{self, DecompressError, Encoding, IncomingBatch, Rejection};
+use super::stats::StoreView;
 use super::store::RecordQuery;
 use super::writer::StoreHandle;
 
@@ -44,8 +49,23 @@ pub const NEXT_AFTER_HEADER: &str = "posgw-next-after";
 pub async fn run(
     settings: HqSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
 ) -> anyhow::Result<()> {
     let app = App::open(&settings).await?;
+    let reloader = app.reloader();
+    tokio::spawn(async move {
+        let mut hangups = match hangups {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; reloading is off");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading stores, regions and users");
+            let _ = reloader.reload();
+        }
+    });
     let listen = settings.listen;
     let listener = TcpListener::bind(listen)
         .await
@@ -64,6 +84,8 @@ pub struct RunningHq {
     stop: oneshot::Sender<()>,
     /// The serving task; its result is the receiver's.
     task: JoinHandle<anyhow::Result<()>>,
+    /// Reloads stores, regions and users, as SIGHUP does for `posgw hq`.
+    reloader: Reloader,
 }
 
 impl RunningHq {
@@ -75,6 +97,12 @@ impl RunningHq {
     /// `http://ADDR`, the base of every endpoint.
     pub fn url(&self) -> String {
         format!("http://{}", self.local_addr)
+    }
+
+    /// Reads the configuration file again and applies its stores, regions and users (what
+    /// SIGHUP does for `posgw hq`); on an error the configuration in use stays.
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        self.reloader.reload()
     }
 
     /// Stops the receiver and waits until the database is flushed and closed.
@@ -92,6 +120,7 @@ impl RunningHq {
 pub async fn start(settings: HqSettings, listener: TcpListener) -> anyhow::Result<RunningHq> {
     let local_addr = listener.local_addr()?;
     let app = App::open(&settings).await?;
+    let reloader = app.reloader();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(app, listener, async move {
         let _ = stopped.await;
@@ -100,6 +129,7 @@ pub async fn start(settings: HqSettings, listener: TcpListener) -> anyhow::Resul
         local_addr,
         stop,
         task,
+        reloader,
     })
 }
 
@@ -125,13 +155,53 @@ async fn serve(
     Ok(())
 }
 
+/// Re-reads the configuration and swaps in its tokens, regions and users.
+#[derive(Clone)]
+struct Reloader {
+    /// The main configuration file (`None`: settings built in code, nothing to reload).
+    path: Option<PathBuf>,
+    /// The directory in use.
+    directory: Arc<RwLock<Arc<Directory>>>,
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        match super::config::load_config(path) {
+            Ok(settings) => {
+                let directory = Directory::new(&settings);
+                *self.directory.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(directory);
+                tracing::info!(
+                    stores = settings.stores.len(),
+                    regions = settings.regions.len(),
+                    users = settings.users.len(),
+                    "configuration reloaded (listen, data_dir and sizes need a restart)"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "reload refused; the configuration in use stays");
+                Err(error)
+            }
+        }
+    }
+}
+
 /// Shared state of the handlers. Cheap to clone.
 #[derive(Clone)]
 struct App {
     /// The database.
     store: StoreHandle,
-    /// Who may do what.
-    auth: Arc<Auth>,
+    /// Who may do what: tokens, users, regions (replaced on reload).
+    directory: Arc<RwLock<Arc<Directory>>>,
+    /// The main configuration file, for reloads.
+    config_path: Option<PathBuf>,
+    /// Login sessions.
+    sessions: Arc<Sessions>,
+    /// Failed logins.
+    limiter: Arc<FailureLimiter>,
     /// Metric families.
     metrics: HqMetrics,
     /// Largest body, compressed and decompressed.
@@ -146,14 +216,10 @@ impl App {
         let store = StoreHandle::open(&settings.data_dir, metrics.clone()).await?;
         Ok(App {
             store,
-            auth: Arc::new(Auth {
-                stores: settings
-                    .stores
-                    .iter()
-                    .map(|store| (store.token.clone(), store.code.clone()))
-                    .collect(),
-                admin: settings.admin_token.clone(),
-            }),
+            directory: Arc::new(RwLock::new(Arc::new(Directory::new(settings)))),
+            config_path: settings.files.first().cloned(),
+            sessions: Arc::new(Sessions::default()),
+            limiter: Arc::new(FailureLimiter::default()),
             budget: BodyBudget::new(
                 settings.effective_body_budget(),
                 budget::WAIT,
@@ -163,6 +229,48 @@ impl App {
             max_body: settings.max_body,
         })
     }
+}
+
+impl App {
+    fn reloader(&self) -> Reloader {
+        Reloader {
+            path: self.config_path.clone(),
+            directory: self.directory.clone(),
+        }
+    }
+
+    /// The directory in use.
+    fn directory(&self) -> Arc<Directory> {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Who sent a request: a bearer token, else a session cookie.
+    fn identify(&self, headers: &HeaderMap) -> Caller {
+        let directory = self.directory();
+        if let Some(token) = bearer_token(headers) {
+            return directory.identify_token(token);
+        }
+        session_id(headers)
+            .and_then(|id| self.sessions.user(id))
+            .and_then(|name| directory.reader(&name))
+            .unwrap_or(Caller::Unknown)
+    }
+}
+
+/// The session id of the request's cookie, if it sends one.
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|value| !value.is_empty())
 }
 
 /// The routes.
@@ -176,52 +284,15 @@ fn router(app: App) -> Router {
         .route("/v1/records", get(get_records))
         .route("/v1/stats", get(get_stats))
         .route("/v1/trace", get(get_trace))
+        .route("/v1/login", post(post_login))
+        .route("/v1/logout", post(post_logout))
+        .route("/v1/me", get(get_me))
+        .route("/login", get(super::dashboard::login_page))
         .route("/", get(super::dashboard::page))
         .route("/assets/{file}", get(super::dashboard::asset))
         .route("/healthz", get(get_healthz))
         .route("/metrics", get(get_metrics))
         .with_state(app)
-}
-
-/// The tokens: one per store, plus the admin token of the read endpoints.
-struct Auth {
-    /// (token, store code) pairs.
-    stores: Vec<(String, String)>,
-    /// The admin token, if configured.
-    admin: Option<String>,
-}
-
-/// Who sent a request.
-#[derive(Debug, PartialEq, Eq)]
-enum Caller {
-    /// A store's gateway (its code).
-    Store(String),
-    /// An analyst with the admin token.
-    Admin,
-    /// No token, or an unknown one.
-    Unknown,
-}
-
-impl Auth {
-    fn identify(&self, headers: &HeaderMap) -> Caller {
-        let Some(token) = bearer_token(headers) else {
-            return Caller::Unknown;
-        };
-        // Every token is compared, in constant time per token, so timing tells nothing about
-        // which token (or which prefix) came close.
-        let mut caller = Caller::Unknown;
-        for (store_token, code) in &self.stores {
-            if constant_time_eq(store_token.as_bytes(), token.as_bytes()) {
-                caller = Caller::Store(code.clone());
-            }
-        }
-        if let Some(admin) = &self.admin {
-            if constant_time_eq(admin.as_bytes(), token.as_bytes()) {
-                caller = Caller::Admin;
-            }
-        }
-        caller
-    }
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
@@ -232,11 +303,6 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
         .filter(|token| !token.is_empty())
-}
-
-/// Byte equality whose time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// An error answer: a status and a JSON body `{"error": .., "line": ..}`.
@@ -327,9 +393,9 @@ async fn post_batches(State(app): State<App>, request: Request) -> Response {
 /// (415), size (413), every record (400/403), then the store (503 when it cannot write).
 async fn ingest(app: &App, request: Request) -> Result<super::writer::IngestOutcome, ApiError> {
     let headers = request.headers();
-    let store = match app.auth.identify(headers) {
+    let store = match app.identify(headers) {
         Caller::Store(code) => code,
-        Caller::Admin => {
+        Caller::Reader { .. } => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "the admin token cannot post batches; use the store's token",
@@ -527,6 +593,7 @@ fn record_query(uri: &Uri) -> Result<RecordQuery, ApiError> {
         kind: present(params.kind),
         after,
         limit,
+        within: None,
     })
 }
 
@@ -541,8 +608,21 @@ async fn get_records(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Re
 }
 
 async fn read_records(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Response, ApiError> {
-    require_admin(app, headers)?;
-    let query = record_query(uri)?;
+    let (_, scope) = require_reader(app, headers)?;
+    let mut query = record_query(uri)?;
+    if let Some(store) = &query.store {
+        if !scope.sees_store(store) {
+            return Err(outside_scope(&format!("store '{store}'")));
+        }
+    } else {
+        match &scope {
+            Scope::All => {}
+            Scope::Store(code) => query.store = Some(code.clone()),
+            Scope::Region { stores, .. } => {
+                query.within = Some(stores.iter().cloned().collect());
+            }
+        }
+    }
     let page = app.store.read(query).await.map_err(|error| {
         tracing::error!(error = format!("{error:#}"), "reading records failed");
         ApiError::new(
@@ -568,9 +648,30 @@ async fn read_records(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Respo
 
 /// `GET /v1/stats`.
 async fn get_stats(State(app): State<App>, headers: HeaderMap) -> Response {
-    let response = match require_admin(&app, &headers) {
-        Ok(()) => {
-            let report = app.store.stats();
+    let response = match require_reader(&app, &headers) {
+        Ok((_, scope)) => {
+            let report = match &scope {
+                Scope::All => app.store.stats(),
+                Scope::Store(code) => app.store.stats_for(|store| {
+                    if store == code {
+                        StoreView::Full
+                    } else {
+                        StoreView::Hidden
+                    }
+                }),
+                Scope::Region { stores, .. } => {
+                    let directory = app.directory();
+                    app.store.stats_for(|store| {
+                        if stores.contains(store) {
+                            StoreView::Full
+                        } else {
+                            StoreView::Region(
+                                directory.region_of(store).unwrap_or("(none)").to_string(),
+                            )
+                        }
+                    })
+                }
+            };
             let mut body = serde_json::to_value(&report).unwrap_or_default();
             body["generated_at"] = chrono::Utc::now()
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -585,22 +686,138 @@ async fn get_stats(State(app): State<App>, headers: HeaderMap) -> Response {
 
 /// `GET /v1/trace`: a receipt traced to its attributions and scans (see `dashboard`).
 async fn get_trace(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Response {
-    let response = match require_admin(&app, &headers) {
-        Ok(()) => super::dashboard::trace(&app.store, &uri).await,
+    let response = match require_reader(&app, &headers) {
+        Ok((_, scope)) => super::dashboard::trace(&app.store, &uri, &scope).await,
         Err(error) => error.into_response(),
     };
     app.metrics.request("trace", response.status().as_u16());
     response
 }
 
-/// 401 unless the request carries the admin token.
-fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    match app.auth.identify(headers) {
-        Caller::Admin => Ok(()),
+/// The reader's name and scope; 401 for no or an unknown token or session, and for a store's
+/// token (a gateway posts, it does not read).
+fn require_reader(app: &App, headers: &HeaderMap) -> Result<(String, Scope), ApiError> {
+    match app.identify(headers) {
+        Caller::Reader { name, scope } => Ok((name, scope)),
         _ => Err(ApiError::unauthorized(
-            "the admin token is required: Authorization: Bearer TOKEN",
+            "sign in at /login, or send the admin or a user's token: Authorization: Bearer TOKEN",
         )),
     }
+}
+
+/// 403: `what` is outside the caller's scope.
+fn outside_scope(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("{what} is outside what this user may see"),
+    )
+}
+
+/// The body of `POST /v1/login`.
+#[derive(Debug, Deserialize)]
+struct LoginBody {
+    /// The user's name.
+    name: String,
+    /// The password, never logged.
+    password: String,
+}
+
+/// `POST /v1/login`: a session cookie for a user's name and password.
+async fn post_login(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let response = match login(&app, peer, &body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    app.metrics.request("login", response.status().as_u16());
+    response
+}
+
+async fn login(app: &App, peer: SocketAddr, body: &[u8]) -> Result<Response, ApiError> {
+    let LoginBody { name, password } = serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"name\":…,\"password\":…}}: {error}"),
+        )
+    })?;
+    let address = peer.ip();
+    if let Some(wait) = app.limiter.blocked(&name, address) {
+        tracing::warn!(name, %address, "login refused: too many failed logins");
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed logins; try again in {wait} s"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return Ok(response);
+    }
+    let directory = app.directory();
+    let checked_name = name.clone();
+    let ok = tokio::task::spawn_blocking(move || directory.check_login(&checked_name, &password))
+        .await
+        .unwrap_or(false);
+    let Some(Caller::Reader { scope, .. }) = ok.then(|| app.directory().reader(&name)).flatten()
+    else {
+        app.limiter.failed(&name, address);
+        tracing::warn!(name, %address, "failed login");
+        return Err(ApiError::unauthorized("wrong name or password"));
+    };
+    let id = app.sessions.create(&name);
+    tracing::info!(name, %address, "login");
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_LIFETIME.as_secs()
+    );
+    let mut response = Json(me_body(&name, &scope)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `{"name","role","region"?,"store"?}` of a reader.
+fn me_body(name: &str, scope: &Scope) -> serde_json::Value {
+    match scope {
+        Scope::All => serde_json::json!({"name": name, "role": "admin"}),
+        Scope::Region { id, .. } => {
+            serde_json::json!({"name": name, "role": "region", "region": id})
+        }
+        Scope::Store(code) => serde_json::json!({"name": name, "role": "store", "store": code}),
+    }
+}
+
+/// `POST /v1/logout`: ends the session of the cookie and clears it.
+async fn post_logout(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Some(id) = session_id(&headers) {
+        app.sessions.remove(id);
+    }
+    app.metrics.request("logout", 204);
+    (
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        )],
+    )
+        .into_response()
+}
+
+/// `GET /v1/me`: who the request's token or session is, and what it may see.
+async fn get_me(State(app): State<App>, headers: HeaderMap) -> Response {
+    let response = match require_reader(&app, &headers) {
+        Ok((name, scope)) => Json(me_body(&name, &scope)).into_response(),
+        Err(error) => error.into_response(),
+    };
+    app.metrics.request("me", response.status().as_u16());
+    response
 }
 
 /// `GET /healthz`: `ok`, or 503 with the reason the database stopped accepting batches.
@@ -630,34 +847,15 @@ async fn get_metrics(State(app): State<App>) -> Response {
 mod tests {
     use super::*;
 
-    fn headers(authorization: &str) -> HeaderMap {
+    #[test]
+    fn session_cookies_are_found() {
         let mut headers = HeaderMap::new();
         headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(authorization).expect("header"),
+            header::COOKIE,
+            HeaderValue::from_static("a=b; posgw_hq_session=abc ; c=d"),
         );
-        headers
-    }
-
-    #[test]
-    fn tokens_identify_callers() {
-        let auth = Auth {
-            stores: vec![("tok-a".into(), "S1".into()), ("tok-b".into(), "S2".into())],
-            admin: Some("tok-admin".into()),
-        };
-        assert_eq!(
-            auth.identify(&headers("Bearer tok-b")),
-            Caller::Store("S2".into())
-        );
-        assert_eq!(
-            auth.identify(&headers("bearer  tok-a ")),
-            Caller::Store("S1".into())
-        );
-        assert_eq!(auth.identify(&headers("Bearer tok-admin")), Caller::Admin);
-        assert_eq!(auth.identify(&headers("Bearer tok-c")), Caller::Unknown);
-        assert_eq!(auth.identify(&headers("Basic tok-a")), Caller::Unknown);
-        assert_eq!(auth.identify(&headers("Bearer")), Caller::Unknown);
-        assert_eq!(auth.identify(&HeaderMap::new()), Caller::Unknown);
+        assert_eq!(session_id(&headers), Some("abc"));
+        assert_eq!(session_id(&HeaderMap::new()), None);
     }
 
     #[test]
@@ -671,7 +869,8 @@ mod tests {
                 store: Some("S1".into()),
                 kind: None,
                 after: 5,
-                limit: 10
+                limit: 10,
+                within: None,
             }
         );
         let uri: Uri = "/v1/records".parse().expect("uri");

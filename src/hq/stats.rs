@@ -285,6 +285,12 @@ pub struct StoreReport {
     pub campaigns: BTreeMap<String, CampaignReport>,
     /// Consultation figures of this store, by flow id.
     pub flows: BTreeMap<String, FlowReport>,
+    /// Set on an entry that collapses another region's stores (`region:ID`): the region id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Set on a collapsed entry: how many stores it sums.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_count: Option<u64>,
 }
 
 /// The body of `GET /v1/stats`.
@@ -701,6 +707,36 @@ fn median(values: &[u64]) -> Option<f64> {
     Some((lower + upper) / 2.0)
 }
 
+/// How one store shows in a scoped `/v1/stats` (see [`Aggregates::report_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoreView {
+    /// In full, under its code.
+    Full,
+    /// Summed into the entry `region:ID` of its region (no clerks or stations).
+    Region(String),
+    /// Not at all.
+    Hidden,
+}
+
+/// Adds `other`'s totals to `totals` (latest times kept).
+fn merge_totals(totals: &mut StoreTotals, other: &StoreTotals) {
+    totals.records += other.records;
+    totals.duplicates += other.duplicates;
+    totals.batches += other.batches;
+    for (kind, count) in &other.by_kind {
+        *totals.by_kind.entry(kind.clone()).or_default() += count;
+    }
+    if let Some(text) = &other.last_record_ts {
+        if let Ok(ts) = DateTime::parse_from_rfc3339(text) {
+            totals.see_ts(&ts, text);
+        }
+    }
+    // RFC 3339 in UTC with millis, always the same width: text order is time order.
+    if other.last_received_at > totals.last_received_at {
+        totals.last_received_at = other.last_received_at.clone();
+    }
+}
+
 /// Everything `/v1/stats` reports, kept current by the store's flusher.
 #[derive(Debug, Default)]
 pub(crate) struct Aggregates {
@@ -802,6 +838,118 @@ impl Aggregates {
             .into_iter()
             .map(|(flow, tally)| (flow.to_string(), tally.report()))
             .collect();
+        report
+    }
+}
+
+impl Aggregates {
+    /// The `/v1/stats` body as a caller of limited scope sees it: each store as `view` says.
+    /// The figures over all stores count every store that is not hidden, but their clerk and
+    /// station breakdowns hold only the stores shown in full.
+    pub(crate) fn report_for(&self, view: impl Fn(&str) -> StoreView) -> StatsReport {
+        let mut report = StatsReport {
+            hq_seq: self.hq_seq,
+            ..StatsReport::default()
+        };
+        // Store code -> (entry key, shown in full).
+        let mut keys: BTreeMap<&str, Option<(String, bool)>> = BTreeMap::new();
+        let all_codes = self
+            .stores
+            .keys()
+            .chain(self.campaigns.keys().map(|(store, _)| store))
+            .chain(self.flows.keys().map(|(store, _)| store));
+        for code in all_codes {
+            keys.entry(code.as_str())
+                .or_insert_with(|| match view(code) {
+                    StoreView::Full => Some((code.clone(), true)),
+                    StoreView::Region(id) => Some((format!("region:{id}"), false)),
+                    StoreView::Hidden => None,
+                });
+        }
+        let key = |code: &str| keys.get(code).cloned().flatten();
+        for (code, totals) in &self.stores {
+            let Some((entry_key, full)) = key(code) else {
+                continue;
+            };
+            report.records += totals.records;
+            let entry = report.stores.entry(entry_key.clone()).or_default();
+            if full {
+                entry.totals = totals.clone();
+            } else {
+                merge_totals(&mut entry.totals, totals);
+                entry.region = entry_key.strip_prefix("region:").map(str::to_owned);
+                entry.store_count = Some(entry.store_count.unwrap_or(0) + 1);
+            }
+        }
+        let mut per_entry: BTreeMap<(String, &str), CampaignTally> = BTreeMap::new();
+        let mut overall: BTreeMap<&str, CampaignTally> = BTreeMap::new();
+        let mut overall_full: BTreeMap<&str, CampaignTally> = BTreeMap::new();
+        for ((store, campaign), tally) in &self.campaigns {
+            let Some((entry_key, full)) = key(store) else {
+                continue;
+            };
+            per_entry
+                .entry((entry_key, campaign))
+                .or_default()
+                .merge(tally);
+            overall.entry(campaign).or_default().merge(tally);
+            if full {
+                overall_full.entry(campaign).or_default().merge(tally);
+            }
+        }
+        for ((entry_key, campaign), tally) in per_entry {
+            let mut figures = tally.report();
+            if entry_key.starts_with("region:") {
+                figures.clerks.clear();
+                figures.stations.clear();
+            }
+            report
+                .stores
+                .entry(entry_key)
+                .or_default()
+                .campaigns
+                .insert(campaign.to_string(), figures);
+        }
+        for (campaign, tally) in overall {
+            let mut figures = tally.report();
+            let full = overall_full.get(campaign).map(CampaignTally::report);
+            figures.clerks = full.as_ref().map(|f| f.clerks.clone()).unwrap_or_default();
+            figures.stations = full.map(|f| f.stations).unwrap_or_default();
+            report.campaigns.insert(campaign.to_string(), figures);
+        }
+        let mut per_entry: BTreeMap<(String, &str), FlowTally> = BTreeMap::new();
+        let mut overall: BTreeMap<&str, FlowTally> = BTreeMap::new();
+        let mut overall_full: BTreeMap<&str, FlowTally> = BTreeMap::new();
+        for ((store, flow), tally) in &self.flows {
+            let Some((entry_key, full)) = key(store) else {
+                continue;
+            };
+            per_entry.entry((entry_key, flow)).or_default().merge(tally);
+            overall.entry(flow).or_default().merge(tally);
+            if full {
+                overall_full.entry(flow).or_default().merge(tally);
+            }
+        }
+        for ((entry_key, flow), tally) in per_entry {
+            let mut figures = tally.report();
+            if entry_key.starts_with("region:") {
+                figures.clerks.clear();
+            }
+            report
+                .stores
+                .entry(entry_key)
+                .or_default()
+                .flows
+                .insert(flow.to_string(), figures);
+        }
+        for (flow, tally) in overall {
+            let mut figures = tally.report();
+            figures.clerks = overall_full
+                .get(flow)
+                .map(|full| full.report().clerks)
+                .unwrap_or_default();
+            report.flows.insert(flow.to_string(), figures);
+        }
         report
     }
 }

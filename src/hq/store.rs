@@ -488,6 +488,8 @@ pub(crate) struct RecordQuery {
     pub store: Option<String>,
     /// Only records of this kind.
     pub kind: Option<String>,
+    /// Only records of these stores (a caller's scope); `None`: every store.
+    pub within: Option<std::collections::BTreeSet<String>>,
     /// Only records with a larger hq_seq.
     pub after: u64,
     /// At most this many records.
@@ -606,6 +608,14 @@ impl PageReader<'_> {
             let value: &[u8] = joined.as_deref().unwrap_or(&value);
             let records = decode_chunk(value)
                 .ok_or_else(|| anyhow!("damaged record chunk at hq_seq {first}"))?;
+            let outside = match &self.query.within {
+                None => false,
+                Some(stores) => {
+                    let store_len = usize::from(value[0]);
+                    let store = std::str::from_utf8(&value[1..1 + store_len]).unwrap_or("");
+                    !stores.contains(store)
+                }
+            };
             for (offset, record) in records.iter().enumerate() {
                 let seq = first + offset as u64;
                 if seq <= self.query.after {
@@ -616,6 +626,11 @@ impl PageReader<'_> {
                     || self.examined >= SCAN_BUDGET
                 {
                     return Ok(false);
+                }
+                if outside {
+                    self.examined += 1;
+                    self.page.next_after = seq;
+                    continue;
                 }
                 if let Some(kind) = &self.query.kind {
                     if record.kind != kind.as_bytes() {

@@ -202,6 +202,15 @@ impl StoreHandle {
             .report()
     }
 
+    /// The `/v1/stats` figures as a caller of limited scope sees them.
+    pub(crate) fn stats_for(&self, view: impl Fn(&str) -> super::stats::StoreView) -> StatsReport {
+        self.shared
+            .aggregates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .report_for(view)
+    }
+
     /// Whether HQ holds durable records of `kind` from `store` (from any store when `None`).
     pub(crate) fn holds_kind(&self, store: Option<&str>, kind: &str) -> bool {
         self.shared

@@ -253,7 +253,11 @@ mod shipped {
     #[test]
     fn hq_example_validates_with_every_key_enabled() {
         let text = std::fs::read_to_string(repo_file("config/hq.toml")).expect("hq example");
-        let enabled = uncommented(&text, false);
+        // The [[region]] and [[user]] headers are enabled too (other comments hold headers as
+        // words).
+        let enabled = uncommented(&text, false)
+            .replace("# [[region]]\n", "[[region]]\n")
+            .replace("# [[user]]\n", "[[user]]\n");
         assert!(
             enabled.contains("\nbody_budget = "),
             "keys were uncommented"
@@ -263,12 +267,17 @@ mod shipped {
         fixture.write("hq-admin.token", "admin-token\n");
         fixture.write("stores/WZ-LC-001.token", "token-1\n");
         fixture.write("stores/WZ-LC-002.token", "token-2\n");
+        fixture.write("users/li.min.token", "token-li\n");
         let settings = posgw::hq::load_config(&fixture.dir.path().join("hq.toml"))
             .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(settings.body_budget, Some(64 * 1024 * 1024));
         assert_eq!(settings.admin_token.as_deref(), Some("admin-token"));
         let codes: Vec<&str> = settings.stores.iter().map(|s| s.code.as_str()).collect();
         assert_eq!(codes, ["WZ-LC-001", "WZ-LC-002"]);
+        assert_eq!(settings.regions.len(), 1);
+        assert_eq!(settings.regions[0].stores, ["WZ-LC-001", "WZ-LC-002"]);
+        assert_eq!(settings.users.len(), 1);
+        assert_eq!(settings.users[0].token.as_deref(), Some("token-li"));
     }
 
     /// Every file of `config/` is one the tests above load: a new example gets a test too.
