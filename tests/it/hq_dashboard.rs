@@ -772,3 +772,72 @@ async fn the_hq_dashboard_shows_step_completeness_per_store_and_clerk_and_traces
     client.close().await.unwrap();
     assert!(hq.stop().await.success());
 }
+
+/// A store manager signs in on /login with a password: the dashboard runs on the session cookie
+/// (no token anywhere), shows who is signed in, and signing out ends the session.
+#[tokio::test]
+async fn a_store_user_signs_in_sees_the_dashboard_on_the_session_and_signs_out() {
+    let site = HqSite::new();
+    let hash = posgw::hq::hash_password("pw-wang").expect("hash");
+    site.append_config(&format!(
+        "\n[[user]]\nname = \"wang\"\nrole = \"store\"\nstore = \"{STORE}\"\npassword_hash = \"{hash}\"\n"
+    ));
+    let hq = site.start().await;
+    let mut journal = Journal { seq: 0 };
+    post(&hq.api, &flow_batch(&mut journal)).await;
+
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let client = driver.browser(profile.path(), (1366, 768)).await;
+    client.goto(&format!("{}/", hq.api)).await.unwrap();
+    // No token and no session: the page says to sign in.
+    wait_attr(&client, "body", "data-state", |v| v == Some("unauthorized")).await;
+
+    client.goto(&format!("{}/login", hq.api)).await.unwrap();
+    let field = |id: &'static str| client.find(Locator::Id(id));
+    field("login-name")
+        .await
+        .unwrap()
+        .send_keys("wang")
+        .await
+        .unwrap();
+    field("login-password")
+        .await
+        .unwrap()
+        .send_keys("wrong")
+        .await
+        .unwrap();
+    click(&client, "#login-form button[type=submit]").await;
+    eventually("the refusal is shown", || async {
+        text_of(&client, "#login-error").await.contains("密码")
+    })
+    .await;
+    field("login-password")
+        .await
+        .unwrap()
+        .send_keys("pw-wang")
+        .await
+        .unwrap();
+    click(&client, "#login-form button[type=submit]").await;
+
+    // On the dashboard, live on the cookie: the flow of the manager's own store.
+    wait_attr(&client, "#status", "data-state", |v| v == Some("live")).await;
+    assert!(text_of(&client, "#user-name").await.starts_with("wang"));
+    let panel = ".flow[data-flow=\"rx-5step\"]";
+    wait_attr(&client, panel, "data-consultations", |v| v == Some("10")).await;
+    screenshot(&client, "hq-dashboard-store-user-1366x768.png").await;
+
+    click(&client, "#logout").await;
+    eventually("back on the login page", || async {
+        client
+            .current_url()
+            .await
+            .is_ok_and(|url| url.path() == "/login")
+    })
+    .await;
+    // The session is gone at HQ too.
+    client.goto(&format!("{}/", hq.api)).await.unwrap();
+    wait_attr(&client, "body", "data-state", |v| v == Some("unauthorized")).await;
+    client.close().await.unwrap();
+    assert!(hq.stop().await.success());
+}

@@ -40,6 +40,14 @@ impl HqSite {
         Gateway::spawn(&["hq", "-c", config.to_str().unwrap()], "hq listening on ").await
     }
 
+    /// Appends `text` (e.g. `[[user]]` sections) to the site's hq.toml.
+    pub(crate) fn append_config(&self, text: &str) {
+        let path = self.dir.path().join("hq.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(text);
+        std::fs::write(path, config).unwrap();
+    }
+
     /// HQ's data folder.
     pub(crate) fn data_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("data")

@@ -40,6 +40,8 @@
 
   const state = {
     token: "",
+    // Who is signed in with a session cookie (GET /v1/me), when no token is used.
+    session: null,
     stats: null,
     store: "",
     feed: [], // attribution records, newest first
@@ -119,10 +121,9 @@
   class Unauthorized extends Error {}
 
   async function api(path) {
-    const response = await fetch(path, {
-      headers: { Authorization: "Bearer " + state.token },
-      cache: "no-store",
-    });
+    // A token when one was given; otherwise the session cookie (HttpOnly, sent by the browser).
+    const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
+    const response = await fetch(path, { headers, cache: "no-store", credentials: "same-origin" });
     if (response.status === 401) throw new Unauthorized("401");
     if (!response.ok) {
       let message = response.status + " " + response.statusText;
@@ -171,7 +172,7 @@
 
   async function poll() {
     state.timer = null;
-    if (!state.token || state.polling) return;
+    if ((!state.token && !state.session) || state.polling) return;
     state.polling = true;
     try {
       const stats = await (await api("/v1/stats")).json();
@@ -197,6 +198,11 @@
       }
     } catch (error) {
       if (error instanceof Unauthorized) {
+        if (state.session) {
+          // The session expired or the user was removed: sign in again.
+          window.location.assign("/login");
+          return;
+        }
         askForToken(bi("管理令牌无效或缺失 (401)", "The admin token is missing or was refused — enter it below"));
         state.polling = false;
         return;
@@ -249,7 +255,10 @@
 
   function renderStoreFilter() {
     const select = $("store-filter");
-    const stores = Object.keys(state.stats.stores || {}).sort();
+    // Other regions come as one aggregate entry each (`region:ID`): no records to pick from.
+    const stores = Object.keys(state.stats.stores || {})
+      .filter((code) => !code.startsWith("region:"))
+      .sort();
     const have = Array.from(select.options).slice(1).map((o) => o.value);
     if (have.join("\n") === stores.join("\n")) return;
     select.replaceChildren(
@@ -628,6 +637,11 @@
       box.dataset.state = "shown";
     } catch (error) {
       if (error instanceof Unauthorized) {
+        if (state.session) {
+          // The session expired or the user was removed: sign in again.
+          window.location.assign("/login");
+          return;
+        }
         askForToken(bi("管理令牌无效或缺失 (401)", "The admin token is missing or was refused — enter it below"));
         return;
       }
@@ -837,13 +851,39 @@
     });
 
     showView(window.location.hash === "#trace" ? "trace" : "overview");
+    $("logout").addEventListener("click", async () => {
+      try {
+        await fetch("/v1/logout", { method: "POST", credentials: "same-origin" });
+      } finally {
+        window.location.assign("/login");
+      }
+    });
     state.token = takeToken();
-    if (!state.token) {
-      askForToken(bi("需要管理令牌才能查看数据", "An admin token is needed to see the figures"));
-      setStatus("unauthorized", bi("未连接", "Not connected"));
+    if (state.token) {
+      poll();
       return;
     }
-    poll();
+    signedIn().then((me) => {
+      if (!me) {
+        askForToken(bi("请登录，或输入管理令牌", "Sign in at /login, or enter an admin token"));
+        setStatus("unauthorized", bi("未连接", "Not connected"));
+        return;
+      }
+      state.session = me;
+      $("user-name").textContent = me.name + " · " + me.role;
+      $("session").hidden = false;
+      poll();
+    });
+  }
+
+  // Who the session cookie belongs to, or null.
+  async function signedIn() {
+    try {
+      const response = await fetch("/v1/me", { cache: "no-store", credentials: "same-origin" });
+      return response.ok ? await response.json() : null;
+    } catch (error) {
+      return null;
+    }
   }
 
   start();
