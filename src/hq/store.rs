@@ -730,6 +730,25 @@ mod tests {
         assert!(decode_chunk(&chunk[..chunk.len() - 1]).is_none());
     }
 
+    /// Runs `open` until sled's file lock is free. A closed sled database lets go of its lock
+    /// only when its background threads have ended, a moment after the last handle is dropped,
+    /// and nothing signals that moment: the open is tried again for up to 10 s.
+    async fn until_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Ok(opened) => return opened,
+                Err(error)
+                    if error.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(error) => panic!("open: {error}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn consultations_stored_before_their_figures_are_summarised_at_start() {
         use crate::hq::metrics::HqMetrics;
@@ -770,7 +789,7 @@ mod tests {
         // As an HQ from before consultation figures left it: records, no summaries, no mark;
         // and one consultation record that today's checks refuse.
         {
-            let db = sled::open(dir.path().join("hq")).expect("sled");
+            let db = until_unlocked(|| sled::open(dir.path().join("hq"))).await;
             let tree = db.open_tree(TREE).expect("tree");
             for item in tree.scan_prefix([prefix::CONSULTATION]) {
                 tree.remove(item.expect("item").0).expect("remove");
@@ -790,16 +809,22 @@ mod tests {
             db.flush().expect("flush");
         }
 
-        let handle = StoreHandle::open(dir.path(), HqMetrics::new())
-            .await
-            .expect("open");
+        let handle = loop {
+            match StoreHandle::open(dir.path(), HqMetrics::new()).await {
+                Ok(handle) => break handle,
+                Err(error) if error.to_string().contains("in use by another process") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(error) => panic!("open: {error:#}"),
+            }
+        };
         let after = handle.stats();
         assert_eq!(after.flows, before.flows);
         assert_eq!(after.flows["f1"].figures.steps[0].missing, 1);
         assert_eq!(after.hq_seq, 4);
         handle.close().await;
         // The mark is set: the next start reads the summaries only.
-        let db = sled::open(dir.path().join("hq")).expect("sled");
+        let db = until_unlocked(|| sled::open(dir.path().join("hq"))).await;
         let tree = db.open_tree(TREE).expect("tree");
         assert!(tree
             .get(meta_key(CONSULTATIONS_SUMMARISED))
