@@ -446,11 +446,35 @@ impl Engine {
     ) -> Result<ConsultationView, ConsultError> {
         let now = self.clock.now();
         let open = &mut self.open[index];
-        if !open.held.is_empty() {
+        // Held scans go on once the record saying so is durable (as after a step); until then
+        // they are set aside, and put back if the journal refuses the record.
+        let held = std::mem::take(&mut open.held);
+        let before = (
+            open.consultation.held_since,
+            open.consultation.held_ms,
+            open.consultation.released_by,
+            open.hold_deadline,
+            open.held_started,
+        );
+        if !held.is_empty() {
             release(open, ReleasedBy::Closed, now);
         }
         let record = open.consultation.record(outcome, now);
-        self.append(Kind::Consultation, &record).await?;
+        if let Err(error) = self.append(Kind::Consultation, &record).await {
+            let open = &mut self.open[index];
+            open.held = held;
+            (
+                open.consultation.held_since,
+                open.consultation.held_ms,
+                open.consultation.released_by,
+                open.hold_deadline,
+                open.held_started,
+            ) = before;
+            return Err(error);
+        }
+        for scan in held {
+            scan.release();
+        }
         let open = self.open.remove(index);
         let id = open.consultation.id.clone();
         if self.closed_order.len() >= RECENT_CLOSED {
@@ -701,8 +725,9 @@ fn checked_step(
             return invalid("a skipped step takes no value".into());
         }
         if !flow.skip_reasons.contains(&reason) {
+            // Not repeated: free text may name the customer, and refusals are logged.
             return invalid(format!(
-                "'{reason}' is not a skip reason of flow '{}' (one of: {})",
+                "the skip reason is not one of flow '{}' (one of: {})",
                 flow.id,
                 flow.skip_reasons.join(", ")
             ));

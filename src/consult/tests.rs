@@ -539,3 +539,22 @@ async fn a_durable_step_is_answered_as_done_even_when_the_state_file_cannot_be_s
         "recorded once"
     );
 }
+
+#[tokio::test]
+async fn closing_a_consultation_that_holds_a_scan_records_it_then_lets_the_scan_go() {
+    let store = store_with(five_steps()).await;
+    let c = &store.consult;
+    let (frame, mut delivered) = held(b"6901234567892\r");
+    c.scan(scan("1", "S/gw/e/1", Some(frame))).await;
+    let id = c.list(Some("1")).await.unwrap()[0].id.clone();
+    assert!(delivered.try_recv().is_err(), "held");
+    let closed = c.close(&id, true).await.unwrap();
+    assert_eq!(closed.released_by, Some(ReleasedBy::Closed));
+    assert_eq!(delivered.try_recv().unwrap(), b"6901234567892\r");
+    let records = records(&store.journal).await;
+    let [record] = of_kind(&records, "consultation")[..] else {
+        panic!("one consultation record")
+    };
+    assert_eq!(record["data"]["released_by"], "closed");
+    assert!(record["data"]["held_ms"].is_u64());
+}

@@ -44,7 +44,16 @@ enum CloseAs {
 
 /// `POST /api/v1/consultations`: 201 and the consultation.
 pub(super) async fn open(State(state): State<WebState>, body: Bytes) -> Result<Response, ApiError> {
-    let body: OpenBody = parse(&body)?;
+    // serde's message quotes the value it could not read, and `customer` may be a member id:
+    // the answer says what is expected without repeating what was sent.
+    let body: OpenBody = parse(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid request body: expected a JSON object {\"station\", \"flow\", \"clerk\"?, \
+             \"customer\"?} whose values are text"
+                .into(),
+        )
+    })?;
     if !state.stations.contains(&body.station) {
         return Err(ApiError::unprocessable(format!(
             "no station '{}' is configured",

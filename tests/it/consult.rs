@@ -371,6 +371,15 @@ async fn the_consultation_api_answers_404_409_and_422() {
     )
     .await;
     assert_eq!(code, 422, "an unknown station");
+    // A member id sent as a number is refused without being repeated in the answer.
+    let (code, body) = post(
+        &gateway,
+        "/api/v1/consultations",
+        r#"{"station":"till-1","flow":"rx-5step","customer":88001234}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(!body.to_string().contains("88001234"), "{body}");
     let (code, opened) = post(
         &gateway,
         "/api/v1/consultations",

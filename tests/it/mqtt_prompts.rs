@@ -763,7 +763,7 @@ async fn bad_steps_get_an_error_reply_and_a_later_good_step_still_works() {
         ),
         (
             json!({"consultation": id, "step": "guidance", "skip": "太忙"}),
-            "is not a skip reason of flow 'rx-5step'",
+            "the skip reason is not one of flow 'rx-5step'",
         ),
         (
             json!({"consultation": id, "step": "consult", "value": "x"}),
