@@ -647,24 +647,29 @@ mod tests {
         String::from_utf8_lossy(&answer).into_owned()
     }
 
+    /// Sends `request` on a new connection and reads the answer until the server closes it.
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("send");
+        read_all(&mut stream).await
+    }
+
     #[tokio::test]
     async fn a_body_that_comes_too_slowly_gets_408_not_400() {
         let (addr, _stop) = echo_server(SHORT).await;
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
-            .await
-            .expect("send");
-        let answer = read_all(&mut stream).await;
+        let answer = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345",
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
         assert!(answer.contains("did not arrive"), "{answer}");
         // A body that does arrive in time is answered.
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
-            .await
-            .expect("send");
-        let answer = read_all(&mut stream).await;
+        let answer = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         assert!(answer.ends_with("hello"), "{answer}");
     }
@@ -686,24 +691,20 @@ mod tests {
         // Refused unread: the answer says the connection closes, and it does (read_all). A
         // body this small hyper would have drained and kept the connection for: the handler
         // cannot know, so the answer closes it in every case.
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-            .await
-            .expect("send");
-        let answer = read_all(&mut stream).await;
+        let answer = exchange(
+            addr,
+            b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
         assert!(answer.contains("connection: close\r\n"), "{answer}");
         // Read to its end, a body leaves the connection open for the next request.
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(
-                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+        let answer = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
                   POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
-            )
-            .await
-            .expect("send");
-        let answer = read_all(&mut stream).await;
+        )
+        .await;
         assert_eq!(answer.matches("HTTP/1.1 200 ").count(), 2, "{answer}");
         assert_eq!(answer.matches("connection: close").count(), 1, "{answer}");
     }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Local};
-use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -24,10 +23,6 @@ use crate::journal::JournalHandle;
 use crate::prompts::Clock;
 use crate::record::Kind;
 
-/// Characters of consultation ids: lowercase base32 without `i l o u`.
-const ID_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-/// Length of consultation ids: 50 random bits.
-const ID_LENGTH: usize = 10;
 /// Longest a timer is set for.
 const FARTHEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Most consultations open at once; beyond, the oldest is closed as abandoned. A store has a
@@ -664,18 +659,11 @@ impl Engine {
     }
 
     fn new_id(&self) -> String {
-        let mut rng = rand::thread_rng();
-        loop {
-            let id: String = (0..ID_LENGTH)
-                .map(|_| char::from(ID_ALPHABET[rng.gen_range(0..ID_ALPHABET.len())]))
-                .collect();
-            if self
-                .find(&id)
+        crate::record::short_id(|id| {
+            !self
+                .find(id)
                 .is_err_and(|error| matches!(error, ConsultError::NotFound(_)))
-            {
-                return id;
-            }
-        }
+        })
     }
 }
 

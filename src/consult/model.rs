@@ -150,11 +150,7 @@ impl Consultation {
                 .map(|(step, state)| StepRecord {
                     key: step.key.clone(),
                     label: step.label.clone(),
-                    at: state.at,
-                    value: state.value.clone(),
-                    values: state.values.clone(),
-                    skipped: state.skipped.clone(),
-                    clerk: state.clerk.clone(),
+                    state: state.clone(),
                 })
                 .collect(),
             scans: self.scans.clone(),

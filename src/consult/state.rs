@@ -10,7 +10,7 @@ use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
 use super::flow::{Flow, Flows, Step};
-use super::model::{Consultation, ReleasedBy, StepRecord, StepState};
+use super::model::{Consultation, ReleasedBy, StepRecord};
 use crate::record::local_millis;
 
 /// File name of the state inside `data_dir`.
@@ -111,17 +111,7 @@ impl SavedConsultation {
             clerk: self.clerk,
             customer: self.customer,
             opened_at: self.opened_at,
-            steps: self
-                .steps
-                .into_iter()
-                .map(|step| StepState {
-                    at: step.at,
-                    value: step.value,
-                    values: step.values,
-                    skipped: step.skipped,
-                    clerk: step.clerk,
-                })
-                .collect(),
+            steps: self.steps.into_iter().map(|step| step.state).collect(),
             flow,
             scans: self.scans,
             scans_more: self.scans_more,

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Local};
-use rand::Rng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -34,12 +33,6 @@ const RECENT_RESOLVED: usize = 10_000;
 /// Longest a prompt's timer is set for: far beyond any configured timeout, and far from the
 /// overflow of `Instant + Duration`.
 const FARTHEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Characters of prompt ids: lowercase base32 without `i l o u`, URL-safe and unambiguous.
-const ID_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-
-/// Length of prompt ids: 50 random bits.
-const ID_LENGTH: usize = 10;
 
 /// What the handle learns once a resolution's record is written (or why not).
 pub(crate) type Written = oneshot::Receiver<Result<(), String>>;
@@ -861,15 +854,7 @@ impl Engine {
 
     /// A fresh id, unique among open and remembered prompts.
     fn new_id(&self) -> String {
-        let mut rng = rand::thread_rng();
-        loop {
-            let id: String = (0..ID_LENGTH)
-                .map(|_| char::from(ID_ALPHABET[rng.gen_range(0..ID_ALPHABET.len())]))
-                .collect();
-            if self.find(&id) == Err(PromptError::NotFound) {
-                return id;
-            }
-        }
+        crate::record::short_id(|id| self.find(id) != Err(PromptError::NotFound))
     }
 }
 

@@ -99,24 +99,16 @@ fn is_zero(count: &u64) -> bool {
     *count == 0
 }
 
-/// One step of a `consultation` record.
+/// One step of a `consultation` record: the step's key and label, then what it holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// Its key.
     pub key: String,
     /// Its label.
     pub label: String,
-    /// When done or skipped, or null.
-    #[serde(with = "optional_millis")]
-    pub at: Option<DateTime<Local>>,
-    /// The value chosen.
-    pub value: Option<String>,
-    /// The values chosen.
-    pub values: Option<Vec<String>>,
-    /// The skip reason.
-    pub skipped: Option<String>,
-    /// Who did it.
-    pub clerk: Option<String>,
+    /// When it was done or skipped, its value(s), its skip reason and who did it.
+    #[serde(flatten)]
+    pub state: StepState,
 }
 
 /// The `consultation_step` record: one step change, durable before the clerk's answer.

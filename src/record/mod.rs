@@ -37,6 +37,28 @@ pub mod gateway;
 pub mod sale;
 pub mod scan;
 
+/// Characters of prompt and consultation ids: lowercase base32 without `i l o u`, URL-safe and
+/// unambiguous.
+const SHORT_ID_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// Length of prompt and consultation ids: 50 random bits.
+const SHORT_ID_LENGTH: usize = 10;
+
+/// A fresh id for a prompt or a consultation (`prompt`, `consultation` in records): 10
+/// characters of [`SHORT_ID_ALPHABET`], drawn again while `taken` says it is in use.
+pub fn short_id(taken: impl Fn(&str) -> bool) -> String {
+    use rand::Rng as _;
+    let mut rng = rand::thread_rng();
+    loop {
+        let id: String = (0..SHORT_ID_LENGTH)
+            .map(|_| char::from(SHORT_ID_ALPHABET[rng.gen_range(0..SHORT_ID_ALPHABET.len())]))
+            .collect();
+        if !taken(&id) {
+            return id;
+        }
+    }
+}
+
 /// A record's `data`, serialised: one JSON object (checked when it is appended), stored as is.
 /// Made without copying the text, and cloned without copying it either (a caller keeps a clone
 /// to log a record the journal refused).

@@ -47,6 +47,30 @@ fn open_pos(link: &Path) -> SerialStream {
         .expect("open the POS side of the passthrough")
 }
 
+/// A running counter: a store with the flow (its held scans waiting `hold_timeout` at most),
+/// its pty scanner connected to a running gateway, and the POS side of the passthrough.
+struct Counter {
+    store: Store,
+    scanner: PtyScanner,
+    gateway: Gateway,
+    pos: SerialStream,
+}
+
+async fn counter(hold_timeout: &str) -> Counter {
+    let store = Store::new();
+    let link = store_with_flow(&store, hold_timeout);
+    let scanner = PtyScanner::plug(&store.path("scanner"));
+    let gateway = Gateway::start(&store).await;
+    gateway.wait_device("scanner-1", "connected").await;
+    let pos = open_pos(&link);
+    Counter {
+        store,
+        scanner,
+        gateway,
+        pos,
+    }
+}
+
 /// Reads exactly `expected.len()` bytes from the POS and checks them: what the POS got next.
 async fn pos_receives(pos: &mut SerialStream, expected: &[u8]) {
     let mut received = vec![0u8; expected.len()];
@@ -101,12 +125,12 @@ async fn step(gateway: &Gateway, id: &str, key: &str, body: Value) -> (u16, Valu
 #[tokio::test]
 async fn a_held_scan_reaches_the_pos_byte_exact_once_the_steps_are_done_and_others_pass_meanwhile()
 {
-    let store = Store::new();
-    let link = store_with_flow(&store, "120s");
-    let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    let gateway = Gateway::start(&store).await;
-    gateway.wait_device("scanner-1", "connected").await;
-    let mut pos = open_pos(&link);
+    let Counter {
+        store,
+        mut scanner,
+        gateway,
+        mut pos,
+    } = counter("120s").await;
 
     // The flow product's scan opens a consultation and is held; a scan of another product
     // right behind it goes straight on: the POS gets it first.
@@ -154,12 +178,12 @@ async fn a_held_scan_reaches_the_pos_byte_exact_once_the_steps_are_done_and_othe
 /// (the POS never gets a lone LF ahead of it), and the scan after it passes as usual.
 #[tokio::test]
 async fn the_lf_of_a_held_frame_read_apart_from_its_cr_waits_with_it() {
-    let store = Store::new();
-    let link = store_with_flow(&store, "120s");
-    let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    let gateway = Gateway::start(&store).await;
-    gateway.wait_device("scanner-1", "connected").await;
-    let mut pos = open_pos(&link);
+    let Counter {
+        store: _store,
+        mut scanner,
+        gateway,
+        mut pos,
+    } = counter("120s").await;
 
     scanner.send(b"]E06901234567892\r").await;
     let id = wait_held(&gateway).await["id"]
@@ -185,12 +209,12 @@ async fn the_lf_of_a_held_frame_read_apart_from_its_cr_waits_with_it() {
 
 #[tokio::test]
 async fn a_held_scan_goes_on_at_the_hold_timeout_and_the_consultation_says_so() {
-    let store = Store::new();
-    let link = store_with_flow(&store, "1s");
-    let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    let gateway = Gateway::start(&store).await;
-    gateway.wait_device("scanner-1", "connected").await;
-    let mut pos = open_pos(&link);
+    let Counter {
+        store,
+        mut scanner,
+        gateway,
+        mut pos,
+    } = counter("1s").await;
 
     scanner.send(HELD).await;
     let held = wait_held(&gateway).await;
@@ -220,12 +244,12 @@ async fn a_held_scan_goes_on_at_the_hold_timeout_and_the_consultation_says_so() 
 
 #[tokio::test]
 async fn kill_9_keeps_every_answered_step_and_a_scan_held_at_the_crash_is_recorded_as_lost() {
-    let store = Store::new();
-    let link = store_with_flow(&store, "120s");
-    let mut scanner = PtyScanner::plug(&store.path("scanner"));
-    let gateway = Gateway::start(&store).await;
-    gateway.wait_device("scanner-1", "connected").await;
-    let _pos = open_pos(&link);
+    let Counter {
+        store,
+        mut scanner,
+        gateway,
+        pos: _pos,
+    } = counter("120s").await;
 
     scanner.send(HELD).await;
     let id = wait_held(&gateway).await["id"].as_str().unwrap().to_owned();
