@@ -341,8 +341,9 @@ impl FailureLimiter {
         wait
     }
 
-    /// Counts a failed login of `name` from `address`.
-    pub fn failed(&self, name: &str, address: IpAddr) {
+    /// Counts a failed login of `name` from `address`; true when this failure is the one that
+    /// blocks the name or the address (so the block is logged once, not at every refusal).
+    pub fn failed(&self, name: &str, address: IpAddr) -> bool {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if failures.len() >= MAX_FAILURE_KEYS {
@@ -352,13 +353,17 @@ impl FailureLimiter {
                 failures.clear();
             }
         }
+        let mut now_blocked = false;
         for key in keys(name, address) {
             let times = failures.entry(key).or_default();
+            times.retain(|at| now - *at < FAILURE_WINDOW);
             times.push_back(now);
+            now_blocked |= times.len() == MAX_FAILURES;
             while times.len() > MAX_FAILURES {
                 times.pop_front();
             }
         }
+        now_blocked
     }
 }
 
@@ -405,9 +410,10 @@ mod tests {
         let limiter = FailureLimiter::default();
         let here: IpAddr = "127.0.0.1".parse().expect("ip");
         let there: IpAddr = "10.0.0.1".parse().expect("ip");
-        for _ in 0..MAX_FAILURES {
+        for attempt in 1..=MAX_FAILURES {
             assert_eq!(limiter.blocked("a", here), None);
-            limiter.failed("a", here);
+            // Only the failure that starts the block says so: it is logged once.
+            assert_eq!(limiter.failed("a", here), attempt == MAX_FAILURES);
         }
         let wait = limiter.blocked("a", there).expect("name blocked");
         assert!((1..=60).contains(&wait), "{wait}");

@@ -745,7 +745,7 @@ async fn login(app: &App, peer: SocketAddr, body: &[u8]) -> Result<Response, Api
     })?;
     let address = peer.ip();
     if let Some(wait) = app.limiter.blocked(&name, address) {
-        tracing::warn!(name, %address, "login refused: too many failed logins");
+        // Logged once when the block starts (below); each refusal is counted by status.
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many failed logins; try again in {wait} s"),
@@ -763,8 +763,11 @@ async fn login(app: &App, peer: SocketAddr, body: &[u8]) -> Result<Response, Api
         .unwrap_or(false);
     let Some(Caller::Reader { scope, .. }) = ok.then(|| app.directory().reader(&name)).flatten()
     else {
-        app.limiter.failed(&name, address);
+        let now_blocked = app.limiter.failed(&name, address);
         tracing::warn!(name, %address, "failed login");
+        if now_blocked {
+            tracing::warn!(name, %address, "too many failed logins: this name or address is refused for a minute");
+        }
         return Err(ApiError::unauthorized("wrong name or password"));
     };
     let id = app.sessions.create(&name);
