@@ -263,7 +263,9 @@
 mod access;
 mod budget;
 mod config;
+mod daily;
 mod dashboard;
+mod join;
 mod metrics;
 mod record;
 mod server;

@@ -213,7 +213,7 @@ struct App {
 impl App {
     async fn open(settings: &HqSettings) -> anyhow::Result<App> {
         let metrics = HqMetrics::new();
-        let store = StoreHandle::open(&settings.data_dir, metrics.clone()).await?;
+        let store = StoreHandle::open(&settings.data_dir, settings.timezone, metrics.clone()).await?;
         Ok(App {
             store,
             directory: Arc::new(RwLock::new(Arc::new(Directory::new(settings)))),
