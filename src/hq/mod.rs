@@ -272,6 +272,7 @@ mod server;
 mod stats;
 mod store;
 mod writer;
+mod yardsticks;
 
 pub use access::{hash_password, verify_password};
 pub use config::{load_config, HqSettings, StoreSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
