@@ -490,3 +490,269 @@ impl Case {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hq::stats::{Evidence, EvidenceKind, StepSummary};
+
+    /// Epoch milliseconds of an RFC 3339 time.
+    fn ms(text: &str) -> i64 {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .timestamp_millis()
+    }
+
+    fn day(text: &str) -> Day {
+        Day::parse_from_str(text, "%Y-%m-%d").expect("day")
+    }
+
+    fn attribution(
+        store: &str,
+        ts: &str,
+        outcome: &str,
+        clerk: Option<&str>,
+    ) -> AttributionSummary {
+        AttributionSummary {
+            store: store.into(),
+            campaign: "c1".into(),
+            outcome: outcome.into(),
+            answer: None,
+            answer_label: None,
+            station: Some("till-1".into()),
+            clerk: clerk.map(Into::into),
+            question: None,
+            latency_ms: None,
+            t: ms(ts),
+            offset_minutes: 480,
+            prompt: Some("p-1".into()),
+            opened_at: Some(ts.into()),
+            receipt: None,
+        }
+    }
+
+    /// A consultation of flow f1 whose steps a, b, c are `statuses` ('d' done, 's' skipped,
+    /// 'm' missing); step b holds the values 高血压 and 心悸 when done.
+    fn consultation(
+        store: &str,
+        ts: &str,
+        clerk: Option<&str>,
+        statuses: &str,
+    ) -> ConsultationSummary {
+        let steps = ["a", "b", "c"]
+            .iter()
+            .zip(statuses.chars())
+            .map(|(key, status)| StepSummary {
+                key: key.to_string(),
+                label: Some(format!("label-{key}")),
+                status: match status {
+                    'd' => StepStatus::Done,
+                    's' => StepStatus::Skipped,
+                    _ => StepStatus::Missing,
+                },
+                reason: (status == 's').then(|| "客户明确拒绝".to_string()),
+                value: (*key == "a" && status == 'd').then(|| "通过".to_string()),
+                values: if *key == "b" && status == 'd' {
+                    vec!["高血压".into(), "心悸".into()]
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        ConsultationSummary {
+            store: store.into(),
+            flow: "f1".into(),
+            outcome: "incomplete".into(),
+            clerk: clerk.map(Into::into),
+            steps,
+            held_ms: None,
+            released_by: None,
+            t: ms(ts),
+            offset_minutes: 480,
+            id: Some("k1".into()),
+            opened_at: Some(ts.into()),
+            customer: Some("ref-1".into()),
+            receipt: None,
+        }
+    }
+
+    fn sale(store: &str, ts: &str, clerk: Option<&str>, traced_by: Option<&str>) -> SaleSummary {
+        SaleSummary {
+            store: store.into(),
+            t: ms(ts),
+            receipt: Some("R-1".into()),
+            clerk: clerk.map(Into::into),
+            prompts: vec!["p-1".into()],
+            consultation: None,
+            traced: traced_by.map(|clerk| Evidence {
+                kind: EvidenceKind::Attribution,
+                clerk: Some(clerk.into()),
+                hq_seq: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_record_counts_in_its_own_local_day() {
+        let mut shanghai = Daily::new(chrono_tz::Asia::Shanghai);
+        let mut utc = Daily::new(chrono_tz::UTC);
+        // 23:59 and 00:01 in Shanghai are 15:59 and 16:01 UTC: two days there, one in UTC.
+        for ts in [
+            "2026-11-27T23:59:00.000+08:00",
+            "2026-11-28T00:01:00.000+08:00",
+        ] {
+            shanghai.add_attribution(&attribution("S1", ts, "answered", Some("c-1")));
+            utc.add_attribution(&attribution("S1", ts, "answered", Some("c-1")));
+        }
+        let days: Vec<Day> = shanghai.store("S1").expect("S1").keys().copied().collect();
+        assert_eq!(days, [day("2026-11-27"), day("2026-11-28")]);
+        let days: Vec<&Day> = utc.store("S1").expect("S1").keys().collect();
+        assert_eq!(days, [&day("2026-11-27")]);
+        assert_eq!(
+            utc.store("S1").expect("S1")[&day("2026-11-27")].campaigns["c1"].opened,
+            2
+        );
+        // The day of an instant written with any offset.
+        let instant = DateTime::parse_from_rfc3339("2026-11-27T17:00:00+00:00").expect("ts");
+        assert_eq!(shanghai.day_of(instant), day("2026-11-28"));
+        assert_eq!(utc.day_of(instant), day("2026-11-27"));
+        assert_eq!(shanghai.timezone(), chrono_tz::Asia::Shanghai);
+        // A late record (arriving days later) lands in its own day, not today's.
+        shanghai.add_attribution(&attribution(
+            "S1",
+            "2026-11-20T10:00:00.000+08:00",
+            "timeout",
+            None,
+        ));
+        let late = &shanghai.store("S1").expect("S1")[&day("2026-11-20")];
+        assert_eq!(late.campaigns["c1"].timeout, 1);
+        assert!(late.clerks.is_empty(), "a timeout names no clerk");
+        assert_eq!(shanghai.stores().count(), 1);
+    }
+
+    #[test]
+    fn consultations_prompts_and_sales_count_for_their_clerks() {
+        let mut daily = Daily::new(chrono_tz::Asia::Shanghai);
+        let ts = "2026-11-27T10:00:00.000+08:00";
+        daily.add_consultation(&consultation("S1", ts, Some("c-1"), "dsm"));
+        daily.add_consultation(&consultation("S1", ts, None, "ddd"));
+        daily.add_attribution(&attribution("S1", ts, "answered", Some("c-2")));
+        daily.add_attribution(&attribution("S1", ts, "skipped", Some("c-2")));
+        daily.add_sale(&sale("S1", ts, Some("c-1"), None));
+        // A sale without a clerk counts for its evidence's, once traced.
+        let untraced = sale("S1", ts, None, None);
+        daily.add_sale(&untraced);
+        let figures = daily.store("S1").expect("S1")[&day("2026-11-27")].clone();
+        assert_eq!((figures.sales_tracked, figures.sales_traced), (2, 0));
+        assert!(!figures.clerks.contains_key("c-3"));
+        daily.remove_sale(&untraced);
+        daily.add_sale(&sale("S1", ts, None, Some("c-3")));
+        let figures = &daily.store("S1").expect("S1")[&day("2026-11-27")];
+        let flow = &figures.flows["f1"];
+        assert_eq!(
+            (flow.consultations, flow.steps_required, flow.steps_filled),
+            (2, 6, 4)
+        );
+        let b = &flow.steps["b"];
+        assert_eq!(
+            (b.consultations, b.done, b.skipped, b.missing),
+            (2, 1, 1, 0)
+        );
+        assert_eq!(b.values["高血压"], 1);
+        assert_eq!(b.values["心悸"], 1);
+        assert_eq!(b.skip_reasons["客户明确拒绝"], 1);
+        assert_eq!(b.label.as_deref(), Some("label-b"));
+        assert_eq!(flow.steps["a"].values["通过"], 2);
+        assert_eq!(
+            figures.clerks["c-1"],
+            ClerkDay {
+                steps_required: 3,
+                steps_filled: 1,
+                sales_tracked: 1,
+                ..ClerkDay::default()
+            }
+        );
+        assert_eq!(
+            figures.clerks["c-2"],
+            ClerkDay {
+                prompts_opened: 2,
+                prompts_answered: 1,
+                ..ClerkDay::default()
+            }
+        );
+        assert_eq!(
+            figures.clerks["c-3"],
+            ClerkDay {
+                sales_tracked: 1,
+                sales_traced: 1,
+                ..ClerkDay::default()
+            }
+        );
+        assert_eq!((figures.sales_tracked, figures.sales_traced), (2, 1));
+        assert_eq!(
+            figures.campaigns["c1"],
+            CampaignDay {
+                opened: 2,
+                answered: 1,
+                timeout: 0,
+                skipped: 1
+            }
+        );
+    }
+
+    #[test]
+    fn day_counters_and_keys_round_trip() {
+        let counters = DayCounters {
+            records: 12,
+            backlog_max_minutes: 1440,
+            heard_hours: 1 << 9 | 1 << 23,
+        };
+        assert_eq!(DayCounters::decode(&counters.encode()), Some(counters));
+        assert_eq!(DayCounters::decode(b"short"), None);
+        let mut merged = counters;
+        merged.merge(&DayCounters {
+            records: 1,
+            backlog_max_minutes: 3,
+            heard_hours: 1,
+        });
+        assert_eq!(
+            merged,
+            DayCounters {
+                records: 13,
+                backlog_max_minutes: 1440,
+                heard_hours: 1 | 1 << 9 | 1 << 23,
+            }
+        );
+        let d = day("2026-11-27");
+        assert_eq!(day_from_bytes(&day_bytes(d)), Some(d));
+        assert!(day_bytes(d) < day_bytes(day("2026-11-28")));
+        let mut daily = Daily::new(chrono_tz::Asia::Shanghai);
+        daily.set_counters("S1", d, counters);
+        let figures = &daily.store("S1").expect("S1")[&d];
+        assert_eq!(
+            (figures.records, figures.heard_hours),
+            (12, counters.heard_hours)
+        );
+    }
+
+    #[test]
+    fn the_day_finder_agrees_with_the_zone_across_midnight() {
+        let zone = chrono_tz::Asia::Shanghai;
+        let mut finder = DayFinder::new(zone);
+        let midnight = ms("2026-11-28T00:00:00.000+08:00");
+        for t in [
+            midnight - 1,
+            midnight,
+            midnight + 1,
+            midnight - 1,
+            midnight + 86_400_000,
+        ] {
+            assert_eq!(finder.day(t), day_of_millis(zone, t), "{t}");
+        }
+        assert_eq!(day_start_millis(zone, day("2026-11-28")), midnight);
+        assert_eq!(
+            ts_text(ms("2026-11-27T16:01:02.345+08:00"), 480),
+            "2026-11-27T16:01:02.345+08:00"
+        );
+    }
+}

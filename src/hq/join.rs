@@ -275,3 +275,240 @@ fn link(tag: u8, text: &str) -> Vec<u8> {
 fn be_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::hq::daily::{Case, Day, DayFigures};
+    use crate::hq::metrics::HqMetrics;
+    use crate::hq::record::parse_batch;
+    use crate::hq::writer::StoreHandle;
+
+    const TS: &str = "2026-11-27T16:01:02.345+08:00";
+
+    fn record(seq: u64, kind: &str, data: &str) -> String {
+        format!(
+            r#"{{"id":"S1/gw-1/ep1/{seq}","store":"S1","gateway":"gw-1","epoch":"ep1","seq":{seq},"ts":"{TS}","kind":"{kind}","data":{data}}}"#
+        )
+    }
+
+    /// A sale: `receipt`, `clerk` (JSON), one line linked to `prompt` (JSON) of a campaign
+    /// product, and `consultation` (JSON).
+    fn sale(seq: u64, receipt: &str, clerk: &str, prompt: &str, consultation: &str) -> String {
+        record(
+            seq,
+            "sale",
+            &format!(
+                r#"{{"device":"r","station":"till-1","receipt":"{receipt}","clerk":{clerk},"lines":[{{"sku":"6901234567892","name":null,"qty":1,"unit_price":null,"amount":1,"prompt":{prompt},"campaign":"c1"}}],"total":1,"currency":null,"text":null,"consultation":{consultation}}}"#
+            ),
+        )
+    }
+
+    fn attribution(seq: u64, prompt: &str, outcome: &str, clerk: &str) -> String {
+        record(
+            seq,
+            "attribution",
+            &format!(
+                r#"{{"prompt":"{prompt}","campaign":"c1","station":"till-1","outcome":"{outcome}","clerk":{clerk},"opened_at":"{TS}","receipt":null}}"#
+            ),
+        )
+    }
+
+    /// A consultation `id` with one step done (or none), its clerk and receipt (JSON).
+    fn consultation(seq: u64, id: &str, clerk: &str, receipt: &str, done: bool) -> String {
+        let at = if done {
+            format!("\"{TS}\"")
+        } else {
+            "null".into()
+        };
+        record(
+            seq,
+            "consultation",
+            &format!(
+                r#"{{"id":"{id}","flow":"f1","outcome":"completed","clerk":{clerk},"customer":"ref-7","opened_at":"{TS}","receipt":{receipt},"steps":[{{"key":"consult","label":"客户问诊","at":{at},"value":null,"values":null,"skipped":null}},{{"key":"symptoms","label":"症状记录","at":{at},"value":null,"values":["高血压"],"skipped":null}}]}}"#
+            ),
+        )
+    }
+
+    async fn post(handle: &StoreHandle, lines: &[String]) {
+        let batch = parse_batch(lines.join("\n").into_bytes(), "S1").expect("valid");
+        handle.ingest(batch).await.expect("stored");
+    }
+
+    fn figures(handle: &StoreHandle) -> BTreeMap<Day, DayFigures> {
+        handle.daily(|daily| daily.store("S1").cloned().unwrap_or_default())
+    }
+
+    fn day() -> Day {
+        Day::parse_from_str("2026-11-27", "%Y-%m-%d").expect("day")
+    }
+
+    /// (tracked, traced) of S1 on the day, and per clerk.
+    fn traced(handle: &StoreHandle) -> ((u64, u64), BTreeMap<String, (u64, u64)>) {
+        let figures = figures(handle).remove(&day()).unwrap_or_default();
+        let clerks = figures
+            .clerks
+            .iter()
+            .filter(|(_, clerk)| clerk.sales_tracked > 0)
+            .map(|(name, clerk)| (name.clone(), (clerk.sales_tracked, clerk.sales_traced)))
+            .collect();
+        ((figures.sales_tracked, figures.sales_traced), clerks)
+    }
+
+    async fn reopen(dir: &std::path::Path) -> StoreHandle {
+        loop {
+            match StoreHandle::open(dir, chrono_tz::Asia::Shanghai, HqMetrics::new()).await {
+                Ok(handle) => return handle,
+                // sled lets go of its lock a moment after the last handle is dropped.
+                Err(error) if error.to_string().contains("in use by another process") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(error) => panic!("open: {error:#}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sales_are_traced_whatever_order_their_evidence_comes_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let handle = reopen(dir.path()).await;
+        // 1: sales before their evidence; a plain sale is not tracked at all.
+        post(
+            &handle,
+            &[
+                sale(1, "R-1", r#""c-1""#, r#""p-1""#, "null"),
+                sale(2, "R-2", r#""c-1""#, r#""p-2""#, "null"),
+                sale(3, "R-3", "null", "null", r#""k-3""#),
+                record(
+                    4,
+                    "sale",
+                    r#"{"receipt":"R-4","clerk":"c-1","lines":[{"sku":"1","prompt":null}]}"#,
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(
+            traced(&handle),
+            ((3, 0), BTreeMap::from([("c-1".into(), (2, 0))]))
+        );
+        // 2: p-1 answered (traces sale 1); p-2 timed out (no evidence); consultation k-3
+        // without a clerk, for a sale without one: no handler, not traced.
+        post(
+            &handle,
+            &[
+                attribution(5, "p-1", "answered", r#""c-1""#),
+                attribution(6, "p-2", "timeout", "null"),
+                consultation(7, "k-3", "null", "null", true),
+            ],
+        )
+        .await;
+        assert_eq!(
+            traced(&handle),
+            ((3, 1), BTreeMap::from([("c-1".into(), (2, 1))]))
+        );
+        // 3: evidence before the sale, by consultation id (with no clerk: the sale's clerk is
+        // the handler) and by receipt; and within one batch, evidence after its sale (k-3
+        // named again, now with a clerk: the waiting sale 3 counts for that clerk).
+        post(
+            &handle,
+            &[
+                consultation(8, "k-8", "null", r#""R-9""#, true),
+                sale(9, "R-9a", r#""c-2""#, "null", r#""k-8""#),
+                sale(10, "R-9", r#""c-2""#, "null", "null"),
+                sale(11, "R-11", r#""c-2""#, r#""p-11""#, "null"),
+                attribution(12, "p-11", "answered", r#""c-2""#),
+                consultation(13, "k-3", r#""c-3""#, "null", true),
+                // A consultation with no step done is no evidence.
+                consultation(14, "k-14", r#""c-2""#, "null", false),
+                sale(15, "R-15", r#""c-2""#, "null", r#""k-14""#),
+            ],
+        )
+        .await;
+        let expected = (
+            (7, 5),
+            BTreeMap::from([
+                ("c-1".to_string(), (2, 1)),
+                ("c-2".to_string(), (4, 3)),
+                ("c-3".to_string(), (1, 1)),
+            ]),
+        );
+        assert_eq!(traced(&handle), expected);
+        let before = figures(&handle);
+        handle.close().await;
+
+        // A restart rebuilds the same figures from the summaries, and a sale still waiting
+        // (15) is traced by evidence that comes after it.
+        let handle = reopen(dir.path()).await;
+        assert_eq!(figures(&handle), before);
+        post(
+            &handle,
+            &[consultation(16, "k-14", r#""c-2""#, "null", true)],
+        )
+        .await;
+        assert_eq!(traced(&handle).0, (7, 6));
+        handle.close().await;
+    }
+
+    #[tokio::test]
+    async fn cases_come_by_day_in_ts_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let handle = reopen(dir.path()).await;
+        let late = consultation(1, "k-1", r#""c-1""#, "null", true).replace(
+            &format!(r#""ts":"{TS}""#),
+            r#""ts":"2026-11-27T23:59:00.000+08:00""#,
+        );
+        let next_day = attribution(2, "p-2", "answered", r#""c-1""#).replace(
+            &format!(r#""ts":"{TS}""#),
+            r#""ts":"2026-11-27T16:00:00.000Z""#,
+        );
+        post(
+            &handle,
+            &[late, next_day, attribution(3, "p-3", "timeout", "null")],
+        )
+        .await;
+        let cases = handle.cases("S1", day(), day()).await.expect("cases");
+        assert_eq!(cases.len(), 2, "the UTC record is on the 28th in Shanghai");
+        let Case::Prompt {
+            hq_seq,
+            ts,
+            outcome,
+            clerk,
+            ..
+        } = &cases[0]
+        else {
+            panic!("a prompt first: {cases:?}");
+        };
+        assert_eq!((*hq_seq, ts.as_str(), outcome.as_str()), (3, TS, "timeout"));
+        assert_eq!(clerk, &None);
+        let Case::Consultation {
+            hq_seq,
+            ts,
+            customer,
+            steps,
+            opened_at,
+            ..
+        } = &cases[1]
+        else {
+            panic!("then the consultation: {cases:?}");
+        };
+        assert_eq!(*hq_seq, 1);
+        assert_eq!(ts, "2026-11-27T23:59:00.000+08:00");
+        assert_eq!(customer.as_deref(), Some("ref-7"));
+        assert_eq!(opened_at.as_deref(), Some(TS));
+        assert!(steps[0].done);
+        assert_eq!(steps[1].values, ["高血压"]);
+        let next = day().succ_opt().expect("next day");
+        let cases = handle.cases("S1", next, next).await.expect("cases");
+        assert!(
+            matches!(&cases[..], [Case::Prompt { hq_seq: 2, .. }]),
+            "{cases:?}"
+        );
+        assert!(handle
+            .cases("S2", day(), next)
+            .await
+            .expect("cases")
+            .is_empty());
+        handle.close().await;
+    }
+}

@@ -1114,6 +1114,18 @@ mod tests {
             ]
         );
         assert_eq!(summary.steps[1].label.as_deref(), Some("症状记录"));
+        assert_eq!(
+            (summary.id.as_deref(), summary.receipt.as_deref()),
+            (Some("k7q2m9"), Some("R-1"))
+        );
+        assert_eq!(
+            summary.opened_at.as_deref(),
+            Some("2026-11-27T16:00:00.000+08:00")
+        );
+        assert_eq!(
+            (summary.t, summary.offset_minutes),
+            (1_795_766_462_345, 480)
+        );
         // The smallest consultation the checks take; consultation_step data is not read.
         let minimal = record(
             "S1",
@@ -1178,6 +1190,42 @@ mod tests {
             message.starts_with("consultation 'data': 'receipt': invalid type"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn only_sales_that_link_something_are_tracked() {
+        let summary = |data: &str| {
+            let batch = parse_batch(record("S1", 1, "sale", data).into_bytes(), "S1")
+                .expect("a sale is never refused");
+            batch.records[0].summary.as_deref().cloned()
+        };
+        let plain = r#"{"receipt":"R-1","clerk":"c-1","lines":[{"sku":"1","prompt":null}]}"#;
+        assert_eq!(summary(plain), None);
+        // Not readable as a sale: stored, not tracked.
+        assert_eq!(summary(r#"{"lines":"oops","consultation":"k"}"#), None);
+        let Some(Summary::Sale(sale)) = summary(
+            r#"{"receipt":"R-1","clerk":"c-1","lines":[{"sku":"1","prompt": "p-1"},{"sku":"2","prompt":"p-1","flow":"f1"},{"sku":"3","prompt":"p-2"}]}"#,
+        ) else {
+            panic!("tracked");
+        };
+        assert_eq!(sale.prompts, ["p-1", "p-2"], "each prompt once");
+        assert_eq!(
+            (sale.receipt.as_deref(), sale.clerk.as_deref(), sale.traced),
+            (Some("R-1"), Some("c-1"), None)
+        );
+        assert_eq!(sale.t, 1_795_766_462_345);
+        let Some(Summary::Sale(sale)) =
+            summary(r#"{"receipt":null,"lines":[{"sku":"1","campaign":"c1"}]}"#)
+        else {
+            panic!("a campaign product is tracked");
+        };
+        assert!(sale.prompts.is_empty() && sale.receipt.is_none());
+        let Some(Summary::Sale(sale)) = summary(r#"{"lines":[],"consultation":"k-1"}"#) else {
+            panic!("a sale with a consultation is tracked");
+        };
+        assert_eq!(sale.consultation.as_deref(), Some("k-1"));
+        assert!(has_string_value(r#"{"a" : "x", "flow" :	"f"}"#, "\"flow\""));
+        assert!(!has_string_value(r#"{"flow":null,"x":"flow"}"#, "\"flow\""));
     }
 
     #[test]

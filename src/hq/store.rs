@@ -1062,6 +1062,119 @@ mod tests {
         assert_eq!(tree.scan_prefix([prefix::CONSULTATION]).count(), 2);
     }
 
+    #[tokio::test]
+    async fn a_database_of_an_older_hq_is_summarised_again_once() {
+        use crate::hq::metrics::HqMetrics;
+        use crate::hq::record::parse_batch;
+        use crate::hq::writer::StoreHandle;
+
+        let record = |seq: u64, ts: &str, kind: &str, data: &str| {
+            format!(
+                r#"{{"id":"S1/gw-1/ep1/{seq}","store":"S1","gateway":"gw-1","epoch":"ep1","seq":{seq},"ts":"{ts}","kind":"{kind}","data":{data}}}"#
+            )
+        };
+        let ts = "2026-11-27T16:01:02.345+08:00";
+        let lines = [
+            record(1, ts, "scan", "{}"),
+            record(
+                2,
+                "2026-11-20T09:00:00.000+08:00",
+                "sale",
+                r#"{"receipt":"R-1","clerk":"c-1","lines":[{"sku":"1","prompt":"p-1"}]}"#,
+            ),
+            record(
+                3,
+                ts,
+                "attribution",
+                &format!(
+                    r#"{{"prompt":"p-1","campaign":"c1","outcome":"answered","clerk":"c-1","opened_at":"{ts}"}}"#
+                ),
+            ),
+            record(
+                4,
+                ts,
+                "consultation",
+                r#"{"flow":"f1","outcome":"completed","clerk":"c-1","steps":[{"key":"a","at":null,"skipped":null}]}"#,
+            ),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = || StoreHandle::open(dir.path(), chrono_tz::Asia::Shanghai, HqMetrics::new());
+        let handle = open().await.expect("open");
+        let batch = parse_batch(lines.join("\n").into_bytes(), "S1").expect("valid");
+        handle.ingest(batch).await.expect("stored");
+        // What is known again from the records: all but the backlog and the hours heard.
+        let known = |handle: &StoreHandle| {
+            handle.daily(|daily| {
+                let mut days = daily.store("S1").cloned().expect("S1");
+                for figures in days.values_mut() {
+                    figures.backlog_max_minutes = 0;
+                    figures.heard_hours = 0;
+                }
+                days.retain(|_, figures| *figures != Default::default());
+                days
+            })
+        };
+        let before = known(&handle);
+        assert_eq!(before.len(), 2, "the sale's day and the others'");
+        assert_eq!(before.values().map(|f| f.records).sum::<u64>(), 4);
+        assert_eq!(before.values().map(|f| f.sales_traced).sum::<u64>(), 1);
+        let stats = handle.stats();
+        handle.close().await;
+
+        // As an older HQ left it: summaries without times or links, no sales, join, index or
+        // days, no marks.
+        {
+            let db = until_unlocked(|| sled::open(dir.path().join("hq"))).await;
+            let tree = db.open_tree(TREE).expect("tree");
+            for tag in [
+                prefix::SALE,
+                prefix::EVIDENCE,
+                prefix::WAITING,
+                prefix::DAY_INDEX,
+                prefix::DAY,
+            ] {
+                for item in tree.scan_prefix([tag]) {
+                    tree.remove(item.expect("item").0).expect("remove");
+                }
+            }
+            for item in tree.scan_prefix([prefix::ATTRIBUTION]) {
+                let (key, value) = item.expect("item");
+                let mut summary: serde_json::Value = serde_json::from_slice(&value).expect("json");
+                for field in ["t", "z", "p", "oa", "rc"] {
+                    summary.as_object_mut().expect("object").remove(field);
+                }
+                tree.insert(key, serde_json::to_vec(&summary).expect("json"))
+                    .expect("insert");
+            }
+            for name in [SUMMARIES, TIMEZONE] {
+                tree.remove(meta_key(name)).expect("remove");
+            }
+            db.flush().expect("flush");
+        }
+        let handle = loop {
+            match open().await {
+                Ok(handle) => break handle,
+                Err(error) if error.to_string().contains("in use by another process") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(error) => panic!("open: {error:#}"),
+            }
+        };
+        assert_eq!(known(&handle), before);
+        assert_eq!(handle.stats().campaigns, stats.campaigns);
+        assert_eq!(handle.stats().flows, stats.flows);
+        handle.close().await;
+        let db = until_unlocked(|| sled::open(dir.path().join("hq"))).await;
+        let tree = db.open_tree(TREE).expect("tree");
+        assert_eq!(
+            tree.get(meta_key(SUMMARIES)).expect("get").as_deref(),
+            Some(SUMMARIES_VERSION)
+        );
+        assert_eq!(tree.scan_prefix([prefix::SALE]).count(), 1);
+        assert_eq!(tree.scan_prefix([prefix::WAITING]).count(), 0, "traced");
+        assert_eq!(tree.scan_prefix([prefix::DAY_INDEX]).count(), 2);
+    }
+
     #[test]
     fn hq_seq_goes_before_the_closing_brace() {
         let mut out = Vec::new();
