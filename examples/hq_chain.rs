@@ -211,9 +211,9 @@ fn store_day(
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = options()?;
     let dir = tempfile::tempdir()?;
-    let mut config = format!(
+    let mut config = String::from(
         "[hq]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nadmin_token_file = \"admin.token\"\n\
-         evaluate_every = \"24h\"\n\n"
+         evaluate_every = \"24h\"\n\n",
     );
     std::fs::write(dir.path().join("admin.token"), "bench-admin")?;
     std::fs::write(dir.path().join("li.token"), "bench-li")?;

@@ -253,11 +253,13 @@ mod shipped {
     #[test]
     fn hq_example_validates_with_every_key_enabled() {
         let text = std::fs::read_to_string(repo_file("config/hq.toml")).expect("hq example");
-        // The [[region]] and [[user]] headers are enabled too (other comments hold headers as
-        // words).
+        // The [[region]], [[user]], [[notify]] and [[alert]] headers are enabled too (other
+        // comments hold headers as words).
         let enabled = uncommented(&text, false)
             .replace("# [[region]]\n", "[[region]]\n")
-            .replace("# [[user]]\n", "[[user]]\n");
+            .replace("# [[user]]\n", "[[user]]\n")
+            .replace("# [[notify]]\n", "[[notify]]\n")
+            .replace("# [[alert]]\n", "[[alert]]\n");
         assert!(
             enabled.contains("\nbody_budget = "),
             "keys were uncommented"
@@ -268,6 +270,11 @@ mod shipped {
         fixture.write("stores/WZ-LC-001.token", "token-1\n");
         fixture.write("stores/WZ-LC-002.token", "token-2\n");
         fixture.write("users/li.min.token", "token-li\n");
+        fixture.write(
+            "notify/east-wz.url",
+            "https://oapi.dingtalk.com/robot/send?access_token=t\n",
+        );
+        fixture.write("notify/east-wz.secret", "secret\n");
         let settings = posgw::hq::load_config(&fixture.dir.path().join("hq.toml"))
             .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(settings.body_budget, Some(64 * 1024 * 1024));

@@ -95,7 +95,7 @@ impl Setup {
              [[notify]]\nid = \"wz-sup\"\nkind = \"wecom\"\nurl_file = \"wz.url\"\n\n\
              [[alert]]\nid = \"insurance-pass-low\"\nname = \"医保核验通过率\"\n\
              metric = \"step_rate\"\nflow = \"rx-5step\"\nstep = \"insurance\"\nvalue = \"通过\"\n\
-             below = 0.65\ndays = 2\nmin_count = 5\nattach_days = 3\n\n{users}"
+             below = 0.65\ndays = 2\nmin_count = 5\nattach_days = 3\nregions = [\"east-wz\"]\n\n{users}"
         );
         std::fs::write(dir.path().join("hq.toml"), config).expect("write config");
         Setup { dir }

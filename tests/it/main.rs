@@ -12,6 +12,7 @@ mod hq_dashboard;
 mod hq_e2e;
 mod hq_flow;
 mod hq_users;
+mod hq_yardsticks;
 mod mosquitto;
 
 mod api_access;
