@@ -255,14 +255,36 @@ async fn check_http(hq_url: &str) {
         .unwrap()
         .contains("connect-src 'self'"));
     assert!(page.text().await.unwrap().contains("/assets/dashboard.js"));
-    for asset in ["dashboard.js", "dashboard.css"] {
+    // The page's modules, each importable as JavaScript (a module with another type is refused).
+    for asset in [
+        "dashboard.js",
+        "common.js",
+        "flows.js",
+        "manage.js",
+        "dashboard.css",
+    ] {
         let response = http
             .get(format!("{hq_url}/assets/{asset}"))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{asset}");
+        let kind = if asset.ends_with(".js") {
+            "text/javascript"
+        } else {
+            "text/css"
+        };
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
     }
+    let missing = http
+        .get(format!("{hq_url}/assets/nope.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     let trace = |token: Option<&str>, query: &str| {
         let mut request = http.get(format!("{hq_url}/v1/trace?{query}"));
         if let Some(token) = token {
