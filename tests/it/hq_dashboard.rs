@@ -314,7 +314,7 @@ async fn check_http(hq_url: &str) {
 }
 
 /// Polls `check` until it holds; fails the test after [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -326,7 +326,7 @@ where
     }
 }
 
-async fn count(client: &Client, css: &str) -> usize {
+pub(crate) async fn count(client: &Client, css: &str) -> usize {
     client
         .find_all(Locator::Css(css))
         .await
@@ -334,7 +334,7 @@ async fn count(client: &Client, css: &str) -> usize {
         .unwrap_or(0)
 }
 
-async fn text_of(client: &Client, css: &str) -> String {
+pub(crate) async fn text_of(client: &Client, css: &str) -> String {
     client
         .find(Locator::Css(css))
         .await
@@ -344,7 +344,7 @@ async fn text_of(client: &Client, css: &str) -> String {
         .unwrap()
 }
 
-async fn click(client: &Client, css: &str) {
+pub(crate) async fn click(client: &Client, css: &str) {
     client
         .find(Locator::Css(css))
         .await

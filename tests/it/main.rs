@@ -10,6 +10,7 @@ mod hq;
 mod hq_dashboard;
 mod hq_e2e;
 mod hq_flow;
+mod hq_management_dashboard;
 mod hq_users;
 mod mosquitto;
 

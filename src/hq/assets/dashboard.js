@@ -708,6 +708,8 @@ import * as manage from "./manage.js";
     }
     showView(view);
     manage.show(view, arg);
+    // Views drawn so far (tests wait on it; the hash itself may name what the page hides).
+    document.body.dataset.routed = String(Number(document.body.dataset.routed || 0) + 1);
   }
 
   function showView(view) {

@@ -54,8 +54,9 @@ const m = {
   storeAlerts: null,
   // Bumped when what they hold changes, so a view redraws only then.
   version: { yard: 0, alerts: 0, storeAlerts: 0 },
-  // Polls since the last read.
+  // Polls since the last read, and reads done (shown as #view-alerts[data-reads]).
   polls: READ_EVERY,
+  reads: 0,
   // The read in flight, and whether another was asked for meanwhile.
   reading: null,
   readAgain: false,
@@ -161,6 +162,8 @@ function read() {
         await readYardsticks();
         await readAlerts();
         if (m.view === "store") await readStoreAlerts();
+        m.reads += 1;
+        $("view-alerts").dataset.reads = String(m.reads);
         render();
       } while (m.readAgain);
     } finally {
@@ -503,9 +506,13 @@ function runs(days, key, width, y, x0 = 0) {
 
 function renderStores() {
   if (!changed("stores", [m.version.yard])) return;
+  const started = performance.now();
   const codes = storeCodes("");
-  $("stores-box").replaceChildren(storesTable("stores-table", codes));
+  const table = storesTable("stores-table", codes);
+  $("stores-box").replaceChildren(table);
   $("stores-count").textContent = String(codes.length);
+  // What building the rows cost (the layout follows once, after this).
+  table.dataset.buildMs = String(Math.round(performance.now() - started));
 }
 
 // ---- a store's page ----
@@ -514,8 +521,9 @@ function renderStorePage() {
   const stats = m.stats && m.stats.stores ? m.stats.stores[code] : undefined;
   if (!changed("store", [code, m.version.yard, m.version.storeAlerts, stats || null])) return;
   const page = $("store-page");
-  page.dataset.store = code;
   const figs = m.yard && m.yard.stores ? m.yard.stores[code] : undefined;
+  // A store outside the scope is not even named back.
+  page.dataset.store = figs || stats ? code : "";
   if (!figs && !stats) {
     page.dataset.state = m.yard || m.stats ? "unknown" : "loading";
     page.replaceChildren(el("p", { class: "empty" }, m.yard || m.stats
