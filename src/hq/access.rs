@@ -165,6 +165,11 @@ impl Directory {
         }
     }
 
+    /// Whether a region with this id is configured.
+    pub fn has_region(&self, id: &str) -> bool {
+        self.regions.iter().any(|region| region.id == id)
+    }
+
     /// The region of `store`, if it is in one.
     pub fn region_of(&self, store: &str) -> Option<&str> {
         self.store_region.get(store).map(String::as_str)

@@ -12,11 +12,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::check;
-use crate::config::source::{read_merged, Located, MergeLater, Merged, Report, Span};
+use crate::config::source::{read_merged, DurationText, Located, MergeLater, Merged, Report, Span};
 use crate::config::ConfigError;
 
 /// Address the receiver binds when `listen` is not set.
@@ -29,6 +30,8 @@ pub const DEFAULT_MAX_BODY: u64 = 16 * 1024 * 1024;
 const MAX_MAX_BODY: u64 = 1024 * 1024 * 1024;
 /// `body_budget` when not set, in `max_body`s: a few largest bodies at once.
 pub const DEFAULT_BODY_BUDGET_BODIES: u64 = 4;
+/// `evaluate_every` when not set.
+pub const DEFAULT_EVALUATE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// Largest `body_budget` accepted.
 const MAX_BODY_BUDGET: u64 = 64 * 1024 * 1024 * 1024;
 /// Characters besides ASCII letters and digits allowed in a store code (as for `[gateway] store`).
@@ -54,6 +57,13 @@ pub struct HqSettings {
     pub regions: Vec<RegionSettings>,
     /// Dashboard and API users (`[[user]]`), in file order.
     pub users: Vec<UserSettings>,
+    /// Alert rules (`[[alert]]`), in file order.
+    pub(crate) alerts: Vec<super::alerts::AlertRule>,
+    /// How often the alert rules run (`[hq] evaluate_every`; default 15 minutes).
+    pub evaluate_every: Duration,
+    /// The dashboard's address as supervisors reach it (`[hq] public_url`), for the link in
+    /// alert messages; `None`: messages carry no link.
+    pub public_url: Option<String>,
     /// The files that were read, main file first, then the applied drop-ins.
     pub files: Vec<PathBuf>,
 }
@@ -77,6 +87,9 @@ impl HqSettings {
             stores: Vec::new(),
             regions: Vec::new(),
             users: Vec::new(),
+            alerts: Vec::new(),
+            evaluate_every: DEFAULT_EVALUATE_EVERY,
+            public_url: None,
             files: Vec::new(),
         }
     }
@@ -140,6 +153,8 @@ struct RawHqConfig {
     region: Option<Vec<Located<RawRegion>>>,
     /// `[[user]]`: dashboard and API users.
     user: Option<Vec<Located<RawUser>>>,
+    /// `[[alert]]`: alert rules.
+    alert: Option<Vec<Located<super::alerts::rules::RawAlert>>>,
 }
 
 /// One `[[region]]` as written.
@@ -188,6 +203,10 @@ struct RawHq {
     body_budget: Option<Located<toml::Value>>,
     /// File holding the admin token.
     admin_token_file: Option<Located<String>>,
+    /// How often alert rules run.
+    evaluate_every: Option<DurationText>,
+    /// The dashboard's public address.
+    public_url: Option<Located<String>>,
 }
 
 /// One `[[store]]` as written.
@@ -223,6 +242,12 @@ impl MergeLater for RawHqConfig {
                     if theirs.admin_token_file.is_some() {
                         mine.admin_token_file = theirs.admin_token_file;
                     }
+                    if theirs.evaluate_every.is_some() {
+                        mine.evaluate_every = theirs.evaluate_every;
+                    }
+                    if theirs.public_url.is_some() {
+                        mine.public_url = theirs.public_url;
+                    }
                 }
             }
         }
@@ -234,6 +259,9 @@ impl MergeLater for RawHqConfig {
         }
         if let Some(users) = later.user {
             self.user.get_or_insert_with(Vec::new).extend(users);
+        }
+        if let Some(alerts) = later.alert {
+            self.alert.get_or_insert_with(Vec::new).extend(alerts);
         }
     }
 }
@@ -411,6 +439,36 @@ fn validate(
         base_dir,
         &mut tokens,
     );
+    let alerts =
+        super::alerts::rules::validate_alerts(report, raw.alert.unwrap_or_default(), &regions);
+    let evaluate_every = match &hq.evaluate_every {
+        None => Some(DEFAULT_EVALUATE_EVERY),
+        Some(value) => check::duration_in(
+            report,
+            value,
+            "'evaluate_every' in [hq]",
+            Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+        ),
+    };
+    let public_url = match &hq.public_url {
+        None => Some(None),
+        Some(url) => {
+            let text = url.value.trim().trim_end_matches('/');
+            match check::parse_address(text, &["http", "https"]) {
+                Ok(_) => Some(Some(text.to_string())),
+                Err(reason) => {
+                    report.error(
+                        &url.span,
+                        format!(
+                            "'public_url' in [hq] must be the dashboard's address, like \
+                             \"https://hq.example.com\" ({reason})"
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    };
     Some(HqSettings {
         listen: listen?,
         data_dir: data_dir?,
@@ -420,6 +478,9 @@ fn validate(
         stores,
         regions,
         users,
+        alerts,
+        evaluate_every: evaluate_every?,
+        public_url: public_url?,
         files,
     })
 }

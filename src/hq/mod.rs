@@ -261,15 +261,19 @@
 //! - `server`: routes, auth, [`run`] and [`start`].
 
 mod access;
+mod alerts;
 mod budget;
 mod config;
+mod daily;
 mod dashboard;
 mod metrics;
+mod notify;
 mod record;
 mod server;
 mod stats;
 mod store;
 mod writer;
+mod yardsticks;
 
 pub use access::{hash_password, verify_password};
 pub use config::{load_config, HqSettings, StoreSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};

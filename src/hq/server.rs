@@ -2,6 +2,7 @@
 //! [`run`] (for `posgw hq`) and [`start`] (in-process, for tests and `posgw demo`).
 
 use anyhow::Context as _;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use tokio::task::JoinHandle;
 use super::access::{
     Caller, Directory, FailureLimiter, Scope, Sessions, SESSION_COOKIE, SESSION_LIFETIME,
 };
+use super::alerts::{self, AlertSettings, AlertState, AlertsHandle, LifecycleError};
 use super::budget::{self, BodyBudget, Reservation};
 use super::config::HqSettings;
 use super::metrics::HqMetrics;
@@ -142,6 +144,7 @@ async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, "HQ receiver listening");
     let store = app.store.clone();
+    let alerts = app.alerts.clone();
     let connections = app.metrics.connections.clone();
     let limits = crate::serve::Limits::hq(crate::serve::open_files_limit());
     tracing::info!(
@@ -149,6 +152,8 @@ async fn serve(
         "HQ receiver connection cap"
     );
     crate::serve::serve(listener, router(app), limits, connections, shutdown).await;
+    // The alert task lets go of its store handle and the management database.
+    alerts.stop().await;
     // The router (and its handle clones) is gone now; this waits for the last flush.
     store.close().await;
     tracing::info!(%address, "HQ receiver stopped");
@@ -162,6 +167,8 @@ struct Reloader {
     path: Option<PathBuf>,
     /// The directory in use.
     directory: Arc<RwLock<Arc<Directory>>>,
+    /// The alert task, for its rules, regions and targets.
+    alerts: AlertsHandle,
 }
 
 impl Reloader {
@@ -173,6 +180,9 @@ impl Reloader {
             Ok(settings) => {
                 let directory = Directory::new(&settings);
                 *self.directory.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(directory);
+                let alerts = self.alerts.clone();
+                let alert_settings = alert_settings(&settings);
+                tokio::spawn(async move { alerts.reload(alert_settings).await });
                 tracing::info!(
                     stores = settings.stores.len(),
                     regions = settings.regions.len(),
@@ -194,6 +204,8 @@ impl Reloader {
 struct App {
     /// The database.
     store: StoreHandle,
+    /// The alert task (rules, alerts, the notifier's outbox).
+    alerts: AlertsHandle,
     /// Who may do what: tokens, users, regions (replaced on reload).
     directory: Arc<RwLock<Arc<Directory>>>,
     /// The main configuration file, for reloads.
@@ -214,8 +226,10 @@ impl App {
     async fn open(settings: &HqSettings) -> anyhow::Result<App> {
         let metrics = HqMetrics::new();
         let store = StoreHandle::open(&settings.data_dir, metrics.clone()).await?;
+        let alerts = start_alerts(settings, &store).await?;
         Ok(App {
             store,
+            alerts,
             directory: Arc::new(RwLock::new(Arc::new(Directory::new(settings)))),
             config_path: settings.files.first().cloned(),
             sessions: Arc::new(Sessions::default()),
@@ -236,6 +250,7 @@ impl App {
         Reloader {
             path: self.config_path.clone(),
             directory: self.directory.clone(),
+            alerts: self.alerts.clone(),
         }
     }
 
@@ -287,6 +302,10 @@ fn router(app: App) -> Router {
         .route("/v1/login", post(post_login))
         .route("/v1/logout", post(post_logout))
         .route("/v1/me", get(get_me))
+        .route("/v1/alerts", get(get_alerts))
+        .route("/v1/alerts/evaluate", post(post_evaluate))
+        .route("/v1/alerts/{id}/ack", post(post_ack))
+        .route("/v1/alerts/{id}/resolve", post(post_resolve))
         .route("/login", get(super::dashboard::login_page))
         .route("/", get(super::dashboard::page))
         .route("/assets/{file}", get(super::dashboard::asset))
@@ -821,6 +840,261 @@ async fn get_me(State(app): State<App>, headers: HeaderMap) -> Response {
     };
     app.metrics.request("me", response.status().as_u16());
     response
+}
+
+/// Folder of the management database (alerts, the notifier's outbox) under `data_dir`.
+const MANAGE_DIR: &str = "manage";
+/// sled's page cache for the management database: it holds alerts and an outbox, not records.
+const MANAGE_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What the alert task takes from the configuration.
+fn alert_settings(settings: &HqSettings) -> AlertSettings {
+    AlertSettings {
+        rules: settings.alerts.clone(),
+        regions: settings.regions.clone(),
+        public_url: settings.public_url.clone(),
+    }
+}
+
+/// Opens the management database and starts the notifier and the alert task.
+async fn start_alerts(settings: &HqSettings, store: &StoreHandle) -> anyhow::Result<AlertsHandle> {
+    let path = settings.data_dir.join(MANAGE_DIR);
+    let db = tokio::task::spawn_blocking(move || {
+        sled::Config::new()
+            .path(&path)
+            .cache_capacity(MANAGE_CACHE_BYTES)
+            .flush_every_ms(None)
+            .open()
+            .with_context(|| format!("cannot open the management database {}", path.display()))
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!("opening the management database panicked: {error}"))??;
+    let (delivered_sender, delivered) = tokio::sync::mpsc::channel(1024);
+    let notifier = super::notify::spawn_placeholder(delivered_sender);
+    let (handle, _task) = alerts::spawn(
+        &db,
+        store.clone(),
+        notifier,
+        delivered,
+        alert_settings(settings),
+        settings.evaluate_every,
+    )?;
+    Ok(handle)
+}
+
+/// The query of `GET /v1/alerts`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsParams {
+    /// `open`, `acknowledged` or `resolved`.
+    state: Option<String>,
+    /// A region id.
+    region: Option<String>,
+}
+
+/// `GET /v1/alerts`: the alerts the caller sees in full, plus per-region counts (every
+/// region for admins and region users, none for store users).
+async fn get_alerts(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Response {
+    let response = match alerts_answer(&app, &headers, &uri).await {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => error.into_response(),
+    };
+    app.metrics.request("alerts", response.status().as_u16());
+    response
+}
+
+async fn alerts_answer(
+    app: &App,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<serde_json::Value, ApiError> {
+    let (_, scope) = require_reader(app, headers)?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let params = match uri.query() {
+        None => AlertsParams::default(),
+        Some(_) => {
+            axum::extract::Query::<AlertsParams>::try_from_uri(uri)
+                .map_err(|rejection| bad(format!("bad query: {}", rejection.body_text())))?
+                .0
+        }
+    };
+    let state = match params.state.as_deref().filter(|text| !text.is_empty()) {
+        None => None,
+        Some(text) => Some(AlertState::parse(text).ok_or_else(|| {
+            bad(format!(
+                "'state' must be open, acknowledged or resolved, found '{text}'"
+            ))
+        })?),
+    };
+    let directory = app.directory();
+    let region = params.region.filter(|text| !text.is_empty());
+    if let Some(region) = &region {
+        if !directory.has_region(region) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no region '{region}'"),
+            ));
+        }
+    }
+    let all = app.alerts.list().await.map_err(unavailable)?;
+    let mut counts: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    if !matches!(scope, Scope::Store(_)) {
+        for alert in &all {
+            let region = alert.region.clone().unwrap_or_else(|| "(none)".to_string());
+            if region == "(none)" && !matches!(scope, Scope::All) {
+                continue;
+            }
+            let entry = counts.entry(region).or_insert_with(|| {
+                BTreeMap::from([("open", 0), ("acknowledged", 0), ("resolved", 0)])
+            });
+            let key = match alert.state {
+                AlertState::Open => "open",
+                AlertState::Acknowledged => "acknowledged",
+                AlertState::Resolved => "resolved",
+            };
+            *entry.entry(key).or_default() += 1;
+        }
+    }
+    let alerts: Vec<&alerts::Alert> = all
+        .iter()
+        .filter(|alert| scope.sees_store(&alert.store))
+        .filter(|alert| state.is_none_or(|state| alert.state == state))
+        .filter(|alert| {
+            region
+                .as_ref()
+                .is_none_or(|region| alert.region.as_ref() == Some(region))
+        })
+        .collect();
+    Ok(serde_json::json!({ "alerts": alerts, "regions": counts }))
+}
+
+/// 503 for a failure of the alert task.
+fn unavailable(error: anyhow::Error) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}"))
+}
+
+/// `POST /v1/alerts/evaluate` (admin): runs every rule now.
+async fn post_evaluate(State(app): State<App>, headers: HeaderMap) -> Response {
+    let response = match require_reader(&app, &headers) {
+        Ok((_, Scope::All)) => match app.alerts.evaluate().await {
+            Ok(opened) => Json(serde_json::json!({ "opened": opened })).into_response(),
+            Err(error) => unavailable(error).into_response(),
+        },
+        Ok(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only an admin may run the alert rules on demand",
+        )
+        .into_response(),
+        Err(error) => error.into_response(),
+    };
+    app.metrics
+        .request("alerts_evaluate", response.status().as_u16());
+    response
+}
+
+/// The body of `POST /v1/alerts/{id}/ack`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    /// What the supervisor wants to say.
+    note: Option<String>,
+}
+
+/// The body of `POST /v1/alerts/{id}/resolve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    /// What was done.
+    action: String,
+}
+
+/// `POST /v1/alerts/{id}/ack`.
+async fn post_ack(
+    State(app): State<App>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let response = match lifecycle(&app, &headers, &id, &body, false).await {
+        Ok(alert) => Json(alert).into_response(),
+        Err(error) => error.into_response(),
+    };
+    app.metrics
+        .request("alerts_ack", response.status().as_u16());
+    response
+}
+
+/// `POST /v1/alerts/{id}/resolve`.
+async fn post_resolve(
+    State(app): State<App>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let response = match lifecycle(&app, &headers, &id, &body, true).await {
+        Ok(alert) => Json(alert).into_response(),
+        Err(error) => error.into_response(),
+    };
+    app.metrics
+        .request("alerts_resolve", response.status().as_u16());
+    response
+}
+
+/// Acknowledges (`resolve` false) or resolves alert `id` for the caller, in its scope.
+async fn lifecycle(
+    app: &App,
+    headers: &HeaderMap,
+    id: &str,
+    body: &[u8],
+    resolve: bool,
+) -> Result<alerts::Alert, ApiError> {
+    let (name, scope) = require_reader(app, headers)?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no alert '{id}'"));
+    let alert = app
+        .alerts
+        .get(id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)?;
+    if !scope.sees_store(&alert.store) {
+        return Err(outside_scope(&format!(
+            "alert '{id}' (store {})",
+            alert.store
+        )));
+    }
+    let unprocessable = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message);
+    let result = if resolve {
+        let body: ResolveBody = serde_json::from_slice(body).map_err(|error| {
+            unprocessable(format!(
+                "the body must be {{\"action\": \"what was done\"}}: {error}"
+            ))
+        })?;
+        app.alerts.resolve(id, &name, body.action).await
+    } else {
+        let body: AckBody = if body.iter().all(u8::is_ascii_whitespace) {
+            AckBody::default()
+        } else {
+            serde_json::from_slice(body).map_err(|error| {
+                unprocessable(format!(
+                    "the body must be {{\"note\": \"…\"}} or empty: {error}"
+                ))
+            })?
+        };
+        app.alerts.ack(id, &name, body.note).await
+    };
+    result.map_err(|error| match error {
+        LifecycleError::NotFound => not_found(),
+        LifecycleError::AlreadyAcknowledged => ApiError::new(
+            StatusCode::CONFLICT,
+            format!("alert '{id}' is already acknowledged"),
+        ),
+        LifecycleError::AlreadyResolved => ApiError::new(
+            StatusCode::CONFLICT,
+            format!("alert '{id}' is already resolved"),
+        ),
+        LifecycleError::Invalid(message) => unprocessable(message),
+        LifecycleError::Storage(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
+    })
 }
 
 /// `GET /healthz`: `ok`, or 503 with the reason the database stopped accepting batches.

@@ -225,6 +225,21 @@ impl StoreHandle {
         self.shared.failure()
     }
 
+    /// PLACEHOLDER on h/alerts (h/daily implements it).
+    pub(crate) fn daily<R>(&self, read: impl FnOnce(&super::daily::Daily) -> R) -> R {
+        read(&super::daily::Daily::default())
+    }
+
+    /// PLACEHOLDER on h/alerts (h/daily implements it).
+    pub(crate) async fn cases(
+        &self,
+        _store: &str,
+        _from: super::daily::Day,
+        _to: super::daily::Day,
+    ) -> anyhow::Result<Vec<super::daily::Case>> {
+        Ok(Vec::new())
+    }
+
     /// Drops this handle and waits until the last flush is done and the database is closed
     /// (which happens once every other clone is dropped too).
     pub(crate) async fn close(self) {

@@ -7,6 +7,7 @@
 mod fake_hq;
 mod harness;
 mod hq;
+mod hq_alerts;
 mod hq_dashboard;
 mod hq_e2e;
 mod hq_flow;

@@ -1,0 +1,101 @@
+//! The words of an alert: its one-line title and the message the group robots get (markdown
+//! and plain text), listing the run's daily values, the failing cases and the dashboard link.
+//! Cases name a time, a clerk code, a customer reference and symptom keywords: never a name.
+
+use std::fmt::Write as _;
+
+use super::super::notify::Notice;
+use super::rules::{AlertRule, Threshold};
+use super::{Alert, MESSAGE_CASES};
+
+/// A threshold or value as people read it: a percentage for shares, a number otherwise.
+fn shown(rate: bool, value: f64) -> String {
+    if rate {
+        format!("{:.1}%", value * 100.0)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// `WZ-LC-001（温州片区）医保核验通过率 连续 2 天低于 65.0%`.
+pub(super) fn title(rule: &AlertRule, store: &str, region: Option<&str>, days: usize) -> String {
+    let place = match region {
+        Some(region) => format!("{store}（{region}）"),
+        None => store.to_string(),
+    };
+    let rate = rule.metric.is_rate();
+    let (word, limit) = match rule.threshold {
+        Threshold::Below(limit) => ("低于", limit),
+        Threshold::Above(limit) => ("高于", limit),
+    };
+    format!(
+        "{place} {} 连续 {days} 天{word} {}",
+        rule.name,
+        shown(rate, limit)
+    )
+}
+
+/// The message for the robots.
+pub(super) fn notice(alert: &Alert, public_url: Option<&str>) -> Notice {
+    let rate = !matches!(
+        alert.metric.as_str(),
+        "gateway_offline_hours" | "backlog_age_minutes"
+    );
+    let link =
+        public_url.map(|base| format!("{}/#alerts/{}", base.trim_end_matches('/'), alert.id));
+    let mut markdown = String::new();
+    let mut text = String::new();
+    let _ = writeln!(markdown, "**规则** {}（{}）", alert.rule, alert.metric);
+    let _ = writeln!(text, "规则: {}（{}）", alert.rule, alert.metric);
+    for value in &alert.values {
+        let line = format!(
+            "{}: {}（{} 例）",
+            value.day,
+            shown(rate, value.value),
+            value.count
+        );
+        let _ = writeln!(markdown, "- {line}");
+        let _ = writeln!(text, "  {line}");
+    }
+    if alert.cases_total > 0 {
+        let shown_cases = alert.cases.len().min(MESSAGE_CASES);
+        let heading = if shown_cases < alert.cases_total {
+            format!(
+                "未达标案例 {} 例（列出前 {shown_cases} 例）",
+                alert.cases_total
+            )
+        } else {
+            format!("未达标案例 {} 例", alert.cases_total)
+        };
+        let _ = writeln!(markdown, "\n**{heading}**");
+        let _ = writeln!(text, "\n{heading}:");
+        for (number, case) in alert.cases.iter().take(shown_cases).enumerate() {
+            let mut parts = vec![case.time.clone()];
+            parts.push(format!("店员 {}", case.clerk.as_deref().unwrap_or("—")));
+            if let Some(customer) = &case.customer {
+                parts.push(format!("顾客 {customer}"));
+            }
+            if !case.symptoms.is_empty() {
+                parts.push(format!("症状 {}", case.symptoms.join("、")));
+            }
+            if let Some(value) = &case.value {
+                parts.push(value.clone());
+            }
+            let line = parts.join(" · ");
+            let _ = writeln!(markdown, "{}. {line}", number + 1);
+            let _ = writeln!(text, "{}. {line}", number + 1);
+        }
+    }
+    if let Some(link) = &link {
+        let _ = writeln!(markdown, "\n[在看板确认处理]({link})");
+        let _ = writeln!(text, "\n在看板确认处理: {link}");
+    }
+    let json = serde_json::to_value(alert).unwrap_or_default();
+    Notice {
+        alert_id: alert.id.clone(),
+        title: format!("【预警】{}", alert.title),
+        markdown,
+        text,
+        alert: json,
+    }
+}

@@ -1,0 +1,516 @@
+//! HQ alerts end to end over real HTTP on loopback: the 医保核验 rule over three days of a
+//! store whose pass rate is 50%, exactly one alert through a local WeCom-format robot with
+//! its cases and no names, acknowledged and resolved through the API, never fired twice
+//! (second evaluation, a longer run, a restart), a late batch completing a run in its own
+//! days, and every lifecycle answer per role.
+//!
+//! Regions: `east-wz` (S1, S2; notify `wz-sup`) and `east-hz` (S3). Users: `boss` (admin), `li`
+//! (region east-wz), `wang` (store S3).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Json;
+use chrono::{Duration as Days, NaiveDate, Utc};
+use posgw::hq::{self, RunningHq};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+const ADMIN: &str = "alerts-admin-secret";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A local 企业微信 group robot: checks the message format, answers `errcode` 0, and passes
+/// each message's markdown content on.
+async fn wecom_robot() -> (String, mpsc::UnboundedReceiver<String>) {
+    let (sender, messages) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/cgi-bin/webhook/send",
+        post(move |Json(body): Json<Value>| {
+            let sender = sender.clone();
+            async move {
+                if body["msgtype"] != "markdown" || !body["markdown"]["content"].is_string() {
+                    return Json(json!({"errcode": 40008, "errmsg": "invalid message type"}));
+                }
+                let _ = sender.send(
+                    body["markdown"]["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                );
+                Json(json!({"errcode": 0, "errmsg": "ok"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind robot");
+    let url = format!(
+        "http://{}/cgi-bin/webhook/send?key=test-key-1",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, messages)
+}
+
+/// A folder with hq.toml, tokens, the robot's URL file and data/.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(robot_url: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, token) in [
+            ("admin.token", ADMIN),
+            ("s1.token", "tok-s1"),
+            ("s2.token", "tok-s2"),
+            ("s3.token", "tok-s3"),
+            ("wz.url", robot_url),
+        ] {
+            std::fs::write(dir.path().join(name), token).expect("write file");
+        }
+        let users: String = [
+            ("boss", "role = \"admin\""),
+            ("li", "role = \"region\"\nregion = \"east-wz\""),
+            ("wang", "role = \"store\"\nstore = \"S3\""),
+        ]
+        .iter()
+        .map(|(name, role)| {
+            let hash = hq::hash_password(&format!("pw-{name}")).expect("hash");
+            format!("[[user]]\nname = \"{name}\"\n{role}\npassword_hash = \"{hash}\"\n\n")
+        })
+        .collect();
+        let port = crate::harness::free_port();
+        let config = format!(
+            "[hq]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n\
+             admin_token_file = \"admin.token\"\npublic_url = \"https://hq.example.com\"\n\n\
+             [[store]]\ncode = \"S1\"\ntoken_file = \"s1.token\"\n\
+             [[store]]\ncode = \"S2\"\ntoken_file = \"s2.token\"\n\
+             [[store]]\ncode = \"S3\"\ntoken_file = \"s3.token\"\n\n\
+             [[region]]\nid = \"east-wz\"\nname = \"温州片区\"\nstores = [\"S1\", \"S2\"]\n\
+             notify = [\"wz-sup\"]\n\
+             [[region]]\nid = \"east-hz\"\nname = \"杭州片区\"\nstores = [\"S3\"]\n\n\
+             [[notify]]\nid = \"wz-sup\"\nkind = \"wecom\"\nurl_file = \"wz.url\"\n\n\
+             [[alert]]\nid = \"insurance-pass-low\"\nname = \"医保核验通过率\"\n\
+             metric = \"step_rate\"\nflow = \"rx-5step\"\nstep = \"insurance\"\nvalue = \"通过\"\n\
+             below = 0.65\ndays = 2\nmin_count = 5\nattach_days = 3\n\n{users}"
+        );
+        std::fs::write(dir.path().join("hq.toml"), config).expect("write config");
+        Setup { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("hq.toml")
+    }
+
+    async fn start(&self) -> RunningHq {
+        let settings = hq::load_config(&self.config()).expect("config loads");
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .expect("bind");
+        hq::start(settings, listener).await.expect("starts")
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .pool_idle_timeout(crate::harness::POOL_IDLE)
+        .build()
+        .expect("client")
+}
+
+/// Today in Asia/Shanghai (HQ's default timezone).
+fn today() -> NaiveDate {
+    Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .date_naive()
+}
+
+/// A closed consultation of `store` at 10:MM on `day`: the insurance step holds `insurance`.
+fn consultation(store: &str, seq: u64, day: NaiveDate, insurance: &str) -> String {
+    let at = |minute: u64| format!("{day}T10:{:02}:{:02}.000+08:00", minute % 60, seq % 60);
+    let steps = json!([
+        {"key": "consult", "label": "客户问诊", "at": at(1), "value": null, "values": null,
+         "skipped": null, "clerk": "c-17"},
+        {"key": "symptoms", "label": "症状记录", "at": at(2), "value": null,
+         "values": ["高血压", "心悸"], "skipped": null, "clerk": "c-17"},
+        {"key": "recommend", "label": "药品推荐", "at": at(3), "value": null, "values": null,
+         "skipped": null, "clerk": "c-17"},
+        {"key": "insurance", "label": "医保核验", "at": at(4), "value": insurance,
+         "values": null, "skipped": null, "clerk": "c-17"},
+        {"key": "guidance", "label": "用药指导", "at": at(5), "value": null, "values": null,
+         "skipped": null, "clerk": "c-17"},
+    ]);
+    json!({
+        "id": format!("{store}/gw-1/ep1/{seq}"), "store": store, "gateway": "gw-1",
+        "epoch": "ep1", "seq": seq, "ts": at(9),
+        "clock": {"boot": "b", "mono_ms": seq, "synced": true}, "kind": "consultation",
+        "data": {"id": format!("k-{store}-{seq}"), "flow": "rx-5step", "station": "till-1",
+                 "clerk": "c-17", "customer": format!("cust{seq:04}"), "opened_at": at(0),
+                 "closed_at": at(9), "outcome": "completed", "steps": steps, "scans": [],
+                 "receipt": null, "held_ms": null, "released_by": null},
+    })
+    .to_string()
+}
+
+/// Ten consultations of `store` on `day`, `passed` of them passing, seqs from `first`.
+fn day_batch(store: &str, first: u64, day: NaiveDate, passed: u64) -> String {
+    (0..10)
+        .map(|index| {
+            let insurance = if index < passed {
+                "通过"
+            } else {
+                "未通过"
+            };
+            consultation(store, first + index, day, insurance) + "\n"
+        })
+        .collect()
+}
+
+async fn post_batch(url: &str, store: &str, body: String) {
+    let response = client()
+        .post(format!("{url}/v1/batches"))
+        .bearer_auth(format!("tok-{}", store.to_lowercase()))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+}
+
+/// Logs `name` in; the session cookie as `name=value`.
+async fn login(url: &str, name: &str) -> String {
+    let response = client()
+        .post(format!("{url}/v1/login"))
+        .json(&json!({"name": name, "password": format!("pw-{name}")}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response.headers()["set-cookie"].to_str().expect("cookie");
+    cookie.split(';').next().expect("pair").to_string()
+}
+
+/// Who calls: the admin token or a session cookie.
+enum As<'a> {
+    Admin,
+    Cookie(&'a str),
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    path: &str,
+    who: &As<'_>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client().request(method, format!("{url}{path}"));
+    request = match who {
+        As::Admin => request.bearer_auth(ADMIN),
+        As::Cookie(cookie) => request.header("cookie", *cookie),
+    };
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn evaluate(url: &str) -> Vec<Value> {
+    let (status, body) = call(
+        reqwest::Method::POST,
+        url,
+        "/v1/alerts/evaluate",
+        &As::Admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["opened"].as_array().expect("opened").clone()
+}
+
+async fn alerts(url: &str, who: &As<'_>, query: &str) -> Value {
+    let (status, body) = call(
+        reqwest::Method::GET,
+        url,
+        &format!("/v1/alerts{query}"),
+        who,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// The next message the robot got, within the deadline.
+async fn next_message(messages: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(DEADLINE, messages.recv())
+        .await
+        .expect("a robot message in time")
+        .expect("robot running")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowledged() {
+    let (robot, mut messages) = wecom_robot().await;
+    let setup = Setup::new(&robot);
+    let hq = setup.start().await;
+    let url = hq.url();
+    let (d3, d2, d1) = (
+        today() - Days::days(3),
+        today() - Days::days(2),
+        today() - Days::days(1),
+    );
+
+    // Day one alone is not a run of two; S3 (east-hz) breaches too but the rule watches
+    // east-wz only.
+    post_batch(&url, "S1", day_batch("S1", 1, d3, 5)).await;
+    post_batch(
+        &url,
+        "S3",
+        day_batch("S3", 1, d3, 0) + &day_batch("S3", 11, d2, 0),
+    )
+    .await;
+    assert!(evaluate(&url).await.is_empty());
+
+    post_batch(&url, "S1", day_batch("S1", 11, d2, 5)).await;
+    let opened = evaluate(&url).await;
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let alert = &opened[0];
+    let id = alert["id"].as_str().expect("id").to_string();
+    assert_eq!(alert["store"], "S1");
+    assert_eq!(alert["region"], "east-wz");
+    assert_eq!(alert["rule"], "insurance-pass-low");
+    assert_eq!(alert["state"], "open");
+    assert_eq!(alert["days"], json!([d3.to_string(), d2.to_string()]));
+    assert_eq!(alert["values"][0]["value"], 0.5);
+    assert_eq!(alert["values"][0]["count"], 10);
+    assert_eq!(
+        alert["cases_total"], 10,
+        "five failing cases a day over the run"
+    );
+    let case = &alert["cases"][0];
+    assert_eq!(case["clerk"], "c-17");
+    assert!(case["customer"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("cust")));
+    assert_eq!(case["symptoms"], json!(["高血压", "心悸"]));
+    assert_eq!(case["value"], "未通过");
+
+    // The robot gets it once, with the cases and the dashboard link; no names exist to leak.
+    let message = next_message(&mut messages).await;
+    assert!(message.contains("S1"), "{message}");
+    assert!(message.contains("50.0%"), "{message}");
+    assert!(
+        message.contains("c-17") && message.contains("高血压"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("https://hq.example.com/#alerts/{id}")),
+        "{message}"
+    );
+    assert!(!message.contains("member"), "{message}");
+
+    // A second evaluation and a longer run open nothing more.
+    assert!(evaluate(&url).await.is_empty());
+    post_batch(&url, "S1", day_batch("S1", 21, d1, 2)).await;
+    assert!(evaluate(&url).await.is_empty());
+
+    // Delivery is recorded.
+    let admin_view = alerts(&url, &As::Admin, "").await;
+    let delivered = admin_view["alerts"][0]["delivered_at"].clone();
+    assert!(delivered.is_string(), "{admin_view}");
+
+    // Restart: the alert is still there, and still fires once.
+    hq.stop().await.expect("stop");
+    let hq = setup.start().await;
+    let url = hq.url();
+    assert!(evaluate(&url).await.is_empty());
+    let after = alerts(&url, &As::Admin, "").await;
+    assert_eq!(after["alerts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(after["alerts"][0]["delivered_at"], delivered);
+    // S2 breaches now: its message is the next one the robot gets, so S1's was not resent.
+    post_batch(
+        &url,
+        "S2",
+        day_batch("S2", 1, d2, 1) + &day_batch("S2", 11, d1, 1),
+    )
+    .await;
+    let opened = evaluate(&url).await;
+    assert_eq!(opened.len(), 1);
+    let message = next_message(&mut messages).await;
+    assert!(
+        message.contains("S2") && !message.contains(&id),
+        "{message}"
+    );
+
+    // Scope and lifecycle, per role.
+    let li = login(&url, "li").await;
+    let wang = login(&url, "wang").await;
+    let path = format!("/v1/alerts/{id}/ack");
+    let (status, _) = call(
+        reqwest::Method::POST,
+        &url,
+        &path,
+        &As::Cookie(&wang),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let wang_view = alerts(&url, &As::Cookie(&wang), "").await;
+    assert_eq!(wang_view["alerts"], json!([]));
+    assert_eq!(wang_view["regions"], json!({}));
+    let li_view = alerts(&url, &As::Cookie(&li), "?state=open").await;
+    assert_eq!(li_view["alerts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        alerts(&url, &As::Cookie(&li), "?region=east-hz").await["alerts"],
+        json!([])
+    );
+    let (status, _) = call(
+        reqwest::Method::GET,
+        &url,
+        "/v1/alerts?state=later",
+        &As::Cookie(&li),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(
+        reqwest::Method::POST,
+        &url,
+        "/v1/alerts/evaluate",
+        &As::Cookie(&li),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, acked) = call(
+        reqwest::Method::POST,
+        &url,
+        &path,
+        &As::Cookie(&li),
+        Some(json!({"note": "今天下午到店"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{acked}");
+    assert_eq!(acked["state"], "acknowledged");
+    assert_eq!(acked["acknowledged_by"], "li");
+    assert_eq!(acked["response_minutes"], 0);
+    let (status, _) = call(reqwest::Method::POST, &url, &path, &As::Cookie(&li), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let resolve = format!("/v1/alerts/{id}/resolve");
+    let (status, body) = call(
+        reqwest::Method::POST,
+        &url,
+        &resolve,
+        &As::Cookie(&li),
+        Some(json!({"action": "  "})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, resolved) = call(
+        reqwest::Method::POST,
+        &url,
+        &resolve,
+        &As::Cookie(&li),
+        Some(json!({"action": "本周三前由技术顾问上门演示"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["state"], "resolved");
+    assert_eq!(resolved["action"], "本周三前由技术顾问上门演示");
+    let (status, _) = call(
+        reqwest::Method::POST,
+        &url,
+        "/v1/alerts/a-999/ack",
+        &As::Admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // alert_response moved: one of two alerts acknowledged within 24 h.
+    let (status, yardsticks) = call(
+        reqwest::Method::GET,
+        &url,
+        "/v1/yardsticks",
+        &As::Admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{yardsticks}");
+    assert_eq!(
+        yardsticks["chain"]["alert_response"]["alerts"], 2,
+        "{yardsticks}"
+    );
+    assert_eq!(
+        yardsticks["chain"]["alert_response"]["within_24h"], 1,
+        "{yardsticks}"
+    );
+    assert_eq!(
+        yardsticks["supervisors"]["li"]["acknowledged"], 1,
+        "{yardsticks}"
+    );
+    hq.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_batch_from_an_offline_store_completes_a_run_in_its_own_days() {
+    let (robot, mut messages) = wecom_robot().await;
+    let setup = Setup::new(&robot);
+    let hq = setup.start().await;
+    let url = hq.url();
+    let (d3, d2, d1) = (
+        today() - Days::days(3),
+        today() - Days::days(2),
+        today() - Days::days(1),
+    );
+    // A good day, then a bad one; the store goes offline for yesterday.
+    post_batch(
+        &url,
+        "S1",
+        day_batch("S1", 1, d3, 9) + &day_batch("S1", 11, d2, 3),
+    )
+    .await;
+    assert!(evaluate(&url).await.is_empty());
+    // Back online today, it sends yesterday's records: they count toward yesterday.
+    post_batch(&url, "S1", day_batch("S1", 21, d1, 4)).await;
+    let opened = evaluate(&url).await;
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0]["days"], json!([d2.to_string(), d1.to_string()]));
+    let message = next_message(&mut messages).await;
+    assert!(message.contains(&d1.to_string()), "{message}");
+    hq.stop().await.expect("stop");
+}
+
+/// Config mistakes in `[[alert]]` are positioned errors.
+#[test]
+fn alert_rule_mistakes_are_reported_with_their_position() {
+    let setup = Setup::new("http://127.0.0.1:9/x");
+    let config = std::fs::read_to_string(setup.config()).expect("read");
+    let broken = config.replace("below = 0.65", "below = 65\nabove = 1.0")
+        + "\n[[alert]]\nid = \"x\"\nmetric = \"step_rates\"\nbelow = 0.5\n"
+        + "\n[[alert]]\nid = \"y\"\nmetric = \"campaign_completeness\"\nbelow = 0.5\nregions = [\"nowhere\"]\n";
+    std::fs::write(setup.config(), broken).expect("write");
+    let error = hq::load_config(&setup.config())
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("both 'below' and 'above'"), "{error}");
+    assert!(error.contains("did you mean 'step_rate'"), "{error}");
+    assert!(error.contains("needs 'campaign'"), "{error}");
+    assert!(error.contains("region 'nowhere'"), "{error}");
+    assert!(error.contains("hq.toml:"), "{error}");
+}
