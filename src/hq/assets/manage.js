@@ -654,11 +654,16 @@ function renderRegions() {
 // Aggregates only: this is all a region user sees of the other regions.
 function heatmap(picked) {
   const regions = (m.yard && m.yard.regions) || {};
-  const ids = Array.from(new Set([...Object.keys(regions), ...Object.keys(m.alertCounts || {})])).sort();
+  // Alert counts also come for stores in no region ("(none)"): not a row of regions.
+  const counted = Object.keys(m.alertCounts || {}).filter((id) => id !== "(none)");
+  const ids = Array.from(new Set([...Object.keys(regions), ...counted])).sort();
   const own = m.me.role === "region" ? m.me.region : "";
+  // A region without alerts has no count: 0 once the alerts were read.
+  const read = m.alerts !== null && !m.alertsError;
   const rows = ids.map((id) => {
     const r = regions[id] || {};
-    const open = m.alertCounts && m.alertCounts[id] ? m.alertCounts[id].open || 0 : null;
+    const c = (m.alertCounts || {})[id];
+    const open = c ? c.open || 0 : read ? 0 : null;
     const name = m.me.role === "admin"
       ? el("a", { href: "#regions/" + encodeURIComponent(id) }, regionName(id))
       : regionName(id);
@@ -764,17 +769,27 @@ function metricValue(metric, value) {
   return /rate|completeness/.test(metric || "") ? percent(value) : String(Math.round(value * 10) / 10);
 }
 
+// The rule's threshold as written: "< 65%", "> 4".
+function threshold(a) {
+  const t = a.threshold || {};
+  if (typeof t.below === "number") return "< " + metricValue(a.metric, t.below);
+  if (typeof t.above === "number") return "> " + metricValue(a.metric, t.above);
+  return "—";
+}
+
 function alertCard(a) {
   const seesStore = m.me.role !== "store" || a.store === m.me.store;
   const meta = [
     [bi("门店", "Store"), seesStore ? el("a", { class: "store-link", href: "#store/" + encodeURIComponent(a.store) }, a.store) : text(a.store), "alert-store"],
     [bi("片区", "Region"), text(regionName(a.region || "")), "alert-region"],
     [bi("规则", "Rule"), el("span", { class: "mono" }, text(a.rule)), "alert-rule"],
+    [bi("阈值", "Threshold"), threshold(a), "threshold"],
     [bi("日期", "Days"), (a.days || []).join("、") || "—", "alert-days"],
   ];
   const times = [
     [bi("发出", "Opened"), instant(a.opened_at), "opened"],
-    [bi("送达", "Delivered"), a.delivered_at ? instant(a.delivered_at) : bi("未送达", "Not delivered yet"), "delivered"],
+    [bi("送达", "Delivered"), [a.delivered_at ? instant(a.delivered_at) : bi("未送达", "Not delivered yet"),
+      Array.isArray(a.targets) && a.targets.length ? " → " + a.targets.join(", ") : ""], "delivered"],
     [bi("确认", "Acknowledged"), a.acknowledged_at ? instant(a.acknowledged_at) : "—", "acknowledged"],
     [bi("确认人", "By"), text(a.acknowledged_by), "acknowledged-by"],
     [bi("备注", "Note"), text(a.note), "note"],
@@ -808,7 +823,8 @@ function alertCard(a) {
       el("tbody", {}, values)),
     dl(times, "alert-times"));
   card.append(el("details", { class: "alert-cases", open: cases.length ? "" : null },
-    el("summary", {}, bi("病例", "Cases"), " " + cases.length),
+    el("summary", {}, bi("病例", "Cases"), " " + cases.length +
+      (typeof a.cases_total === "number" && a.cases_total > cases.length ? " / " + a.cases_total : "")),
     cases.length ? el("table", {},
       el("thead", {}, el("tr", {}, el("th", {}, bi("时间", "Time")), el("th", {}, bi("店员", "Clerk")),
         el("th", {}, bi("顾客", "Customer ref.")), el("th", {}, bi("症状", "Symptoms")), el("th", {}, bi("值", "Value")))),
@@ -848,11 +864,12 @@ function onAlertInput(event) {
   draft[event.target.name] = event.target.value;
 }
 
-// What a refused action means, in words, with the server's own.
+// What a refused action means, in words, with the server's own: [acknowledge, resolve].
 const REFUSALS = {
-  403: ["无权处理此预警", "Not allowed for this alert"],
-  409: ["此预警已被确认", "Already acknowledged"],
-  422: ["请填写处理措施", "An action is required"],
+  403: [["无权处理此预警", "Not allowed for this alert"], ["无权处理此预警", "Not allowed for this alert"]],
+  404: [["预警不存在", "No such alert"], ["预警不存在", "No such alert"]],
+  409: [["此预警已被确认", "Already acknowledged"], ["此预警已解决", "Already resolved"]],
+  422: [["请求无效", "Refused as written"], ["请填写处理措施", "An action is required"]],
 };
 
 async function onAlertSubmit(event) {
@@ -884,7 +901,7 @@ async function onAlertSubmit(event) {
       m.alertsText = "";
     }
   } else {
-    const meaning = REFUSALS[answer.status];
+    const meaning = REFUSALS[answer.status] && REFUSALS[answer.status][resolving ? 1 : 0];
     m.messages[id] = {
       kind: "error",
       status: answer.status,
