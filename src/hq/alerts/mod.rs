@@ -37,27 +37,26 @@
 //! An alert keeps at most [`MAX_CASES`] cases (and the total count); the message lists the
 //! first [`MESSAGE_CASES`]. Alerts are kept for [`KEEP_DAYS`] days after opening.
 
+mod cases;
 mod evaluate;
 mod message;
 pub(crate) mod rules;
+mod task;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::config::RegionSettings;
-use super::daily::{Case, Day};
 use super::notify::{Delivered, NotifierHandle};
 use super::writer::StoreHandle;
 use super::yardsticks::AlertFact;
-use evaluate::DayValue;
 pub(crate) use rules::AlertRule;
-use rules::{Metric, Threshold};
 
 /// Runs ending longer ago than this many days do not open alerts.
 pub(crate) const RECENT_DAYS: i64 = 7;
@@ -217,7 +216,7 @@ impl AlertSettings {
 }
 
 /// Commands to the alert task.
-enum Command {
+pub(super) enum Command {
     Evaluate(oneshot::Sender<anyhow::Result<Vec<Alert>>>),
     List(oneshot::Sender<Vec<Alert>>),
     Ack {
@@ -374,7 +373,7 @@ pub(crate) fn spawn(
     .max(alerts.keys().next_back().map_or(1, |last| last + 1));
     let (commands, receiver) = mpsc::channel(QUEUE);
     let (notifier, notifier_task) = notifier;
-    let task = AlertTask {
+    let task = task::AlertTask {
         tree,
         db: db.clone(),
         store,
@@ -389,503 +388,25 @@ pub(crate) fn spawn(
 }
 
 /// The number of an alert key.
-fn number_of_key(key: &[u8]) -> u64 {
+pub(super) fn number_of_key(key: &[u8]) -> u64 {
     key.get(1..9)
         .and_then(|bytes| bytes.try_into().ok())
         .map_or(0, u64::from_be_bytes)
 }
 
 /// The key of alert number `number`.
-fn key_of(number: u64) -> [u8; 9] {
+pub(super) fn key_of(number: u64) -> [u8; 9] {
     let mut key = [ALERT_PREFIX; 9];
     key[1..].copy_from_slice(&number.to_be_bytes());
     key
 }
 
 /// The number in an alert id `a-N`.
-fn number_of_id(id: &str) -> Option<u64> {
+pub(super) fn number_of_id(id: &str) -> Option<u64> {
     id.strip_prefix("a-")?.parse().ok()
 }
 
 /// RFC 3339 in UTC with milliseconds.
-fn stamp(time: DateTime<Utc>) -> String {
+pub(super) fn stamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// The alert task's state.
-struct AlertTask {
-    /// The persisted alerts (`a` + number → JSON) and `next`.
-    tree: sled::Tree,
-    /// The management database, for flushing.
-    db: sled::Db,
-    /// HQ's records, for the daily figures and cases.
-    store: StoreHandle,
-    /// The outbox.
-    notifier: NotifierHandle,
-    /// The notifier's task, awaited when stopping.
-    notifier_task: JoinHandle<()>,
-    /// Rules, regions, link.
-    settings: AlertSettings,
-    /// Every kept alert, by number.
-    alerts: BTreeMap<u64, Alert>,
-    /// Number of the next alert.
-    next: u64,
-}
-
-impl AlertTask {
-    async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        mut delivered: mpsc::Receiver<Delivered>,
-        every: Duration,
-    ) {
-        self.resend_undelivered().await;
-        let mut timer = tokio::time::interval(every);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut deliveries_open = true;
-        let stopped = loop {
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(Command::Stop(reply)) => break Some(reply),
-                    Some(command) => self.handle(command).await,
-                    None => break None,
-                },
-                delivery = delivered.recv(), if deliveries_open => match delivery {
-                    Some(delivery) => self.delivered(delivery).await,
-                    None => deliveries_open = false,
-                },
-                _ = timer.tick() => {
-                    if let Err(error) = self.evaluate().await {
-                        tracing::error!(error = %format!("{error:#}"), "alert evaluation failed");
-                    }
-                }
-            }
-        };
-        let AlertTask {
-            notifier,
-            notifier_task,
-            tree,
-            db,
-            store,
-            ..
-        } = self;
-        drop((notifier, tree, db, store));
-        // The notifier stops once its last handle is gone.
-        let _ = notifier_task.await;
-        if let Some(reply) = stopped {
-            let _ = reply.send(());
-        }
-    }
-
-    async fn handle(&mut self, command: Command) {
-        match command {
-            Command::Evaluate(reply) => {
-                let _ = reply.send(self.evaluate().await);
-            }
-            Command::List(reply) => {
-                let _ = reply.send(self.alerts.values().rev().cloned().collect());
-            }
-            Command::Ack {
-                id,
-                by,
-                note,
-                reply,
-            } => {
-                let _ = reply.send(self.ack(&id, &by, note).await);
-            }
-            Command::Resolve {
-                id,
-                by,
-                action,
-                reply,
-            } => {
-                let _ = reply.send(self.resolve(&id, &by, action).await);
-            }
-            Command::Reload(settings) => {
-                self.settings = settings;
-                tracing::info!(rules = self.settings.rules.len(), "alert rules reloaded");
-            }
-            // The loop takes `Stop` before it gets here.
-            Command::Stop(_) => {}
-        }
-    }
-
-    /// Writes alert `number` and flushes.
-    async fn persist(&mut self, number: u64) -> Result<(), String> {
-        let Some(alert) = self.alerts.get(&number) else {
-            return Ok(());
-        };
-        let json = serde_json::to_vec(alert).map_err(|error| error.to_string())?;
-        self.tree
-            .insert(key_of(number), json)
-            .map_err(|error| error.to_string())?;
-        self.tree
-            .insert(NEXT_KEY, &self.next.to_be_bytes())
-            .map_err(|error| error.to_string())?;
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|error| error.to_string())
-    }
-
-    /// Hands every alert not delivered yet to the outbox again (it ignores repeats), and
-    /// forgets alerts past [`KEEP_DAYS`].
-    async fn resend_undelivered(&mut self) {
-        let cutoff = Utc::now() - chrono::Duration::days(KEEP_DAYS);
-        let expired: Vec<u64> = self
-            .alerts
-            .iter()
-            .filter(|(_, alert)| {
-                DateTime::parse_from_rfc3339(&alert.opened_at).is_ok_and(|opened| opened < cutoff)
-            })
-            .map(|(number, _)| *number)
-            .collect();
-        for number in expired {
-            self.alerts.remove(&number);
-            if let Err(error) = self.tree.remove(key_of(number)) {
-                tracing::warn!(%error, "cannot forget an expired alert");
-            }
-        }
-        let pending: Vec<Alert> = self
-            .alerts
-            .values()
-            .filter(|alert| alert.delivered_at.is_none() && !alert.targets.is_empty())
-            .cloned()
-            .collect();
-        for alert in pending {
-            self.announce(&alert).await;
-        }
-    }
-
-    /// Puts `alert`'s message in the outbox for its targets.
-    async fn announce(&self, alert: &Alert) {
-        if alert.targets.is_empty() {
-            tracing::warn!(
-                alert = %alert.id,
-                store = %alert.store,
-                "alert opened, but the store's region has no [[notify]] target"
-            );
-            return;
-        }
-        let notice = message::notice(alert, self.settings.public_url.as_deref());
-        if let Err(error) = self.notifier.enqueue(notice, &alert.targets).await {
-            tracing::error!(alert = %alert.id, %error, "cannot put an alert in the outbox");
-        }
-    }
-
-    /// A target confirmed delivery.
-    async fn delivered(&mut self, delivery: Delivered) {
-        let Some(number) = number_of_id(&delivery.alert_id) else {
-            return;
-        };
-        let Some(alert) = self.alerts.get_mut(&number) else {
-            return;
-        };
-        if alert.delivered_at.is_some() {
-            return;
-        }
-        alert.delivered_at = Some(delivery.delivered_at.clone());
-        tracing::info!(alert = %alert.id, target = %delivery.target, "alert delivered");
-        if let Err(error) = self.persist(number).await {
-            tracing::error!(%error, "cannot record an alert's delivery");
-        }
-    }
-
-    /// Runs every rule; persists and announces the alerts it opens.
-    async fn evaluate(&mut self) -> anyhow::Result<Vec<Alert>> {
-        let now = Utc::now();
-        let settings = self.settings.clone();
-        let store_regions = settings.store_regions();
-        // (rule index, store, run): computed under the figures' lock, which is held only for
-        // arithmetic over the per-day counters.
-        let candidates: Vec<(usize, String, Vec<DayValue>)> = self.store.daily(|daily| {
-            let local = now.with_timezone(&daily.timezone());
-            let today = local.date_naive();
-            let oldest = today - chrono::Duration::days(RECENT_DAYS);
-            let mut found = Vec::new();
-            for (index, rule) in settings.rules.iter().enumerate() {
-                for (store, days) in daily.stores() {
-                    if let Some(watched) = &rule.regions {
-                        let region = store_regions.get(store).map(|region| region.id.as_str());
-                        if !region.is_some_and(|region| watched.contains(region)) {
-                            continue;
-                        }
-                    }
-                    let values = evaluate::values(&rule.metric, days, today, local.hour());
-                    for run in evaluate::runs(rule, &values) {
-                        if run.last().is_some_and(|last| last.day >= oldest) {
-                            found.push((index, store.to_string(), run));
-                        }
-                    }
-                }
-            }
-            found
-        });
-        let mut opened = Vec::new();
-        for (index, store, run) in candidates {
-            let rule = &settings.rules[index];
-            let covered = self.alerts.values().any(|alert| {
-                alert.rule == rule.id
-                    && alert.store == store
-                    && run
-                        .iter()
-                        .any(|value| alert.days.contains(&value.day.to_string()))
-            });
-            if covered {
-                continue;
-            }
-            let region = store_regions.get(store.as_str()).copied();
-            let (cases, cases_total) = self.failing_cases(rule, &store, &run).await?;
-            let number = self.next;
-            self.next += 1;
-            let alert = Alert {
-                id: format!("a-{number}"),
-                rule: rule.id.clone(),
-                title: message::title(rule, &store, region.map(|r| r.name.as_str()), run.len()),
-                metric: rule.metric.name().to_string(),
-                threshold: BTreeMap::from([match rule.threshold {
-                    Threshold::Below(limit) => ("below".to_string(), limit),
-                    Threshold::Above(limit) => ("above".to_string(), limit),
-                }]),
-                store: store.clone(),
-                region: region.map(|region| region.id.clone()),
-                state: AlertState::Open,
-                days: run.iter().map(|value| value.day.to_string()).collect(),
-                values: run
-                    .iter()
-                    .map(|value| AlertValue {
-                        day: value.day.to_string(),
-                        value: value.value,
-                        count: value.count,
-                    })
-                    .collect(),
-                opened_at: stamp(now),
-                delivered_at: None,
-                acknowledged_at: None,
-                acknowledged_by: None,
-                note: None,
-                resolved_at: None,
-                resolved_by: None,
-                action: None,
-                response_minutes: None,
-                cases,
-                cases_total,
-                targets: region
-                    .map(|region| region.notify.clone())
-                    .unwrap_or_default(),
-            };
-            self.alerts.insert(number, alert.clone());
-            // Persisted before it is announced: a crash after this never opens it again.
-            if let Err(error) = self.persist(number).await {
-                self.alerts.remove(&number);
-                anyhow::bail!("cannot store alert {}: {error}", alert.id);
-            }
-            tracing::warn!(
-                alert = %alert.id,
-                rule = %alert.rule,
-                store = %alert.store,
-                days = ?alert.days,
-                "alert opened"
-            );
-            self.announce(&alert).await;
-            opened.push(alert);
-        }
-        Ok(opened)
-    }
-
-    /// The failing cases of the `attach_days` days ending with the run's last day, at most
-    /// [`MAX_CASES`], with their total.
-    async fn failing_cases(
-        &self,
-        rule: &AlertRule,
-        store: &str,
-        run: &[DayValue],
-    ) -> anyhow::Result<(Vec<AlertCase>, usize)> {
-        let (Some(last), true) = (run.last(), rule.attach_days > 0) else {
-            return Ok((Vec::new(), 0));
-        };
-        let from: Day = last.day - chrono::Duration::days(rule.attach_days as i64 - 1);
-        let cases = self.store.cases(store, from, last.day).await?;
-        let failing: Vec<AlertCase> = cases
-            .iter()
-            .filter_map(|case| failing_case(&rule.metric, case))
-            .collect();
-        let total = failing.len();
-        Ok((failing.into_iter().take(MAX_CASES).collect(), total))
-    }
-
-    async fn ack(
-        &mut self,
-        id: &str,
-        by: &str,
-        note: Option<String>,
-    ) -> Result<Alert, LifecycleError> {
-        let number = number_of_id(id).ok_or(LifecycleError::NotFound)?;
-        let note = match note.map(|note| note.trim().to_string()) {
-            Some(note) if note.chars().count() > MAX_TEXT_CHARS => {
-                return Err(LifecycleError::Invalid(format!(
-                    "the note is longer than {MAX_TEXT_CHARS} characters"
-                )))
-            }
-            Some(note) if note.is_empty() => None,
-            note => note,
-        };
-        let alert = self
-            .alerts
-            .get_mut(&number)
-            .ok_or(LifecycleError::NotFound)?;
-        if alert.acknowledged_at.is_some() {
-            return Err(LifecycleError::AlreadyAcknowledged);
-        }
-        let before = alert.clone();
-        acknowledge(alert, by, Utc::now());
-        alert.note = note;
-        let alert = alert.clone();
-        self.commit(number, before).await?;
-        tracing::info!(alert = %alert.id, by, "alert acknowledged");
-        Ok(alert)
-    }
-
-    async fn resolve(
-        &mut self,
-        id: &str,
-        by: &str,
-        action: String,
-    ) -> Result<Alert, LifecycleError> {
-        let number = number_of_id(id).ok_or(LifecycleError::NotFound)?;
-        let action = action.trim().to_string();
-        if action.is_empty() {
-            return Err(LifecycleError::Invalid(
-                "write what was done in 'action' (like \"本周三前由技术顾问上门演示\")".to_string(),
-            ));
-        }
-        if action.chars().count() > MAX_TEXT_CHARS {
-            return Err(LifecycleError::Invalid(format!(
-                "the action is longer than {MAX_TEXT_CHARS} characters"
-            )));
-        }
-        let alert = self
-            .alerts
-            .get_mut(&number)
-            .ok_or(LifecycleError::NotFound)?;
-        if alert.resolved_at.is_some() {
-            return Err(LifecycleError::AlreadyResolved);
-        }
-        let before = alert.clone();
-        let now = Utc::now();
-        if alert.acknowledged_at.is_none() {
-            acknowledge(alert, by, now);
-        }
-        alert.state = AlertState::Resolved;
-        alert.resolved_at = Some(stamp(now));
-        alert.resolved_by = Some(by.to_string());
-        alert.action = Some(action);
-        let alert = alert.clone();
-        self.commit(number, before).await?;
-        tracing::info!(alert = %alert.id, by, "alert resolved");
-        Ok(alert)
-    }
-
-    /// Persists alert `number`, or puts `before` back when that fails.
-    async fn commit(&mut self, number: u64, before: Alert) -> Result<(), LifecycleError> {
-        if let Err(error) = self.persist(number).await {
-            self.alerts.insert(number, before);
-            return Err(LifecycleError::Storage(error));
-        }
-        Ok(())
-    }
-}
-
-/// Marks `alert` acknowledged by `by` at `now`.
-fn acknowledge(alert: &mut Alert, by: &str, now: DateTime<Utc>) {
-    alert.state = AlertState::Acknowledged;
-    alert.acknowledged_at = Some(stamp(now));
-    alert.acknowledged_by = Some(by.to_string());
-    alert.response_minutes = DateTime::parse_from_rfc3339(&alert.opened_at)
-        .ok()
-        .map(|opened| (now - opened.with_timezone(&Utc)).num_minutes().max(0));
-}
-
-/// `case` as a failing case of `metric`, or `None` when it does not fail it.
-fn failing_case(metric: &Metric, case: &Case) -> Option<AlertCase> {
-    match (metric, case) {
-        (
-            Metric::StepCompleteness { flow, step } | Metric::StepRate { flow, step, .. },
-            Case::Consultation {
-                ts,
-                opened_at,
-                clerk,
-                customer,
-                flow: case_flow,
-                steps,
-                ..
-            },
-        ) => {
-            if case_flow != flow {
-                return None;
-            }
-            let measured = steps.iter().find(|candidate| candidate.key == *step)?;
-            let passes = match metric {
-                Metric::StepRate { value, .. } => {
-                    measured.value.as_deref() == Some(value.as_str())
-                        || measured.values.iter().any(|held| held == value)
-                }
-                _ => measured.done,
-            };
-            if passes {
-                return None;
-            }
-            let value = match (&measured.skipped, &measured.value) {
-                (Some(reason), _) => Some(format!("跳过: {reason}")),
-                (None, Some(value)) => Some(value.clone()),
-                (None, None) if !measured.values.is_empty() => Some(measured.values.join("、")),
-                (None, None) => None,
-            };
-            let symptoms = steps
-                .iter()
-                .filter(|other| other.key != *step)
-                .flat_map(|other| other.values.iter().cloned())
-                .collect();
-            Some(AlertCase {
-                time: opened_at.clone().unwrap_or_else(|| ts.clone()),
-                clerk: clerk.clone(),
-                customer: customer.clone(),
-                symptoms,
-                value,
-            })
-        }
-        (
-            Metric::CampaignCompleteness { .. } | Metric::PromptTimeoutRate { .. },
-            Case::Prompt {
-                ts,
-                opened_at,
-                clerk,
-                campaign: case_campaign,
-                outcome,
-                ..
-            },
-        ) => {
-            let fails = match metric {
-                Metric::CampaignCompleteness { campaign } => {
-                    case_campaign == campaign && outcome != "answered"
-                }
-                Metric::PromptTimeoutRate { campaign } => {
-                    campaign
-                        .as_ref()
-                        .is_none_or(|wanted| wanted == case_campaign)
-                        && outcome == "timeout"
-                }
-                _ => false,
-            };
-            fails.then(|| AlertCase {
-                time: opened_at.clone().unwrap_or_else(|| ts.clone()),
-                clerk: clerk.clone(),
-                customer: None,
-                symptoms: Vec::new(),
-                value: Some(outcome.clone()),
-            })
-        }
-        _ => None,
-    }
 }
