@@ -541,13 +541,15 @@ function renderStorePage() {
       el("h2", {}, bi("门店", "Store"), " ", el("strong", { id: "store-code", class: "mono" }, code)),
       el("span", { class: "store-region" }, bi("片区", "Region"), " ", regionLink),
       el("span", { class: "store-records" }, bi("记录", "Records"), " " + text(stats && stats.records, "0"))),
-    el("section", { id: "store-yardsticks", class: "panel" }, el("h3", {}, bi("本店指标", "This store's yardsticks")), yardCards(figs)),
+    // The header already shows a store manager their store's figures.
+    m.me.role === "store" ? null
+      : el("section", { id: "store-yardsticks", class: "panel" }, el("h3", {}, bi("本店指标", "This store's yardsticks")), yardCards(figs)),
     trendPanel(figs ? figs.days || [] : []),
     storeAlertsPanel(code),
     flowsPanel(stats),
     clerksPanel("store-clerks", (clerk) => clerk.store === code),
   ];
-  page.replaceChildren(...parts);
+  page.replaceChildren(...parts.filter(Boolean));
 }
 
 // Completeness and traceability by day, with the completeness goal.
