@@ -9,7 +9,7 @@
 //! unreadable or empty token file is a configuration error pointing at its `token_file` key.
 //! Relative paths resolve against the config file's folder.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,6 +57,8 @@ pub struct HqSettings {
     pub regions: Vec<RegionSettings>,
     /// Dashboard and API users (`[[user]]`), in file order.
     pub users: Vec<UserSettings>,
+    /// Where alerts go (`[[notify]]`), in file order.
+    pub(crate) notify: Vec<super::notify::NotifySettings>,
     /// Alert rules (`[[alert]]`), in file order.
     pub(crate) alerts: Vec<super::alerts::AlertRule>,
     /// How often the alert rules run (`[hq] evaluate_every`; default 15 minutes).
@@ -87,6 +89,7 @@ impl HqSettings {
             stores: Vec::new(),
             regions: Vec::new(),
             users: Vec::new(),
+            notify: Vec::new(),
             alerts: Vec::new(),
             evaluate_every: DEFAULT_EVALUATE_EVERY,
             public_url: None,
@@ -153,6 +156,8 @@ struct RawHqConfig {
     region: Option<Vec<Located<RawRegion>>>,
     /// `[[user]]`: dashboard and API users.
     user: Option<Vec<Located<RawUser>>>,
+    /// `[[notify]]`: group robots and webhooks for alerts.
+    notify: Option<Vec<Located<super::notify::RawNotify>>>,
     /// `[[alert]]`: alert rules.
     alert: Option<Vec<Located<super::alerts::rules::RawAlert>>>,
 }
@@ -259,6 +264,9 @@ impl MergeLater for RawHqConfig {
         }
         if let Some(users) = later.user {
             self.user.get_or_insert_with(Vec::new).extend(users);
+        }
+        if let Some(notify) = later.notify {
+            self.notify.get_or_insert_with(Vec::new).extend(notify);
         }
         if let Some(alerts) = later.alert {
             self.alert.get_or_insert_with(Vec::new).extend(alerts);
@@ -430,6 +438,22 @@ fn validate(
             stores.push(StoreSettings { code, token });
         }
     }
+    // Each region's `notify` ids with their positions, checked against `[[notify]]` below.
+    let region_targets: Vec<(String, Span)> = raw
+        .region
+        .iter()
+        .flatten()
+        .filter_map(|region| region.value.notify.as_ref())
+        .flat_map(|list| list.value.iter())
+        .map(|id| (id.value.clone(), id.span.clone()))
+        .collect();
+    let notify_ids: HashSet<String> = raw
+        .notify
+        .iter()
+        .flatten()
+        .filter_map(|target| target.value.id.as_ref())
+        .map(|id| id.value.clone())
+        .collect();
     let regions = validate_regions(report, raw.region.unwrap_or_default(), &codes);
     let users = validate_users(
         report,
@@ -439,6 +463,15 @@ fn validate(
         base_dir,
         &mut tokens,
     );
+    let notify = super::notify::validate_notify(report, raw.notify.unwrap_or_default(), base_dir);
+    for (id, span) in &region_targets {
+        if !notify_ids.contains(id) {
+            report.error(
+                span,
+                format!("notify target '{id}' of a [[region]] is not a configured [[notify]] id"),
+            );
+        }
+    }
     let alerts =
         super::alerts::rules::validate_alerts(report, raw.alert.unwrap_or_default(), &regions);
     let evaluate_every = match &hq.evaluate_every {
@@ -478,6 +511,7 @@ fn validate(
         stores,
         regions,
         users,
+        notify,
         alerts,
         evaluate_every: evaluate_every?,
         public_url: public_url?,
@@ -1052,15 +1086,39 @@ token_file = "c.token"
     }
 
     #[test]
+    fn a_region_naming_an_unknown_notify_target_is_an_error() {
+        let (dir, base) = regions_base();
+        let (text, _) = base.split_once("HASH=").expect("hash");
+        let error = load_text(
+            dir.path(),
+            &format!("{text}\n[[region]]\nid = \"r\"\nstores = [\"S1\"]\nnotify = [\"nobody\"]\n"),
+        )
+        .expect_err("refused");
+        assert!(
+            error.contains("notify target 'nobody' of a [[region]] is not a configured [[notify]]"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn regions_and_users_load() {
         let (dir, base) = regions_base();
         let (text, hash) = base.split_once("HASH=").expect("hash");
         let hash = hash.trim();
         std::fs::write(dir.path().join("li.token"), "tok-li").expect("write token");
+        std::fs::write(
+            dir.path().join("wz.url"),
+            "https://qyapi.weixin.qq.com/x?key=k",
+        )
+        .expect("write url");
         let settings = load_text(
             dir.path(),
             &format!(
                 r#"{text}
+[[notify]]
+id = "east-wz-supervisors"
+kind = "wecom"
+url_file = "wz.url"
 [[region]]
 id = "east-wz"
 name = "温州片区"

@@ -2,6 +2,7 @@
 //!
 //! Record and duplicate counters are bumped by the flusher once a batch is durable, so they
 //! count exactly what a 2xx promised; request counters are bumped by the HTTP layer.
+//! The `notify_*` series are kept by the notifier (`notify`), the outbox's one owner.
 
 use std::sync::Arc;
 
@@ -28,6 +29,16 @@ pub struct RequestLabel {
     pub code: String,
 }
 
+/// Label set for alert notifications, split by target and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabel {
+    /// The `[[notify]]` target id.
+    pub target: String,
+    /// `delivered`, `failed` (one failed attempt; it is retried) or `abandoned` (its target
+    /// was removed from the configuration).
+    pub result: String,
+}
+
 /// Every metric the receiver exports. Cheap to clone: all members are shared handles.
 #[derive(Clone)]
 pub struct HqMetrics {
@@ -51,6 +62,13 @@ pub struct HqMetrics {
     pub body_budget_bytes: Gauge,
     /// Batches answered 503 because the body budget stayed full (`posgw_hq_body_budget_refused_total`).
     pub body_budget_refused: Counter,
+    /// Notification attempts and abandoned notifications, by target and result
+    /// (`posgw_hq_notify_deliveries_total`).
+    pub notify_deliveries: Family<NotifyLabel, Counter>,
+    /// Notifications not delivered yet, in the outbox (`posgw_hq_notify_pending`).
+    pub notify_pending: Gauge,
+    /// Notifications refused because the outbox was full (`posgw_hq_notify_refused_total`).
+    pub notify_refused: Counter,
     /// The registry everything above is registered in.
     registry: Arc<Registry>,
 }
@@ -70,6 +88,9 @@ impl HqMetrics {
         let stored_seq = Gauge::default();
         let body_budget_bytes = Gauge::default();
         let body_budget_refused = Counter::default();
+        let notify_deliveries = Family::<NotifyLabel, Counter>::default();
+        let notify_pending = Gauge::default();
+        let notify_refused = Counter::default();
 
         let mut registry = Registry::with_prefix("posgw_hq");
         registry.register(
@@ -119,6 +140,22 @@ impl HqMetrics {
             "Batches answered 503 because the body budget stayed full; the gateway retries",
             body_budget_refused.clone(),
         );
+        registry.register(
+            "notify_deliveries",
+            "Alert notification attempts by target and result (delivered, failed), and \
+             notifications abandoned because their target was removed",
+            notify_deliveries.clone(),
+        );
+        registry.register(
+            "notify_pending",
+            "Alert notifications in the outbox not delivered yet",
+            notify_pending.clone(),
+        );
+        registry.register(
+            "notify_refused",
+            "Alert notifications refused because the outbox was full (never queued)",
+            notify_refused.clone(),
+        );
         HqMetrics {
             records,
             duplicates,
@@ -130,6 +167,9 @@ impl HqMetrics {
             connections,
             body_budget_bytes,
             body_budget_refused,
+            notify_deliveries,
+            notify_pending,
+            notify_refused,
             registry: Arc::new(registry),
         }
     }
@@ -152,6 +192,16 @@ impl HqMetrics {
             .get_or_create(&RequestLabel {
                 endpoint: endpoint.to_owned(),
                 code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one notification attempt (`delivered`, `failed`) or abandonment for `target`.
+    pub fn notify_attempt(&self, target: &str, result: &str) {
+        self.notify_deliveries
+            .get_or_create(&NotifyLabel {
+                target: target.to_owned(),
+                result: result.to_owned(),
             })
             .inc();
     }

@@ -258,6 +258,7 @@
 //! - `stats`: the `/v1/stats` figures: store totals, campaigns, flows.
 //! - `metrics`: `posgw_hq_*`.
 //! - `dashboard`: the page at `/` and `/v1/trace`.
+//! - `notify`: alert delivery to WeCom, DingTalk, Feishu robots and webhooks (persistent outbox).
 //! - `server`: routes, auth, [`run`] and [`start`].
 
 mod access;

@@ -226,7 +226,7 @@ impl App {
     async fn open(settings: &HqSettings) -> anyhow::Result<App> {
         let metrics = HqMetrics::new();
         let store = StoreHandle::open(&settings.data_dir, metrics.clone()).await?;
-        let alerts = start_alerts(settings, &store).await?;
+        let alerts = start_alerts(settings, &store, metrics.clone()).await?;
         Ok(App {
             store,
             alerts,
@@ -304,6 +304,7 @@ fn router(app: App) -> Router {
         .route("/v1/me", get(get_me))
         .route("/v1/alerts", get(get_alerts))
         .route("/v1/alerts/evaluate", post(post_evaluate))
+        .route("/v1/alerts/{id}", get(get_alert))
         .route("/v1/alerts/{id}/ack", post(post_ack))
         .route("/v1/alerts/{id}/resolve", post(post_resolve))
         .route("/login", get(super::dashboard::login_page))
@@ -852,12 +853,17 @@ fn alert_settings(settings: &HqSettings) -> AlertSettings {
     AlertSettings {
         rules: settings.alerts.clone(),
         regions: settings.regions.clone(),
+        notify: settings.notify.clone(),
         public_url: settings.public_url.clone(),
     }
 }
 
 /// Opens the management database and starts the notifier and the alert task.
-async fn start_alerts(settings: &HqSettings, store: &StoreHandle) -> anyhow::Result<AlertsHandle> {
+async fn start_alerts(
+    settings: &HqSettings,
+    store: &StoreHandle,
+    metrics: HqMetrics,
+) -> anyhow::Result<AlertsHandle> {
     let path = settings.data_dir.join(MANAGE_DIR);
     let db = tokio::task::spawn_blocking(move || {
         sled::Config::new()
@@ -870,7 +876,13 @@ async fn start_alerts(settings: &HqSettings, store: &StoreHandle) -> anyhow::Res
     .await
     .map_err(|error| anyhow::anyhow!("opening the management database panicked: {error}"))??;
     let (delivered_sender, delivered) = tokio::sync::mpsc::channel(1024);
-    let notifier = super::notify::spawn_placeholder(delivered_sender);
+    let notifier = super::notify::spawn(
+        &db,
+        settings.notify.clone(),
+        super::notify::NotifyOptions::default(),
+        metrics,
+        delivered_sender,
+    )?;
     let (handle, _task) = alerts::spawn(
         &db,
         store.clone(),
@@ -966,6 +978,35 @@ async fn alerts_answer(
         })
         .collect();
     Ok(serde_json::json!({ "alerts": alerts, "regions": counts }))
+}
+
+/// `GET /v1/alerts/{id}`: one alert in the caller's scope, with `delivery`: each target's
+/// state, attempts, last error and delivery time.
+async fn get_alert(
+    State(app): State<App>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let answer = async {
+        let (_, scope) = require_reader(&app, &headers)?;
+        let alert = app
+            .alerts
+            .get(&id)
+            .await
+            .map_err(unavailable)?
+            .filter(|alert| scope.sees_store(&alert.store))
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no alert '{id}'")))?;
+        let delivery = app.alerts.delivery(&id).await.map_err(unavailable)?;
+        let mut body = serde_json::to_value(&alert).unwrap_or_default();
+        body["delivery"] = serde_json::to_value(delivery).unwrap_or_default();
+        Ok::<_, ApiError>(body)
+    };
+    let response = match answer.await {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => error.into_response(),
+    };
+    app.metrics.request("alert", response.status().as_u16());
+    response
 }
 
 /// 503 for a failure of the alert task.

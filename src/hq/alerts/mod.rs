@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::config::RegionSettings;
-use super::notify::{Delivered, NotifierHandle};
+use super::notify::{Delivered, DeliveryStatus, NotifierHandle, NotifySettings};
 use super::writer::StoreHandle;
 use super::yardsticks::AlertFact;
 pub(crate) use rules::AlertRule;
@@ -196,6 +196,8 @@ pub(crate) struct AlertSettings {
     pub rules: Vec<AlertRule>,
     /// The regions (their stores and `notify` targets).
     pub regions: Vec<RegionSettings>,
+    /// The `[[notify]]` targets, handed to the notifier.
+    pub notify: Vec<NotifySettings>,
     /// The dashboard's public address, for the link in messages.
     pub public_url: Option<String>,
 }
@@ -232,6 +234,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<Alert, LifecycleError>>,
     },
     Reload(AlertSettings),
+    Delivery(String, oneshot::Sender<Vec<DeliveryStatus>>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -313,6 +316,16 @@ impl AlertsHandle {
     /// Replaces the rules, regions and link (SIGHUP).
     pub(crate) async fn reload(&self, settings: AlertSettings) {
         let _ = self.commands.send(Command::Reload(settings)).await;
+    }
+
+    /// Where each target's delivery of alert `id` stands (never a URL or secret).
+    pub(crate) async fn delivery(&self, id: &str) -> anyhow::Result<Vec<DeliveryStatus>> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Delivery(id.to_string(), reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
     }
 
     /// Stops the task and waits until it, and the notifier it owns, let go of the database.

@@ -109,8 +109,21 @@ impl AlertTask {
                 let _ = reply.send(self.resolve(&id, &by, action).await);
             }
             Command::Reload(settings) => {
+                if let Err(error) = self.notifier.reload(settings.notify.clone()).await {
+                    tracing::error!(%error, "the notifier did not take the new targets");
+                }
                 self.settings = settings;
                 tracing::info!(rules = self.settings.rules.len(), "alert rules reloaded");
+            }
+            Command::Delivery(id, reply) => {
+                let status = match self.notifier.status(&id).await {
+                    Ok(status) => status,
+                    Err(error) => {
+                        tracing::warn!(%error, alert = %id, "no delivery status from the notifier");
+                        Vec::new()
+                    }
+                };
+                let _ = reply.send(status);
             }
             // The loop takes `Stop` before it gets here.
             Command::Stop(_) => {}
@@ -192,7 +205,7 @@ impl AlertTask {
         if alert.delivered_at.is_some() {
             return;
         }
-        alert.delivered_at = Some(delivery.delivered_at.clone());
+        alert.delivered_at = Some(stamp(delivery.delivered_at));
         tracing::info!(alert = %alert.id, target = %delivery.target, "alert delivered");
         if let Err(error) = self.persist(number).await {
             tracing::error!(%error, "cannot record an alert's delivery");
