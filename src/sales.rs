@@ -44,6 +44,8 @@ pub fn from_receipt(receipt: &Receipt, patterns: &Patterns) -> Sale {
                 unit_price: line.unit_price,
                 amount: line.amount,
                 prompt: None,
+                flow: None,
+                campaign: None,
             })
             .collect(),
         total: extracted.total,

@@ -529,10 +529,14 @@ impl Core {
         mut sale: Sale,
         origin: Option<MessageId>,
     ) -> Option<Appended> {
+        let now = chrono::Local::now();
+        mark_products(&mut sale, &self.flows.borrow(), |codes| {
+            self.prompts.campaign_for(codes, now.date_naive())
+        });
         let link = SaleLink {
             station: device.station.to_string(),
             receipt: sale.receipt.clone(),
-            at: chrono::Local::now(),
+            at: now,
             skus: sale.lines.iter().map(|line| line.sku.clone()).collect(),
         };
         let mut linked = Vec::new();
@@ -815,6 +819,21 @@ async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Marks each sale line whose SKU is a flow's product with that flow's id and each whose SKU a
+/// campaign running today targets with the campaign's id, matched as scans are (the first
+/// flow or campaign in configuration order, any GTIN spelling), so HQ can tell which sales
+/// must be traceable (`campaign_for` is the prompt engine's).
+fn mark_products(sale: &mut Sale, flows: &Flows, campaign_for: impl Fn(&[&str]) -> Option<String>) {
+    for line in &mut sale.lines {
+        let Some(sku) = line.sku.as_deref() else {
+            continue;
+        };
+        let codes = [sku];
+        line.flow = flows.flow_for(&codes).map(|flow| flow.id.clone());
+        line.campaign = campaign_for(&codes);
     }
 }
 

@@ -175,6 +175,16 @@ impl Directory {
         self.store_region.get(store).map(String::as_str)
     }
 
+    /// The configured regions, in file order.
+    pub fn regions(&self) -> &[RegionSettings] {
+        &self.regions
+    }
+
+    /// The configured store codes, in file order.
+    pub fn store_codes(&self) -> impl Iterator<Item = &str> {
+        self.stores.iter().map(|(_, code)| code.as_str())
+    }
+
     /// The scope of user `name`, if there is such a user.
     pub fn user_scope(&self, name: &str) -> Option<Scope> {
         let (role, _) = self.users.get(name)?;

@@ -34,6 +34,8 @@ pub const DEFAULT_BODY_BUDGET_BODIES: u64 = 4;
 pub const DEFAULT_EVALUATE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// Largest `body_budget` accepted.
 const MAX_BODY_BUDGET: u64 = 64 * 1024 * 1024 * 1024;
+/// `[hq] timezone` when not set: the chain's stores are in China.
+pub const DEFAULT_TIMEZONE: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
 /// Characters besides ASCII letters and digits allowed in a store code (as for `[gateway] store`).
 const STORE_EXTRA: &[char] = &['-', '_'];
 
@@ -51,6 +53,9 @@ pub struct HqSettings {
     pub body_budget: Option<u64>,
     /// Token of the read endpoints, from `admin_token_file`; `None` refuses every read.
     pub admin_token: Option<String>,
+    /// The time zone of store-local days (`[hq] timezone`, an IANA name); default
+    /// `Asia/Shanghai`. Every daily figure and yardstick counts a record in its `ts`'s day here.
+    pub timezone: chrono_tz::Tz,
     /// The stores allowed to post, each with its token (`[[store]]`).
     pub stores: Vec<StoreSettings>,
     /// Groups of stores (`[[region]]`), in file order; a store is in at most one.
@@ -86,6 +91,7 @@ impl HqSettings {
             max_body: DEFAULT_MAX_BODY,
             body_budget: None,
             admin_token: None,
+            timezone: DEFAULT_TIMEZONE,
             stores: Vec::new(),
             regions: Vec::new(),
             users: Vec::new(),
@@ -212,6 +218,8 @@ struct RawHq {
     evaluate_every: Option<DurationText>,
     /// The dashboard's public address.
     public_url: Option<Located<String>>,
+    /// IANA time zone of store-local days.
+    timezone: Option<Located<String>>,
 }
 
 /// One `[[store]]` as written.
@@ -252,6 +260,9 @@ impl MergeLater for RawHqConfig {
                     }
                     if theirs.public_url.is_some() {
                         mine.public_url = theirs.public_url;
+                    }
+                    if theirs.timezone.is_some() {
+                        mine.timezone = theirs.timezone;
                     }
                 }
             }
@@ -363,6 +374,23 @@ fn validate(
                 }
             })
         }
+    };
+    let timezone = match &hq.timezone {
+        None => Some(DEFAULT_TIMEZONE),
+        Some(name) => match name.value.trim().parse::<chrono_tz::Tz>() {
+            Ok(zone) => Some(zone),
+            Err(_) => {
+                report.error(
+                    &name.span,
+                    format!(
+                        "'timezone' in [hq] must be an IANA time zone like \"Asia/Shanghai\", \
+                         found '{}'",
+                        name.value
+                    ),
+                );
+                None
+            }
+        },
     };
     // Ok(None) = not configured; Err(()) = configured but broken (already reported).
     let admin_token = match &hq.admin_token_file {
@@ -508,6 +536,7 @@ fn validate(
         max_body: max_body?,
         body_budget: body_budget?,
         admin_token: admin_token.ok()?.map(|(token, _)| token),
+        timezone: timezone?,
         stores,
         regions,
         users,
@@ -930,6 +959,29 @@ token_file = "b.token"
         assert_eq!(settings.body_budget, None);
         assert_eq!(settings.effective_body_budget(), 4 * DEFAULT_MAX_BODY);
         assert_eq!(settings.admin_token, None);
+        assert_eq!(settings.timezone, chrono_tz::Asia::Shanghai);
+    }
+
+    #[test]
+    fn the_timezone_is_an_iana_name() {
+        let dir = folder();
+        let store = "[[store]]\ncode = \"S1\"\ntoken_file = \"a.token\"\n";
+        let settings = load_text(
+            dir.path(),
+            &format!("[hq]\ntimezone = \"Europe/Berlin\"\n{store}"),
+        )
+        .expect("loads");
+        assert_eq!(settings.timezone, chrono_tz::Europe::Berlin);
+        let error = load_text(
+            dir.path(),
+            &format!("[hq]\ntimezone = \"Asia/Wenzhou\"\n{store}"),
+        )
+        .expect_err("unknown zone");
+        assert_eq!(
+            error,
+            "DIR/hq.toml:2:12: 'timezone' in [hq] must be an IANA time zone like \
+             \"Asia/Shanghai\", found 'Asia/Wenzhou'"
+        );
     }
 
     #[test]

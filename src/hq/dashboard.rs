@@ -808,7 +808,7 @@ mod tests {
 
     async fn store_with(lines: &[String]) -> (tempfile::TempDir, StoreHandle) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = StoreHandle::open(dir.path(), HqMetrics::new())
+        let store = StoreHandle::open(dir.path(), chrono_tz::Asia::Shanghai, HqMetrics::new())
             .await
             .expect("open");
         let body = lines.join("\n").into_bytes();

@@ -267,6 +267,7 @@ mod budget;
 mod config;
 mod daily;
 mod dashboard;
+mod join;
 mod metrics;
 mod notify;
 mod record;

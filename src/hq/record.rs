@@ -16,15 +16,18 @@
 //! - `ts` is an RFC 3339 time and `data` is an object;
 //! - for `kind = "attribution"`: `data.campaign` is a string, `data.outcome` is one of
 //!   `answered` `timeout` `skipped`, and `answer`, `answer_label`, `station`, `clerk`,
-//!   `question` are strings or null and `latency_ms` a non-negative integer or null;
+//!   `question`, `prompt`, `opened_at`, `receipt` are strings or null and `latency_ms` a
+//!   non-negative integer or null;
 //! - for `kind = "consultation"`: `data.flow` is a string, `data.outcome` is one of
 //!   `completed` `incomplete` `abandoned`, `data.steps` is an array of objects each with a
-//!   `key` string (no key twice) and `label`, `at`, `skipped`, `clerk` strings or null;
-//!   `id`, `station`, `clerk`, `receipt` are strings or null, `scans` an array of strings or
-//!   null, `held_ms` a non-negative integer or null and `released_by` one of `steps`
-//!   `timeout` `closed` `shutdown` `restart` or null. Other fields (`customer`, the times,
-//!   each step's `value` and `values`) are stored, not read. Other kinds' `data`, the
-//!   `consultation_step` records' included, is not looked into.
+//!   `key` string (no key twice) and `label`, `at`, `skipped`, `clerk`, `value` strings or
+//!   null and `values` an array of strings or null; `id`, `station`, `clerk`, `customer`,
+//!   `opened_at`, `receipt` are strings or null, `scans` an array of strings or null,
+//!   `held_ms` a non-negative integer or null and `released_by` one of `steps` `timeout`
+//!   `closed` `shutdown` `restart` or null. Other fields (`closed_at`) are stored, not read.
+//!   Other kinds' `data`, the `consultation_step` records' included, is not checked; a
+//!   `sale`'s `receipt`, `clerk`, `consultation` and its lines' `prompt`, `flow`, `campaign`
+//!   are read (never refused: a sale that does not read so is simply not *tracked*).
 //!
 //! Blank lines are skipped; a trailing `\r` is not part of the record. The bytes stored are
 //! the line exactly as received otherwise.
@@ -38,7 +41,9 @@ use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::stats::{AttributionSummary, ConsultationSummary, StepStatus, StepSummary, Summary};
+use super::stats::{
+    AttributionSummary, ConsultationSummary, SaleSummary, StepStatus, StepSummary, Summary,
+};
 use crate::record::Envelope;
 
 /// How the request body is compressed (`Content-Encoding`).
@@ -205,8 +210,11 @@ pub(crate) struct IncomingRecord {
     pub kind: usize,
     /// Where the record's line is in [`IncomingBatch::body`].
     pub line: Range<usize>,
-    /// What `/v1/stats` needs of an attribution or consultation record; `None` for other
-    /// kinds (boxed: a record of another kind then costs 8 bytes here, not the summary's 200).
+    /// The record's `ts`, epoch milliseconds (its store-local day, its backlog).
+    pub t: i64,
+    /// What the figures need of an attribution, consultation or tracked sale record; `None`
+    /// for other records (boxed: a record of another kind then costs 8 bytes here, not the
+    /// summary's 200).
     pub summary: Option<Box<Summary>>,
 }
 
@@ -254,7 +262,7 @@ struct Accepted<'a> {
     envelope: Envelope<'a>,
     /// Its `ts`, parsed.
     time: DateTime<FixedOffset>,
-    /// What `/v1/stats` needs, for an attribution or consultation record.
+    /// What the figures need, for an attribution, consultation or tracked sale record.
     summary: Option<Summary>,
 }
 
@@ -302,6 +310,15 @@ struct AttributionData<'a> {
     /// Milliseconds from opening to the answer, or null.
     #[serde(default)]
     latency_ms: Option<u64>,
+    /// The prompt's id, or null.
+    #[serde(borrow, default)]
+    prompt: Option<Cow<'a, str>>,
+    /// When it opened, or null.
+    #[serde(borrow, default)]
+    opened_at: Option<Cow<'a, str>>,
+    /// The receipt of the sale known at resolution, or null.
+    #[serde(borrow, default)]
+    receipt: Option<Cow<'a, str>>,
 }
 
 /// What `/v1/stats` and the checks read of a consultation record's `data`.
@@ -316,10 +333,15 @@ struct ConsultationData<'a> {
     /// One per configured step, in order.
     #[serde(borrow)]
     steps: Vec<ConsultationStep<'a>>,
-    /// The consultation's id, or null (checked, not kept).
+    /// The consultation's id, or null.
     #[serde(borrow, default)]
-    #[allow(dead_code)]
     id: Option<Cow<'a, str>>,
+    /// When it opened, or null.
+    #[serde(borrow, default)]
+    opened_at: Option<Cow<'a, str>>,
+    /// The customer's reference, or null.
+    #[serde(borrow, default)]
+    customer: Option<Cow<'a, str>>,
     /// Station, or null (checked, not kept).
     #[serde(borrow, default)]
     #[allow(dead_code)]
@@ -327,9 +349,8 @@ struct ConsultationData<'a> {
     /// Who opened it, or null.
     #[serde(borrow, default)]
     clerk: Option<Cow<'a, str>>,
-    /// The linked sale's receipt, or null (checked, not kept).
+    /// The linked sale's receipt, or null.
     #[serde(borrow, default)]
-    #[allow(dead_code)]
     receipt: Option<Cow<'a, str>>,
     /// Ids of the flow products' scan records, or null (checked, not kept).
     #[serde(borrow, default)]
@@ -358,6 +379,12 @@ struct ConsultationStep<'a> {
     /// The skip reason, or null.
     #[serde(borrow, default)]
     skipped: Option<Cow<'a, str>>,
+    /// The value recorded, or null.
+    #[serde(borrow, default)]
+    value: Option<Cow<'a, str>>,
+    /// The values of a `multi` step, or null.
+    #[serde(borrow, default)]
+    values: Option<Vec<Cow<'a, str>>>,
     /// Who did it, or null (checked, not kept).
     #[serde(borrow, default)]
     #[allow(dead_code)]
@@ -439,6 +466,7 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
             seq: accepted.envelope.seq,
             kind,
             line: start..line_end,
+            t: accepted.time.timestamp_millis(),
             summary: accepted.summary.map(Box::new),
         });
         start = next;
@@ -534,10 +562,10 @@ impl IncomingBatch {
     }
 }
 
-/// The summary `/v1/stats` keeps of a stored record line (checked as at ingest), for records
-/// stored before HQ summarised their kind; `Ok(None)` for kinds it does not summarise.
-pub(crate) fn summary_of(line: &[u8]) -> Result<Option<Summary>, String> {
-    check_line(line).map(|accepted| accepted.summary)
+/// The instant (epoch ms) of a stored record line and the summary HQ keeps of it (checked as
+/// at ingest; `None` for records it does not summarise), for re-summarising stored records.
+pub(crate) fn stored_record(line: &[u8]) -> Result<(i64, Option<Summary>), String> {
+    check_line(line).map(|accepted| (accepted.time.timestamp_millis(), accepted.summary))
 }
 
 /// Checks one non-blank line; the error says what is wrong with it.
@@ -606,12 +634,15 @@ fn check_line(line: &[u8]) -> Result<Accepted<'_>, String> {
     let summary = match envelope.kind.as_ref() {
         "attribution" => Some(Summary::Attribution(check_attribution(
             store,
+            &time,
             envelope.data,
         )?)),
         "consultation" => Some(Summary::Consultation(check_consultation(
             store,
+            &time,
             envelope.data,
         )?)),
+        "sale" => tracked_sale(store, &time, envelope.data).map(Summary::Sale),
         _ => None,
     };
     Ok(Accepted {
@@ -648,7 +679,11 @@ fn id_matches(id: &str, [store, gateway, epoch]: [&str; 3], seq: u64) -> bool {
 }
 
 /// Checks an attribution record's `data` and keeps what the statistics need.
-fn check_attribution(store: &str, data: &RawValue) -> Result<AttributionSummary, String> {
+fn check_attribution(
+    store: &str,
+    time: &DateTime<FixedOffset>,
+    data: &RawValue,
+) -> Result<AttributionSummary, String> {
     let data: AttributionData = serde_json::from_str(data.get()).map_err(|_| {
         let explained = explain::<AttributionData>(data.get().as_bytes());
         format!("attribution 'data': {explained}")
@@ -669,12 +704,21 @@ fn check_attribution(store: &str, data: &RawValue) -> Result<AttributionSummary,
         clerk: data.clerk.map(Cow::into_owned),
         question: data.question.map(Cow::into_owned),
         latency_ms: data.latency_ms,
+        t: time.timestamp_millis(),
+        offset_minutes: time.offset().local_minus_utc() / 60,
+        prompt: data.prompt.map(Cow::into_owned),
+        opened_at: data.opened_at.map(Cow::into_owned),
+        receipt: data.receipt.map(Cow::into_owned),
     })
 }
 
 /// Checks a consultation record's `data` and keeps what the statistics need: each step as
 /// done (`at` set, not skipped), skipped (a reason set) or missing (`at` null).
-fn check_consultation(store: &str, data: &RawValue) -> Result<ConsultationSummary, String> {
+fn check_consultation(
+    store: &str,
+    time: &DateTime<FixedOffset>,
+    data: &RawValue,
+) -> Result<ConsultationSummary, String> {
     let data: ConsultationData = serde_json::from_str(data.get()).map_err(|_| {
         let explained = explain::<ConsultationData>(data.get().as_bytes());
         format!("consultation 'data': {explained}")
@@ -714,6 +758,13 @@ fn check_consultation(store: &str, data: &RawValue) -> Result<ConsultationSummar
             label: step.label.map(Cow::into_owned),
             status,
             reason: step.skipped.map(Cow::into_owned),
+            value: step.value.map(Cow::into_owned),
+            values: step
+                .values
+                .unwrap_or_default()
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect(),
         });
     }
     Ok(ConsultationSummary {
@@ -724,7 +775,104 @@ fn check_consultation(store: &str, data: &RawValue) -> Result<ConsultationSummar
         steps,
         held_ms: data.held_ms,
         released_by: data.released_by.map(Cow::into_owned),
+        t: time.timestamp_millis(),
+        offset_minutes: time.offset().local_minus_utc() / 60,
+        id: data.id.map(Cow::into_owned),
+        opened_at: data.opened_at.map(Cow::into_owned),
+        customer: data.customer.map(Cow::into_owned),
+        receipt: data.receipt.map(Cow::into_owned),
     })
+}
+
+/// What the traceability join reads of a sale record's `data`; everything else is skipped.
+#[derive(Deserialize)]
+struct SaleLinks<'a> {
+    /// The receipt number, or null.
+    #[serde(borrow, default)]
+    receipt: Option<Cow<'a, str>>,
+    /// The clerk, or null.
+    #[serde(borrow, default)]
+    clerk: Option<Cow<'a, str>>,
+    /// The linked consultation, or absent.
+    #[serde(borrow, default)]
+    consultation: Option<Cow<'a, str>>,
+    /// The lines' links.
+    #[serde(borrow, default)]
+    lines: Vec<LineLinks<'a>>,
+}
+
+/// What the join reads of a sale line.
+#[derive(Deserialize)]
+struct LineLinks<'a> {
+    /// The linked prompt, or null.
+    #[serde(borrow, default)]
+    prompt: Option<Cow<'a, str>>,
+    /// The flow whose product it is, or absent.
+    #[serde(borrow, default)]
+    flow: Option<Cow<'a, str>>,
+    /// The campaign whose product it is, or absent.
+    #[serde(borrow, default)]
+    campaign: Option<Cow<'a, str>>,
+}
+
+/// The summary of a sale record when it is *tracked* (a line names a prompt, flow or
+/// campaign, or the sale a consultation); `None` for any other sale. Sales are not validated
+/// beyond the envelope: one whose `data` does not read as a sale is not tracked (and logged).
+fn tracked_sale(store: &str, time: &DateTime<FixedOffset>, data: &RawValue) -> Option<SaleSummary> {
+    let text = data.get();
+    // Most sales link nothing: a look for a string value of the four keys skips their parse.
+    if !["\"prompt\"", "\"flow\"", "\"campaign\"", "\"consultation\""]
+        .iter()
+        .any(|key| has_string_value(text, key))
+    {
+        return None;
+    }
+    let links: SaleLinks = match serde_json::from_str(text) {
+        Ok(links) => links,
+        Err(error) => {
+            tracing::debug!(%error, "a sale's data does not read as a sale; not tracked");
+            return None;
+        }
+    };
+    let tracked = links.consultation.is_some()
+        || links
+            .lines
+            .iter()
+            .any(|line| line.prompt.is_some() || line.flow.is_some() || line.campaign.is_some());
+    if !tracked {
+        return None;
+    }
+    let mut prompts: Vec<String> = Vec::new();
+    for prompt in links.lines.into_iter().filter_map(|line| line.prompt) {
+        if !prompts.iter().any(|seen| *seen == prompt) {
+            prompts.push(prompt.into_owned());
+        }
+    }
+    Some(SaleSummary {
+        store: store.to_string(),
+        t: time.timestamp_millis(),
+        receipt: links.receipt.map(Cow::into_owned),
+        clerk: links.clerk.map(Cow::into_owned),
+        prompts,
+        consultation: links.consultation.map(Cow::into_owned),
+        traced: None,
+    })
+}
+
+/// Whether `text` holds `key` (with its quotes) followed by `:` and a string (spaces
+/// allowed): a cheap, over-eager test that a JSON object may give the key a string value.
+fn has_string_value(text: &str, key: &str) -> bool {
+    let mut rest = text;
+    while let Some(at) = rest.find(key) {
+        rest = &rest[at + key.len()..];
+        let after = rest.trim_start();
+        if let Some(value) = after.strip_prefix(':') {
+            if value.trim_start().starts_with('"') {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Explains why `json` did not deserialise as `T`, naming the field (the slow path: errors only).
@@ -966,6 +1114,18 @@ mod tests {
             ]
         );
         assert_eq!(summary.steps[1].label.as_deref(), Some("症状记录"));
+        assert_eq!(
+            (summary.id.as_deref(), summary.receipt.as_deref()),
+            (Some("k7q2m9"), Some("R-1"))
+        );
+        assert_eq!(
+            summary.opened_at.as_deref(),
+            Some("2026-11-27T16:00:00.000+08:00")
+        );
+        assert_eq!(
+            (summary.t, summary.offset_minutes),
+            (1_795_766_462_345, 480)
+        );
         // The smallest consultation the checks take; consultation_step data is not read.
         let minimal = record(
             "S1",
@@ -1030,6 +1190,42 @@ mod tests {
             message.starts_with("consultation 'data': 'receipt': invalid type"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn only_sales_that_link_something_are_tracked() {
+        let summary = |data: &str| {
+            let batch = parse_batch(record("S1", 1, "sale", data).into_bytes(), "S1")
+                .expect("a sale is never refused");
+            batch.records[0].summary.as_deref().cloned()
+        };
+        let plain = r#"{"receipt":"R-1","clerk":"c-1","lines":[{"sku":"1","prompt":null}]}"#;
+        assert_eq!(summary(plain), None);
+        // Not readable as a sale: stored, not tracked.
+        assert_eq!(summary(r#"{"lines":"oops","consultation":"k"}"#), None);
+        let Some(Summary::Sale(sale)) = summary(
+            r#"{"receipt":"R-1","clerk":"c-1","lines":[{"sku":"1","prompt": "p-1"},{"sku":"2","prompt":"p-1","flow":"f1"},{"sku":"3","prompt":"p-2"}]}"#,
+        ) else {
+            panic!("tracked");
+        };
+        assert_eq!(sale.prompts, ["p-1", "p-2"], "each prompt once");
+        assert_eq!(
+            (sale.receipt.as_deref(), sale.clerk.as_deref(), sale.traced),
+            (Some("R-1"), Some("c-1"), None)
+        );
+        assert_eq!(sale.t, 1_795_766_462_345);
+        let Some(Summary::Sale(sale)) =
+            summary(r#"{"receipt":null,"lines":[{"sku":"1","campaign":"c1"}]}"#)
+        else {
+            panic!("a campaign product is tracked");
+        };
+        assert!(sale.prompts.is_empty() && sale.receipt.is_none());
+        let Some(Summary::Sale(sale)) = summary(r#"{"lines":[],"consultation":"k-1"}"#) else {
+            panic!("a sale with a consultation is tracked");
+        };
+        assert_eq!(sale.consultation.as_deref(), Some("k-1"));
+        assert!(has_string_value(r#"{"a" : "x", "flow" :	"f"}"#, "\"flow\""));
+        assert!(!has_string_value(r#"{"flow":null,"x":"flow"}"#, "\"flow\""));
     }
 
     #[test]

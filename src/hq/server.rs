@@ -30,6 +30,7 @@ use super::record::{self, DecompressError, Encoding, IncomingBatch, Rejection};
 use super::stats::StoreView;
 use super::store::RecordQuery;
 use super::writer::StoreHandle;
+use super::yardsticks;
 
 /// `limit` of `/v1/records` when not given.
 const DEFAULT_LIMIT: usize = 1000;
@@ -225,7 +226,8 @@ struct App {
 impl App {
     async fn open(settings: &HqSettings) -> anyhow::Result<App> {
         let metrics = HqMetrics::new();
-        let store = StoreHandle::open(&settings.data_dir, metrics.clone()).await?;
+        let store =
+            StoreHandle::open(&settings.data_dir, settings.timezone, metrics.clone()).await?;
         let alerts = start_alerts(settings, &store, metrics.clone()).await?;
         Ok(App {
             store,
@@ -299,6 +301,7 @@ fn router(app: App) -> Router {
         .route("/v1/records", get(get_records))
         .route("/v1/stats", get(get_stats))
         .route("/v1/trace", get(get_trace))
+        .route("/v1/yardsticks", get(get_yardsticks))
         .route("/v1/login", post(post_login))
         .route("/v1/logout", post(post_logout))
         .route("/v1/me", get(get_me))
@@ -712,6 +715,38 @@ async fn get_trace(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Resp
     };
     app.metrics.request("trace", response.status().as_u16());
     response
+}
+
+/// `GET /v1/yardsticks`: the three yardsticks over store-local days (see `yardsticks`).
+async fn get_yardsticks(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Response {
+    let response = match yardsticks(&app, &headers, &uri) {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => error.into_response(),
+    };
+    app.metrics
+        .request("yardsticks", response.status().as_u16());
+    response
+}
+
+fn yardsticks(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<serde_json::Value, ApiError> {
+    let (_, scope) = require_reader(app, headers)?;
+    let today = app
+        .store
+        .daily(|daily| daily.day_of(chrono::Utc::now().fixed_offset()));
+    let refused = |refusal: yardsticks::Refusal| ApiError::new(refusal.status, refusal.message);
+    let query = yardsticks::parse_query(uri, today).map_err(refused)?;
+    let directory = app.directory();
+    // The alert store provides these (src/hq/alerts wires them in); none until then.
+    let alerts: &[yardsticks::AlertFact] = &[];
+    let context = yardsticks::Context {
+        directory: &directory,
+        scope: &scope,
+        alerts,
+    };
+    yardsticks::answer(&query, &context, |read| {
+        app.store.daily(|daily| read(daily))
+    })
+    .map_err(refused)
 }
 
 /// The reader's name and scope; 401 for no or an unknown token or session, and for a store's

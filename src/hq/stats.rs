@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
+use super::daily::{Daily, Day, DayCounters};
+
 /// What the statistics keep of one attribution record (persisted in compact JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct AttributionSummary {
@@ -50,6 +52,26 @@ pub(crate) struct AttributionSummary {
     /// Milliseconds from opening to resolution.
     #[serde(rename = "ms", default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// The record's instant (`ts`), epoch milliseconds (0 in a summary from before HQ kept it).
+    #[serde(rename = "t", default)]
+    pub t: i64,
+    /// The offset of the record's `ts`, in minutes east of UTC (absent: 0).
+    #[serde(rename = "z", default, skip_serializing_if = "is_zero")]
+    pub offset_minutes: i32,
+    /// The prompt's id (what a sale line's `prompt` names).
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// When the prompt opened, as written.
+    #[serde(rename = "oa", default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<String>,
+    /// The receipt of the sale known at resolution.
+    #[serde(rename = "rc", default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+}
+
+/// Whether an offset is zero (UTC): left out of a summary.
+fn is_zero(minutes: &i32) -> bool {
+    *minutes == 0
 }
 
 impl AttributionSummary {
@@ -61,6 +83,9 @@ impl AttributionSummary {
             &self.station,
             &self.clerk,
             &self.question,
+            &self.prompt,
+            &self.opened_at,
+            &self.receipt,
         ];
         std::mem::size_of::<Self>()
             + self.store.capacity()
@@ -97,6 +122,24 @@ pub(crate) struct ConsultationSummary {
     /// Why its held scan went on (`steps`, `timeout`, `closed`, `shutdown`, `restart`).
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub released_by: Option<String>,
+    /// The record's instant (`ts`), epoch milliseconds (0 in a summary from before HQ kept it).
+    #[serde(rename = "t", default)]
+    pub t: i64,
+    /// The offset of the record's `ts`, in minutes east of UTC (absent: 0).
+    #[serde(rename = "z", default, skip_serializing_if = "is_zero")]
+    pub offset_minutes: i32,
+    /// The consultation's id (what a sale's `consultation` names).
+    #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// When it opened, as written.
+    #[serde(rename = "oa", default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<String>,
+    /// The customer's reference, if one was given.
+    #[serde(rename = "cu", default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    /// The linked sale's receipt.
+    #[serde(rename = "rc", default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 /// One step of a [`ConsultationSummary`].
@@ -114,6 +157,12 @@ pub(crate) struct StepSummary {
     /// The skip reason, when skipped.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The value recorded (a `choose` option, or the product code of an `auto = "scan"` step).
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The values recorded by a `multi` step.
+    #[serde(rename = "vs", default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
 }
 
 /// What became of one step of a closed consultation.
@@ -133,7 +182,14 @@ pub(crate) enum StepStatus {
 impl ConsultationSummary {
     /// Bytes this summary takes in memory, its strings included.
     pub(crate) fn memory_size(&self) -> usize {
-        let optional = [&self.clerk, &self.released_by];
+        let optional = [
+            &self.clerk,
+            &self.released_by,
+            &self.id,
+            &self.opened_at,
+            &self.customer,
+            &self.receipt,
+        ];
         std::mem::size_of::<Self>()
             + self.store.capacity()
             + self.flow.capacity()
@@ -150,18 +206,109 @@ impl ConsultationSummary {
                         + step.key.capacity()
                         + step.label.as_ref().map_or(0, String::capacity)
                         + step.reason.as_ref().map_or(0, String::capacity)
+                        + step.value.as_ref().map_or(0, String::capacity)
+                        + step
+                            .values
+                            .iter()
+                            .map(|value| value.capacity() + 24)
+                            .sum::<usize>()
                 })
                 .sum::<usize>()
     }
 }
 
-/// What `/v1/stats` keeps of a record, for the kinds it reads.
+/// What HQ keeps of a *tracked* sale record (persisted in compact JSON under `L` + hq_seq):
+/// a sale with a line naming a `prompt`, `flow` or `campaign`, or naming a `consultation`.
+/// Sales of nothing tracked get no summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SaleSummary {
+    /// Store code.
+    #[serde(rename = "s")]
+    pub store: String,
+    /// The record's instant (`ts`), epoch milliseconds.
+    #[serde(rename = "t", default)]
+    pub t: i64,
+    /// The receipt number.
+    #[serde(rename = "rc", default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+    /// The clerk who rang it up.
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub clerk: Option<String>,
+    /// The prompt ids its lines name, each once.
+    #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
+    /// The consultation it names (`data.consultation`).
+    #[serde(rename = "cn", default, skip_serializing_if = "Option::is_none")]
+    pub consultation: Option<String>,
+    /// The evidence of its first contact, handler and conversation, once HQ holds it.
+    #[serde(rename = "tr", default, skip_serializing_if = "Option::is_none")]
+    pub traced: Option<Evidence>,
+}
+
+impl SaleSummary {
+    /// The clerk the sale counts for: its own, else the one of its evidence.
+    pub(crate) fn counted_clerk(&self) -> Option<&str> {
+        self.clerk
+            .as_deref()
+            .or_else(|| self.traced.as_ref().and_then(|e| e.clerk.as_deref()))
+    }
+
+    /// Bytes this summary takes in memory, its strings included.
+    pub(crate) fn memory_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.store.capacity()
+            + [&self.receipt, &self.clerk, &self.consultation]
+                .iter()
+                .filter_map(|text| text.as_ref().map(String::capacity))
+                .sum::<usize>()
+            + self
+                .prompts
+                .iter()
+                .map(|p| p.capacity() + 24)
+                .sum::<usize>()
+            + self
+                .traced
+                .as_ref()
+                .map_or(0, |e| e.clerk.as_ref().map_or(0, String::capacity))
+    }
+}
+
+/// A record that shows a tracked sale's first contact, handler and conversation: an answered
+/// attribution with its opening time and clerk, or a consultation with its opening time and a
+/// step done (its clerk, else the sale's, is the handler). Persisted under `E` (see `join`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Evidence {
+    /// What kind of record it is.
+    #[serde(rename = "x")]
+    pub kind: EvidenceKind,
+    /// Its clerk, if it names one.
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub clerk: Option<String>,
+    /// Its hq_seq.
+    #[serde(rename = "q")]
+    pub hq_seq: u64,
+}
+
+/// The kinds of record that are evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum EvidenceKind {
+    /// A consultation record.
+    #[serde(rename = "c")]
+    Consultation,
+    /// An attribution record.
+    #[serde(rename = "a")]
+    Attribution,
+}
+
+/// What HQ keeps of a record, for the kinds it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Summary {
     /// An attribution record's.
     Attribution(AttributionSummary),
     /// A consultation record's.
     Consultation(ConsultationSummary),
+    /// A tracked sale record's.
+    Sale(SaleSummary),
 }
 
 impl Summary {
@@ -170,6 +317,7 @@ impl Summary {
         match self {
             Summary::Attribution(summary) => summary.memory_size(),
             Summary::Consultation(summary) => summary.memory_size(),
+            Summary::Sale(summary) => summary.memory_size(),
         }
     }
 }
@@ -737,7 +885,8 @@ fn merge_totals(totals: &mut StoreTotals, other: &StoreTotals) {
     }
 }
 
-/// Everything `/v1/stats` reports, kept current by the store's flusher.
+/// Everything `/v1/stats` reports, and the daily figures (`daily`), kept current by the
+/// store's flusher.
 #[derive(Debug, Default)]
 pub(crate) struct Aggregates {
     /// Highest durable hq_seq included.
@@ -748,15 +897,26 @@ pub(crate) struct Aggregates {
     campaigns: BTreeMap<(String, String), CampaignTally>,
     /// Flow tallies by (store code, flow id).
     flows: BTreeMap<(String, String), FlowTally>,
+    /// The same records by store-local day, for the yardsticks and alert rules.
+    daily: Daily,
 }
 
 impl Aggregates {
+    /// No figures yet; days are store-local days in `timezone`.
+    pub(crate) fn new(timezone: chrono_tz::Tz) -> Self {
+        Aggregates {
+            daily: Daily::new(timezone),
+            ..Aggregates::default()
+        }
+    }
+
     /// Counts one durable attribution record.
     pub(crate) fn add_attribution(&mut self, summary: &AttributionSummary) {
         self.campaigns
             .entry((summary.store.clone(), summary.campaign.clone()))
             .or_default()
             .add(summary);
+        self.daily.add_attribution(summary);
     }
 
     /// Counts one durable consultation record.
@@ -765,6 +925,7 @@ impl Aggregates {
             .entry((summary.store.clone(), summary.flow.clone()))
             .or_default()
             .add(summary);
+        self.daily.add_consultation(summary);
     }
 
     /// Counts one durable record's summary.
@@ -772,7 +933,24 @@ impl Aggregates {
         match summary {
             Summary::Attribution(summary) => self.add_attribution(summary),
             Summary::Consultation(summary) => self.add_consultation(summary),
+            Summary::Sale(summary) => self.daily.add_sale(summary),
         }
+    }
+
+    /// A tracked sale counted before became traced (`before` as it was counted).
+    pub(crate) fn retrace(&mut self, before: &SaleSummary, after: &SaleSummary) {
+        self.daily.remove_sale(before);
+        self.daily.add_sale(after);
+    }
+
+    /// Replaces the per-day counters of a store-local day (as persisted under `Y`).
+    pub(crate) fn set_day_counters(&mut self, store: &str, day: Day, counters: DayCounters) {
+        self.daily.set_counters(store, day, counters);
+    }
+
+    /// The daily figures.
+    pub(crate) fn daily(&self) -> &Daily {
+        &self.daily
     }
 
     /// Replaces a store's totals with the ones as of its latest durable batch.
@@ -974,6 +1152,11 @@ mod tests {
             clerk: (outcome != "timeout").then(|| "c-7".to_string()),
             question: Some("why?".into()),
             latency_ms: latency,
+            t: 0,
+            offset_minutes: 0,
+            prompt: None,
+            opened_at: None,
+            receipt: None,
         }
     }
 
@@ -1042,6 +1225,8 @@ mod tests {
                     _ => StepStatus::Missing,
                 },
                 reason: (status == 's').then(|| format!("reason-{key}")),
+                value: None,
+                values: Vec::new(),
             })
             .collect();
         ConsultationSummary {
@@ -1056,6 +1241,12 @@ mod tests {
             steps,
             held_ms: held.map(|(_, ms)| ms),
             released_by: held.map(|(by, _)| by.to_string()),
+            t: 0,
+            offset_minutes: 0,
+            id: None,
+            opened_at: None,
+            customer: None,
+            receipt: None,
         }
     }
 

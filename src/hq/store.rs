@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 
-use super::stats::{Aggregates, AttributionSummary, ConsultationSummary, StoreTotals, Summary};
+use super::daily::{self, Case, Day, DayCounters, DayFinder};
+use super::join::Join;
+use super::stats::{
+    Aggregates, AttributionSummary, ConsultationSummary, SaleSummary, StoreTotals, Summary,
+};
 
 /// Name of the sled tree holding everything (one tree, so one `Batch` is atomic).
 const TREE: &str = "hq";
@@ -17,10 +21,21 @@ const TREE: &str = "hq";
 const FORMAT: &[u8] = b"1";
 /// `M` key set once every stored consultation record has its `C` summary: records an HQ from
 /// before consultation figures stored as a kind it did not know get theirs at the first start
-/// of a newer one.
+/// of a newer one (now done by the re-summarising of [`SUMMARIES`]).
 const CONSULTATIONS_SUMMARISED: &str = "consultations_summarised";
-/// Records per sled batch while summarising stored consultation records.
+/// `M` key holding [`SUMMARIES_VERSION`] once every stored attribution, consultation and
+/// tracked sale record has its summary of today's form (with its time, values and links), the
+/// traceability join (`E`, `W`, `L`) and the day index (`I`) are built, and the per-day
+/// counters (`Y`) are counted: a database from an older HQ gets them at the first start.
+const SUMMARIES: &str = "summaries";
+/// The value of [`SUMMARIES`] this code writes.
+const SUMMARIES_VERSION: &[u8] = b"2";
+/// `M` key naming the `[hq] timezone` the `Y` days were counted in; another zone counts again.
+const TIMEZONE: &str = "timezone";
+/// Records per sled batch while re-summarising stored records.
 const BACKFILL_BATCH: usize = 10_000;
+/// Most [`Case`]s one read returns.
+pub(crate) const MAX_CASES: usize = 10_000;
 /// Most records one chunk value holds.
 pub(crate) const CHUNK_MAX_RECORDS: usize = 64;
 /// Most line bytes one chunk value holds (a single larger line gets a chunk of its own).
@@ -58,7 +73,28 @@ mod prefix {
     pub const CONSULTATION: u8 = b'C';
     /// Store totals by store code.
     pub const TOTALS: u8 = b'T';
+    /// Tracked sale summaries by hq_seq.
+    pub const SALE: u8 = b'L';
+    /// Traceability evidence: store, 0, link key.
+    pub const EVIDENCE: u8 = b'E';
+    /// Tracked sales waiting for evidence: store, 0, link key, 0, hq_seq.
+    pub const WAITING: u8 = b'W';
+    /// Attribution and consultation records by time: store, 0, ts (ms), hq_seq.
+    pub const DAY_INDEX: u8 = b'I';
+    /// Per store-day counters: store, 0, day.
+    pub const DAY: u8 = b'Y';
 }
+
+/// The prefixes of everything derived from the records, rebuilt by the re-summarising.
+const DERIVED: [u8; 7] = [
+    prefix::ATTRIBUTION,
+    prefix::CONSULTATION,
+    prefix::SALE,
+    prefix::EVIDENCE,
+    prefix::WAITING,
+    prefix::DAY_INDEX,
+    prefix::DAY,
+];
 
 /// `M` + name.
 pub(crate) fn meta_key(name: &str) -> Vec<u8> {
@@ -112,6 +148,96 @@ pub(crate) fn attribution_key(seq: u64) -> [u8; 9] {
 /// `C` + hq_seq.
 pub(crate) fn consultation_key(seq: u64) -> [u8; 9] {
     seq_key(prefix::CONSULTATION, seq)
+}
+
+/// `L` + hq_seq.
+pub(crate) fn sale_key(seq: u64) -> [u8; 9] {
+    seq_key(prefix::SALE, seq)
+}
+
+/// A one-byte prefix, the store code and a 0 byte: where a store's keys of that kind start.
+fn store_prefix(tag: u8, store: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(store.len() + 32);
+    key.push(tag);
+    key.extend_from_slice(store.as_bytes());
+    key.push(0);
+    key
+}
+
+/// `E` + store + 0 + link key.
+pub(crate) fn evidence_key(store: &str, link: &[u8]) -> Vec<u8> {
+    let mut key = store_prefix(prefix::EVIDENCE, store);
+    key.extend_from_slice(link);
+    key
+}
+
+/// `W` + store + 0 + link key + 0: the sales waiting for that key follow it.
+pub(crate) fn waiting_prefix(store: &str, link: &[u8]) -> Vec<u8> {
+    let mut key = store_prefix(prefix::WAITING, store);
+    key.extend_from_slice(link);
+    key.push(0);
+    key
+}
+
+/// `W` + store + 0 + link key + 0 + hq_seq.
+pub(crate) fn waiting_key(store: &str, link: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = waiting_prefix(store, link);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `I` + store + 0 + ts (epoch ms, sign bit flipped so keys sort by time) + hq_seq.
+pub(crate) fn day_index_key(store: &str, t: i64, seq: u64) -> Vec<u8> {
+    let mut key = store_prefix(prefix::DAY_INDEX, store);
+    key.extend_from_slice(&time_bytes(t));
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Epoch milliseconds as 8 bytes that sort as the times do.
+fn time_bytes(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// `Y` + store + 0 + day.
+pub(crate) fn day_key(store: &str, day: Day) -> Vec<u8> {
+    let mut key = store_prefix(prefix::DAY, store);
+    key.extend_from_slice(&daily::day_bytes(day));
+    key
+}
+
+/// The `I` value of an attribution record.
+pub(crate) const INDEXED_ATTRIBUTION: &[u8] = b"a";
+/// The `I` value of a consultation record.
+pub(crate) const INDEXED_CONSULTATION: &[u8] = b"c";
+
+/// Adds to `batch` what HQ keeps of the record stored at `seq` with `summary`: its summary
+/// (`A`, `C`, or through the join `L`), its day index entry, and its part in the join.
+pub(crate) fn write_summary(
+    batch: &mut sled::Batch,
+    join: &mut Join<'_>,
+    seq: u64,
+    summary: &Summary,
+) -> anyhow::Result<()> {
+    match summary {
+        Summary::Attribution(attribution) => {
+            batch.insert(&attribution_key(seq), serde_json::to_vec(attribution)?);
+            batch.insert(
+                day_index_key(&attribution.store, attribution.t, seq),
+                INDEXED_ATTRIBUTION,
+            );
+            join.record(seq, summary, batch)
+        }
+        Summary::Consultation(consultation) => {
+            batch.insert(&consultation_key(seq), serde_json::to_vec(consultation)?);
+            batch.insert(
+                day_index_key(&consultation.store, consultation.t, seq),
+                INDEXED_CONSULTATION,
+            );
+            join.record(seq, summary, batch)
+        }
+        Summary::Sale(sale) => join.sale(seq, sale.clone(), batch),
+    }
 }
 
 /// A one-byte prefix and a big-endian seq: keys that sort by seq.
@@ -276,14 +402,14 @@ pub(crate) struct Recovered {
 /// become an error message, not a crashed receiver. A damaged HQ database is not moved aside
 /// (unlike the gateway journal): starting empty would forget what was deduplicated and hide
 /// every stored record from analysts, so the operator has to decide.
-pub(crate) fn open(data_dir: &Path) -> anyhow::Result<(Store, Recovered)> {
+pub(crate) fn open(data_dir: &Path, timezone: chrono_tz::Tz) -> anyhow::Result<(Store, Recovered)> {
     let path = data_dir.join("hq");
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data folder {}", data_dir.display()))?;
     let thread_path = path.clone();
     let thread = std::thread::Builder::new()
         .name("hq-open".to_string())
-        .spawn(move || open_on_this_thread(&thread_path))
+        .spawn(move || open_on_this_thread(&thread_path, timezone))
         .context("cannot start a thread to open the HQ database")?;
     match thread.join() {
         Ok(result) => result,
@@ -302,7 +428,7 @@ pub(crate) fn open(data_dir: &Path) -> anyhow::Result<(Store, Recovered)> {
 }
 
 /// The body of [`open`].
-fn open_on_this_thread(path: &Path) -> anyhow::Result<(Store, Recovered)> {
+fn open_on_this_thread(path: &Path, timezone: chrono_tz::Tz) -> anyhow::Result<(Store, Recovered)> {
     let db = sled::Config::new()
         .path(path)
         // fsync timing is the flusher's alone (group commit); sled's own timer would add
@@ -332,13 +458,13 @@ fn open_on_this_thread(path: &Path) -> anyhow::Result<(Store, Recovered)> {
         tree,
         path: path.to_path_buf(),
     };
-    let recovered = recover(&store)
+    let recovered = recover(&store, timezone)
         .with_context(|| format!("cannot read the HQ database at {}", path.display()))?;
     Ok((store, recovered))
 }
 
 /// Checks the format and reads back the state kept in memory.
-fn recover(store: &Store) -> anyhow::Result<Recovered> {
+fn recover(store: &Store, timezone: chrono_tz::Tz) -> anyhow::Result<Recovered> {
     let tree = &store.tree;
     match tree.get(meta_key("format"))? {
         Some(format) if format.as_ref() == FORMAT => {}
@@ -379,7 +505,7 @@ fn recover(store: &Store) -> anyhow::Result<Recovered> {
             .insert(start, end);
     }
 
-    let mut aggregates = Aggregates::default();
+    let mut aggregates = Aggregates::new(timezone);
     let mut totals = BTreeMap::new();
     for item in tree.scan_prefix([prefix::TOTALS]) {
         let (key, value) = item?;
@@ -389,27 +515,42 @@ fn recover(store: &Store) -> anyhow::Result<Recovered> {
         aggregates.set_store_totals(code, store_totals.clone());
         totals.insert(code.to_string(), store_totals);
     }
+    let current = tree.get(meta_key(SUMMARIES))?.as_deref() == Some(SUMMARIES_VERSION)
+        && tree.get(meta_key(CONSULTATIONS_SUMMARISED))?.is_some()
+        && tree.get(meta_key(TIMEZONE))?.as_deref() == Some(timezone.name().as_bytes());
+    if !current {
+        if next_seq > 1 {
+            resummarise(store, timezone)?;
+        }
+        tree.insert(meta_key(SUMMARIES), SUMMARIES_VERSION)?;
+        tree.insert(meta_key(CONSULTATIONS_SUMMARISED), b"1")?;
+        tree.insert(meta_key(TIMEZONE), timezone.name().as_bytes())?;
+        store.db.flush()?;
+    }
+    for item in tree.scan_prefix([prefix::DAY]) {
+        let (key, value) = item?;
+        let (code, day) = split_day_key(&key).ok_or_else(|| anyhow!("damaged day key"))?;
+        let counters = DayCounters::decode(&value)
+            .ok_or_else(|| anyhow!("damaged day counters of {code} {day}"))?;
+        aggregates.set_day_counters(code, day, counters);
+    }
     for item in tree.scan_prefix([prefix::ATTRIBUTION]) {
         let (key, value) = item?;
         let summary: AttributionSummary = serde_json::from_slice(&value)
             .with_context(|| format!("damaged attribution summary {key:?}"))?;
         aggregates.add_attribution(&summary);
     }
-    if tree.get(meta_key(CONSULTATIONS_SUMMARISED))?.is_none() {
-        let held = totals
-            .values()
-            .any(|totals| totals.by_kind.get("consultation").is_some_and(|n| *n > 0));
-        if held {
-            summarise_stored_consultations(store)?;
-        }
-        tree.insert(meta_key(CONSULTATIONS_SUMMARISED), b"1")?;
-        store.db.flush()?;
-    }
     for item in tree.scan_prefix([prefix::CONSULTATION]) {
         let (key, value) = item?;
         let summary: ConsultationSummary = serde_json::from_slice(&value)
             .with_context(|| format!("damaged consultation summary {key:?}"))?;
         aggregates.add_consultation(&summary);
+    }
+    for item in tree.scan_prefix([prefix::SALE]) {
+        let (key, value) = item?;
+        let summary: SaleSummary = serde_json::from_slice(&value)
+            .with_context(|| format!("damaged sale summary {key:?}"))?;
+        aggregates.add(&Summary::Sale(summary));
     }
     aggregates.set_hq_seq(next_seq - 1);
     Ok(Recovered {
@@ -420,19 +561,48 @@ fn recover(store: &Store) -> anyhow::Result<Recovered> {
     })
 }
 
-/// Writes the `C` summary of every stored consultation record that has none: those an HQ
-/// from before consultation figures stored as an unknown kind. Reads every chunk once; a record
-/// that does not pass today's checks is left out of the figures (and logged), as it would have
-/// been refused. Idempotent: summaries are keyed by hq_seq, so an interrupted run is redone.
-fn summarise_stored_consultations(store: &Store) -> anyhow::Result<()> {
+/// The store code and day of a `Y` key.
+fn split_day_key(key: &[u8]) -> Option<(&str, Day)> {
+    let body = key.get(1..)?;
+    let split = body.len().checked_sub(5).filter(|&at| body[at] == 0)?;
+    let code = std::str::from_utf8(&body[..split]).ok()?;
+    Some((code, daily::day_from_bytes(&body[split + 1..])?))
+}
+
+/// Rebuilds everything HQ derives from the records (`DERIVED`: the summaries, the join, the
+/// day index, the per-day counters) by reading every stored record once, in hq_seq order, as
+/// the writer would have at ingest. For a database an older HQ wrote (summaries without times,
+/// values or links; no sales, join, index or days), or whose days were counted in another
+/// time zone. Records that do not pass today's checks are left out of the figures (and
+/// logged), as they would have been refused. The backlog and the hours heard of days before
+/// cannot be known again (they depend on when batches arrived) and stay 0. Idempotent: an
+/// interrupted run is redone whole at the next start, the mark being set only after it.
+fn resummarise(store: &Store, timezone: chrono_tz::Tz) -> anyhow::Result<()> {
     tracing::info!(
         path = %store.path.display(),
-        "summarising consultation records stored before HQ kept consultation figures"
+        "summarising stored records for the daily figures and the traceability join (once)"
     );
+    let tree = &store.tree;
+    for tag in DERIVED {
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
+        for item in tree.scan_prefix([tag]) {
+            batch.remove(item?.0);
+            pending += 1;
+            if pending == BACKFILL_BATCH {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        tree.apply_batch(batch)?;
+    }
+    let mut days: HashMap<(String, Day), u64> = HashMap::new();
+    let mut finder = DayFinder::new(timezone);
     let mut batch = sled::Batch::default();
+    let mut join = Join::new(tree, 0);
     let mut pending = 0;
     let (mut summarised, mut refused) = (0u64, 0u64);
-    let mut items = store.tree.scan_prefix([prefix::CHUNK]).peekable();
+    let mut items = tree.scan_prefix([prefix::CHUNK]).peekable();
     while let Some(item) = items.next() {
         let (key, value) = item?;
         let first = chunk_first(&key)?;
@@ -453,32 +623,91 @@ fn summarise_stored_consultations(store: &Store) -> anyhow::Result<()> {
         let value: &[u8] = joined.as_deref().unwrap_or(&value);
         let records =
             decode_chunk(value).ok_or_else(|| anyhow!("damaged record chunk at hq_seq {first}"))?;
+        let store_len = usize::from(value[0]);
+        let code = std::str::from_utf8(&value[1..1 + store_len]).context("damaged chunk")?;
         for (offset, record) in records.iter().enumerate() {
-            if record.kind != b"consultation" {
-                continue;
-            }
             let seq = first + offset as u64;
-            match super::record::summary_of(record.line) {
-                Ok(Some(Summary::Consultation(summary))) => {
-                    batch.insert(&consultation_key(seq), serde_json::to_vec(&summary)?);
-                    pending += 1;
-                    summarised += 1;
+            match super::record::stored_record(record.line) {
+                Ok((t, summary)) => {
+                    let day = finder.day(t);
+                    match days.get_mut(&(code.to_string(), day)) {
+                        Some(count) => *count += 1,
+                        None => {
+                            days.insert((code.to_string(), day), 1);
+                        }
+                    }
+                    if let Some(summary) = summary {
+                        write_summary(&mut batch, &mut join, seq, &summary)?;
+                        pending += 1;
+                        summarised += 1;
+                    }
                 }
-                Ok(_) => {}
                 Err(reason) => {
-                    tracing::warn!(hq_seq = seq, %reason, "a stored consultation record is left out of the figures");
+                    tracing::warn!(hq_seq = seq, %reason, "a stored record is left out of the figures");
                     refused += 1;
                 }
             }
-            if pending == BACKFILL_BATCH {
-                store.tree.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
-            }
+        }
+        if pending >= BACKFILL_BATCH {
+            // The join's overlay only covers writes not yet applied: start a new one.
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            join = Join::new(tree, 0);
+            pending = 0;
         }
     }
-    store.tree.apply_batch(batch)?;
-    tracing::info!(summarised, refused, "consultation records summarised");
+    tree.apply_batch(batch)?;
+    let mut batch = sled::Batch::default();
+    for ((code, day), records) in days {
+        let counters = DayCounters {
+            records,
+            ..DayCounters::default()
+        };
+        batch.insert(day_key(&code, day), &counters.encode());
+    }
+    tree.apply_batch(batch)?;
+    tracing::info!(summarised, refused, "stored records summarised");
     Ok(())
+}
+
+/// The [`Case`]s of `store` whose `ts` is in `from_ms..to_ms` (epoch ms), in ts order, at most
+/// [`MAX_CASES`], never past `durable`.
+pub(crate) fn read_cases(
+    tree: &sled::Tree,
+    durable: u64,
+    store: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> anyhow::Result<Vec<Case>> {
+    let mut start = store_prefix(prefix::DAY_INDEX, store);
+    let mut end = start.clone();
+    start.extend_from_slice(&time_bytes(from_ms));
+    end.extend_from_slice(&time_bytes(to_ms));
+    let mut cases = Vec::new();
+    for item in tree.range(start..end) {
+        if cases.len() >= MAX_CASES {
+            break;
+        }
+        let (key, kind) = item?;
+        let seq = be_u64(&key[key.len() - 8..]).ok_or_else(|| anyhow!("damaged day index"))?;
+        if seq > durable {
+            continue;
+        }
+        let case = if kind.as_ref() == INDEXED_ATTRIBUTION {
+            tree.get(attribution_key(seq))?
+                .map(|value| serde_json::from_slice::<AttributionSummary>(&value))
+                .transpose()
+                .with_context(|| format!("damaged attribution summary {seq}"))?
+                .map(|summary| Case::prompt(seq, summary))
+        } else {
+            tree.get(consultation_key(seq))?
+                .map(|value| serde_json::from_slice::<ConsultationSummary>(&value))
+                .transpose()
+                .with_context(|| format!("damaged consultation summary {seq}"))?
+                .map(|summary| Case::consultation(seq, summary))
+        };
+        cases.extend(case);
+    }
+    Ok(cases)
 }
 
 /// A `/v1/records` query.
@@ -777,7 +1006,7 @@ mod tests {
             consultation(3, &long, "null"),
         ];
         let dir = tempfile::tempdir().expect("tempdir");
-        let handle = StoreHandle::open(dir.path(), HqMetrics::new())
+        let handle = StoreHandle::open(dir.path(), chrono_tz::Asia::Shanghai, HqMetrics::new())
             .await
             .expect("open");
         let batch = parse_batch(lines.join("\n").into_bytes(), "S1").expect("valid");
@@ -810,7 +1039,7 @@ mod tests {
         }
 
         let handle = loop {
-            match StoreHandle::open(dir.path(), HqMetrics::new()).await {
+            match StoreHandle::open(dir.path(), chrono_tz::Asia::Shanghai, HqMetrics::new()).await {
                 Ok(handle) => break handle,
                 Err(error) if error.to_string().contains("in use by another process") => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await
@@ -831,6 +1060,119 @@ mod tests {
             .expect("get")
             .is_some());
         assert_eq!(tree.scan_prefix([prefix::CONSULTATION]).count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_database_of_an_older_hq_is_summarised_again_once() {
+        use crate::hq::metrics::HqMetrics;
+        use crate::hq::record::parse_batch;
+        use crate::hq::writer::StoreHandle;
+
+        let record = |seq: u64, ts: &str, kind: &str, data: &str| {
+            format!(
+                r#"{{"id":"S1/gw-1/ep1/{seq}","store":"S1","gateway":"gw-1","epoch":"ep1","seq":{seq},"ts":"{ts}","kind":"{kind}","data":{data}}}"#
+            )
+        };
+        let ts = "2026-11-27T16:01:02.345+08:00";
+        let lines = [
+            record(1, ts, "scan", "{}"),
+            record(
+                2,
+                "2026-11-20T09:00:00.000+08:00",
+                "sale",
+                r#"{"receipt":"R-1","clerk":"c-1","lines":[{"sku":"1","prompt":"p-1"}]}"#,
+            ),
+            record(
+                3,
+                ts,
+                "attribution",
+                &format!(
+                    r#"{{"prompt":"p-1","campaign":"c1","outcome":"answered","clerk":"c-1","opened_at":"{ts}"}}"#
+                ),
+            ),
+            record(
+                4,
+                ts,
+                "consultation",
+                r#"{"flow":"f1","outcome":"completed","clerk":"c-1","steps":[{"key":"a","at":null,"skipped":null}]}"#,
+            ),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = || StoreHandle::open(dir.path(), chrono_tz::Asia::Shanghai, HqMetrics::new());
+        let handle = open().await.expect("open");
+        let batch = parse_batch(lines.join("\n").into_bytes(), "S1").expect("valid");
+        handle.ingest(batch).await.expect("stored");
+        // What is known again from the records: all but the backlog and the hours heard.
+        let known = |handle: &StoreHandle| {
+            handle.daily(|daily| {
+                let mut days = daily.store("S1").cloned().expect("S1");
+                for figures in days.values_mut() {
+                    figures.backlog_max_minutes = 0;
+                    figures.heard_hours = 0;
+                }
+                days.retain(|_, figures| *figures != Default::default());
+                days
+            })
+        };
+        let before = known(&handle);
+        assert_eq!(before.len(), 2, "the sale's day and the others'");
+        assert_eq!(before.values().map(|f| f.records).sum::<u64>(), 4);
+        assert_eq!(before.values().map(|f| f.sales_traced).sum::<u64>(), 1);
+        let stats = handle.stats();
+        handle.close().await;
+
+        // As an older HQ left it: summaries without times or links, no sales, join, index or
+        // days, no marks.
+        {
+            let db = until_unlocked(|| sled::open(dir.path().join("hq"))).await;
+            let tree = db.open_tree(TREE).expect("tree");
+            for tag in [
+                prefix::SALE,
+                prefix::EVIDENCE,
+                prefix::WAITING,
+                prefix::DAY_INDEX,
+                prefix::DAY,
+            ] {
+                for item in tree.scan_prefix([tag]) {
+                    tree.remove(item.expect("item").0).expect("remove");
+                }
+            }
+            for item in tree.scan_prefix([prefix::ATTRIBUTION]) {
+                let (key, value) = item.expect("item");
+                let mut summary: serde_json::Value = serde_json::from_slice(&value).expect("json");
+                for field in ["t", "z", "p", "oa", "rc"] {
+                    summary.as_object_mut().expect("object").remove(field);
+                }
+                tree.insert(key, serde_json::to_vec(&summary).expect("json"))
+                    .expect("insert");
+            }
+            for name in [SUMMARIES, TIMEZONE] {
+                tree.remove(meta_key(name)).expect("remove");
+            }
+            db.flush().expect("flush");
+        }
+        let handle = loop {
+            match open().await {
+                Ok(handle) => break handle,
+                Err(error) if error.to_string().contains("in use by another process") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(error) => panic!("open: {error:#}"),
+            }
+        };
+        assert_eq!(known(&handle), before);
+        assert_eq!(handle.stats().campaigns, stats.campaigns);
+        assert_eq!(handle.stats().flows, stats.flows);
+        handle.close().await;
+        let db = until_unlocked(|| sled::open(dir.path().join("hq"))).await;
+        let tree = db.open_tree(TREE).expect("tree");
+        assert_eq!(
+            tree.get(meta_key(SUMMARIES)).expect("get").as_deref(),
+            Some(SUMMARIES_VERSION)
+        );
+        assert_eq!(tree.scan_prefix([prefix::SALE]).count(), 1);
+        assert_eq!(tree.scan_prefix([prefix::WAITING]).count(), 0, "traced");
+        assert_eq!(tree.scan_prefix([prefix::DAY_INDEX]).count(), 2);
     }
 
     #[test]

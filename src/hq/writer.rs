@@ -19,9 +19,11 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::daily::{self, Case, Daily, Day, DayCounters, DayFinder};
+use super::join::Join;
 use super::metrics::HqMetrics;
 use super::record::IncomingBatch;
-use super::stats::{Aggregates, StatsReport, StoreTotals, Summary};
+use super::stats::{Aggregates, SaleSummary, StatsReport, StoreTotals, Summary};
 use super::store::{self, RecordPage, RecordQuery, SeqRanges, Store};
 
 /// Batches that may wait for the writer; more callers wait in `send` (backpressure).
@@ -96,8 +98,13 @@ struct Applied {
     store: String,
     /// The store's totals after this batch.
     totals: StoreTotals,
-    /// Summaries of the attribution and consultation records it stored, for the statistics.
+    /// Summaries of the attribution, consultation and tracked sale records it stored, for the
+    /// statistics (a sale as it stands after the whole batch).
     summaries: Vec<Summary>,
+    /// Tracked sales of earlier batches that this batch's evidence traced: as counted, as now.
+    retraced: Vec<(SaleSummary, SaleSummary)>,
+    /// The store's per-day counters this batch changed, as they now are.
+    days: Vec<(Day, DayCounters)>,
     /// Records stored and duplicates.
     outcome: IngestOutcome,
 }
@@ -119,12 +126,14 @@ impl StoreHandle {
     /// Opens the database in `data_dir` (recovering the in-memory state) and starts the threads.
     pub(crate) async fn open(
         data_dir: &std::path::Path,
+        timezone: chrono_tz::Tz,
         metrics: HqMetrics,
     ) -> anyhow::Result<StoreHandle> {
         let data_dir = data_dir.to_path_buf();
-        let (store, recovered) = tokio::task::spawn_blocking(move || store::open(&data_dir))
-            .await
-            .map_err(|error| anyhow::anyhow!("opening the HQ database panicked: {error}"))??;
+        let (store, recovered) =
+            tokio::task::spawn_blocking(move || store::open(&data_dir, timezone))
+                .await
+                .map_err(|error| anyhow::anyhow!("opening the HQ database panicked: {error}"))??;
         let durable = recovered.next_seq - 1;
         metrics.stored_seq.set(durable as i64);
         let shared = Arc::new(Shared {
@@ -147,6 +156,8 @@ impl StoreHandle {
             next_seq: recovered.next_seq,
             dedup: recovered.dedup,
             totals: recovered.totals,
+            timezone,
+            days: DayFinder::new(timezone),
             flusher: ticket_sender,
             shared: shared.clone(),
         };
@@ -211,6 +222,38 @@ impl StoreHandle {
             .report_for(view)
     }
 
+    /// Reads the daily figures (as of the latest durable batch) under the statistics' lock:
+    /// keep `read` short, every batch's figures wait for it.
+    pub(crate) fn daily<R>(&self, read: impl FnOnce(&Daily) -> R) -> R {
+        let aggregates = self
+            .shared
+            .aggregates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        read(aggregates.daily())
+    }
+
+    /// The consultation and attribution records of `store` whose `ts` falls on the store-local
+    /// days `from` to `to` (inclusive), in ts order, at most [`store::MAX_CASES`] (the earliest);
+    /// durable ones only. Read through the day index on a blocking thread.
+    // Read by the alert rules (`alerts`, the failing cases a message lists).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) async fn cases(&self, store: &str, from: Day, to: Day) -> anyhow::Result<Vec<Case>> {
+        let timezone = self.daily(|daily| daily.timezone());
+        let from_ms = daily::day_start_millis(timezone, from);
+        let to_ms = to
+            .succ_opt()
+            .map_or(i64::MAX, |next| daily::day_start_millis(timezone, next));
+        let tree = self.tree.clone();
+        let durable = self.shared.durable.load(Ordering::Acquire);
+        let store = store.to_string();
+        tokio::task::spawn_blocking(move || {
+            store::read_cases(&tree, durable, &store, from_ms, to_ms)
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("reading cases panicked: {error}"))?
+    }
+
     /// Whether HQ holds durable records of `kind` from `store` (from any store when `None`).
     pub(crate) fn holds_kind(&self, store: Option<&str>, kind: &str) -> bool {
         self.shared
@@ -223,21 +266,6 @@ impl StoreHandle {
     /// Why the database stopped accepting batches, if it did.
     pub(crate) fn failure(&self) -> Option<String> {
         self.shared.failure()
-    }
-
-    /// PLACEHOLDER on h/alerts (h/daily implements it).
-    pub(crate) fn daily<R>(&self, read: impl FnOnce(&super::daily::Daily) -> R) -> R {
-        read(&super::daily::Daily::default())
-    }
-
-    /// PLACEHOLDER on h/alerts (h/daily implements it).
-    pub(crate) async fn cases(
-        &self,
-        _store: &str,
-        _from: super::daily::Day,
-        _to: super::daily::Day,
-    ) -> anyhow::Result<Vec<super::daily::Case>> {
-        Ok(Vec::new())
     }
 
     /// Drops this handle and waits until the last flush is done and the database is closed
@@ -260,6 +288,10 @@ struct Writer {
     dedup: HashMap<String, SeqRanges>,
     /// Totals by store, as persisted.
     totals: BTreeMap<String, StoreTotals>,
+    /// The zone of store-local days.
+    timezone: chrono_tz::Tz,
+    /// Finds records' days.
+    days: DayFinder,
     /// Applied batches go here to wait for their fsync.
     flusher: std::sync::mpsc::Sender<Ticket>,
     /// Shared state.
@@ -322,6 +354,13 @@ impl Writer {
         let mut chunk_records = 0;
         let mut totals = self.totals.get(&batch.store).cloned().unwrap_or_default();
         let mut summaries = Vec::new();
+        // Where the batch's tracked sales are in `summaries` (filled in once the whole batch
+        // is joined: a later record of it may trace them).
+        let mut sales: Vec<(usize, u64)> = Vec::new();
+        let mut join = Join::new(&self.tree, first_seq);
+        let now = chrono::Utc::now();
+        let now_ms = now.timestamp_millis();
+        let mut days: BTreeMap<Day, DayCounters> = BTreeMap::new();
         for (offset, record) in fresh.iter().enumerate() {
             let seq = first_seq + offset as u64;
             let line = &batch.body[record.line.clone()];
@@ -342,20 +381,41 @@ impl Writer {
                     totals.by_kind.insert(kind.clone(), 1);
                 }
             }
+            let day = days.entry(self.days.day(record.t)).or_default();
+            day.records += 1;
+            let backlog = u64::try_from((now_ms - record.t) / 60_000).unwrap_or(0);
+            day.backlog_max_minutes = day.backlog_max_minutes.max(backlog);
             if let Some(summary) = record.summary.as_deref() {
-                let (key, json) = match summary {
-                    Summary::Attribution(summary) => {
-                        (store::attribution_key(seq), serde_json::to_vec(summary))
-                    }
-                    Summary::Consultation(summary) => {
-                        (store::consultation_key(seq), serde_json::to_vec(summary))
-                    }
-                };
-                let json =
-                    json.map_err(|error| format!("cannot encode a {kind} summary: {error}"))?;
-                sled_batch.insert(&key, json);
+                store::write_summary(&mut sled_batch, &mut join, seq, summary)
+                    .map_err(|error| format!("cannot store a {kind} summary: {error:#}"))?;
+                if let Summary::Sale(_) = summary {
+                    sales.push((summaries.len(), seq));
+                }
                 summaries.push(summary.clone());
             }
+        }
+        for (at, seq) in sales {
+            if let Some(sale) = join.sale_now(seq) {
+                summaries[at] = Summary::Sale(sale.clone());
+            }
+        }
+        let retraced = join.take_retraced();
+        drop(join);
+        // The batch was heard now, in this hour of this day of HQ's clock.
+        let local = now.with_timezone(&self.timezone);
+        days.entry(local.date_naive()).or_default().heard_hours |=
+            1 << chrono::Timelike::hour(&local);
+        let mut changed_days = Vec::with_capacity(days.len());
+        for (day, counters) in days {
+            let key = store::day_key(&batch.store, day);
+            let mut now_counters = match self.tree.get(&key) {
+                Ok(Some(value)) => DayCounters::decode(&value).unwrap_or_default(),
+                Ok(None) => DayCounters::default(),
+                Err(error) => return Err(format!("cannot read the HQ database: {error}")),
+            };
+            now_counters.merge(&counters);
+            sled_batch.insert(key, &now_counters.encode());
+            changed_days.push((day, now_counters));
         }
         let next_seq = first_seq + fresh.len() as u64;
         if !fresh.is_empty() {
@@ -402,6 +462,8 @@ impl Writer {
             store: batch.store,
             totals,
             summaries,
+            retraced,
+            days: changed_days,
             outcome: IngestOutcome {
                 accepted: fresh.len(),
                 duplicates,
@@ -445,6 +507,12 @@ fn flush_loop(store: Store, shared: &Shared, tickets: std::sync::mpsc::Receiver<
                 aggregates.set_store_totals(&applied.store, applied.totals.clone());
                 for summary in &applied.summaries {
                     aggregates.add(summary);
+                }
+                for (before, after) in &applied.retraced {
+                    aggregates.retrace(before, after);
+                }
+                for (day, counters) in &applied.days {
+                    aggregates.set_day_counters(&applied.store, *day, *counters);
                 }
             }
             aggregates.set_hq_seq(durable);

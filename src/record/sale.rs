@@ -5,7 +5,7 @@
 //! [`Sale`] is also the shape a `json-register` message is read into, so its `Deserialize` is
 //! lenient where registers differ (codes as text or numbers, fields beyond the contract's
 //! ignored, every field but `lines` optional) and skips what only the gateway sets (`text`,
-//! each line's `prompt`).
+//! each line's `prompt`, `flow` and `campaign`).
 
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +93,14 @@ pub struct SaleLine {
     /// register), else null.
     #[serde(skip_deserializing)]
     pub prompt: Option<String>,
+    /// The configured flow whose `skus` match this line's SKU (set by the core, never read from
+    /// a register); absent from the record when none does.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// The campaign running today whose `skus` match this line's SKU (set by the core, never
+    /// read from a register); absent from the record when none does.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
 }
 
 /// A code that registers send as text or as a number (`"R-1001"`, `1001`, `6901234567892`).
@@ -134,6 +142,8 @@ mod tests {
                     unit_price: None,
                     amount: Some(25.0),
                     prompt: Some("abc".into()),
+                    flow: None,
+                    campaign: None,
                 }],
                 total: Some(25.0),
                 currency: None,

@@ -373,6 +373,9 @@ async fn a_json_register_sale_with_medical_insurance_completes_the_insurance_ste
     };
     assert_eq!(sale["data"]["consultation"], id.as_str());
     assert_eq!(sale["data"]["payments"][0]["status"], "approved");
+    // The line of the flow's product names the flow; no campaign is configured.
+    assert_eq!(sale["data"]["lines"][0]["flow"], "rx-5step");
+    assert_eq!(sale["data"]["lines"][0].get("campaign"), None);
 }
 
 #[tokio::test]

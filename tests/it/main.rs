@@ -13,6 +13,7 @@ mod hq_e2e;
 mod hq_flow;
 mod hq_management_dashboard;
 mod hq_users;
+mod hq_yardsticks;
 mod mosquitto;
 
 mod api_access;

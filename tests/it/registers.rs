@@ -131,6 +131,11 @@ async fn a_register_sale_links_the_targeted_line_to_the_prompt_and_the_answer_na
     assert_eq!(data["currency"], "CNY");
     assert_eq!(data["lines"][0]["prompt"], prompt.as_str());
     assert_eq!(data["lines"][1]["prompt"], Value::Null);
+    // The campaign's product is marked as such (HQ's traceability counts that sale); the other
+    // line and both lines' flow (none configured) are absent.
+    assert_eq!(data["lines"][0]["campaign"], "xinsong-2026q4");
+    assert_eq!(data["lines"][1].get("campaign"), None);
+    assert_eq!(data["lines"][0].get("flow"), None);
     let bad: Vec<&Value> = of_kind(&records, "device")
         .into_iter()
         .filter(|r| r["data"]["event"] == "bad_frame" && r["data"]["device"] == "register-1")
