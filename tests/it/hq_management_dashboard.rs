@@ -788,7 +788,7 @@ async fn a_region_user_sees_their_region_in_detail_and_the_other_only_as_aggrega
         }
         let page = js(&client, "return document.documentElement.outerHTML;").await;
         let page = page.as_str().unwrap();
-        for secret in [HZ, HZ_CLERK, &HZ_CUSTOMER[..12], HZ_RECEIPT] {
+        for secret in [HZ, HZ_CLERK, &HZ_CUSTOMER[..8], HZ_RECEIPT] {
             assert!(!page.contains(secret), "{secret} shown in {hash}");
         }
     }
@@ -972,6 +972,10 @@ async fn an_alert_link_goes_through_login_and_the_alert_is_acknowledged_then_res
         .iter()
         .find(|alert| alert["id"] == id.as_str())
         .unwrap();
+    assert!(
+        !shown.contains("[object"),
+        "every part drawn as text: {shown}"
+    );
     for expected in [
         "insurance-pass-low",
         WZ1,
@@ -1088,6 +1092,8 @@ async fn an_alert_link_goes_through_login_and_the_alert_is_acknowledged_then_res
     // The admin (as the test) acknowledges the other store's alert while the admin's page
     // still lists it open, right after a read (the next is a 10 s poll away).
     let other = id_of(HZ);
+    // Sign out (the button is at the top; the page scrolled to the alert).
+    js(&client, "window.scrollTo(0, 0);").await;
     click(&client, "#logout").await;
     eventually("signed out", || async {
         client
@@ -1163,27 +1169,32 @@ async fn the_stores_table_of_127_stores_over_90_days_is_built_and_sorted_at_once
     wait_attr(&client, "#stores-table", "data-rows", |v| v == Some("3")).await;
 
     js(&client, SYNTHETIC_YARDSTICKS).await;
-    client
-        .find(Locator::Id("yard-period"))
+    // From picking 90 days to the table laid out: the answer parsed, the rows built (the page
+    // measures that part itself) and the layout they cost, forced once they are in.
+    let timing = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];\
+             const started = performance.now();\
+             new MutationObserver((_, observer) => {\
+               const table = document.getElementById('stores-table');\
+               if (!table || table.dataset.rows !== '127') return;\
+               observer.disconnect();\
+               void document.body.offsetHeight;\
+               done({total: performance.now() - started, build: Number(table.dataset.buildMs)});\
+             }).observe(document.getElementById('stores-box'), {childList: true});\
+             const period = document.getElementById('yard-period');\
+             period.value = '90';\
+             period.dispatchEvent(new Event('change'));",
+            vec![],
+        )
         .await
-        .unwrap()
-        .select_by_value("90")
-        .await
-        .unwrap();
-    wait_attr(&client, "#stores-table", "data-rows", |v| v == Some("127")).await;
-    // Building the rows, then the layout they cost (forced here, to be measured).
-    let build_ms: f64 = attr(&client, "#stores-table", "data-build-ms")
-        .await
-        .expect("the page measured its build")
-        .parse()
-        .unwrap();
-    let layout_ms = js(
-        &client,
-        "const t = performance.now(); void document.body.offsetHeight; return performance.now() - t;",
-    )
-    .await
-    .as_f64()
-    .unwrap();
+        .expect("the table of 127 stores");
+    let total_ms = timing["total"].as_f64().unwrap();
+    let build_ms = timing["build"].as_f64().unwrap();
+    assert_eq!(
+        attr(&client, "#stores-table", "data-rows").await.as_deref(),
+        Some("127")
+    );
     let lines = js(
         &client,
         "return Array.from(document.querySelectorAll('#stores-table tbody tr'))\
@@ -1216,14 +1227,12 @@ async fn the_stores_table_of_127_stores_over_90_days_is_built_and_sorted_at_once
         &order[114..]
     );
     eprintln!(
-        "127 stores x 90 days: build {build_ms} ms, layout {layout_ms:.1} ms, sort {sort_ms:.1} ms"
+        "127 stores x 90 days: {total_ms:.1} ms to the laid-out table (rows built in {build_ms} ms), \
+         sort {sort_ms:.1} ms"
     );
-    // Generous bounds for a debug HQ on a shared 2-core machine: a frame-by-frame build (a
-    // layout per row or cell) costs seconds here.
-    assert!(
-        build_ms + layout_ms < 2000.0,
-        "build {build_ms} + layout {layout_ms} ms"
-    );
+    // Generous bounds for a shared 2-core machine: a build with a layout per row or cell
+    // costs seconds here.
+    assert!(total_ms < 2000.0, "{total_ms} ms");
     assert!(sort_ms < 1000.0, "sort {sort_ms} ms");
     screenshot(&client, "hq-manage-127-stores-1366x900.png").await;
 

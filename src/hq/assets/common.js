@@ -20,7 +20,8 @@ function fill(node, attrs, children) {
     if (value === null || value === undefined || value === false) continue;
     node.setAttribute(name, String(value));
   }
-  for (const child of children.flat()) {
+  // Children may nest arrays (a bilingual label inside a list of parts).
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }

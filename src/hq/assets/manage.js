@@ -771,6 +771,12 @@ function metricValue(metric, value) {
   return /rate|completeness/.test(metric || "") ? percent(value) : String(Math.round(value * 10) / 10);
 }
 
+// A customer reference (32 hex digits) short enough for a table, both ends kept.
+function shortRef(ref) {
+  if (typeof ref !== "string" || ref === "") return "—";
+  return ref.length > 14 ? ref.slice(0, 8) + "…" + ref.slice(-4) : ref;
+}
+
 // The rule's threshold as written: "< 65%", "> 4".
 function threshold(a) {
   const t = a.threshold || {};
@@ -807,7 +813,7 @@ function alertCard(a) {
   const cases = (a.cases || []).map((c) => el("tr", { class: "case" },
     el("td", { class: "time" }, shortTime(c.time)),
     el("td", { class: "clerk" }, text(c.clerk)),
-    el("td", { class: "customer mono", title: text(c.customer, "") }, c.customer ? String(c.customer).slice(0, 12) + "…" : "—"),
+    el("td", { class: "customer mono", title: text(c.customer, "") }, shortRef(c.customer)),
     el("td", { class: "symptoms" }, Array.isArray(c.symptoms) && c.symptoms.length ? c.symptoms.join("、") : "—"),
     el("td", { class: "value" }, text(c.value))));
   const card = el("article", {
