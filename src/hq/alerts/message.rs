@@ -99,3 +99,78 @@ pub(super) fn notice(alert: &Alert, public_url: Option<&str>) -> Notice {
         alert: json,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::{AlertCase, AlertState, AlertValue};
+    use super::*;
+
+    fn alert(cases: usize) -> Alert {
+        Alert {
+            id: "a-7".into(),
+            rule: "insurance-pass-low".into(),
+            title: "S1 医保核验通过率 连续 2 天低于 65.0%".into(),
+            metric: "step_rate".into(),
+            threshold: BTreeMap::from([("below".to_string(), 0.65)]),
+            store: "S1".into(),
+            region: Some("east-wz".into()),
+            state: AlertState::Open,
+            days: vec!["2026-12-01".into(), "2026-12-02".into()],
+            values: vec![AlertValue {
+                day: "2026-12-01".into(),
+                value: 0.5,
+                count: 10,
+            }],
+            opened_at: "2026-12-03T01:00:00.000Z".into(),
+            delivered_at: None,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            note: None,
+            resolved_at: None,
+            resolved_by: None,
+            action: None,
+            response_minutes: None,
+            cases: (0..cases)
+                .map(|index| AlertCase {
+                    time: format!("2026-12-01T10:{index:02}:00+08:00"),
+                    clerk: Some("c-17".into()),
+                    customer: Some(format!("ref{index}")),
+                    symptoms: vec!["高血压".into()],
+                    value: Some("未通过".into()),
+                })
+                .collect(),
+            cases_total: cases + 5,
+            targets: vec!["wz".into()],
+        }
+    }
+
+    #[test]
+    fn the_message_lists_days_cases_and_the_link() {
+        let notice = notice(&alert(3), Some("https://hq.example.com/"));
+        assert_eq!(notice.alert_id, "a-7");
+        assert!(notice.title.starts_with("【预警】S1"));
+        for text in [&notice.markdown, &notice.text] {
+            assert!(text.contains("2026-12-01: 50.0%（10 例）"), "{text}");
+            assert!(
+                text.contains("店员 c-17 · 顾客 ref0 · 症状 高血压 · 未通过"),
+                "{text}"
+            );
+            assert!(text.contains("未达标案例 8 例（列出前 3 例）"), "{text}");
+            assert!(
+                text.contains("https://hq.example.com/#alerts/a-7"),
+                "{text}"
+            );
+        }
+        assert_eq!(notice.alert["id"], "a-7");
+    }
+
+    #[test]
+    fn a_message_lists_at_most_twenty_cases_and_no_link_without_a_public_url() {
+        let notice = notice(&alert(40), None);
+        assert!(notice.markdown.contains("20. "));
+        assert!(!notice.markdown.contains("21. "));
+        assert!(!notice.markdown.contains("#alerts/"));
+    }
+}
