@@ -12,7 +12,8 @@
 //! tracked sale for its clerk, else the clerk of its evidence.
 //!
 //! Memory grows per store-day with the flows, steps, values, campaigns and clerks of that day
-//! (measured figures in the design doc of `hq`), never per record.
+//! (measured figures in the design doc of `hq`), never per record, and only the last
+//! [`KEPT_DAYS`] days are kept.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,12 @@ use super::stats::{AttributionSummary, ConsultationSummary, SaleSummary, StepSta
 
 /// A store-local day in `[hq] timezone`.
 pub(crate) type Day = chrono::NaiveDate;
+
+/// Days kept in memory per store, back from its latest day up to today (the longest
+/// `/v1/yardsticks` range): older days are forgotten, so memory is bounded by stores × this
+/// many days. Their summaries stay on disk. (From the store's latest day rather than today,
+/// so a store that stopped sending keeps its last figures.)
+pub(crate) const KEPT_DAYS: i64 = 400;
 
 /// The daily figures of every store.
 #[derive(Debug, Clone)]
@@ -286,6 +293,22 @@ impl Daily {
                 if *clerk == ClerkDay::default() {
                     figures.clerks.remove(code);
                 }
+            }
+        }
+    }
+
+    /// Forgets each store's days more than [`KEPT_DAYS`] before its latest day that is not
+    /// after tomorrow (a clock far ahead does not push real days out). Cheap when there are
+    /// none: a look at each store's first and latest day.
+    pub(crate) fn forget_old_days(&mut self, today: Day) {
+        let tomorrow = today + chrono::Duration::days(1);
+        for days in self.stores.values_mut() {
+            let Some((latest, _)) = days.range(..=tomorrow).next_back() else {
+                continue;
+            };
+            let oldest = *latest - chrono::Duration::days(KEPT_DAYS);
+            while days.first_key_value().is_some_and(|(day, _)| *day < oldest) {
+                days.pop_first();
             }
         }
     }
@@ -697,6 +720,33 @@ mod tests {
                 timeout: 0,
                 skipped: 1
             }
+        );
+    }
+
+    #[test]
+    fn days_past_the_kept_ones_are_forgotten() {
+        let mut daily = Daily::new(chrono_tz::Asia::Shanghai);
+        for ts in [
+            "2025-10-22T10:00:00.000+08:00",
+            "2025-10-23T10:00:00.000+08:00",
+            "2026-11-27T10:00:00.000+08:00",
+        ] {
+            daily.add_attribution(&attribution("S1", ts, "answered", Some("c-1")));
+        }
+        // 400 days back from the latest day up to tomorrow is kept; a store's clock far
+        // ahead does not count.
+        daily.add_attribution(&attribution(
+            "S1",
+            "2099-01-01T10:00:00.000+08:00",
+            "answered",
+            None,
+        ));
+        daily.forget_old_days(day("2026-11-26"));
+        let days: Vec<Day> = daily.store("S1").expect("S1").keys().copied().collect();
+        assert_eq!(
+            days,
+            [day("2025-10-23"), day("2026-11-27"), day("2099-01-01")],
+            "the latest day is 2026-11-27; the 22nd is 401 days before it"
         );
     }
 

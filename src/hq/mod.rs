@@ -16,6 +16,7 @@
 //! | `GET /v1/records?store=&kind=&after=&limit=` | a reader | NDJSON, each record plus `"hq_seq"` |
 //! | `GET /v1/stats` | a reader | JSON figures, below |
 //! | `GET /v1/trace?receipt=&store=&hq_seq=` | a reader | a sale traced to its attributions, scans and consultation (`dashboard`) |
+//! | `GET /v1/yardsticks?region=&store=&from=&to=` | a reader | the three yardsticks per chain, region, store and clerk over store-local days (`yardsticks`, "Daily figures") |
 //! | `GET /v1/me` | a reader | `{"name","role","region"?,"store"?}` |
 //! | `POST /v1/login` `{"name","password"}` | anyone | 200 and a session cookie; 401; 429 |
 //! | `POST /v1/logout` | anyone | 204, the cookie's session ended |
@@ -140,8 +141,18 @@
 //!     A hq_seq              attribution summary (compact JSON) of that record
 //!     C hq_seq              consultation summary (compact JSON): its steps done/skipped/missing
 //!     T store               the store's totals (JSON), as in /v1/stats
+//!     M "summaries"         "2": every A, C, L summary has today's form, E W I Y are built
+//!     M "timezone"          the [hq] timezone the Y days were counted in
+//!     L hq_seq              tracked sale summary (compact JSON), `tr` set once traced
+//!     E store 0 link        evidence (compact JSON: kind, clerk, hq_seq) held for a link key
+//!     W store 0 link 0 hq_seq   (empty): that tracked sale waits for evidence under link
+//!     I store 0 t hq_seq    "a" or "c": an attribution or consultation record by time
+//!     Y store 0 day         20 bytes: records, backlog_max_minutes (u64), heard_hours (u32)
 //! ```
-//! (`first_seq`, `start`, `hq_seq` are u64 big-endian, so keys sort by number.)
+//! (`first_seq`, `start`, `hq_seq` are u64 big-endian, so keys sort by number; `t` is the
+//! record's `ts` in epoch ms as u64 big-endian with the sign bit flipped, `day` a store-local
+//! day in `[hq] timezone` as days from 0001-01-01, u32 big-endian; a `link` is `c` + a
+//! consultation id, `r` + a receipt or `p` + a prompt id, see `join`.)
 //!
 //! A chunk value is `[store_len u8][store]` then, per record, `[kind_len u8][kind]
 //! [line_len u32 LE][line]`, the line being the record's bytes exactly as received. Records
@@ -152,20 +163,59 @@
 //! that) is written in 32 KiB pieces: sled keeps values above about 128 KiB in memory for
 //! good, whatever its cache size (measured: RSS grew by every MB of such records written).
 //!
+//! # Daily figures (`daily`, `join`, `yardsticks`)
+//!
+//! The alert rules and `/v1/yardsticks` read figures per store and store-local day (in `[hq]
+//! timezone`), never records: 127 stores × 90 days (~30M records) must evaluate every rule in
+//! 2 s and answer a dashboard in 200 ms. A record counts in the day of its own `ts`, so a late
+//! batch lands in the days its records were made. What feeds them:
+//! - the summaries, which carry the record's instant (`t`, epoch ms, and `z`, its offset) and
+//!   what the rules read: an attribution's prompt, `opened_at`, receipt; a consultation's id,
+//!   `opened_at`, customer reference, receipt and each step's `value`/`values`; and a new one,
+//!   `L`, for each *tracked* sale (a line naming a `prompt`, `flow` or `campaign`, or the sale
+//!   a `consultation`): store, time, receipt, clerk, its link keys and whether it is traced;
+//! - `Y` per store-day: records (by `ts`), the longest backlog (HQ's receive time minus `ts`,
+//!   whole minutes, at least 0), and the hours of the day (HQ's clock) a batch was accepted;
+//! - the traceability join (`join`): a tracked sale is *traced* once HQ holds evidence of its
+//!   first contact, handler and conversation (a consultation with `opened_at` and a step done,
+//!   its clerk or else the sale's as handler; or an answered attribution with `opened_at` and
+//!   a clerk) under one of its link keys. Sales and evidence each wait for the other in sled
+//!   (`E`, `W`), so arrival order does not matter; the writer reads one `E` per link key of a
+//!   tracked sale and scans one `W` prefix per link key of an evidence record.
+//!
+//! The writer thread writes all of it into the batch's one `sled::Batch` (the records of a
+//! batch see each other through the join's overlays); the flusher updates [`daily::Daily`]
+//! (inside the statistics' aggregates) after the fsync, as for `/v1/stats`, re-counting a sale
+//! of an earlier batch that this one traced. At start `Daily` is rebuilt from `Y`, `A`, `C`
+//! and `L`, never from records, but once: a database of an older HQ (no `M summaries`), or
+//! whose days were counted in another time zone, is re-summarised from its records at the
+//! first start (`store::resummarise`: every chunk read once; the backlog and hours heard of
+//! days before cannot be known again and stay 0). `StoreHandle::daily` reads the figures
+//! under the aggregates' lock; `StoreHandle::cases` lists a store's consultation and
+//! attribution records of a range of days through `I` (at most 10,000, in ts order), for the
+//! failing cases an alert lists.
+//!
 //! # Memory
 //!
 //! Bodies in flight are bounded by `body_budget`; a `/v1/records` page by 4 MiB (plus one
 //! record); sled's cache is 32 MiB (its default, 1 GiB, made memory grow with every record
 //! stored). What else grows is per stream (its seq ranges), per store, per campaign and per
 //! flow (their stations, clerks, steps, options and skip reasons), not per record, but for 8
-//! bytes per answered prompt and per held scan (for exact medians). Measured on a debug build: RSS 279 MB after 200 MiB of 1 MiB records and 356 MB
+//! bytes per answered prompt and per held scan (for exact medians). `Daily` grows per
+//! store-day with that day's flows, steps, values, campaigns and clerks, and keeps each store's
+//! last 400 days: measured with a counting allocator, a busy store-day (30 consultations of 2
+//! flows × 5 steps with values and skip reasons, 30 prompts of 2 campaigns, 30 tracked sales,
+//! 8 clerks) holds 11.2 KB (13.7 KB of RSS), so 127 stores × 90 days 128 MB (150 MB RSS);
+//! most of it is B-tree nodes (about 370 bytes for a map's first entry) of the steps' values
+//! and skip reasons. Measured on a debug build: RSS 279 MB after 200 MiB of 1 MiB records and 356 MB
 //! after 800 MiB (sled's own working set settles at about 200 MB with 32 KiB values); before,
 //! 301 MB and 902 MB.
 //!
 //! # Atomicity and durability
 //!
-//! Everything one batch changes (chunks, the store index entry, dedup ranges, attribution
-//! and consultation summaries, the store's totals, `next_seq`) is one sled `Batch` on the one tree, which sled
+//! Everything one batch changes (chunks, the store index entry, dedup ranges, the summaries,
+//! the join's `E`, `W`, `L`, the day index and counters, the store's totals, `next_seq`) is one
+//! sled `Batch` on the one tree, which sled
 //! applies atomically, also across a crash: after a restart a batch is either all there or
 //! not at all. The answer is sent only after a `Db::flush` (fsync) that started after the
 //! batch was applied. sled's own timed flushing is off; the flusher thread alone decides.
@@ -201,8 +251,8 @@
 //! # Start-up
 //!
 //! The database is opened on a guarded thread (sled 0.34 may panic on damage; that becomes an
-//! error). Recovery reads `next_seq`, the dedup ranges, the store totals and the attribution
-//! summaries, never the records. A database that cannot be opened (in use by another process,
+//! error). Recovery reads `next_seq`, the dedup ranges, the store totals, the day counters and
+//! the summaries, never the records (but for the one-time re-summarising above). A database that cannot be opened (in use by another process,
 //! damaged, unknown format) is an error: unlike the gateway journal it is not moved aside,
 //! because an empty HQ would forget what it deduplicated and hide every stored record.
 //!
@@ -251,11 +301,14 @@
 //! - `access`: the directory of tokens, users and regions; scopes; password hashes; sessions;
 //!   the failed-login limit.
 //! - `record`: content encoding, bounded decompression, line validation (and the summaries
-//!   of attribution and consultation records).
+//!   of attribution, consultation and tracked sale records).
 //! - `budget`: the memory budget of bodies in flight.
 //! - `store`: sled keys, chunks, seq ranges, open and recovery, reading pages of records.
 //! - `writer`: the write path's owner (writer and flusher threads), `StoreHandle`.
-//! - `stats`: the `/v1/stats` figures: store totals, campaigns, flows.
+//! - `stats`: the `/v1/stats` figures: store totals, campaigns, flows; the summaries.
+//! - `daily`: the figures per store-local day ([`daily::Daily`]) and the cases of alerts.
+//! - `join`: the traceability join of tracked sales and their evidence (`E`, `W`, `L`).
+//! - `yardsticks`: `/v1/yardsticks`.
 //! - `metrics`: `posgw_hq_*`.
 //! - `dashboard`: the page at `/` and `/v1/trace`.
 //! - `notify`: alert delivery to WeCom, DingTalk, Feishu robots and webhooks (persistent outbox).

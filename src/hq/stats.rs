@@ -948,6 +948,12 @@ impl Aggregates {
         self.daily.set_counters(store, day, counters);
     }
 
+    /// Forgets daily figures of days long past (see [`Daily::forget_old_days`]).
+    pub(crate) fn forget_old_days(&mut self, now: chrono::DateTime<chrono::Utc>) {
+        let today = self.daily.day_of(now.fixed_offset());
+        self.daily.forget_old_days(today);
+    }
+
     /// The daily figures.
     pub(crate) fn daily(&self) -> &Daily {
         &self.daily

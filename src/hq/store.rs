@@ -553,6 +553,7 @@ fn recover(store: &Store, timezone: chrono_tz::Tz) -> anyhow::Result<Recovered> 
         aggregates.add(&Summary::Sale(summary));
     }
     aggregates.set_hq_seq(next_seq - 1);
+    aggregates.forget_old_days(chrono::Utc::now());
     Ok(Recovered {
         next_seq,
         dedup,

@@ -516,6 +516,7 @@ fn flush_loop(store: Store, shared: &Shared, tickets: std::sync::mpsc::Receiver<
                 }
             }
             aggregates.set_hq_seq(durable);
+            aggregates.forget_old_days(chrono::Utc::now());
         }
         for Ticket { applied, reply } in round {
             let outcome = applied.outcome;
