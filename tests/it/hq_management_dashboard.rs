@@ -24,9 +24,12 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use axum::routing::post as route_post;
+use axum::Json;
 use chrono::{Duration as Days, FixedOffset, NaiveDate, Utc};
 use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
 use crate::browser::{attr, screenshot, wait_attr, Driver};
 use crate::harness::Gateway;
@@ -59,8 +62,34 @@ struct Site {
     dir: tempfile::TempDir,
 }
 
+/// A 企业微信 group robot on loopback that takes every message; hands each one's markdown on.
+async fn wecom_robot() -> (String, mpsc::UnboundedReceiver<String>) {
+    let (sender, messages) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/cgi-bin/webhook/send",
+        route_post(move |Json(body): Json<Value>| {
+            let sender = sender.clone();
+            async move {
+                let content = body["markdown"]["content"].as_str().unwrap_or("");
+                let _ = sender.send(content.to_string());
+                Json(json!({"errcode": 0, "errmsg": "ok"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the robot");
+    let url = format!(
+        "http://{}/cgi-bin/webhook/send?key=manage-test",
+        listener.local_addr().expect("its address")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, messages)
+}
+
 impl Site {
-    fn new() -> Site {
+    /// With `robot`, east-wz's alerts go to that 企业微信 robot URL, linking to this HQ.
+    fn new(robot: Option<&str>) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let file = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
         file("admin.token", ADMIN_TOKEN);
@@ -94,12 +123,25 @@ impl Site {
             )
         })
         .collect();
+        let (notify, targets) = match robot {
+            Some(url) => {
+                file("wz.url", url);
+                (
+                    format!(
+                        "public_url = \"http://127.0.0.1:{port}\"\n\n\
+                         [[notify]]\nid = \"wz-robot\"\nkind = \"wecom\"\nurl_file = \"wz.url\"\n"
+                    ),
+                    "notify = [\"wz-robot\"]\n",
+                )
+            }
+            None => (String::new(), ""),
+        };
         file(
             "hq.toml",
             &format!(
                 "[hq]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n\
-                 admin_token_file = \"admin.token\"\ntimezone = \"Asia/Shanghai\"\n\n{stores}\n\
-                 [[region]]\nid = \"east-wz\"\nname = \"温州片区\"\nstores = [\"{WZ1}\", \"{WZ2}\"]\n\
+                 admin_token_file = \"admin.token\"\ntimezone = \"Asia/Shanghai\"\n{notify}\n{stores}\n\
+                 [[region]]\nid = \"east-wz\"\nname = \"温州片区\"\nstores = [\"{WZ1}\", \"{WZ2}\"]\n{targets}\
                  [[region]]\nid = \"east-hz\"\nname = \"杭州片区\"\nstores = [\"{HZ}\"]\n\n{users}\n\
                  [[alert]]\nid = \"insurance-pass-low\"\nmetric = \"step_rate\"\nflow = \"{FLOW}\"\n\
                  step = \"insurance\"\nvalue = \"通过\"\nbelow = 0.65\ndays = 2\nmin_count = 5\n\
@@ -530,7 +572,7 @@ async fn view(client: &Client, hash: &str, name: &str) {
 
 #[tokio::test]
 async fn an_admin_sees_the_yardsticks_every_store_sorted_with_sparklines_and_both_regions() {
-    let site = Site::new();
+    let site = Site::new(None);
     let hq = site.start().await;
     let yard = read_as(&hq.api, ADMIN, "/v1/yardsticks").await;
     let driver = Driver::start();
@@ -699,7 +741,7 @@ async fn an_admin_sees_the_yardsticks_every_store_sorted_with_sparklines_and_bot
 
 #[tokio::test]
 async fn a_region_user_sees_their_region_in_detail_and_the_other_only_as_aggregates() {
-    let site = Site::new();
+    let site = Site::new(None);
     let hq = site.start().await;
     let yard = read_as(&hq.api, REGION_USER, "/v1/yardsticks").await;
     let driver = Driver::start();
@@ -816,7 +858,7 @@ async fn a_region_user_sees_their_region_in_detail_and_the_other_only_as_aggrega
 
 #[tokio::test]
 async fn a_store_manager_lands_on_their_store_page_with_steps_clerks_and_skip_reasons() {
-    let site = Site::new();
+    let site = Site::new(None);
     let hq = site.start().await;
     let yard = read_as(&hq.api, STORE_USER, "/v1/yardsticks").await;
     let driver = Driver::start();
@@ -920,7 +962,8 @@ async fn a_store_manager_lands_on_their_store_page_with_steps_clerks_and_skip_re
 
 #[tokio::test]
 async fn an_alert_link_goes_through_login_and_the_alert_is_acknowledged_then_resolved() {
-    let site = Site::new();
+    let (robot_url, mut messages) = wecom_robot().await;
+    let site = Site::new(Some(&robot_url));
     let hq = site.start().await;
     let alerts = read_as(&hq.api, ADMIN, "/v1/alerts?state=open").await;
     let id_of = |store: &str| {
@@ -935,15 +978,24 @@ async fn an_alert_link_goes_through_login_and_the_alert_is_acknowledged_then_res
             .to_owned()
     };
     let id = id_of(WZ1);
+    // The supervisors' robot gets the alert with a link to acknowledge it on the dashboard.
+    let message = tokio::time::timeout(crate::harness::DEADLINE, messages.recv())
+        .await
+        .expect("the robot gets the alert in time")
+        .expect("a message");
+    let link = message
+        .split("](")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("a link in {message}"))
+        .to_owned();
+    assert_eq!(link, format!("{}/#alerts/{id}", hq.api), "{message}");
     let driver = Driver::start();
     let profile = tempfile::tempdir().unwrap();
     let client = driver.browser(profile.path(), (1366, 900)).await;
 
     // The robot message's link, without a session: the login page, then back to the alert.
-    client
-        .goto(&format!("{}/#alerts/{id}", hq.api))
-        .await
-        .unwrap();
+    client.goto(&link).await.unwrap();
     eventually("the login page", || async {
         client
             .current_url()
@@ -1015,6 +1067,14 @@ async fn an_alert_link_goes_through_login_and_the_alert_is_acknowledged_then_res
     assert!(text_of(&client, &format!("{first_case} .symptoms"))
         .await
         .contains("高血压"));
+    // Delivered to the robot, and said so, per target.
+    let robot = format!("{card} .alert-delivery tr[data-target=wz-robot]");
+    wait_attr(&client, &robot, "data-state", |v| v == Some("delivered")).await;
+    eventually("the delivery time on the card", || async {
+        let delivered = text_of(&client, &format!("{card} [data-field=delivered] dd")).await;
+        delivered.contains("wz-robot") && !delivered.contains("未送达")
+    })
+    .await;
     screenshot(&client, "hq-manage-alert-open-1366x900.png").await;
 
     // Acknowledge with a note: the card says who and when.
@@ -1163,7 +1223,7 @@ window.fetch = (input, init) => String(input).startsWith("/v1/yardsticks")
 
 #[tokio::test]
 async fn the_stores_table_of_127_stores_over_90_days_is_built_and_sorted_at_once() {
-    let site = Site::new();
+    let site = Site::new(None);
     let hq = site.start().await;
     let driver = Driver::start();
     let profile = tempfile::tempdir().unwrap();

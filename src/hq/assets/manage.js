@@ -53,7 +53,7 @@ const m = {
   storeAlertsText: "",
   storeAlerts: null,
   // Bumped when what they hold changes, so a view redraws only then.
-  version: { yard: 0, alerts: 0, storeAlerts: 0 },
+  version: { yard: 0, alerts: 0, storeAlerts: 0, focused: 0 },
   // Polls since the last read, and reads done (shown as #view-alerts[data-reads]).
   polls: READ_EVERY,
   reads: 0,
@@ -62,9 +62,13 @@ const m = {
   readAgain: false,
   // Column and direction of each sortable table, by its id.
   sorts: {},
-  // The alert a #alerts/ID link points at, and whether the page scrolled to it yet.
+  // The alert a #alerts/ID link points at, whether the page scrolled to it yet, and the
+  // alert as GET /v1/alerts/{id} tells it (with its delivery per target; null: not read,
+  // false: not found in the caller's scope).
   focus: "",
   scrolledTo: "",
+  focused: null,
+  focusedText: "",
   // Typed but not yet sent, by alert id: {note, action}; and the last action's answer.
   drafts: {},
   messages: {},
@@ -118,7 +122,12 @@ export function show(view, arg) {
   m.view = view;
   m.arg = arg;
   if (view === "alerts") {
-    if (arg !== m.focus) m.scrolledTo = "";
+    if (arg !== m.focus) {
+      m.scrolledTo = "";
+      m.focused = null;
+      m.focusedText = "";
+      if (arg && m.me) refresh();
+    }
     m.focus = arg;
     // A link to one alert shows it whatever its state.
     if (arg && m.filter.state) {
@@ -162,6 +171,7 @@ function read() {
         await readYardsticks();
         await readAlerts();
         if (m.view === "store") await readStoreAlerts();
+        if (m.view === "alerts" && m.focus) await readFocused();
         m.reads += 1;
         $("view-alerts").dataset.reads = String(m.reads);
         render();
@@ -244,6 +254,22 @@ async function readAlerts() {
   m.alerts = (body.alerts || []).filter(inScope);
   m.alertCounts = body.regions || {};
   m.version.alerts += 1;
+}
+
+// The alert a link points at, with its delivery state: shown whatever the list's filters.
+async function readFocused() {
+  const id = m.focus;
+  const got = await fetchText("/v1/alerts/" + encodeURIComponent(id), m.focusedText);
+  if (!got || id !== m.focus) return;
+  if (got.error) {
+    m.focused = false;
+    m.focusedText = "";
+  } else {
+    const alert = JSON.parse(got.body);
+    m.focusedText = got.body;
+    m.focused = inScope(alert) ? alert : false;
+  }
+  m.version.focused += 1;
 }
 
 async function readStoreAlerts() {
@@ -708,11 +734,15 @@ function renderAlerts() {
   $("view-alerts").dataset.focus = m.focus;
   const alerts = (m.alerts || []).slice().sort((a, b) =>
     STATE_ORDER.indexOf(a.state) - STATE_ORDER.indexOf(b.state) || String(b.opened_at).localeCompare(String(a.opened_at)));
+  // The linked alert is shown even when the filters leave it out, first.
+  const linked = m.focused && m.focused.id === m.focus ? m.focused : null;
+  if (linked && !alerts.some((a) => a.id === linked.id)) alerts.unshift(linked);
   const nodes = alerts.map((alert) => {
-    const signature = JSON.stringify([alert, m.messages[alert.id] || null, m.focus === alert.id]);
+    const delivery = linked && alert.id === linked.id ? linked.delivery || null : null;
+    const signature = JSON.stringify([alert, m.messages[alert.id] || null, m.focus === alert.id, delivery]);
     const cached = m.cards.get(alert.id);
     if (cached && cached.signature === signature) return cached.node;
-    const node = alertCard(alert);
+    const node = alertCard(alert, delivery);
     if (cached && cached.node.isConnected) cached.node.replaceWith(node);
     m.cards.set(alert.id, { signature, node });
     return node;
@@ -726,7 +756,8 @@ function renderAlerts() {
   }
   $("alerts-empty").hidden = !(m.alerts && alerts.length === 0);
   const focused = m.focus && alerts.find((a) => a.id === m.focus);
-  $("alert-missing").hidden = !(m.focus && m.alerts && !focused);
+  // The linked alert, when HQ has it for this user, is in `alerts` (added above).
+  $("alert-missing").hidden = !(m.focus && !focused && m.focused === false);
   $("alert-missing").replaceChildren(...bi("未找到预警 " + m.focus, "No such alert, or it is outside what you may see"));
   if (focused && m.scrolledTo !== m.focus) {
     m.scrolledTo = m.focus;
@@ -785,7 +816,30 @@ function threshold(a) {
   return "—";
 }
 
-function alertCard(a) {
+// Where the alert's message stands, per robot target (GET /v1/alerts/{id}).
+const DELIVERY_STATES = {
+  pending: ["发送中", "Pending"],
+  delivered: ["已送达", "Delivered"],
+  abandoned: ["已放弃", "Abandoned"],
+};
+
+function deliveryTable(delivery) {
+  return el("table", { class: "alert-delivery" },
+    el("thead", {}, el("tr", {},
+      el("th", {}, bi("通知目标", "Target")), el("th", {}, bi("状态", "State")),
+      el("th", { class: "num" }, bi("尝试", "Attempts")), el("th", {}, bi("时间", "When")), el("th", {}, bi("错误", "Last error")))),
+    el("tbody", {}, delivery.map((d) => {
+      const label = DELIVERY_STATES[d.state] || [d.state, ""];
+      return el("tr", { "data-target": d.target, "data-state": d.state },
+        el("td", { class: "mono" }, text(d.target)),
+        el("td", {}, bi(label[0], label[1])),
+        el("td", { class: "num" }, text(d.attempts, "0")),
+        el("td", {}, d.delivered_at ? instant(d.delivered_at) : d.next_attempt_at ? ["下次 next ", instant(d.next_attempt_at)] : "—"),
+        el("td", {}, text(d.last_error)));
+    })));
+}
+
+function alertCard(a, delivery) {
   const seesStore = m.me.role !== "store" || a.store === m.me.store;
   const meta = [
     [bi("门店", "Store"), seesStore ? el("a", { class: "store-link", href: "#store/" + encodeURIComponent(a.store) }, a.store) : text(a.store), "alert-store"],
@@ -830,6 +884,7 @@ function alertCard(a) {
       el("thead", {}, el("tr", {}, el("th", {}, bi("日期", "Day")), el("th", { class: "num" }, bi("数值", "Value")), el("th", { class: "num" }, bi("例数", "Cases")))),
       el("tbody", {}, values)),
     dl(times, "alert-times"));
+  if (Array.isArray(delivery) && delivery.length) card.append(deliveryTable(delivery));
   card.append(el("details", { class: "alert-cases", open: cases.length ? "" : null },
     el("summary", {}, bi("病例", "Cases"), " " + cases.length +
       (typeof a.cases_total === "number" && a.cases_total > cases.length ? " / " + a.cases_total : "")),
@@ -856,7 +911,7 @@ function alertActions(a) {
       note, el("button", { type: "submit", class: "ack" }, bi("确认收到", "Acknowledge"))));
   }
   const action = el("textarea", {
-    class: "resolve-action", name: "action", rows: 2, "aria-required": "true",
+    class: "resolve-action", name: "action", rows: 2, "aria-required": "true", maxlength: 2000,
     placeholder: "处理措施（必填）Action taken (required)",
   });
   action.value = draft.action || "";
