@@ -4,15 +4,24 @@
 //!
 //! # The page
 //!
-//! Plain HTML, CSS and JavaScript built into the binary (`assets/dashboard.*`, served at `/`
-//! and `/assets/dashboard.{js,css}`), no build step and nothing fetched from elsewhere: the
-//! answer-share chart is CSS bars. The page itself is public (it holds no data); every figure
-//! comes from the admin endpoints, called with `Authorization: Bearer TOKEN`. The token comes
-//! from `?token=…` (kept in `sessionStorage`, then removed from the address bar with
-//! `history.replaceState`) or from a small form; a 401 says so and shows the form again.
-//! `Referrer-Policy: no-referrer` keeps a token still in the address bar out of any referrer,
-//! and a `Content-Security-Policy` of `'self'` only means nothing in a record can run as script
-//! (the page also only ever inserts record text with `textContent`).
+//! Plain HTML, CSS and JavaScript built into the binary (`assets/`, served at `/` and
+//! `/assets/NAME`), no build step, no framework and nothing fetched from elsewhere: charts are
+//! CSS bars and inline SVG. The script is a set of ES modules: `dashboard.js` (polling,
+//! navigation, the overview and the traceability view) imports `common.js` (DOM builders,
+//! formats, the HTTP calls), `flows.js` (step-completeness tables) and `manage.js` (the
+//! management views). The page itself is public (it holds no data); every figure comes from
+//! the read endpoints, called with the session cookie of `/login` or with `Authorization:
+//! Bearer TOKEN`. A token comes from `?token=…` (kept in `sessionStorage`, then removed from
+//! the address bar with `history.replaceState`) or from a small form; a 401 says so and shows
+//! the form again. `Referrer-Policy: no-referrer` keeps a token still in the address bar out of
+//! any referrer, and a `Content-Security-Policy` of `'self'` only means nothing in a record can
+//! run as script (the page also only ever inserts record text with `textContent`).
+//!
+//! The address's hash picks the view (`#overview`, `#trace`, `#stores`, `#store/CODE`,
+//! `#regions`, `#regions/ID`, `#alerts`, `#alerts/ID`), so a link lands where it points: the
+//! robot message's `/#alerts/ID` opened without a session goes to `/login#alerts/ID`, and the
+//! login page comes back to the hash. `GET /v1/me` tells the role: an admin and a region user
+//! have the stores and regions views; a store's manager lands on their store's page.
 //!
 //! The page polls every 2 s, one request after the other (never overlapping):
 //! - `GET /v1/stats`: per campaign, over all stores or the store picked, prompts opened,
@@ -26,7 +35,17 @@
 //!   arrived since. The first poll starts 200,000 records before the newest (`hq_seq` of the
 //!   stats) rather than at 0, so opening the page costs the same on a large HQ. Attributions
 //!   feed the list of the 50 latest (time, store, station, product, answer or outcome, clerk,
-//!   receipt), sales the list of the 100 latest receipts of the traceability view.
+//!   receipt), sales the list of the 100 latest receipts of the traceability view;
+//! - every fifth poll (and at once after a filter, a period or an action), `GET
+//!   /v1/yardsticks` and `GET /v1/alerts` for the management views (`manage.js`): the header's
+//!   three yardsticks (过程数据完整率, 预警响应及时率, 销售行为可追溯率) of the chain, the user's
+//!   region or store, each against its goal and industry baseline; the stores table (sortable,
+//!   a sparkline of daily completeness per store, built off-document and put in at once, so
+//!   127 stores of 90 days cost one layout); a store's page (its yardsticks, day trend, step
+//!   completeness by step and clerk from `/v1/stats`, its open alerts); the regions' heat map;
+//!   and the alerts, acknowledged (`POST /v1/alerts/{id}/ack`) and resolved (`…/resolve`)
+//!   from the page. A region user's page draws only its own region's stores, clerks and
+//!   alerts, and the other regions as the heat map's aggregates.
 //!
 //! Polling rather than SSE: the receiver has no push channel, and a 2 s poll of in-memory
 //! figures plus two empty pages costs next to nothing.
@@ -90,10 +109,24 @@ use super::store::RecordQuery;
 use super::writer::StoreHandle;
 
 const PAGE_HTML: &str = include_str!("assets/dashboard.html");
-const DASHBOARD_JS: &str = include_str!("assets/dashboard.js");
-const DASHBOARD_CSS: &str = include_str!("assets/dashboard.css");
 const LOGIN_HTML: &str = include_str!("assets/login.html");
-const LOGIN_JS: &str = include_str!("assets/login.js");
+
+/// The files under `/assets/`: name, body, content type. The page's script is a module
+/// (`dashboard.js`) importing the others by relative path.
+const ASSETS: [(&str, &str, &str); 6] = [
+    (
+        "dashboard.js",
+        include_str!("assets/dashboard.js"),
+        JAVASCRIPT,
+    ),
+    ("common.js", include_str!("assets/common.js"), JAVASCRIPT),
+    ("flows.js", include_str!("assets/flows.js"), JAVASCRIPT),
+    ("manage.js", include_str!("assets/manage.js"), JAVASCRIPT),
+    ("login.js", include_str!("assets/login.js"), JAVASCRIPT),
+    ("dashboard.css", include_str!("assets/dashboard.css"), CSS),
+];
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
 
 /// The page may load only its own assets and talk only to this receiver.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -132,21 +165,18 @@ pub(super) async fn login_page() -> Response {
         .into_response()
 }
 
-/// `GET /assets/{file}`: the page's script and style sheet.
+/// `GET /assets/{file}`: the page's scripts and style sheet.
 pub(super) async fn asset(Path(file): Path<String>) -> Response {
-    let (body, content_type) = match file.as_str() {
-        "dashboard.js" => (DASHBOARD_JS, "text/javascript; charset=utf-8"),
-        "dashboard.css" => (DASHBOARD_CSS, "text/css; charset=utf-8"),
-        "login.js" => (LOGIN_JS, "text/javascript; charset=utf-8"),
-        _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    let Some((_, body, content_type)) = ASSETS.iter().find(|(name, _, _)| *name == file) else {
+        return (StatusCode::NOT_FOUND, "no such asset").into_response();
     };
     // no-cache: the browser revalidates, so an upgraded receiver serves the new page at once.
     (
         [
-            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_TYPE, *content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        body,
+        *body,
     )
         .into_response()
 }

@@ -255,14 +255,36 @@ async fn check_http(hq_url: &str) {
         .unwrap()
         .contains("connect-src 'self'"));
     assert!(page.text().await.unwrap().contains("/assets/dashboard.js"));
-    for asset in ["dashboard.js", "dashboard.css"] {
+    // The page's modules, each importable as JavaScript (a module with another type is refused).
+    for asset in [
+        "dashboard.js",
+        "common.js",
+        "flows.js",
+        "manage.js",
+        "dashboard.css",
+    ] {
         let response = http
             .get(format!("{hq_url}/assets/{asset}"))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{asset}");
+        let kind = if asset.ends_with(".js") {
+            "text/javascript"
+        } else {
+            "text/css"
+        };
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
     }
+    let missing = http
+        .get(format!("{hq_url}/assets/nope.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     let trace = |token: Option<&str>, query: &str| {
         let mut request = http.get(format!("{hq_url}/v1/trace?{query}"));
         if let Some(token) = token {
@@ -292,7 +314,7 @@ async fn check_http(hq_url: &str) {
 }
 
 /// Polls `check` until it holds; fails the test after [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -304,7 +326,7 @@ where
     }
 }
 
-async fn count(client: &Client, css: &str) -> usize {
+pub(crate) async fn count(client: &Client, css: &str) -> usize {
     client
         .find_all(Locator::Css(css))
         .await
@@ -312,7 +334,7 @@ async fn count(client: &Client, css: &str) -> usize {
         .unwrap_or(0)
 }
 
-async fn text_of(client: &Client, css: &str) -> String {
+pub(crate) async fn text_of(client: &Client, css: &str) -> String {
     client
         .find(Locator::Css(css))
         .await
@@ -322,7 +344,7 @@ async fn text_of(client: &Client, css: &str) -> String {
         .unwrap()
 }
 
-async fn click(client: &Client, css: &str) {
+pub(crate) async fn click(client: &Client, css: &str) {
     client
         .find(Locator::Css(css))
         .await

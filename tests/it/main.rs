@@ -11,6 +11,7 @@ mod hq_alerts;
 mod hq_dashboard;
 mod hq_e2e;
 mod hq_flow;
+mod hq_management_dashboard;
 mod hq_users;
 mod hq_yardsticks;
 mod mosquitto;

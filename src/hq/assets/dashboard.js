@@ -1,9 +1,15 @@
-// posgw HQ dashboard. Polls the admin endpoints every 2 s (one request after the other) and
-// redraws; every record text goes into the page with textContent, never as HTML.
-"use strict";
+// posgw HQ dashboard. Polls the read endpoints every 2 s (one request after the other) and
+// redraws; every record text goes into the page with textContent, never as HTML. The
+// management views (yardsticks, stores, regions, alerts, a store's page) are in manage.js;
+// this module owns the overview, the traceability view, the polling and the navigation.
+import {
+  $, el, bi, text, percent, shortTime, seconds, money, api, auth, Unauthorized, loginUrl,
+} from "./common.js";
+import { GOAL, stepsTable, stepMatrix } from "./flows.js";
+import * as manage from "./manage.js";
+
 (() => {
   const POLL_MS = 2000;
-  const GOAL = 0.85;
   const FEED_MAX = 50;
   const RECEIPTS_MAX = 100;
   // The first poll reads attributions and sales from this many records before the newest, so
@@ -39,9 +45,10 @@
   };
 
   const state = {
-    token: "",
-    // Who is signed in with a session cookie (GET /v1/me), when no token is used.
-    session: null,
+    // Who is signed in (GET /v1/me): {name, role, region?, store?}; null until known.
+    me: null,
+    // Signed in with the session cookie (not a token): a 401 means signing in again.
+    session: false,
     stats: null,
     store: "",
     feed: [], // attribution records, newest first
@@ -52,45 +59,6 @@
     polling: false,
   };
 
-  const $ = (id) => document.getElementById(id);
-
-  // ---- small DOM helpers ----
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      node.setAttribute(name, String(value));
-    }
-    for (const child of children.flat()) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
-  // Chinese label with its English beside it.
-  function bi(zh, en) {
-    return [zh + " ", el("span", { class: "en" }, en)];
-  }
-  function text(value, fallback = "—") {
-    return value === null || value === undefined || value === "" ? fallback : String(value);
-  }
-  function percent(ratio) {
-    return Math.round(ratio * 1000) / 10 + "%";
-  }
-  // Store-local time as the record wrote it ("2026-11-27T16:01:02.345+08:00" -> "11-27 16:01:02").
-  function shortTime(ts) {
-    if (typeof ts !== "string") return "—";
-    const m = /^\d{4}-(\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})/.exec(ts);
-    return m ? m[1] + " " + m[2] : ts;
-  }
-  function seconds(ms) {
-    return ms === null || ms === undefined ? "—" : (ms / 1000).toFixed(1) + " s";
-  }
-  function money(amount, currency) {
-    if (typeof amount !== "number") return "—";
-    const sign = currency === "CNY" || !currency ? "¥" : currency + " ";
-    return sign + amount.toFixed(2);
-  }
   function outcomeChip(outcome) {
     const label = OUTCOMES[outcome] || [outcome, ""];
     return el("span", { class: "chip " + outcome }, bi(label[0], label[1]));
@@ -109,35 +77,26 @@
   }
 
   function askForToken(message) {
-    state.token = "";
+    auth.token = "";
     sessionStorage.removeItem(TOKEN_KEY);
     showBanner(message, "error");
     setStatus("unauthorized", bi("未授权", "Not authorised"));
     $("token-form").hidden = false;
+    $("token-form-login").setAttribute("href", loginUrl());
     $("token-input").focus();
   }
 
-  // ---- HTTP ----
-  class Unauthorized extends Error {}
-
-  async function api(path) {
-    // A token when one was given; otherwise the session cookie (HttpOnly, sent by the browser).
-    const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
-    const response = await fetch(path, { headers, cache: "no-store", credentials: "same-origin" });
-    if (response.status === 401) throw new Unauthorized("401");
-    if (!response.ok) {
-      let message = response.status + " " + response.statusText;
-      try {
-        const body = await response.json();
-        if (body && body.error) message = body.error;
-      } catch (_) {
-        // not JSON: keep the status line
-      }
-      const error = new Error(message);
-      error.status = response.status;
-      throw error;
+  // A 401 on any call: a session that expired (or whose user was removed) signs in again and
+  // comes back to the view shown; a refused token asks for another one.
+  function unauthorized() {
+    if (state.session) {
+      window.location.assign(loginUrl());
+      return;
     }
-    return response;
+    if (state.timer) clearTimeout(state.timer);
+    state.timer = null;
+    state.me = null;
+    askForToken(bi("管理令牌无效或缺失 (401)", "The admin token is missing or was refused — enter it below"));
   }
 
   // Reads the records of `kind` that arrived since the last call; returns how many.
@@ -172,7 +131,7 @@
 
   async function poll() {
     state.timer = null;
-    if ((!state.token && !state.session) || state.polling) return;
+    if (!state.me || state.polling) return;
     state.polling = true;
     try {
       const stats = await (await api("/v1/stats")).json();
@@ -186,6 +145,7 @@
       const sales = await readNew("sale", stats.hq_seq);
       hideBanner();
       render();
+      await manage.poll(stats);
       setStatus("live", [
         ...bi("实时", "Live"),
         " · " + new Date(stats.generated_at).toLocaleTimeString("zh-CN", { hour12: false }) +
@@ -198,13 +158,8 @@
       }
     } catch (error) {
       if (error instanceof Unauthorized) {
-        if (state.session) {
-          // The session expired or the user was removed: sign in again.
-          window.location.assign("/login");
-          return;
-        }
-        askForToken(bi("管理令牌无效或缺失 (401)", "The admin token is missing or was refused — enter it below"));
         state.polling = false;
+        unauthorized();
         return;
       }
       setStatus("error", [...bi("连接中断", "Connection lost"), " · " + error.message]);
@@ -445,54 +400,13 @@
       fig("abandoned", "已放弃", "Abandoned", o.abandoned || 0),
       fig("completeness", "过程数据完整率", "Steps done", f.consultations ? percent(f.completeness || 0) : "—")));
     panel.append(stepsTable(f.steps || []));
-    panel.append(stepMatrix(id, f.steps || []));
+    panel.append(flowMatrix(id, f.steps || []));
     panel.append(heldLine(f.held || {}));
     return panel;
   }
 
-  function rateCell(ratio, count) {
-    const fill = el("span", { class: "fill" });
-    fill.style.setProperty("width", Math.min(100, ratio * 100) + "%");
-    const ok = count > 0 && ratio >= GOAL;
-    return el("td", { class: "rate " + (ok ? "ok" : "below") },
-      el("div", { class: "rate-cell" },
-        el("span", { class: "mini meter" }, fill),
-        el("span", { class: "rate-value" }, count > 0 ? percent(ratio) : "—")));
-  }
-
-  function reasonChips(reasons) {
-    const entries = Object.entries(reasons || {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
-    if (entries.length === 0) return "—";
-    return entries.map(([reason, count]) =>
-      el("span", { class: "chip reason", "data-reason": reason, "data-count": count }, reason + " ×" + count));
-  }
-
-  // Each step of the flow in the scope: done, skipped, missing, completeness, skip reasons.
-  function stepsTable(steps) {
-    const table = el("table", { class: "steps-table" },
-      el("thead", {}, el("tr", {},
-        el("th", {}, bi("步骤", "Step")),
-        el("th", { class: "num" }, bi("已完成", "Done")),
-        el("th", { class: "num" }, bi("跳过", "Skipped")),
-        el("th", { class: "num" }, bi("缺失", "Missing")),
-        el("th", { class: "rate" }, bi("完整率", "Completeness")),
-        el("th", {}, bi("跳过原因", "Skip reasons")))));
-    const body = el("tbody");
-    for (const step of steps) {
-      body.append(el("tr", { "data-step": step.key, "data-completeness": Math.round((step.completeness || 0) * 1000) / 10 },
-        el("td", { class: "name" }, text(step.label, step.key), " ", el("span", { class: "en" }, step.key)),
-        el("td", { class: "num done" }, step.done),
-        el("td", { class: "num skipped" }, step.skipped),
-        el("td", { class: "num missing" }, step.missing),
-        rateCell(step.completeness || 0, step.consultations),
-        el("td", { class: "reasons" }, reasonChips(step.skip_reasons))));
-    }
-    table.append(body);
-    return table;
-  }
-
   // Step completeness per store (over all stores) or per clerk (in the store picked).
-  function stepMatrix(id, steps) {
+  function flowMatrix(id, steps) {
     const rows = [];
     if (!state.store) {
       for (const [code, store] of Object.entries(state.stats.stores || {}).sort()) {
@@ -504,45 +418,7 @@
       const f = store && (store.flows || {})[id];
       for (const [clerk, b] of Object.entries((f && f.clerks) || {}).sort()) rows.push([clerk, b]);
     }
-    const by = state.store ? "clerk" : "store";
-    const box = el("div", { class: "matrix-box" },
-      el("h4", {}, state.store ? bi("各店员步骤完整率", "Step completeness by clerk") : bi("各门店步骤完整率", "Step completeness by store")));
-    const table = el("table", { class: "step-matrix", "data-by": by },
-      el("thead", {}, el("tr", {},
-        el("th", {}, state.store ? bi("店员", "Clerk") : bi("门店", "Store")),
-        el("th", { class: "num" }, bi("问诊", "Consultations")),
-        ...steps.map((step) => el("th", { class: "num", "data-step": step.key }, text(step.label, step.key), el("span", { class: "en" }, step.key))),
-        el("th", { class: "num" }, bi("合计", "All steps")))));
-    const body = el("tbody");
-    for (const [name, f] of rows) {
-      const byKey = {};
-      for (const step of f.steps || []) byKey[step.key] = step;
-      const cells = steps.map((step) => {
-        const mine = byKey[step.key];
-        if (!mine || mine.consultations === 0) return el("td", { class: "num cell none", "data-step": step.key }, "—");
-        const low = mine.completeness < GOAL;
-        const reasons = Object.entries(mine.skip_reasons || {}).map(([r, n]) => r + " ×" + n).join(", ");
-        return el("td", {
-          class: "num cell " + (low ? "below" : "ok"),
-          "data-step": step.key,
-          title: mine.done + " 完成 done · " + mine.skipped + " 跳过 skipped · " + mine.missing + " 缺失 missing" + (reasons ? " · " + reasons : ""),
-        },
-          el("strong", { class: "cell-rate" }, percent(mine.completeness)),
-          el("span", { class: "cell-counts" }, mine.skipped + " 跳 · " + mine.missing + " 缺"));
-      });
-      body.append(el("tr", { "data-row": name },
-        el("td", { class: "name" }, name),
-        el("td", { class: "num" }, f.consultations),
-        ...cells,
-        el("td", { class: "num total" }, percent(f.completeness || 0))));
-    }
-    if (rows.length === 0) {
-      body.append(el("tr", {}, el("td", { colspan: steps.length + 3, class: "empty" },
-        bi("没有记录店员的问诊", "No consultation names a clerk"))));
-    }
-    table.append(body);
-    box.append(table);
-    return box;
+    return stepMatrix(steps, rows, state.store ? "clerk" : "store");
   }
 
   function heldLine(held) {
@@ -625,7 +501,7 @@
     if (store) params.set("store", store);
     if (hqSeq) params.set("hq_seq", String(hqSeq));
     state.trace = { receipt, store, hq_seq: hqSeq, report: null };
-    if (!quiet) showView("trace");
+    if (!quiet) go("#trace");
     const box = $("trace");
     box.dataset.receipt = receipt;
     box.dataset.state = "loading";
@@ -637,12 +513,7 @@
       box.dataset.state = "shown";
     } catch (error) {
       if (error instanceof Unauthorized) {
-        if (state.session) {
-          // The session expired or the user was removed: sign in again.
-          window.location.assign("/login");
-          return;
-        }
-        askForToken(bi("管理令牌无效或缺失 (401)", "The admin token is missing or was refused — enter it below"));
+        unauthorized();
         return;
       }
       box.dataset.state = "error";
@@ -797,25 +668,78 @@
     return item;
   }
 
-  // ---- views ----
+  // ---- views and navigation ----
+  // The address's hash picks the view: #overview, #trace, #stores, #store/CODE, #regions,
+  // #regions/ID, #alerts, #alerts/ID. Tabs and links only change the hash, so the back button,
+  // a reload and the link in a robot message all land on what they point at.
+  const VIEWS = ["overview", "trace", "stores", "store", "regions", "alerts"];
+
+  function parseHash(hash) {
+    const [head, ...rest] = hash.replace(/^#/, "").split("/");
+    let arg = rest.join("/");
+    try {
+      arg = decodeURIComponent(arg);
+    } catch (_) {
+      // a malformed escape: take it as written
+    }
+    return { view: VIEWS.includes(head) ? head : "", arg };
+  }
+
+  // Where a user lands: a store's manager on their store's page, everyone else the overview.
+  function landing() {
+    const me = state.me;
+    return me && me.role === "store" && me.store ? "#store/" + encodeURIComponent(me.store) : "#overview";
+  }
+
+  function go(hash) {
+    if (window.location.hash === hash) route();
+    else window.location.hash = hash;
+  }
+
+  function route() {
+    let { view, arg } = parseHash(window.location.hash);
+    if (!view || (state.me && !manage.allowed(view))) {
+      if (!state.me) view = "overview";
+      else {
+        const hash = landing();
+        history.replaceState(null, "", window.location.pathname + window.location.search + hash);
+        ({ view, arg } = parseHash(hash));
+      }
+    }
+    showView(view);
+    manage.show(view, arg);
+    // Views drawn so far (tests wait on it; the hash itself may name what the page hides).
+    document.body.dataset.routed = String(Number(document.body.dataset.routed || 0) + 1);
+  }
+
   function showView(view) {
     document.body.dataset.view = view;
-    $("view-overview").hidden = view !== "overview";
-    $("view-trace").hidden = view !== "trace";
+    for (const name of VIEWS) $("view-" + name).hidden = name !== view;
+    // A store's page belongs under the stores tab, or is the store manager's own tab.
+    const own = state.me && state.me.role === "store";
+    const tabView = view === "store" && !own ? "stores" : view;
     for (const tab of document.querySelectorAll(".tab")) {
-      tab.setAttribute("aria-selected", String(tab.dataset.view === view));
+      tab.setAttribute("aria-selected", String(tab.dataset.view === tabView));
     }
-    const hash = view === "trace" ? "#trace" : "";
-    if (window.location.hash !== hash) {
-      history.replaceState(null, "", window.location.pathname + window.location.search + hash);
+  }
+
+  // Tabs for the signed-in role only: a store's manager has no chain-wide stores or regions.
+  function applyRole(me) {
+    for (const tab of document.querySelectorAll(".tab[data-roles]")) {
+      tab.hidden = !tab.dataset.roles.split(" ").includes(me.role);
     }
+    document.body.dataset.role = me.role;
   }
 
   // ---- wiring ----
   function start() {
     for (const tab of document.querySelectorAll(".tab")) {
-      tab.addEventListener("click", () => showView(tab.dataset.view));
+      tab.addEventListener("click", () => {
+        const view = tab.dataset.view;
+        go(view === "store" ? landing() : "#" + view);
+      });
     }
+    window.addEventListener("hashchange", route);
     $("store-filter").addEventListener("change", (event) => {
       state.store = event.target.value;
       if (state.stats) render();
@@ -824,13 +748,13 @@
       event.preventDefault();
       const token = $("token-input").value.trim();
       if (!token) return;
-      state.token = token;
+      auth.token = token;
       sessionStorage.setItem(TOKEN_KEY, token);
       $("token-input").value = "";
       $("token-form").hidden = true;
       hideBanner();
       setStatus("starting", bi("连接中", "Connecting…"));
-      restart();
+      connect();
     });
     $("receipt-search").addEventListener("submit", (event) => {
       event.preventDefault();
@@ -849,8 +773,6 @@
       const hqSeq = button.dataset.hqSeq ? Number(button.dataset.hqSeq) : null;
       loadTrace(button.dataset.receipt, button.dataset.store, hqSeq);
     });
-
-    showView(window.location.hash === "#trace" ? "trace" : "overview");
     $("logout").addEventListener("click", async () => {
       try {
         await fetch("/v1/logout", { method: "POST", credentials: "same-origin" });
@@ -858,32 +780,46 @@
         window.location.assign("/login");
       }
     });
-    state.token = takeToken();
-    if (state.token) {
-      poll();
-      return;
-    }
-    signedIn().then((me) => {
-      if (!me) {
-        askForToken(bi("请登录，或输入管理令牌", "Sign in at /login, or enter an admin token"));
-        setStatus("unauthorized", bi("未连接", "Not connected"));
-        return;
-      }
-      state.session = me;
-      $("user-name").textContent = me.name + " · " + me.role;
-      $("session").hidden = false;
-      poll();
-    });
+    manage.init({ go, unauthorized });
+    route();
+    auth.token = takeToken();
+    connect();
   }
 
-  // Who the session cookie belongs to, or null.
-  async function signedIn() {
+  // Asks HQ who we are (a token, else the session cookie), then starts polling.
+  async function connect() {
+    let me;
     try {
-      const response = await fetch("/v1/me", { cache: "no-store", credentials: "same-origin" });
-      return response.ok ? await response.json() : null;
+      me = await (await api("/v1/me")).json();
     } catch (error) {
-      return null;
+      if (!(error instanceof Unauthorized)) {
+        setStatus("error", [...bi("连接中断", "Connection lost"), " · " + error.message]);
+        setTimeout(connect, POLL_MS);
+        return;
+      }
+      if (auth.token) {
+        askForToken(bi("管理令牌无效或缺失 (401)", "The admin token is missing or was refused — enter it below"));
+        return;
+      }
+      // A link to a view (the robot message's /#alerts/ID) signs in first, then comes back.
+      if (parseHash(window.location.hash).view) {
+        window.location.replace(loginUrl());
+        return;
+      }
+      askForToken(bi("请登录，或输入管理令牌", "Sign in at /login, or enter an admin token"));
+      setStatus("unauthorized", bi("未连接", "Not connected"));
+      return;
     }
+    state.me = me;
+    state.session = !auth.token;
+    if (state.session) {
+      $("user-name").textContent = me.name + " · " + me.role;
+      $("session").hidden = false;
+    }
+    applyRole(me);
+    manage.setMe(me);
+    route();
+    restart();
   }
 
   start();

@@ -1,5 +1,6 @@
 // The HQ login page: posts the name and password to /v1/login; the answer sets the session
-// cookie (HttpOnly, so this script never sees it) and the page goes to the dashboard.
+// cookie (HttpOnly, so this script never sees it) and the page goes to the dashboard, on the
+// view its hash named (/login#alerts/ID comes back to /#alerts/ID: a robot message's link).
 "use strict";
 (function () {
   const form = document.getElementById("login-form");
@@ -23,7 +24,9 @@
       return;
     }
     if (response.ok) {
-      window.location.assign("/");
+      // Only a fragment is carried over: the target stays this receiver's dashboard.
+      const hash = window.location.hash;
+      window.location.assign("/" + (hash.length > 1 ? hash : ""));
       return;
     }
     let message = "用户名或密码错误 · Wrong name or password";
