@@ -344,14 +344,22 @@ pub(crate) async fn text_of(client: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Clicks the element `css` names. The page redraws what changed on its polls, so an element
+/// found may be replaced (stale) or covered for a moment before the click lands: the click is
+/// tried again on a fresh lookup until it lands or the deadline passes.
 pub(crate) async fn click(client: &Client, css: &str) {
-    client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|_| panic!("no element {css}"))
-        .click()
-        .await
-        .unwrap();
+    let start = Instant::now();
+    loop {
+        let error = match client.find(Locator::Css(css)).await {
+            Ok(element) => match element.click().await {
+                Ok(_) => return,
+                Err(error) => error.to_string(),
+            },
+            Err(error) => format!("no element: {error}"),
+        };
+        assert!(start.elapsed() < DEADLINE, "cannot click {css}: {error}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test]
