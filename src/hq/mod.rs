@@ -17,10 +17,14 @@
 //! | `GET /v1/stats` | a reader | JSON figures, below |
 //! | `GET /v1/trace?receipt=&store=&hq_seq=` | a reader | a sale traced to its attributions, scans and consultation (`dashboard`) |
 //! | `GET /v1/yardsticks?region=&store=&from=&to=` | a reader | the three yardsticks per chain, region, store and clerk over store-local days (`yardsticks`, "Daily figures") |
+//! | `GET /v1/alerts?state=&region=` | a reader | the alerts of its stores, per-region counts (`alerts`) |
+//! | `GET /v1/alerts/{id}` | a reader | one alert in scope, with each target's delivery state |
+//! | `POST /v1/alerts/evaluate` | an admin | runs every rule now: the alerts opened |
+//! | `POST /v1/alerts/{id}/ack` `{"note"?}`, `…/resolve` `{"action"}` | a reader in scope | the alert; 409 done before; 422 no action |
 //! | `GET /v1/me` | a reader | `{"name","role","region"?,"store"?}` |
 //! | `POST /v1/login` `{"name","password"}` | anyone | 200 and a session cookie; 401; 429 |
 //! | `POST /v1/logout` | anyone | 204, the cookie's session ended |
-//! | `GET /`, `GET /login`, `GET /assets/{dashboard.js,dashboard.css,login.js}` | anyone | the HQ dashboard and login page (their data needs a reader) |
+//! | `GET /`, `GET /login`, `GET /assets/{dashboard,common,flows,manage,login}.js`, `GET /assets/dashboard.css` | anyone | the HQ dashboard and login page (their data needs a reader) |
 //! | `GET /healthz` | anyone | `ok`, or 503 with the reason writes stopped |
 //! | `GET /metrics` | anyone | OpenMetrics text, `posgw_hq_*` |
 //!
@@ -297,7 +301,8 @@
 //!
 //! # Code map
 //!
-//! - `config`: `[hq]`, `[[store]]`, `[[region]]`, `[[user]]`, [`load_config`], [`HqSettings`].
+//! - `config`: `[hq]`, `[[store]]`, `[[region]]`, `[[user]]`, `[[notify]]`, `[[alert]]`,
+//!   [`load_config`], [`HqSettings`].
 //! - `access`: the directory of tokens, users and regions; scopes; password hashes; sessions;
 //!   the failed-login limit.
 //! - `record`: content encoding, bounded decompression, line validation (and the summaries
@@ -311,6 +316,9 @@
 //! - `yardsticks`: `/v1/yardsticks`.
 //! - `metrics`: `posgw_hq_*`.
 //! - `dashboard`: the page at `/` and `/v1/trace`.
+//! - `alerts`: `[[alert]]` rules, their evaluation over `daily`, the alert task (alerts in the
+//!   management database `data_dir/manage`), lifecycle and messages; its module doc says how
+//!   a rule fires once per run of days.
 //! - `notify`: alert delivery to WeCom, DingTalk, Feishu robots and webhooks (persistent outbox).
 //! - `server`: routes, auth, [`run`] and [`start`].
 
