@@ -6,7 +6,8 @@
 //! - **completeness** (过程数据完整率): (consultation steps done + prompts answered) ÷
 //!   (steps of all consultations + prompts opened);
 //! - **alert_response**: alerts opened in the range that were acknowledged within 24 h of
-//!   opening ÷ alerts opened in the range (from the alert store, as [`AlertFact`]s);
+//!   opening ÷ alerts opened in the range (from the alert store, as [`AlertFact`]s), leaving
+//!   out alerts still inside their 24 h and not acknowledged yet (they may still be in time);
 //! - **traceability**: tracked sales (of flow or campaign products, or linked to a
 //!   consultation) that HQ can trace to first contact, handler and conversation ÷ tracked sales.
 //!
@@ -391,6 +392,7 @@ pub(crate) fn answer(
     }
 
     // Alerts opened in the range, per store.
+    let now = Utc::now();
     let mut alerts_by_store: BTreeMap<&str, AlertCounts> = BTreeMap::new();
     let mut alert_region: BTreeMap<&str, Option<String>> = BTreeMap::new();
     let mut supervisors: BTreeMap<&str, AlertCounts> = BTreeMap::new();
@@ -405,6 +407,10 @@ pub(crate) fn answer(
         let within = alert
             .acknowledged_at
             .is_some_and(|at| at >= alert.opened_at && at - alert.opened_at <= RESPONSE_WINDOW);
+        // An alert still inside its 24 h, not acknowledged yet, is neither in time nor late.
+        if alert.acknowledged_at.is_none() && now - alert.opened_at < RESPONSE_WINDOW {
+            continue;
+        }
         let counts = alerts_by_store.entry(&alert.store).or_default();
         counts.alerts += 1;
         counts.within_24h += u64::from(within);

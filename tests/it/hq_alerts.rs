@@ -355,6 +355,21 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
         "{message}"
     );
 
+    // alert_response: both alerts are fresh and unacknowledged, so neither counts yet.
+    let (_, yardsticks) = call(
+        reqwest::Method::GET,
+        &url,
+        "/v1/yardsticks",
+        &As::Admin,
+        None,
+    )
+    .await;
+    assert_eq!(
+        yardsticks["chain"]["alert_response"]["alerts"], 0,
+        "{yardsticks}"
+    );
+    assert_eq!(yardsticks["chain"]["alert_response"]["value"], Value::Null);
+
     // Scope and lifecycle, per role.
     let li = login(&url, "li").await;
     let wang = login(&url, "wang").await;
@@ -442,7 +457,7 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    // alert_response moved: one of two alerts acknowledged within 24 h.
+    // alert_response moved: the acknowledged alert was in time (the other is still young).
     let (status, yardsticks) = call(
         reqwest::Method::GET,
         &url,
@@ -453,7 +468,11 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
     .await;
     assert_eq!(status, StatusCode::OK, "{yardsticks}");
     assert_eq!(
-        yardsticks["chain"]["alert_response"]["alerts"], 2,
+        yardsticks["chain"]["alert_response"]["alerts"], 1,
+        "{yardsticks}"
+    );
+    assert_eq!(
+        yardsticks["chain"]["alert_response"]["value"], 1.0,
         "{yardsticks}"
     );
     assert_eq!(
