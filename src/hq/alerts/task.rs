@@ -132,15 +132,21 @@ impl AlertTask {
 
     /// Writes alert `number` and flushes.
     async fn persist(&mut self, number: u64) -> Result<(), String> {
-        let Some(alert) = self.alerts.get(&number) else {
-            return Ok(());
-        };
-        let json = serde_json::to_vec(alert).map_err(|error| error.to_string())?;
+        self.persist_all(&[number]).await
+    }
+
+    /// Writes alerts `numbers` and the next number, then flushes once.
+    async fn persist_all(&mut self, numbers: &[u64]) -> Result<(), String> {
+        let mut batch = sled::Batch::default();
+        for number in numbers {
+            if let Some(alert) = self.alerts.get(number) {
+                let json = serde_json::to_vec(alert).map_err(|error| error.to_string())?;
+                batch.insert(&key_of(*number), json);
+            }
+        }
+        batch.insert(NEXT_KEY, &self.next.to_be_bytes());
         self.tree
-            .insert(key_of(number), json)
-            .map_err(|error| error.to_string())?;
-        self.tree
-            .insert(NEXT_KEY, &self.next.to_be_bytes())
+            .apply_batch(batch)
             .map_err(|error| error.to_string())?;
         self.db
             .flush_async()
@@ -296,11 +302,24 @@ impl AlertTask {
                     .unwrap_or_default(),
             };
             self.alerts.insert(number, alert.clone());
-            // Persisted before it is announced: a crash after this never opens it again.
-            if let Err(error) = self.persist(number).await {
-                self.alerts.remove(&number);
-                anyhow::bail!("cannot store alert {}: {error}", alert.id);
+            opened.push(alert);
+        }
+        if opened.is_empty() {
+            return Ok(opened);
+        }
+        // Persisted, all with one fsync, before any is announced: a crash after this never
+        // opens them again, and a crash before it leaves nothing to announce.
+        let numbers: Vec<u64> = opened
+            .iter()
+            .filter_map(|alert| number_of_id(&alert.id))
+            .collect();
+        if let Err(error) = self.persist_all(&numbers).await {
+            for number in &numbers {
+                self.alerts.remove(number);
             }
+            anyhow::bail!("cannot store {} new alerts: {error}", numbers.len());
+        }
+        for alert in &opened {
             tracing::warn!(
                 alert = %alert.id,
                 rule = %alert.rule,
@@ -308,8 +327,7 @@ impl AlertTask {
                 days = ?alert.days,
                 "alert opened"
             );
-            self.announce(&alert).await;
-            opened.push(alert);
+            self.announce(alert).await;
         }
         Ok(opened)
     }
