@@ -39,6 +39,7 @@ pub mod core;
 pub mod decode;
 pub mod demo;
 pub mod devices;
+pub mod fleet;
 pub mod gateway;
 pub mod hq;
 pub mod journal;

@@ -222,7 +222,10 @@ pub(crate) fn entry_toml(section: &str, entry: &Value) -> Result<String, String>
 }
 
 /// `[answer_codes]` and `[prompts] skip_reasons` as TOML.
-fn shared_toml(codes: &BTreeMap<String, String>, reasons: &[String]) -> Result<String, String> {
+pub(crate) fn shared_toml(
+    codes: &BTreeMap<String, String>,
+    reasons: &[String],
+) -> Result<String, String> {
     let mut text = String::new();
     if !codes.is_empty() {
         text.push_str("[answer_codes]\n");

@@ -56,6 +56,9 @@ pub struct HqSettings {
     pub users: Vec<UserSettings>,
     /// The files that were read, main file first, then the applied drop-ins.
     pub files: Vec<PathBuf>,
+    /// The chain's campaigns, flows, answer codes and skip reasons for the stores' gateways
+    /// (`[[campaign]]`, `[[flow]]`, `[answer_codes]`, `[prompts]`; `hq::fleet`).
+    pub fleet: super::fleet::FleetSettings,
 }
 
 impl HqSettings {
@@ -78,6 +81,7 @@ impl HqSettings {
             regions: Vec::new(),
             users: Vec::new(),
             files: Vec::new(),
+            fleet: Default::default(),
         }
     }
 }
@@ -140,6 +144,14 @@ struct RawHqConfig {
     region: Option<Vec<Located<RawRegion>>>,
     /// `[[user]]`: dashboard and API users.
     user: Option<Vec<Located<RawUser>>>,
+    /// `[[campaign]]`: campaigns for the stores' gateways (`hq::fleet`).
+    campaign: Option<super::fleet::config::RawCampaigns>,
+    /// `[[flow]]`: consultation flows for the stores' gateways.
+    flow: Option<super::fleet::config::RawFlows>,
+    /// `[answer_codes]`: answer cards for the stores' gateways.
+    answer_codes: Option<super::fleet::config::RawCodes>,
+    /// `[prompts]`: `skip_reasons` for the stores' gateways.
+    prompts: Option<super::fleet::config::RawSkipReasons>,
 }
 
 /// One `[[region]]` as written.
@@ -235,6 +247,10 @@ impl MergeLater for RawHqConfig {
         if let Some(users) = later.user {
             self.user.get_or_insert_with(Vec::new).extend(users);
         }
+        crate::config::source::append(&mut self.campaign, later.campaign);
+        crate::config::source::append(&mut self.flow, later.flow);
+        crate::config::source::merge_table(&mut self.answer_codes, later.answer_codes);
+        crate::config::source::merge_table(&mut self.prompts, later.prompts);
     }
 }
 
@@ -411,6 +427,17 @@ fn validate(
         base_dir,
         &mut tokens,
     );
+    let fleet = super::fleet::config::validate(
+        report,
+        super::fleet::config::RawChain {
+            campaign: raw.campaign,
+            flow: raw.flow,
+            answer_codes: raw.answer_codes,
+            prompts: raw.prompts,
+        },
+        &codes,
+        &regions,
+    );
     Some(HqSettings {
         listen: listen?,
         data_dir: data_dir?,
@@ -421,6 +448,7 @@ fn validate(
         regions,
         users,
         files,
+        fleet: fleet?,
     })
 }
 

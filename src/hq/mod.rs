@@ -259,11 +259,15 @@
 //! - `metrics`: `posgw_hq_*`.
 //! - `dashboard`: the page at `/` and `/v1/trace`.
 //! - `server`: routes, auth, [`run`] and [`start`].
+//! - `fleet`: the chain's campaigns and flows for the stores' gateways (`hq.toml` and the
+//!   editor, versioned), `GET /v1/fleet/{store}/config`, heartbeats, the fleet view; its
+//!   module doc is its design document.
 
 mod access;
 mod budget;
 mod config;
 mod dashboard;
+pub mod fleet;
 mod metrics;
 mod record;
 mod server;

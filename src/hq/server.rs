@@ -62,7 +62,7 @@ pub async fn run(
             }
         };
         while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading stores, regions and users");
+            tracing::info!("SIGHUP: reloading stores, regions, users and the fleet configuration");
             let _ = reloader.reload();
         }
     });
@@ -142,6 +142,7 @@ async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, "HQ receiver listening");
     let store = app.store.clone();
+    let fleet = app.fleet.clone();
     let connections = app.metrics.connections.clone();
     let limits = crate::serve::Limits::hq(crate::serve::open_files_limit());
     tracing::info!(
@@ -151,6 +152,7 @@ async fn serve(
     crate::serve::serve(listener, router(app), limits, connections, shutdown).await;
     // The router (and its handle clones) is gone now; this waits for the last flush.
     store.close().await;
+    fleet.close().await;
     tracing::info!(%address, "HQ receiver stopped");
     Ok(())
 }
@@ -162,6 +164,8 @@ struct Reloader {
     path: Option<PathBuf>,
     /// The directory in use.
     directory: Arc<RwLock<Arc<Directory>>>,
+    /// The fleet's owner, which takes the reloaded campaigns, flows, stores and regions.
+    fleet: super::fleet::FleetHandle,
 }
 
 impl Reloader {
@@ -173,6 +177,7 @@ impl Reloader {
             Ok(settings) => {
                 let directory = Directory::new(&settings);
                 *self.directory.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(directory);
+                self.fleet.reload(&settings);
                 tracing::info!(
                     stores = settings.stores.len(),
                     regions = settings.regions.len(),
@@ -208,13 +213,27 @@ struct App {
     max_body: u64,
     /// Bytes of bodies held at once.
     budget: BodyBudget,
+    /// The fleet's owner (`hq::fleet`).
+    fleet: super::fleet::FleetHandle,
 }
 
 impl App {
     async fn open(settings: &HqSettings) -> anyhow::Result<App> {
         let metrics = HqMetrics::new();
         let store = StoreHandle::open(&settings.data_dir, metrics.clone()).await?;
+        let data_dir = settings.data_dir.clone();
+        let manage = tokio::task::spawn_blocking(move || super::fleet::open_manage_db(&data_dir))
+            .await
+            .map_err(|error| anyhow::anyhow!("opening the management database panicked: {error}"))?
+            .with_context(|| {
+                format!(
+                    "cannot open the management database in {}/manage",
+                    settings.data_dir.display()
+                )
+            })?;
+        let fleet = super::fleet::FleetHandle::open(manage, settings).await?;
         Ok(App {
+            fleet,
             store,
             directory: Arc::new(RwLock::new(Arc::new(Directory::new(settings)))),
             config_path: settings.files.first().cloned(),
@@ -236,6 +255,7 @@ impl App {
         Reloader {
             path: self.config_path.clone(),
             directory: self.directory.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 
@@ -276,6 +296,11 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
 /// The routes.
 fn router(app: App) -> Router {
     let body_limit = usize::try_from(app.max_body).unwrap_or(usize::MAX);
+    let identify: super::fleet::Identify = {
+        let app = app.clone();
+        Arc::new(move |headers: &HeaderMap| app.identify(headers))
+    };
+    let fleet = super::fleet::routes(app.fleet.clone(), app.metrics.clone(), identify);
     Router::new()
         .route(
             "/v1/batches",
@@ -293,6 +318,7 @@ fn router(app: App) -> Router {
         .route("/healthz", get(get_healthz))
         .route("/metrics", get(get_metrics))
         .with_state(app)
+        .merge(fleet)
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.

@@ -1,0 +1,3 @@
+//! Campaigns and flows from HQ, and heartbeats (placeholder, filled in below).
+
+pub mod wire;
