@@ -119,6 +119,17 @@ impl FleetTask {
                 Some(_) => self.status.borrow().failures.saturating_add(1),
             };
             let retry_after = failure.as_ref().and_then(|failure| failure.retry_after);
+            // Logged once per streak: the status holds the latest error.
+            match &failure {
+                Some(failure) if failures == 1 => tracing::warn!(
+                    error = failure.error,
+                    "fleet: HQ cannot be asked; the configuration in force stays, retrying"
+                ),
+                None if self.status.borrow().failures > 0 => {
+                    tracing::info!("fleet: HQ answers again");
+                }
+                _ => {}
+            }
             self.status.send_modify(|status| {
                 status.failures = failures;
                 status.last_error = failure.map(|failure| failure.error);
@@ -149,13 +160,8 @@ impl FleetTask {
             .send_modify(|status| status.last_fetch_at = Some(now()));
         match fetched {
             Fetched::NotModified => {}
-            Fetched::Unusable { etag, error } => {
-                let version = self
-                    .current
-                    .as_ref()
-                    .map_or(0, |(_, document)| document.version);
-                self.refuse(etag, version, vec![error]).await;
-            }
+            // Its version is unknown: 0.
+            Fetched::Unusable { etag, error } => self.refuse(etag, 0, vec![error]).await,
             Fetched::Document { etag, document } => self.apply(etag, document).await,
         }
         Ok(())

@@ -20,6 +20,9 @@
 //! | `POST /v1/login` `{"name","password"}` | anyone | 200 and a session cookie; 401; 429 |
 //! | `POST /v1/logout` | anyone | 204, the cookie's session ended |
 //! | `GET /`, `GET /login`, `GET /assets/{dashboard.js,dashboard.css,login.js}` | anyone | the HQ dashboard and login page (their data needs a reader) |
+//! | `GET /v1/fleet/{store}/config`, `POST /v1/fleet/{store}/heartbeat` | the store's token | its configuration (ETag, 304), 204 (`fleet`) |
+//! | `GET /v1/fleet` | admin, region users | the stores in scope: last heartbeat, online, version, devices, backlog (`fleet`) |
+//! | `GET /v1/fleet/editor`, `PUT`/`DELETE /v1/fleet/{campaigns,flows}/{id}` | admin | the editor (`fleet`) |
 //! | `GET /healthz` | anyone | `ok`, or 503 with the reason writes stopped |
 //! | `GET /metrics` | anyone | OpenMetrics text, `posgw_hq_*` |
 //!
@@ -129,6 +132,7 @@
 //!
 //! ```text
 //! data_dir/
+//!   manage/                 the management database (sled, 4 MiB cache): tree "fleet" (`fleet::db`)
 //!   hq/                     the sled 0.34 database; one tree "hq", keys by one-byte prefix:
 //!     M "format"            "1"
 //!     M "next_seq"          u64 BE: hq_seq of the next stored record

@@ -148,9 +148,10 @@ pub fn chain<'a>(
 }
 
 /// Joins `hq.toml`'s entries with the editor's. An editor entry with the id of an `hq.toml`
-/// entry is set aside (the file wins); if the whole does not validate, the editor entries its
-/// problems name are set aside, and if that is not enough, every editor entry: `hq.toml` alone
-/// validated when it was loaded, so the file's entries are always in force.
+/// entry is set aside (the file wins); if the whole does not validate, the editor entries are
+/// taken one by one (by kind and id) and each that does not validate with `hq.toml`'s and those
+/// taken before it is set aside with the problems: `hq.toml` alone validated when it was
+/// loaded, so the file's entries are always in force.
 pub fn join(
     file: &FleetSettings,
     editor: &BTreeMap<(Kind, String), EditorEntry>,
@@ -181,44 +182,37 @@ pub fn join(
             None => active.push(entry),
         }
     }
-    let mut validated = None;
-    for _ in 0..2 {
-        match validate_json(&chain(file, active.iter().copied()), known) {
-            Ok(settings) => {
-                validated = Some(settings);
-                break;
-            }
-            Err(problems) => {
-                let before = active.len();
-                active.retain(|entry| {
+    let mut validated = validate_json(&chain(file, active.iter().copied()), known).ok();
+    if validated.is_none() {
+        // Which entries cannot be in force: each in turn with those accepted before it (a
+        // problem is not always reported at the entry causing it: an `hq.toml` answer code
+        // that an editor campaign lists as a product is reported at the code).
+        let mut accepted: Vec<&EditorEntry> = Vec::new();
+        for entry in active {
+            let trial = accepted.iter().copied().chain(std::iter::once(entry));
+            match validate_json(&chain(file, trial), known) {
+                Ok(_) => accepted.push(entry),
+                Err(problems) => {
                     let label = entry.label();
-                    let reasons: Vec<String> = problems
-                        .iter()
-                        .filter(|problem| problem.path.as_os_str() == label.as_str())
-                        .map(|problem| problem.message.clone())
-                        .collect();
-                    if reasons.is_empty() {
-                        return true;
-                    }
                     set_aside.push(SetAside {
                         kind: entry.kind,
                         id: entry.id.clone(),
-                        reasons,
+                        reasons: problems
+                            .iter()
+                            .map(|problem| {
+                                if problem.path.as_os_str() == label.as_str() {
+                                    problem.message.clone()
+                                } else {
+                                    format!("{}: {}", problem.path.display(), problem.message)
+                                }
+                            })
+                            .collect(),
                     });
-                    false
-                });
-                if active.len() == before {
-                    let reasons: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                    for entry in active.drain(..) {
-                        set_aside.push(SetAside {
-                            kind: entry.kind,
-                            id: entry.id.clone(),
-                            reasons: reasons.clone(),
-                        });
-                    }
                 }
             }
         }
+        active = accepted;
+        validated = validate_json(&chain(file, active.iter().copied()), known).ok();
     }
     let settings = validated.unwrap_or_else(|| file.clone());
     let source = |kind: Kind, id: &str| {
@@ -378,4 +372,101 @@ pub fn changes(old: &Content, new: &Content) -> Vec<String> {
         lines.push("skip reasons changed (hq.toml)".to_string());
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn known() -> Known {
+        Known {
+            stores: ["A", "B"].map(String::from).into(),
+            regions: ["east"].map(String::from).into(),
+        }
+    }
+
+    fn campaign(id: &str, sku: &str, option: &str) -> Value {
+        json!({"id": id, "skus": [sku], "question": "q",
+               "options": [{"key": option, "label": "L"}], "timeout": "2m"})
+    }
+
+    fn editor(id: &str, sku: &str, option: &str, stores: &[&str]) -> EditorEntry {
+        EditorEntry {
+            kind: Kind::Campaign,
+            id: id.into(),
+            entry: campaign(id, sku, option),
+            targets: Targets {
+                stores: stores.iter().map(|s| s.to_string()).collect(),
+                regions: Vec::new(),
+            },
+            by: "li".into(),
+            at: "t".into(),
+        }
+    }
+
+    fn file() -> FleetSettings {
+        FleetSettings {
+            campaigns: vec![FleetEntry {
+                id: "from-file".into(),
+                entry: campaign("from-file", "690*", "doctor"),
+                targets: Targets::default(),
+            }],
+            answer_codes: [("CARD".to_string(), "doctor".to_string())].into(),
+            ..FleetSettings::default()
+        }
+    }
+
+    #[test]
+    fn editor_entries_join_the_file_and_a_clashing_or_invalid_one_is_set_aside() {
+        let mut entries = BTreeMap::new();
+        for entry in [
+            editor("spring", "111", "poster", &["A"]),
+            editor("from-file", "222", "poster", &[]),
+            // Its product is hq.toml's answer card: cannot be in force with it.
+            editor("card-grabber", "CARD", "poster", &[]),
+        ] {
+            entries.insert((entry.kind, entry.id.clone()), entry);
+        }
+        let content = join(&file(), &entries, &known());
+        let ids: Vec<&str> = content
+            .campaigns
+            .iter()
+            .map(|e| e.fleet.id.as_str())
+            .collect();
+        assert_eq!(ids, ["from-file", "spring"]);
+        assert_eq!(content.campaigns[0].source, Source::File);
+        assert!(matches!(&content.campaigns[1].source, Source::Editor { by, .. } if by == "li"));
+        let aside: Vec<(&str, &str)> = content
+            .set_aside
+            .iter()
+            .map(|a| (a.id.as_str(), a.reasons[0].as_str()))
+            .collect();
+        assert_eq!(aside.len(), 2, "{aside:?}");
+        assert!(aside[0].0 == "from-file" && aside[0].1.starts_with("hq.toml has a campaign"));
+        assert!(
+            aside[1].0 == "card-grabber" && aside[1].1.contains("answer code 'CARD'"),
+            "{aside:?}"
+        );
+
+        // What each store gets: its campaigns, and only the answer codes of their options.
+        let a = content.document_for("A", Some("east"));
+        let b = content.document_for("B", None);
+        assert_eq!(a.campaigns.len(), 2);
+        assert_eq!(b.campaigns.len(), 1);
+        assert_eq!(a.answer_codes.len(), 1);
+        assert_ne!(document_hash(&a), document_hash(&b));
+
+        // What changed, for the history.
+        let before = join(&file(), &BTreeMap::new(), &known());
+        assert_eq!(
+            changes(&before, &content),
+            ["campaign 'spring' added (editor, li)"]
+        );
+        assert_eq!(
+            changes(&content, &before),
+            ["campaign 'spring' removed (was editor, li)"]
+        );
+        assert!(changes(&content, &content).is_empty());
+    }
 }
