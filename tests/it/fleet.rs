@@ -293,7 +293,7 @@ fn sources(status: &Value, key: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_campaign_targeted_at_one_store_prompts_there_and_not_at_the_other() {
     let hq = Hq::new();
-    let _hq = hq.start().await;
+    let hq_process = hq.start().await;
     let store_a = fleet_store(&hq, "S-A", "tok-a", "");
     let store_b = fleet_store(&hq, "S-B", "tok-b", "");
     let mut scanner_a = PtyScanner::plug(&store_a.path("scanner"));
@@ -347,6 +347,44 @@ async fn a_campaign_targeted_at_one_store_prompts_there_and_not_at_the_other() {
         assert!(seen["refused"].is_null(), "{seen}");
     }
     assert_eq!(hq.store("S-A").await["region"], "east");
+
+    // hq.toml changed and reloaded (SIGHUP): the west region's stores get the new campaign.
+    let before = hq.store("S-A").await["last_heartbeat_at"].clone();
+    let config = hq.dir.path().join("hq.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[[campaign]]\nid = \"west-poster\"\nregions = [\"west\"]\nskus = [\"6970000000002\"]\n\
+         question = \"来源\"\noptions = [ { key = \"poster\", label = \"海报引导\" } ]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    hq_process.hangup();
+    let status_b = wait_version(&gateway_b, 2).await;
+    assert_eq!(
+        sources(&status_b, "campaigns"),
+        [("west-poster".to_string(), "hq".to_string())]
+    );
+    let (_, editor) = hq
+        .call(reqwest::Method::GET, "/v1/fleet/editor", Some(ADMIN), None)
+        .await;
+    assert_eq!(editor["history"][0]["who"], "hq.toml");
+    assert_eq!(
+        editor["history"][0]["what"],
+        json!(["campaign 'west-poster' added (hq.toml)"])
+    );
+    // A's part did not change: no new document there (still v1, not stale).
+    let seen = hq
+        .wait_store("S-A", "a heartbeat after the reload", |store| {
+            store["last_heartbeat_at"] != before
+        })
+        .await;
+    assert_eq!(
+        (
+            seen["expected_version"].as_u64(),
+            seen["config_version"].as_u64(),
+            seen["stale"].as_bool()
+        ),
+        (Some(1), Some(1), Some(false))
+    );
     assert!(gateway_a.stop().await.success());
     assert!(gateway_b.stop().await.success());
 }
@@ -394,6 +432,19 @@ async fn a_change_in_the_editor_reaches_the_store_within_one_poll_without_a_rest
     );
     scanner.send(b"6970000000001\r").await;
     wait_prompt(&gateway, "spring-tonic").await;
+
+    // A SIGHUP reloads the local file joined with HQ's document in force: nothing is lost.
+    let reloads = gateway.log_count("reloaded: campaigns");
+    gateway.hangup();
+    gateway.wait_log("reloaded: campaigns", reloads + 1).await;
+    let status = gateway.status().await;
+    assert_eq!(status["fleet"]["version"], 2);
+    assert_eq!(
+        sources(&status, "campaigns").len(),
+        2,
+        "{}",
+        status["campaigns"]
+    );
 
     // The history says who changed what.
     let (_, editor) = hq
