@@ -220,18 +220,27 @@ struct App {
 impl App {
     async fn open(settings: &HqSettings) -> anyhow::Result<App> {
         let metrics = HqMetrics::new();
-        let store = StoreHandle::open(&settings.data_dir, metrics.clone()).await?;
+        // The management database first: if it cannot be opened, the record store was not.
         let data_dir = settings.data_dir.clone();
         let manage = tokio::task::spawn_blocking(move || super::fleet::open_manage_db(&data_dir))
             .await
             .map_err(|error| anyhow::anyhow!("opening the management database panicked: {error}"))?
-            .with_context(|| {
-                format!(
-                    "cannot open the management database in {}/manage",
-                    settings.data_dir.display()
-                )
+            .map_err(|error| {
+                let path = settings.data_dir.join("manage");
+                if error.to_string().contains("could not acquire lock") {
+                    anyhow::anyhow!(
+                        "the HQ management database at {} is in use by another process",
+                        path.display()
+                    )
+                } else {
+                    anyhow::anyhow!(
+                        "cannot open the HQ management database at {}: {error}",
+                        path.display()
+                    )
+                }
             })?;
         let fleet = super::fleet::FleetHandle::open(manage, settings).await?;
+        let store = StoreHandle::open(&settings.data_dir, metrics.clone()).await?;
         Ok(App {
             fleet,
             store,
