@@ -243,8 +243,9 @@
 //! logged with name and address.
 //!
 //! Reload: `posgw hq` reads the config file again on SIGHUP; if it loads, a new directory
-//! (store tokens, admin token, users, regions) replaces the old one atomically; if not, the
-//! errors are logged and nothing changes. `listen`, `data_dir` and the sizes need a restart.
+//! (store tokens, admin token, users, regions) replaces the old one atomically and the fleet
+//! takes the new campaigns, flows, stores and regions (`fleet`); if not, the errors are logged
+//! and nothing changes. `listen`, `data_dir` and the sizes need a restart.
 //!
 //! `posgw hq passwd` reads a password (twice and without echo from a terminal, else the first
 //! line of stdin) and prints its argon2id hash (default parameters: 19 MiB, 2 passes).
