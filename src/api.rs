@@ -43,6 +43,8 @@ pub struct ApiState {
     pub prompts: PromptsHandle,
     /// The configured stations.
     pub stations: Arc<[String]>,
+    /// The configuration in force (where each campaign came from) and the fleet task's state.
+    pub fleet: crate::fleet::FleetView,
 }
 
 /// The router with every endpoint of this build.
@@ -97,9 +99,30 @@ pub struct StatusBody {
     pub uplink: UplinkStatusBody,
     /// Open prompts (oldest first) and today's figures per station.
     pub prompts: PromptsStatusBody,
+    /// Every campaign in force and where it comes from (`local` or `hq`).
+    pub campaigns: Vec<crate::fleet::Sourced>,
+    /// Every flow in force and where it comes from.
+    pub flows: Vec<crate::fleet::Sourced>,
+    /// Configuration from HQ: the version in force, clashes, and the fleet task's state; null
+    /// without `[fleet]`.
+    pub fleet: Option<FleetStatusBody>,
     /// The token that pairs a station beyond loopback; only in answers to loopback callers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pairing_token: Option<String>,
+}
+
+/// Fleet part of the status body.
+#[derive(Debug, Serialize)]
+pub struct FleetStatusBody {
+    /// HQ's configuration version in force (null: none applied).
+    pub version: Option<u64>,
+    /// `hq` (fetched this run) or `copy` (the last good copy, at start).
+    pub source: Option<&'static str>,
+    /// HQ entries left out because a local one has the id.
+    pub clashes: Vec<String>,
+    /// The fleet task: URL, poll, last fetch and heartbeat, last error, last refusal.
+    #[serde(flatten)]
+    pub task: crate::fleet::FleetStatus,
 }
 
 /// Prompt part of the status body.
@@ -269,6 +292,7 @@ async fn status(
         })
         .collect();
     let journal = state.journal.stats();
+    let in_force = state.fleet.in_force.borrow().clone();
     let prompts = PromptsStatusBody {
         open: state.prompts.open_prompts(None).await,
         today: state.prompts.today_with(&state.stations).await,
@@ -308,6 +332,14 @@ async fn status(
             }
         },
         prompts,
+        campaigns: in_force.campaigns,
+        flows: in_force.flows,
+        fleet: state.fleet.status.as_ref().map(|status| FleetStatusBody {
+            version: in_force.version,
+            source: in_force.source,
+            clashes: in_force.clashes,
+            task: status.borrow().clone(),
+        }),
         pairing_token: local.map(|Extension(LocalPairingToken(token))| token.to_string()),
     })
 }

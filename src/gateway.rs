@@ -91,6 +91,16 @@ pub async fn run(
         )
         .await
         .context("cannot write to the journal")?;
+    // HQ's campaigns and flows from the last good copy, before anything uses the configuration.
+    let crate::fleet::Start {
+        settings,
+        copy: fleet_copy,
+        applied: fleet_applied,
+        event: fleet_event,
+    } = crate::fleet::start(settings).await;
+    if let Some(event) = &fleet_event {
+        event.record(&journal).await;
+    }
 
     let stop = CancellationToken::new();
     let uplink = match &settings.uplink {
@@ -250,18 +260,56 @@ pub async fn run(
     let mut stations: Vec<String> = settings.devices.iter().map(|d| d.station.clone()).collect();
     stations.sort();
     stations.dedup();
+    let devices: Arc<[crate::devices::DeviceView]> = views.into();
+    let uplink_status = uplink
+        .as_ref()
+        .map_or_else(crate::uplink::disabled, |uplink| uplink.status.clone());
+    // The configuration in force is the reload task's; the fleet task asks it to apply HQ's.
+    let (in_force_tx, in_force) = tokio::sync::watch::channel(crate::fleet::InForce::new(
+        &settings,
+        fleet_applied.as_ref(),
+        fleet_copy.as_ref().map(|_| "copy"),
+        0,
+    ));
+    let fleet_document = fleet_copy
+        .as_ref()
+        .map(|copy| Arc::new(copy.document.clone()));
+    let (apply_tx, apply_rx) = tokio::sync::mpsc::channel(1);
+    let fleet = match &settings.fleet {
+        None => None,
+        Some(fleet) => Some(
+            crate::fleet::spawn(
+                crate::fleet::FleetParts {
+                    settings: fleet.clone(),
+                    store: settings.gateway.store.clone(),
+                    gateway: settings.gateway.id.clone(),
+                    data_dir: settings.gateway.data_dir.clone(),
+                    copy: fleet_copy,
+                    journal: journal.clone(),
+                    devices: devices.clone(),
+                    uplink: uplink_status.clone(),
+                    in_force: in_force.clone(),
+                    owner: apply_tx,
+                },
+                stop.child_token(),
+            )
+            .context("cannot start the fleet task")?,
+        ),
+    };
     let state = ApiState {
         store: settings.gateway.store.as_str().into(),
         gateway: settings.gateway.id.as_str().into(),
-        devices: views.into(),
+        devices,
         journal: journal.clone(),
         health: core.health.clone(),
         metrics: metrics.clone(),
-        uplink: uplink
-            .as_ref()
-            .map_or_else(crate::uplink::disabled, |uplink| uplink.status.clone()),
+        uplink: uplink_status,
         prompts: prompts.clone(),
         stations: stations.clone().into(),
+        fleet: crate::fleet::FleetView {
+            in_force,
+            status: fleet.as_ref().map(|(status, _)| status.clone()),
+        },
     };
     let router = crate::web::access::protect(
         api::router(state).merge(crate::web::routes(
@@ -300,10 +348,17 @@ pub async fn run(
     crate::notify::spawn_watchdog(stop.child_token());
     let reloads = tokio::spawn(reload_on_sighup(
         hangups,
-        settings.clone(),
-        prompts.clone(),
-        consult.clone(),
-        hold_back_tx,
+        InForceNow {
+            settings: settings.clone(),
+            document: fleet_document,
+        },
+        Engines {
+            prompts: prompts.clone(),
+            consult: consult.clone(),
+            hold_back: hold_back_tx,
+        },
+        in_force_tx,
+        settings.fleet.is_some().then_some(apply_rx),
         stop.child_token(),
     ));
     shutdown.await;
@@ -311,6 +366,9 @@ pub async fn run(
     crate::notify::stopping();
     stop.cancel();
     let _ = reloads.await;
+    if let Some((_, task)) = fleet {
+        let _ = task.await;
+    }
     while device_tasks.join_next().await.is_some() {}
     // The devices are gone; dropping our sender lets the core finish the queue and stop.
     let core_task = core.task;
@@ -373,78 +431,183 @@ fn hold_back_codes(settings: &Settings) -> Arc<HashSet<Vec<u8>>> {
     )
 }
 
-/// On SIGHUP, reads the configuration again and puts new campaigns, answer codes and skip
-/// reasons in force; the journal, devices, API and uplink stay up. A configuration that does not
-/// load is refused with its errors logged, and the one in force stays. Other changes (devices,
-/// uplink, api, mqtt, gateway) need a restart: they are named in a warning and not applied.
-async fn reload_on_sighup(
-    hangups: std::io::Result<tokio::signal::unix::Signal>,
-    mut current: Settings,
+/// What the reload task puts in force with: the prompt and consultation engines and the
+/// answer codes the serial tasks hold back.
+struct Engines {
     prompts: crate::prompts::PromptsHandle,
     consult: crate::consult::ConsultHandle,
     hold_back: tokio::sync::watch::Sender<Arc<HashSet<Vec<u8>>>>,
+}
+
+/// The configuration in force: the settings, and HQ's document joined to them (if any).
+struct InForceNow {
+    settings: Settings,
+    document: Option<Arc<crate::config::FleetDocument>>,
+}
+
+/// The owner of the configuration in force. On SIGHUP, reads the configuration again (joined
+/// with HQ's document in force) and puts new campaigns, answer codes, skip reasons and flows in
+/// force; the journal, devices, API and uplink stay up. A document from HQ (`fleet`) takes the
+/// same path: the local files read again, joined with it and validated together, put in force
+/// the same way, and the outcome answered. A configuration that does not load is refused with
+/// its errors logged (and, for a document, answered), and the one in force stays. Other changes
+/// (devices, uplink, api, mqtt, gateway) need a restart: they are named in a warning and not
+/// applied.
+async fn reload_on_sighup(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+    mut now: InForceNow,
+    engines: Engines,
+    in_force: tokio::sync::watch::Sender<crate::fleet::InForce>,
+    mut documents: Option<tokio::sync::mpsc::Receiver<crate::fleet::ApplyRequest>>,
     stop: CancellationToken,
 ) {
     let mut hangups = match hangups {
-        Ok(hangups) => hangups,
+        Ok(hangups) => Some(hangups),
         Err(error) => {
             tracing::warn!(%error, "cannot listen for SIGHUP; reloading is off");
-            return;
+            None
         }
     };
+    let mut generation = 0u64;
     loop {
-        tokio::select! {
-            received = hangups.recv() => if received.is_none() { return },
-            () = stop.cancelled() => return,
-        }
-        let path = current.path.clone();
-        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
-        let next = match tokio::task::spawn_blocking(move || crate::config::load(&path)).await {
-            Ok(Ok(next)) => next,
-            Ok(Err(error)) => {
-                tracing::error!("reload refused, the configuration in force stays:\n{error}");
-                continue;
-            }
-            Err(error) => {
-                tracing::error!(%error, "reload failed, the configuration in force stays");
-                continue;
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(hangups) => hangups.recv().await,
+                None => std::future::pending().await,
             }
         };
-        let needs_restart = restart_only_changes(&current, &next);
-        if !needs_restart.is_empty() {
-            tracing::warn!(
-                "reload: changes to {} need a restart (systemctl restart posgw); not applied",
-                needs_restart.join(", ")
-            );
+        let document = async {
+            match documents.as_mut() {
+                Some(documents) => documents.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = hangup => {
+                if received.is_none() {
+                    hangups = None;
+                    continue;
+                }
+                let path = now.settings.path.clone();
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                let joined = now.document.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    crate::config::load_with_fleet(&path, joined.as_deref())
+                })
+                .await;
+                let next = match loaded {
+                    Ok(Ok(next)) => next,
+                    Ok(Err(error)) => {
+                        tracing::error!("reload refused, the configuration in force stays:\n{error}");
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "reload failed, the configuration in force stays");
+                        continue;
+                    }
+                };
+                generation += 1;
+                let source = in_force.borrow().source;
+                put_in_force(&mut now.settings, next.settings, &engines);
+                in_force.send_replace(crate::fleet::InForce::new(
+                    &now.settings,
+                    next.fleet.as_ref(),
+                    source,
+                    generation,
+                ));
+            }
+            request = document => {
+                let Some(request) = request else {
+                    documents = None;
+                    continue;
+                };
+                let version = request.document.version;
+                if now.document.as_ref().is_some_and(|doc| doc.same_content(&request.document)) {
+                    // Only the version moved on (another store's change): nothing to reload.
+                    now.document = Some(request.document);
+                    in_force.send_modify(|in_force| {
+                        in_force.version = Some(version);
+                        in_force.source = Some(request.source);
+                    });
+                    let clashes = in_force.borrow().clashes.clone();
+                    let _ = request.reply.send(crate::fleet::ApplyOutcome::Applied {
+                        changed: false,
+                        clashes,
+                    });
+                    continue;
+                }
+                let path = now.settings.path.clone();
+                let joined = request.document.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    crate::config::load_with_fleet(&path, Some(&joined))
+                })
+                .await;
+                let outcome = match loaded {
+                    Ok(Ok(next)) => {
+                        tracing::info!(version, "applying HQ's configuration");
+                        put_in_force(&mut now.settings, next.settings, &engines);
+                        now.document = Some(request.document);
+                        let next_in_force = crate::fleet::InForce::new(
+                            &now.settings,
+                            next.fleet.as_ref(),
+                            Some(request.source),
+                            generation,
+                        );
+                        let clashes = next_in_force.clashes.clone();
+                        in_force.send_replace(next_in_force);
+                        crate::fleet::ApplyOutcome::Applied { changed: true, clashes }
+                    }
+                    Ok(Err(error)) => crate::fleet::ApplyOutcome::Refused {
+                        errors: crate::fleet::error_lines(&error),
+                    },
+                    Err(error) => crate::fleet::ApplyOutcome::Refused {
+                        errors: vec![format!("validating the configuration failed: {error}")],
+                    },
+                };
+                let _ = request.reply.send(outcome);
+            }
+            () = stop.cancelled() => return,
         }
-        prompts.reload(PromptsConfig {
-            campaigns: next.campaigns.clone(),
-            answer_codes: next.answer_codes.clone(),
-            skip_reasons: next.prompts.skip_reasons.clone(),
-            sale_link_window: current.prompts.sale_link_window,
-        });
-        hold_back.send_replace(hold_back_codes(&next));
-        match consult_config(&next) {
-            Ok(config) => consult.reload(config),
-            Err(error) => tracing::error!("reload: flows not reloaded: {error:#}"),
-        }
-        tracing::info!(
-            campaigns = next.campaigns.len(),
-            answer_codes = next.answer_codes.len(),
-            flows = next.flows.len(),
-            "reloaded: campaigns, answer codes, skip reasons and flows in force"
-        );
-        crate::notify::status(&format!(
-            "reloaded: {} campaign(s), {} answer code(s)",
-            next.campaigns.len(),
-            next.answer_codes.len()
-        ));
-        current.campaigns = next.campaigns;
-        current.answer_codes = next.answer_codes;
-        current.prompts.skip_reasons = next.prompts.skip_reasons;
-        current.flows = next.flows;
-        current.privacy = next.privacy;
     }
+}
+
+/// Puts `next`'s campaigns, answer codes, skip reasons and flows in force (what a reload
+/// changes), warning about changes that need a restart.
+fn put_in_force(current: &mut Settings, next: Settings, engines: &Engines) {
+    let needs_restart = restart_only_changes(current, &next);
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            "reload: changes to {} need a restart (systemctl restart posgw); not applied",
+            needs_restart.join(", ")
+        );
+    }
+    engines.prompts.reload(PromptsConfig {
+        campaigns: next.campaigns.clone(),
+        answer_codes: next.answer_codes.clone(),
+        skip_reasons: next.prompts.skip_reasons.clone(),
+        sale_link_window: current.prompts.sale_link_window,
+    });
+    engines.hold_back.send_replace(hold_back_codes(&next));
+    match consult_config(&next) {
+        Ok(config) => engines.consult.reload(config),
+        Err(error) => tracing::error!("reload: flows not reloaded: {error:#}"),
+    }
+    tracing::info!(
+        campaigns = next.campaigns.len(),
+        answer_codes = next.answer_codes.len(),
+        flows = next.flows.len(),
+        "reloaded: campaigns, answer codes, skip reasons and flows in force"
+    );
+    crate::notify::status(&format!(
+        "reloaded: {} campaign(s), {} answer code(s)",
+        next.campaigns.len(),
+        next.answer_codes.len()
+    ));
+    current.campaigns = next.campaigns;
+    current.answer_codes = next.answer_codes;
+    current.prompts.skip_reasons = next.prompts.skip_reasons;
+    current.flows = next.flows;
+    current.privacy = next.privacy;
 }
 
 /// Names of the sections whose changes a reload does not apply.

@@ -22,7 +22,8 @@
 //! - [`prompts`]: the attribution prompt engine; [`consult`]: consultation flows (the clerk's
 //!   checklist, each step durable, a flow product's scan held until the first steps are done);
 //!   [`web`]: the clerk page and the prompt and consultation endpoints.
-//! - [`uplink`]: forwards journal records to HQ, at least once.
+//! - [`uplink`]: forwards journal records to HQ, at least once; [`fleet`]: campaigns and flows
+//!   from HQ, applied like a reload and kept for offline, and heartbeats.
 //! - [`hq`]: the reference HQ receiver (`posgw hq`).
 //! - [`api`] and [`metrics`]: the local HTTP API; [`serve`]: the bounded HTTP server loop it and
 //!   the HQ receiver run on.
@@ -39,6 +40,7 @@ pub mod core;
 pub mod decode;
 pub mod demo;
 pub mod devices;
+pub mod fleet;
 pub mod gateway;
 pub mod hq;
 pub mod journal;

@@ -1,5 +1,6 @@
 //! `posgw status`: a running gateway's `/api/v1/status`, as a summary a store IT admin can read
-//! over the phone: devices, journal backlog, uplink, open prompts and today's completeness.
+//! over the phone: devices, journal backlog, uplink, HQ's configuration (its version, where each
+//! campaign and flow comes from, a refusal), open prompts and today's completeness.
 
 use std::fmt::Write;
 
@@ -66,6 +67,49 @@ pub fn render(status: &Value) -> String {
     if let Some(oldest) = uplink["oldest_pending_ts"].as_str() {
         let _ = writeln!(out, "  oldest record not yet at HQ: {oldest}");
     }
+    let fleet = &status["fleet"];
+    if fleet.is_object() {
+        let version = fleet["version"]
+            .as_u64()
+            .map_or_else(|| "none".to_owned(), |version| format!("v{version}"));
+        let from = match fleet["source"].as_str() {
+            Some("copy") => " (from the last good copy)",
+            _ => "",
+        };
+        let _ = writeln!(
+            out,
+            "fleet: HQ configuration {version}{from}, {}, last fetch {}, last heartbeat {}",
+            text(&fleet["url"]),
+            text(&fleet["last_fetch_at"]),
+            text(&fleet["last_heartbeat_at"]),
+        );
+        if let Some(error) = fleet["last_error"].as_str() {
+            let _ = writeln!(out, "  last error: {error}");
+        }
+        if fleet["refused"].is_object() {
+            let _ = writeln!(
+                out,
+                "  HQ configuration v{} refused at {} (the one in force stays):",
+                number(&fleet["refused"]["version"]),
+                text(&fleet["refused"]["at"]),
+            );
+            for error in fleet["refused"]["errors"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "    {}", text(error));
+            }
+        }
+        for clash in fleet["clashes"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  clash: {}", text(clash));
+        }
+    }
+    for (key, what) in [("campaigns", "campaigns"), ("flows", "flows")] {
+        if let Some(entries) = status[key].as_array().filter(|list| !list.is_empty()) {
+            let listed: Vec<String> = entries
+                .iter()
+                .map(|entry| format!("{} ({})", text(&entry["id"]), text(&entry["source"])))
+                .collect();
+            let _ = writeln!(out, "{what}: {}", listed.join(", "));
+        }
+    }
     let open = status["prompts"]["open"]
         .as_array()
         .cloned()
@@ -125,7 +169,13 @@ mod tests {
                                   "sku": "6901234567892", "expires_at": "t"}],
                         "today": [{"station": "till-1", "opened": 4, "answered": 3,
                                    "skipped": 0, "timeout": 1, "completeness": 0.75}]},
-            "pairing_token": "0123456789abcdef0123456789abcdef"
+            "pairing_token": "0123456789abcdef0123456789abcdef",
+            "campaigns": [{"id": "xinsong-2026q4", "source": "hq"}, {"id": "own", "source": "local"}],
+            "flows": [],
+            "fleet": {"version": 7, "source": "hq", "clashes": ["campaign 'own' from HQ has the id of a campaign in the local configuration; the local campaign stays"],
+                      "url": "https://hq/v1/fleet", "poll_ms": 60000, "last_fetch_at": "t1",
+                      "last_heartbeat_at": "t2", "last_error": null, "failures": 0,
+                      "refused": {"version": 8, "errors": ["HQ config v8, campaign 'x':3:11: bad"], "at": "t3"}}
         });
         let text = render(&status);
         assert!(text.contains("store WZ-LC-001  gateway gw-1"), "{text}");
@@ -137,6 +187,19 @@ mod tests {
         assert!(text.contains("completeness 75%"), "{text}");
         assert!(text.contains("pairing token (for clerk screens on other machines, at /pair): 0123456789abcdef0123456789abcdef"), "{text}");
         assert!(!text.contains("damaged at start"), "{text}");
+        assert!(
+            text.contains(
+                "fleet: HQ configuration v7, https://hq/v1/fleet, last fetch t1, last heartbeat t2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("HQ configuration v8 refused at t3 (the one in force stays):\n    HQ config v8, campaign 'x':3:11: bad"), "{text}");
+        assert!(text.contains("clash: campaign 'own' from HQ"), "{text}");
+        assert!(
+            text.contains("campaigns: xinsong-2026q4 (hq), own (local)"),
+            "{text}"
+        );
+        assert!(!text.contains("flows:"), "{text}");
         let mut replaced = status.clone();
         replaced["journal"]["replaced"] = serde_json::json!({
             "reason": "segment file segments/00000000000000003606.seg is missing",

@@ -24,7 +24,9 @@
 //! split by job: `load` (built-in and `drivers.d/` files), `validate` (one file) and `settings`
 //! (the types). Around them: `load` (the pipeline), `check` (value checks the sections share),
 //! `units` (durations, sizes, escapes), `device_kind` (`Role` and `Transport`, which both a
-//! `[[device]]` and a profile use), `error`.
+//! `[[device]]` and a profile use), `error`, and `fleet` (HQ's campaigns, flows, answer codes
+//! and skip reasons as JSON in the gateway's keys, joined to the local files by
+//! [`load_with_fleet`] before validation, and rendered back from settings for HQ to serve).
 //!
 //! Errors come back as one [`ConfigError`] listing `PATH:LINE:COL: message` lines, which
 //! `posgw check-config` prints as is (exit status 2).
@@ -32,10 +34,11 @@
 pub(crate) mod check;
 mod device_kind;
 mod error;
+pub(crate) mod fleet;
 mod load;
 mod profile;
-mod raw;
-mod sections;
+pub(crate) mod raw;
+pub(crate) mod sections;
 mod settings;
 pub(crate) mod source;
 mod units;
@@ -43,7 +46,8 @@ mod validate;
 
 pub use device_kind::{Role, Transport};
 pub use error::{ConfigError, Diagnostic, Position};
-pub use load::load;
+pub use fleet::{campaign_json, flow_json, option_keys, FleetApplied, FleetDocument};
+pub use load::{load, load_with_fleet, Loaded};
 pub use profile::{
     DecoderKind, EscposSettings, FlowControl, FramingSettings, LineSettings, Parity, PayloadFormat,
     PayloadSettings, Profile, ProfileSet,
@@ -51,6 +55,7 @@ pub use profile::{
 pub use sections::api::ApiSettings;
 pub use sections::campaign::{CampaignSettings, PromptOption, SkuPattern};
 pub use sections::device::{DeviceSettings, SerialSettings, TcpTapSettings};
+pub use sections::fleet::FleetSettings;
 pub use sections::gateway::GatewaySettings;
 pub use sections::mqtt::MqttSettings;
 pub use sections::privacy::PrivacySettings;

@@ -20,6 +20,7 @@ use super::sections::answer_codes::RawAnswerCodes;
 use super::sections::api::RawApi;
 use super::sections::campaign::RawCampaign;
 use super::sections::device::RawDevice;
+use super::sections::fleet::RawFleet;
 use super::sections::flow::RawFlow;
 use super::sections::gateway::RawGateway;
 use super::sections::mqtt::RawMqtt;
@@ -52,6 +53,8 @@ pub(crate) struct RawConfig {
     pub flow: Option<Vec<Located<RawFlow>>>,
     /// `[privacy]`: how customers are named.
     pub privacy: Option<Located<RawPrivacy>>,
+    /// `[fleet]`: campaigns and flows from HQ, heartbeats.
+    pub fleet: Option<Located<RawFleet>>,
 }
 
 impl MergeLater for RawConfig {
@@ -67,6 +70,7 @@ impl MergeLater for RawConfig {
         merge_table(&mut self.uplink, later.uplink);
         append(&mut self.flow, later.flow);
         merge_table(&mut self.privacy, later.privacy);
+        merge_table(&mut self.fleet, later.fleet);
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Settings {
     pub flows: Vec<crate::consult::Flow>,
     /// `[privacy]`.
     pub privacy: super::sections::privacy::PrivacySettings,
+    /// `[fleet]`, when present: campaigns and flows from HQ, heartbeats.
+    pub fleet: Option<super::sections::fleet::FleetSettings>,
     /// Every device profile known: the built-in ones and those of `drivers.d/`.
     pub profiles: ProfileSet,
 }
@@ -153,6 +155,14 @@ impl Settings {
             None => {
                 let _ = writeln!(out, "uplink: none (records stay in the journal)");
             }
+        }
+        if let Some(fleet) = &self.fleet {
+            let _ = writeln!(
+                out,
+                "fleet: {} every {} (campaigns and flows from HQ, heartbeats)",
+                fleet.url,
+                format_duration(fleet.poll)
+            );
         }
         let _ = writeln!(out, "profiles:");
         for profile in self.profiles.iter() {

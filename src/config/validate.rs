@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use super::profile::ProfileSet;
 use super::raw::RawConfig;
 use super::sections::{
-    answer_codes, api, campaign, device, flow, gateway, mqtt, privacy, prompts, uplink,
+    answer_codes, api, campaign, device, fleet, flow, gateway, mqtt, privacy, prompts, uplink,
 };
 use super::settings::Settings;
 use super::source::Report;
@@ -61,6 +61,11 @@ pub(crate) fn validate(
         campaign::ids(raw.campaign.as_deref().unwrap_or_default()),
     );
     let privacy = privacy::validate(report, raw.privacy.as_ref(), base_dir);
+    // `Some(None)`: a `[fleet]` with a problem (recorded).
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .map(|section| fleet::validate(report, section, raw.uplink.as_ref(), base_dir));
     Some(Settings {
         path: path.to_path_buf(),
         files,
@@ -74,6 +79,10 @@ pub(crate) fn validate(
         uplink,
         flows: flows?,
         privacy: privacy?,
+        fleet: match fleet {
+            Some(settings) => Some(settings?),
+            None => None,
+        },
         profiles,
     })
 }

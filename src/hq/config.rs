@@ -73,6 +73,9 @@ pub struct HqSettings {
     pub public_url: Option<String>,
     /// The files that were read, main file first, then the applied drop-ins.
     pub files: Vec<PathBuf>,
+    /// The chain's campaigns, flows, answer codes and skip reasons for the stores' gateways
+    /// (`[[campaign]]`, `[[flow]]`, `[answer_codes]`, `[prompts]`; `hq::fleet`).
+    pub fleet: super::fleet::FleetSettings,
 }
 
 impl HqSettings {
@@ -100,6 +103,7 @@ impl HqSettings {
             evaluate_every: DEFAULT_EVALUATE_EVERY,
             public_url: None,
             files: Vec::new(),
+            fleet: Default::default(),
         }
     }
 }
@@ -166,6 +170,14 @@ struct RawHqConfig {
     notify: Option<Vec<Located<super::notify::RawNotify>>>,
     /// `[[alert]]`: alert rules.
     alert: Option<Vec<Located<super::alerts::rules::RawAlert>>>,
+    /// `[[campaign]]`: campaigns for the stores' gateways (`hq::fleet`).
+    campaign: Option<super::fleet::config::RawCampaigns>,
+    /// `[[flow]]`: consultation flows for the stores' gateways.
+    flow: Option<super::fleet::config::RawFlows>,
+    /// `[answer_codes]`: answer cards for the stores' gateways.
+    answer_codes: Option<super::fleet::config::RawCodes>,
+    /// `[prompts]`: `skip_reasons` for the stores' gateways.
+    prompts: Option<super::fleet::config::RawSkipReasons>,
 }
 
 /// One `[[region]]` as written.
@@ -282,6 +294,10 @@ impl MergeLater for RawHqConfig {
         if let Some(alerts) = later.alert {
             self.alert.get_or_insert_with(Vec::new).extend(alerts);
         }
+        crate::config::source::append(&mut self.campaign, later.campaign);
+        crate::config::source::append(&mut self.flow, later.flow);
+        crate::config::source::merge_table(&mut self.answer_codes, later.answer_codes);
+        crate::config::source::merge_table(&mut self.prompts, later.prompts);
     }
 }
 
@@ -530,6 +546,17 @@ fn validate(
             }
         }
     };
+    let fleet = super::fleet::config::validate(
+        report,
+        super::fleet::config::RawChain {
+            campaign: raw.campaign,
+            flow: raw.flow,
+            answer_codes: raw.answer_codes,
+            prompts: raw.prompts,
+        },
+        &codes,
+        &regions,
+    );
     Some(HqSettings {
         listen: listen?,
         data_dir: data_dir?,
@@ -545,6 +572,7 @@ fn validate(
         evaluate_every: evaluate_every?,
         public_url: public_url?,
         files,
+        fleet: fleet?,
     })
 }
 

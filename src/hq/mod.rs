@@ -25,6 +25,9 @@
 //! | `POST /v1/login` `{"name","password"}` | anyone | 200 and a session cookie; 401; 429 |
 //! | `POST /v1/logout` | anyone | 204, the cookie's session ended |
 //! | `GET /`, `GET /login`, `GET /assets/{dashboard,common,flows,manage,login}.js`, `GET /assets/dashboard.css` | anyone | the HQ dashboard and login page (their data needs a reader) |
+//! | `GET /v1/fleet/{store}/config`, `POST /v1/fleet/{store}/heartbeat` | the store's token | its configuration (ETag, 304), 204 (`fleet`) |
+//! | `GET /v1/fleet` | admin, region users | the stores in scope: last heartbeat, online, version, devices, backlog (`fleet`) |
+//! | `GET /v1/fleet/editor`, `PUT`/`DELETE /v1/fleet/{campaigns,flows}/{id}` | admin | the editor (`fleet`) |
 //! | `GET /healthz` | anyone | `ok`, or 503 with the reason writes stopped |
 //! | `GET /metrics` | anyone | OpenMetrics text, `posgw_hq_*` |
 //!
@@ -134,6 +137,7 @@
 //!
 //! ```text
 //! data_dir/
+//!   manage/                 the management database (sled, 4 MiB cache): tree "fleet" (`fleet::db`)
 //!   hq/                     the sled 0.34 database; one tree "hq", keys by one-byte prefix:
 //!     M "format"            "1"
 //!     M "next_seq"          u64 BE: hq_seq of the next stored record
@@ -293,8 +297,9 @@
 //! logged with name and address.
 //!
 //! Reload: `posgw hq` reads the config file again on SIGHUP; if it loads, a new directory
-//! (store tokens, admin token, users, regions) replaces the old one atomically; if not, the
-//! errors are logged and nothing changes. `listen`, `data_dir` and the sizes need a restart.
+//! (store tokens, admin token, users, regions) replaces the old one atomically and the fleet
+//! takes the new campaigns, flows, stores and regions (`fleet`); if not, the errors are logged
+//! and nothing changes. `listen`, `data_dir` and the sizes need a restart.
 //!
 //! `posgw hq passwd` reads a password (twice and without echo from a terminal, else the first
 //! line of stdin) and prints its argon2id hash (default parameters: 19 MiB, 2 passes).
@@ -321,6 +326,9 @@
 //!   a rule fires once per run of days.
 //! - `notify`: alert delivery to WeCom, DingTalk, Feishu robots and webhooks (persistent outbox).
 //! - `server`: routes, auth, [`run`] and [`start`].
+//! - `fleet`: the chain's campaigns and flows for the stores' gateways (`hq.toml` and the
+//!   editor, versioned), `GET /v1/fleet/{store}/config`, heartbeats, the fleet view; its
+//!   module doc is its design document.
 
 mod access;
 mod alerts;
@@ -328,6 +336,7 @@ mod budget;
 mod config;
 mod daily;
 mod dashboard;
+pub mod fleet;
 mod join;
 mod metrics;
 mod notify;

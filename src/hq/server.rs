@@ -65,7 +65,7 @@ pub async fn run(
             }
         };
         while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading stores, regions and users");
+            tracing::info!("SIGHUP: reloading stores, regions, users and the fleet configuration");
             let _ = reloader.reload();
         }
     });
@@ -146,6 +146,7 @@ async fn serve(
     tracing::info!(%address, "HQ receiver listening");
     let store = app.store.clone();
     let alerts = app.alerts.clone();
+    let fleet = app.fleet.clone();
     let connections = app.metrics.connections.clone();
     let limits = crate::serve::Limits::hq(crate::serve::open_files_limit());
     tracing::info!(
@@ -157,6 +158,7 @@ async fn serve(
     alerts.stop().await;
     // The router (and its handle clones) is gone now; this waits for the last flush.
     store.close().await;
+    fleet.close().await;
     tracing::info!(%address, "HQ receiver stopped");
     Ok(())
 }
@@ -170,6 +172,8 @@ struct Reloader {
     directory: Arc<RwLock<Arc<Directory>>>,
     /// The alert task, for its rules, regions and targets.
     alerts: AlertsHandle,
+    /// The fleet's owner, which takes the reloaded campaigns, flows, stores and regions.
+    fleet: super::fleet::FleetHandle,
 }
 
 impl Reloader {
@@ -184,6 +188,7 @@ impl Reloader {
                 let alerts = self.alerts.clone();
                 let alert_settings = alert_settings(&settings);
                 tokio::spawn(async move { alerts.reload(alert_settings).await });
+                self.fleet.reload(&settings);
                 tracing::info!(
                     stores = settings.stores.len(),
                     regions = settings.regions.len(),
@@ -221,15 +226,38 @@ struct App {
     max_body: u64,
     /// Bytes of bodies held at once.
     budget: BodyBudget,
+    /// The fleet's owner (`hq::fleet`).
+    fleet: super::fleet::FleetHandle,
 }
 
 impl App {
     async fn open(settings: &HqSettings) -> anyhow::Result<App> {
         let metrics = HqMetrics::new();
+        // The management database first: if it cannot be opened, the record store was not.
+        let data_dir = settings.data_dir.clone();
+        let manage = tokio::task::spawn_blocking(move || super::fleet::open_manage_db(&data_dir))
+            .await
+            .map_err(|error| anyhow::anyhow!("opening the management database panicked: {error}"))?
+            .map_err(|error| {
+                let path = settings.data_dir.join("manage");
+                if error.to_string().contains("could not acquire lock") {
+                    anyhow::anyhow!(
+                        "the HQ management database at {} is in use by another process",
+                        path.display()
+                    )
+                } else {
+                    anyhow::anyhow!(
+                        "cannot open the HQ management database at {}: {error}",
+                        path.display()
+                    )
+                }
+            })?;
+        let fleet = super::fleet::FleetHandle::open(manage.clone(), settings).await?;
         let store =
             StoreHandle::open(&settings.data_dir, settings.timezone, metrics.clone()).await?;
-        let alerts = start_alerts(settings, &store, metrics.clone()).await?;
+        let alerts = start_alerts(settings, &manage, &store, metrics.clone())?;
         Ok(App {
+            fleet,
             store,
             alerts,
             directory: Arc::new(RwLock::new(Arc::new(Directory::new(settings)))),
@@ -253,6 +281,7 @@ impl App {
             path: self.config_path.clone(),
             directory: self.directory.clone(),
             alerts: self.alerts.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 
@@ -293,6 +322,11 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
 /// The routes.
 fn router(app: App) -> Router {
     let body_limit = usize::try_from(app.max_body).unwrap_or(usize::MAX);
+    let identify: super::fleet::Identify = {
+        let app = app.clone();
+        Arc::new(move |headers: &HeaderMap| app.identify(headers))
+    };
+    let fleet = super::fleet::routes(app.fleet.clone(), app.metrics.clone(), identify);
     Router::new()
         .route(
             "/v1/batches",
@@ -316,6 +350,7 @@ fn router(app: App) -> Router {
         .route("/healthz", get(get_healthz))
         .route("/metrics", get(get_metrics))
         .with_state(app)
+        .merge(fleet)
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
@@ -881,11 +916,6 @@ async fn get_me(State(app): State<App>, headers: HeaderMap) -> Response {
     response
 }
 
-/// Folder of the management database (alerts, the notifier's outbox) under `data_dir`.
-const MANAGE_DIR: &str = "manage";
-/// sled's page cache for the management database: it holds alerts and an outbox, not records.
-const MANAGE_CACHE_BYTES: u64 = 4 * 1024 * 1024;
-
 /// What the alert task takes from the configuration.
 fn alert_settings(settings: &HqSettings) -> AlertSettings {
     AlertSettings {
@@ -896,33 +926,23 @@ fn alert_settings(settings: &HqSettings) -> AlertSettings {
     }
 }
 
-/// Opens the management database and starts the notifier and the alert task.
-async fn start_alerts(
+/// Starts the notifier and the alert task in the management database `db`.
+fn start_alerts(
     settings: &HqSettings,
+    db: &sled::Db,
     store: &StoreHandle,
     metrics: HqMetrics,
 ) -> anyhow::Result<AlertsHandle> {
-    let path = settings.data_dir.join(MANAGE_DIR);
-    let db = tokio::task::spawn_blocking(move || {
-        sled::Config::new()
-            .path(&path)
-            .cache_capacity(MANAGE_CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()
-            .with_context(|| format!("cannot open the management database {}", path.display()))
-    })
-    .await
-    .map_err(|error| anyhow::anyhow!("opening the management database panicked: {error}"))??;
     let (delivered_sender, delivered) = tokio::sync::mpsc::channel(1024);
     let notifier = super::notify::spawn(
-        &db,
+        db,
         settings.notify.clone(),
         super::notify::NotifyOptions::default(),
         metrics,
         delivered_sender,
     )?;
     let (handle, _task) = alerts::spawn(
-        &db,
+        db,
         store.clone(),
         notifier,
         delivered,

@@ -19,3 +19,23 @@ pub struct GatewayData<'a> {
     /// Human-readable detail.
     pub detail: &'a str,
 }
+
+/// `data` of a `gateway` record about configuration from HQ (`config_applied`,
+/// `config_refused`): the contract's three fields first, then what was applied or why not.
+#[derive(Debug, Serialize)]
+pub struct ConfigEventData<'a> {
+    /// `config_applied` or `config_refused`.
+    pub event: &'a str,
+    /// posgw version.
+    pub version: &'a str,
+    /// One line for people: which version, from where, what is in force or why not.
+    pub detail: &'a str,
+    /// HQ's configuration version of the document.
+    pub config_version: u64,
+    /// `hq` (just fetched) or `copy` (the last good copy, at start).
+    pub source: &'a str,
+    /// Why it was refused: the validators' `PATH:LINE:COL: message` lines (empty when applied).
+    pub errors: &'a [String],
+    /// HQ entries left out because a local one has the id (applied only).
+    pub clashes: &'a [String],
+}

@@ -233,6 +233,10 @@ mod shipped {
         assert_eq!(uplink.batch_max_bytes, 1024 * 1024);
         assert_eq!(uplink.max_journal_bytes, 2 * 1024 * 1024 * 1024);
         assert_eq!(uplink.compression, Compression::Gzip);
+        let fleet = settings.fleet.expect("[fleet]");
+        assert_eq!(fleet.url, "https://hq.example.com/v1/fleet");
+        assert_eq!(fleet.poll, std::time::Duration::from_secs(60));
+        assert!(fleet.token_file.ends_with("hq.token"));
     }
 
     /// `text` with its commented-out keys (`# key = …`), and with `headers` its commented-out
@@ -259,7 +263,14 @@ mod shipped {
             .replace("# [[region]]\n", "[[region]]\n")
             .replace("# [[user]]\n", "[[user]]\n")
             .replace("# [[notify]]\n", "[[notify]]\n")
-            .replace("# [[alert]]\n", "[[alert]]\n");
+            .replace("# [[alert]]\n", "[[alert]]\n")
+            .replace("# [[campaign]]\n", "[[campaign]]\n")
+            .replace("# [[flow]]\n", "[[flow]]\n")
+            .replace(
+                "# [answer_codes]\n# \"ATTR-DOCTOR\"",
+                "[answer_codes]\n\"ATTR-DOCTOR\"",
+            )
+            .replace("# [prompts]\n", "[prompts]\n");
         assert!(
             enabled.contains("\nbody_budget = "),
             "keys were uncommented"
@@ -285,6 +296,13 @@ mod shipped {
         assert_eq!(settings.regions[0].stores, ["WZ-LC-001", "WZ-LC-002"]);
         assert_eq!(settings.users.len(), 1);
         assert_eq!(settings.users[0].token.as_deref(), Some("token-li"));
+        // The chain's configuration for the gateways (hq::fleet).
+        let fleet = &settings.fleet;
+        assert_eq!(fleet.campaigns[0].id, "xinsong-2026q4");
+        assert_eq!(fleet.campaigns[0].targets.regions, ["east-wz"]);
+        assert_eq!(fleet.flows[0].id, "rx-5step");
+        assert_eq!(fleet.answer_codes["ATTR-DOCTOR"], "doctor");
+        assert_eq!(fleet.skip_reasons.len(), 3);
     }
 
     /// Every file of `config/` is one the tests above load: a new example gets a test too.

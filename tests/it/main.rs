@@ -24,6 +24,7 @@ mod config;
 mod consult;
 mod crash;
 mod duplex;
+mod fleet;
 mod journal_damage;
 mod metrics;
 mod mqtt_devices;

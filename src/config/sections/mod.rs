@@ -1,6 +1,6 @@
 //! The sections of `posgw.toml`, one file each, named after the table: `gateway` (`[gateway]`),
 //! `api`, `device` (`[[device]]`), `mqtt`, `campaign` (`[[campaign]]`), `answer_codes`,
-//! `prompts`, `uplink`, `flow` (`[[flow]]`) and `privacy`.
+//! `prompts`, `uplink`, `flow` (`[[flow]]`), `privacy` and `fleet`.
 //!
 //! Each file holds everything about its section: the table as written (a serde struct of
 //! [`Located`](super::source::Located) values, unknown keys rejected), how a drop-in merges over
@@ -12,6 +12,7 @@ pub(crate) mod answer_codes;
 pub(crate) mod api;
 pub(crate) mod campaign;
 pub(crate) mod device;
+pub(crate) mod fleet;
 pub(crate) mod flow;
 pub(crate) mod gateway;
 pub(crate) mod mqtt;
