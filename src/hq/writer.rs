@@ -235,7 +235,7 @@ impl StoreHandle {
 
     /// The consultation and attribution records of `store` whose `ts` falls on the store-local
     /// days `from` to `to` (inclusive), in ts order, at most [`store::MAX_CASES`] (the earliest);
-    /// durable ones only. Read through the day index on a blocking thread.
+    /// durable ones only. Read by store and time (`A`, `C`) on a blocking thread.
     // Read by the alert rules (`alerts`, the failing cases a message lists).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn cases(&self, store: &str, from: Day, to: Day) -> anyhow::Result<Vec<Case>> {
