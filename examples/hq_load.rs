@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example hq_load                        # in-process receiver, temp dir
 //! cargo run --release --example hq_load -- --clients 8 --batches 50
+//! cargo run --release --example hq_load -- --linked                # tracked sales, see record()
 //! cargo run --release --example hq_load -- --url http://127.0.0.1:7390 --store WZ-LC-001 --token-file T
 //! ```
 //!
@@ -29,6 +30,8 @@ struct Options {
     batches: usize,
     /// Records per batch.
     records: usize,
+    /// Sales link to prompts, flows and campaigns (HQ's traceability join works on them).
+    linked: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -39,6 +42,7 @@ fn options() -> Result<Options, String> {
         clients: 4,
         batches: 100,
         records: 1000,
+        linked: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -54,6 +58,7 @@ fn options() -> Result<Options, String> {
             "--clients" => options.clients = number(value()?)?,
             "--batches" => options.batches = number(value()?)?,
             "--records" => options.records = number(value()?)?,
+            "--linked" => options.linked = true,
             other => return Err(format!("unknown option '{other}'")),
         }
     }
@@ -61,9 +66,29 @@ fn options() -> Result<Options, String> {
 }
 
 /// One realistic record (kinds mixed like a busy pharmacy till: mostly scans, then sales and
-/// attributions), about 500 bytes.
-fn record(store: &str, gateway: &str, seq: u64) -> String {
+/// attributions), about 500 bytes. `linked` makes every sale *tracked* for HQ's traceability
+/// join: of each 20 records, sales 13 and 14 name the prompts of attributions 17 and 18 (which
+/// come after them and carry `opened_at`; only every other 17 is answered, so is evidence),
+/// sale 15 is of a flow product and sale 16 names a prompt that never comes (both wait for
+/// evidence for good).
+fn record(store: &str, gateway: &str, seq: u64, linked: bool) -> String {
     let (kind, data) = match seq % 20 {
+        13..=16 if linked => ("sale", {
+            let line = match seq % 20 {
+                13 | 14 => format!(r#""prompt":"p-{}","campaign":"xinsong-2026q4""#, seq + 4),
+                15 => r#""prompt":null,"flow":"rx-5step""#.to_string(),
+                _ => format!(r#""prompt":"p-never-{seq}","campaign":"xinsong-2026q4""#),
+            };
+            format!(
+                r#"{{"device":"register-1","station":"till-1","receipt":"R-{seq}","clerk":"c-7","lines":[{{"sku":"6901234567892","name":"参松养心胶囊","qty":1,"unit_price":25.0,"amount":25.0,{line}}}],"total":25.0,"currency":"CNY","text":null}}"#
+            )
+        }),
+        17..=18 if linked => ("attribution", format!(
+            r#"{{"prompt":"p-{seq}","campaign":"xinsong-2026q4","station":"till-1","sku":"6901234567892","scan":"{store}/{gateway}/7f3a9c21/{}","question":"推荐话术来源","outcome":"{}","answer":"doctor","answer_label":"医生推荐","channel":"web","clerk":"c-7","opened_at":"2026-11-27T16:01:00.345+08:00","latency_ms":{},"receipt":null}}"#,
+            seq - 1,
+            if seq % 40 == 17 { "answered" } else { "timeout" },
+            3000 + seq % 5000
+        )),
         0..=12 => ("scan", format!(
             r#"{{"device":"scanner-1","station":"till-{}","raw":"]E0690123{seq:07}","symbology":"]E0","code":"690123{seq:07}","code_kind":"ean13","gtin":"0690123{seq:07}","ai":null,"expiry":null,"lot":null,"serial":null,"trace_code":null,"error":null,"campaign":null,"answer_code":false}}"#,
             seq % 3
@@ -86,14 +111,20 @@ fn record(store: &str, gateway: &str, seq: u64) -> String {
 }
 
 /// The gzip bodies one client posts.
-fn bodies(store: &str, gateway: &str, batches: usize, records: usize) -> (Vec<Vec<u8>>, usize) {
+fn bodies(
+    store: &str,
+    gateway: &str,
+    batches: usize,
+    records: usize,
+    linked: bool,
+) -> (Vec<Vec<u8>>, usize) {
     let mut raw_bytes = 0;
     let bodies = (0..batches)
         .map(|batch| {
             let mut text = String::with_capacity(records * 600);
             for n in 0..records {
                 let seq = (batch * records + n + 1) as u64;
-                text.push_str(&record(store, gateway, seq));
+                text.push_str(&record(store, gateway, seq, linked));
                 text.push('\n');
             }
             raw_bytes += text.len();
@@ -163,7 +194,13 @@ async fn main() -> anyhow::Result<()> {
     let (mut raw_total, mut gzip_total) = (0, 0);
     for (client, (store, token)) in credentials.iter().enumerate() {
         let gateway = format!("load-{client}");
-        let (bodies, raw) = bodies(store, &gateway, options.batches, options.records);
+        let (bodies, raw) = bodies(
+            store,
+            &gateway,
+            options.batches,
+            options.records,
+            options.linked,
+        );
         raw_total += raw;
         gzip_total += bodies.iter().map(Vec::len).sum::<usize>();
         work.push((token.clone(), bodies));

@@ -2,7 +2,7 @@
 //! of that day amount to (consultation steps, prompts, tracked and traced sales, per flow,
 //! campaign and clerk), plus the day's record count, backlog and the hours HQ heard from the
 //! store. The yardsticks (`yardsticks`) and the alert rules read them, so neither ever scans
-//! records; the failing cases an alert lists come from [`Case`]s, read through the day index.
+//! records; the failing cases an alert lists come from [`Case`]s, read by store and time.
 //!
 //! [`Daily`] lives inside the statistics' `Aggregates` and is fed the same way: by the
 //! flusher, from the summaries of a batch once it is durable, and at start from the stored
@@ -38,6 +38,8 @@ pub(crate) struct Daily {
     timezone: chrono_tz::Tz,
     /// Per store code, per day.
     stores: BTreeMap<String, BTreeMap<Day, DayFigures>>,
+    /// Finds the day of a summary's instant (most fall on the day before them).
+    finder: DayFinder,
 }
 
 impl Default for Daily {
@@ -177,6 +179,7 @@ impl Daily {
         Daily {
             timezone,
             stores: BTreeMap::new(),
+            finder: DayFinder::new(timezone),
         }
     }
 
@@ -202,7 +205,7 @@ impl Daily {
 
     /// The figures of `store` on the day of epoch milliseconds `t`, created when new.
     fn day_mut(&mut self, store: &str, t: i64) -> &mut DayFigures {
-        let day = day_of_millis(self.timezone, t);
+        let day = self.finder.day(t);
         entry(&mut self.stores, store).entry(day).or_default()
     }
 
@@ -357,7 +360,7 @@ pub(crate) fn day_start_millis(timezone: chrono_tz::Tz, day: Day) -> i64 {
 
 /// Finds the day of many instants in a row fast: records of a batch are mostly of one day, so
 /// the bounds of the last day found are kept and a time zone lookup is made only outside them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct DayFinder {
     /// The zone.
     timezone: chrono_tz::Tz,

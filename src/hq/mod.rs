@@ -146,15 +146,14 @@
 //!     R first_seq piece     u32 BE from 1: the 2nd, 3rd, ... 32 KiB piece of a longer chunk
 //!     S store 0 first_seq   u64 BE last_seq: one entry per batch with new records
 //!     D stream 0 start      u64 BE end: seqs start..=end of stream store/gateway/epoch held
-//!     A hq_seq              attribution summary (compact JSON) of that record
-//!     C hq_seq              consultation summary (compact JSON): its steps done/skipped/missing
+//!     A store 0 t hq_seq    attribution summary (compact JSON) of that record
+//!     C store 0 t hq_seq    consultation summary (compact JSON): its steps done/skipped/missing
 //!     T store               the store's totals (JSON), as in /v1/stats
-//!     M "summaries"         "2": every A, C, L summary has today's form, E W I Y are built
+//!     M "summaries"         "2": every A, C, L summary has today's form and key, E W Y are built
 //!     M "timezone"          the [hq] timezone the Y days were counted in
 //!     L hq_seq              tracked sale summary (compact JSON), `tr` set once traced
 //!     E store 0 link        evidence (compact JSON: kind, clerk, hq_seq) held for a link key
 //!     W store 0 link 0 hq_seq   (empty): that tracked sale waits for evidence under link
-//!     I store 0 t hq_seq    "a" or "c": an attribution or consultation record by time
 //!     Y store 0 day         20 bytes: records, backlog_max_minutes (u64), heard_hours (u32)
 //! ```
 //! (`first_seq`, `start`, `hq_seq` are u64 big-endian, so keys sort by number; `t` is the
@@ -200,8 +199,9 @@
 //! first start (`store::resummarise`: every chunk read once; the backlog and hours heard of
 //! days before cannot be known again and stay 0). `StoreHandle::daily` reads the figures
 //! under the aggregates' lock; `StoreHandle::cases` lists a store's consultation and
-//! attribution records of a range of days through `I` (at most 10,000, in ts order), for the
-//! failing cases an alert lists.
+//! attribution records of a range of days, two range reads of `A` and `C` (keyed by store and
+//! time for that: an index key per record cost 1 us of CPU per record at ingest), at most
+//! 10,000 in ts order, for the failing cases an alert lists.
 //!
 //! # Memory
 //!
@@ -222,7 +222,7 @@
 //! # Atomicity and durability
 //!
 //! Everything one batch changes (chunks, the store index entry, dedup ranges, the summaries,
-//! the join's `E`, `W`, `L`, the day index and counters, the store's totals, `next_seq`) is one
+//! the join's `E`, `W`, `L`, the day counters, the store's totals, `next_seq`) is one
 //! sled `Batch` on the one tree, which sled
 //! applies atomically, also across a crash: after a restart a batch is either all there or
 //! not at all. The answer is sent only after a `Db::flush` (fsync) that started after the

@@ -25,7 +25,7 @@ const FORMAT: &[u8] = b"1";
 const CONSULTATIONS_SUMMARISED: &str = "consultations_summarised";
 /// `M` key holding [`SUMMARIES_VERSION`] once every stored attribution, consultation and
 /// tracked sale record has its summary of today's form (with its time, values and links), the
-/// traceability join (`E`, `W`, `L`) and the day index (`I`) are built, and the per-day
+/// traceability join (`E`, `W`, `L`) is built, `A` and `C` are keyed by store and time, and the per-day
 /// counters (`Y`) are counted: a database from an older HQ gets them at the first start.
 const SUMMARIES: &str = "summaries";
 /// The value of [`SUMMARIES`] this code writes.
@@ -67,9 +67,9 @@ mod prefix {
     pub const STORE_BATCH: u8 = b'S';
     /// Dedup ranges: stream, 0, range start -> range end.
     pub const DEDUP: u8 = b'D';
-    /// Attribution summaries by hq_seq.
+    /// Attribution summaries: store, 0, ts (ms), hq_seq.
     pub const ATTRIBUTION: u8 = b'A';
-    /// Consultation summaries by hq_seq.
+    /// Consultation summaries: store, 0, ts (ms), hq_seq.
     pub const CONSULTATION: u8 = b'C';
     /// Store totals by store code.
     pub const TOTALS: u8 = b'T';
@@ -79,20 +79,17 @@ mod prefix {
     pub const EVIDENCE: u8 = b'E';
     /// Tracked sales waiting for evidence: store, 0, link key, 0, hq_seq.
     pub const WAITING: u8 = b'W';
-    /// Attribution and consultation records by time: store, 0, ts (ms), hq_seq.
-    pub const DAY_INDEX: u8 = b'I';
     /// Per store-day counters: store, 0, day.
     pub const DAY: u8 = b'Y';
 }
 
 /// The prefixes of everything derived from the records, rebuilt by the re-summarising.
-const DERIVED: [u8; 7] = [
+const DERIVED: [u8; 6] = [
     prefix::ATTRIBUTION,
     prefix::CONSULTATION,
     prefix::SALE,
     prefix::EVIDENCE,
     prefix::WAITING,
-    prefix::DAY_INDEX,
     prefix::DAY,
 ];
 
@@ -140,14 +137,23 @@ fn chunk_first(key: &[u8]) -> anyhow::Result<u64> {
     }
 }
 
-/// `A` + hq_seq.
-pub(crate) fn attribution_key(seq: u64) -> [u8; 9] {
-    seq_key(prefix::ATTRIBUTION, seq)
+/// `A` + store + 0 + ts + hq_seq: a store's attribution summaries sort by time, so the cases of
+/// a range of days are one range read (and no index key is written per record).
+pub(crate) fn attribution_key(store: &str, t: i64, seq: u64) -> Vec<u8> {
+    timed_key(prefix::ATTRIBUTION, store, t, seq)
 }
 
-/// `C` + hq_seq.
-pub(crate) fn consultation_key(seq: u64) -> [u8; 9] {
-    seq_key(prefix::CONSULTATION, seq)
+/// `C` + store + 0 + ts + hq_seq, as for `A`.
+pub(crate) fn consultation_key(store: &str, t: i64, seq: u64) -> Vec<u8> {
+    timed_key(prefix::CONSULTATION, store, t, seq)
+}
+
+/// A prefix, store, 0, ts (epoch ms, sign bit flipped so keys sort by time) and hq_seq.
+fn timed_key(tag: u8, store: &str, t: i64, seq: u64) -> Vec<u8> {
+    let mut key = store_prefix(tag, store);
+    key.extend_from_slice(&time_bytes(t));
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }
 
 /// `L` + hq_seq.
@@ -186,14 +192,6 @@ pub(crate) fn waiting_key(store: &str, link: &[u8], seq: u64) -> Vec<u8> {
     key
 }
 
-/// `I` + store + 0 + ts (epoch ms, sign bit flipped so keys sort by time) + hq_seq.
-pub(crate) fn day_index_key(store: &str, t: i64, seq: u64) -> Vec<u8> {
-    let mut key = store_prefix(prefix::DAY_INDEX, store);
-    key.extend_from_slice(&time_bytes(t));
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
 /// Epoch milliseconds as 8 bytes that sort as the times do.
 fn time_bytes(t: i64) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
@@ -206,13 +204,8 @@ pub(crate) fn day_key(store: &str, day: Day) -> Vec<u8> {
     key
 }
 
-/// The `I` value of an attribution record.
-pub(crate) const INDEXED_ATTRIBUTION: &[u8] = b"a";
-/// The `I` value of a consultation record.
-pub(crate) const INDEXED_CONSULTATION: &[u8] = b"c";
-
 /// Adds to `batch` what HQ keeps of the record stored at `seq` with `summary`: its summary
-/// (`A`, `C`, or through the join `L`), its day index entry, and its part in the join.
+/// (`A`, `C`, or through the join `L`) and its part in the join.
 pub(crate) fn write_summary(
     batch: &mut sled::Batch,
     join: &mut Join<'_>,
@@ -221,18 +214,16 @@ pub(crate) fn write_summary(
 ) -> anyhow::Result<()> {
     match summary {
         Summary::Attribution(attribution) => {
-            batch.insert(&attribution_key(seq), serde_json::to_vec(attribution)?);
             batch.insert(
-                day_index_key(&attribution.store, attribution.t, seq),
-                INDEXED_ATTRIBUTION,
+                attribution_key(&attribution.store, attribution.t, seq),
+                serde_json::to_vec(attribution)?,
             );
             join.record(seq, summary, batch)
         }
         Summary::Consultation(consultation) => {
-            batch.insert(&consultation_key(seq), serde_json::to_vec(consultation)?);
             batch.insert(
-                day_index_key(&consultation.store, consultation.t, seq),
-                INDEXED_CONSULTATION,
+                consultation_key(&consultation.store, consultation.t, seq),
+                serde_json::to_vec(consultation)?,
             );
             join.record(seq, summary, batch)
         }
@@ -571,7 +562,7 @@ fn split_day_key(key: &[u8]) -> Option<(&str, Day)> {
 }
 
 /// Rebuilds everything HQ derives from the records (`DERIVED`: the summaries, the join, the
-/// day index, the per-day counters) by reading every stored record once, in hq_seq order, as
+/// per-day counters) by reading every stored record once, in hq_seq order, as
 /// the writer would have at ingest. For a database an older HQ wrote (summaries without times,
 /// values or links; no sales, join, index or days), or whose days were counted in another
 /// time zone. Records that do not pass today's checks are left out of the figures (and
@@ -670,8 +661,9 @@ fn resummarise(store: &Store, timezone: chrono_tz::Tz) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The [`Case`]s of `store` whose `ts` is in `from_ms..to_ms` (epoch ms), in ts order, at most
-/// [`MAX_CASES`], never past `durable`.
+/// The [`Case`]s of `store` whose `ts` is in `from_ms..to_ms` (epoch ms), in ts order (then
+/// hq_seq), at most [`MAX_CASES`] (the earliest), never past `durable`: two range reads, of
+/// the store's `A` and `C` keys, merged.
 pub(crate) fn read_cases(
     tree: &sled::Tree,
     durable: u64,
@@ -679,36 +671,38 @@ pub(crate) fn read_cases(
     from_ms: i64,
     to_ms: i64,
 ) -> anyhow::Result<Vec<Case>> {
-    let mut start = store_prefix(prefix::DAY_INDEX, store);
-    let mut end = start.clone();
-    start.extend_from_slice(&time_bytes(from_ms));
-    end.extend_from_slice(&time_bytes(to_ms));
-    let mut cases = Vec::new();
-    for item in tree.range(start..end) {
-        if cases.len() >= MAX_CASES {
-            break;
+    // (t, hq_seq, case) of each kind, each already in order.
+    let mut kinds: Vec<Vec<(i64, u64, Case)>> = Vec::with_capacity(2);
+    for tag in [prefix::ATTRIBUTION, prefix::CONSULTATION] {
+        let mut cases = Vec::new();
+        let range = timed_key(tag, store, from_ms, 0)..timed_key(tag, store, to_ms, 0);
+        for item in tree.range(range) {
+            if cases.len() >= MAX_CASES {
+                break;
+            }
+            let (key, value) = item?;
+            let seq =
+                be_u64(&key[key.len() - 8..]).ok_or_else(|| anyhow!("damaged summary key"))?;
+            if seq > durable {
+                continue;
+            }
+            let case = if tag == prefix::ATTRIBUTION {
+                let summary: AttributionSummary = serde_json::from_slice(&value)
+                    .with_context(|| format!("damaged attribution summary {seq}"))?;
+                (summary.t, seq, Case::prompt(seq, summary))
+            } else {
+                let summary: ConsultationSummary = serde_json::from_slice(&value)
+                    .with_context(|| format!("damaged consultation summary {seq}"))?;
+                (summary.t, seq, Case::consultation(seq, summary))
+            };
+            cases.push(case);
         }
-        let (key, kind) = item?;
-        let seq = be_u64(&key[key.len() - 8..]).ok_or_else(|| anyhow!("damaged day index"))?;
-        if seq > durable {
-            continue;
-        }
-        let case = if kind.as_ref() == INDEXED_ATTRIBUTION {
-            tree.get(attribution_key(seq))?
-                .map(|value| serde_json::from_slice::<AttributionSummary>(&value))
-                .transpose()
-                .with_context(|| format!("damaged attribution summary {seq}"))?
-                .map(|summary| Case::prompt(seq, summary))
-        } else {
-            tree.get(consultation_key(seq))?
-                .map(|value| serde_json::from_slice::<ConsultationSummary>(&value))
-                .transpose()
-                .with_context(|| format!("damaged consultation summary {seq}"))?
-                .map(|summary| Case::consultation(seq, summary))
-        };
-        cases.extend(case);
+        kinds.push(cases);
     }
-    Ok(cases)
+    let mut cases: Vec<(i64, u64, Case)> = kinds.into_iter().flatten().collect();
+    cases.sort_by_key(|(t, seq, _)| (*t, *seq));
+    cases.truncate(MAX_CASES);
+    Ok(cases.into_iter().map(|(_, _, case)| case).collect())
 }
 
 /// A `/v1/records` query.
@@ -1127,13 +1121,7 @@ mod tests {
         {
             let db = until_unlocked(|| sled::open(dir.path().join("hq"))).await;
             let tree = db.open_tree(TREE).expect("tree");
-            for tag in [
-                prefix::SALE,
-                prefix::EVIDENCE,
-                prefix::WAITING,
-                prefix::DAY_INDEX,
-                prefix::DAY,
-            ] {
+            for tag in [prefix::SALE, prefix::EVIDENCE, prefix::WAITING, prefix::DAY] {
                 for item in tree.scan_prefix([tag]) {
                     tree.remove(item.expect("item").0).expect("remove");
                 }
@@ -1173,7 +1161,10 @@ mod tests {
         );
         assert_eq!(tree.scan_prefix([prefix::SALE]).count(), 1);
         assert_eq!(tree.scan_prefix([prefix::WAITING]).count(), 0, "traced");
-        assert_eq!(tree.scan_prefix([prefix::DAY_INDEX]).count(), 2);
+        assert_eq!(tree.scan_prefix([prefix::ATTRIBUTION]).count(), 1);
+        assert!(tree
+            .scan_prefix([prefix::ATTRIBUTION])
+            .all(|item| item.expect("item").0.starts_with(b"AS1\0")));
     }
 
     #[test]

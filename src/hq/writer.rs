@@ -235,7 +235,7 @@ impl StoreHandle {
 
     /// The consultation and attribution records of `store` whose `ts` falls on the store-local
     /// days `from` to `to` (inclusive), in ts order, at most [`store::MAX_CASES`] (the earliest);
-    /// durable ones only. Read through the day index on a blocking thread.
+    /// durable ones only. Read by store and time (`A`, `C`) on a blocking thread.
     // Read by the alert rules (`alerts`, the failing cases a message lists).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn cases(&self, store: &str, from: Day, to: Day) -> anyhow::Result<Vec<Case>> {
@@ -531,4 +531,68 @@ fn flush_loop(store: Store, shared: &Shared, tickets: std::sync::mpsc::Receiver<
         tracing::error!(%error, "final flush of the HQ database failed");
     }
     drop(store);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hq::record::parse_batch;
+
+    #[tokio::test]
+    async fn batches_count_records_their_backlog_and_the_hours_heard_per_day() {
+        let zone = chrono_tz::Asia::Shanghai;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let handle = StoreHandle::open(dir.path(), zone, HqMetrics::new())
+            .await
+            .expect("open");
+        let now = chrono::Utc::now();
+        let record = |seq: u64, ts: chrono::DateTime<chrono::Utc>| {
+            let ts = ts
+                .with_timezone(&zone)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+            format!(
+                r#"{{"id":"S1/gw-1/ep1/{seq}","store":"S1","gateway":"gw-1","epoch":"ep1","seq":{seq},"ts":"{ts}","kind":"scan","data":{{}}}}"#
+            )
+        };
+        // Two records made 3 days ago (sent late), one now; then the same again (duplicates:
+        // heard, not counted).
+        let three_days_ago = now - chrono::Duration::days(3);
+        let lines = [
+            record(1, three_days_ago),
+            record(2, three_days_ago - chrono::Duration::minutes(5)),
+            record(3, now),
+        ]
+        .join("\n");
+        for _ in 0..2 {
+            let batch = parse_batch(lines.clone().into_bytes(), "S1").expect("valid");
+            handle.ingest(batch).await.expect("stored");
+        }
+        let after = chrono::Utc::now().with_timezone(&zone);
+        let local_now = now.with_timezone(&zone);
+        let then = three_days_ago.with_timezone(&zone).date_naive();
+        let days = handle.daily(|daily| daily.store("S1").cloned().expect("S1"));
+        let late = &days[&then];
+        assert_eq!(late.records, 2);
+        // 3 days and 5 minutes, give or take the minute the test took.
+        let backlog = 3 * 24 * 60 + 5;
+        assert!(
+            (backlog..=backlog + 1).contains(&late.backlog_max_minutes),
+            "{}",
+            late.backlog_max_minutes
+        );
+        assert_eq!(late.heard_hours, 0, "nothing was heard that day");
+        let current = &days[&local_now.date_naive()];
+        assert_eq!(current.records, 1);
+        assert!(current.backlog_max_minutes <= 1);
+        // Heard in the hours the test ran (one, unless an hour or the day turned meanwhile).
+        if after.date_naive() == local_now.date_naive() {
+            let (first, last) = (
+                chrono::Timelike::hour(&local_now),
+                chrono::Timelike::hour(&after),
+            );
+            let expected: u32 = (first..=last).map(|hour| 1 << hour).sum();
+            assert_eq!(current.heard_hours, expected);
+        }
+        handle.close().await;
+    }
 }
