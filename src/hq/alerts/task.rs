@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
+use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -18,6 +19,9 @@ use super::{
     key_of, message, number_of_id, stamp, Alert, AlertCase, AlertSettings, AlertState, AlertValue,
     Command, LifecycleError, KEEP_DAYS, MAX_CASES, MAX_TEXT_CHARS, NEXT_KEY, RECENT_DAYS,
 };
+
+/// Case reads of new alerts in flight at once.
+const CASE_READS: usize = 4;
 
 /// The alert task's state.
 pub(super) struct AlertTask {
@@ -248,21 +252,44 @@ impl AlertTask {
             }
             found
         });
+        let fresh: Vec<(usize, String, Vec<DayValue>)> = candidates
+            .into_iter()
+            .filter(|(index, store, run)| {
+                let rule = &settings.rules[*index];
+                !self.alerts.values().any(|alert| {
+                    alert.rule == rule.id
+                        && alert.store == *store
+                        && run
+                            .iter()
+                            .any(|value| alert.days.contains(&value.day.to_string()))
+                })
+            })
+            .collect();
+        // The cases of the new alerts, read a few at a time (each reads its store's last days).
+        let cases: Vec<anyhow::Result<(Vec<AlertCase>, usize)>> = futures_util::stream::iter(
+            fresh
+                .iter()
+                .map(|(index, store, run)| {
+                    (
+                        self.store.clone(),
+                        settings.rules[*index].clone(),
+                        store.clone(),
+                        run.clone(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map(|(handle, rule, store, run)| async move {
+            failing_cases(handle, &rule, &store, &run).await
+        })
+        .buffered(CASE_READS)
+        .collect()
+        .await;
         let mut opened = Vec::new();
-        for (index, store, run) in candidates {
+        for ((index, store, run), cases) in fresh.into_iter().zip(cases) {
             let rule = &settings.rules[index];
-            let covered = self.alerts.values().any(|alert| {
-                alert.rule == rule.id
-                    && alert.store == store
-                    && run
-                        .iter()
-                        .any(|value| alert.days.contains(&value.day.to_string()))
-            });
-            if covered {
-                continue;
-            }
             let region = store_regions.get(store.as_str()).copied();
-            let (cases, cases_total) = self.failing_cases(rule, &store, &run).await?;
+            let (cases, cases_total) = cases?;
             let number = self.next;
             self.next += 1;
             let alert = Alert {
@@ -334,25 +361,6 @@ impl AlertTask {
 
     /// The failing cases of the `attach_days` days ending with the run's last day, at most
     /// [`MAX_CASES`], with their total.
-    async fn failing_cases(
-        &self,
-        rule: &AlertRule,
-        store: &str,
-        run: &[DayValue],
-    ) -> anyhow::Result<(Vec<AlertCase>, usize)> {
-        let (Some(last), true) = (run.last(), rule.attach_days > 0) else {
-            return Ok((Vec::new(), 0));
-        };
-        let from: Day = last.day - chrono::Duration::days(rule.attach_days as i64 - 1);
-        let cases = self.store.cases(store, from, last.day).await?;
-        let failing: Vec<AlertCase> = cases
-            .iter()
-            .filter_map(|case| failing_case(&rule.metric, case))
-            .collect();
-        let total = failing.len();
-        Ok((failing.into_iter().take(MAX_CASES).collect(), total))
-    }
-
     async fn ack(
         &mut self,
         id: &str,
@@ -443,4 +451,25 @@ fn acknowledge(alert: &mut Alert, by: &str, now: DateTime<Utc>) {
     alert.response_minutes = DateTime::parse_from_rfc3339(&alert.opened_at)
         .ok()
         .map(|opened| (now - opened.with_timezone(&Utc)).num_minutes().max(0));
+}
+
+/// The failing cases of the `attach_days` days ending with the run's last day, at most
+/// [`MAX_CASES`], with their total.
+async fn failing_cases(
+    store: StoreHandle,
+    rule: &AlertRule,
+    code: &str,
+    run: &[DayValue],
+) -> anyhow::Result<(Vec<AlertCase>, usize)> {
+    let (Some(last), true) = (run.last(), rule.attach_days > 0) else {
+        return Ok((Vec::new(), 0));
+    };
+    let from: Day = last.day - chrono::Duration::days(rule.attach_days as i64 - 1);
+    let cases = store.cases(code, from, last.day).await?;
+    let failing: Vec<AlertCase> = cases
+        .iter()
+        .filter_map(|case| failing_case(&rule.metric, case))
+        .collect();
+    let total = failing.len();
+    Ok((failing.into_iter().take(MAX_CASES).collect(), total))
 }
