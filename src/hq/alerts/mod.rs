@@ -221,6 +221,7 @@ impl AlertSettings {
 pub(super) enum Command {
     Evaluate(oneshot::Sender<anyhow::Result<Vec<Alert>>>),
     List(oneshot::Sender<Vec<Alert>>),
+    Get(String, oneshot::Sender<Option<Alert>>),
     Ack {
         id: String,
         by: String,
@@ -272,7 +273,12 @@ impl AlertsHandle {
 
     /// One alert.
     pub(crate) async fn get(&self, id: &str) -> anyhow::Result<Option<Alert>> {
-        Ok(self.list().await?.into_iter().find(|alert| alert.id == id))
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Get(id.to_string(), reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
     }
 
     /// Acknowledges `id` as `by`.

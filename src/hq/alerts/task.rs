@@ -96,6 +96,10 @@ impl AlertTask {
             Command::List(reply) => {
                 let _ = reply.send(self.alerts.values().rev().cloned().collect());
             }
+            Command::Get(id, reply) => {
+                let alert = number_of_id(&id).and_then(|number| self.alerts.get(&number));
+                let _ = reply.send(alert.cloned());
+            }
             Command::Ack {
                 id,
                 by,
