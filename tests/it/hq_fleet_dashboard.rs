@@ -8,7 +8,8 @@
 //!   for WZ-LC-001 through the editor's form (a timeout of "forever" first: the server's 422
 //!   errors are shown as it wrote them; hq.toml's id: its 409), which WZ-LC-001's document then
 //!   holds and HZ-XH-001's does not, WZ-LC-001 turning stale in the fleet view; ends it; the
-//!   history lists each version;
+//!   history lists each version; a flow for region east-hz through the flow form reaches
+//!   HZ-XH-001 only;
 //! - the region user sees only their region's stores, has no editor tab, and `#editor` says
 //!   it is not allowed (the server answers 403 too).
 //!
@@ -32,6 +33,7 @@ const WZ1: &str = "WZ-LC-001";
 const WZ2: &str = "WZ-LC-002";
 const HZ: &str = "HZ-XH-001";
 const CAMPAIGN: &str = "spring-tonic";
+const FLOW: &str = "tonic-consult";
 
 fn token(store: &str) -> String {
     format!("tok-{}", store.to_lowercase())
@@ -419,6 +421,47 @@ async fn an_admin_sees_the_fleet_and_creates_refuses_and_ends_a_campaign_in_the_
         [ended_version, saved_version],
         "newest first: {versions:?}"
     );
+
+    // A flow for the east-hz region through the flow form: two steps, one with a choose list.
+    type_into(&client, "#ff-id", FLOW).await;
+    type_into(&client, "#ff-name", "滋补问诊").await;
+    type_into(&client, "#ff-skus", "6909999000028").await;
+    click(&client, "#ff-add-step").await;
+    let steps = [
+        ("consult", "客户问诊", ""),
+        ("symptoms", "症状记录", "乏力, 失眠"),
+    ];
+    for (n, (key, label, choose)) in steps.iter().enumerate() {
+        let row = format!("#ff-steps .step-row:nth-child({})", n + 1);
+        type_into(&client, &format!("{row} .step-key"), key).await;
+        type_into(&client, &format!("{row} .step-label"), label).await;
+        type_into(&client, &format!("{row} .step-choose"), choose).await;
+    }
+    type_into(&client, "#ff-skip", "顾客赶时间\n其他").await;
+    click(&client, "#ff-regions input[value='east-hz']").await;
+    js(
+        &client,
+        "document.getElementById('ff-outcome').removeAttribute('data-kind');",
+    )
+    .await;
+    click(&client, "#flow-form button[type=submit]").await;
+    wait_attr(&client, "#ff-outcome", "data-kind", |v| v.is_some()).await;
+    assert_eq!(
+        attr(&client, "#flow-form", "data-status").await.as_deref(),
+        Some("200"),
+        "{:?}",
+        texts(&client, "#ff-outcome, #ff-errors li").await
+    );
+    eventually("the flow in the list", || async {
+        count(&client, &format!("#editor-flows tr[data-id='{FLOW}']")).await == 1
+    })
+    .await;
+    let hz = store_config(&hq.api, HZ).await;
+    let flow = &hz["flows"][0];
+    assert_eq!(flow["id"], FLOW, "{hz}");
+    assert_eq!(flow["steps"][1]["choose"], json!(["乏力", "失眠"]));
+    assert_eq!(flow["skip_reasons"], json!(["顾客赶时间", "其他"]));
+    assert_eq!(store_config(&hq.api, WZ1).await["flows"], json!([]));
     screenshot(&client, "hq-fleet-editor.png").await;
     client.close().await.unwrap();
 }

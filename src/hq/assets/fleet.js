@@ -249,7 +249,7 @@ function fleetRow(s) {
       version, s.stale ? el("span", { class: "behind" }, " < v" + text(s.expected_version) + " ", el("span", { class: "en" }, "stale")) : ""),
     el("td", { class: "devices-down", "data-count": down.length }, down.length ? down.join(", ") : seen ? "0" : "—"),
     el("td", { class: "num backlog", "data-records": text(s.backlog_records, "") },
-      seen ? text(s.backlog_records, "0") + (s.backlog_records ? " · " + age(s.backlog_age_s) : "") : "—"),
+      seen ? text(s.backlog_records, "0") + (s.backlog_records && typeof s.backlog_age_s === "number" ? " · " + age(s.backlog_age_s) : "") : "—"),
     el("td", { class: "gateway" }, seen ? text(s.gateway) + " · " + text(s.gateway_version) : "—"),
     el("td", { class: "problems" }, problems));
 }
