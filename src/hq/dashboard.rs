@@ -8,8 +8,8 @@
 //! `/assets/NAME`), no build step, no framework and nothing fetched from elsewhere: charts are
 //! CSS bars and inline SVG. The script is a set of ES modules: `dashboard.js` (polling,
 //! navigation, the overview and the traceability view) imports `common.js` (DOM builders,
-//! formats, the HTTP calls), `flows.js` (step-completeness tables) and `manage.js` (the
-//! management views). The page itself is public (it holds no data); every figure comes from
+//! formats, the HTTP calls), `flows.js` (step-completeness tables), `manage.js` (the
+//! management views) and `fleet.js` (the fleet view and the campaign and flow editor). The page itself is public (it holds no data); every figure comes from
 //! the read endpoints, called with the session cookie of `/login` or with `Authorization:
 //! Bearer TOKEN`. A token comes from `?token=…` (kept in `sessionStorage`, then removed from
 //! the address bar with `history.replaceState`) or from a small form; a 401 says so and shows
@@ -18,10 +18,11 @@
 //! run as script (the page also only ever inserts record text with `textContent`).
 //!
 //! The address's hash picks the view (`#overview`, `#trace`, `#stores`, `#store/CODE`,
-//! `#regions`, `#regions/ID`, `#alerts`, `#alerts/ID`), so a link lands where it points: the
+//! `#regions`, `#regions/ID`, `#alerts`, `#alerts/ID`, `#fleet`, `#editor`), so a link lands where it points: the
 //! robot message's `/#alerts/ID` opened without a session goes to `/login#alerts/ID`, and the
 //! login page comes back to the hash. `GET /v1/me` tells the role: an admin and a region user
-//! have the stores and regions views; a store's manager lands on their store's page.
+//! have the stores, regions and fleet views, an admin the editor too (anyone else opening
+//! `#editor` is told it is not allowed); a store's manager lands on their store's page.
 //!
 //! The page polls every 2 s, one request after the other (never overlapping):
 //! - `GET /v1/stats`: per campaign, over all stores or the store picked, prompts opened,
@@ -45,7 +46,12 @@
 //!   completeness by step and clerk from `/v1/stats`, its open alerts); the regions' heat map;
 //!   and the alerts, acknowledged (`POST /v1/alerts/{id}/ack`) and resolved (`…/resolve`)
 //!   from the page. A region user's page draws only its own region's stores, clerks and
-//!   alerts, and the other regions as the heat map's aggregates.
+//!   alerts, and the other regions as the heat map's aggregates;
+//! - while the fleet view or the editor is shown, `GET /v1/fleet` (a row per store, offline
+//!   first: online, last seen, config version applied against HQ's, devices down, backlog)
+//!   and, in the editor, `GET /v1/fleet/editor` (every campaign and flow with its source and
+//!   targets, the version history); its forms `PUT` and `DELETE` `/v1/fleet/campaigns/{id}`
+//!   and `/v1/fleet/flows/{id}` and show a 422's errors and a 409 as the server wrote them.
 //!
 //! Polling rather than SSE: the receiver has no push channel, and a 2 s poll of in-memory
 //! figures plus two empty pages costs next to nothing.
@@ -113,7 +119,7 @@ const LOGIN_HTML: &str = include_str!("assets/login.html");
 
 /// The files under `/assets/`: name, body, content type. The page's script is a module
 /// (`dashboard.js`) importing the others by relative path.
-const ASSETS: [(&str, &str, &str); 6] = [
+const ASSETS: [(&str, &str, &str); 7] = [
     (
         "dashboard.js",
         include_str!("assets/dashboard.js"),
@@ -122,6 +128,7 @@ const ASSETS: [(&str, &str, &str); 6] = [
     ("common.js", include_str!("assets/common.js"), JAVASCRIPT),
     ("flows.js", include_str!("assets/flows.js"), JAVASCRIPT),
     ("manage.js", include_str!("assets/manage.js"), JAVASCRIPT),
+    ("fleet.js", include_str!("assets/fleet.js"), JAVASCRIPT),
     ("login.js", include_str!("assets/login.js"), JAVASCRIPT),
     ("dashboard.css", include_str!("assets/dashboard.css"), CSS),
 ];

@@ -24,7 +24,7 @@
 //! | `GET /v1/me` | a reader | `{"name","role","region"?,"store"?}` |
 //! | `POST /v1/login` `{"name","password"}` | anyone | 200 and a session cookie; 401; 429 |
 //! | `POST /v1/logout` | anyone | 204, the cookie's session ended |
-//! | `GET /`, `GET /login`, `GET /assets/{dashboard,common,flows,manage,login}.js`, `GET /assets/dashboard.css` | anyone | the HQ dashboard and login page (their data needs a reader) |
+//! | `GET /`, `GET /login`, `GET /assets/{dashboard,common,flows,manage,fleet,login}.js`, `GET /assets/dashboard.css` | anyone | the HQ dashboard and login page (their data needs a reader) |
 //! | `GET /v1/fleet/{store}/config`, `POST /v1/fleet/{store}/heartbeat` | the store's token | its configuration (ETag, 304), 204 (`fleet`) |
 //! | `GET /v1/fleet` | admin, region users | the stores in scope: last heartbeat, online, version, devices, backlog (`fleet`) |
 //! | `GET /v1/fleet/editor`, `PUT`/`DELETE /v1/fleet/{campaigns,flows}/{id}` | admin | the editor (`fleet`) |

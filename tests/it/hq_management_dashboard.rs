@@ -37,7 +37,7 @@ use crate::hq_dashboard::{click, count, eventually, text_of};
 use crate::hq_flow::{FLOW, REFUSED, REGULAR, STEPS, URGENT};
 
 const ADMIN_TOKEN: &str = "manage-admin-token";
-const PASSWORD: &str = "pw-总部-2026";
+pub(crate) const PASSWORD: &str = "pw-总部-2026";
 const ADMIN: &str = "boss";
 const REGION_USER: &str = "li.min";
 const STORE_USER: &str = "wang";
@@ -52,7 +52,7 @@ const PRODUCT: &str = "6901234567892";
 const CAMPAIGN: &str = "xinsong-2026q4";
 
 /// One argon2 hash for every user (hashing is slow in a debug build; the salt is per hash).
-fn password_hash() -> &'static str {
+pub(crate) fn password_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| posgw::hq::hash_password(PASSWORD).expect("hash"))
 }
@@ -502,7 +502,7 @@ async fn check_yardsticks(client: &Client, box_css: &str, figures: &Value) {
 }
 
 /// Signs in on the login page the browser is on (any hash), as `name`.
-async fn sign_in(client: &Client, name: &str) {
+pub(crate) async fn sign_in(client: &Client, name: &str) {
     let field = |id: &'static str| client.find(Locator::Id(id));
     client
         .wait()
@@ -533,7 +533,12 @@ async fn sign_in(client: &Client, name: &str) {
 }
 
 /// A browser signed in as `name`, on the dashboard.
-async fn signed_in(driver: &Driver, profile: &tempfile::TempDir, hq: &str, name: &str) -> Client {
+pub(crate) async fn signed_in(
+    driver: &Driver,
+    profile: &tempfile::TempDir,
+    hq: &str,
+    name: &str,
+) -> Client {
     let client = driver.browser(profile.path(), (1366, 900)).await;
     client.goto(&format!("{hq}/login")).await.unwrap();
     sign_in(&client, name).await;
@@ -541,7 +546,7 @@ async fn signed_in(driver: &Driver, profile: &tempfile::TempDir, hq: &str, name:
 }
 
 /// Runs `script` in the page and returns its value.
-async fn js(client: &Client, script: &str) -> Value {
+pub(crate) async fn js(client: &Client, script: &str) -> Value {
     client.execute(script, vec![]).await.expect("run a script")
 }
 
@@ -559,7 +564,7 @@ async fn row_order(client: &Client, table: &str) -> Vec<String> {
 }
 
 /// Shows `hash`'s view and waits until the page has drawn it.
-async fn view(client: &Client, hash: &str, name: &str) {
+pub(crate) async fn view(client: &Client, hash: &str, name: &str) {
     let before = attr(client, "body", "data-routed").await;
     js(client, &format!("window.location.hash = '{hash}';")).await;
     wait_attr(client, "body", "data-routed", |v| v != before.as_deref()).await;

@@ -10,6 +10,7 @@ mod hq;
 mod hq_alerts;
 mod hq_dashboard;
 mod hq_e2e;
+mod hq_fleet_dashboard;
 mod hq_flow;
 mod hq_management_dashboard;
 mod hq_users;

@@ -121,25 +121,32 @@ export async function api(path) {
 
 // POSTs `body` as JSON; answers {ok, status, body, message} so the caller can show a refusal
 // (403, 409, 422) as the server worded it. Throws Unauthorized on 401.
-export async function postJson(path, body) {
-  const response = await fetch(path, {
-    method: "POST",
-    headers: headers({ "Content-Type": "application/json" }),
-    body: JSON.stringify(body),
-    cache: "no-store",
-    credentials: "same-origin",
-  });
-  if (response.status === 401) throw new Unauthorized("401");
-  if (response.ok) {
-    let answer = null;
-    try {
-      answer = await response.json();
-    } catch (_) {
-      // an empty 2xx body is fine
-    }
-    return { ok: true, status: response.status, body: answer, message: "" };
+export function postJson(path, body) {
+  return send("POST", path, body);
+}
+
+// `method` (PUT, DELETE, POST) to `path`, with `body` as JSON when given; answers {ok, status,
+// body, message}: `body` the parsed JSON answer (a refusal's too, e.g. a 422's `errors`),
+// `message` a refusal's `error`. Throws Unauthorized on 401.
+export async function send(method, path, body) {
+  const init = { method, headers: headers(), cache: "no-store", credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers = headers({ "Content-Type": "application/json" });
+    init.body = JSON.stringify(body);
   }
-  return { ok: false, status: response.status, body: null, message: await errorMessage(response) };
+  const response = await fetch(path, init);
+  if (response.status === 401) throw new Unauthorized("401");
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch (_) {
+    // an empty body (a 204) or not JSON
+  }
+  let message = "";
+  if (!response.ok) {
+    message = answer && typeof answer.error === "string" ? answer.error : response.status + " " + response.statusText;
+  }
+  return { ok: response.ok, status: response.status, body: answer, message };
 }
 
 // The `error` of a JSON error body, else the status line.

@@ -1,12 +1,13 @@
 // posgw HQ dashboard. Polls the read endpoints every 2 s (one request after the other) and
 // redraws; every record text goes into the page with textContent, never as HTML. The
-// management views (yardsticks, stores, regions, alerts, a store's page) are in manage.js;
-// this module owns the overview, the traceability view, the polling and the navigation.
+// management views (yardsticks, stores, regions, alerts, a store's page) are in manage.js, the
+// fleet view and the campaign and flow editor in fleet.js; this module owns the overview, the traceability view, the polling and the navigation.
 import {
   $, el, bi, text, percent, shortTime, seconds, money, api, auth, Unauthorized, loginUrl,
 } from "./common.js";
 import { GOAL, stepsTable, stepMatrix } from "./flows.js";
 import * as manage from "./manage.js";
+import * as fleet from "./fleet.js";
 
 (() => {
   const POLL_MS = 2000;
@@ -146,6 +147,7 @@ import * as manage from "./manage.js";
       hideBanner();
       render();
       await manage.poll(stats);
+      await fleet.poll();
       setStatus("live", [
         ...bi("实时", "Live"),
         " · " + new Date(stats.generated_at).toLocaleTimeString("zh-CN", { hour12: false }) +
@@ -670,9 +672,9 @@ import * as manage from "./manage.js";
 
   // ---- views and navigation ----
   // The address's hash picks the view: #overview, #trace, #stores, #store/CODE, #regions,
-  // #regions/ID, #alerts, #alerts/ID. Tabs and links only change the hash, so the back button,
+  // #regions/ID, #alerts, #alerts/ID, #fleet, #editor. Tabs and links only change the hash, so the back button,
   // a reload and the link in a robot message all land on what they point at.
-  const VIEWS = ["overview", "trace", "stores", "store", "regions", "alerts"];
+  const VIEWS = ["overview", "trace", "stores", "store", "regions", "alerts", "fleet", "editor"];
 
   function parseHash(hash) {
     const [head, ...rest] = hash.replace(/^#/, "").split("/");
@@ -698,7 +700,7 @@ import * as manage from "./manage.js";
 
   function route() {
     let { view, arg } = parseHash(window.location.hash);
-    if (!view || (state.me && !manage.allowed(view))) {
+    if (!view || (state.me && !(manage.allowed(view) && fleet.allowed(view)))) {
       if (!state.me) view = "overview";
       else {
         const hash = landing();
@@ -708,6 +710,7 @@ import * as manage from "./manage.js";
     }
     showView(view);
     manage.show(view, arg);
+    fleet.show(view);
     // Views drawn so far (tests wait on it; the hash itself may name what the page hides).
     document.body.dataset.routed = String(Number(document.body.dataset.routed || 0) + 1);
   }
@@ -781,6 +784,7 @@ import * as manage from "./manage.js";
       }
     });
     manage.init({ go, unauthorized });
+    fleet.init({ go, unauthorized });
     route();
     auth.token = takeToken();
     connect();
@@ -818,6 +822,7 @@ import * as manage from "./manage.js";
     }
     applyRole(me);
     manage.setMe(me);
+    fleet.setMe(me);
     route();
     restart();
   }
