@@ -298,8 +298,10 @@
 //!
 //! Reload: `posgw hq` reads the config file again on SIGHUP; if it loads, a new directory
 //! (store tokens, admin token, users, regions) replaces the old one atomically and the fleet
-//! takes the new campaigns, flows, stores and regions (`fleet`); if not, the errors are logged
-//! and nothing changes. `listen`, `data_dir` and the sizes need a restart.
+//! takes the new campaigns, flows, stores and regions (`fleet`), and the alert task the new
+//! `[[alert]]` rules, regions and `[[notify]]` targets, in the order of the reloads; if not, the
+//! errors are logged and nothing changes. `listen`, `data_dir`, the sizes, `timezone` and
+//! `evaluate_every` need a restart.
 //!
 //! `posgw hq passwd` reads a password (twice and without echo from a terminal, else the first
 //! line of stdin) and prints its argon2id hash (default parameters: 19 MiB, 2 passes).

@@ -185,15 +185,16 @@ impl Reloader {
             Ok(settings) => {
                 let directory = Directory::new(&settings);
                 *self.directory.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(directory);
-                let alerts = self.alerts.clone();
-                let alert_settings = alert_settings(&settings);
-                tokio::spawn(async move { alerts.reload(alert_settings).await });
+                if !self.alerts.reload_now(alert_settings(&settings)) {
+                    tracing::error!("the alert task did not take the reloaded rules and targets");
+                }
                 self.fleet.reload(&settings);
                 tracing::info!(
                     stores = settings.stores.len(),
                     regions = settings.regions.len(),
                     users = settings.users.len(),
-                    "configuration reloaded (listen, data_dir and sizes need a restart)"
+                    "configuration reloaded (listen, data_dir, sizes, timezone and \
+                     evaluate_every need a restart)"
                 );
                 Ok(())
             }
@@ -922,6 +923,11 @@ fn alert_settings(settings: &HqSettings) -> AlertSettings {
         rules: settings.alerts.clone(),
         regions: settings.regions.clone(),
         notify: settings.notify.clone(),
+        stores: settings
+            .stores
+            .iter()
+            .map(|store| store.code.clone())
+            .collect(),
         public_url: settings.public_url.clone(),
     }
 }
@@ -952,6 +958,11 @@ fn start_alerts(
     Ok(handle)
 }
 
+/// Alerts in a `GET /v1/alerts` answer when `limit` is not given.
+const DEFAULT_ALERTS: usize = 500;
+/// Largest `limit` of `GET /v1/alerts`.
+const MAX_ALERTS: usize = 5000;
+
 /// The query of `GET /v1/alerts`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -960,6 +971,8 @@ struct AlertsParams {
     state: Option<String>,
     /// A region id.
     region: Option<String>,
+    /// Most alerts in the answer (newest first), 1 to 5000; default 500.
+    limit: Option<String>,
 }
 
 /// `GET /v1/alerts`: the alerts the caller sees in full, plus per-region counts (every
@@ -995,6 +1008,14 @@ async fn alerts_answer(
                 "'state' must be open, acknowledged or resolved, found '{text}'"
             ))
         })?),
+    };
+    let limit = match params.limit.as_deref().filter(|text| !text.is_empty()) {
+        None => DEFAULT_ALERTS,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=MAX_ALERTS).contains(limit))
+            .ok_or_else(|| bad(format!("'limit' must be 1 to {MAX_ALERTS}, found '{text}'")))?,
     };
     let directory = app.directory();
     let region = params.region.filter(|text| !text.is_empty());
@@ -1034,6 +1055,7 @@ async fn alerts_answer(
                 .as_ref()
                 .is_none_or(|region| alert.region.as_ref() == Some(region))
         })
+        .take(limit)
         .collect();
     Ok(serde_json::json!({ "alerts": alerts, "regions": counts }))
 }

@@ -522,7 +522,8 @@ fn alert_rule_mistakes_are_reported_with_their_position() {
     let config = std::fs::read_to_string(setup.config()).expect("read");
     let broken = config.replace("below = 0.65", "below = 65\nabove = 1.0")
         + "\n[[alert]]\nid = \"x\"\nmetric = \"step_rates\"\nbelow = 0.5\n"
-        + "\n[[alert]]\nid = \"y\"\nmetric = \"campaign_completeness\"\nbelow = 0.5\nregions = [\"nowhere\"]\n";
+        + "\n[[alert]]\nid = \"y\"\nmetric = \"campaign_completeness\"\nbelow = 0.5\nregions = [\"nowhere\"]\n"
+        + "\n[[alert]]\nid = \"z\"\nmetric = \"gateway_offline_hours\"\nabove = 4\nmin_count = 5\n";
     std::fs::write(setup.config(), broken).expect("write");
     let error = hq::load_config(&setup.config())
         .expect_err("refused")
@@ -531,5 +532,9 @@ fn alert_rule_mistakes_are_reported_with_their_position() {
     assert!(error.contains("did you mean 'step_rate'"), "{error}");
     assert!(error.contains("needs 'campaign'"), "{error}");
     assert!(error.contains("region 'nowhere'"), "{error}");
+    assert!(
+        error.contains("must be 1 or less for gateway_offline_hours"),
+        "{error}"
+    );
     assert!(error.contains("hq.toml:"), "{error}");
 }

@@ -86,9 +86,10 @@ fn offline_hours(heard: u32, hours: u32) -> f64 {
     f64::from(hours - (heard & mask).count_ones())
 }
 
-/// The metric's value for every day that has one, in day order. For `gateway_offline_hours`
-/// every day from the store's first to `today` has a value: a day HQ heard nothing at all has
-/// no figures and is 24 hours offline; `today` counts only the hours up to `hour_now`.
+/// The metric's value for every day that has one, in day order: for shares, whole days up to
+/// yesterday; for `backlog_age_minutes` up to today. For `gateway_offline_hours` every day from
+/// the first HQ heard the store to `today` has a value: a day HQ heard nothing at all has no
+/// figures and is 24 hours offline; `today` counts only the hours up to `hour_now`.
 pub(crate) fn values(
     metric: &Metric,
     days: &BTreeMap<Day, DayFigures>,
@@ -96,13 +97,26 @@ pub(crate) fn values(
     hour_now: u32,
 ) -> Vec<DayValue> {
     if *metric != Metric::GatewayOfflineHours {
+        // Shares are judged on whole days: a morning's few cases are not the day's rate. The
+        // backlog's age only grows during a day, so today's counts as soon as it breaches.
+        let last = if metric.is_rate() {
+            today - Duration::days(1)
+        } else {
+            today
+        };
         return days
             .iter()
-            .filter(|(day, _)| **day <= today)
+            .filter(|(day, _)| **day <= last)
             .filter_map(|(day, figures)| day_value(metric, *day, figures))
             .collect();
     }
-    let Some(first) = days.keys().next().copied() else {
+    // From the first day HQ heard the store: days before it (records summarised from an older
+    // HQ, which kept no arrival hours) say nothing about the gateway being offline.
+    let Some(first) = days
+        .iter()
+        .find(|(_, figures)| figures.heard_hours != 0)
+        .map(|(day, _)| *day)
+    else {
         return Vec::new();
     };
     let mut values = Vec::new();
@@ -237,6 +251,37 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].len(), 2);
         assert_eq!(runs[0][1].day, day("2026-12-04"));
+    }
+
+    #[test]
+    fn shares_are_judged_on_whole_days_only() {
+        let rule = insurance_rule(2, 5);
+        let map: BTreeMap<Day, DayFigures> = [("2026-12-01", 1), ("2026-12-02", 1)]
+            .iter()
+            .map(|(text, passed)| (day(text), insurance_day(*passed, 10)))
+            .collect();
+        // On 12-02 its morning is not yet a day: no run of two.
+        let today = values(&rule.metric, &map, day("2026-12-02"), 10);
+        assert_eq!(today.len(), 1);
+        assert!(runs(&rule, &today).is_empty());
+        let next = values(&rule.metric, &map, day("2026-12-03"), 0);
+        assert_eq!(runs(&rule, &next).len(), 1);
+    }
+
+    #[test]
+    fn offline_hours_start_on_the_first_day_hq_heard_the_store() {
+        let mut days = BTreeMap::new();
+        days.insert(day("2026-11-01"), DayFigures::default()); // summarised, never heard
+        days.insert(
+            day("2026-12-02"),
+            DayFigures {
+                heard_hours: 0x00FF_FFFF,
+                ..DayFigures::default()
+            },
+        );
+        let values = values(&Metric::GatewayOfflineHours, &days, day("2026-12-02"), 23);
+        assert_eq!(values.len(), 1);
+        assert_eq!(values[0].value, 0.0);
     }
 
     #[test]

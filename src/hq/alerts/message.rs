@@ -8,6 +8,9 @@ use super::super::notify::Notice;
 use super::rules::{AlertRule, Threshold};
 use super::{Alert, MESSAGE_CASES};
 
+/// Most days of a run a message lists (the last ones).
+const MESSAGE_DAYS: usize = 7;
+
 /// A threshold or value as people read it: a percentage for shares, a number otherwise.
 fn shown(rate: bool, value: f64) -> String {
     if rate {
@@ -45,9 +48,20 @@ pub(super) fn notice(alert: &Alert, public_url: Option<&str>) -> Notice {
         public_url.map(|base| format!("{}/#alerts/{}", base.trim_end_matches('/'), alert.id));
     let mut markdown = String::new();
     let mut text = String::new();
+    // The link first: WeCom cuts a message at 4096 bytes, and the link is what matters.
+    if let Some(link) = &link {
+        let _ = writeln!(markdown, "[在看板确认处理]({link})\n");
+        let _ = writeln!(text, "在看板确认处理: {link}\n");
+    }
     let _ = writeln!(markdown, "**规则** {}（{}）", alert.rule, alert.metric);
     let _ = writeln!(text, "规则: {}（{}）", alert.rule, alert.metric);
-    for value in &alert.values {
+    let skipped_days = alert.values.len().saturating_sub(MESSAGE_DAYS);
+    if skipped_days > 0 {
+        let line = format!("（前 {skipped_days} 天略）");
+        let _ = writeln!(markdown, "- {line}");
+        let _ = writeln!(text, "  {line}");
+    }
+    for value in alert.values.iter().skip(skipped_days) {
         let line = format!(
             "{}: {}（{} 例）",
             value.day,
@@ -85,10 +99,6 @@ pub(super) fn notice(alert: &Alert, public_url: Option<&str>) -> Notice {
             let _ = writeln!(markdown, "{}. {line}", number + 1);
             let _ = writeln!(text, "{}. {line}", number + 1);
         }
-    }
-    if let Some(link) = &link {
-        let _ = writeln!(markdown, "\n[在看板确认处理]({link})");
-        let _ = writeln!(text, "\n在看板确认处理: {link}");
     }
     let json = serde_json::to_value(alert).unwrap_or_default();
     Notice {

@@ -198,6 +198,8 @@ pub(crate) struct AlertSettings {
     pub regions: Vec<RegionSettings>,
     /// The `[[notify]]` targets, handed to the notifier.
     pub notify: Vec<NotifySettings>,
+    /// The configured stores: others (removed from `[[store]]`) are not evaluated.
+    pub stores: std::collections::HashSet<String>,
     /// The dashboard's public address, for the link in messages.
     pub public_url: Option<String>,
 }
@@ -222,6 +224,7 @@ pub(super) enum Command {
     Evaluate(oneshot::Sender<anyhow::Result<Vec<Alert>>>),
     List(oneshot::Sender<Vec<Alert>>),
     Get(String, oneshot::Sender<Option<Alert>>),
+    Facts(oneshot::Sender<Vec<AlertFact>>),
     Ack {
         id: String,
         by: String,
@@ -319,11 +322,6 @@ impl AlertsHandle {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Replaces the rules, regions and link (SIGHUP).
-    pub(crate) async fn reload(&self, settings: AlertSettings) {
-        let _ = self.commands.send(Command::Reload(settings)).await;
-    }
-
     /// Where each target's delivery of alert `id` stands (never a URL or secret).
     pub(crate) async fn delivery(&self, id: &str) -> anyhow::Result<Vec<DeliveryStatus>> {
         let (reply, answer) = oneshot::channel();
@@ -342,14 +340,25 @@ impl AlertsHandle {
         }
     }
 
-    /// What `alert_response` needs of every alert.
+    /// What `alert_response` needs of every alert (built in the task: no alert is copied).
     pub(crate) async fn facts(&self) -> anyhow::Result<Vec<AlertFact>> {
-        Ok(self.list().await?.iter().map(fact_of).collect())
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Facts(reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+
+    /// Replaces the rules, regions and targets without waiting (SIGHUP; the settings apply
+    /// in the order of the reloads). False when the task's queue is full or it stopped.
+    pub(crate) fn reload_now(&self, settings: AlertSettings) -> bool {
+        self.commands.try_send(Command::Reload(settings)).is_ok()
     }
 }
 
 /// An alert as the yardsticks see it.
-fn fact_of(alert: &Alert) -> AlertFact {
+pub(super) fn fact_of(alert: &Alert) -> AlertFact {
     let parse = |text: &Option<String>| {
         text.as_deref()
             .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
@@ -401,6 +410,7 @@ pub(crate) fn spawn(
         settings,
         alerts,
         next,
+        unannounced: Default::default(),
     };
     let join = tokio::spawn(task.run(receiver, delivered, every));
     Ok((AlertsHandle { commands }, join))

@@ -225,6 +225,18 @@ pub(crate) fn validate_alerts(
                 );
             }
         }
+        if let (Some(Metric::GatewayOfflineHours), Some(min_count)) = (&metric, &alert.min_count) {
+            if min_count.value > 1 {
+                report.error(
+                    &min_count.span,
+                    format!(
+                        "'min_count' of alert rule '{label}' must be 1 or less for \
+                         gateway_offline_hours: each day is one case (its hours), so a larger \
+                         count would keep the rule from ever firing"
+                    ),
+                );
+            }
+        }
         let days = count(report, &alert.days, &label, "days", 1, 1..=MAX_DAYS);
         let min_count = count(
             report,

@@ -1,7 +1,7 @@
 //! The alert task: owns the alerts (in memory and in the `alerts` tree), runs the rules,
 //! announces new alerts to the outbox, records deliveries, acknowledgements and resolutions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
@@ -41,6 +41,8 @@ pub(super) struct AlertTask {
     pub(super) alerts: BTreeMap<u64, Alert>,
     /// Number of the next alert.
     pub(super) next: u64,
+    /// Alerts the outbox refused (a storage error, a full outbox): tried again at each tick.
+    pub(super) unannounced: std::collections::BTreeSet<u64>,
 }
 
 impl AlertTask {
@@ -66,6 +68,7 @@ impl AlertTask {
                     None => deliveries_open = false,
                 },
                 _ = timer.tick() => {
+                    self.announce_again().await;
                     if let Err(error) = self.evaluate().await {
                         tracing::error!(error = %format!("{error:#}"), "alert evaluation failed");
                     }
@@ -95,6 +98,9 @@ impl AlertTask {
             }
             Command::List(reply) => {
                 let _ = reply.send(self.alerts.values().rev().cloned().collect());
+            }
+            Command::Facts(reply) => {
+                let _ = reply.send(self.alerts.values().map(super::fact_of).collect());
             }
             Command::Get(id, reply) => {
                 let alert = number_of_id(&id).and_then(|number| self.alerts.get(&number));
@@ -181,10 +187,16 @@ impl AlertTask {
                 tracing::warn!(%error, "cannot forget an expired alert");
             }
         }
+        // Alerts not delivered yet and still recent go to the outbox again (it ignores what
+        // it holds); older ones are history, not news.
+        let recent = Utc::now() - chrono::Duration::days(RECENT_DAYS);
         let pending: Vec<Alert> = self
             .alerts
             .values()
             .filter(|alert| alert.delivered_at.is_none() && !alert.targets.is_empty())
+            .filter(|alert| {
+                DateTime::parse_from_rfc3339(&alert.opened_at).is_ok_and(|opened| opened >= recent)
+            })
             .cloned()
             .collect();
         for alert in pending {
@@ -192,19 +204,48 @@ impl AlertTask {
         }
     }
 
-    /// Puts `alert`'s message in the outbox for its targets.
-    async fn announce(&self, alert: &Alert) {
-        if alert.targets.is_empty() {
+    /// Tries again the alerts the outbox refused.
+    async fn announce_again(&mut self) {
+        let numbers: Vec<u64> = std::mem::take(&mut self.unannounced).into_iter().collect();
+        for number in numbers {
+            if let Some(alert) = self.alerts.get(&number).cloned() {
+                self.announce(&alert).await;
+            }
+        }
+    }
+
+    /// Puts `alert`'s message in the outbox for its targets that are configured; a refusal is
+    /// kept to try again at the next tick.
+    async fn announce(&mut self, alert: &Alert) {
+        let known: Vec<String> = alert
+            .targets
+            .iter()
+            .filter(|target| {
+                self.settings
+                    .notify
+                    .iter()
+                    .any(|notify| notify.id == **target)
+            })
+            .cloned()
+            .collect();
+        if known.is_empty() {
             tracing::warn!(
                 alert = %alert.id,
                 store = %alert.store,
-                "alert opened, but the store's region has no [[notify]] target"
+                "alert opened, but the store's region has no configured [[notify]] target"
             );
             return;
         }
         let notice = message::notice(alert, self.settings.public_url.as_deref());
-        if let Err(error) = self.notifier.enqueue(notice, &alert.targets).await {
-            tracing::error!(alert = %alert.id, %error, "cannot put an alert in the outbox");
+        if let Err(error) = self.notifier.enqueue(notice, &known).await {
+            tracing::error!(
+                alert = %alert.id,
+                %error,
+                "cannot put an alert in the outbox; trying again at the next evaluation"
+            );
+            if let Some(number) = number_of_id(&alert.id) {
+                self.unannounced.insert(number);
+            }
         }
     }
 
@@ -240,6 +281,9 @@ impl AlertTask {
             let mut found = Vec::new();
             for (index, rule) in settings.rules.iter().enumerate() {
                 for (store, days) in daily.stores() {
+                    if !settings.stores.contains(store) {
+                        continue;
+                    }
                     if let Some(watched) = &rule.regions {
                         let region = store_regions.get(store).map(|region| region.id.as_str());
                         if !region.is_some_and(|region| watched.contains(region)) {
@@ -256,17 +300,24 @@ impl AlertTask {
             }
             found
         });
+        // The days each (rule, store) already has an alert for.
+        let mut covered: HashMap<(&str, &str), HashSet<&str>> = HashMap::new();
+        for alert in self.alerts.values() {
+            covered
+                .entry((alert.rule.as_str(), alert.store.as_str()))
+                .or_default()
+                .extend(alert.days.iter().map(String::as_str));
+        }
         let fresh: Vec<(usize, String, Vec<DayValue>)> = candidates
             .into_iter()
             .filter(|(index, store, run)| {
                 let rule = &settings.rules[*index];
-                !self.alerts.values().any(|alert| {
-                    alert.rule == rule.id
-                        && alert.store == *store
-                        && run
-                            .iter()
-                            .any(|value| alert.days.contains(&value.day.to_string()))
-                })
+                covered
+                    .get(&(rule.id.as_str(), store.as_str()))
+                    .is_none_or(|days| {
+                        !run.iter()
+                            .any(|value| days.contains(value.day.to_string().as_str()))
+                    })
             })
             .collect();
         // The cases of the new alerts, read a few at a time (each reads its store's last days).
@@ -293,7 +344,15 @@ impl AlertTask {
         for ((index, store, run), cases) in fresh.into_iter().zip(cases) {
             let rule = &settings.rules[index];
             let region = store_regions.get(store.as_str()).copied();
-            let (cases, cases_total) = cases?;
+            let (cases, cases_total) = cases.unwrap_or_else(|error| {
+                tracing::warn!(
+                    store = %store,
+                    rule = %rule.id,
+                    error = %format!("{error:#}"),
+                    "cannot read an alert's cases; it opens without them"
+                );
+                (Vec::new(), 0)
+            });
             let number = self.next;
             self.next += 1;
             let alert = Alert {
