@@ -347,6 +347,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let body = response.bytes().await?;
             times.push(begun.elapsed());
             size = body.len();
+            if *method == "POST" && times.len() == 1 {
+                let opened: serde_json::Value = serde_json::from_slice(&body)?;
+                println!(
+                    "the first evaluation opened {} alerts in {:.1} ms",
+                    opened["opened"].as_array().map_or(0, Vec::len),
+                    times[0].as_secs_f64() * 1000.0
+                );
+            }
             assert!(status.is_success(), "{method} {path}: {status}");
         }
         times.sort();
