@@ -143,9 +143,9 @@
 //!     T store               the store's totals (JSON), as in /v1/stats
 //!     M "summaries"         "2": every A, C, L summary has today's form and key, E W Y are built
 //!     M "timezone"          the [hq] timezone the Y days were counted in
-//!     L hq_seq              tracked sale summary (compact JSON), `tr` set once traced
+//!     L hq_seq              traced sale summary (compact JSON), `tr` set
 //!     E store 0 link        evidence (compact JSON: kind, clerk, hq_seq) held for a link key
-//!     W store 0 link 0 hq_seq   (empty): that tracked sale waits for evidence under link
+//!     W store 0 link 0 hq_seq   summary of that tracked sale, waiting for evidence under link
 //!     Y store 0 day         20 bytes: records, backlog_max_minutes (u64), heard_hours (u32)
 //! ```
 //! (`first_seq`, `start`, `hq_seq` are u64 big-endian, so keys sort by number; `t` is the
@@ -170,9 +170,10 @@
 //! batch lands in the days its records were made. What feeds them:
 //! - the summaries, which carry the record's instant (`t`, epoch ms, and `z`, its offset) and
 //!   what the rules read: an attribution's prompt, `opened_at`, receipt; a consultation's id,
-//!   `opened_at`, customer reference, receipt and each step's `value`/`values`; and a new one,
-//!   `L`, for each *tracked* sale (a line naming a `prompt`, `flow` or `campaign`, or the sale
-//!   a `consultation`): store, time, receipt, clerk, its link keys and whether it is traced;
+//!   `opened_at`, customer reference, receipt and each step's `value`/`values`; and a new one
+//!   for each *tracked* sale (a line naming a `prompt`, `flow` or `campaign`, or the sale a
+//!   `consultation`): store, time, receipt, clerk, its link keys and whether it is traced
+//!   (under `W` while it waits for evidence, under `L` once traced);
 //! - `Y` per store-day: records (by `ts`), the longest backlog (HQ's receive time minus `ts`,
 //!   whole minutes, at least 0), and the hours of the day (HQ's clock) a batch was accepted;
 //! - the traceability join (`join`): a tracked sale is *traced* once HQ holds evidence of its
@@ -185,8 +186,8 @@
 //! The writer thread writes all of it into the batch's one `sled::Batch` (the records of a
 //! batch see each other through the join's overlays); the flusher updates [`daily::Daily`]
 //! (inside the statistics' aggregates) after the fsync, as for `/v1/stats`, re-counting a sale
-//! of an earlier batch that this one traced. At start `Daily` is rebuilt from `Y`, `A`, `C`
-//! and `L`, never from records, but once: a database of an older HQ (no `M summaries`), or
+//! of an earlier batch that this one traced. At start `Daily` is rebuilt from `Y`, `A`, `C`,
+//! `L` and `W`, never from records, but once: a database of an older HQ (no `M summaries`), or
 //! whose days were counted in another time zone, is re-summarised from its records at the
 //! first start (`store::resummarise`: every chunk read once; the backlog and hours heard of
 //! days before cannot be known again and stay 0). `StoreHandle::daily` reads the figures
