@@ -141,7 +141,7 @@
 //!     A store 0 t hq_seq    attribution summary (compact JSON) of that record
 //!     C store 0 t hq_seq    consultation summary (compact JSON): its steps done/skipped/missing
 //!     T store               the store's totals (JSON), as in /v1/stats
-//!     M "summaries"         "2": every A, C, L summary has today's form and key, E W Y are built
+//!     M "summaries"         "3": every A, C, L, W summary has today's form and key, E Y built
 //!     M "timezone"          the [hq] timezone the Y days were counted in
 //!     L hq_seq              traced sale summary (compact JSON), `tr` set
 //!     E store 0 link        evidence (compact JSON: kind, clerk, hq_seq) held for a link key

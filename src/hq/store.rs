@@ -28,8 +28,9 @@ const CONSULTATIONS_SUMMARISED: &str = "consultations_summarised";
 /// traceability join (`E`, `W`, `L`) is built, `A` and `C` are keyed by store and time, and the per-day
 /// counters (`Y`) are counted: a database from an older HQ gets them at the first start.
 const SUMMARIES: &str = "summaries";
-/// The value of [`SUMMARIES`] this code writes.
-const SUMMARIES_VERSION: &[u8] = b"2";
+/// The value of [`SUMMARIES`] this code writes ("2" kept every tracked sale under `L` and
+/// empty `W` keys: such a database is summarised again too).
+const SUMMARIES_VERSION: &[u8] = b"3";
 /// `M` key naming the `[hq] timezone` the `Y` days were counted in; another zone counts again.
 const TIMEZONE: &str = "timezone";
 /// Records per sled batch while re-summarising stored records.
