@@ -14,15 +14,22 @@
 //! late):
 //! - `E store 0 link` → the [`Evidence`] held for that key (the first, or a later one that
 //!   names a clerk where the first did not);
-//! - `W store 0 link 0 hq_seq` → nothing: the tracked sale at hq_seq waits for that key;
-//! - `L hq_seq` → the sale's [`SaleSummary`], its `traced` set once evidence is found.
+//! - `W store 0 link 0 hq_seq` → the [`SaleSummary`] of the tracked sale at hq_seq, waiting for
+//!   evidence under that key (each of its link keys holds a copy, so evidence finds the sales
+//!   it traces in one prefix scan, without a further read);
+//! - `L hq_seq` → the [`SaleSummary`] of a traced sale, its `traced` set.
+//!
+//! Every tracked sale is under `L` or under `W`, never both: a sale waiting costs a key per
+//! link key, a traced one a key.
 //!
 //! A sale finds its evidence by one `get` per link key; evidence finds the sales waiting for
 //! it by one prefix scan per key. When a waiting sale is traced its `W` keys go and its `L`
-//! summary is rewritten. Everything is written into the batch's one atomic `sled::Batch` by
-//! the writer thread (or the start-up re-summarising), and the records of the batch see each
-//! other through the overlays here, since sled does not show a batch's writes before it is
-//! applied.
+//! summary is rewritten. Everything goes into the batch's one atomic `sled::Batch`, written by
+//! the writer thread (or the start-up re-summarising); the records of the batch see each other
+//! through the overlays here, since sled does not show a batch's writes before it is applied.
+//! Only the batch's final state is written ([`Join::finish`]): sled's cost is per key, so a sale
+//! traced by a later record of its own batch costs its `L` key alone, not `W` keys written and
+//! removed again.
 
 use std::collections::{HashMap, HashSet};
 
@@ -43,10 +50,14 @@ pub(crate) struct Join<'t> {
     waiting_added: HashMap<Vec<u8>, Vec<u64>>,
     /// Whole `W` keys removed in this batch.
     waiting_removed: HashSet<Vec<u8>>,
-    /// `L` summaries written in this batch, as they stand now.
+    /// Sales traced in this batch, to write under `L`.
     sales: HashMap<u64, SaleSummary>,
+    /// This batch's sales waiting for evidence (under `W`).
+    waiting: HashMap<u64, SaleSummary>,
     /// Sales of earlier batches that became traced: as they were counted, and as they are.
     retraced: Vec<(SaleSummary, SaleSummary)>,
+    /// `E` and `W` keys to write (`None`: to remove) when the batch is finished.
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'t> Join<'t> {
@@ -59,18 +70,33 @@ impl<'t> Join<'t> {
             waiting_added: HashMap::new(),
             waiting_removed: HashSet::new(),
             sales: HashMap::new(),
+            waiting: HashMap::new(),
             retraced: Vec::new(),
+            writes: HashMap::new(),
         }
+    }
+
+    /// Adds the batch's final state to `batch` (the `L` summaries of the sales it traced, `E`
+    /// and `W` keys) and answers the sales of earlier batches it traced: (as counted, as now).
+    pub(crate) fn finish(
+        &mut self,
+        batch: &mut sled::Batch,
+    ) -> anyhow::Result<Vec<(SaleSummary, SaleSummary)>> {
+        for (key, value) in self.writes.drain() {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        for (seq, sale) in &self.sales {
+            batch.insert(&store::sale_key(*seq), serde_json::to_vec(sale)?);
+        }
+        Ok(std::mem::take(&mut self.retraced))
     }
 
     /// A tracked sale stored at `seq`: traced at once when evidence is held for one of its
     /// link keys, else it waits under each of them.
-    pub(crate) fn sale(
-        &mut self,
-        seq: u64,
-        mut summary: SaleSummary,
-        batch: &mut sled::Batch,
-    ) -> anyhow::Result<()> {
+    pub(crate) fn sale(&mut self, seq: u64, mut summary: SaleSummary) -> anyhow::Result<()> {
         let links = sale_links(&summary);
         for link in &links {
             if let Some(evidence) =
@@ -82,28 +108,28 @@ impl<'t> Join<'t> {
                 }
             }
         }
-        if summary.traced.is_none() {
-            for link in &links {
-                batch.insert(store::waiting_key(&summary.store, link, seq), &[]);
-                self.waiting_added
-                    .entry(store::waiting_prefix(&summary.store, link))
-                    .or_default()
-                    .push(seq);
-            }
+        if summary.traced.is_some() {
+            self.sales.insert(seq, summary);
+            return Ok(());
         }
-        batch.insert(&store::sale_key(seq), serde_json::to_vec(&summary)?);
-        self.sales.insert(seq, summary);
+        let json = serde_json::to_vec(&summary)?;
+        for link in &links {
+            self.writes.insert(
+                store::waiting_key(&summary.store, link, seq),
+                Some(json.clone()),
+            );
+            self.waiting_added
+                .entry(store::waiting_prefix(&summary.store, link))
+                .or_default()
+                .push(seq);
+        }
+        self.waiting.insert(seq, summary);
         Ok(())
     }
 
     /// An attribution or consultation record stored at `seq`: when it is evidence, it is
     /// kept under its link keys and traces the sales waiting for them.
-    pub(crate) fn record(
-        &mut self,
-        seq: u64,
-        summary: &Summary,
-        batch: &mut sled::Batch,
-    ) -> anyhow::Result<()> {
+    pub(crate) fn record(&mut self, seq: u64, summary: &Summary) -> anyhow::Result<()> {
         let Some((store, evidence, links)) = evidence_of(seq, summary) else {
             return Ok(());
         };
@@ -114,45 +140,54 @@ impl<'t> Join<'t> {
                 Some(held) => held.clerk.is_none() && evidence.clerk.is_some(),
             };
             if better {
-                batch.insert(key.as_slice(), serde_json::to_vec(&evidence)?);
+                self.writes
+                    .insert(key.clone(), Some(serde_json::to_vec(&evidence)?));
                 self.evidence.insert(key, evidence.clone());
             }
             let prefix = store::waiting_prefix(store, link);
-            let mut waiting = Vec::new();
+            let mut waiting: Vec<(u64, SaleSummary)> = Vec::new();
             for item in self.tree.scan_prefix(&prefix) {
-                let (key, _) = item?;
+                let (key, value) = item?;
                 if key.len() != prefix.len() + 8 || self.waiting_removed.contains(key.as_ref()) {
                     continue;
                 }
-                waiting.extend(be_u64(&key[prefix.len()..]));
+                let Some(sale_seq) = be_u64(&key[prefix.len()..]) else {
+                    continue;
+                };
+                let sale = serde_json::from_slice(&value)
+                    .with_context(|| format!("damaged waiting sale {sale_seq}"))?;
+                waiting.push((sale_seq, sale));
             }
-            waiting.extend(self.waiting_added.get(&prefix).into_iter().flatten());
-            for sale_seq in waiting {
-                self.trace(sale_seq, &evidence, batch)?;
+            for sale_seq in self.waiting_added.get(&prefix).into_iter().flatten() {
+                waiting.extend(
+                    self.waiting
+                        .get(sale_seq)
+                        .map(|sale| (*sale_seq, sale.clone())),
+                );
+            }
+            for (sale_seq, sale) in waiting {
+                self.trace(sale_seq, sale, &evidence);
             }
         }
         Ok(())
     }
 
-    /// Traces the waiting sale at `seq` with `evidence`, if it does not have its own already
-    /// and the evidence names a handler for it.
-    fn trace(
-        &mut self,
-        seq: u64,
-        evidence: &Evidence,
-        batch: &mut sled::Batch,
-    ) -> anyhow::Result<()> {
-        let Some(before) = self.held_sale(seq)? else {
-            return Ok(());
-        };
+    /// Traces the waiting sale at `seq` (`before`) with `evidence`, if the evidence names a
+    /// handler for it.
+    fn trace(&mut self, seq: u64, before: SaleSummary, evidence: &Evidence) {
         if before.traced.is_some() || !traces(evidence, &before) {
-            return Ok(());
+            return;
         }
         let mut after = before.clone();
         after.traced = Some(evidence.clone());
         for link in sale_links(&after) {
             let key = store::waiting_key(&after.store, &link, seq);
-            batch.remove(key.as_slice());
+            // Written in this batch: never written at all; else removed.
+            if seq < self.first_seq {
+                self.writes.insert(key.clone(), None);
+            } else {
+                self.writes.remove(&key);
+            }
             self.waiting_removed.insert(key);
             if let Some(seqs) = self
                 .waiting_added
@@ -161,22 +196,16 @@ impl<'t> Join<'t> {
                 seqs.retain(|waiting| *waiting != seq);
             }
         }
-        batch.insert(&store::sale_key(seq), serde_json::to_vec(&after)?);
+        self.waiting.remove(&seq);
         if seq < self.first_seq {
             self.retraced.push((before, after.clone()));
         }
         self.sales.insert(seq, after);
-        Ok(())
     }
 
-    /// The summary of the sale at `seq` as it stands now (this batch's writes included).
+    /// The summary of this batch's sale at `seq` as it stands now.
     pub(crate) fn sale_now(&self, seq: u64) -> Option<&SaleSummary> {
-        self.sales.get(&seq)
-    }
-
-    /// The sales of earlier batches this batch traced: (as counted, as they are now).
-    pub(crate) fn take_retraced(&mut self) -> Vec<(SaleSummary, SaleSummary)> {
-        std::mem::take(&mut self.retraced)
+        self.sales.get(&seq).or_else(|| self.waiting.get(&seq))
     }
 
     /// The evidence held under an `E` key, this batch's included.
@@ -188,20 +217,6 @@ impl<'t> Join<'t> {
             None => Ok(None),
             Some(value) => Ok(Some(
                 serde_json::from_slice(&value).context("damaged evidence entry")?,
-            )),
-        }
-    }
-
-    /// The summary of the tracked sale at `seq`, this batch's included.
-    fn held_sale(&self, seq: u64) -> anyhow::Result<Option<SaleSummary>> {
-        if let Some(sale) = self.sales.get(&seq) {
-            return Ok(Some(sale.clone()));
-        }
-        match self.tree.get(store::sale_key(seq))? {
-            None => Ok(None),
-            Some(value) => Ok(Some(
-                serde_json::from_slice(&value)
-                    .with_context(|| format!("damaged sale summary {seq}"))?,
             )),
         }
     }

@@ -217,7 +217,8 @@ impl ConsultationSummary {
     }
 }
 
-/// What HQ keeps of a *tracked* sale record (persisted in compact JSON under `L` + hq_seq):
+/// What HQ keeps of a *tracked* sale record (persisted in compact JSON under `L` + hq_seq once
+/// traced, under each of its `W` keys while it waits; see `join`):
 /// a sale with a line naming a `prompt`, `flow` or `campaign`, or naming a `consultation`.
 /// Sales of nothing tracked get no summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,8 +28,9 @@ const CONSULTATIONS_SUMMARISED: &str = "consultations_summarised";
 /// traceability join (`E`, `W`, `L`) is built, `A` and `C` are keyed by store and time, and the per-day
 /// counters (`Y`) are counted: a database from an older HQ gets them at the first start.
 const SUMMARIES: &str = "summaries";
-/// The value of [`SUMMARIES`] this code writes.
-const SUMMARIES_VERSION: &[u8] = b"2";
+/// The value of [`SUMMARIES`] this code writes ("2" kept every tracked sale under `L` and
+/// empty `W` keys: such a database is summarised again too).
+const SUMMARIES_VERSION: &[u8] = b"3";
 /// `M` key naming the `[hq] timezone` the `Y` days were counted in; another zone counts again.
 const TIMEZONE: &str = "timezone";
 /// Records per sled batch while re-summarising stored records.
@@ -73,11 +74,11 @@ mod prefix {
     pub const CONSULTATION: u8 = b'C';
     /// Store totals by store code.
     pub const TOTALS: u8 = b'T';
-    /// Tracked sale summaries by hq_seq.
+    /// Traced sale summaries by hq_seq.
     pub const SALE: u8 = b'L';
     /// Traceability evidence: store, 0, link key.
     pub const EVIDENCE: u8 = b'E';
-    /// Tracked sales waiting for evidence: store, 0, link key, 0, hq_seq.
+    /// Tracked sales waiting for evidence (their summaries): store, 0, link key, 0, hq_seq.
     pub const WAITING: u8 = b'W';
     /// Per store-day counters: store, 0, day.
     pub const DAY: u8 = b'Y';
@@ -218,16 +219,16 @@ pub(crate) fn write_summary(
                 attribution_key(&attribution.store, attribution.t, seq),
                 serde_json::to_vec(attribution)?,
             );
-            join.record(seq, summary, batch)
+            join.record(seq, summary)
         }
         Summary::Consultation(consultation) => {
             batch.insert(
                 consultation_key(&consultation.store, consultation.t, seq),
                 serde_json::to_vec(consultation)?,
             );
-            join.record(seq, summary, batch)
+            join.record(seq, summary)
         }
-        Summary::Sale(sale) => join.sale(seq, sale.clone(), batch),
+        Summary::Sale(sale) => join.sale(seq, sale.clone()),
     }
 }
 
@@ -543,6 +544,18 @@ fn recover(store: &Store, timezone: chrono_tz::Tz) -> anyhow::Result<Recovered> 
             .with_context(|| format!("damaged sale summary {key:?}"))?;
         aggregates.add(&Summary::Sale(summary));
     }
+    // Sales waiting for evidence: each under every one of its link keys, counted once.
+    let mut waiting = std::collections::HashSet::new();
+    for item in tree.scan_prefix([prefix::WAITING]) {
+        let (key, value) = item?;
+        let seq = be_u64(&key[key.len().saturating_sub(8)..])
+            .ok_or_else(|| anyhow!("damaged waiting sale key"))?;
+        if waiting.insert(seq) {
+            let summary: SaleSummary = serde_json::from_slice(&value)
+                .with_context(|| format!("damaged waiting sale {seq}"))?;
+            aggregates.add(&Summary::Sale(summary));
+        }
+    }
     aggregates.set_hq_seq(next_seq - 1);
     aggregates.forget_old_days(chrono::Utc::now());
     Ok(Recovered {
@@ -642,11 +655,14 @@ fn resummarise(store: &Store, timezone: chrono_tz::Tz) -> anyhow::Result<()> {
         }
         if pending >= BACKFILL_BATCH {
             // The join's overlay only covers writes not yet applied: start a new one.
+            join.finish(&mut batch)?;
             tree.apply_batch(std::mem::take(&mut batch))?;
             join = Join::new(tree, 0);
             pending = 0;
         }
     }
+    join.finish(&mut batch)?;
+    drop(join);
     tree.apply_batch(batch)?;
     let mut batch = sled::Batch::default();
     for ((code, day), records) in days {

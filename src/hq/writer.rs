@@ -399,7 +399,9 @@ impl Writer {
                 summaries[at] = Summary::Sale(sale.clone());
             }
         }
-        let retraced = join.take_retraced();
+        let retraced = join
+            .finish(&mut sled_batch)
+            .map_err(|error| format!("cannot store a sale summary: {error:#}"))?;
         drop(join);
         // The batch was heard now, in this hour of this day of HQ's clock.
         let local = now.with_timezone(&self.timezone);
