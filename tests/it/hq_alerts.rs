@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::routing::post;
 use axum::Json;
 use chrono::{Duration as Days, NaiveDate, Utc};
 use posgw::hq::{self, RunningHq};
@@ -27,7 +26,7 @@ async fn wecom_robot() -> (String, mpsc::UnboundedReceiver<String>) {
     let (sender, messages) = mpsc::unbounded_channel();
     let app = axum::Router::new().route(
         "/cgi-bin/webhook/send",
-        post(move |Json(body): Json<Value>| {
+        axum::routing::post(move |Json(body): Json<Value>| {
             let sender = sender.clone();
             async move {
                 if body["msgtype"] != "markdown" || !body["markdown"]["content"].is_string() {
@@ -227,28 +226,22 @@ async fn call(
     (status, body)
 }
 
+async fn get(url: &str, path: &str, who: &As<'_>) -> (StatusCode, Value) {
+    call(reqwest::Method::GET, url, path, who, None).await
+}
+
+async fn post(url: &str, path: &str, who: &As<'_>, body: Option<Value>) -> (StatusCode, Value) {
+    call(reqwest::Method::POST, url, path, who, body).await
+}
+
 async fn evaluate(url: &str) -> Vec<Value> {
-    let (status, body) = call(
-        reqwest::Method::POST,
-        url,
-        "/v1/alerts/evaluate",
-        &As::Admin,
-        None,
-    )
-    .await;
+    let (status, body) = post(url, "/v1/alerts/evaluate", &As::Admin, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["opened"].as_array().expect("opened").clone()
 }
 
 async fn alerts(url: &str, who: &As<'_>, query: &str) -> Value {
-    let (status, body) = call(
-        reqwest::Method::GET,
-        url,
-        &format!("/v1/alerts{query}"),
-        who,
-        None,
-    )
-    .await;
+    let (status, body) = get(url, &format!("/v1/alerts{query}"), who).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
@@ -356,14 +349,7 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
     );
 
     // alert_response: both alerts are fresh and unacknowledged, so neither counts yet.
-    let (_, yardsticks) = call(
-        reqwest::Method::GET,
-        &url,
-        "/v1/yardsticks",
-        &As::Admin,
-        None,
-    )
-    .await;
+    let (_, yardsticks) = get(&url, "/v1/yardsticks", &As::Admin).await;
     assert_eq!(
         yardsticks["chain"]["alert_response"]["alerts"], 0,
         "{yardsticks}"
@@ -374,14 +360,7 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
     let li = login(&url, "li").await;
     let wang = login(&url, "wang").await;
     let path = format!("/v1/alerts/{id}/ack");
-    let (status, _) = call(
-        reqwest::Method::POST,
-        &url,
-        &path,
-        &As::Cookie(&wang),
-        Some(json!({})),
-    )
-    .await;
+    let (status, _) = post(&url, &path, &As::Cookie(&wang), Some(json!({}))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let wang_view = alerts(&url, &As::Cookie(&wang), "").await;
     assert_eq!(wang_view["alerts"], json!([]));
@@ -392,27 +371,12 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
         alerts(&url, &As::Cookie(&li), "?region=east-hz").await["alerts"],
         json!([])
     );
-    let (status, _) = call(
-        reqwest::Method::GET,
-        &url,
-        "/v1/alerts?state=later",
-        &As::Cookie(&li),
-        None,
-    )
-    .await;
+    let (status, _) = get(&url, "/v1/alerts?state=later", &As::Cookie(&li)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = call(
-        reqwest::Method::POST,
-        &url,
-        "/v1/alerts/evaluate",
-        &As::Cookie(&li),
-        None,
-    )
-    .await;
+    let (status, _) = post(&url, "/v1/alerts/evaluate", &As::Cookie(&li), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
-    let (status, acked) = call(
-        reqwest::Method::POST,
+    let (status, acked) = post(
         &url,
         &path,
         &As::Cookie(&li),
@@ -423,21 +387,19 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
     assert_eq!(acked["state"], "acknowledged");
     assert_eq!(acked["acknowledged_by"], "li");
     assert_eq!(acked["response_minutes"], 0);
-    let (status, _) = call(reqwest::Method::POST, &url, &path, &As::Cookie(&li), None).await;
+    let (status, _) = post(&url, &path, &As::Cookie(&li), None).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
     let resolve = format!("/v1/alerts/{id}/resolve");
-    let (status, body) = call(
-        reqwest::Method::POST,
+    let (status, body) = post(
         &url,
         &resolve,
         &As::Cookie(&li),
-        Some(json!({"action": "  "})),
+        Some(json!({"action": " "})),
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (status, resolved) = call(
-        reqwest::Method::POST,
+    let (status, resolved) = post(
         &url,
         &resolve,
         &As::Cookie(&li),
@@ -447,25 +409,11 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
     assert_eq!(status, StatusCode::OK, "{resolved}");
     assert_eq!(resolved["state"], "resolved");
     assert_eq!(resolved["action"], "本周三前由技术顾问上门演示");
-    let (status, _) = call(
-        reqwest::Method::POST,
-        &url,
-        "/v1/alerts/a-999/ack",
-        &As::Admin,
-        None,
-    )
-    .await;
+    let (status, _) = post(&url, "/v1/alerts/a-999/ack", &As::Admin, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // alert_response moved: the acknowledged alert was in time (the other is still young).
-    let (status, yardsticks) = call(
-        reqwest::Method::GET,
-        &url,
-        "/v1/yardsticks",
-        &As::Admin,
-        None,
-    )
-    .await;
+    let (status, yardsticks) = get(&url, "/v1/yardsticks", &As::Admin).await;
     assert_eq!(status, StatusCode::OK, "{yardsticks}");
     assert_eq!(
         yardsticks["chain"]["alert_response"]["alerts"], 1,

@@ -254,34 +254,26 @@ fn gone() -> anyhow::Error {
 }
 
 impl AlertsHandle {
+    /// Sends the command `make` builds around a reply channel and waits for the answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> anyhow::Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+
     /// Runs every rule now; the alerts it opened.
     pub(crate) async fn evaluate(&self) -> anyhow::Result<Vec<Alert>> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Evaluate(reply))
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.ask(Command::Evaluate).await?
     }
 
     /// Every alert kept, newest first.
     pub(crate) async fn list(&self) -> anyhow::Result<Vec<Alert>> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::List(reply))
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())
+        self.ask(Command::List).await
     }
 
     /// One alert.
     pub(crate) async fn get(&self, id: &str) -> anyhow::Result<Option<Alert>> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Get(id.to_string(), reply))
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())
+        self.ask(|reply| Command::Get(id.to_string(), reply)).await
     }
 
     /// Acknowledges `id` as `by`.
@@ -291,16 +283,14 @@ impl AlertsHandle {
         by: &str,
         note: Option<String>,
     ) -> Result<Alert, LifecycleError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Ack {
+        self.ask(|reply| Command::Ack {
             id: id.to_string(),
             by: by.to_string(),
             note,
             reply,
-        };
-        let stopped = || LifecycleError::Storage(gone().to_string());
-        self.commands.send(command).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        })
+        .await
+        .map_err(|error| LifecycleError::Storage(error.to_string()))?
     }
 
     /// Resolves `id` as `by` with `action`.
@@ -310,44 +300,30 @@ impl AlertsHandle {
         by: &str,
         action: String,
     ) -> Result<Alert, LifecycleError> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Resolve {
+        self.ask(|reply| Command::Resolve {
             id: id.to_string(),
             by: by.to_string(),
             action,
             reply,
-        };
-        let stopped = || LifecycleError::Storage(gone().to_string());
-        self.commands.send(command).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        })
+        .await
+        .map_err(|error| LifecycleError::Storage(error.to_string()))?
     }
 
     /// Where each target's delivery of alert `id` stands (never a URL or secret).
     pub(crate) async fn delivery(&self, id: &str) -> anyhow::Result<Vec<DeliveryStatus>> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Delivery(id.to_string(), reply))
+        self.ask(|reply| Command::Delivery(id.to_string(), reply))
             .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())
     }
 
     /// Stops the task and waits until it, and the notifier it owns, let go of the database.
     pub(crate) async fn stop(&self) {
-        let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Stop(reply)).await.is_ok() {
-            let _ = answer.await;
-        }
+        let _ = self.ask(Command::Stop).await;
     }
 
     /// What `alert_response` needs of every alert (built in the task: no alert is copied).
     pub(crate) async fn facts(&self) -> anyhow::Result<Vec<AlertFact>> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Facts(reply))
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())
+        self.ask(Command::Facts).await
     }
 
     /// Replaces the rules, regions and targets without waiting (SIGHUP; the settings apply
@@ -367,7 +343,9 @@ pub(super) fn fact_of(alert: &Alert) -> AlertFact {
     AlertFact {
         store: alert.store.clone(),
         region: alert.region.clone(),
-        opened_at: parse(&Some(alert.opened_at.clone())).unwrap_or_default(),
+        opened_at: DateTime::parse_from_rfc3339(&alert.opened_at)
+            .map(|time| time.with_timezone(&Utc))
+            .unwrap_or_default(),
         acknowledged_at: parse(&alert.acknowledged_at),
         acknowledged_by: alert.acknowledged_by.clone(),
     }
