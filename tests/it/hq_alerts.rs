@@ -367,6 +367,11 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
     assert_eq!(wang_view["regions"], json!({}));
     let li_view = alerts(&url, &As::Cookie(&li), "?state=open").await;
     assert_eq!(li_view["alerts"].as_array().map(Vec::len), Some(2));
+    // The list is bounded by `limit` (1 to 5000).
+    let one = alerts(&url, &As::Cookie(&li), "?limit=1").await;
+    assert_eq!(one["alerts"].as_array().map(Vec::len), Some(1));
+    let (status, _) = get(&url, "/v1/alerts?limit=0", &As::Cookie(&li)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(
         alerts(&url, &As::Cookie(&li), "?region=east-hz").await["alerts"],
         json!([])
@@ -395,7 +400,17 @@ async fn a_two_day_insurance_drop_alerts_once_reaches_the_robot_and_is_acknowled
         &url,
         &resolve,
         &As::Cookie(&li),
-        Some(json!({"action": " "})),
+        Some(json!({"action": "  "})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // An action is at most 2,000 characters.
+    let long = "演".repeat(2001);
+    let (status, body) = post(
+        &url,
+        &resolve,
+        &As::Cookie(&li),
+        Some(json!({"action": long})),
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
