@@ -140,6 +140,10 @@ pub fn main() -> ExitCode {
         } => hq_passwd(),
         Command::Hq {
             config,
+            command: Some(HqCommand::CheckConfig),
+        } => hq_check_config(&config),
+        Command::Hq {
+            config,
             command: None,
         } => hq(&config),
         Command::Status { api } => status(&api),
@@ -228,6 +232,40 @@ pub enum HqCommand {
     /// Read a password from stdin (without echo on a terminal, asked twice) and print its
     /// argon2id hash, for `password_hash` of a `[[user]]` in hq.toml.
     Passwd,
+    /// Load and validate the HQ configuration; with `[storage] backend = "postgres"`, also
+    /// connect and print PostgreSQL's version and the schema's (changing nothing). Exits 2 on
+    /// configuration errors, 1 when the database cannot be reached.
+    CheckConfig,
+}
+
+fn hq_check_config(path: &Path) -> ExitCode {
+    let settings = match crate::hq::load_config(path) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!(
+        "{} store(s), {} region(s), {} user(s), {} alert rule(s), {} notify target(s)",
+        settings.stores.len(),
+        settings.regions.len(),
+        settings.users.len(),
+        settings.alert_rule_count(),
+        settings.notify_target_count()
+    );
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::hq::describe_storage(&settings)) {
+        Ok(storage) => {
+            println!("{storage}");
+            println!("configuration ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => runtime_failure(&error),
+    }
 }
 
 fn hq_passwd() -> ExitCode {

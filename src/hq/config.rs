@@ -76,9 +76,50 @@ pub struct HqSettings {
     /// The chain's campaigns, flows, answer codes and skip reasons for the stores' gateways
     /// (`[[campaign]]`, `[[flow]]`, `[answer_codes]`, `[prompts]`; `hq::fleet`).
     pub fleet: super::fleet::FleetSettings,
+    /// Where records and figures are kept (`[storage]`): sled in `data_dir` by default.
+    pub storage: Storage,
+}
+
+/// The HQ storage backend (`[storage] backend`).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// The embedded sled database in `data_dir` (one receiver).
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by any number of receivers.
+    Postgres {
+        /// The connection URL (`postgres://user:password@host:port/db?sslmode=...`), read from
+        /// `url_file`.
+        url: String,
+        /// The file it was read from, for messages.
+        url_file: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for Storage {
+    /// Never prints the URL: it holds a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Sled => f.write_str("Sled"),
+            Storage::Postgres { url_file, .. } => f
+                .debug_struct("Postgres")
+                .field("url_file", url_file)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl HqSettings {
+    /// `[[alert]]` rules configured.
+    pub fn alert_rule_count(&self) -> usize {
+        self.alerts.len()
+    }
+
+    /// `[[notify]]` targets configured.
+    pub fn notify_target_count(&self) -> usize {
+        self.notify.len()
+    }
+
     /// The body budget in effect: `body_budget`, or four times `max_body`; at least two.
     pub fn effective_body_budget(&self) -> u64 {
         self.body_budget
@@ -104,6 +145,7 @@ impl HqSettings {
             public_url: None,
             files: Vec::new(),
             fleet: Default::default(),
+            storage: Storage::Sled,
         }
     }
 }
@@ -178,6 +220,18 @@ struct RawHqConfig {
     answer_codes: Option<super::fleet::config::RawCodes>,
     /// `[prompts]`: `skip_reasons` for the stores' gateways.
     prompts: Option<super::fleet::config::RawSkipReasons>,
+    /// `[storage]`: where records and figures are kept.
+    storage: Option<Located<RawStorage>>,
+}
+
+/// `[storage]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    /// `sled` (default) or `postgres`.
+    backend: Option<Located<String>>,
+    /// File holding the PostgreSQL URL (with `postgres`).
+    url_file: Option<Located<String>>,
 }
 
 /// One `[[region]]` as written.
@@ -298,6 +352,20 @@ impl MergeLater for RawHqConfig {
         crate::config::source::append(&mut self.flow, later.flow);
         crate::config::source::merge_table(&mut self.answer_codes, later.answer_codes);
         crate::config::source::merge_table(&mut self.prompts, later.prompts);
+        if let Some(later_storage) = later.storage {
+            match self.storage.as_mut() {
+                None => self.storage = Some(later_storage),
+                Some(storage) => {
+                    let (mine, theirs) = (&mut storage.value, later_storage.value);
+                    if theirs.backend.is_some() {
+                        mine.backend = theirs.backend;
+                    }
+                    if theirs.url_file.is_some() {
+                        mine.url_file = theirs.url_file;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -557,7 +625,9 @@ fn validate(
         &codes,
         &regions,
     );
+    let storage = validate_storage(report, base_dir, raw.storage.map(|storage| storage.value));
     Some(HqSettings {
+        storage: storage?,
         listen: listen?,
         data_dir: data_dir?,
         max_body: max_body?,
@@ -574,6 +644,83 @@ fn validate(
         files,
         fleet: fleet?,
     })
+}
+
+/// `[storage]`: the backend, and for `postgres` the URL from `url_file`.
+fn validate_storage(
+    report: &mut Report,
+    base_dir: &Path,
+    raw: Option<RawStorage>,
+) -> Option<Storage> {
+    let raw = raw.unwrap_or_default();
+    let backend = raw.backend.as_ref().map(|backend| backend.value.as_str());
+    match backend {
+        None | Some("sled") => {
+            if let Some(url_file) = &raw.url_file {
+                report.error(
+                    &url_file.span,
+                    "'url_file' in [storage] is for backend = \"postgres\" only",
+                );
+                return None;
+            }
+            Some(Storage::Sled)
+        }
+        Some("postgres") => {
+            let Some(file) = &raw.url_file else {
+                report.error(
+                    &raw.backend.as_ref()?.span,
+                    "backend = \"postgres\" in [storage] needs 'url_file', a file holding \
+                     postgres://user:password@host:5432/database",
+                );
+                return None;
+            };
+            let path = check::path(report, base_dir, file, "'url_file' in [storage]")?;
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(error) => {
+                    report.error(
+                        &file.span,
+                        format!("cannot read url_file '{}': {error}", path.display()),
+                    );
+                    return None;
+                }
+            };
+            let url = text.trim().to_string();
+            if let Err(error) = url.parse::<tokio_postgres::Config>() {
+                report.error(
+                    &file.span,
+                    format!(
+                        "url_file '{}' must hold one PostgreSQL URL like \
+                         postgres://user:password@host:5432/database: {error}",
+                        path.display()
+                    ),
+                );
+                return None;
+            }
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                report.error(
+                    &file.span,
+                    format!(
+                        "url_file '{}' must hold one URL starting with postgres:// or \
+                         postgresql://",
+                        path.display()
+                    ),
+                );
+                return None;
+            }
+            Some(Storage::Postgres {
+                url,
+                url_file: path,
+            })
+        }
+        Some(other) => {
+            report.error(
+                &raw.backend.as_ref()?.span,
+                format!("'backend' in [storage] must be \"sled\" or \"postgres\", found '{other}'"),
+            );
+            None
+        }
+    }
 }
 
 /// Characters besides ASCII letters and digits allowed in a region id.

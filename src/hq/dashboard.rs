@@ -111,8 +111,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::access::Scope;
+use super::storage::StoreHandle;
 use super::store::RecordQuery;
-use super::writer::StoreHandle;
 
 const PAGE_HTML: &str = include_str!("assets/dashboard.html");
 const LOGIN_HTML: &str = include_str!("assets/login.html");

@@ -298,7 +298,7 @@ mod tests {
     use crate::hq::daily::{Case, Day, DayFigures};
     use crate::hq::metrics::HqMetrics;
     use crate::hq::record::parse_batch;
-    use crate::hq::writer::StoreHandle;
+    use crate::hq::storage::StoreHandle;
 
     const TS: &str = "2026-11-27T16:01:02.345+08:00";
 

@@ -355,16 +355,58 @@ pub mod fleet;
 mod join;
 mod metrics;
 mod notify;
+mod pg;
 mod record;
 mod server;
 mod stats;
+mod storage;
 mod store;
 mod writer;
 mod yardsticks;
 
 pub use access::{hash_password, verify_password};
-pub use config::{load_config, HqSettings, StoreSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+pub use config::{
+    load_config, HqSettings, Storage, StoreSettings, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+};
 pub use metrics::HqMetrics;
+
+/// What `posgw hq check-config` says of the storage: sled's folder, or PostgreSQL's version
+/// and the schema's (after connecting; nothing is changed).
+pub async fn describe_storage(settings: &HqSettings) -> anyhow::Result<String> {
+    match &settings.storage {
+        Storage::Sled => Ok(format!(
+            "storage: sled in {}",
+            settings.data_dir.join("hq").display()
+        )),
+        Storage::Postgres { url, url_file } => {
+            let versions = pg::versions(url).await.map_err(|error| {
+                error.context(format!(
+                    "cannot reach the database of url_file {}",
+                    url_file.display()
+                ))
+            })?;
+            let schema = match versions.schema {
+                0 => format!(
+                    "no posgw schema yet (the first start applies version {})",
+                    pg::SCHEMA_VERSION
+                ),
+                found if found == pg::SCHEMA_VERSION => format!("schema version {found}"),
+                found if found < pg::SCHEMA_VERSION => format!(
+                    "schema version {found} (the next start migrates it to {})",
+                    pg::SCHEMA_VERSION
+                ),
+                found => format!(
+                    "schema version {found}, newer than this posgw's {}: upgrade posgw",
+                    pg::SCHEMA_VERSION
+                ),
+            };
+            Ok(format!(
+                "storage: PostgreSQL {} ({}), {schema}",
+                versions.server, versions.database
+            ))
+        }
+    }
+}
 pub use server::{run, start, RunningHq, NEXT_AFTER_HEADER};
 pub use stats::{
     Breakdown, CampaignReport, FlowBreakdown, FlowOutcomes, FlowReport, HeldReport, Outcomes,

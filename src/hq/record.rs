@@ -234,6 +234,12 @@ pub(crate) struct IncomingBatch {
     pub kinds: Vec<String>,
     /// The latest `ts` of the batch, as written, with the instant it stands for.
     pub latest_ts: Option<(DateTime<FixedOffset>, String)>,
+    /// When HQ received the batch, if not now: the figures' cache of a PostgreSQL receiver
+    /// replays batches received earlier (`hq::storage`).
+    pub heard: Option<chrono::DateTime<chrono::Utc>>,
+    /// The hq_seq its first record gets, if not the next one: the cache numbers its records
+    /// as PostgreSQL did, across gaps left by detached partitions.
+    pub first_seq: Option<u64>,
 }
 
 /// Why a batch was refused.
@@ -478,6 +484,8 @@ pub(crate) fn parse_batch(body: Vec<u8>, token_store: &str) -> Result<IncomingBa
         streams,
         kinds,
         latest_ts,
+        heard: None,
+        first_seq: None,
     })
 }
 

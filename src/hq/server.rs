@@ -28,8 +28,8 @@ use super::config::HqSettings;
 use super::metrics::HqMetrics;
 use super::record::{self, DecompressError, Encoding, IncomingBatch, Rejection};
 use super::stats::StoreView;
+use super::storage::StoreHandle;
 use super::store::RecordQuery;
-use super::writer::StoreHandle;
 use super::yardsticks;
 
 /// `limit` of `/v1/records` when not given.
@@ -254,8 +254,13 @@ impl App {
                 }
             })?;
         let fleet = super::fleet::FleetHandle::open(manage.clone(), settings).await?;
-        let store =
-            StoreHandle::open(&settings.data_dir, settings.timezone, metrics.clone()).await?;
+        let store = StoreHandle::open_storage(
+            &settings.storage,
+            &settings.data_dir,
+            settings.timezone,
+            metrics.clone(),
+        )
+        .await?;
         let alerts = start_alerts(settings, &manage, &store, metrics.clone())?;
         Ok(App {
             fleet,

@@ -899,7 +899,7 @@ impl PageReader<'_> {
 const HQ_SEQ_FIELD: usize = 31;
 
 /// Writes `line` with `"hq_seq":seq` added as its last field, and a newline.
-fn write_with_hq_seq(out: &mut Vec<u8>, line: &[u8], seq: u64) {
+pub(crate) fn write_with_hq_seq(out: &mut Vec<u8>, line: &[u8], seq: u64) {
     let trimmed = line.trim_ascii_end();
     match trimmed.split_last() {
         // Every stored line is a validated object with at least `id`, so it ends in `}` and
@@ -993,7 +993,7 @@ mod tests {
     async fn consultations_stored_before_their_figures_are_summarised_at_start() {
         use crate::hq::metrics::HqMetrics;
         use crate::hq::record::parse_batch;
-        use crate::hq::writer::StoreHandle;
+        use crate::hq::storage::StoreHandle;
 
         let record = |seq: u64, kind: &str, data: &str| {
             format!(
@@ -1077,7 +1077,7 @@ mod tests {
     async fn a_database_of_an_older_hq_is_summarised_again_once() {
         use crate::hq::metrics::HqMetrics;
         use crate::hq::record::parse_batch;
-        use crate::hq::writer::StoreHandle;
+        use crate::hq::storage::StoreHandle;
 
         let record = |seq: u64, ts: &str, kind: &str, data: &str| {
             format!(

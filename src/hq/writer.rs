@@ -1,4 +1,4 @@
-//! The owner of the HQ database's write path: [`StoreHandle`] and the two threads behind it.
+//! The owner of the sled HQ database's write path: [`SledStore`] and the two threads behind it.
 //!
 //! - The **writer** thread receives validated batches over a bounded channel, deduplicates
 //!   them against the in-memory seq ranges, and applies each as one atomic sled `Batch`
@@ -109,9 +109,11 @@ struct Applied {
     outcome: IngestOutcome,
 }
 
-/// Handle to the HQ database. Cheap to clone; the threads stop when the last clone is dropped.
+/// Handle to the sled HQ database. Cheap to clone; the threads stop when the last clone is
+/// dropped. Used through [`super::storage::StoreHandle`], as the store itself (sled) or as the
+/// figures' cache of a PostgreSQL receiver.
 #[derive(Clone)]
-pub(crate) struct StoreHandle {
+pub(crate) struct SledStore {
     /// Queue to the writer thread.
     sender: mpsc::Sender<IngestCommand>,
     /// The tree, for reads.
@@ -122,13 +124,17 @@ pub(crate) struct StoreHandle {
     stopped: watch::Receiver<bool>,
 }
 
-impl StoreHandle {
-    /// Opens the database in `data_dir` (recovering the in-memory state) and starts the threads.
+impl SledStore {
+    /// Opens the database in `data_dir` (recovering the in-memory state) and starts the
+    /// threads. With `keep_records` false, records are counted and summarised but not kept
+    /// (the cache of a PostgreSQL receiver, whose records are in PostgreSQL): `read` then
+    /// finds nothing.
     pub(crate) async fn open(
         data_dir: &std::path::Path,
         timezone: chrono_tz::Tz,
         metrics: HqMetrics,
-    ) -> anyhow::Result<StoreHandle> {
+        keep_records: bool,
+    ) -> anyhow::Result<SledStore> {
         let data_dir = data_dir.to_path_buf();
         let (store, recovered) =
             tokio::task::spawn_blocking(move || store::open(&data_dir, timezone))
@@ -160,6 +166,7 @@ impl StoreHandle {
             days: DayFinder::new(timezone),
             flusher: ticket_sender,
             shared: shared.clone(),
+            keep_records,
         };
         let flusher_shared = shared.clone();
         std::thread::Builder::new()
@@ -172,7 +179,7 @@ impl StoreHandle {
                 // The database is closed (dropped in `flush_loop`) before anyone hears of it.
                 let _ = stopped_sender.send(true);
             })?;
-        Ok(StoreHandle {
+        Ok(SledStore {
             sender,
             tree,
             shared,
@@ -296,6 +303,8 @@ struct Writer {
     flusher: std::sync::mpsc::Sender<Ticket>,
     /// Shared state.
     shared: Arc<Shared>,
+    /// Whether record chunks are written (false: summaries and counters only).
+    keep_records: bool,
 }
 
 impl Writer {
@@ -348,7 +357,9 @@ impl Writer {
         }
 
         let mut sled_batch = sled::Batch::default();
-        let first_seq = self.next_seq;
+        let first_seq = batch
+            .first_seq
+            .map_or(self.next_seq, |first| first.max(self.next_seq));
         let mut chunk = store::new_chunk(&batch.store);
         let mut chunk_first = first_seq;
         let mut chunk_records = 0;
@@ -358,14 +369,15 @@ impl Writer {
         // is joined: a later record of it may trace them).
         let mut sales: Vec<(usize, u64)> = Vec::new();
         let mut join = Join::new(&self.tree, first_seq);
-        let now = chrono::Utc::now();
+        let now = batch.heard.unwrap_or_else(chrono::Utc::now);
         let now_ms = now.timestamp_millis();
         let mut days: BTreeMap<Day, DayCounters> = BTreeMap::new();
         for (offset, record) in fresh.iter().enumerate() {
             let seq = first_seq + offset as u64;
             let line = &batch.body[record.line.clone()];
-            if chunk_records == store::CHUNK_MAX_RECORDS
-                || (chunk_records > 0 && chunk.len() + line.len() > store::CHUNK_MAX_BYTES)
+            if self.keep_records
+                && (chunk_records == store::CHUNK_MAX_RECORDS
+                    || (chunk_records > 0 && chunk.len() + line.len() > store::CHUNK_MAX_BYTES))
             {
                 store::insert_chunk(&mut sled_batch, chunk_first, std::mem::take(&mut chunk));
                 chunk = store::new_chunk(&batch.store);
@@ -373,8 +385,10 @@ impl Writer {
                 chunk_records = 0;
             }
             let kind = &batch.kinds[record.kind];
-            store::push_chunk_record(&mut chunk, kind, line);
-            chunk_records += 1;
+            if self.keep_records {
+                store::push_chunk_record(&mut chunk, kind, line);
+                chunk_records += 1;
+            }
             match totals.by_kind.get_mut(kind) {
                 Some(count) => *count += 1,
                 None => {
@@ -420,7 +434,7 @@ impl Writer {
             changed_days.push((day, now_counters));
         }
         let next_seq = first_seq + fresh.len() as u64;
-        if !fresh.is_empty() {
+        if !fresh.is_empty() && self.keep_records {
             store::insert_chunk(&mut sled_batch, chunk_first, chunk);
             sled_batch.insert(
                 store::store_batch_key(&batch.store, first_seq),
@@ -438,8 +452,7 @@ impl Writer {
         if let Some((ts, text)) = &batch.latest_ts {
             totals.see_ts(ts, text);
         }
-        totals.last_received_at =
-            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        totals.last_received_at = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         let totals_json = serde_json::to_vec(&totals)
             .map_err(|error| format!("cannot encode store totals: {error}"))?;
         sled_batch.insert(store::totals_key(&batch.store), totals_json);
@@ -544,7 +557,7 @@ mod tests {
     async fn batches_count_records_their_backlog_and_the_hours_heard_per_day() {
         let zone = chrono_tz::Asia::Shanghai;
         let dir = tempfile::tempdir().expect("tempdir");
-        let handle = StoreHandle::open(dir.path(), zone, HqMetrics::new())
+        let handle = SledStore::open(dir.path(), zone, HqMetrics::new(), true)
             .await
             .expect("open");
         let now = chrono::Utc::now();

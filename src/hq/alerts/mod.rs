@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 
 use super::config::RegionSettings;
 use super::notify::{Delivered, DeliveryStatus, NotifierHandle, NotifySettings};
-use super::writer::StoreHandle;
+use super::storage::StoreHandle;
 use super::yardsticks::AlertFact;
 pub(crate) use rules::AlertRule;
 

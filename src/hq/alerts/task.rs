@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::super::daily::Day;
 use super::super::notify::{Delivered, NotifierHandle};
-use super::super::writer::StoreHandle;
+use super::super::storage::StoreHandle;
 use super::cases::failing_case;
 use super::evaluate::{self, DayValue};
 use super::rules::{AlertRule, Threshold};
@@ -69,6 +69,10 @@ impl AlertTask {
                 },
                 _ = timer.tick() => {
                     self.announce_again().await;
+                    // With several receivers on one database, one evaluates.
+                    if !self.store.runs_jobs() {
+                        continue;
+                    }
                     if let Err(error) = self.evaluate().await {
                         tracing::error!(error = %format!("{error:#}"), "alert evaluation failed");
                     }

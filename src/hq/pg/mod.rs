@@ -1,0 +1,508 @@
+//! The PostgreSQL backend of the HQ record store (`[storage] backend = "postgres"`): the
+//! connection pool, the schema and its migrations, one transaction per batch, the
+//! `/v1/records` cursor, the database's health, and the lock that elects the receiver that
+//! runs scheduled jobs.
+//!
+//! Any number of `posgw hq` receivers share one database. What makes that safe:
+//!
+//! - **Dedup across receivers.** Every record's `id` goes into `record_ids` (its primary key)
+//!   with `ON CONFLICT DO NOTHING`; only the ids that went in are stored. A second receiver
+//!   inserting the same id waits for the first one's transaction and then skips it.
+//! - **A cursor that never skips.** hq_seq numbers come from the one row of `hq_counter`,
+//!   updated inside the batch's transaction: its row lock is held until commit, so batches
+//!   take numbers in the order they commit, and numbers are dense (a rolled-back batch gives
+//!   its numbers back). A reader reads the counter and the records in one snapshot and never
+//!   goes past the counter, so everything up to where it stopped was committed before it
+//!   looked (`read`). A plain sequence would not do: a batch holding lower numbers could
+//!   commit after a reader moved past them.
+//! - **2xx after commit.** [`PgStore::ingest`] returns once `COMMIT` returned.
+//! - **Jobs once.** The receiver holding the session-level advisory lock [`JOBS_LOCK`]
+//!   evaluates alert rules; the others wait to take over (`leader`).
+//!
+//! Records are partitioned by the month (UTC) HQ received them in, so old months can be
+//! detached (`ALTER TABLE records DETACH PARTITION records_y2025m01`); partitions are made
+//! ahead, under an advisory lock, at start and whenever a batch reaches a new month.
+
+mod leader;
+mod schema;
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::record::IncomingBatch;
+use super::store::{RecordPage, RecordQuery, PAGE_MAX_BYTES};
+use super::writer::{IngestOutcome, Unavailable};
+
+pub(crate) use leader::Leadership;
+pub(crate) use schema::SCHEMA_VERSION;
+
+/// Connections each receiver keeps at most (batches in flight wait for one).
+const POOL_SIZE: usize = 16;
+/// How long a request waits for a pooled connection, or for a new one to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the health task asks the database whether it is there.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Most records one `/v1/records` request examines (as for sled).
+const SCAN_BUDGET: i64 = 1_000_000;
+/// Advisory lock key (`pg_advisory_lock`) serialising migrations ("posgwmig").
+pub(crate) const MIGRATE_LOCK: i64 = 0x706f_7367_776d_6967;
+/// Advisory lock key serialising the creation of partitions ("posgwprt").
+const PARTITION_LOCK: i64 = 0x706f_7367_7770_7274;
+/// Advisory lock key held by the receiver that runs scheduled jobs ("posgwjob").
+pub(crate) const JOBS_LOCK: i64 = 0x706f_7367_776a_6f62;
+
+/// Stores one batch: dedup on `record_ids`, hq_seq from `hq_counter` (its row lock is held
+/// to commit), the new records into `records`. Parameters: ids, kinds, ts (epoch ms), lines,
+/// received_at, store. Answers the number stored and the first hq_seq they got.
+const INGEST: &str = "
+WITH incoming AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+        WITH ORDINALITY AS t(id, kind, t_ms, line, pos)
+), fresh AS (
+    INSERT INTO record_ids (id)
+    SELECT id FROM incoming ORDER BY id
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), counter AS (
+    UPDATE hq_counter SET next_seq = next_seq + (SELECT count(*) FROM fresh)
+    RETURNING next_seq - (SELECT count(*) FROM fresh) AS first
+), stored AS (
+    INSERT INTO records (hq_seq, received_at, id, store, kind, ts, line)
+    SELECT counter.first + row_number() OVER (ORDER BY incoming.pos) - 1, $5, incoming.id,
+           $6, incoming.kind, to_timestamp(incoming.t_ms / 1000.0), incoming.line
+    FROM incoming JOIN fresh USING (id) CROSS JOIN counter
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM stored), (SELECT first FROM counter)";
+
+/// The database's state as this receiver last saw it.
+#[derive(Default)]
+struct Health {
+    /// Why the database cannot be used now; `None` while it answers.
+    failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn set(&self, failure: Option<String>) {
+        let mut held = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none() && failure.is_some() {
+            tracing::error!(reason = failure.as_deref(), "PostgreSQL unreachable");
+        } else if held.is_some() && failure.is_none() {
+            tracing::info!("PostgreSQL reachable again");
+        }
+        *held = failure;
+    }
+
+    fn get(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The PostgreSQL record store of one receiver. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct PgStore {
+    /// Pooled connections.
+    pool: Pool,
+    /// Whether the database answers.
+    health: Arc<Health>,
+    /// The latest month (`year * 12 + month0`, UTC) whose partition is known to exist.
+    partitions_until: Arc<AtomicI32>,
+    /// The random id the database got when its schema was made (tells a cache which
+    /// database it was built from).
+    database_id: String,
+    /// Who runs the scheduled jobs.
+    leadership: Leadership,
+}
+
+/// What `posgw hq check-config` reports of the database.
+pub(crate) struct Versions {
+    /// `SHOW server_version`.
+    pub server: String,
+    /// The schema version the database holds (0: none yet).
+    pub schema: i32,
+    /// `user@host:port/database`, no password.
+    pub database: String,
+}
+
+impl PgStore {
+    /// Connects, applies the migrations this code needs (once, whoever else starts at the same
+    /// time), makes this month's and next month's partitions, and starts the health and
+    /// leadership tasks.
+    pub(crate) async fn open(url: &str) -> anyhow::Result<PgStore> {
+        let pool = pool(url)?;
+        let mut client = pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        schema::migrate(&mut client).await?;
+        let database_id: String = client
+            .query_one("SELECT value FROM hq_meta WHERE key = 'database_id'", &[])
+            .await
+            .context("cannot read the database id")?
+            .get(0);
+        drop(client);
+        let store = PgStore {
+            pool,
+            health: Arc::new(Health::default()),
+            partitions_until: Arc::new(AtomicI32::new(i32::MIN)),
+            database_id,
+            leadership: Leadership::start(url)?,
+        };
+        store.ensure_partitions(chrono::Utc::now()).await?;
+        tokio::spawn(health_loop(
+            store.pool.clone(),
+            Arc::downgrade(&store.health),
+        ));
+        Ok(store)
+    }
+
+    /// The id the database got when its schema was made.
+    pub(crate) fn database_id(&self) -> &str {
+        &self.database_id
+    }
+
+    /// Who runs the scheduled jobs.
+    pub(crate) fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Why the database cannot be used now, if it cannot.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.health.get()
+    }
+
+    /// Stores `batch` in one transaction; answers after `COMMIT`, with the outcome and the
+    /// highest hq_seq given out by then (this batch's last, when it stored any).
+    pub(crate) async fn ingest(
+        &self,
+        batch: &IncomingBatch,
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(IngestOutcome, u64), Unavailable> {
+        let result = self.try_ingest(batch, received_at).await;
+        match &result {
+            Ok(_) => self.health.set(None),
+            Err(error) => self.health.set(Some(error.0.clone())),
+        }
+        result
+    }
+
+    async fn try_ingest(
+        &self,
+        batch: &IncomingBatch,
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(IngestOutcome, u64), Unavailable> {
+        // Records repeated within the batch are duplicates before the database sees them.
+        let mut seen = std::collections::HashSet::with_capacity(batch.records.len());
+        let (mut ids, mut kinds, mut times, mut lines) = (vec![], vec![], vec![], vec![]);
+        for record in &batch.records {
+            if !seen.insert((record.stream, record.seq)) {
+                continue;
+            }
+            let line = std::str::from_utf8(&batch.body[record.line.clone()])
+                .map_err(|_| Unavailable("a record line is not UTF-8".to_string()))?;
+            ids.push(format!("{}/{}", batch.streams[record.stream], record.seq));
+            kinds.push(batch.kinds[record.kind].as_str());
+            times.push(record.t);
+            lines.push(line.trim_ascii_end());
+        }
+        if month_index(received_at) > self.partitions_until.load(Ordering::Acquire) {
+            self.ensure_partitions(received_at)
+                .await
+                .map_err(|error| Unavailable(format!("{error:#}")))?;
+        }
+        let mut client = self.pool.get().await.map_err(|error| {
+            Unavailable(format!("cannot connect to PostgreSQL: {}", explain(&error)))
+        })?;
+        let unavailable =
+            |error: tokio_postgres::Error| Unavailable(format!("PostgreSQL: {}", explain(&error)));
+        let transaction = client.transaction().await.map_err(unavailable)?;
+        let statement = transaction
+            .prepare_cached(INGEST)
+            .await
+            .map_err(unavailable)?;
+        let row = transaction
+            .query_one(
+                &statement,
+                &[&ids, &kinds, &times, &lines, &received_at, &batch.store],
+            )
+            .await
+            .map_err(unavailable)?;
+        transaction.commit().await.map_err(unavailable)?;
+        let stored: i64 = row.get(0);
+        let first: i64 = row.get(1);
+        let accepted = usize::try_from(stored).unwrap_or(0);
+        Ok((
+            IngestOutcome {
+                accepted,
+                duplicates: batch.records.len() - accepted,
+            },
+            u64::try_from(first + stored - 1).unwrap_or(0),
+        ))
+    }
+
+    /// Makes the partitions of `at`'s month and the next one, unless known to exist.
+    async fn ensure_partitions(&self, at: chrono::DateTime<chrono::Utc>) -> anyhow::Result<()> {
+        let month = month_index(at);
+        let mut client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let transaction = client.transaction().await?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+            .await?;
+        for index in [month, month + 1] {
+            transaction
+                .batch_execute(&schema::partition_ddl(index))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot make the partition {}",
+                        schema::partition_name(index)
+                    )
+                })?;
+        }
+        transaction.commit().await?;
+        self.partitions_until.fetch_max(month + 1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The highest hq_seq committed.
+    pub(crate) async fn committed_seq(&self) -> anyhow::Result<u64> {
+        let client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let row = client
+            .query_one("SELECT next_seq - 1 FROM hq_counter", &[])
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// One page of `/v1/records`: the counter and the records are read in one snapshot, and
+    /// nothing past the counter is read, so no record the page steps over can commit later.
+    pub(crate) async fn read(&self, query: &RecordQuery) -> anyhow::Result<RecordPage> {
+        let mut client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let transaction = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let top: i64 = transaction
+            .query_one("SELECT next_seq - 1 FROM hq_counter", &[])
+            .await?
+            .get(0);
+        let after = i64::try_from(query.after).unwrap_or(i64::MAX);
+        let until = top.min(after.saturating_add(SCAN_BUDGET));
+        let mut page = RecordPage {
+            next_after: query.after,
+            ..RecordPage::default()
+        };
+        if until <= after {
+            return Ok(page);
+        }
+        let within: Option<Vec<&str>> = query
+            .within
+            .as_ref()
+            .map(|stores| stores.iter().map(String::as_str).collect());
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = transaction
+            .query(
+                "SELECT hq_seq, line FROM records
+                 WHERE hq_seq > $1 AND hq_seq <= $2
+                   AND ($3::text IS NULL OR store = $3)
+                   AND ($4::text IS NULL OR kind = $4)
+                   AND ($5::text[] IS NULL OR store = ANY($5))
+                 ORDER BY hq_seq LIMIT $6",
+                &[&after, &until, &query.store, &query.kind, &within, &limit],
+            )
+            .await?;
+        transaction.commit().await?;
+        let full = rows.len() == query.limit;
+        for row in &rows {
+            let seq = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            let line: &str = row.get(1);
+            // `next_after` stays before this record, so the next page starts with it.
+            if page.count > 0 && page.body.len() + line.len() + 31 > PAGE_MAX_BYTES {
+                return Ok(page);
+            }
+            super::store::write_with_hq_seq(&mut page.body, line.as_bytes(), seq);
+            page.count += 1;
+            page.next_after = seq;
+        }
+        if !full {
+            // Every record up to `until` was examined.
+            page.next_after = u64::try_from(until).unwrap_or(0);
+        }
+        Ok(page)
+    }
+
+    /// The records committed after `after`, in hq_seq order, at most `limit`: (hq_seq, store,
+    /// received_at, line), for the figures' cache.
+    pub(crate) async fn follow(
+        &self,
+        after: u64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(u64, String, chrono::DateTime<chrono::Utc>, String)>> {
+        let mut client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let transaction = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = transaction
+            .query(
+                "SELECT hq_seq, store, received_at, line FROM records
+                 WHERE hq_seq > $1 AND hq_seq <= (SELECT next_seq - 1 FROM hq_counter)
+                 ORDER BY hq_seq LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                (
+                    u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                    row.get(1),
+                    row.get(2),
+                    row.get(3),
+                )
+            })
+            .collect())
+    }
+}
+
+/// `posgw hq check-config`: connects, reads the server's version and the schema's, changes
+/// nothing.
+pub(crate) async fn versions(url: &str) -> anyhow::Result<Versions> {
+    let pool = pool(url)?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error)))?;
+    let server: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+    let row = client
+        .query_one(
+            "SELECT current_user::text, coalesce(host(inet_server_addr()), 'socket'), \
+             coalesce(inet_server_port(), 0), current_database()::text",
+            &[],
+        )
+        .await?;
+    let database = format!(
+        "{}@{}:{}/{}",
+        row.get::<_, String>(0),
+        row.get::<_, String>(1),
+        row.get::<_, i32>(2),
+        row.get::<_, String>(3)
+    );
+    let schema = schema::current_version(&client).await?;
+    Ok(Versions {
+        server,
+        schema,
+        database,
+    })
+}
+
+/// A pool for `url`; TLS as the URL's `sslmode` asks (`prefer` by default, `require`,
+/// `disable`), with the system's root certificates.
+fn pool(url: &str) -> anyhow::Result<Pool> {
+    let mut config: tokio_postgres::Config = url.parse().context("not a PostgreSQL URL")?;
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives_idle(Duration::from_secs(30))
+        .application_name("posgw-hq");
+    let manager = Manager::from_config(
+        config,
+        tls()?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .context("cannot make the PostgreSQL connection pool")
+}
+
+/// The TLS connector: rustls with ring and the system's root certificates.
+pub(crate) fn tls() -> anyhow::Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // One unparsable system certificate must not disable TLS altogether.
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot set up TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// An error with its causes on one line (tokio-postgres keeps the server's message in the
+/// source).
+pub(crate) fn explain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Months since year 0 (UTC), the partitions' unit.
+fn month_index(at: chrono::DateTime<chrono::Utc>) -> i32 {
+    use chrono::Datelike as _;
+    at.year() * 12 + i32::try_from(at.month0()).unwrap_or(0)
+}
+
+/// Asks the database every [`HEALTH_EVERY`] whether it answers, until the store is dropped.
+async fn health_loop(pool: Pool, health: std::sync::Weak<Health>) {
+    let mut timer = tokio::time::interval(HEALTH_EVERY);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        timer.tick().await;
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let client = pool
+                .get()
+                .await
+                .map_err(|error| format!("cannot connect to PostgreSQL: {}", explain(&error)))?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|error| format!("PostgreSQL: {}", explain(&error)))
+        })
+        .await;
+        match answer {
+            Ok(Ok(_)) => health.set(None),
+            Ok(Err(reason)) => health.set(Some(reason)),
+            Err(_) => health.set(Some("PostgreSQL does not answer".to_string())),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The storage seam of `posgw hq`: [`StoreHandle`], what the routes, the dashboard and the
+//! alert rules ask of stored records, over either backend (`[storage] backend`).
+//!
+//! - **sled** (default): the embedded database in `data_dir/hq` holds the records and the
+//!   figures (`writer`, `store`). One receiver.
+//! - **postgres**: PostgreSQL holds the records (`pg`): batches, dedup and `/v1/records` go
+//!   there, so any number of receivers can share it. The figures (`/v1/stats`, the daily
+//!   figures behind the yardsticks, the alert rules and the dashboard, the traceability join)
+//!   are computed by the same code as with sled, from the records in hq_seq order: each
+//!   receiver's **follower** task reads what was committed after its position and replays it
+//!   into a local cache (`data_dir/pg-cache`, a sled store of summaries and counters, no
+//!   records). The cache is disposable: it is made again from PostgreSQL when missing, built
+//!   from another database (its id differs) or in another time zone. A batch posted to a
+//!   receiver is answered once its own cache has it too (or after [`FOLLOW_WAIT`]), so a
+//!   client that posts and then reads the figures from the same receiver sees its batch;
+//!   batches posted to other receivers show within [`FOLLOW_EVERY`].
+//!
+//! Scheduled jobs (the alert evaluation) ask [`StoreHandle::runs_jobs`]: always with sled,
+//! with PostgreSQL only on the receiver holding the jobs lock (`pg::Leadership`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{watch, Notify};
+
+use super::config::Storage;
+use super::daily::{Case, Daily, Day};
+use super::metrics::HqMetrics;
+use super::pg::{Leadership, PgStore};
+use super::record::IncomingBatch;
+use super::stats::StatsReport;
+use super::store::{RecordPage, RecordQuery};
+use super::writer::{IngestOutcome, SledStore, Unavailable};
+
+/// How often the follower looks for batches other receivers committed.
+pub(crate) const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// Longest a batch's answer waits for this receiver's cache to have it (it is committed
+/// already; only the figures would lag).
+const FOLLOW_WAIT: Duration = Duration::from_secs(5);
+/// Records the follower reads at once.
+const FOLLOW_PAGE: i64 = 20_000;
+/// The cache's folder in `data_dir`.
+const CACHE_DIR: &str = "pg-cache";
+/// The file in the cache's folder naming the database and time zone it was built from.
+const CACHE_MARK: &str = "built-from";
+
+/// The HQ store, over sled or PostgreSQL. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct StoreHandle {
+    /// With sled, the store; with PostgreSQL, the figures' cache.
+    figures: SledStore,
+    /// The PostgreSQL side, if that is the backend.
+    postgres: Option<Arc<Postgres>>,
+    /// Who runs scheduled jobs.
+    leadership: Leadership,
+}
+
+/// The PostgreSQL side of a [`StoreHandle`].
+struct Postgres {
+    /// The records.
+    store: PgStore,
+    /// The highest hq_seq the cache holds.
+    followed: watch::Receiver<u64>,
+    /// Wakes the follower (a batch was just committed here).
+    poke: Arc<Notify>,
+    /// The follower task.
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl StoreHandle {
+    /// Opens the sled store in `data_dir` (the default backend).
+    pub(crate) async fn open(
+        data_dir: &Path,
+        timezone: chrono_tz::Tz,
+        metrics: HqMetrics,
+    ) -> anyhow::Result<StoreHandle> {
+        Ok(StoreHandle {
+            figures: SledStore::open(data_dir, timezone, metrics, true).await?,
+            postgres: None,
+            leadership: Leadership::alone(),
+        })
+    }
+
+    /// Opens the configured backend.
+    pub(crate) async fn open_storage(
+        storage: &Storage,
+        data_dir: &Path,
+        timezone: chrono_tz::Tz,
+        metrics: HqMetrics,
+    ) -> anyhow::Result<StoreHandle> {
+        let url = match storage {
+            Storage::Sled => return StoreHandle::open(data_dir, timezone, metrics).await,
+            Storage::Postgres { url, .. } => url,
+        };
+        let store = PgStore::open(url).await?;
+        let committed = store
+            .committed_seq()
+            .await
+            .context("cannot read the records' counter")?;
+        let cache_dir = data_dir.join(CACHE_DIR);
+        let mark = format!("{} {}", store.database_id(), timezone.name());
+        let figures = open_cache(&cache_dir, &mark, committed, timezone, metrics).await?;
+        let position = figures.stats().hq_seq;
+        tracing::info!(
+            cache = position,
+            committed,
+            "PostgreSQL storage open; the figures' cache follows the records"
+        );
+        let (followed_sender, followed) = watch::channel(position);
+        let poke = Arc::new(Notify::new());
+        let follower = tokio::spawn(follow(
+            store.clone(),
+            figures.clone(),
+            followed_sender,
+            poke.clone(),
+        ));
+        Ok(StoreHandle {
+            figures,
+            leadership: store.leadership().clone(),
+            postgres: Some(Arc::new(Postgres {
+                store,
+                followed,
+                poke,
+                follower,
+            })),
+        })
+    }
+
+    /// Stores a validated batch; answers once it is durable (sled: fsynced; PostgreSQL:
+    /// committed).
+    pub(crate) async fn ingest(&self, batch: IncomingBatch) -> Result<IngestOutcome, Unavailable> {
+        let Some(postgres) = &self.postgres else {
+            return self.figures.ingest(batch).await;
+        };
+        let (outcome, last) = postgres.store.ingest(&batch, chrono::Utc::now()).await?;
+        postgres.poke.notify_one();
+        if outcome.accepted > 0 {
+            let mut followed = postgres.followed.clone();
+            // Committed already: a slow cache only delays the figures, not the answer.
+            let _ = tokio::time::timeout(FOLLOW_WAIT, followed.wait_for(|seq| *seq >= last)).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Reads one page of records (durable ones only).
+    pub(crate) async fn read(&self, query: RecordQuery) -> anyhow::Result<RecordPage> {
+        match &self.postgres {
+            None => self.figures.read(query).await,
+            Some(postgres) => postgres.store.read(&query).await,
+        }
+    }
+
+    /// The `/v1/stats` figures.
+    pub(crate) fn stats(&self) -> StatsReport {
+        self.figures.stats()
+    }
+
+    /// The `/v1/stats` figures as a caller of limited scope sees them.
+    pub(crate) fn stats_for(&self, view: impl Fn(&str) -> super::stats::StoreView) -> StatsReport {
+        self.figures.stats_for(view)
+    }
+
+    /// Reads the daily figures under the statistics' lock: keep `read` short.
+    pub(crate) fn daily<R>(&self, read: impl FnOnce(&Daily) -> R) -> R {
+        self.figures.daily(read)
+    }
+
+    /// The consultation and attribution records of `store` on the store-local days `from` to
+    /// `to` (`SledStore::cases`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) async fn cases(&self, store: &str, from: Day, to: Day) -> anyhow::Result<Vec<Case>> {
+        self.figures.cases(store, from, to).await
+    }
+
+    /// Whether HQ holds records of `kind` from `store` (from any store when `None`).
+    pub(crate) fn holds_kind(&self, store: Option<&str>, kind: &str) -> bool {
+        self.figures.holds_kind(store, kind)
+    }
+
+    /// Why batches cannot be stored now, if they cannot (sled: a failed write, for good;
+    /// PostgreSQL: the database does not answer, until it does again).
+    pub(crate) fn failure(&self) -> Option<String> {
+        match &self.postgres {
+            None => self.figures.failure(),
+            Some(postgres) => postgres.store.failure(),
+        }
+    }
+
+    /// Whether this receiver runs the scheduled jobs (the alert evaluation) now.
+    pub(crate) fn runs_jobs(&self) -> bool {
+        self.leadership.leading()
+    }
+
+    /// Drops this handle and waits until the sled database (the store or the cache) is closed,
+    /// which happens once every other clone is dropped too.
+    pub(crate) async fn close(self) {
+        let StoreHandle {
+            figures, postgres, ..
+        } = self;
+        if let Some(postgres) = postgres {
+            if let Ok(postgres) = Arc::try_unwrap(postgres) {
+                postgres.follower.abort();
+                let follower = &mut { postgres }.follower;
+                let _ = follower.await;
+            }
+        }
+        figures.close().await;
+    }
+}
+
+/// Opens the figures' cache in `dir`, made again when it was built from another database or
+/// time zone (`mark`), or holds more than the database (restored from a backup).
+async fn open_cache(
+    dir: &Path,
+    mark: &str,
+    committed: u64,
+    timezone: chrono_tz::Tz,
+    metrics: HqMetrics,
+) -> anyhow::Result<SledStore> {
+    let mark_file = dir.join(CACHE_MARK);
+    let built_from = std::fs::read_to_string(&mark_file).ok();
+    if built_from.as_deref() != Some(mark) {
+        remove_cache(dir)?;
+    } else {
+        let cache = SledStore::open(dir, timezone, metrics.clone(), false).await?;
+        if cache.stats().hq_seq <= committed {
+            return Ok(cache);
+        }
+        tracing::warn!("the figures' cache is ahead of PostgreSQL; making it again");
+        cache.close().await;
+        remove_cache(dir)?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cache = SledStore::open(dir, timezone, metrics, false).await?;
+    std::fs::write(&mark_file, mark)
+        .with_context(|| format!("cannot write {}", mark_file.display()))?;
+    Ok(cache)
+}
+
+fn remove_cache(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("cannot remove {}", dir.display())),
+    }
+}
+
+/// The follower: replays what PostgreSQL committed after the cache's position into the
+/// cache, in hq_seq order, one cache batch per run of records of one store received at one
+/// instant (one posted batch, or several committed at the same microsecond).
+async fn follow(store: PgStore, cache: SledStore, followed: watch::Sender<u64>, poke: Arc<Notify>) {
+    let mut position = *followed.borrow();
+    let mut failing = false;
+    loop {
+        let rows = match store.follow(position, FOLLOW_PAGE).await {
+            Ok(rows) => {
+                failing = false;
+                rows
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot follow the records");
+                    failing = true;
+                }
+                wait(&poke).await;
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            wait(&poke).await;
+            continue;
+        }
+        let mut start = 0;
+        while start < rows.len() {
+            let (first_seq, store_code, received_at, _) = &rows[start];
+            let mut end = start + 1;
+            while end < rows.len()
+                && rows[end].1 == *store_code
+                && rows[end].2 == *received_at
+                && rows[end].0 == rows[end - 1].0 + 1
+            {
+                end += 1;
+            }
+            let mut body = Vec::new();
+            for (_, _, _, line) in &rows[start..end] {
+                body.extend_from_slice(line.as_bytes());
+                body.push(b'\n');
+            }
+            let last = rows[end - 1].0;
+            match super::record::parse_batch(body, store_code) {
+                Ok(mut batch) => {
+                    batch.heard = Some(*received_at);
+                    batch.first_seq = Some(*first_seq);
+                    if let Err(error) = cache.ingest(batch).await {
+                        tracing::error!(%error, "the figures' cache failed; figures stop here");
+                        return;
+                    }
+                }
+                // Stored by a receiver, so valid then; a record this version refuses is
+                // left out of the figures, not retried for ever.
+                Err(rejection) => tracing::error!(
+                    ?rejection,
+                    first_seq,
+                    "a stored record is not valid now; left out of the figures"
+                ),
+            }
+            position = last;
+            followed.send_replace(position);
+            start = end;
+        }
+    }
+}
+
+/// Until poked, or [`FOLLOW_EVERY`].
+async fn wait(poke: &Notify) {
+    let _ = tokio::time::timeout(FOLLOW_EVERY, poke.notified()).await;
+}
