@@ -1,8 +1,9 @@
 //! The one integration test binary. Most modules drive the built `posgw` binary like a user
 //! would: real pseudo-terminals for the scanners, real HTTP on loopback for the API, real signals
 //! (SIGTERM, SIGKILL). `config` loads configuration files through the library, `hq` runs the
-//! reference HQ receiver over loopback, and `packaging` checks the Debian package metadata and
-//! the systemd units against the repository.
+//! reference HQ receiver over loopback, `pg` starts a throw-away PostgreSQL cluster (initdb in a
+//! temp folder), and `packaging` checks the Debian package metadata and the systemd units against
+//! the repository.
 
 mod fake_hq;
 mod harness;
@@ -16,6 +17,7 @@ mod hq_management_dashboard;
 mod hq_users;
 mod hq_yardsticks;
 mod mosquitto;
+mod pg;
 
 mod api_access;
 mod api_bounds;
@@ -35,6 +37,7 @@ mod mqtt_prompts;
 mod mqtt_uplink;
 mod noise;
 mod packaging;
+mod pg_cluster;
 mod prompts;
 mod registers;
 mod serial;
