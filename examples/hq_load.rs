@@ -6,7 +6,14 @@
 //! cargo run --release --example hq_load -- --clients 8 --batches 50
 //! cargo run --release --example hq_load -- --linked                # tracked sales, see record()
 //! cargo run --release --example hq_load -- --url http://127.0.0.1:7390 --store WZ-LC-001 --token-file T
+//! cargo run --release --example hq_load -- --postgres postgres://posgw:posgw@127.0.0.1:5432/posgw \
+//!     --receivers 2 --pg-pid $(head -1 /path/to/pgdata/postmaster.pid)
 //! ```
+//!
+//! With `--postgres`, `--receivers` in-process receivers share that database (`[storage]
+//! backend = "postgres"`; use an empty database) and the clients post to them in turn;
+//! `--pg-pid` (the postmaster's pid) adds PostgreSQL's CPU time (postmaster and its children)
+//! to the report, for the split between the receivers and the database.
 //!
 //! Bodies are generated and compressed before the clock starts, so the figure is the
 //! receiver's (HTTP, decompression, validation, dedup, sled, fsync), not the generator's.
@@ -32,6 +39,12 @@ struct Options {
     records: usize,
     /// Sales link to prompts, flows and campaigns (HQ's traceability join works on them).
     linked: bool,
+    /// A PostgreSQL URL: the in-process receivers store there.
+    postgres: Option<String>,
+    /// In-process receivers (with `--postgres`).
+    receivers: usize,
+    /// The postmaster's pid, to count PostgreSQL's CPU.
+    pg_pid: Option<u32>,
 }
 
 fn options() -> Result<Options, String> {
@@ -43,6 +56,9 @@ fn options() -> Result<Options, String> {
         batches: 100,
         records: 1000,
         linked: false,
+        postgres: None,
+        receivers: 1,
+        pg_pid: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -59,6 +75,9 @@ fn options() -> Result<Options, String> {
             "--batches" => options.batches = number(value()?)?,
             "--records" => options.records = number(value()?)?,
             "--linked" => options.linked = true,
+            "--postgres" => options.postgres = Some(value()?),
+            "--receivers" => options.receivers = number(value()?)?,
+            "--pg-pid" => options.pg_pid = Some(number(value()?)? as u32),
             other => return Err(format!("unknown option '{other}'")),
         }
     }
@@ -138,6 +157,37 @@ fn bodies(
     (bodies, raw_bytes)
 }
 
+/// User plus system CPU seconds of process `pid` and its children (by parent pid) so far.
+fn tree_cpu_seconds(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command (which may hold spaces) in parentheses.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let this: u32 = head
+            .split(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let parent: u32 = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if this == pid || parent == pid {
+            let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            total += (utime + stime) / ticks;
+        }
+    }
+    total
+}
+
 /// User plus system CPU seconds this process has used so far.
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage only writes into the struct we pass, which is zero-initialised.
@@ -156,7 +206,8 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // (store code, token) per client.
     let mut credentials = Vec::new();
-    let mut running = None;
+    let mut running = Vec::new();
+    let mut urls = Vec::new();
     let url = match &options.url {
         Some(url) => {
             let file = options
@@ -168,23 +219,37 @@ async fn main() -> anyhow::Result<()> {
             url.clone()
         }
         None => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let mut settings =
-                posgw::hq::HqSettings::new(listener.local_addr()?, dir.path().join("data"));
             for client in 0..options.clients {
-                let store = posgw::hq::StoreSettings {
-                    code: format!("LOAD-{client:03}"),
-                    token: format!("token-{client}"),
-                };
-                credentials.push((store.code.clone(), store.token.clone()));
-                settings.stores.push(store);
+                credentials.push((format!("LOAD-{client:03}"), format!("token-{client}")));
             }
-            let hq = posgw::hq::start(settings, listener).await?;
-            let url = hq.url();
-            running = Some(hq);
-            url
+            for receiver in 0..options.receivers.max(1) {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let mut settings = posgw::hq::HqSettings::new(
+                    listener.local_addr()?,
+                    dir.path().join(format!("data-{receiver}")),
+                );
+                for (code, token) in &credentials {
+                    settings.stores.push(posgw::hq::StoreSettings {
+                        code: code.clone(),
+                        token: token.clone(),
+                    });
+                }
+                if let Some(url) = &options.postgres {
+                    settings.storage = posgw::hq::Storage::Postgres {
+                        url: url.clone(),
+                        url_file: "--postgres".into(),
+                    };
+                }
+                let hq = posgw::hq::start(settings, listener).await?;
+                urls.push(hq.url());
+                running.push(hq);
+            }
+            urls[0].clone()
         }
     };
+    if urls.is_empty() {
+        urls.push(url.clone());
+    }
 
     eprintln!(
         "generating {} batches of {} records for {} clients...",
@@ -216,13 +281,16 @@ async fn main() -> anyhow::Result<()> {
 
     let client = reqwest::Client::new();
     let cpu_before = cpu_seconds();
+    let pg_before = options.pg_pid.map(tree_cpu_seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (token, bodies) in work {
-        let (client, url) = (client.clone(), url.clone());
+    for (client_index, (token, bodies)) in work.into_iter().enumerate() {
+        let (client, urls) = (client.clone(), urls.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(bodies.len());
-            for body in bodies {
+            for (batch, body) in bodies.into_iter().enumerate() {
+                // Each batch to the next receiver, like a balancer's round robin.
+                let url = &urls[(client_index + batch) % urls.len()];
                 let sent = Instant::now();
                 let response = client
                     .post(format!("{url}/v1/batches"))
@@ -271,6 +339,18 @@ async fn main() -> anyhow::Result<()> {
             " (receiver and clients)"
         }
     );
+    if let (Some(pid), Some(before)) = (options.pg_pid, pg_before) {
+        let pg = tree_cpu_seconds(pid) - before;
+        println!(
+            "PostgreSQL cpu {:.2}s ({:.0}% of one core); receivers and clients {:.2}s ({:.0}%): \
+             {:.0}% of the CPU in PostgreSQL",
+            pg,
+            100.0 * pg / elapsed.as_secs_f64(),
+            cpu,
+            100.0 * cpu / elapsed.as_secs_f64(),
+            100.0 * pg / (pg + cpu)
+        );
+    }
     // This process's peak memory: the generated bodies and clients, plus the receiver when
     // it runs in-process.
     if let Some(peak) = std::fs::read_to_string("/proc/self/status")
@@ -283,7 +363,8 @@ async fn main() -> anyhow::Result<()> {
     {
         println!("peak RSS (VmHWM) {peak}");
     }
-    if let Some(hq) = running {
+    for hq in running {
+        let url = hq.url();
         let metrics = client
             .get(format!("{url}/metrics"))
             .send()

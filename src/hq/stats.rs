@@ -340,6 +340,27 @@ pub struct StoreTotals {
     pub last_received_at: Option<String>,
 }
 
+/// A store's batches as counted where they were received (PostgreSQL's `store_counts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BatchCounts {
+    /// Batches accepted, including all-duplicate ones.
+    pub batches: u64,
+    /// Records received again, or twice in one batch.
+    pub duplicates: u64,
+    /// When the last one was accepted (RFC 3339, UTC).
+    pub last_received_at: Option<String>,
+}
+
+impl BatchCounts {
+    fn apply(&self, totals: &mut StoreTotals) {
+        totals.batches = self.batches;
+        totals.duplicates = self.duplicates;
+        if self.last_received_at.is_some() {
+            totals.last_received_at = self.last_received_at.clone();
+        }
+    }
+}
+
 impl StoreTotals {
     /// Keeps `ts` when it is later than the latest seen so far.
     pub(crate) fn see_ts(&mut self, ts: &DateTime<FixedOffset>, text: &str) {
@@ -900,6 +921,8 @@ pub(crate) struct Aggregates {
     flows: BTreeMap<(String, String), FlowTally>,
     /// The same records by store-local day, for the yardsticks and alert rules.
     daily: Daily,
+    /// Batch counts taken from PostgreSQL, over the records' own (`set_batch_counts`).
+    batch_counts: BTreeMap<String, BatchCounts>,
 }
 
 impl Aggregates {
@@ -961,8 +984,27 @@ impl Aggregates {
     }
 
     /// Replaces a store's totals with the ones as of its latest durable batch.
-    pub(crate) fn set_store_totals(&mut self, store: &str, totals: StoreTotals) {
+    pub(crate) fn set_store_totals(&mut self, store: &str, mut totals: StoreTotals) {
+        if let Some(counts) = self.batch_counts.get(store) {
+            counts.apply(&mut totals);
+        }
         self.stores.insert(store.to_string(), totals);
+    }
+
+    /// Takes the batch counts of every store from elsewhere (PostgreSQL, where every receiver
+    /// counts the batches it took: a receiver's cache sees only the records), over what the
+    /// stored records say.
+    pub(crate) fn set_batch_counts(&mut self, counts: BTreeMap<String, BatchCounts>) {
+        for (store, counts) in &counts {
+            if let Some(totals) = self.stores.get_mut(store) {
+                counts.apply(totals);
+            } else {
+                let mut totals = StoreTotals::default();
+                counts.apply(&mut totals);
+                self.stores.insert(store.clone(), totals);
+            }
+        }
+        self.batch_counts = counts;
     }
 
     /// Whether the durable records of `store` (of any store when `None`) include `kind`.

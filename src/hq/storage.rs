@@ -61,12 +61,24 @@ pub(crate) struct StoreHandle {
 struct Postgres {
     /// The records.
     store: PgStore,
-    /// The highest hq_seq the cache holds.
-    followed: watch::Receiver<u64>,
+    /// How far the cache got.
+    followed: watch::Receiver<Followed>,
     /// Wakes the follower (a batch was just committed here).
     poke: Arc<Notify>,
+    /// This receiver's metric families (the cache counts into a detached set: it replays
+    /// every receiver's records).
+    metrics: HqMetrics,
     /// The follower task.
     follower: tokio::task::JoinHandle<()>,
+}
+
+/// How far a receiver's cache got.
+#[derive(Debug, Clone, Copy, Default)]
+struct Followed {
+    /// The highest hq_seq it holds.
+    seq: u64,
+    /// Rounds of the follower so far (each reads the records and then the batch counts).
+    rounds: u64,
 }
 
 impl Drop for Postgres {
@@ -107,14 +119,20 @@ impl StoreHandle {
             .context("cannot read the records' counter")?;
         let cache_dir = data_dir.join(CACHE_DIR);
         let mark = format!("{} {}", store.database_id(), timezone.name());
-        let figures = open_cache(&cache_dir, &mark, committed, timezone, metrics).await?;
+        let figures = open_cache(&cache_dir, &mark, committed, timezone, HqMetrics::new()).await?;
+        metrics
+            .stored_seq
+            .set(i64::try_from(committed).unwrap_or(i64::MAX));
         let position = figures.stats().hq_seq;
         tracing::info!(
             cache = position,
             committed,
             "PostgreSQL storage open; the figures' cache follows the records"
         );
-        let (followed_sender, followed) = watch::channel(position);
+        let (followed_sender, followed) = watch::channel(Followed {
+            seq: position,
+            rounds: 0,
+        });
         let poke = Arc::new(Notify::new());
         let follower = tokio::spawn(follow(
             store.clone(),
@@ -129,6 +147,7 @@ impl StoreHandle {
                 store,
                 followed,
                 poke,
+                metrics,
                 follower,
             })),
         })
@@ -140,13 +159,29 @@ impl StoreHandle {
         let Some(postgres) = &self.postgres else {
             return self.figures.ingest(batch).await;
         };
+        let started = std::time::Instant::now();
         let (outcome, last) = postgres.store.ingest(&batch, chrono::Utc::now()).await?;
+        let metrics = &postgres.metrics;
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_stored(&batch.store, outcome.accepted, outcome.duplicates);
+        // The highest hq_seq given out by this batch's commit (by any receiver).
+        metrics.stored_seq.set(
+            i64::try_from(last)
+                .unwrap_or(i64::MAX)
+                .max(metrics.stored_seq.get()),
+        );
+        // A round that started after the commit has it (the one running now may not).
+        let round = postgres.followed.borrow().rounds + 2;
         postgres.poke.notify_one();
-        if outcome.accepted > 0 {
-            let mut followed = postgres.followed.clone();
-            // Committed already: a slow cache only delays the figures, not the answer.
-            let _ = tokio::time::timeout(FOLLOW_WAIT, followed.wait_for(|seq| *seq >= last)).await;
-        }
+        let mut followed = postgres.followed.clone();
+        // Committed already: a slow cache only delays the figures, not the answer.
+        let _ = tokio::time::timeout(
+            FOLLOW_WAIT,
+            followed.wait_for(|followed| followed.seq >= last && followed.rounds >= round),
+        )
+        .await;
         Ok(outcome)
     }
 
@@ -256,15 +291,17 @@ fn remove_cache(dir: &Path) -> anyhow::Result<()> {
 /// The follower: replays what PostgreSQL committed after the cache's position into the
 /// cache, in hq_seq order, one cache batch per run of records of one store received at one
 /// instant (one posted batch, or several committed at the same microsecond).
-async fn follow(store: PgStore, cache: SledStore, followed: watch::Sender<u64>, poke: Arc<Notify>) {
-    let mut position = *followed.borrow();
+async fn follow(
+    store: PgStore,
+    cache: SledStore,
+    followed: watch::Sender<Followed>,
+    poke: Arc<Notify>,
+) {
+    let mut position = followed.borrow().seq;
     let mut failing = false;
     loop {
         let rows = match store.follow(position, FOLLOW_PAGE).await {
-            Ok(rows) => {
-                failing = false;
-                rows
-            }
+            Ok(rows) => rows,
             Err(error) => {
                 if !failing {
                     tracing::warn!(error = %format!("{error:#}"), "cannot follow the records");
@@ -274,10 +311,7 @@ async fn follow(store: PgStore, cache: SledStore, followed: watch::Sender<u64>, 
                 continue;
             }
         };
-        if rows.is_empty() {
-            wait(&poke).await;
-            continue;
-        }
+        let more = rows.len() as i64 == FOLLOW_PAGE;
         let mut start = 0;
         while start < rows.len() {
             let (first_seq, store_code, received_at, _) = &rows[start];
@@ -313,8 +347,24 @@ async fn follow(store: PgStore, cache: SledStore, followed: watch::Sender<u64>, 
                 ),
             }
             position = last;
-            followed.send_replace(position);
+            followed.send_modify(|followed| followed.seq = position);
             start = end;
+        }
+        match store.batch_counts().await {
+            Ok(counts) => cache.set_batch_counts(counts),
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot follow the records");
+                    failing = true;
+                }
+                wait(&poke).await;
+                continue;
+            }
+        }
+        failing = false;
+        followed.send_modify(|followed| followed.rounds += 1);
+        if !more {
+            wait(&poke).await;
         }
     }
 }

@@ -261,6 +261,18 @@ impl SledStore {
         .map_err(|error| anyhow::anyhow!("reading cases panicked: {error}"))?
     }
 
+    /// Takes every store's batch counts from PostgreSQL (`Aggregates::set_batch_counts`).
+    pub(crate) fn set_batch_counts(
+        &self,
+        counts: std::collections::BTreeMap<String, super::stats::BatchCounts>,
+    ) {
+        self.shared
+            .aggregates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set_batch_counts(counts);
+    }
+
     /// Whether HQ holds durable records of `kind` from `store` (from any store when `None`).
     pub(crate) fn holds_kind(&self, store: Option<&str>, kind: &str) -> bool {
         self.shared

@@ -48,7 +48,25 @@ impl Folder {
         Folder { dir }
     }
 
-    fn config(&self) -> PathBuf {
+    /// As [`Folder::new`], storing in `backend`.
+    pub(crate) fn on(backend: &Backend, listen: &str, extra: &str) -> Folder {
+        let folder = Folder::new(listen, extra);
+        if let Backend::Postgres(cluster) = backend {
+            std::fs::write(folder.dir.path().join("db.url"), cluster.url()).expect("write url");
+            let mut config = std::fs::OpenOptions::new()
+                .append(true)
+                .open(folder.config())
+                .expect("open config");
+            writeln!(
+                config,
+                "\n[storage]\nbackend = \"postgres\"\nurl_file = \"db.url\""
+            )
+            .expect("append storage");
+        }
+        folder
+    }
+
+    pub(crate) fn config(&self) -> PathBuf {
         self.dir.path().join("hq.toml")
     }
 
@@ -64,6 +82,55 @@ impl Folder {
         Receiver::new(running.url(), Some(running))
     }
 }
+
+/// Where a receiver under test keeps its records: the behaviour tests run on both.
+pub(crate) enum Backend {
+    /// The embedded default.
+    Sled,
+    /// A PostgreSQL cluster of the test's own.
+    Postgres(crate::pg::PgCluster),
+}
+
+impl Backend {
+    /// A fresh PostgreSQL cluster.
+    pub(crate) fn postgres() -> Backend {
+        Backend::Postgres(crate::pg::PgCluster::start())
+    }
+}
+
+/// Runs each named `async fn NAME(backend: Backend)` as two tests, `on_sled::NAME` and
+/// `on_postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sled).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::postgres()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    batches_in_every_encoding_are_stored_as_sent_with_hq_seq,
+    duplicates_within_and_across_batches_are_counted_and_stored_once,
+    refused_requests_store_nothing,
+    records_page_by_after_and_limit_and_filter_by_store_and_kind,
+    stats_give_outcomes_completeness_and_median_latency,
+    restart_keeps_records_dedup_and_stats,
+    health_and_metrics,
+    records_pages_are_capped_by_bytes_and_paging_returns_every_record,
+);
 
 /// A receiver under test and an HTTP client for it.
 pub(crate) struct Receiver {
@@ -251,9 +318,8 @@ fn ids(records: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn batches_in_every_encoding_are_stored_as_sent_with_hq_seq() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn batches_in_every_encoding_are_stored_as_sent_with_hq_seq(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     let batches: Vec<Vec<String>> = vec![
         (1..=3).map(|seq| scan("S1", seq)).collect(),
@@ -284,9 +350,8 @@ async fn batches_in_every_encoding_are_stored_as_sent_with_hq_seq() {
     hq.stop().await;
 }
 
-#[tokio::test]
-async fn duplicates_within_and_across_batches_are_counted_and_stored_once() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn duplicates_within_and_across_batches_are_counted_and_stored_once(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     let first = lines(&[scan("S1", 1), scan("S1", 2), scan("S1", 2)]);
     assert_eq!(
@@ -320,9 +385,8 @@ async fn duplicates_within_and_across_batches_are_counted_and_stored_once() {
     hq.stop().await;
 }
 
-#[tokio::test]
-async fn refused_requests_store_nothing() {
-    let folder = Folder::new("127.0.0.1:0", "max_body = \"64KiB\"");
+async fn refused_requests_store_nothing(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "max_body = \"64KiB\"");
     let hq = folder.start().await;
     let good = lines(&[scan("S1", 1), scan("S1", 2)]);
 
@@ -438,9 +502,8 @@ async fn decompression_bomb_is_refused_with_413() {
     hq.stop().await;
 }
 
-#[tokio::test]
-async fn records_page_by_after_and_limit_and_filter_by_store_and_kind() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn records_page_by_after_and_limit_and_filter_by_store_and_kind(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     // hq_seq 1..=3 S1 scans, 4..=5 S2 (scan, attribution), 6..=7 S1 (attribution, scan).
     hq.post(
@@ -579,9 +642,8 @@ fn check_known_stats(stats: &Value) {
     );
 }
 
-#[tokio::test]
-async fn stats_give_outcomes_completeness_and_median_latency() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn stats_give_outcomes_completeness_and_median_latency(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     post_known_attributions(&hq).await;
     check_known_stats(&hq.stats().await);
@@ -593,9 +655,8 @@ async fn stats_give_outcomes_completeness_and_median_latency() {
     hq.stop().await;
 }
 
-#[tokio::test]
-async fn restart_keeps_records_dedup_and_stats() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn restart_keeps_records_dedup_and_stats(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     post_known_attributions(&hq).await;
     let before = hq.all_records().await;
@@ -618,9 +679,8 @@ async fn restart_keeps_records_dedup_and_stats() {
     hq.stop().await;
 }
 
-#[tokio::test]
-async fn health_and_metrics() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn health_and_metrics(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     hq.post(
         Some(TOKEN_1),
@@ -690,11 +750,11 @@ fn config_errors_name_file_line_and_column() {
 
 /// A `posgw hq` child process, killed with SIGKILL and reaped when dropped, so a failing
 /// test never leaves a receiver running (or holding the test's stderr open).
-struct HqProcess(Child);
+pub(crate) struct HqProcess(Child);
 
 impl HqProcess {
     /// SIGKILL (std's `Child::kill` sends SIGKILL on Unix) and reap.
-    fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         self.0.kill().expect("SIGKILL");
         self.0.wait().expect("reap");
     }
@@ -710,7 +770,7 @@ impl Drop for HqProcess {
 /// A client whose every request gives up after a while: a receiver that accepts connections
 /// but never answers fails the test instead of hanging it. Like the harness's client it drops
 /// idle connections before the receiver would ([`crate::harness::POOL_IDLE`]).
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(DEADLINE)
         .pool_idle_timeout(crate::harness::POOL_IDLE)
@@ -719,7 +779,7 @@ fn client() -> reqwest::Client {
 }
 
 /// `posgw hq -c CONFIG` as a child process.
-fn spawn_hq_process(config: &Path) -> HqProcess {
+pub(crate) fn spawn_hq_process(config: &Path) -> HqProcess {
     HqProcess(
         posgw()
             .arg("hq")
@@ -733,7 +793,7 @@ fn spawn_hq_process(config: &Path) -> HqProcess {
     )
 }
 
-async fn wait_healthy(client: &reqwest::Client, url: &str) {
+pub(crate) async fn wait_healthy(client: &reqwest::Client, url: &str) {
     let started = Instant::now();
     loop {
         if let Ok(response) = client.get(format!("{url}/healthz")).send().await {
@@ -985,9 +1045,8 @@ async fn a_batch_of_records_with_many_epochs_is_stored_in_linear_time() {
 /// Largest `/v1/records` page in bytes (a single larger record still comes alone).
 const RECORDS_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_pages_are_capped_by_bytes_and_paging_returns_every_record() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn records_pages_are_capped_by_bytes_and_paging_returns_every_record(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     // Sales of about 1 MiB (receipts with very many lines, or a huge text), and one of 6 MiB,
     // larger than a page on its own.

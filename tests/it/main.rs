@@ -14,6 +14,7 @@ mod hq_e2e;
 mod hq_fleet_dashboard;
 mod hq_flow;
 mod hq_management_dashboard;
+mod hq_pg;
 mod hq_users;
 mod hq_yardsticks;
 mod mosquitto;

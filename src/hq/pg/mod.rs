@@ -57,8 +57,9 @@ const PARTITION_LOCK: i64 = 0x706f_7367_7770_7274;
 pub(crate) const JOBS_LOCK: i64 = 0x706f_7367_776a_6f62;
 
 /// Stores one batch: dedup on `record_ids`, hq_seq from `hq_counter` (its row lock is held
-/// to commit), the new records into `records`. Parameters: ids, kinds, ts (epoch ms), lines,
-/// received_at, store. Answers the number stored and the first hq_seq they got.
+/// to commit), the new records into `records`, the store's batch counts. Parameters: ids,
+/// kinds, ts (epoch ms), lines, received_at, store, records repeated within the batch.
+/// Answers the number stored and the first hq_seq they got.
 const INGEST: &str = "
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
@@ -77,6 +78,13 @@ WITH incoming AS (
            $6, incoming.kind, to_timestamp(incoming.t_ms / 1000.0), incoming.line
     FROM incoming JOIN fresh USING (id) CROSS JOIN counter
     RETURNING 1
+), counted AS (
+    INSERT INTO store_counts (store, batches, duplicates, last_received_at)
+    SELECT $6, 1, $7 + (SELECT count(*) FROM incoming) - (SELECT count(*) FROM fresh), $5
+    ON CONFLICT (store) DO UPDATE SET
+        batches = store_counts.batches + 1,
+        duplicates = store_counts.duplicates + EXCLUDED.duplicates,
+        last_received_at = greatest(store_counts.last_received_at, EXCLUDED.last_received_at)
 )
 SELECT (SELECT count(*) FROM stored), (SELECT first FROM counter)";
 
@@ -217,6 +225,7 @@ impl PgStore {
                 .await
                 .map_err(|error| Unavailable(format!("{error:#}")))?;
         }
+        let repeated = i64::try_from(batch.records.len() - ids.len()).unwrap_or(0);
         let mut client = self.pool.get().await.map_err(|error| {
             Unavailable(format!("cannot connect to PostgreSQL: {}", explain(&error)))
         })?;
@@ -230,7 +239,15 @@ impl PgStore {
         let row = transaction
             .query_one(
                 &statement,
-                &[&ids, &kinds, &times, &lines, &received_at, &batch.store],
+                &[
+                    &ids,
+                    &kinds,
+                    &times,
+                    &lines,
+                    &received_at,
+                    &batch.store,
+                    &repeated,
+                ],
             )
             .await
             .map_err(unavailable)?;
@@ -343,6 +360,37 @@ impl PgStore {
             page.next_after = u64::try_from(until).unwrap_or(0);
         }
         Ok(page)
+    }
+
+    /// Every store's batch counts (`store_counts`).
+    pub(crate) async fn batch_counts(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, super::stats::BatchCounts>> {
+        let client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let rows = client
+            .query(
+                "SELECT store, batches, duplicates, last_received_at FROM store_counts",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let at: chrono::DateTime<chrono::Utc> = row.get(3);
+                (
+                    row.get(0),
+                    super::stats::BatchCounts {
+                        batches: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                        duplicates: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                        last_received_at: Some(
+                            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        ),
+                    },
+                )
+            })
+            .collect())
     }
 
     /// The records committed after `after`, in hq_seq order, at most `limit`: (hq_seq, store,

@@ -31,6 +31,14 @@ const MIGRATIONS: &[&str] = &[
         id text PRIMARY KEY
     );
 
+    -- Batches accepted per store, by whichever receiver took them.
+    CREATE TABLE store_counts (
+        store text PRIMARY KEY,
+        batches bigint NOT NULL,
+        duplicates bigint NOT NULL,
+        last_received_at timestamptz NOT NULL
+    );
+
     -- Every record as received, partitioned by the month HQ received it in.
     CREATE TABLE records (
         hq_seq bigint NOT NULL,

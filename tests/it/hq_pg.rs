@@ -1,0 +1,434 @@
+//! Several `posgw hq` receivers on one PostgreSQL (`[storage] backend = "postgres"`): every
+//! record exactly once whichever receiver takes it, a `/v1/records` reader that misses
+//! nothing while batches commit concurrently, a receiver killed with SIGKILL and the database
+//! restarted under load, and migrations from an empty database. Each test starts its own
+//! PostgreSQL cluster (`pg`); the single-receiver behaviour tests run on both backends in `hq`.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::harness::free_port;
+use crate::hq::{
+    client, lines, record, spawn_hq_process, wait_healthy, Backend, Folder, ADMIN, TOKEN_1, TOKEN_2,
+};
+
+/// How long any wait in these tests may take.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The cluster of a PostgreSQL backend.
+fn cluster(backend: &Backend) -> &crate::pg::PgCluster {
+    match backend {
+        Backend::Postgres(cluster) => cluster,
+        Backend::Sled => unreachable!("a PostgreSQL backend"),
+    }
+}
+
+/// The body of batch `batch` (records `batch * size + 1 ..= (batch + 1) * size`) of gateway
+/// `gateway` of store `store`.
+fn batch_body(store: &str, gateway: u64, batch: u64, size: u64) -> String {
+    let records: Vec<String> = (1..=size)
+        .map(|n| {
+            let seq = batch * size + n;
+            record(
+                store,
+                &format!("gw-{gateway}"),
+                seq,
+                "scan",
+                &format!(r#"{{"code":"690{seq:010}","batch":{batch}}}"#),
+            )
+        })
+        .collect();
+    lines(&records)
+}
+
+/// Posts `body` like a gateway's uplink: to `urls[first % 2]`, then, after any failure (no
+/// answer, 503), to the other receiver and so on until one answers 200.
+async fn post_like_a_gateway(
+    client: &reqwest::Client,
+    urls: &[String],
+    token: &str,
+    body: String,
+    first: usize,
+) {
+    let started = Instant::now();
+    for attempt in first.. {
+        let url = &urls[attempt % urls.len()];
+        let answer = client
+            .post(format!("{url}/v1/batches"))
+            .bearer_auth(token)
+            .header("content-type", "application/x-ndjson")
+            .body(body.clone())
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status() == StatusCode::OK => return,
+            Ok(response) => assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "only 503 may refuse a valid batch"
+            ),
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < DEADLINE, "a batch was never accepted");
+        // The gateway's retry delay (not a synchronisation: the next attempt is the check).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pages `/v1/records` from the receivers in turn until `done` was set before a page that
+/// came back empty; answers every (hq_seq, id) seen, in order. Failed requests (a receiver
+/// down, the database restarting) are tried again on the other receiver.
+async fn read_everything(
+    client: reqwest::Client,
+    urls: Vec<String>,
+    done: Arc<AtomicBool>,
+) -> Vec<(u64, String)> {
+    let mut seen = Vec::new();
+    let mut after = 0u64;
+    let started = Instant::now();
+    for turn in 0.. {
+        assert!(
+            started.elapsed() < DEADLINE * 2,
+            "the reader never caught up"
+        );
+        let finished = done.load(Ordering::Acquire);
+        let url = &urls[turn % urls.len()];
+        let answer = client
+            .get(format!("{url}/v1/records?after={after}&limit=700"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await;
+        let Ok(response) = answer else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        if response.status() != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let next: u64 = response.headers()[posgw::hq::NEXT_AFTER_HEADER]
+            .to_str()
+            .expect("header")
+            .parse()
+            .expect("number");
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        let before = seen.len();
+        for line in text.lines() {
+            let record: Value = serde_json::from_str(line).expect("json");
+            seen.push((
+                record["hq_seq"].as_u64().expect("hq_seq"),
+                record["id"].as_str().expect("id").to_string(),
+            ));
+        }
+        if seen.len() == before && finished {
+            return seen;
+        }
+        after = next;
+    }
+    unreachable!()
+}
+
+/// What the database holds: (records, distinct ids, record_ids, highest hq_seq).
+fn table_counts(cluster: &crate::pg::PgCluster) -> (u64, u64, u64, u64) {
+    let out = cluster.psql(
+        "posgw",
+        "SELECT count(*), count(DISTINCT id), (SELECT count(*) FROM record_ids), \
+         coalesce(max(hq_seq), 0) FROM records",
+    );
+    let numbers: Vec<u64> = out
+        .trim()
+        .split('|')
+        .map(|n| n.parse().expect("number"))
+        .collect();
+    (numbers[0], numbers[1], numbers[2], numbers[3])
+}
+
+/// What the reader saw must be the whole table: hq_seq 1, 2, 3, ... without a gap (nothing
+/// skipped), each id once, exactly the ids sent.
+fn check_reader(seen: &[(u64, String)], expected: &BTreeSet<String>) {
+    for (index, (seq, _)) in seen.iter().enumerate() {
+        assert_eq!(
+            *seq,
+            index as u64 + 1,
+            "the reader skipped or repeated at {index}"
+        );
+    }
+    let ids: BTreeSet<String> = seen.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(ids.len(), seen.len(), "an id seen twice");
+    assert_eq!(&ids, expected, "the reader saw exactly the records sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_receivers_keep_every_record_once_through_a_kill_9_and_a_database_restart() {
+    const BATCHES: u64 = 60;
+    const SIZE: u64 = 100;
+    let backend = Backend::postgres();
+    let ports = [free_port(), free_port()];
+    let folders: Vec<Folder> = ports
+        .iter()
+        .map(|port| Folder::on(&backend, &format!("127.0.0.1:{port}"), ""))
+        .collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let mut receivers: Vec<_> = folders
+        .iter()
+        .map(|folder| spawn_hq_process(&folder.config()))
+        .collect();
+    let client = client();
+    for url in &urls {
+        wait_healthy(&client, url).await;
+    }
+
+    // Two gateways (stores S1 and S2), each sending its batches to the receivers in turn.
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let mut gateways = Vec::new();
+    for (gateway, (store, token)) in [(1u64, ("S1", TOKEN_1)), (2, ("S2", TOKEN_2))] {
+        let (client, urls, acknowledged) = (client.clone(), urls.clone(), acknowledged.clone());
+        gateways.push(tokio::spawn(async move {
+            for batch in 0..BATCHES {
+                let body = batch_body(store, gateway, batch, SIZE);
+                post_like_a_gateway(&client, &urls, token, body, batch as usize).await;
+                acknowledged.fetch_add(1, Ordering::AcqRel);
+            }
+        }));
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_everything(client.clone(), urls.clone(), done.clone()));
+    let reached = |count: u64| {
+        let acknowledged = acknowledged.clone();
+        async move {
+            let started = Instant::now();
+            while acknowledged.load(Ordering::Acquire) < count {
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "the load stalled below {count}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // A quarter in: the first receiver is killed mid-batch, and comes back.
+    reached(BATCHES / 2).await;
+    receivers[0].kill_9();
+    receivers[0] = spawn_hq_process(&folders[0].config());
+    wait_healthy(&client, &urls[0]).await;
+
+    // Half-way: the database stops. Both receivers say so on /healthz, batches get 503.
+    reached(BATCHES).await;
+    let pg = cluster(&backend);
+    tokio::task::block_in_place(|| pg.stop());
+    for url in &urls {
+        let started = Instant::now();
+        loop {
+            let health = client
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
+                .expect("healthz");
+            if health.status() == StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{url} stayed healthy without its database"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let refused = client
+        .post(format!("{}/v1/batches", urls[1]))
+        .bearer_auth(TOKEN_1)
+        .header("content-type", "application/x-ndjson")
+        .body(batch_body("S1", 9, 0, 3))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    tokio::task::block_in_place(|| pg.start_again());
+    for url in &urls {
+        wait_healthy(&client, url).await;
+    }
+
+    for gateway in gateways {
+        gateway.await.expect("gateway");
+    }
+    done.store(true, Ordering::Release);
+    let seen = reader.await.expect("reader");
+
+    let expected: BTreeSet<String> = [(1u64, "S1"), (2, "S2")]
+        .iter()
+        .flat_map(|(gateway, store)| {
+            (1..=BATCHES * SIZE).map(move |seq| format!("{store}/gw-{gateway}/7f3a9c21/{seq}"))
+        })
+        .collect();
+    let total = expected.len() as u64;
+    assert_eq!(
+        table_counts(pg),
+        (total, total, total, total),
+        "every record once"
+    );
+    check_reader(&seen, &expected);
+    // Both receivers' figures come to the same totals (each follows the database).
+    for url in &urls {
+        let started = Instant::now();
+        loop {
+            let stats: Value = client
+                .get(format!("{url}/v1/stats"))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .expect("stats")
+                .json()
+                .await
+                .expect("json");
+            if stats["records"] == total {
+                assert_eq!(stats["stores"]["S1"]["records"], BATCHES * SIZE);
+                assert_eq!(stats["stores"]["S2"]["records"], BATCHES * SIZE);
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "{url}: {stats}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_misses_nothing_while_many_batches_commit_at_once_on_two_receivers() {
+    const POSTERS: u64 = 8;
+    const BATCHES: u64 = 40;
+    const SIZE: u64 = 25;
+    let backend = Backend::postgres();
+    let folders = [
+        Folder::on(&backend, "127.0.0.1:0", ""),
+        Folder::on(&backend, "127.0.0.1:0", ""),
+    ];
+    let receivers = [folders[0].start().await, folders[1].start().await];
+    let urls: Vec<String> = receivers.iter().map(|r| r.url.clone()).collect();
+    let client = client();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_everything(client.clone(), urls.clone(), done.clone()));
+    let mut posters = Vec::new();
+    for poster in 0..POSTERS {
+        let (client, urls) = (client.clone(), urls.clone());
+        posters.push(tokio::spawn(async move {
+            for batch in 0..BATCHES {
+                let body = batch_body("S1", poster, batch, SIZE);
+                let first = (poster + batch) as usize;
+                post_like_a_gateway(&client, &urls, TOKEN_1, body, first).await;
+            }
+        }));
+    }
+    for poster in posters {
+        poster.await.expect("poster");
+    }
+    done.store(true, Ordering::Release);
+    let seen = reader.await.expect("reader");
+    let expected: BTreeSet<String> = (0..POSTERS)
+        .flat_map(|poster| {
+            (1..=BATCHES * SIZE).map(move |seq| format!("S1/gw-{poster}/7f3a9c21/{seq}"))
+        })
+        .collect();
+    let total = expected.len() as u64;
+    assert_eq!(
+        table_counts(cluster(&backend)),
+        (total, total, total, total)
+    );
+    check_reader(&seen, &expected);
+    for receiver in receivers {
+        receiver.stop().await;
+    }
+}
+
+/// The schema's version as `posgw hq check-config` reports it ("schema version N"), or 0 for
+/// an empty database.
+fn reported_schema(folder: &Folder) -> u64 {
+    let output = crate::harness::posgw()
+        .args(["hq", "-c"])
+        .arg(folder.config())
+        .arg("check-config")
+        .output()
+        .expect("check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("storage: PostgreSQL "), "{stdout}");
+    if stdout.contains("no posgw schema yet") {
+        return 0;
+    }
+    let version = stdout
+        .split("schema version ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no schema version in {stdout}"));
+    version.parse().expect("number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_once_from_an_empty_database_when_two_receivers_start_together() {
+    let backend = Backend::postgres();
+    let pg = cluster(&backend);
+    let folders = [
+        Folder::on(&backend, "127.0.0.1:0", ""),
+        Folder::on(&backend, "127.0.0.1:0", ""),
+    ];
+    assert_eq!(reported_schema(&folders[0]), 0, "an empty database");
+
+    let (first, second) = tokio::join!(folders[0].start(), folders[1].start());
+    let version = reported_schema(&folders[0]);
+    assert!(version >= 1);
+    let schema_rows = || {
+        pg.psql(
+            "posgw",
+            "SELECT string_agg(version || '@' || applied_at, ',' ORDER BY version) FROM posgw_schema",
+        )
+    };
+    let objects = || {
+        pg.psql(
+            "posgw",
+            "SELECT string_agg(relname || ':' || relkind::text, ',' ORDER BY relname) FROM pg_class \
+             WHERE relnamespace = 'public'::regnamespace",
+        )
+    };
+    let (rows, tables) = (schema_rows(), objects());
+    assert_eq!(
+        rows.split(',').count() as u64,
+        version,
+        "each migration once: {rows}"
+    );
+    for table in [
+        "records:p",
+        "record_ids:r",
+        "hq_counter:r",
+        "store_counts:r",
+    ] {
+        assert!(tables.contains(table), "{table} in {tables}");
+    }
+    let (status, body) = first
+        .post(Some(TOKEN_1), &batch_body("S1", 1, 0, 5), "gzip")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    first.stop().await;
+    second.stop().await;
+
+    // A second start changes nothing: same migrations, same objects, records kept.
+    let again = folders[1].start().await;
+    assert_eq!(schema_rows(), rows);
+    assert_eq!(objects(), tables);
+    assert_eq!(reported_schema(&folders[1]), version);
+    assert_eq!(again.all_records().await.len(), 5);
+    again.stop().await;
+}
