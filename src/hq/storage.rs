@@ -77,8 +77,10 @@ struct Postgres {
 struct Followed {
     /// The highest hq_seq it holds.
     seq: u64,
-    /// Rounds of the follower so far (each reads the records and then the batch counts).
-    rounds: u64,
+    /// Rounds of the follower begun so far (each reads the records, then the batch counts).
+    started: u64,
+    /// Rounds of the follower done so far.
+    finished: u64,
 }
 
 impl Drop for Postgres {
@@ -131,7 +133,8 @@ impl StoreHandle {
         );
         let (followed_sender, followed) = watch::channel(Followed {
             seq: position,
-            rounds: 0,
+            started: 0,
+            finished: 0,
         });
         let poke = Arc::new(Notify::new());
         let follower = tokio::spawn(follow(
@@ -172,14 +175,15 @@ impl StoreHandle {
                 .unwrap_or(i64::MAX)
                 .max(metrics.stored_seq.get()),
         );
-        // A round that started after the commit has it (the one running now may not).
-        let round = postgres.followed.borrow().rounds + 2;
+        // A round begun after the commit has it (the one running now may not): the poke
+        // starts one at once, whether the follower waits or runs.
+        let round = postgres.followed.borrow().started + 1;
         postgres.poke.notify_one();
         let mut followed = postgres.followed.clone();
         // Committed already: a slow cache only delays the figures, not the answer.
         let _ = tokio::time::timeout(
             FOLLOW_WAIT,
-            followed.wait_for(|followed| followed.seq >= last && followed.rounds >= round),
+            followed.wait_for(|followed| followed.seq >= last && followed.finished >= round),
         )
         .await;
         Ok(outcome)
@@ -300,6 +304,7 @@ async fn follow(
     let mut position = followed.borrow().seq;
     let mut failing = false;
     loop {
+        followed.send_modify(|followed| followed.started += 1);
         let rows = match store.follow(position, FOLLOW_PAGE).await {
             Ok(rows) => rows,
             Err(error) => {
@@ -362,7 +367,7 @@ async fn follow(
             }
         }
         failing = false;
-        followed.send_modify(|followed| followed.rounds += 1);
+        followed.send_modify(|followed| followed.finished = followed.started);
         if !more {
             wait(&poke).await;
         }
