@@ -689,10 +689,14 @@ async fn read_records(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Respo
     }
     let page = app.store.read(query).await.map_err(|error| {
         tracing::error!(error = format!("{error:#}"), "reading records failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read records: {error:#}"),
-        )
+        // A shared database that does not answer now may answer in a moment: the reader
+        // (or the balancer in front) tries again.
+        let status = if app.store.is_shared() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(status, format!("cannot read records: {error:#}"))
     })?;
     Ok((
         [

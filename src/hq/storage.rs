@@ -233,6 +233,12 @@ impl StoreHandle {
         }
     }
 
+    /// Whether the records are in a database other receivers share (PostgreSQL), whose read
+    /// errors are mostly passing (the database restarting, unreachable for a moment).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.postgres.is_some()
+    }
+
     /// Whether this receiver runs the scheduled jobs (the alert evaluation) now.
     pub(crate) fn runs_jobs(&self) -> bool {
         self.leadership.leading()

@@ -432,3 +432,70 @@ async fn migrations_run_once_from_an_empty_database_when_two_receivers_start_tog
     assert_eq!(again.all_records().await.len(), 5);
     again.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_views_show_records_as_typed_rows() {
+    let backend = Backend::postgres();
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
+    let hq = folder.start().await;
+    let records = [
+        record(
+            "S1",
+            "gw-1",
+            1,
+            "scan",
+            r#"{"device":"scanner-1","station":"till-1","raw":"]E06901234567892","symbology":"]E0","code":"6901234567892","code_kind":"ean13","gtin":"06901234567892"}"#,
+        ),
+        record(
+            "S1",
+            "gw-1",
+            2,
+            "sale",
+            r#"{"device":"register-1","station":"till-1","receipt":"R-1","clerk":"c-7","lines":[{"sku":"6901234567892","name":"参松养心胶囊","qty":2,"unit_price":25.5,"amount":51.0,"prompt":"p-3"},{"sku":"6900000000017","name":"维生素C","qty":1,"unit_price":9.9,"amount":9.9,"prompt":null}],"total":60.9,"currency":"CNY"}"#,
+        ),
+        record(
+            "S1",
+            "gw-1",
+            3,
+            "attribution",
+            r#"{"prompt":"p-3","campaign":"c1","station":"till-1","sku":"6901234567892","question":"推荐话术来源","outcome":"answered","answer":"doctor","answer_label":"医生推荐","channel":"web","clerk":"c-7","latency_ms":2100}"#,
+        ),
+    ];
+    let (status, body) = hq.post(Some(TOKEN_1), &lines(&records), "gzip").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let pg = cluster(&backend);
+    assert_eq!(
+        pg.psql("posgw", "SELECT hq_seq, code, code_kind FROM scans"),
+        "1|6901234567892|ean13\n"
+    );
+    assert_eq!(
+        pg.psql(
+            "posgw",
+            "SELECT receipt, position, sku, qty * 2, amount FROM sale_lines ORDER BY position"
+        ),
+        "R-1|1|6901234567892|4|51.0\nR-1|2|6900000000017|2|9.9\n"
+    );
+    assert_eq!(
+        pg.psql(
+            "posgw",
+            "SELECT outcome, answer, latency_ms + 1 FROM attributions"
+        ),
+        "answered|doctor|2101\n"
+    );
+    // The columns are typed, not text.
+    assert_eq!(
+        pg.psql(
+            "posgw",
+            "SELECT pg_typeof(ts)::text, pg_typeof(qty)::text FROM sale_lines LIMIT 1"
+        ),
+        "timestamp with time zone|numeric\n"
+    );
+    assert_eq!(
+        pg.psql(
+            "posgw",
+            "SELECT records, scans, sales, attributions_answered FROM daily_store_figures"
+        ),
+        "3|1|1|1\n"
+    );
+    hq.stop().await;
+}

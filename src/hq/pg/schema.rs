@@ -52,6 +52,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX records_hq_seq ON records (hq_seq);
     CREATE INDEX records_store_hq_seq ON records (store, hq_seq);
     ",
+    // 2: typed views per record kind and daily figures per store, for BI tools.
+    include_str!("views.sql"),
 ];
 
 /// The version the database holds; 0 when it has no posgw schema.
