@@ -353,6 +353,7 @@ mod daily;
 mod dashboard;
 pub mod fleet;
 mod join;
+mod manage;
 mod metrics;
 mod notify;
 mod pg;

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
@@ -25,6 +26,7 @@ use super::access::{
 use super::alerts::{self, AlertSettings, AlertState, AlertsHandle, LifecycleError};
 use super::budget::{self, BodyBudget, Reservation};
 use super::config::HqSettings;
+use super::manage::{ManageDb, Mirror};
 use super::metrics::HqMetrics;
 use super::record::{self, DecompressError, Encoding, IncomingBatch, Rejection};
 use super::stats::StoreView;
@@ -145,8 +147,7 @@ async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, "HQ receiver listening");
     let store = app.store.clone();
-    let alerts = app.alerts.clone();
-    let fleet = app.fleet.clone();
+    let management = app.management.clone();
     let connections = app.metrics.connections.clone();
     let limits = crate::serve::Limits::hq(crate::serve::open_files_limit());
     tracing::info!(
@@ -155,10 +156,9 @@ async fn serve(
     );
     crate::serve::serve(listener, router(app), limits, connections, shutdown).await;
     // The alert task lets go of its store handle and the management database.
-    alerts.stop().await;
+    management.shut_down().await;
     // The router (and its handle clones) is gone now; this waits for the last flush.
     store.close().await;
-    fleet.close().await;
     tracing::info!(%address, "HQ receiver stopped");
     Ok(())
 }
@@ -170,10 +170,9 @@ struct Reloader {
     path: Option<PathBuf>,
     /// The directory in use.
     directory: Arc<RwLock<Arc<Directory>>>,
-    /// The alert task, for its rules, regions and targets.
-    alerts: AlertsHandle,
-    /// The fleet's owner, which takes the reloaded campaigns, flows, stores and regions.
-    fleet: super::fleet::FleetHandle,
+    /// The management owners (the alert task takes the rules, regions and targets; the fleet
+    /// the campaigns, flows, stores and regions), and the settings to start them with.
+    management: Arc<Management>,
 }
 
 impl Reloader {
@@ -185,10 +184,7 @@ impl Reloader {
             Ok(settings) => {
                 let directory = Directory::new(&settings);
                 *self.directory.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(directory);
-                if !self.alerts.reload_now(alert_settings(&settings)) {
-                    tracing::error!("the alert task did not take the reloaded rules and targets");
-                }
-                self.fleet.reload(&settings);
+                self.management.reload(&settings);
                 tracing::info!(
                     stores = settings.stores.len(),
                     regions = settings.regions.len(),
@@ -211,8 +207,9 @@ impl Reloader {
 struct App {
     /// The database.
     store: StoreHandle,
-    /// The alert task (rules, alerts, the notifier's outbox).
-    alerts: AlertsHandle,
+    /// The alert task (rules, alerts, the notifier's outbox) and the fleet's owner, when this
+    /// receiver runs them.
+    management: Arc<Management>,
     /// Who may do what: tokens, users, regions (replaced on reload).
     directory: Arc<RwLock<Arc<Directory>>>,
     /// The main configuration file, for reloads.
@@ -227,8 +224,6 @@ struct App {
     max_body: u64,
     /// Bytes of bodies held at once.
     budget: BodyBudget,
-    /// The fleet's owner (`hq::fleet`).
-    fleet: super::fleet::FleetHandle,
 }
 
 impl App {
@@ -253,7 +248,6 @@ impl App {
                     )
                 }
             })?;
-        let fleet = super::fleet::FleetHandle::open(manage.clone(), settings).await?;
         let store = StoreHandle::open_storage(
             &settings.storage,
             &settings.data_dir,
@@ -261,11 +255,10 @@ impl App {
             metrics.clone(),
         )
         .await?;
-        let alerts = start_alerts(settings, &manage, &store, metrics.clone())?;
+        let management = Management::start(settings, manage, &store, &metrics).await?;
         Ok(App {
-            fleet,
             store,
-            alerts,
+            management,
             directory: Arc::new(RwLock::new(Arc::new(Directory::new(settings)))),
             config_path: settings.files.first().cloned(),
             sessions: Arc::new(Sessions::default()),
@@ -286,9 +279,16 @@ impl App {
         Reloader {
             path: self.config_path.clone(),
             directory: self.directory.clone(),
-            alerts: self.alerts.clone(),
-            fleet: self.fleet.clone(),
+            management: self.management.clone(),
         }
+    }
+
+    /// The alert task; 503 on a receiver that does not run it now.
+    fn alerts(&self) -> Result<AlertsHandle, ApiError> {
+        self.management
+            .running()
+            .map(|running| running.alerts)
+            .ok_or_else(not_managing)
     }
 
     /// The directory in use.
@@ -332,7 +332,11 @@ fn router(app: App) -> Router {
         let app = app.clone();
         Arc::new(move |headers: &HeaderMap| app.identify(headers))
     };
-    let fleet = super::fleet::routes(app.fleet.clone(), app.metrics.clone(), identify);
+    let current: super::fleet::Current = {
+        let management = app.management.clone();
+        Arc::new(move || management.running().map(|running| running.fleet))
+    };
+    let fleet = super::fleet::routes(current, app.metrics.clone(), identify);
     Router::new()
         .route(
             "/v1/batches",
@@ -354,6 +358,7 @@ fn router(app: App) -> Router {
         .route("/", get(super::dashboard::page))
         .route("/assets/{file}", get(super::dashboard::asset))
         .route("/healthz", get(get_healthz))
+        .route("/healthz/manage", get(get_healthz_manage))
         .route("/metrics", get(get_metrics))
         .with_state(app)
         .merge(fleet)
@@ -785,7 +790,7 @@ async fn yardsticks(
     let refused = |refusal: yardsticks::Refusal| ApiError::new(refusal.status, refusal.message);
     let query = yardsticks::parse_query(uri, today).map_err(refused)?;
     let directory = app.directory();
-    let alerts = app.alerts.facts().await.map_err(unavailable)?;
+    let alerts = app.alerts()?.facts().await.map_err(unavailable)?;
     let context = yardsticks::Context {
         directory: &directory,
         scope: &scope,
@@ -944,7 +949,7 @@ fn alert_settings(settings: &HqSettings) -> AlertSettings {
 /// Starts the notifier and the alert task in the management database `db`.
 fn start_alerts(
     settings: &HqSettings,
-    db: &sled::Db,
+    db: &ManageDb,
     store: &StoreHandle,
     metrics: HqMetrics,
 ) -> anyhow::Result<AlertsHandle> {
@@ -965,6 +970,196 @@ fn start_alerts(
         settings.evaluate_every,
     )?;
     Ok(handle)
+}
+
+/// 503 on a receiver that does not run the alerts and the fleet now.
+fn not_managing() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this receiver does not run the alerts and the fleet now: another one holds the \
+         management lock (GET /healthz/manage answers 200 there)",
+    )
+}
+
+/// What runs the management state on this receiver now.
+#[derive(Clone)]
+struct Running {
+    /// The alert task and its notifier.
+    alerts: AlertsHandle,
+    /// The fleet's owner.
+    fleet: super::fleet::FleetHandle,
+}
+
+/// The management owners (`hq::manage`): with sled started at once for good; with PostgreSQL
+/// started while this receiver holds the jobs lock, from the state in the database.
+struct Management {
+    /// What runs now.
+    running: RwLock<Option<Running>>,
+    /// The settings to start with (the latest reload's).
+    settings: Mutex<HqSettings>,
+    /// The task that starts and stops them as the lock comes and goes (PostgreSQL).
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Management {
+    /// Starts the owners over `db` (sled), or the task that starts them when this receiver
+    /// takes the jobs lock (PostgreSQL).
+    async fn start(
+        settings: &HqSettings,
+        db: sled::Db,
+        store: &StoreHandle,
+        metrics: &HqMetrics,
+    ) -> anyhow::Result<Arc<Management>> {
+        let management = Arc::new(Management {
+            running: RwLock::new(None),
+            settings: Mutex::new(settings.clone()),
+            follower: Mutex::new(None),
+        });
+        match store.postgres() {
+            None => {
+                let running =
+                    start_running(settings, ManageDb::local(db), store, metrics.clone()).await?;
+                *management
+                    .running
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(running);
+            }
+            Some(pg) => {
+                let task = tokio::spawn(follow_leadership(
+                    Arc::downgrade(&management),
+                    db,
+                    pg.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                ));
+                *management
+                    .follower
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(task);
+            }
+        }
+        Ok(management)
+    }
+
+    /// What runs now, if anything.
+    fn running(&self) -> Option<Running> {
+        self.running
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes reloaded settings: now if running, at the next start otherwise.
+    fn reload(&self, settings: &HqSettings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings.clone();
+        if let Some(running) = self.running() {
+            if !running.alerts.reload_now(alert_settings(settings)) {
+                tracing::error!("the alert task did not take the reloaded rules and targets");
+            }
+            running.fleet.reload(settings);
+        }
+    }
+
+    /// Stops whatever runs, for good.
+    async fn shut_down(&self) {
+        let follower = self
+            .follower
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(follower) = follower {
+            follower.abort();
+            let _ = follower.await;
+        }
+        self.stop_running().await;
+    }
+
+    /// Stops the owners, if they run.
+    async fn stop_running(&self) {
+        let running = self
+            .running
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(running) = running {
+            running.alerts.stop().await;
+            running.fleet.close().await;
+        }
+    }
+}
+
+/// Starts the fleet's owner and the alert task over `db`.
+async fn start_running(
+    settings: &HqSettings,
+    db: ManageDb,
+    store: &StoreHandle,
+    metrics: HqMetrics,
+) -> anyhow::Result<Running> {
+    let fleet = super::fleet::FleetHandle::open(db.clone(), settings).await?;
+    let alerts = start_alerts(settings, &db, store, metrics)?;
+    Ok(Running { alerts, fleet })
+}
+
+/// How long a receiver that took the jobs lock waits before trying again to start the owners
+/// after a failure (the database went away meanwhile).
+const TAKE_OVER_RETRY: Duration = Duration::from_secs(2);
+
+/// With PostgreSQL: while this receiver holds the jobs lock, the owners run here, started
+/// from the state in the database; when it loses the lock, they stop.
+async fn follow_leadership(
+    management: std::sync::Weak<Management>,
+    db: sled::Db,
+    pg: super::pg::PgStore,
+    store: StoreHandle,
+    metrics: HqMetrics,
+) {
+    let mut leading = store.leadership().watch();
+    loop {
+        if leading.wait_for(|leading| *leading).await.is_err() {
+            return;
+        }
+        let Some(this) = management.upgrade() else {
+            return;
+        };
+        let started = async {
+            let keys = super::manage::load_from(&pg, &db).await?;
+            let settings = this
+                .settings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mirrored = ManageDb::mirrored(db.clone(), Mirror::new(pg.clone()));
+            let running = start_running(&settings, mirrored, &store, metrics.clone()).await?;
+            anyhow::Ok((keys, running))
+        }
+        .await;
+        match started {
+            Ok((keys, running)) => {
+                tracing::info!(keys, "this receiver runs the alerts and the fleet now");
+                *this.running.write().unwrap_or_else(|e| e.into_inner()) = Some(running);
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = %format!("{error:#}"),
+                    "cannot take over the alerts and the fleet; trying again"
+                );
+                drop(this);
+                tokio::time::sleep(TAKE_OVER_RETRY).await;
+                continue;
+            }
+        }
+        drop(this);
+        let lost = leading.wait_for(|leading| !*leading).await.is_ok();
+        if let Some(this) = management.upgrade() {
+            this.stop_running().await;
+            if lost {
+                tracing::warn!("this receiver lost the management lock; alerts and fleet stopped");
+            }
+        }
+        if !lost {
+            return;
+        }
+    }
 }
 
 /// Alerts in a `GET /v1/alerts` answer when `limit` is not given.
@@ -1036,7 +1231,7 @@ async fn alerts_answer(
             ));
         }
     }
-    let all = app.alerts.list().await.map_err(unavailable)?;
+    let all = app.alerts()?.list().await.map_err(unavailable)?;
     let mut counts: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     if !matches!(scope, Scope::Store(_)) {
         for alert in &all {
@@ -1079,13 +1274,13 @@ async fn get_alert(
     let answer = async {
         let (_, scope) = require_reader(&app, &headers)?;
         let alert = app
-            .alerts
+            .alerts()?
             .get(&id)
             .await
             .map_err(unavailable)?
             .filter(|alert| scope.sees_store(&alert.store))
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no alert '{id}'")))?;
-        let delivery = app.alerts.delivery(&id).await.map_err(unavailable)?;
+        let delivery = app.alerts()?.delivery(&id).await.map_err(unavailable)?;
         let mut body = serde_json::to_value(&alert).unwrap_or_default();
         body["delivery"] = serde_json::to_value(delivery).unwrap_or_default();
         Ok::<_, ApiError>(body)
@@ -1106,9 +1301,12 @@ fn unavailable(error: anyhow::Error) -> ApiError {
 /// `POST /v1/alerts/evaluate` (admin): runs every rule now.
 async fn post_evaluate(State(app): State<App>, headers: HeaderMap) -> Response {
     let response = match require_reader(&app, &headers) {
-        Ok((_, Scope::All)) => match app.alerts.evaluate().await {
-            Ok(opened) => Json(serde_json::json!({ "opened": opened })).into_response(),
-            Err(error) => unavailable(error).into_response(),
+        Ok((_, Scope::All)) => match app.alerts() {
+            Ok(alerts) => match alerts.evaluate().await {
+                Ok(opened) => Json(serde_json::json!({ "opened": opened })).into_response(),
+                Err(error) => unavailable(error).into_response(),
+            },
+            Err(error) => error.into_response(),
         },
         Ok(_) => ApiError::new(
             StatusCode::FORBIDDEN,
@@ -1181,7 +1379,7 @@ async fn lifecycle(
     let (name, scope) = require_reader(app, headers)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no alert '{id}'"));
     let alert = app
-        .alerts
+        .alerts()?
         .get(id)
         .await
         .map_err(unavailable)?
@@ -1199,7 +1397,7 @@ async fn lifecycle(
                 "the body must be {{\"action\": \"what was done\"}}: {error}"
             ))
         })?;
-        app.alerts.resolve(id, &name, body.action).await
+        app.alerts()?.resolve(id, &name, body.action).await
     } else {
         let body: AckBody = if body.iter().all(u8::is_ascii_whitespace) {
             AckBody::default()
@@ -1210,7 +1408,7 @@ async fn lifecycle(
                 ))
             })?
         };
-        app.alerts.ack(id, &name, body.note).await
+        app.alerts()?.ack(id, &name, body.note).await
     };
     result.map_err(|error| match error {
         LifecycleError::NotFound => not_found(),
@@ -1234,6 +1432,23 @@ async fn get_healthz(State(app): State<App>) -> Response {
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     };
     app.metrics.request("healthz", response.status().as_u16());
+    response
+}
+
+/// `GET /healthz/manage`: `ok` on the receiver that runs the alerts and the fleet now (with
+/// sled, the only one; with PostgreSQL, the holder of the jobs lock), 503 on the others: a
+/// balancer's health check for the management routes.
+async fn get_healthz_manage(State(app): State<App>) -> Response {
+    let response = match app.management.running() {
+        Some(_) => (StatusCode::OK, "ok").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this receiver does not run the alerts and the fleet now",
+        )
+            .into_response(),
+    };
+    app.metrics
+        .request("healthz_manage", response.status().as_u16());
     response
 }
 

@@ -239,6 +239,16 @@ impl StoreHandle {
         self.postgres.is_some()
     }
 
+    /// The PostgreSQL store, if that is the backend.
+    pub(crate) fn postgres(&self) -> Option<&PgStore> {
+        self.postgres.as_ref().map(|postgres| &postgres.store)
+    }
+
+    /// Who runs the scheduled jobs and the management state.
+    pub(crate) fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
     /// Whether this receiver runs the scheduled jobs (the alert evaluation) now.
     pub(crate) fn runs_jobs(&self) -> bool {
         self.leadership.leading()

@@ -100,6 +100,25 @@ impl Setup {
         Setup { dir }
     }
 
+    /// As [`Setup::new`], storing in `backend`'s PostgreSQL (receivers of one chain).
+    fn on_postgres(robot_url: &str, backend: &crate::hq::Backend) -> Setup {
+        let setup = Setup::new(robot_url);
+        let crate::hq::Backend::Postgres(cluster) = backend else {
+            unreachable!("a PostgreSQL backend")
+        };
+        std::fs::write(setup.dir.path().join("db.url"), cluster.url()).expect("write url");
+        let mut config = std::fs::read_to_string(setup.config()).expect("read config");
+        config.push_str("\n[storage]\nbackend = \"postgres\"\nurl_file = \"db.url\"\n");
+        std::fs::write(setup.config(), config).expect("write config");
+        setup
+    }
+
+    /// `http://ADDR` of the receiver this folder configures.
+    fn url(&self) -> String {
+        let settings = hq::load_config(&self.config()).expect("config loads");
+        format!("http://{}", settings.listen)
+    }
+
     fn config(&self) -> PathBuf {
         self.dir.path().join("hq.toml")
     }
@@ -500,4 +519,116 @@ fn alert_rule_mistakes_are_reported_with_their_position() {
         "{error}"
     );
     assert!(error.contains("hq.toml:"), "{error}");
+}
+
+/// Polls `GET /healthz/manage` of `url` until it answers `status`.
+async fn wait_manage(url: &str, status: StatusCode) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(response) = client().get(format!("{url}/healthz/manage")).send().await {
+            if response.status() == status {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{url}/healthz/manage never said {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_alerts_move_with_the_management_lock_and_fire_once() {
+    let backend = crate::hq::Backend::postgres();
+    let (robot, mut messages) = wecom_robot().await;
+    let (first, second) = (
+        Setup::on_postgres(&robot, &backend),
+        Setup::on_postgres(&robot, &backend),
+    );
+    let (url_a, url_b) = (first.url(), second.url());
+    let mut a = crate::hq::spawn_hq_process(&first.config());
+    crate::hq::wait_healthy(&client(), &url_a).await;
+    wait_manage(&url_a, StatusCode::OK).await;
+    let b = crate::hq::spawn_hq_process(&second.config());
+    crate::hq::wait_healthy(&client(), &url_b).await;
+    // The second takes batches and serves records, but the alerts are the first's.
+    wait_manage(&url_b, StatusCode::SERVICE_UNAVAILABLE).await;
+    let (status, _) = get(&url_b, "/v1/alerts", &As::Admin).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Two days under 65% of S1, posted to the second receiver; the first evaluates.
+    let (d3, d2) = (today() - Days::days(3), today() - Days::days(2));
+    post_batch(&url_b, "S1", day_batch("S1", 1, d3, 5)).await;
+    post_batch(&url_b, "S1", day_batch("S1", 11, d2, 5)).await;
+    let started = std::time::Instant::now();
+    let opened = loop {
+        // The first receiver's figures follow the database within moments.
+        let opened = evaluate(&url_a).await;
+        if !opened.is_empty() {
+            break opened;
+        }
+        assert!(started.elapsed() < DEADLINE, "no alert opened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let id = opened[0]["id"].as_str().expect("id").to_string();
+    assert!(next_message(&mut messages).await.contains("医保核验"));
+    let (status, acked) = post(
+        &url_a,
+        &format!("/v1/alerts/{id}/ack"),
+        &As::Admin,
+        Some(json!({"note": "called the store"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{acked}");
+    // An admin adds a campaign in the fleet editor: version 2 of the stores' configuration.
+    let campaign = json!({
+        "skus": ["6970000000001"],
+        "question": "怎么知道这款的？",
+        "options": [{"key": "doctor", "label": "医生推荐"}],
+        "timeout": "5m",
+        "stores": ["S1"],
+    });
+    let path = "/v1/fleet/campaigns/spring-tonic";
+    let (status, saved) = call(
+        reqwest::Method::PUT,
+        &url_a,
+        path,
+        &As::Admin,
+        Some(campaign),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    let version = saved["version"].clone();
+
+    // The first receiver dies; the second takes the lock, with the alert as it was left.
+    a.kill_9();
+    wait_manage(&url_b, StatusCode::OK).await;
+    let view = alerts(&url_b, &As::Admin, "").await;
+    assert_eq!(view["alerts"].as_array().map(Vec::len), Some(1), "{view}");
+    assert_eq!(view["alerts"][0]["id"], id.as_str());
+    assert_eq!(view["alerts"][0]["state"], "acknowledged");
+    assert!(view["alerts"][0]["delivered_at"].is_string(), "{view}");
+    // It does not fire again, nor deliver again.
+    assert!(evaluate(&url_b).await.is_empty());
+    let (status, resolved) = post(
+        &url_b,
+        &format!("/v1/alerts/{id}/resolve"),
+        &As::Admin,
+        Some(json!({"action": "retrained the clerk on 医保核验"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["state"], "resolved");
+    assert!(
+        messages.try_recv().is_err(),
+        "the alert reached the robot once"
+    );
+    // The fleet's version and the campaign moved too.
+    let (status, editor) = get(&url_b, "/v1/fleet/editor", &As::Admin).await;
+    assert_eq!(status, StatusCode::OK, "{editor}");
+    assert_eq!(editor["version"], version);
+    assert_eq!(editor["history"][0]["who"], "admin", "{editor}");
+    drop(b);
 }

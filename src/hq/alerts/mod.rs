@@ -354,7 +354,7 @@ pub(super) fn fact_of(alert: &Alert) -> AlertFact {
 /// Starts the alert task over `db`'s `alerts` tree. It evaluates at start and every
 /// `every`, takes deliveries from `delivered`, and stops when every handle is dropped.
 pub(crate) fn spawn(
-    db: &sled::Db,
+    db: &crate::hq::manage::ManageDb,
     store: StoreHandle,
     notifier: (NotifierHandle, JoinHandle<()>),
     delivered: mpsc::Receiver<Delivered>,

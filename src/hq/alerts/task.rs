@@ -26,9 +26,9 @@ const CASE_READS: usize = 4;
 /// The alert task's state.
 pub(super) struct AlertTask {
     /// The persisted alerts (`a` + number → JSON) and `next`.
-    pub(super) tree: sled::Tree,
+    pub(super) tree: crate::hq::manage::ManageTree,
     /// The management database, for flushing.
-    pub(super) db: sled::Db,
+    pub(super) db: crate::hq::manage::ManageDb,
     /// HQ's records, for the daily figures and cases.
     pub(super) store: StoreHandle,
     /// The outbox.
@@ -155,14 +155,14 @@ impl AlertTask {
 
     /// Writes alerts `numbers` and the next number, then flushes once.
     async fn persist_all(&mut self, numbers: &[u64]) -> Result<(), String> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::hq::manage::ManageBatch::default();
         for number in numbers {
             if let Some(alert) = self.alerts.get(number) {
                 let json = serde_json::to_vec(alert).map_err(|error| error.to_string())?;
-                batch.insert(&key_of(*number), json);
+                batch.insert(key_of(*number), json);
             }
         }
-        batch.insert(NEXT_KEY, &self.next.to_be_bytes());
+        batch.insert(NEXT_KEY, self.next.to_be_bytes());
         self.tree
             .apply_batch(batch)
             .map_err(|error| error.to_string())?;

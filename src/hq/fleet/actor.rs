@@ -123,7 +123,10 @@ pub struct FleetHandle {
 impl FleetHandle {
     /// Reads the `"fleet"` tree of `db` and starts the owner with `settings`' configuration;
     /// the version moves on if `hq.toml` changed since the last run.
-    pub async fn open(db: sled::Db, settings: &HqSettings) -> anyhow::Result<FleetHandle> {
+    pub(crate) async fn open(
+        db: crate::hq::manage::ManageDb,
+        settings: &HqSettings,
+    ) -> anyhow::Result<FleetHandle> {
         let db = FleetDb::new(db)?;
         let loading = db.clone();
         let stored = tokio::task::spawn_blocking(move || loading.load())

@@ -92,14 +92,14 @@ pub struct Stored {
 #[derive(Clone)]
 pub struct FleetDb {
     /// The management database (for flushes).
-    db: sled::Db,
+    db: crate::hq::manage::ManageDb,
     /// Its `"fleet"` tree.
-    tree: sled::Tree,
+    tree: crate::hq::manage::ManageTree,
 }
 
 impl FleetDb {
     /// The fleet's tree of the management database.
-    pub fn new(db: sled::Db) -> sled::Result<FleetDb> {
+    pub(crate) fn new(db: crate::hq::manage::ManageDb) -> sled::Result<FleetDb> {
         let tree = db.open_tree(TREE)?;
         Ok(FleetDb { db, tree })
     }
@@ -147,8 +147,8 @@ impl FleetDb {
     /// Records a new version and its history entry in one batch, then deletes history beyond
     /// [`MAX_HISTORY`]; returns the history entries held.
     pub fn save_version(&self, hash: &str, history: &History) -> sled::Result<usize> {
-        let mut batch = sled::Batch::default();
-        batch.insert("meta/version", &history.version.to_be_bytes());
+        let mut batch = crate::hq::manage::ManageBatch::default();
+        batch.insert("meta/version", history.version.to_be_bytes());
         batch.insert("meta/hash", hash.as_bytes());
         batch.insert(
             history_key(history.version),
@@ -245,7 +245,10 @@ mod tests {
     #[test]
     fn history_is_bounded_and_newest_first() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = FleetDb::new(open_manage_db(dir.path()).expect("open")).expect("tree");
+        let db = FleetDb::new(crate::hq::manage::ManageDb::local(
+            open_manage_db(dir.path()).expect("open"),
+        ))
+        .expect("tree");
         for version in 1..=(MAX_HISTORY as u64 + 5) {
             let held = db
                 .save_version(

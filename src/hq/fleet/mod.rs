@@ -63,4 +63,4 @@ mod routes;
 pub use actor::FleetHandle;
 pub use config::{FleetEntry, FleetSettings, Targets};
 pub use db::open_manage_db;
-pub use routes::{routes, Identify};
+pub use routes::{routes, Current, Identify};

@@ -28,11 +28,15 @@ pub const MAX_EDITOR_BODY: usize = 256 * 1024;
 /// Who sent a request (the server's token and session check).
 pub type Identify = Arc<dyn Fn(&HeaderMap) -> Caller + Send + Sync>;
 
+/// The fleet's owner when this receiver runs it (`None`: another receiver does, or none
+/// yet; `hq::manage`).
+pub type Current = Arc<dyn Fn() -> Option<FleetHandle> + Send + Sync>;
+
 /// What the handlers share.
 #[derive(Clone)]
 struct Fleet {
-    /// The fleet's owner.
-    handle: FleetHandle,
+    /// The fleet's owner, when running here.
+    handle: Current,
     /// Who is calling.
     identify: Identify,
     /// Request counters.
@@ -40,7 +44,7 @@ struct Fleet {
 }
 
 /// The fleet's routes, with their state (merged into the server's router).
-pub fn routes(handle: FleetHandle, metrics: HqMetrics, identify: Identify) -> Router {
+pub fn routes(handle: Current, metrics: HqMetrics, identify: Identify) -> Router {
     let state = Fleet {
         handle,
         identify,
@@ -148,7 +152,7 @@ fn config(fleet: &Fleet, store: &str, headers: &HeaderMap) -> Result<Response, R
             ))
         }
     }
-    let Some(document) = fleet.handle.document(store) else {
+    let Some(document) = fleet.owner()?.document(store) else {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             format!("store '{store}' is not configured"),
@@ -225,11 +229,24 @@ async fn heartbeat(
         )
     })?;
     fleet
-        .handle
+        .owner()?
         .heartbeat(store, beat)
         .await
         .map(|()| StatusCode::NO_CONTENT.into_response())
         .ok_or_else(shutting_down)
+}
+
+impl Fleet {
+    /// The fleet's owner; 503 on a receiver that does not run it now.
+    fn owner(&self) -> Result<FleetHandle, Refusal> {
+        (self.handle)().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this receiver does not run the fleet now: another one holds the management \
+                 lock (GET /healthz/manage answers 200 there)",
+            )
+        })
+    }
 }
 
 /// 503 while the fleet's owner stops.
@@ -262,7 +279,7 @@ async fn get_fleet(State(fleet): State<Fleet>, headers: HeaderMap) -> Response {
                     "the fleet view is for admins and region users",
                 )),
                 (_, scope) => fleet
-                    .handle
+                    .owner()?
                     .view(scope)
                     .await
                     .map(|view| Json(view).into_response())
@@ -292,7 +309,7 @@ async fn get_editor(State(fleet): State<Fleet>, headers: HeaderMap) -> Response 
         async {
             admin(&fleet, &headers)?;
             fleet
-                .handle
+                .owner()?
                 .editor()
                 .await
                 .map(|listing| Json(listing).into_response())
@@ -362,7 +379,7 @@ async fn save(fleet: &Fleet, kind: Kind, id: &str, headers: &HeaderMap, body: &[
                     format!("the body is not JSON: {problem}"),
                 )
             })?;
-            editor_answer(fleet.handle.put(kind, id, value, &by).await)
+            editor_answer(fleet.owner()?.put(kind, id, value, &by).await)
         }
         .await,
     );
@@ -376,7 +393,10 @@ async fn save(fleet: &Fleet, kind: Kind, id: &str, headers: &HeaderMap, body: &[
 async fn remove(fleet: &Fleet, kind: Kind, id: &str, headers: &HeaderMap) -> Response {
     let response = answer(match admin(fleet, headers) {
         Err(refusal) => Err(refusal),
-        Ok(by) => editor_answer(fleet.handle.delete(kind, id, &by).await),
+        Ok(by) => match fleet.owner() {
+            Ok(owner) => editor_answer(owner.delete(kind, id, &by).await),
+            Err(refusal) => Err(refusal),
+        },
     });
     fleet
         .metrics

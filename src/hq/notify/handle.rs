@@ -182,7 +182,7 @@ pub(crate) struct NotifierHandle {
 ///
 /// Call from within the tokio runtime. Fails when the outbox cannot be opened or read.
 pub(crate) fn spawn(
-    db: &sled::Db,
+    db: &crate::hq::manage::ManageDb,
     targets: Vec<NotifySettings>,
     options: NotifyOptions,
     metrics: HqMetrics,

@@ -125,7 +125,7 @@ impl Notifier {
     /// ones (abandoning those whose target is gone) and lines up the recorded deliveries for
     /// reporting again.
     pub(super) fn open(
-        db: &sled::Db,
+        db: &crate::hq::manage::ManageDb,
         targets: Vec<NotifySettings>,
         options: NotifyOptions,
         metrics: HqMetrics,

@@ -113,12 +113,12 @@ pub(crate) type Loaded = (Key, Result<Entry, String>);
 /// The tree, behind the operations the notifier uses.
 pub(crate) struct Outbox {
     /// `notify_outbox` in HQ's database.
-    tree: sled::Tree,
+    tree: crate::hq::manage::ManageTree,
 }
 
 impl Outbox {
     /// Opens (or creates) the tree in `db`.
-    pub(crate) fn open(db: &sled::Db) -> anyhow::Result<Outbox> {
+    pub(crate) fn open(db: &crate::hq::manage::ManageDb) -> anyhow::Result<Outbox> {
         let tree = db
             .open_tree(TREE)
             .map_err(|error| anyhow::anyhow!("cannot open the notification outbox: {error}"))?;
@@ -149,7 +149,7 @@ impl Outbox {
 
     /// Writes several entries at once (one sled batch, atomic also across a crash).
     pub(crate) fn insert_all(&self, entries: &[(Key, Entry)]) -> Result<(), String> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::hq::manage::ManageBatch::default();
         for (key, entry) in entries {
             batch.insert(key.encode(), encode(entry)?);
         }
@@ -180,7 +180,7 @@ impl Outbox {
 
     /// Removes delivered and abandoned entries that finished before `before`; returns how many.
     pub(crate) fn prune(&self, before: DateTime<Utc>) -> Result<usize, String> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::hq::manage::ManageBatch::default();
         let mut removed = 0;
         for item in self.tree.iter() {
             let (key, value) = item.map_err(|error| error.to_string())?;

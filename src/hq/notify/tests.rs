@@ -402,7 +402,14 @@ fn start(dir: &Path, targets: Vec<NotifySettings>, options: NotifyOptions) -> Ru
     let db = open_db(dir);
     let metrics = HqMetrics::new();
     let (tx, delivered) = mpsc::channel(16);
-    let (handle, task) = spawn(&db, targets, options, metrics.clone(), tx).expect("spawn");
+    let (handle, task) = spawn(
+        &crate::hq::manage::ManageDb::local(db.clone()),
+        targets,
+        options,
+        metrics.clone(),
+        tx,
+    )
+    .expect("spawn");
     Running {
         db,
         handle,

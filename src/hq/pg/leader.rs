@@ -39,6 +39,11 @@ impl Leadership {
     pub(crate) fn leading(&self) -> bool {
         *self.leading.borrow()
     }
+
+    /// Follows the changes of [`Leadership::leading`].
+    pub(crate) fn watch(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
+    }
 }
 
 /// Takes the lock and holds it while its connection stands; tries again after losing it.

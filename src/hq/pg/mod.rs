@@ -362,6 +362,71 @@ impl PgStore {
         Ok(page)
     }
 
+    /// Writes the management changes (the last value of each key; `None`: removed) in one
+    /// transaction.
+    pub(crate) async fn write_manage(
+        &self,
+        changes: &std::collections::BTreeMap<(&str, &[u8]), Option<&[u8]>>,
+    ) -> anyhow::Result<()> {
+        let (mut put_trees, mut put_keys, mut put_values) = (vec![], vec![], vec![]);
+        let (mut gone_trees, mut gone_keys) = (vec![], vec![]);
+        for ((tree, key), value) in changes {
+            match value {
+                Some(value) => {
+                    put_trees.push(*tree);
+                    put_keys.push(*key);
+                    put_values.push(*value);
+                }
+                None => {
+                    gone_trees.push(*tree);
+                    gone_keys.push(*key);
+                }
+            }
+        }
+        let mut client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let transaction = client.transaction().await?;
+        if !gone_keys.is_empty() {
+            transaction
+                .execute(
+                    "DELETE FROM manage_kv WHERE (tree, key) IN \
+                     (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+                    &[&gone_trees, &gone_keys],
+                )
+                .await?;
+        }
+        if !put_keys.is_empty() {
+            transaction
+                .execute(
+                    "INSERT INTO manage_kv (tree, key, value) \
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+                     ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&put_trees, &put_keys, &put_values],
+                )
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Every management key: (tree, key, value).
+    pub(crate) async fn read_manage(&self) -> anyhow::Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+        let client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let rows = client
+            .query(
+                "SELECT tree, key, value FROM manage_kv ORDER BY tree, key",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+
     /// Every store's batch counts (`store_counts`).
     pub(crate) async fn batch_counts(
         &self,

@@ -54,6 +54,19 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 2: typed views per record kind and daily figures per store, for BI tools.
     include_str!("views.sql"),
+    // 3: the management state (alerts, deliveries, the fleet's versions and heartbeats).
+    "
+    -- The management database's trees, key by key, as the receiver running management last
+    -- made them durable (hq::manage): values are the JSON or bytes the owners keep.
+    CREATE TABLE manage_kv (
+        tree text NOT NULL,
+        key bytea NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (tree, key)
+    );
+    COMMENT ON TABLE manage_kv IS
+        'posgw HQ management state (alerts, notify_outbox, fleet trees), written by the receiver holding the jobs lock; not for BI use: read alerts through GET /v1/alerts.';
+    ",
 ];
 
 /// The version the database holds; 0 when it has no posgw schema.
