@@ -254,7 +254,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// Login sessions in memory: random 256-bit ids, each with its user and expiry.
+/// The key a session is kept under: the SHA-256 of its id, hex. Only the browser holds the
+/// id itself; what is stored (in memory, in PostgreSQL) cannot be replayed as a cookie.
+pub fn session_hash(id: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Login sessions in memory: random 256-bit ids, each with its user and expiry, kept by
+/// [`session_hash`]. With PostgreSQL the receivers share them (`server`: each learns the
+/// others' sessions from the `sessions` table).
 #[derive(Debug, Default)]
 pub struct Sessions {
     /// The sessions and their order of creation.
@@ -264,9 +276,9 @@ pub struct Sessions {
 /// The inside of [`Sessions`].
 #[derive(Debug, Default)]
 struct SessionTable {
-    /// id -> (user name, expiry).
+    /// hash of the id -> (user name, expiry).
     by_id: HashMap<String, (String, Instant)>,
-    /// Ids, oldest first (ids already gone are skipped when evicting).
+    /// Hashes, oldest first (ones already gone are skipped when evicting).
     order: VecDeque<String>,
 }
 
@@ -276,8 +288,20 @@ impl Sessions {
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let id: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        self.learn(&session_hash(&id), name, SESSION_LIFETIME);
+        id
+    }
+
+    /// Holds session `hash` of `name` for `lasting` more (one made here, or by another
+    /// receiver). Evicts the oldest past [`MAX_SESSIONS`].
+    pub fn learn(&self, hash: &str, name: &str, lasting: Duration) {
+        let id = hash.to_string();
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        if let Some(held) = table.by_id.get_mut(&id) {
+            *held = (name.to_string(), now + lasting);
+            return;
+        }
         let SessionTable { by_id, order } = &mut *table;
         if by_id.len() >= MAX_SESSIONS {
             by_id.retain(|_, (_, expiry)| *expiry > now);
@@ -293,17 +317,17 @@ impl Sessions {
         if order.len() > 2 * MAX_SESSIONS {
             order.retain(|old| by_id.contains_key(old));
         }
-        by_id.insert(id.clone(), (name.to_string(), now + SESSION_LIFETIME));
-        order.push_back(id.clone());
-        id
+        by_id.insert(id.clone(), (name.to_string(), now + lasting));
+        order.push_back(id);
     }
 
     /// The user of session `id`, if it exists and has not expired.
     pub fn user(&self, id: &str) -> Option<String> {
+        let hash = session_hash(id);
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (name, expiry) = table.by_id.get(id)?;
+        let (name, expiry) = table.by_id.get(&hash)?;
         if *expiry <= Instant::now() {
-            table.by_id.remove(id);
+            table.by_id.remove(&hash);
             return None;
         }
         Some(name.clone())
@@ -311,8 +335,13 @@ impl Sessions {
 
     /// Ends session `id`.
     pub fn remove(&self, id: &str) {
+        self.forget(&session_hash(id));
+    }
+
+    /// Ends the session kept under `hash`.
+    pub fn forget(&self, hash: &str) {
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        table.by_id.remove(id);
+        table.by_id.remove(hash);
     }
 
     /// Sessions held.

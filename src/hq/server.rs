@@ -256,12 +256,16 @@ impl App {
         )
         .await?;
         let management = Management::start(settings, manage, &store, &metrics).await?;
+        let sessions = Arc::new(Sessions::default());
+        if let Some(pg) = store.postgres() {
+            tokio::spawn(share_sessions(pg.clone(), Arc::downgrade(&sessions)));
+        }
         Ok(App {
+            sessions,
             store,
             management,
             directory: Arc::new(RwLock::new(Arc::new(Directory::new(settings)))),
             config_path: settings.files.first().cloned(),
-            sessions: Arc::new(Sessions::default()),
             limiter: Arc::new(FailureLimiter::default()),
             budget: BodyBudget::new(
                 settings.effective_body_budget(),
@@ -879,6 +883,20 @@ async fn login(app: &App, peer: SocketAddr, body: &[u8]) -> Result<Response, Api
         return Err(ApiError::unauthorized("wrong name or password"));
     };
     let id = app.sessions.create(&name);
+    if let Some(pg) = app.store.postgres() {
+        let hash = super::access::session_hash(&id);
+        let expires_at = chrono::Utc::now()
+            + chrono::Duration::from_std(SESSION_LIFETIME).unwrap_or(chrono::Duration::zero());
+        if let Err(error) = pg.save_session(&hash, &name, expires_at).await {
+            // A session the other receivers do not know would work here only.
+            app.sessions.remove(&id);
+            tracing::error!(error = %format!("{error:#}"), "cannot save a login session");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot sign in now: the database does not answer",
+            ));
+        }
+    }
     tracing::info!(name, %address, "login");
     let cookie = format!(
         "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
@@ -909,6 +927,15 @@ fn me_body(name: &str, scope: &Scope) -> serde_json::Value {
 async fn post_logout(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Some(id) = session_id(&headers) {
         app.sessions.remove(id);
+        if let Some(pg) = app.store.postgres() {
+            if let Err(error) = pg.end_session(&super::access::session_hash(id)).await {
+                tracing::error!(
+                    error = %format!("{error:#}"),
+                    "cannot end a login session for the other receivers; it ends here, \
+                     and everywhere at its expiry"
+                );
+            }
+        }
     }
     app.metrics.request("logout", 204);
     (
@@ -1158,6 +1185,45 @@ async fn follow_leadership(
         }
         if !lost {
             return;
+        }
+    }
+}
+
+/// How often a receiver on PostgreSQL learns the sessions other receivers made or ended.
+const SESSIONS_EVERY: Duration = Duration::from_secs(1);
+/// How far back each look goes past the latest change seen: a session saved by a transaction
+/// that committed later than its timestamp says is still found.
+const SESSIONS_OVERLAP: Duration = Duration::from_secs(60);
+
+/// With PostgreSQL: every [`SESSIONS_EVERY`], takes the sessions the receivers made or ended
+/// from the `sessions` table, so a browser signed in on one receiver is on all of them.
+async fn share_sessions(pg: super::pg::PgStore, sessions: std::sync::Weak<Sessions>) {
+    let mut since = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+    let mut timer = tokio::time::interval(SESSIONS_EVERY);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        timer.tick().await;
+        let Some(sessions) = sessions.upgrade() else {
+            return;
+        };
+        let rows = match pg.sessions_since(since).await {
+            Ok(rows) => rows,
+            // The health check reports a database that is gone; sessions known still work.
+            Err(error) => {
+                tracing::debug!(error = %format!("{error:#}"), "cannot read the sessions");
+                continue;
+            }
+        };
+        let now = chrono::Utc::now();
+        for row in rows {
+            let lasting = (row.expires_at - now).to_std().unwrap_or(Duration::ZERO);
+            if row.ended || lasting.is_zero() {
+                sessions.forget(&row.hash);
+            } else {
+                sessions.learn(&row.hash, &row.user, lasting);
+            }
+            let overlap = chrono::Duration::from_std(SESSIONS_OVERLAP).unwrap_or_default();
+            since = since.max(row.changed_at - overlap);
         }
     }
 }

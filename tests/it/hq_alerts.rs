@@ -602,6 +602,17 @@ async fn on_postgres_the_alerts_move_with_the_management_lock_and_fire_once() {
     assert_eq!(status, StatusCode::OK, "{saved}");
     let version = saved["version"].clone();
 
+    // A supervisor signs in on the first receiver; the second knows the session soon after.
+    let li = login(&url_a, "li").await;
+    let started = std::time::Instant::now();
+    while get(&url_b, "/v1/me", &As::Cookie(&li)).await.0 != StatusCode::OK {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the second receiver never learned the session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The first receiver dies; the second takes the lock, with the alert as it was left.
     a.kill_9();
     wait_manage(&url_b, StatusCode::OK).await;
@@ -610,6 +621,9 @@ async fn on_postgres_the_alerts_move_with_the_management_lock_and_fire_once() {
     assert_eq!(view["alerts"][0]["id"], id.as_str());
     assert_eq!(view["alerts"][0]["state"], "acknowledged");
     assert!(view["alerts"][0]["delivered_at"].is_string(), "{view}");
+    // The supervisor is still signed in, and sees it.
+    let theirs = alerts(&url_b, &As::Cookie(&li), "").await;
+    assert_eq!(theirs["alerts"][0]["id"], id.as_str());
     // It does not fire again, nor deliver again.
     assert!(evaluate(&url_b).await.is_empty());
     let (status, resolved) = post(

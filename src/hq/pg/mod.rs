@@ -130,6 +130,20 @@ pub(crate) struct PgStore {
     leadership: Leadership,
 }
 
+/// A login session as the `sessions` table holds it.
+pub(crate) struct SessionRow {
+    /// SHA-256 of the session id, hex.
+    pub hash: String,
+    /// The user.
+    pub user: String,
+    /// When it expires.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Whether it was ended (logout).
+    pub ended: bool,
+    /// When it was made or ended.
+    pub changed_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// What `posgw hq check-config` reports of the database.
 pub(crate) struct Versions {
     /// `SHOW server_version`.
@@ -424,6 +438,74 @@ impl PgStore {
         Ok(rows
             .into_iter()
             .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+
+    /// Records a login session (`sessions`): the hash of its id, its user, its expiry.
+    pub(crate) async fn save_session(
+        &self,
+        hash: &str,
+        user: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        let client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        client
+            .execute(
+                "INSERT INTO sessions (id_hash, user_name, expires_at) VALUES ($1, $2, $3)",
+                &[&hash, &user, &expires_at],
+            )
+            .await?;
+        // Sessions long expired are of no use to anyone.
+        client
+            .execute(
+                "DELETE FROM sessions WHERE expires_at < now() - interval '1 day'",
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a login session for every receiver.
+    pub(crate) async fn end_session(&self, hash: &str) -> anyhow::Result<()> {
+        let client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        client
+            .execute(
+                "UPDATE sessions SET ended_at = now(), changed_at = clock_timestamp() \
+                 WHERE id_hash = $1",
+                &[&hash],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sessions made or ended at `since` or later: (hash, user, expires_at, ended, changed_at).
+    pub(crate) async fn sessions_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<Vec<SessionRow>> {
+        let client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let rows = client
+            .query(
+                "SELECT id_hash, user_name, expires_at, ended_at IS NOT NULL, changed_at \
+                 FROM sessions WHERE changed_at >= $1 ORDER BY changed_at",
+                &[&since],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| SessionRow {
+                hash: row.get(0),
+                user: row.get(1),
+                expires_at: row.get(2),
+                ended: row.get(3),
+                changed_at: row.get(4),
+            })
             .collect())
     }
 

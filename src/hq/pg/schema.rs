@@ -67,6 +67,19 @@ const MIGRATIONS: &[&str] = &[
     COMMENT ON TABLE manage_kv IS
         'posgw HQ management state (alerts, notify_outbox, fleet trees), written by the receiver holding the jobs lock; not for BI use: read alerts through GET /v1/alerts.';
     ",
+    // 4: dashboard login sessions, shared by the receivers.
+    "
+    CREATE TABLE sessions (
+        id_hash text PRIMARY KEY,
+        user_name text NOT NULL,
+        expires_at timestamptz NOT NULL,
+        ended_at timestamptz,
+        changed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE INDEX sessions_changed_at ON sessions (changed_at);
+    COMMENT ON TABLE sessions IS
+        'posgw HQ dashboard logins: the SHA-256 of each session id (never the id), its user, when it expires or ended. Every receiver learns new and ended sessions from here.';
+    ",
 ];
 
 /// The version the database holds; 0 when it has no posgw schema.
