@@ -29,6 +29,7 @@
 //! | `GET /v1/fleet` | admin, region users | the stores in scope: last heartbeat, online, version, devices, backlog (`fleet`) |
 //! | `GET /v1/fleet/editor`, `PUT`/`DELETE /v1/fleet/{campaigns,flows}/{id}` | admin | the editor (`fleet`) |
 //! | `GET /healthz` | anyone | `ok`, or 503 with the reason writes stopped |
+//! | `GET /healthz/manage` | anyone | `ok` where the alerts and the fleet run now (with sled: always); 503 elsewhere (`manage`) |
 //! | `GET /metrics` | anyone | OpenMetrics text, `posgw_hq_*` |
 //!
 //! `POST /v1/batches` checks, in this order (the first failure answers):
