@@ -9,8 +9,10 @@
 //! `manage_kv` table in one transaction, so a change that was answered is in the database.
 //!
 //! With PostgreSQL only one receiver runs the owners at a time: the one holding the jobs lock
-//! (`pg::Leadership`). When it takes the lock, [`ManageSlot`] reloads `data_dir/manage` from
-//! `manage_kv` and starts them; when it loses the lock it stops them. Meanwhile the others
+//! (`pg::Leadership`). When it takes the lock, `server::Management` starts a new management
+//! epoch, reloads `data_dir/manage` from `manage_kv` ([`load_from`]) and starts them; when it
+//! loses the lock it stops them. The epoch fences a receiver that lost the lock without
+//! knowing yet: the database refuses its writes once another took over. Meanwhile the others
 //! answer the management routes with 503, and `GET /healthz/manage` tells a balancer which
 //! receiver to send them to.
 
@@ -36,6 +38,9 @@ pub(crate) struct Change {
 pub(crate) struct Mirror {
     /// The database.
     pg: PgStore,
+    /// The management epoch this receiver took over in (`PgStore::next_manage_epoch`): the
+    /// database refuses its writes once another receiver took over after it.
+    epoch: i64,
     /// Changes in the order they were made.
     pending: Mutex<Vec<Change>>,
     /// One flush at a time: a later flush's changes never commit before an earlier one's.
@@ -43,9 +48,10 @@ pub(crate) struct Mirror {
 }
 
 impl Mirror {
-    pub(crate) fn new(pg: PgStore) -> Arc<Mirror> {
+    pub(crate) fn new(pg: PgStore, epoch: i64) -> Arc<Mirror> {
         Arc::new(Mirror {
             pg,
+            epoch,
             pending: Mutex::new(Vec::new()),
             flushing: tokio::sync::Mutex::new(()),
         })
@@ -74,7 +80,7 @@ impl Mirror {
                 change.value.as_deref(),
             );
         }
-        let result = self.pg.write_manage(&last).await;
+        let result = self.pg.write_manage(self.epoch, &last).await;
         if result.is_err() {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let later = std::mem::replace(&mut *pending, changes);

@@ -1149,13 +1149,14 @@ async fn follow_leadership(
             return;
         };
         let started = async {
+            let epoch = pg.next_manage_epoch().await?;
             let keys = super::manage::load_from(&pg, &db).await?;
             let settings = this
                 .settings
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            let mirrored = ManageDb::mirrored(db.clone(), Mirror::new(pg.clone()));
+            let mirrored = ManageDb::mirrored(db.clone(), Mirror::new(pg.clone(), epoch));
             let running = start_running(&settings, mirrored, &store, metrics.clone()).await?;
             anyhow::Ok((keys, running))
         }

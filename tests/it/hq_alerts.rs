@@ -621,6 +621,17 @@ async fn on_postgres_the_alerts_move_with_the_management_lock_and_fire_once() {
     assert_eq!(view["alerts"][0]["id"], id.as_str());
     assert_eq!(view["alerts"][0]["state"], "acknowledged");
     assert!(view["alerts"][0]["delivered_at"].is_string(), "{view}");
+    // Two receivers took over in turn: a write of the first, had it lived on, is refused.
+    let crate::hq::Backend::Postgres(cluster) = &backend else {
+        unreachable!()
+    };
+    assert_eq!(
+        cluster.psql(
+            "posgw",
+            "SELECT value FROM hq_meta WHERE key = 'manage_epoch'"
+        ),
+        "2\n"
+    );
     // The supervisor is still signed in, and sees it.
     let theirs = alerts(&url_b, &As::Cookie(&li), "").await;
     assert_eq!(theirs["alerts"][0]["id"], id.as_str());

@@ -380,6 +380,7 @@ impl PgStore {
     /// transaction.
     pub(crate) async fn write_manage(
         &self,
+        epoch: i64,
         changes: &std::collections::BTreeMap<(&str, &[u8]), Option<&[u8]>>,
     ) -> anyhow::Result<()> {
         let (mut put_trees, mut put_keys, mut put_values) = (vec![], vec![], vec![]);
@@ -401,6 +402,20 @@ impl PgStore {
             anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
         })?;
         let transaction = client.transaction().await?;
+        // Fenced: a receiver that lost the management lock (another took over, with a later
+        // epoch) writes nothing more, whatever it still had to flush.
+        let current: i64 = transaction
+            .query_one(
+                "SELECT value::bigint FROM hq_meta WHERE key = 'manage_epoch' FOR SHARE",
+                &[],
+            )
+            .await?
+            .get(0);
+        if current != epoch {
+            anyhow::bail!(
+                "another receiver runs the management now (epoch {current}, this one's {epoch})"
+            );
+        }
         if !gone_keys.is_empty() {
             transaction
                 .execute(
@@ -422,6 +437,23 @@ impl PgStore {
         }
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// Starts a new management epoch (a receiver takes over): its number. Writes of earlier
+    /// epochs are refused from now on.
+    pub(crate) async fn next_manage_epoch(&self) -> anyhow::Result<i64> {
+        let client = self.pool.get().await.map_err(|error| {
+            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
+        })?;
+        let row = client
+            .query_one(
+                "INSERT INTO hq_meta (key, value) VALUES ('manage_epoch', '1') \
+                 ON CONFLICT (key) DO UPDATE SET value = (hq_meta.value::bigint + 1)::text \
+                 RETURNING value::bigint",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Every management key: (tree, key, value).
