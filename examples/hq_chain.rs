@@ -5,7 +5,13 @@
 //! cargo run --release --example hq_chain                          # 300 records per store-day
 //! cargo run --release --example hq_chain -- --per-day 2600        # ~30M records
 //! cargo run --release --example hq_chain -- --stores 127 --days 90 --per-day 300 --repeat 5
+//! cargo run --release --example hq_chain -- --per-day 1000 --postgres postgres://u:p@127.0.0.1/db
 //! ```
+//!
+//! With `--postgres URL` (an empty database) the receiver stores there (`[storage] backend =
+//! "postgres"`), and after the dashboard's requests a second receiver is started on the same
+//! database: the time its figures' cache takes to catch up with every record is printed, and
+//! the BI view `daily_store_figures` is timed for one day and for the last week.
 //!
 //! Each store-day has consultations (the 医保核验 step passes in 40 to 95% of them, so some
 //! stores breach the rule two days running), attribution prompts (some timing out), tracked
@@ -25,6 +31,7 @@ struct Options {
     days: usize,
     per_day: usize,
     repeat: usize,
+    postgres: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -33,12 +40,16 @@ fn options() -> Result<Options, String> {
         days: 90,
         per_day: 300,
         repeat: 5,
+        postgres: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .ok_or(format!("{flag} needs a value"))?
+        let text = args.next().ok_or(format!("{flag} needs a value"))?;
+        if flag == "--postgres" {
+            options.postgres = Some(text);
+            continue;
+        }
+        let value = text
             .parse::<usize>()
             .map_err(|error| format!("{flag}: {error}"))?;
         match flag.as_str() {
@@ -250,6 +261,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          [[alert]]\nid = \"backlog\"\nmetric = \"backlog_age_minutes\"\nabove = 240\ndays = 1\n\
          [[alert]]\nid = \"offline\"\nmetric = \"gateway_offline_hours\"\nabove = 20\ndays = 2\n",
     );
+    if let Some(url) = &options.postgres {
+        std::fs::write(dir.path().join("db.url"), url)?;
+        config.push_str("[storage]\nbackend = \"postgres\"\nurl_file = \"db.url\"\n");
+    }
     let path = dir.path().join("hq.toml");
     std::fs::write(&path, config)?;
     let settings = posgw::hq::load_config(&path)?;
@@ -367,6 +382,64 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("RSS after the requests: {:.0} MiB", rss_mib());
+    if let Some(url) = &options.postgres {
+        postgres_figures(&path, url, total).await?;
+    }
     hq.stop().await?;
+    Ok(())
+}
+
+/// With PostgreSQL: a second receiver's catch-up, and the BI view's timings.
+async fn postgres_figures(
+    config: &std::path::Path,
+    url: &str,
+    total: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut settings = posgw::hq::load_config(config)?;
+    let second_dir = tempfile::tempdir()?;
+    settings.data_dir = second_dir.path().to_path_buf();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let begun = Instant::now();
+    let second = posgw::hq::start(settings, listener).await?;
+    let client = reqwest::Client::new();
+    loop {
+        let stats: serde_json::Value = client
+            .get(format!("{}/v1/stats", second.url()))
+            .bearer_auth("bench-admin")
+            .send()
+            .await?
+            .json()
+            .await?;
+        if stats["records"].as_u64() == Some(total as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = begun.elapsed();
+    println!(
+        "a second receiver's figures caught up with {total} records in {:.1} s ({:.0} records/s)",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+    second.stop().await?;
+    let (database, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    for (what, sql) in [
+        (
+            "daily_store_figures, yesterday, every store",
+            "SELECT count(*) FROM daily_store_figures WHERE day = current_date - 1",
+        ),
+        (
+            "daily_store_figures, the last 7 days, every store",
+            "SELECT count(*) FROM daily_store_figures WHERE day >= current_date - 7",
+        ),
+    ] {
+        let begun = Instant::now();
+        let rows: i64 = database.query_one(sql, &[]).await?.get(0);
+        println!(
+            "{what}: {rows} rows in {:.0} ms",
+            begun.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     Ok(())
 }

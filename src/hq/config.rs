@@ -1080,6 +1080,64 @@ mod tests {
     }
 
     #[test]
+    fn storage_is_sled_by_default_or_postgres_with_a_url_file() {
+        let dir = folder();
+        let store = "[[store]]\ncode = \"S1\"\ntoken_file = \"a.token\"\n";
+        let settings = load_text(dir.path(), store).expect("loads");
+        assert_eq!(settings.storage, Storage::Sled);
+        std::fs::write(
+            dir.path().join("db.url"),
+            "postgres://posgw:secret@db.example.com:5432/posgw?sslmode=require\n",
+        )
+        .expect("write url");
+        let settings = load_text(
+            dir.path(),
+            &format!("[storage]\nbackend = \"postgres\"\nurl_file = \"db.url\"\n{store}"),
+        )
+        .expect("loads");
+        assert_eq!(
+            settings.storage,
+            Storage::Postgres {
+                url: "postgres://posgw:secret@db.example.com:5432/posgw?sslmode=require"
+                    .to_string(),
+                url_file: dir.path().join("db.url"),
+            }
+        );
+        assert!(
+            !format!("{:?}", settings.storage).contains("secret"),
+            "the URL's password is never printed"
+        );
+        std::fs::write(dir.path().join("bad.url"), "mysql://x@y/z").expect("write url");
+        for (storage, expected) in [
+            (
+                "backend = \"postgres\"",
+                "DIR/hq.toml:2:11: backend = \"postgres\" in [storage] needs 'url_file'",
+            ),
+            (
+                "backend = \"mysql\"",
+                "DIR/hq.toml:2:11: 'backend' in [storage] must be \"sled\" or \"postgres\", \
+                 found 'mysql'",
+            ),
+            (
+                "url_file = \"db.url\"",
+                "DIR/hq.toml:2:12: 'url_file' in [storage] is for backend = \"postgres\" only",
+            ),
+            (
+                "backend = \"postgres\"\nurl_file = \"missing.url\"",
+                "DIR/hq.toml:3:12: cannot read url_file",
+            ),
+            (
+                "backend = \"postgres\"\nurl_file = \"bad.url\"",
+                "DIR/hq.toml:3:12: url_file 'DIR/bad.url' must hold one",
+            ),
+        ] {
+            let error = load_text(dir.path(), &format!("[storage]\n{storage}\n{store}"))
+                .expect_err(storage);
+            assert!(error.starts_with(expected), "{storage}: {error}");
+        }
+    }
+
+    #[test]
     fn loads_a_full_config_with_relative_paths() {
         let dir = folder();
         let settings = load_text(

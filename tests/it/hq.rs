@@ -121,6 +121,8 @@ macro_rules! on_both_backends {
     };
 }
 
+pub(crate) use on_both_backends;
+
 on_both_backends!(
     batches_in_every_encoding_are_stored_as_sent_with_hq_seq,
     duplicates_within_and_across_batches_are_counted_and_stored_once,

@@ -334,14 +334,23 @@ pub(crate) async fn count(client: &Client, css: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// The text of the element `css` names. An element the page's polls redraw between the lookup
+/// and the read (stale) is looked up again; one that is not there fails at once.
 pub(crate) async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|_| panic!("no element {css}"))
-        .text()
-        .await
-        .unwrap()
+    let start = Instant::now();
+    loop {
+        let element = client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|_| panic!("no element {css}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(error) => {
+                assert!(start.elapsed() < DEADLINE, "cannot read {css}: {error}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
 }
 
 /// Clicks the element `css` names. The page redraws what changed on its polls, so an element

@@ -6,7 +6,15 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::hq::{lines, record, Folder, Receiver, ADMIN, TOKEN_1, TOKEN_2};
+use crate::hq::{
+    lines, on_both_backends, record, Backend, Folder, Receiver, ADMIN, TOKEN_1, TOKEN_2,
+};
+
+on_both_backends!(
+    stats_give_step_completeness_per_store_clerk_and_step,
+    a_malformed_consultation_is_refused_with_its_line_and_the_rest_stored_alone,
+    a_receipt_is_traced_to_its_consultation_steps_and_scans,
+);
 
 /// The five-step flow of the contract, as the gateway's consultation records carry it.
 pub(crate) const FLOW: &str = "rx-5step";
@@ -284,9 +292,8 @@ fn check_flow_stats(stats: &Value) {
     assert_eq!(stats["campaigns"], json!({}));
 }
 
-#[tokio::test]
-async fn stats_give_step_completeness_per_store_clerk_and_step() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn stats_give_step_completeness_per_store_clerk_and_step(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     let empty = hq.stats().await;
     assert_eq!(empty["flows"], json!({}));
@@ -305,9 +312,10 @@ async fn stats_give_step_completeness_per_store_clerk_and_step() {
     hq.stop().await;
 }
 
-#[tokio::test]
-async fn a_malformed_consultation_is_refused_with_its_line_and_the_rest_stored_alone() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn a_malformed_consultation_is_refused_with_its_line_and_the_rest_stored_alone(
+    backend: Backend,
+) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     let good = |seq: u64, id: &str| {
         let data = Consultation {
@@ -375,9 +383,8 @@ async fn a_malformed_consultation_is_refused_with_its_line_and_the_rest_stored_a
     hq.stop().await;
 }
 
-#[tokio::test]
-async fn a_receipt_is_traced_to_its_consultation_steps_and_scans() {
-    let folder = Folder::new("127.0.0.1:0", "");
+async fn a_receipt_is_traced_to_its_consultation_steps_and_scans(backend: Backend) {
+    let folder = Folder::on(&backend, "127.0.0.1:0", "");
     let hq = folder.start().await;
     let scan_id = "S1/gw-1/7f3a9c21/1";
     let consultation = Consultation {

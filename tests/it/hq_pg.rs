@@ -499,3 +499,200 @@ async fn the_documented_views_show_records_as_typed_rows() {
     );
     hq.stop().await;
 }
+
+/// A balancer in front of `backends`: each new connection goes to the next one in turn, or to
+/// the other when that one refuses (a receiver down), like HAProxy with `option redispatch`.
+async fn balancer(backends: Vec<String>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind balancer");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let mut turn = 0usize;
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            turn += 1;
+            let order: Vec<String> = (0..backends.len())
+                .map(|offset| backends[(turn + offset) % backends.len()].clone())
+                .collect();
+            tokio::spawn(async move {
+                for backend in order {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}/v1/batches")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_behind_a_balancer_reach_two_receivers_exactly_once_through_a_kill_9() {
+    use crate::harness::{Gateway, PtyScanner, Store};
+    let backend = Backend::postgres();
+    let pg = cluster(&backend);
+    // Both receivers know store WZ-LC-001 (the harness's gateways) by the same token.
+    let ports = [free_port(), free_port()];
+    let sites: Vec<tempfile::TempDir> = ports
+        .iter()
+        .map(|port| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("store.token"), "wz-token").expect("token");
+            std::fs::write(dir.path().join("admin.token"), ADMIN).expect("token");
+            std::fs::write(dir.path().join("db.url"), pg.url()).expect("url");
+            std::fs::write(
+                dir.path().join("hq.toml"),
+                format!(
+                    "[hq]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n\
+                     admin_token_file = \"admin.token\"\n\n\
+                     [[store]]\ncode = \"WZ-LC-001\"\ntoken_file = \"store.token\"\n\n\
+                     [storage]\nbackend = \"postgres\"\nurl_file = \"db.url\"\n"
+                ),
+            )
+            .expect("config");
+            dir
+        })
+        .collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let mut receivers: Vec<_> = sites
+        .iter()
+        .map(|site| spawn_hq_process(&site.path().join("hq.toml")))
+        .collect();
+    let client = client();
+    for url in &urls {
+        wait_healthy(&client, url).await;
+    }
+    let endpoint = balancer(
+        ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect(),
+    )
+    .await;
+
+    // Two gateways of the store, scanning steadily.
+    let stores = [Store::new(), Store::new()];
+    let mut gateways = Vec::new();
+    let mut scanners = Vec::new();
+    for store in &stores {
+        store.write_config("");
+        store.add_uplink(&endpoint, "wz-token", "batch_max_records = 200");
+        scanners.push(PtyScanner::plug(&store.path("scanner")));
+        let gateway = Gateway::start(store).await;
+        gateway.wait_device("scanner-1", "connected").await;
+        gateways.push(gateway);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let feeders: Vec<_> = scanners
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut scanner)| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let mut sent = 0u32;
+                while !*stopped.borrow_and_update() {
+                    scanner
+                        .send(format!("]C0G{index}-{sent:05}\r").as_bytes())
+                        .await;
+                    sent += 1;
+                    // About 500 scans a second per gateway: a busy store's worth, many times.
+                    if sent % 10 == 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                scanner
+            })
+        })
+        .collect();
+    let stored = || {
+        pg.psql("posgw", "SELECT count(*) FROM records")
+            .trim()
+            .parse::<u64>()
+            .expect("count")
+    };
+    let wait_for_more = |more: u64| {
+        let before = stored();
+        async move {
+            let started = Instant::now();
+            while stored() < before + more {
+                assert!(started.elapsed() < DEADLINE, "no progress");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for_more(200).await;
+    // One receiver dies under load; its gateways' connections break and go to the other.
+    receivers[0].kill_9();
+    wait_for_more(200).await;
+    receivers[0] = spawn_hq_process(&sites[0].path().join("hq.toml"));
+    wait_healthy(&client, &urls[0]).await;
+    wait_for_more(200).await;
+    stop.send(true).expect("stop feeders");
+    // The scanners stay plugged in to the end: closing a pty can drop what it still holds.
+    let mut scanners = Vec::new();
+    for (index, feeder) in feeders.into_iter().enumerate() {
+        let mut scanner = feeder.await.expect("feeder");
+        scanner
+            .send(format!("]C0SENTINEL-{index}\r").as_bytes())
+            .await;
+        scanners.push(scanner);
+    }
+    // Each gateway's last scan marks the end of its load (scans read after its status was
+    // taken would not be counted in `durable_seq`).
+    for (index, gateway) in gateways.iter().enumerate() {
+        let started = Instant::now();
+        let sql = format!("SELECT count(*) FROM scans WHERE code = 'SENTINEL-{index}'");
+        while pg.psql("posgw", &sql).trim() != "1" {
+            if started.elapsed() > DEADLINE {
+                let status = gateway.status().await;
+                panic!(
+                    "gateway {index}'s last scan never came: journal {} uplink {}",
+                    status["journal"], status["uplink"],
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for gateway in &gateways {
+        gateway
+            .wait_for("an empty backlog", |g| async move {
+                g.status().await["journal"]["backlog_records"] == 0
+            })
+            .await;
+    }
+    let mut acknowledged = Vec::new();
+    for gateway in gateways {
+        let journal = gateway.status().await["journal"].clone();
+        acknowledged.push((
+            journal["epoch"].as_str().expect("epoch").to_string(),
+            journal["durable_seq"].as_u64().expect("durable_seq"),
+        ));
+        assert!(gateway.stop().await.success());
+    }
+    drop(scanners);
+    // Every journal record of both gateways is at HQ, once.
+    let (records, distinct, ids, _) = table_counts(pg);
+    assert_eq!((records, ids), (distinct, distinct), "each record once");
+    let expected: u64 = acknowledged.iter().map(|(_, durable)| durable).sum();
+    assert!(
+        records >= expected,
+        "{records} records for {expected} acknowledged"
+    );
+    for (epoch, durable) in &acknowledged {
+        let held = pg.psql(
+            "posgw",
+            &format!(
+                "SELECT count(*) FROM records WHERE id LIKE 'WZ-LC-001/gw-test/{epoch}/%' \
+                 AND split_part(id, '/', 4)::bigint BETWEEN 1 AND {durable}"
+            ),
+        );
+        assert_eq!(held.trim(), durable.to_string(), "epoch {epoch}");
+    }
+}
