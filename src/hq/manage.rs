@@ -34,6 +34,9 @@ pub(crate) struct Change {
     pub value: Option<Vec<u8>>,
 }
 
+/// A key of one of the management trees: (tree, key).
+type TreeKey = (String, Vec<u8>);
+
 /// The changes not yet in PostgreSQL, and where they go.
 pub(crate) struct Mirror {
     /// The database.
@@ -41,8 +44,9 @@ pub(crate) struct Mirror {
     /// The management epoch this receiver took over in (`PgStore::next_manage_epoch`): the
     /// database refuses its writes once another receiver took over after it.
     epoch: i64,
-    /// Changes in the order they were made.
-    pending: Mutex<Vec<Change>>,
+    /// The last change of each key not written yet (at most one entry a key, however long
+    /// the database is away).
+    pending: Mutex<BTreeMap<TreeKey, Option<Vec<u8>>>>,
     /// One flush at a time: a later flush's changes never commit before an earlier one's.
     flushing: tokio::sync::Mutex<()>,
 }
@@ -52,16 +56,16 @@ impl Mirror {
         Arc::new(Mirror {
             pg,
             epoch,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(BTreeMap::new()),
             flushing: tokio::sync::Mutex::new(()),
         })
     }
 
     fn note(&self, changes: impl IntoIterator<Item = Change>) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(changes);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for change in changes {
+            pending.insert((change.tree, change.key), change.value);
+        }
     }
 
     /// Writes the changes noted so far in one transaction; on failure they stay noted (the
@@ -72,19 +76,17 @@ impl Mirror {
         if changes.is_empty() {
             return Ok(());
         }
-        // The last change of each key is what the database must hold.
-        let mut last: BTreeMap<(&str, &[u8]), Option<&[u8]>> = BTreeMap::new();
-        for change in &changes {
-            last.insert(
-                (change.tree.as_str(), change.key.as_slice()),
-                change.value.as_deref(),
-            );
-        }
+        let last: BTreeMap<(&str, &[u8]), Option<&[u8]>> = changes
+            .iter()
+            .map(|((tree, key), value)| ((tree.as_str(), key.as_slice()), value.as_deref()))
+            .collect();
         let result = self.pg.write_manage(self.epoch, &last).await;
         if result.is_err() {
+            // Kept for the next flush, unless a later change of the key came meanwhile.
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let later = std::mem::replace(&mut *pending, changes);
-            pending.extend(later);
+            for (key, value) in changes {
+                pending.entry(key).or_insert(value);
+            }
         }
         result
     }
@@ -117,6 +119,11 @@ impl ManageDb {
             name,
             mirror: self.mirror.clone(),
         })
+    }
+
+    /// Whether the changes also go to PostgreSQL.
+    pub(crate) fn is_mirrored(&self) -> bool {
+        self.mirror.is_some()
     }
 
     /// Makes every write so far durable: fsyncs sled, then writes the changes to PostgreSQL.

@@ -699,13 +699,18 @@ async fn read_records(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Respo
     let page = app.store.read(query).await.map_err(|error| {
         tracing::error!(error = format!("{error:#}"), "reading records failed");
         // A shared database that does not answer now may answer in a moment: the reader
-        // (or the balancer in front) tries again.
-        let status = if app.store.is_shared() {
-            StatusCode::SERVICE_UNAVAILABLE
+        // (or the balancer in front) tries again. Its error text stays in the log.
+        if app.store.is_shared() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot read records now: the database does not answer",
+            )
         } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        ApiError::new(status, format!("cannot read records: {error:#}"))
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read records: {error:#}"),
+            )
+        }
     })?;
     Ok((
         [
@@ -926,16 +931,20 @@ fn me_body(name: &str, scope: &Scope) -> serde_json::Value {
 /// `POST /v1/logout`: ends the session of the cookie and clears it.
 async fn post_logout(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Some(id) = session_id(&headers) {
-        app.sessions.remove(id);
+        // Ended for every receiver first: a session ended here only would come back from
+        // the table at the next look.
         if let Some(pg) = app.store.postgres() {
             if let Err(error) = pg.end_session(&super::access::session_hash(id)).await {
-                tracing::error!(
-                    error = %format!("{error:#}"),
-                    "cannot end a login session for the other receivers; it ends here, \
-                     and everywhere at its expiry"
-                );
+                tracing::error!(error = %format!("{error:#}"), "cannot end a login session");
+                app.metrics.request("logout", 503);
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot sign out now: the database does not answer; try again",
+                )
+                .into_response();
             }
         }
+        app.sessions.remove(id);
     }
     app.metrics.request("logout", 204);
     (
@@ -1015,7 +1024,13 @@ struct Running {
     alerts: AlertsHandle,
     /// The fleet's owner.
     fleet: super::fleet::FleetHandle,
+    /// With PostgreSQL: flushes the management database now and then, so that changes no
+    /// owner flushes at once (heartbeats) reach the database too.
+    flusher: Option<Arc<tokio::task::JoinHandle<()>>>,
 }
+
+/// How often the managing receiver writes changes no owner flushed yet (heartbeats).
+const MANAGE_FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// The management owners (`hq::manage`): with sled started at once for good; with PostgreSQL
 /// started while this receiver holds the jobs lock, from the state in the database.
@@ -1109,6 +1124,9 @@ impl Management {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(running) = running {
+            if let Some(flusher) = &running.flusher {
+                flusher.abort();
+            }
             running.alerts.stop().await;
             running.fleet.close().await;
         }
@@ -1124,7 +1142,24 @@ async fn start_running(
 ) -> anyhow::Result<Running> {
     let fleet = super::fleet::FleetHandle::open(db.clone(), settings).await?;
     let alerts = start_alerts(settings, &db, store, metrics)?;
-    Ok(Running { alerts, fleet })
+    let flusher = db.is_mirrored().then(|| {
+        let db = db.clone();
+        Arc::new(tokio::spawn(async move {
+            let mut timer = tokio::time::interval(MANAGE_FLUSH_EVERY);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                timer.tick().await;
+                if let Err(error) = db.flush_async().await {
+                    tracing::warn!(%error, "cannot write the management state");
+                }
+            }
+        }))
+    });
+    Ok(Running {
+        alerts,
+        fleet,
+        flusher,
+    })
 }
 
 /// How long a receiver that took the jobs lock waits before trying again to start the owners

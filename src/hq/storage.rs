@@ -19,7 +19,7 @@
 //! with PostgreSQL only on the receiver holding the jobs lock (`pg::Leadership`).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -65,6 +65,8 @@ struct Postgres {
     followed: watch::Receiver<Followed>,
     /// Wakes the follower (a batch was just committed here).
     poke: Arc<Notify>,
+    /// Why the follower stopped, if it did (the figures are frozen: `/healthz` says so).
+    follower_failure: Arc<Mutex<Option<String>>>,
     /// This receiver's metric families (the cache counts into a detached set: it replays
     /// every receiver's records).
     metrics: HqMetrics,
@@ -81,6 +83,9 @@ struct Followed {
     started: u64,
     /// Rounds of the follower done so far.
     finished: u64,
+    /// Whether a round has read everything committed when it looked (the figures are whole;
+    /// until then the receiver does not evaluate alert rules).
+    caught_up: bool,
 }
 
 impl Drop for Postgres {
@@ -135,13 +140,16 @@ impl StoreHandle {
             seq: position,
             started: 0,
             finished: 0,
+            caught_up: false,
         });
         let poke = Arc::new(Notify::new());
+        let follower_failure = Arc::new(Mutex::new(None));
         let follower = tokio::spawn(follow(
             store.clone(),
             figures.clone(),
             followed_sender,
             poke.clone(),
+            follower_failure.clone(),
         ));
         Ok(StoreHandle {
             figures,
@@ -150,6 +158,7 @@ impl StoreHandle {
                 store,
                 followed,
                 poke,
+                follower_failure,
                 metrics,
                 follower,
             })),
@@ -229,7 +238,13 @@ impl StoreHandle {
     pub(crate) fn failure(&self) -> Option<String> {
         match &self.postgres {
             None => self.figures.failure(),
-            Some(postgres) => postgres.store.failure(),
+            Some(postgres) => postgres.store.failure().or_else(|| {
+                postgres
+                    .follower_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            }),
         }
     }
 
@@ -251,7 +266,13 @@ impl StoreHandle {
 
     /// Whether this receiver runs the scheduled jobs (the alert evaluation) now.
     pub(crate) fn runs_jobs(&self) -> bool {
+        // With PostgreSQL, not before the figures hold every record committed at start: rules
+        // evaluated over part of the records would open wrong alerts.
         self.leadership.leading()
+            && self
+                .postgres
+                .as_ref()
+                .is_none_or(|postgres| postgres.followed.borrow().caught_up)
     }
 
     /// Drops this handle and waits until the sled database (the store or the cache) is closed,
@@ -316,6 +337,7 @@ async fn follow(
     cache: SledStore,
     followed: watch::Sender<Followed>,
     poke: Arc<Notify>,
+    failure: Arc<Mutex<Option<String>>>,
 ) {
     let mut position = followed.borrow().seq;
     let mut failing = false;
@@ -335,7 +357,7 @@ async fn follow(
         let more = rows.len() as i64 == FOLLOW_PAGE;
         let mut start = 0;
         while start < rows.len() {
-            let (first_seq, store_code, received_at, _) = &rows[start];
+            let (_, store_code, received_at, _) = &rows[start];
             let mut end = start + 1;
             while end < rows.len()
                 && rows[end].1 == *store_code
@@ -344,28 +366,12 @@ async fn follow(
             {
                 end += 1;
             }
-            let mut body = Vec::new();
-            for (_, _, _, line) in &rows[start..end] {
-                body.extend_from_slice(line.as_bytes());
-                body.push(b'\n');
-            }
             let last = rows[end - 1].0;
-            match super::record::parse_batch(body, store_code) {
-                Ok(mut batch) => {
-                    batch.heard = Some(*received_at);
-                    batch.first_seq = Some(*first_seq);
-                    if let Err(error) = cache.ingest(batch).await {
-                        tracing::error!(%error, "the figures' cache failed; figures stop here");
-                        return;
-                    }
-                }
-                // Stored by a receiver, so valid then; a record this version refuses is
-                // left out of the figures, not retried for ever.
-                Err(rejection) => tracing::error!(
-                    ?rejection,
-                    first_seq,
-                    "a stored record is not valid now; left out of the figures"
-                ),
+            if let Err(error) = replay(&cache, &rows[start..end]).await {
+                tracing::error!(%error, "the figures' cache failed; figures stop here");
+                *failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("the figures' cache failed: {error}"));
+                return;
             }
             position = last;
             followed.send_modify(|followed| followed.seq = position);
@@ -383,12 +389,55 @@ async fn follow(
             }
         }
         failing = false;
-        followed.send_modify(|followed| followed.finished = followed.started);
+        followed.send_modify(|followed| {
+            followed.finished = followed.started;
+            // This round read up to what was committed when it looked.
+            followed.caught_up |= !more;
+        });
         if !more {
             wait(&poke).await;
         }
     }
 }
+
+/// Replays one run of records (one store, one instant, consecutive hq_seqs) into the cache as
+/// one batch. A run with a line this version refuses (stored by another version, valid then)
+/// is replayed line by line, and only the refused lines are left out of the figures.
+async fn replay(cache: &SledStore, run: &[FollowedRow]) -> Result<(), Unavailable> {
+    let (first_seq, store_code, received_at, _) = &run[0];
+    let mut body = Vec::new();
+    for (_, _, _, line) in run {
+        body.extend_from_slice(line.as_bytes());
+        body.push(b'\n');
+    }
+    match super::record::parse_batch(body, store_code) {
+        Ok(mut batch) => {
+            batch.heard = Some(*received_at);
+            batch.first_seq = Some(*first_seq);
+            cache.ingest(batch).await.map(|_| ())
+        }
+        Err(_) => {
+            for (seq, _, _, line) in run {
+                match super::record::parse_batch(line.as_bytes().to_vec(), store_code) {
+                    Ok(mut batch) => {
+                        batch.heard = Some(*received_at);
+                        batch.first_seq = Some(*seq);
+                        cache.ingest(batch).await?;
+                    }
+                    Err(rejection) => tracing::error!(
+                        ?rejection,
+                        seq,
+                        "a stored record is not valid now; left out of the figures"
+                    ),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One record as the follower reads it: hq_seq, store, received_at, line.
+type FollowedRow = (u64, String, chrono::DateTime<chrono::Utc>, String);
 
 /// Until poked, or [`FOLLOW_EVERY`].
 async fn wait(poke: &Notify) {

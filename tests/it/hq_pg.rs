@@ -460,13 +460,39 @@ async fn the_documented_views_show_records_as_typed_rows() {
             "attribution",
             r#"{"prompt":"p-3","campaign":"c1","station":"till-1","sku":"6901234567892","question":"推荐话术来源","outcome":"answered","answer":"doctor","answer_label":"医生推荐","channel":"web","clerk":"c-7","latency_ms":2100}"#,
         ),
+        // A code that looks like a huge exponent, and a NUL a scanner sent (which jsonb
+        // cannot hold): both read back, neither makes a view fail.
+        record(
+            "S1",
+            "gw-1",
+            4,
+            "scan",
+            r#"{"raw":"2024E00123","code":"2024E00123","code_kind":"code128"}"#,
+        ),
+        record(
+            "S1",
+            "gw-1",
+            5,
+            "scan",
+            r#"{"raw":"A\u0000B","code":"AB","code_kind":"code128"}"#,
+        ),
     ];
     let (status, body) = hq.post(Some(TOKEN_1), &lines(&records), "gzip").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let pg = cluster(&backend);
     assert_eq!(
-        pg.psql("posgw", "SELECT hq_seq, code, code_kind FROM scans"),
-        "1|6901234567892|ean13\n"
+        pg.psql(
+            "posgw",
+            "SELECT hq_seq, code, code_kind FROM scans ORDER BY hq_seq"
+        ),
+        "1|6901234567892|ean13\n4|2024E00123|code128\n5|AB|code128\n"
+    );
+    assert_eq!(
+        pg.psql(
+            "posgw",
+            "SELECT raw FROM scans WHERE hq_seq >= 4 ORDER BY hq_seq"
+        ),
+        "2024E00123\nA\u{fffd}B\n"
     );
     assert_eq!(
         pg.psql(
@@ -495,7 +521,7 @@ async fn the_documented_views_show_records_as_typed_rows() {
             "posgw",
             "SELECT records, scans, sales, attributions_answered FROM daily_store_figures"
         ),
-        "3|1|1|1\n"
+        "5|3|1|1\n"
     );
     hq.stop().await;
 }

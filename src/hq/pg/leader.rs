@@ -48,7 +48,8 @@ impl Leadership {
 
 /// Takes the lock and holds it while its connection stands; tries again after losing it.
 async fn hold(mut config: tokio_postgres::Config, leading: watch::Sender<bool>) {
-    config.application_name("posgw-hq-jobs");
+    // Keepalives both ways: a leader gone without a word loses the lock within about 15 s.
+    super::harden(&mut config, "posgw-hq-jobs");
     let mut timer = tokio::time::interval(RETRY);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -69,13 +70,15 @@ async fn hold(mut config: tokio_postgres::Config, leading: watch::Sender<bool>) 
         let connection = tokio::spawn(connection);
         // Until the lock is taken, or the connection fails.
         let took = loop {
-            match client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&super::JOBS_LOCK])
-                .await
-            {
-                Ok(row) if row.get::<_, bool>(0) => break true,
-                Ok(_) => {}
-                Err(_) => break false,
+            let asked = tokio::time::timeout(
+                RETRY,
+                client.query_one("SELECT pg_try_advisory_lock($1)", &[&super::JOBS_LOCK]),
+            )
+            .await;
+            match asked {
+                Ok(Ok(row)) if row.get::<_, bool>(0) => break true,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break false,
             }
             timer.tick().await;
             if leading.is_closed() {
@@ -84,21 +87,28 @@ async fn hold(mut config: tokio_postgres::Config, leading: watch::Sender<bool>) 
         };
         if !took {
             drop(client);
+            connection.abort();
             let _ = connection.await;
             continue;
         }
         tracing::info!("this receiver runs the scheduled jobs (alert evaluation)");
         let _ = leading.send(true);
-        // Holding: check the connection now and then.
+        // Holding: check the connection now and then; one that does not answer in time is
+        // taken as lost (the server drops the session, and the lock, by its keepalives).
         loop {
             timer.tick().await;
-            if leading.is_closed() || client.simple_query("SELECT 1").await.is_err() {
+            if leading.is_closed() {
                 break;
+            }
+            match tokio::time::timeout(RETRY, client.simple_query("SELECT 1")).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
             }
         }
         let _ = leading.send(false);
         tracing::warn!("this receiver no longer runs the scheduled jobs");
         drop(client);
+        connection.abort();
         let _ = connection.await;
     }
 }

@@ -24,23 +24,36 @@
 -- write every backslash in an E'' literal (the same meaning whatever
 -- standard_conforming_strings says).
 
+CREATE FUNCTION posgw_record_slow(line text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    -- Most lines that reach here are fine after all (text that only looks like an escape or
+    -- a long exponent, inside a string): they are read as they are.
+    RETURN line::jsonb;
+EXCEPTION WHEN OTHERS THEN
+    -- HQ stores such a line (it checks JSON as serde does), but jsonb cannot hold U+0000 or
+    -- an unpaired surrogate, nor a number beyond numeric's range. A gateway writes a NUL when
+    -- a register or scanner sent one; the rest only a hand-made client could send. So every
+    -- escaped NUL or surrogate (`\u` after an even number of backslashes: an escape, not
+    -- escaped text) becomes U+FFFD, and every such number (in a value's place) null.
+    RETURN regexp_replace(
+               regexp_replace(line,
+                              E'(?<!\\\\)((?:\\\\\\\\)*)\\\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})',
+                              E'\\1\\\\ufffd', 'g'),
+               E'([:,\\[]\\s*)-?[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]{5,}|[0-9]{250,})', E'\\1null', 'g')::jsonb;
+END
+$$;
+
 CREATE FUNCTION posgw_record(line text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE
-        -- The common case: nothing jsonb refuses. One regex over the line: an escaped NUL or
-        -- UTF-16 surrogate, or a number whose exponent has five digits or more.
-        WHEN line !~ E'\\\\u(0000|[dD][89a-fA-F])|[0-9][eE][-+]?[0-9]{5}' THEN line::jsonb
-        -- HQ stores such a line (it checks JSON as serde does), but jsonb cannot hold U+0000
-        -- or an unpaired surrogate, nor a number beyond numeric's range. A gateway writes a
-        -- NUL when a register or scanner sent one; the rest only a hand-made client could
-        -- send. So every escaped NUL or surrogate (`\u` after an even number of backslashes:
-        -- an escape, not escaped text) becomes U+FFFD, and every such number null.
-        ELSE regexp_replace(
-                 regexp_replace(line,
-                                E'(?<!\\\\)((?:\\\\\\\\)*)\\\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})',
-                                E'\\1\\\\ufffd', 'g'),
-                 E'-?[0-9]+(\\.[0-9]+)?[eE][-+]?[0-9]{5,}', 'null', 'g')::jsonb
+        -- The common case: nothing jsonb might refuse, read at once (inlined). One regex over
+        -- the line: an escaped NUL or UTF-16 surrogate, a number whose exponent has five
+        -- digits or more, or a run of 250 digits (a regex repeats at most 255 times).
+        WHEN line !~ E'\\\\u(0000|[dD][89a-fA-F])|[0-9][eE][-+]?[0-9]{5}|[0-9]{250}' THEN line::jsonb
+        ELSE posgw_record_slow(line)
     END
 $$;
 COMMENT ON FUNCTION posgw_record(text) IS
