@@ -145,22 +145,33 @@ pub fn store_credentials(
 
 /// rustls client configuration with the system's root certificates and the ring provider.
 fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        // A single unparsable system certificate must not disable TLS altogether.
-        let _ = roots.add(cert);
-    }
+    let roots = system_roots();
     if roots.is_empty() {
         bail!("no usable root certificates found on this system for mqtts://");
     }
+    client_tls_config(roots)
+}
+
+/// The system's root certificates (also for `hq::pg`'s TLS).
+pub(crate) fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A single unparsable system certificate must not disable TLS altogether.
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+/// A rustls client configuration trusting `roots`, with the ring provider.
+pub(crate) fn client_tls_config(
+    roots: rustls::RootCertStore,
+) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("cannot set up TLS")?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]

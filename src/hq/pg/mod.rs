@@ -185,6 +185,14 @@ impl PgStore {
         Ok(store)
     }
 
+    /// A pooled connection.
+    async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error)))
+    }
+
     /// The id the database got when its schema was made.
     pub(crate) fn database_id(&self) -> &str {
         &self.database_id
@@ -283,9 +291,7 @@ impl PgStore {
     /// Makes the partitions of `at`'s month and the next one, unless known to exist.
     async fn ensure_partitions(&self, at: chrono::DateTime<chrono::Utc>) -> anyhow::Result<()> {
         let month = month_index(at);
-        let mut client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let mut client = self.client().await?;
         let transaction = client.transaction().await?;
         transaction
             .execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
@@ -308,9 +314,7 @@ impl PgStore {
 
     /// The highest hq_seq committed.
     pub(crate) async fn committed_seq(&self) -> anyhow::Result<u64> {
-        let client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let client = self.client().await?;
         let row = client
             .query_one("SELECT next_seq - 1 FROM hq_counter", &[])
             .await?;
@@ -320,9 +324,7 @@ impl PgStore {
     /// One page of `/v1/records`: the counter and the records are read in one snapshot, and
     /// nothing past the counter is read, so no record the page steps over can commit later.
     pub(crate) async fn read(&self, query: &RecordQuery) -> anyhow::Result<RecordPage> {
-        let mut client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let mut client = self.client().await?;
         let transaction = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -400,9 +402,7 @@ impl PgStore {
                 }
             }
         }
-        let mut client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let mut client = self.client().await?;
         let transaction = client.transaction().await?;
         // Fenced: a receiver that lost the management lock (another took over, with a later
         // epoch) writes nothing more, whatever it still had to flush.
@@ -444,9 +444,7 @@ impl PgStore {
     /// Starts a new management epoch (a receiver takes over): its number. Writes of earlier
     /// epochs are refused from now on.
     pub(crate) async fn next_manage_epoch(&self) -> anyhow::Result<i64> {
-        let client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let client = self.client().await?;
         let row = client
             .query_one(
                 "INSERT INTO hq_meta (key, value) VALUES ('manage_epoch', '1') \
@@ -460,9 +458,7 @@ impl PgStore {
 
     /// Every management key: (tree, key, value).
     pub(crate) async fn read_manage(&self) -> anyhow::Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
-        let client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT tree, key, value FROM manage_kv ORDER BY tree, key",
@@ -482,9 +478,7 @@ impl PgStore {
         user: &str,
         expires_at: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<()> {
-        let client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO sessions (id_hash, user_name, expires_at) VALUES ($1, $2, $3)",
@@ -503,9 +497,7 @@ impl PgStore {
 
     /// Ends a login session for every receiver.
     pub(crate) async fn end_session(&self, hash: &str) -> anyhow::Result<()> {
-        let client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let client = self.client().await?;
         client
             .execute(
                 "UPDATE sessions SET ended_at = now(), changed_at = clock_timestamp() \
@@ -521,9 +513,7 @@ impl PgStore {
         &self,
         since: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<Vec<SessionRow>> {
-        let client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT id_hash, user_name, expires_at, ended_at IS NOT NULL, changed_at \
@@ -547,9 +537,7 @@ impl PgStore {
     pub(crate) async fn batch_counts(
         &self,
     ) -> anyhow::Result<std::collections::BTreeMap<String, super::stats::BatchCounts>> {
-        let client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT store, batches, duplicates, last_received_at FROM store_counts",
@@ -581,9 +569,7 @@ impl PgStore {
         after: u64,
         limit: i64,
     ) -> anyhow::Result<Vec<(u64, String, chrono::DateTime<chrono::Utc>, String)>> {
-        let mut client = self.pool.get().await.map_err(|error| {
-            anyhow::anyhow!("cannot connect to PostgreSQL: {}", explain(&error))
-        })?;
+        let mut client = self.client().await?;
         let transaction = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -696,17 +682,8 @@ pub(crate) fn harden(config: &mut tokio_postgres::Config, application: &str) {
 
 /// The TLS connector: rustls with ring and the system's root certificates.
 pub(crate) fn tls() -> anyhow::Result<MakeRustlsConnect> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // One unparsable system certificate must not disable TLS altogether.
-        let _ = roots.add(cert);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("cannot set up TLS")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    // No roots is no error here: `sslmode=prefer` (the default) then talks plain.
+    let config = crate::mqtt::client_tls_config(crate::mqtt::system_roots())?;
     Ok(MakeRustlsConnect::new(config))
 }
 
