@@ -1039,6 +1039,9 @@ struct Management {
     running: RwLock<Option<Running>>,
     /// The settings to start with (the latest reload's).
     settings: Mutex<HqSettings>,
+    /// Reloads so far: a takeover that saw a reload land while it started the owners applies
+    /// the reloaded settings to them.
+    reloads: std::sync::atomic::AtomicU64,
     /// The task that starts and stops them as the lock comes and goes (PostgreSQL).
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -1055,6 +1058,7 @@ impl Management {
         let management = Arc::new(Management {
             running: RwLock::new(None),
             settings: Mutex::new(settings.clone()),
+            reloads: std::sync::atomic::AtomicU64::new(0),
             follower: Mutex::new(None),
         });
         match store.postgres() {
@@ -1094,6 +1098,8 @@ impl Management {
     /// Takes reloaded settings: now if running, at the next start otherwise.
     fn reload(&self, settings: &HqSettings) {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings.clone();
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Some(running) = self.running() {
             if !running.alerts.reload_now(alert_settings(settings)) {
                 tracing::error!("the alert task did not take the reloaded rules and targets");
@@ -1183,6 +1189,7 @@ async fn follow_leadership(
         let Some(this) = management.upgrade() else {
             return;
         };
+        let reloads = this.reloads.load(std::sync::atomic::Ordering::Acquire);
         let started = async {
             let epoch = pg.next_manage_epoch().await?;
             let keys = super::manage::load_from(&pg, &db).await?;
@@ -1200,6 +1207,15 @@ async fn follow_leadership(
             Ok((keys, running)) => {
                 tracing::info!(keys, "this receiver runs the alerts and the fleet now");
                 *this.running.write().unwrap_or_else(|e| e.into_inner()) = Some(running);
+                // A reload that came while the owners started found none to give its settings to.
+                if this.reloads.load(std::sync::atomic::Ordering::Acquire) != reloads {
+                    let settings = this
+                        .settings
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    this.reload(&settings);
+                }
             }
             Err(error) => {
                 tracing::error!(
