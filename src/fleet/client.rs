@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER};
 use reqwest::StatusCode;
 
@@ -16,12 +15,6 @@ use crate::config::{FleetDocument, FleetSettings};
 
 /// Largest document accepted from HQ: as much as the local files together may hold.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
-/// Longest wait for a TCP/TLS connection to HQ.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for HQ's whole answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept this long at most (HQ closes them after 10 s).
-const IDLE_CONNECTION: Duration = Duration::from_secs(5);
 
 /// What a fetch brought.
 #[derive(Debug)]
@@ -78,14 +71,7 @@ pub struct Client {
 impl Client {
     /// A client for `settings` and `store`.
     pub fn new(settings: &FleetSettings, store: &str) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(IDLE_CONNECTION)
-            .user_agent(concat!("posgw/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot create the HTTP client")?;
+        let http = crate::uplink::http::hq_client()?;
         Ok(Client {
             http,
             config_url: format!("{}/{store}/config", settings.url),

@@ -223,7 +223,6 @@ impl StoreHandle {
 
     /// The consultation and attribution records of `store` on the store-local days `from` to
     /// `to` (`SledStore::cases`).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn cases(&self, store: &str, from: Day, to: Day) -> anyhow::Result<Vec<Case>> {
         self.figures.cases(store, from, to).await
     }
@@ -339,65 +338,80 @@ async fn follow(
     poke: Arc<Notify>,
     failure: Arc<Mutex<Option<String>>>,
 ) {
-    let mut position = followed.borrow().seq;
     let mut failing = false;
     loop {
         followed.send_modify(|followed| followed.started += 1);
-        let rows = match store.follow(position, FOLLOW_PAGE).await {
-            Ok(rows) => rows,
-            Err(error) => {
+        match follow_round(&store, &cache, &followed).await {
+            Ok(more) => {
+                failing = false;
+                followed.send_modify(|followed| {
+                    followed.finished = followed.started;
+                    // This round read up to what was committed when it looked.
+                    followed.caught_up |= !more;
+                });
+                if !more {
+                    wait(&poke).await;
+                }
+            }
+            Err(RoundError::Database(error)) => {
                 if !failing {
                     tracing::warn!(error = %format!("{error:#}"), "cannot follow the records");
                     failing = true;
                 }
                 wait(&poke).await;
-                continue;
             }
-        };
-        let more = rows.len() as i64 == FOLLOW_PAGE;
-        let mut start = 0;
-        while start < rows.len() {
-            let (_, store_code, received_at, _) = &rows[start];
-            let mut end = start + 1;
-            while end < rows.len()
-                && rows[end].1 == *store_code
-                && rows[end].2 == *received_at
-                && rows[end].0 == rows[end - 1].0 + 1
-            {
-                end += 1;
-            }
-            let last = rows[end - 1].0;
-            if let Err(error) = replay(&cache, &rows[start..end]).await {
+            Err(RoundError::Cache(error)) => {
                 tracing::error!(%error, "the figures' cache failed; figures stop here");
                 *failure.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(format!("the figures' cache failed: {error}"));
                 return;
             }
-            position = last;
-            followed.send_modify(|followed| followed.seq = position);
-            start = end;
-        }
-        match store.batch_counts().await {
-            Ok(counts) => cache.set_batch_counts(counts),
-            Err(error) => {
-                if !failing {
-                    tracing::warn!(error = %format!("{error:#}"), "cannot follow the records");
-                    failing = true;
-                }
-                wait(&poke).await;
-                continue;
-            }
-        }
-        failing = false;
-        followed.send_modify(|followed| {
-            followed.finished = followed.started;
-            // This round read up to what was committed when it looked.
-            followed.caught_up |= !more;
-        });
-        if !more {
-            wait(&poke).await;
         }
     }
+}
+
+/// Why a round of the follower stopped short.
+enum RoundError {
+    /// PostgreSQL did not answer: the next round tries again.
+    Database(anyhow::Error),
+    /// The cache refused a batch: the follower stops (the figures are frozen).
+    Cache(Unavailable),
+}
+
+/// One round: one page of records committed after the cache's position replayed into it,
+/// then the batch counts. `Ok(true)` when the page was full (more may be waiting).
+async fn follow_round(
+    store: &PgStore,
+    cache: &SledStore,
+    followed: &watch::Sender<Followed>,
+) -> Result<bool, RoundError> {
+    let position = followed.borrow().seq;
+    let rows = store
+        .follow(position, FOLLOW_PAGE)
+        .await
+        .map_err(RoundError::Database)?;
+    let more = rows.len() as i64 == FOLLOW_PAGE;
+    let mut start = 0;
+    while start < rows.len() {
+        let (_, store_code, received_at, _) = &rows[start];
+        let mut end = start + 1;
+        while end < rows.len()
+            && rows[end].1 == *store_code
+            && rows[end].2 == *received_at
+            && rows[end].0 == rows[end - 1].0 + 1
+        {
+            end += 1;
+        }
+        replay(cache, &rows[start..end])
+            .await
+            .map_err(RoundError::Cache)?;
+        let last = rows[end - 1].0;
+        followed.send_modify(|followed| followed.seq = last);
+        start = end;
+    }
+    let counts = store.batch_counts().await.map_err(RoundError::Database)?;
+    cache.set_batch_counts(counts);
+    Ok(more)
 }
 
 /// Replays one run of records (one store, one instant, consecutive hq_seqs) into the cache as

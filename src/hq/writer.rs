@@ -244,7 +244,6 @@ impl SledStore {
     /// days `from` to `to` (inclusive), in ts order, at most [`store::MAX_CASES`] (the earliest);
     /// durable ones only. Read by store and time (`A`, `C`) on a blocking thread.
     // Read by the alert rules (`alerts`, the failing cases a message lists).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn cases(&self, store: &str, from: Day, to: Day) -> anyhow::Result<Vec<Case>> {
         let timezone = self.daily(|daily| daily.timezone());
         let from_ms = daily::day_start_millis(timezone, from);

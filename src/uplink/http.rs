@@ -26,6 +26,23 @@ const IDLE_CONNECTION: Duration = Duration::from_secs(5);
 /// Most of HQ's error body kept in the status and dead-letter reasons.
 const REASON_MAX: usize = 500;
 
+/// The gateway's HTTP client for HQ (batches here, the fleet's configuration and heartbeats in
+/// `fleet::client`): bounded waits, no redirects, idle connections let go before HQ closes them.
+pub(crate) fn hq_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        // A redirect would turn a POST into a body-less GET whose 2xx means nothing: HQ's
+        // endpoint must answer itself.
+        .redirect(reqwest::redirect::Policy::none())
+        // `posgw hq` (like most servers) closes a connection idle for 10 s; a request sent on
+        // one it is closing fails and is sent again. Let go of idle connections first.
+        .pool_idle_timeout(IDLE_CONNECTION)
+        .user_agent(concat!("posgw/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot create the HTTP client")
+}
+
 /// Posts batches to an `http://` or `https://` endpoint.
 pub struct HttpTransport {
     client: reqwest::Client,
@@ -36,18 +53,7 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// A client for the configured endpoint.
     pub fn new(settings: &UplinkSettings) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            // A redirect would turn the POST into a body-less GET whose 2xx means nothing:
-            // HQ's endpoint must answer itself.
-            .redirect(reqwest::redirect::Policy::none())
-            // `posgw hq` (like most servers) closes a connection idle for 10 s; a batch sent on
-            // one it is closing fails and is sent again. Let go of idle connections first.
-            .pool_idle_timeout(IDLE_CONNECTION)
-            .user_agent(concat!("posgw/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot create the HTTP client")?;
+        let client = hq_client()?;
         Ok(HttpTransport {
             client,
             endpoint: settings.endpoint.clone(),

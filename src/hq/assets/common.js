@@ -119,6 +119,42 @@ export async function api(path) {
   return response;
 }
 
+// GET `path` as text: null when it is `last` (nothing to redraw), {body}, or {error} for any
+// failure but a 401, which is thrown.
+export async function fetchText(path, last) {
+  try {
+    const body = await (await api(path)).text();
+    return body === last ? null : { body };
+  } catch (error) {
+    if (error instanceof Unauthorized) throw error;
+    return { error: (error.status ? error.status + " · " : "") + error.message };
+  }
+}
+
+// `round` run one at a time: a call during a run gets that run's promise, and the run goes
+// round once more when it is over (so what was asked for meanwhile is read too).
+export function oneAtATime(round) {
+  let running = null;
+  let again = false;
+  return function run() {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await round();
+        } while (again);
+      } finally {
+        running = null;
+      }
+    })();
+    return running;
+  };
+}
+
 // POSTs `body` as JSON; answers {ok, status, body, message} so the caller can show a refusal
 // (403, 409, 422) as the server worded it. Throws Unauthorized on 401.
 export function postJson(path, body) {

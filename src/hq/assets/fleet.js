@@ -7,7 +7,7 @@
 // is byte for byte the last one redraws nothing, and a read never touches a form being filled
 // in (only its store and region pick lists, keeping what is ticked). Refusals are shown as the
 // server wrote them: a 422's `errors` one per line, a 409's `error` (the entry is hq.toml's).
-import { $, el, bi, text, instant, api, send, Unauthorized } from "./common.js";
+import { $, el, bi, text, instant, send, fetchText, oneAtATime, Unauthorized } from "./common.js";
 
 const f = {
   // {go, unauthorized} from the dashboard module.
@@ -26,8 +26,6 @@ const f = {
   editorError: "",
   // Reads done (shown as data-reads on the views; tests wait on it).
   reads: 0,
-  reading: null,
-  readAgain: false,
   // What each part was last drawn from.
   drawn: {},
   // The entry each form was loaded from (its keys the form does not show are sent back).
@@ -98,39 +96,14 @@ function refresh() {
 }
 
 // One read at a time; one asked for during a read runs right after it.
-function read() {
-  if (f.reading) {
-    f.readAgain = true;
-    return f.reading;
-  }
-  f.reading = (async () => {
-    try {
-      do {
-        f.readAgain = false;
-        if (f.view === "fleet" || (f.view === "editor" && mayEdit())) await readFleet();
-        if (f.view === "editor" && mayEdit()) await readEditor();
-        f.reads += 1;
-        $("view-fleet").dataset.reads = String(f.reads);
-        $("view-editor").dataset.reads = String(f.reads);
-        render();
-      } while (f.readAgain);
-    } finally {
-      f.reading = null;
-    }
-  })();
-  return f.reading;
-}
-
-// GET `path` as text: null when it is `last`, {body} or {error}; a 401 is thrown.
-async function fetchText(path, last) {
-  try {
-    const body = await (await api(path)).text();
-    return body === last ? null : { body };
-  } catch (error) {
-    if (error instanceof Unauthorized) throw error;
-    return { error: (error.status ? error.status + " · " : "") + error.message };
-  }
-}
+const read = oneAtATime(async () => {
+  if (f.view === "fleet" || (f.view === "editor" && mayEdit())) await readFleet();
+  if (f.view === "editor" && mayEdit()) await readEditor();
+  f.reads += 1;
+  $("view-fleet").dataset.reads = String(f.reads);
+  $("view-editor").dataset.reads = String(f.reads);
+  render();
+});
 
 async function readFleet() {
   const got = await fetchText("/v1/fleet", f.fleetText);

@@ -10,7 +10,8 @@
 // action; a read whose answer is byte for byte the last one redraws nothing. Big tables are
 // built off-document and put in with one replaceChildren; sorting moves the rows it has.
 import {
-  $, el, svg, bi, text, percent, percentValue, shortTime, instant, api, postJson, Unauthorized,
+  $, el, svg, bi, text, percent, percentValue, shortTime, instant, postJson, fetchText, oneAtATime,
+  Unauthorized,
   YARDSTICKS, standing, STANDING_LABELS,
 } from "./common.js";
 import { stepsTable, stepMatrix } from "./flows.js";
@@ -57,9 +58,6 @@ const m = {
   // Polls since the last read, and reads done (shown as #view-alerts[data-reads]).
   polls: READ_EVERY,
   reads: 0,
-  // The read in flight, and whether another was asked for meanwhile.
-  reading: null,
-  readAgain: false,
   // Column and direction of each sortable table, by its id.
   sorts: {},
   // The alert a #alerts/ID link points at, whether the page scrolled to it yet, and the
@@ -158,48 +156,22 @@ function refresh() {
 }
 
 // One read at a time; one asked for during a read runs right after it.
-function read() {
-  if (m.reading) {
-    m.readAgain = true;
-    return m.reading;
-  }
-  m.reading = (async () => {
-    try {
-      do {
-        m.readAgain = false;
-        m.polls = 0;
-        await readYardsticks();
-        await readAlerts();
-        if (m.view === "store") await readStoreAlerts();
-        if (m.view === "alerts" && m.focus) await readFocused();
-        m.reads += 1;
-        $("view-alerts").dataset.reads = String(m.reads);
-        render();
-      } while (m.readAgain);
-    } finally {
-      m.reading = null;
-    }
-  })();
-  return m.reading;
-}
+const read = oneAtATime(async () => {
+  m.polls = 0;
+  await readYardsticks();
+  await readAlerts();
+  if (m.view === "store") await readStoreAlerts();
+  if (m.view === "alerts" && m.focus) await readFocused();
+  m.reads += 1;
+  $("view-alerts").dataset.reads = String(m.reads);
+  render();
+});
 
 // ---- reading ----
 function addDays(day, days) {
   const date = new Date(day + "T00:00:00Z");
   date.setUTCDate(date.getUTCDate() + days);
   return date.toISOString().slice(0, 10);
-}
-
-// GET `path` as text; null when it is the same text as `last`. Errors other than 401 come
-// back as {error}.
-async function fetchText(path, last) {
-  try {
-    const body = await (await api(path)).text();
-    return body === last ? null : { body };
-  } catch (error) {
-    if (error instanceof Unauthorized) throw error;
-    return { error: (error.status ? error.status + " · " : "") + error.message };
-  }
 }
 
 async function readYardsticks() {

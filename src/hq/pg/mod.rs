@@ -325,12 +325,7 @@ impl PgStore {
     /// nothing past the counter is read, so no record the page steps over can commit later.
     pub(crate) async fn read(&self, query: &RecordQuery) -> anyhow::Result<RecordPage> {
         let mut client = self.client().await?;
-        let transaction = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let transaction = snapshot(&mut client).await?;
         let top: i64 = transaction
             .query_one("SELECT next_seq - 1 FROM hq_counter", &[])
             .await?
@@ -570,12 +565,7 @@ impl PgStore {
         limit: i64,
     ) -> anyhow::Result<Vec<(u64, String, chrono::DateTime<chrono::Utc>, String)>> {
         let mut client = self.client().await?;
-        let transaction = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let transaction = snapshot(&mut client).await?;
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = transaction
             .query(
@@ -598,6 +588,19 @@ impl PgStore {
             })
             .collect())
     }
+}
+
+/// A read-only transaction whose statements all see one snapshot (the counter and the records
+/// read in it agree).
+async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
 }
 
 /// `posgw hq check-config`: connects, reads the server's version and the schema's, changes
