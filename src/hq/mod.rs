@@ -1,6 +1,8 @@
 //! The reference HQ receiver (`posgw hq`, docs/hq-protocol.md): takes record batches
-//! from store gateways over HTTP, stores them durably in sled, deduplicates on `id`, and
-//! serves records and campaign figures to HQ analysts. This module doc is its design doc.
+//! from store gateways over HTTP, stores them durably (in sled, or in PostgreSQL shared by
+//! several receivers: `storage`, `pg`), deduplicates on `id`, and serves records and campaign
+//! figures to HQ analysts. This module doc is its design doc (the sled layout below; the
+//! PostgreSQL backend's design is in the module docs of `storage`, `pg` and `manage`).
 //!
 //! # Promise
 //!
@@ -330,7 +332,13 @@
 //!   of attribution, consultation and tracked sale records).
 //! - `budget`: the memory budget of bodies in flight.
 //! - `store`: sled keys, chunks, seq ranges, open and recovery, reading pages of records.
-//! - `writer`: the write path's owner (writer and flusher threads), `StoreHandle`.
+//! - `writer`: the sled write path's owner (writer and flusher threads), `SledStore`.
+//! - `storage`: `StoreHandle`, the seam over sled and PostgreSQL (records, figures, health,
+//!   who runs the jobs); with PostgreSQL, the follower that keeps the figures' cache.
+//! - `pg`: the PostgreSQL backend: pool, migrations, one transaction per batch, the records
+//!   cursor, partitions, the jobs lock, sessions and `manage_kv`.
+//! - `manage`: the management database's storage (`ManageDb`, `ManageTree`), mirrored to
+//!   PostgreSQL at each flush.
 //! - `stats`: the `/v1/stats` figures: store totals, campaigns, flows; the summaries.
 //! - `daily`: the figures per store-local day ([`daily::Daily`]) and the cases of alerts.
 //! - `join`: the traceability join of tracked sales and their evidence (`E`, `W`, `L`).
