@@ -450,7 +450,9 @@ async fn post_batches(State(app): State<App>, request: Request) -> Response {
         }))
         .into_response(),
         Err(error) => {
-            if error.status.is_server_error() && !error.busy {
+            // While the database is known to be down (said once, by the health check), each
+            // gateway's retry is not a line of its own.
+            if error.status.is_server_error() && !error.busy && app.store.failure().is_none() {
                 tracing::warn!(error = %error.message, "batch not stored");
             } else {
                 tracing::debug!(status = %error.status, error = %error.message, "batch refused");
@@ -697,7 +699,9 @@ async fn read_records(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<Respo
         }
     }
     let page = app.store.read(query).await.map_err(|error| {
-        tracing::error!(error = format!("{error:#}"), "reading records failed");
+        if app.store.failure().is_none() {
+            tracing::error!(error = format!("{error:#}"), "reading records failed");
+        }
         // A shared database that does not answer now may answer in a moment: the reader
         // (or the balancer in front) tries again. Its error text stays in the log.
         if app.store.is_shared() {

@@ -379,18 +379,18 @@ enum RoundError {
 }
 
 /// One round: one page of records committed after the cache's position replayed into it,
-/// then the batch counts. `Ok(true)` when the page was full (more may be waiting).
+/// then the batch counts. `Ok(true)` when the page was cut short (more may be waiting).
 async fn follow_round(
     store: &PgStore,
     cache: &SledStore,
     followed: &watch::Sender<Followed>,
 ) -> Result<bool, RoundError> {
     let position = followed.borrow().seq;
-    let rows = store
+    let page = store
         .follow(position, FOLLOW_PAGE)
         .await
         .map_err(RoundError::Database)?;
-    let more = rows.len() as i64 == FOLLOW_PAGE;
+    let (rows, more) = (page.rows, page.more);
     let mut start = 0;
     while start < rows.len() {
         let (_, store_code, received_at, _) = &rows[start];

@@ -144,6 +144,19 @@ pub(crate) struct SessionRow {
     pub changed_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Most bytes of record lines one page of the follower holds (one larger record still comes,
+/// alone).
+const FOLLOW_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// A page of committed records for the figures' cache.
+#[derive(Debug, Default)]
+pub(crate) struct FollowPage {
+    /// (hq_seq, store, received_at, line), in hq_seq order.
+    pub rows: Vec<(u64, String, chrono::DateTime<chrono::Utc>, String)>,
+    /// Whether more may be waiting (the page was cut by its row or byte limit).
+    pub more: bool,
+}
+
 /// What `posgw hq check-config` reports of the database.
 pub(crate) struct Versions {
     /// `SHOW server_version`.
@@ -559,34 +572,45 @@ impl PgStore {
 
     /// The records committed after `after`, in hq_seq order, at most `limit`: (hq_seq, store,
     /// received_at, line), for the figures' cache.
-    pub(crate) async fn follow(
-        &self,
-        after: u64,
-        limit: i64,
-    ) -> anyhow::Result<Vec<(u64, String, chrono::DateTime<chrono::Utc>, String)>> {
+    pub(crate) async fn follow(&self, after: u64, limit: i64) -> anyhow::Result<FollowPage> {
+        use futures_util::TryStreamExt as _;
         let mut client = self.client().await?;
         let transaction = snapshot(&mut client).await?;
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = transaction
-            .query(
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &limit];
+        let stream = transaction
+            .query_raw(
                 "SELECT hq_seq, store, received_at, line FROM records
                  WHERE hq_seq > $1 AND hq_seq <= (SELECT next_seq - 1 FROM hq_counter)
                  ORDER BY hq_seq LIMIT $2",
-                &[&after, &limit],
+                params,
             )
             .await?;
+        // Boxed, so that it can be dropped before the commit: the connection then discards
+        // the rest of the answer instead of queueing it for a reader that is gone.
+        let mut stream = Box::pin(stream);
+        let mut page = FollowPage::default();
+        let mut bytes = 0;
+        // Rows are taken as they come, up to FOLLOW_MAX_BYTES of lines (a page of big
+        // records is never held whole); the rest of the answer is dropped unread.
+        while let Some(row) = stream.try_next().await? {
+            let line: String = row.get(3);
+            bytes += line.len();
+            page.rows.push((
+                u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                row.get(1),
+                row.get(2),
+                line,
+            ));
+            if bytes >= FOLLOW_MAX_BYTES {
+                page.more = true;
+                break;
+            }
+        }
+        drop(stream);
+        page.more |= page.rows.len() as i64 == limit;
         transaction.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                (
-                    u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-                    row.get(1),
-                    row.get(2),
-                    row.get(3),
-                )
-            })
-            .collect())
+        Ok(page)
     }
 }
 
